@@ -1,0 +1,35 @@
+# MailFlow Relay: the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run: install, initialise ./var with the example list, start the relay (stdout egress)
+run: $(STAMP)
+	$(BIN)/mailflow init --example
+	$(BIN)/mailflow serve
+
+## test: install and run the whole suite (SQLite and PostgreSQL)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## lint: ruff over the package, tests and benchmarks
+lint: $(STAMP)
+	$(BIN)/ruff check mailflow tests bench
+
+## bench: ingest, fan-out and latency scenarios; writes bench/RESULTS.md
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

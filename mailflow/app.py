@@ -1,0 +1,225 @@
+"""Builds a relay from settings, and starts and stops its parts in the right order.
+
+Start: store (migrated) -> pipeline and scheduler -> listeners, so nothing is accepted
+before it can be stored and processed.  Stop: listeners first (no new mail), then the
+scheduler hands back what it has not sent, then the store closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import signal
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import uvicorn
+
+from mailflow.backoff import RetryPolicy
+from mailflow.blobs import BlobStore
+from mailflow.clock import Clock, SystemClock
+from mailflow.config import Settings
+from mailflow.egress.base import Egress
+from mailflow.egress.smtp import SmtpEgress
+from mailflow.egress.stdout import StdoutEgress
+from mailflow.errors import ConfigurationError
+from mailflow.ingress.accept import AcceptPolicy, AcceptService
+from mailflow.ingress.commit import GroupCommitter
+from mailflow.ingress.smtp import start_listener
+from mailflow.pipeline.processor import Processor
+from mailflow.scheduler import Scheduler, SchedulerOptions
+from mailflow.store import StoreRunner, create_engines, upgrade_to_head
+from mailflow.store.repository import Repository
+from mailflow.web.app import EmbeddedServer, bind, create_app
+
+log = logging.getLogger(__name__)
+
+INSTANCE_KEY = "instance_id"
+MESSAGE_RETENTION = 7 * 24 * 3600.0
+
+
+def build_egress(settings: Settings) -> Egress:
+    if settings.egress == "smtp":
+        return SmtpEgress(settings.relay, pool_size=settings.smtp_pool_size,
+                          timeout=settings.smtp_timeout, idle_check=settings.smtp_idle_check,
+                          local_hostname=settings.hostname)
+    return StdoutEgress()
+
+
+def instance_id(settings: Settings, repo: Repository) -> str:
+    """This installation's id, used in loop markers: set in settings or made at init."""
+    stored = repo.ensure_meta(INSTANCE_KEY, settings.instance_id or secrets.token_hex(6))
+    return settings.instance_id or stored
+
+
+def initialise(settings: Settings) -> str:
+    """Create the data directory and bring the schema up to date; returns the instance id."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.blob_dir.mkdir(parents=True, exist_ok=True)
+    engines = create_engines(settings.resolved_database_url, pool_size=1)
+    try:
+        upgrade_to_head(engines.writer)
+        return instance_id(settings, Repository(engines))
+    finally:
+        engines.dispose()
+
+
+@dataclass
+class Relay:
+    settings: Settings
+    clock: Clock = field(default_factory=SystemClock)
+    egress: Egress | None = None
+
+    def __post_init__(self) -> None:
+        self._servers: list[asyncio.Server] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._http: uvicorn.Server | None = None
+        self._lock: IO[str] | None = None
+        self.runner: StoreRunner | None = None
+        self.scheduler: Scheduler | None = None
+        self.listening: dict[str, str] = {}
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.instance_id = await asyncio.to_thread(initialise, settings)
+        self.runner = runner = StoreRunner(create_engines(settings.resolved_database_url))
+        if runner.engines.is_sqlite:
+            self._lock = _lock_data_dir(settings)
+            # One process per SQLite store: every lease left behind is from a dead process.
+            await runner.write(runner.repo.release_leases, self.clock.now())
+        blobs = BlobStore(settings.blob_dir)
+        self.egress = egress = self.egress or build_egress(settings)
+        await egress.start()
+        owner = f"{settings.hostname}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.scheduler = scheduler = Scheduler(runner, blobs, egress, self.clock, SchedulerOptions(
+            batch_size=settings.scheduler_batch_size,
+            max_recipients=settings.max_recipients_per_transaction,
+            concurrency=settings.smtp_pool_size, lease=settings.delivery_lease, owner=owner,
+            instance_id=self.instance_id, hostname=settings.hostname,
+            retry=RetryPolicy(settings.retry_initial_delay, settings.retry_multiplier,
+                              settings.retry_max_delay, settings.max_delivery_age),
+        ))
+        processor = Processor(runner, self.clock, on_queued=scheduler.wake)
+        committer = GroupCommitter(runner, blobs, self.clock)
+        service = AcceptService(
+            runner, committer, self.clock,
+            AcceptPolicy(self.instance_id, settings.max_message_size,
+                         settings.max_received_headers),
+            on_stored=processor.wake,
+        )
+        await scheduler.start()
+        self._tasks += [
+            asyncio.create_task(processor.run(), name="processor"),
+            asyncio.create_task(committer.run(), name="committer"),
+            asyncio.create_task(self._maintenance(blobs), name="maintenance"),
+        ]
+        for name, address, lmtp in (("smtp", settings.smtp_address, False),
+                                    ("lmtp", settings.lmtp_address, True)):
+            if address is None:
+                continue
+            try:
+                server = await start_listener(service, address, hostname=settings.hostname,
+                                              max_message_size=settings.max_message_size,
+                                              lmtp=lmtp)
+            except OSError as exc:
+                await self.stop()
+                raise ConfigurationError(f"cannot listen for {name.upper()} on {address}: "
+                                         f"{exc.strerror}") from None
+            self._servers.append(server)
+            self.listening[name] = str(address)
+        if settings.http_address is not None:
+            await self._start_http(settings)
+        log.info("relay %s started: %s; egress %s", self.instance_id,
+                 ", ".join(f"{k} on {v}" for k, v in self.listening.items()), egress.name,
+                 extra={"action": "started"})
+
+    async def _start_http(self, settings: Settings) -> None:
+        address = settings.http_address
+        assert address is not None and self.runner is not None
+        try:
+            sock = bind(address.host, address.port)
+        except OSError as exc:
+            await self.stop()
+            raise ConfigurationError(f"cannot listen for HTTP on {address}: {exc.strerror}") \
+                from None
+        config = uvicorn.Config(create_app(self.runner), log_level="warning", lifespan="off",
+                                access_log=False)
+        self._http = EmbeddedServer(config)
+        self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock]), name="http"))
+        self.listening["http"] = str(address)
+
+    async def _maintenance(self, blobs: BlobStore) -> None:
+        """Finish messages whose deliveries are all final, then collect what they held."""
+        assert self.runner is not None
+        repo, settings = self.runner.repo, self.settings
+        while True:
+            await asyncio.sleep(settings.maintenance_interval)
+            try:
+                now = self.clock.now()
+                while await self.runner.write(repo.finish_messages, now) > 0:
+                    pass
+                while await self.runner.write(repo.collect_blobs, now - settings.blob_retention,
+                                              blobs.unlink_many) > 0:
+                    pass
+                await self.runner.write(repo.purge_messages, now - MESSAGE_RETENTION)
+            except Exception:
+                log.exception("maintenance failed", extra={"action": "maintenance_error"})
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        if self._http is not None:
+            self._http.should_exit = True
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+            self.scheduler = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.egress is not None:
+            await self.egress.close()
+        if self.runner is not None:
+            await asyncio.to_thread(self.runner.close)
+            self.runner = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def _lock_data_dir(settings: Settings) -> IO[str]:
+    """Refuse a second relay process on the same SQLite store (leases assume one)."""
+    lock = (settings.data_dir / "mailflow.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ConfigurationError(f"another relay is already running on {settings.data_dir}; "
+                                 "use PostgreSQL to run several") from None
+    return lock
+
+
+async def serve(settings: Settings) -> None:
+    """Run a relay until SIGINT or SIGTERM."""
+    relay = Relay(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await relay.start()
+    print("MailFlow Relay is running: "
+          + ", ".join(f"{name.upper()} on {where}" for name, where in relay.listening.items())
+          + f"; egress {relay.settings.egress}. Ctrl-C stops it.", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping", extra={"action": "stopping"})
+        with contextlib.suppress(Exception):
+            await relay.stop()

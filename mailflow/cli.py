@@ -1,0 +1,413 @@
+"""The ``mailflow`` command: set up, run and manage a relay.
+
+Management commands talk to the store directly (SQLite file or PostgreSQL), so they work
+whether or not the relay is running, and a running relay sees their changes at once.
+Errors go to stderr with a non-zero exit status and say what to do next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from mailflow import __version__, addresses
+from mailflow.config import Settings, load_settings
+from mailflow.errors import Conflict, InvalidInput, MailflowError, NotFound
+from mailflow.model import ListKind
+from mailflow.store import Repository, create_cli_engines
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXAMPLE_DOMAIN = "example.test"
+EXAMPLE_LIST = "team@example.test"
+EXAMPLE_MEMBERS = ("alice@example.test", "bob@example.test")
+
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_FAILURE = 1
+
+
+class Context:
+    def __init__(self, config: Path | None) -> None:
+        self.config = config
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config)
+        return self._settings
+
+    @contextmanager
+    def repository(self) -> Iterator[Repository]:
+        settings = self.settings
+        url = settings.resolved_database_url
+        if url.startswith("sqlite") and not (settings.data_dir / "mailflow.db").exists() \
+                and not settings.database_url:
+            raise MailflowError(f"no relay store in {settings.data_dir}; run `mailflow init` "
+                                "first (or set MAILFLOW_DATA_DIR / MAILFLOW_DATABASE_URL)")
+        engines = create_cli_engines(url)
+        try:
+            yield Repository(engines)
+        finally:
+            engines.dispose()
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> None:
+    click.echo(f"mailflow: error: {message}", err=True)
+    sys.exit(code)
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def canonical_addresses(values: tuple[str, ...] | list[str]) -> list[str]:
+    return [addresses.validated(v) for v in values]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "-c", type=click.Path(path_type=Path),
+              help="mailflow.toml to read (default: $MAILFLOW_CONFIG, else ./mailflow.toml)")
+@click.version_option(__version__, prog_name="mailflow")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None) -> None:
+    """MailFlow Relay: mailing lists and aliases that never lose a message."""
+    ctx.obj = Context(config)
+
+
+# -- init and serve ---------------------------------------------------------------------
+
+@cli.command()
+@click.option("--example", is_flag=True,
+              help=f"also create {EXAMPLE_LIST} with members alice@ and bob@{EXAMPLE_DOMAIN}")
+@pass_context
+def init(ctx: Context, example: bool) -> None:
+    """Create the data directory and the database schema (safe to run again)."""
+    from mailflow.app import initialise
+
+    settings = ctx.settings
+    instance = initialise(settings)
+    click.echo(f"initialised {settings.resolved_database_url.split('?')[0]} "
+               f"(instance {instance})")
+    if example:
+        with ctx.repository() as repo:
+            now = time.time()
+            if EXAMPLE_DOMAIN not in {d.name for d in repo.domains()}:
+                repo.add_domain(EXAMPLE_DOMAIN, now)
+            if repo.find_list(EXAMPLE_LIST) is None:
+                repo.create_list(EXAMPLE_LIST, ListKind.LIST, "Example team", 0, now)
+            repo.add_members(EXAMPLE_LIST, EXAMPLE_MEMBERS, now)
+        click.echo(f"example list {EXAMPLE_LIST} with members {', '.join(EXAMPLE_MEMBERS)}")
+
+
+@cli.command()
+@pass_context
+def serve(ctx: Context) -> None:
+    """Run the relay (SMTP/LMTP listeners, pipeline, scheduler, HTTP) until stopped."""
+    from mailflow.app import serve as run_relay
+
+    settings = ctx.settings
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-line debug
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every POSIX system
+        asyncio.run(run_relay(settings))
+    else:
+        uvloop.run(run_relay(settings))
+
+
+# -- domains ----------------------------------------------------------------------------
+
+@cli.group()
+def domain() -> None:
+    """Domains this relay accepts mail for."""
+
+
+@domain.command("add")
+@click.argument("names", nargs=-1, required=True)
+@pass_context
+def domain_add(ctx: Context, names: tuple[str, ...]) -> None:
+    """Serve NAMES: mail to lists and aliases in them is accepted."""
+    valid = [addresses.validated_domain(n) for n in names]
+    with ctx.repository() as repo:
+        for name in valid:
+            repo.add_domain(name, time.time())
+            click.echo(f"added domain {name}")
+
+
+@domain.command("list")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@pass_context
+def domain_list(ctx: Context, as_json: bool) -> None:
+    """Show the domains served."""
+    with ctx.repository() as repo:
+        domains = repo.domains()
+    if as_json:
+        emit_json([{"name": d.name, "created_at": d.created_at} for d in domains])
+    else:
+        for d in domains:
+            click.echo(d.name)
+
+
+@domain.command("remove")
+@click.argument("name")
+@pass_context
+def domain_remove(ctx: Context, name: str) -> None:
+    """Stop serving NAME (it must have no lists left)."""
+    with ctx.repository() as repo:
+        repo.remove_domain(addresses.validated_domain(name))
+    click.echo(f"removed domain {name}")
+
+
+# -- lists and aliases ------------------------------------------------------------------
+
+@cli.group("list")
+def list_group() -> None:
+    """Mailing lists and aliases."""
+
+
+@list_group.command("create")
+@click.argument("address")
+@click.option("--kind", type=click.Choice([k.value for k in ListKind]), default="list",
+              show_default=True, help="list: members get decorated copies; alias: forward")
+@click.option("--name", default="", help="display name (used in List-Id)")
+@click.option("--priority", type=int, default=0, show_default=True,
+              help="higher is delivered first when the queue is busy")
+@pass_context
+def list_create(ctx: Context, address: str, kind: str, name: str, priority: int) -> None:
+    """Create a list or alias at ADDRESS (its domain must be served)."""
+    canonical = addresses.validated(address)
+    with ctx.repository() as repo:
+        created = repo.create_list(canonical, ListKind(kind), name, priority, time.time())
+    click.echo(f"created {created.kind.value} {created.address}")
+
+
+@list_group.command("show")
+@click.argument("address")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@pass_context
+def list_show(ctx: Context, address: str, as_json: bool) -> None:
+    """Show one list or alias."""
+    canonical = addresses.validated(address)
+    with ctx.repository() as repo:
+        found = repo.get_list(canonical)
+        roster = repo.members(canonical)
+    info = {"address": found.address, "kind": found.kind.value, "name": found.name,
+            "priority": found.priority, "members": len(roster),
+            "active_members": sum(1 for m in roster if m.status.value == "active"),
+            "bounces_address": found.bounces_address, "list_id": found.list_id}
+    if as_json:
+        emit_json(info)
+    else:
+        for key, value in info.items():
+            click.echo(f"{key}: {value}")
+
+
+@list_group.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@pass_context
+def list_ls(ctx: Context, as_json: bool) -> None:
+    """Show every list and alias with its member count."""
+    with ctx.repository() as repo:
+        rows = repo.lists_with_counts()
+    if as_json:
+        emit_json([{"address": lst.address, "kind": lst.kind.value, "name": lst.name,
+                    "members": n} for lst, n in rows])
+        return
+    for lst, n in rows:
+        click.echo(f"{lst.address}\t{lst.kind.value}\t{n} member(s)\t{lst.name}")
+
+
+@list_group.command("delete")
+@click.argument("address")
+@pass_context
+def list_delete(ctx: Context, address: str) -> None:
+    """Delete a list or alias and its roster; pending deliveries for it fail."""
+    canonical = addresses.validated(address)
+    with ctx.repository() as repo:
+        failed = repo.delete_list(canonical, time.time())
+    click.echo(f"deleted {canonical}" + (f" ({failed} pending deliveries failed)"
+                                          if failed else ""))
+
+
+# -- members ----------------------------------------------------------------------------
+
+@cli.group()
+def member() -> None:
+    """Members of lists, targets of aliases."""
+
+
+@member.command("add")
+@click.argument("list_address")
+@click.argument("members", nargs=-1, required=True)
+@pass_context
+def member_add(ctx: Context, list_address: str, members: tuple[str, ...]) -> None:
+    """Add MEMBERS to LIST_ADDRESS (alias targets may be in any domain)."""
+    target = addresses.validated(list_address)
+    new = canonical_addresses(members)
+    with ctx.repository() as repo:
+        added, existing = repo.add_members(target, new, time.time())
+    click.echo(f"added {added} member(s) to {target}"
+               + (f"; {existing} already there" if existing else ""))
+
+
+@member.command("remove")
+@click.argument("list_address")
+@click.argument("members", nargs=-1, required=True)
+@pass_context
+def member_remove(ctx: Context, list_address: str, members: tuple[str, ...]) -> None:
+    """Remove MEMBERS from LIST_ADDRESS."""
+    target = addresses.validated(list_address)
+    gone = canonical_addresses(members)
+    with ctx.repository() as repo:
+        removed = repo.remove_members(target, gone)
+    if removed < len(set(gone)):
+        fail(f"removed {removed} of {len(set(gone))}: the others were not members of "
+             f"{target} (see `mailflow member list {target}`)", EXIT_NOT_FOUND)
+    click.echo(f"removed {removed} member(s) from {target}")
+
+
+@member.command("list")
+@click.argument("list_address")
+@click.option("--json", "as_json", is_flag=True,
+              help="a JSON array of objects with address, status and created_at")
+@pass_context
+def member_list(ctx: Context, list_address: str, as_json: bool) -> None:
+    """Show the members of LIST_ADDRESS."""
+    target = addresses.validated(list_address)
+    with ctx.repository() as repo:
+        roster = repo.members(target)
+    if as_json:
+        emit_json([{"address": m.address, "status": m.status.value,
+                    "created_at": m.created_at} for m in roster])
+        return
+    for m in roster:
+        click.echo(f"{m.address}\t{m.status.value}")
+
+
+@member.command("import")
+@click.argument("list_address")
+@click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
+@pass_context
+def member_import(ctx: Context, list_address: str, csv_file: Any) -> None:
+    """Add the addresses in CSV_FILE to LIST_ADDRESS.
+
+    The file has one address per row in its first column, or a header row with an
+    ``address`` (or ``email``) column.  Nothing is added unless every row is valid.
+    """
+    target = addresses.validated(list_address)
+    found = read_member_csv(csv_file, getattr(csv_file, "name", "input"))
+    with ctx.repository() as repo:
+        added, existing = repo.add_members(target, found, time.time())
+    click.echo(f"imported {added} member(s) into {target}"
+               + (f"; {existing} already there" if existing else ""))
+
+
+def read_member_csv(stream: Any, name: str) -> list[str]:
+    rows = [row for row in csv.reader(stream) if any(cell.strip() for cell in row)]
+    if not rows:
+        raise InvalidInput(f"{name} has no rows")
+    header = [cell.strip().lower() for cell in rows[0]]
+    column, start = 0, 0
+    for key in ("address", "email", "e-mail"):
+        if key in header:
+            column, start = header.index(key), 1
+            break
+    found, problems = [], []
+    for number, row in enumerate(rows[start:], start=start + 1):
+        cell = row[column].strip() if column < len(row) else ""
+        try:
+            found.append(addresses.validated(cell))
+        except InvalidInput as exc:
+            problems.append(f"line {number}: {exc}")
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise InvalidInput(f"{name}: {len(problems)} invalid row(s), nothing imported:\n  "
+                           f"{shown}{more}")
+    return found
+
+
+# -- queue ------------------------------------------------------------------------------
+
+@cli.group()
+def queue() -> None:
+    """The send queue."""
+
+
+@queue.command("show")
+@click.option("--json", "as_json", is_flag=True,
+              help="counts by delivery status and the most recent deliveries")
+@click.option("--status", type=click.Choice(["queued", "in_flight", "deferred", "delivered",
+                                             "failed"]), help="only deliveries in this state")
+@click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
+@pass_context
+def queue_show(ctx: Context, as_json: bool, status: str | None, limit: int) -> None:
+    """Show how many deliveries are in each state, and the latest ones."""
+    with ctx.repository() as repo:
+        counts = repo.delivery_counts()
+        messages = repo.message_counts()
+        rows = repo.list_deliveries(limit, status)
+    if as_json:
+        emit_json({
+            "counts": counts,
+            "messages": messages,
+            "deliveries": [
+                {"id": r.id, "message_id": r.message_id, "list": r.list_address,
+                 "recipient": r.recipient, "status": r.status, "attempts": r.attempts,
+                 "next_attempt_at": r.due_at, "created_at": r.created_at,
+                 "updated_at": r.updated_at, "last_reply": r.last_reply}
+                for r in rows],
+        })
+        return
+    click.echo("deliveries: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    click.echo("messages:   " + ", ".join(f"{k} {v}" for k, v in messages.items()))
+    for r in rows:
+        click.echo(f"{r.id}\t{r.message_id}\t{r.recipient}\t{r.status}\t"
+                   f"attempts={r.attempts}\t{r.last_reply or ''}")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        fail("aborted", EXIT_FAILURE)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except NotFound as exc:
+        fail(str(exc), EXIT_NOT_FOUND)
+    except Conflict as exc:
+        fail(str(exc), EXIT_CONFLICT)
+    except InvalidInput as exc:
+        fail(str(exc), EXIT_USAGE)
+    except MailflowError as exc:
+        fail(str(exc), EXIT_FAILURE)
+    except SQLAlchemyError as exc:
+        fail(f"database error: {getattr(exc, 'orig', None) or exc}", EXIT_FAILURE)
+    except OSError as exc:
+        fail(f"{exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}".rstrip(": "),
+             EXIT_FAILURE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Settings: one typed object read once from ``mailflow.toml`` and ``MAILFLOW_*`` variables.
+
+Nothing else in the package reads the environment; components receive the pieces of
+``Settings`` they need.  Precedence, highest first: explicit overrides (tests, CLI flags),
+environment variables, the TOML file, the defaults below.  Every field is documented in
+``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from mailflow.errors import ConfigurationError
+
+CONFIG_ENV = "MAILFLOW_CONFIG"
+DEFAULT_CONFIG_FILE = "mailflow.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """A host and port to bind a listener to."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(value: str) -> ListenAddress | None:
+    """Parse ``host:port`` or ``[v6]:port``; ``off``/empty disables the listener."""
+    text = value.strip()
+    if text.lower() in {"", "off", "none", "false", "no"}:
+        return None
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port (or [ipv6]:port, or 'off'), got {value!r}")
+    return ListenAddress(host, int(port))
+
+
+TlsMode = Literal["starttls", "implicit", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpRelay:
+    """Where the SMTP egress hands mail to: parsed from ``smtp://[user:pass@]host:port``."""
+
+    host: str
+    port: int
+    tls: TlsMode = "none"
+    username: str | None = None
+    password: str | None = None
+    verify_tls: bool = True
+
+    def __repr__(self) -> str:  # never print the password
+        auth = f"{self.username}:***@" if self.username else ""
+        return f"SmtpRelay(smtp://{auth}{self.host}:{self.port}?tls={self.tls})"
+
+
+def parse_smtp_relay(url: str) -> SmtpRelay:
+    """Parse ``smtp://[user:pass@]host[:port][?tls=starttls|implicit|none&verify=yes|no]``."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
+        raise ValueError(f"expected smtp://[user:pass@]host:port[?tls=...], got {url!r}")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(query) - {"tls", "verify"}
+    if unknown:
+        raise ValueError(f"unknown smtp relay option(s): {', '.join(sorted(unknown))}")
+    default_tls = "implicit" if parts.scheme == "smtps" else "none"
+    tls = query.get("tls", default_tls)
+    if tls not in ("starttls", "implicit", "none"):
+        raise ValueError(f"tls must be starttls, implicit or none, got {tls!r}")
+    verify = query.get("verify", "yes").lower() not in {"no", "false", "0", "off"}
+    try:
+        port = parts.port or (465 if tls == "implicit" else 25)
+    except ValueError as exc:
+        raise ValueError(f"invalid port in {url!r}") from exc
+    return SmtpRelay(
+        host=parts.hostname,
+        port=port,
+        tls=tls,  # type: ignore[arg-type]
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        verify_tls=verify,
+    )
+
+
+class Settings(BaseSettings):
+    """Every knob of a MailFlow Relay instance."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAILFLOW_", extra="forbid", validate_default=True, frozen=True
+    )
+
+    data_dir: Path = Path("./var")
+    database_url: str = ""
+    smtp_listen: str = "127.0.0.1:2525"
+    lmtp_listen: str = "off"
+    http_listen: str = "127.0.0.1:8025"
+    hostname: str = Field(default_factory=socket.getfqdn)
+    instance_id: str = ""
+    egress: Literal["stdout", "smtp"] = "stdout"
+    smtp_relay: str = "smtp://127.0.0.1:25"
+    smtp_pool_size: int = Field(default=8, ge=1, le=256)
+    smtp_timeout: float = Field(default=60.0, gt=0)
+    smtp_idle_check: float = Field(default=10.0, ge=0)
+    max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+    max_received_headers: int = Field(default=30, ge=1)
+    max_recipients_per_transaction: int = Field(default=50, ge=1, le=1000)
+    retry_initial_delay: float = Field(default=60.0, gt=0)
+    retry_multiplier: float = Field(default=2.0, ge=1)
+    retry_max_delay: float = Field(default=4 * 3600.0, gt=0)
+    max_delivery_age: float = Field(default=5 * 24 * 3600.0, gt=0)
+    delivery_lease: float = Field(default=300.0, gt=0)
+    scheduler_batch_size: int = Field(default=1000, ge=1)
+    blob_retention: float = Field(default=3600.0, ge=0)
+    maintenance_interval: float = Field(default=30.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("smtp_listen", "lmtp_listen", "http_listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("smtp_relay")
+    @classmethod
+    def _check_relay(cls, value: str) -> str:
+        parse_smtp_relay(value)
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite", "postgresql", "postgres://")):
+            raise ValueError("expected sqlite:///path or postgresql://user@host:port/db")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_retry(self) -> Settings:
+        if self.retry_max_delay < self.retry_initial_delay:
+            raise ValueError("retry_max_delay must be >= retry_initial_delay")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    # Derived views, parsed once the raw strings are known to be valid.
+    @property
+    def smtp_address(self) -> ListenAddress | None:
+        return parse_listen(self.smtp_listen)
+
+    @property
+    def lmtp_address(self) -> ListenAddress | None:
+        return parse_listen(self.lmtp_listen)
+
+    @property
+    def http_address(self) -> ListenAddress | None:
+        return parse_listen(self.http_listen)
+
+    @property
+    def relay(self) -> SmtpRelay:
+        return parse_smtp_relay(self.smtp_relay)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'mailflow.db').resolve()}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read settings, raising ConfigurationError with every problem in one message.
+
+    The file is ``config_file``, else ``$MAILFLOW_CONFIG``, else ``./mailflow.toml`` if it
+    exists.  A file named explicitly must exist.
+    """
+    explicit = config_file or os.environ.get(CONFIG_ENV)
+    path = Path(explicit) if explicit else Path(DEFAULT_CONFIG_FILE)
+    if explicit and not path.is_file():
+        raise ConfigurationError(f"configuration file {path} does not exist")
+    toml_file = path if path.is_file() else None
+    cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config,
+                                                          "toml_file": toml_file}})
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]) or "settings"
+            env = f"MAILFLOW_{name.upper()}"
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"  {name} ({env}): {message}")
+        source = f" (file {toml_file})" if toml_file else ""
+        raise ConfigurationError("invalid configuration" + source + ":\n" + "\n".join(problems)) \
+            from None
+    except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
+        raise ConfigurationError(f"cannot read configuration file {path}: {exc}") from None

@@ -1,0 +1,61 @@
+"""Byte-exact access to a message's header section.
+
+The relay promises that a relayed body is byte-identical to what was received, so it never
+re-serializes a message through ``email.generator``: it reads header fields from the raw
+bytes and builds outbound messages by editing the header section only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+
+def split_message(raw: bytes) -> tuple[bytes, bytes]:
+    """(header section including its final line break, the rest: blank line and body)."""
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        index = raw.find(sep)
+        if index >= 0:
+            cut = index + len(sep) // 2
+            return raw[:cut], raw[cut:]
+    return raw, b""
+
+
+def iter_fields(header: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Yield (raw field including continuation lines, lower-cased name) in order."""
+    current: list[bytes] = []
+    name = b""
+    for line in header.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and current:
+            current.append(line)
+            continue
+        if current:
+            yield b"".join(current), name
+        current = [line]
+        name = line.split(b":", 1)[0].strip().lower()
+    if current:
+        yield b"".join(current), name
+
+
+def field_values(header: bytes, name: str) -> list[str]:
+    """Unfolded values of every field called ``name`` (case-insensitive)."""
+    wanted = name.lower().encode()
+    values = []
+    for raw, field_name in iter_fields(header):
+        if field_name == wanted:
+            value = raw.split(b":", 1)[1] if b":" in raw else b""
+            unfolded = b" ".join(value.split())
+            values.append(unfolded.decode("utf-8", "replace"))
+    return values
+
+
+def count_fields(header: bytes, name: str) -> int:
+    wanted = name.lower().encode()
+    return sum(1 for _, field_name in iter_fields(header) if field_name == wanted)
+
+
+def without_fields(header: bytes, names: Iterable[str]) -> bytes:
+    """The header section with every field called one of ``names`` removed."""
+    unwanted = {n.lower().encode() for n in names}
+    if not any(n in header.lower() for n in unwanted):
+        return header
+    return b"".join(raw for raw, name in iter_fields(header) if name not in unwanted)

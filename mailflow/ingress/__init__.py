@@ -1,0 +1,1 @@
+"""Ingress providers: protocol adapters in front of one accept service."""

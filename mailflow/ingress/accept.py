@@ -1,0 +1,126 @@
+"""The accept service: the one place that decides whether a message is taken.
+
+Every ingress (SMTP, LMTP, and the HTTP and cloud providers that follow) asks it the same
+questions in the same order: does this recipient exist, is the message too large, is it
+looping; then it makes the message durable and only then says yes.  Protocol adapters
+translate its errors into their own replies and hold no rules of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from mailflow import addresses, headers
+from mailflow.clock import Clock
+from mailflow.errors import (
+    MessageTooLarge,
+    SmtpReplyError,
+    StorageUnavailable,
+    UnknownDomain,
+    UnknownRecipient,
+)
+from mailflow.ids import new_message_id
+from mailflow.ingress.commit import GroupCommitter, content_digest
+from mailflow.model import Envelope, InboundMessage
+from mailflow.pipeline.loops import check_hops, check_not_looping
+from mailflow.store.repository import Resolution
+from mailflow.store.runner import StoreRunner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptPolicy:
+    instance_id: str
+    max_message_size: int
+    max_received_headers: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Per-recipient answer for a message: ``error`` is None where it was accepted."""
+
+    recipient: str
+    error: SmtpReplyError | None
+    message_id: str | None = None
+
+
+class AcceptService:
+    def __init__(self, runner: StoreRunner, committer: GroupCommitter, clock: Clock,
+                 policy: AcceptPolicy, on_stored: Callable[[], None]) -> None:
+        self.runner = runner
+        self.committer = committer
+        self.clock = clock
+        self.policy = policy
+        self.on_stored = on_stored
+
+    async def check_recipient(self, address: str) -> Resolution:
+        """Raise unless ``address`` is a list, an alias or a list's bounce address here."""
+        try:
+            resolution = await self.runner.read(self.runner.repo.resolve,
+                                                addresses.canonical(address))
+        except Exception as exc:
+            log.exception("recipient lookup failed", extra={"action": "lookup_failed"})
+            raise StorageUnavailable("cannot look up recipients right now, try again later") \
+                from exc
+        if resolution.kind == "unknown_domain":
+            raise UnknownDomain(f"relaying denied: <{address}> is not in a domain of this relay")
+        if resolution.kind == "unknown_address":
+            raise UnknownRecipient(f"no list or alias <{address}> here")
+        return resolution
+
+    def check_size(self, size: int) -> None:
+        if size > self.policy.max_message_size:
+            raise MessageTooLarge(
+                f"message too large ({size} bytes, limit {self.policy.max_message_size})")
+
+    async def accept(self, envelope: Envelope, raw: bytes) -> str:
+        """Store a message for every recipient or for none (SMTP semantics)."""
+        verdicts = await self.accept_each(envelope, raw)
+        for verdict in verdicts:
+            if verdict.error is not None:
+                raise verdict.error
+        return verdicts[0].message_id or ""
+
+    async def accept_each(self, envelope: Envelope, raw: bytes) -> list[Verdict]:
+        """Decide per recipient and store one message for those accepted (LMTP semantics).
+
+        Recipients are assumed checked at RCPT time; what is decided here is what needs
+        the content: size, hop count and our own loop marker.
+        """
+        rcpts = [addresses.canonical(r) for r in envelope.rcpt_tos]
+        try:
+            self.check_size(len(raw))
+            header, _ = headers.split_message(raw)
+            check_hops(header, self.policy.max_received_headers)
+        except SmtpReplyError as error:
+            return [Verdict(r, error) for r in rcpts]
+        verdicts: dict[str, SmtpReplyError | None] = {}
+        for rcpt in rcpts:
+            try:
+                check_not_looping(header, self.policy.instance_id, [rcpt])
+                verdicts[rcpt] = None
+            except SmtpReplyError as error:
+                verdicts[rcpt] = error
+        accepted = [r for r in rcpts if verdicts[r] is None]
+        if not accepted:
+            return [Verdict(r, verdicts[r]) for r in rcpts]
+        message_id = await self._store(envelope, accepted, raw)
+        return [Verdict(r, verdicts[r], message_id if verdicts[r] is None else None)
+                for r in rcpts]
+
+    async def _store(self, envelope: Envelope, rcpts: Sequence[str], raw: bytes) -> str:
+        now = self.clock.now()
+        message = InboundMessage(
+            id=new_message_id(now), mail_from=envelope.mail_from, rcpt_tos=tuple(rcpts),
+            blob=await content_digest(raw), size=len(raw), received_at=now,
+            peer=envelope.peer, helo=envelope.helo, protocol=envelope.protocol,
+        )
+        await self.committer.commit(message, raw)
+        log.info("stored %s from=<%s> rcpt=%s size=%d", message.id, message.mail_from,
+                 ",".join(rcpts), message.size,
+                 extra={"action": "received", "queue_id": message.id})
+        self.on_stored()
+        return message.id

@@ -1,0 +1,122 @@
+"""SMTP and LMTP listeners (aiosmtpd): SMTP verbs in, accept-service calls out.
+
+The handler holds no rules: RCPT asks the accept service whether the recipient exists,
+DATA asks it to store the message, and each domain error becomes its reply code.  LMTP is
+the same handler answering once per recipient after DATA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
+
+from mailflow.config import ListenAddress
+from mailflow.errors import SmtpReplyError, StorageUnavailable
+from mailflow.ingress.accept import AcceptService
+from mailflow.model import Envelope
+
+log = logging.getLogger(__name__)
+
+MAX_RECIPIENTS = 1000
+IDENT = "MailFlow Relay"
+
+
+class _EnhancedSizeReplies:
+    """aiosmtpd answers oversize mail with a bare 552; say 5.3.4 like every MTA does."""
+
+    data_size_limit: int | None
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str) and status.startswith("552 Error"):
+            status = f"552 5.3.4 message too large (limit {self.data_size_limit} bytes)"
+        await super().push(status)  # type: ignore[misc]
+
+
+class RelaySMTP(_EnhancedSizeReplies, SMTP):
+    pass
+
+
+class RelayLMTP(_EnhancedSizeReplies, LMTP):
+    pass
+
+
+class RelayHandler:
+    """aiosmtpd handler hooks for SMTP; :class:`LmtpHandler` answers per recipient."""
+
+    protocol = "ESMTP"
+
+    def __init__(self, service: AcceptService) -> None:
+        self.service = service
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return "452 4.5.3 too many recipients"
+        try:
+            await self.service.check_recipient(address)
+        except SmtpReplyError as error:
+            return error.smtp_reply()
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.append(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
+        try:
+            message_id = await self.service.accept(self._envelope(session, envelope),
+                                                   self._content(envelope))
+        except SmtpReplyError as error:
+            return error.smtp_reply()
+        except Exception:
+            log.exception("accept failed", extra={"action": "accept_error"})
+            return StorageUnavailable().smtp_reply()
+        return f"250 2.0.0 OK queued as {message_id}"
+
+    def _envelope(self, session: Session, envelope: SmtpEnvelope) -> Envelope:
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer or "")
+        return Envelope(
+            mail_from=envelope.mail_from or "", rcpt_tos=tuple(envelope.rcpt_tos),
+            peer=peer, helo=session.host_name or "", protocol=self.protocol,
+        )
+
+    @staticmethod
+    def _content(envelope: SmtpEnvelope) -> bytes:
+        content = envelope.original_content or envelope.content or b""
+        return content if isinstance(content, bytes) else content.encode("utf-8")
+
+
+class LmtpHandler(RelayHandler):
+    protocol = "LMTP"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
+        try:
+            verdicts = await self.service.accept_each(self._envelope(session, envelope),
+                                                      self._content(envelope))
+        except SmtpReplyError as error:
+            return "\r\n".join(error.smtp_reply() for _ in envelope.rcpt_tos)
+        except Exception:
+            log.exception("accept failed", extra={"action": "accept_error"})
+            return "\r\n".join(StorageUnavailable().smtp_reply() for _ in envelope.rcpt_tos)
+        return "\r\n".join(
+            v.error.smtp_reply() if v.error else f"250 2.0.0 <{v.recipient}> OK queued as "
+                                                 f"{v.message_id}"
+            for v in verdicts
+        )
+
+
+async def start_listener(service: AcceptService, address: ListenAddress, *, hostname: str,
+                         max_message_size: int, lmtp: bool = False) -> asyncio.Server:
+    handler = LmtpHandler(service) if lmtp else RelayHandler(service)
+    protocol_class = RelayLMTP if lmtp else RelaySMTP
+
+    def factory() -> SMTP:
+        return protocol_class(handler, data_size_limit=max_message_size, enable_SMTPUTF8=True,
+                              decode_data=False, hostname=hostname, ident=IDENT,
+                              timeout=300)
+
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(factory, host=address.host, port=address.port,
+                                    reuse_address=True)

@@ -1,0 +1,128 @@
+"""Plain value objects that travel between ingress, pipeline, queue and egress.
+
+They carry no database session and no behaviour beyond derived names, so any stage can be
+tested with hand-made instances.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from mailflow import addresses
+
+
+class ListKind(enum.StrEnum):
+    LIST = "list"    # a mailing list: members get a copy with List-* headers
+    ALIAS = "alias"  # a forwarding address: targets may live outside our domains
+
+
+class MemberStatus(enum.StrEnum):
+    ACTIVE = "active"
+    DISABLED = "disabled"  # kept on the roster, receives nothing (bounces, vacation)
+
+
+class MessageStatus(enum.StrEnum):
+    RECEIVED = "received"  # durable, not yet expanded into deliveries
+    QUEUED = "queued"      # deliveries exist, some still pending
+    DONE = "done"          # every delivery is final; the blob reference is released
+
+
+class DeliveryStatus(enum.StrEnum):
+    QUEUED = "queued"
+    IN_FLIGHT = "in_flight"
+    DEFERRED = "deferred"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+PENDING_STATUSES = (DeliveryStatus.QUEUED, DeliveryStatus.IN_FLIGHT, DeliveryStatus.DEFERRED)
+FINAL_STATUSES = (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    id: int
+    name: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MailingList:
+    id: int
+    address: str
+    kind: ListKind
+    name: str
+    priority: int
+    created_at: float
+
+    @property
+    def bounces_address(self) -> str:
+        return addresses.bounces_address(self.address)
+
+    @property
+    def list_id(self) -> str:
+        """The RFC 2919 identifier: ``team.example.test`` for ``team@example.test``."""
+        local, domain = addresses.split(self.address)
+        return f"{local}.{domain}"
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    list_id: int
+    address: str
+    status: MemberStatus
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What the SMTP conversation (or any other ingress) says about a message."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    peer: str = ""
+    helo: str = ""
+    protocol: str = "ESMTP"
+
+
+@dataclass(slots=True)
+class InboundMessage:
+    """A stored inbound message as the pipeline sees it."""
+
+    id: str
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    blob: str
+    size: int
+    received_at: float
+    peer: str
+    helo: str
+    protocol: str
+    status: MessageStatus = MessageStatus.RECEIVED
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    """One recipient of one message through one list, as the pipeline plans it."""
+
+    message_id: str
+    list_id: int
+    recipient: str
+    priority: int
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A claimed delivery with what the scheduler needs to send it."""
+
+    id: int
+    message_id: str
+    list_id: int
+    recipient: str
+    attempts: int
+    created_at: float
+    priority: int = 0
+    status: DeliveryStatus = DeliveryStatus.IN_FLIGHT
+    last_reply: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,90 @@
+"""Engines for the two supported backends, configured for durability and concurrency.
+
+SQLite runs in WAL mode with ``synchronous=FULL`` so a commit is fsynced before an ingress
+acknowledges; writes start with ``BEGIN IMMEDIATE`` so two writers never deadlock on a lock
+upgrade.  PostgreSQL uses psycopg 3 whatever driver the URL names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+
+@dataclass(frozen=True, slots=True)
+class Engines:
+    """A writer and a reader engine (the same object on PostgreSQL)."""
+
+    writer: Engine
+    reader: Engine
+    dialect: str
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    def dispose(self) -> None:
+        self.writer.dispose()
+        if self.reader is not self.writer:
+            self.reader.dispose()
+
+
+def normalize_url(url: str) -> str:
+    """Map ``postgresql://`` and ``postgres://`` to the psycopg 3 driver."""
+    for prefix in ("postgresql+psycopg2://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> Engine:
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        pool_size=pool_size,
+        max_overflow=0,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        # Take transaction control from pysqlite so BEGIN is ours to issue.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA cache_size=-32000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):  # type: ignore[no-untyped-def]
+        connection.exec_driver_sql(begin)
+
+    return engine
+
+
+def create_engines(url: str, *, pool_size: int = 8) -> Engines:
+    url = normalize_url(url)
+    dialect = make_url(url).get_backend_name()
+    if dialect == "sqlite":
+        writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1)
+        reader = _sqlite_engine(url, begin="BEGIN", pool_size=pool_size)
+        return Engines(writer, reader, dialect)
+    if dialect == "postgresql":
+        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size,
+                               pool_pre_ping=True)
+        return Engines(engine, engine, dialect)
+    raise ValueError(f"unsupported database {dialect!r}: use sqlite:/// or postgresql://")
+
+
+def create_cli_engines(url: str) -> Engines:
+    """Short-lived engines for one CLI command: no pooled connections left behind."""
+    url = normalize_url(url)
+    if make_url(url).get_backend_name() == "postgresql":
+        engine = create_engine(url, poolclass=NullPool)
+        return Engines(engine, engine, "postgresql")
+    return create_engines(url, pool_size=1)

@@ -1,0 +1,533 @@
+"""The storage port: domain operations over SQLite or PostgreSQL, nothing else.
+
+Every method is synchronous and runs one short transaction.  The asynchronous parts of
+the relay call them through :class:`mailflow.store.runner.StoreRunner`, which keeps them
+off the event loop; the CLI calls them directly.  Callers pass ``now`` so tests can move
+time instead of sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from mailflow import addresses
+from mailflow.errors import Conflict, NotFound
+from mailflow.model import (
+    PENDING_STATUSES,
+    Delivery,
+    DeliveryStatus,
+    Domain,
+    InboundMessage,
+    ListKind,
+    MailingList,
+    Member,
+    MemberStatus,
+    MessageStatus,
+    NewDelivery,
+)
+from mailflow.store.engine import Engines
+from mailflow.store.tables import blobs, deliveries, domains, events, lists, members, messages, meta
+
+PENDING = [status.value for status in PENDING_STATUSES]
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What an envelope recipient is to this relay."""
+
+    kind: Literal["list", "bounces", "unknown_domain", "unknown_address"]
+    mailing_list: MailingList | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one delivery attempt, as the scheduler decided it."""
+
+    delivery_id: int
+    status: DeliveryStatus  # delivered, deferred or failed
+    reply: str
+    due_at: float = 0.0
+    message_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str
+    detail: str
+    message_id: str | None = None
+    delivery_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """A delivery as listed by ``mailflow queue show``."""
+
+    id: int
+    message_id: str
+    list_address: str | None
+    recipient: str
+    status: str
+    attempts: int
+    due_at: float
+    created_at: float
+    updated_at: float
+    last_reply: str | None
+
+
+def _list(row: Row[Any]) -> MailingList:
+    return MailingList(row.id, row.address, ListKind(row.kind), row.name, row.priority,
+                       row.created_at)
+
+
+def _message(row: Row[Any]) -> InboundMessage:
+    return InboundMessage(
+        id=row.id, mail_from=row.mail_from, rcpt_tos=tuple(row.rcpt_tos.split("\n")),
+        blob=row.blob, size=row.size, received_at=row.received_at, peer=row.peer,
+        helo=row.helo, protocol=row.protocol, status=MessageStatus(row.status),
+    )
+
+
+class Repository:
+    """Domain operations on the relay's tables."""
+
+    def __init__(self, engines: Engines) -> None:
+        self.engines = engines
+        dialect = sqlite if engines.is_sqlite else postgresql
+        self._upsert_insert = dialect.insert
+
+    # -- meta ---------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        with self.engines.reader.connect() as conn:
+            return conn.scalar(select(meta.c.value).where(meta.c.key == key))
+
+    def ensure_meta(self, key: str, value: str) -> str:
+        """Set ``key`` unless it is set already; return the stored value."""
+        with self.engines.writer.begin() as conn:
+            stmt = self._upsert_insert(meta).values(key=key, value=value)
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=["key"]))
+            return conn.scalar(select(meta.c.value).where(meta.c.key == key))
+
+    # -- domains ------------------------------------------------------------------------
+
+    def add_domain(self, name: str, now: float) -> Domain:
+        try:
+            with self.engines.writer.begin() as conn:
+                new_id = conn.scalar(
+                    insert(domains).values(name=name, created_at=now).returning(domains.c.id)
+                )
+        except IntegrityError:
+            raise Conflict(f"domain {name} exists already") from None
+        return Domain(new_id, name, now)
+
+    def domains(self) -> list[Domain]:
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(select(domains).order_by(domains.c.name)).all()
+        return [Domain(r.id, r.name, r.created_at) for r in rows]
+
+    def remove_domain(self, name: str) -> None:
+        with self.engines.writer.begin() as conn:
+            domain_id = conn.scalar(select(domains.c.id).where(domains.c.name == name))
+            if domain_id is None:
+                raise NotFound(f"no domain {name}; see `mailflow domain list`")
+            used = conn.scalar(select(func.count()).where(lists.c.domain_id == domain_id))
+            if used:
+                raise Conflict(f"domain {name} still has {used} list(s) or alias(es); "
+                               "delete them first with `mailflow list delete`")
+            conn.execute(delete(domains).where(domains.c.id == domain_id))
+
+    # -- lists and aliases --------------------------------------------------------------
+
+    def create_list(self, address: str, kind: ListKind, name: str, priority: int,
+                    now: float) -> MailingList:
+        local, domain = addresses.split(address)
+        if local.endswith(addresses.BOUNCES_SUFFIX):
+            raise Conflict(f"addresses ending in {addresses.BOUNCES_SUFFIX} are reserved "
+                           "for the bounces of lists")
+        with self.engines.writer.begin() as conn:
+            domain_id = conn.scalar(select(domains.c.id).where(domains.c.name == domain))
+            if domain_id is None:
+                raise NotFound(f"domain {domain} is not served here; add it first with "
+                               f"`mailflow domain add {domain}`")
+            if conn.scalar(select(lists.c.id).where(lists.c.address == address)):
+                raise Conflict(f"{address} exists already")
+            new_id = conn.scalar(
+                insert(lists).values(domain_id=domain_id, address=address, kind=kind.value,
+                                     name=name, priority=priority, created_at=now)
+                .returning(lists.c.id)
+            )
+        return MailingList(new_id, address, kind, name, priority, now)
+
+    def find_list(self, address: str) -> MailingList | None:
+        with self.engines.reader.connect() as conn:
+            row = conn.execute(select(lists).where(lists.c.address == address)).first()
+        return _list(row) if row else None
+
+    def get_list(self, address: str) -> MailingList:
+        found = self.find_list(address)
+        if found is None:
+            raise NotFound(f"no list or alias {address}; see `mailflow list ls`")
+        return found
+
+    def lists_with_counts(self) -> list[tuple[MailingList, int]]:
+        counts = (select(members.c.list_id, func.count().label("n"))
+                  .group_by(members.c.list_id).subquery())
+        query = (select(lists, func.coalesce(counts.c.n, 0).label("n"))
+                 .outerjoin(counts, counts.c.list_id == lists.c.id).order_by(lists.c.address))
+        with self.engines.reader.connect() as conn:
+            return [(_list(row), row.n) for row in conn.execute(query)]
+
+    def delete_list(self, address: str, now: float) -> int:
+        """Delete a list and its roster; its pending deliveries fail. Returns how many."""
+        with self.engines.writer.begin() as conn:
+            list_id = conn.scalar(select(lists.c.id).where(lists.c.address == address))
+            if list_id is None:
+                raise NotFound(f"no list or alias {address}; see `mailflow list ls`")
+            failed = conn.execute(
+                update(deliveries)
+                .where(deliveries.c.list_id == list_id, deliveries.c.status.in_(PENDING))
+                .values(status=DeliveryStatus.FAILED.value, updated_at=now,
+                        last_reply="list deleted before delivery", lease_owner=None)
+            ).rowcount
+            conn.execute(delete(members).where(members.c.list_id == list_id))
+            conn.execute(delete(lists).where(lists.c.id == list_id))
+        return failed
+
+    def resolve(self, address: str) -> Resolution:
+        """Decide what a recipient address is: list/alias, list bounces, or unknown."""
+        local, domain = addresses.split(address)
+        candidates = [address]
+        if local.endswith(addresses.BOUNCES_SUFFIX):
+            candidates.append(f"{local[:-len(addresses.BOUNCES_SUFFIX)]}@{domain}")
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(select(lists).where(lists.c.address.in_(candidates))).all()
+            if not rows:
+                known = conn.scalar(select(domains.c.id).where(domains.c.name == domain))
+                return Resolution("unknown_address" if known else "unknown_domain")
+        found = {row.address: _list(row) for row in rows}
+        if address in found:
+            return Resolution("list", found[address])
+        return Resolution("bounces", found[candidates[-1]])
+
+    # -- members ------------------------------------------------------------------------
+
+    def add_members(self, list_address: str, new: Iterable[str], now: float,
+                    status: MemberStatus = MemberStatus.ACTIVE) -> tuple[int, int]:
+        """Add addresses to a roster; returns (added, already there)."""
+        wanted = list(dict.fromkeys(new))
+        with self.engines.writer.begin() as conn:
+            list_id = self._list_id(conn, list_address)
+            existing = set(conn.scalars(
+                select(members.c.address).where(members.c.list_id == list_id)))
+            rows = [{"list_id": list_id, "address": a, "status": status.value, "created_at": now}
+                    for a in wanted if a not in existing]
+            if rows:
+                conn.execute(insert(members), rows)
+        return len(rows), len(wanted) - len(rows)
+
+    def remove_members(self, list_address: str, gone: Iterable[str]) -> int:
+        with self.engines.writer.begin() as conn:
+            list_id = self._list_id(conn, list_address)
+            return conn.execute(
+                delete(members).where(members.c.list_id == list_id,
+                                      members.c.address.in_(list(gone)))
+            ).rowcount
+
+    def members(self, list_address: str) -> list[Member]:
+        with self.engines.reader.connect() as conn:
+            list_id = self._list_id(conn, list_address)
+            rows = conn.execute(select(members).where(members.c.list_id == list_id)
+                                .order_by(members.c.address)).all()
+        return [Member(r.list_id, r.address, MemberStatus(r.status), r.created_at) for r in rows]
+
+    def active_member_addresses(self, list_id: int) -> list[str]:
+        with self.engines.reader.connect() as conn:
+            return list(conn.scalars(
+                select(members.c.address)
+                .where(members.c.list_id == list_id,
+                       members.c.status == MemberStatus.ACTIVE.value)
+                .order_by(members.c.id)))
+
+    def _list_id(self, conn: Connection, address: str) -> int:
+        list_id = conn.scalar(select(lists.c.id).where(lists.c.address == address))
+        if list_id is None:
+            raise NotFound(f"no list or alias {address}; see `mailflow list ls`")
+        return list_id
+
+    # -- inbound messages ---------------------------------------------------------------
+
+    def store_messages(self, batch: Sequence[InboundMessage], now: float,
+                       write_blobs: Callable[[], None]) -> None:
+        """Make a batch of received messages durable in one transaction (group commit).
+
+        The blob rows are upserted first, so that the row locks (PostgreSQL) or the
+        database lock (SQLite) keep the garbage collector from deleting a file that
+        ``write_blobs`` is about to rely on; the files are written and fsynced before the
+        commit, and the commit is what an ingress waits for before it answers 250.
+        """
+        sizes: dict[str, tuple[int, int]] = {}
+        for msg in batch:
+            size, count = sizes.get(msg.blob, (msg.size, 0))
+            sizes[msg.blob] = (size, count + 1)
+        upsert = self._upsert_insert(blobs)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["hash"],
+            set_={"refcount": blobs.c.refcount + upsert.excluded.refcount, "released_at": None},
+        )
+        with self.engines.writer.begin() as conn:
+            conn.execute(upsert, [
+                {"hash": h, "size": size, "refcount": count, "created_at": now,
+                 "released_at": None}
+                for h, (size, count) in sorted(sizes.items())
+            ])
+            write_blobs()
+            conn.execute(insert(messages), [
+                {"id": m.id, "mail_from": m.mail_from, "rcpt_tos": "\n".join(m.rcpt_tos),
+                 "blob": m.blob, "size": m.size, "received_at": m.received_at,
+                 "peer": m.peer, "helo": m.helo, "protocol": m.protocol,
+                 "status": MessageStatus.RECEIVED.value, "updated_at": now}
+                for m in batch
+            ])
+            conn.execute(insert(events), [
+                {"created_at": now, "kind": "received", "message_id": m.id,
+                 "detail": f"from=<{m.mail_from}> size={m.size} peer={m.peer} "
+                           f"rcpt={','.join(m.rcpt_tos)}"}
+                for m in batch
+            ])
+
+    def messages_by_id(self, ids: Iterable[str]) -> dict[str, InboundMessage]:
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(select(messages).where(messages.c.id.in_(list(ids)))).all()
+        return {row.id: _message(row) for row in rows}
+
+    def lists_by_id(self, ids: Iterable[int]) -> dict[int, MailingList]:
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(select(lists).where(lists.c.id.in_(list(ids)))).all()
+        return {row.id: _list(row) for row in rows}
+
+    def expand_received(
+        self, now: float, limit: int,
+        plan: Callable[[InboundMessage], tuple[Sequence[NewDelivery], Sequence[Event]]],
+    ) -> list[str]:
+        """Turn received messages into delivery rows, atomically with their status change.
+
+        The messages are locked while ``plan`` decides their recipients, so two workers
+        sharing a PostgreSQL database never expand the same message twice.  A message with
+        no delivery at all is finished at once and its blob released.  Returns the ids of
+        the messages expanded.
+        """
+        query = (select(messages).where(messages.c.status == MessageStatus.RECEIVED.value)
+                 .order_by(messages.c.received_at).limit(limit))
+        if not self.engines.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        with self.engines.writer.begin() as conn:
+            batch = [_message(row) for row in conn.execute(query)]
+            rows: list[dict[str, Any]] = []
+            trace: list[Event] = []
+            queued, empty = [], []
+            for message in batch:
+                planned, events_ = plan(message)
+                trace.extend(events_)
+                (queued if planned else empty).append(message.id)
+                rows.extend(
+                    {"message_id": d.message_id, "list_id": d.list_id,
+                     "recipient": d.recipient, "status": DeliveryStatus.QUEUED.value,
+                     "priority": d.priority, "attempts": 0, "due_at": now,
+                     "created_at": now, "updated_at": now}
+                    for d in planned)
+            if rows:
+                conn.execute(insert(deliveries), rows)
+            if queued:
+                conn.execute(update(messages).where(messages.c.id.in_(queued))
+                             .values(status=MessageStatus.QUEUED.value, updated_at=now))
+            if empty:
+                self._finish(conn, empty, now)
+            self._add_events(conn, trace, now)
+        return [message.id for message in batch]
+
+    # -- the send queue -----------------------------------------------------------------
+
+    def claim_due_deliveries(self, now: float, limit: int, lease: float,
+                             owner: str) -> list[Delivery]:
+        """Lease up to ``limit`` due deliveries, highest priority and oldest first.
+
+        Expired leases count as due, so a crashed worker's deliveries come back by
+        themselves.  On PostgreSQL concurrent workers skip each other's locked rows.
+        """
+        due = (
+            select(deliveries.c.id)
+            .where(deliveries.c.status.in_(PENDING), deliveries.c.due_at <= now)
+            .order_by(deliveries.c.priority.desc(), deliveries.c.due_at)
+            .limit(limit)
+        )
+        if not self.engines.is_sqlite:
+            due = due.with_for_update(skip_locked=True)
+        stmt = (
+            update(deliveries)
+            .where(deliveries.c.id.in_(due.scalar_subquery()))
+            .values(status=DeliveryStatus.IN_FLIGHT.value, due_at=now + lease,
+                    lease_owner=owner, updated_at=now)
+            .returning(deliveries.c.id, deliveries.c.message_id, deliveries.c.list_id,
+                       deliveries.c.recipient, deliveries.c.attempts,
+                       deliveries.c.created_at, deliveries.c.priority)
+        )
+        with self.engines.writer.begin() as conn:
+            rows = conn.execute(stmt).all()
+        return [Delivery(r.id, r.message_id, r.list_id, r.recipient, r.attempts, r.created_at,
+                         r.priority) for r in rows]
+
+    def record_outcomes(self, now: float, outcomes: Sequence[Outcome]) -> None:
+        """Store the results of delivery attempts; non-final ones leave an event."""
+        if not outcomes:
+            return
+        stmt = (
+            update(deliveries)
+            .where(deliveries.c.id == bindparam("b_id"))
+            .values(status=bindparam("b_status"), due_at=bindparam("b_due"),
+                    last_reply=bindparam("b_reply"), attempts=deliveries.c.attempts + 1,
+                    lease_owner=None, updated_at=now)
+        )
+        with self.engines.writer.begin() as conn:
+            conn.execute(stmt, [
+                {"b_id": o.delivery_id, "b_status": o.status.value, "b_due": o.due_at or now,
+                 "b_reply": o.reply[:1000]}
+                for o in outcomes
+            ])
+            self._add_events(conn, [
+                Event(o.status.value, o.reply[:1000], o.message_id or None, o.delivery_id)
+                for o in outcomes if o.status is not DeliveryStatus.DELIVERED
+            ], now)
+
+    def release_leases(self, now: float, owner: str | None = None) -> int:
+        """Return in-flight deliveries to the queue (all of them, or one owner's)."""
+        stmt = update(deliveries).where(deliveries.c.status == DeliveryStatus.IN_FLIGHT.value)
+        if owner is not None:
+            stmt = stmt.where(deliveries.c.lease_owner == owner)
+        with self.engines.writer.begin() as conn:
+            return conn.execute(stmt.values(status=DeliveryStatus.QUEUED.value, due_at=now,
+                                            lease_owner=None, updated_at=now)).rowcount
+
+    def next_due_at(self) -> float | None:
+        with self.engines.reader.connect() as conn:
+            return conn.scalar(select(func.min(deliveries.c.due_at))
+                               .where(deliveries.c.status.in_(PENDING)))
+
+    def finish_messages(self, now: float, limit: int = 1000) -> int:
+        """Mark queued messages whose deliveries are all final as done; release blobs."""
+        pending = (select(deliveries.c.id)
+                   .where(deliveries.c.message_id == messages.c.id,
+                          deliveries.c.status.in_(PENDING)).exists())
+        with self.engines.writer.begin() as conn:
+            ids = list(conn.scalars(
+                select(messages.c.id)
+                .where(messages.c.status == MessageStatus.QUEUED.value, ~pending)
+                .limit(limit)))
+            if ids:
+                self._finish(conn, ids, now)
+        return len(ids)
+
+    def _finish(self, conn: Connection, ids: list[str], now: float) -> None:
+        conn.execute(update(messages).where(messages.c.id.in_(ids))
+                     .values(status=MessageStatus.DONE.value, updated_at=now))
+        per_blob: dict[str, int] = {}
+        for blob in conn.scalars(select(messages.c.blob).where(messages.c.id.in_(ids))):
+            per_blob[blob] = per_blob.get(blob, 0) + 1
+        conn.execute(
+            update(blobs).where(blobs.c.hash == bindparam("b_hash"))
+            .values(refcount=blobs.c.refcount - bindparam("b_n"), released_at=now),
+            [{"b_hash": h, "b_n": n} for h, n in per_blob.items()],
+        )
+
+    def collect_blobs(self, released_before: float, unlink: Callable[[list[str]], None],
+                      limit: int = 1000) -> int:
+        """Delete unreferenced blobs released before the cutoff, rows and files together.
+
+        The files are unlinked inside the transaction, while the rows are locked, so a
+        concurrent ingest of the same content either sees the row gone and writes the
+        file anew, or bumps the refcount first and the blob is kept.  Message rows and
+        their trace may outlive the content (see :meth:`purge_messages`).
+        """
+        with self.engines.writer.begin() as conn:
+            hashes = list(conn.scalars(
+                select(blobs.c.hash)
+                .where(blobs.c.refcount <= 0, blobs.c.released_at <= released_before)
+                .limit(limit)))
+            if hashes:
+                # Re-check under the row lock: an ingest may have revived one meanwhile.
+                hashes = list(conn.scalars(
+                    delete(blobs).where(blobs.c.hash.in_(hashes), blobs.c.refcount <= 0)
+                    .returning(blobs.c.hash)))
+                unlink(hashes)
+        return len(hashes)
+
+    def purge_messages(self, done_before: float, limit: int = 1000) -> int:
+        """Forget done messages (their deliveries and events too) older than the cutoff."""
+        with self.engines.writer.begin() as conn:
+            ids = list(conn.scalars(
+                select(messages.c.id)
+                .where(messages.c.status == MessageStatus.DONE.value,
+                       messages.c.updated_at <= done_before)
+                .limit(limit)))
+            if ids:
+                conn.execute(delete(events).where(events.c.message_id.in_(ids)))
+                conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
+                conn.execute(delete(messages).where(messages.c.id.in_(ids)))
+        return len(ids)
+
+    # -- inspection ---------------------------------------------------------------------
+
+    def delivery_counts(self) -> dict[str, int]:
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(select(deliveries.c.status, func.count())
+                                .group_by(deliveries.c.status)).all()
+        counts = {status.value: 0 for status in DeliveryStatus}
+        counts.update({status: n for status, n in rows})
+        return counts
+
+    def message_counts(self) -> dict[str, int]:
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(select(messages.c.status, func.count())
+                                .group_by(messages.c.status)).all()
+        counts = {status.value: 0 for status in MessageStatus}
+        counts.update({status: n for status, n in rows})
+        return counts
+
+    def list_deliveries(self, limit: int, status: str | None = None) -> list[DeliveryRow]:
+        query = (select(deliveries, lists.c.address.label("list_address"))
+                 .outerjoin(lists, lists.c.id == deliveries.c.list_id)
+                 .order_by(deliveries.c.id.desc()).limit(limit))
+        if status:
+            query = query.where(deliveries.c.status == status)
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(query).all()
+        return [DeliveryRow(r.id, r.message_id, r.list_address, r.recipient, r.status,
+                            r.attempts, r.due_at, r.created_at, r.updated_at, r.last_reply)
+                for r in rows]
+
+    def message_events(self, message_id: str) -> list[tuple[float, str, str]]:
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(select(events.c.created_at, events.c.kind, events.c.detail)
+                                .where(events.c.message_id == message_id)
+                                .order_by(events.c.id)).all()
+        return [(r.created_at, r.kind, r.detail) for r in rows]
+
+    def blob_stats(self) -> tuple[int, int]:
+        """(number of blobs, bytes) currently stored."""
+        with self.engines.reader.connect() as conn:
+            row = conn.execute(select(func.count(), func.coalesce(func.sum(blobs.c.size), 0))
+                               ).one()
+        return int(row[0]), int(row[1])
+
+    @staticmethod
+    def _add_events(conn: Connection, items: Sequence[Event], now: float) -> None:
+        if items:
+            conn.execute(insert(events), [
+                {"created_at": now, "kind": e.kind, "message_id": e.message_id,
+                 "delivery_id": e.delivery_id, "detail": e.detail} for e in items
+            ])

@@ -1,0 +1,130 @@
+"""The relational schema, as SQLAlchemy Core tables shared by SQLite and PostgreSQL.
+
+Timestamps are seconds since the epoch (double precision): cheap to compare and index on
+both backends, and what the injected clock produces.  Alembic migrations in
+``migrations/versions`` create exactly these tables; change both together.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+metadata = MetaData()
+
+# Key/value facts about this installation (instance id, schema notes).
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+domains = Table(
+    "domains",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(253), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
+lists = Table(
+    "lists",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("domain_id", Integer, ForeignKey("domains.id"), nullable=False, index=True),
+    Column("address", String(320), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),
+    Column("name", String(200), nullable=False, server_default=""),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("created_at", Float, nullable=False),
+)
+
+members = Table(
+    "members",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("list_id", Integer, ForeignKey("lists.id", ondelete="CASCADE"), nullable=False),
+    Column("address", String(320), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("list_id", "address", name="uq_members_list_address"),
+)
+
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("hash", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("refcount", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("released_at", Float, nullable=True),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("mail_from", String(320), nullable=False),
+    Column("rcpt_tos", Text, nullable=False),  # newline-separated envelope recipients
+    Column("blob", String(64), nullable=False),  # blobs.hash; no FK: GC may outlive rows
+    Column("size", BigInteger, nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("peer", String(100), nullable=False, server_default=""),
+    Column("helo", String(255), nullable=False, server_default=""),
+    Column("protocol", String(16), nullable=False, server_default="ESMTP"),
+    Column("status", String(16), nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_messages_status", "status"),
+)
+
+PENDING_SQL = "status IN ('queued', 'in_flight', 'deferred')"
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("message_id", String(32), ForeignKey("messages.id"), nullable=False),
+    Column("list_id", Integer, nullable=False),
+    Column("recipient", String(320), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    # Next attempt time while queued/deferred; lease expiry while in flight.
+    Column("due_at", Float, nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("last_reply", Text, nullable=True),
+    Index("ix_deliveries_message", "message_id"),
+    Index(
+        "ix_deliveries_due",
+        text("priority DESC"),
+        "due_at",
+        sqlite_where=text(PENDING_SQL),
+        postgresql_where=text(PENDING_SQL),
+    ),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("message_id", String(32), nullable=True, index=True),
+    Column("delivery_id", BigInteger, nullable=True),
+    Column("detail", Text, nullable=False, server_default=""),
+)
