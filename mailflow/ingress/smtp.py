@@ -12,7 +12,8 @@ import logging
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
+from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from mailflow.config import ListenAddress
 from mailflow.errors import SmtpReplyError, StorageUnavailable
@@ -26,13 +27,16 @@ IDENT = "MailFlow Relay"
 
 
 class _EnhancedSizeReplies:
-    """aiosmtpd answers oversize mail with a bare 552; say 5.3.4 like every MTA does."""
+    """aiosmtpd refuses oversize data without an enhanced status code; add it."""
 
     data_size_limit: int | None
 
     async def push(self, status: Any) -> None:
-        if isinstance(status, str) and status.startswith("552 Error"):
-            status = f"552 5.3.4 message too large (limit {self.data_size_limit} bytes)"
+        if isinstance(status, str):
+            if status.startswith("552 Error"):
+                status = f"552 5.3.4 message too large (limit {self.data_size_limit} bytes)"
+            elif status.startswith("500 Line too long"):
+                status = "500 5.5.2 line too long (RFC 5321 4.5.3.1.6: at most 1000 octets)"
         await super().push(status)  # type: ignore[misc]
 
 

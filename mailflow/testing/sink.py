@@ -1,0 +1,130 @@
+"""An SMTP sink on loopback that records what arrives and answers as a test tells it.
+
+Runs aiosmtpd in its own thread (``aiosmtpd.controller.Controller``), so synchronous tests
+and benchmarks can use it.  Fault injection: replies queued per recipient (``rcpt_replies``)
+or for the DATA command (``data_replies``), used in order before answering 250.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    content: bytes
+    at: float
+
+
+@dataclass
+class SinkHandler:
+    messages: list[Received] = field(default_factory=list)
+    rcpt_replies: dict[str, deque[str]] = field(default_factory=dict)
+    data_replies: deque[str] = field(default_factory=deque)
+    transactions: int = 0
+    connections: int = 0
+    data_delay: float = 0.0  # seconds to wait before answering DATA (a slow next hop)
+    lock: threading.Condition = field(default_factory=threading.Condition)
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        with self.lock:
+            queued = self.rcpt_replies.get(address.lower())
+            reply = queued.popleft() if queued else None
+        if reply is not None and not reply.startswith("2"):
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
+        with self.lock:
+            self.transactions += 1
+            if self.data_replies:
+                return self.data_replies.popleft()
+            content = envelope.original_content or b""
+            self.messages.append(Received(envelope.mail_from or "", tuple(envelope.rcpt_tos),
+                                          bytes(content), time.time()))
+            self.lock.notify_all()
+        return "250 2.0.0 OK"
+
+
+class _CountingController(Controller):
+    def factory(self) -> SMTP:
+        self.handler.connections += 1
+        return SMTP(self.handler, enable_SMTPUTF8=True, decode_data=False,
+                    data_size_limit=None, hostname="sink.test")
+
+
+class SmtpSink:
+    """``with SmtpSink() as sink: ...`` - a running sink on 127.0.0.1 and a free port."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.handler = SinkHandler()
+        self._controller = _CountingController(self.handler, hostname=host, port=port or None)
+        self.host = host
+        self.port = port
+
+    def start(self) -> SmtpSink:
+        if not self.port:
+            from mailflow.testing.ports import free_port
+            self.port = free_port()
+            self._controller.port = self.port
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def __enter__(self) -> SmtpSink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"smtp://{self.host}:{self.port}"
+
+    @property
+    def messages(self) -> list[Received]:
+        with self.handler.lock:
+            return list(self.handler.messages)
+
+    def recipients(self) -> list[str]:
+        return [r for m in self.messages for r in m.rcpt_tos]
+
+    def fail_rcpt(self, address: str, *replies: str) -> None:
+        """Answer RCPT TO:<address> with ``replies`` in turn, then accept it."""
+        with self.handler.lock:
+            self.handler.rcpt_replies.setdefault(address.lower(), deque()).extend(replies)
+
+    def fail_data(self, *replies: str) -> None:
+        with self.handler.lock:
+            self.handler.data_replies.extend(replies)
+
+    def wait_for_recipients(self, count: int, timeout: float = 20.0) -> list[str]:
+        """Block until ``count`` recipient copies arrived (or the timeout passed)."""
+        deadline = time.monotonic() + timeout
+        with self.handler.lock:
+            while True:
+                got = [r for m in self.handler.messages for r in m.rcpt_tos]
+                remaining = deadline - time.monotonic()
+                if len(got) >= count or remaining <= 0:
+                    return got
+                self.handler.lock.wait(remaining)

@@ -1,0 +1,123 @@
+"""Shared fixtures: storage backends, an SMTP sink, and relays in child processes.
+
+PostgreSQL tests use a schema of their own in database ``test`` on 127.0.0.1:5432 and drop
+it afterwards.  Without PostgreSQL they skip, unless MAILFLOW_TEST_REQUIRE_SERVICES=1
+(as in CI), where a missing service fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from mailflow.store import Engines, Repository, create_engines, upgrade_to_head
+from mailflow.testing.relay import RelayProcess
+from mailflow.testing.sink import SmtpSink
+
+PG_ADMIN_URL = os.environ.get("MAILFLOW_TEST_POSTGRES_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REQUIRE_SERVICES = os.environ.get("MAILFLOW_TEST_REQUIRE_SERVICES") == "1"
+
+
+def _postgres_problem() -> str | None:
+    try:
+        engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+    except Exception as exc:  # any failure means: not usable here
+        return f"PostgreSQL at {PG_ADMIN_URL} unavailable: {type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_available() -> None:
+    problem = _postgres_problem()
+    if problem is None:
+        return
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{problem} (MAILFLOW_TEST_REQUIRE_SERVICES=1)")
+    pytest.skip(problem)
+
+
+@pytest.fixture
+def postgres_url(postgres_available: None) -> Iterator[str]:
+    """A URL whose connections use a fresh schema, dropped after the test."""
+    schema = f"mf_test_{secrets.token_hex(4)}"
+    admin = create_engine(PG_ADMIN_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    yield f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def engines(database_url: str) -> Iterator[Engines]:
+    engines = create_engines(database_url, pool_size=4)
+    upgrade_to_head(engines.writer)
+    yield engines
+    engines.dispose()
+
+
+@pytest.fixture
+def repo(engines: Engines) -> Repository:
+    return Repository(engines)
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    with SmtpSink() as running:
+        yield running
+
+
+FAST_RETRIES = {
+    "MAILFLOW_EGRESS": "smtp",
+    "MAILFLOW_RETRY_INITIAL_DELAY": "0.2",
+    "MAILFLOW_RETRY_MULTIPLIER": "2",
+    "MAILFLOW_RETRY_MAX_DELAY": "1",
+    "MAILFLOW_MAINTENANCE_INTERVAL": "0.5",
+    "MAILFLOW_BLOB_RETENTION": "0",
+    "MAILFLOW_SMTP_TIMEOUT": "10",
+}
+
+
+@pytest.fixture
+def make_relay(tmp_path: Path, database_url: str, sink: SmtpSink
+               ) -> Iterator[Callable[..., RelayProcess]]:
+    """Build (not start) a relay on this test's backend that sends to the sink."""
+    made: list[RelayProcess] = []
+
+    def factory(lmtp: bool = False, **settings: str) -> RelayProcess:
+        env = {**FAST_RETRIES, "MAILFLOW_SMTP_RELAY": sink.url}
+        env.update({f"MAILFLOW_{k.upper()}": v for k, v in settings.items()})
+        url = "" if database_url.startswith("sqlite") else database_url
+        relay = RelayProcess(tmp_path / f"relay{len(made)}", database_url=url, settings=env,
+                             lmtp=lmtp)
+        relay.init()
+        made.append(relay)
+        return relay
+
+    yield factory
+    for relay in made:
+        relay.stop()
+
+
+@pytest.fixture
+def relay(make_relay: Callable[..., RelayProcess]) -> Iterator[RelayProcess]:
+    running = make_relay().start()
+    yield running
+    running.stop()
