@@ -39,7 +39,6 @@ from mailflow.web.app import EmbeddedServer, bind, create_app
 log = logging.getLogger(__name__)
 
 INSTANCE_KEY = "instance_id"
-MESSAGE_RETENTION = 7 * 24 * 3600.0
 
 
 def build_egress(settings: Settings) -> Egress:
@@ -165,7 +164,7 @@ class Relay:
                 while await self.runner.write(repo.collect_blobs, now - settings.blob_retention,
                                               blobs.unlink_many) > 0:
                     pass
-                await self.runner.write(repo.purge_messages, now - MESSAGE_RETENTION)
+                await self.runner.write(repo.purge_messages, now - settings.message_retention)
             except Exception:
                 log.exception("maintenance failed", extra={"action": "maintenance_error"})
 

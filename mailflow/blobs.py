@@ -31,7 +31,10 @@ class BlobStore:
             target = self.path(digest)
             if target.exists():
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.parent.is_dir():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                # New fan-out directories must survive a crash too.
+                dirs.update((target.parent.parent, self.root))
             tmp = target.with_name(f".{digest}.{os.getpid()}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
             try:

@@ -27,6 +27,7 @@ from mailflow.blobs import BlobStore
 from mailflow.clock import Clock
 from mailflow.egress.base import Egress, RecipientReply
 from mailflow.errors import EgressUnavailable
+from mailflow.metrics import DELIVERY_ATTEMPTS, TRANSACTION_SECONDS
 from mailflow.model import Delivery, DeliveryStatus, InboundMessage, MailingList
 from mailflow.pipeline.decorate import outbound_message
 from mailflow.store.repository import Outcome
@@ -102,11 +103,13 @@ class Scheduler:
         recorder.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._flush_outcomes()
-        if unsent or pending:
-            released = await self.runner.write(self.runner.repo.release_leases,
-                                               self.clock.now(), self.options.owner)
-            log.info("handed back %d leased deliveries", released,
-                     extra={"action": "leases_released"})
+        # Whatever is still leased by us was claimed but never sent: hand it back now
+        # rather than after the lease expires.
+        released = await self.runner.write(self.runner.repo.release_leases,
+                                           self.clock.now(), self.options.owner)
+        if released:
+            log.info("handed back %d leased deliveries (%d were queued here)", released,
+                     len(unsent), extra={"action": "leases_released"})
 
     # -- claiming -----------------------------------------------------------------------
 
@@ -179,8 +182,9 @@ class Scheduler:
         recipients = [d.recipient for d in tx.deliveries]
         try:
             content = await self._render(tx)
-            replies = await self.egress.send(tx.mailing_list.bounces_address, recipients,
-                                             content)
+            with TRANSACTION_SECONDS.time():
+                replies = await self.egress.send(tx.mailing_list.bounces_address, recipients,
+                                                 content)
         except EgressUnavailable as exc:
             replies = [RecipientReply(r, 451, str(exc)) for r in recipients]
         except FileNotFoundError:
@@ -249,6 +253,10 @@ class Scheduler:
         except BaseException:
             self._outcomes = outcomes + self._outcomes
             raise
+        for status in (DeliveryStatus.DELIVERED, DeliveryStatus.DEFERRED, DeliveryStatus.FAILED):
+            count = sum(1 for o in outcomes if o.status is status)
+            if count:
+                DELIVERY_ATTEMPTS.labels(outcome=status.value).inc(count)
         if any(o.status is DeliveryStatus.DEFERRED for o in outcomes):
             self.wake()  # the next retry may be sooner than the claimer's current sleep
         for o in outcomes:

@@ -23,6 +23,7 @@ from mailflow.errors import (
 )
 from mailflow.ids import new_message_id
 from mailflow.ingress.commit import GroupCommitter, content_digest
+from mailflow.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
 from mailflow.model import Envelope, InboundMessage
 from mailflow.pipeline.loops import check_hops, check_not_looping
 from mailflow.store.repository import Resolution
@@ -66,8 +67,10 @@ class AcceptService:
             raise StorageUnavailable("cannot look up recipients right now, try again later") \
                 from exc
         if resolution.kind == "unknown_domain":
+            MESSAGES_REJECTED.labels(code=UnknownDomain.enhanced).inc()
             raise UnknownDomain(f"relaying denied: <{address}> is not in a domain of this relay")
         if resolution.kind == "unknown_address":
+            MESSAGES_REJECTED.labels(code=UnknownRecipient.enhanced).inc()
             raise UnknownRecipient(f"no list or alias <{address}> here")
         return resolution
 
@@ -96,6 +99,7 @@ class AcceptService:
             header, _ = headers.split_message(raw)
             check_hops(header, self.policy.max_received_headers)
         except SmtpReplyError as error:
+            MESSAGES_REJECTED.labels(code=error.enhanced).inc()
             return [Verdict(r, error) for r in rcpts]
         verdicts: dict[str, SmtpReplyError | None] = {}
         for rcpt in rcpts:
@@ -103,6 +107,7 @@ class AcceptService:
                 check_not_looping(header, self.policy.instance_id, [rcpt])
                 verdicts[rcpt] = None
             except SmtpReplyError as error:
+                MESSAGES_REJECTED.labels(code=error.enhanced).inc()
                 verdicts[rcpt] = error
         accepted = [r for r in rcpts if verdicts[r] is None]
         if not accepted:
@@ -118,7 +123,12 @@ class AcceptService:
             blob=await content_digest(raw), size=len(raw), received_at=now,
             peer=envelope.peer, helo=envelope.helo, protocol=envelope.protocol,
         )
-        await self.committer.commit(message, raw)
+        try:
+            await self.committer.commit(message, raw)
+        except StorageUnavailable as error:
+            MESSAGES_REJECTED.labels(code=error.enhanced).inc()
+            raise
+        MESSAGES_ACCEPTED.labels(protocol=envelope.protocol).inc()
         log.info("stored %s from=<%s> rcpt=%s size=%d", message.id, message.mail_from,
                  ",".join(rcpts), message.size,
                  extra={"action": "received", "queue_id": message.id})

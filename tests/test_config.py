@@ -1,0 +1,86 @@
+"""Settings: defaults, environment, TOML file, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailflow.config import ListenAddress, load_settings, parse_listen, parse_smtp_relay
+from mailflow.errors import ConfigurationError
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("MAILFLOW_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    settings = load_settings()
+    assert settings.smtp_address == ListenAddress("127.0.0.1", 2525)
+    assert settings.http_address == ListenAddress("127.0.0.1", 8025)
+    assert settings.lmtp_address is None
+    assert settings.egress == "stdout"
+    assert settings.data_dir == Path("var")
+    assert settings.resolved_database_url.endswith("/var/mailflow.db")
+
+
+def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "mailflow.toml"
+    config.write_text('egress = "smtp"\nsmtp_listen = "127.0.0.1:2600"\n'
+                      'max_message_size = 10000\n')
+    monkeypatch.setenv("MAILFLOW_SMTP_LISTEN", "[::1]:2700")
+    settings = load_settings()  # ./mailflow.toml is read when present
+    assert settings.egress == "smtp"
+    assert settings.max_message_size == 10000
+    assert settings.smtp_address == ListenAddress("::1", 2700)
+    monkeypatch.setenv("MAILFLOW_CONFIG", str(config))
+    assert load_settings().egress == "smtp"
+
+
+def test_every_problem_is_reported_with_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILFLOW_EGRESS", "fax")
+    monkeypatch.setenv("MAILFLOW_MAX_MESSAGE_SIZE", "lots")
+    with pytest.raises(ConfigurationError) as error:
+        load_settings()
+    assert "MAILFLOW_EGRESS" in str(error.value)
+    assert "MAILFLOW_MAX_MESSAGE_SIZE" in str(error.value)
+
+
+def test_unknown_keys_and_bad_toml_are_errors(tmp_path: Path) -> None:
+    config = tmp_path / "typo.toml"
+    config.write_text('egres = "smtp"\n')
+    with pytest.raises(ConfigurationError, match="egres"):
+        load_settings(config)
+    config.write_text("egress = \n")
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        load_settings(config)
+
+
+@pytest.mark.parametrize(("url", "host", "port", "tls", "user"), [
+    ("smtp://127.0.0.1:2526", "127.0.0.1", 2526, "none", None),
+    ("smtp://u%40x:p%3Aw@mail.test:587?tls=starttls", "mail.test", 587, "starttls", "u@x"),
+    ("smtps://mail.test", "mail.test", 465, "implicit", None),
+])
+def test_relay_urls(url: str, host: str, port: int, tls: str, user: str | None) -> None:
+    relay = parse_smtp_relay(url)
+    assert (relay.host, relay.port, relay.tls, relay.username) == (host, port, tls, user)
+    assert "p:w" not in repr(relay)
+
+
+@pytest.mark.parametrize("bad", ["http://x", "smtp://x?tls=maybe", "smtp://x?color=red",
+                                 "smtp://x:99999"])
+def test_bad_relay_urls(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_smtp_relay(bad)
+
+
+@pytest.mark.parametrize("bad", ["2525", "host:", ":25", "host:port", "host:70000"])
+def test_bad_listen_addresses(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_listen(bad)

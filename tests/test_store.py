@@ -1,0 +1,173 @@
+"""Contract tests of the storage port, one suite over SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from mailflow.blobs import BlobStore, content_hash
+from mailflow.errors import Conflict, NotFound
+from mailflow.model import DeliveryStatus, InboundMessage, ListKind, MessageStatus
+from mailflow.pipeline.expand import plan_deliveries
+from mailflow.store import Outcome, Repository
+from mailflow.testing.factories import make_list
+
+NOW = 1_800_000_000.0
+
+
+def store_message(repo: Repository, blobs: BlobStore, rcpt: str, data: bytes = b"Subject: x\r\n\r\nbody\r\n",
+                  message_id: str = "m1", now: float = NOW) -> InboundMessage:
+    digest = content_hash(data)
+    message = InboundMessage(message_id, "poster@outside.test", (rcpt,), digest, len(data), now,
+                             "127.0.0.1", "client.test", "ESMTP")
+    repo.store_messages([message], now, lambda: blobs.write_many([(digest, data)]))
+    return message
+
+
+def expand(repo: Repository, now: float = NOW) -> list[str]:
+    return repo.expand_received(now, 100, lambda m: plan_deliveries(repo, m))
+
+
+@pytest.fixture
+def blobs(tmp_path: Path) -> BlobStore:
+    return BlobStore(tmp_path / "blobs")
+
+
+def test_directory_rules(repo: Repository) -> None:
+    with pytest.raises(NotFound):
+        repo.create_list("team@example.test", ListKind.LIST, "", 0, NOW)
+    make_list(repo, "team@example.test", ["a@x.test"])
+    with pytest.raises(Conflict):
+        repo.add_domain("example.test", NOW)
+    with pytest.raises(Conflict):
+        repo.create_list("team@example.test", ListKind.LIST, "", 0, NOW)
+    with pytest.raises(Conflict):
+        repo.create_list("team-bounces@example.test", ListKind.LIST, "", 0, NOW)
+    with pytest.raises(Conflict):
+        repo.remove_domain("example.test")
+    assert repo.add_members("team@example.test", ["a@x.test", "b@x.test"], NOW) == (1, 1)
+    assert repo.resolve("team@example.test").kind == "list"
+    assert repo.resolve("team-bounces@example.test").kind == "bounces"
+    assert repo.resolve("nobody@example.test").kind == "unknown_address"
+    assert repo.resolve("team@elsewhere.test").kind == "unknown_domain"
+    repo.delete_list("team@example.test", NOW)
+    repo.remove_domain("example.test")
+    assert repo.domains() == []
+
+
+def test_expansion_is_atomic_and_happens_once(repo: Repository, blobs: BlobStore) -> None:
+    make_list(repo, "team@example.test", ["a@x.test", "b@x.test", "c@x.test"])
+    store_message(repo, blobs, "team@example.test")
+    assert expand(repo) == ["m1"]
+    assert expand(repo) == []
+    assert repo.delivery_counts()["queued"] == 3
+    assert repo.message_counts()["queued"] == 1
+
+
+def test_claims_are_leased_ordered_and_expire(repo: Repository, blobs: BlobStore) -> None:
+    make_list(repo, "low@example.test", ["a@x.test"])
+    make_list(repo, "high@example.test", ["b@x.test"], priority=5)
+    store_message(repo, blobs, "low@example.test", message_id="m1")
+    store_message(repo, blobs, "high@example.test", message_id="m2")
+    expand(repo)
+
+    first = repo.claim_due_deliveries(NOW, 1, lease=60, owner="w1")
+    assert [d.recipient for d in first] == ["b@x.test"]  # higher priority first
+    second = repo.claim_due_deliveries(NOW, 10, lease=60, owner="w1")
+    assert [d.recipient for d in second] == ["a@x.test"]
+    assert repo.claim_due_deliveries(NOW + 59, 10, lease=60, owner="w2") == []
+    # A crashed worker's lease runs out; the delivery is due again.
+    again = repo.claim_due_deliveries(NOW + 61, 10, lease=60, owner="w2")
+    assert sorted(d.recipient for d in again) == ["a@x.test", "b@x.test"]
+
+
+def test_outcomes_defer_deliver_fail_and_finish(repo: Repository, blobs: BlobStore) -> None:
+    make_list(repo, "team@example.test", ["a@x.test", "b@x.test", "c@x.test"])
+    message = store_message(repo, blobs, "team@example.test")
+    expand(repo)
+    a, b, c = sorted(repo.claim_due_deliveries(NOW, 10, 60, "w"), key=lambda d: d.recipient)
+    repo.record_outcomes(NOW, [
+        Outcome(a.id, DeliveryStatus.DELIVERED, "250 ok", message_id="m1"),
+        Outcome(b.id, DeliveryStatus.DEFERRED, "451 later", due_at=NOW + 100, message_id="m1"),
+        Outcome(c.id, DeliveryStatus.FAILED, "550 no", message_id="m1"),
+    ])
+    assert repo.next_due_at() == NOW + 100
+    assert repo.claim_due_deliveries(NOW + 99, 10, 60, "w") == []
+    assert repo.finish_messages(NOW) == 0  # b is still pending
+    [retry] = repo.claim_due_deliveries(NOW + 100, 10, 60, "w")
+    assert (retry.recipient, retry.attempts) == ("b@x.test", 1)
+    repo.record_outcomes(NOW + 100, [Outcome(retry.id, DeliveryStatus.DELIVERED, "250 ok")])
+    assert repo.finish_messages(NOW + 100) == 1
+    assert repo.message_counts()[MessageStatus.DONE.value] == 1
+    kinds = [kind for _, kind, _ in repo.message_events("m1")]
+    assert kinds == ["received", "expanded", "deferred", "failed"]
+    # The blob is released, then collected after the retention window.
+    path = blobs.path(message.blob)
+    assert path.exists()
+    assert repo.collect_blobs(NOW + 99, blobs.unlink_many) == 0
+    assert repo.collect_blobs(NOW + 100, blobs.unlink_many) == 1
+    assert not path.exists()
+    assert repo.blob_stats() == (0, 0)
+
+
+def test_a_body_is_stored_once_and_kept_while_referenced(repo: Repository,
+                                                         blobs: BlobStore) -> None:
+    make_list(repo, "team@example.test", ["a@x.test"])
+    first = store_message(repo, blobs, "team@example.test", message_id="m1")
+    store_message(repo, blobs, "team@example.test", message_id="m2")
+    assert repo.blob_stats() == (1, first.size)
+    expand(repo)
+    [d1, d2] = repo.claim_due_deliveries(NOW, 10, 60, "w")
+    done = next(d for d in (d1, d2) if d.message_id == "m1")
+    repo.record_outcomes(NOW, [Outcome(done.id, DeliveryStatus.DELIVERED, "250")])
+    repo.finish_messages(NOW)
+    assert repo.collect_blobs(NOW + 1, blobs.unlink_many) == 0  # m2 still needs it
+    assert blobs.path(first.blob).exists()
+
+
+def test_release_leases_returns_in_flight_work(repo: Repository, blobs: BlobStore) -> None:
+    make_list(repo, "team@example.test", ["a@x.test", "b@x.test"])
+    store_message(repo, blobs, "team@example.test")
+    expand(repo)
+    repo.claim_due_deliveries(NOW, 1, 300, "dead-worker")
+    repo.claim_due_deliveries(NOW, 1, 300, "live-worker")
+    assert repo.release_leases(NOW, owner="dead-worker") == 1
+    assert repo.delivery_counts()["in_flight"] == 1
+    assert repo.release_leases(NOW) == 1
+    assert len(repo.claim_due_deliveries(NOW, 10, 300, "w")) == 2
+
+
+def test_concurrent_claims_never_hand_out_a_delivery_twice(repo: Repository,
+                                                            blobs: BlobStore) -> None:
+    members = [f"m{i}@x.test" for i in range(400)]
+    make_list(repo, "team@example.test", members)
+    store_message(repo, blobs, "team@example.test")
+    expand(repo)
+    claimed: list[list[int]] = [[] for _ in range(4)]
+
+    def worker(index: int) -> None:
+        for _ in range(50):
+            batch = repo.claim_due_deliveries(NOW, 25, 300, f"w{index}")
+            if not batch:
+                return
+            claimed[index].extend(d.id for d in batch)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    ids = [i for batch in claimed for i in batch]
+    assert len(ids) == len(set(ids)) == len(members)
+
+
+def test_deleting_a_list_fails_its_pending_deliveries(repo: Repository,
+                                                      blobs: BlobStore) -> None:
+    make_list(repo, "team@example.test", ["a@x.test"])
+    store_message(repo, blobs, "team@example.test")
+    expand(repo)
+    assert repo.delete_list("team@example.test", NOW) == 1
+    assert repo.delivery_counts()["failed"] == 1
+    assert repo.claim_due_deliveries(NOW, 10, 60, "w") == []
