@@ -17,8 +17,9 @@ from mailflow.testing.factories import make_list
 NOW = 1_800_000_000.0
 
 
-def store_message(repo: Repository, blobs: BlobStore, rcpt: str, data: bytes = b"Subject: x\r\n\r\nbody\r\n",
-                  message_id: str = "m1", now: float = NOW) -> InboundMessage:
+def store_message(repo: Repository, blobs: BlobStore, rcpt: str,
+                  data: bytes = b"Subject: x\r\n\r\nbody\r\n", message_id: str = "m1",
+                  now: float = NOW) -> InboundMessage:
     digest = content_hash(data)
     message = InboundMessage(message_id, "poster@outside.test", (rcpt,), digest, len(data), now,
                              "127.0.0.1", "client.test", "ESMTP")
