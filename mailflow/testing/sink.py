@@ -8,10 +8,12 @@ or for the DATA command (``data_replies``), used in order before answering 250.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -65,18 +67,27 @@ class SinkHandler:
 
 
 class _CountingController(Controller):
+    smtp_options: dict[str, Any]
+
     def factory(self) -> SMTP:
         self.handler.connections += 1
         return SMTP(self.handler, enable_SMTPUTF8=True, decode_data=False,
-                    data_size_limit=None, hostname="sink.test")
+                    data_size_limit=None, hostname="sink.test", **self.smtp_options)
 
 
 class SmtpSink:
-    """``with SmtpSink() as sink: ...`` - a running sink on 127.0.0.1 and a free port."""
+    """``with SmtpSink() as sink: ...`` - a running sink on 127.0.0.1 and a free port.
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    ``ssl_context`` makes it speak implicit TLS; ``smtp_options`` go to aiosmtpd's
+    ``SMTP`` (``tls_context`` for STARTTLS, ``authenticator``, ``auth_require_tls`` …).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
+                 ssl_context: ssl.SSLContext | None = None, **smtp_options: Any) -> None:
         self.handler = SinkHandler()
-        self._controller = _CountingController(self.handler, hostname=host, port=port or None)
+        self._controller = _CountingController(self.handler, hostname=host, port=port or None,
+                                               ssl_context=ssl_context)
+        self._controller.smtp_options = smtp_options
         self.host = host
         self.port = port
 
@@ -86,6 +97,7 @@ class SmtpSink:
             self.port = free_port()
             self._controller.port = self.port
         self._controller.start()
+        self.handler.connections = 0  # the controller's own readiness probe does not count
         return self
 
     def stop(self) -> None:

@@ -1,0 +1,136 @@
+"""Egress providers against a real SMTP sink: pooling, TLS, AUTH, per-recipient replies."""
+
+from __future__ import annotations
+
+import io
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from mailflow.config import parse_smtp_relay
+from mailflow.egress.smtp import SmtpEgress
+from mailflow.egress.stdout import StdoutEgress
+from mailflow.errors import EgressUnavailable
+from mailflow.testing.ports import free_port
+from mailflow.testing.sink import SmtpSink
+
+CONTENT = b"From: a@x.test\r\nSubject: t\r\n\r\nbody\r\n"
+
+
+def egress_for(url: str, idle_check: float = 10.0) -> SmtpEgress:
+    return SmtpEgress(parse_smtp_relay(url), pool_size=2, timeout=5, idle_check=idle_check,
+                      local_hostname="relay.test")
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def server_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    return context
+
+
+async def test_connections_are_reused_and_replies_kept_per_recipient(sink: SmtpSink) -> None:
+    egress = egress_for(sink.url)
+    sink.fail_rcpt("b@x.test", "550 5.1.1 unknown")
+    sink.fail_rcpt("c@x.test", "452 4.2.2 full")
+    try:
+        replies = await egress.send("list-bounces@x.test", ["a@x.test", "b@x.test", "c@x.test"],
+                                    CONTENT)
+        assert [(r.recipient, r.code) for r in replies] == [
+            ("a@x.test", 250), ("b@x.test", 550), ("c@x.test", 452)]
+        for _ in range(3):
+            await egress.send("list-bounces@x.test", ["a@x.test"], CONTENT)
+    finally:
+        await egress.close()
+    assert sink.handler.connections == 1
+    assert sink.recipients() == ["a@x.test"] * 4
+    assert sink.messages[0].content == CONTENT
+
+
+async def test_all_recipients_refused_and_data_refused(sink: SmtpSink) -> None:
+    egress = egress_for(sink.url)
+    sink.fail_rcpt("a@x.test", "550 5.1.1 unknown")
+    try:
+        [reply] = await egress.send("l@x.test", ["a@x.test"], CONTENT)
+        assert (reply.code, reply.permanent) == (550, True)
+        sink.fail_data("451 4.3.0 queue full")
+        replies = await egress.send("l@x.test", ["a@x.test", "b@x.test"], CONTENT)
+        assert [r.code for r in replies] == [451, 451]
+        replies = await egress.send("l@x.test", ["a@x.test"], CONTENT)  # reconnects
+        assert replies[0].delivered
+    finally:
+        await egress.close()
+
+
+async def test_dead_connection_is_replaced_after_a_noop_check() -> None:
+    port = free_port()
+    egress = egress_for(f"smtp://127.0.0.1:{port}", idle_check=0)
+    try:
+        with SmtpSink(port=port) as first:
+            await egress.send("l@x.test", ["a@x.test"], CONTENT)
+            assert first.recipients() == ["a@x.test"]
+        with SmtpSink(port=port) as second:  # the pooled connection is now dead
+            await egress.send("l@x.test", ["b@x.test"], CONTENT)
+            assert second.recipients() == ["b@x.test"]
+    finally:
+        await egress.close()
+
+
+async def test_unreachable_relay_is_a_temporary_failure() -> None:
+    egress = egress_for(f"smtp://127.0.0.1:{free_port()}")
+    with pytest.raises(EgressUnavailable):
+        await egress.send("l@x.test", ["a@x.test"], CONTENT)
+
+
+def authenticator(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+    ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
+        b"relay-user", b"s3cret:pw")
+    return AuthResult(success=ok)
+
+
+async def test_starttls_with_auth(certificate: tuple[Path, Path]) -> None:
+    with SmtpSink(tls_context=server_context(certificate), require_starttls=True,
+                  authenticator=authenticator, auth_required=True) as sink:
+        egress = egress_for(f"smtp://relay-user:s3cret%3Apw@127.0.0.1:{sink.port}"
+                            "?tls=starttls&verify=no")
+        try:
+            replies = await egress.send("l@x.test", ["a@x.test"], CONTENT)
+        finally:
+            await egress.close()
+        assert replies[0].delivered and sink.recipients() == ["a@x.test"]
+
+        wrong = egress_for(f"smtp://relay-user:wrong@127.0.0.1:{sink.port}"
+                           "?tls=starttls&verify=no")
+        with pytest.raises(EgressUnavailable):
+            await wrong.send("l@x.test", ["a@x.test"], CONTENT)
+
+
+async def test_implicit_tls(certificate: tuple[Path, Path]) -> None:
+    with SmtpSink(ssl_context=server_context(certificate)) as sink:
+        egress = egress_for(f"smtps://127.0.0.1:{sink.port}?verify=no")
+        try:
+            replies = await egress.send("l@x.test", ["a@x.test"], CONTENT)
+        finally:
+            await egress.close()
+        assert replies[0].delivered and sink.recipients() == ["a@x.test"]
+
+
+async def test_stdout_egress_prints_envelope_and_message() -> None:
+    stream = io.BytesIO()
+    replies = await StdoutEgress(stream).send("l@x.test", ["a@x.test", "b@x.test"], CONTENT)
+    assert all(r.delivered for r in replies)
+    printed = stream.getvalue()
+    assert b"MAIL FROM:<l@x.test>" in printed and b"RCPT TO:<b@x.test>" in printed
+    assert CONTENT in printed

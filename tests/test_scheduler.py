@@ -1,0 +1,136 @@
+"""The scheduler in-process with a moved clock: batching, backoff and the maximum age."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from mailflow.backoff import RetryPolicy
+from mailflow.blobs import BlobStore, content_hash
+from mailflow.egress.base import RecipientReply
+from mailflow.model import InboundMessage
+from mailflow.pipeline.expand import plan_deliveries
+from mailflow.scheduler import Scheduler, SchedulerOptions
+from mailflow.store import Engines, StoreRunner
+from mailflow.testing.clock import FakeClock
+from mailflow.testing.factories import make_list, make_message
+
+
+class ScriptedEgress:
+    """Answers every recipient with the next code in ``codes`` (then 250)."""
+
+    name = "scripted"
+
+    def __init__(self, *codes: int) -> None:
+        self.codes = list(codes)
+        self.transactions: list[tuple[str, tuple[str, ...]]] = []
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def send(self, mail_from: str, recipients: Sequence[str],
+                   content: bytes) -> list[RecipientReply]:
+        self.transactions.append((mail_from, tuple(recipients)))
+        code = self.codes.pop(0) if self.codes else 250
+        return [RecipientReply(r, code, "scripted") for r in recipients]
+
+
+async def run_until(predicate: Callable[[dict[str, int]], bool], runner: StoreRunner,
+                    limit: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while loop.time() < deadline:
+        counts = await runner.read(runner.repo.delivery_counts)
+        if predicate(counts):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out; counts {counts}")
+
+
+@pytest.fixture
+def setup(engines: Engines, tmp_path: Path):  # type: ignore[no-untyped-def]
+    runner = StoreRunner(engines)
+    blobs = BlobStore(tmp_path / "blobs")
+    clock = FakeClock()
+
+    def post(members: list[str]) -> None:
+        make_list(runner.repo, "team@example.test", members)
+        data = make_message("team@example.test")
+        digest = content_hash(data)
+        message = InboundMessage("m1", "p@outside.test", ("team@example.test",), digest,
+                                 len(data), clock.now(), "127.0.0.1", "c.test", "ESMTP")
+        runner.repo.store_messages([message], clock.now(),
+                                   lambda: blobs.write_many([(digest, data)]))
+        runner.repo.expand_received(clock.now(), 10,
+                                    lambda m: plan_deliveries(runner.repo, m))
+
+    def scheduler(egress: ScriptedEgress, max_recipients: int = 50) -> Scheduler:
+        return Scheduler(runner, blobs, egress, clock, SchedulerOptions(
+            batch_size=1000, max_recipients=max_recipients, concurrency=4, lease=60,
+            owner="test", instance_id="abc", hostname="relay.test",
+            retry=RetryPolicy(initial_delay=60, multiplier=2, max_delay=3600, max_age=600)))
+
+    yield runner, clock, post, scheduler
+    runner.close()
+
+
+async def test_recipients_are_batched_per_transaction(setup) -> None:  # type: ignore[no-untyped-def]
+    runner, _, post, make_scheduler = setup
+    post([f"m{i}@x.test" for i in range(120)])
+    egress = ScriptedEgress()
+    scheduler = make_scheduler(egress, max_recipients=50)
+    await scheduler.start()
+    try:
+        await run_until(lambda c: c["delivered"] == 120, runner)
+    finally:
+        await scheduler.stop()
+    assert sorted(len(rcpts) for _, rcpts in egress.transactions) == [20, 50, 50]
+    assert {sender for sender, _ in egress.transactions} == {"team-bounces@example.test"}
+
+
+async def test_deferred_with_backoff_then_failed_after_max_age(setup) -> None:  # type: ignore[no-untyped-def]
+    runner, clock, post, make_scheduler = setup
+    post(["a@x.test"])
+    egress = ScriptedEgress(*([451] * 100))
+    scheduler = make_scheduler(egress)
+    await scheduler.start()
+    try:
+        await run_until(lambda c: c["deferred"] == 1, runner)
+        [row] = await runner.read(runner.repo.list_deliveries, 10)
+        assert row.due_at == pytest.approx(clock.now() + 60)  # first retry after 60 s
+        # Nothing happens until the clock reaches the retry time.
+        await asyncio.sleep(0.2)
+        assert len(egress.transactions) == 1
+        clock.advance(60)
+        scheduler.wake()
+        await run_until(lambda c: c["deferred"] == 1 and len(egress.transactions) == 2, runner)
+        [row] = await runner.read(runner.repo.list_deliveries, 10)
+        assert (row.attempts, row.due_at) == (2, pytest.approx(clock.now() + 120))
+        clock.advance(600)  # past the maximum age: the next 4xx is final
+        scheduler.wake()
+        await run_until(lambda c: c["failed"] == 1, runner)
+    finally:
+        await scheduler.stop()
+    [row] = await runner.read(runner.repo.list_deliveries, 10)
+    assert row.last_reply.startswith("451")
+
+
+async def test_stop_hands_back_claimed_deliveries(setup) -> None:  # type: ignore[no-untyped-def]
+    runner, _, post, make_scheduler = setup
+    post([f"m{i}@x.test" for i in range(10)])
+
+    class Slow(ScriptedEgress):
+        async def send(self, mail_from, recipients, content):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(30)
+            return await super().send(mail_from, recipients, content)
+
+    scheduler = make_scheduler(Slow(), max_recipients=1)
+    await scheduler.start()
+    await run_until(lambda c: c["in_flight"] == 10, runner)
+    await scheduler.stop(grace=0.1)
+    counts = await runner.read(runner.repo.delivery_counts)
+    assert counts["queued"] == 10 and counts["in_flight"] == 0
