@@ -8,6 +8,7 @@ time instead of sleeping.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -483,18 +484,16 @@ class Repository:
     # -- inspection ---------------------------------------------------------------------
 
     def delivery_counts(self) -> dict[str, int]:
-        with self.engines.reader.connect() as conn:
-            rows = conn.execute(select(deliveries.c.status, func.count())
-                                .group_by(deliveries.c.status)).all()
-        counts = {status.value: 0 for status in DeliveryStatus}
-        counts.update({status: n for status, n in rows})
-        return counts
+        return self._status_counts(deliveries.c.status, DeliveryStatus)
 
     def message_counts(self) -> dict[str, int]:
+        return self._status_counts(messages.c.status, MessageStatus)
+
+    def _status_counts(self, column: Any, statuses: Iterable[enum.StrEnum]) -> dict[str, int]:
+        """Rows per status, with a zero for every status that has none."""
         with self.engines.reader.connect() as conn:
-            rows = conn.execute(select(messages.c.status, func.count())
-                                .group_by(messages.c.status)).all()
-        counts = {status.value: 0 for status in MessageStatus}
+            rows = conn.execute(select(column, func.count()).group_by(column)).all()
+        counts = {status.value: 0 for status in statuses}
         counts.update({status: n for status, n in rows})
         return counts
 
