@@ -8,13 +8,13 @@ scheduler hands back what it has not sent, then the store closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
 import secrets
 import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import uvicorn
@@ -33,6 +33,7 @@ from mailflow.ingress.smtp import start_listener
 from mailflow.pipeline.processor import Processor
 from mailflow.scheduler import Scheduler, SchedulerOptions
 from mailflow.store import StoreRunner, create_engines, upgrade_to_head
+from mailflow.store.engine import sqlite_path
 from mailflow.store.repository import Repository
 from mailflow.web.app import EmbeddedServer, bind, create_app
 
@@ -86,8 +87,9 @@ class Relay:
         settings = self.settings
         self.instance_id = await asyncio.to_thread(initialise, settings)
         self.runner = runner = StoreRunner(create_engines(settings.resolved_database_url))
-        if runner.engines.is_sqlite:
-            self._lock = _lock_data_dir(settings)
+        database = sqlite_path(settings.resolved_database_url)
+        if database is not None:
+            self._lock = _lock_sqlite_store(database)
             # One process per SQLite store: every lease left behind is from a dead process.
             await runner.write(runner.repo.release_leases, self.clock.now())
         blobs = BlobStore(settings.blob_dir)
@@ -193,14 +195,14 @@ class Relay:
             self._lock = None
 
 
-def _lock_data_dir(settings: Settings) -> IO[str]:
+def _lock_sqlite_store(database: Path) -> IO[str]:
     """Refuse a second relay process on the same SQLite store (leases assume one)."""
-    lock = (settings.data_dir / "mailflow.lock").open("a+")
+    lock = database.with_name(database.name + ".lock").open("a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
-        raise ConfigurationError(f"another relay is already running on {settings.data_dir}; "
+        raise ConfigurationError(f"another relay is already running on {database}; "
                                  "use PostgreSQL to run several") from None
     return lock
 
@@ -220,5 +222,7 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
     finally:
         log.info("stopping", extra={"action": "stopping"})
-        with contextlib.suppress(Exception):
+        try:
             await relay.stop()
+        except Exception:
+            log.exception("error while stopping", extra={"action": "stop_error"})

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailflow import __version__, addresses
@@ -26,6 +27,7 @@ from mailflow.config import Settings, load_settings
 from mailflow.errors import Conflict, InvalidInput, MailflowError, NotFound
 from mailflow.model import ListKind
 from mailflow.store import Repository, create_cli_engines
+from mailflow.store.engine import normalize_url, sqlite_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,10 +56,10 @@ class Context:
     def repository(self) -> Iterator[Repository]:
         settings = self.settings
         url = settings.resolved_database_url
-        if url.startswith("sqlite") and not (settings.data_dir / "mailflow.db").exists() \
-                and not settings.database_url:
-            raise MailflowError(f"no relay store in {settings.data_dir}; run `mailflow init` "
-                                "first (or set MAILFLOW_DATA_DIR / MAILFLOW_DATABASE_URL)")
+        sqlite_file = sqlite_path(url)
+        if sqlite_file is not None and not sqlite_file.exists():
+            raise MailflowError(f"no relay store at {sqlite_file}; run `mailflow init` first "
+                                "(or set MAILFLOW_DATA_DIR / MAILFLOW_DATABASE_URL)")
         engines = create_cli_engines(url)
         try:
             yield Repository(engines)
@@ -103,7 +105,8 @@ def init(ctx: Context, example: bool) -> None:
 
     settings = ctx.settings
     instance = initialise(settings)
-    click.echo(f"initialised {settings.resolved_database_url.split('?')[0]} "
+    shown = make_url(normalize_url(settings.resolved_database_url))
+    click.echo(f"initialised {shown.render_as_string(hide_password=True)} "
                f"(instance {instance})")
     if example:
         with ctx.repository() as repo:

@@ -1,9 +1,9 @@
 """Settings: one typed object read once from ``mailflow.toml`` and ``MAILFLOW_*`` variables.
 
 Nothing else in the package reads the environment; components receive the pieces of
-``Settings`` they need.  Precedence, highest first: explicit overrides (tests, CLI flags),
-environment variables, the TOML file, the defaults below.  Every field is documented in
-``docs/configuration.md``.
+``Settings`` they need.  Precedence, highest first: keyword overrides passed to
+:func:`load_settings` (tests), environment variables, the TOML file, the defaults
+below.  Every field is documented in ``docs/configuration.md``.
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ class SmtpRelay:
 
     def __repr__(self) -> str:  # never print the password
         auth = f"{self.username}:***@" if self.username else ""
-        return f"SmtpRelay(smtp://{auth}{self.host}:{self.port}?tls={self.tls})"
+        scheme = "smtps" if self.tls == "implicit" else "smtp"
+        return f"SmtpRelay({scheme}://{auth}{self.host}:{self.port}?tls={self.tls})"
 
 
 def parse_smtp_relay(url: str) -> SmtpRelay:
@@ -221,10 +222,10 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            name = ".".join(str(part) for part in error["loc"]) or "settings"
-            env = f"MAILFLOW_{name.upper()}"
+            name = ".".join(str(part) for part in error["loc"])
             message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"  {name} ({env}): {message}")
+            where = f"{name} (MAILFLOW_{name.upper()})" if name else "settings"
+            problems.append(f"  {where}: {message}")
         source = f" (file {toml_file})" if toml_file else ""
         raise ConfigurationError("invalid configuration" + source + ":\n" + "\n".join(problems)) \
             from None

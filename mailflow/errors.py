@@ -7,14 +7,15 @@
     ├── NotFound                  a domain, list or member named by a user does not exist
     ├── Conflict                  it exists already, or something still depends on it
     ├── InvalidInput              an address, file or value a user gave is malformed
-    ├── TemporaryFailure          retry later: SMTP 4xx, HTTP 503, pipe exit 75
-    │   ├── StorageUnavailable    451 4.3.0: the message could not be made durable
-    │   └── EgressUnavailable     the next hop cannot be reached or answered 4xx
-    └── PermanentFailure          do not retry: SMTP 5xx, HTTP 422
-        ├── UnknownDomain         550 5.7.1: not one of our domains (never an open relay)
-        ├── UnknownRecipient      550 5.1.1: our domain, no such list or alias
-        ├── MessageTooLarge       552 5.3.4
-        └── LoopDetected          554 5.4.6: our own loop marker, or too many hops
+    └── SmtpReplyError            maps onto one SMTP reply (code, enhanced status, reason)
+        ├── TemporaryFailure      retry later: SMTP 4xx, HTTP 503, pipe exit 75
+        │   ├── StorageUnavailable    451 4.3.0: the message could not be made durable
+        │   └── EgressUnavailable     the next hop cannot be reached
+        └── PermanentFailure      do not retry: SMTP 5xx, HTTP 422
+            ├── UnknownDomain         550 5.7.1: not one of our domains (no open relay)
+            ├── UnknownRecipient      550 5.1.1: our domain, no such list or alias
+            ├── MessageTooLarge       552 5.3.4
+            └── LoopDetected          554 5.4.6: our own loop marker, or too many hops
 
 Ingress adapters turn these into protocol replies with :meth:`SmtpReplyError.smtp_reply`;
 third-party exceptions are translated at the adapter edge and never leak upwards.

@@ -188,8 +188,11 @@ class Scheduler:
         except EgressUnavailable as exc:
             replies = [RecipientReply(r, 451, str(exc)) for r in recipients]
         except FileNotFoundError:
+            # Temporary on purpose: on a multi-node setup the blob folder may be unmounted;
+            # the maximum age still ends the retries if the content is really gone.
             log.error("blob of %s is missing", tx.message.id, extra={"action": "blob_missing"})
-            replies = [RecipientReply(r, 554, "5.3.0 message content lost") for r in recipients]
+            replies = [RecipientReply(r, 451, "4.3.0 message content not found in the blob "
+                                              "store") for r in recipients]
         except Exception as exc:  # a bug must not wedge the queue: retry later
             log.exception("sending %s failed", tx.message.id, extra={"action": "send_error"})
             replies = [RecipientReply(r, 451, f"4.3.0 internal error: {exc}") for r in recipients]

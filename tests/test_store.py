@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mailflow.blobs import BlobStore, content_hash
-from mailflow.errors import Conflict, NotFound
+from mailflow.errors import Conflict, InvalidInput, NotFound
 from mailflow.model import DeliveryStatus, InboundMessage, ListKind, MessageStatus
 from mailflow.pipeline.expand import plan_deliveries
 from mailflow.store import Outcome, Repository
@@ -44,7 +44,7 @@ def test_directory_rules(repo: Repository) -> None:
         repo.add_domain("example.test", NOW)
     with pytest.raises(Conflict):
         repo.create_list("team@example.test", ListKind.LIST, "", 0, NOW)
-    with pytest.raises(Conflict):
+    with pytest.raises(InvalidInput):
         repo.create_list("team-bounces@example.test", ListKind.LIST, "", 0, NOW)
     with pytest.raises(Conflict):
         repo.remove_domain("example.test")

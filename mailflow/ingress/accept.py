@@ -81,40 +81,43 @@ class AcceptService:
 
     async def accept(self, envelope: Envelope, raw: bytes) -> str:
         """Store a message for every recipient or for none (SMTP semantics)."""
-        verdicts = await self.accept_each(envelope, raw)
-        for verdict in verdicts:
-            if verdict.error is not None:
-                raise verdict.error
-        return verdicts[0].message_id or ""
+        rcpts = [addresses.canonical(r) for r in envelope.rcpt_tos]
+        for error in self.refusals(rcpts, raw).values():
+            if error is not None:
+                raise error
+        return await self._store(envelope, rcpts, raw)
 
     async def accept_each(self, envelope: Envelope, raw: bytes) -> list[Verdict]:
-        """Decide per recipient and store one message for those accepted (LMTP semantics).
-
-        Recipients are assumed checked at RCPT time; what is decided here is what needs
-        the content: size, hop count and our own loop marker.
-        """
+        """Decide per recipient and store one message for those accepted (LMTP semantics)."""
         rcpts = [addresses.canonical(r) for r in envelope.rcpt_tos]
+        refused = self.refusals(rcpts, raw)
+        accepted = [r for r in rcpts if refused[r] is None]
+        message_id = await self._store(envelope, accepted, raw) if accepted else None
+        return [Verdict(r, refused[r], message_id if refused[r] is None else None)
+                for r in rcpts]
+
+    def refusals(self, rcpts: Sequence[str], raw: bytes) -> dict[str, SmtpReplyError | None]:
+        """What refuses the message for each recipient (None: nothing does).
+
+        Recipients were checked at RCPT time; what is decided here needs the content:
+        size, hop count and our own loop marker for each recipient's list.
+        """
         try:
             self.check_size(len(raw))
             header, _ = headers.split_message(raw)
             check_hops(header, self.policy.max_received_headers)
         except SmtpReplyError as error:
             MESSAGES_REJECTED.labels(code=error.enhanced).inc()
-            return [Verdict(r, error) for r in rcpts]
-        verdicts: dict[str, SmtpReplyError | None] = {}
+            return dict.fromkeys(rcpts, error)
+        refused: dict[str, SmtpReplyError | None] = {}
         for rcpt in rcpts:
             try:
                 check_not_looping(header, self.policy.instance_id, [rcpt])
-                verdicts[rcpt] = None
+                refused[rcpt] = None
             except SmtpReplyError as error:
                 MESSAGES_REJECTED.labels(code=error.enhanced).inc()
-                verdicts[rcpt] = error
-        accepted = [r for r in rcpts if verdicts[r] is None]
-        if not accepted:
-            return [Verdict(r, verdicts[r]) for r in rcpts]
-        message_id = await self._store(envelope, accepted, raw)
-        return [Verdict(r, verdicts[r], message_id if verdicts[r] is None else None)
-                for r in rcpts]
+                refused[rcpt] = error
+        return refused
 
     async def _store(self, envelope: Envelope, rcpts: Sequence[str], raw: bytes) -> str:
         now = self.clock.now()

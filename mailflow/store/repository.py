@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from mailflow import addresses
-from mailflow.errors import Conflict, NotFound
+from mailflow.errors import Conflict, InvalidInput, NotFound
 from mailflow.model import (
     PENDING_STATUSES,
     Delivery,
@@ -149,7 +149,7 @@ class Repository:
                     now: float) -> MailingList:
         local, domain = addresses.split(address)
         if local.endswith(addresses.BOUNCES_SUFFIX):
-            raise Conflict(f"addresses ending in {addresses.BOUNCES_SUFFIX} are reserved "
+            raise InvalidInput(f"addresses ending in {addresses.BOUNCES_SUFFIX} are reserved "
                            "for the bounces of lists")
         with self.engines.writer.begin() as conn:
             domain_id = conn.scalar(select(domains.c.id).where(domains.c.name == domain))

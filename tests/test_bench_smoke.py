@@ -1,0 +1,103 @@
+"""The benchmark suite at a tiny scale: every scenario completes and nothing is lost.
+
+Counts only, never timings: a slow machine must not fail this.  Uses Postfix's smtp-sink
+when it is installed, else the Python sink (as ``make bench`` does); one fan-out run
+always uses the Python sink, which counts recipients too.  Writes no RESULTS.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import report
+from bench.run import main, parse_args
+from bench.scenarios import Options, ScenarioResult, run_scenario
+from bench.sinks import find_smtp_sink
+
+pytestmark = pytest.mark.timeout(120)
+
+SMTP_SINK = find_smtp_sink()
+SCALE = 0.01  # A: 20 messages; B: 5 posts x 100 members; C: 5 posts (+1 warm-up) x 10
+
+
+def options(kind: str | None = None) -> Options:
+    kind = kind or ("smtp-sink" if SMTP_SINK else "python")
+    return Options(runs=1, scale=SCALE, sink_kind=kind,
+                   sink_binary=SMTP_SINK if kind == "smtp-sink" else None,
+                   log=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, ScenarioResult]:
+    return {}
+
+
+def test_ingest_delivers_every_message(results: dict[str, ScenarioResult]) -> None:
+    result = run_scenario("A", options())
+    (run,) = result.runs
+    assert result.params["messages"] == 20
+    assert run.details["messages"] == 20
+    assert run.details["delivered"] == 20
+    assert run.details["sink_transactions"] == 20
+    assert run.value > 0 and run.rss_mb > 0
+    results["A"] = result
+
+
+def test_fanout_delivers_to_every_member(results: dict[str, ScenarioResult]) -> None:
+    result = run_scenario("B", options())
+    (run,) = result.runs
+    assert (result.params["posts"], result.params["members"]) == (5, 100)
+    assert run.details["messages"] == 5
+    assert run.details["delivered"] == 500
+    assert run.details["sink_transactions"] >= 10  # at most 50 recipients per transaction
+    results["B"] = result
+
+
+def test_fanout_with_the_python_sink_counts_recipients() -> None:
+    result = run_scenario("B", options("python"))
+    (run,) = result.runs
+    assert run.details["delivered"] == 500
+    assert run.details["sink_recipients"] == 500
+
+
+def test_latency_delivers_every_post(results: dict[str, ScenarioResult]) -> None:
+    result = run_scenario("C", options())
+    (run,) = result.runs
+    posts = result.params["posts"]
+    assert posts == 5
+    assert run.details["messages"] == posts + 1  # with the warm-up post
+    assert run.details["delivered"] == (posts + 1) * 10
+    assert run.details["sink_transactions"] == posts + 1
+    assert 0 < run.details["p50_ms"] <= run.details["p99_ms"]
+    results["C"] = result
+
+
+def test_report_renders_without_touching_results_md(
+        results: dict[str, ScenarioResult], tmp_path: Path) -> None:
+    if not results:
+        pytest.fail("the scenario tests did not run first")
+    before = report.RESULTS_MD.stat().st_mtime_ns if report.RESULTS_MD.exists() else None
+    meta = {"date": "2000-01-01 00:00 UTC", "command": "test", "machine": {}, "sink": "test",
+            "relay_settings": {}, "scale": SCALE, "runs_requested": 1}
+    entries = {key: report.entry(result, meta) for key, result in results.items()}
+    report.write_results(entries, {}, tmp_path / "results.json", tmp_path / "RESULTS.md")
+    text = (tmp_path / "RESULTS.md").read_text()
+    for key in entries:
+        assert f"| {key} " in text
+    assert "| RSS |" in text
+    after = report.RESULTS_MD.stat().st_mtime_ns if report.RESULTS_MD.exists() else None
+    assert before == after
+
+
+def test_results_are_written_only_at_full_scale_by_default() -> None:
+    assert parse_args([]).write is True
+    assert parse_args(["--no-write"]).write is False
+    assert parse_args(["--scale", "0.01"]).write is False
+    assert parse_args(["--scale", "0.01", "--write-results"]).write is True
+
+
+def test_cli_rejects_bad_arguments() -> None:
+    with pytest.raises(SystemExit):
+        main(["--runs", "0"])
