@@ -82,8 +82,11 @@ def test_report_renders_without_touching_results_md(
     meta = {"date": "2000-01-01 00:00 UTC", "command": "test", "machine": {}, "sink": "test",
             "relay_settings": {}, "scale": SCALE, "runs_requested": 1}
     entries = {key: report.entry(result, meta) for key, result in results.items()}
+    kept = "<!-- keep -->\nhand-written analysis\n<!-- /keep -->"
+    (tmp_path / "RESULTS.md").write_text(f"old table\n{kept}\n")
     report.write_results(entries, {}, tmp_path / "results.json", tmp_path / "RESULTS.md")
     text = (tmp_path / "RESULTS.md").read_text()
+    assert kept in text and "old table" not in text
     for key in entries:
         assert f"| {key} " in text
     assert "| RSS |" in text

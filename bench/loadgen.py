@@ -1,0 +1,154 @@
+"""SMTP load generator: N messages over C persistent connections, in its own process.
+
+Run as a script (standard library only, so it starts fast and shares no GIL with the
+benchmark or the relay)::
+
+    python bench/loadgen.py --port 2525 --count 2000 --connections 8 --size 2048 \\
+        --mail-from sender@example.org --rcpt alias@bench.test
+
+Each connection is opened and greeted (EHLO) before the clock starts; then the threads
+take message numbers from a shared counter until all are sent.  Every message is built
+in advance, unique (its own Message-ID and sequence number, so the relay's
+content-addressed store cannot deduplicate them) and ``--size`` bytes long.  Prints one
+JSON object: ``first_send`` and ``last_reply`` (``time.time()``), ``sent``, ``refused``,
+the first error, and the CPU seconds the generator used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import smtplib
+import sys
+import threading
+import time
+from email.utils import formatdate
+
+FILLER = ("The quick brown fox jumps over the lazy dog; pack my box with five dozen "
+          "liquor jugs.")
+
+
+def make_message(index: int, size: int, mail_from: str, rcpt: str, tag: str = "bench") -> bytes:
+    """A plain-text message of exactly ``size`` bytes (at least the header section)."""
+    header = (
+        f"From: Bench Sender <{mail_from}>\r\n"
+        f"To: <{rcpt}>\r\n"
+        f"Subject: {tag} message {index}\r\n"
+        f"Date: {formatdate(localtime=False)}\r\n"
+        f"Message-ID: <{tag}.{index}.{os.getpid()}.{time.time_ns()}@loadgen.test>\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=us-ascii\r\n"
+        "\r\n"
+    ).encode()
+    lines: list[bytes] = []
+    length = len(header)
+    number = 0
+    while length < size:
+        number += 1
+        line = f"{index:06d}-{number:03d} {FILLER}"[: max(0, size - length - 2)] + "\r\n"
+        lines.append(line.encode())
+        length += len(line)
+    return header + b"".join(lines)
+
+
+def send_one(client: smtplib.SMTP, mail_from: str, rcpts: list[str], message: bytes
+             ) -> tuple[int, str]:
+    """One transaction on an open connection; returns the DATA reply (code, text).
+
+    Unlike ``sendmail`` this keeps the DATA reply, which names the relay's queue id.
+    """
+    code, text = client.mail(mail_from)
+    if code != 250:
+        client.rset()
+        return code, text.decode(errors="replace")
+    accepted = 0
+    last = (code, text)
+    for rcpt in rcpts:
+        code, text = client.rcpt(rcpt)
+        last = (code, text)
+        accepted += code in (250, 251)
+    if not accepted:
+        client.rset()
+        return last[0], last[1].decode(errors="replace")
+    code, text = client.data(message)
+    return code, text.decode(errors="replace")
+
+
+def run(host: str, port: int, count: int, connections: int, size: int, mail_from: str,
+        rcpt: str, timeout: float) -> dict[str, object]:
+    messages = [make_message(i, size, mail_from, rcpt) for i in range(count)]
+    connections = max(1, min(connections, count))
+    clients = []
+    for _ in range(connections):
+        client = smtplib.SMTP(host, port, local_hostname="loadgen.test", timeout=timeout)
+        client.ehlo()
+        clients.append(client)
+    lock = threading.Lock()
+    state = {"next": 0, "sent": 0, "refused": 0, "first_error": None, "last_reply": 0.0}
+    start = threading.Barrier(connections + 1)
+
+    def worker(client: smtplib.SMTP) -> None:
+        start.wait()
+        while True:
+            with lock:
+                index = state["next"]
+                if index >= count:
+                    return
+                state["next"] = index + 1
+            try:
+                code, text = send_one(client, mail_from, [rcpt], messages[index])
+            except (smtplib.SMTPException, OSError) as exc:
+                code, text = 0, f"{type(exc).__name__}: {exc}"
+            now = time.time()
+            with lock:
+                if code == 250:
+                    state["sent"] += 1
+                else:
+                    state["refused"] += 1
+                    state["first_error"] = state["first_error"] or f"{code} {text}"
+                state["last_reply"] = max(state["last_reply"], now)
+            if code == 0:  # the connection is gone: stop this worker
+                return
+
+    threads = [threading.Thread(target=worker, args=(c,), daemon=True) for c in clients]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    first_send = time.time()
+    for thread in threads:
+        thread.join()
+    for client in clients:
+        try:
+            client.quit()
+        except (smtplib.SMTPException, OSError):
+            client.close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"first_send": first_send, "last_reply": state["last_reply"],
+            "sent": state["sent"], "refused": state["refused"] + count - state["next"],
+            "first_error": state["first_error"], "connections": connections,
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--mail-from", default="sender@example.org")
+    parser.add_argument("--rcpt", required=True)
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds allowed for each SMTP command")
+    args = parser.parse_args(argv)
+    result = run(args.host, args.port, args.count, args.connections, args.size,
+                 args.mail_from, args.rcpt, args.timeout)
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0 if result["refused"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

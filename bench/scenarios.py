@@ -1,0 +1,444 @@
+"""The three benchmark scenarios, each run against a fresh relay, store and sink.
+
+A (ingest): many ~2 KB messages to a one-member alias over 8 concurrent SMTP connections;
+B (fan-out): a few posts to a large list; C (latency): one post at a time to a 10-member
+list at idle.  Every run starts a new relay process on a new temporary data directory
+(SQLite, SMTP egress to the sink), so no run inherits another's queue or cache.
+
+Timing.  Start is ``time.time()`` just before the first SMTP command of the first
+message (connections are already open and greeted).  Arrival is the largest
+``updated_at`` of the ``delivered`` deliveries: the relay's recorder stamps it with the
+wall clock after the sink answered 250 to DATA, when it writes the outcome batch, so it
+is at or slightly after the real arrival (a conservative figure).  The store is polled
+(every 20 ms for A and B, 2 ms for C) only to learn that everything is final; the
+polling interval does not enter the figure.  Relay and benchmark share one clock.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import smtplib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import make_message, send_one
+from bench.probe import StoreProbe
+from bench.sinks import PostfixSink, PythonSink, start_sink
+from mailflow.model import ListKind
+from mailflow.store import Repository
+from mailflow.testing.relay import RelayProcess
+
+LOADGEN = Path(__file__).with_name("loadgen.py")
+DOMAIN = "bench.test"
+SENDER = "sender@example.org"
+MESSAGE_SIZE = 2048
+QUEUED_AS = re.compile(r"queued as (\S+)")
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class BenchError(RuntimeError):
+    """A scenario could not complete: what was expected, what happened, what to look at."""
+
+
+@dataclass
+class Options:
+    runs: int = 3
+    scale: float = 1.0
+    sink_kind: str = "smtp-sink"
+    sink_binary: str | None = None
+    relay_settings: dict[str, str] = field(default_factory=dict)
+    data_root: Path | None = None
+    timeout_factor: float = 1.0
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+
+    def size(self, full: int, minimum: int) -> int:
+        return max(minimum, round(full * self.scale))
+
+
+@dataclass
+class RunResult:
+    value: float                     # the headline figure of the scenario
+    rss_mb: float                    # VmHWM of the relay process at the end of the run
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ScenarioResult:
+    key: str
+    title: str
+    unit: str
+    params: dict[str, Any]
+    runs: list[RunResult]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(r.value for r in self.runs)
+
+    def median_detail(self, name: str) -> float:
+        return statistics.median(float(r.details[name]) for r in self.runs)
+
+    @property
+    def rss_peak_mb(self) -> float:
+        return max(r.rss_mb for r in self.runs)
+
+
+# -- the relay, the sink and the store around one run -----------------------------------
+
+@dataclass
+class Harness:
+    relay: RelayProcess
+    sink: PostfixSink | PythonSink
+    probe: StoreProbe
+    repo: Repository
+    options: Options
+
+    @property
+    def pid(self) -> int:
+        assert self.relay.process is not None
+        return self.relay.process.pid
+
+    def check_alive(self) -> None:
+        process = self.relay.process
+        if process is None or process.poll() is not None:
+            raise BenchError(f"the relay exited (status {process and process.returncode})"
+                             f"\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.relay.log().strip().splitlines()[-lines:]
+        return "relay log (last lines):\n  " + "\n  ".join(text) if text else "relay log empty"
+
+    def rss_mb(self) -> float:
+        """Peak resident set size (VmHWM) of the relay process so far, in MB (10^6 B)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e6
+        raise BenchError("no VmHWM in /proc/PID/status")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the relay process so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def smtp_client(self) -> smtplib.SMTP:
+        client = smtplib.SMTP("127.0.0.1", self.relay.smtp_port, local_hostname="bench.test",
+                              timeout=60)
+        client.ehlo()
+        return client
+
+    def wait_all_delivered(self, expected: int, timeout: float, poll: float) -> float:
+        """Block until ``expected`` deliveries exist and none is pending; return when seen.
+
+        Fails at once if a delivery was deferred or failed (the sink refused or could not
+        be reached: a broken benchmark, not a slow one), if the relay died, or when the
+        timeout passes.
+        """
+        deadline = time.monotonic() + timeout * self.options.timeout_factor
+        next_full = time.monotonic() + 1.0
+        while True:
+            if self.probe.created() >= expected and not self.probe.any_pending():
+                return time.time()
+            now = time.monotonic()
+            if now >= next_full:
+                next_full = now + 1.0
+                self.check_alive()
+                counts = self.repo.delivery_counts()
+                if counts.get("deferred") or counts.get("failed"):
+                    raise BenchError(
+                        f"deliveries were deferred or failed: {_counts(counts)}; "
+                        f"{'; '.join(self.probe.sample_replies())}\n{self.log_tail()}")
+            if now >= deadline:
+                counts = self.repo.delivery_counts()
+                raise BenchError(
+                    f"timed out after {timeout * self.options.timeout_factor:.0f} s waiting "
+                    f"for {expected} deliveries: {_counts(counts)}; sink saw "
+                    f"{self.sink.transactions()} transaction(s)\n{self.log_tail()}")
+            time.sleep(poll)
+
+    def verify(self, deliveries: int, messages: int, min_transactions: int,
+               max_transactions: int) -> dict[str, Any]:
+        """Every delivery delivered, every message stored, the sink saw the transactions."""
+        counts = self.repo.delivery_counts()
+        if counts.get("delivered") != deliveries or sum(counts.values()) != deliveries:
+            raise BenchError(f"expected {deliveries} delivered deliveries, store has "
+                             f"{_counts(counts)}")
+        stored = sum(self.repo.message_counts().values())
+        if stored != messages:
+            raise BenchError(f"expected {messages} stored messages, store has {stored}")
+        seen = self.sink.wait_transactions(min_transactions)
+        if not min_transactions <= seen <= max_transactions:
+            raise BenchError(f"the sink saw {seen} transaction(s), expected "
+                             f"{min_transactions}..{max_transactions}")
+        result: dict[str, Any] = {"delivered": counts["delivered"], "messages": stored,
+                                  "sink_transactions": seen}
+        recipients = self.sink.recipients()
+        if recipients is not None:
+            if recipients != deliveries:
+                raise BenchError(f"the sink received {recipients} recipient(s), expected "
+                                 f"{deliveries}")
+            result["sink_recipients"] = recipients
+        return result
+
+    def arrival(self) -> float:
+        """The latest ``updated_at`` of a delivered delivery (see the module docstring)."""
+        last = self.probe.delivered_span()[1]
+        if last is None:
+            raise BenchError("no delivered delivery in the store")
+        return float(last)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+@contextmanager
+def harness(options: Options, setup: Callable[[Repository, float], None]) -> Iterator[Harness]:
+    """A fresh data dir, sink and relay (set up by ``setup`` before it starts)."""
+    with tempfile.TemporaryDirectory(prefix="mailflow-bench-", dir=options.data_root) as tmp:
+        sink = start_sink(options.sink_kind, options.sink_binary)
+        relay: RelayProcess | None = None
+        probe: StoreProbe | None = None
+        try:
+            settings = {"MAILFLOW_EGRESS": "smtp", "MAILFLOW_SMTP_RELAY": sink.url,
+                        "MAILFLOW_LOG_LEVEL": "WARNING", **options.relay_settings}
+            relay = RelayProcess(Path(tmp) / "data", settings=settings)
+            relay.init()
+            with relay.repository() as repo:
+                setup(repo, time.time())
+                relay.start()
+                probe = StoreProbe(relay.data_dir / "mailflow.db")
+                yield Harness(relay, sink, probe, repo, options)
+        finally:
+            if probe is not None:
+                probe.close()
+            if relay is not None:
+                relay.stop()
+            sink.stop()
+
+
+def _list_setup(address: str, kind: ListKind, members: list[str]
+                ) -> Callable[[Repository, float], None]:
+    def setup(repo: Repository, now: float) -> None:
+        repo.add_domain(DOMAIN, now)
+        repo.create_list(address, kind, address.split("@")[0], 0, now)
+        repo.add_members(address, members, now)
+    return setup
+
+
+def _queue_id(code: int, text: str) -> str:
+    if code != 250:
+        raise BenchError(f"the relay refused a message: {code} {text}")
+    found = QUEUED_AS.search(text)
+    if not found:
+        raise BenchError(f"no queue id in the relay's DATA reply: {code} {text}")
+    return found.group(1)
+
+
+def nearest_rank(values: list[float], percentile: float) -> float:
+    """The nearest-rank percentile: the smallest value >= ``percentile`` % of them."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(percentile / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+# -- A: ingest ----------------------------------------------------------------------------
+
+def ingest(options: Options) -> tuple[dict[str, Any], Callable[[], RunResult]]:
+    count = options.size(2000, minimum=8)
+    connections = min(8, count)
+    alias, target = f"ingest@{DOMAIN}", "rcpt@sink.test"
+    params = {"messages": count, "size_bytes": MESSAGE_SIZE, "connections": connections,
+              "alias_members": 1}
+
+    def run() -> RunResult:
+        with harness(options, _list_setup(alias, ListKind.ALIAS, [target])) as h:
+            cpu_before = h.cpu_seconds()
+            command = [sys.executable, str(LOADGEN), "--port", str(h.relay.smtp_port),
+                       "--count", str(count), "--connections", str(connections),
+                       "--size", str(MESSAGE_SIZE), "--mail-from", SENDER, "--rcpt", alias]
+            limit = (60 + count / 20) * options.timeout_factor
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=limit)
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"the load generator did not finish in {limit:.0f} s\n"
+                                 f"{h.log_tail()}") from None
+            try:
+                gen = json.loads(done.stdout)
+            except ValueError:
+                raise BenchError(f"the load generator failed (status {done.returncode}): "
+                                 f"{done.stderr.strip()[-2000:]}") from None
+            if gen["refused"] or gen["sent"] != count:
+                raise BenchError(f"the relay accepted {gen['sent']} of {count} messages; "
+                                 f"first error: {gen['first_error']}\n{h.log_tail()}")
+            seen_at = h.wait_all_delivered(count, timeout=60 + count / 20, poll=0.020)
+            details = h.verify(count, count, count, count)
+            cpu = h.cpu_seconds() - cpu_before
+            start, end = gen["first_send"], h.arrival()
+            elapsed = end - start
+            details.update({
+                "elapsed_s": round(elapsed, 4),
+                "accepted_per_s": round(count / (gen["last_reply"] - start), 1),
+                "seen_by_poll_after_s": round(seen_at - start, 4),
+                "relay_cpu_s": round(cpu, 3),
+                "relay_cpu_share": round(cpu / elapsed, 2),
+                "loadgen_cpu_s": gen["cpu_seconds"],
+            })
+            return RunResult(count / elapsed, h.rss_mb(), details)
+
+    return params, run
+
+
+def loadgen_ceiling(options: Options) -> float:
+    """The load generator's own rate, scenario A's load sent straight into a fresh sink."""
+    count = options.size(2000, minimum=8)
+    sink = start_sink(options.sink_kind, options.sink_binary)
+    try:
+        command = [sys.executable, str(LOADGEN), "--port", str(sink.port), "--count",
+                   str(count), "--connections", str(min(8, count)), "--size",
+                   str(MESSAGE_SIZE), "--mail-from", SENDER, "--rcpt", "rcpt@sink.test"]
+        done = subprocess.run(command, capture_output=True, text=True,
+                              timeout=(60 + count / 20) * options.timeout_factor)
+        gen = json.loads(done.stdout)
+        if gen["sent"] != count:
+            raise BenchError(f"load generator calibration: {gen['sent']} of {count} sent; "
+                             f"{gen['first_error']}")
+        return count / max(gen["last_reply"] - gen["first_send"], 1e-6)
+    except (subprocess.TimeoutExpired, ValueError) as exc:
+        raise BenchError(f"load generator calibration failed: {exc}") from None
+    finally:
+        sink.stop()
+
+
+# -- B: fan-out ---------------------------------------------------------------------------
+
+def fanout(options: Options) -> tuple[dict[str, Any], Callable[[], RunResult]]:
+    members = options.size(10_000, minimum=10)
+    posts = 5
+    address = f"fanout@{DOMAIN}"
+    roster = [f"m{i:06d}@sink.test" for i in range(members)]
+    params = {"posts": posts, "members": members, "deliveries": posts * members,
+              "size_bytes": MESSAGE_SIZE}
+
+    def run() -> RunResult:
+        with harness(options, _list_setup(address, ListKind.LIST, roster)) as h:
+            expected = posts * members
+            per_tx = int(options.relay_settings.get("MAILFLOW_MAX_RECIPIENTS_PER_TRANSACTION",
+                                                    "50"))
+            messages = [make_message(i, MESSAGE_SIZE, SENDER, address, "fanout")
+                        for i in range(posts)]
+            client = h.smtp_client()
+            cpu_before = h.cpu_seconds()
+            start = time.time()
+            try:
+                for message in messages:
+                    _queue_id(*send_one(client, SENDER, [address], message))
+                accepted = time.time()
+            finally:
+                client.quit()
+            seen_at = h.wait_all_delivered(expected, timeout=60 + expected / 250, poll=0.020)
+            details = h.verify(expected, posts, posts * math.ceil(members / per_tx), expected)
+            cpu = h.cpu_seconds() - cpu_before
+            elapsed = h.arrival() - start
+            details.update({
+                "elapsed_s": round(elapsed, 4),
+                "posts_accepted_after_s": round(accepted - start, 4),
+                "seen_by_poll_after_s": round(seen_at - start, 4),
+                "relay_cpu_s": round(cpu, 3),
+                "relay_cpu_share": round(cpu / elapsed, 2),
+            })
+            return RunResult(expected / elapsed, h.rss_mb(), details)
+
+    return params, run
+
+
+# -- C: latency ---------------------------------------------------------------------------
+
+def latency(options: Options) -> tuple[dict[str, Any], Callable[[], RunResult]]:
+    posts = options.size(50, minimum=5)
+    members = 10
+    address = f"latency@{DOMAIN}"
+    roster = [f"l{i:02d}@sink.test" for i in range(members)]
+    params = {"posts": posts, "members": members, "warm_up_posts": 1,
+              "size_bytes": MESSAGE_SIZE, "pause_between_posts_s": 0.05}
+
+    def one_post(h: Harness, client: smtplib.SMTP, index: int) -> tuple[float, float]:
+        """Send one post, wait for its deliveries: (ms to arrival, ms to the 250)."""
+        message = make_message(index, MESSAGE_SIZE, SENDER, address, "latency")
+        start = time.time()
+        queue_id = _queue_id(*send_one(client, SENDER, [address], message))
+        accepted = time.time()
+        deadline = time.monotonic() + 10.0 * options.timeout_factor
+        while True:
+            total, delivered, pending, last = h.probe.message_progress(queue_id)
+            if total == members and delivered == members:
+                return (float(last) - start) * 1000, (accepted - start) * 1000
+            if total == members and not pending:
+                raise BenchError(f"post {queue_id}: only {delivered} of {members} delivered; "
+                                 f"{'; '.join(h.probe.sample_replies())}")
+            if time.monotonic() >= deadline:
+                h.check_alive()
+                raise BenchError(f"post {queue_id}: {delivered} of {members} delivered after "
+                                 f"{10.0 * options.timeout_factor:.0f} s\n{h.log_tail()}")
+            time.sleep(0.002)
+
+    def run() -> RunResult:
+        with harness(options, _list_setup(address, ListKind.LIST, roster)) as h:
+            client = h.smtp_client()
+            try:
+                one_post(h, client, -1)  # warm-up: first connection to the sink, caches
+                time.sleep(params["pause_between_posts_s"])
+                cpu_before = h.cpu_seconds()
+                arrivals, accepts = [], []
+                for index in range(posts):
+                    arrival, accept = one_post(h, client, index)
+                    arrivals.append(arrival)
+                    accepts.append(accept)
+                    time.sleep(params["pause_between_posts_s"])
+            finally:
+                client.quit()
+            details = h.verify((posts + 1) * members, posts + 1, posts + 1, posts + 1)
+            p50 = nearest_rank(arrivals, 50)
+            details.update({
+                "p50_ms": round(p50, 2),
+                "p99_ms": round(nearest_rank(arrivals, 99), 2),
+                "min_ms": round(min(arrivals), 2),
+                "max_ms": round(max(arrivals), 2),
+                "accept_p50_ms": round(nearest_rank(accepts, 50), 2),
+                "accept_p99_ms": round(nearest_rank(accepts, 99), 2),
+                "relay_cpu_s": round(h.cpu_seconds() - cpu_before, 3),
+            })
+            return RunResult(p50, h.rss_mb(), details)
+
+    return params, run
+
+
+SCENARIOS: dict[str, tuple[str, str, Callable[[Options], tuple[dict[str, Any],
+                                                                  Callable[[], RunResult]]]]] = {
+    "A": ("ingest", "msgs/s", ingest),
+    "B": ("fan-out", "deliveries/s", fanout),
+    "C": ("latency", "ms (p50)", latency),
+}
+
+
+def run_scenario(key: str, options: Options) -> ScenarioResult:
+    title, unit, build = SCENARIOS[key]
+    params, run = build(options)
+    runs: list[RunResult] = []
+    for number in range(1, options.runs + 1):
+        result = run()
+        runs.append(result)
+        shown = (f"p50 {result.details['p50_ms']:.1f} ms, p99 {result.details['p99_ms']:.1f} ms"
+                 if key == "C" else f"{result.value:,.0f} {unit}")
+        options.log(f"  {key} run {number}/{options.runs}: {shown}, "
+                    f"peak RSS {result.rss_mb:.0f} MB")
+    return ScenarioResult(key, title, unit, params, runs)

@@ -1,0 +1,185 @@
+"""The SMTP sink the relay delivers to: Postfix's ``smtp-sink``, or a Python fallback.
+
+``smtp-sink`` (Debian package ``postfix``) is a small C server that accepts every
+command and throws the mail away; with ``-c`` it prints running counters
+(``sess=N quit=N mesg=N``), which give the number of mail transactions that reached
+it.  The fallback is :class:`mailflow.testing.sink.SmtpSink` (aiosmtpd in a thread of
+this process): slower, but it also counts recipients.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+from mailflow.testing.ports import free_port, wait_for_port
+
+SMTP_SINK_CANDIDATES = ("/usr/sbin/smtp-sink", "/usr/bin/smtp-sink")
+_MESG = re.compile(rb"mesg=(\d+)")
+
+
+class SinkError(RuntimeError):
+    pass
+
+
+class Sink(Protocol):
+    kind: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str: ...
+
+    def transactions(self) -> int: ...
+
+    def recipients(self) -> int | None: ...
+
+    def stop(self) -> None: ...
+
+
+def find_smtp_sink() -> str | None:
+    for candidate in SMTP_SINK_CANDIDATES:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("smtp-sink")
+
+
+class PostfixSink:
+    """``smtp-sink -c [-u nobody] 127.0.0.1:PORT BACKLOG`` in a child process."""
+
+    kind = "smtp-sink"
+
+    def __init__(self, binary: str, host: str = "127.0.0.1", backlog: int = 1024,
+                 max_concurrency: int = 256) -> None:
+        self.binary = binary
+        self.host = host
+        self.port = 0
+        self.backlog = backlog
+        self.max_concurrency = max_concurrency
+        self._dir = tempfile.TemporaryDirectory(prefix="mailflow-sink-")
+        self._out = Path(self._dir.name) / "counters.txt"
+        self._err = Path(self._dir.name) / "stderr.txt"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [self.binary, "-c", "-m", str(self.max_concurrency)]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd += ["-u", "nobody"]  # required when started as root, refused otherwise
+        return [*cmd, f"{self.host}:{self.port}", str(self.backlog)]
+
+    def start(self, timeout: float = 10.0) -> PostfixSink:
+        self.port = free_port(self.host)
+        with self._out.open("wb") as out, self._err.open("wb") as err:
+            self.process = subprocess.Popen(self.command(), stdout=out, stderr=err,
+                                            stdin=subprocess.DEVNULL)
+        if not wait_for_port(self.host, self.port, timeout) or self.process.poll() is not None:
+            detail = self._err.read_text(errors="replace").strip()
+            self.stop()
+            raise SinkError(f"smtp-sink did not start on {self.host}:{self.port}: {detail}")
+        return self
+
+    def transactions(self) -> int:
+        """Mail transactions completed (the last ``mesg=`` counter printed)."""
+        try:
+            found = _MESG.findall(self._out.read_bytes())
+        except OSError:
+            return 0
+        return int(found[-1]) if found else 0
+
+    def recipients(self) -> int | None:
+        return None  # smtp-sink's counters do not include recipients
+
+    def wait_transactions(self, count: int, timeout: float = 5.0) -> int:
+        """The counters are written when a transaction ends: wait briefly for the last."""
+        deadline = time.monotonic() + timeout
+        seen = self.transactions()
+        while seen < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+            seen = self.transactions()
+        return seen
+
+    def stop(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(5)
+            self.process = None
+        self._dir.cleanup()
+
+
+class PythonSink:
+    """:class:`mailflow.testing.sink.SmtpSink`, counting transactions and recipients."""
+
+    kind = "python"
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        from mailflow.testing.sink import SmtpSink
+
+        self._sink = SmtpSink(host)
+        self.host = host
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return self._sink.url
+
+    def start(self) -> PythonSink:
+        self._sink.start()
+        self.port = self._sink.port
+        return self
+
+    def transactions(self) -> int:
+        with self._sink.handler.lock:
+            return len(self._sink.handler.messages)
+
+    def recipients(self) -> int | None:
+        with self._sink.handler.lock:
+            return sum(len(m.rcpt_tos) for m in self._sink.handler.messages)
+
+    def wait_transactions(self, count: int, timeout: float = 5.0) -> int:
+        deadline = time.monotonic() + timeout
+        seen = self.transactions()
+        while seen < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+            seen = self.transactions()
+        return seen
+
+    def stop(self) -> None:
+        self._sink.stop()
+
+
+def resolve_kind(requested: str) -> tuple[str, str | None]:
+    """(kind to use, smtp-sink path): ``auto`` falls back to Python with a warning."""
+    binary = find_smtp_sink()
+    if requested == "python":
+        return "python", None
+    if binary is not None:
+        return "smtp-sink", binary
+    if requested == "smtp-sink":
+        raise SinkError("smtp-sink not found (install Debian's postfix package, or use "
+                        "--sink python)")
+    warnings.warn("Postfix smtp-sink not found (apt-get install postfix); using the slower "
+                  "Python sink, so the figures are a lower bound", stacklevel=2)
+    return "python", None
+
+
+def start_sink(kind: str, binary: str | None) -> PostfixSink | PythonSink:
+    if kind == "smtp-sink":
+        assert binary is not None
+        return PostfixSink(binary).start()
+    return PythonSink().start()
