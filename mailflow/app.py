@@ -29,7 +29,8 @@ from mailflow.egress.stdout import StdoutEgress
 from mailflow.errors import ConfigurationError
 from mailflow.ingress.accept import AcceptPolicy, AcceptService
 from mailflow.ingress.commit import GroupCommitter
-from mailflow.ingress.smtp import start_listener
+from mailflow.ingress.smtp import Listener, start_listener
+from mailflow.pipeline.expand import plan_deliveries
 from mailflow.pipeline.processor import Processor
 from mailflow.scheduler import Scheduler, SchedulerOptions
 from mailflow.store import StoreRunner, create_engines, upgrade_to_head
@@ -75,7 +76,7 @@ class Relay:
     egress: Egress | None = None
 
     def __post_init__(self) -> None:
-        self._servers: list[asyncio.Server] = []
+        self._listeners: list[Listener] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._http: uvicorn.Server | None = None
         self._lock: IO[str] | None = None
@@ -105,12 +106,13 @@ class Relay:
                               settings.retry_max_delay, settings.max_delivery_age),
         ))
         processor = Processor(runner, self.clock, on_queued=scheduler.wake)
-        committer = GroupCommitter(runner, blobs, self.clock)
+        committer = GroupCommitter(runner, blobs, self.clock, plan=plan_deliveries,
+                                   inline_limit=settings.max_inline_deliveries,
+                                   on_queued=scheduler.wake, on_received=processor.wake)
         service = AcceptService(
             runner, committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,
                          settings.max_received_headers),
-            on_stored=processor.wake,
         )
         await scheduler.start()
         self._tasks += [
@@ -130,7 +132,7 @@ class Relay:
                 await self.stop()
                 raise ConfigurationError(f"cannot listen for {name.upper()} on {address}: "
                                          f"{exc.strerror}") from None
-            self._servers.append(server)
+            self._listeners.append(server)
             self.listening[name] = str(address)
         if settings.http_address is not None:
             await self._start_http(settings)
@@ -171,11 +173,8 @@ class Relay:
                 log.exception("maintenance failed", extra={"action": "maintenance_error"})
 
     async def stop(self) -> None:
-        for server in self._servers:
-            server.close()
-        for server in self._servers:
-            await server.wait_closed()
-        self._servers.clear()
+        await asyncio.gather(*(listener.close() for listener in self._listeners))
+        self._listeners.clear()
         if self._http is not None:
             self._http.should_exit = True
         if self.scheduler is not None:

@@ -1,13 +1,14 @@
 """The active loop between the send queue and the egress provider.
 
-Three kinds of task cooperate, so the database and the network are both busy at once:
+Two kinds of task cooperate, so the database and the network are both busy at once:
 
-* the **claimer** leases due deliveries in batches (woken when work is queued, else
-  sleeping until the next retry is due), groups recipients that share a message and a
-  list into transactions of at most ``max_recipients_per_transaction``, and queues them;
-* **senders** (one per egress connection) render each copy from the blob and send it;
-* the **recorder** writes the outcomes back in batches: delivered, deferred with
-  exponential backoff, or failed (5xx, or too old to retry).
+* the **queue keeper** runs rounds of one database transaction each: it writes back the
+  outcomes the senders produced (delivered, deferred with exponential backoff, or failed
+  on 5xx or when too old to retry) and leases the next due deliveries in a batch.  It is
+  woken by new work, by outcomes and by room in the ready queue, else sleeps until the
+  next retry is due.  Claimed recipients that share a message and a list become one
+  transaction of at most ``max_recipients_per_transaction``;
+* **senders** (one per egress connection) render each copy from the blob and send it.
 
 Deliveries that were leased but not sent when the scheduler stops are handed back at once;
 a crash leaves them leased, and the lease expiry returns them to the queue.
@@ -72,26 +73,24 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._ready: asyncio.Queue[Transaction] = asyncio.Queue()
         self._outcomes: list[Outcome] = []
-        self._outcomes_ready = asyncio.Event()
-        self._in_flight = 0
-        self._room = asyncio.Event()
+        self._signal = asyncio.Event()  # outcomes, room or new work: the keeper has a job
         self._content: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
 
     def wake(self) -> None:
         """New work was queued: claim now instead of at the next timer."""
         self._wake.set()
+        self._signal.set()
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._claim_loop(), name="claimer"),
-                       asyncio.create_task(self._record_loop(), name="recorder")]
+        self._tasks = [asyncio.create_task(self._keep_queue(), name="queue-keeper")]
         self._tasks += [asyncio.create_task(self._send_loop(), name=f"sender-{i}")
                         for i in range(self.options.concurrency)]
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming, finish transactions already on the wire, hand back the rest."""
-        claimer, recorder, *senders = self._tasks
-        claimer.cancel()
+        keeper, *senders = self._tasks
+        keeper.cancel()
         unsent: list[Delivery] = []
         while not self._ready.empty():
             unsent.extend(self._ready.get_nowait().deliveries)
@@ -100,9 +99,8 @@ class Scheduler:
         _, pending = await asyncio.wait(senders, timeout=grace)
         for task in pending:
             task.cancel()
-        recorder.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._flush_outcomes()
+        await self._exchange(claim=False)
         # Whatever is still leased by us was claimed but never sent: hand it back now
         # rather than after the lease expires.
         released = await self.runner.write(self.runner.repo.release_leases,
@@ -111,35 +109,75 @@ class Scheduler:
             log.info("handed back %d leased deliveries (%d were queued here)", released,
                      len(unsent), extra={"action": "leases_released"})
 
-    # -- claiming -----------------------------------------------------------------------
+    # -- the queue keeper: record outcomes and claim, one transaction per round ---------
 
-    async def _claim_loop(self) -> None:
-        repo = self.runner.repo
+    async def _keep_queue(self) -> None:
         low_water = self.options.concurrency * 2
+        next_due: float | None = self.clock.now()  # unknown at start: look at once
         while True:
-            while self._ready.qsize() >= low_water:
-                self._room.clear()
-                await self._room.wait()
-            self._wake.clear()
             now = self.clock.now()
+            room = self._ready.qsize() < low_water
+            claim = room and (self._wake.is_set() or (next_due is not None and next_due <= now))
+            if not claim and not self._outcomes:
+                self._signal.clear()
+                delay = IDLE_RECHECK if next_due is None else next_due - now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._signal.wait(),
+                                           timeout=min(max(delay, 0.001), IDLE_RECHECK))
+                if next_due is None or self.clock.now() >= now + IDLE_RECHECK:
+                    next_due = self.clock.now()  # periodic look, for other writers' work
+                continue
+            if claim:
+                self._wake.clear()
             try:
-                claimed = await self.runner.write(
-                    repo.claim_due_deliveries, now, self.options.batch_size,
-                    self.options.lease, self.options.owner)
+                claimed, deferred_until = await self._exchange(claim)
+                if claim and len(claimed) < self.options.batch_size:
+                    # Nothing more is due now; sleep until the next retry or lease expiry.
+                    next_due = await self.runner.read(self.runner.repo.next_due_at)
+                elif claimed:
+                    next_due = now  # a full batch: there may be more
+                if deferred_until is not None:
+                    next_due = deferred_until if next_due is None else min(next_due,
+                                                                           deferred_until)
                 if claimed:
                     await self._enqueue_transactions(claimed)
-                    continue
-                next_due = await self.runner.read(repo.next_due_at)
             except Exception:
-                log.exception("claiming deliveries failed", extra={"action": "claim_error"})
+                log.exception("queue round failed", extra={"action": "queue_error"})
                 await asyncio.sleep(ERROR_BACKOFF)
-                continue
-            delay = IDLE_RECHECK if next_due is None else max(0.0, next_due - now)
-            await self._sleep(min(delay, IDLE_RECHECK))
+                next_due = self.clock.now()
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0.001))
+    async def _exchange(self, claim: bool) -> tuple[list[Delivery], float | None]:
+        """Write back pending outcomes and (optionally) lease due work, in one transaction.
+
+        Returns the deliveries claimed and the earliest retry time among the outcomes.
+        """
+        outcomes, self._outcomes = self._outcomes, []
+        if not outcomes and not claim:
+            return [], None
+        limit = self.options.batch_size if claim else 0
+        try:
+            claimed = await self.runner.write(
+                self.runner.repo.record_and_claim, self.clock.now(), outcomes, limit,
+                self.options.lease, self.options.owner)
+        except BaseException:
+            self._outcomes = outcomes + self._outcomes
+            raise
+        return claimed, self._report(outcomes)
+
+    def _report(self, outcomes: list[Outcome]) -> float | None:
+        deferred_until = None
+        for status in (DeliveryStatus.DELIVERED, DeliveryStatus.DEFERRED, DeliveryStatus.FAILED):
+            count = sum(1 for o in outcomes if o.status is status)
+            if count:
+                DELIVERY_ATTEMPTS.labels(outcome=status.value).inc(count)
+        for o in outcomes:
+            if o.status is DeliveryStatus.DELIVERED:
+                continue
+            if o.status is DeliveryStatus.DEFERRED:
+                deferred_until = min(o.due_at, deferred_until or o.due_at)
+            log.info("delivery %d %s: %s", o.delivery_id, o.status.value, o.reply,
+                     extra={"action": o.status.value, "queue_id": o.message_id})
+        return deferred_until
 
     async def _enqueue_transactions(self, claimed: Sequence[Delivery]) -> None:
         repo = self.runner.repo
@@ -169,14 +207,10 @@ class Scheduler:
     async def _send_loop(self) -> None:
         while True:
             transaction = await self._ready.get()
-            self._room.set()
+            self._signal.set()  # room in the ready queue: the keeper may claim more
             if transaction is None:
                 return
-            self._in_flight += 1
-            try:
-                self._add_outcomes(await self._send(transaction))
-            finally:
-                self._in_flight -= 1
+            self._add_outcomes(await self._send(transaction))
 
     async def _send(self, tx: Transaction) -> list[Outcome]:
         recipients = [d.recipient for d in tx.deliveries]
@@ -219,7 +253,9 @@ class Scheduler:
         key = (tx.message.id, tx.mailing_list.id)
         content = self._content.get(key)
         if content is None:
-            raw = await asyncio.to_thread(self.blobs.read, tx.message.blob)
+            raw = self.blobs.cached(tx.message.blob)
+            if raw is None:
+                raw = await asyncio.to_thread(self.blobs.read, tx.message.blob)
             content = outbound_message(raw, tx.message, tx.mailing_list,
                                        self.options.instance_id, self.options.hostname)
             self._content[key] = content
@@ -229,40 +265,8 @@ class Scheduler:
             self._content.move_to_end(key)
         return content
 
-    # -- recording ----------------------------------------------------------------------
+    # -- outcomes -----------------------------------------------------------------------
 
     def _add_outcomes(self, outcomes: list[Outcome]) -> None:
         self._outcomes.extend(outcomes)
-        self._outcomes_ready.set()
-
-    async def _record_loop(self) -> None:
-        while True:
-            await self._outcomes_ready.wait()
-            self._outcomes_ready.clear()
-            try:
-                await self._flush_outcomes()
-            except Exception:
-                log.exception("recording outcomes failed", extra={"action": "record_error"})
-                await asyncio.sleep(ERROR_BACKOFF)
-                self._outcomes_ready.set()
-
-    async def _flush_outcomes(self) -> None:
-        outcomes, self._outcomes = self._outcomes, []
-        if not outcomes:
-            return
-        try:
-            await self.runner.write(self.runner.repo.record_outcomes, self.clock.now(),
-                                    outcomes)
-        except BaseException:
-            self._outcomes = outcomes + self._outcomes
-            raise
-        for status in (DeliveryStatus.DELIVERED, DeliveryStatus.DEFERRED, DeliveryStatus.FAILED):
-            count = sum(1 for o in outcomes if o.status is status)
-            if count:
-                DELIVERY_ATTEMPTS.labels(outcome=status.value).inc(count)
-        if any(o.status is DeliveryStatus.DEFERRED for o in outcomes):
-            self.wake()  # the next retry may be sooner than the claimer's current sleep
-        for o in outcomes:
-            if o.status is not DeliveryStatus.DELIVERED:
-                log.info("delivery %d %s: %s", o.delivery_id, o.status.value, o.reply,
-                         extra={"action": o.status.value, "queue_id": o.message_id})
+        self._signal.set()

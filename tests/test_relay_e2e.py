@@ -288,3 +288,15 @@ def test_unknown_address_after_restart_and_health_endpoints(relay: RelayProcess)
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     metrics = httpx.get(f"{base}/metrics").text
     assert "mailflow_messages_accepted_total" in metrics
+
+
+def test_sigterm_stops_cleanly_with_idle_clients_connected(relay: RelayProcess) -> None:
+    idle = smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30)
+    idle.ehlo("lingering.test")
+    half_closed = smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30)
+    half_closed.sock.shutdown(1)  # type: ignore[union-attr]
+    try:
+        assert relay.stop(timeout=15) == 0  # exited by itself, not killed
+    finally:
+        idle.close()
+        half_closed.close()

@@ -65,8 +65,7 @@ def setup(engines: Engines, tmp_path: Path):  # type: ignore[no-untyped-def]
                                  len(data), clock.now(), "127.0.0.1", "c.test", "ESMTP")
         runner.repo.store_messages([message], clock.now(),
                                    lambda: blobs.write_many([(digest, data)]))
-        runner.repo.expand_received(clock.now(), 10,
-                                    lambda m: plan_deliveries(runner.repo, m))
+        runner.repo.expand_received(clock.now(), 10, plan_deliveries)
 
     def scheduler(egress: ScriptedEgress, max_recipients: int = 50) -> Scheduler:
         return Scheduler(runner, blobs, egress, clock, SchedulerOptions(

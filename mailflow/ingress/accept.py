@@ -9,7 +9,7 @@ translate its errors into their own replies and hold no rules of their own.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mailflow import addresses, headers
@@ -50,12 +50,11 @@ class Verdict:
 
 class AcceptService:
     def __init__(self, runner: StoreRunner, committer: GroupCommitter, clock: Clock,
-                 policy: AcceptPolicy, on_stored: Callable[[], None]) -> None:
+                 policy: AcceptPolicy) -> None:
         self.runner = runner
         self.committer = committer
         self.clock = clock
         self.policy = policy
-        self.on_stored = on_stored
 
     async def check_recipient(self, address: str) -> Resolution:
         """Raise unless ``address`` is a list, an alias or a list's bounce address here."""
@@ -135,5 +134,4 @@ class AcceptService:
         log.info("stored %s from=<%s> rcpt=%s size=%d", message.id, message.mail_from,
                  ",".join(rcpts), message.size,
                  extra={"action": "received", "queue_id": message.id})
-        self.on_stored()
         return message.id

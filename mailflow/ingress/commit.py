@@ -11,12 +11,14 @@ import asyncio
 import functools
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailflow.blobs import BlobStore
 from mailflow.clock import Clock
 from mailflow.errors import StorageUnavailable
 from mailflow.model import InboundMessage
+from mailflow.store.repository import Planner
 from mailflow.store.runner import StoreRunner
 
 log = logging.getLogger(__name__)
@@ -41,44 +43,83 @@ async def content_digest(data: bytes) -> str:
 
 
 class GroupCommitter:
-    def __init__(self, runner: StoreRunner, blobs: BlobStore, clock: Clock) -> None:
+    """Two stages: blob files are written and fsynced in a worker thread, then every
+    message whose blob is on disk joins the next database transaction.  The writer thread
+    never waits for file I/O, and while one stage works the other gathers its batch."""
+
+    def __init__(self, runner: StoreRunner, blobs: BlobStore, clock: Clock, *,
+                 plan: Planner, inline_limit: int, on_queued: Callable[[], None],
+                 on_received: Callable[[], None]) -> None:
         self.runner = runner
         self.blobs = blobs
         self.clock = clock
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self.plan = plan
+        self.inline_limit = inline_limit
+        self.on_queued = on_queued      # deliveries were queued: wake the scheduler
+        self.on_received = on_received  # messages await expansion: wake the processor
+        self._incoming: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._written: asyncio.Queue[_Pending] = asyncio.Queue()
 
     async def commit(self, message: InboundMessage, data: bytes) -> None:
         """Return once the message is durable; raise StorageUnavailable otherwise."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(message, data, done))
+        await self._incoming.put(_Pending(message, data, done))
         await done
 
     async def run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            size = len(batch[0].data)
-            while (not self._queue.empty() and len(batch) < MAX_BATCH_MESSAGES
-                   and size < MAX_BATCH_BYTES):
-                item = self._queue.get_nowait()
-                batch.append(item)
-                size += len(item.data)
-            await self._commit_batch(batch)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._write_blobs())
+            group.create_task(self._commit_rows())
 
-    async def _commit_batch(self, batch: list[_Pending]) -> None:
-        write_blobs = functools.partial(
-            self.blobs.write_many, [(p.message.blob, p.data) for p in batch])
-        try:
-            await self.runner.write(self.runner.repo.store_messages,
-                                    [p.message for p in batch], self.clock.now(), write_blobs)
-        except Exception as exc:
-            log.exception("could not store %d message(s)", len(batch),
-                          extra={"action": "store_failed"})
-            error = StorageUnavailable(f"cannot store the message right now ({type(exc).__name__})"
-                                       ", try again later")
+    async def _write_blobs(self) -> None:
+        while True:
+            batch = await _drain(self._incoming)
+            try:
+                await asyncio.to_thread(self.blobs.write_many,
+                                        [(p.message.blob, p.data) for p in batch])
+            except Exception as exc:
+                _fail(batch, exc)
+                continue
+            for pending in batch:
+                self._written.put_nowait(pending)
+
+    async def _commit_rows(self) -> None:
+        while True:
+            batch = await _drain(self._written)
+            ensure_blobs = functools.partial(
+                self.blobs.write_many, [(p.message.blob, p.data) for p in batch])
+            try:
+                left = await self.runner.write(
+                    self.runner.repo.store_messages, [p.message for p in batch],
+                    self.clock.now(), ensure_blobs, self.plan, self.inline_limit)
+            except Exception as exc:
+                _fail(batch, exc)
+                continue
             for pending in batch:
                 if not pending.done.done():
-                    pending.done.set_exception(error)
-            return
-        for pending in batch:
-            if not pending.done.done():
-                pending.done.set_result(None)
+                    pending.done.set_result(None)
+            if left < len(batch):
+                self.on_queued()
+            if left:
+                self.on_received()
+
+
+async def _drain(queue: asyncio.Queue[_Pending]) -> list[_Pending]:
+    """Wait for one item, then take whatever else is waiting, within the batch limits."""
+    batch = [await queue.get()]
+    size = len(batch[0].data)
+    while not queue.empty() and len(batch) < MAX_BATCH_MESSAGES and size < MAX_BATCH_BYTES:
+        item = queue.get_nowait()
+        batch.append(item)
+        size += len(item.data)
+    return batch
+
+
+def _fail(batch: list[_Pending], exc: Exception) -> None:
+    log.error("could not store %d message(s): %s: %s", len(batch), type(exc).__name__, exc,
+              extra={"action": "store_failed"})
+    error = StorageUnavailable(f"cannot store the message right now ({type(exc).__name__}), "
+                               "try again later")
+    for pending in batch:
+        if not pending.done.done():
+            pending.done.set_exception(error)

@@ -8,7 +8,10 @@ the same handler answering once per recipient after DATA.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
@@ -55,6 +58,20 @@ class RelayHandler:
 
     def __init__(self, service: AcceptService) -> None:
         self.service = service
+        self.accepting = 0          # DATA commands being accepted right now
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @contextlib.contextmanager
+    def _accepting(self) -> Iterator[None]:
+        self.accepting += 1
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            self.accepting -= 1
+            if not self.accepting:
+                self.idle.set()
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -69,6 +86,10 @@ class RelayHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
+        with self._accepting():
+            return await self._accept(session, envelope)
+
+    async def _accept(self, session: Session, envelope: SmtpEnvelope) -> str:
         try:
             message_id = await self.service.accept(self._envelope(session, envelope),
                                                    self._content(envelope))
@@ -95,7 +116,7 @@ class RelayHandler:
 class LmtpHandler(RelayHandler):
     protocol = "LMTP"
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
+    async def _accept(self, session: Session, envelope: SmtpEnvelope) -> str:
         try:
             verdicts = await self.service.accept_each(self._envelope(session, envelope),
                                                       self._content(envelope))
@@ -111,16 +132,45 @@ class LmtpHandler(RelayHandler):
         )
 
 
+class Listener:
+    """A listening socket and the sessions it opened, so stopping never waits on a client.
+
+    Closing stops new connections, lets messages being accepted finish (up to ``grace``
+    seconds, so their 250 is sent), then closes every session left: an idle or
+    half-closed client must not keep the relay from stopping.
+    """
+
+    def __init__(self, server: asyncio.Server, handler: RelayHandler,
+                 sessions: weakref.WeakSet[SMTP]) -> None:
+        self.server = server
+        self.handler = handler
+        self.sessions = sessions
+
+    async def close(self, grace: float = 5.0) -> None:
+        self.server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.handler.idle.wait(), timeout=grace)
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.server.wait_closed(), timeout=grace)
+
+
 async def start_listener(service: AcceptService, address: ListenAddress, *, hostname: str,
-                         max_message_size: int, lmtp: bool = False) -> asyncio.Server:
+                         max_message_size: int, lmtp: bool = False) -> Listener:
     handler = LmtpHandler(service) if lmtp else RelayHandler(service)
     protocol_class = RelayLMTP if lmtp else RelaySMTP
+    sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
 
     def factory() -> SMTP:
-        return protocol_class(handler, data_size_limit=max_message_size, enable_SMTPUTF8=True,
-                              decode_data=False, hostname=hostname, ident=IDENT,
-                              timeout=300)
+        session = protocol_class(handler, data_size_limit=max_message_size,
+                                 enable_SMTPUTF8=True, decode_data=False, hostname=hostname,
+                                 ident=IDENT, timeout=300)
+        sessions.add(session)
+        return session
 
     loop = asyncio.get_running_loop()
-    return await loop.create_server(factory, host=address.host, port=address.port,
-                                    reuse_address=True)
+    server = await loop.create_server(factory, host=address.host, port=address.port,
+                                      reuse_address=True)
+    return Listener(server, handler, sessions)

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from mailflow import addresses
 from mailflow.model import InboundMessage, ListKind, NewDelivery
-from mailflow.store.repository import Event, Repository
+from mailflow.store.repository import DirectoryView, Event
 
 
-def plan_deliveries(repo: Repository, message: InboundMessage
+def plan_deliveries(directory: DirectoryView, message: InboundMessage
                     ) -> tuple[list[NewDelivery], list[Event]]:
     """One delivery per active member of each list or alias the message was sent to.
 
     A member is copied once per list even if named twice; an address on two lists gets a
-    copy from each, because each copy carries its own list's headers.  Runs in a database
-    reader thread (it is blocking).
+    copy from each, because each copy carries its own list's headers.  Runs inside the
+    expansion transaction, on the database writer thread.
     """
     planned: list[NewDelivery] = []
     trace: list[Event] = []
     for rcpt in dict.fromkeys(addresses.canonical(r) for r in message.rcpt_tos):
-        resolution = repo.resolve(rcpt)
+        resolution = directory.resolve(rcpt)
         target = resolution.mailing_list
         if resolution.kind == "bounces" and target is not None:
             trace.append(Event("bounce", f"for {target.address}: kept, not processed "
@@ -28,7 +28,7 @@ def plan_deliveries(repo: Repository, message: InboundMessage
             trace.append(Event("dropped", f"{rcpt}: no longer a list or alias here",
                                message.id))
             continue
-        recipients = repo.active_member_addresses(target.id)
+        recipients = directory.active_member_addresses(target.id)
         planned.extend(NewDelivery(message.id, target.id, member, target.priority)
                        for member in recipients)
         noun = "alias" if target.kind is ListKind.ALIAS else "list"

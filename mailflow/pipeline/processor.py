@@ -1,14 +1,14 @@
 """Drives the pipeline for stored messages and hands the result to the send queue.
 
-It is woken when an ingress commits a message, and also runs once at start so messages
-stored before a crash are expanded.  Expansion happens after the 250, never inside the
-SMTP transaction: the sender waits only for the durable commit.
+Small posts are expanded inside the ingest transaction itself (see
+:meth:`Repository.store_messages`); this loop takes the rest: posts to large lists, whose
+expansion must not delay the 250, and whatever a crash left ``received``.  It is woken
+when an ingest leaves such messages, and runs once at start.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable
 
@@ -35,18 +35,17 @@ class Processor:
 
     async def run(self) -> None:
         repo = self.runner.repo
-        plan = functools.partial(plan_deliveries, repo)
         while True:
             await self._wake.wait()
             self._wake.clear()
             try:
                 while True:
                     expanded = await self.runner.write(
-                        repo.expand_received, self.clock.now(), BATCH, plan)
+                        repo.expand_received, self.clock.now(), BATCH, plan_deliveries)
                     if not expanded:
                         break
-                    log.debug("expanded %d message(s)", len(expanded),
-                              extra={"action": "expanded", "count": len(expanded)})
+                    log.debug("expanded %d message(s)", expanded,
+                              extra={"action": "expanded", "count": expanded})
                     self.on_queued()
             except Exception:
                 log.exception("expansion failed; retrying", extra={"action": "expand_error"})

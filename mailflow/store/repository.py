@@ -9,7 +9,8 @@ time instead of sleeping.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -94,6 +95,51 @@ def _message(row: Row[Any]) -> InboundMessage:
     )
 
 
+def _resolve(conn: Connection, address: str) -> Resolution:
+    local, domain = addresses.split(address)
+    candidates = [address]
+    if local.endswith(addresses.BOUNCES_SUFFIX):
+        candidates.append(f"{local[:-len(addresses.BOUNCES_SUFFIX)]}@{domain}")
+    rows = conn.execute(select(lists).where(lists.c.address.in_(candidates))).all()
+    if not rows:
+        known = conn.scalar(select(domains.c.id).where(domains.c.name == domain))
+        return Resolution("unknown_address" if known else "unknown_domain")
+    found = {row.address: _list(row) for row in rows}
+    if address in found:
+        return Resolution("list", found[address])
+    return Resolution("bounces", found[candidates[-1]])
+
+
+def _active_members(conn: Connection, list_id: int) -> list[str]:
+    return list(conn.scalars(
+        select(members.c.address)
+        .where(members.c.list_id == list_id, members.c.status == MemberStatus.ACTIVE.value)
+        .order_by(members.c.id)))
+
+
+class DirectoryView:
+    """Directory look-ups on one open connection, remembered for one batch of messages."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._resolved: dict[str, Resolution] = {}
+        self._members: dict[int, list[str]] = {}
+
+    def resolve(self, address: str) -> Resolution:
+        if address not in self._resolved:
+            self._resolved[address] = _resolve(self._conn, address)
+        return self._resolved[address]
+
+    def active_member_addresses(self, list_id: int) -> list[str]:
+        if list_id not in self._members:
+            self._members[list_id] = _active_members(self._conn, list_id)
+        return self._members[list_id]
+
+
+Planner = Callable[[DirectoryView, InboundMessage],
+                   tuple[Sequence[NewDelivery], Sequence[Event]]]
+
+
 class Repository:
     """Domain operations on the relay's tables."""
 
@@ -101,6 +147,29 @@ class Repository:
         self.engines = engines
         dialect = sqlite if engines.is_sqlite else postgresql
         self._upsert_insert = dialect.insert
+
+    @contextmanager
+    def _relaxed_transaction(self) -> Iterator[Connection]:
+        """A write transaction that commits without waiting for the disk.
+
+        For bookkeeping whose loss in a power failure (not a process crash: the write is
+        in the OS already) costs a repeat, never a message: an expansion is redone, a
+        claim returns to the queue, a recorded outcome is retried (at least once).  The
+        ingest commit behind a 250 is always fully synchronous.
+        """
+        with self.engines.writer.connect() as conn:
+            if self.engines.is_sqlite:
+                sqlite_connection = conn.connection.driver_connection
+                sqlite_connection.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    sqlite_connection.execute("PRAGMA synchronous=FULL")
+            else:
+                with conn.begin():
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                    yield conn
 
     # -- meta ---------------------------------------------------------------------------
 
@@ -202,19 +271,8 @@ class Repository:
 
     def resolve(self, address: str) -> Resolution:
         """Decide what a recipient address is: list/alias, list bounces, or unknown."""
-        local, domain = addresses.split(address)
-        candidates = [address]
-        if local.endswith(addresses.BOUNCES_SUFFIX):
-            candidates.append(f"{local[:-len(addresses.BOUNCES_SUFFIX)]}@{domain}")
         with self.engines.reader.connect() as conn:
-            rows = conn.execute(select(lists).where(lists.c.address.in_(candidates))).all()
-            if not rows:
-                known = conn.scalar(select(domains.c.id).where(domains.c.name == domain))
-                return Resolution("unknown_address" if known else "unknown_domain")
-        found = {row.address: _list(row) for row in rows}
-        if address in found:
-            return Resolution("list", found[address])
-        return Resolution("bounces", found[candidates[-1]])
+            return _resolve(conn, address)
 
     # -- members ------------------------------------------------------------------------
 
@@ -249,11 +307,7 @@ class Repository:
 
     def active_member_addresses(self, list_id: int) -> list[str]:
         with self.engines.reader.connect() as conn:
-            return list(conn.scalars(
-                select(members.c.address)
-                .where(members.c.list_id == list_id,
-                       members.c.status == MemberStatus.ACTIVE.value)
-                .order_by(members.c.id)))
+            return _active_members(conn, list_id)
 
     def _list_id(self, conn: Connection, address: str) -> int:
         list_id = conn.scalar(select(lists.c.id).where(lists.c.address == address))
@@ -264,13 +318,20 @@ class Repository:
     # -- inbound messages ---------------------------------------------------------------
 
     def store_messages(self, batch: Sequence[InboundMessage], now: float,
-                       write_blobs: Callable[[], None]) -> None:
+                       ensure_blobs: Callable[[], None], plan: Planner | None = None,
+                       inline_limit: int = 0) -> int:
         """Make a batch of received messages durable in one transaction (group commit).
 
-        The blob rows are upserted first, so that the row locks (PostgreSQL) or the
-        database lock (SQLite) keep the garbage collector from deleting a file that
-        ``write_blobs`` is about to rely on; the files are written and fsynced before the
-        commit, and the commit is what an ingress waits for before it answers 250.
+        The blob files are written and fsynced before this is called, off the writer.
+        ``ensure_blobs`` re-writes any that are missing now: after the upsert below holds
+        the rows (row locks on PostgreSQL, the database lock on SQLite), the garbage
+        collector can no longer remove them, but it may have removed one just before.
+        The commit is what an ingress waits for before it answers 250.
+
+        With a ``plan``, messages are also expanded in the same transaction while their
+        deliveries stay within ``inline_limit`` rows, which spares small posts a second
+        transaction; the rest stay ``received`` for :meth:`expand_received`.  Returns how
+        many messages were left to expand.
         """
         sizes: dict[str, tuple[int, int]] = {}
         for msg in batch:
@@ -287,7 +348,7 @@ class Repository:
                  "released_at": None}
                 for h, (size, count) in sorted(sizes.items())
             ])
-            write_blobs()
+            ensure_blobs()
             conn.execute(insert(messages), [
                 {"id": m.id, "mail_from": m.mail_from, "rcpt_tos": "\n".join(m.rcpt_tos),
                  "blob": m.blob, "size": m.size, "received_at": m.received_at,
@@ -295,12 +356,10 @@ class Repository:
                  "status": MessageStatus.RECEIVED.value, "updated_at": now}
                 for m in batch
             ])
-            conn.execute(insert(events), [
-                {"created_at": now, "kind": "received", "message_id": m.id,
-                 "detail": f"from=<{m.mail_from}> size={m.size} peer={m.peer} "
-                           f"rcpt={','.join(m.rcpt_tos)}"}
-                for m in batch
-            ])
+            if plan is None:
+                return len(batch)
+            expanded = self._expand(conn, batch, now, plan, inline_limit, inline=True)
+        return len(batch) - expanded
 
     def messages_by_id(self, ids: Iterable[str]) -> dict[str, InboundMessage]:
         with self.engines.reader.connect() as conn:
@@ -312,45 +371,63 @@ class Repository:
             rows = conn.execute(select(lists).where(lists.c.id.in_(list(ids)))).all()
         return {row.id: _list(row) for row in rows}
 
-    def expand_received(
-        self, now: float, limit: int,
-        plan: Callable[[InboundMessage], tuple[Sequence[NewDelivery], Sequence[Event]]],
-    ) -> list[str]:
+    def expand_received(self, now: float, limit: int, plan: Planner,
+                        max_rows: int = 5000) -> int:
         """Turn received messages into delivery rows, atomically with their status change.
 
         The messages are locked while ``plan`` decides their recipients, so two workers
-        sharing a PostgreSQL database never expand the same message twice.  A message with
-        no delivery at all is finished at once and its blob released.  Returns the ids of
-        the messages expanded.
+        sharing a PostgreSQL database never expand the same message twice.  A transaction
+        stops taking messages after ``max_rows`` deliveries, so a post to a huge list does
+        not hold the writer (and the ingests waiting for it) for long.  Returns how many
+        messages were expanded.
         """
         query = (select(messages).where(messages.c.status == MessageStatus.RECEIVED.value)
                  .order_by(messages.c.received_at).limit(limit))
         if not self.engines.is_sqlite:
             query = query.with_for_update(skip_locked=True)
-        with self.engines.writer.begin() as conn:
+        with self._relaxed_transaction() as conn:
             batch = [_message(row) for row in conn.execute(query)]
-            rows: list[dict[str, Any]] = []
-            trace: list[Event] = []
-            queued, empty = [], []
-            for message in batch:
-                planned, events_ = plan(message)
-                trace.extend(events_)
-                (queued if planned else empty).append(message.id)
-                rows.extend(
-                    {"message_id": d.message_id, "list_id": d.list_id,
-                     "recipient": d.recipient, "status": DeliveryStatus.QUEUED.value,
-                     "priority": d.priority, "attempts": 0, "due_at": now,
-                     "created_at": now, "updated_at": now}
-                    for d in planned)
-            if rows:
-                conn.execute(insert(deliveries), rows)
-            if queued:
-                conn.execute(update(messages).where(messages.c.id.in_(queued))
-                             .values(status=MessageStatus.QUEUED.value, updated_at=now))
-            if empty:
-                self._finish(conn, empty, now)
-            self._add_events(conn, trace, now)
-        return [message.id for message in batch]
+            return self._expand(conn, batch, now, plan, max_rows, inline=False)
+
+    def _expand(self, conn: Connection, batch: Sequence[InboundMessage], now: float,
+                plan: Planner, max_rows: int, *, inline: bool) -> int:
+        """Plan and queue deliveries for messages of ``batch``; returns how many.
+
+        Messages are taken in order while their deliveries stay within ``max_rows``.  Inline
+        (in the ingest transaction) a message too large for that is skipped and left to
+        the processor; otherwise the first message is always taken, however large its list,
+        and the batch ends at the first that does not fit.  ``plan`` looks lists up on this
+        connection, once per batch.  A message with no delivery at all is finished at once
+        and its blob released.
+        """
+        directory = DirectoryView(conn)
+        rows: list[dict[str, Any]] = []
+        trace: list[Event] = []
+        queued, empty = [], []
+        for message in batch:
+            planned, events_ = plan(directory, message)
+            if len(rows) + len(planned) > max_rows:
+                if inline:
+                    continue
+                if rows:
+                    break
+            trace.extend(events_)
+            (queued if planned else empty).append(message.id)
+            rows.extend(
+                {"message_id": d.message_id, "list_id": d.list_id,
+                 "recipient": d.recipient, "status": DeliveryStatus.QUEUED.value,
+                 "priority": d.priority, "attempts": 0, "due_at": now,
+                 "created_at": now, "updated_at": now}
+                for d in planned)
+        if rows:
+            conn.execute(insert(deliveries), rows)
+        if queued:
+            conn.execute(update(messages).where(messages.c.id.in_(queued))
+                         .values(status=MessageStatus.QUEUED.value, updated_at=now))
+        if empty:
+            self._finish(conn, empty, now)
+        self._add_events(conn, trace, now)
+        return len(queued) + len(empty)
 
     # -- the send queue -----------------------------------------------------------------
 
@@ -361,6 +438,11 @@ class Repository:
         Expired leases count as due, so a crashed worker's deliveries come back by
         themselves.  On PostgreSQL concurrent workers skip each other's locked rows.
         """
+        with self._relaxed_transaction() as conn:
+            return self._claim(conn, now, limit, lease, owner)
+
+    def _claim(self, conn: Connection, now: float, limit: int, lease: float,
+               owner: str) -> list[Delivery]:
         due = (
             select(deliveries.c.id)
             .where(deliveries.c.status.in_(PENDING), deliveries.c.due_at <= now)
@@ -378,13 +460,26 @@ class Repository:
                        deliveries.c.recipient, deliveries.c.attempts,
                        deliveries.c.created_at, deliveries.c.priority)
         )
-        with self.engines.writer.begin() as conn:
-            rows = conn.execute(stmt).all()
+        rows = conn.execute(stmt).all()
         return [Delivery(r.id, r.message_id, r.list_id, r.recipient, r.attempts, r.created_at,
                          r.priority) for r in rows]
 
+    def record_and_claim(self, now: float, outcomes: Sequence[Outcome], limit: int,
+                         lease: float, owner: str) -> list[Delivery]:
+        """Record outcomes and lease up to ``limit`` due deliveries in one transaction.
+
+        The scheduler's round trip to the store: one commit instead of two.
+        """
+        with self._relaxed_transaction() as conn:
+            self._record(conn, now, outcomes)
+            return self._claim(conn, now, limit, lease, owner) if limit else []
+
     def record_outcomes(self, now: float, outcomes: Sequence[Outcome]) -> None:
         """Store the results of delivery attempts; non-final ones leave an event."""
+        with self._relaxed_transaction() as conn:
+            self._record(conn, now, outcomes)
+
+    def _record(self, conn: Connection, now: float, outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
             return
         stmt = (
@@ -394,16 +489,15 @@ class Repository:
                     last_reply=bindparam("b_reply"), attempts=deliveries.c.attempts + 1,
                     lease_owner=None, updated_at=now)
         )
-        with self.engines.writer.begin() as conn:
-            conn.execute(stmt, [
-                {"b_id": o.delivery_id, "b_status": o.status.value, "b_due": o.due_at or now,
-                 "b_reply": o.reply[:1000]}
-                for o in outcomes
-            ])
-            self._add_events(conn, [
-                Event(o.status.value, o.reply[:1000], o.message_id or None, o.delivery_id)
-                for o in outcomes if o.status is not DeliveryStatus.DELIVERED
-            ], now)
+        conn.execute(stmt, [
+            {"b_id": o.delivery_id, "b_status": o.status.value, "b_due": o.due_at or now,
+             "b_reply": o.reply[:1000]}
+            for o in outcomes
+        ])
+        self._add_events(conn, [
+            Event(o.status.value, o.reply[:1000], o.message_id or None, o.delivery_id)
+            for o in outcomes if o.status is not DeliveryStatus.DELIVERED
+        ], now)
 
     def release_leases(self, now: float, owner: str | None = None) -> int:
         """Return in-flight deliveries to the queue (all of them, or one owner's)."""
@@ -510,11 +604,19 @@ class Repository:
                 for r in rows]
 
     def message_events(self, message_id: str) -> list[tuple[float, str, str]]:
+        """The trace of a message: its arrival (from the message row), then its events."""
         with self.engines.reader.connect() as conn:
+            message = conn.execute(select(messages).where(messages.c.id == message_id)).first()
             rows = conn.execute(select(events.c.created_at, events.c.kind, events.c.detail)
                                 .where(events.c.message_id == message_id)
                                 .order_by(events.c.id)).all()
-        return [(r.created_at, r.kind, r.detail) for r in rows]
+        trace = [(r.created_at, r.kind, r.detail) for r in rows]
+        if message is not None:
+            rcpts = message.rcpt_tos.replace("\n", ",")
+            trace.insert(0, (message.received_at, "received",
+                             f"from=<{message.mail_from}> size={message.size} "
+                             f"peer={message.peer} rcpt={rcpts}"))
+        return trace
 
     def blob_stats(self) -> tuple[int, int]:
         """(number of blobs, bytes) currently stored."""
