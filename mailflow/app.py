@@ -112,7 +112,7 @@ class Relay:
         service = AcceptService(
             runner, committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,
-                         settings.max_received_headers),
+                         settings.max_received_headers, settings.recipient_cache_ttl),
         )
         await scheduler.start()
         self._tasks += [

@@ -7,11 +7,14 @@ a 10,000-member list is stored once; deliveries refer to it by hash.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import os
+import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -55,7 +58,15 @@ class BlobStore:
         return self.root / digest[:2] / digest
 
     def write_many(self, items: Iterable[tuple[str, bytes]]) -> None:
-        """Durably write blobs that are not on disk yet (blocking: run in a thread)."""
+        """Durably write the blobs that are not on disk yet (blocking: run in a thread).
+
+        Every new file is written under a temporary name, made durable, then renamed into
+        place, and the rename made durable too.  Where the kernel has ``syncfs`` (Linux),
+        one call covers all files of a batch: on ext4 an fsync costs about a millisecond
+        per file whatever the parallelism, so per-file fsync would cap a batch of N
+        messages at N ms; elsewhere each file and folder is fsynced.
+        """
+        pending: list[tuple[Path, Path]] = []
         dirs: set[Path] = set()
         for digest, data in items:
             self._remember(digest, data)
@@ -64,19 +75,36 @@ class BlobStore:
                 continue
             if not target.parent.is_dir():
                 target.parent.mkdir(parents=True, exist_ok=True)
-                # A new fan-out folder must survive a crash too.
-                dirs.add(target.parent.parent)
-            tmp = target.with_name(f".{digest}.{os.getpid()}.tmp")
+                dirs.add(target.parent.parent)  # a new fan-out folder must survive too
+            tmp = target.with_name(f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
-                os.fsync(fd)
+                if _syncfs is None:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, target)
+            pending.append((tmp, target))
             dirs.add(target.parent)
+        if not pending:
+            return
+        self._sync(dirs)  # the contents, before any file gets its final name
+        for tmp, target in pending:
+            os.replace(tmp, target)
+        self._sync(dirs)  # the names
+
+    def _sync(self, dirs: set[Path]) -> None:
+        if _syncfs is not None:
+            fd = os.open(self.root, os.O_RDONLY)
+            try:
+                if _syncfs(fd) != 0:
+                    errno = ctypes.get_errno()
+                    raise OSError(errno, f"syncfs failed: {os.strerror(errno)}")
+            finally:
+                os.close(fd)
+            return
         for directory in dirs:
             _fsync_dir(directory)
 
@@ -89,6 +117,20 @@ class BlobStore:
                 data = self._recent.pop(digest, None)
                 self._recent_size -= len(data) if data is not None else 0
             self.path(digest).unlink(missing_ok=True)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs(2), or None where there is none (not Linux, or no glibc)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.syncfs  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
 
 
 def _fsync_dir(directory: Path) -> None:

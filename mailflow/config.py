@@ -123,6 +123,7 @@ class Settings(BaseSettings):
     smtp_idle_check: float = Field(default=10.0, ge=0)
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
     max_received_headers: int = Field(default=30, ge=1)
+    recipient_cache_ttl: float = Field(default=2.0, ge=0)
     max_recipients_per_transaction: int = Field(default=50, ge=1, le=1000)
     retry_initial_delay: float = Field(default=60.0, gt=0)
     retry_multiplier: float = Field(default=2.0, ge=1)

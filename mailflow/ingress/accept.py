@@ -23,6 +23,7 @@ from mailflow.errors import (
 )
 from mailflow.ids import new_message_id
 from mailflow.ingress.commit import GroupCommitter, content_digest
+from mailflow.ingress.directory_cache import KnownRecipients
 from mailflow.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
 from mailflow.model import Envelope, InboundMessage
 from mailflow.pipeline.loops import check_hops, check_not_looping
@@ -37,6 +38,7 @@ class AcceptPolicy:
     instance_id: str
     max_message_size: int
     max_received_headers: int
+    recipient_cache_ttl: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,16 +57,21 @@ class AcceptService:
         self.committer = committer
         self.clock = clock
         self.policy = policy
+        self.known = KnownRecipients(clock, policy.recipient_cache_ttl)
 
     async def check_recipient(self, address: str) -> Resolution:
         """Raise unless ``address`` is a list, an alias or a list's bounce address here."""
+        canonical = addresses.canonical(address)
+        resolution = self.known.get(canonical)
+        if resolution is not None:
+            return resolution
         try:
-            resolution = await self.runner.read(self.runner.repo.resolve,
-                                                addresses.canonical(address))
+            resolution = await self.runner.read(self.runner.repo.resolve, canonical)
         except Exception as exc:
             log.exception("recipient lookup failed", extra={"action": "lookup_failed"})
             raise StorageUnavailable("cannot look up recipients right now, try again later") \
                 from exc
+        self.known.remember(canonical, resolution)
         if resolution.kind == "unknown_domain":
             MESSAGES_REJECTED.labels(code=UnknownDomain.enhanced).inc()
             raise UnknownDomain(f"relaying denied: <{address}> is not in a domain of this relay")

@@ -349,17 +349,21 @@ class Repository:
                 for h, (size, count) in sorted(sizes.items())
             ])
             ensure_blobs()
+            rows, trace, statuses = ([], [], {}) if plan is None else self._plan(
+                conn, batch, now, plan, inline_limit, inline=True)
             conn.execute(insert(messages), [
                 {"id": m.id, "mail_from": m.mail_from, "rcpt_tos": "\n".join(m.rcpt_tos),
                  "blob": m.blob, "size": m.size, "received_at": m.received_at,
                  "peer": m.peer, "helo": m.helo, "protocol": m.protocol,
-                 "status": MessageStatus.RECEIVED.value, "updated_at": now}
+                 "status": statuses.get(m.id, MessageStatus.RECEIVED).value,
+                 "updated_at": now}
                 for m in batch
             ])
-            if plan is None:
-                return len(batch)
-            expanded = self._expand(conn, batch, now, plan, inline_limit, inline=True)
-        return len(batch) - expanded
+            self._insert_planned(conn, rows, trace, now)
+            done = [m for m in batch if statuses.get(m.id) is MessageStatus.DONE]
+            if done:
+                self._release_blobs(conn, [m.blob for m in done], now)
+        return len(batch) - len(statuses)
 
     def messages_by_id(self, ids: Iterable[str]) -> dict[str, InboundMessage]:
         with self.engines.reader.connect() as conn:
@@ -387,18 +391,30 @@ class Repository:
             query = query.with_for_update(skip_locked=True)
         with self._relaxed_transaction() as conn:
             batch = [_message(row) for row in conn.execute(query)]
-            return self._expand(conn, batch, now, plan, max_rows, inline=False)
+            rows, trace, statuses = self._plan(conn, batch, now, plan, max_rows, inline=False)
+            self._insert_planned(conn, rows, trace, now)
+            queued = [i for i, status in statuses.items() if status is MessageStatus.QUEUED]
+            if queued:
+                conn.execute(update(messages).where(messages.c.id.in_(queued))
+                             .values(status=MessageStatus.QUEUED.value, updated_at=now))
+            empty = [i for i, status in statuses.items() if status is MessageStatus.DONE]
+            if empty:
+                self._finish(conn, empty, now)
+        return len(statuses)
 
-    def _expand(self, conn: Connection, batch: Sequence[InboundMessage], now: float,
-                plan: Planner, max_rows: int, *, inline: bool) -> int:
-        """Plan and queue deliveries for messages of ``batch``; returns how many.
+    def _plan(self, conn: Connection, batch: Sequence[InboundMessage], now: float,
+              plan: Planner, max_rows: int, *, inline: bool
+              ) -> tuple[list[dict[str, Any]], list[Event], dict[str, MessageStatus]]:
+        """Plan deliveries for messages of ``batch``: their rows, trace and new status.
+
+        The status is ``queued`` where there are deliveries and ``done`` where there are
+        none (the caller finishes those); messages not taken are absent.
 
         Messages are taken in order while their deliveries stay within ``max_rows``.  Inline
         (in the ingest transaction) a message too large for that is skipped and left to
         the processor; otherwise the first message is always taken, however large its list,
         and the batch ends at the first that does not fit.  ``plan`` looks lists up on this
-        connection, once per batch.  A message with no delivery at all is finished at once
-        and its blob released.
+        connection, once per batch.
         """
         directory = DirectoryView(conn)
         rows: list[dict[str, Any]] = []
@@ -419,15 +435,15 @@ class Repository:
                  "priority": d.priority, "attempts": 0, "due_at": now,
                  "created_at": now, "updated_at": now}
                 for d in planned)
+        statuses = dict.fromkeys(queued, MessageStatus.QUEUED)
+        statuses.update(dict.fromkeys(empty, MessageStatus.DONE))
+        return rows, trace, statuses
+
+    def _insert_planned(self, conn: Connection, rows: list[dict[str, Any]],
+                        trace: list[Event], now: float) -> None:
         if rows:
             conn.execute(insert(deliveries), rows)
-        if queued:
-            conn.execute(update(messages).where(messages.c.id.in_(queued))
-                         .values(status=MessageStatus.QUEUED.value, updated_at=now))
-        if empty:
-            self._finish(conn, empty, now)
         self._add_events(conn, trace, now)
-        return len(queued) + len(empty)
 
     # -- the send queue -----------------------------------------------------------------
 
@@ -530,8 +546,14 @@ class Repository:
     def _finish(self, conn: Connection, ids: list[str], now: float) -> None:
         conn.execute(update(messages).where(messages.c.id.in_(ids))
                      .values(status=MessageStatus.DONE.value, updated_at=now))
+        self._release_blobs(
+            conn, list(conn.scalars(select(messages.c.blob).where(messages.c.id.in_(ids)))),
+            now)
+
+    def _release_blobs(self, conn: Connection, hashes: list[str], now: float) -> None:
+        """Drop one reference per entry of ``hashes`` (a hash may repeat)."""
         per_blob: dict[str, int] = {}
-        for blob in conn.scalars(select(messages.c.blob).where(messages.c.id.in_(ids))):
+        for blob in hashes:
             per_blob[blob] = per_blob.get(blob, 0) + 1
         conn.execute(
             update(blobs).where(blobs.c.hash == bindparam("b_hash"))
