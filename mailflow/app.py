@@ -29,6 +29,8 @@ from mailflow.egress.stdout import StdoutEgress
 from mailflow.errors import ConfigurationError
 from mailflow.ingress.accept import AcceptPolicy, AcceptService
 from mailflow.ingress.commit import GroupCommitter
+from mailflow.ingress.http import FailedAuthLimiter, create_router
+from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.pipeline.expand import plan_deliveries
 from mailflow.pipeline.processor import Processor
@@ -79,6 +81,7 @@ class Relay:
         self._listeners: list[Listener] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._http: uvicorn.Server | None = None
+        self._policy: asyncio.Server | None = None
         self._lock: IO[str] | None = None
         self.runner: StoreRunner | None = None
         self.scheduler: Scheduler | None = None
@@ -104,8 +107,10 @@ class Relay:
             instance_id=self.instance_id, hostname=settings.hostname,
             retry=RetryPolicy(settings.retry_initial_delay, settings.retry_multiplier,
                               settings.retry_max_delay, settings.max_delivery_age),
+            poll_interval=settings.poll_interval,
         ))
-        processor = Processor(runner, self.clock, on_queued=scheduler.wake)
+        processor = Processor(runner, self.clock, on_queued=scheduler.wake,
+                              poll_interval=settings.poll_interval)
         committer = GroupCommitter(runner, blobs, self.clock, plan=plan_deliveries,
                                    inline_limit=settings.max_inline_deliveries,
                                    on_queued=scheduler.wake, on_received=processor.wake)
@@ -134,13 +139,21 @@ class Relay:
                                          f"{exc.strerror}") from None
             self._listeners.append(server)
             self.listening[name] = str(address)
+        if settings.policy_address is not None:
+            try:
+                self._policy = await start_policy_service(service, settings.policy_address)
+            except OSError as exc:
+                await self.stop()
+                raise ConfigurationError(f"cannot listen for the policy service on "
+                                         f"{settings.policy_address}: {exc.strerror}") from None
+            self.listening["policy"] = str(settings.policy_address)
         if settings.http_address is not None:
-            await self._start_http(settings)
+            await self._start_http(settings, service)
         log.info("relay %s started: %s; egress %s", self.instance_id,
                  ", ".join(f"{k} on {v}" for k, v in self.listening.items()), egress.name,
                  extra={"action": "started"})
 
-    async def _start_http(self, settings: Settings) -> None:
+    async def _start_http(self, settings: Settings, service: AcceptService) -> None:
         address = settings.http_address
         assert address is not None and self.runner is not None
         try:
@@ -149,8 +162,12 @@ class Relay:
             await self.stop()
             raise ConfigurationError(f"cannot listen for HTTP on {address}: {exc.strerror}") \
                 from None
-        config = uvicorn.Config(create_app(self.runner), log_level="warning", lifespan="off",
-                                access_log=False)
+        ingress = create_router(
+            service, settings.ingress_keys,
+            FailedAuthLimiter(settings.http_auth_max_failures, settings.http_auth_window),
+            settings.max_message_size)
+        config = uvicorn.Config(create_app(self.runner, [ingress]), log_level="warning",
+                                lifespan="off", access_log=False)
         self._http = EmbeddedServer(config)
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock]), name="http"))
         self.listening["http"] = str(address)
@@ -175,6 +192,9 @@ class Relay:
     async def stop(self) -> None:
         await asyncio.gather(*(listener.close() for listener in self._listeners))
         self._listeners.clear()
+        if self._policy is not None:
+            self._policy.close()
+            self._policy = None
         if self._http is not None:
             self._http.should_exit = True
         if self.scheduler is not None:

@@ -138,6 +138,35 @@ def serve(ctx: Context) -> None:
         uvloop.run(run_relay(settings))
 
 
+# -- pipe -------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--from", "sender", default="", metavar="SENDER",
+              help="envelope sender (Postfix: ${sender}); empty for bounces")
+@click.option("--to", "recipients", multiple=True, metavar="RECIPIENT",
+              help="envelope recipient (Postfix: ${recipient}); repeat for several")
+@click.option("--url", help="submit to this relay's HTTP ingress instead of the local store")
+@click.option("--psk-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="file holding the pre-shared key for --url (default: $MAILFLOW_INGRESS_PSK)")
+@click.option("--timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
+              help="give up (exit 75) after this many seconds; keep it under Postfix's "
+                   "command_time_limit")
+@pass_context
+def pipe(ctx: Context, sender: str, recipients: tuple[str, ...], url: str | None,
+         psk_file: Path | None, timeout: float) -> None:
+    """Submit the message on standard input, for a Postfix pipe transport.
+
+    Exit status as Postfix expects (sysexits): 0 accepted, 67 unknown recipient, 65
+    malformed or refused message, 75 temporary failure (Postfix keeps it and retries).
+    """
+    from mailflow.ingress.pipe import run_pipe
+
+    result = run_pipe(ctx.config, sender, list(recipients), url, psk_file, timeout)
+    stream = sys.stdout if result.status == 0 else sys.stderr
+    print(result.reason, file=stream, flush=True)
+    sys.exit(result.status)
+
+
 # -- domains ----------------------------------------------------------------------------
 
 @cli.group()
@@ -389,7 +418,28 @@ def queue_show(ctx: Context, as_json: bool, status: str | None, limit: int) -> N
                    f"attempts={r.attempts}\t{r.last_reply or ''}")
 
 
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named on a command line (skipping the global --config option)."""
+    args = iter(argv)
+    for arg in args:
+        if arg in ("--config", "-c"):
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
 def main() -> None:
+    if _command(sys.argv[1:]) == "pipe":
+        # A pipe must never make Postfix bounce mail over a usage or set-up mistake.
+        from mailflow.ingress.pipe import EX_TEMPFAIL
+
+        try:
+            cli.main(standalone_mode=False)
+        except click.ClickException as exc:
+            print(f"4.3.5 mailflow pipe: {exc.format_message()}", file=sys.stderr)
+            sys.exit(EX_TEMPFAIL)
+        return
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

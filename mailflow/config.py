@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     smtp_listen: str = "127.0.0.1:2525"
     lmtp_listen: str = "off"
     http_listen: str = "127.0.0.1:8025"
+    policy_listen: str = "off"
+    ingress_psk: SecretStr = SecretStr("")
+    http_auth_max_failures: int = Field(default=10, ge=1)
+    http_auth_window: float = Field(default=60.0, gt=0)
     hostname: str = Field(default_factory=socket.getfqdn)
     instance_id: str = ""
     egress: Literal["stdout", "smtp"] = "stdout"
@@ -135,9 +139,10 @@ class Settings(BaseSettings):
     blob_retention: float = Field(default=3600.0, ge=0)
     message_retention: float = Field(default=7 * 24 * 3600.0, ge=0)
     maintenance_interval: float = Field(default=30.0, gt=0)
+    poll_interval: float = Field(default=1.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("smtp_listen", "lmtp_listen", "http_listen")
+    @field_validator("smtp_listen", "lmtp_listen", "http_listen", "policy_listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         parse_listen(value)
@@ -190,6 +195,16 @@ class Settings(BaseSettings):
     @property
     def http_address(self) -> ListenAddress | None:
         return parse_listen(self.http_listen)
+
+    @property
+    def policy_address(self) -> ListenAddress | None:
+        return parse_listen(self.policy_listen)
+
+    @property
+    def ingress_keys(self) -> list[str]:
+        """Pre-shared keys for ``POST /v1/email``: several, comma-separated, for rotation."""
+        keys = self.ingress_psk.get_secret_value().split(",")
+        return [key.strip() for key in keys if key.strip()]
 
     @property
     def relay(self) -> SmtpRelay:

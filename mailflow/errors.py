@@ -15,6 +15,8 @@
             ├── UnknownDomain         550 5.7.1: not one of our domains (no open relay)
             ├── UnknownRecipient      550 5.1.1: our domain, no such list or alias
             ├── MessageTooLarge       552 5.3.4
+            ├── MalformedMessage      554 5.6.0: no header section (HTTP 400, pipe exit 65)
+            ├── NoRecipients          554 5.5.1: an HTTP or pipe submission without any
             └── LoopDetected          554 5.4.6: our own loop marker, or too many hops
 
 Ingress adapters turn these into protocol replies with :meth:`SmtpReplyError.smtp_reply`;
@@ -93,6 +95,16 @@ class UnknownRecipient(PermanentFailure):
 class MessageTooLarge(PermanentFailure):
     code, enhanced = 552, "5.3.4"
     default_reason = "message too large"
+
+
+class MalformedMessage(PermanentFailure):
+    code, enhanced = 554, "5.6.0"
+    default_reason = "malformed message"
+
+
+class NoRecipients(PermanentFailure):
+    code, enhanced = 554, "5.5.1"
+    default_reason = "no valid recipients"
 
 
 class LoopDetected(PermanentFailure):

@@ -36,7 +36,6 @@ from mailflow.store.runner import StoreRunner
 
 log = logging.getLogger(__name__)
 
-IDLE_RECHECK = 30.0     # seconds between queue checks when nothing is known to be due
 ERROR_BACKOFF = 1.0     # seconds to wait after a database error before claiming again
 CONTENT_CACHE = 64      # rendered copies kept in memory (one per message and list)
 
@@ -51,6 +50,7 @@ class SchedulerOptions:
     instance_id: str
     hostname: str
     retry: RetryPolicy
+    poll_interval: float = 1.0  # idle look for work other processes queued
 
 
 @dataclass(slots=True)
@@ -119,13 +119,7 @@ class Scheduler:
             room = self._ready.qsize() < low_water
             claim = room and (self._wake.is_set() or (next_due is not None and next_due <= now))
             if not claim and not self._outcomes:
-                self._signal.clear()
-                delay = IDLE_RECHECK if next_due is None else next_due - now
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._signal.wait(),
-                                           timeout=min(max(delay, 0.001), IDLE_RECHECK))
-                if next_due is None or self.clock.now() >= now + IDLE_RECHECK:
-                    next_due = self.clock.now()  # periodic look, for other writers' work
+                next_due = await self._idle(now, next_due)
                 continue
             if claim:
                 self._wake.clear()
@@ -145,6 +139,26 @@ class Scheduler:
                 log.exception("queue round failed", extra={"action": "queue_error"})
                 await asyncio.sleep(ERROR_BACKOFF)
                 next_due = self.clock.now()
+
+    async def _idle(self, now: float, next_due: float | None) -> float | None:
+        """Sleep until signalled or the next retry, looking now and then for other work.
+
+        ``mailflow pipe`` and other relays on a shared PostgreSQL store queue deliveries
+        this process hears nothing about; a read every ``poll_interval`` finds them.
+        Returns the next due time as then known.
+        """
+        poll = self.options.poll_interval
+        self._signal.clear()
+        delay = poll if next_due is None else min(next_due - now, poll)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._signal.wait(), timeout=max(delay, 0.001))
+        if self._signal.is_set() or (next_due is not None and next_due <= self.clock.now()):
+            return next_due
+        try:
+            return await self.runner.read(self.runner.repo.next_due_at)
+        except Exception:
+            log.exception("looking for work failed", extra={"action": "poll_error"})
+            return next_due
 
     async def _exchange(self, claim: bool) -> tuple[list[Delivery], float | None]:
         """Write back pending outcomes and (optionally) lease due work, in one transaction.

@@ -16,6 +16,7 @@ from mailflow import addresses, headers
 from mailflow.clock import Clock
 from mailflow.errors import (
     MessageTooLarge,
+    NoRecipients,
     SmtpReplyError,
     StorageUnavailable,
     UnknownDomain,
@@ -27,6 +28,7 @@ from mailflow.ingress.directory_cache import KnownRecipients
 from mailflow.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
 from mailflow.model import Envelope, InboundMessage
 from mailflow.pipeline.loops import check_hops, check_not_looping
+from mailflow.pipeline.parse import check_well_formed
 from mailflow.store.repository import Resolution
 from mailflow.store.runner import StoreRunner
 
@@ -79,6 +81,20 @@ class AcceptService:
             MESSAGES_REJECTED.labels(code=UnknownRecipient.enhanced).inc()
             raise UnknownRecipient(f"no list or alias <{address}> here")
         return resolution
+
+    async def submit(self, envelope: Envelope, raw: bytes) -> str:
+        """Check a whole submission, then accept it: for ingresses without RCPT (HTTP, pipe).
+
+        The same checks, in the same order, as an SMTP conversation: recipients, size,
+        well-formedness, loops; all or nothing.
+        """
+        if not envelope.rcpt_tos:
+            raise NoRecipients("no recipient given")
+        self.check_size(len(raw))
+        check_well_formed(raw)
+        for rcpt in envelope.rcpt_tos:
+            await self.check_recipient(rcpt)
+        return await self.accept(envelope, raw)
 
     def check_size(self, size: int) -> None:
         if size > self.policy.max_message_size:

@@ -365,6 +365,12 @@ class Repository:
                 self._release_blobs(conn, [m.blob for m in done], now)
         return len(batch) - len(statuses)
 
+    def has_received(self) -> bool:
+        """Whether any message waits for expansion."""
+        with self.engines.reader.connect() as conn:
+            return conn.scalar(select(messages.c.id).where(
+                messages.c.status == MessageStatus.RECEIVED.value).limit(1)) is not None
+
     def messages_by_id(self, ids: Iterable[str]) -> dict[str, InboundMessage]:
         with self.engines.reader.connect() as conn:
             rows = conn.execute(select(messages).where(messages.c.id.in_(list(ids)))).all()

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mailflow import __version__
 from mailflow.metrics import REGISTRY
 from mailflow.store.runner import StoreRunner
+from mailflow.web.problems import problem
 
 
-def create_app(runner: StoreRunner) -> FastAPI:
+def create_app(runner: StoreRunner, routers: Sequence[APIRouter] = ()) -> FastAPI:
     app = FastAPI(title="MailFlow Relay", version=__version__)
+    for router in routers:
+        app.include_router(router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -30,10 +33,7 @@ def create_app(runner: StoreRunner) -> FastAPI:
         try:
             counts = await runner.read(runner.repo.delivery_counts)
         except Exception as exc:
-            return JSONResponse(
-                {"type": "about:blank", "title": "store unavailable", "status": 503,
-                 "detail": type(exc).__name__},
-                status_code=503, media_type="application/problem+json")
+            return problem(503, "Store unavailable", type(exc).__name__)
         return JSONResponse({"status": "ready", "deliveries": counts})
 
     @app.get("/metrics")

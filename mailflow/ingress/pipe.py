@@ -1,0 +1,173 @@
+"""``mailflow pipe``: one message on stdin, submitted for a Postfix pipe transport.
+
+Postfix decides what to do with a message from the command's exit status (sysexits):
+0 delivered, 67 unknown user and 65 bad data bounce the message, 75 makes Postfix keep it
+and retry.  Anything that is not certainly permanent is therefore 75: a database that is
+down, a relay that does not answer, a configuration mistake an administrator will fix.
+
+The message goes either straight into the store (the running relay finds it within its
+poll interval) or, with ``--url``, to a relay's ``POST /v1/email``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailflow.blobs import BlobStore
+from mailflow.clock import SystemClock
+from mailflow.config import Settings, load_settings
+from mailflow.errors import (
+    ConfigurationError,
+    PermanentFailure,
+    SmtpReplyError,
+    UnknownDomain,
+    UnknownRecipient,
+)
+from mailflow.ingress.accept import AcceptPolicy, AcceptService
+from mailflow.ingress.commit import GroupCommitter
+from mailflow.model import Envelope
+from mailflow.pipeline.expand import plan_deliveries
+from mailflow.store import StoreRunner, create_engines
+from mailflow.store.engine import sqlite_path
+
+EX_OK = 0
+EX_DATAERR = 65
+EX_NOUSER = 67
+EX_TEMPFAIL = 75
+
+
+@dataclass(frozen=True, slots=True)
+class PipeResult:
+    status: int
+    reason: str  # "2.0.0 queued as …" or an enhanced status code and the reason
+
+
+def exit_status(error: SmtpReplyError) -> int:
+    """67 for an unknown recipient, 65 for any other refusal, 75 for the rest."""
+    if isinstance(error, UnknownRecipient | UnknownDomain):
+        return EX_NOUSER
+    if isinstance(error, PermanentFailure):
+        return EX_DATAERR
+    return EX_TEMPFAIL
+
+
+async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) -> PipeResult:
+    """Store the message directly, with the same checks a relay's SMTP listener makes."""
+    from mailflow.app import instance_id  # the app module wires everything; import late
+
+    database = sqlite_path(settings.resolved_database_url)
+    if database is not None and not database.exists():
+        return PipeResult(EX_TEMPFAIL, f"4.3.0 no relay store at {database}: run mailflow init")
+    clock = SystemClock()
+    runner = StoreRunner(create_engines(settings.resolved_database_url, pool_size=1),
+                         pool_size=1)
+    committer_task: asyncio.Task[None] | None = None
+    try:
+        instance = await runner.write(instance_id, settings, runner.repo)
+        blobs = BlobStore(settings.blob_dir)
+        committer = GroupCommitter(runner, blobs, clock, plan=plan_deliveries,
+                                   inline_limit=settings.max_inline_deliveries,
+                                   on_queued=lambda: None, on_received=lambda: None)
+        committer_task = asyncio.create_task(committer.run())
+        service = AcceptService(runner, committer, clock, AcceptPolicy(
+            instance, settings.max_message_size, settings.max_received_headers, 0))
+        message_id = await service.submit(envelope, raw)
+    except SmtpReplyError as error:
+        return PipeResult(exit_status(error), f"{error.enhanced} {error.reason}")
+    finally:
+        if committer_task is not None:
+            committer_task.cancel()
+            await asyncio.gather(committer_task, return_exceptions=True)
+        await asyncio.to_thread(runner.close)
+    return PipeResult(EX_OK, f"2.0.0 queued as {message_id}")
+
+
+def submit_over_http(url: str, key: str, envelope: Envelope, raw: bytes,
+                     timeout: float) -> PipeResult:
+    """POST to a relay's /v1/email (blocking; the command has nothing else to do)."""
+    query = urllib.parse.urlencode([("from", envelope.mail_from),
+                                    *(("to", r) for r in envelope.rcpt_tos)])
+    endpoint = url.rstrip("/")
+    if not endpoint.endswith("/v1/email"):
+        endpoint += "/v1/email"
+    request = urllib.request.Request(
+        f"{endpoint}?{query}", data=raw, method="POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "message/rfc822"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = json.loads(response.read() or b"{}")
+            return PipeResult(EX_OK, f"2.0.0 queued as {body.get('message_id', '?')}")
+    except urllib.error.HTTPError as error:
+        return _from_problem(error.code, error.read())
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        return PipeResult(EX_TEMPFAIL, f"4.4.1 relay at {url} unreachable: {reason}")
+
+
+def _from_problem(status: int, body: bytes) -> PipeResult:
+    try:
+        problem = json.loads(body)
+    except ValueError:
+        problem = {}
+    detail = problem.get("detail") or f"HTTP {status}"
+    enhanced = problem.get("enhanced_status", "")
+    if status == 422:
+        code = EX_NOUSER if enhanced in ("5.1.1", "5.7.1") else EX_DATAERR
+        return PipeResult(code, f"{enhanced or '5.0.0'} {detail}")
+    if status in (400, 413):
+        return PipeResult(EX_DATAERR, f"{enhanced or '5.6.0'} {detail}")
+    if status in (401, 403):
+        return PipeResult(EX_TEMPFAIL, f"4.7.0 relay refused the key: {detail}")
+    return PipeResult(EX_TEMPFAIL, f"4.3.0 relay answered {status}: {detail}")
+
+
+class _Deadline(Exception):
+    pass
+
+
+def run_pipe(config: Path | None, sender: str, recipients: list[str], url: str | None,
+             psk_file: Path | None, timeout: float) -> PipeResult:
+    """The whole command under one deadline; every failure becomes an exit status."""
+    def expire(signum: int, frame: object) -> None:
+        raise _Deadline
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        return _run(config, sender, recipients, url, psk_file, timeout)
+    except _Deadline:
+        return PipeResult(EX_TEMPFAIL, f"4.4.7 mailflow pipe: gave up after {timeout:g} s")
+    except ConfigurationError as error:
+        return PipeResult(EX_TEMPFAIL, f"4.3.5 {error}".replace("\n", " "))
+    except Exception as error:  # never let a traceback bounce mail: Postfix retries on 75
+        return PipeResult(EX_TEMPFAIL, f"4.3.0 mailflow pipe failed: "
+                                       f"{type(error).__name__}: {error}")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _run(config: Path | None, sender: str, recipients: list[str], url: str | None,
+         psk_file: Path | None, timeout: float) -> PipeResult:
+    settings = load_settings(config)
+    raw = sys.stdin.buffer.read(settings.max_message_size + 1)
+    if len(raw) > settings.max_message_size:
+        return PipeResult(EX_DATAERR, f"5.3.4 message larger than {settings.max_message_size} "
+                                      "bytes")
+    envelope = Envelope(mail_from=sender.strip("<>"), rcpt_tos=tuple(recipients),
+                        protocol="PIPE")
+    if not url:
+        return asyncio.run(submit_to_store(settings, envelope, raw))
+    key = psk_file.read_text().strip() if psk_file else (settings.ingress_keys or [""])[0]
+    if not key:
+        return PipeResult(EX_TEMPFAIL, "4.3.5 no key for --url: set MAILFLOW_INGRESS_PSK "
+                                       "or --psk-file")
+    return submit_over_http(url, key, envelope, raw, timeout)

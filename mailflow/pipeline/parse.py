@@ -1,0 +1,34 @@
+"""Parse step: is this a message at all?
+
+SMTP peers are trusted to speak RFC 5322 (the relay forwards what it gets, byte for byte);
+submissions without an SMTP conversation (HTTP, ``mailflow pipe``) are checked here so a
+wrong file or an empty body is refused with a clear reason instead of being relayed.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mailflow import headers
+from mailflow.errors import MalformedMessage
+
+FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
+MBOX_FROM = b"From "
+
+
+def check_well_formed(raw: bytes) -> None:
+    """Refuse empty input and input that does not open with a header section."""
+    if not raw.strip():
+        raise MalformedMessage("empty message")
+    header, _ = headers.split_message(raw)
+    if b"\0" in header:
+        raise MalformedMessage("NUL byte in the header section")
+    lines = header.splitlines()
+    if lines and lines[0].startswith(MBOX_FROM):
+        lines = lines[1:]  # an mbox "From " line, as some pipes prepend
+    if not lines or not FIELD.match(lines[0]):
+        raise MalformedMessage("the message does not start with a header field")
+    for number, line in enumerate(lines, start=1):
+        if line[:1] not in (b" ", b"\t") and not FIELD.match(line):
+            raise MalformedMessage(f"header line {number} is neither a field nor a "
+                                   "continuation")
