@@ -99,7 +99,8 @@ class Relay:
         blobs = BlobStore(settings.blob_dir)
         self.egress = egress = self.egress or build_egress(settings)
         await egress.start()
-        owner = f"{settings.hostname}:{os.getpid()}:{secrets.token_hex(3)}"
+        # Fits deliveries.lease_owner (64 characters) whatever the hostname's length.
+        owner = f"{settings.hostname[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
         self.scheduler = scheduler = Scheduler(runner, blobs, egress, self.clock, SchedulerOptions(
             batch_size=settings.scheduler_batch_size,
             max_recipients=settings.max_recipients_per_transaction,
@@ -196,7 +197,11 @@ class Relay:
             self._policy.close()
             self._policy = None
         if self._http is not None:
+            # Let requests in progress get their answer before the committer goes away.
             self._http.should_exit = True
+            http_tasks = [t for t in self._tasks if t.get_name() == "http"]
+            if http_tasks:
+                await asyncio.wait(http_tasks, timeout=5)
         if self.scheduler is not None:
             await self.scheduler.stop()
             self.scheduler = None

@@ -439,6 +439,9 @@ def main() -> None:
         except click.ClickException as exc:
             print(f"4.3.5 mailflow pipe: {exc.format_message()}", file=sys.stderr)
             sys.exit(EX_TEMPFAIL)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            print("4.3.0 mailflow pipe: interrupted", file=sys.stderr)
+            sys.exit(EX_TEMPFAIL)
         return
     try:
         cli.main(standalone_mode=False)

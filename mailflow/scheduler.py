@@ -119,7 +119,7 @@ class Scheduler:
             room = self._ready.qsize() < low_water
             claim = room and (self._wake.is_set() or (next_due is not None and next_due <= now))
             if not claim and not self._outcomes:
-                next_due = await self._idle(now, next_due)
+                next_due = await self._idle(now, next_due, room)
                 continue
             if claim:
                 self._wake.clear()
@@ -140,7 +140,7 @@ class Scheduler:
                 await asyncio.sleep(ERROR_BACKOFF)
                 next_due = self.clock.now()
 
-    async def _idle(self, now: float, next_due: float | None) -> float | None:
+    async def _idle(self, now: float, next_due: float | None, room: bool) -> float | None:
         """Sleep until signalled or the next retry, looking now and then for other work.
 
         ``mailflow pipe`` and other relays on a shared PostgreSQL store queue deliveries
@@ -149,10 +149,13 @@ class Scheduler:
         """
         poll = self.options.poll_interval
         self._signal.clear()
-        delay = poll if next_due is None else min(next_due - now, poll)
+        # Without room in the ready queue a due time does not matter: a sender taking a
+        # transaction signals.
+        delay = poll if next_due is None or not room else min(next_due - now, poll)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._signal.wait(), timeout=max(delay, 0.001))
-        if self._signal.is_set() or (next_due is not None and next_due <= self.clock.now()):
+        if self._signal.is_set() or not room or (next_due is not None
+                                                 and next_due <= self.clock.now()):
             return next_due
         try:
             return await self.runner.read(self.runner.repo.next_due_at)

@@ -206,3 +206,26 @@ def test_policy_service_answers_at_rcpt_time(relay: RelayProcess) -> None:
         "action=REJECT 5.1.1")
     # Other domains of the same mail server are none of the relay's business.
     assert policy_request(port, recipient="user@mailbox.test") == "action=DUNNO"
+
+
+def test_delivery_header_fallback_takes_the_topmost_and_mbox_from_is_dropped(
+        relay: RelayProcess, sink: SmtpSink) -> None:
+    data = (b"From poster@outside.test Mon Nov 23 10:00:00 2026\r\n"
+            b"Delivered-To: team@example.test\r\nDelivered-To: someone@elsewhere.test\r\n"
+            + make_message("team@example.test"))
+    response = post(relay, data, params=[("from", "poster@outside.test")])
+    assert response.status_code == 202, response.text
+    sink.wait_for_recipients(2)
+    assert b"From poster@outside.test Mon" not in sink.messages[0].content
+
+
+def test_pipe_psk_file_takes_the_first_key_of_a_rotation_list(relay: RelayProcess,
+                                                              sink: SmtpSink,
+                                                              tmp_path: Path) -> None:
+    key_file = tmp_path / "psk"
+    key_file.write_text(f"{KEY},{OLD_KEY}\n")
+    result = pipe(relay, make_message("team@example.test"), "--from", "p@outside.test",
+                  "--to", "team@example.test", "--url", f"http://127.0.0.1:{relay.http_port}",
+                  "--psk-file", str(key_file), env={"MAILFLOW_INGRESS_PSK": ""})
+    assert result.returncode == 0, result.stderr
+    assert len(sink.wait_for_recipients(2)) == 2

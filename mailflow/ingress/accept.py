@@ -28,7 +28,7 @@ from mailflow.ingress.directory_cache import KnownRecipients
 from mailflow.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
 from mailflow.model import Envelope, InboundMessage
 from mailflow.pipeline.loops import check_hops, check_not_looping
-from mailflow.pipeline.parse import check_well_formed
+from mailflow.pipeline.parse import check_well_formed, without_mbox_from
 from mailflow.store.repository import Resolution
 from mailflow.store.runner import StoreRunner
 
@@ -61,8 +61,12 @@ class AcceptService:
         self.policy = policy
         self.known = KnownRecipients(clock, policy.recipient_cache_ttl)
 
-    async def check_recipient(self, address: str) -> Resolution:
-        """Raise unless ``address`` is a list, an alias or a list's bounce address here."""
+    async def check_recipient(self, address: str, *, count: bool = True) -> Resolution:
+        """Raise unless ``address`` is a list, an alias or a list's bounce address here.
+
+        ``count=False`` for questions that are not refusals (the policy service asks about
+        every recipient its Postfix sees, ours or not).
+        """
         canonical = addresses.canonical(address)
         resolution = self.known.get(canonical)
         if resolution is not None:
@@ -75,10 +79,12 @@ class AcceptService:
                 from exc
         self.known.remember(canonical, resolution)
         if resolution.kind == "unknown_domain":
-            MESSAGES_REJECTED.labels(code=UnknownDomain.enhanced).inc()
+            if count:
+                MESSAGES_REJECTED.labels(code=UnknownDomain.enhanced).inc()
             raise UnknownDomain(f"relaying denied: <{address}> is not in a domain of this relay")
         if resolution.kind == "unknown_address":
-            MESSAGES_REJECTED.labels(code=UnknownRecipient.enhanced).inc()
+            if count:
+                MESSAGES_REJECTED.labels(code=UnknownRecipient.enhanced).inc()
             raise UnknownRecipient(f"no list or alias <{address}> here")
         return resolution
 
@@ -90,6 +96,7 @@ class AcceptService:
         """
         if not envelope.rcpt_tos:
             raise NoRecipients("no recipient given")
+        raw = without_mbox_from(raw)
         self.check_size(len(raw))
         check_well_formed(raw)
         for rcpt in envelope.rcpt_tos:

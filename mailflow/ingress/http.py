@@ -71,10 +71,13 @@ def envelope_from_request(request: Request, raw: bytes) -> Envelope:
     sender = request.query_params.get("from", "")
     rcpts = [r for r in request.query_params.getlist("to") if r.strip()]
     if not rcpts:
+        # Only the topmost field: it was added by the last hop, the one that handed the
+        # message to us; fields further down are older hops' business.
         header, _ = headers.split_message(raw)
         for name in ("X-Original-To", "Delivered-To"):
-            rcpts = [v.strip("<> ") for v in headers.field_values(header, name) if v.strip()]
-            if rcpts:
+            values = [v.strip("<> ") for v in headers.field_values(header, name) if v.strip()]
+            if values:
+                rcpts = values[:1]
                 break
     client = request.client.host if request.client else ""
     return Envelope(mail_from=sender, rcpt_tos=tuple(rcpts), peer=client, helo="",

@@ -166,7 +166,9 @@ def _run(config: Path | None, sender: str, recipients: list[str], url: str | Non
                         protocol="PIPE")
     if not url:
         return asyncio.run(submit_to_store(settings, envelope, raw))
-    key = psk_file.read_text().strip() if psk_file else (settings.ingress_keys or [""])[0]
+    keys = ([k.strip() for k in psk_file.read_text().split(",") if k.strip()] if psk_file
+            else settings.ingress_keys)
+    key = keys[0] if keys else ""  # a rotation list: the first key is the current one
     if not key:
         return PipeResult(EX_TEMPFAIL, "4.3.5 no key for --url: set MAILFLOW_INGRESS_PSK "
                                        "or --psk-file")

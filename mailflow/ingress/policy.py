@@ -33,7 +33,7 @@ async def decide(service: AcceptService, request: dict[str, str]) -> str:
     if request.get("request") != "smtpd_access_policy" or not recipient:
         return "DUNNO"
     try:
-        await service.check_recipient(recipient)
+        await service.check_recipient(recipient, count=False)
     except UnknownDomain:
         return "DUNNO"
     except PermanentFailure as error:

@@ -32,3 +32,11 @@ def check_well_formed(raw: bytes) -> None:
         if line[:1] not in (b" ", b"\t") and not FIELD.match(line):
             raise MalformedMessage(f"header line {number} is neither a field nor a "
                                    "continuation")
+
+
+def without_mbox_from(raw: bytes) -> bytes:
+    """Drop a leading mbox ``From `` line (not a header field; some pipes prepend it)."""
+    if raw.startswith(MBOX_FROM):
+        end = raw.find(b"\n")
+        return raw[end + 1:] if end >= 0 else b""
+    return raw
