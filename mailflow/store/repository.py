@@ -100,9 +100,9 @@ def _resolve(conn: Connection, address: str) -> Resolution:
     candidates = [address]
     if local.endswith(addresses.BOUNCES_SUFFIX):
         candidates.append(f"{local[:-len(addresses.BOUNCES_SUFFIX)]}@{domain}")
-    rows = conn.execute(select(lists).where(lists.c.address.in_(candidates))).all()
+    rows = conn.execute(_LISTS_BY_ADDRESS, {"b_addresses": candidates}).all()
     if not rows:
-        known = conn.scalar(select(domains.c.id).where(domains.c.name == domain))
+        known = conn.scalar(_DOMAIN_ID, {"b_name": domain})
         return Resolution("unknown_address" if known else "unknown_domain")
     found = {row.address: _list(row) for row in rows}
     if address in found:
@@ -111,10 +111,51 @@ def _resolve(conn: Connection, address: str) -> Resolution:
 
 
 def _active_members(conn: Connection, list_id: int) -> list[str]:
-    return list(conn.scalars(
-        select(members.c.address)
-        .where(members.c.list_id == list_id, members.c.status == MemberStatus.ACTIVE.value)
-        .order_by(members.c.id)))
+    return list(conn.scalars(_ACTIVE_MEMBERS, {"b_list_id": list_id}))
+
+
+# Statements on the hot path, built once: building and hashing a statement per call
+# cost as much as running it.
+_LISTS_BY_ADDRESS = select(lists).where(lists.c.address.in_(bindparam("b_addresses",
+                                                                      expanding=True)))
+_DOMAIN_ID = select(domains.c.id).where(domains.c.name == bindparam("b_name"))
+_ACTIVE_MEMBERS = (select(members.c.address)
+                   .where(members.c.list_id == bindparam("b_list_id"),
+                          members.c.status == MemberStatus.ACTIVE.value)
+                   .order_by(members.c.id))
+_INSERT_MESSAGES = insert(messages)
+_INSERT_DELIVERIES = insert(deliveries)
+_INSERT_EVENTS = insert(events)
+_MESSAGES_BY_ID = select(messages).where(messages.c.id.in_(bindparam("b_ids", expanding=True)))
+_LISTS_BY_ID = select(lists).where(lists.c.id.in_(bindparam("b_ids", expanding=True)))
+_RECORD_OUTCOME = (
+    update(deliveries)
+    .where(deliveries.c.id == bindparam("b_id"))
+    .values(status=bindparam("b_status"), due_at=bindparam("b_due"),
+            last_reply=bindparam("b_reply"), attempts=deliveries.c.attempts + 1,
+            lease_owner=None, updated_at=bindparam("b_now"))
+)
+_NEXT_DUE = select(func.min(deliveries.c.due_at)).where(deliveries.c.status.in_(PENDING))
+
+
+def _claim_statement(skip_locked: bool) -> Any:
+    due = (
+        select(deliveries.c.id)
+        .where(deliveries.c.status.in_(PENDING), deliveries.c.due_at <= bindparam("b_now"))
+        .order_by(deliveries.c.priority.desc(), deliveries.c.due_at)
+        .limit(bindparam("b_limit"))
+    )
+    if skip_locked:
+        due = due.with_for_update(skip_locked=True)
+    return (
+        update(deliveries)
+        .where(deliveries.c.id.in_(due.scalar_subquery()))
+        .values(status=DeliveryStatus.IN_FLIGHT.value, due_at=bindparam("b_until"),
+                lease_owner=bindparam("b_owner"), updated_at=bindparam("b_now"))
+        .returning(deliveries.c.id, deliveries.c.message_id, deliveries.c.list_id,
+                   deliveries.c.recipient, deliveries.c.attempts,
+                   deliveries.c.created_at, deliveries.c.priority)
+    )
 
 
 class DirectoryView:
@@ -147,6 +188,12 @@ class Repository:
         self.engines = engines
         dialect = sqlite if engines.is_sqlite else postgresql
         self._upsert_insert = dialect.insert
+        upsert = dialect.insert(blobs)
+        self._upsert_blobs = upsert.on_conflict_do_update(
+            index_elements=["hash"],
+            set_={"refcount": blobs.c.refcount + upsert.excluded.refcount, "released_at": None},
+        )
+        self._claim_due = _claim_statement(skip_locked=not engines.is_sqlite)
 
     @contextmanager
     def _relaxed_transaction(self) -> Iterator[Connection]:
@@ -337,13 +384,8 @@ class Repository:
         for msg in batch:
             size, count = sizes.get(msg.blob, (msg.size, 0))
             sizes[msg.blob] = (size, count + 1)
-        upsert = self._upsert_insert(blobs)
-        upsert = upsert.on_conflict_do_update(
-            index_elements=["hash"],
-            set_={"refcount": blobs.c.refcount + upsert.excluded.refcount, "released_at": None},
-        )
         with self.engines.writer.begin() as conn:
-            conn.execute(upsert, [
+            conn.execute(self._upsert_blobs, [
                 {"hash": h, "size": size, "refcount": count, "created_at": now,
                  "released_at": None}
                 for h, (size, count) in sorted(sizes.items())
@@ -351,7 +393,7 @@ class Repository:
             ensure_blobs()
             rows, trace, statuses = ([], [], {}) if plan is None else self._plan(
                 conn, batch, now, plan, inline_limit, inline=True)
-            conn.execute(insert(messages), [
+            conn.execute(_INSERT_MESSAGES, [
                 {"id": m.id, "mail_from": m.mail_from, "rcpt_tos": "\n".join(m.rcpt_tos),
                  "blob": m.blob, "size": m.size, "received_at": m.received_at,
                  "peer": m.peer, "helo": m.helo, "protocol": m.protocol,
@@ -373,12 +415,12 @@ class Repository:
 
     def messages_by_id(self, ids: Iterable[str]) -> dict[str, InboundMessage]:
         with self.engines.reader.connect() as conn:
-            rows = conn.execute(select(messages).where(messages.c.id.in_(list(ids)))).all()
+            rows = conn.execute(_MESSAGES_BY_ID, {"b_ids": list(ids)}).all()
         return {row.id: _message(row) for row in rows}
 
     def lists_by_id(self, ids: Iterable[int]) -> dict[int, MailingList]:
         with self.engines.reader.connect() as conn:
-            rows = conn.execute(select(lists).where(lists.c.id.in_(list(ids)))).all()
+            rows = conn.execute(_LISTS_BY_ID, {"b_ids": list(ids)}).all()
         return {row.id: _list(row) for row in rows}
 
     def expand_received(self, now: float, limit: int, plan: Planner,
@@ -448,7 +490,7 @@ class Repository:
     def _insert_planned(self, conn: Connection, rows: list[dict[str, Any]],
                         trace: list[Event], now: float) -> None:
         if rows:
-            conn.execute(insert(deliveries), rows)
+            conn.execute(_INSERT_DELIVERIES, rows)
         self._add_events(conn, trace, now)
 
     # -- the send queue -----------------------------------------------------------------
@@ -465,24 +507,8 @@ class Repository:
 
     def _claim(self, conn: Connection, now: float, limit: int, lease: float,
                owner: str) -> list[Delivery]:
-        due = (
-            select(deliveries.c.id)
-            .where(deliveries.c.status.in_(PENDING), deliveries.c.due_at <= now)
-            .order_by(deliveries.c.priority.desc(), deliveries.c.due_at)
-            .limit(limit)
-        )
-        if not self.engines.is_sqlite:
-            due = due.with_for_update(skip_locked=True)
-        stmt = (
-            update(deliveries)
-            .where(deliveries.c.id.in_(due.scalar_subquery()))
-            .values(status=DeliveryStatus.IN_FLIGHT.value, due_at=now + lease,
-                    lease_owner=owner, updated_at=now)
-            .returning(deliveries.c.id, deliveries.c.message_id, deliveries.c.list_id,
-                       deliveries.c.recipient, deliveries.c.attempts,
-                       deliveries.c.created_at, deliveries.c.priority)
-        )
-        rows = conn.execute(stmt).all()
+        rows = conn.execute(self._claim_due, {"b_now": now, "b_limit": limit,
+                                              "b_until": now + lease, "b_owner": owner}).all()
         return [Delivery(r.id, r.message_id, r.list_id, r.recipient, r.attempts, r.created_at,
                          r.priority) for r in rows]
 
@@ -504,16 +530,9 @@ class Repository:
     def _record(self, conn: Connection, now: float, outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
             return
-        stmt = (
-            update(deliveries)
-            .where(deliveries.c.id == bindparam("b_id"))
-            .values(status=bindparam("b_status"), due_at=bindparam("b_due"),
-                    last_reply=bindparam("b_reply"), attempts=deliveries.c.attempts + 1,
-                    lease_owner=None, updated_at=now)
-        )
-        conn.execute(stmt, [
+        conn.execute(_RECORD_OUTCOME, [
             {"b_id": o.delivery_id, "b_status": o.status.value, "b_due": o.due_at or now,
-             "b_reply": o.reply[:1000]}
+             "b_reply": o.reply[:1000], "b_now": now}
             for o in outcomes
         ])
         self._add_events(conn, [
@@ -532,8 +551,7 @@ class Repository:
 
     def next_due_at(self) -> float | None:
         with self.engines.reader.connect() as conn:
-            return conn.scalar(select(func.min(deliveries.c.due_at))
-                               .where(deliveries.c.status.in_(PENDING)))
+            return conn.scalar(_NEXT_DUE)
 
     def finish_messages(self, now: float, limit: int = 1000) -> int:
         """Mark queued messages whose deliveries are all final as done; release blobs."""
@@ -656,7 +674,7 @@ class Repository:
     @staticmethod
     def _add_events(conn: Connection, items: Sequence[Event], now: float) -> None:
         if items:
-            conn.execute(insert(events), [
+            conn.execute(_INSERT_EVENTS, [
                 {"created_at": now, "kind": e.kind, "message_id": e.message_id,
                  "delivery_id": e.delivery_id, "detail": e.detail} for e in items
             ])
