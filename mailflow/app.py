@@ -34,6 +34,7 @@ from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.pipeline.expand import plan_deliveries
 from mailflow.pipeline.processor import Processor
+from mailflow.recent import RecentMessages
 from mailflow.scheduler import Scheduler, SchedulerOptions
 from mailflow.store import StoreRunner, create_engines, upgrade_to_head
 from mailflow.store.engine import sqlite_path
@@ -101,6 +102,7 @@ class Relay:
         await egress.start()
         # Fits deliveries.lease_owner (64 characters) whatever the hostname's length.
         owner = f"{settings.hostname[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
+        recent = RecentMessages()
         self.scheduler = scheduler = Scheduler(runner, blobs, egress, self.clock, SchedulerOptions(
             batch_size=settings.scheduler_batch_size,
             max_recipients=settings.max_recipients_per_transaction,
@@ -109,12 +111,13 @@ class Relay:
             retry=RetryPolicy(settings.retry_initial_delay, settings.retry_multiplier,
                               settings.retry_max_delay, settings.max_delivery_age),
             poll_interval=settings.poll_interval,
-        ))
+        ), recent=recent)
         processor = Processor(runner, self.clock, on_queued=scheduler.wake,
                               poll_interval=settings.poll_interval)
         committer = GroupCommitter(runner, blobs, self.clock, plan=plan_deliveries,
                                    inline_limit=settings.max_inline_deliveries,
-                                   on_queued=scheduler.wake, on_received=processor.wake)
+                                   on_queued=scheduler.wake, on_received=processor.wake,
+                                   recent=recent)
         service = AcceptService(
             runner, committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,

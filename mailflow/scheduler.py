@@ -31,6 +31,7 @@ from mailflow.errors import EgressUnavailable
 from mailflow.metrics import DELIVERY_ATTEMPTS, TRANSACTION_SECONDS
 from mailflow.model import Delivery, DeliveryStatus, InboundMessage, MailingList
 from mailflow.pipeline.decorate import outbound_message
+from mailflow.recent import RecentMessages
 from mailflow.store.repository import Outcome
 from mailflow.store.runner import StoreRunner
 
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 ERROR_BACKOFF = 1.0     # seconds to wait after a database error before claiming again
 CONTENT_CACHE = 64      # rendered copies kept in memory (one per message and list)
+LIST_CACHE_TTL = 2.0    # seconds a list's name, kind and priority are reused
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +66,9 @@ class Transaction:
 
 class Scheduler:
     def __init__(self, runner: StoreRunner, blobs: BlobStore, egress: Egress, clock: Clock,
-                 options: SchedulerOptions) -> None:
+                 options: SchedulerOptions, recent: RecentMessages | None = None) -> None:
+        self.recent = recent or RecentMessages()
+        self._lists: dict[int, tuple[float, MailingList]] = {}
         self.runner = runner
         self.blobs = blobs
         self.egress = egress
@@ -197,11 +201,8 @@ class Scheduler:
         return deferred_until
 
     async def _enqueue_transactions(self, claimed: Sequence[Delivery]) -> None:
-        repo = self.runner.repo
-        message_ids = {d.message_id for d in claimed}
-        list_ids = {d.list_id for d in claimed}
-        messages = await self.runner.read(repo.messages_by_id, message_ids)
-        lists = await self.runner.read(repo.lists_by_id, list_ids)
+        messages, lists = await self._context({d.message_id for d in claimed},
+                                              {d.list_id for d in claimed})
         groups: dict[tuple[str, int], list[Delivery]] = {}
         for delivery in claimed:
             groups.setdefault((delivery.message_id, delivery.list_id), []).append(delivery)
@@ -218,6 +219,28 @@ class Scheduler:
                                                    group[start:start + size]))
         if orphans:
             self._add_outcomes(orphans)
+
+    async def _context(self, message_ids: set[str], list_ids: set[int]
+                       ) -> tuple[dict[str, InboundMessage], dict[int, MailingList]]:
+        """The messages and lists of claimed deliveries: from memory where possible."""
+        messages: dict[str, InboundMessage] = {}
+        for message_id in message_ids:
+            message = self.recent.get(message_id)
+            if message is not None:
+                messages[message_id] = message
+        now = self.clock.now()
+        lists = {list_id: entry[1] for list_id in list_ids
+                 if (entry := self._lists.get(list_id)) is not None and entry[0] > now}
+        missing_messages = message_ids - messages.keys()
+        missing_lists = list_ids - lists.keys()
+        if missing_messages or missing_lists:
+            found_messages, found_lists = await self.runner.read(
+                self.runner.repo.delivery_context, missing_messages, missing_lists)
+            messages.update(found_messages)
+            lists.update(found_lists)
+            for list_id, mailing_list in found_lists.items():
+                self._lists[list_id] = (now + LIST_CACHE_TTL, mailing_list)
+        return messages, lists
 
     # -- sending ------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from mailflow.blobs import BlobStore
 from mailflow.clock import Clock
 from mailflow.errors import StorageUnavailable
 from mailflow.model import InboundMessage
+from mailflow.recent import RecentMessages
 from mailflow.store.repository import Planner
 from mailflow.store.runner import StoreRunner
 
@@ -49,7 +50,9 @@ class GroupCommitter:
 
     def __init__(self, runner: StoreRunner, blobs: BlobStore, clock: Clock, *,
                  plan: Planner, inline_limit: int, on_queued: Callable[[], None],
-                 on_received: Callable[[], None]) -> None:
+                 on_received: Callable[[], None], recent: RecentMessages | None = None
+                 ) -> None:
+        self.recent = recent or RecentMessages()
         self.runner = runner
         self.blobs = blobs
         self.clock = clock
@@ -95,6 +98,7 @@ class GroupCommitter:
             except Exception as exc:
                 _fail(batch, exc)
                 continue
+            self.recent.remember(p.message for p in batch)
             for pending in batch:
                 if not pending.done.done():
                     pending.done.set_result(None)

@@ -413,15 +413,17 @@ class Repository:
             return conn.scalar(select(messages.c.id).where(
                 messages.c.status == MessageStatus.RECEIVED.value).limit(1)) is not None
 
-    def messages_by_id(self, ids: Iterable[str]) -> dict[str, InboundMessage]:
+    def delivery_context(self, message_ids: Iterable[str], list_ids: Iterable[int]
+                         ) -> tuple[dict[str, InboundMessage], dict[int, MailingList]]:
+        """Messages and lists by id, in one round trip (what claimed deliveries need)."""
         with self.engines.reader.connect() as conn:
-            rows = conn.execute(_MESSAGES_BY_ID, {"b_ids": list(ids)}).all()
-        return {row.id: _message(row) for row in rows}
-
-    def lists_by_id(self, ids: Iterable[int]) -> dict[int, MailingList]:
-        with self.engines.reader.connect() as conn:
-            rows = conn.execute(_LISTS_BY_ID, {"b_ids": list(ids)}).all()
-        return {row.id: _list(row) for row in rows}
+            found_messages = ({row.id: _message(row) for row in
+                               conn.execute(_MESSAGES_BY_ID, {"b_ids": list(message_ids)})}
+                              if message_ids else {})
+            found_lists = ({row.id: _list(row) for row in
+                            conn.execute(_LISTS_BY_ID, {"b_ids": list(list_ids)})}
+                           if list_ids else {})
+        return found_messages, found_lists
 
     def expand_received(self, now: float, limit: int, plan: Planner,
                         max_rows: int = 5000) -> int:
