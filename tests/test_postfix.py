@@ -109,15 +109,20 @@ def postfix_available() -> None:
 
 
 @pytest.fixture(scope="session")
-def pipe_python(postfix_available: None) -> PythonCommand:
+def pipe_python(postfix_available: None) -> Iterator[PythonCommand]:
     """An interpreter that the pipe user can run ``-m mailflow`` with."""
-    found = python_for_user(PIPE_USER)
-    if found is None:
-        _problem_or_none(f"no Python that user {PIPE_USER!r} can run mailflow with "
-                         f"({os.path.realpath(sys.executable)} is not executable for it, "
-                         "and no system python of the same version works)")
-    assert found is not None
-    return found
+    scratch = Path(tempfile.mkdtemp(prefix="mailflow-pipe-python-"))
+    scratch.chmod(0o755)
+    try:
+        found = python_for_user(PIPE_USER, scratch)
+        if found is None:
+            _problem_or_none(f"no Python that user {PIPE_USER!r} can run mailflow with "
+                             f"({os.path.realpath(sys.executable)} is not executable for it,"
+                             " and no system python of the same version works)")
+        assert found is not None
+        yield found
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture
@@ -188,8 +193,10 @@ def use_transport(kind: str, postfix: PostfixInstance, relay: RelayProcess, outs
         if not CURL_SCRIPT.exists():
             pytest.fail(f"{CURL_SCRIPT} does not exist yet")
         key_file = postfix.write_file("ingress.psk", key + "\n")
+        # Installed where the pipe user can run it, as docs/postfix.md says.
+        installed = postfix.write_file("mailflow-curl.sh", CURL_SCRIPT.read_text(), mode=0o755)
         command = postfix.pipe_wrapper(
-            "mailflow-curl", [str(CURL_SCRIPT), url],
+            "mailflow-curl", [str(installed), url],
             {"PATH": "/usr/bin:/bin", "MAILFLOW_INGRESS_PSK_FILE": str(key_file)})
         arguments = "${sender} ${recipient}"
     else:

@@ -121,13 +121,16 @@ class PythonCommand:
     env: Mapping[str, str]
 
 
-def python_for_user(user: str = PIPE_USER) -> PythonCommand | None:
+def python_for_user(user: str = PIPE_USER, scratch: Path | None = None
+                    ) -> PythonCommand | None:
     """A Python that ``user`` can run ``python -m mailflow`` with, or None.
 
     First ``sys.executable``.  A venv made from a pyenv or other interpreter under
     ``/root`` (mode 0700) is not executable for ``nobody``; then the system interpreter
     of the same major.minor version (same ABI, so the venv's compiled wheels load) with
-    the project folder and the venv's site-packages on ``PYTHONPATH``.
+    the project folder and the venv's site-packages on ``PYTHONPATH``.  If the checkout
+    itself is out of the user's reach (a clone under ``/root``), and ``scratch`` (a
+    folder the user can read) is given, the package and site-packages are copied there.
     """
     env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
     probe = ("-c", "import mailflow.cli")
@@ -139,10 +142,25 @@ def python_for_user(user: str = PIPE_USER) -> PythonCommand | None:
     project = str(Path(mailflow.__file__).resolve().parent.parent)
     site_packages = sysconfig.get_paths()["purelib"]
     fallback_env = {**env, "PYTHONPATH": f"{project}:{site_packages}"}
-    for candidate in (f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"):
-        if os.access(candidate, os.X_OK) and \
-                run_as_user_works([candidate, *probe], user, fallback_env):
+    candidates = [c for c in (f"/usr/bin/python{version}", f"/usr/local/bin/python{version}")
+                  if os.access(c, os.X_OK)]
+    for candidate in candidates:
+        if run_as_user_works([candidate, *probe], user, fallback_env):
             return PythonCommand((candidate,), fallback_env)
+    if scratch is None or not candidates:
+        return None
+    shutil.copytree(Path(project) / "mailflow", scratch / "mailflow",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(site_packages, scratch / "site-packages", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "mailflow*"))
+    for folder, _dirs, files in os.walk(scratch):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+    copied_env = {**env, "PYTHONPATH": f"{scratch}:{scratch / 'site-packages'}"}
+    for candidate in candidates:
+        if run_as_user_works([candidate, *probe], user, copied_env):
+            return PythonCommand((candidate,), copied_env)
     return None
 
 
