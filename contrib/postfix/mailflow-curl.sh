@@ -9,9 +9,11 @@
 # and retries), including a wrong key, a relay that is down and a timeout.
 #
 # The pre-shared key comes from $MAILFLOW_INGRESS_PSK or from the file named by
-# $MAILFLOW_INGRESS_PSK_FILE. master.cf example (see docs/postfix.md):
+# $MAILFLOW_INGRESS_PSK_FILE. pipe(8) passes the command only export_environment, so
+# call it through a small wrapper that sets MAILFLOW_INGRESS_PSK_FILE, e.g. in master.cf
+# (with mailflow_destination_recipient_limit = 1; see docs/postfix.md):
 #   mailflow unix - n n - - pipe
-#     flags=q user=nobody argv=/usr/local/bin/mailflow-curl.sh
+#     flags=q user=mailflow null_sender= argv=/usr/local/bin/mailflow-curl-wrapper
 #     http://127.0.0.1:8025 ${sender} ${recipient}
 set -u
 
@@ -31,14 +33,18 @@ key=${MAILFLOW_INGRESS_PSK:-}
 if [ -z "$key" ] && [ -n "${MAILFLOW_INGRESS_PSK_FILE:-}" ]; then
     key=$(cat "$MAILFLOW_INGRESS_PSK_FILE" 2>/dev/null) || key=""
 fi
+key=$(printf '%s' "$key" | tr -d ' \t\r\n')  # as mailflow pipe: no surrounding blanks
 if [ -z "$key" ]; then
     echo "4.3.5 no pre-shared key: set MAILFLOW_INGRESS_PSK or MAILFLOW_INGRESS_PSK_FILE" >&2
     exit $EX_TEMPFAIL
 fi
 key=${key%%,*}  # a rotation list: the first key is the current one
 
-body=$(mktemp) || { echo "4.3.0 cannot create a temporary file" >&2; exit $EX_TEMPFAIL; }
-trap 'rm -f "$body"' EXIT
+body=$(mktemp) && errors=$(mktemp) || {
+    echo "4.3.0 cannot create a temporary file" >&2
+    exit $EX_TEMPFAIL
+}
+trap 'rm -f "$body" "$errors"' EXIT
 
 # The envelope goes in the query string, URL-encoded by curl (--url-query, curl >= 7.87).
 count=$#
@@ -51,8 +57,10 @@ set -- --url-query "from=$sender" "$@"
 status=$(curl --silent --show-error --max-time "${MAILFLOW_CURL_TIMEOUT:-100}" \
     --header "Authorization: Bearer $key" --header "Content-Type: message/rfc822" \
     --data-binary @- --output "$body" --write-out '%{http_code}' \
-    "$@" "$url/v1/email") || {
-    echo "4.4.1 relay at $url unreachable (curl exit $?)" >&2
+    "$@" "$url/v1/email" 2>"$errors") || {
+    code=$?
+    # Our status line first: Postfix takes the DSN code from the start of the output.
+    echo "4.4.1 relay at $url unreachable (curl exit $code: $(head -n 1 "$errors"))" >&2
     exit $EX_TEMPFAIL
 }
 
