@@ -44,6 +44,7 @@ from mailflow.web.app import EmbeddedServer, bind, create_app
 log = logging.getLogger(__name__)
 
 INSTANCE_KEY = "instance_id"
+MAINTENANCE_CALLS = 50
 
 
 def build_egress(settings: Settings) -> Egress:
@@ -184,11 +185,16 @@ class Relay:
             await asyncio.sleep(settings.maintenance_interval)
             try:
                 now = self.clock.now()
-                while await self.runner.write(repo.finish_messages, now) > 0:
-                    pass
-                while await self.runner.write(repo.collect_blobs, now - settings.blob_retention,
-                                              blobs.unlink_many) > 0:
-                    pass
+                # Each call handles up to 1,000 rows; a bounded number of calls per round
+                # keeps a huge backlog from monopolising the writer.
+                for _ in range(MAINTENANCE_CALLS):
+                    if not await self.runner.write(repo.finish_messages, now):
+                        break
+                for _ in range(MAINTENANCE_CALLS):
+                    if not await self.runner.write(repo.collect_blobs,
+                                                   now - settings.blob_retention,
+                                                   blobs.unlink_many):
+                        break
                 await self.runner.write(repo.purge_messages, now - settings.message_retention)
             except Exception:
                 log.exception("maintenance failed", extra={"action": "maintenance_error"})
