@@ -78,6 +78,7 @@ class Scheduler:
         self._ready: asyncio.Queue[Transaction] = asyncio.Queue()
         self._outcomes: list[Outcome] = []
         self._signal = asyncio.Event()  # outcomes, room or new work: the keeper has a job
+        self._stopping = False
         self._content: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -94,7 +95,13 @@ class Scheduler:
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming, finish transactions already on the wire, hand back the rest."""
         keeper, *senders = self._tasks
-        keeper.cancel()
+        # Let the keeper finish its round: a write cancelled half-way cannot tell whether
+        # the outcomes it carried were stored, and they must be stored exactly once.
+        self._stopping = True
+        self._signal.set()
+        _, still_running = await asyncio.wait([keeper], timeout=grace)
+        for task in still_running:
+            task.cancel()
         unsent: list[Delivery] = []
         while not self._ready.empty():
             unsent.extend(self._ready.get_nowait().deliveries)
@@ -118,7 +125,7 @@ class Scheduler:
     async def _keep_queue(self) -> None:
         low_water = self.options.concurrency * 2
         next_due: float | None = self.clock.now()  # unknown at start: look at once
-        while True:
+        while not self._stopping:
             now = self.clock.now()
             room = self._ready.qsize() < low_water
             claim = room and (self._wake.is_set() or (next_due is not None and next_due <= now))
