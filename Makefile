@@ -31,5 +31,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+## bench-peers: scenarios A and B against MailFlow and a private Postfix, side by side
+.PHONY: bench-peers
+bench-peers: $(STAMP)
+	$(BIN)/python -m bench.peers $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

@@ -1,4 +1,4 @@
-"""SMTP load generator: N messages over C persistent connections, in its own process.
+"""Load generator: N messages over C persistent SMTP or HTTP connections, in its own process.
 
 Run as a script (standard library only, so it starts fast and shares no GIL with the
 benchmark or the relay)::
@@ -12,11 +12,16 @@ in advance, unique (its own Message-ID and sequence number, so the relay's
 content-addressed store cannot deduplicate them) and ``--size`` bytes long.  Prints one
 JSON object: ``first_send`` and ``last_reply`` (``time.time()``), ``sent``, ``refused``,
 the first error, and the CPU seconds the generator used.
+
+With ``--protocol http`` (scenario D) each connection is an ``http.client``
+keep-alive connection to the relay's HTTP ingress, and each message is one
+``POST /v1/email?from=&to=`` with ``Authorization: Bearer <--psk>``; 2xx counts as sent.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import resource
@@ -25,6 +30,7 @@ import sys
 import threading
 import time
 from email.utils import formatdate
+from urllib.parse import urlencode
 
 FILLER = ("The quick brown fox jumps over the lazy dog; pack my box with five dozen "
           "liquor jugs.")
@@ -76,12 +82,41 @@ def send_one(client: smtplib.SMTP, mail_from: str, rcpts: list[str], message: by
     return code, text.decode(errors="replace")
 
 
+class HttpClient:
+    """One keep-alive HTTP/1.1 connection posting raw messages to ``/v1/email``."""
+
+    def __init__(self, host: str, port: int, psk: str, mail_from: str, rcpt: str,
+                 timeout: float) -> None:
+        self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        self.conn.connect()
+        self.path = "/v1/email?" + urlencode({"from": mail_from, "to": rcpt})
+        self.headers = {"Authorization": f"Bearer {psk}", "Content-Type": "message/rfc822",
+                        "Connection": "keep-alive"}
+
+    def send(self, message: bytes) -> tuple[int, str]:
+        self.conn.request("POST", self.path, body=message, headers=self.headers)
+        response = self.conn.getresponse()
+        body = response.read()  # read it all, or the connection cannot be reused
+        if 200 <= response.status < 300:
+            return 250, body.decode(errors="replace")
+        return response.status, body.decode(errors="replace")[:500]
+
+    def quit(self) -> None:
+        self.conn.close()
+
+    close = quit
+
+
 def run(host: str, port: int, count: int, connections: int, size: int, mail_from: str,
-        rcpt: str, timeout: float) -> dict[str, object]:
+        rcpt: str, timeout: float, protocol: str = "smtp", psk: str = ""
+        ) -> dict[str, object]:
     messages = [make_message(i, size, mail_from, rcpt) for i in range(count)]
     connections = max(1, min(connections, count))
-    clients = []
+    clients: list = []
     for _ in range(connections):
+        if protocol == "http":
+            clients.append(HttpClient(host, port, psk, mail_from, rcpt, timeout))
+            continue
         client = smtplib.SMTP(host, port, local_hostname="loadgen.test", timeout=timeout)
         client.ehlo()
         clients.append(client)
@@ -89,7 +124,7 @@ def run(host: str, port: int, count: int, connections: int, size: int, mail_from
     state = {"next": 0, "sent": 0, "refused": 0, "first_error": None, "last_reply": 0.0}
     start = threading.Barrier(connections + 1)
 
-    def worker(client: smtplib.SMTP) -> None:
+    def worker(client: smtplib.SMTP | HttpClient) -> None:
         start.wait()
         while True:
             with lock:
@@ -98,8 +133,11 @@ def run(host: str, port: int, count: int, connections: int, size: int, mail_from
                     return
                 state["next"] = index + 1
             try:
-                code, text = send_one(client, mail_from, [rcpt], messages[index])
-            except (smtplib.SMTPException, OSError) as exc:
+                if isinstance(client, HttpClient):
+                    code, text = client.send(messages[index])
+                else:
+                    code, text = send_one(client, mail_from, [rcpt], messages[index])
+            except (smtplib.SMTPException, http.client.HTTPException, OSError) as exc:
                 code, text = 0, f"{type(exc).__name__}: {exc}"
             now = time.time()
             with lock:
@@ -128,6 +166,7 @@ def run(host: str, port: int, count: int, connections: int, size: int, mail_from
     return {"first_send": first_send, "last_reply": state["last_reply"],
             "sent": state["sent"], "refused": state["refused"] + count - state["next"],
             "first_error": state["first_error"], "connections": connections,
+            "protocol": protocol,
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3)}
 
 
@@ -141,10 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mail-from", default="sender@example.org")
     parser.add_argument("--rcpt", required=True)
     parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds allowed for each SMTP command")
+                        help="seconds allowed for each SMTP command or HTTP request")
+    parser.add_argument("--protocol", choices=["smtp", "http"], default="smtp")
+    parser.add_argument("--psk", default="", help="bearer key for --protocol http")
     args = parser.parse_args(argv)
     result = run(args.host, args.port, args.count, args.connections, args.size,
-                 args.mail_from, args.rcpt, args.timeout)
+                 args.mail_from, args.rcpt, args.timeout, args.protocol, args.psk)
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0 if result["refused"] == 0 else 1

@@ -3,7 +3,8 @@
 ``bench/results.json`` keeps the latest full record of each scenario (so running one
 scenario updates its row and keeps the others); ``RESULTS.md`` is rendered from it.  A
 block between ``<!-- keep -->`` and ``<!-- /keep -->`` in RESULTS.md (hand-written
-analysis) survives the rewrite.
+analysis) survives the rewrite, and so does the block between ``<!-- peers -->`` and
+``<!-- /peers -->`` (written by ``python -m bench.peers``).
 """
 
 from __future__ import annotations
@@ -28,12 +29,23 @@ TARGETS: dict[str, tuple[str, str, float, str]] = {
     "B": ("deliveries/s", ">=", 10_000, "deliveries/s"),
     "C": ("p50", "<=", 20, "ms"),
     "RSS": ("peak RSS", "<=", 150, "MB"),
+    # D has no target: reported only.  E's target is on its own peak RSS (plus the body
+    # stored once, i.e. one blob file); F's on its deliveries/s.
+    "E": ("peak RSS", "<=", 200, "MB"),
+    "F": ("deliveries/s", ">=", 3_000, "deliveries/s"),
 }
+# The RSS row (<= 150 MB) covers the scenarios it was set for; E has its own bound.
+RSS_ROW_KEYS = ("A", "B", "C")
+ALL_KEYS = ("A", "B", "C", "D", "E", "F")
 
 WORKLOAD = {
     "A": "{messages:,} msgs x {size_bytes} B to a 1-member alias, {connections} connections",
     "B": "{posts} posts to a {members:,}-member list ({deliveries:,} deliveries)",
     "C": "{posts} sequential posts to a {members}-member list at idle",
+    "D": "{messages:,} msgs x {size_bytes} B to a 1-member alias, POST /v1/email, "
+         "{connections} keep-alive HTTP connections",
+    "E": "1 post to a {members:,}-member list ({deliveries:,} deliveries)",
+    "F": "1 post to a {members:,}-member list, 1 recipient per SMTP transaction",
 }
 
 REFERENCES = [
@@ -43,6 +55,7 @@ REFERENCES = [
 ]
 
 KEEP = re.compile(r"<!-- keep -->.*?<!-- /keep -->", re.S)
+PEERS = re.compile(r"<!-- peers -->.*?<!-- /peers -->", re.S)
 
 
 def entry(result: ScenarioResult, meta: dict[str, Any]) -> dict[str, Any]:
@@ -75,9 +88,12 @@ def rows(entries: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]
     header = ["Scenario", "Workload", "Result (median)", "Target", "Status", "Runs",
               "Relay peak RSS"]
     table = []
-    for key in ("A", "B", "C"):
+    for key in ALL_KEYS:
         e = entries.get(key)
         if e is None:
+            continue
+        if key in ("D", "E"):
+            table.append(_new_row(key, e))
             continue
         _, comparison, bound, unit = TARGETS[key]
         if key == "C":
@@ -91,13 +107,36 @@ def rows(entries: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]
         status = "ok" if _meets(e["median"], comparison, bound) else "MISSED"
         table.append([f"{key} {e['title']}", WORKLOAD[key].format(**e["params"]), result,
                       target, status, runs, f"{e['rss_peak_mb']:.0f} MB"])
-    if entries:
-        peak = max(e["rss_peak_mb"] for e in entries.values())
+    covered = [e for k, e in entries.items() if k in RSS_ROW_KEYS]
+    if covered:
+        peak = max(e["rss_peak_mb"] for e in covered)
         _, comparison, bound, unit = TARGETS["RSS"]
-        table.append(["RSS", "relay process VmHWM, max over all runs", f"{peak:.0f} MB",
+        label = "relay process VmHWM, max over all runs" + (
+            " of A-C" if len(covered) < len(entries) else "")
+        table.append(["RSS", label, f"{peak:.0f} MB",
                       f"{comparison} {bound:g} MB",
                       "ok" if _meets(peak, comparison, bound) else "MISSED", "", ""])
     return header, table
+
+
+def _new_row(key: str, e: dict[str, Any]) -> list[str]:
+    """The table row of D (no target) or E (target on peak RSS and one stored body)."""
+    runs = " / ".join(f"{r['value']:,.0f}" for r in e["runs"])
+    workload = WORKLOAD[key].format(**e["params"])
+    rss = f"{e['rss_peak_mb']:.0f} MB"
+    if key == "D":
+        return [f"D {e['title']}", workload, _fmt(e["median"], e["unit"]), "none (reported)",
+                "n/a", runs, rss]
+    blob_files = max(r["blob_files"] for r in e["runs"])
+    blob_bytes = statistics.median(r["blob_bytes"] for r in e["runs"])
+    db = statistics.median(r["db_bytes"] + r["db_wal_bytes"] for r in e["runs"])
+    result = (f"{_fmt(e['median'], e['unit'])}; peak RSS {rss}; blobs {blob_bytes:,.0f} B in "
+              f"{blob_files} file(s); SQLite {db / 1e6:,.1f} MB")
+    _, comparison, bound, _ = TARGETS["E"]
+    met = _meets(e["rss_peak_mb"], comparison, bound) and blob_files == 1
+    return [f"E {e['title']}", workload, result,
+            f"peak RSS {comparison} {bound:g} MB, body stored once", "ok" if met else "MISSED",
+            runs, rss]
 
 
 def plain_table(header: Sequence[str], table: Sequence[Sequence[str]]) -> str:
@@ -150,6 +189,21 @@ def _detail_lines(entries: dict[str, dict[str, Any]]) -> list[str]:
                          f"ms; {med('elapsed_s'):.2f} s to the last delivery; relay CPU "
                          f"{med('relay_cpu_share'):.0%} of one core; "
                          f"{med('sink_transactions'):,.0f} SMTP transactions at the sink")
+        elif key == "D":
+            lines.append(f"D: accepted (first POST -> last 202) {med('accepted_per_s'):,.0f} "
+                         f"msgs/s; relay CPU {med('relay_cpu_share'):.0%} of one core while "
+                         f"running; load generator CPU {med('loadgen_cpu_s'):.2f} s")
+        elif key in ("E", "F"):
+            line = (f"{key}: post accepted after {med('post_accepted_after_s') * 1000:.0f} ms; "
+                    f"{med('elapsed_s'):.2f} s to the last delivery; relay CPU "
+                    f"{med('relay_cpu_share'):.0%} of one core; "
+                    f"{med('sink_transactions'):,.0f} SMTP transactions at the sink")
+            if key == "E":
+                line += (f"; stored: blobs {med('blob_bytes'):,.0f} B in "
+                         f"{med('blob_files'):.0f} file(s), SQLite {med('db_bytes'):,.0f} B "
+                         f"+ WAL {med('db_wal_bytes'):,.0f} B (grew by "
+                         f"{med('db_growth_bytes'):,.0f} B during the post)")
+            lines.append(line)
         elif key == "C":
             lines.append(f"C: min {med('min_ms'):.1f} ms, max {med('max_ms'):.1f} ms; the "
                          f"relay's 250 after p50 {med('accept_p50_ms'):.1f} ms "
@@ -162,7 +216,7 @@ def load_entries(path: Path = RESULTS_JSON) -> dict[str, dict[str, Any]]:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return {k: v for k, v in data.get("scenarios", {}).items() if k in ("A", "B", "C")}
+    return {k: v for k, v in data.get("scenarios", {}).items() if k in ALL_KEYS}
 
 
 def write_results(new: dict[str, dict[str, Any]], machine: dict[str, Any],
@@ -173,8 +227,9 @@ def write_results(new: dict[str, dict[str, Any]], machine: dict[str, Any],
     json_path.write_text(json.dumps({"scenarios": entries}, indent=2, sort_keys=True) + "\n")
     keep = ""
     if md_path.exists():
-        found = KEEP.search(md_path.read_text())
-        keep = found.group(0) if found else ""
+        text = md_path.read_text()
+        blocks = [found.group(0) for found in (PEERS.search(text), KEEP.search(text)) if found]
+        keep = "\n\n".join(blocks)
     md_path.write_text(markdown(entries, machine, keep))
 
 
@@ -251,8 +306,21 @@ METHOD = """\
   opens the relay's first connection to the sink) is not counted. p50 and p99 are
   nearest-rank percentiles of the posts of one run (with 50 posts p99 is the slowest);
   the table gives the median over runs of each.
+- **D** is A's load (same messages, 8 connections, its own process) sent as
+  `POST /v1/email?from=&to=` with `Authorization: Bearer <MAILFLOW_INGRESS_PSK>` over 8
+  `http.client` keep-alive connections to the relay's HTTP ingress; it counts messages /
+  (arrival of the last - first POST). No target: reported for comparison with A.
+- **E** sends one post to a 100,000-member list and counts deliveries / (arrival of the
+  last - start). It also reports what the post left on disk: the sum of the file sizes
+  under the data directory's `blobs/` (and the number of files: the body must be stored
+  once) and, separately, the SQLite store (`mailflow.db` and its `-wal`, with its growth
+  during the post). Its target is on the relay's peak RSS (<= 200 MB) and one blob file.
+- **F** sends one post to a 10,000-member list with `MAILFLOW_MAX_RECIPIENTS_PER_TRANSACTION=1`
+  (one SMTP transaction per recipient, as personalized mail would need) and counts
+  deliveries / (arrival of the last - start); the sink must see 10,000 transactions.
 - **RSS** is `VmHWM` from `/proc/PID/status` of the relay process at the end of each run
-  (its peak resident set since it started); MB = 10^6 bytes. The table gives the largest
-  value over all runs.
+  (its peak resident set since it started); MB = 10^6 bytes. The RSS row gives the
+  largest value over all runs of A-C (E has its own bound).
 - Medians are over the runs of one invocation. Nothing else is tuned: the relay runs with
-  its default settings (8 egress connections, 50 recipients per transaction)."""
+  its default settings (8 egress connections, 50 recipients per transaction), except F's
+  one recipient per transaction and D's ingress key."""

@@ -1,6 +1,8 @@
 """Run the benchmarks and report: ``python -m bench.run [options]`` (``make bench``).
 
-Scenarios (see ``bench/scenarios.py``): A ingest, B fan-out, C latency.  Each figure is
+Scenarios (see ``bench/scenarios.py``): A ingest, B fan-out, C latency, D HTTP ingest,
+E one post to a 100,000-member list, F personalized fan-out (one recipient per
+transaction).  ``--scenario all`` runs A to F.  Each figure is
 the median of ``--runs`` runs, each on a fresh relay, store and sink.  At ``--scale 1``
 the results are written to ``bench/RESULTS.md`` (and ``bench/results.json``) unless
 ``--no-write`` is given; other scales write only with ``--write-results``.
@@ -26,11 +28,13 @@ from bench import report
 from bench.scenarios import SCENARIOS, BenchError, Options, loadgen_ceiling, run_scenario
 from bench.sinks import SinkError, resolve_kind
 
+KEYS = tuple(SCENARIOS)
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description="MailFlow Relay benchmarks (see bench/).")
-    parser.add_argument("--scenario", choices=["A", "B", "C", "all", "a", "b", "c"],
+    parser.add_argument("--scenario", choices=[*KEYS, "all", *(k.lower() for k in KEYS)],
                         default="all", help="which scenario to run (default: all)")
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario (default 3)")
     parser.add_argument("--scale", type=float, default=1.0,
@@ -88,7 +92,7 @@ def code_version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    keys = ["A", "B", "C"] if args.scenario == "all" else [args.scenario.upper()]
+    keys = list(KEYS) if args.scenario == "all" else [args.scenario.upper()]
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -1,8 +1,13 @@
-"""The three benchmark scenarios, each run against a fresh relay, store and sink.
+"""The benchmark scenarios, each run against a fresh relay, store and sink.
 
 A (ingest): many ~2 KB messages to a one-member alias over 8 concurrent SMTP connections;
 B (fan-out): a few posts to a large list; C (latency): one post at a time to a 10-member
-list at idle.  Every run starts a new relay process on a new temporary data directory
+list at idle; D (HTTP ingest): A's load through ``POST /v1/email`` over 8 keep-alive HTTP
+connections; E (big list): one post to a 100,000-member list, with the relay's peak RSS
+and the bytes it stored; F (personalized fan-out): one post to a 10,000-member list with
+one SMTP transaction per recipient (``max_recipients_per_transaction=1``).
+
+Every run starts a new relay process on a new temporary data directory
 (SQLite, SMTP egress to the sink), so no run inherits another's queue or cache.
 
 Timing.  Start is ``time.time()`` just before the first SMTP command of the first
@@ -202,16 +207,21 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 @contextmanager
-def harness(options: Options, setup: Callable[[Repository, float], None]) -> Iterator[Harness]:
-    """A fresh data dir, sink and relay (set up by ``setup`` before it starts)."""
+def harness(options: Options, setup: Callable[[Repository, float], None],
+            settings: dict[str, str] | None = None) -> Iterator[Harness]:
+    """A fresh data dir, sink and relay (set up by ``setup`` before it starts).
+
+    ``settings`` are the scenario's own relay settings; they win over ``--set``.
+    """
     with tempfile.TemporaryDirectory(prefix="mailflow-bench-", dir=options.data_root) as tmp:
         sink = start_sink(options.sink_kind, options.sink_binary)
         relay: RelayProcess | None = None
         probe: StoreProbe | None = None
         try:
-            settings = {"MAILFLOW_EGRESS": "smtp", "MAILFLOW_SMTP_RELAY": sink.url,
-                        "MAILFLOW_LOG_LEVEL": "WARNING", **options.relay_settings}
-            relay = RelayProcess(Path(tmp) / "data", settings=settings)
+            env = {"MAILFLOW_EGRESS": "smtp", "MAILFLOW_SMTP_RELAY": sink.url,
+                   "MAILFLOW_LOG_LEVEL": "WARNING", **options.relay_settings,
+                   **(settings or {})}
+            relay = RelayProcess(Path(tmp) / "data", settings=env)
             relay.init()
             with relay.repository() as repo:
                 setup(repo, time.time())
@@ -422,11 +432,160 @@ def latency(options: Options) -> tuple[dict[str, Any], Callable[[], RunResult]]:
     return params, run
 
 
+# -- D: HTTP ingest -----------------------------------------------------------------------
+
+INGRESS_PSK = "bench-ingress-key"
+
+
+def http_ingest(options: Options) -> tuple[dict[str, Any], Callable[[], RunResult]]:
+    count = options.size(2000, minimum=8)
+    connections = min(8, count)
+    alias, target = f"ingest@{DOMAIN}", "rcpt@sink.test"
+    params = {"messages": count, "size_bytes": MESSAGE_SIZE, "connections": connections,
+              "alias_members": 1}
+
+    def run() -> RunResult:
+        with harness(options, _list_setup(alias, ListKind.ALIAS, [target]),
+                     {"MAILFLOW_INGRESS_PSK": INGRESS_PSK}) as h:
+            cpu_before = h.cpu_seconds()
+            command = [sys.executable, str(LOADGEN), "--protocol", "http", "--psk",
+                       INGRESS_PSK, "--port", str(h.relay.http_port), "--count", str(count),
+                       "--connections", str(connections), "--size", str(MESSAGE_SIZE),
+                       "--mail-from", SENDER, "--rcpt", alias]
+            limit = (60 + count / 20) * options.timeout_factor
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=limit)
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"the HTTP load generator did not finish in {limit:.0f} s\n"
+                                 f"{h.log_tail()}") from None
+            try:
+                gen = json.loads(done.stdout)
+            except ValueError:
+                raise BenchError(f"the HTTP load generator failed (status "
+                                 f"{done.returncode}): {done.stderr.strip()[-2000:]}") from None
+            if gen["refused"] or gen["sent"] != count:
+                raise BenchError(f"the relay accepted {gen['sent']} of {count} HTTP posts; "
+                                 f"first error: {gen['first_error']}\n{h.log_tail()}")
+            seen_at = h.wait_all_delivered(count, timeout=60 + count / 20, poll=0.020)
+            details = h.verify(count, count, count, count)
+            cpu = h.cpu_seconds() - cpu_before
+            start, end = gen["first_send"], h.arrival()
+            elapsed = end - start
+            details.update({
+                "elapsed_s": round(elapsed, 4),
+                "accepted_per_s": round(count / (gen["last_reply"] - start), 1),
+                "seen_by_poll_after_s": round(seen_at - start, 4),
+                "relay_cpu_s": round(cpu, 3),
+                "relay_cpu_share": round(cpu / elapsed, 2),
+                "loadgen_cpu_s": gen["cpu_seconds"],
+            })
+            return RunResult(count / elapsed, h.rss_mb(), details)
+
+    return params, run
+
+
+# -- E and F: one post to a big list ------------------------------------------------------
+
+def blob_usage(data_dir: Path) -> tuple[int, int]:
+    """(files, bytes) under the data dir's ``blobs/`` (temporary files included)."""
+    files = size = 0
+    root = data_dir / "blobs"
+    if root.is_dir():
+        for path in root.rglob("*"):
+            if path.is_file():
+                files += 1
+                size += path.stat().st_size
+    return files, size
+
+
+def db_bytes(data_dir: Path) -> tuple[int, int]:
+    """(main file, write-ahead log) sizes of the SQLite store, in bytes."""
+    sizes = []
+    for name in ("mailflow.db", "mailflow.db-wal"):
+        try:
+            sizes.append((data_dir / name).stat().st_size)
+        except OSError:
+            sizes.append(0)
+    return sizes[0], sizes[1]
+
+
+def one_post(h: Harness, address: str, members: int, per_tx: int, tag: str,
+             timeout: float) -> tuple[float, dict[str, Any]]:
+    """One post to ``address``; waits for its ``members`` deliveries: (deliveries/s, details)."""
+    message = make_message(0, MESSAGE_SIZE, SENDER, address, tag)
+    client = h.smtp_client()
+    cpu_before = h.cpu_seconds()
+    start = time.time()
+    try:
+        _queue_id(*send_one(client, SENDER, [address], message))
+        accepted = time.time()
+    finally:
+        client.quit()
+    seen_at = h.wait_all_delivered(members, timeout=timeout, poll=0.020)
+    details = h.verify(members, 1, math.ceil(members / per_tx), members)
+    cpu = h.cpu_seconds() - cpu_before
+    elapsed = h.arrival() - start
+    details.update({
+        "elapsed_s": round(elapsed, 4),
+        "post_accepted_after_s": round(accepted - start, 4),
+        "seen_by_poll_after_s": round(seen_at - start, 4),
+        "relay_cpu_s": round(cpu, 3),
+        "relay_cpu_share": round(cpu / elapsed, 2),
+    })
+    return members / elapsed, details
+
+
+def big_list(options: Options) -> tuple[dict[str, Any], Callable[[], RunResult]]:
+    members = options.size(100_000, minimum=10)
+    address = f"big@{DOMAIN}"
+    roster = [f"b{i:06d}@sink.test" for i in range(members)]
+    params = {"posts": 1, "members": members, "deliveries": members,
+              "size_bytes": MESSAGE_SIZE}
+
+    def run() -> RunResult:
+        with harness(options, _list_setup(address, ListKind.LIST, roster)) as h:
+            per_tx = int(options.relay_settings.get("MAILFLOW_MAX_RECIPIENTS_PER_TRANSACTION",
+                                                    "50"))
+            db_before = sum(db_bytes(h.relay.data_dir))
+            rate, details = one_post(h, address, members, per_tx, "biglist",
+                                     timeout=60 + members / 250)
+            files, blob_total = blob_usage(h.relay.data_dir)
+            db_main, db_wal = db_bytes(h.relay.data_dir)
+            details.update({
+                "blob_files": files, "blob_bytes": blob_total,
+                "db_bytes": db_main, "db_wal_bytes": db_wal,
+                "db_growth_bytes": db_main + db_wal - db_before,
+            })
+            return RunResult(rate, h.rss_mb(), details)
+
+    return params, run
+
+
+def personalized(options: Options) -> tuple[dict[str, Any], Callable[[], RunResult]]:
+    members = options.size(10_000, minimum=10)
+    address = f"personal@{DOMAIN}"
+    roster = [f"p{i:06d}@sink.test" for i in range(members)]
+    params = {"posts": 1, "members": members, "deliveries": members,
+              "size_bytes": MESSAGE_SIZE, "recipients_per_transaction": 1}
+
+    def run() -> RunResult:
+        with harness(options, _list_setup(address, ListKind.LIST, roster),
+                     {"MAILFLOW_MAX_RECIPIENTS_PER_TRANSACTION": "1"}) as h:
+            rate, details = one_post(h, address, members, 1, "personal",
+                                     timeout=60 + members / 100)
+            return RunResult(rate, h.rss_mb(), details)
+
+    return params, run
+
+
 SCENARIOS: dict[str, tuple[str, str, Callable[[Options], tuple[dict[str, Any],
                                                                   Callable[[], RunResult]]]]] = {
     "A": ("ingest", "msgs/s", ingest),
     "B": ("fan-out", "deliveries/s", fanout),
     "C": ("latency", "ms (p50)", latency),
+    "D": ("HTTP ingest", "msgs/s", http_ingest),
+    "E": ("big list", "deliveries/s", big_list),
+    "F": ("personalized fan-out", "deliveries/s", personalized),
 }
 
 

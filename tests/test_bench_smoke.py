@@ -19,7 +19,8 @@ from bench.sinks import find_smtp_sink
 pytestmark = pytest.mark.timeout(120)
 
 SMTP_SINK = find_smtp_sink()
-SCALE = 0.01  # A: 20 messages; B: 5 posts x 100 members; C: 5 posts (+1 warm-up) x 10
+SCALE = 0.01  # A, D: 20 messages; B: 5 posts x 100 members; C: 5 posts (+1 warm-up) x 10;
+# E: 1 post x 1,000 members; F: 1 post x 100 members, one recipient per transaction
 
 
 def options(kind: str | None = None) -> Options:
@@ -74,6 +75,40 @@ def test_latency_delivers_every_post(results: dict[str, ScenarioResult]) -> None
     results["C"] = result
 
 
+def test_http_ingest_delivers_every_message(results: dict[str, ScenarioResult]) -> None:
+    result = run_scenario("D", options())
+    (run,) = result.runs
+    assert result.params["messages"] == 20
+    assert run.details["messages"] == 20
+    assert run.details["delivered"] == 20
+    assert run.details["sink_transactions"] == 20
+    assert run.value > 0 and run.rss_mb > 0
+    results["D"] = result
+
+
+def test_big_list_stores_the_body_once(results: dict[str, ScenarioResult]) -> None:
+    result = run_scenario("E", options())
+    (run,) = result.runs
+    assert result.params["members"] == 1000
+    assert run.details["messages"] == 1
+    assert run.details["delivered"] == 1000
+    assert run.details["sink_transactions"] >= 20  # at most 50 recipients per transaction
+    assert run.details["blob_files"] == 1
+    assert run.details["blob_bytes"] > 0 and run.details["db_bytes"] > 0
+    results["E"] = result
+
+
+def test_personalized_fanout_sends_one_transaction_per_member(
+        results: dict[str, ScenarioResult]) -> None:
+    result = run_scenario("F", options())
+    (run,) = result.runs
+    assert result.params["members"] == 100
+    assert run.details["messages"] == 1
+    assert run.details["delivered"] == 100
+    assert run.details["sink_transactions"] == 100
+    results["F"] = result
+
+
 def test_report_renders_without_touching_results_md(
         results: dict[str, ScenarioResult], tmp_path: Path) -> None:
     if not results:
@@ -90,6 +125,11 @@ def test_report_renders_without_touching_results_md(
     for key in entries:
         assert f"| {key} " in text
     assert "| RSS |" in text
+    peers = "<!-- peers -->\nside by side\n<!-- /peers -->"
+    (tmp_path / "RESULTS.md").write_text(f"old\n{peers}\n{kept}\n")
+    report.write_results(entries, {}, tmp_path / "results.json", tmp_path / "RESULTS.md")
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert peers in text and kept in text
     after = report.RESULTS_MD.stat().st_mtime_ns if report.RESULTS_MD.exists() else None
     assert before == after
 
