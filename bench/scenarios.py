@@ -276,37 +276,43 @@ def ingest(options: Options) -> tuple[dict[str, Any], Callable[[], RunResult]]:
             command = [sys.executable, str(LOADGEN), "--port", str(h.relay.smtp_port),
                        "--count", str(count), "--connections", str(connections),
                        "--size", str(MESSAGE_SIZE), "--mail-from", SENDER, "--rcpt", alias]
-            limit = (60 + count / 20) * options.timeout_factor
-            try:
-                done = subprocess.run(command, capture_output=True, text=True, timeout=limit)
-            except subprocess.TimeoutExpired:
-                raise BenchError(f"the load generator did not finish in {limit:.0f} s\n"
-                                 f"{h.log_tail()}") from None
-            try:
-                gen = json.loads(done.stdout)
-            except ValueError:
-                raise BenchError(f"the load generator failed (status {done.returncode}): "
-                                 f"{done.stderr.strip()[-2000:]}") from None
-            if gen["refused"] or gen["sent"] != count:
-                raise BenchError(f"the relay accepted {gen['sent']} of {count} messages; "
-                                 f"first error: {gen['first_error']}\n{h.log_tail()}")
-            seen_at = h.wait_all_delivered(count, timeout=60 + count / 20, poll=0.020)
-            details = h.verify(count, count, count, count)
-            cpu = h.cpu_seconds() - cpu_before
-            start, end = gen["first_send"], h.arrival()
-            elapsed = end - start
-            details.update({
-                "elapsed_s": round(elapsed, 4),
-                "accepted_per_s": round(count / (gen["last_reply"] - start), 1),
-                "seen_by_poll_after_s": round(seen_at - start, 4),
-                "relay_cpu_s": round(cpu, 3),
-                "relay_cpu_share": round(cpu / elapsed, 2),
-                "loadgen_cpu_s": gen["cpu_seconds"],
-            })
-            return RunResult(count / elapsed, h.rss_mb(), details)
+            return measure_ingest(h, options, command, count, cpu_before, "SMTP messages")
 
     return params, run
 
+
+
+def measure_ingest(h: Harness, options: Options, command: list[str], count: int,
+                   cpu_before: float, what: str) -> RunResult:
+    """Run a load generator against the relay; messages/s from first send to last arrival."""
+    limit = (60 + count / 20) * options.timeout_factor
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"the load generator ({what}) did not finish in {limit:.0f} s\n"
+                         f"{h.log_tail()}") from None
+    try:
+        gen = json.loads(done.stdout)
+    except ValueError:
+        raise BenchError(f"the load generator ({what}) failed (status {done.returncode}): "
+                         f"{done.stderr.strip()[-2000:]}") from None
+    if gen["refused"] or gen["sent"] != count:
+        raise BenchError(f"the relay accepted {gen['sent']} of {count} {what}; "
+                         f"first error: {gen['first_error']}\n{h.log_tail()}")
+    seen_at = h.wait_all_delivered(count, timeout=60 + count / 20, poll=0.020)
+    details = h.verify(count, count, count, count)
+    cpu = h.cpu_seconds() - cpu_before
+    start, end = gen["first_send"], h.arrival()
+    elapsed = end - start
+    details.update({
+        "elapsed_s": round(elapsed, 4),
+        "accepted_per_s": round(count / (gen["last_reply"] - start), 1),
+        "seen_by_poll_after_s": round(seen_at - start, 4),
+        "relay_cpu_s": round(cpu, 3),
+        "relay_cpu_share": round(cpu / elapsed, 2),
+        "loadgen_cpu_s": gen["cpu_seconds"],
+    })
+    return RunResult(count / elapsed, h.rss_mb(), details)
 
 def loadgen_ceiling(options: Options) -> float:
     """The load generator's own rate, scenario A's load sent straight into a fresh sink."""
@@ -452,34 +458,7 @@ def http_ingest(options: Options) -> tuple[dict[str, Any], Callable[[], RunResul
                        INGRESS_PSK, "--port", str(h.relay.http_port), "--count", str(count),
                        "--connections", str(connections), "--size", str(MESSAGE_SIZE),
                        "--mail-from", SENDER, "--rcpt", alias]
-            limit = (60 + count / 20) * options.timeout_factor
-            try:
-                done = subprocess.run(command, capture_output=True, text=True, timeout=limit)
-            except subprocess.TimeoutExpired:
-                raise BenchError(f"the HTTP load generator did not finish in {limit:.0f} s\n"
-                                 f"{h.log_tail()}") from None
-            try:
-                gen = json.loads(done.stdout)
-            except ValueError:
-                raise BenchError(f"the HTTP load generator failed (status "
-                                 f"{done.returncode}): {done.stderr.strip()[-2000:]}") from None
-            if gen["refused"] or gen["sent"] != count:
-                raise BenchError(f"the relay accepted {gen['sent']} of {count} HTTP posts; "
-                                 f"first error: {gen['first_error']}\n{h.log_tail()}")
-            seen_at = h.wait_all_delivered(count, timeout=60 + count / 20, poll=0.020)
-            details = h.verify(count, count, count, count)
-            cpu = h.cpu_seconds() - cpu_before
-            start, end = gen["first_send"], h.arrival()
-            elapsed = end - start
-            details.update({
-                "elapsed_s": round(elapsed, 4),
-                "accepted_per_s": round(count / (gen["last_reply"] - start), 1),
-                "seen_by_poll_after_s": round(seen_at - start, 4),
-                "relay_cpu_s": round(cpu, 3),
-                "relay_cpu_share": round(cpu / elapsed, 2),
-                "loadgen_cpu_s": gen["cpu_seconds"],
-            })
-            return RunResult(count / elapsed, h.rss_mb(), details)
+            return measure_ingest(h, options, command, count, cpu_before, "HTTP posts")
 
     return params, run
 
