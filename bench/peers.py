@@ -51,7 +51,7 @@ from typing import Any
 from bench import machine as machine_info
 from bench import report
 from bench.loadgen import make_message, send_one
-from bench.run import code_version
+from bench.run import checked_args, code_version
 from bench.scenarios import (
     DOMAIN,
     LOADGEN,
@@ -264,14 +264,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sink", choices=["auto", "smtp-sink", "python"], default="auto")
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--timeout-factor", type=float, default=1.0)
-    args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
-    if args.scale <= 0:
-        parser.error("--scale must be positive")
-    if args.write is None:
-        args.write = args.scale == 1.0
-    return args
+    return checked_args(parser, argv)
 
 
 def side_by_side(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:

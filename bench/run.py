@@ -54,6 +54,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="where the temporary data directories go (default: $TMPDIR)")
     parser.add_argument("--timeout-factor", type=float, default=1.0,
                         help="multiply every completion timeout (slow machines)")
+    return checked_args(parser, argv)
+
+
+def checked_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse and check the options every bench command shares (--runs, --scale, --write)."""
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")

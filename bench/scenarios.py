@@ -263,12 +263,17 @@ def nearest_rank(values: list[float], percentile: float) -> float:
 
 # -- A: ingest ----------------------------------------------------------------------------
 
-def ingest(options: Options) -> tuple[dict[str, Any], Callable[[], RunResult]]:
+def ingest_load(options: Options) -> tuple[int, int, str, str, dict[str, Any]]:
+    """A's and D's load: (messages, connections, alias, its one target, params)."""
     count = options.size(2000, minimum=8)
     connections = min(8, count)
-    alias, target = f"ingest@{DOMAIN}", "rcpt@sink.test"
     params = {"messages": count, "size_bytes": MESSAGE_SIZE, "connections": connections,
               "alias_members": 1}
+    return count, connections, f"ingest@{DOMAIN}", "rcpt@sink.test", params
+
+
+def ingest(options: Options) -> tuple[dict[str, Any], Callable[[], RunResult]]:
+    count, connections, alias, target, params = ingest_load(options)
 
     def run() -> RunResult:
         with harness(options, _list_setup(alias, ListKind.ALIAS, [target])) as h:
@@ -444,11 +449,7 @@ INGRESS_PSK = "bench-ingress-key"
 
 
 def http_ingest(options: Options) -> tuple[dict[str, Any], Callable[[], RunResult]]:
-    count = options.size(2000, minimum=8)
-    connections = min(8, count)
-    alias, target = f"ingest@{DOMAIN}", "rcpt@sink.test"
-    params = {"messages": count, "size_bytes": MESSAGE_SIZE, "connections": connections,
-              "alias_members": 1}
+    count, connections, alias, target, params = ingest_load(options)
 
     def run() -> RunResult:
         with harness(options, _list_setup(alias, ListKind.ALIAS, [target]),

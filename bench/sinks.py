@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -50,6 +51,16 @@ def find_smtp_sink() -> str | None:
             return candidate
     return shutil.which("smtp-sink")
 
+
+
+def wait_transactions(transactions: Callable[[], int], count: int, timeout: float) -> int:
+    """Poll a sink's transaction counter until it reaches ``count`` or time runs out."""
+    deadline = time.monotonic() + timeout
+    seen = transactions()
+    while seen < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+        seen = transactions()
+    return seen
 
 class PostfixSink:
     """``smtp-sink -c [-u nobody] 127.0.0.1:PORT BACKLOG`` in a child process."""
@@ -102,12 +113,7 @@ class PostfixSink:
 
     def wait_transactions(self, count: int, timeout: float = 5.0) -> int:
         """The counters are written when a transaction ends: wait briefly for the last."""
-        deadline = time.monotonic() + timeout
-        seen = self.transactions()
-        while seen < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-            seen = self.transactions()
-        return seen
+        return wait_transactions(self.transactions, count, timeout)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -152,12 +158,7 @@ class PythonSink:
             return sum(len(m.rcpt_tos) for m in self._sink.handler.messages)
 
     def wait_transactions(self, count: int, timeout: float = 5.0) -> int:
-        deadline = time.monotonic() + timeout
-        seen = self.transactions()
-        while seen < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-            seen = self.transactions()
-        return seen
+        return wait_transactions(self.transactions, count, timeout)
 
     def stop(self) -> None:
         self._sink.stop()

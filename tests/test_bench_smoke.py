@@ -35,15 +35,16 @@ def results() -> dict[str, ScenarioResult]:
     return {}
 
 
-def test_ingest_delivers_every_message(results: dict[str, ScenarioResult]) -> None:
-    result = run_scenario("A", options())
+@pytest.mark.parametrize("key", ["A", "D"], ids=["smtp", "http"])
+def test_ingest_delivers_every_message(key: str, results: dict[str, ScenarioResult]) -> None:
+    result = run_scenario(key, options())
     (run,) = result.runs
     assert result.params["messages"] == 20
     assert run.details["messages"] == 20
     assert run.details["delivered"] == 20
     assert run.details["sink_transactions"] == 20
     assert run.value > 0 and run.rss_mb > 0
-    results["A"] = result
+    results[key] = result
 
 
 def test_fanout_delivers_to_every_member(results: dict[str, ScenarioResult]) -> None:
@@ -73,17 +74,6 @@ def test_latency_delivers_every_post(results: dict[str, ScenarioResult]) -> None
     assert run.details["sink_transactions"] == posts + 1
     assert 0 < run.details["p50_ms"] <= run.details["p99_ms"]
     results["C"] = result
-
-
-def test_http_ingest_delivers_every_message(results: dict[str, ScenarioResult]) -> None:
-    result = run_scenario("D", options())
-    (run,) = result.runs
-    assert result.params["messages"] == 20
-    assert run.details["messages"] == 20
-    assert run.details["delivered"] == 20
-    assert run.details["sink_transactions"] == 20
-    assert run.value > 0 and run.rss_mb > 0
-    results["D"] = result
 
 
 def test_big_list_stores_the_body_once(results: dict[str, ScenarioResult]) -> None:
