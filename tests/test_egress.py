@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import ssl
 import subprocess
@@ -134,3 +135,103 @@ async def test_stdout_egress_prints_envelope_and_message() -> None:
     printed = stream.getvalue()
     assert b"MAIL FROM:<l@x.test>" in printed and b"RCPT TO:<b@x.test>" in printed
     assert CONTENT in printed
+
+
+class BatchingServer:
+    """An SMTP server that answers an envelope only once all of it (up to DATA) arrived.
+
+    A client that waits for each reply before the next command never gets one, so a
+    transaction succeeds here only when it is really pipelined.
+    """
+
+    def __init__(self) -> None:
+        self.reads: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> BatchingServer:
+        self.server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"smtp://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 batching.test ESMTP\r\n")
+        pending: list[bytes] = []
+        try:
+            while line := await asyncio.wait_for(reader.readline(), 10):
+                command = line.strip().upper()
+                if command.startswith(b"EHLO"):
+                    writer.write(b"250-batching.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+                elif command in (b"QUIT", b"NOOP", b"RSET"):
+                    writer.write(b"221 bye\r\n" if command == b"QUIT" else b"250 ok\r\n")
+                elif command == b"DATA":
+                    self.reads.append(b"".join(pending) + line)
+                    replies = [b"550 5.1.1 no such user\r\n" if b"<nobody@" in p
+                               else b"250 ok\r\n" for p in pending]
+                    writer.write(b"".join(replies) + b"354 go on\r\n")
+                    pending = []
+                    body = await asyncio.wait_for(reader.readuntil(b"\r\n.\r\n"), 10)
+                    self.reads.append(body)
+                    writer.write(b"250 2.0.0 queued\r\n")
+                else:
+                    pending.append(line)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+async def test_envelope_is_pipelined_in_one_write() -> None:
+    async with BatchingServer() as server:
+        egress = egress_for(server.url)
+        try:
+            replies = await egress.send("l@x.test", ["a@x.test", "nobody@x.test", "c@x.test"],
+                                        b"Subject: t\r\n\r\n.dot line\r\nend")
+        finally:
+            await egress.close()
+    assert [(r.recipient, r.code) for r in replies] == [
+        ("a@x.test", 250), ("nobody@x.test", 550), ("c@x.test", 250)]
+    envelope, body = server.reads
+    assert envelope.count(b"RCPT TO:") == 3 and envelope.endswith(b"DATA\r\n")
+    assert body == b"Subject: t\r\n\r\n..dot line\r\nend\r\n.\r\n"  # stuffed, CRLF-ended
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "lock-step"])
+async def test_refused_sender_applies_to_every_recipient(pipelining: bool) -> None:
+    """A temporary MAIL FROM refusal must not turn into permanent 503s for the RCPTs."""
+    with SmtpSink() as sink:
+        sink.handler.pipelining = pipelining
+        sink.handler.mail_replies.append("451 4.3.2 try later")
+        egress = egress_for(sink.url)
+        try:
+            replies = await egress.send("l@x.test", ["a@x.test", "b@x.test"], CONTENT)
+            assert [(r.code, r.permanent) for r in replies] == [(451, False), (451, False)]
+            again = await egress.send("l@x.test", ["a@x.test", "b@x.test"], CONTENT)
+            assert all(r.delivered for r in again)  # the session was reset, not broken
+        finally:
+            await egress.close()
+        assert sink.handler.connections == 1
+        assert sink.recipients() == ["a@x.test", "b@x.test"]
+        assert sink.messages[0].content == CONTENT
+
+
+async def test_lock_step_when_pipelining_is_not_offered() -> None:
+    with SmtpSink() as sink:
+        sink.handler.pipelining = False
+        sink.fail_rcpt("a@x.test", "550 5.1.1 unknown")
+        egress = egress_for(sink.url)
+        try:
+            [refused] = await egress.send("l@x.test", ["a@x.test"], CONTENT)
+            replies = await egress.send("l@x.test", ["a@x.test", "b@x.test"], CONTENT)
+        finally:
+            await egress.close()
+        assert refused.code == 550
+        assert all(r.delivered for r in replies)
+        assert sink.recipients() == ["a@x.test", "b@x.test"]

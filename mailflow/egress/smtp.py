@@ -1,9 +1,11 @@
-"""SMTP egress: hands mail to a relay through a pool of reused aiosmtplib connections.
+"""SMTP egress: hands mail to a relay through a pool of reused, pipelining connections.
 
 Connections are kept open between transactions (a NOOP checks one that sat idle), closed
 and replaced on any protocol error, and opened with implicit TLS or STARTTLS and AUTH as
 the relay URL says.  Per-recipient RCPT replies are kept apart, so one refused member does
-not fail the others sharing the transaction.
+not fail the others sharing the transaction.  The wire work is
+:mod:`mailflow.egress.smtp_client`'s; this module owns the pool and turns the server's
+replies into one answer per recipient.
 """
 
 from __future__ import annotations
@@ -12,21 +14,31 @@ import asyncio
 import logging
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
-
-import aiosmtplib
 
 from mailflow.config import SmtpRelay
 from mailflow.egress.base import RecipientReply
+from mailflow.egress.smtp_client import (
+    Reply,
+    SmtpClient,
+    SmtpClientError,
+    SmtpProtocolError,
+    TransactionReplies,
+    dot_stuffed,
+)
 from mailflow.errors import EgressUnavailable
 
 log = logging.getLogger(__name__)
+
+PAYLOAD_CACHE = 16  # dot-stuffed copies kept: the scheduler sends one copy many times
+_CONNECTION_ERRORS = (SmtpProtocolError, OSError, TimeoutError)
 
 
 class _Connection:
     __slots__ = ("client", "last_used")
 
-    def __init__(self, client: aiosmtplib.SMTP) -> None:
+    def __init__(self, client: SmtpClient) -> None:
         self.client = client
         self.last_used = time.monotonic()
 
@@ -39,9 +51,11 @@ class SmtpEgress:
         self.relay = relay
         self.timeout = timeout
         self.idle_check = idle_check
-        self.local_hostname = local_hostname
+        self.local_hostname = local_hostname or "localhost"
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(pool_size)
+        # keyed by id(content); the content itself is kept so the id cannot be reused
+        self._payloads: OrderedDict[int, tuple[bytes, bytes, bool]] = OrderedDict()
         self.connections_opened = 0
 
     async def start(self) -> None:
@@ -49,38 +63,28 @@ class SmtpEgress:
 
     async def send(self, mail_from: str, recipients: Sequence[str],
                    content: bytes) -> list[RecipientReply]:
+        data, eight_bit = self._payload(content)
         async with self._slots:
             conn = await self._acquire()
             try:
-                replies = await self._transaction(conn.client, mail_from, recipients, content)
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                replies = await conn.client.send(mail_from, recipients, data,
+                                                 eight_bit=eight_bit)
+            except _CONNECTION_ERRORS as exc:
                 conn.client.close()
-                if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 400:
-                    # MAIL FROM or DATA refused: it applies to every recipient.
-                    text = exc.message.replace("\n", " ")
-                    return [RecipientReply(r, exc.code, text) for r in recipients]
                 raise EgressUnavailable(f"{self.relay.host}:{self.relay.port}: "
                                         f"{type(exc).__name__}: {exc}") from exc
             conn.last_used = time.monotonic()
             self._idle.append(conn)
-            return replies
+        return per_recipient(recipients, replies)
 
-    async def _transaction(self, client: aiosmtplib.SMTP, mail_from: str,
-                           recipients: Sequence[str], content: bytes) -> list[RecipientReply]:
-        try:
-            refused, data_reply = await client.sendmail(mail_from, list(recipients), content)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            return [RecipientReply(e.recipient, e.code, e.message.replace("\n", " "))
-                    for e in exc.recipients]
-        replies = []
-        for rcpt in recipients:
-            if rcpt in refused:
-                answer = refused[rcpt]
-                replies.append(RecipientReply(rcpt, answer.code,
-                                              answer.message.replace("\n", " ")))
-            else:
-                replies.append(RecipientReply(rcpt, 250, data_reply.replace("\n", " ")))
-        return replies
+    def _payload(self, content: bytes) -> tuple[bytes, bool]:
+        entry = self._payloads.get(id(content))
+        if entry is None or entry[0] is not content:
+            entry = (content, dot_stuffed(content), not content.isascii())
+            self._payloads[id(content)] = entry
+            while len(self._payloads) > PAYLOAD_CACHE:
+                self._payloads.popitem(last=False)
+        return entry[1], entry[2]
 
     async def _acquire(self) -> _Connection:
         while self._idle:
@@ -92,27 +96,22 @@ class SmtpEgress:
             try:
                 await conn.client.noop()
                 return conn
-            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            except _CONNECTION_ERRORS:
                 conn.client.close()
         return _Connection(await self._connect())
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self) -> SmtpClient:
         relay = self.relay
-        tls_context = None
-        if relay.tls != "none":
-            tls_context = ssl.create_default_context()
-            if not relay.verify_tls:
-                tls_context.check_hostname = False
-                tls_context.verify_mode = ssl.CERT_NONE
-        client = aiosmtplib.SMTP(
-            hostname=relay.host, port=relay.port, timeout=self.timeout,
-            use_tls=relay.tls == "implicit", start_tls=relay.tls == "starttls",
-            tls_context=tls_context, local_hostname=self.local_hostname,
-            username=relay.username, password=relay.password,
-        )
+        context = ssl.create_default_context()
+        if not relay.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
         try:
-            await client.connect()
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client = await SmtpClient.connect(
+                relay.host, relay.port, reply_timeout=self.timeout,
+                local_hostname=self.local_hostname, tls=relay.tls, tls_context=context,
+                username=relay.username, password=relay.password)
+        except (SmtpClientError, *_CONNECTION_ERRORS) as exc:
             raise EgressUnavailable(f"cannot connect to {relay.host}:{relay.port}: {exc}") \
                 from exc
         self.connections_opened += 1
@@ -123,5 +122,20 @@ class SmtpEgress:
         for conn in idle:
             try:
                 await asyncio.wait_for(conn.client.quit(), timeout=2)
-            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            except _CONNECTION_ERRORS:
                 conn.client.close()
+
+
+def per_recipient(recipients: Sequence[str],
+                  replies: TransactionReplies) -> list[RecipientReply]:
+    """One answer per recipient: MAIL's refusal, else its RCPT's, else DATA's end."""
+    if not replies.mail.ok:
+        return [_answer(r, replies.mail) for r in recipients]
+    answers = []
+    for recipient, rcpt in zip(recipients, replies.recipients, strict=True):
+        answers.append(_answer(recipient, rcpt if not rcpt.ok else replies.data))
+    return answers
+
+
+def _answer(recipient: str, reply: Reply) -> RecipientReply:
+    return RecipientReply(recipient, reply.code, reply.text.replace("\n", " "))

@@ -1,8 +1,9 @@
 """An SMTP sink on loopback that records what arrives and answers as a test tells it.
 
 Runs aiosmtpd in its own thread (``aiosmtpd.controller.Controller``), so synchronous tests
-and benchmarks can use it.  Fault injection: replies queued per recipient (``rcpt_replies``)
-or for the DATA command (``data_replies``), used in order before answering 250.
+and benchmarks can use it.  Fault injection: replies queued for MAIL FROM (``mail_replies``), per
+recipient (``rcpt_replies``) or for the DATA command (``data_replies``), used in order
+before answering 250.  It announces PIPELINING unless told not to (``pipelining``).
 """
 
 from __future__ import annotations
@@ -32,15 +33,29 @@ class SinkHandler:
     messages: list[Received] = field(default_factory=list)
     rcpt_replies: dict[str, deque[str]] = field(default_factory=dict)
     data_replies: deque[str] = field(default_factory=deque)
+    mail_replies: deque[str] = field(default_factory=deque)
     transactions: int = 0
     connections: int = 0
     data_delay: float = 0.0  # seconds to wait before answering DATA (a slow next hop)
+    pipelining: bool = True  # announce PIPELINING (aiosmtpd reads pipelined commands fine)
     lock: threading.Condition = field(default_factory=threading.Condition)
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
+        if self.pipelining:
+            responses.insert(1, "250-PIPELINING")
         return responses
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        with self.lock:
+            reply = self.mail_replies.popleft() if self.mail_replies else None
+        if reply is not None:
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
