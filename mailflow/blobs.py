@@ -1,7 +1,8 @@
 """Content-addressed blob store: each distinct message body is one file, named by SHA-256.
 
-Files are written to a temporary name, fsynced, renamed into place and their directory
-fsynced, so a blob that the database refers to survives a crash or power loss.  A post to
+Files are written to a temporary name, renamed into place and made durable (one syncfs
+per batch) before the database may refer to them, so a blob that the database refers to
+survives a crash or power loss.  A post to
 a 10,000-member list is stored once; deliveries refer to it by hash.
 """
 
@@ -16,6 +17,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+DURABLE_REMEMBERED = 100_000  # digests known durable (older ones are hash-checked again)
 
 
 def content_hash(data: bytes) -> str:
@@ -34,6 +37,8 @@ class BlobStore:
         self.cache_bytes = cache_bytes
         self._recent: OrderedDict[str, bytes] = OrderedDict()
         self._recent_size = 0
+        # Digests whose files this process made durable or checked (insertion order).
+        self._durable: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
     def cached(self, digest: str) -> bytes | None:
@@ -60,18 +65,25 @@ class BlobStore:
     def write_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         """Durably write the blobs that are not on disk yet (blocking: run in a thread).
 
-        Every new file is written under a temporary name, made durable, then renamed into
-        place, and the rename made durable too.  Where the kernel has ``syncfs`` (Linux),
-        one call covers all files of a batch: on ext4 an fsync costs about a millisecond
-        per file whatever the parallelism, so per-file fsync would cap a batch of N
-        messages at N ms; elsewhere each file and folder is fsynced.
+        Every new file is written under a temporary name and renamed into place, then
+        one ``syncfs`` (Linux) makes the contents and the names durable together: on ext4
+        an fsync costs about a millisecond per file whatever the parallelism, so per-file
+        fsync would cap a batch of N messages at N ms, and a second sync for the names
+        would double the wait of every ingest.  Elsewhere each file is fsynced before its
+        rename and the folders after.
+
+        The price of renaming before the sync: after a crash a file may sit under its
+        final name with a torn content.  No message refers to it (the database commit
+        waits for this sync), and a file this process has not made durable itself is
+        checked against its hash before it is reused, so a torn one is written again.
         """
         pending: list[tuple[Path, Path]] = []
+        written: list[str] = []
         dirs: set[Path] = set()
         for digest, data in items:
             self._remember(digest, data)
             target = self.path(digest)
-            if target.exists():
+            if target.exists() and (digest in self._durable or self._intact(target, digest)):
                 continue
             if not target.parent.is_dir():
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -87,13 +99,29 @@ class BlobStore:
             finally:
                 os.close(fd)
             pending.append((tmp, target))
+            written.append(digest)
             dirs.add(target.parent)
         if not pending:
             return
-        self._sync(dirs)  # the contents, before any file gets its final name
         for tmp, target in pending:
             os.replace(tmp, target)
-        self._sync(dirs)  # the names
+        self._sync(dirs)
+        with self._lock:
+            for digest in written:
+                self._durable[digest] = None
+            while len(self._durable) > DURABLE_REMEMBERED:
+                self._durable.popitem(last=False)
+
+    def _intact(self, target: Path, digest: str) -> bool:
+        """Whether a file found on disk holds the content its name promises."""
+        try:
+            intact = content_hash(target.read_bytes()) == digest
+        except OSError:
+            return False
+        if intact:
+            with self._lock:
+                self._durable[digest] = None
+        return intact
 
     def _sync(self, dirs: set[Path]) -> None:
         if _syncfs is not None:
@@ -116,6 +144,7 @@ class BlobStore:
             with self._lock:
                 data = self._recent.pop(digest, None)
                 self._recent_size -= len(data) if data is not None else 0
+                self._durable.pop(digest, None)
             self.path(digest).unlink(missing_ok=True)
 
 

@@ -191,3 +191,22 @@ def test_small_posts_are_expanded_in_the_ingest_transaction(repo: Repository,
     assert repo.delivery_counts()["queued"] == 2
     assert expand(repo) == 1
     assert repo.delivery_counts()["queued"] == 12
+
+
+def test_a_torn_blob_left_by_a_crash_is_written_again(tmp_path: Path) -> None:
+    """Files are renamed into place before the sync, so a crash can leave a torn one."""
+    data = b"Subject: x\r\n\r\n" + b"body line\r\n" * 100
+    digest = content_hash(data)
+    first = BlobStore(tmp_path / "blobs")
+    first.write_many([(digest, data)])
+    path = first.path(digest)
+    path.write_bytes(data[:7])  # what a power cut between rename and sync can leave
+
+    restarted = BlobStore(tmp_path / "blobs")  # a new process knows nothing durable
+    restarted.write_many([(digest, data)])
+    assert path.read_bytes() == data
+
+    inode = path.stat().st_ino
+    BlobStore(tmp_path / "blobs").write_many([(digest, data)])  # intact: kept as it is
+    assert path.stat().st_ino == inode
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
