@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import secrets
+import os
+import random
+
+# Queue ids need to be unique, not unguessable: a seeded generator spares every ingest
+# a getrandom(2) system call (secrets), which showed in profiles of the ingest path.
+_random = random.Random(os.urandom(16))
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(16)))
 
 
 def new_message_id(now: float) -> str:
-    return f"{int(now * 1000):011x}{secrets.token_hex(5)}"
+    return f"{int(now * 1000):011x}{_random.getrandbits(40):010x}"

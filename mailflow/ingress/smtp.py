@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -43,11 +44,39 @@ class _EnhancedSizeReplies:
         await super().push(status)  # type: ignore[misc]
 
 
-class RelaySMTP(_EnhancedSizeReplies, SMTP):
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+# <dot-atom@domain> and the parameters after it: nearly every MAIL and RCPT argument.
+_PLAIN_PATH = re.compile(
+    rf"\s*<({_ATEXT}+(?:\.{_ATEXT}+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*([^(]*)", re.S)
+
+
+class _FastPaths:
+    """Parse plain ``<local@domain>`` paths without the email package's header parser.
+
+    aiosmtpd parses every MAIL and RCPT argument with ``email._header_value_parser``, a
+    general RFC 5322 tokenizer that cost about a fifth of the event loop's time under
+    ingest load.  A path that is a plain dot-atom address gets the same result from one
+    regular expression; anything else (quoted local parts, comments, ``<>``, UTF-8)
+    still goes to aiosmtpd's parser.
+    """
+
+    local_part_limit: int
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        match = _PLAIN_PATH.fullmatch(arg)
+        if match is None:
+            return super()._getaddr(arg)  # type: ignore[misc, no-any-return]
+        address = match.group(1)
+        if self.local_part_limit and address.index("@") > self.local_part_limit:
+            return None, None
+        return address, match.group(2)
+
+
+class RelaySMTP(_FastPaths, _EnhancedSizeReplies, SMTP):
     pass
 
 
-class RelayLMTP(_EnhancedSizeReplies, LMTP):
+class RelayLMTP(_FastPaths, _EnhancedSizeReplies, LMTP):
     pass
 
 

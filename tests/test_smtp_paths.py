@@ -1,0 +1,30 @@
+"""The listener's fast MAIL/RCPT path parser gives exactly what aiosmtpd's own gives."""
+
+from __future__ import annotations
+
+import pytest
+from aiosmtpd.smtp import SMTP
+
+from mailflow.ingress.smtp import RelayLMTP, RelaySMTP
+
+ARGUMENTS = [
+    "<a@b.test>", "<a@b.test> SIZE=100", " <a.b+c@x-y.test>  BODY=8BITMIME",
+    "<a@b.test>\tSIZE=2 BODY=7BIT", "<a@b.test>x", "<a..b@c.test>", '<"q r"@b.test>',
+    "<>", "<a@b.test> (comment) SIZE=1", "<a@[127.0.0.1]>", "<ü@b.test> SMTPUTF8",
+    "a@b.test", "<a@b.test", "<@relay.test:a@b.test>", "<.a@b.test>", "",
+]
+
+
+class _Handler:
+    pass
+
+
+@pytest.mark.parametrize("argument", ARGUMENTS)
+@pytest.mark.parametrize("limit", [0, 3])
+def test_fast_path_parser_agrees_with_aiosmtpd(argument: str, limit: int) -> None:
+    reference = SMTP(_Handler())
+    reference.local_part_limit = limit
+    for server_class in (RelaySMTP, RelayLMTP):
+        server = server_class(_Handler())
+        server.local_part_limit = limit
+        assert server._getaddr(argument) == reference._getaddr(argument)
