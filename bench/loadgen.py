@@ -16,6 +16,8 @@ the first error, and the CPU seconds the generator used.
 With ``--protocol http`` (scenario D) each connection is an ``http.client``
 keep-alive connection to the relay's HTTP ingress, and each message is one
 ``POST /v1/email?from=&to=`` with ``Authorization: Bearer <--psk>``; 2xx counts as sent.
+With ``--protocol lmtp`` (GNU Mailman's LMTP runner, ``python -m bench.peers``) the
+connections speak LMTP (``LHLO``; one recipient, so one DATA reply), the same messages.
 """
 
 from __future__ import annotations
@@ -117,8 +119,9 @@ def run(host: str, port: int, count: int, connections: int, size: int, mail_from
         if protocol == "http":
             clients.append(HttpClient(host, port, psk, mail_from, rcpt, timeout))
             continue
-        client = smtplib.SMTP(host, port, local_hostname="loadgen.test", timeout=timeout)
-        client.ehlo()
+        kind = smtplib.LMTP if protocol == "lmtp" else smtplib.SMTP
+        client = kind(host, port, local_hostname="loadgen.test", timeout=timeout)
+        client.ehlo()  # LHLO for LMTP
         clients.append(client)
     lock = threading.Lock()
     state = {"next": 0, "sent": 0, "refused": 0, "first_error": None, "last_reply": 0.0}
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rcpt", required=True)
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds allowed for each SMTP command or HTTP request")
-    parser.add_argument("--protocol", choices=["smtp", "http"], default="smtp")
+    parser.add_argument("--protocol", choices=["smtp", "http", "lmtp"], default="smtp")
     parser.add_argument("--psk", default="", help="bearer key for --protocol http")
     args = parser.parse_args(argv)
     result = run(args.host, args.port, args.count, args.connections, args.size,

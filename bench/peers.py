@@ -1,48 +1,41 @@
-"""MailFlow side by side with Postfix: ``python -m bench.peers [options]`` (``make bench-peers``).
+"""MailFlow side by side with Postfix and GNU Mailman 3: ``python -m bench.peers [options]``.
 
-Runs scenarios A (ingest) and B (fan-out) twice per run: once against MailFlow exactly as
-``bench.run`` does, once against a private Postfix in the same relay role, and prints
-both medians with their ratio.  At ``--scale 1`` the table goes into its own section of
+``make bench-peers`` (which first builds Mailman's own virtualenv, ``make mailman-venv``).
+Runs scenarios A (ingest), B (fan-out), C (latency), E (100,000-member list) and F
+(one transaction per recipient) against three systems in turn, run after run: MailFlow
+exactly as ``bench.run`` does (:mod:`bench.scenarios`), a private Postfix in the same
+relay role (:mod:`bench.postfix_peer`) and a private GNU Mailman 3 core
+(:mod:`bench.mailman_peer`), each with the same workload and the same kind of sink (Postfix's
+``smtp-sink``), and prints each system's median with the ratios MailFlow / Postfix and
+MailFlow / Mailman.  At ``--scale 1`` the table goes into its own section of
 ``bench/RESULTS.md`` (between ``<!-- peers -->`` markers, which ``make bench`` keeps)
 unless ``--no-write`` is given, and the runs into ``bench/peers.json``.
 
-The Postfix relay.  :class:`mailflow.testing.postfix.PostfixInstance` (its own
-configuration, queue and maillog in a temporary folder; smtpd on a free loopback port;
-needs root) with ``virtual_alias_domains = bench.test`` and a ``texthash``
-``virtual_alias_maps`` that expands the alias or list address to the same members as
-MailFlow's store holds (``virtual_alias_expansion_limit`` and
-``virtual_alias_recursion_limit`` raised to fit), ``transport_maps`` sending the
-members' domain to the same kind of sink (``smtp:[127.0.0.1]:PORT``) and
-``smtp_destination_recipient_limit = 50`` (MailFlow's recipients per transaction).
-Everything else is Postfix's default (e.g. up to 20 parallel connections to the sink,
-where MailFlow uses 8); a fresh instance and a fresh sink for every run.
+How each peer is configured, timed and checked is in the docstrings of those modules
+(and in the RESULTS.md section).  In short: start is always ``time.time()`` before the
+first command of the first message; the end is MailFlow's own delivery stamps, Postfix's
+``status=sent`` maillog lines as they appear (C: the sink's transaction files), and the
+modification times of the sink's transaction files for Mailman (``smtp-sink -d``).
+Peak RSS is the relay's ``VmHWM`` for MailFlow (one process) and the peak of the sum of
+``VmRSS`` over all processes (sampled every 100 ms) for Postfix and Mailman.
 
-Timing.  Start is as for MailFlow (``time.time()`` before the first SMTP command of the
-first message).  ``smtp-sink`` cannot timestamp arrivals and the maillog's timestamps
-have whole seconds only, so a thread of this process follows the maillog every 10 ms
-(reading only what was appended) and notes ``time.time()`` when each ``status=sent``
-line appears; the end is when the last expected one appeared (at most ~10 ms late: a
-conservative figure, as MailFlow's).  Completion is checked with ``postqueue -j``
-(polled until the queue is empty), then the run checks that the maillog has exactly one
-``status=sent`` line per expected delivery, none deferred or bounced, and that the sink
-saw the expected number of transactions.
+``--mailman-e-scale`` runs Mailman's E at a fraction of E's 100,000 members (making the
+members and expanding them takes Mailman minutes); the table then says at what size.
+If Mailman cannot run (no virtualenv) or a Mailman run fails, its cells say why and
+the other systems' figures still stand.
 
-Exit status: 0 when every run completed, 2 when one could not.
+Exit status: 0 when every MailFlow and Postfix run completed, 2 when one could not.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import re
 import shlex
-import smtplib
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,274 +43,208 @@ from typing import Any
 
 from bench import machine as machine_info
 from bench import report
-from bench.loadgen import make_message, send_one
+from bench.mailman_peer import MAILMAN_SCENARIOS, mailman_problem, mailman_version
+from bench.postfix_peer import POSTFIX_SCENARIOS
 from bench.run import checked_args, code_version
-from bench.scenarios import (
-    DOMAIN,
-    LOADGEN,
-    MESSAGE_SIZE,
-    SCENARIOS,
-    SENDER,
-    BenchError,
-    Options,
-    run_scenario,
-)
-from bench.sinks import PostfixSink, PythonSink, SinkError, resolve_kind, start_sink
-from mailflow.testing.postfix import PostfixError, PostfixInstance, postfix_problem
+from bench.scenarios import SCENARIOS, BenchError, Options, run_scenario
+from bench.sinks import SinkError, resolve_kind
+from mailflow.testing.postfix import PostfixError, postfix_problem
 
 PEERS_JSON = report.HERE / "peers.json"
-SENT = re.compile(r" status=sent ")
-NOT_SENT = re.compile(r" status=(deferred|bounced|expired) .*")
-POSTFIX_KEYS = ("A", "B")
-
-
-class MaillogFollower:
-    """Follows a maillog from a thread: when did each ``status=sent`` line appear."""
-
-    def __init__(self, path: Path, interval: float = 0.010) -> None:
-        self.path = path
-        self.interval = interval
-        self.sent = 0
-        self.last_sent_at: float | None = None
-        self.problems: list[str] = []
-        self._offset = 0
-        self._partial = b""
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def start(self) -> MaillogFollower:
-        try:
-            self._offset = self.path.stat().st_size  # only what happens from now on
-        except OSError:
-            self._offset = 0
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.poll()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.poll()
-
-    def poll(self) -> None:
-        with self._lock:
-            try:
-                with self.path.open("rb") as log:
-                    log.seek(self._offset)
-                    chunk = log.read()
-            except OSError:
-                return
-            now = time.time()
-            self._offset += len(chunk)
-            lines = (self._partial + chunk).split(b"\n")
-            self._partial = lines.pop()
-            sent = 0
-            for raw in lines:
-                line = raw.decode(errors="replace")
-                if SENT.search(line):
-                    sent += 1
-                elif NOT_SENT.search(line) and len(self.problems) < 5:
-                    self.problems.append(line)
-            if sent:
-                self.sent += sent
-                self.last_sent_at = now
-
-
-def postfix_relay(sink_port: int, address: str, members: list[str],
-                  data_root: Path | None) -> PostfixInstance:
-    """A configured (not started) private Postfix expanding ``address`` to ``members``."""
-    instance = PostfixInstance(base_dir=data_root)
-    instance.main_settings({
-        "virtual_alias_domains": DOMAIN,
-        "virtual_alias_maps": instance.write_map("virtual", {address: ",".join(members)}),
-        "virtual_alias_expansion_limit": str(max(1000, len(members) + 10)),
-        "virtual_alias_recursion_limit": "1000",
-        "transport_maps": instance.write_map(
-            "transport", {"sink.test": f"smtp:[127.0.0.1]:{sink_port}"}),
-        "smtp_destination_recipient_limit": "50",
-        "message_size_limit": str(10 * 1024 * 1024),
-    })
-    return instance
-
-
-def _wait_postfix(instance: PostfixInstance, follower: MaillogFollower, expected: int,
-                  timeout: float) -> None:
-    """Until the queue is empty and every expected ``status=sent`` line was seen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if follower.problems:
-            raise BenchError("Postfix did not deliver everything: "
-                             + "; ".join(follower.problems[:3]))
-        if follower.sent >= expected and not instance.queue():
-            return
-        if time.monotonic() >= deadline:
-            raise BenchError(f"Postfix: {follower.sent} of {expected} deliveries after "
-                             f"{timeout:.0f} s; queue {len(instance.queue())} message(s)\n"
-                             f"{instance.log()[-3000:]}")
-        time.sleep(0.2)
-
-
-def _postfix_run(options: Options, address: str, members: list[str],
-                 send: Callable[[int], tuple[float, dict[str, Any]]], expected: int,
-                 transactions: tuple[int, int], timeout: float) -> dict[str, Any]:
-    """One run against a fresh Postfix and sink; ``send(port)`` gives (start, details)."""
-    sink: PostfixSink | PythonSink = start_sink(options.sink_kind, options.sink_binary)
-    instance: PostfixInstance | None = None
-    try:
-        instance = postfix_relay(sink.port, address, members, options.data_root)
-        instance.start()
-        follower = MaillogFollower(instance.log_path).start()
-        try:
-            start, details = send(instance.smtp_port)
-            _wait_postfix(instance, follower, expected, timeout * options.timeout_factor)
-        finally:
-            follower.stop()
-        if follower.sent != expected or follower.last_sent_at is None:
-            raise BenchError(f"Postfix logged {follower.sent} status=sent, expected {expected}")
-        seen = sink.wait_transactions(transactions[0])
-        if not transactions[0] <= seen <= transactions[1]:
-            raise BenchError(f"the sink saw {seen} transaction(s) from Postfix, expected "
-                             f"{transactions[0]}..{transactions[1]}")
-        elapsed = follower.last_sent_at - start
-        details.update({"delivered": follower.sent, "sink_transactions": seen,
-                        "elapsed_s": round(elapsed, 4)})
-        return {"value": expected / elapsed, **details}
-    finally:
-        if instance is not None:
-            instance.stop()
-            instance.remove()
-        sink.stop()
-
-
-def postfix_ingest(options: Options) -> dict[str, Any]:
-    count = options.size(2000, minimum=8)
-    connections = min(8, count)
-    alias = f"ingest@{DOMAIN}"
-
-    def send(port: int) -> tuple[float, dict[str, Any]]:
-        command = [sys.executable, str(LOADGEN), "--port", str(port), "--count", str(count),
-                   "--connections", str(connections), "--size", str(MESSAGE_SIZE),
-                   "--mail-from", SENDER, "--rcpt", alias]
-        limit = (60 + count / 20) * options.timeout_factor
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=limit)
-            gen = json.loads(done.stdout)
-        except (subprocess.TimeoutExpired, ValueError) as exc:
-            raise BenchError(f"the load generator failed against Postfix: {exc}") from None
-        if gen["refused"] or gen["sent"] != count:
-            raise BenchError(f"Postfix accepted {gen['sent']} of {count} messages; first "
-                             f"error: {gen['first_error']}")
-        start = gen["first_send"]
-        return start, {"accepted_per_s": round(count / (gen["last_reply"] - start), 1)}
-
-    return _postfix_run(options, alias, ["rcpt@sink.test"], send, count, (count, count),
-                        timeout=60 + count / 20)
-
-
-def postfix_fanout(options: Options) -> dict[str, Any]:
-    members = options.size(10_000, minimum=10)
-    posts = 5
-    address = f"fanout@{DOMAIN}"
-    roster = [f"m{i:06d}@sink.test" for i in range(members)]
-    expected = posts * members
-
-    def send(port: int) -> tuple[float, dict[str, Any]]:
-        messages = [make_message(i, MESSAGE_SIZE, SENDER, address, "fanout")
-                    for i in range(posts)]
-        client = smtplib.SMTP("127.0.0.1", port, local_hostname="bench.test", timeout=60)
-        client.ehlo()
-        start = time.time()
-        try:
-            for message in messages:
-                code, text = send_one(client, SENDER, [address], message)
-                if code != 250:
-                    raise BenchError(f"Postfix refused a post: {code} {text}")
-            accepted = time.time()
-        finally:
-            client.quit()
-        return start, {"posts_accepted_after_s": round(accepted - start, 4)}
-
-    return _postfix_run(options, address, roster, send, expected,
-                        (posts * math.ceil(members / 50), expected),
-                        timeout=60 + expected / 250)
-
-
-POSTFIX_SCENARIOS: dict[str, Callable[[Options], dict[str, Any]]] = {
-    "A": postfix_ingest, "B": postfix_fanout,
-}
+PEER_KEYS = ("A", "B", "C", "E", "F")
+SYSTEMS = ("mailflow", "postfix", "mailman")
+NAMES = {"mailflow": "MailFlow", "postfix": "Postfix", "mailman": "Mailman"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.peers",
-        description="Scenarios A and B against MailFlow and a private Postfix, side by side.")
-    parser.add_argument("--scenario", choices=["A", "B", "all", "a", "b"], default="all")
+        description="Scenarios A, B, C, E and F against MailFlow, a private Postfix and "
+                    "GNU Mailman 3, side by side.")
+    parser.add_argument("--scenario", type=str.upper, choices=[*PEER_KEYS, "ALL"],
+                        default="ALL", help="A, B, C, E, F or all (default)")
     parser.add_argument("--runs", type=int, default=3, help="runs per system (default 3)")
-    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiplier for message and member counts (default 1.0)")
+    parser.add_argument("--mailman-e-scale", type=float, default=1.0,
+                        help="Mailman's E at this fraction of E's members (default 1.0)")
+    parser.add_argument("--no-mailman", action="store_true",
+                        help="MailFlow and Postfix only")
     write = parser.add_mutually_exclusive_group()
     write.add_argument("--write-results", dest="write", action="store_true", default=None)
     write.add_argument("--no-write", dest="write", action="store_false")
-    parser.add_argument("--sink", choices=["auto", "smtp-sink", "python"], default="auto")
+    parser.add_argument("--sink", choices=["auto", "smtp-sink"], default="auto",
+                        help="always Postfix's smtp-sink (needed for the peers)")
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--timeout-factor", type=float, default=1.0)
-    return checked_args(parser, argv)
+    args = checked_args(parser, argv)
+    if not 0 < args.mailman_e_scale <= 1:
+        parser.error("--mailman-e-scale must be in (0, 1]")
+    return args
+
+
+# -- one scenario, three systems ----------------------------------------------------------
+
+def mailflow_once(key: str, options: Options) -> dict[str, Any]:
+    result = run_scenario(key, options)
+    (run,) = result.runs
+    return {"value": run.value, "rss_mb": round(run.rss_mb, 1), "params": result.params,
+            **run.details}
+
+
+def summary_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and runs of one system in one scenario (C: p99 too)."""
+    record: dict[str, Any] = {"median": statistics.median(r["value"] for r in runs),
+                              "runs": [r["value"] for r in runs],
+                              "rss_peak_mb": max(r["rss_mb"] for r in runs), "details": runs}
+    if "p99_ms" in runs[0]:
+        record["p99_median"] = statistics.median(r["p99_ms"] for r in runs)
+    return record
+
+
+def run_peers(key: str, options: Options, runs: int,
+              systems: dict[str, Callable[[Options], dict[str, Any]]],
+              mailman_note: str | None) -> dict[str, Any]:
+    """``runs`` runs of each system, alternating; Mailman's failure becomes its cell."""
+    title, unit, _ = SCENARIOS[key]
+    done: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
+    mailman_error = mailman_note
+    for number in range(1, runs + 1):
+        for name, run in systems.items():
+            if name == "mailman" and mailman_error:
+                continue
+            try:
+                done[name].append(run(options))
+            except (BenchError, SinkError) as exc:
+                if name != "mailman":
+                    raise
+                mailman_error = f"failed: {str(exc).splitlines()[0][:300]}"
+                print(f"  {key}: Mailman {mailman_error}\n{exc}", file=sys.stderr)
+        shown = ", ".join(f"{NAMES[n]} {done[n][-1]['value']:,.1f}" for n in systems
+                          if len(done[n]) == number)
+        print(f"  {key} run {number}/{runs}: {shown} {unit}", file=sys.stderr, flush=True)
+    result: dict[str, Any] = {"title": title, "unit": unit,
+                              "params": done["mailflow"][0].pop("params")}
+    for run_ in done["mailflow"][1:]:
+        run_.pop("params", None)
+    for name in SYSTEMS:
+        if name in done and done[name] and not (name == "mailman" and mailman_error):
+            result[name] = summary_of(done[name])
+        elif name == "mailman":
+            result[name] = {"error": mailman_error or "not run"}
+    return result
+
+
+# -- the table ----------------------------------------------------------------------------
+
+def cell(key: str, record: dict[str, Any] | None, unit: str) -> str:
+    if record is None:
+        return "not run"
+    if "error" in record:
+        return f"not measured: {record['error']}"
+    text = (f"p50 {record['median']:,.1f} ms, p99 {record['p99_median']:,.1f} ms" if key == "C"
+            else f"{record['median']:,.0f} {unit}")
+    if record.get("note"):
+        text += f" ({record['note']})"
+    return text
+
+
+def ratio(mailflow: dict[str, Any], other: dict[str, Any] | None) -> str:
+    if not other or "error" in other:
+        return "n/a"
+    value = mailflow["median"] / other["median"]
+    return f"{value:.2f}x" if value >= 0.1 else f"{value:.2g}x"
+
+
+def runs_text(key: str, record: dict[str, Any] | None) -> str:
+    if not record or "error" in record:
+        return "-"
+    digits = ".1f" if key == "C" else ",.0f"
+    return " / ".join(format(v, digits) for v in record["runs"])
 
 
 def side_by_side(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     header = ["Scenario", "Workload", "MailFlow (median)", "Postfix (median)",
-              "MailFlow / Postfix", "MailFlow runs", "Postfix runs"]
+              "Mailman (median)", "MailFlow / Postfix", "MailFlow / Mailman",
+              "Peak RSS MailFlow / Postfix / Mailman", "Runs MailFlow; Postfix; Mailman"]
     table = []
     for key, r in results.items():
         unit = r["unit"]
-        mailflow, postfix = r["mailflow"]["median"], r["postfix"]["median"]
+        systems = [r.get(name) for name in SYSTEMS]
+        rss = " / ".join("-" if not s or "error" in s else f"{s['rss_peak_mb']:,.0f} MB"
+                         for s in systems)
         table.append([
             f"{key} {r['title']}", report.WORKLOAD[key].format(**r["params"]),
-            f"{mailflow:,.0f} {unit}", f"{postfix:,.0f} {unit}", f"{mailflow / postfix:.2f}x",
-            " / ".join(f"{v:,.0f}" for v in r["mailflow"]["runs"]),
-            " / ".join(f"{v:,.0f}" for v in r["postfix"]["runs"])])
+            *(cell(key, s, unit) for s in systems),
+            ratio(r["mailflow"], r.get("postfix")), ratio(r["mailflow"], r.get("mailman")),
+            rss, "; ".join(runs_text(key, s) for s in systems)])
     return header, table
+
+
+METHOD = """\
+How each system is measured (all three in one invocation, run after run, each run on a \
+fresh instance and a fresh `smtp-sink` on 127.0.0.1, with the same messages, counts, \
+sender and members; start is always `time.time()` before the first command of the first \
+message):
+
+- **MailFlow** as in the tables above (its own delivery stamps in the store; peak RSS is \
+the relay process's `VmHWM`).
+- **Postfix** (`bench/postfix_peer.py`): a private instance \
+(`mailflow.testing.postfix.PostfixInstance`, loopback only) with \
+`virtual_alias_domains = bench.test`, a `texthash` `virtual_alias_maps` expanding the \
+alias or list address to the same members as MailFlow (`virtual_alias_expansion_limit` \
+raised to the member count, `virtual_alias_recursion_limit` raised), `transport_maps` \
+sending `sink.test` to `smtp:[127.0.0.1]:SINKPORT`, `smtp_destination_recipient_limit = \
+50` (1 for F), otherwise Postfix defaults (up to 20 parallel connections to the sink; \
+MailFlow uses 8). The maillog has whole-second timestamps, so for A, B, E and F it is \
+followed every 10 ms and the end is `time.time()` when the last expected `status=sent` \
+line appeared (at most ~10 ms late); completion is `postqueue -j` empty, then exactly one \
+`status=sent` line per delivery (none deferred or bounced) and the sink's transaction \
+count are checked. For C the sink runs as `smtp-sink -d` (one file per transaction) and a \
+post's arrival is the modification time (ns) of the file with its 10 recipients. Peak RSS \
+is the largest sum of `VmRSS` over the master and all its children, sampled every 100 ms \
+(shared pages count once per process: an upper bound).
+- **GNU Mailman** (`bench/mailman_peer.py`, in its own virtualenv `.venv-mailman` from \
+`bench/mailman-requirements.txt`): a private core per run with SQLite, \
+`[mta] incoming: mailman.mta.null.NullMTA`, the LMTP runner on a loopback port (posts \
+go in by LMTP: A through `bench/loadgen.py --protocol lmtp` over 8 connections; Mailman \
+has no aliases, so A's alias is a one-member list), SMTP out to the sink with \
+`max_recipients: 50` (Mailman's default is 10), the `rest`, `archive` and `digest` \
+runners not started, otherwise Mailman's defaults (one instance per runner, waking every \
+second). Lists are made before the start with Mailman's API \
+(`bench/mailman_admin.py`): non-members' posts accepted, no DMARC mitigation, no archive, \
+no digests, no notices, `personalize = individual` for F only (one transaction per \
+recipient). The end is the modification time (ns) of the newest of the sink's \
+transaction files (`smtp-sink -d`) once the sink has every expected recipient (counted \
+from the files' `X-Rcpt-Args:` lines, none missing or extra) and finished every \
+transaction; no message may land in Mailman's `shunt` or `bad` queue. Peak RSS is the \
+largest sum of `VmRSS` over the master and its runners, sampled every 100 ms. The \
+master is stopped (SIGTERM, then SIGKILL to its process group) after every run.
+
+Ratios are MailFlow's median divided by the peer's: above 1 means MailFlow is faster \
+for A, B, E and F (deliveries or messages per second); for C (milliseconds) below 1 means \
+MailFlow is faster."""
 
 
 def markdown_section(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     header, table = side_by_side(results)
     lines = [
         "<!-- peers -->",
-        "## Side by side with Postfix",
+        "## Side by side with Postfix and GNU Mailman",
         "",
         "Written by `make bench-peers` (`.venv/bin/python -m bench.peers`); `make bench` "
         "keeps this section.",
         "",
-        f"- Date: {meta['date']}; relay code: git {meta['code']}; Postfix {meta['postfix']}",
+        f"- Date: {meta['date']}; relay code: git {meta['code']}; Postfix {meta['postfix']}; "
+        f"GNU Mailman {meta['mailman']}",
         f"- Reproduce: `{meta['command']}`; median of {meta['runs']} run(s) per system, "
-        "MailFlow and Postfix runs alternating in one invocation",
+        "the systems' runs alternating in one invocation",
         f"- Machine: {machine_info.summary(meta['machine'])}",
         f"- Sink: {meta['sink']}",
         "",
         report.markdown_table(header, table),
         "",
-        "How Postfix is measured: a private instance "
-        "(`mailflow.testing.postfix.PostfixInstance`, loopback only, fresh per run) with "
-        "`virtual_alias_domains = bench.test`, a `texthash` `virtual_alias_maps` expanding "
-        "the alias or list address to the same members as MailFlow "
-        "(`virtual_alias_expansion_limit` and `virtual_alias_recursion_limit` raised), "
-        "`transport_maps` sending `sink.test` to `smtp:[127.0.0.1]:SINKPORT`, "
-        "`smtp_destination_recipient_limit = 50`, otherwise Postfix defaults (up to 20 "
-        "parallel connections to the sink; MailFlow uses 8). The same load generator and "
-        "start as for MailFlow. The sink cannot timestamp arrivals and the maillog has "
-        "whole-second timestamps, so the maillog is followed every 10 ms and the end is "
-        "`time.time()` when the last expected `status=sent` line appeared; completion is "
-        "`postqueue -j` empty, then exactly one `status=sent` line per delivery (none "
-        "deferred or bounced) and the sink's transaction count are checked. MailFlow is "
-        "measured as in the table above (its own arrival stamps in the store). A ratio "
-        "above 1 means MailFlow is faster.",
-        "",
-        "GNU Mailman 3 is not measured: it is not installed here, and a faithful setup "
-        "(Mailman core + REST, its own database and an MTA in front) was out of the time "
-        "given for this groundwork; the issue's reference figures are above.",
+        METHOD,
         "<!-- /peers -->",
     ]
     return "\n".join(lines)
@@ -344,6 +271,49 @@ def postfix_version() -> str:
     return out or "unknown"
 
 
+# -- the command --------------------------------------------------------------------------
+
+def systems_for(key: str, args: argparse.Namespace, options: Options
+                ) -> dict[str, Callable[[Options], dict[str, Any]]]:
+    systems: dict[str, Callable[[Options], dict[str, Any]]] = {
+        "mailflow": lambda o: mailflow_once(key, o), "postfix": POSTFIX_SCENARIOS[key]}
+    if args.no_mailman:
+        return systems
+    mailman = MAILMAN_SCENARIOS[key]
+    if key == "E" and args.mailman_e_scale < 1:
+        smaller = Options(**{**vars(options), "scale": options.scale * args.mailman_e_scale})
+        systems["mailman"] = lambda _o: mailman(smaller)
+    else:
+        systems["mailman"] = mailman
+    return systems
+
+
+def e_note(args: argparse.Namespace, options: Options) -> str | None:
+    if args.no_mailman or args.mailman_e_scale >= 1:
+        return None
+    members = max(10, round(100_000 * options.scale * args.mailman_e_scale))
+    return f"at {members:,} members, not {options.size(100_000, minimum=10):,}"
+
+
+def measure(keys: list[str], args: argparse.Namespace, options: Options
+            ) -> dict[str, dict[str, Any]]:
+    problem = None if args.no_mailman else mailman_problem()
+    if problem:
+        print(f"bench.peers: Mailman not measured: {problem}", file=sys.stderr)
+    results: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        print(f"{key} ({SCENARIOS[key][0]}) ...", file=sys.stderr, flush=True)
+        systems = systems_for(key, args, options)
+        result = run_peers(key, options, args.runs, systems, problem)
+        note = e_note(args, options) if key == "E" else None
+        if note and "error" not in result.get("mailman", {"error": ""}):
+            result["mailman"]["note"] = note
+        if args.no_mailman:
+            result.pop("mailman", None)
+        results[key] = result
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     problem = postfix_problem()
@@ -351,63 +321,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.peers: error: {problem}", file=sys.stderr)
         return 2
     try:
-        sink_kind, sink_binary = resolve_kind(args.sink)
+        sink_kind, sink_binary = resolve_kind("smtp-sink")
     except SinkError as exc:
         print(f"bench.peers: error: {exc}", file=sys.stderr)
         return 2
-    keys = list(POSTFIX_KEYS) if args.scenario == "all" else [args.scenario.upper()]
+    keys = list(PEER_KEYS) if args.scenario == "ALL" else [args.scenario]
     options = Options(runs=1, scale=args.scale, sink_kind=sink_kind, sink_binary=sink_binary,
                       data_root=args.data_root, timeout_factor=args.timeout_factor,
                       log=lambda line: None)
-    sink_name = f"Postfix smtp-sink ({sink_binary})" if sink_kind == "smtp-sink" else \
-        "Python sink (mailflow.testing.sink, aiosmtpd)"
+    sink_name = f"Postfix smtp-sink ({sink_binary})"
     machine = machine_info.describe(args.data_root or Path(tempfile.gettempdir()))
     given = shlex.join(sys.argv[1:] if argv is None else argv)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "code": code_version(), "postfix": postfix_version(), "runs": args.runs,
+            "code": code_version(), "postfix": postfix_version(),
+            "mailman": "not measured" if args.no_mailman or mailman_problem()
+            else mailman_version(), "runs": args.runs,
             "command": f"make bench-peers BENCH_ARGS={shlex.quote(given)}" if given
             else "make bench-peers", "machine": machine, "sink": sink_name}
-    print(f"MailFlow vs Postfix {meta['postfix']}: scenario(s) {', '.join(keys)}, "
-          f"{args.runs} run(s) each, scale {args.scale:g}, sink {sink_name}", file=sys.stderr)
-    results: dict[str, dict[str, Any]] = {}
+    print(f"MailFlow vs Postfix {meta['postfix']} vs GNU Mailman {meta['mailman']}: "
+          f"scenario(s) {', '.join(keys)}, {args.runs} run(s) each, scale {args.scale:g}, "
+          f"sink {sink_name}", file=sys.stderr)
     try:
-        for key in keys:
-            title, unit, _ = SCENARIOS[key]
-            mailflow_runs: list[dict[str, Any]] = []
-            postfix_runs: list[dict[str, Any]] = []
-            params: dict[str, Any] = {}
-            for number in range(1, args.runs + 1):
-                result = run_scenario(key, options)
-                params = result.params
-                (run,) = result.runs
-                mailflow_runs.append({"value": run.value, "rss_mb": round(run.rss_mb, 1),
-                                      **run.details})
-                postfix_runs.append(POSTFIX_SCENARIOS[key](options))
-                print(f"  {key} run {number}/{args.runs}: MailFlow {run.value:,.0f}, Postfix "
-                      f"{postfix_runs[-1]['value']:,.0f} {unit}", file=sys.stderr, flush=True)
-            results[key] = {
-                "title": title, "unit": unit, "params": params,
-                "mailflow": {"median": statistics.median(r["value"] for r in mailflow_runs),
-                             "runs": [r["value"] for r in mailflow_runs],
-                             "details": mailflow_runs},
-                "postfix": {"median": statistics.median(r["value"] for r in postfix_runs),
-                            "runs": [r["value"] for r in postfix_runs],
-                            "details": postfix_runs},
-            }
+        results = measure(keys, args, options)
     except (BenchError, SinkError, PostfixError) as exc:
         print(f"bench.peers: FAILED: {exc}", file=sys.stderr)
         return 2
     header, table = side_by_side(results)
     print()
-    print(f"MailFlow vs Postfix {meta['postfix']}, median of {args.runs} run(s) each; "
-          f"machine: {machine_info.summary(machine)}")
+    print(f"MailFlow vs Postfix {meta['postfix']} vs GNU Mailman {meta['mailman']}, median "
+          f"of {args.runs} run(s) each; machine: {machine_info.summary(machine)}")
     print(report.plain_table(header, table))
     if args.write:
         PEERS_JSON.write_text(json.dumps({"meta": meta, "results": results}, indent=2,
                                          sort_keys=True) + "\n")
         write_section(markdown_section(results, meta))
-        print(f"\nwrote {report.RESULTS_MD} (section 'Side by side with Postfix') and "
-              f"{PEERS_JSON}")
+        print(f"\nwrote {report.RESULTS_MD} (section 'Side by side with Postfix and GNU "
+              f"Mailman') and {PEERS_JSON}")
     return 0
 
 

@@ -5,6 +5,11 @@ command and throws the mail away; with ``-c`` it prints running counters
 (``sess=N quit=N mesg=N``), which give the number of mail transactions that reached
 it.  The fallback is :class:`mailflow.testing.sink.SmtpSink` (aiosmtpd in a thread of
 this process): slower, but it also counts recipients.
+
+With ``dump=True`` (``python -m bench.peers``) ``smtp-sink -d`` also writes each mail
+transaction to its own file (envelope as ``X-Mail-Args:``/``X-Rcpt-Args:`` lines, then
+the message): :class:`DumpReader` counts the recipients in them, and a file's
+modification time (nanoseconds) is when the transaction's last bytes reached the sink.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -68,7 +74,7 @@ class PostfixSink:
     kind = "smtp-sink"
 
     def __init__(self, binary: str, host: str = "127.0.0.1", backlog: int = 1024,
-                 max_concurrency: int = 256) -> None:
+                 max_concurrency: int = 256, dump: bool = False) -> None:
         self.binary = binary
         self.host = host
         self.port = 0
@@ -77,6 +83,12 @@ class PostfixSink:
         self._dir = tempfile.TemporaryDirectory(prefix="mailflow-sink-")
         self._out = Path(self._dir.name) / "counters.txt"
         self._err = Path(self._dir.name) / "stderr.txt"
+        self.dump_dir: Path | None = None
+        if dump:  # written by smtp-sink as ``nobody`` when started as root
+            Path(self._dir.name).chmod(0o755)
+            self.dump_dir = Path(self._dir.name) / "dump"
+            self.dump_dir.mkdir(mode=0o777)
+            self.dump_dir.chmod(0o777)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -87,6 +99,8 @@ class PostfixSink:
         cmd = [self.binary, "-c", "-m", str(self.max_concurrency)]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd += ["-u", "nobody"]  # required when started as root, refused otherwise
+        if self.dump_dir is not None:  # one file per transaction, a random suffix each
+            cmd += ["-d", f"{self.dump_dir}/%H%M%S."]
         return [*cmd, f"{self.host}:{self.port}", str(self.backlog)]
 
     def start(self, timeout: float = 10.0) -> PostfixSink:
@@ -115,6 +129,12 @@ class PostfixSink:
         """The counters are written when a transaction ends: wait briefly for the last."""
         return wait_transactions(self.transactions, count, timeout)
 
+    def reader(self) -> DumpReader:
+        """The reader of this sink's transaction files (needs ``dump=True``)."""
+        if self.dump_dir is None:
+            raise SinkError("this smtp-sink was started without dump files")
+        return DumpReader(self.dump_dir, self.transactions)
+
     def stop(self) -> None:
         if self.process is not None:
             if self.process.poll() is None:
@@ -126,6 +146,65 @@ class PostfixSink:
                     self.process.wait(5)
             self.process = None
         self._dir.cleanup()
+
+
+@dataclass
+class _Dumped:
+    size: int
+    recipients: int
+    mtime_ns: int
+
+
+@dataclass
+class DumpReader:
+    """Counts what reached a dumping ``smtp-sink``, and when (file modification times).
+
+    :meth:`scan` reads only files that are new or grew since the last scan, so polling
+    stays cheap; a transaction is finished when the sink's ``mesg=`` counter covers
+    it, so :meth:`complete` asks for as many finished transactions as files.
+    """
+
+    folder: Path
+    finished: Callable[[], int]
+    _files: dict[str, _Dumped] = field(default_factory=dict)
+
+    def scan(self) -> int:
+        """Rescan the folder; returns the recipients seen so far."""
+        with os.scandir(self.folder) as entries:
+            for entry in entries:
+                info = entry.stat()
+                known = self._files.get(entry.name)
+                if known is not None and known.size == info.st_size \
+                        and known.mtime_ns == info.st_mtime_ns:
+                    continue
+                try:
+                    text = Path(entry.path).read_bytes()
+                except OSError:
+                    continue
+                self._files[entry.name] = _Dumped(info.st_size, text.count(b"\nX-Rcpt-Args:"),
+                                                  info.st_mtime_ns)
+        return self.recipients
+
+    @property
+    def recipients(self) -> int:
+        return sum(f.recipients for f in self._files.values())
+
+    @property
+    def transactions(self) -> int:
+        return len(self._files)
+
+    def complete(self, recipients: int) -> bool:
+        """``recipients`` seen and every transaction file finished (counted by the sink)."""
+        return self.scan() >= recipients and self.finished() >= self.transactions
+
+    def last_arrival(self, names: set[str] | None = None) -> float | None:
+        """The latest modification time (s) of all files, or of ``names``; rescans first."""
+        self.scan()
+        times = [f.mtime_ns for name, f in self._files.items() if names is None or name in names]
+        return max(times) / 1e9 if times else None
+
+    def names(self) -> set[str]:
+        return set(self._files)
 
 
 class PythonSink:
@@ -179,8 +258,10 @@ def resolve_kind(requested: str) -> tuple[str, str | None]:
     return "python", None
 
 
-def start_sink(kind: str, binary: str | None) -> PostfixSink | PythonSink:
+def start_sink(kind: str, binary: str | None, dump: bool = False) -> PostfixSink | PythonSink:
     if kind == "smtp-sink":
         assert binary is not None
-        return PostfixSink(binary).start()
+        return PostfixSink(binary, dump=dump).start()
+    if dump:
+        raise SinkError("transaction files need Postfix's smtp-sink (apt-get install postfix)")
     return PythonSink().start()
