@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+MAILMAN_VENV  ?= .venv-mailman
+MAILMAN_STAMP := $(MAILMAN_VENV)/.installed
 
 .PHONY: run test lint bench install clean
 
@@ -31,10 +33,18 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-## bench-peers: scenarios A and B against MailFlow and a private Postfix, side by side
-.PHONY: bench-peers
-bench-peers: $(STAMP)
+## bench-peers: scenarios A, B, C, E, F against MailFlow, a private Postfix and GNU Mailman 3, side by side
+.PHONY: bench-peers mailman-venv
+bench-peers: $(STAMP) $(MAILMAN_STAMP)
 	$(BIN)/python -m bench.peers $(BENCH_ARGS)
 
+## mailman-venv: GNU Mailman 3 from PyPI in its own virtualenv (.venv-mailman), for bench-peers
+mailman-venv: $(MAILMAN_STAMP)
+
+$(MAILMAN_STAMP): bench/mailman-requirements.txt
+	test -x $(MAILMAN_VENV)/bin/python || $(PYTHON) -m venv $(MAILMAN_VENV)
+	$(MAILMAN_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r bench/mailman-requirements.txt
+	touch $(MAILMAN_STAMP)
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(MAILMAN_VENV) var .pytest_cache .ruff_cache *.egg-info
