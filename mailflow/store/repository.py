@@ -34,6 +34,7 @@ from mailflow.model import (
     NewDelivery,
 )
 from mailflow.store.engine import Engines
+from mailflow.store.hot import HotStatements
 from mailflow.store.tables import blobs, deliveries, domains, events, lists, members, messages, meta
 
 PENDING = [status.value for status in PENDING_STATUSES]
@@ -124,38 +125,10 @@ _ACTIVE_MEMBERS = (select(members.c.address)
                           members.c.status == MemberStatus.ACTIVE.value)
                    .order_by(members.c.id))
 _INSERT_MESSAGES = insert(messages)
-_INSERT_DELIVERIES = insert(deliveries)
 _INSERT_EVENTS = insert(events)
 _MESSAGES_BY_ID = select(messages).where(messages.c.id.in_(bindparam("b_ids", expanding=True)))
 _LISTS_BY_ID = select(lists).where(lists.c.id.in_(bindparam("b_ids", expanding=True)))
-_RECORD_OUTCOME = (
-    update(deliveries)
-    .where(deliveries.c.id == bindparam("b_id"))
-    .values(status=bindparam("b_status"), due_at=bindparam("b_due"),
-            last_reply=bindparam("b_reply"), attempts=deliveries.c.attempts + 1,
-            lease_owner=None, updated_at=bindparam("b_now"))
-)
 _NEXT_DUE = select(func.min(deliveries.c.due_at)).where(deliveries.c.status.in_(PENDING))
-
-
-def _claim_statement(skip_locked: bool) -> Any:
-    due = (
-        select(deliveries.c.id)
-        .where(deliveries.c.status.in_(PENDING), deliveries.c.due_at <= bindparam("b_now"))
-        .order_by(deliveries.c.priority.desc(), deliveries.c.due_at)
-        .limit(bindparam("b_limit"))
-    )
-    if skip_locked:
-        due = due.with_for_update(skip_locked=True)
-    return (
-        update(deliveries)
-        .where(deliveries.c.id.in_(due.scalar_subquery()))
-        .values(status=DeliveryStatus.IN_FLIGHT.value, due_at=bindparam("b_until"),
-                lease_owner=bindparam("b_owner"), updated_at=bindparam("b_now"))
-        .returning(deliveries.c.id, deliveries.c.message_id, deliveries.c.list_id,
-                   deliveries.c.recipient, deliveries.c.attempts,
-                   deliveries.c.created_at, deliveries.c.priority)
-    )
 
 
 class DirectoryView:
@@ -193,7 +166,8 @@ class Repository:
             index_elements=["hash"],
             set_={"refcount": blobs.c.refcount + upsert.excluded.refcount, "released_at": None},
         )
-        self._claim_due = _claim_statement(skip_locked=not engines.is_sqlite)
+        self._hot = HotStatements.for_dialect(engines.dialect,
+                                              engines.writer.dialect.paramstyle)
 
     @contextmanager
     def _relaxed_transaction(self) -> Iterator[Connection]:
@@ -467,7 +441,7 @@ class Repository:
         connection, once per batch.
         """
         directory = DirectoryView(conn)
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[Any, ...]] = []
         trace: list[Event] = []
         queued, empty = [], []
         for message in batch:
@@ -479,20 +453,17 @@ class Repository:
                     break
             trace.extend(events_)
             (queued if planned else empty).append(message.id)
-            rows.extend(
-                {"message_id": d.message_id, "list_id": d.list_id,
-                 "recipient": d.recipient, "status": DeliveryStatus.QUEUED.value,
-                 "priority": d.priority, "attempts": 0, "due_at": now,
-                 "created_at": now, "updated_at": now}
-                for d in planned)
+            queued_status = DeliveryStatus.QUEUED.value
+            rows.extend((d.message_id, d.list_id, d.recipient, queued_status, d.priority,
+                         now, now, now) for d in planned)
         statuses = dict.fromkeys(queued, MessageStatus.QUEUED)
         statuses.update(dict.fromkeys(empty, MessageStatus.DONE))
         return rows, trace, statuses
 
-    def _insert_planned(self, conn: Connection, rows: list[dict[str, Any]],
+    def _insert_planned(self, conn: Connection, rows: list[tuple[Any, ...]],
                         trace: list[Event], now: float) -> None:
         if rows:
-            conn.execute(_INSERT_DELIVERIES, rows)
+            self._hot.insert_delivery.execute_many(conn, rows)
         self._add_events(conn, trace, now)
 
     # -- the send queue -----------------------------------------------------------------
@@ -509,10 +480,9 @@ class Repository:
 
     def _claim(self, conn: Connection, now: float, limit: int, lease: float,
                owner: str) -> list[Delivery]:
-        rows = conn.execute(self._claim_due, {"b_now": now, "b_limit": limit,
-                                              "b_until": now + lease, "b_owner": owner}).all()
-        return [Delivery(r.id, r.message_id, r.list_id, r.recipient, r.attempts, r.created_at,
-                         r.priority) for r in rows]
+        rows = self._hot.claim_due.execute(
+            conn, {"now": now, "limit": limit, "until": now + lease, "owner": owner})
+        return [Delivery(*row) for row in rows]
 
     def record_and_claim(self, now: float, outcomes: Sequence[Outcome], limit: int,
                          lease: float, owner: str) -> list[Delivery]:
@@ -532,9 +502,8 @@ class Repository:
     def _record(self, conn: Connection, now: float, outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
             return
-        conn.execute(_RECORD_OUTCOME, [
-            {"b_id": o.delivery_id, "b_status": o.status.value, "b_due": o.due_at or now,
-             "b_reply": o.reply[:1000], "b_now": now}
+        self._hot.record_outcome.execute_many(conn, [
+            (o.status.value, o.due_at or now, o.reply[:1000], now, o.delivery_id)
             for o in outcomes
         ])
         self._add_events(conn, [

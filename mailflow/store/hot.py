@@ -1,0 +1,99 @@
+"""The hot statements, written once and run straight on the driver's cursor.
+
+Why: for the three statements that touch every delivery (insert at expansion, lease at
+claim, outcome at record) SQLAlchemy's per-row parameter processing and ``Row`` objects
+cost more than SQLite's own work - about 15 of 45 microseconds per delivery in a
+profile of a 50,000-delivery fan-out.  Here the SQL is plain text with ``:name``
+placeholders, turned into the driver's positional style (``?`` for sqlite3, ``%s`` for
+psycopg) once, and rows travel as tuples.  Everything else stays SQLAlchemy Core.
+
+Each statement runs inside the caller's SQLAlchemy transaction, on its connection.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+
+from mailflow.model import DeliveryStatus
+from mailflow.store.tables import PENDING_SQL
+
+_PLACEHOLDER = re.compile(r"(?<!:):([a-z_]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class DriverStatement:
+    sql: str
+    names: tuple[str, ...]  # the placeholders in order (a name may repeat)
+
+    @classmethod
+    def prepare(cls, text: str, paramstyle: str) -> DriverStatement:
+        marker = "?" if paramstyle == "qmark" else "%s"
+        return cls(_PLACEHOLDER.sub(marker, text), tuple(_PLACEHOLDER.findall(text)))
+
+    def bind(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(values[name] for name in self.names)
+
+    def execute(self, conn: Connection, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Run once; the rows it returns (RETURNING), as tuples."""
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(self.sql, self.bind(values))
+            return cursor.fetchall() if cursor.description else []
+        finally:
+            cursor.close()
+
+    def execute_many(self, conn: Connection, rows: Iterable[Sequence[Any]]) -> None:
+        """Run once per row; each row gives the placeholders' values in order."""
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(self.sql, rows)
+        finally:
+            cursor.close()
+
+
+INSERT_DELIVERY = """
+INSERT INTO deliveries (message_id, list_id, recipient, status, priority, attempts, due_at,
+                        created_at, updated_at)
+VALUES (:message_id, :list_id, :recipient, :status, :priority, 0, :now, :now, :now)
+"""
+
+RECORD_OUTCOME = """
+UPDATE deliveries
+   SET status = :status, due_at = :due_at, last_reply = :reply, attempts = attempts + 1,
+       lease_owner = NULL, updated_at = :now
+ WHERE id = :id
+"""
+
+CLAIM_DUE = f"""
+UPDATE deliveries
+   SET status = '{DeliveryStatus.IN_FLIGHT.value}', due_at = :until, lease_owner = :owner,
+       updated_at = :now
+ WHERE id IN (SELECT id FROM deliveries
+               WHERE {PENDING_SQL} AND due_at <= :now
+               ORDER BY priority DESC, due_at
+               LIMIT :limit {{lock}})
+RETURNING id, message_id, list_id, recipient, attempts, created_at, priority
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class HotStatements:
+    insert_delivery: DriverStatement
+    record_outcome: DriverStatement
+    claim_due: DriverStatement
+
+    @classmethod
+    def for_dialect(cls, dialect: str, paramstyle: str) -> HotStatements:
+        # Concurrent claimers on PostgreSQL skip each other's rows instead of waiting;
+        # SQLite has one writer, so there is nothing to skip.
+        lock = "FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
+        return cls(
+            DriverStatement.prepare(INSERT_DELIVERY, paramstyle),
+            DriverStatement.prepare(RECORD_OUTCOME, paramstyle),
+            DriverStatement.prepare(CLAIM_DUE.format(lock=lock), paramstyle),
+        )
