@@ -118,7 +118,8 @@ class Relay:
         committer = GroupCommitter(runner, blobs, self.clock, plan=plan_deliveries,
                                    inline_limit=settings.max_inline_deliveries,
                                    on_queued=scheduler.wake, on_received=processor.wake,
-                                   recent=recent)
+                                   recent=recent, lease=scheduler.ingest_lease,
+                                   on_leased=scheduler.take_leased)
         service = AcceptService(
             runner, committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,

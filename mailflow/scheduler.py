@@ -32,7 +32,7 @@ from mailflow.metrics import DELIVERY_ATTEMPTS, TRANSACTION_SECONDS
 from mailflow.model import Delivery, DeliveryStatus, InboundMessage, MailingList
 from mailflow.pipeline.decorate import outbound_message
 from mailflow.recent import RecentMessages
-from mailflow.store.repository import Outcome
+from mailflow.store.repository import Lease, Outcome
 from mailflow.store.runner import StoreRunner
 
 log = logging.getLogger(__name__)
@@ -81,11 +81,36 @@ class Scheduler:
         self._stopping = False
         self._content: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
+        self._handing: set[asyncio.Task[None]] = set()  # leased at ingest, being grouped
 
     def wake(self) -> None:
         """New work was queued: claim now instead of at the next timer."""
         self._wake.set()
         self._signal.set()
+
+    def ingest_lease(self) -> Lease | None:
+        """How the ingest may lease fresh deliveries to this scheduler right now.
+
+        Only while the senders are short of work: otherwise fresh deliveries queue, and
+        priorities and fairness are the claim's to decide.
+        """
+        if self._stopping or self._ready.qsize() >= self.options.concurrency * 2:
+            return None
+        return Lease(self.options.owner, self.options.lease, self.options.batch_size)
+
+    def take_leased(self, leased: list[Delivery]) -> None:
+        """Send deliveries the ingest transaction leased to us (no claim needed)."""
+        task = asyncio.create_task(self._enqueue_handed(leased))
+        self._handing.add(task)
+        task.add_done_callback(self._handing.discard)
+
+    async def _enqueue_handed(self, leased: list[Delivery]) -> None:
+        try:
+            await self._enqueue_transactions(leased)
+        except Exception:
+            # Still leased to us: the lease expiry (or the hand-back at stop) returns them.
+            log.exception("could not take %d leased deliveries", len(leased),
+                          extra={"action": "queue_error"})
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._keep_queue(), name="queue-keeper")]
@@ -99,6 +124,8 @@ class Scheduler:
         # the outcomes it carried were stored, and they must be stored exactly once.
         self._stopping = True
         self._signal.set()
+        if self._handing:
+            await asyncio.wait(list(self._handing), timeout=grace)
         _, still_running = await asyncio.wait([keeper], timeout=grace)
         for task in still_running:
             task.cancel()

@@ -12,6 +12,7 @@ from mailflow.errors import Conflict, InvalidInput, NotFound
 from mailflow.model import DeliveryStatus, InboundMessage, ListKind, MessageStatus
 from mailflow.pipeline.expand import plan_deliveries
 from mailflow.store import Outcome, Repository
+from mailflow.store.repository import Lease
 from mailflow.testing.factories import make_list
 
 NOW = 1_800_000_000.0
@@ -183,15 +184,44 @@ def test_small_posts_are_expanded_in_the_ingest_transaction(repo: Repository,
         data = f"Subject: {number}\r\n\r\nbody\r\n".encode()
         batch.append((InboundMessage(f"m{number}", "p@outside.test", (rcpt,),
                                      content_hash(data), len(data), NOW, "", "", "ESMTP"), data))
-    left = repo.store_messages([m for m, _ in batch], NOW,
-                               lambda: blobs.write_many([(m.blob, d) for m, d in batch]),
-                               plan_deliveries, inline_limit=5)
-    assert left == 1  # the big list waits for the processor, the small one is queued
+    stored = repo.store_messages([m for m, _ in batch], NOW,
+                                 lambda: blobs.write_many([(m.blob, d) for m, d in batch]),
+                                 plan_deliveries, inline_limit=5)
+    assert (stored.left, stored.queued, stored.leased) == (1, 2, [])
+    # the big list waits for the processor, the small one is queued
     assert repo.message_counts() == {"received": 1, "queued": 1, "done": 0}
     assert repo.delivery_counts()["queued"] == 2
     assert expand(repo) == 1
     assert repo.delivery_counts()["queued"] == 12
 
+
+
+def test_ingest_can_lease_fresh_deliveries_to_the_local_scheduler(repo: Repository,
+                                                                   blobs: BlobStore) -> None:
+    make_list(repo, "team@example.test", ["a@x.test", "b@x.test", "c@x.test"])
+    make_list(repo, "other@example.test", ["d@x.test"])
+    first, ensure_first = _one("other@example.test", "m0", blobs)
+    repo.store_messages(first, NOW, ensure_first, plan_deliveries, 10)
+    messages, ensure = _one("team@example.test", "m1", blobs)
+    stored = repo.store_messages(messages, NOW, ensure, plan_deliveries, 10,
+                                 Lease("node-a", 60, limit=2))
+    assert (stored.left, stored.queued) == (0, 1)
+    assert sorted(d.recipient for d in stored.leased) == ["a@x.test", "b@x.test"]
+    assert len({d.id for d in stored.leased}) == 2
+    # Leased exactly as a claim leases: another claimer only gets what is still queued.
+    claimed = repo.claim_due_deliveries(NOW, 100, 60, "node-b")
+    assert sorted(d.recipient for d in claimed) == ["c@x.test", "d@x.test"]
+    assert repo.claim_due_deliveries(NOW + 61, 100, 60, "node-b")  # leases expire
+    repo.record_outcomes(NOW + 62, [Outcome(d.id, DeliveryStatus.DELIVERED, "250 ok")
+                                    for d in stored.leased])
+    assert repo.delivery_counts()["delivered"] == 2
+
+
+def _one(rcpt: str, message_id: str, blobs: BlobStore):  # type: ignore[no-untyped-def]
+    data = f"Subject: {message_id}\r\n\r\nbody\r\n".encode()
+    message = InboundMessage(message_id, "p@outside.test", (rcpt,), content_hash(data),
+                             len(data), NOW, "", "", "ESMTP")
+    return [message], lambda: blobs.write_many([(message.blob, data)])
 
 def test_a_torn_blob_left_by_a_crash_is_written_again(tmp_path: Path) -> None:
     """Files are renamed into place before the sync, so a crash can leave a torn one."""

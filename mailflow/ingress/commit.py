@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from mailflow.blobs import BlobStore
 from mailflow.clock import Clock
 from mailflow.errors import StorageUnavailable
-from mailflow.model import InboundMessage
+from mailflow.model import Delivery, InboundMessage
 from mailflow.recent import RecentMessages
-from mailflow.store.repository import Planner
+from mailflow.store.repository import Lease, Planner
 from mailflow.store.runner import StoreRunner
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,9 @@ class GroupCommitter:
 
     def __init__(self, runner: StoreRunner, blobs: BlobStore, clock: Clock, *,
                  plan: Planner, inline_limit: int, on_queued: Callable[[], None],
-                 on_received: Callable[[], None], recent: RecentMessages | None = None
+                 on_received: Callable[[], None], recent: RecentMessages | None = None,
+                 lease: Callable[[], Lease | None] = lambda: None,
+                 on_leased: Callable[[list[Delivery]], None] = lambda deliveries: None
                  ) -> None:
         self.recent = recent or RecentMessages()
         self.runner = runner
@@ -60,6 +62,8 @@ class GroupCommitter:
         self.inline_limit = inline_limit
         self.on_queued = on_queued      # deliveries were queued: wake the scheduler
         self.on_received = on_received  # messages await expansion: wake the processor
+        self.lease = lease              # how many fresh deliveries the scheduler takes now
+        self.on_leased = on_leased      # ... and where they go, with no claim of its own
         self._incoming: asyncio.Queue[_Pending] = asyncio.Queue()
         self._written: asyncio.Queue[_Pending] = asyncio.Queue()
 
@@ -92,9 +96,10 @@ class GroupCommitter:
             ensure_blobs = functools.partial(
                 self.blobs.write_many, [(p.message.blob, p.data) for p in batch])
             try:
-                left = await self.runner.write(
+                stored = await self.runner.write(
                     self.runner.repo.store_messages, [p.message for p in batch],
-                    self.clock.now(), ensure_blobs, self.plan, self.inline_limit)
+                    self.clock.now(), ensure_blobs, self.plan, self.inline_limit,
+                    self.lease())
             except Exception as exc:
                 _fail(batch, exc)
                 continue
@@ -102,9 +107,11 @@ class GroupCommitter:
             for pending in batch:
                 if not pending.done.done():
                     pending.done.set_result(None)
-            if left < len(batch):
+            if stored.leased:
+                self.on_leased(stored.leased)
+            if stored.queued:
                 self.on_queued()
-            if left:
+            if stored.left:
                 self.on_received()
 
 

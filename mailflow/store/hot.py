@@ -62,6 +62,13 @@ INSERT INTO deliveries (message_id, list_id, recipient, status, priority, attemp
 VALUES (:message_id, :list_id, :recipient, :status, :priority, 0, :now, :now, :now)
 """
 
+INSERT_LEASED_DELIVERY = """
+INSERT INTO deliveries (id, message_id, list_id, recipient, status, priority, attempts, due_at,
+                        lease_owner, created_at, updated_at)
+VALUES (:id, :message_id, :list_id, :recipient, :status, :priority, 0, :until, :owner, :now,
+        :now)
+"""
+
 RECORD_OUTCOME = """
 UPDATE deliveries
    SET status = :status, due_at = :due_at, last_reply = :reply, attempts = attempts + 1,
@@ -84,6 +91,7 @@ RETURNING id, message_id, list_id, recipient, attempts, created_at, priority
 @dataclass(frozen=True, slots=True)
 class HotStatements:
     insert_delivery: DriverStatement
+    insert_leased_delivery: DriverStatement
     record_outcome: DriverStatement
     claim_due: DriverStatement
 
@@ -94,6 +102,7 @@ class HotStatements:
         lock = "FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
         return cls(
             DriverStatement.prepare(INSERT_DELIVERY, paramstyle),
+            DriverStatement.prepare(INSERT_LEASED_DELIVERY, paramstyle),
             DriverStatement.prepare(RECORD_OUTCOME, paramstyle),
             DriverStatement.prepare(CLAIM_DUE.format(lock=lock), paramstyle),
         )

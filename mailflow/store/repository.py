@@ -41,6 +41,24 @@ PENDING = [status.value for status in PENDING_STATUSES]
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """Who leases fresh deliveries at ingest, for how long, and how many at most."""
+
+    owner: str
+    seconds: float
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    """What one ingest transaction left to do."""
+
+    left: int                # messages left ``received`` for the processor
+    queued: int              # deliveries queued for a claim
+    leased: list[Delivery]   # deliveries already leased to the caller's scheduler
+
+
+@dataclass(frozen=True, slots=True)
 class Resolution:
     """What an envelope recipient is to this relay."""
 
@@ -340,7 +358,7 @@ class Repository:
 
     def store_messages(self, batch: Sequence[InboundMessage], now: float,
                        ensure_blobs: Callable[[], None], plan: Planner | None = None,
-                       inline_limit: int = 0) -> int:
+                       inline_limit: int = 0, lease: Lease | None = None) -> StoredBatch:
         """Make a batch of received messages durable in one transaction (group commit).
 
         The blob files are written and fsynced before this is called, off the writer.
@@ -351,8 +369,12 @@ class Repository:
 
         With a ``plan``, messages are also expanded in the same transaction while their
         deliveries stay within ``inline_limit`` rows, which spares small posts a second
-        transaction; the rest stay ``received`` for :meth:`expand_received`.  Returns how
-        many messages were left to expand.
+        transaction; the rest stay ``received`` for :meth:`expand_received`.
+
+        With a ``lease``, up to ``lease.limit`` of those deliveries are inserted already
+        leased to ``lease.owner`` and returned: the local scheduler sends them without a
+        claim transaction of its own (a fresh post's fastest path).  They are leased
+        exactly as a claim would lease them, so a crash returns them the same way.
         """
         sizes: dict[str, tuple[int, int]] = {}
         for msg in batch:
@@ -375,11 +397,43 @@ class Repository:
                  "updated_at": now}
                 for m in batch
             ])
+            leased = self._lease_planned(conn, rows, lease, now) if lease and rows else []
+            rows = rows[len(leased):]
             self._insert_planned(conn, rows, trace, now)
             done = [m for m in batch if statuses.get(m.id) is MessageStatus.DONE]
             if done:
                 self._release_blobs(conn, [m.blob for m in done], now)
-        return len(batch) - len(statuses)
+        return StoredBatch(left=len(batch) - len(statuses), queued=len(rows), leased=leased)
+
+    def _lease_planned(self, conn: Connection, rows: list[tuple[Any, ...]], lease: Lease,
+                       now: float) -> list[Delivery]:
+        """Insert the first ``lease.limit`` planned rows as leased; returns them."""
+        taken = rows[:lease.limit]
+        if not taken:
+            return []
+        ids = self._new_delivery_ids(conn, len(taken))
+        leased = [Delivery(id_, message_id, list_id, recipient, 0, now, priority)
+                  for id_, (message_id, list_id, recipient, _, priority, *_)
+                  in zip(ids, taken, strict=True)]
+        until, status = now + lease.seconds, DeliveryStatus.IN_FLIGHT.value
+        self._hot.insert_leased_delivery.execute_many(conn, [
+            (d.id, d.message_id, d.list_id, d.recipient, status, d.priority, until,
+             lease.owner, now, now) for d in leased])
+        return leased
+
+    def _new_delivery_ids(self, conn: Connection, count: int) -> list[int]:
+        """Ids for ``count`` deliveries about to be inserted in this transaction.
+
+        SQLite: the writer holds the database lock, so max(id) cannot move under us.
+        PostgreSQL: the column's own sequence, as its default would use it.
+        """
+        if self.engines.is_sqlite:
+            first = int(conn.exec_driver_sql(
+                "SELECT coalesce(max(id), 0) + 1 FROM deliveries").scalar_one())
+            return list(range(first, first + count))
+        return [int(i) for i in conn.exec_driver_sql(
+            "SELECT nextval(pg_get_serial_sequence('deliveries', 'id')) "
+            "FROM generate_series(1, %(n)s)", {"n": count}).scalars()]
 
     def has_received(self) -> bool:
         """Whether any message waits for expansion."""
