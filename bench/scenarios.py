@@ -21,6 +21,7 @@ polling interval does not enter the figure.  Relay and benchmark share one clock
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -74,7 +75,7 @@ class Options:
 @dataclass
 class RunResult:
     value: float                     # the headline figure of the scenario
-    rss_mb: float                    # VmHWM of the relay process at the end of the run
+    rss_mb: float                    # VmHWM of the relay (+ egress process) at the end
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -123,17 +124,35 @@ class Harness:
         text = self.relay.log().strip().splitlines()[-lines:]
         return "relay log (last lines):\n  " + "\n  ".join(text) if text else "relay log empty"
 
+    def processes(self) -> list[int]:
+        """The relay process and its children (the egress process)."""
+        children: list[int] = []
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                children += [int(p) for p in (task / "children").read_text().split()]
+        return [self.pid, *children]
+
     def rss_mb(self) -> float:
-        """Peak resident set size (VmHWM) of the relay process so far, in MB (10^6 B)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e6
-        raise BenchError("no VmHWM in /proc/PID/status")
+        """Peak resident set size (VmHWM) so far, in MB (10^6 B): the relay process plus
+        its children, each at its own peak (an upper bound of what they held at once)."""
+        total = 0
+        for pid in self.processes():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) * 1024
+        if not total:
+            raise BenchError("no VmHWM in /proc/PID/status")
+        return total / 1e6
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the relay process so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        """User + system CPU time of the relay process and its children so far."""
+        total = 0
+        for pid in self.processes():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        return total / CLK_TCK
 
     def smtp_client(self) -> smtplib.SMTP:
         client = smtplib.SMTP("127.0.0.1", self.relay.smtp_port, local_hostname="bench.test",

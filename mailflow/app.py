@@ -26,6 +26,7 @@ from mailflow.config import Settings
 from mailflow.egress.base import Egress
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.egress.stdout import StdoutEgress
+from mailflow.egress.worker import ProcessEgress
 from mailflow.errors import ConfigurationError
 from mailflow.ingress.accept import AcceptPolicy, AcceptService
 from mailflow.ingress.commit import GroupCommitter
@@ -49,9 +50,10 @@ MAINTENANCE_CALLS = 50
 
 def build_egress(settings: Settings) -> Egress:
     if settings.egress == "smtp":
-        return SmtpEgress(settings.relay, pool_size=settings.smtp_pool_size,
-                          timeout=settings.smtp_timeout, idle_check=settings.smtp_idle_check,
-                          local_hostname=settings.hostname)
+        kind = ProcessEgress if settings.egress_process else SmtpEgress
+        return kind(settings.relay, pool_size=settings.smtp_pool_size,
+                    timeout=settings.smtp_timeout, idle_check=settings.smtp_idle_check,
+                    local_hostname=settings.hostname)
     return StdoutEgress()
 
 

@@ -6,14 +6,17 @@ import asyncio
 import io
 import ssl
 import subprocess
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mailflow.config import parse_smtp_relay
+from mailflow.egress.base import Egress
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.egress.stdout import StdoutEgress
+from mailflow.egress.worker import ProcessEgress
 from mailflow.errors import EgressUnavailable
 from mailflow.testing.ports import free_port
 from mailflow.testing.sink import SmtpSink
@@ -21,9 +24,24 @@ from mailflow.testing.sink import SmtpSink
 CONTENT = b"From: a@x.test\r\nSubject: t\r\n\r\nbody\r\n"
 
 
-def egress_for(url: str, idle_check: float = 10.0) -> SmtpEgress:
-    return SmtpEgress(parse_smtp_relay(url), pool_size=2, timeout=5, idle_check=idle_check,
+EgressFactory = Callable[..., Egress]
+
+
+@pytest.fixture(params=["in-process", "child-process"])
+async def make_egress(request: pytest.FixtureRequest) -> AsyncIterator[EgressFactory]:
+    """SMTP egresses as the relay builds them: in its process, or served by a child."""
+    kind = SmtpEgress if request.param == "in-process" else ProcessEgress
+    made: list[Egress] = []
+
+    def make(url: str, idle_check: float = 10.0) -> Egress:
+        egress = kind(parse_smtp_relay(url), pool_size=2, timeout=5, idle_check=idle_check,
                       local_hostname="relay.test")
+        made.append(egress)
+        return egress
+
+    yield make
+    for egress in made:
+        await egress.close()
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +60,9 @@ def server_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
     return context
 
 
-async def test_connections_are_reused_and_replies_kept_per_recipient(sink: SmtpSink) -> None:
-    egress = egress_for(sink.url)
+async def test_connections_are_reused_and_replies_kept_per_recipient(
+        sink: SmtpSink, make_egress: EgressFactory) -> None:
+    egress = make_egress(sink.url)
     sink.fail_rcpt("b@x.test", "550 5.1.1 unknown")
     sink.fail_rcpt("c@x.test", "452 4.2.2 full")
     try:
@@ -60,8 +79,9 @@ async def test_connections_are_reused_and_replies_kept_per_recipient(sink: SmtpS
     assert sink.messages[0].content == CONTENT
 
 
-async def test_all_recipients_refused_and_data_refused(sink: SmtpSink) -> None:
-    egress = egress_for(sink.url)
+async def test_all_recipients_refused_and_data_refused(
+        sink: SmtpSink, make_egress: EgressFactory) -> None:
+    egress = make_egress(sink.url)
     sink.fail_rcpt("a@x.test", "550 5.1.1 unknown")
     try:
         [reply] = await egress.send("l@x.test", ["a@x.test"], CONTENT)
@@ -75,9 +95,9 @@ async def test_all_recipients_refused_and_data_refused(sink: SmtpSink) -> None:
         await egress.close()
 
 
-async def test_dead_connection_is_replaced_after_a_noop_check() -> None:
+async def test_dead_connection_is_replaced_after_a_noop_check(make_egress: EgressFactory) -> None:
     port = free_port()
-    egress = egress_for(f"smtp://127.0.0.1:{port}", idle_check=0)
+    egress = make_egress(f"smtp://127.0.0.1:{port}", idle_check=0)
     try:
         with SmtpSink(port=port) as first:
             await egress.send("l@x.test", ["a@x.test"], CONTENT)
@@ -89,8 +109,8 @@ async def test_dead_connection_is_replaced_after_a_noop_check() -> None:
         await egress.close()
 
 
-async def test_unreachable_relay_is_a_temporary_failure() -> None:
-    egress = egress_for(f"smtp://127.0.0.1:{free_port()}")
+async def test_unreachable_relay_is_a_temporary_failure(make_egress: EgressFactory) -> None:
+    egress = make_egress(f"smtp://127.0.0.1:{free_port()}")
     with pytest.raises(EgressUnavailable):
         await egress.send("l@x.test", ["a@x.test"], CONTENT)
 
@@ -101,10 +121,11 @@ def authenticator(server, session, envelope, mechanism, auth_data):  # type: ign
     return AuthResult(success=ok)
 
 
-async def test_starttls_with_auth(certificate: tuple[Path, Path]) -> None:
+async def test_starttls_with_auth(certificate: tuple[Path, Path],
+                                  make_egress: EgressFactory) -> None:
     with SmtpSink(tls_context=server_context(certificate), require_starttls=True,
                   authenticator=authenticator, auth_required=True) as sink:
-        egress = egress_for(f"smtp://relay-user:s3cret%3Apw@127.0.0.1:{sink.port}"
+        egress = make_egress(f"smtp://relay-user:s3cret%3Apw@127.0.0.1:{sink.port}"
                             "?tls=starttls&verify=no")
         try:
             replies = await egress.send("l@x.test", ["a@x.test"], CONTENT)
@@ -112,15 +133,15 @@ async def test_starttls_with_auth(certificate: tuple[Path, Path]) -> None:
             await egress.close()
         assert replies[0].delivered and sink.recipients() == ["a@x.test"]
 
-        wrong = egress_for(f"smtp://relay-user:wrong@127.0.0.1:{sink.port}"
+        wrong = make_egress(f"smtp://relay-user:wrong@127.0.0.1:{sink.port}"
                            "?tls=starttls&verify=no")
         with pytest.raises(EgressUnavailable):
             await wrong.send("l@x.test", ["a@x.test"], CONTENT)
 
 
-async def test_implicit_tls(certificate: tuple[Path, Path]) -> None:
+async def test_implicit_tls(certificate: tuple[Path, Path], make_egress: EgressFactory) -> None:
     with SmtpSink(ssl_context=server_context(certificate)) as sink:
-        egress = egress_for(f"smtps://127.0.0.1:{sink.port}?verify=no")
+        egress = make_egress(f"smtps://127.0.0.1:{sink.port}?verify=no")
         try:
             replies = await egress.send("l@x.test", ["a@x.test"], CONTENT)
         finally:
@@ -188,9 +209,9 @@ class BatchingServer:
             writer.close()
 
 
-async def test_envelope_is_pipelined_in_one_write() -> None:
+async def test_envelope_is_pipelined_in_one_write(make_egress: EgressFactory) -> None:
     async with BatchingServer() as server:
-        egress = egress_for(server.url)
+        egress = make_egress(server.url)
         try:
             replies = await egress.send("l@x.test", ["a@x.test", "nobody@x.test", "c@x.test"],
                                         b"Subject: t\r\n\r\n.dot line\r\nend")
@@ -204,12 +225,13 @@ async def test_envelope_is_pipelined_in_one_write() -> None:
 
 
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "lock-step"])
-async def test_refused_sender_applies_to_every_recipient(pipelining: bool) -> None:
+async def test_refused_sender_applies_to_every_recipient(
+        pipelining: bool, make_egress: EgressFactory) -> None:
     """A temporary MAIL FROM refusal must not turn into permanent 503s for the RCPTs."""
     with SmtpSink() as sink:
         sink.handler.pipelining = pipelining
         sink.handler.mail_replies.append("451 4.3.2 try later")
-        egress = egress_for(sink.url)
+        egress = make_egress(sink.url)
         try:
             replies = await egress.send("l@x.test", ["a@x.test", "b@x.test"], CONTENT)
             assert [(r.code, r.permanent) for r in replies] == [(451, False), (451, False)]
@@ -222,11 +244,11 @@ async def test_refused_sender_applies_to_every_recipient(pipelining: bool) -> No
         assert sink.messages[0].content == CONTENT
 
 
-async def test_lock_step_when_pipelining_is_not_offered() -> None:
+async def test_lock_step_when_pipelining_is_not_offered(make_egress: EgressFactory) -> None:
     with SmtpSink() as sink:
         sink.handler.pipelining = False
         sink.fail_rcpt("a@x.test", "550 5.1.1 unknown")
-        egress = egress_for(sink.url)
+        egress = make_egress(sink.url)
         try:
             [refused] = await egress.send("l@x.test", ["a@x.test"], CONTENT)
             replies = await egress.send("l@x.test", ["a@x.test", "b@x.test"], CONTENT)
@@ -235,3 +257,25 @@ async def test_lock_step_when_pipelining_is_not_offered() -> None:
         assert refused.code == 550
         assert all(r.delivered for r in replies)
         assert sink.recipients() == ["a@x.test", "b@x.test"]
+
+
+async def test_a_dead_egress_process_defers_its_transactions_and_is_replaced() -> None:
+    with SmtpSink() as sink:
+        egress = ProcessEgress(parse_smtp_relay(sink.url), pool_size=2, timeout=5,
+                               idle_check=10, local_hostname="relay.test")
+        try:
+            await egress.start()
+            assert (await egress.send("l@x.test", ["a@x.test"], CONTENT))[0].delivered
+            sink.handler.data_delay = 1.0  # hold the next transaction on the wire
+            in_flight = asyncio.create_task(egress.send("l@x.test", ["b@x.test"], CONTENT))
+            await asyncio.sleep(0.3)
+            assert egress._process is not None
+            egress._process.kill()
+            with pytest.raises(EgressUnavailable):  # deferred by the scheduler, not lost
+                await asyncio.wait_for(in_flight, 5)
+            sink.handler.data_delay = 0
+            replies = await egress.send("l@x.test", ["c@x.test"], CONTENT)
+            assert replies[0].delivered and egress.children_started == 2
+        finally:
+            await egress.close()
+        assert "c@x.test" in sink.recipients() and "a@x.test" in sink.recipients()

@@ -1,0 +1,305 @@
+"""The SMTP egress in a child process: the second core does the wire work.
+
+Why: the relay is one Python process, so the GIL caps it at one core, and a fan-out
+spends much of that core on SMTP client work (formatting commands, parsing replies,
+the event loop around them).  :class:`ProcessEgress` keeps the scheduler, the store and
+every decision in the relay process and hands each transaction to a child running
+:class:`~mailflow.egress.smtp.SmtpEgress`; the child answers per recipient.
+
+The two talk over a socketpair in frames (4-byte length + pickle; both ends are this
+code).  Frames written in one turn of the event loop go out in one write, so a busy
+relay pays one system call for many transactions.  A content is sent once and then
+referred to by number while the child keeps it (the parent decides what it forgets).
+
+Failure: if the child dies, every transaction it held is answered
+:class:`~mailflow.errors.EgressUnavailable` (so the deliveries are deferred and retried,
+never lost) and the next send starts a new child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pickle
+import signal
+import socket
+import struct
+import sys
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from mailflow.config import SmtpRelay
+from mailflow.egress.base import RecipientReply
+from mailflow.egress.smtp import SmtpEgress
+from mailflow.errors import EgressUnavailable
+
+log = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct("!I")
+CONTENTS_KEPT = 64       # contents the child keeps (the scheduler renders 64 copies at most)
+START_TIMEOUT = 30.0     # seconds for a child to start and say it is ready
+STOP_TIMEOUT = 10.0      # seconds for a child to close its connections and exit
+
+
+class FrameProtocol(asyncio.Protocol):
+    """Length-prefixed pickled frames in both directions, writes batched per loop turn."""
+
+    def __init__(self, on_frame: Callable[[Any], None],
+                 on_lost: Callable[[Exception | None], None]) -> None:
+        self._on_frame = on_frame
+        self._on_lost = on_lost
+        self._buffer = bytearray()
+        self._outgoing: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, frame: Any) -> None:
+        payload = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing += (_LENGTH.pack(len(payload)), payload)
+
+    def _flush(self) -> None:
+        chunks, self._outgoing = self._outgoing, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(chunks))
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while len(buffer) - start >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(buffer, start)
+            end = start + _LENGTH.size + length
+            if len(buffer) < end:
+                break
+            frame = pickle.loads(memoryview(buffer)[start + _LENGTH.size:end])
+            start = end
+            self._on_frame(frame)
+        if start:
+            del buffer[:start]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_lost(exc)
+
+
+class ProcessEgress:
+    """The :class:`~mailflow.egress.base.Egress` protocol, served by a child process."""
+
+    name = "smtp"
+
+    def __init__(self, relay: SmtpRelay, *, pool_size: int, timeout: float,
+                 idle_check: float, local_hostname: str | None = None) -> None:
+        self.config = {"relay": asdict(relay), "pool_size": pool_size, "timeout": timeout,
+                       "idle_check": idle_check, "local_hostname": local_hostname}
+        self.relay = relay
+        self._process: asyncio.subprocess.Process | None = None
+        self._channel: FrameProtocol | None = None
+        self._pending: dict[int, asyncio.Future[list[RecipientReply]]] = {}
+        self._contents: OrderedDict[int, tuple[bytes, int]] = OrderedDict()  # id -> key
+        self._next_id = 0
+        self._starting: asyncio.Lock | None = None
+        self.children_started = 0
+
+    async def start(self) -> None:
+        await self._ensure_child()
+
+    async def send(self, mail_from: str, recipients: Sequence[str],
+                   content: bytes) -> list[RecipientReply]:
+        channel = await self._ensure_child()
+        self._next_id += 1
+        number = self._next_id
+        future: asyncio.Future[list[RecipientReply]] = \
+            asyncio.get_running_loop().create_future()
+        self._pending[number] = future
+        key, first_time = self._content_key(content, channel)
+        channel.send(("send", number, key, content if first_time else None, mail_from,
+                      list(recipients)))
+        return await future
+
+    def _content_key(self, content: bytes, channel: FrameProtocol) -> tuple[int, bool]:
+        entry = self._contents.get(id(content))
+        if entry is not None and entry[0] is content:
+            self._contents.move_to_end(id(content))
+            return entry[1], False
+        self._next_id += 1
+        self._contents[id(content)] = (content, self._next_id)
+        while len(self._contents) > CONTENTS_KEPT:
+            _, (_, forgotten) = self._contents.popitem(last=False)
+            channel.send(("forget", forgotten))
+        return self._next_id, True
+
+    async def _ensure_child(self) -> FrameProtocol:
+        if self._channel is not None:
+            return self._channel
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._channel is None:
+                await self._start_child()
+        assert self._channel is not None
+        return self._channel
+
+    async def _start_child(self) -> None:
+        loop = asyncio.get_running_loop()
+        parent_end, child_end = socket.socketpair()
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "mailflow.egress.worker", str(child_end.fileno()),
+                pass_fds=(child_end.fileno(),), stdin=asyncio.subprocess.DEVNULL)
+        except OSError as exc:
+            parent_end.close()
+            raise EgressUnavailable(f"cannot start the egress process: {exc}") from exc
+        finally:
+            child_end.close()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def on_frame(frame: Any) -> None:
+            if frame[0] == "ready":
+                if not ready.done():
+                    ready.set_result(None)
+            else:
+                self._answer(frame)
+
+        def on_lost(exc: Exception | None) -> None:
+            if not ready.done():
+                ready.set_exception(EgressUnavailable("the egress process exited at start"))
+            self._child_gone(exc)
+
+        _, channel = await loop.create_unix_connection(
+            lambda: FrameProtocol(on_frame, on_lost), sock=parent_end)
+        channel.send(("config", self.config))
+        try:
+            await asyncio.wait_for(ready, START_TIMEOUT)
+        except BaseException:
+            channel.transport.close()  # type: ignore[union-attr]
+            raise
+        self._channel = channel
+        self._contents.clear()
+        self.children_started += 1
+        log.info("egress process %d started", self._process.pid,
+                 extra={"action": "egress_started"})
+
+    def _answer(self, frame: tuple[Any, ...]) -> None:
+        kind, number, detail = frame
+        future = self._pending.pop(number, None)
+        if future is None or future.done():
+            return
+        if kind == "replies":
+            future.set_result([RecipientReply(*reply) for reply in detail])
+        else:
+            future.set_exception(EgressUnavailable(detail))
+
+    def _child_gone(self, exc: Exception | None) -> None:
+        self._channel = None
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(EgressUnavailable(
+                    f"the egress process exited ({exc or 'connection closed'})"))
+        if pending:
+            log.error("egress process exited with %d transactions in flight", len(pending),
+                      extra={"action": "egress_lost"})
+
+    async def close(self) -> None:
+        channel, process = self._channel, self._process
+        if channel is not None:
+            channel.send(("close",))
+        if process is not None:
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if channel is not None and channel.transport is not None:
+            channel.transport.close()
+
+
+# -- the child ----------------------------------------------------------------------------
+
+class _Worker:
+    def __init__(self) -> None:
+        self.egress: SmtpEgress | None = None
+        self.contents: dict[int, bytes] = {}
+        self.channel: FrameProtocol | None = None
+        self.done = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def on_frame(self, frame: tuple[Any, ...]) -> None:
+        kind = frame[0]
+        if kind == "send":
+            _, number, key, content, mail_from, recipients = frame
+            if content is not None:
+                self.contents[key] = content
+            task = asyncio.create_task(self._send(number, self.contents[key], mail_from,
+                                                  recipients))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        elif kind == "forget":
+            self.contents.pop(frame[1], None)
+        elif kind == "config":
+            config = frame[1]
+            self.egress = SmtpEgress(SmtpRelay(**config["relay"]),
+                                     pool_size=config["pool_size"],
+                                     timeout=config["timeout"],
+                                     idle_check=config["idle_check"],
+                                     local_hostname=config["local_hostname"])
+            assert self.channel is not None
+            self.channel.send(("ready",))
+        elif kind == "close":
+            self.done.set()
+
+    async def _send(self, number: int, content: bytes, mail_from: str,
+                    recipients: list[str]) -> None:
+        assert self.egress is not None and self.channel is not None
+        try:
+            replies = await self.egress.send(mail_from, recipients, content)
+        except EgressUnavailable as exc:
+            self.channel.send(("unavailable", number, str(exc)))
+        except Exception as exc:  # never leave the parent waiting
+            self.channel.send(("unavailable", number, f"{type(exc).__name__}: {exc}"))
+        else:
+            self.channel.send(("replies", number,
+                               [(r.recipient, r.code, r.text) for r in replies]))
+
+    def on_lost(self, exc: Exception | None) -> None:
+        self.done.set()  # the relay went away: nothing more will come
+
+    async def run(self, fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(fileno=fd)
+        self.channel = channel = FrameProtocol(self.on_frame, self.on_lost)
+        await loop.create_unix_connection(lambda: channel, sock=sock)
+        await self.done.wait()
+        if self.tasks:  # transactions on the wire: let them finish and answer
+            await asyncio.wait(list(self.tasks), timeout=STOP_TIMEOUT)
+        if self.egress is not None:
+            await self.egress.close()
+        await asyncio.sleep(0)  # flush the last answers
+        if self.channel.transport is not None:
+            self.channel.transport.close()
+
+
+def main(argv: list[str]) -> int:
+    # The relay handles signals and stops us with a "close" frame, or by going away (end
+    # of file); a Ctrl-C or a service manager's SIGTERM to the whole group must not cut
+    # transactions off half-way.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        import uvloop
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    with contextlib.suppress(KeyboardInterrupt):
+        runner(_Worker().run(int(argv[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
