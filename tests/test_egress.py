@@ -30,12 +30,17 @@ EgressFactory = Callable[..., Egress]
 @pytest.fixture(params=["in-process", "child-process"])
 async def make_egress(request: pytest.FixtureRequest) -> AsyncIterator[EgressFactory]:
     """SMTP egresses as the relay builds them: in its process, or served by a child."""
-    kind = SmtpEgress if request.param == "in-process" else ProcessEgress
     made: list[Egress] = []
 
     def make(url: str, idle_check: float = 10.0) -> Egress:
-        egress = kind(parse_smtp_relay(url), pool_size=2, timeout=5, idle_check=idle_check,
-                      local_hostname="relay.test")
+        relay = parse_smtp_relay(url)
+        egress: Egress
+        if request.param == "in-process":
+            egress = SmtpEgress(relay, pool_size=2, timeout=5, idle_check=idle_check,
+                                local_hostname="relay.test")
+        else:  # every transaction through the child, even a lone one
+            egress = ProcessEgress(relay, pool_size=2, timeout=5, idle_check=idle_check,
+                                   local_hostname="relay.test", alone_in_process=False)
         made.append(egress)
         return egress
 
@@ -262,7 +267,8 @@ async def test_lock_step_when_pipelining_is_not_offered(make_egress: EgressFacto
 async def test_a_dead_egress_process_defers_its_transactions_and_is_replaced() -> None:
     with SmtpSink() as sink:
         egress = ProcessEgress(parse_smtp_relay(sink.url), pool_size=2, timeout=5,
-                               idle_check=10, local_hostname="relay.test")
+                               idle_check=10, local_hostname="relay.test",
+                               alone_in_process=False)
         try:
             await egress.start()
             assert (await egress.send("l@x.test", ["a@x.test"], CONTENT))[0].delivered
@@ -279,3 +285,21 @@ async def test_a_dead_egress_process_defers_its_transactions_and_is_replaced() -
         finally:
             await egress.close()
         assert "c@x.test" in sink.recipients() and "a@x.test" in sink.recipients()
+
+
+async def test_a_lone_transaction_stays_in_process_and_a_crowd_goes_to_the_child() -> None:
+    with SmtpSink() as sink:
+        egress = ProcessEgress(parse_smtp_relay(sink.url), pool_size=4, timeout=5,
+                               idle_check=10, local_hostname="relay.test")
+        try:
+            await egress.start()
+            assert (await egress.send("l@x.test", ["a@x.test"], CONTENT))[0].delivered
+            assert sink.handler.connections == 1  # the relay process's own connection
+            sink.handler.data_delay = 0.2
+            crowd = [egress.send("l@x.test", [f"m{i}@x.test"], CONTENT) for i in range(6)]
+            replies = await asyncio.wait_for(asyncio.gather(*crowd), 10)
+        finally:
+            await egress.close()
+        assert all(r[0].delivered for r in replies)
+        assert sink.handler.connections >= 3  # the child opened connections of its own
+        assert len(sink.recipients()) == 7

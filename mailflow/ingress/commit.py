@@ -8,10 +8,10 @@ N fsyncs into one; at idle a lone message commits at once.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from mailflow.blobs import BlobStore
@@ -25,6 +25,7 @@ from mailflow.store.runner import StoreRunner
 log = logging.getLogger(__name__)
 
 MAX_BATCH_MESSAGES = 256
+BATCHES_IN_FLIGHT = 2   # one committing while the next writes its blobs and waits
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 HASH_IN_THREAD_ABOVE = 256 * 1024
 
@@ -44,9 +45,11 @@ async def content_digest(data: bytes) -> str:
 
 
 class GroupCommitter:
-    """Two stages: blob files are written and fsynced in a worker thread, then every
-    message whose blob is on disk joins the next database transaction.  The writer thread
-    never waits for file I/O, and while one stage works the other gathers its batch."""
+    """Batches of concurrent ingests, each one blob sync and one database commit.
+
+    A batch's blob files are written on a thread of their own while the writer thread
+    builds its transaction, which waits for them only before it commits; while one batch
+    commits, the next one gathers and writes its blobs."""
 
     def __init__(self, runner: StoreRunner, blobs: BlobStore, clock: Clock, *,
                  plan: Planner, inline_limit: int, on_queued: Callable[[], None],
@@ -65,7 +68,7 @@ class GroupCommitter:
         self.lease = lease              # how many fresh deliveries the scheduler takes now
         self.on_leased = on_leased      # ... and where they go, with no claim of its own
         self._incoming: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._written: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._blob_writer = ThreadPoolExecutor(1, thread_name_prefix="mailflow-blobs")
 
     async def commit(self, message: InboundMessage, data: bytes) -> None:
         """Return once the message is durable; raise StorageUnavailable otherwise."""
@@ -74,45 +77,58 @@ class GroupCommitter:
         await done
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._write_blobs())
-            group.create_task(self._commit_rows())
+        """Commit batches, at most ``BATCHES_IN_FLIGHT`` at once, until cancelled."""
+        slots = asyncio.Semaphore(BATCHES_IN_FLIGHT)
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await slots.acquire()
+                try:
+                    batch = await _drain(self._incoming)
+                except BaseException:
+                    slots.release()
+                    raise
+                task = asyncio.create_task(self._commit(batch))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                task.add_done_callback(lambda _: slots.release())
+        finally:
+            if in_flight:  # let batches already handed to the store finish and answer
+                await asyncio.shield(asyncio.wait(list(in_flight), timeout=30))
+            self._blob_writer.shutdown(wait=False)
 
-    async def _write_blobs(self) -> None:
-        while True:
-            batch = await _drain(self._incoming)
-            try:
-                await asyncio.to_thread(self.blobs.write_many,
-                                        [(p.message.blob, p.data) for p in batch])
-            except Exception as exc:
-                _fail(batch, exc)
-                continue
-            for pending in batch:
-                self._written.put_nowait(pending)
+    async def _commit(self, batch: list[_Pending]) -> None:
+        """One batch: blob files and the database transaction at the same time.
 
-    async def _commit_rows(self) -> None:
-        while True:
-            batch = await _drain(self._written)
-            ensure_blobs = functools.partial(
-                self.blobs.write_many, [(p.message.blob, p.data) for p in batch])
-            try:
-                stored = await self.runner.write(
-                    self.runner.repo.store_messages, [p.message for p in batch],
-                    self.clock.now(), ensure_blobs, self.plan, self.inline_limit,
-                    self.lease())
-            except Exception as exc:
-                _fail(batch, exc)
-                continue
-            self.recent.remember(p.message for p in batch)
-            for pending in batch:
-                if not pending.done.done():
-                    pending.done.set_result(None)
-            if stored.leased:
-                self.on_leased(stored.leased)
-            if stored.queued:
-                self.on_queued()
-            if stored.left:
-                self.on_received()
+        The blob files are written and made durable on the blob thread while the writer
+        builds the transaction; the transaction waits for them just before its commit
+        (``ensure_blobs``), so a row never becomes durable before its blob, and the two
+        waits overlap instead of adding up.
+        """
+        items = [(p.message.blob, p.data) for p in batch]
+        blob_write = self._blob_writer.submit(self.blobs.write_many, items)
+
+        def ensure_blobs() -> None:
+            blob_write.result()
+            self.blobs.write_many(items)  # a re-check: only stats what was just written
+
+        try:
+            stored = await self.runner.write(
+                self.runner.repo.store_messages, [p.message for p in batch],
+                self.clock.now(), ensure_blobs, self.plan, self.inline_limit, self.lease())
+        except Exception as exc:
+            _fail(batch, exc)
+            return
+        self.recent.remember(p.message for p in batch)
+        for pending in batch:
+            if not pending.done.done():
+                pending.done.set_result(None)
+        if stored.leased:
+            self.on_leased(stored.leased)
+        if stored.queued:
+            self.on_queued()
+        if stored.left:
+            self.on_received()
 
 
 async def _drain(queue: asyncio.Queue[_Pending]) -> list[_Pending]:

@@ -1,11 +1,12 @@
 """The hot statements, written once and run straight on the driver's cursor.
 
-Why: for the three statements that touch every delivery (insert at expansion, lease at
-claim, outcome at record) SQLAlchemy's per-row parameter processing and ``Row`` objects
-cost more than SQLite's own work - about 15 of 45 microseconds per delivery in a
-profile of a 50,000-delivery fan-out.  Here the SQL is plain text with ``:name``
-placeholders, turned into the driver's positional style (``?`` for sqlite3, ``%s`` for
-psycopg) once, and rows travel as tuples.  Everything else stays SQLAlchemy Core.
+Why: for the statements that touch every delivery (insert at expansion, lease at claim,
+outcome at record) and every ingest (blob reference, message row), SQLAlchemy's per-row
+parameter processing and ``Row`` objects cost more than SQLite's own work - about 15 of
+45 microseconds per delivery in a profile of a 50,000-delivery fan-out.  Here the SQL is
+plain text with ``:name`` placeholders, turned into the driver's positional style (``?``
+for sqlite3, ``%s`` for psycopg) once, and rows travel as tuples.  Everything else stays
+SQLAlchemy Core.
 
 Each statement runs inside the caller's SQLAlchemy transaction, on its connection.
 """
@@ -56,6 +57,20 @@ class DriverStatement:
             cursor.close()
 
 
+UPSERT_BLOB = """
+INSERT INTO blobs (hash, size, refcount, created_at, released_at)
+VALUES (:hash, :size, :refcount, :now, NULL)
+ON CONFLICT (hash) DO UPDATE SET refcount = blobs.refcount + excluded.refcount,
+                                 released_at = NULL
+"""
+
+INSERT_MESSAGE = """
+INSERT INTO messages (id, mail_from, rcpt_tos, blob, size, received_at, peer, helo, protocol,
+                      status, updated_at)
+VALUES (:id, :mail_from, :rcpt_tos, :blob, :size, :received_at, :peer, :helo, :protocol,
+        :status, :now)
+"""
+
 INSERT_DELIVERY = """
 INSERT INTO deliveries (message_id, list_id, recipient, status, priority, attempts, due_at,
                         created_at, updated_at)
@@ -90,6 +105,8 @@ RETURNING id, message_id, list_id, recipient, attempts, created_at, priority
 
 @dataclass(frozen=True, slots=True)
 class HotStatements:
+    upsert_blob: DriverStatement
+    insert_message: DriverStatement
     insert_delivery: DriverStatement
     insert_leased_delivery: DriverStatement
     record_outcome: DriverStatement
@@ -101,6 +118,8 @@ class HotStatements:
         # SQLite has one writer, so there is nothing to skip.
         lock = "FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
         return cls(
+            DriverStatement.prepare(UPSERT_BLOB, paramstyle),
+            DriverStatement.prepare(INSERT_MESSAGE, paramstyle),
             DriverStatement.prepare(INSERT_DELIVERY, paramstyle),
             DriverStatement.prepare(INSERT_LEASED_DELIVERY, paramstyle),
             DriverStatement.prepare(RECORD_OUTCOME, paramstyle),

@@ -142,7 +142,6 @@ _ACTIVE_MEMBERS = (select(members.c.address)
                    .where(members.c.list_id == bindparam("b_list_id"),
                           members.c.status == MemberStatus.ACTIVE.value)
                    .order_by(members.c.id))
-_INSERT_MESSAGES = insert(messages)
 _INSERT_EVENTS = insert(events)
 _MESSAGES_BY_ID = select(messages).where(messages.c.id.in_(bindparam("b_ids", expanding=True)))
 _LISTS_BY_ID = select(lists).where(lists.c.id.in_(bindparam("b_ids", expanding=True)))
@@ -179,11 +178,6 @@ class Repository:
         self.engines = engines
         dialect = sqlite if engines.is_sqlite else postgresql
         self._upsert_insert = dialect.insert
-        upsert = dialect.insert(blobs)
-        self._upsert_blobs = upsert.on_conflict_do_update(
-            index_elements=["hash"],
-            set_={"refcount": blobs.c.refcount + upsert.excluded.refcount, "released_at": None},
-        )
         self._hot = HotStatements.for_dialect(engines.dialect,
                                               engines.writer.dialect.paramstyle)
 
@@ -361,10 +355,12 @@ class Repository:
                        inline_limit: int = 0, lease: Lease | None = None) -> StoredBatch:
         """Make a batch of received messages durable in one transaction (group commit).
 
-        The blob files are written and fsynced before this is called, off the writer.
-        ``ensure_blobs`` re-writes any that are missing now: after the upsert below holds
-        the rows (row locks on PostgreSQL, the database lock on SQLite), the garbage
-        collector can no longer remove them, but it may have removed one just before.
+        The blob files are written and made durable off the writer; ``ensure_blobs``,
+        called last before the commit, waits for that if it is still under way (so the
+        rows are built meanwhile) and re-writes any file that is missing now: once the
+        upsert below holds the rows (row locks on PostgreSQL, the database lock on
+        SQLite), the garbage collector can no longer remove them, but it may have removed
+        one just before.  Nothing of the transaction reaches the disk before its commit.
         The commit is what an ingress waits for before it answers 250.
 
         With a ``plan``, messages are also expanded in the same transaction while their
@@ -381,28 +377,22 @@ class Repository:
             size, count = sizes.get(msg.blob, (msg.size, 0))
             sizes[msg.blob] = (size, count + 1)
         with self.engines.writer.begin() as conn:
-            conn.execute(self._upsert_blobs, [
-                {"hash": h, "size": size, "refcount": count, "created_at": now,
-                 "released_at": None}
-                for h, (size, count) in sorted(sizes.items())
-            ])
-            ensure_blobs()
+            self._hot.upsert_blob.execute_many(conn, [
+                (h, size, count, now) for h, (size, count) in sorted(sizes.items())])
             rows, trace, statuses = ([], [], {}) if plan is None else self._plan(
                 conn, batch, now, plan, inline_limit, inline=True)
-            conn.execute(_INSERT_MESSAGES, [
-                {"id": m.id, "mail_from": m.mail_from, "rcpt_tos": "\n".join(m.rcpt_tos),
-                 "blob": m.blob, "size": m.size, "received_at": m.received_at,
-                 "peer": m.peer, "helo": m.helo, "protocol": m.protocol,
-                 "status": statuses.get(m.id, MessageStatus.RECEIVED).value,
-                 "updated_at": now}
-                for m in batch
-            ])
+            received = MessageStatus.RECEIVED
+            self._hot.insert_message.execute_many(conn, [
+                (m.id, m.mail_from, "\n".join(m.rcpt_tos), m.blob, m.size, m.received_at,
+                 m.peer, m.helo, m.protocol, statuses.get(m.id, received).value, now)
+                for m in batch])
             leased = self._lease_planned(conn, rows, lease, now) if lease and rows else []
             rows = rows[len(leased):]
             self._insert_planned(conn, rows, trace, now)
             done = [m for m in batch if statuses.get(m.id) is MessageStatus.DONE]
             if done:
                 self._release_blobs(conn, [m.blob for m in done], now)
+            ensure_blobs()
         return StoredBatch(left=len(batch) - len(statuses), queued=len(rows), leased=leased)
 
     def _lease_planned(self, conn: Connection, rows: list[tuple[Any, ...]], lease: Lease,
