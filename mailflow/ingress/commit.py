@@ -11,8 +11,8 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from mailflow.blobs import BlobStore
 from mailflow.clock import Clock
@@ -25,9 +25,9 @@ from mailflow.store.runner import StoreRunner
 log = logging.getLogger(__name__)
 
 MAX_BATCH_MESSAGES = 256
-BATCHES_IN_FLIGHT = 2   # one committing while the next writes its blobs and waits
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 HASH_IN_THREAD_ABOVE = 256 * 1024
+BLOB_WAIT = 120.0  # seconds a transaction waits for its blob files before it gives up
 
 
 @dataclass(slots=True)
@@ -35,6 +35,9 @@ class _Pending:
     message: InboundMessage
     data: bytes
     done: asyncio.Future[None]
+    # Set once the blob file is durable; waited for by the writer thread, hence not an
+    # asyncio future.
+    blob_durable: Future[None] = field(default_factory=Future)
 
 
 async def content_digest(data: bytes) -> str:
@@ -45,11 +48,13 @@ async def content_digest(data: bytes) -> str:
 
 
 class GroupCommitter:
-    """Batches of concurrent ingests, each one blob sync and one database commit.
+    """Two loops over the same arrivals, overlapping.
 
-    A batch's blob files are written on a thread of their own while the writer thread
-    builds its transaction, which waits for them only before it commits; while one batch
-    commits, the next one gathers and writes its blobs."""
+    The blob loop writes the files of whatever has arrived and makes them durable with
+    one sync, again and again.  The commit loop takes everything that arrived while the
+    previous transaction ran (so the batches grow with the load) and builds one
+    transaction, which waits for its messages' blob files only just before it commits.
+    A row thus never becomes durable before its blob, and the waits overlap."""
 
     def __init__(self, runner: StoreRunner, blobs: BlobStore, clock: Clock, *,
                  plan: Planner, inline_limit: int, on_queued: Callable[[], None],
@@ -68,48 +73,50 @@ class GroupCommitter:
         self.lease = lease              # how many fresh deliveries the scheduler takes now
         self.on_leased = on_leased      # ... and where they go, with no claim of its own
         self._incoming: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._unwritten: asyncio.Queue[_Pending] = asyncio.Queue()
         self._blob_writer = ThreadPoolExecutor(1, thread_name_prefix="mailflow-blobs")
 
     async def commit(self, message: InboundMessage, data: bytes) -> None:
         """Return once the message is durable; raise StorageUnavailable otherwise."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._incoming.put(_Pending(message, data, done))
+        pending = _Pending(message, data, done)
+        self._unwritten.put_nowait(pending)
+        self._incoming.put_nowait(pending)
         await done
 
     async def run(self) -> None:
-        """Commit batches, at most ``BATCHES_IN_FLIGHT`` at once, until cancelled."""
-        slots = asyncio.Semaphore(BATCHES_IN_FLIGHT)
-        in_flight: set[asyncio.Task[None]] = set()
         try:
-            while True:
-                await slots.acquire()
-                try:
-                    batch = await _drain(self._incoming)
-                except BaseException:
-                    slots.release()
-                    raise
-                task = asyncio.create_task(self._commit(batch))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-                task.add_done_callback(lambda _: slots.release())
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._write_blobs())
+                group.create_task(self._commit_rows())
         finally:
-            if in_flight:  # let batches already handed to the store finish and answer
-                await asyncio.shield(asyncio.wait(list(in_flight), timeout=30))
             self._blob_writer.shutdown(wait=False)
 
-    async def _commit(self, batch: list[_Pending]) -> None:
-        """One batch: blob files and the database transaction at the same time.
+    async def _write_blobs(self) -> None:
+        while True:
+            batch = await _drain(self._unwritten)
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._blob_writer, self.blobs.write_many,
+                    [(p.message.blob, p.data) for p in batch])
+            except Exception as exc:
+                for pending in batch:
+                    pending.blob_durable.set_exception(exc)
+                continue
+            for pending in batch:
+                pending.blob_durable.set_result(None)
 
-        The blob files are written and made durable on the blob thread while the writer
-        builds the transaction; the transaction waits for them just before its commit
-        (``ensure_blobs``), so a row never becomes durable before its blob, and the two
-        waits overlap instead of adding up.
-        """
+    async def _commit_rows(self) -> None:
+        while True:
+            batch = await _drain(self._incoming)
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
         items = [(p.message.blob, p.data) for p in batch]
-        blob_write = self._blob_writer.submit(self.blobs.write_many, items)
 
         def ensure_blobs() -> None:
-            blob_write.result()
+            for pending in batch:
+                pending.blob_durable.result(timeout=BLOB_WAIT)
             self.blobs.write_many(items)  # a re-check: only stats what was just written
 
         try:
