@@ -193,7 +193,10 @@ the relay process's `VmHWM`).
 (`mailflow.testing.postfix.PostfixInstance`, loopback only) with \
 `virtual_alias_domains = bench.test`, a `texthash` `virtual_alias_maps` expanding the \
 alias or list address to the same members as MailFlow (`virtual_alias_expansion_limit` \
-raised to the member count, `virtual_alias_recursion_limit` raised), `transport_maps` \
+raised to the member count, `virtual_alias_recursion_limit` raised; a list over 1,000 \
+members in two levels of up to 1,000 addresses, because Postfix's cleanup parses one \
+alias value in quadratic time: a flat 100,000-address entry took it 195 s before the post \
+was even accepted), `transport_maps` \
 sending `sink.test` to `smtp:[127.0.0.1]:SINKPORT`, `smtp_destination_recipient_limit = \
 50` (1 for F), otherwise Postfix defaults (up to 20 parallel connections to the sink; \
 MailFlow uses 8). The maillog has whole-second timestamps, so for A, B, E and F it is \
