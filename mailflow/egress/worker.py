@@ -114,7 +114,12 @@ class ProcessEgress:
         self.children_started = 0
 
     async def start(self) -> None:
-        await self._ensure_child()
+        """Start the child now, so the first delivery does not wait for it; if it cannot
+        start, the relay still starts: each send tries again (and defers on failure)."""
+        try:
+            await self._ensure_child()
+        except (EgressUnavailable, OSError) as exc:
+            log.error("egress process did not start: %s", exc, extra={"action": "egress_lost"})
 
     async def send(self, mail_from: str, recipients: Sequence[str],
                    content: bytes) -> list[RecipientReply]:
@@ -189,8 +194,12 @@ class ProcessEgress:
         channel.send(("config", self.config))
         try:
             await asyncio.wait_for(ready, START_TIMEOUT)
-        except BaseException:
+        except BaseException as exc:
             channel.transport.close()  # type: ignore[union-attr]
+            if self._process.returncode is None:
+                self._process.kill()
+            if isinstance(exc, TimeoutError):
+                raise EgressUnavailable("the egress process did not start in time") from exc
             raise
         self._channel = channel
         self._contents.clear()
