@@ -17,7 +17,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from mailflow.config import SmtpRelay
 from mailflow.egress.base import RecipientReply
 from mailflow.egress.smtp_client import (
     Reply,
@@ -28,6 +27,7 @@ from mailflow.egress.smtp_client import (
     dot_stuffed,
 )
 from mailflow.errors import EgressUnavailable
+from mailflow.smtp_relay import SmtpRelay
 
 log = logging.getLogger(__name__)
 

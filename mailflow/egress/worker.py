@@ -31,10 +31,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from mailflow.config import SmtpRelay
 from mailflow.egress.base import RecipientReply
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.errors import EgressUnavailable
+from mailflow.smtp_relay import SmtpRelay
 
 log = logging.getLogger(__name__)
 
