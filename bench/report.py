@@ -23,11 +23,14 @@ HERE = Path(__file__).parent
 RESULTS_MD = HERE / "RESULTS.md"
 RESULTS_JSON = HERE / "results.json"
 
-# (metric, comparison, bound, unit) per scenario, and for the relay's peak RSS.
+# (metric, comparison, bound, unit) per scenario, and for the relay's peak RSS: the
+# performance issue's targets for this 2-core machine (the core issue's were A >= 500,
+# B >= 10,000, C p50 <= 20 ms); the RSS row keeps the core issue's bound for A-C.
 TARGETS: dict[str, tuple[str, str, float, str]] = {
-    "A": ("messages/s", ">=", 500, "msgs/s"),
-    "B": ("deliveries/s", ">=", 10_000, "deliveries/s"),
-    "C": ("p50", "<=", 20, "ms"),
+    "A": ("messages/s", ">=", 1_000, "msgs/s"),
+    "B": ("deliveries/s", ">=", 25_000, "deliveries/s"),
+    "C": ("p50", "<=", 5, "ms"),
+    "C99": ("p99", "<=", 15, "ms"),
     "RSS": ("peak RSS", "<=", 150, "MB"),
     # D has no target: reported only.  E's target is on its own peak RSS (plus the body
     # stored once, i.e. one blob file); F's on its deliveries/s.
@@ -96,15 +99,18 @@ def rows(entries: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]
             table.append(_new_row(key, e))
             continue
         _, comparison, bound, unit = TARGETS[key]
+        met = _meets(e["median"], comparison, bound)
         if key == "C":
+            _, comparison99, bound99, _ = TARGETS["C99"]
             result = (f"p50 {_fmt(e['median'], 'ms')}, p99 {_fmt(e['p99_median'], 'ms')}")
             runs = " / ".join(f"{r['p50_ms']:.1f}, {r['p99_ms']:.1f}" for r in e["runs"])
-            target = f"p50 {comparison} {bound:g} ms"
+            target = f"p50 {comparison} {bound:g} ms, p99 {comparison99} {bound99:g} ms"
+            met = met and _meets(e["p99_median"], comparison99, bound99)
         else:
             result = _fmt(e["median"], unit)
             runs = " / ".join(f"{r['value']:,.0f}" for r in e["runs"])
             target = f"{comparison} {bound:,.0f} {unit}"
-        status = "ok" if _meets(e["median"], comparison, bound) else "MISSED"
+        status = "ok" if met else "MISSED"
         table.append([f"{key} {e['title']}", WORKLOAD[key].format(**e["params"]), result,
                       target, status, runs, f"{e['rss_peak_mb']:.0f} MB"])
     covered = [e for k, e in entries.items() if k in RSS_ROW_KEYS]
