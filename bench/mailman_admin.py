@@ -1,6 +1,6 @@
 """Create a Mailman 3 list with members, run by the *Mailman* virtualenv's Python.
 
-``bench.mailman`` runs this script as ``.venv-mailman/bin/python bench/mailman_admin.py
+``bench.mailman_peer`` runs this script as ``.venv-mailman/bin/python bench/mailman_admin.py
 --config mailman.cfg --list fanout@bench.test --members FILE [--personalize]``.  It
 imports only Mailman (never ``mailflow``): Mailman pins its own SQLAlchemy and friends,
 so it lives in its own virtualenv.
@@ -10,9 +10,9 @@ set for the benchmark: non-members' posts are accepted (the load generator's sen
 not a member), no DMARC mitigation, no archiving, no digests, no welcome or
 administrator notices, and ``personalize`` = ``individual`` only with ``--personalize``
 (one SMTP transaction per recipient, scenario F).  Members (one address per line in
-FILE) are created and subscribed through ``IUserManager.create_address`` and
-``IMailingList.subscribe``, committed every few thousand.  Prints one JSON object:
-the list id and the number of members.
+FILE) get the rows ``IMailingList.subscribe`` would make (see :func:`subscribe_all`),
+committed every 5,000.  Prints one JSON object: the list id, the number of members and
+the seconds it took.
 """
 
 from __future__ import annotations
