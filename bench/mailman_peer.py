@@ -27,11 +27,12 @@ sizes, counts, sender and members), posted to the list over LMTP (Mailman's way 
 ``bench/loadgen.py --protocol lmtp`` for A (8 connections), ``smtplib.LMTP`` otherwise.
 Mailman has no aliases: A's one-member alias is a one-member list.
 
-Timing.  ``smtp-sink -d`` writes every transaction to a file; its modification time
-(ns) is when the transaction's last bytes arrived, and its ``X-Rcpt-Args:`` lines count
-the recipients.  Start is as for MailFlow (``time.time()`` before the first command of
-the first message); the end is the newest file once the sink has every expected
-recipient and has finished every transaction.  The folder is polled every 0.25 s
+Timing.  ``smtp-sink -d`` writes every transaction to a file; when the sink closed it
+(stamped by :mod:`bench.arrivals`) is when the transaction's last bytes arrived, and its
+``X-Rcpt-Args:`` lines count the recipients.  Start is as for MailFlow
+(``time.time()`` before the first command of the first message); the end is the last
+file closed once the sink has every expected recipient and has finished every
+transaction.  The folder is polled every 0.25 s
 (every 5 ms in C) only to learn that; the poll interval does not enter the figures.
 The run fails if a recipient is missing or extra, or a message lands in Mailman's
 ``shunt`` or ``bad`` queue.

@@ -14,8 +14,9 @@ unless ``--no-write`` is given, and the runs into ``bench/peers.json``.
 How each peer is configured, timed and checked is in the docstrings of those modules
 (and in the RESULTS.md section).  In short: start is always ``time.time()`` before the
 first command of the first message; the end is MailFlow's own delivery stamps, Postfix's
-``status=sent`` maillog lines as they appear (C: the sink's transaction files), and the
-modification times of the sink's transaction files for Mailman (``smtp-sink -d``).
+``status=sent`` maillog lines as they appear (C: the sink's transaction files), and for
+Mailman when the sink closed its transaction files (``smtp-sink -d``; stamped by
+:mod:`bench.arrivals`, since file modification times are coarse).
 Peak RSS is the relay's ``VmHWM`` for MailFlow (one process) and the peak of the sum of
 ``VmRSS`` over all processes (sampled every 100 ms) for Postfix and Mailman.
 
@@ -204,7 +205,9 @@ followed every 10 ms and the end is `time.time()` when the last expected `status
 line appeared (at most ~10 ms late); completion is `postqueue -j` empty, then exactly one \
 `status=sent` line per delivery (none deferred or bounced) and the sink's transaction \
 count are checked. For C the sink runs as `smtp-sink -d` (one file per transaction) and a \
-post's arrival is the modification time (ns) of the file with its 10 recipients. Peak RSS \
+post's arrival is when the sink closed the file with its 10 recipients (an inotify \
+watch in the benchmark, `bench/arrivals.py`: file modification times are coarse on this \
+kernel and came out up to ~4 ms early). Peak RSS \
 is the largest sum of `VmRSS` over the master and all its children, sampled every 100 ms \
 (shared pages count once per process: an upper bound).
 - **GNU Mailman** (`bench/mailman_peer.py`, in its own virtualenv `.venv-mailman` from \
@@ -217,8 +220,8 @@ runners not started, otherwise Mailman's defaults (one instance per runner, waki
 second). Lists are made before the start with Mailman's API \
 (`bench/mailman_admin.py`): non-members' posts accepted, no DMARC mitigation, no archive, \
 no digests, no notices, `personalize = individual` for F only (one transaction per \
-recipient). The end is the modification time (ns) of the newest of the sink's \
-transaction files (`smtp-sink -d`) once the sink has every expected recipient (counted \
+recipient). The end is when the sink closed the last of its transaction files \
+(`smtp-sink -d`, stamped by the inotify watch) once the sink has every expected recipient (counted \
 from the files' `X-Rcpt-Args:` lines, none missing or extra) and finished every \
 transaction; no message may land in Mailman's `shunt` or `bad` queue. Peak RSS is the \
 largest sum of `VmRSS` over the master and its runners, sampled every 100 ms. The \

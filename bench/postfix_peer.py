@@ -21,8 +21,8 @@ conservative figure, as MailFlow's).  Completion is checked with ``postqueue -j`
 (polled until the queue is empty), then the run checks that the maillog has exactly one
 ``status=sent`` line per expected delivery, none deferred or bounced, and that the sink
 saw the expected number of transactions.  For C, 10 ms would be too coarse: the sink
-runs with ``smtp-sink -d`` (a file per transaction) and a post's arrival is the
-modification time (ns) of the file holding its 10 recipients.
+runs with ``smtp-sink -d`` (a file per transaction) and a post's arrival is when the
+sink closed the file holding its 10 recipients (:mod:`bench.arrivals`).
 
 Memory.  The peak of the sum of ``VmRSS`` over Postfix's ``master`` and all its child
 processes, sampled every 100 ms while the run goes on (:mod:`bench.procs`).
@@ -55,6 +55,7 @@ from bench.scenarios import (
     Options,
     ingest_load,
     nearest_rank,
+    wait_post,
 )
 from bench.sinks import DumpReader, PostfixSink, PythonSink, start_sink
 from mailflow.testing.postfix import PostfixInstance
@@ -323,27 +324,6 @@ def postfix_big_list(options: Options) -> dict[str, Any]:
 def postfix_personalized(options: Options) -> dict[str, Any]:
     members = options.size(10_000, minimum=10)
     return _one_post_run(options, "p", "personal", members, 1, timeout=60 + members / 100)
-
-
-def wait_post(reader: DumpReader, seen: set[str], recipients: int, timeout: float,
-              poll: float = 0.002) -> float:
-    """Until ``recipients`` more reached the sink in new, finished transactions: when.
-
-    ``seen`` holds the transaction files of earlier posts; it is updated.
-    """
-    before = reader.recipients
-    deadline = time.monotonic() + timeout
-    while not reader.complete(before + recipients):
-        if time.monotonic() >= deadline:
-            raise BenchError(f"{reader.recipients - before} of {recipients} recipients of a "
-                             f"post reached the sink within {timeout:.0f} s")
-        time.sleep(poll)
-    new = reader.names() - seen
-    seen |= new
-    arrival = reader.last_arrival(new)
-    if arrival is None:
-        raise BenchError("no transaction file for a post")
-    return arrival
 
 
 def latency_posts(options: Options, reader: DumpReader, post: Callable[[bytes], None],

@@ -308,7 +308,11 @@ METHOD = """\
 - **B** counts recipient deliveries / (arrival of the last - start); the 5 posts are sent
   one after another on one connection.
 - **C** sends one post, waits until its 10 deliveries are delivered, pauses 50 ms, and
-  repeats; latency is arrival of its last delivery - its start. One warm-up post (which
+  repeats; latency is arrival of its last delivery - its start. With `smtp-sink` as the
+  sink, arrival is the sink's own: the sink runs as `smtp-sink -d` (a file per
+  transaction) and an inotify watch in the benchmark process (`bench/arrivals.py`)
+  stamps `time.time()` when the sink closes the post's file, as for the peers (the
+  files' modification times are coarse on this kernel: up to ~4 ms early). One warm-up post (which
   opens the relay's first connection to the sink) is not counted. p50 and p99 are
   nearest-rank percentiles of the posts of one run (with 50 posts p99 is the slowest);
   the table gives the median over runs of each.

@@ -8,8 +8,9 @@ this process): slower, but it also counts recipients.
 
 With ``dump=True`` (``python -m bench.peers``) ``smtp-sink -d`` also writes each mail
 transaction to its own file (envelope as ``X-Mail-Args:``/``X-Rcpt-Args:`` lines, then
-the message): :class:`DumpReader` counts the recipients in them, and a file's
-modification time (nanoseconds) is when the transaction's last bytes reached the sink.
+the message): :class:`DumpReader` counts the recipients in them, and
+:class:`bench.arrivals.ArrivalWatch` stamps when the sink closed each file (not its
+modification time, which is coarse on this kernel: see that module).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from bench.arrivals import ArrivalWatch
 from mailflow.testing.ports import free_port, wait_for_port
 
 SMTP_SINK_CANDIDATES = ("/usr/sbin/smtp-sink", "/usr/bin/smtp-sink")
@@ -84,6 +86,7 @@ class PostfixSink:
         self._out = Path(self._dir.name) / "counters.txt"
         self._err = Path(self._dir.name) / "stderr.txt"
         self.dump_dir: Path | None = None
+        self.watch: ArrivalWatch | None = None
         if dump:  # written by smtp-sink as ``nobody`` when started as root
             Path(self._dir.name).chmod(0o755)
             self.dump_dir = Path(self._dir.name) / "dump"
@@ -105,6 +108,8 @@ class PostfixSink:
 
     def start(self, timeout: float = 10.0) -> PostfixSink:
         self.port = free_port(self.host)
+        if self.dump_dir is not None:
+            self.watch = ArrivalWatch(self.dump_dir)
         with self._out.open("wb") as out, self._err.open("wb") as err:
             self.process = subprocess.Popen(self.command(), stdout=out, stderr=err,
                                             stdin=subprocess.DEVNULL)
@@ -133,7 +138,8 @@ class PostfixSink:
         """The reader of this sink's transaction files (needs ``dump=True``)."""
         if self.dump_dir is None:
             raise SinkError("this smtp-sink was started without dump files")
-        return DumpReader(self.dump_dir, self.transactions)
+        assert self.watch is not None
+        return DumpReader(self.dump_dir, self.transactions, self.watch.closed_at)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -145,6 +151,9 @@ class PostfixSink:
                     self.process.kill()
                     self.process.wait(5)
             self.process = None
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
         self._dir.cleanup()
 
 
@@ -166,6 +175,7 @@ class DumpReader:
 
     folder: Path
     finished: Callable[[], int]
+    closed_at: Callable[[str], float | None]
     _files: dict[str, _Dumped] = field(default_factory=dict)
 
     def scan(self) -> int:
@@ -194,14 +204,18 @@ class DumpReader:
         return len(self._files)
 
     def complete(self, recipients: int) -> bool:
-        """``recipients`` seen and every transaction file finished (counted by the sink)."""
-        return self.scan() >= recipients and self.finished() >= self.transactions
+        """``recipients`` seen and every transaction file finished (counted by the sink,
+        and closed by it)."""
+        return (self.scan() >= recipients and self.finished() >= self.transactions
+                and all(self.closed_at(name) is not None for name in self._files))
 
     def last_arrival(self, names: set[str] | None = None) -> float | None:
-        """The latest modification time (s) of all files, or of ``names``; rescans first."""
+        """When the sink closed the last of all files, or of ``names``; rescans first."""
         self.scan()
-        times = [f.mtime_ns for name, f in self._files.items() if names is None or name in names]
-        return max(times) / 1e9 if times else None
+        times = [self.closed_at(name) for name in self._files if names is None or name in names]
+        if not times or None in times:
+            return None
+        return max(t for t in times if t is not None)
 
     def names(self) -> set[str]:
         return set(self._files)

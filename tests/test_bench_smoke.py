@@ -7,11 +7,13 @@ always uses the Python sink, which counts recipients too.  Writes no RESULTS.md.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from bench import report
+from bench.arrivals import ArrivalWatch
 from bench.run import main, parse_args
 from bench.scenarios import Options, ScenarioResult, run_scenario
 from bench.sinks import find_smtp_sink
@@ -134,3 +136,17 @@ def test_results_are_written_only_at_full_scale_by_default() -> None:
 def test_cli_rejects_bad_arguments() -> None:
     with pytest.raises(SystemExit):
         main(["--runs", "0"])
+
+
+def test_arrival_watch_stamps_when_a_file_is_closed(tmp_path: Path) -> None:
+    with ArrivalWatch(tmp_path) as watch:
+        before = time.time()
+        with (tmp_path / "one").open("w") as file:
+            file.write("x")
+            time.sleep(0.05)
+            assert watch.closed_at("one") is None  # still open: not arrived
+        deadline = time.monotonic() + 5
+        while watch.closed_at("one") is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        stamp = watch.closed_at("one")
+    assert stamp is not None and before + 0.05 <= stamp <= time.time()
