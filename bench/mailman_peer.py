@@ -59,8 +59,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import make_message, send_one
-from bench.postfix_peer import latency_details, latency_posts, run_loadgen
+from bench.loadgen import make_message
+from bench.postfix_peer import (
+    measure_latency,
+    peer_record,
+    post_in_turn,
+    run_loadgen,
+)
 from bench.procs import TreeRssSampler
 from bench.scenarios import (
     DOMAIN,
@@ -291,23 +296,12 @@ def _finish(run: MailmanRun, start: float, expected: int, min_tx: int, timeout: 
     details.update({"delivered": run.reader.recipients,
                     "sink_transactions": run.reader.transactions,
                     "elapsed_s": round(elapsed, 4)})
-    return {"value": expected / elapsed, "rss_mb": round(run.rss.stop(), 1),
-            "rss_processes": run.rss.peak_processes, **details}
+    return peer_record(expected / elapsed, run.rss, details)
 
 
 def post_lmtp(port: int, address: str, messages: list[bytes]) -> tuple[float, float]:
     """Posts one after another on one LMTP connection: (start, accepted)."""
-    client = lmtp_client(port)
-    start = time.time()
-    try:
-        for message in messages:
-            code, text = send_one(client, SENDER, [address], message)
-            if code != 250:
-                raise BenchError(f"Mailman refused a post: {code} {text}")
-        accepted = time.time()
-    finally:
-        client.quit()
-    return start, accepted
+    return post_in_turn(lmtp_client(port), address, messages, "Mailman")
 
 
 # -- the scenarios ------------------------------------------------------------------------
@@ -368,27 +362,12 @@ def mailman_personalized(options: Options) -> dict[str, Any]:
 
 def mailman_latency(options: Options) -> dict[str, Any]:
     members = 10
-    address = f"latency@{DOMAIN}"
     roster = [f"l{i:02d}@sink.test" for i in range(members)]
-    with mailman_run(options, address, roster) as run:
-        client = lmtp_client(run.instance.lmtp_port)
-
-        def post(message: bytes) -> None:
-            code, text = send_one(client, SENDER, [address], message)
-            if code != 250:
-                raise BenchError(f"Mailman refused a post: {code} {text}")
-
-        try:
-            arrivals, accepts = latency_posts(options, run.reader, post, members, 0.005)
-        finally:
-            with contextlib.suppress(smtplib.SMTPException, OSError):
-                client.quit()
+    with mailman_run(options, f"latency@{DOMAIN}", roster) as run:
+        details = measure_latency(options, run.reader, lmtp_client(run.instance.lmtp_port),
+                                  members, 0.005, "Mailman")
         run.instance.check_alive()
-        details = latency_details(arrivals, accepts)
-        details.update({"delivered": run.reader.recipients,
-                        "sink_transactions": run.reader.transactions})
-        return {"value": details["p50_ms"], "rss_mb": round(run.rss.stop(), 1),
-                "rss_processes": run.rss.peak_processes, **details}
+        return peer_record(details["p50_ms"], run.rss, details)
 
 
 MAILMAN_SCENARIOS: dict[str, Callable[[Options], dict[str, Any]]] = {

@@ -30,6 +30,7 @@ processes, sampled every 100 ms while the run goes on (:mod:`bench.procs`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -230,8 +231,28 @@ def _throughput_run(options: Options, address: str, members: list[str],
         elapsed = follower.last_sent_at - start
         details.update({"delivered": follower.sent, "sink_transactions": seen,
                         "elapsed_s": round(elapsed, 4)})
-        return {"value": expected / elapsed, "rss_mb": round(run.rss.stop(), 1),
-                "rss_processes": run.rss.peak_processes, **details}
+        return peer_record(expected / elapsed, run.rss, details)
+
+
+def peer_record(value: float, rss: TreeRssSampler, details: dict[str, Any]) -> dict[str, Any]:
+    """One peer run's record: its figure, its peak RSS and the details."""
+    return {"value": value, "rss_mb": round(rss.stop(), 1),
+            "rss_processes": rss.peak_processes, **details}
+
+
+def post_in_turn(client: smtplib.SMTP, address: str, messages: list[bytes],
+                 peer: str) -> tuple[float, float]:
+    """Posts one after another on one connection, then QUIT: (start, all accepted)."""
+    start = time.time()
+    try:
+        for message in messages:
+            code, text = send_one(client, SENDER, [address], message)
+            if code != 250:
+                raise BenchError(f"{peer} refused a post: {code} {text}")
+        accepted = time.time()
+    finally:
+        client.quit()
+    return start, accepted
 
 
 def smtp_client(port: int) -> smtplib.SMTP:
@@ -242,16 +263,7 @@ def smtp_client(port: int) -> smtplib.SMTP:
 
 def send_posts(port: int, address: str, messages: list[bytes]) -> tuple[float, dict[str, Any]]:
     """Posts one after another on one connection: (start, {"posts_accepted_after_s"})."""
-    client = smtp_client(port)
-    start = time.time()
-    try:
-        for message in messages:
-            code, text = send_one(client, SENDER, [address], message)
-            if code != 250:
-                raise BenchError(f"Postfix refused a post: {code} {text}")
-        accepted = time.time()
-    finally:
-        client.quit()
+    start, accepted = post_in_turn(smtp_client(port), address, messages, "Postfix")
     return start, {"posts_accepted_after_s": round(accepted - start, 4)}
 
 
@@ -355,29 +367,35 @@ def latency_details(arrivals: list[float], accepts: list[float]) -> dict[str, An
             "accept_p99_ms": round(nearest_rank(accepts, 99), 2)}
 
 
+def measure_latency(options: Options, reader: DumpReader, client: smtplib.SMTP,
+                    members: int, poll: float, peer: str) -> dict[str, Any]:
+    """C against a peer: posts in turn on ``client`` (closed after); the run's details."""
+    address = f"latency@{DOMAIN}"
+
+    def post(message: bytes) -> None:
+        code, text = send_one(client, SENDER, [address], message)
+        if code != 250:
+            raise BenchError(f"{peer} refused a post: {code} {text}")
+
+    try:
+        arrivals, accepts = latency_posts(options, reader, post, members, poll)
+    finally:
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            client.quit()
+    details = latency_details(arrivals, accepts)
+    details.update({"delivered": reader.recipients, "sink_transactions": reader.transactions})
+    return details
+
+
 def postfix_latency(options: Options) -> dict[str, Any]:
     members = 10
-    address = f"latency@{DOMAIN}"
     roster = [f"l{i:02d}@sink.test" for i in range(members)]
-    with postfix_run(options, address, roster, dump=True) as run:
+    with postfix_run(options, f"latency@{DOMAIN}", roster, dump=True) as run:
         assert isinstance(run.sink, PostfixSink)
-        reader = run.sink.reader()
-        client = smtp_client(run.instance.smtp_port)
-
-        def post(message: bytes) -> None:
-            code, text = send_one(client, SENDER, [address], message)
-            if code != 250:
-                raise BenchError(f"Postfix refused a post: {code} {text}")
-
-        try:
-            arrivals, accepts = latency_posts(options, reader, post, members, 0.002)
-        finally:
-            client.quit()
-        details = latency_details(arrivals, accepts)
-        details.update({"delivered": reader.recipients,
-                        "sink_transactions": reader.transactions})
-        return {"value": details["p50_ms"], "rss_mb": round(run.rss.stop(), 1),
-                "rss_processes": run.rss.peak_processes, **details}
+        details = measure_latency(options, run.sink.reader(),
+                                  smtp_client(run.instance.smtp_port), members, 0.002,
+                                  "Postfix")
+        return peer_record(details["p50_ms"], run.rss, details)
 
 
 POSTFIX_SCENARIOS: dict[str, Callable[[Options], dict[str, Any]]] = {
