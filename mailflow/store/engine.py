@@ -72,7 +72,8 @@ def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):  # type: ignore[no-untyped-def]
-        connection.exec_driver_sql(begin)
+        # Straight on the driver: this runs for every transaction, the ingest's included.
+        connection.connection.driver_connection.execute(begin)
 
     return engine
 

@@ -142,7 +142,6 @@ _ACTIVE_MEMBERS = (select(members.c.address)
                    .where(members.c.list_id == bindparam("b_list_id"),
                           members.c.status == MemberStatus.ACTIVE.value)
                    .order_by(members.c.id))
-_INSERT_EVENTS = insert(events)
 _MESSAGES_BY_ID = select(messages).where(messages.c.id.in_(bindparam("b_ids", expanding=True)))
 _LISTS_BY_ID = select(lists).where(lists.c.id.in_(bindparam("b_ids", expanding=True)))
 _NEXT_DUE = select(func.min(deliveries.c.due_at)).where(deliveries.c.status.in_(PENDING))
@@ -686,10 +685,7 @@ class Repository:
                                ).one()
         return int(row[0]), int(row[1])
 
-    @staticmethod
-    def _add_events(conn: Connection, items: Sequence[Event], now: float) -> None:
+    def _add_events(self, conn: Connection, items: Sequence[Event], now: float) -> None:
         if items:
-            conn.execute(_INSERT_EVENTS, [
-                {"created_at": now, "kind": e.kind, "message_id": e.message_id,
-                 "delivery_id": e.delivery_id, "detail": e.detail} for e in items
-            ])
+            self._hot.insert_event.execute_many(conn, [
+                (now, e.kind, e.message_id, e.delivery_id, e.detail) for e in items])
