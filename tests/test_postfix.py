@@ -182,6 +182,18 @@ def route(postfix: PostfixInstance, outside: SmtpSink, lists_nexthop: str,
                            "transport_maps": postfix.write_map("transport", routes)})
 
 
+def start_both(kind: str, postfix: PostfixInstance, make_relay: Callable[..., RelayProcess],
+               shared_dir: Path, outside: SmtpSink,
+               pipe_python: Callable[[], PythonCommand]) -> RelayProcess:
+    """A relay (its store shared with the pipe user for ``pipe-local``) behind Postfix
+    through transport ``kind``, both started."""
+    relay = make_relay(shared_dir / "relay" if kind == "pipe-local" else None)
+    use_transport(kind, postfix, relay, outside, pipe_python)
+    relay.start()
+    postfix.start()
+    return relay
+
+
 def use_transport(kind: str, postfix: PostfixInstance, relay: RelayProcess, outside: SmtpSink,
                   pipe_python: Callable[[], PythonCommand], key: str = PSK) -> None:
     """Make Postfix hand lists.test mail to ``relay`` through transport ``kind``."""
@@ -396,10 +408,7 @@ def test_list_post_through_postfix_reaches_every_member(
         shared_dir: Path, sink: SmtpSink, outside: SmtpSink,
         lazy_python: Callable[[], PythonCommand]) -> None:
     """(a) pipe, (b) curl, (c) LMTP: every member gets one copy with the list headers."""
-    relay = make_relay(shared_dir / "relay" if kind == "pipe-local" else None)
-    use_transport(kind, postfix, relay, outside, lazy_python)
-    relay.start()
-    postfix.start()
+    start_both(kind, postfix, make_relay, shared_dir, outside, lazy_python)
 
     data = message()
     post(postfix, [LIST], data)
@@ -438,10 +447,7 @@ def test_unknown_list_is_bounced_with_the_relays_reason(
         shared_dir: Path, sink: SmtpSink, outside: SmtpSink,
         lazy_python: Callable[[], PythonCommand]) -> None:
     """(e) Postfix bounces to the poster with the relay's 5.1.1; nothing reaches members."""
-    relay = make_relay(shared_dir / "relay" if kind == "pipe-local" else None)
-    use_transport(kind, postfix, relay, outside, lazy_python)
-    relay.start()
-    postfix.start()
+    start_both(kind, postfix, make_relay, shared_dir, outside, lazy_python)
 
     post(postfix, ["nobody@lists.test"], make_message("nobody@lists.test"))
     line = postfix.wait_for_log(r"^.*to=<nobody@lists\.test>.*status=bounced.*$").group(0)

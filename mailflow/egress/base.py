@@ -8,9 +8,12 @@ attempt (no connection, timeout) is raised as :class:`mailflow.errors.EgressUnav
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
+
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +43,35 @@ class Egress(Protocol):
                    content: bytes) -> list[RecipientReply]: ...
 
     async def close(self) -> None: ...
+
+
+class PerContent(Generic[V]):
+    """Something derived from a content, looked up by the bytes object's identity.
+
+    The scheduler hands the same rendered copy (one bytes object) to every transaction
+    of a post, so identity finds it without hashing the bytes; the content is kept with
+    the value so its id cannot be reused while the entry lives.  The last ``size``
+    contents used are kept.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[int, tuple[bytes, V]] = OrderedDict()
+
+    def get(self, content: bytes) -> V | None:
+        entry = self._entries.get(id(content))
+        if entry is None or entry[0] is not content:
+            return None
+        self._entries.move_to_end(id(content))
+        return entry[1]
+
+    def put(self, content: bytes, value: V) -> list[V]:
+        """Keep ``value`` for ``content``; returns the values this pushed out."""
+        self._entries[id(content)] = (content, value)
+        evicted = []
+        while len(self._entries) > self.size:
+            evicted.append(self._entries.popitem(last=False)[1][1])
+        return evicted
+
+    def clear(self) -> None:
+        self._entries.clear()

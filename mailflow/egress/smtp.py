@@ -14,10 +14,9 @@ import asyncio
 import logging
 import ssl
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 
-from mailflow.egress.base import RecipientReply
+from mailflow.egress.base import PerContent, RecipientReply
 from mailflow.egress.smtp_client import (
     Reply,
     SmtpClient,
@@ -55,7 +54,7 @@ class SmtpEgress:
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(pool_size)
         # keyed by id(content); the content itself is kept so the id cannot be reused
-        self._payloads: OrderedDict[int, tuple[bytes, bytes, bool]] = OrderedDict()
+        self._payloads: PerContent[tuple[bytes, bool]] = PerContent(PAYLOAD_CACHE)
         self.connections_opened = 0
 
     async def start(self) -> None:
@@ -78,13 +77,12 @@ class SmtpEgress:
         return per_recipient(recipients, replies)
 
     def _payload(self, content: bytes) -> tuple[bytes, bool]:
-        entry = self._payloads.get(id(content))
-        if entry is None or entry[0] is not content:
-            entry = (content, dot_stuffed(content), not content.isascii())
-            self._payloads[id(content)] = entry
-            while len(self._payloads) > PAYLOAD_CACHE:
-                self._payloads.popitem(last=False)
-        return entry[1], entry[2]
+        """The DATA payload of ``content`` and whether it has 8-bit bytes (made once)."""
+        payload = self._payloads.get(content)
+        if payload is None:
+            payload = (dot_stuffed(content), not content.isascii())
+            self._payloads.put(content, payload)
+        return payload
 
     async def _acquire(self) -> _Connection:
         while self._idle:

@@ -26,12 +26,11 @@ import signal
 import socket
 import struct
 import sys
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from mailflow.egress.base import RecipientReply
+from mailflow.egress.base import PerContent, RecipientReply
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.errors import EgressUnavailable
 from mailflow.smtp_relay import SmtpRelay
@@ -108,7 +107,7 @@ class ProcessEgress:
         self._process: asyncio.subprocess.Process | None = None
         self._channel: FrameProtocol | None = None
         self._pending: dict[int, asyncio.Future[list[RecipientReply]]] = {}
-        self._contents: OrderedDict[int, tuple[bytes, int]] = OrderedDict()  # id -> key
+        self._contents: PerContent[int] = PerContent(CONTENTS_KEPT)  # content -> its number
         self._next_id = 0
         self._starting: asyncio.Lock | None = None
         self.children_started = 0
@@ -141,14 +140,12 @@ class ProcessEgress:
         return await future
 
     def _content_key(self, content: bytes, channel: FrameProtocol) -> tuple[int, bool]:
-        entry = self._contents.get(id(content))
-        if entry is not None and entry[0] is content:
-            self._contents.move_to_end(id(content))
-            return entry[1], False
+        """The number the child knows ``content`` by, and whether it must be sent now."""
+        key = self._contents.get(content)
+        if key is not None:
+            return key, False
         self._next_id += 1
-        self._contents[id(content)] = (content, self._next_id)
-        while len(self._contents) > CONTENTS_KEPT:
-            _, (_, forgotten) = self._contents.popitem(last=False)
+        for forgotten in self._contents.put(content, self._next_id):
             channel.send(("forget", forgotten))
         return self._next_id, True
 
