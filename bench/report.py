@@ -33,7 +33,7 @@ TARGETS: dict[str, tuple[str, str, float, str]] = {
     "C99": ("p99", "<=", 15, "ms"),
     "RSS": ("peak RSS", "<=", 150, "MB"),
     # D has no target: reported only.  E's target is on its own peak RSS (plus the body
-    # stored once, i.e. one blob file); F's on its deliveries/s.
+    # stored once: one blob, in its database row or as a file); F's on its deliveries/s.
     "E": ("peak RSS", "<=", 200, "MB"),
     "F": ("deliveries/s", ">=", 3_000, "deliveries/s"),
 }
@@ -133,13 +133,15 @@ def _new_row(key: str, e: dict[str, Any]) -> list[str]:
     if key == "D":
         return [f"D {e['title']}", workload, _fmt(e["median"], e["unit"]), "none (reported)",
                 "n/a", runs, rss]
+    # Runs from before bodies could live in the database counted files only.
+    bodies = max(r.get("bodies_stored", r["blob_files"]) for r in e["runs"])
+    body_bytes = statistics.median(r.get("body_bytes", r["blob_bytes"]) for r in e["runs"])
     blob_files = max(r["blob_files"] for r in e["runs"])
-    blob_bytes = statistics.median(r["blob_bytes"] for r in e["runs"])
     db = statistics.median(r["db_bytes"] + r["db_wal_bytes"] for r in e["runs"])
-    result = (f"{_fmt(e['median'], e['unit'])}; peak RSS {rss}; blobs {blob_bytes:,.0f} B in "
-              f"{blob_files} file(s); SQLite {db / 1e6:,.1f} MB")
+    result = (f"{_fmt(e['median'], e['unit'])}; peak RSS {rss}; {bodies} body of "
+              f"{body_bytes:,.0f} B ({blob_files} as a file); SQLite {db / 1e6:,.1f} MB")
     _, comparison, bound, _ = TARGETS["E"]
-    met = _meets(e["rss_peak_mb"], comparison, bound) and blob_files == 1
+    met = _meets(e["rss_peak_mb"], comparison, bound) and bodies == 1
     return [f"E {e['title']}", workload, result,
             f"peak RSS {comparison} {bound:g} MB, body stored once", "ok" if met else "MISSED",
             runs, rss]
@@ -205,7 +207,7 @@ def _detail_lines(entries: dict[str, dict[str, Any]]) -> list[str]:
                     f"{med('relay_cpu_share'):.0%} of one core; "
                     f"{med('sink_transactions'):,.0f} SMTP transactions at the sink")
             if key == "E":
-                line += (f"; stored: blobs {med('blob_bytes'):,.0f} B in "
+                line += (f"; stored: blob files {med('blob_bytes'):,.0f} B in "
                          f"{med('blob_files'):.0f} file(s), SQLite {med('db_bytes'):,.0f} B "
                          f"+ WAL {med('db_wal_bytes'):,.0f} B (grew by "
                          f"{med('db_growth_bytes'):,.0f} B during the post)")

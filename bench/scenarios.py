@@ -572,8 +572,10 @@ def big_list(options: Options) -> tuple[dict[str, Any], Callable[[], RunResult]]
             rate, details = fan_out_posts(h, address, [post], members, per_tx,
                                           60 + members / 250, "post_accepted_after_s")
             files, blob_total = blob_usage(h.relay.data_dir)
+            bodies, body_bytes = h.repo.blob_stats()  # in rows or files, one count
             db_main, db_wal = db_bytes(h.relay.data_dir)
             details.update({
+                "bodies_stored": bodies, "body_bytes": body_bytes,
                 "blob_files": files, "blob_bytes": blob_total,
                 "db_bytes": db_main, "db_wal_bytes": db_wal,
                 "db_growth_bytes": db_main + db_wal - db_before,

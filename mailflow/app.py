@@ -119,6 +119,7 @@ class Relay:
                               poll_interval=settings.poll_interval)
         committer = GroupCommitter(runner, blobs, self.clock, plan=plan_deliveries,
                                    inline_limit=settings.max_inline_deliveries,
+                                   body_limit=settings.max_body_in_database,
                                    on_queued=scheduler.wake, on_received=processor.wake,
                                    recent=recent, lease=scheduler.ingest_lease,
                                    on_leased=scheduler.take_leased)

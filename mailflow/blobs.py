@@ -45,7 +45,8 @@ class BlobStore:
         with self._lock:
             return self._recent.get(digest)
 
-    def _remember(self, digest: str, data: bytes) -> None:
+    def remember(self, digest: str, data: bytes) -> None:
+        """Keep a content in memory for its first sends (bounded by ``cache_bytes``)."""
         if len(data) > self.cache_bytes // 8:
             return
         with self._lock:
@@ -81,7 +82,7 @@ class BlobStore:
         written: list[str] = []
         dirs: set[Path] = set()
         for digest, data in items:
-            self._remember(digest, data)
+            self.remember(digest, data)
             target = self.path(digest)
             if target.exists() and (digest in self._durable or self._intact(target, digest)):
                 continue

@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     delivery_lease: float = Field(default=300.0, gt=0)
     scheduler_batch_size: int = Field(default=1000, ge=1)
     max_inline_deliveries: int = Field(default=1000, ge=0)
+    max_body_in_database: int = Field(default=64 * 1024, ge=0)
     blob_retention: float = Field(default=3600.0, ge=0)
     message_retention: float = Field(default=7 * 24 * 3600.0, ge=0)
     maintenance_interval: float = Field(default=30.0, gt=0)

@@ -327,9 +327,7 @@ class Scheduler:
         key = (tx.message.id, tx.mailing_list.id)
         content = self._content.get(key)
         if content is None:
-            raw = self.blobs.cached(tx.message.blob)
-            if raw is None:
-                raw = await asyncio.to_thread(self.blobs.read, tx.message.blob)
+            raw = await self._body(tx.message.blob)
             content = outbound_message(raw, tx.message, tx.mailing_list,
                                        self.options.instance_id, self.options.hostname)
             self._content[key] = content
@@ -338,6 +336,15 @@ class Scheduler:
         else:
             self._content.move_to_end(key)
         return content
+
+    async def _body(self, digest: str) -> bytes:
+        """A stored body: from memory after a fresh ingest, else its blob row or file."""
+        raw = self.blobs.cached(digest)
+        if raw is None:
+            raw = await self.runner.read(self.runner.repo.stored_body, digest)
+        if raw is None:
+            raw = await asyncio.to_thread(self.blobs.read, digest)
+        return raw
 
     # -- outcomes -----------------------------------------------------------------------
 

@@ -111,7 +111,12 @@ def test_wrong_media_type_is_415(relay: RelayProcess) -> None:
     assert response.status_code == 415
 
 
-def test_storage_failure_is_503_with_retry_after(relay: RelayProcess) -> None:
+def test_storage_failure_is_503_with_retry_after(make_relay: Callable[..., RelayProcess]
+                                                  ) -> None:
+    # Every body a file (max_body_in_database=0): a broken blob store fails the ingest.
+    relay = make_relay(ingress_psk=KEY, max_body_in_database="0").start()
+    with relay.repository() as repo:
+        make_list(repo, "team@example.test", ["ann@members.test"])
     blob_dir = relay.data_dir / "blobs"
     moved = blob_dir.with_name("blobs.moved")
     blob_dir.rename(moved)

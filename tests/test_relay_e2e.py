@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from mailflow import headers
+from mailflow.blobs import content_hash
 from mailflow.model import ListKind
 from mailflow.testing.factories import make_list, make_message
 from mailflow.testing.relay import RelayProcess
@@ -184,17 +185,39 @@ def test_storage_failure_answers_451_and_nothing_is_half_stored(relay: RelayProc
     moved = blob_dir.with_name("blobs.moved")
     blob_dir.rename(moved)
     blob_dir.write_text("not a directory")  # every blob write now fails
+    # Above max_body_in_database (64 KiB), so the body must become a file.
+    large = make_message("team@example.test", body=(b"y" * 78 + b"\r\n") * 1000)
     try:
         with pytest.raises(smtplib.SMTPDataError) as refused:
-            send(relay, ["team@example.test"], make_message("team@example.test"))
+            send(relay, ["team@example.test"], large)
         assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == (451, b"4.3.0")
         assert sum(queue_json(relay)["messages"].values()) == 0
     finally:
         blob_dir.unlink()
         moved.rename(blob_dir)
     # The sender's retry succeeds once storage is back.
-    send(relay, ["team@example.test"], make_message("team@example.test"))
+    send(relay, ["team@example.test"], large)
     assert sink.wait_for_recipients(1) == TEAM[:1]
+
+
+def test_small_bodies_are_kept_in_the_database_and_large_ones_in_files(
+        relay: RelayProcess, sink: SmtpSink) -> None:
+    with relay.repository() as repo:
+        make_list(repo, "team@example.test", TEAM[:1])
+    small = make_message("team@example.test", body=b"short\r\n")
+    large = make_message("team@example.test", body=(b"z" * 78 + b"\r\n") * 1000)
+    send(relay, ["team@example.test"], small)
+    send(relay, ["team@example.test"], large)
+    sink.wait_for_recipients(2)
+    assert sorted(headers.split_message(m.content)[1] for m in sink.messages) == sorted(
+        [headers.split_message(small)[1], headers.split_message(large)[1]])
+
+    files = [p for p in (relay.data_dir / "blobs").rglob("*") if p.is_file()]
+    assert [p.name for p in files] == [content_hash(large)]
+    with relay.repository() as repo:
+        assert repo.stored_body(content_hash(small)) == small
+        assert repo.stored_body(content_hash(large)) is None
+        assert repo.blob_stats() == (2, len(small) + len(large))
 
 
 def test_temporary_failures_are_deferred_then_delivered(relay: RelayProcess,

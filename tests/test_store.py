@@ -129,6 +129,33 @@ def test_a_body_is_stored_once_and_kept_while_referenced(repo: Repository,
     assert blobs.path(first.blob).exists()
 
 
+def test_a_body_in_the_database_is_stored_with_the_rows_and_collected_with_them(
+        repo: Repository, blobs: BlobStore) -> None:
+    make_list(repo, "team@example.test", ["a@x.test"])
+    data = b"Subject: x\r\n\r\nin the row\r\n"
+    digest = content_hash(data)
+    message = InboundMessage("m1", "poster@outside.test", ("team@example.test",), digest,
+                             len(data), NOW, "127.0.0.1", "client.test", "ESMTP")
+    # No file is written: the transaction carries the body.
+    repo.store_messages([message], NOW, lambda: None, bodies={digest: data})
+    assert not blobs.path(digest).exists()
+    assert repo.stored_body(digest) == data
+    assert repo.blob_stats() == (1, len(data))
+    # The same content arriving again as a file-backed blob keeps the row's copy.
+    second = InboundMessage("m2", *[getattr(message, f) for f in
+                                    ("mail_from", "rcpt_tos", "blob", "size", "received_at",
+                                     "peer", "helo", "protocol")])
+    repo.store_messages([second], NOW, lambda: None)
+    assert repo.stored_body(digest) == data
+    expand(repo)
+    repo.record_outcomes(NOW, [Outcome(d.id, DeliveryStatus.DELIVERED, "250")
+                               for d in repo.claim_due_deliveries(NOW, 10, 60, "w")])
+    assert repo.finish_messages(NOW) == 2
+    assert repo.collect_blobs(NOW + 1, blobs.unlink_many) == 1
+    assert repo.stored_body(digest) is None
+    assert repo.blob_stats() == (0, 0)
+
+
 def test_release_leases_returns_in_flight_work(repo: Repository, blobs: BlobStore) -> None:
     make_list(repo, "team@example.test", ["a@x.test", "b@x.test"])
     store_message(repo, blobs, "team@example.test")

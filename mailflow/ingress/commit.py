@@ -35,6 +35,7 @@ class _Pending:
     message: InboundMessage
     data: bytes
     done: asyncio.Future[None]
+    in_database: bool  # the body goes into the blob row, not a file
     # Set once the blob file is durable; waited for by the writer thread, hence not an
     # asyncio future.
     blob_durable: Future[None] = field(default_factory=Future)
@@ -50,14 +51,17 @@ async def content_digest(data: bytes) -> str:
 class GroupCommitter:
     """Two loops over the same arrivals, overlapping.
 
-    The blob loop writes the files of whatever has arrived and makes them durable with
-    one sync, again and again.  The commit loop takes everything that arrived while the
-    previous transaction ran (so the batches grow with the load) and builds one
-    transaction, which waits for its messages' blob files only just before it commits.
-    A row thus never becomes durable before its blob, and the waits overlap."""
+    A body of at most ``body_limit`` bytes travels inside the transaction (the blob row
+    holds it), so the commit's one fsync covers it.  Larger bodies are files: the blob
+    loop writes the files of whatever has arrived and makes them durable with one sync,
+    again and again.  The commit loop takes everything that arrived while the previous
+    transaction ran (so the batches grow with the load) and builds one transaction,
+    which waits for its messages' blob files only just before it commits.  A row thus
+    never becomes durable before its body, and the waits overlap."""
 
     def __init__(self, runner: StoreRunner, blobs: BlobStore, clock: Clock, *,
-                 plan: Planner, inline_limit: int, on_queued: Callable[[], None],
+                 plan: Planner, inline_limit: int, body_limit: int,
+                 on_queued: Callable[[], None],
                  on_received: Callable[[], None], recent: RecentMessages | None = None,
                  lease: Callable[[], Lease | None] = lambda: None,
                  on_leased: Callable[[list[Delivery]], None] = lambda deliveries: None
@@ -68,6 +72,7 @@ class GroupCommitter:
         self.clock = clock
         self.plan = plan
         self.inline_limit = inline_limit
+        self.body_limit = body_limit
         self.on_queued = on_queued      # deliveries were queued: wake the scheduler
         self.on_received = on_received  # messages await expansion: wake the processor
         self.lease = lease              # how many fresh deliveries the scheduler takes now
@@ -79,8 +84,12 @@ class GroupCommitter:
     async def commit(self, message: InboundMessage, data: bytes) -> None:
         """Return once the message is durable; raise StorageUnavailable otherwise."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        pending = _Pending(message, data, done)
-        self._unwritten.put_nowait(pending)
+        pending = _Pending(message, data, done, in_database=len(data) <= self.body_limit)
+        if pending.in_database:
+            pending.blob_durable.set_result(None)
+            self.blobs.remember(message.blob, data)  # for the first send
+        else:
+            self._unwritten.put_nowait(pending)
         self._incoming.put_nowait(pending)
         await done
 
@@ -112,17 +121,20 @@ class GroupCommitter:
             await self._commit(batch)
 
     async def _commit(self, batch: list[_Pending]) -> None:
-        items = [(p.message.blob, p.data) for p in batch]
+        files = [p for p in batch if not p.in_database]
+        bodies = {p.message.blob: p.data for p in batch if p.in_database}
 
         def ensure_blobs() -> None:
-            for pending in batch:
+            for pending in files:
                 pending.blob_durable.result(timeout=BLOB_WAIT)
-            self.blobs.write_many(items)  # a re-check: only stats what was just written
+            if files:  # a re-check: only stats what was just written
+                self.blobs.write_many([(p.message.blob, p.data) for p in files])
 
         try:
             stored = await self.runner.write(
                 self.runner.repo.store_messages, [p.message for p in batch],
-                self.clock.now(), ensure_blobs, self.plan, self.inline_limit, self.lease())
+                self.clock.now(), ensure_blobs, self.plan, self.inline_limit, self.lease(),
+                bodies)
         except Exception as exc:
             _fail(batch, exc)
             return

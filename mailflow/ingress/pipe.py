@@ -75,6 +75,7 @@ async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) ->
         blobs = BlobStore(settings.blob_dir)
         committer = GroupCommitter(runner, blobs, clock, plan=plan_deliveries,
                                    inline_limit=settings.max_inline_deliveries,
+                                   body_limit=settings.max_body_in_database,
                                    on_queued=lambda: None, on_received=lambda: None)
         committer_task = asyncio.create_task(committer.run())
         service = AcceptService(runner, committer, clock, AcceptPolicy(

@@ -58,10 +58,11 @@ class DriverStatement:
 
 
 UPSERT_BLOB = """
-INSERT INTO blobs (hash, size, refcount, created_at, released_at)
-VALUES (:hash, :size, :refcount, :now, NULL)
+INSERT INTO blobs (hash, size, refcount, created_at, released_at, content)
+VALUES (:hash, :size, :refcount, :now, NULL, :content)
 ON CONFLICT (hash) DO UPDATE SET refcount = blobs.refcount + excluded.refcount,
-                                 released_at = NULL
+                                 released_at = NULL,
+                                 content = coalesce(blobs.content, excluded.content)
 """
 
 INSERT_MESSAGE = """

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -71,6 +72,8 @@ blobs = Table(
     Column("refcount", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("released_at", Float, nullable=True),
+    # The body itself when it is small (see ``max_body_in_database``); NULL: a file.
+    Column("content", LargeBinary, nullable=True),
 )
 
 messages = Table(
