@@ -122,7 +122,8 @@ class Relay:
                                    body_limit=settings.max_body_in_database,
                                    on_queued=scheduler.wake, on_received=processor.wake,
                                    recent=recent, lease=scheduler.ingest_lease,
-                                   on_leased=scheduler.take_leased)
+                                   on_leased=scheduler.take_leased, outcomes=scheduler)
+        scheduler.ingest_busy = lambda: committer.busy
         service = AcceptService(
             runner, committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mailflow.backoff import RetryPolicy
@@ -82,6 +82,10 @@ class Scheduler:
         self._content: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
         self._handing: set[asyncio.Task[None]] = set()  # leased at ingest, being grouped
+        # Whether an ingest transaction will run soon and carry our outcomes (set by the
+        # relay to its group committer's ``busy``); a retry time it learnt from them.
+        self.ingest_busy: Callable[[], bool] = lambda: False
+        self._retry_at: float | None = None
 
     def wake(self) -> None:
         """New work was queued: claim now instead of at the next timer."""
@@ -111,6 +115,27 @@ class Scheduler:
             # Still leased to us: the lease expiry (or the hand-back at stop) returns them.
             log.exception("could not take %d leased deliveries", len(leased),
                           extra={"action": "queue_error"})
+
+    # -- outcomes carried by the ingest (``ingress.commit.OutcomeQueue``) --------------
+
+    def take_outcomes(self) -> list[Outcome]:
+        """The outcomes waiting to be written, for the ingest transaction about to run."""
+        if self._stopping:  # the keeper's last round writes them
+            return []
+        outcomes, self._outcomes = self._outcomes, []
+        return outcomes
+
+    def outcomes_stored(self, outcomes: list[Outcome]) -> None:
+        """An ingest transaction wrote them (maybe none); the keeper looks again."""
+        deferred_until = self._report(outcomes)
+        if deferred_until is not None:
+            self._retry_at = min(deferred_until, self._retry_at or deferred_until)
+        self._signal.set()
+
+    def outcomes_returned(self, outcomes: list[Outcome]) -> None:
+        """The ingest transaction failed: the keeper writes them itself."""
+        self._outcomes = outcomes + self._outcomes
+        self._signal.set()
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._keep_queue(), name="queue-keeper")]
@@ -153,10 +178,17 @@ class Scheduler:
         low_water = self.options.concurrency * 2
         next_due: float | None = self.clock.now()  # unknown at start: look at once
         while not self._stopping:
+            if self._retry_at is not None:
+                next_due = self._retry_at if next_due is None else min(next_due,
+                                                                       self._retry_at)
+                self._retry_at = None
             now = self.clock.now()
             room = self._ready.qsize() < low_water
             claim = room and (self._wake.is_set() or (next_due is not None and next_due <= now))
-            if not claim and not self._outcomes:
+            # Outcomes alone wait for the next ingest transaction, if one is coming: it
+            # takes them, and signals when it is done (no wake-up is lost: the check and
+            # the wait's clear happen without a yield in between).
+            if not claim and (not self._outcomes or self.ingest_busy()):
                 next_due = await self._idle(now, next_due, room)
                 continue
             if claim:

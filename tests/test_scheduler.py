@@ -11,6 +11,7 @@ import pytest
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore, content_hash
 from mailflow.egress.base import RecipientReply
+from mailflow.ingress.commit import GroupCommitter
 from mailflow.model import InboundMessage
 from mailflow.pipeline.expand import plan_deliveries
 from mailflow.scheduler import Scheduler, SchedulerOptions
@@ -133,3 +134,37 @@ async def test_stop_hands_back_claimed_deliveries(setup) -> None:  # type: ignor
     await scheduler.stop(grace=0.1)
     counts = await runner.read(runner.repo.delivery_counts)
     assert counts["queued"] == 10 and counts["in_flight"] == 0
+
+
+async def test_outcomes_ride_with_the_next_ingest_transaction(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """While an ingest transaction is coming, the keeper leaves outcomes to it; once the
+    ingest is idle, the keeper writes them itself."""
+    runner, clock, post, make_scheduler = setup
+    post(["a@x.test", "b@x.test"])
+    scheduler = make_scheduler(ScriptedEgress(), max_recipients=1)
+    committer = GroupCommitter(runner, BlobStore(tmp_path / "blobs"), clock,
+                               plan=plan_deliveries, inline_limit=1000, body_limit=65536,
+                               on_queued=scheduler.wake, on_received=lambda: None,
+                               outcomes=scheduler)
+    ingest_coming = True
+    scheduler.ingest_busy = lambda: ingest_coming or committer.busy
+    committing = asyncio.create_task(committer.run())
+    await scheduler.start()
+    try:
+        # Both copies are sent; their outcomes wait for the ingest transaction.
+        await asyncio.sleep(0.3)
+        assert (await runner.read(runner.repo.delivery_counts))["in_flight"] == 2
+        data = make_message("team@example.test", subject="second")
+        await committer.commit(InboundMessage(
+            "m2", "p@outside.test", ("team@example.test",), content_hash(data), len(data),
+            clock.now(), "127.0.0.1", "c.test", "ESMTP"), data)
+        # That transaction stored m2 and wrote m1's two outcomes.
+        counts = await runner.read(runner.repo.delivery_counts)
+        assert counts["delivered"] == 2
+        # m2's own copies: with the ingest idle now, the keeper writes their outcomes.
+        ingest_coming = False
+        await run_until(lambda c: c["delivered"] == 4, runner)
+    finally:
+        await scheduler.stop()
+        committing.cancel()
+        await asyncio.gather(committing, return_exceptions=True)

@@ -13,13 +13,14 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from mailflow.blobs import BlobStore
 from mailflow.clock import Clock
 from mailflow.errors import StorageUnavailable
 from mailflow.model import Delivery, InboundMessage
 from mailflow.recent import RecentMessages
-from mailflow.store.repository import Lease, Planner
+from mailflow.store.repository import Lease, Outcome, Planner
 from mailflow.store.runner import StoreRunner
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,19 @@ class _Pending:
     # Set once the blob file is durable; waited for by the writer thread, hence not an
     # asyncio future.
     blob_durable: Future[None] = field(default_factory=Future)
+
+
+class OutcomeQueue(Protocol):
+    """Delivery results waiting to be written (the scheduler's), lent to the ingest.
+
+    Under load the single writer would alternate ingest transactions with the
+    scheduler's outcome rounds, and each ingest would wait for a round; instead each
+    ingest transaction takes whatever results are waiting and writes them too.
+    """
+
+    def take_outcomes(self) -> list[Outcome]: ...
+    def outcomes_stored(self, outcomes: list[Outcome]) -> None: ...
+    def outcomes_returned(self, outcomes: list[Outcome]) -> None: ...
 
 
 async def content_digest(data: bytes) -> str:
@@ -64,8 +78,8 @@ class GroupCommitter:
                  on_queued: Callable[[], None],
                  on_received: Callable[[], None], recent: RecentMessages | None = None,
                  lease: Callable[[], Lease | None] = lambda: None,
-                 on_leased: Callable[[list[Delivery]], None] = lambda deliveries: None
-                 ) -> None:
+                 on_leased: Callable[[list[Delivery]], None] = lambda deliveries: None,
+                 outcomes: OutcomeQueue | None = None) -> None:
         self.recent = recent or RecentMessages()
         self.runner = runner
         self.blobs = blobs
@@ -77,6 +91,8 @@ class GroupCommitter:
         self.on_received = on_received  # messages await expansion: wake the processor
         self.lease = lease              # how many fresh deliveries the scheduler takes now
         self.on_leased = on_leased      # ... and where they go, with no claim of its own
+        self.outcomes = outcomes        # results to write along with each batch
+        self._committing = False
         self._incoming: asyncio.Queue[_Pending] = asyncio.Queue()
         self._unwritten: asyncio.Queue[_Pending] = asyncio.Queue()
         self._blob_writer = ThreadPoolExecutor(1, thread_name_prefix="mailflow-blobs")
@@ -115,10 +131,19 @@ class GroupCommitter:
             for pending in batch:
                 pending.blob_durable.set_result(None)
 
+    @property
+    def busy(self) -> bool:
+        """Whether a transaction runs or waits to: results given now are written soon."""
+        return self._committing or not self._incoming.empty()
+
     async def _commit_rows(self) -> None:
         while True:
             batch = await _drain(self._incoming)
-            await self._commit(batch)
+            self._committing = True
+            try:
+                await self._commit(batch)
+            finally:
+                self._committing = False
 
     async def _commit(self, batch: list[_Pending]) -> None:
         files = [p for p in batch if not p.in_database]
@@ -130,14 +155,19 @@ class GroupCommitter:
             if files:  # a re-check: only stats what was just written
                 self.blobs.write_many([(p.message.blob, p.data) for p in files])
 
+        outcomes = self.outcomes.take_outcomes() if self.outcomes else []
         try:
             stored = await self.runner.write(
                 self.runner.repo.store_messages, [p.message for p in batch],
                 self.clock.now(), ensure_blobs, self.plan, self.inline_limit, self.lease(),
-                bodies)
+                bodies, outcomes)
         except Exception as exc:
+            if self.outcomes and outcomes:
+                self.outcomes.outcomes_returned(outcomes)
             _fail(batch, exc)
             return
+        if self.outcomes:
+            self.outcomes.outcomes_stored(outcomes)  # also: the ingest may now be idle
         self.recent.remember(p.message for p in batch)
         for pending in batch:
             if not pending.done.done():
