@@ -17,8 +17,9 @@ first command of the first message; the end is MailFlow's own delivery stamps, P
 ``status=sent`` maillog lines as they appear (C: the sink's transaction files), and for
 Mailman when the sink closed its transaction files (``smtp-sink -d``; stamped by
 :mod:`bench.arrivals`, since file modification times are coarse).
-Peak RSS is the relay's ``VmHWM`` plus its egress process's for MailFlow, and the peak of
-the sum of ``VmRSS`` over all processes (sampled every 100 ms) for Postfix and Mailman.
+Peak RSS is the relay's ``VmHWM`` plus its child process's (egress and listeners) for
+MailFlow, and the peak of the sum of ``VmRSS`` over all processes (sampled every 100 ms)
+for Postfix and Mailman.
 
 ``--mailman-e-scale`` runs Mailman's E at a fraction of E's 100,000 members (making the
 members and expanding them takes Mailman minutes); the table then says at what size.
@@ -190,7 +191,7 @@ message):
 
 - **MailFlow** as in the tables above (its own delivery stamps in the store, and for C the \
 sink's close stamps as for the peers; peak RSS is the relay process's `VmHWM` plus its \
-egress process's).
+child process's: the egress and the listeners).
 - **Postfix** (`bench/postfix_peer.py`): a private instance \
 (`mailflow.testing.postfix.PostfixInstance`, loopback only) with \
 `virtual_alias_domains = bench.test`, a `texthash` `virtual_alias_maps` expanding the \

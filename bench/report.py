@@ -117,7 +117,7 @@ def rows(entries: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]
     if covered:
         peak = max(e["rss_peak_mb"] for e in covered)
         _, comparison, bound, unit = TARGETS["RSS"]
-        label = "relay + egress process VmHWM, max over all runs" + (
+        label = "relay + child process VmHWM, max over all runs" + (
             " of A-C" if len(covered) < len(entries) else "")
         table.append(["RSS", label, f"{peak:.0f} MB",
                       f"{comparison} {bound:g} MB",

@@ -75,7 +75,7 @@ class Options:
 @dataclass
 class RunResult:
     value: float                     # the headline figure of the scenario
-    rss_mb: float                    # VmHWM of the relay (+ egress process) at the end
+    rss_mb: float                    # VmHWM of the relay (+ its child process) at the end
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -125,7 +125,7 @@ class Harness:
         return "relay log (last lines):\n  " + "\n  ".join(text) if text else "relay log empty"
 
     def processes(self) -> list[int]:
-        """The relay process and its children (the egress process)."""
+        """The relay process and its children (the egress and listeners process)."""
         children: list[int] = []
         for task in Path(f"/proc/{self.pid}/task").iterdir():
             with contextlib.suppress(OSError):

@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -33,6 +34,7 @@ from mailflow.ingress.commit import GroupCommitter
 from mailflow.ingress.http import FailedAuthLimiter, create_router
 from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
+from mailflow.ingress.worker import HostedListeners
 from mailflow.pipeline.expand import plan_deliveries
 from mailflow.pipeline.processor import Processor
 from mailflow.recent import RecentMessages
@@ -82,7 +84,7 @@ class Relay:
     egress: Egress | None = None
 
     def __post_init__(self) -> None:
-        self._listeners: list[Listener] = []
+        self._listeners: list[Listener | HostedListeners] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._http: uvicorn.Server | None = None
         self._policy: asyncio.Server | None = None
@@ -102,7 +104,6 @@ class Relay:
             await runner.write(runner.repo.release_leases, self.clock.now())
         blobs = BlobStore(settings.blob_dir)
         self.egress = egress = self.egress or build_egress(settings)
-        await egress.start()
         # Fits deliveries.lease_owner (64 characters) whatever the hostname's length.
         owner = f"{settings.hostname[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
         recent = RecentMessages()
@@ -129,12 +130,71 @@ class Relay:
             AcceptPolicy(self.instance_id, settings.max_message_size,
                          settings.max_received_headers, settings.recipient_cache_ttl),
         )
+        # Bound before anything starts, so that a child the scheduler's first send may
+        # start (lazily) serves them too; accepted only once the egress starts, last.
+        hosted = await self._host_listeners(settings, service, egress)
         await scheduler.start()
         self._tasks += [
             asyncio.create_task(processor.run(), name="processor"),
             asyncio.create_task(committer.run(), name="committer"),
             asyncio.create_task(self._maintenance(blobs), name="maintenance"),
         ]
+        try:
+            await egress.start()
+        except Exception as exc:
+            await self.stop()
+            raise ConfigurationError(f"cannot start the relay's child process: {exc}") \
+                from None
+        if not hosted:
+            await self._start_listeners(settings, service)
+        if settings.policy_address is not None:
+            try:
+                self._policy = await start_policy_service(service, settings.policy_address)
+            except OSError as exc:
+                await self.stop()
+                raise ConfigurationError(f"cannot listen for the policy service on "
+                                         f"{settings.policy_address}: {exc.strerror}") from None
+            self.listening["policy"] = str(settings.policy_address)
+        if settings.http_address is not None:
+            await self._start_http(settings, service)
+        log.info("relay %s started: %s; egress %s", self.instance_id,
+                 ", ".join(f"{k} on {v}" for k, v in self.listening.items()), egress.name,
+                 extra={"action": "started"})
+
+    async def _host_listeners(self, settings: Settings, service: AcceptService,
+                              egress: Egress) -> bool:
+        """Bind SMTP and LMTP for the egress process to serve (``listener_process``).
+
+        Returns whether it does; without the egress process (``stdout`` egress,
+        ``egress_process = false``) the listeners run on this event loop instead.
+        """
+        if not (settings.listener_process and isinstance(egress, ProcessEgress)):
+            return False
+        sockets: list[tuple[socket.socket, bool]] = []
+        for name, address, lmtp in (("smtp", settings.smtp_address, False),
+                                    ("lmtp", settings.lmtp_address, True)):
+            if address is None:
+                continue
+            try:
+                sockets.append((bind(address.host, address.port), lmtp))
+            except OSError as exc:
+                for sock, _ in sockets:
+                    sock.close()
+                await self.stop()
+                raise ConfigurationError(f"cannot listen for {name.upper()} on {address}: "
+                                         f"{exc.strerror}") from None
+            self.listening[name] = str(address)
+        if not sockets:
+            return False
+        hosted = HostedListeners(service, sockets, {
+            "hostname": settings.hostname, "max_message_size": settings.max_message_size,
+            "recipient_cache_ttl": settings.recipient_cache_ttl,
+            "log_level": settings.log_level})
+        egress.host_listeners(hosted)
+        self._listeners.append(hosted)
+        return True
+
+    async def _start_listeners(self, settings: Settings, service: AcceptService) -> None:
         for name, address, lmtp in (("smtp", settings.smtp_address, False),
                                     ("lmtp", settings.lmtp_address, True)):
             if address is None:
@@ -149,19 +209,6 @@ class Relay:
                                          f"{exc.strerror}") from None
             self._listeners.append(server)
             self.listening[name] = str(address)
-        if settings.policy_address is not None:
-            try:
-                self._policy = await start_policy_service(service, settings.policy_address)
-            except OSError as exc:
-                await self.stop()
-                raise ConfigurationError(f"cannot listen for the policy service on "
-                                         f"{settings.policy_address}: {exc.strerror}") from None
-            self.listening["policy"] = str(settings.policy_address)
-        if settings.http_address is not None:
-            await self._start_http(settings, service)
-        log.info("relay %s started: %s; egress %s", self.instance_id,
-                 ", ".join(f"{k} on {v}" for k, v in self.listening.items()), egress.name,
-                 extra={"action": "started"})
 
     async def _start_http(self, settings: Settings, service: AcceptService) -> None:
         address = settings.http_address

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     smtp_timeout: float = Field(default=60.0, gt=0)
     smtp_idle_check: float = Field(default=10.0, ge=0)
     egress_process: bool = True
+    listener_process: bool = True
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
     max_received_headers: int = Field(default=30, ge=1)
     recipient_cache_ttl: float = Field(default=2.0, ge=0)

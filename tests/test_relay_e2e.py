@@ -6,9 +6,12 @@ Every test runs on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import smtplib
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -323,3 +326,39 @@ def test_sigterm_stops_cleanly_with_idle_clients_connected(relay: RelayProcess) 
     finally:
         idle.close()
         half_closed.close()
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_a_dead_child_process_is_replaced_and_smtp_answers_again(relay: RelayProcess,
+                                                                 sink: SmtpSink) -> None:
+    with relay.repository() as repo:
+        make_list(repo, "team@example.test", TEAM[:1])
+    send(relay, ["team@example.test"], make_message("team@example.test"))
+    assert sink.wait_for_recipients(1) == TEAM[:1]
+    assert relay.process is not None
+    [child] = _children(relay.process.pid)  # SMTP sessions and the egress
+    os.kill(child, signal.SIGKILL)
+    # Connections made while no child runs wait in the listen backlog of the socket the
+    # relay keeps; the next child serves them.
+    send(relay, ["team@example.test"], make_message("team@example.test", subject="again"))
+    assert sink.wait_for_recipients(2) == TEAM[:1] * 2
+    assert wait_until(lambda: len(_children(relay.process.pid)) == 1)  # type: ignore[union-attr]
+    assert _children(relay.process.pid) != [child]  # type: ignore[union-attr]
+
+
+def test_listeners_can_run_in_the_relay_process(make_relay: Callable[..., RelayProcess],
+                                                sink: SmtpSink) -> None:
+    relay = make_relay(listener_process="false").start()
+    with relay.repository() as repo:
+        make_list(repo, "team@example.test", TEAM)
+    send(relay, ["team@example.test"], make_message("team@example.test"))
+    assert sorted(sink.wait_for_recipients(3)) == sorted(TEAM)
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        send(relay, ["nobody@example.test"], make_message("nobody@example.test"))

@@ -267,3 +267,45 @@ def test_a_torn_blob_left_by_a_crash_is_written_again(tmp_path: Path) -> None:
     BlobStore(tmp_path / "blobs").write_many([(digest, data)])  # intact: kept as it is
     assert path.stat().st_ino == inode
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_known_head_revision_is_alembics() -> None:
+    """``migrate.HEAD`` lets a current database skip importing Alembic: keep it true."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from mailflow.store.migrate import HEAD, MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == HEAD
+
+
+def test_a_database_from_before_bodies_in_rows_is_upgraded_in_place(database_url: str
+                                                                     ) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from mailflow.store import create_engines, upgrade_to_head
+    from mailflow.store.migrate import HEAD, MIGRATIONS, current_revision
+
+    engines = create_engines(database_url, pool_size=1)
+    try:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with engines.writer.connect() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0001")
+            connection.commit()
+        with engines.writer.begin() as conn:
+            conn.execute(text("INSERT INTO blobs (hash, size, refcount, created_at) "
+                              "VALUES ('old', 3, 1, 0)"))
+        assert current_revision(engines.writer) == "0001"
+        upgrade_to_head(engines.writer)
+        assert current_revision(engines.writer) == HEAD
+        repo = Repository(engines)
+        assert repo.blob_stats() == (1, 3)
+        assert repo.stored_body("old") is None  # an old blob is a file
+    finally:
+        engines.dispose()

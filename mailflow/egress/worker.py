@@ -1,19 +1,22 @@
-"""The SMTP egress in a child process: the second core does the wire work.
+"""The relay's child process: the SMTP egress, and the listeners it may host.
 
 Why: the relay is one Python process, so the GIL caps it at one core, and a fan-out
 spends much of that core on SMTP client work (formatting commands, parsing replies,
 the event loop around them).  :class:`ProcessEgress` keeps the scheduler, the store and
 every decision in the relay process and hands each transaction to a child running
-:class:`~mailflow.egress.smtp.SmtpEgress`; the child answers per recipient.
+:class:`~mailflow.egress.smtp.SmtpEgress`; the child answers per recipient.  The same
+child serves the relay's SMTP/LMTP sockets when the relay hands them over
+(:meth:`ProcessEgress.host_listeners`, :mod:`mailflow.ingress.worker`): one process for
+the wire work in both directions, one interpreter's memory (~25 MB) instead of two.
 
-The two talk over a socketpair in frames (4-byte length + pickle; both ends are this
-code).  Frames written in one turn of the event loop go out in one write, so a busy
-relay pays one system call for many transactions.  A content is sent once and then
-referred to by number while the child keeps it (the parent decides what it forgets).
+The two talk over a socketpair in frames (:mod:`mailflow.frames`).  A content is sent
+once and then referred to by number while the child keeps it (the parent decides what
+it forgets).
 
 Failure: if the child dies, every transaction it held is answered
 :class:`~mailflow.errors.EgressUnavailable` (so the deliveries are deferred and retried,
-never lost) and the next send starts a new child.
+never lost) and the next send starts a new child; one that served listeners is replaced
+at once (after ``RESTART_DELAY``).
 """
 
 from __future__ import annotations
@@ -21,10 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import pickle
 import signal
 import socket
-import struct
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -33,59 +34,18 @@ from typing import Any
 from mailflow.egress.base import PerContent, RecipientReply
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.errors import EgressUnavailable
+from mailflow.frames import FrameProtocol
+from mailflow.ingress.smtp import Listener
+from mailflow.ingress.worker import ASKS, HostedListeners, RemoteAcceptor, open_listeners
 from mailflow.smtp_relay import SmtpRelay
 
 log = logging.getLogger(__name__)
 
-_LENGTH = struct.Struct("!I")
 CONTENTS_KEPT = 64       # contents the child keeps (the scheduler renders 64 copies at most)
 START_TIMEOUT = 30.0     # seconds for a child to start and say it is ready
 STOP_TIMEOUT = 10.0      # seconds for a child to close its connections and exit
 QUIET_BEFORE_ALONE = 0.02  # seconds without a send before one goes in-process again
-
-
-class FrameProtocol(asyncio.Protocol):
-    """Length-prefixed pickled frames in both directions, writes batched per loop turn."""
-
-    def __init__(self, on_frame: Callable[[Any], None],
-                 on_lost: Callable[[Exception | None], None]) -> None:
-        self._on_frame = on_frame
-        self._on_lost = on_lost
-        self._buffer = bytearray()
-        self._outgoing: list[bytes] = []
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def send(self, frame: Any) -> None:
-        payload = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
-        if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._outgoing += (_LENGTH.pack(len(payload)), payload)
-
-    def _flush(self) -> None:
-        chunks, self._outgoing = self._outgoing, []
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(chunks))
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        start = 0
-        while len(buffer) - start >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(buffer, start)
-            end = start + _LENGTH.size + length
-            if len(buffer) < end:
-                break
-            frame = pickle.loads(memoryview(buffer)[start + _LENGTH.size:end])
-            start = end
-            self._on_frame(frame)
-        if start:
-            del buffer[:start]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._on_lost(exc)
+RESTART_DELAY = 1.0      # seconds before a child that served listeners is replaced
 
 
 class ProcessEgress:
@@ -115,14 +75,60 @@ class ProcessEgress:
         self._next_id = 0
         self._starting: asyncio.Lock | None = None
         self.children_started = 0
+        self.listeners: HostedListeners | None = None
+        self._listeners_closed: asyncio.Future[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    def host_listeners(self, listeners: HostedListeners) -> None:
+        """Serve the relay's SMTP/LMTP sockets in the child too (before :meth:`start`)."""
+        self.listeners = listeners
+        listeners.close_in_child = self._close_listeners
 
     async def start(self) -> None:
-        """Start the child now, so the first delivery does not wait for it; if it cannot
-        start, the relay still starts: each send tries again (and defers on failure)."""
+        """Start the child now, so the first delivery does not wait for it.
+
+        Without listeners, if it cannot start, the relay still starts: each send tries
+        again (and defers on failure).  With listeners it must start (else nobody
+        answers SMTP), and a child that dies is replaced at once, not at the next send.
+        """
+        if self.listeners is not None:
+            await self._ensure_child()
+            self._watch = asyncio.create_task(self._keep_child(), name="egress-process")
+            return
         try:
             await self._ensure_child()
         except (EgressUnavailable, OSError) as exc:
             log.error("egress process did not start: %s", exc, extra={"action": "egress_lost"})
+
+    async def _keep_child(self) -> None:
+        while self.listeners is not None and self.listeners.open:
+            process = self._process
+            assert process is not None
+            status = await process.wait()
+            if not self.listeners.open:
+                return
+            log.error("the relay's child process exited (status %s); starting another",
+                      status, extra={"action": "egress_lost"})
+            await asyncio.sleep(RESTART_DELAY)
+            try:
+                if self._process is process:
+                    await self._ensure_child()
+            except (EgressUnavailable, OSError) as exc:
+                log.error("cannot start the relay's child process: %s", exc,
+                          extra={"action": "egress_lost"})
+
+    async def _close_listeners(self, grace: float) -> None:
+        """The child stops listening and finishes its sessions (the egress goes on)."""
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+        channel = self._channel
+        if channel is None:
+            return
+        self._listeners_closed = asyncio.get_running_loop().create_future()
+        channel.send(("close_listeners", grace))
+        with contextlib.suppress(TimeoutError, EgressUnavailable):
+            await asyncio.wait_for(self._listeners_closed, grace + STOP_TIMEOUT)
 
     async def send(self, mail_from: str, recipients: Sequence[str],
                    content: bytes) -> list[RecipientReply]:
@@ -169,10 +175,13 @@ class ProcessEgress:
     async def _start_child(self) -> None:
         loop = asyncio.get_running_loop()
         parent_end, child_end = socket.socketpair()
+        listeners = self.listeners
+        listen_config = listeners.child_config() if listeners is not None else None
+        fds = (child_end.fileno(), *(listeners.fds() if listen_config else ()))
         try:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mailflow.egress.worker", str(child_end.fileno()),
-                pass_fds=(child_end.fileno(),), stdin=asyncio.subprocess.DEVNULL)
+                pass_fds=fds, stdin=asyncio.subprocess.DEVNULL)
         except OSError as exc:
             parent_end.close()
             raise EgressUnavailable(f"cannot start the egress process: {exc}") from exc
@@ -181,20 +190,32 @@ class ProcessEgress:
         ready: asyncio.Future[None] = loop.create_future()
 
         def on_frame(frame: Any) -> None:
-            if frame[0] == "ready":
+            kind = frame[0]
+            if kind in ASKS:
+                assert listeners is not None
+                listeners.answer(channel, frame)
+            elif kind == "ready":
                 if not ready.done():
                     ready.set_result(None)
+            elif kind == "failed":
+                if not ready.done():
+                    ready.set_exception(EgressUnavailable(frame[1]))
+            elif kind == "listeners_closed":
+                if self._listeners_closed is not None and not self._listeners_closed.done():
+                    self._listeners_closed.set_result(None)
             else:
                 self._answer(frame)
 
         def on_lost(exc: Exception | None) -> None:
             if not ready.done():
                 ready.set_exception(EgressUnavailable("the egress process exited at start"))
+            if self._listeners_closed is not None and not self._listeners_closed.done():
+                self._listeners_closed.set_result(None)
             self._child_gone(exc)
 
         _, channel = await loop.create_unix_connection(
             lambda: FrameProtocol(on_frame, on_lost), sock=parent_end)
-        channel.send(("config", self.config))
+        channel.send(("config", {**self.config, "listen": listen_config}))
         try:
             await asyncio.wait_for(ready, START_TIMEOUT)
         except BaseException as exc:
@@ -232,6 +253,9 @@ class ProcessEgress:
                       extra={"action": "egress_lost"})
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         if self._alone is not None:
             await self._alone.close()
         channel, process = self._channel, self._process
@@ -256,6 +280,8 @@ class _Worker:
         self.channel: FrameProtocol | None = None
         self.done = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.acceptor: RemoteAcceptor | None = None   # with listeners: asks the relay
+        self.listeners: list[Listener] = []
 
     def on_frame(self, frame: tuple[Any, ...]) -> None:
         kind = frame[0]
@@ -269,6 +295,9 @@ class _Worker:
             task.add_done_callback(self.tasks.discard)
         elif kind == "forget":
             self.contents.pop(frame[1], None)
+        elif kind in ("ok", "error"):
+            if self.acceptor is not None:
+                self.acceptor.on_frame(frame)
         elif kind == "config":
             config = frame[1]
             self.egress = SmtpEgress(SmtpRelay(**config["relay"]),
@@ -276,10 +305,36 @@ class _Worker:
                                      timeout=config["timeout"],
                                      idle_check=config["idle_check"],
                                      local_hostname=config["local_hostname"])
-            assert self.channel is not None
-            self.channel.send(("ready",))
+            self._spawn(self._start(config["listen"]))
+        elif kind == "close_listeners":
+            self._spawn(self._close_listeners(frame[1]))
         elif kind == "close":
             self.done.set()
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _start(self, listen: dict[str, Any] | None) -> None:
+        assert self.channel is not None
+        if listen is not None:
+            logging.basicConfig(level=listen["log_level"],
+                                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                stream=sys.stderr)
+            logging.getLogger("mail.log").setLevel(logging.WARNING)
+            try:
+                self.acceptor, self.listeners = await open_listeners(listen, self.channel)
+            except Exception as exc:
+                self.channel.send(("failed", f"cannot serve the listeners: {exc}"))
+                return
+        self.channel.send(("ready",))
+
+    async def _close_listeners(self, grace: float) -> None:
+        listeners, self.listeners = self.listeners, []
+        await asyncio.gather(*(listener.close(grace) for listener in listeners))
+        if self.channel is not None:
+            self.channel.send(("listeners_closed",))
 
     async def _send(self, number: int, content: bytes, mail_from: str,
                     recipients: list[str]) -> None:
@@ -295,6 +350,8 @@ class _Worker:
                                [(r.recipient, r.code, r.text) for r in replies]))
 
     def on_lost(self, exc: Exception | None) -> None:
+        if self.acceptor is not None:
+            self.acceptor.relay_gone()
         self.done.set()  # the relay went away: nothing more will come
 
     async def run(self, fd: int) -> None:
@@ -303,6 +360,8 @@ class _Worker:
         self.channel = channel = FrameProtocol(self.on_frame, self.on_lost)
         await loop.create_unix_connection(lambda: channel, sock=sock)
         await self.done.wait()
+        if self.listeners:
+            await self._close_listeners(0.0)
         if self.tasks:  # transactions on the wire: let them finish and answer
             await asyncio.wait(list(self.tasks), timeout=STOP_TIMEOUT)
         if self.egress is not None:

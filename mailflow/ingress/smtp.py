@@ -11,18 +11,21 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
-from mailflow.config import ListenAddress
 from mailflow.errors import SmtpReplyError, StorageUnavailable
-from mailflow.ingress.accept import AcceptService
 from mailflow.model import Envelope
+
+if TYPE_CHECKING:  # the listener process imports this module: no store, no settings
+    from mailflow.config import ListenAddress
+    from mailflow.ingress.accept import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +83,20 @@ class RelayLMTP(_FastPaths, _EnhancedSizeReplies, LMTP):
     pass
 
 
+class Acceptor(Protocol):
+    """What a listener asks: the accept service, here or in the relay process."""
+
+    async def check_recipient(self, address: str) -> object: ...
+    async def accept(self, envelope: Envelope, raw: bytes) -> str: ...
+    async def accept_each(self, envelope: Envelope, raw: bytes) -> list[Verdict]: ...
+
+
 class RelayHandler:
     """aiosmtpd handler hooks for SMTP; :class:`LmtpHandler` answers per recipient."""
 
     protocol = "ESMTP"
 
-    def __init__(self, service: AcceptService) -> None:
+    def __init__(self, service: Acceptor) -> None:
         self.service = service
         self.accepting = 0          # DATA commands being accepted right now
         self.idle = asyncio.Event()
@@ -186,8 +197,10 @@ class Listener:
             await asyncio.wait_for(self.server.wait_closed(), timeout=grace)
 
 
-async def start_listener(service: AcceptService, address: ListenAddress, *, hostname: str,
-                         max_message_size: int, lmtp: bool = False) -> Listener:
+async def start_listener(service: Acceptor, address: ListenAddress | None, *,
+                         hostname: str, max_message_size: int, lmtp: bool = False,
+                         sock: socket.socket | None = None) -> Listener:
+    """Listen on ``address``, or on ``sock`` (bound already, e.g. by the relay process)."""
     handler = LmtpHandler(service) if lmtp else RelayHandler(service)
     protocol_class = RelayLMTP if lmtp else RelaySMTP
     sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
@@ -200,6 +213,10 @@ async def start_listener(service: AcceptService, address: ListenAddress, *, host
         return session
 
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(factory, host=address.host, port=address.port,
-                                      reuse_address=True)
+    if sock is not None:
+        server = await loop.create_server(factory, sock=sock)
+    else:
+        assert address is not None
+        server = await loop.create_server(factory, host=address.host, port=address.port,
+                                          reuse_address=True)
     return Listener(server, handler, sessions)
