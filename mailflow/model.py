@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mailflow import addresses
+
+if TYPE_CHECKING:
+    from mailflow.errors import SmtpReplyError
 
 
 class ListKind(enum.StrEnum):
@@ -84,6 +88,18 @@ class Envelope:
     peer: str = ""
     helo: str = ""
     protocol: str = "ESMTP"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Per-recipient answer for a message (LMTP): ``error`` is None where it was accepted.
+
+    Here, not in the accept service, because it crosses to the listener process, which
+    must unpickle it without importing the store."""
+
+    recipient: str
+    error: SmtpReplyError | None
+    message_id: str | None = None
 
 
 @dataclass(slots=True)

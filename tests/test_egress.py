@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import pickle
 import ssl
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -17,7 +19,8 @@ from mailflow.egress.base import Egress
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.egress.stdout import StdoutEgress
 from mailflow.egress.worker import ProcessEgress
-from mailflow.errors import EgressUnavailable
+from mailflow.errors import EgressUnavailable, LoopDetected, StorageUnavailable, UnknownRecipient
+from mailflow.model import Verdict
 from mailflow.testing.ports import free_port
 from mailflow.testing.sink import SmtpSink
 
@@ -303,3 +306,20 @@ async def test_a_lone_transaction_stays_in_process_and_a_crowd_goes_to_the_child
         assert all(r[0].delivered for r in replies)
         assert sink.handler.connections >= 3  # the child opened connections of its own
         assert len(sink.recipients()) == 7
+
+
+def test_the_child_process_stays_small_whatever_the_relay_sends_it() -> None:
+    """The child unpickles the relay's answers; none may pull the store or the settings
+    in (each would add tens of MB to every relay: the RSS bounds of the benchmarks)."""
+    answers = [("ok", 1, True), ("ok", 2, "0123456789abcdef"),
+               ("ok", 3, [Verdict("a@x.test", None, "q1"),
+                          Verdict("b@x.test", UnknownRecipient("no such list"), None)]),
+               ("error", 4, StorageUnavailable()), ("error", 5, LoopDetected("loop"))]
+    code = ("import pickle, sys\n"
+            "import mailflow.egress.worker\n"
+            "frames = pickle.loads(sys.stdin.buffer.read())\n"
+            "heavy = ('sqlalchemy', 'pydantic', 'fastapi', 'alembic', 'uvicorn')\n"
+            "print(len(frames), sorted(m for m in heavy if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(answers),
+                          capture_output=True, timeout=60, check=True)
+    assert done.stdout.decode().split(None, 1) == ["5", "[]\n"]

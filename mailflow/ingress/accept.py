@@ -26,7 +26,7 @@ from mailflow.ids import new_message_id
 from mailflow.ingress.commit import GroupCommitter, content_digest
 from mailflow.ingress.directory_cache import KnownRecipients
 from mailflow.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
-from mailflow.model import Envelope, InboundMessage
+from mailflow.model import Envelope, InboundMessage, Verdict
 from mailflow.pipeline.loops import check_hops, check_not_looping
 from mailflow.pipeline.parse import check_well_formed, without_mbox_from
 from mailflow.store.repository import Resolution
@@ -41,15 +41,6 @@ class AcceptPolicy:
     max_message_size: int
     max_received_headers: int
     recipient_cache_ttl: float = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """Per-recipient answer for a message: ``error`` is None where it was accepted."""
-
-    recipient: str
-    error: SmtpReplyError | None
-    message_id: str | None = None
 
 
 class AcceptService:

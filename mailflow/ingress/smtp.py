@@ -21,11 +21,10 @@ from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from mailflow.errors import SmtpReplyError, StorageUnavailable
-from mailflow.model import Envelope
+from mailflow.model import Envelope, Verdict
 
 if TYPE_CHECKING:  # the listener process imports this module: no store, no settings
     from mailflow.config import ListenAddress
-    from mailflow.ingress.accept import Verdict
 
 log = logging.getLogger(__name__)
 

@@ -35,10 +35,10 @@ from mailflow import addresses
 from mailflow.errors import SmtpReplyError, StorageUnavailable
 from mailflow.frames import FrameProtocol
 from mailflow.ingress.smtp import Listener, start_listener
-from mailflow.model import Envelope
+from mailflow.model import Envelope, Verdict
 
 if TYPE_CHECKING:  # the child imports this module: it keeps no store and no settings
-    from mailflow.ingress.accept import AcceptService, Verdict
+    from mailflow.ingress.accept import AcceptService
 
 log = logging.getLogger(__name__)
 
