@@ -23,7 +23,7 @@ import uvicorn
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore
 from mailflow.clock import Clock, SystemClock
-from mailflow.config import Settings
+from mailflow.config import ListenAddress, Settings
 from mailflow.egress.base import Egress
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.egress.stdout import StdoutEgress
@@ -161,6 +161,13 @@ class Relay:
                  ", ".join(f"{k} on {v}" for k, v in self.listening.items()), egress.name,
                  extra={"action": "started"})
 
+    @staticmethod
+    def _listen_addresses(settings: Settings) -> list[tuple[str, ListenAddress, bool]]:
+        """(name, address, is LMTP) of the SMTP and LMTP listeners that are on."""
+        return [(name, address, lmtp) for name, address, lmtp in (
+            ("smtp", settings.smtp_address, False), ("lmtp", settings.lmtp_address, True))
+            if address is not None]
+
     async def _host_listeners(self, settings: Settings, service: AcceptService,
                               egress: Egress) -> bool:
         """Bind SMTP and LMTP for the egress process to serve (``listener_process``).
@@ -168,24 +175,19 @@ class Relay:
         Returns whether it does; without the egress process (``stdout`` egress,
         ``egress_process = false``) the listeners run on this event loop instead.
         """
-        if not (settings.listener_process and isinstance(egress, ProcessEgress)):
+        addresses = self._listen_addresses(settings)
+        if not (addresses and settings.listener_process and isinstance(egress, ProcessEgress)):
             return False
         sockets: list[tuple[socket.socket, bool]] = []
-        for name, address, lmtp in (("smtp", settings.smtp_address, False),
-                                    ("lmtp", settings.lmtp_address, True)):
-            if address is None:
-                continue
+        for name, address, lmtp in addresses:
             try:
                 sockets.append((bind(address.host, address.port), lmtp))
             except OSError as exc:
                 for sock, _ in sockets:
                     sock.close()
                 await self.stop()
-                raise ConfigurationError(f"cannot listen for {name.upper()} on {address}: "
-                                         f"{exc.strerror}") from None
+                raise _listen_error(name, address, exc) from None
             self.listening[name] = str(address)
-        if not sockets:
-            return False
         hosted = HostedListeners(service, sockets, {
             "hostname": settings.hostname, "max_message_size": settings.max_message_size,
             "recipient_cache_ttl": settings.recipient_cache_ttl,
@@ -195,18 +197,14 @@ class Relay:
         return True
 
     async def _start_listeners(self, settings: Settings, service: AcceptService) -> None:
-        for name, address, lmtp in (("smtp", settings.smtp_address, False),
-                                    ("lmtp", settings.lmtp_address, True)):
-            if address is None:
-                continue
+        for name, address, lmtp in self._listen_addresses(settings):
             try:
                 server = await start_listener(service, address, hostname=settings.hostname,
                                               max_message_size=settings.max_message_size,
                                               lmtp=lmtp)
             except OSError as exc:
                 await self.stop()
-                raise ConfigurationError(f"cannot listen for {name.upper()} on {address}: "
-                                         f"{exc.strerror}") from None
+                raise _listen_error(name, address, exc) from None
             self._listeners.append(server)
             self.listening[name] = str(address)
 
@@ -278,6 +276,10 @@ class Relay:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+def _listen_error(name: str, address: ListenAddress, exc: OSError) -> ConfigurationError:
+    return ConfigurationError(f"cannot listen for {name.upper()} on {address}: {exc.strerror}")
 
 
 def _lock_sqlite_store(database: Path) -> IO[str]:

@@ -67,7 +67,6 @@ class ProcessEgress:
         self._last_send = -QUIET_BEFORE_ALONE
         self.config = {"relay": asdict(relay), "pool_size": pool_size, "timeout": timeout,
                        "idle_check": idle_check, "local_hostname": local_hostname}
-        self.relay = relay
         self._process: asyncio.subprocess.Process | None = None
         self._channel: FrameProtocol | None = None
         self._pending: dict[int, asyncio.Future[list[RecipientReply]]] = {}
@@ -177,7 +176,8 @@ class ProcessEgress:
         parent_end, child_end = socket.socketpair()
         listeners = self.listeners
         listen_config = listeners.child_config() if listeners is not None else None
-        fds = (child_end.fileno(), *(listeners.fds() if listen_config else ()))
+        fds = (child_end.fileno(),
+               *(fd for fd, _ in (listen_config["listeners"] if listen_config else ())))
         try:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mailflow.egress.worker", str(child_end.fileno()),

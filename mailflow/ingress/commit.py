@@ -37,8 +37,8 @@ class _Pending:
     data: bytes
     done: asyncio.Future[None]
     in_database: bool  # the body goes into the blob row, not a file
-    # Set once the blob file is durable; waited for by the writer thread, hence not an
-    # asyncio future.
+    # Set once the blob file is durable (bodies stored as files only); waited for by the
+    # writer thread, hence not an asyncio future.
     blob_durable: Future[None] = field(default_factory=Future)
 
 
@@ -101,8 +101,7 @@ class GroupCommitter:
         """Return once the message is durable; raise StorageUnavailable otherwise."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         pending = _Pending(message, data, done, in_database=len(data) <= self.body_limit)
-        if pending.in_database:
-            pending.blob_durable.set_result(None)
+        if pending.in_database:  # no file: nothing to wait for but the commit
             self.blobs.remember(message.blob, data)  # for the first send
         else:
             self._unwritten.put_nowait(pending)

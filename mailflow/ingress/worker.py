@@ -62,10 +62,9 @@ class HostedListeners:
         self.close_in_child: Callable[[float], Awaitable[None]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def fds(self) -> list[int]:
-        return [sock.fileno() for sock, _ in self.sockets] if self.open else []
-
     def child_config(self) -> dict[str, Any] | None:
+        """What a new child needs to serve the sockets (None once closed); their file
+        descriptors, to pass on, are in its ``listeners``."""
         if not self.open:
             return None
         return {**self.config, "listeners": [(sock.fileno(), lmtp)
