@@ -29,16 +29,16 @@ from mailflow.egress.smtp import SmtpEgress
 from mailflow.egress.stdout import StdoutEgress
 from mailflow.egress.worker import ProcessEgress
 from mailflow.errors import ConfigurationError
-from mailflow.ingress.accept import AcceptPolicy, AcceptService
-from mailflow.ingress.commit import GroupCommitter
 from mailflow.ingress.http import FailedAuthLimiter, create_router
 from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.ingress.worker import HostedListeners
 from mailflow.pipeline.expand import plan_deliveries
-from mailflow.pipeline.processor import Processor
-from mailflow.recent import RecentMessages
-from mailflow.scheduler import Scheduler, SchedulerOptions
+from mailflow.services.accept import AcceptPolicy, AcceptService
+from mailflow.services.commit import GroupCommitter
+from mailflow.services.processor import Processor
+from mailflow.services.recent import RecentMessages
+from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.store import StoreRunner, create_engines, upgrade_to_head
 from mailflow.store.engine import sqlite_path
 from mailflow.store.repository import Repository

@@ -7,8 +7,9 @@ tested with hand-made instances.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from mailflow import addresses
 
@@ -142,3 +143,93 @@ class Delivery:
     status: DeliveryStatus = DeliveryStatus.IN_FLIGHT
     last_reply: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who leases fresh deliveries at ingest, for how long, and how many at most."""
+
+    owner: str
+    seconds: float
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    """What one ingest transaction left to do."""
+
+    left: int                # messages left ``received`` for the processor
+    queued: int              # deliveries queued for a claim
+    leased: list[Delivery]   # deliveries already leased to the caller's scheduler
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What an envelope recipient is to this relay."""
+
+    kind: Literal["list", "bounces", "unknown_domain", "unknown_address"]
+    mailing_list: MailingList | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one delivery attempt, as the scheduler decided it."""
+
+    delivery_id: int
+    status: DeliveryStatus  # delivered, deferred or failed
+    reply: str
+    due_at: float = 0.0
+    message_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str
+    detail: str
+    message_id: str | None = None
+    delivery_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """A delivery as listed by ``mailflow queue show``."""
+
+    id: int
+    message_id: str
+    list_address: str | None
+    recipient: str
+    status: str
+    attempts: int
+    due_at: float
+    created_at: float
+    updated_at: float
+    last_reply: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientReply:
+    recipient: str
+    code: int
+    text: str
+
+    @property
+    def delivered(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}".strip()
+
+
+class Egress(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def send(self, mail_from: str, recipients: Sequence[str],
+                   content: bytes) -> list[RecipientReply]: ...
+
+    async def close(self) -> None: ...

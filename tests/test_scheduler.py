@@ -11,10 +11,10 @@ import pytest
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore, content_hash
 from mailflow.egress.base import RecipientReply
-from mailflow.ingress.commit import GroupCommitter
 from mailflow.model import InboundMessage
 from mailflow.pipeline.expand import plan_deliveries
-from mailflow.scheduler import Scheduler, SchedulerOptions
+from mailflow.services.commit import GroupCommitter
+from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.store import Engines, StoreRunner
 from mailflow.testing.clock import FakeClock
 from mailflow.testing.factories import make_list, make_message

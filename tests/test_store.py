@@ -9,10 +9,9 @@ import pytest
 
 from mailflow.blobs import BlobStore, content_hash
 from mailflow.errors import Conflict, InvalidInput, NotFound
-from mailflow.model import DeliveryStatus, InboundMessage, ListKind, MessageStatus
+from mailflow.model import DeliveryStatus, InboundMessage, Lease, ListKind, MessageStatus, Outcome
 from mailflow.pipeline.expand import plan_deliveries
-from mailflow.store import Outcome, Repository
-from mailflow.store.repository import Lease
+from mailflow.store import Repository
 from mailflow.testing.factories import make_list
 
 NOW = 1_800_000_000.0

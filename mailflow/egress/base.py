@@ -9,40 +9,14 @@ attempt (no connection, timeout) is raised as :class:`mailflow.errors.EgressUnav
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
+
+from mailflow.model import Egress, RecipientReply
+
+__all__ = ["Egress", "PerContent", "RecipientReply"]
 
 V = TypeVar("V")
 
-
-@dataclass(frozen=True, slots=True)
-class RecipientReply:
-    recipient: str
-    code: int
-    text: str
-
-    @property
-    def delivered(self) -> bool:
-        return 200 <= self.code < 300
-
-    @property
-    def permanent(self) -> bool:
-        return self.code >= 500
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}".strip()
-
-
-class Egress(Protocol):
-    name: str
-
-    async def start(self) -> None: ...
-
-    async def send(self, mail_from: str, recipients: Sequence[str],
-                   content: bytes) -> list[RecipientReply]: ...
-
-    async def close(self) -> None: ...
 
 
 class PerContent(Generic[V]):

@@ -26,8 +26,8 @@ from mailflow.errors import (
     SmtpReplyError,
     TemporaryFailure,
 )
-from mailflow.ingress.accept import AcceptService
 from mailflow.model import Envelope
+from mailflow.services.accept import AcceptService
 from mailflow.web.problems import problem, smtp_problem
 
 log = logging.getLogger(__name__)

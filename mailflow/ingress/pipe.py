@@ -31,10 +31,10 @@ from mailflow.errors import (
     UnknownDomain,
     UnknownRecipient,
 )
-from mailflow.ingress.accept import AcceptPolicy, AcceptService
-from mailflow.ingress.commit import GroupCommitter
 from mailflow.model import Envelope
 from mailflow.pipeline.expand import plan_deliveries
+from mailflow.services.accept import AcceptPolicy, AcceptService
+from mailflow.services.commit import GroupCommitter
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.engine import sqlite_path
 

@@ -19,7 +19,7 @@ import logging
 
 from mailflow.config import ListenAddress
 from mailflow.errors import PermanentFailure, TemporaryFailure, UnknownDomain
-from mailflow.ingress.accept import AcceptService
+from mailflow.services.accept import AcceptService
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ them to its child process, the one that already runs the SMTP egress
 (:class:`~mailflow.egress.worker.ProcessEgress`): one process for the wire work in
 both directions, one interpreter's memory.
 
-Every decision stays in the relay's :class:`~mailflow.ingress.accept.AcceptService`,
+Every decision stays in the relay's :class:`~mailflow.services.accept.AcceptService`,
 which the child asks over the frames (:mod:`mailflow.frames`): ``rcpt`` at RCPT
 (positive answers are remembered for ``recipient_cache_ttl`` seconds in the child too)
 and ``accept``/``accept_each`` after DATA, answered with the queue id (LMTP: the
@@ -38,7 +38,7 @@ from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.model import Envelope, Verdict
 
 if TYPE_CHECKING:  # the child imports this module: it keeps no store and no settings
-    from mailflow.ingress.accept import AcceptService
+    from mailflow.services.accept import AcceptService
 
 log = logging.getLogger(__name__)
 

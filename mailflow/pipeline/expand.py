@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from mailflow import addresses
-from mailflow.model import InboundMessage, ListKind, NewDelivery
-from mailflow.store.repository import DirectoryView, Event
+from mailflow.model import Event, InboundMessage, ListKind, NewDelivery
+from mailflow.store.repository import DirectoryView
 
 
 def plan_deliveries(directory: DirectoryView, message: InboundMessage

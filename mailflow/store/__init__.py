@@ -2,15 +2,12 @@
 
 from mailflow.store.engine import Engines, create_cli_engines, create_engines
 from mailflow.store.migrate import upgrade_to_head
-from mailflow.store.repository import Event, Outcome, Repository, Resolution
+from mailflow.store.repository import Repository
 from mailflow.store.runner import StoreRunner
 
 __all__ = [
     "Engines",
-    "Event",
-    "Outcome",
     "Repository",
-    "Resolution",
     "StoreRunner",
     "create_cli_engines",
     "create_engines",

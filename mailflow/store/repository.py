@@ -11,8 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -23,15 +22,21 @@ from mailflow.errors import Conflict, InvalidInput, NotFound
 from mailflow.model import (
     PENDING_STATUSES,
     Delivery,
+    DeliveryRow,
     DeliveryStatus,
     Domain,
+    Event,
     InboundMessage,
+    Lease,
     ListKind,
     MailingList,
     Member,
     MemberStatus,
     MessageStatus,
     NewDelivery,
+    Outcome,
+    Resolution,
+    StoredBatch,
 )
 from mailflow.store.engine import Engines
 from mailflow.store.hot import HotStatements
@@ -40,65 +45,10 @@ from mailflow.store.tables import blobs, deliveries, domains, events, lists, mem
 PENDING = [status.value for status in PENDING_STATUSES]
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """Who leases fresh deliveries at ingest, for how long, and how many at most."""
-
-    owner: str
-    seconds: float
-    limit: int
 
 
-@dataclass(frozen=True, slots=True)
-class StoredBatch:
-    """What one ingest transaction left to do."""
-
-    left: int                # messages left ``received`` for the processor
-    queued: int              # deliveries queued for a claim
-    leased: list[Delivery]   # deliveries already leased to the caller's scheduler
 
 
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    """What an envelope recipient is to this relay."""
-
-    kind: Literal["list", "bounces", "unknown_domain", "unknown_address"]
-    mailing_list: MailingList | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The result of one delivery attempt, as the scheduler decided it."""
-
-    delivery_id: int
-    status: DeliveryStatus  # delivered, deferred or failed
-    reply: str
-    due_at: float = 0.0
-    message_id: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    kind: str
-    detail: str
-    message_id: str | None = None
-    delivery_id: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryRow:
-    """A delivery as listed by ``mailflow queue show``."""
-
-    id: int
-    message_id: str
-    list_address: str | None
-    recipient: str
-    status: str
-    attempts: int
-    due_at: float
-    created_at: float
-    updated_at: float
-    last_reply: str | None
 
 
 def _list(row: Row[Any]) -> MailingList:

@@ -26,13 +26,20 @@ from dataclasses import dataclass
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore
 from mailflow.clock import Clock
-from mailflow.egress.base import Egress, RecipientReply
 from mailflow.errors import EgressUnavailable
 from mailflow.metrics import DELIVERY_ATTEMPTS, TRANSACTION_SECONDS
-from mailflow.model import Delivery, DeliveryStatus, InboundMessage, MailingList
+from mailflow.model import (
+    Delivery,
+    DeliveryStatus,
+    Egress,
+    InboundMessage,
+    Lease,
+    MailingList,
+    Outcome,
+    RecipientReply,
+)
 from mailflow.pipeline.decorate import outbound_message
-from mailflow.recent import RecentMessages
-from mailflow.store.repository import Lease, Outcome
+from mailflow.services.recent import RecentMessages
 from mailflow.store.runner import StoreRunner
 
 log = logging.getLogger(__name__)
@@ -116,7 +123,7 @@ class Scheduler:
             log.exception("could not take %d leased deliveries", len(leased),
                           extra={"action": "queue_error"})
 
-    # -- outcomes carried by the ingest (``ingress.commit.OutcomeQueue``) --------------
+    # -- outcomes carried by the ingest (``services.commit.OutcomeQueue``) --------------
 
     def take_outcomes(self) -> list[Outcome]:
         """The outcomes waiting to be written, for the ingest transaction about to run."""

@@ -10,7 +10,7 @@ dropped.
 from __future__ import annotations
 
 from mailflow.clock import Clock
-from mailflow.store.repository import Resolution
+from mailflow.model import Resolution
 
 MAX_ENTRIES = 10_000
 

@@ -18,9 +18,9 @@ from typing import Protocol
 from mailflow.blobs import BlobStore
 from mailflow.clock import Clock
 from mailflow.errors import StorageUnavailable
-from mailflow.model import Delivery, InboundMessage
-from mailflow.recent import RecentMessages
-from mailflow.store.repository import Lease, Outcome, Planner
+from mailflow.model import Delivery, InboundMessage, Lease, Outcome
+from mailflow.services.recent import RecentMessages
+from mailflow.store.repository import Planner
 from mailflow.store.runner import StoreRunner
 
 log = logging.getLogger(__name__)

@@ -23,13 +23,12 @@ from mailflow.errors import (
     UnknownRecipient,
 )
 from mailflow.ids import new_message_id
-from mailflow.ingress.commit import GroupCommitter, content_digest
-from mailflow.ingress.directory_cache import KnownRecipients
 from mailflow.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
-from mailflow.model import Envelope, InboundMessage, Verdict
+from mailflow.model import Envelope, InboundMessage, Resolution, Verdict
 from mailflow.pipeline.loops import check_hops, check_not_looping
 from mailflow.pipeline.parse import check_well_formed, without_mbox_from
-from mailflow.store.repository import Resolution
+from mailflow.services.commit import GroupCommitter, content_digest
+from mailflow.services.known_recipients import KnownRecipients
 from mailflow.store.runner import StoreRunner
 
 log = logging.getLogger(__name__)
