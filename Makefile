@@ -38,6 +38,12 @@ bench: $(STAMP)
 bench-peers: $(STAMP) $(MAILMAN_STAMP)
 	$(BIN)/python -m bench.peers $(BENCH_ARGS)
 
+## bench-compare: scenarios A, B, C, E, F on today's code (--baseline, default 9f89b2a, in its own
+## virtualenv under bench/out/compare/) and the working tree, interleaved run after run (issue 9)
+.PHONY: bench-compare
+bench-compare: $(STAMP)
+	$(BIN)/python -m bench.compare $(BENCH_ARGS)
+
 ## mailman-venv: GNU Mailman 3 from PyPI in its own virtualenv (.venv-mailman), for bench-peers
 mailman-venv: $(MAILMAN_STAMP)
 

@@ -4,7 +4,8 @@
 scenario updates its row and keeps the others); ``RESULTS.md`` is rendered from it.  A
 block between ``<!-- keep -->`` and ``<!-- /keep -->`` in RESULTS.md (hand-written
 analysis) survives the rewrite, and so does the block between ``<!-- peers -->`` and
-``<!-- /peers -->`` (written by ``python -m bench.peers``).
+``<!-- /peers -->`` (written by ``python -m bench.peers``), and the one between
+``<!-- compare -->`` and ``<!-- /compare -->`` (written by ``python -m bench.compare``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ REFERENCES = [
 
 KEEP = re.compile(r"<!-- keep -->.*?<!-- /keep -->", re.S)
 PEERS = re.compile(r"<!-- peers -->.*?<!-- /peers -->", re.S)
+COMPARE = re.compile(r"<!-- compare -->.*?<!-- /compare -->", re.S)
 
 
 def entry(result: ScenarioResult, meta: dict[str, Any]) -> dict[str, Any]:
@@ -236,7 +238,8 @@ def write_results(new: dict[str, dict[str, Any]], machine: dict[str, Any],
     keep = ""
     if md_path.exists():
         text = md_path.read_text()
-        blocks = [found.group(0) for found in (PEERS.search(text), KEEP.search(text)) if found]
+        blocks = [found.group(0) for found in
+                  (PEERS.search(text), COMPARE.search(text), KEEP.search(text)) if found]
         keep = "\n\n".join(blocks)
     md_path.write_text(markdown(entries, machine, keep))
 
