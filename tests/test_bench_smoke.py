@@ -15,7 +15,7 @@ import pytest
 from bench import report
 from bench.arrivals import ArrivalWatch
 from bench.run import main, parse_args
-from bench.scenarios import Options, ScenarioResult, run_scenario
+from bench.scenarios import Options, RunResult, ScenarioResult, run_scenario
 from bench.sinks import find_smtp_sink
 
 pytestmark = pytest.mark.timeout(120)
@@ -152,3 +152,60 @@ def test_arrival_watch_stamps_when_a_file_is_closed(tmp_path: Path) -> None:
             time.sleep(0.001)
         stamp = watch.closed_at("one")
     assert stamp is not None and before + 0.05 <= stamp <= time.time()
+
+
+def test_compare_runs_a_side_in_its_own_process_and_renders_the_table(tmp_path: Path) -> None:
+    """bench.compare's pieces without the baseline's virtualenv: the working tree as both
+    sides (one run each of F), the table, the verdicts and its RESULTS.md section."""
+    from bench import compare
+    from bench.sides import ROOT, new_side, run_once
+
+    side = new_side("this tree")
+    kind = "smtp-sink" if SMTP_SINK else "python"
+    records = [run_once(side, ROOT, "F", SCALE, kind, SMTP_SINK if SMTP_SINK else None,
+                        None, 1.0) for _ in range(2)]
+    for record in records:
+        assert record["details"]["delivered"] == 100
+        assert Path(record["mailflow_file"]).is_relative_to(ROOT)
+    result = compare.summarize("F", [records[0]], [records[1]])
+    figures = {f["figure"]: f for f in result["figures"]}
+    assert set(figures) == {"throughput", "peak RSS"}
+    assert figures["throughput"]["ratio"] == records[1]["value"] / records[0]["value"]
+
+    meta = {"date": "2000-01-01 00:00 UTC", "labels": ("old", "new"), "command": "test",
+            "runs": 1, "scale": SCALE, "machine": {}, "sink": "test", "harness_text": "test",
+            "measuring": ["bench/scenarios.py"], "measuring_diff": [], "dependency_diff": [],
+            "overall": compare.overall({"F": result})}
+    section = compare.markdown_section({"F": result}, meta)
+    assert section.startswith("<!-- compare -->") and section.endswith("<!-- /compare -->")
+    assert "| F personalized fan-out |" in section
+    md = tmp_path / "RESULTS.md"
+    md.write_text("top\n<!-- keep -->\nkept\n<!-- /keep -->\n")
+    compare.write_section(section, md)
+    compare.write_section(section, md)  # replaces, never duplicates
+    text = md.read_text()
+    assert text.count("<!-- compare -->") == 1
+    assert text.index("<!-- compare -->") < text.index("<!-- keep -->")
+    # make bench rewrites RESULTS.md and keeps the section.
+    meta_run = {"date": "2000-01-01 00:00 UTC", "command": "test", "machine": {},
+                "sink": "test", "relay_settings": {}, "scale": SCALE, "runs_requested": 1}
+    first = records[0]
+    entry = report.entry(ScenarioResult("F", "personalized fan-out", "deliveries/s",
+                                        first["params"], [RunResult(first["value"],
+                                                                    first["rss_mb"],
+                                                                    first["details"])]),
+                         meta_run)
+    report.write_results({"F": entry}, {}, tmp_path / "results.json", md)
+    assert section in md.read_text()
+
+
+def test_compare_verdicts_follow_the_issue_bounds() -> None:
+    from bench.compare import figures, verdict
+
+    throughput, rss = figures("A")
+    p50, p99, _ = figures("C")
+    assert verdict(throughput, 0.96) == "ok" and verdict(throughput, 0.94) == "SLOWER"
+    assert verdict(throughput, 1.06) == "ok (better)"
+    assert verdict(p50, 1.04) == "ok" and verdict(p99, 1.06) == "SLOWER"
+    assert verdict(p50, 0.9) == "ok (better)"
+    assert verdict(rss, 1.09) == "ok" and verdict(rss, 1.11) == "LARGER"
