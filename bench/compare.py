@@ -108,6 +108,12 @@ def verdict(figure: Figure, ratio: float) -> str:
     return "ok (better)" if -worse > figure.bound else "ok"
 
 
+def spread(values: list[float]) -> float:
+    """(largest - smallest) / median of one side's runs: the noise a verdict stands on."""
+    middle = statistics.median(values)
+    return (max(values) - min(values)) / middle if middle else 0.0
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.compare",
@@ -152,7 +158,9 @@ def summarize(key: str, old: list[dict[str, Any]], new: list[dict[str, Any]]
                      "bound": f"{'>=' if figure.higher_is_better else '<='} {limit:.2f}x",
                      "old": before, "new": after, "ratio": ratio,
                      "verdict": verdict(figure, ratio), "old_runs": old_runs,
-                     "new_runs": new_runs})
+                     "new_runs": new_runs, "old_spread": spread(old_runs),
+                     "new_spread": spread(new_runs),
+                     "noisy": max(spread(old_runs), spread(new_runs)) > figure.bound})
     return {"title": SCENARIOS[key][0], "unit": SCENARIOS[key][1],
             "params": new[0]["params"], "old_params": old[0]["params"], "figures": rows,
             "old": old, "new": new}
@@ -202,7 +210,7 @@ def runs_text(values: list[float], unit: str) -> str:
 def table(results: dict[str, dict[str, Any]], labels: tuple[str, str]
           ) -> tuple[list[str], list[list[str]]]:
     header = ["Scenario", "Workload", "Figure", f"Old: {labels[0]}", f"New: {labels[1]}",
-              "New / old", "Bound", "Verdict", "Runs old; new"]
+              "New / old", "Bound", "Verdict", "Spread old; new", "Runs old; new"]
     rows = []
     for key, r in results.items():
         workload = report.WORKLOAD[key].format(**r["params"])
@@ -211,6 +219,7 @@ def table(results: dict[str, dict[str, Any]], labels: tuple[str, str]
             rows.append([f"{key} {r['title']}", workload, f"{f['figure']} ({combined})",
                          number(f["old"], f["unit"]), number(f["new"], f["unit"]),
                          f"{f['ratio']:.3f}", f["bound"], f["verdict"],
+                         f"{f['old_spread']:.0%}; {f['new_spread']:.0%}",
                          f"{runs_text(f['old_runs'], f['unit'])}; "
                          f"{runs_text(f['new_runs'], f['unit'])}"])
     return header, rows
@@ -224,7 +233,8 @@ side's own virtualenv and tree (`bench/compare_worker.py`), so the relay and eve
 `mailflow` import in it are that side's code. Today's code is unpacked with `git archive` \
 into `bench/out/compare/` and installed into its own virtualenv with the current \
 virtualenv's package versions as constraints. Throughput and latency figures are medians \
-of the runs; peak RSS is the largest `VmHWM` of relay + child process over the runs. \
+of the runs; peak RSS is the largest `VmHWM` of relay + child process over the runs; \
+Spread is (largest - smallest) / median of one side's runs. \
 Bounds (issue 9, "no slower than today"): a throughput passes when new / old >= 0.95, \
 C's p50 and p99 when new / old <= 1.05, peak RSS when new / old <= 1.10; "ok (better)" \
 is better by more than the bound."""
@@ -244,8 +254,9 @@ def markdown_section(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -
         "Written by `make bench-compare` (`.venv/bin/python -m bench.compare`); `make bench` "
         "keeps this section.",
         "",
-        f"- Date: {meta['date']}; old: {meta['labels'][0]}, the last commit before the "
-        f"redesign; new: {meta['labels'][1]}",
+        f"- Date: {meta['date']}; old: {meta['labels'][0]}"
+        + (", the last commit before the redesign" if meta["baseline"].startswith(BASELINE)
+           else "") + f"; new: {meta['labels'][1]}",
         f"- Reproduce: `{meta['command']}`; {meta['runs']} run(s) per side per scenario, "
         f"alternating old, new, old, new ... at scale {meta['scale']:g}",
         f"- Machine: {machine_info.summary(meta['machine'])}",
@@ -279,7 +290,14 @@ def overall(results: dict[str, dict[str, Any]]) -> str:
     missed = [f"{key} {f['figure']} {f['verdict']} ({f['ratio']:.3f}x)"
               for key, r in results.items() for f in r["figures"]
               if not f["verdict"].startswith("ok")]
-    return "every figure within its bound" if not missed else "missed: " + "; ".join(missed)
+    noisy = [f"{key} {f['figure']}" for key, r in results.items() for f in r["figures"]
+             if f["noisy"]]
+    text = "every figure within its bound" if not missed else "missed: " + "; ".join(missed)
+    if noisy:
+        text += (f". The runs of one side spread wider than the bound in {', '.join(noisy)}"
+                 " (the Spread column): those verdicts are not conclusive; more runs or a "
+                 "quieter machine")
+    return text
 
 
 def dependency_diff(old: Side, new: Side) -> list[str]:

@@ -173,6 +173,7 @@ def test_compare_runs_a_side_in_its_own_process_and_renders_the_table(tmp_path: 
     assert figures["throughput"]["ratio"] == records[1]["value"] / records[0]["value"]
 
     meta = {"date": "2000-01-01 00:00 UTC", "labels": ("old", "new"), "command": "test",
+            "baseline": "0" * 40,
             "runs": 1, "scale": SCALE, "machine": {}, "sink": "test", "harness_text": "test",
             "measuring": ["bench/scenarios.py"], "measuring_diff": [], "dependency_diff": [],
             "overall": compare.overall({"F": result})}
