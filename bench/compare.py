@@ -108,9 +108,12 @@ def verdict(figure: Figure, ratio: float) -> str:
     return "ok (better)" if -worse > figure.bound else "ok"
 
 
-def spread(values: list[float]) -> float:
-    """(largest - smallest) / median of one side's runs: the noise a verdict stands on."""
+def spread(values: list[float]) -> float | None:
+    """(largest - smallest) / median of one side's runs: the noise a verdict stands on
+    (``None`` from one run, which shows no noise at all)."""
     middle = statistics.median(values)
+    if len(values) < 2:
+        return None
     return (max(values) - min(values)) / middle if middle else 0.0
 
 
@@ -160,7 +163,8 @@ def summarize(key: str, old: list[dict[str, Any]], new: list[dict[str, Any]]
                      "verdict": verdict(figure, ratio), "old_runs": old_runs,
                      "new_runs": new_runs, "old_spread": spread(old_runs),
                      "new_spread": spread(new_runs),
-                     "noisy": max(spread(old_runs), spread(new_runs)) > figure.bound})
+                     "noisy": any(s is not None and s > figure.bound
+                                  for s in (spread(old_runs), spread(new_runs)))})
     return {"title": SCENARIOS[key][0], "unit": SCENARIOS[key][1],
             "params": new[0]["params"], "old_params": old[0]["params"], "figures": rows,
             "old": old, "new": new}
@@ -202,6 +206,10 @@ def number(value: float, unit: str) -> str:
         f"{value:,.0f} {unit}"
 
 
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def runs_text(values: list[float], unit: str) -> str:
     digits = ".1f" if unit in ("ms", "MB") else ",.0f"
     return " / ".join(format(v, digits) for v in values)
@@ -219,7 +227,7 @@ def table(results: dict[str, dict[str, Any]], labels: tuple[str, str]
             rows.append([f"{key} {r['title']}", workload, f"{f['figure']} ({combined})",
                          number(f["old"], f["unit"]), number(f["new"], f["unit"]),
                          f"{f['ratio']:.3f}", f["bound"], f["verdict"],
-                         f"{f['old_spread']:.0%}; {f['new_spread']:.0%}",
+                         f"{percent(f['old_spread'])}; {percent(f['new_spread'])}",
                          f"{runs_text(f['old_runs'], f['unit'])}; "
                          f"{runs_text(f['new_runs'], f['unit'])}"])
     return header, rows
@@ -287,6 +295,7 @@ def write_section(section: str, md_path: Path = report.RESULTS_MD) -> None:
 
 
 def overall(results: dict[str, dict[str, Any]]) -> str:
+    differ = [key for key, r in results.items() if r["params"] != r["old_params"]]
     missed = [f"{key} {f['figure']} {f['verdict']} ({f['ratio']:.3f}x)"
               for key, r in results.items() for f in r["figures"]
               if not f["verdict"].startswith("ok")]
@@ -297,6 +306,12 @@ def overall(results: dict[str, dict[str, Any]]) -> str:
         text += (f". The runs of one side spread wider than the bound in {', '.join(noisy)}"
                  " (the Spread column): those verdicts are not conclusive; more runs or a "
                  "quieter machine")
+    if all(f["old_spread"] is None for r in results.values() for f in r["figures"]):
+        text += ". One run per side: no spread to judge the noise by"
+    if differ:
+        text += (f". WORKLOADS DIFFER between the sides' benchmarks in {', '.join(differ)} "
+                 "(see the JSON's params and old_params; --harness current measures both "
+                 "with one)")
     return text
 
 
