@@ -120,7 +120,7 @@ class SmtpSink:
                  ssl_context: ssl.SSLContext | None = None, lmtp: bool = False,
                  **smtp_options: Any) -> None:
         self.handler = SinkHandler(lmtp=lmtp)
-        self._controller = _CountingController(self.handler, hostname=host, port=port or None,
+        self._controller = _CountingController(self.handler, hostname=host, port=port,
                                                ssl_context=ssl_context)
         self._controller.smtp_options = smtp_options
         self.host = host
