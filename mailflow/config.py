@@ -70,6 +70,15 @@ class ProviderUrl:
     scheme: str  # "stdout", "smtp" (smtp:// and smtps://) or "lmtp"; "ses" will come here
     relay: SmtpRelay | None = None
 
+    @property
+    def display(self) -> str:
+        """For logs and messages: the scheme and next hop, never a password."""
+        if self.relay is None:
+            return f"{self.scheme}:"
+        scheme = "smtps" if self.scheme == "smtp" and self.relay.tls == "implicit" \
+            else self.scheme
+        return f"{scheme}://{self.relay.host}:{self.relay.port}"
+
 
 def parse_provider_url(url: str) -> ProviderUrl:
     """Parse an egress URL: ``stdout:``, ``smtp://…``, ``smtps://…`` or ``lmtp://host:port``.
@@ -82,6 +91,7 @@ def parse_provider_url(url: str) -> ProviderUrl:
         return ProviderUrl("stdout")
     if scheme in ("smtp", "smtps"):
         return ProviderUrl("smtp", parse_smtp_relay(url))
+    # "ses:" (Amazon SES) is parsed here when its provider comes.
     if scheme == "lmtp":
         try:
             relay = parse_smtp_relay("smtp" + url[len("lmtp"):])
@@ -108,8 +118,7 @@ class RouteSpec:
         return self.domain.startswith("*.")
 
     def __repr__(self) -> str:  # the URL may hold a password
-        provider = parse_provider_url(self.url)
-        return f"RouteSpec({self.domain} -> {provider.relay or provider.scheme})"
+        return f"RouteSpec({self.domain} -> {parse_provider_url(self.url).display})"
 
 
 def parse_routes(value: str | dict[str, str]) -> tuple[RouteSpec, ...]:

@@ -51,6 +51,7 @@ def build_provider(url: str, options: ProviderOptions) -> Egress:
     provider = parse_provider_url(url)
     if provider.scheme == "stdout":
         return StdoutEgress()
+    # Amazon SES's branch (scheme "ses", an HTTP API client) goes here when it comes.
     assert provider.relay is not None  # every other scheme names a next hop
     kind = LmtpEgress if provider.scheme == "lmtp" else SmtpEgress
     return kind(provider.relay, pool_size=options.pool_size, timeout=options.timeout,
@@ -155,7 +156,4 @@ def build_routed(default: Egress, default_url: str, specs: Sequence[RouteSpec],
 
 
 def _display(url: str) -> str:
-    provider = parse_provider_url(url)
-    if provider.relay is None:
-        return provider.scheme
-    return f"{provider.scheme}://{provider.relay.host}:{provider.relay.port}"
+    return parse_provider_url(url).display
