@@ -11,8 +11,8 @@ default egress takes it.  Routes naming the same URL share one provider, and a r
 URL is the default egress's is the default.
 
 Every provider is a *lane* with its own connection pool; the scheduler gives each lane its
-own ready queue and senders (:mod:`mailflow.services.scheduler`), so a slow or dead route
-never holds up another.  :class:`RoutedEgress` is still an ordinary
+own ready queue and senders (:mod:`mailflow.services.lanes`), so a slow or dead route never
+holds up another.  :class:`RoutedEgress` is still an ordinary
 :class:`~mailflow.egress.base.Egress` for callers that do not know about lanes: ``send``
 splits the recipients by route.
 """

@@ -11,23 +11,28 @@ Two kinds of task cooperate, so the database and the network are both busy at on
 * **senders** (one per egress connection) render each copy from the blob and send it.
 
 **Routes.**  With routes configured (:mod:`mailflow.egress.routes`) the egress is several
-*lanes*, one per provider, each with its own ready queue and its own senders (as many as
-its connection pool), so a slow or dead route never holds up another.  Transactions are
-then also split by lane: recipients of one message and list that go to different routes
-are different transactions.  The claim does not know about routes (it takes the due
-deliveries in priority order, whatever their domain), so the keeper's room is per lane:
+*lanes* (:mod:`mailflow.services.lanes`), one per provider, each with its own ready queue
+and its own senders (as many as its connection pool), so a slow or dead route never holds
+up another.  Transactions are then also split by lane: recipients of one message and list
+that go to different routes are different transactions.  The claim does not know about
+routes (it takes the due deliveries in priority order, whatever their domain), so the
+keeper's room is per lane:
 
 * it claims while **any** lane has room (fewer than ``2 * concurrency`` transactions
   waiting), and the ingest may lease fresh deliveries on the same condition;
 * a lane with room takes every transaction a claim brings it, as the single queue always
   did;
-* a lane without room takes them only up to a bounded backlog (``2 * low water``
-  transactions waiting), so the time a leased delivery waits for its sender stays well
-  under the lease; the rest are handed back at once as deferred (451 4.4.1, route busy)
-  with the usual backoff, like any temporary failure of that route.
+* a lane without room takes more only while its backlog would be on the wire within
+  ``route_backlog`` seconds at its current pace (:meth:`Lane.takes_more`); the rest is
+  **handed back**: written back as queued again (reply ``451 4.4.1 route … is busy``),
+  due when that lane should have drained (at least a second later), and not logged one
+  by one.  The store counts it as an attempt, which only lengthens a later backoff;
+* after a round that handed work back, claims pause for ``poll_interval``: the next
+  claim would most likely bring the busy route's work again, and a pause bounds that
+  churn to one batch per interval while the other lanes still get theirs.
 
 Without routes there is one lane and none of this runs: the grouping and queueing are the
-single-queue code, with no per-recipient lookup.
+single-queue code, with no per-recipient lookup and no timing.
 
 Deliveries that were leased but not sent when the scheduler stops are handed back at once;
 a crash leaves them leased, and the lease expiry returns them to the queue.
@@ -41,7 +46,6 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore
@@ -59,6 +63,7 @@ from mailflow.model import (
     RecipientReply,
 )
 from mailflow.pipeline.decorate import outbound_message
+from mailflow.services.lanes import Lane, RoutedEgress
 from mailflow.services.recent import RecentMessages
 from mailflow.store.runner import StoreRunner
 
@@ -67,6 +72,7 @@ log = logging.getLogger(__name__)
 ERROR_BACKOFF = 1.0     # seconds to wait after a database error before claiming again
 CONTENT_CACHE = 64      # rendered copies kept in memory (one per message and list)
 LIST_CACHE_TTL = 2.0    # seconds a list's name, kind and priority are reused
+BUSY_RETRY_MIN = 1.0    # seconds work handed back by a busy route waits at least
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +86,7 @@ class SchedulerOptions:
     hostname: str
     retry: RetryPolicy
     poll_interval: float = 1.0  # idle look for work other processes queued
+    route_backlog: float = 30.0  # seconds of work a busy route may hold (see above)
 
 
 @dataclass(slots=True)
@@ -89,44 +96,6 @@ class Transaction:
     message: InboundMessage
     mailing_list: MailingList
     deliveries: list[Delivery]
-
-
-class EgressLane(Protocol):
-    """One provider of a routed egress and how many transactions it may have in flight."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def egress(self) -> Egress: ...
-
-    @property
-    def concurrency(self) -> int: ...
-
-
-@runtime_checkable
-class RoutedEgress(Protocol):
-    """An egress made of lanes (:class:`mailflow.egress.routes.RoutedEgress`): lane 0 is
-    the default, ``lane_of`` says which lane a recipient's domain is routed to."""
-
-    @property
-    def lanes(self) -> Sequence[EgressLane]: ...
-
-    def lane_of(self, recipient: str) -> int: ...
-
-
-class _Lane:
-    """A ready queue and the senders that serve it from one provider."""
-
-    __slots__ = ("backlog", "concurrency", "egress", "low_water", "name", "ready")
-
-    def __init__(self, name: str, egress: Egress, concurrency: int) -> None:
-        self.name = name
-        self.egress = egress
-        self.concurrency = concurrency
-        self.ready: asyncio.Queue[Transaction | None] = asyncio.Queue()
-        self.low_water = concurrency * 2    # fewer waiting: the keeper may claim for it
-        self.backlog = self.low_water * 2   # more waiting: claimed work is handed back
 
 
 class Scheduler:
@@ -140,20 +109,22 @@ class Scheduler:
         self.clock = clock
         self.options = options
         self._wake = asyncio.Event()
+        self._lanes: list[Lane[Transaction]]
         if isinstance(egress, RoutedEgress):
-            self._lanes = [_Lane(lane.name, lane.egress, lane.concurrency)
-                           for lane in egress.lanes]
+            self._lanes = [Lane(lane.name, lane.egress, lane.concurrency,
+                                options.route_backlog) for lane in egress.lanes]
             self._lane_of: Callable[[str], int] | None = egress.lane_of
         else:
-            self._lanes = [_Lane(egress.name, egress, options.concurrency)]
+            self._lanes = [Lane(egress.name, egress, options.concurrency)]
             self._lane_of = None
         self._ready = self._lanes[0].ready  # the default lane, the only one without routes
+        self._paced_until = 0.0  # routed: no claim before this (loop time), see above
         self._outcomes: list[Outcome] = []
         self._signal = asyncio.Event()  # outcomes, room or new work: the keeper has a job
         self._stopping = False
         self._content: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
-        self._senders: list[tuple[_Lane, asyncio.Task[None]]] = []
+        self._senders: list[tuple[Lane[Transaction], asyncio.Task[None]]] = []
         self._handing: set[asyncio.Task[None]] = set()  # leased at ingest, being grouped
         # Whether an ingest transaction will run soon and carry our outcomes (set by the
         # relay to its group committer's ``busy``); a retry time it learnt from them.
@@ -257,7 +228,9 @@ class Scheduler:
         lanes = self._lanes
         if len(lanes) == 1:
             return self._ready.qsize() < lanes[0].low_water
-        return any(lane.ready.qsize() < lane.low_water for lane in lanes)
+        if asyncio.get_running_loop().time() < self._paced_until:
+            return False
+        return any(lane.has_room for lane in lanes)
 
     async def _keep_queue(self) -> None:
         next_due: float | None = self.clock.now()  # unknown at start: look at once
@@ -344,8 +317,10 @@ class Scheduler:
         for o in outcomes:
             if o.status is DeliveryStatus.DELIVERED:
                 continue
-            if o.status is DeliveryStatus.DEFERRED:
+            if o.status is not DeliveryStatus.FAILED:
                 deferred_until = min(o.due_at, deferred_until or o.due_at)
+                if o.status is DeliveryStatus.QUEUED:
+                    continue  # handed back by a busy lane: logged once per round
             log.info("delivery %d %s: %s", o.delivery_id, o.status.value, o.reply,
                      extra={"action": o.status.value, "queue_id": o.message_id})
         return deferred_until
@@ -381,10 +356,11 @@ class Scheduler:
             key = (delivery.message_id, delivery.list_id, lane_of(delivery.recipient))
             groups.setdefault(key, []).append(delivery)
         lanes = self._lanes
-        had_room = [lane.ready.qsize() < lane.low_water for lane in lanes]
+        had_room = [lane.has_room for lane in lanes]
         outcomes: list[Outcome] = []
+        handed_back: dict[str, int] = {}
         size = self.options.max_recipients
-        now = self.clock.now()
+        now, pace = self.clock.now(), asyncio.get_running_loop().time()
         for (message_id, list_id, index), group in groups.items():
             message, mailing_list = messages.get(message_id), lists.get(list_id)
             if message is None or mailing_list is None:
@@ -394,14 +370,26 @@ class Scheduler:
             lane = lanes[index]
             for start in range(0, len(group), size):
                 chunk = group[start:start + size]
-                if had_room[index] or lane.ready.qsize() < lane.backlog:
+                if had_room[index] or lane.takes_more(pace):
                     lane.ready.put_nowait(Transaction(message, mailing_list, chunk))
                     continue
-                busy = EgressUnavailable(f"route {lane.name} is busy; handed back")
-                outcomes += [self._outcome(d, _reply(d.recipient, busy), message_id, now)
-                             for d in chunk]
+                outcomes += self._hand_back(lane, chunk, now, pace)
+                handed_back[lane.name] = handed_back.get(lane.name, 0) + len(chunk)
+        if handed_back:
+            self._paced_until = pace + self.options.poll_interval
+            for name, count in handed_back.items():
+                log.info("route %s busy: handed back %d deliveries", name, count,
+                         extra={"action": "route_busy"})
         if outcomes:
             self._add_outcomes(outcomes)
+
+    def _hand_back(self, lane: Lane[Transaction], chunk: list[Delivery], now: float,
+                   pace: float) -> list[Outcome]:
+        """Queued again, due about when ``lane`` will have sent what it holds."""
+        busy = EgressUnavailable(f"route {lane.name} is busy; handed back").smtp_reply()
+        due = now + min(max(BUSY_RETRY_MIN, lane.drain_seconds(pace)), self.options.lease)
+        return [Outcome(d.id, DeliveryStatus.QUEUED, busy, due_at=due, message_id=d.message_id)
+                for d in chunk]
 
     async def _context(self, message_ids: set[str], list_ids: set[int]
                        ) -> tuple[dict[str, InboundMessage], dict[int, MailingList]]:
@@ -427,14 +415,24 @@ class Scheduler:
 
     # -- sending ------------------------------------------------------------------------
 
-    async def _send_loop(self, lane: _Lane) -> None:
+    async def _send_loop(self, lane: Lane[Transaction]) -> None:
         ready, egress = lane.ready, lane.egress
+        # Routed lanes time their transactions: the pace bounds their backlog.
+        timer = asyncio.get_running_loop().time if len(self._lanes) > 1 else None
         while True:
             transaction = await ready.get()
             self._signal.set()  # room in the ready queue: the keeper may claim more
             if transaction is None:
                 return
-            self._add_outcomes(await self._send(transaction, egress))
+            if timer is None:
+                self._add_outcomes(await self._send(transaction, egress))
+                continue
+            token = lane.started(timer())
+            try:
+                outcomes = await self._send(transaction, egress)
+            finally:
+                lane.finished(token, timer())
+            self._add_outcomes(outcomes)
 
     async def _send(self, tx: Transaction, egress: Egress) -> list[Outcome]:
         recipients = [d.recipient for d in tx.deliveries]
