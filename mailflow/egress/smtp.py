@@ -57,7 +57,6 @@ class SmtpEgress:
         self._slots = asyncio.Semaphore(pool_size)
         # keyed by id(content); the content itself is kept so the id cannot be reused
         self._payloads: PerContent[tuple[bytes, bool]] = PerContent(PAYLOAD_CACHE)
-        self.connections_opened = 0
 
     async def start(self) -> None:
         pass  # connections open lazily, so a relay that is down does not stop start-up
@@ -114,7 +113,6 @@ class SmtpEgress:
         except (SmtpClientError, *_CONNECTION_ERRORS) as exc:
             raise EgressUnavailable(f"cannot connect to {relay.host}:{relay.port}: {exc}") \
                 from exc
-        self.connections_opened += 1
         return client
 
     async def close(self) -> None:
