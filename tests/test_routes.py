@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from mailflow.app import build_egress
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore, content_hash
-from mailflow.config import RouteSpec, parse_routes
+from mailflow.config import RouteSpec, Settings, parse_routes
 from mailflow.egress.base import Egress
 from mailflow.egress.lmtp import LmtpEgress
 from mailflow.egress.routes import (
@@ -26,6 +27,8 @@ from mailflow.egress.routes import (
     build_routed,
 )
 from mailflow.egress.smtp import SmtpEgress
+from mailflow.egress.stdout import StdoutEgress
+from mailflow.egress.worker import ProcessEgress
 from mailflow.model import InboundMessage
 from mailflow.pipeline.expand import plan_deliveries
 from mailflow.services.lanes import Lane
@@ -34,6 +37,7 @@ from mailflow.smtp_relay import parse_smtp_relay
 from mailflow.store import Engines, StoreRunner
 from mailflow.testing.clock import FakeClock
 from mailflow.testing.factories import make_list, make_message
+from mailflow.testing.ports import free_port
 from mailflow.testing.relay import RelayProcess
 from mailflow.testing.sink import SmtpSink
 
@@ -96,6 +100,19 @@ async def test_a_routed_egress_splits_one_transaction_by_route() -> None:
     assert [(r.recipient, r.code) for r in replies] == [
         ("a@inside.test", 250), ("o@out.test", 250), ("b@inside.test", 550)]
     assert (inside.recipients(), outside.recipients()) == (["a@inside.test"], ["o@out.test"])
+
+
+async def test_an_unreachable_route_answers_only_for_its_own_recipients(
+        sink: SmtpSink) -> None:
+    down = f"lmtp://127.0.0.1:{free_port()}"
+    egress = build_routed(build_provider(sink.url, OPTIONS), sink.url,
+                          [RouteSpec("inside.test", down)], OPTIONS)
+    try:
+        replies = await egress.send("l@x.test", ["a@inside.test", "o@out.test"], CONTENT)
+    finally:
+        await egress.close()
+    assert [(r.recipient, r.code, r.text[:5]) for r in replies] == [
+        ("a@inside.test", 451, "4.4.1"), ("o@out.test", 250, "2.0.0")]
 
 
 # -- fairness: a hanging route does not hold up another ------------------------------
@@ -231,3 +248,27 @@ def test_the_relay_routes_a_domain_to_an_lmtp_server(
         with relay.repository() as repo:
             events = repo.message_events(by_rcpt["cat@internal.test"]["message_id"])
         assert ("deferred", "451 4.2.0 mailbox locked") in [e[1:] for e in events]
+
+
+# -- the relay's composition: build_egress --------------------------------------------
+
+
+@pytest.mark.parametrize(("settings", "kind"), [
+    ({}, StdoutEgress),
+    ({"egress": "stdout:"}, StdoutEgress),
+    ({"egress": "smtp"}, ProcessEgress),
+    ({"egress": "smtp://mail.test:2526"}, ProcessEgress),
+    ({"egress": "smtps://mail.test", "egress_process": False}, SmtpEgress),
+    ({"egress": "lmtp://mailbox.test"}, LmtpEgress),  # not served by the child (yet)
+])
+def test_the_default_egress_is_built_as_before_or_from_its_url(
+        settings: dict[str, Any], kind: type) -> None:
+    assert type(build_egress(Settings(**settings))) is kind
+
+
+def test_routes_wrap_the_default_egress(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILFLOW_ROUTES", "internal.test=lmtp://127.0.0.1:24")
+    egress = build_egress(Settings(egress="smtp"))
+    assert isinstance(egress, RoutedEgress)
+    assert [type(lane.egress) for lane in egress.lanes] == [ProcessEgress, LmtpEgress]
+    assert egress.lane_of("a@internal.test") == 1

@@ -28,6 +28,7 @@ from mailflow.egress.base import Egress, RecipientReply
 from mailflow.egress.lmtp import LmtpEgress
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.egress.stdout import StdoutEgress
+from mailflow.errors import SmtpReplyError
 
 DEFAULT_LANE = 0
 
@@ -123,13 +124,25 @@ class RoutedEgress:
 
     async def send(self, mail_from: str, recipients: Sequence[str],
                    content: bytes) -> list[RecipientReply]:
+        """Each route's share to its provider, at once; one answer per recipient.
+
+        A provider that fails as a whole (an unreachable next hop) answers for its own
+        recipients only, with its error's reply: the others may have been delivered.
+        """
         groups: dict[int, list[str]] = {}
         for recipient in recipients:
             groups.setdefault(self.lane_of(recipient), []).append(recipient)
         answers = await asyncio.gather(*(
             self.lanes[lane].egress.send(mail_from, group, content)
-            for lane, group in groups.items()))
-        by_recipient = {reply.recipient: reply for replies in answers for reply in replies}
+            for lane, group in groups.items()), return_exceptions=True)
+        by_recipient: dict[str, RecipientReply] = {}
+        for group, answer in zip(groups.values(), answers, strict=True):
+            if isinstance(answer, SmtpReplyError):
+                answer = [RecipientReply(r, answer.code, f"{answer.enhanced} {answer.reason}")
+                          for r in group]
+            elif isinstance(answer, BaseException):
+                raise answer
+            by_recipient.update((reply.recipient, reply) for reply in answer)
         return [by_recipient[r] for r in recipients]
 
     async def close(self) -> None:
