@@ -23,10 +23,9 @@ import uvicorn
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore
 from mailflow.clock import Clock, SystemClock
-from mailflow.config import ListenAddress, Settings
+from mailflow.config import ListenAddress, Settings, parse_provider_url
 from mailflow.egress.base import Egress
-from mailflow.egress.smtp import SmtpEgress
-from mailflow.egress.stdout import StdoutEgress
+from mailflow.egress.routes import ProviderOptions, build_provider, build_routed
 from mailflow.egress.worker import ProcessEgress
 from mailflow.errors import ConfigurationError
 from mailflow.ingress.http import FailedAuthLimiter, create_router
@@ -51,12 +50,20 @@ MAINTENANCE_CALLS = 50
 
 
 def build_egress(settings: Settings) -> Egress:
-    if settings.egress == "smtp":
-        kind = ProcessEgress if settings.egress_process else SmtpEgress
-        return kind(settings.relay, pool_size=settings.smtp_pool_size,
-                    timeout=settings.smtp_timeout, idle_check=settings.smtp_idle_check,
-                    local_hostname=settings.hostname)
-    return StdoutEgress()
+    """The default egress (``egress``, a name or a URL) and the ``routes`` around it."""
+    options = ProviderOptions(pool_size=settings.smtp_pool_size, timeout=settings.smtp_timeout,
+                              idle_check=settings.smtp_idle_check,
+                              local_hostname=settings.hostname)
+    url = settings.egress_url
+    provider = parse_provider_url(url)
+    default: Egress
+    if settings.egress_process and provider.scheme == "smtp" and provider.relay is not None:
+        default = ProcessEgress(provider.relay, pool_size=options.pool_size,
+                                timeout=options.timeout, idle_check=options.idle_check,
+                                local_hostname=options.local_hostname)
+    else:
+        default = build_provider(url, options)
+    return build_routed(default, url, settings.route_specs, options)
 
 
 def instance_id(settings: Settings, repo: Repository) -> str:

@@ -9,14 +9,17 @@ below.  Every field is documented in ``docs/configuration.md``.
 from __future__ import annotations
 
 import os
+import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -54,6 +57,102 @@ def parse_listen(value: str) -> ListenAddress | None:
     return ListenAddress(host, int(port))
 
 
+LMTP_PORT = 24
+EGRESS_NAMES = ("stdout", "smtp")  # the names ``egress`` took before provider URLs
+_PROVIDER_URLS = "stdout:, smtp://, smtps:// or lmtp://"
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderUrl:
+    """An egress provider as named by its URL: the scheme and, for SMTP/LMTP, the next hop."""
+
+    scheme: str  # "stdout", "smtp" (smtp:// and smtps://) or "lmtp"; "ses" will come here
+    relay: SmtpRelay | None = None
+
+    @property
+    def display(self) -> str:
+        """For logs and messages: the scheme and next hop, never a password."""
+        if self.relay is None:
+            return f"{self.scheme}:"
+        scheme = "smtps" if self.scheme == "smtp" and self.relay.tls == "implicit" \
+            else self.scheme
+        return f"{scheme}://{self.relay.host}:{self.relay.port}"
+
+
+def parse_provider_url(url: str) -> ProviderUrl:
+    """Parse an egress URL: ``stdout:``, ``smtp://…``, ``smtps://…`` or ``lmtp://host:port``.
+
+    SMTP URLs are :func:`parse_smtp_relay`'s.  ``lmtp://`` takes the same options, with
+    port 24 by default and no implicit TLS.
+    """
+    scheme = url.partition(":")[0]
+    if scheme == "stdout" and url in ("stdout:", "stdout://"):
+        return ProviderUrl("stdout")
+    if scheme in ("smtp", "smtps"):
+        return ProviderUrl("smtp", parse_smtp_relay(url))
+    # "ses:" (Amazon SES) is parsed here when its provider comes.
+    if scheme == "lmtp":
+        try:
+            relay = parse_smtp_relay("smtp" + url[len("lmtp"):])
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("smtp", "lmtp")) from None
+        if relay.tls == "implicit":
+            raise ValueError(f"lmtp:// takes tls=starttls or tls=none, got {url!r}")
+        # parse_smtp_relay checked the port, so reading it here cannot raise
+        if urlsplit(url).port is None:
+            relay = replace(relay, port=LMTP_PORT)
+        return ProviderUrl("lmtp", relay)
+    raise ValueError(f"expected an egress URL ({_PROVIDER_URLS}), got {url!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """One configured route: a domain (``*.example`` for its subdomains) and a provider URL."""
+
+    domain: str
+    url: str
+
+    @property
+    def wildcard(self) -> bool:
+        return self.domain.startswith("*.")
+
+    def __repr__(self) -> str:  # the URL may hold a password
+        return f"RouteSpec({self.domain} -> {parse_provider_url(self.url).display})"
+
+
+def parse_routes(value: str | dict[str, str]) -> tuple[RouteSpec, ...]:
+    """Parse ``domain=URL,*.domain=URL`` (the environment) or a ``[routes]`` table.
+
+    Every problem raises ValueError naming the entry; a domain given twice is one.
+    """
+    if isinstance(value, str):
+        pairs: list[tuple[str, str]] = []
+        for entry in (e.strip() for e in value.split(",")):
+            if not entry:
+                continue
+            domain, sep, url = entry.partition("=")
+            if not sep:
+                raise ValueError(f"route {entry!r}: expected domain=URL")
+            pairs.append((domain, url))
+    else:
+        pairs = list(value.items())
+    specs: dict[str, RouteSpec] = {}
+    for raw_domain, raw_url in pairs:
+        domain, url = raw_domain.strip().lower(), raw_url.strip()
+        bare = domain.removeprefix("*.")
+        if not bare or not all(_LABEL.match(label) for label in bare.split(".")):
+            raise ValueError(f"route {raw_domain!r}: expected a domain or *.domain")
+        if domain in specs:
+            raise ValueError(f"route {raw_domain!r}: the domain is given twice")
+        try:
+            parse_provider_url(url)
+        except ValueError as exc:
+            raise ValueError(f"route {raw_domain!r}: {exc}") from None
+        specs[domain] = RouteSpec(domain, url)
+    return tuple(specs.values())
+
+
 class Settings(BaseSettings):
     """Every knob of a MailFlow Relay instance."""
 
@@ -72,7 +171,8 @@ class Settings(BaseSettings):
     http_auth_window: float = Field(default=60.0, gt=0)
     hostname: str = Field(default_factory=socket.getfqdn)
     instance_id: str = ""
-    egress: Literal["stdout", "smtp"] = "stdout"
+    egress: str = "stdout"
+    routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     smtp_relay: str = "smtp://127.0.0.1:25"
     smtp_pool_size: int = Field(default=8, ge=1, le=256)
     smtp_timeout: float = Field(default=60.0, gt=0)
@@ -107,6 +207,24 @@ class Settings(BaseSettings):
     @classmethod
     def _check_relay(cls, value: str) -> str:
         parse_smtp_relay(value)
+        return value
+
+    @field_validator("egress")
+    @classmethod
+    def _check_egress(cls, value: str) -> str:
+        if value not in EGRESS_NAMES:
+            if ":" not in value:
+                raise ValueError(f"expected stdout, smtp or an egress URL ({_PROVIDER_URLS}), "
+                                 f"got {value!r}")
+            parse_provider_url(value)
+        return value
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _parse_routes(cls, value: Any) -> Any:
+        """``MAILFLOW_ROUTES`` is ``domain=URL,…``; the TOML ``[routes]`` table is a dict."""
+        if isinstance(value, str | dict):
+            return {spec.domain: spec.url for spec in parse_routes(value)}
         return value
 
     @field_validator("database_url")
@@ -166,6 +284,17 @@ class Settings(BaseSettings):
         return parse_smtp_relay(self.smtp_relay)
 
     @property
+    def egress_url(self) -> str:
+        """The default egress as a URL: ``smtp`` means ``smtp_relay``, ``stdout`` ``stdout:``."""
+        if self.egress == "smtp":
+            return self.smtp_relay
+        return "stdout:" if self.egress == "stdout" else self.egress
+
+    @property
+    def route_specs(self) -> tuple[RouteSpec, ...]:
+        return parse_routes(self.routes)
+
+    @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -187,8 +316,8 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     if explicit and not path.is_file():
         raise ConfigurationError(f"configuration file {path} does not exist")
     toml_file = path if path.is_file() else None
-    cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config,
-                                                          "toml_file": toml_file}})
+    cls: type[Settings] = type("Settings", (Settings,), {
+        "model_config": {**Settings.model_config, "toml_file": toml_file}})
     try:
         return cls(**overrides)
     except ValidationError as exc:

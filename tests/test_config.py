@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from mailflow.config import ListenAddress, load_settings, parse_listen, parse_smtp_relay
+from mailflow.config import (
+    ListenAddress,
+    RouteSpec,
+    load_settings,
+    parse_listen,
+    parse_provider_url,
+    parse_smtp_relay,
+)
 from mailflow.errors import ConfigurationError
 
 
@@ -84,3 +91,57 @@ def test_bad_relay_urls(bad: str) -> None:
 def test_bad_listen_addresses(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_listen(bad)
+
+
+def test_egress_names_keep_their_meaning_and_urls_are_equivalent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILFLOW_SMTP_RELAY", "smtp://mail.test:2526")
+    assert load_settings().egress_url == "stdout:"
+    monkeypatch.setenv("MAILFLOW_EGRESS", "smtp")
+    assert load_settings().egress_url == "smtp://mail.test:2526"
+    monkeypatch.setenv("MAILFLOW_EGRESS", "lmtp://mailbox.test")
+    settings = load_settings()
+    assert settings.egress == settings.egress_url == "lmtp://mailbox.test"
+    relay = parse_provider_url(settings.egress_url).relay
+    assert relay is not None and (relay.host, relay.port) == ("mailbox.test", 24)
+
+
+@pytest.mark.parametrize("bad", ["ses", "SMTP", "lmtp://", "lmtp://x?tls=implicit",
+                                 "ftp://x", "stdout:foo"])
+def test_bad_egress_values(bad: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILFLOW_EGRESS", bad)
+    with pytest.raises(ConfigurationError, match="MAILFLOW_EGRESS"):
+        load_settings()
+
+
+def test_routes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILFLOW_ROUTES", "internal.example=lmtp://127.0.0.1:24, "
+                                          "*.Corp.Example=smtp://10.0.0.5:2525?tls=none,")
+    assert load_settings().route_specs == (
+        RouteSpec("internal.example", "lmtp://127.0.0.1:24"),
+        RouteSpec("*.corp.example", "smtp://10.0.0.5:2525?tls=none"))
+
+
+def test_routes_from_a_toml_table(tmp_path: Path) -> None:
+    config = tmp_path / "mailflow.toml"
+    config.write_text('[routes]\n"internal.example" = "lmtp://127.0.0.1:24"\n'
+                      '"*.corp.example" = "smtp://u:p@10.0.0.5:2525"\n')
+    specs = load_settings(config).route_specs
+    assert [spec.domain for spec in specs] == ["internal.example", "*.corp.example"]
+    assert "u:p" not in repr(specs)
+
+
+@pytest.mark.parametrize(("bad", "problem"), [
+    ("internal.example", "route 'internal.example': expected domain=URL"),
+    ("a.example=ftp://x", "route 'a.example': expected an egress URL"),
+    ("a.example=lmtp://x:99999", "route 'a.example': invalid port"),
+    ("*.=lmtp://x", "route '*.': expected a domain or *.domain"),
+    ("a.*.example=lmtp://x", "route 'a.*.example': expected a domain or *.domain"),
+    ("a.example=lmtp://x,A.example=stdout:", "route 'A.example': the domain is given twice"),
+])
+def test_bad_routes_stop_the_relay_with_a_clear_message(
+        bad: str, problem: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILFLOW_ROUTES", bad)
+    with pytest.raises(ConfigurationError) as error:
+        load_settings()
+    assert "routes (MAILFLOW_ROUTES): " + problem in str(error.value)

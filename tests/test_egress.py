@@ -16,6 +16,8 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mailflow.config import parse_smtp_relay
 from mailflow.egress.base import Egress
+from mailflow.egress.lmtp import LmtpEgress
+from mailflow.egress.routes import ProviderOptions, build_provider
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.egress.stdout import StdoutEgress
 from mailflow.egress.worker import ProcessEgress
@@ -323,3 +325,67 @@ def test_the_child_process_stays_small_whatever_the_relay_sends_it() -> None:
     done = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(answers),
                           capture_output=True, timeout=60, check=True)
     assert done.stdout.decode().split(None, 1) == ["5", "[]\n"]
+
+
+# -- LMTP (RFC 2033): one reply per recipient after the content -------------------------
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "lock-step"])
+async def test_lmtp_answers_each_recipient_after_the_content(pipelining: bool) -> None:
+    with SmtpSink(lmtp=True) as sink:
+        sink.handler.pipelining = pipelining
+        egress = build_provider(sink.url, ProviderOptions(pool_size=2, timeout=5,
+                                                          idle_check=10))
+        assert isinstance(egress, LmtpEgress)
+        sink.fail_rcpt("d@x.test", "550 5.1.1 no such mailbox")
+        sink.fail_delivery("b@x.test", "550 5.2.1 mailbox disabled")
+        sink.fail_delivery("c@x.test", "451 4.2.0 mailbox locked")
+        try:
+            replies = await egress.send("l@x.test", ["a@x.test", "b@x.test", "c@x.test",
+                                                     "d@x.test"], CONTENT)
+            # The session is clean for the next transaction, on the same connection.
+            again = await egress.send("l@x.test", ["c@x.test"], CONTENT)
+        finally:
+            await egress.close()
+    assert [(r.recipient, r.code, r.text) for r in replies] == [
+        ("a@x.test", 250, "2.0.0 <a@x.test> delivered"),
+        ("b@x.test", 550, "5.2.1 mailbox disabled"),
+        ("c@x.test", 451, "4.2.0 mailbox locked"),
+        ("d@x.test", 550, "5.1.1 no such mailbox")]
+    assert again[0].delivered
+    assert sink.recipients() == ["a@x.test", "c@x.test"]
+    assert sink.handler.connections == 1
+
+
+async def test_lmtp_with_every_recipient_refused_sends_no_content() -> None:
+    with SmtpSink(lmtp=True) as sink:
+        egress = build_provider(sink.url, ProviderOptions(pool_size=1, timeout=5,
+                                                          idle_check=10))
+        sink.fail_rcpt("a@x.test", "550 5.1.1 no such mailbox")
+        try:
+            [refused] = await egress.send("l@x.test", ["a@x.test"], CONTENT)
+            [accepted] = await egress.send("l@x.test", ["b@x.test"], CONTENT)
+        finally:
+            await egress.close()
+    assert (refused.code, accepted.code) == (550, 250)
+    assert sink.handler.transactions == 1 and sink.recipients() == ["b@x.test"]
+
+
+async def test_unreachable_lmtp_server_is_a_temporary_failure() -> None:
+    egress = build_provider(f"lmtp://127.0.0.1:{free_port()}",
+                            ProviderOptions(pool_size=1, timeout=5, idle_check=10))
+    with pytest.raises(EgressUnavailable) as error:
+        await egress.send("l@x.test", ["a@x.test"], CONTENT)
+    assert (error.value.code, error.value.enhanced) == (451, "4.4.1")
+
+
+def test_providers_are_chosen_by_url() -> None:
+    options = ProviderOptions(pool_size=1, timeout=5, idle_check=10)
+    assert isinstance(build_provider("stdout:", options), StdoutEgress)
+    smtps = build_provider("smtps://mail.test?verify=no", options)
+    assert isinstance(smtps, SmtpEgress) and not isinstance(smtps, LmtpEgress)
+    assert (smtps.relay.port, smtps.relay.tls) == (465, "implicit")
+    lmtp = build_provider("lmtp://mailbox.test", options)
+    assert isinstance(lmtp, LmtpEgress) and lmtp.relay.port == 24
+    with pytest.raises(ValueError, match="egress URL"):
+        build_provider("ses:", options)

@@ -5,7 +5,8 @@ and replaced on any protocol error, and opened with implicit TLS or STARTTLS and
 the relay URL says.  Per-recipient RCPT replies are kept apart, so one refused member does
 not fail the others sharing the transaction.  The wire work is
 :mod:`mailflow.egress.smtp_client`'s; this module owns the pool and turns the server's
-replies into one answer per recipient.
+replies into one answer per recipient.  :class:`mailflow.egress.lmtp.LmtpEgress` is this
+pool with the client in LMTP mode.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class _Connection:
 
 class SmtpEgress:
     name = "smtp"
+    lmtp = False  # the protocol the pooled clients speak (LmtpEgress says True)
 
     def __init__(self, relay: SmtpRelay, *, pool_size: int, timeout: float,
                  idle_check: float, local_hostname: str | None = None) -> None:
@@ -55,7 +57,6 @@ class SmtpEgress:
         self._slots = asyncio.Semaphore(pool_size)
         # keyed by id(content); the content itself is kept so the id cannot be reused
         self._payloads: PerContent[tuple[bytes, bool]] = PerContent(PAYLOAD_CACHE)
-        self.connections_opened = 0
 
     async def start(self) -> None:
         pass  # connections open lazily, so a relay that is down does not stop start-up
@@ -108,11 +109,10 @@ class SmtpEgress:
             client = await SmtpClient.connect(
                 relay.host, relay.port, reply_timeout=self.timeout,
                 local_hostname=self.local_hostname, tls=relay.tls, tls_context=context,
-                username=relay.username, password=relay.password)
+                username=relay.username, password=relay.password, lmtp=self.lmtp)
         except (SmtpClientError, *_CONNECTION_ERRORS) as exc:
             raise EgressUnavailable(f"cannot connect to {relay.host}:{relay.port}: {exc}") \
                 from exc
-        self.connections_opened += 1
         return client
 
     async def close(self) -> None:
@@ -126,9 +126,14 @@ class SmtpEgress:
 
 def per_recipient(recipients: Sequence[str],
                   replies: TransactionReplies) -> list[RecipientReply]:
-    """One answer per recipient: MAIL's refusal, else its RCPT's, else DATA's end."""
+    """One answer per recipient: MAIL's refusal, else its RCPT's, else DATA's end.
+
+    Over LMTP the end of DATA has one reply per accepted recipient, taken in RCPT order.
+    """
     if not replies.mail.ok:
         return [_answer(r, replies.mail) for r in recipients]
+    if replies.delivered is not None:
+        return _per_recipient_lmtp(recipients, replies, replies.delivered)
     answers = []
     for recipient, rcpt in zip(recipients, replies.recipients, strict=True):
         answers.append(_answer(recipient, rcpt if not rcpt.ok else replies.data))
@@ -137,3 +142,12 @@ def per_recipient(recipients: Sequence[str],
 
 def _answer(recipient: str, reply: Reply) -> RecipientReply:
     return RecipientReply(recipient, reply.code, reply.text.replace("\n", " "))
+
+
+def _per_recipient_lmtp(recipients: Sequence[str], replies: TransactionReplies,
+                        delivered: list[Reply]) -> list[RecipientReply]:
+    answers = []
+    after_data = iter(delivered)
+    for recipient, rcpt in zip(recipients, replies.recipients, strict=True):
+        answers.append(_answer(recipient, next(after_data, replies.data) if rcpt.ok else rcpt))
+    return answers

@@ -11,6 +11,10 @@ parser): every read is split into complete replies at once, and waiters take the
 order.  It speaks EHLO, STARTTLS (``loop.start_tls``), implicit TLS, AUTH PLAIN and
 LOGIN, SIZE, 8BITMIME and SMTPUTF8, and falls back to one command at a time when the
 server does not announce PIPELINING.
+
+The same client speaks LMTP (RFC 2033) when connected with ``lmtp=True``: LHLO instead of
+EHLO, and after the content one reply per accepted recipient instead of one for the
+transaction.  Everything else (pipelining, TLS, AUTH) is the same protocol.
 """
 
 from __future__ import annotations
@@ -56,11 +60,16 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class TransactionReplies:
-    """What the server said to one transaction: MAIL, each RCPT (in order), DATA's end."""
+    """What the server said to one transaction: MAIL, each RCPT (in order), DATA's end.
+
+    Over LMTP ``delivered`` holds the replies after the content, one per accepted
+    recipient in RCPT order (``data`` is then the last of them, or DATA's refusal).
+    """
 
     mail: Reply
     recipients: list[Reply]
     data: Reply
+    delivered: list[Reply] | None = None
 
 
 def dot_stuffed(content: bytes) -> bytes:
@@ -152,26 +161,27 @@ class SmtpClient:
     """One SMTP session.  Any exception other than a refused reply leaves it unusable."""
 
     def __init__(self, reader: _ReplyReader, transport: asyncio.Transport, timeout: float,
-                 local_hostname: str) -> None:
+                 local_hostname: str, *, lmtp: bool = False) -> None:
         self._reader = reader
         self._transport = transport
         self.timeout = timeout
         self.local_hostname = local_hostname
+        self.lmtp = lmtp
         self.extensions: dict[str, str] = {}
 
     @classmethod
     async def connect(cls, host: str, port: int, *, reply_timeout: float, local_hostname: str,
                       tls: str = "none", tls_context: ssl.SSLContext | None = None,
-                      username: str | None = None, password: str | None = None
-                      ) -> SmtpClient:
-        """Connect, read the greeting, EHLO, then STARTTLS and AUTH as asked."""
+                      username: str | None = None, password: str | None = None,
+                      lmtp: bool = False) -> SmtpClient:
+        """Connect, read the greeting, EHLO (LHLO), then STARTTLS and AUTH as asked."""
         loop = asyncio.get_running_loop()
         context = tls_context or ssl.create_default_context()
         async with asyncio.timeout(reply_timeout):
             transport, reader = await loop.create_connection(
                 _ReplyReader, host, port, ssl=context if tls == "implicit" else None,
                 server_hostname=host if tls == "implicit" else None)
-        client = cls(reader, transport, reply_timeout, local_hostname)  # type: ignore[arg-type]
+        client = cls(reader, transport, reply_timeout, local_hostname, lmtp=lmtp)
         try:
             (greeting,) = await reader.read(1, reply_timeout)
             if greeting.code != 220:
@@ -195,7 +205,8 @@ class SmtpClient:
         return "pipelining" in self.extensions
 
     async def ehlo(self) -> None:
-        reply = await self.command(f"EHLO {self.local_hostname}")
+        verb = "LHLO" if self.lmtp else "EHLO"
+        reply = await self.command(f"{verb} {self.local_hostname}")
         if reply.code != 250:
             raise SmtpClientError(reply.code, reply.text)
         self.extensions = {}
@@ -267,12 +278,27 @@ class SmtpClient:
         else:
             replies = await self._lock_step(envelope)
         mail_reply, rcpt_replies, data_reply = replies[0], replies[1:-1], replies[-1]
+        if self.lmtp:
+            return await self._lmtp_content(mail_reply, rcpt_replies, data_reply, data)
         if data_reply.code == 354:
             self._transport.write(data)
             (data_reply,) = await self._reader.read(1, self.timeout)
         if not (mail_reply.ok and data_reply.ok):
             await self.command("RSET")  # leave a clean session for the next transaction
         return TransactionReplies(mail_reply, list(rcpt_replies), data_reply)
+
+    async def _lmtp_content(self, mail_reply: Reply, rcpt_replies: list[Reply],
+                            data_reply: Reply, data: bytes) -> TransactionReplies:
+        """LMTP's end of a transaction: one reply per accepted recipient (RFC 2033 4.2)."""
+        if data_reply.code != 354:
+            if mail_reply.ok:
+                await self.command("RSET")
+            return TransactionReplies(mail_reply, rcpt_replies, data_reply)
+        self._transport.write(data)
+        # A server that said 354 with no recipient accepted still ends with one reply.
+        accepted = max(1, sum(1 for r in rcpt_replies if r.ok))
+        delivered = await self._reader.read(accepted, self.timeout)
+        return TransactionReplies(mail_reply, rcpt_replies, delivered[-1], delivered)
 
     async def _lock_step(self, envelope: list[str]) -> list[Reply]:
         """Without PIPELINING: one command at a time, stopping where the session must."""

@@ -10,6 +10,30 @@ Two kinds of task cooperate, so the database and the network are both busy at on
   transaction of at most ``max_recipients_per_transaction``;
 * **senders** (one per egress connection) render each copy from the blob and send it.
 
+**Routes.**  With routes configured (:mod:`mailflow.egress.routes`) the egress is several
+*lanes* (:mod:`mailflow.services.lanes`), one per provider, each with its own ready queue
+and its own senders (as many as its connection pool), so a slow or dead route never holds
+up another.  Transactions are then also split by lane: recipients of one message and list
+that go to different routes are different transactions.  The claim does not know about
+routes (it takes the due deliveries in priority order, whatever their domain), so the
+keeper's room is per lane:
+
+* it claims while **any** lane has room (fewer than ``2 * concurrency`` transactions
+  waiting), and the ingest may lease fresh deliveries on the same condition;
+* a lane with room takes every transaction a claim brings it, as the single queue always
+  did;
+* a lane without room takes more only while its backlog would be on the wire within
+  ``route_backlog`` seconds at its current pace (:meth:`Lane.takes_more`); the rest is
+  **handed back**: written back as queued again (reply ``451 4.4.1 route … is busy``),
+  due when that lane should have drained (at least a second later), and not logged one
+  by one.  The store counts it as an attempt, which only lengthens a later backoff;
+* after a round that handed work back, claims pause for ``poll_interval``: the next
+  claim would most likely bring the busy route's work again, and a pause bounds that
+  churn to one batch per interval while the other lanes still get theirs.
+
+Without routes there is one lane and none of this runs: the grouping and queueing are the
+single-queue code, with no per-recipient lookup and no timing.
+
 Deliveries that were leased but not sent when the scheduler stops are handed back at once;
 a crash leaves them leased, and the lease expiry returns them to the queue.
 """
@@ -26,7 +50,7 @@ from dataclasses import dataclass
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore
 from mailflow.clock import Clock
-from mailflow.errors import EgressUnavailable
+from mailflow.errors import EgressUnavailable, SmtpReplyError, StorageUnavailable, TemporaryFailure
 from mailflow.metrics import DELIVERY_ATTEMPTS, TRANSACTION_SECONDS
 from mailflow.model import (
     Delivery,
@@ -39,6 +63,7 @@ from mailflow.model import (
     RecipientReply,
 )
 from mailflow.pipeline.decorate import outbound_message
+from mailflow.services.lanes import Lane, RoutedEgress
 from mailflow.services.recent import RecentMessages
 from mailflow.store.runner import StoreRunner
 
@@ -47,6 +72,7 @@ log = logging.getLogger(__name__)
 ERROR_BACKOFF = 1.0     # seconds to wait after a database error before claiming again
 CONTENT_CACHE = 64      # rendered copies kept in memory (one per message and list)
 LIST_CACHE_TTL = 2.0    # seconds a list's name, kind and priority are reused
+BUSY_RETRY_MIN = 1.0    # seconds work handed back by a busy route waits at least
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +86,7 @@ class SchedulerOptions:
     hostname: str
     retry: RetryPolicy
     poll_interval: float = 1.0  # idle look for work other processes queued
+    route_backlog: float = 30.0  # seconds of work a busy route may hold (see above)
 
 
 @dataclass(slots=True)
@@ -82,12 +109,22 @@ class Scheduler:
         self.clock = clock
         self.options = options
         self._wake = asyncio.Event()
-        self._ready: asyncio.Queue[Transaction] = asyncio.Queue()
+        self._lanes: list[Lane[Transaction]]
+        if isinstance(egress, RoutedEgress):
+            self._lanes = [Lane(lane.name, lane.egress, lane.concurrency,
+                                options.route_backlog) for lane in egress.lanes]
+            self._lane_of: Callable[[str], int] | None = egress.lane_of
+        else:
+            self._lanes = [Lane(egress.name, egress, options.concurrency)]
+            self._lane_of = None
+        self._ready = self._lanes[0].ready  # the default lane, the only one without routes
+        self._paced_until = 0.0  # routed: no claim before this (loop time), see above
         self._outcomes: list[Outcome] = []
         self._signal = asyncio.Event()  # outcomes, room or new work: the keeper has a job
         self._stopping = False
         self._content: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
+        self._senders: list[tuple[Lane[Transaction], asyncio.Task[None]]] = []
         self._handing: set[asyncio.Task[None]] = set()  # leased at ingest, being grouped
         # Whether an ingest transaction will run soon and carry our outcomes (set by the
         # relay to its group committer's ``busy``); a retry time it learnt from them.
@@ -105,7 +142,7 @@ class Scheduler:
         Only while the senders are short of work: otherwise fresh deliveries queue, and
         priorities and fairness are the claim's to decide.
         """
-        if self._stopping or self._ready.qsize() >= self.options.concurrency * 2:
+        if self._stopping or not self._room():
             return None
         return Lease(self.options.owner, self.options.lease, self.options.batch_size)
 
@@ -146,8 +183,10 @@ class Scheduler:
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._keep_queue(), name="queue-keeper")]
-        self._tasks += [asyncio.create_task(self._send_loop(), name=f"sender-{i}")
-                        for i in range(self.options.concurrency)]
+        self._senders = [
+            (lane, asyncio.create_task(self._send_loop(lane), name=f"sender-{n}-{i}"))
+            for n, lane in enumerate(self._lanes) for i in range(lane.concurrency)]
+        self._tasks += [task for _, task in self._senders]
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming, finish transactions already on the wire, hand back the rest."""
@@ -162,10 +201,13 @@ class Scheduler:
         for task in still_running:
             task.cancel()
         unsent: list[Delivery] = []
-        while not self._ready.empty():
-            unsent.extend(self._ready.get_nowait().deliveries)
-        for _ in senders:
-            self._ready.put_nowait(None)  # type: ignore[arg-type]  # sentinel: stop
+        for lane in self._lanes:
+            while not lane.ready.empty():
+                transaction = lane.ready.get_nowait()
+                if transaction is not None:
+                    unsent.extend(transaction.deliveries)
+        for lane, _ in self._senders:
+            lane.ready.put_nowait(None)  # sentinel: stop
         _, pending = await asyncio.wait(senders, timeout=grace)
         for task in pending:
             task.cancel()
@@ -181,8 +223,16 @@ class Scheduler:
 
     # -- the queue keeper: record outcomes and claim, one transaction per round ---------
 
+    def _room(self) -> bool:
+        """Whether a lane is short of work (without routes: the one ready queue)."""
+        lanes = self._lanes
+        if len(lanes) == 1:
+            return self._ready.qsize() < lanes[0].low_water
+        if asyncio.get_running_loop().time() < self._paced_until:
+            return False
+        return any(lane.has_room for lane in lanes)
+
     async def _keep_queue(self) -> None:
-        low_water = self.options.concurrency * 2
         next_due: float | None = self.clock.now()  # unknown at start: look at once
         while not self._stopping:
             if self._retry_at is not None:
@@ -190,7 +240,7 @@ class Scheduler:
                                                                        self._retry_at)
                 self._retry_at = None
             now = self.clock.now()
-            room = self._ready.qsize() < low_water
+            room = self._room()
             claim = room and (self._wake.is_set() or (next_due is not None and next_due <= now))
             # Outcomes alone wait for the next ingest transaction, if one is coming: it
             # takes them, and signals when it is done (no wake-up is lost: the check and
@@ -267,8 +317,10 @@ class Scheduler:
         for o in outcomes:
             if o.status is DeliveryStatus.DELIVERED:
                 continue
-            if o.status is DeliveryStatus.DEFERRED:
+            if o.status is not DeliveryStatus.FAILED:
                 deferred_until = min(o.due_at, deferred_until or o.due_at)
+                if o.status is DeliveryStatus.QUEUED:
+                    continue  # handed back by a busy lane: logged once per round
             log.info("delivery %d %s: %s", o.delivery_id, o.status.value, o.reply,
                      extra={"action": o.status.value, "queue_id": o.message_id})
         return deferred_until
@@ -276,6 +328,9 @@ class Scheduler:
     async def _enqueue_transactions(self, claimed: Sequence[Delivery]) -> None:
         messages, lists = await self._context({d.message_id for d in claimed},
                                               {d.list_id for d in claimed})
+        if self._lane_of is not None:
+            self._enqueue_routed(claimed, messages, lists, self._lane_of)
+            return
         groups: dict[tuple[str, int], list[Delivery]] = {}
         for delivery in claimed:
             groups.setdefault((delivery.message_id, delivery.list_id), []).append(delivery)
@@ -292,6 +347,49 @@ class Scheduler:
                                                    group[start:start + size]))
         if orphans:
             self._add_outcomes(orphans)
+
+    def _enqueue_routed(self, claimed: Sequence[Delivery], messages: dict[str, InboundMessage],
+                        lists: dict[int, MailingList], lane_of: Callable[[str], int]) -> None:
+        """Group by message, list and lane; a lane without room keeps a bounded backlog."""
+        groups: dict[tuple[str, int, int], list[Delivery]] = {}
+        for delivery in claimed:
+            key = (delivery.message_id, delivery.list_id, lane_of(delivery.recipient))
+            groups.setdefault(key, []).append(delivery)
+        lanes = self._lanes
+        had_room = [lane.has_room for lane in lanes]
+        outcomes: list[Outcome] = []
+        handed_back: dict[str, int] = {}
+        size = self.options.max_recipients
+        now, pace = self.clock.now(), asyncio.get_running_loop().time()
+        for (message_id, list_id, index), group in groups.items():
+            message, mailing_list = messages.get(message_id), lists.get(list_id)
+            if message is None or mailing_list is None:
+                outcomes += [Outcome(d.id, DeliveryStatus.FAILED, "list or message deleted",
+                                     message_id=d.message_id) for d in group]
+                continue
+            lane = lanes[index]
+            for start in range(0, len(group), size):
+                chunk = group[start:start + size]
+                if had_room[index] or lane.takes_more(pace):
+                    lane.ready.put_nowait(Transaction(message, mailing_list, chunk))
+                    continue
+                outcomes += self._hand_back(lane, chunk, now, pace)
+                handed_back[lane.name] = handed_back.get(lane.name, 0) + len(chunk)
+        if handed_back:
+            self._paced_until = pace + self.options.poll_interval
+            for name, count in handed_back.items():
+                log.info("route %s busy: handed back %d deliveries", name, count,
+                         extra={"action": "route_busy"})
+        if outcomes:
+            self._add_outcomes(outcomes)
+
+    def _hand_back(self, lane: Lane[Transaction], chunk: list[Delivery], now: float,
+                   pace: float) -> list[Outcome]:
+        """Queued again, due about when ``lane`` will have sent what it holds."""
+        busy = EgressUnavailable(f"route {lane.name} is busy; handed back").smtp_reply()
+        due = now + min(max(BUSY_RETRY_MIN, lane.drain_seconds(pace)), self.options.lease)
+        return [Outcome(d.id, DeliveryStatus.QUEUED, busy, due_at=due, message_id=d.message_id)
+                for d in chunk]
 
     async def _context(self, message_ids: set[str], list_ids: set[int]
                        ) -> tuple[dict[str, InboundMessage], dict[int, MailingList]]:
@@ -317,32 +415,44 @@ class Scheduler:
 
     # -- sending ------------------------------------------------------------------------
 
-    async def _send_loop(self) -> None:
+    async def _send_loop(self, lane: Lane[Transaction]) -> None:
+        ready, egress = lane.ready, lane.egress
+        # Routed lanes time their transactions: the pace bounds their backlog.
+        timer = asyncio.get_running_loop().time if len(self._lanes) > 1 else None
         while True:
-            transaction = await self._ready.get()
+            transaction = await ready.get()
             self._signal.set()  # room in the ready queue: the keeper may claim more
             if transaction is None:
                 return
-            self._add_outcomes(await self._send(transaction))
+            if timer is None:
+                self._add_outcomes(await self._send(transaction, egress))
+                continue
+            token = lane.started(timer())
+            try:
+                outcomes = await self._send(transaction, egress)
+            finally:
+                lane.finished(token, timer())
+            self._add_outcomes(outcomes)
 
-    async def _send(self, tx: Transaction) -> list[Outcome]:
+    async def _send(self, tx: Transaction, egress: Egress) -> list[Outcome]:
         recipients = [d.recipient for d in tx.deliveries]
         try:
             content = await self._render(tx)
             with TRANSACTION_SECONDS.time():
-                replies = await self.egress.send(tx.mailing_list.bounces_address, recipients,
-                                                 content)
-        except EgressUnavailable as exc:
-            replies = [RecipientReply(r, 451, str(exc)) for r in recipients]
+                replies = await egress.send(tx.mailing_list.bounces_address, recipients,
+                                            content)
+        except SmtpReplyError as exc:  # EgressUnavailable, or a provider's own refusal
+            replies = [_reply(r, exc) for r in recipients]
         except FileNotFoundError:
             # Temporary on purpose: on a multi-node setup the blob folder may be unmounted;
             # the maximum age still ends the retries if the content is really gone.
             log.error("blob of %s is missing", tx.message.id, extra={"action": "blob_missing"})
-            replies = [RecipientReply(r, 451, "4.3.0 message content not found in the blob "
-                                              "store") for r in recipients]
+            missing = StorageUnavailable("message content not found in the blob store")
+            replies = [_reply(r, missing) for r in recipients]
         except Exception as exc:  # a bug must not wedge the queue: retry later
             log.exception("sending %s failed", tx.message.id, extra={"action": "send_error"})
-            replies = [RecipientReply(r, 451, f"4.3.0 internal error: {exc}") for r in recipients]
+            internal = TemporaryFailure(f"internal error: {exc}")
+            replies = [_reply(r, internal) for r in recipients]
         by_recipient = {reply.recipient: reply for reply in replies}
         now = self.clock.now()
         return [self._outcome(d, by_recipient.get(d.recipient), tx.message.id, now)
@@ -351,7 +461,7 @@ class Scheduler:
     def _outcome(self, delivery: Delivery, reply: RecipientReply | None, message_id: str,
                  now: float) -> Outcome:
         if reply is None:
-            reply = RecipientReply(delivery.recipient, 451, "4.3.0 no reply for recipient")
+            reply = _reply(delivery.recipient, TemporaryFailure("no reply for recipient"))
         if reply.delivered:
             return Outcome(delivery.id, DeliveryStatus.DELIVERED, str(reply),
                            message_id=message_id)
@@ -390,3 +500,8 @@ class Scheduler:
     def _add_outcomes(self, outcomes: list[Outcome]) -> None:
         self._outcomes.extend(outcomes)
         self._signal.set()
+
+
+def _reply(recipient: str, error: SmtpReplyError) -> RecipientReply:
+    """A recipient's answer from an error: its code, enhanced status and reason."""
+    return RecipientReply(recipient, error.code, f"{error.enhanced} {error.reason}")

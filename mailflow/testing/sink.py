@@ -4,6 +4,10 @@ Runs aiosmtpd in its own thread (``aiosmtpd.controller.Controller``), so synchro
 and benchmarks can use it.  Fault injection: replies queued for MAIL FROM (``mail_replies``), per
 recipient (``rcpt_replies``) or for the DATA command (``data_replies``), used in order
 before answering 250.  It announces PIPELINING unless told not to (``pipelining``).
+
+``SmtpSink(lmtp=True)`` speaks LMTP (aiosmtpd's ``LMTP``): LHLO, and after the content one
+reply per accepted recipient, taken from ``delivery_replies`` (``fail_delivery``) before
+answering 250.  Only the recipients answered 2xx count as received.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 
@@ -34,6 +39,8 @@ class SinkHandler:
     rcpt_replies: dict[str, deque[str]] = field(default_factory=dict)
     data_replies: deque[str] = field(default_factory=deque)
     mail_replies: deque[str] = field(default_factory=deque)
+    delivery_replies: dict[str, deque[str]] = field(default_factory=dict)  # LMTP only
+    lmtp: bool = False
     transactions: int = 0
     connections: int = 0
     data_delay: float = 0.0  # seconds to wait before answering DATA (a slow next hop)
@@ -74,11 +81,21 @@ class SinkHandler:
             self.transactions += 1
             if self.data_replies:
                 return self.data_replies.popleft()
+            delivered, replies = list(envelope.rcpt_tos), ["250 2.0.0 OK"]
+            if self.lmtp:
+                replies = [self._delivery_reply(r) for r in envelope.rcpt_tos]
+                delivered = [r for r, reply in zip(envelope.rcpt_tos, replies, strict=True)
+                             if reply.startswith("2")]
             content = envelope.original_content or b""
-            self.messages.append(Received(envelope.mail_from or "", tuple(envelope.rcpt_tos),
-                                          bytes(content), time.time()))
+            if delivered:
+                self.messages.append(Received(envelope.mail_from or "", tuple(delivered),
+                                              bytes(content), time.time()))
             self.lock.notify_all()
-        return "250 2.0.0 OK"
+        return "\r\n".join(replies)  # LMTP: one line per recipient (aiosmtpd's way)
+
+    def _delivery_reply(self, address: str) -> str:
+        queued = self.delivery_replies.get(address.lower())
+        return queued.popleft() if queued else f"250 2.0.0 <{address}> delivered"
 
 
 class _CountingController(Controller):
@@ -86,7 +103,8 @@ class _CountingController(Controller):
 
     def factory(self) -> SMTP:
         self.handler.connections += 1
-        return SMTP(self.handler, enable_SMTPUTF8=True, decode_data=False,
+        protocol = LMTP if self.handler.lmtp else SMTP
+        return protocol(self.handler, enable_SMTPUTF8=True, decode_data=False,
                     data_size_limit=None, hostname="sink.test", **self.smtp_options)
 
 
@@ -94,13 +112,15 @@ class SmtpSink:
     """``with SmtpSink() as sink: ...`` - a running sink on 127.0.0.1 and a free port.
 
     ``ssl_context`` makes it speak implicit TLS; ``smtp_options`` go to aiosmtpd's
-    ``SMTP`` (``tls_context`` for STARTTLS, ``authenticator``, ``auth_require_tls`` …).
+    ``SMTP`` (``tls_context`` for STARTTLS, ``authenticator``, ``auth_require_tls`` …);
+    ``lmtp`` makes it an LMTP server.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
-                 ssl_context: ssl.SSLContext | None = None, **smtp_options: Any) -> None:
-        self.handler = SinkHandler()
-        self._controller = _CountingController(self.handler, hostname=host, port=port or None,
+                 ssl_context: ssl.SSLContext | None = None, lmtp: bool = False,
+                 **smtp_options: Any) -> None:
+        self.handler = SinkHandler(lmtp=lmtp)
+        self._controller = _CountingController(self.handler, hostname=host, port=port,
                                                ssl_context=ssl_context)
         self._controller.smtp_options = smtp_options
         self.host = host
@@ -126,7 +146,8 @@ class SmtpSink:
 
     @property
     def url(self) -> str:
-        return f"smtp://{self.host}:{self.port}"
+        scheme = "lmtp" if self.handler.lmtp else "smtp"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def messages(self) -> list[Received]:
@@ -140,6 +161,11 @@ class SmtpSink:
         """Answer RCPT TO:<address> with ``replies`` in turn, then accept it."""
         with self.handler.lock:
             self.handler.rcpt_replies.setdefault(address.lower(), deque()).extend(replies)
+
+    def fail_delivery(self, address: str, *replies: str) -> None:
+        """LMTP: answer ``address``'s copy after the content with ``replies`` in turn."""
+        with self.handler.lock:
+            self.handler.delivery_replies.setdefault(address.lower(), deque()).extend(replies)
 
     def fail_data(self, *replies: str) -> None:
         with self.handler.lock:
