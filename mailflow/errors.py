@@ -68,8 +68,8 @@ class NotFound(MailflowError):
         self.name = name
         super().__init__(message or f"no {KIND_WORDS[kind]} {name}")
 
-    def __reduce__(self) -> tuple[type[NotFound], tuple[str, str, str]]:
-        return type(self), (self.kind, self.name, str(self))
+    def __reduce__(self) -> tuple[type[NotFound], tuple[str, str, str], dict[str, object]]:
+        return type(self), (self.kind, self.name, str(self)), self.__dict__
 
 
 class Conflict(MailflowError):
@@ -82,8 +82,8 @@ class Conflict(MailflowError):
         self.dependents = dependents
         super().__init__(message or f"{name} exists already")
 
-    def __reduce__(self) -> tuple[type[Conflict], tuple[str, str, str]]:
-        return type(self), (self.kind, self.name, str(self))
+    def __reduce__(self) -> tuple[type[Conflict], tuple[str, str, str], dict[str, object]]:
+        return type(self), (self.kind, self.name, str(self)), self.__dict__
 
 
 class InvalidInput(MailflowError):
