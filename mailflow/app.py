@@ -35,17 +35,16 @@ from mailflow.ingress.worker import HostedListeners
 from mailflow.pipeline.expand import plan_deliveries
 from mailflow.services.accept import AcceptPolicy, AcceptService
 from mailflow.services.commit import GroupCommitter
+from mailflow.services.installation import initialise
 from mailflow.services.processor import Processor
 from mailflow.services.recent import RecentMessages
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
-from mailflow.store import StoreRunner, create_engines, upgrade_to_head
+from mailflow.store import StoreRunner, create_engines
 from mailflow.store.engine import sqlite_path
-from mailflow.store.repository import Repository
 from mailflow.web.app import EmbeddedServer, bind, create_app
 
 log = logging.getLogger(__name__)
 
-INSTANCE_KEY = "instance_id"
 MAINTENANCE_CALLS = 50
 
 
@@ -64,24 +63,6 @@ def build_egress(settings: Settings) -> Egress:
     else:
         default = build_provider(url, options)
     return build_routed(default, url, settings.route_specs, options)
-
-
-def instance_id(settings: Settings, repo: Repository) -> str:
-    """This installation's id, used in loop markers: set in settings or made at init."""
-    stored = repo.ensure_meta(INSTANCE_KEY, settings.instance_id or secrets.token_hex(6))
-    return settings.instance_id or stored
-
-
-def initialise(settings: Settings) -> str:
-    """Create the data directory and bring the schema up to date; returns the instance id."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    settings.blob_dir.mkdir(parents=True, exist_ok=True)
-    engines = create_engines(settings.resolved_database_url, pool_size=1)
-    try:
-        upgrade_to_head(engines.writer)
-        return instance_id(settings, Repository(engines))
-    finally:
-        engines.dispose()
 
 
 @dataclass

@@ -12,7 +12,6 @@ import csv
 import json
 import logging
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,10 +21,12 @@ import click
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from mailflow import __version__, addresses
+from mailflow import __version__
 from mailflow.config import Settings, load_settings
-from mailflow.errors import Conflict, InvalidInput, MailflowError, NotFound
+from mailflow.errors import EX_TEMPFAIL, Conflict, InvalidInput, MailflowError, NotFound, spec
 from mailflow.model import ListKind
+from mailflow.services import directory as rules
+from mailflow.services.directory import DirectoryService
 from mailflow.store import Repository, create_cli_engines
 from mailflow.store.engine import normalize_url, sqlite_path
 
@@ -35,10 +36,9 @@ EXAMPLE_DOMAIN = "example.test"
 EXAMPLE_LIST = "team@example.test"
 EXAMPLE_MEMBERS = ("alice@example.test", "bob@example.test")
 
-EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
-EXIT_CONFLICT = 4
+# The exit statuses of domain errors are in mailflow.errors.TABLE (``cli_exit``).
 EXIT_FAILURE = 1
+EXIT_NOT_FOUND = spec(NotFound).cli_exit
 
 
 class Context:
@@ -66,6 +66,11 @@ class Context:
         finally:
             engines.dispose()
 
+    @contextmanager
+    def directory(self) -> Iterator[DirectoryService]:
+        with self.repository() as repo:
+            yield DirectoryService(repo)
+
 
 pass_context = click.make_pass_decorator(Context)
 
@@ -79,8 +84,18 @@ def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True))
 
 
-def canonical_addresses(values: tuple[str, ...] | list[str]) -> list[str]:
-    return [addresses.validated(v) for v in values]
+def hint(error: MailflowError, command: str | None) -> str:
+    """What to run next, added to a domain error's message (the error names no command)."""
+    if isinstance(error, NotFound):
+        if error.kind == "domain":
+            if command == "domain":
+                return "; see `mailflow domain list`"
+            return f"; add it first with `mailflow domain add {error.name}`"
+        if error.kind == "list":
+            return "; see `mailflow list ls`"
+    if isinstance(error, Conflict) and error.kind == "domain" and error.dependents:
+        return "; delete them first with `mailflow list delete`"
+    return ""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -101,7 +116,7 @@ def cli(ctx: click.Context, config: Path | None) -> None:
 @pass_context
 def init(ctx: Context, example: bool) -> None:
     """Create the data directory and the database schema (safe to run again)."""
-    from mailflow.app import initialise
+    from mailflow.services.installation import initialise
 
     settings = ctx.settings
     instance = initialise(settings)
@@ -109,13 +124,12 @@ def init(ctx: Context, example: bool) -> None:
     click.echo(f"initialised {shown.render_as_string(hide_password=True)} "
                f"(instance {instance})")
     if example:
-        with ctx.repository() as repo:
-            now = time.time()
-            if EXAMPLE_DOMAIN not in {d.name for d in repo.domains()}:
-                repo.add_domain(EXAMPLE_DOMAIN, now)
-            if repo.find_list(EXAMPLE_LIST) is None:
-                repo.create_list(EXAMPLE_LIST, ListKind.LIST, "Example team", 0, now)
-            repo.add_members(EXAMPLE_LIST, EXAMPLE_MEMBERS, now)
+        with ctx.directory() as directory:
+            if EXAMPLE_DOMAIN not in {d.name for d in directory.domains()}:
+                directory.add_domain(EXAMPLE_DOMAIN)
+            if directory.find_list(EXAMPLE_LIST) is None:
+                directory.create_list(EXAMPLE_LIST, name="Example team")
+            directory.add_members(EXAMPLE_LIST, EXAMPLE_MEMBERS)
         click.echo(f"example list {EXAMPLE_LIST} with members {', '.join(EXAMPLE_MEMBERS)}")
 
 
@@ -179,11 +193,11 @@ def domain() -> None:
 @pass_context
 def domain_add(ctx: Context, names: tuple[str, ...]) -> None:
     """Serve NAMES: mail to lists and aliases in them is accepted."""
-    valid = [addresses.validated_domain(n) for n in names]
-    with ctx.repository() as repo:
+    valid = [rules.validated_domain(n) for n in names]  # all valid, or none added
+    with ctx.directory() as directory:
         for name in valid:
-            repo.add_domain(name, time.time())
-            click.echo(f"added domain {name}")
+            added = directory.add_domain(name)
+            click.echo(f"added domain {added.name}")
 
 
 @domain.command("list")
@@ -191,8 +205,8 @@ def domain_add(ctx: Context, names: tuple[str, ...]) -> None:
 @pass_context
 def domain_list(ctx: Context, as_json: bool) -> None:
     """Show the domains served."""
-    with ctx.repository() as repo:
-        domains = repo.domains()
+    with ctx.directory() as directory:
+        domains = directory.domains()
     if as_json:
         emit_json([{"name": d.name, "created_at": d.created_at} for d in domains])
     else:
@@ -205,8 +219,8 @@ def domain_list(ctx: Context, as_json: bool) -> None:
 @pass_context
 def domain_remove(ctx: Context, name: str) -> None:
     """Stop serving NAME (it must have no lists left)."""
-    with ctx.repository() as repo:
-        repo.remove_domain(addresses.validated_domain(name))
+    with ctx.directory() as directory:
+        directory.remove_domain(name)
     click.echo(f"removed domain {name}")
 
 
@@ -223,14 +237,33 @@ def list_group() -> None:
               show_default=True, help="list: members get decorated copies; alias: forward")
 @click.option("--name", default="", help="display name (used in List-Id)")
 @click.option("--priority", type=int, default=0, show_default=True,
-              help="higher is delivered first when the queue is busy")
+              help=f"{rules.PRIORITY_MIN} to {rules.PRIORITY_MAX}; higher is delivered first "
+                   "when the queue is busy")
 @pass_context
 def list_create(ctx: Context, address: str, kind: str, name: str, priority: int) -> None:
     """Create a list or alias at ADDRESS (its domain must be served)."""
-    canonical = addresses.validated(address)
-    with ctx.repository() as repo:
-        created = repo.create_list(canonical, ListKind(kind), name, priority, time.time())
+    with ctx.directory() as directory:
+        created = directory.create_list(address, kind=kind, name=name, priority=priority)
     click.echo(f"created {created.kind.value} {created.address}")
+
+
+@list_group.command("update")
+@click.argument("address")
+@click.option("--kind", type=click.Choice([k.value for k in ListKind]),
+              help="list: members get decorated copies; alias: forward")
+@click.option("--name", help="display name (used in List-Id); \"\" removes it")
+@click.option("--priority", type=int,
+              help=f"{rules.PRIORITY_MIN} to {rules.PRIORITY_MAX}; higher is delivered first "
+                   "when the queue is busy")
+@pass_context
+def list_update(ctx: Context, address: str, kind: str | None, name: str | None,
+                priority: int | None) -> None:
+    """Change the kind, display name or priority of the list or alias at ADDRESS."""
+    if kind is None and name is None and priority is None:
+        raise click.UsageError("nothing to update: give --name, --priority or --kind")
+    with ctx.directory() as directory:
+        updated = directory.update_list(address, kind=kind, name=name, priority=priority)
+    click.echo(f"updated {updated.kind.value} {updated.address}")
 
 
 @list_group.command("show")
@@ -239,10 +272,9 @@ def list_create(ctx: Context, address: str, kind: str, name: str, priority: int)
 @pass_context
 def list_show(ctx: Context, address: str, as_json: bool) -> None:
     """Show one list or alias."""
-    canonical = addresses.validated(address)
-    with ctx.repository() as repo:
-        found = repo.get_list(canonical)
-        roster = repo.members(canonical)
+    with ctx.directory() as directory:
+        found = directory.get_list(address)
+        roster = directory.members(found.address)
     info = {"address": found.address, "kind": found.kind.value, "name": found.name,
             "priority": found.priority, "members": len(roster),
             "active_members": sum(1 for m in roster if m.status.value == "active"),
@@ -259,8 +291,8 @@ def list_show(ctx: Context, address: str, as_json: bool) -> None:
 @pass_context
 def list_ls(ctx: Context, as_json: bool) -> None:
     """Show every list and alias with its member count."""
-    with ctx.repository() as repo:
-        rows = repo.lists_with_counts()
+    with ctx.directory() as directory:
+        rows = directory.lists()
     if as_json:
         emit_json([{"address": lst.address, "kind": lst.kind.value, "name": lst.name,
                     "members": n} for lst, n in rows])
@@ -274,9 +306,9 @@ def list_ls(ctx: Context, as_json: bool) -> None:
 @pass_context
 def list_delete(ctx: Context, address: str) -> None:
     """Delete a list or alias and its roster; pending deliveries for it fail."""
-    canonical = addresses.validated(address)
-    with ctx.repository() as repo:
-        failed = repo.delete_list(canonical, time.time())
+    canonical = rules.validated_address(address)
+    with ctx.directory() as directory:
+        failed = directory.delete_list(canonical)
     click.echo(f"deleted {canonical}" + (f" ({failed} pending deliveries failed)"
                                           if failed else ""))
 
@@ -294,10 +326,9 @@ def member() -> None:
 @pass_context
 def member_add(ctx: Context, list_address: str, members: tuple[str, ...]) -> None:
     """Add MEMBERS to LIST_ADDRESS (alias targets may be in any domain)."""
-    target = addresses.validated(list_address)
-    new = canonical_addresses(members)
-    with ctx.repository() as repo:
-        added, existing = repo.add_members(target, new, time.time())
+    target = rules.validated_address(list_address)
+    with ctx.directory() as directory:
+        added, existing = directory.add_members(target, members)
     click.echo(f"added {added} member(s) to {target}"
                + (f"; {existing} already there" if existing else ""))
 
@@ -308,10 +339,10 @@ def member_add(ctx: Context, list_address: str, members: tuple[str, ...]) -> Non
 @pass_context
 def member_remove(ctx: Context, list_address: str, members: tuple[str, ...]) -> None:
     """Remove MEMBERS from LIST_ADDRESS."""
-    target = addresses.validated(list_address)
-    gone = canonical_addresses(members)
-    with ctx.repository() as repo:
-        removed = repo.remove_members(target, gone)
+    target = rules.validated_address(list_address)
+    gone = rules.validated_addresses(members)
+    with ctx.directory() as directory:
+        removed = directory.remove_members(target, gone)
     if removed < len(set(gone)):
         fail(f"removed {removed} of {len(set(gone))}: the others were not members of "
              f"{target} (see `mailflow member list {target}`)", EXIT_NOT_FOUND)
@@ -325,9 +356,8 @@ def member_remove(ctx: Context, list_address: str, members: tuple[str, ...]) -> 
 @pass_context
 def member_list(ctx: Context, list_address: str, as_json: bool) -> None:
     """Show the members of LIST_ADDRESS."""
-    target = addresses.validated(list_address)
-    with ctx.repository() as repo:
-        roster = repo.members(target)
+    with ctx.directory() as directory:
+        roster = directory.members(list_address)
     if as_json:
         emit_json([{"address": m.address, "status": m.status.value,
                     "created_at": m.created_at} for m in roster])
@@ -346,10 +376,10 @@ def member_import(ctx: Context, list_address: str, csv_file: Any) -> None:
     The file has one address per row in its first column, or a header row with an
     ``address`` (or ``email``) column.  Nothing is added unless every row is valid.
     """
-    target = addresses.validated(list_address)
+    target = rules.validated_address(list_address)
     found = read_member_csv(csv_file, getattr(csv_file, "name", "input"))
-    with ctx.repository() as repo:
-        added, existing = repo.add_members(target, found, time.time())
+    with ctx.directory() as directory:
+        added, existing = directory.add_members(target, found)
     click.echo(f"imported {added} member(s) into {target}"
                + (f"; {existing} already there" if existing else ""))
 
@@ -368,7 +398,7 @@ def read_member_csv(stream: Any, name: str) -> list[str]:
     for number, row in enumerate(rows[start:], start=start + 1):
         cell = row[column].strip() if column < len(row) else ""
         try:
-            found.append(addresses.validated(cell))
+            found.append(rules.validated_address(cell))
         except InvalidInput as exc:
             problems.append(f"line {number}: {exc}")
     if problems:
@@ -432,8 +462,6 @@ def _command(argv: list[str]) -> str | None:
 def main() -> None:
     if _command(sys.argv[1:]) == "pipe":
         # A pipe must never make Postfix bounce mail over a usage or set-up mistake.
-        from mailflow.ingress.pipe import EX_TEMPFAIL
-
         try:
             cli.main(standalone_mode=False)
         except click.ClickException as exc:
@@ -450,14 +478,8 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except NotFound as exc:
-        fail(str(exc), EXIT_NOT_FOUND)
-    except Conflict as exc:
-        fail(str(exc), EXIT_CONFLICT)
-    except InvalidInput as exc:
-        fail(str(exc), EXIT_USAGE)
     except MailflowError as exc:
-        fail(str(exc), EXIT_FAILURE)
+        fail(f"{exc}{hint(exc, _command(sys.argv[1:]))}", spec(exc).cli_exit)
     except SQLAlchemyError as exc:
         fail(f"database error: {getattr(exc, 'orig', None) or exc}", EXIT_FAILURE)
     except OSError as exc:

@@ -1,4 +1,4 @@
-"""The error tree: one root, and temporary versus permanent said by type.
+"""The error tree, and the one table that says what each error means to every adapter.
 
 ::
 
@@ -7,23 +7,39 @@
     ├── NotFound                  a domain, list or member named by a user does not exist
     ├── Conflict                  it exists already, or something still depends on it
     ├── InvalidInput              an address, file or value a user gave is malformed
-    └── SmtpReplyError            maps onto one SMTP reply (code, enhanced status, reason)
-        ├── TemporaryFailure      retry later: SMTP 4xx, HTTP 503, pipe exit 75
-        │   ├── StorageUnavailable    451 4.3.0: the message could not be made durable
+    └── SmtpReplyError            refuses a message: maps onto one SMTP reply
+        ├── TemporaryFailure      retry later
+        │   ├── StorageUnavailable    the message could not be made durable
         │   └── EgressUnavailable     the next hop cannot be reached
-        └── PermanentFailure      do not retry: SMTP 5xx, HTTP 422
-            ├── UnknownDomain         550 5.7.1: not one of our domains (no open relay)
-            ├── UnknownRecipient      550 5.1.1: our domain, no such list or alias
-            ├── MessageTooLarge       552 5.3.4
-            ├── MalformedMessage      554 5.6.0: no header section (HTTP 400, pipe exit 65)
-            ├── NoRecipients          554 5.5.1: an HTTP or pipe submission without any
-            └── LoopDetected          554 5.4.6: our own loop marker, or too many hops
+        └── PermanentFailure      do not retry
+            ├── UnknownDomain         not one of our domains (no open relay)
+            ├── UnknownRecipient      our domain, no such list or alias
+            ├── MessageTooLarge
+            ├── MalformedMessage      not a message at all (no header section, NUL bytes)
+            ├── NoRecipients          an HTTP or pipe submission without any
+            └── LoopDetected          our own loop marker, or too many hops
 
-Ingress adapters turn these into protocol replies with :meth:`SmtpReplyError.smtp_reply`;
-third-party exceptions are translated at the adapter edge and never leak upwards.
+An error says *what* went wrong in plain words and structured fields, never *how* a
+protocol or a command shows it: no reply codes in messages, no ``see `mailflow …```
+hints.  Each adapter (SMTP/LMTP replies, HTTP problem details, the exit status of a
+command or of ``mailflow pipe``, Postfix policy answers) translates through
+:data:`TABLE`, the only place that knows the codes.  Errors cross the process boundary
+to the relay's child as a stable :attr:`ErrorSpec.key` plus their reason
+(:func:`error_from_key`), never pickled.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Final, Literal
+
+# sysexits.h: what a mail server's pipe transport reads from ``mailflow pipe``.
+EX_OK: Final = 0
+EX_DATAERR: Final = 65
+EX_NOUSER: Final = 67
+EX_TEMPFAIL: Final = 75
+
+PolicyAction = Literal["REJECT", "DEFER_IF_PERMIT", "DUNNO"]
 
 
 class MailflowError(Exception):
@@ -34,12 +50,40 @@ class ConfigurationError(MailflowError):
     """The settings are invalid; the message says which and how to fix them."""
 
 
+# What kind of object a NotFound or Conflict is about, and how a sentence names it.
+ObjectKind = Literal["domain", "list", "member"]
+KIND_WORDS: Final[dict[str, str]] = {
+    "domain": "domain", "list": "list or alias", "member": "member"}
+
+
 class NotFound(MailflowError):
-    """A named object (domain, list, member) does not exist."""
+    """A named object (domain, list or alias, member) does not exist.
+
+    ``kind`` and ``name`` let an adapter point the user at the way out (the CLI names a
+    command, an API a link); the message only says what is missing.
+    """
+
+    def __init__(self, kind: ObjectKind, name: str, message: str | None = None) -> None:
+        self.kind: ObjectKind = kind
+        self.name = name
+        super().__init__(message or f"no {KIND_WORDS[kind]} {name}")
+
+    def __reduce__(self) -> tuple[type[NotFound], tuple[str, str, str], dict[str, object]]:
+        return type(self), (self.kind, self.name, str(self)), self.__dict__
 
 
 class Conflict(MailflowError):
-    """The object exists already, or others still depend on it."""
+    """The object exists already, or others still depend on it (``dependents`` > 0)."""
+
+    def __init__(self, kind: ObjectKind, name: str, message: str | None = None, *,
+                 dependents: int = 0) -> None:
+        self.kind: ObjectKind = kind
+        self.name = name
+        self.dependents = dependents
+        super().__init__(message or f"{name} exists already")
+
+    def __reduce__(self) -> tuple[type[Conflict], tuple[str, str, str], dict[str, object]]:
+        return type(self), (self.kind, self.name, str(self)), self.__dict__
 
 
 class InvalidInput(MailflowError):
@@ -47,18 +91,22 @@ class InvalidInput(MailflowError):
 
 
 class SmtpReplyError(MailflowError):
-    """An error that maps onto one SMTP reply: basic code, enhanced status, reason."""
+    """An error that refuses (part of) a message: one SMTP reply, from :data:`TABLE`.
 
-    code: int = 451
-    enhanced: str = "4.3.0"
-    default_reason: str = "temporary failure, try again later"
+    ``code`` and ``enhanced`` are read from the table when this module loads; they are
+    here for callers that label metrics with them.
+    """
+
+    code: ClassVar[int]
+    enhanced: ClassVar[str]
+    default_reason: ClassVar[str] = "temporary failure, try again later"
 
     def __init__(self, reason: str | None = None) -> None:
         self.reason = reason or self.default_reason
         super().__init__(self.reason)
 
     def smtp_reply(self) -> str:
-        return f"{self.code} {self.enhanced} {self.reason}"
+        return smtp_reply(self)
 
 
 class TemporaryFailure(SmtpReplyError):
@@ -66,47 +114,175 @@ class TemporaryFailure(SmtpReplyError):
 
 
 class StorageUnavailable(TemporaryFailure):
-    code, enhanced = 451, "4.3.0"
     default_reason = "cannot store the message right now, try again later"
 
 
 class EgressUnavailable(TemporaryFailure):
-    code, enhanced = 451, "4.4.1"
     default_reason = "next hop unavailable"
 
 
 class PermanentFailure(SmtpReplyError):
     """The sender must not retry the same thing."""
 
-    code, enhanced = 554, "5.0.0"
     default_reason = "rejected"
 
 
 class UnknownDomain(PermanentFailure):
-    code, enhanced = 550, "5.7.1"
     default_reason = "relaying denied: not a domain of this relay"
 
 
 class UnknownRecipient(PermanentFailure):
-    code, enhanced = 550, "5.1.1"
     default_reason = "no such list or alias here"
 
 
 class MessageTooLarge(PermanentFailure):
-    code, enhanced = 552, "5.3.4"
     default_reason = "message too large"
 
 
 class MalformedMessage(PermanentFailure):
-    code, enhanced = 554, "5.6.0"
     default_reason = "malformed message"
 
 
 class NoRecipients(PermanentFailure):
-    code, enhanced = 554, "5.5.1"
     default_reason = "no valid recipients"
 
 
 class LoopDetected(PermanentFailure):
-    code, enhanced = 554, "5.4.6"
     default_reason = "mail loop detected"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSpec:
+    """What one error type means to each adapter."""
+
+    key: str             # stable name: logs, metrics, frames to the child, API clients
+    smtp_code: int       # SMTP/LMTP basic reply code
+    enhanced: str        # RFC 3463 enhanced status code
+    http_status: int     # HTTP status of its problem details
+    title: str           # short human label (a problem's ``title``)
+    sysexit: int         # exit status of ``mailflow pipe`` (sysexits.h)
+    cli_exit: int        # exit status of the management commands (docs/cli.md)
+    policy: PolicyAction  # Postfix policy delegation answer
+
+
+def _spec(key: str, smtp: str, http: int, title: str, sysexit: int, cli_exit: int,
+          policy: PolicyAction) -> ErrorSpec:
+    code, enhanced = smtp.split()
+    return ErrorSpec(key, int(code), enhanced, http, title, sysexit, cli_exit, policy)
+
+
+#: Every error type and what it becomes; a subclass not listed takes its nearest
+#: listed ancestor's row.
+TABLE: Final[dict[type[MailflowError], ErrorSpec]] = {
+    MailflowError: _spec("internal_error", "451 4.3.0", 500, "Internal error",
+                         EX_TEMPFAIL, 1, "DEFER_IF_PERMIT"),
+    ConfigurationError: _spec("configuration_error", "451 4.3.5", 500, "Configuration error",
+                              EX_TEMPFAIL, 1, "DEFER_IF_PERMIT"),
+    NotFound: _spec("not_found", "550 5.1.1", 404, "Not found",
+                    EX_NOUSER, 3, "REJECT"),
+    Conflict: _spec("conflict", "554 5.0.0", 409, "Conflict",
+                    EX_DATAERR, 4, "REJECT"),
+    InvalidInput: _spec("invalid_input", "501 5.5.4", 422, "Invalid input",
+                        EX_DATAERR, 2, "REJECT"),
+    SmtpReplyError: _spec("temporary_failure", "451 4.3.0", 503, "Try again later",
+                          EX_TEMPFAIL, 1, "DEFER_IF_PERMIT"),
+    TemporaryFailure: _spec("temporary_failure", "451 4.3.0", 503, "Try again later",
+                            EX_TEMPFAIL, 1, "DEFER_IF_PERMIT"),
+    StorageUnavailable: _spec("storage_unavailable", "451 4.3.0", 503, "Try again later",
+                              EX_TEMPFAIL, 1, "DEFER_IF_PERMIT"),
+    EgressUnavailable: _spec("egress_unavailable", "451 4.4.1", 503, "Try again later",
+                             EX_TEMPFAIL, 1, "DEFER_IF_PERMIT"),
+    PermanentFailure: _spec("rejected", "554 5.0.0", 422, "Refused",
+                            EX_DATAERR, 1, "REJECT"),
+    # Not ours to judge: the same Postfix may serve other domains' mailboxes.
+    UnknownDomain: _spec("unknown_domain", "550 5.7.1", 422, "Refused",
+                         EX_NOUSER, 1, "DUNNO"),
+    UnknownRecipient: _spec("unknown_recipient", "550 5.1.1", 422, "Refused",
+                            EX_NOUSER, 1, "REJECT"),
+    MessageTooLarge: _spec("message_too_large", "552 5.3.4", 413, "Message too large",
+                           EX_DATAERR, 1, "REJECT"),
+    MalformedMessage: _spec("malformed_message", "554 5.6.0", 400, "Bad message",
+                            EX_DATAERR, 1, "REJECT"),
+    NoRecipients: _spec("no_recipients", "554 5.5.1", 400, "Bad message",
+                        EX_DATAERR, 1, "REJECT"),
+    LoopDetected: _spec("loop_detected", "554 5.4.6", 422, "Refused",
+                        EX_DATAERR, 1, "REJECT"),
+}
+
+_BY_TYPE: dict[type[BaseException], ErrorSpec] = {cls: row for cls, row in TABLE.items()}
+_BY_KEY: Final[dict[str, type[MailflowError]]] = {}
+for _cls, _row in TABLE.items():
+    _BY_KEY[_row.key] = _cls  # a key two rows share names the one listed last
+    if issubclass(_cls, SmtpReplyError):
+        _cls.code, _cls.enhanced = _row.smtp_code, _row.enhanced
+
+
+def spec(error: BaseException | type[BaseException]) -> ErrorSpec:
+    """The table row of an error (instance or type); anything else is an internal error."""
+    kind = error if isinstance(error, type) else type(error)
+    found = _BY_TYPE.get(kind)
+    if found is None:
+        base = next((c for c in kind.__mro__ if c in TABLE), MailflowError)
+        found = _BY_TYPE[kind] = TABLE[base]
+    return found
+
+
+def smtp_reply(error: SmtpReplyError) -> str:
+    """The SMTP/LMTP reply line: ``550 5.1.1 no list or alias <x@y> here``."""
+    row = spec(error)
+    return f"{row.smtp_code} {row.enhanced} {error.reason}"
+
+
+def recipient_reply(error: SmtpReplyError) -> tuple[int, str]:
+    """(code, text) of the reply one recipient gets when ``error`` stops its transaction.
+
+    For the scheduler: ``RecipientReply(rcpt, *recipient_reply(EgressUnavailable(...)))``
+    records ``451 4.4.1 <reason>`` instead of a made-up string.
+    """
+    row = spec(error)
+    return row.smtp_code, f"{row.enhanced} {error.reason}"
+
+
+def status_line(error: SmtpReplyError) -> str:
+    """Enhanced status and reason, as ``mailflow pipe`` prints them: ``5.1.1 no list …``."""
+    return f"{spec(error).enhanced} {error.reason}"
+
+
+def policy_answer(error: SmtpReplyError) -> str:
+    """The ``action=`` value of a Postfix policy answer for a refused recipient."""
+    row = spec(error)
+    if row.policy == "DUNNO":
+        return "DUNNO"
+    return f"{row.policy} {row.enhanced} {error.reason}"
+
+
+def error_key(error: BaseException) -> str:
+    return spec(error).key
+
+
+def error_class(key: str) -> type[MailflowError]:
+    """The error type a key names."""
+    try:
+        return _BY_KEY[key]
+    except KeyError:
+        raise KeyError(f"no error is called {key!r}") from None
+
+
+def error_from_key(key: str, reason: str) -> SmtpReplyError:
+    """Rebuild a refusal sent as key + reason (from the relay's child, or to it).
+
+    A key that names no refusal (a newer peer, a bug) becomes a temporary failure: the
+    sender retries rather than losing mail over it.
+    """
+    cls = _BY_KEY.get(key)
+    if cls is None or not issubclass(cls, SmtpReplyError):
+        return TemporaryFailure(reason)
+    return cls(reason)
+
+
+def spec_for_enhanced(enhanced: str) -> ErrorSpec | None:
+    """The row of a refusal by its enhanced status (a relay's problem details carry it)."""
+    for cls, row in TABLE.items():
+        if issubclass(cls, PermanentFailure) and row.enhanced == enhanced:
+            return row
+    return None

@@ -83,6 +83,32 @@ def test_errors_go_to_stderr_with_an_exit_status(cli: RelayProcess, args: tuple[
     assert result.stdout == ""
 
 
+def test_list_update_and_names_that_would_inject_header_fields(cli: RelayProcess) -> None:
+    ok(cli, "domain", "add", "example.test")
+    ok(cli, "list", "create", "team@example.test", "--name", "Team", "--priority", "2")
+    assert ok(cli, "list", "update", "Team@example.test", "--name", "The team",
+              "--kind", "alias") == "updated alias team@example.test\n"
+    shown = json.loads(ok(cli, "list", "show", "team@example.test", "--json"))
+    assert (shown["kind"], shown["name"], shown["priority"]) == ("alias", "The team", 2)
+
+    evil = "Evil\r\nBcc: victim@elsewhere.test"
+    for args in (("list", "create", "evil@example.test", "--name", evil),
+                 ("list", "update", "team@example.test", "--name", evil),
+                 ("list", "update", "team@example.test", "--priority", "9223372036854775808")):
+        result = cli.cli(*args)
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.startswith("mailflow: error: ")
+        assert "control character" in result.stderr or "priority" in result.stderr
+    listing = json.loads(ok(cli, "list", "ls", "--json"))
+    assert [(row["address"], row["name"]) for row in listing] == [
+        ("team@example.test", "The team")]
+
+    nothing = cli.cli("list", "update", "team@example.test")
+    assert nothing.returncode == 2 and "nothing to update" in nothing.stderr
+    missing = cli.cli("list", "update", "nobody@example.test", "--priority", "1")
+    assert missing.returncode == 3 and "see `mailflow list ls`" in missing.stderr
+
+
 def test_queue_show_json_shape(cli: RelayProcess) -> None:
     state = json.loads(ok(cli, "queue", "show", "--json"))
     assert state["counts"] == {"queued": 0, "in_flight": 0, "deferred": 0, "delivered": 0,

@@ -83,6 +83,11 @@ def test_refusals_are_problem_json(relay: RelayProcess, sink: SmtpSink, data: by
     problem = response.json()
     assert problem["status"] == status and problem["enhanced_status"] == enhanced
     assert problem["detail"]
+    # The shape clients rely on, whichever table row answered.
+    assert set(problem) == {"type", "title", "status", "detail", "smtp_code", "enhanced_status"}
+    assert problem["title"] == {400: "Bad message", 413: "Message too large",
+                                422: "Refused"}[status]
+    assert str(problem["smtp_code"])[0] == "5"
     counts = json.loads(relay.cli("queue", "show", "--json").stdout)["messages"]
     assert sum(counts.values()) == 0
 
@@ -125,6 +130,9 @@ def test_storage_failure_is_503_with_retry_after(make_relay: Callable[..., Relay
         response = post(relay, make_message("team@example.test"))
         assert response.status_code == 503
         assert response.headers["retry-after"] == "60"
+        problem = response.json()
+        assert (problem["title"], problem["smtp_code"], problem["enhanced_status"]) == (
+            "Try again later", 451, "4.3.0")
     finally:
         blob_dir.unlink()
         moved.rename(blob_dir)

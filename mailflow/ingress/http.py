@@ -18,22 +18,14 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from mailflow import headers
-from mailflow.errors import (
-    MalformedMessage,
-    MessageTooLarge,
-    NoRecipients,
-    PermanentFailure,
-    SmtpReplyError,
-    TemporaryFailure,
-)
+from mailflow.errors import MessageTooLarge, SmtpReplyError
 from mailflow.model import Envelope
 from mailflow.services.accept import AcceptService
-from mailflow.web.problems import problem, smtp_problem
+from mailflow.web.problems import error_problem, problem
 
 log = logging.getLogger(__name__)
 
 ACCEPTED_TYPES = ("message/rfc822", "application/octet-stream", "text/plain")
-RETRY_AFTER = "60"
 
 
 class FailedAuthLimiter:
@@ -130,20 +122,11 @@ def create_router(service: AcceptService, keys: list[str], limiter: FailedAuthLi
                            f"send the raw message as message/rfc822, not {media_type}")
         raw = await read_limited(request, max_size)
         if raw is None:
-            return smtp_problem(413, "Message too large",
-                                MessageTooLarge(f"message larger than {max_size} bytes"))
+            return error_problem(MessageTooLarge(f"message larger than {max_size} bytes"))
         try:
             message_id = await service.submit(envelope_from_request(request, raw), raw)
-        except (MalformedMessage, NoRecipients) as error:
-            return smtp_problem(400, "Bad message", error)
-        except MessageTooLarge as error:
-            return smtp_problem(413, "Message too large", error)
-        except PermanentFailure as error:
-            return smtp_problem(422, "Refused", error)
-        except TemporaryFailure as error:
-            return smtp_problem(503, "Try again later", error, {"Retry-After": RETRY_AFTER})
-        except SmtpReplyError as error:  # pragma: no cover - every subclass is handled above
-            return smtp_problem(503, "Try again later", error, {"Retry-After": RETRY_AFTER})
+        except SmtpReplyError as error:
+            return error_problem(error)
         return JSONResponse({"message_id": message_id, "status": "queued"}, status_code=202)
 
     return router

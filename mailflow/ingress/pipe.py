@@ -25,23 +25,22 @@ from mailflow.blobs import BlobStore
 from mailflow.clock import SystemClock
 from mailflow.config import Settings, load_settings
 from mailflow.errors import (
+    EX_DATAERR,
+    EX_OK,
+    EX_TEMPFAIL,
     ConfigurationError,
-    PermanentFailure,
     SmtpReplyError,
-    UnknownDomain,
-    UnknownRecipient,
+    spec,
+    spec_for_enhanced,
+    status_line,
 )
 from mailflow.model import Envelope
 from mailflow.pipeline.expand import plan_deliveries
 from mailflow.services.accept import AcceptPolicy, AcceptService
 from mailflow.services.commit import GroupCommitter
+from mailflow.services.installation import instance_id
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.engine import sqlite_path
-
-EX_OK = 0
-EX_DATAERR = 65
-EX_NOUSER = 67
-EX_TEMPFAIL = 75
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,19 +49,8 @@ class PipeResult:
     reason: str  # "2.0.0 queued as …" or an enhanced status code and the reason
 
 
-def exit_status(error: SmtpReplyError) -> int:
-    """67 for an unknown recipient, 65 for any other refusal, 75 for the rest."""
-    if isinstance(error, UnknownRecipient | UnknownDomain):
-        return EX_NOUSER
-    if isinstance(error, PermanentFailure):
-        return EX_DATAERR
-    return EX_TEMPFAIL
-
-
 async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) -> PipeResult:
     """Store the message directly, with the same checks a relay's SMTP listener makes."""
-    from mailflow.app import instance_id  # the app module wires everything; import late
-
     database = sqlite_path(settings.resolved_database_url)
     if database is not None and not database.exists():
         return PipeResult(EX_TEMPFAIL, f"4.3.0 no relay store at {database}: run mailflow init")
@@ -82,7 +70,7 @@ async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) ->
             instance, settings.max_message_size, settings.max_received_headers, 0))
         message_id = await service.submit(envelope, raw)
     except SmtpReplyError as error:
-        return PipeResult(exit_status(error), f"{error.enhanced} {error.reason}")
+        return PipeResult(spec(error).sysexit, status_line(error))
     finally:
         if committer_task is not None:
             committer_task.cancel()
@@ -120,11 +108,12 @@ def _from_problem(status: int, body: bytes) -> PipeResult:
         problem = {}
     detail = problem.get("detail") or f"HTTP {status}"
     enhanced = problem.get("enhanced_status", "")
-    if status == 422:
-        code = EX_NOUSER if enhanced in ("5.1.1", "5.7.1") else EX_DATAERR
-        return PipeResult(code, f"{enhanced or '5.0.0'} {detail}")
-    if status in (400, 413):
-        return PipeResult(EX_DATAERR, f"{enhanced or '5.6.0'} {detail}")
+    if status in (400, 413, 422):
+        # The relay's own refusal: the error table says what its enhanced status means.
+        refusal = spec_for_enhanced(enhanced)
+        code = refusal.sysexit if refusal is not None else EX_DATAERR
+        return PipeResult(code, f"{enhanced or ('5.0.0' if status == 422 else '5.6.0')} "
+                                f"{detail}")
     if status in (401, 403):
         return PipeResult(EX_TEMPFAIL, f"4.7.0 relay refused the key: {detail}")
     return PipeResult(EX_TEMPFAIL, f"4.3.0 relay answered {status}: {detail}")
@@ -147,7 +136,8 @@ def run_pipe(config: Path | None, sender: str, recipients: list[str], url: str |
     except _Deadline:
         return PipeResult(EX_TEMPFAIL, f"4.4.7 mailflow pipe: gave up after {timeout:g} s")
     except ConfigurationError as error:
-        return PipeResult(EX_TEMPFAIL, f"4.3.5 {error}".replace("\n", " "))
+        row = spec(error)
+        return PipeResult(row.sysexit, f"{row.enhanced} {error}".replace("\n", " "))
     except Exception as error:  # never let a traceback bounce mail: Postfix retries on 75
         return PipeResult(EX_TEMPFAIL, f"4.3.0 mailflow pipe failed: "
                                        f"{type(error).__name__}: {error}")

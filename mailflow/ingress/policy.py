@@ -18,7 +18,7 @@ import contextlib
 import logging
 
 from mailflow.config import ListenAddress
-from mailflow.errors import PermanentFailure, TemporaryFailure, UnknownDomain
+from mailflow.errors import SmtpReplyError, policy_answer
 from mailflow.services.accept import AcceptService
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,8 @@ async def decide(service: AcceptService, request: dict[str, str]) -> str:
         return "DUNNO"
     try:
         await service.check_recipient(recipient, count=False)
-    except UnknownDomain:
-        return "DUNNO"
-    except PermanentFailure as error:
-        return f"REJECT {error.enhanced} {error.reason}"
-    except TemporaryFailure as error:
-        return f"DEFER_IF_PERMIT {error.enhanced} {error.reason}"
+    except SmtpReplyError as error:
+        return policy_answer(error)
     return "DUNNO"
 
 

@@ -20,7 +20,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
-from mailflow.errors import SmtpReplyError, StorageUnavailable
+from mailflow.errors import SmtpReplyError, StorageUnavailable, smtp_reply
 from mailflow.model import Envelope, Verdict
 
 if TYPE_CHECKING:  # the listener process imports this module: no store, no settings
@@ -119,9 +119,9 @@ class RelayHandler:
         try:
             await self.service.check_recipient(address)
         except SmtpReplyError as error:
-            return error.smtp_reply()
+            return smtp_reply(error)
         envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.append(rcpt_options)
+        envelope.rcpt_options.extend(rcpt_options)  # as aiosmtpd does without this hook
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
@@ -133,10 +133,10 @@ class RelayHandler:
             message_id = await self.service.accept(self._envelope(session, envelope),
                                                    self._content(envelope))
         except SmtpReplyError as error:
-            return error.smtp_reply()
+            return smtp_reply(error)
         except Exception:
             log.exception("accept failed", extra={"action": "accept_error"})
-            return StorageUnavailable().smtp_reply()
+            return smtp_reply(StorageUnavailable())
         return f"250 2.0.0 OK queued as {message_id}"
 
     def _envelope(self, session: Session, envelope: SmtpEnvelope) -> Envelope:
@@ -160,12 +160,12 @@ class LmtpHandler(RelayHandler):
             verdicts = await self.service.accept_each(self._envelope(session, envelope),
                                                       self._content(envelope))
         except SmtpReplyError as error:
-            return "\r\n".join(error.smtp_reply() for _ in envelope.rcpt_tos)
+            return "\r\n".join(smtp_reply(error) for _ in envelope.rcpt_tos)
         except Exception:
             log.exception("accept failed", extra={"action": "accept_error"})
-            return "\r\n".join(StorageUnavailable().smtp_reply() for _ in envelope.rcpt_tos)
+            return "\r\n".join(smtp_reply(StorageUnavailable()) for _ in envelope.rcpt_tos)
         return "\r\n".join(
-            v.error.smtp_reply() if v.error else f"250 2.0.0 <{v.recipient}> OK queued as "
+            smtp_reply(v.error) if v.error else f"250 2.0.0 <{v.recipient}> OK queued as "
                                                  f"{v.message_id}"
             for v in verdicts
         )

@@ -8,6 +8,12 @@ plain text with ``:name`` placeholders, turned into the driver's positional styl
 for sqlite3, ``%s`` for psycopg) once, and rows travel as tuples.  Everything else stays
 SQLAlchemy Core.
 
+Rows that come back are not read by position anywhere else: the claim's ``RETURNING``
+list is generated from :class:`~mailflow.model.Delivery`'s own fields (see
+:data:`CLAIMED_FIELDS`), so ``Delivery(*row)`` is right by construction and a new column
+is one new field there.  Positional construction is kept because building by keyword
+or from a mapping costs measurably more per row on the claim path.
+
 Each statement runs inside the caller's SQLAlchemy transaction, on its connection.
 """
 
@@ -15,13 +21,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import Connection
 
-from mailflow.model import DeliveryStatus
-from mailflow.store.tables import PENDING_SQL
+from mailflow.model import Delivery, DeliveryStatus
+from mailflow.store.tables import PENDING_SQL, deliveries
 
 _PLACEHOLDER = re.compile(r"(?<!:):([a-z_]+)")
 
@@ -97,6 +103,26 @@ UPDATE deliveries
  WHERE id = :id
 """
 
+def _claimed_fields() -> tuple[str, ...]:
+    """Delivery's fields up to ``status``, the ones a claimed row fills, in their order.
+
+    The claim sets ``status`` itself (in flight, the dataclass default); the fields after
+    it belong to the sender.  Each of these fields must be a column of ``deliveries``.
+    """
+    names: list[str] = []
+    for field in fields(Delivery):
+        if field.name == "status":
+            break
+        names.append(field.name)
+    unknown = [name for name in names if name not in deliveries.c]
+    if unknown:
+        raise RuntimeError(f"Delivery fields {unknown} are not columns of deliveries")
+    return tuple(names)
+
+
+#: What a claim returns, in :class:`Delivery`'s positional order.
+CLAIMED_FIELDS = _claimed_fields()
+
 CLAIM_DUE = f"""
 UPDATE deliveries
    SET status = '{DeliveryStatus.IN_FLIGHT.value}', due_at = :until, lease_owner = :owner,
@@ -105,7 +131,7 @@ UPDATE deliveries
                WHERE {PENDING_SQL} AND due_at <= :now
                ORDER BY priority DESC, due_at
                LIMIT :limit {{lock}})
-RETURNING id, message_id, list_id, recipient, attempts, created_at, priority
+RETURNING {", ".join(CLAIMED_FIELDS)}
 """
 
 

@@ -52,8 +52,8 @@ PENDING = [status.value for status in PENDING_STATUSES]
 
 
 def _list(row: Row[Any]) -> MailingList:
-    return MailingList(row.id, row.address, ListKind(row.kind), row.name, row.priority,
-                       row.created_at)
+    return MailingList(id=row.id, address=row.address, kind=ListKind(row.kind), name=row.name,
+                       priority=row.priority, created_at=row.created_at)
 
 
 def _message(row: Row[Any]) -> InboundMessage:
@@ -141,7 +141,7 @@ class Repository:
         """
         with self.engines.writer.connect() as conn:
             if self.engines.is_sqlite:
-                sqlite_connection = conn.connection.driver_connection
+                sqlite_connection: Any = conn.connection.driver_connection
                 sqlite_connection.execute("PRAGMA synchronous=NORMAL")
                 try:
                     with conn.begin():
@@ -164,7 +164,7 @@ class Repository:
         with self.engines.writer.begin() as conn:
             stmt = self._upsert_insert(meta).values(key=key, value=value)
             conn.execute(stmt.on_conflict_do_nothing(index_elements=["key"]))
-            return conn.scalar(select(meta.c.value).where(meta.c.key == key))
+            return str(conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar_one())
 
     # -- domains ------------------------------------------------------------------------
 
@@ -175,46 +175,71 @@ class Repository:
                     insert(domains).values(name=name, created_at=now).returning(domains.c.id)
                 )
         except IntegrityError:
-            raise Conflict(f"domain {name} exists already") from None
-        return Domain(new_id, name, now)
+            raise Conflict("domain", name, f"domain {name} exists already") from None
+        return Domain(id=new_id, name=name, created_at=now)
 
     def domains(self) -> list[Domain]:
         with self.engines.reader.connect() as conn:
             rows = conn.execute(select(domains).order_by(domains.c.name)).all()
-        return [Domain(r.id, r.name, r.created_at) for r in rows]
+        return [Domain(id=r.id, name=r.name, created_at=r.created_at) for r in rows]
 
     def remove_domain(self, name: str) -> None:
         with self.engines.writer.begin() as conn:
             domain_id = conn.scalar(select(domains.c.id).where(domains.c.name == name))
             if domain_id is None:
-                raise NotFound(f"no domain {name}; see `mailflow domain list`")
+                raise NotFound("domain", name)
             used = conn.scalar(select(func.count()).where(lists.c.domain_id == domain_id))
             if used:
-                raise Conflict(f"domain {name} still has {used} list(s) or alias(es); "
-                               "delete them first with `mailflow list delete`")
+                raise Conflict("domain", name,
+                               f"domain {name} still has {used} list(s) or alias(es)",
+                               dependents=used)
             conn.execute(delete(domains).where(domains.c.id == domain_id))
 
     # -- lists and aliases --------------------------------------------------------------
 
     def create_list(self, address: str, kind: ListKind, name: str, priority: int,
                     now: float) -> MailingList:
+        """Store a list or alias; the caller validated the values (see DirectoryService).
+
+        A ``-bounces`` address is refused here too: recipient resolution relies on it.
+        """
         local, domain = addresses.split(address)
         if local.endswith(addresses.BOUNCES_SUFFIX):
             raise InvalidInput(f"addresses ending in {addresses.BOUNCES_SUFFIX} are reserved "
-                           "for the bounces of lists")
+                               "for the bounces of lists")
         with self.engines.writer.begin() as conn:
             domain_id = conn.scalar(select(domains.c.id).where(domains.c.name == domain))
             if domain_id is None:
-                raise NotFound(f"domain {domain} is not served here; add it first with "
-                               f"`mailflow domain add {domain}`")
+                raise NotFound("domain", domain, f"domain {domain} is not served here")
             if conn.scalar(select(lists.c.id).where(lists.c.address == address)):
-                raise Conflict(f"{address} exists already")
+                raise Conflict("list", address)
             new_id = conn.scalar(
                 insert(lists).values(domain_id=domain_id, address=address, kind=kind.value,
                                      name=name, priority=priority, created_at=now)
                 .returning(lists.c.id)
             )
-        return MailingList(new_id, address, kind, name, priority, now)
+        return MailingList(id=new_id, address=address, kind=kind, name=name, priority=priority,
+                           created_at=now)
+
+    def update_list(self, address: str, *, kind: ListKind | None = None,
+                    name: str | None = None, priority: int | None = None) -> MailingList:
+        """Change the given settings of a list or alias; returns it as stored now."""
+        values: dict[str, Any] = {}
+        if kind is not None:
+            values["kind"] = kind.value
+        if name is not None:
+            values["name"] = name
+        if priority is not None:
+            values["priority"] = priority
+        with self.engines.writer.begin() as conn:
+            if values:
+                row = conn.execute(update(lists).where(lists.c.address == address)
+                                   .values(**values).returning(*lists.c)).first()
+            else:
+                row = conn.execute(select(lists).where(lists.c.address == address)).first()
+        if row is None:
+            raise NotFound("list", address)
+        return _list(row)
 
     def find_list(self, address: str) -> MailingList | None:
         with self.engines.reader.connect() as conn:
@@ -224,7 +249,7 @@ class Repository:
     def get_list(self, address: str) -> MailingList:
         found = self.find_list(address)
         if found is None:
-            raise NotFound(f"no list or alias {address}; see `mailflow list ls`")
+            raise NotFound("list", address)
         return found
 
     def lists_with_counts(self) -> list[tuple[MailingList, int]]:
@@ -240,7 +265,7 @@ class Repository:
         with self.engines.writer.begin() as conn:
             list_id = conn.scalar(select(lists.c.id).where(lists.c.address == address))
             if list_id is None:
-                raise NotFound(f"no list or alias {address}; see `mailflow list ls`")
+                raise NotFound("list", address)
             failed = conn.execute(
                 update(deliveries)
                 .where(deliveries.c.list_id == list_id, deliveries.c.status.in_(PENDING))
@@ -285,7 +310,8 @@ class Repository:
             list_id = self._list_id(conn, list_address)
             rows = conn.execute(select(members).where(members.c.list_id == list_id)
                                 .order_by(members.c.address)).all()
-        return [Member(r.list_id, r.address, MemberStatus(r.status), r.created_at) for r in rows]
+        return [Member(list_id=r.list_id, address=r.address, status=MemberStatus(r.status),
+                       created_at=r.created_at) for r in rows]
 
     def active_member_addresses(self, list_id: int) -> list[str]:
         with self.engines.reader.connect() as conn:
@@ -294,8 +320,8 @@ class Repository:
     def _list_id(self, conn: Connection, address: str) -> int:
         list_id = conn.scalar(select(lists.c.id).where(lists.c.address == address))
         if list_id is None:
-            raise NotFound(f"no list or alias {address}; see `mailflow list ls`")
-        return list_id
+            raise NotFound("list", address)
+        return int(list_id)
 
     # -- inbound messages ---------------------------------------------------------------
 
@@ -363,7 +389,8 @@ class Repository:
         if not taken:
             return []
         ids = self._new_delivery_ids(conn, len(taken))
-        leased = [Delivery(id_, message_id, list_id, recipient, 0, now, priority)
+        leased = [Delivery(id=id_, message_id=message_id, list_id=list_id, recipient=recipient,
+                           attempts=0, created_at=now, priority=priority)
                   for id_, (message_id, list_id, recipient, _, priority, *_)
                   in zip(ids, taken, strict=True)]
         until, status = now + lease.seconds, DeliveryStatus.IN_FLIGHT.value
@@ -487,6 +514,7 @@ class Repository:
                owner: str) -> list[Delivery]:
         rows = self._hot.claim_due.execute(
             conn, {"now": now, "limit": limit, "until": now + lease, "owner": owner})
+        # The RETURNING list is Delivery's own field order (hot.CLAIMED_FIELDS).
         return [Delivery(*row) for row in rows]
 
     def record_and_claim(self, now: float, outcomes: Sequence[Outcome], limit: int,
@@ -527,7 +555,8 @@ class Repository:
 
     def next_due_at(self) -> float | None:
         with self.engines.reader.connect() as conn:
-            return conn.scalar(_NEXT_DUE)
+            due = conn.scalar(_NEXT_DUE)
+        return None if due is None else float(due)
 
     def finish_messages(self, now: float, limit: int = 1000) -> int:
         """Mark queued messages whose deliveries are all final as done; release blobs."""
@@ -621,8 +650,10 @@ class Repository:
             query = query.where(deliveries.c.status == status)
         with self.engines.reader.connect() as conn:
             rows = conn.execute(query).all()
-        return [DeliveryRow(r.id, r.message_id, r.list_address, r.recipient, r.status,
-                            r.attempts, r.due_at, r.created_at, r.updated_at, r.last_reply)
+        return [DeliveryRow(id=r.id, message_id=r.message_id, list_address=r.list_address,
+                            recipient=r.recipient, status=r.status, attempts=r.attempts,
+                            due_at=r.due_at, created_at=r.created_at, updated_at=r.updated_at,
+                            last_reply=r.last_reply)
                 for r in rows]
 
     def message_events(self, message_id: str) -> list[tuple[float, str, str]]:

@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from mailflow.errors import SmtpReplyError
+from mailflow.errors import MailflowError, SmtpReplyError, spec
 
 MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER = "60"
 
 
 def problem(status: int, title: str, detail: str, *, headers: dict[str, str] | None = None,
@@ -17,8 +18,15 @@ def problem(status: int, title: str, detail: str, *, headers: dict[str, str] | N
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
-def smtp_problem(status: int, title: str, error: SmtpReplyError,
-                 headers: dict[str, str] | None = None) -> JSONResponse:
-    """A refusal that also says what an SMTP server would have answered."""
-    return problem(status, title, error.reason, headers=headers, smtp_code=error.code,
-                   enhanced_status=error.enhanced)
+def error_problem(error: MailflowError) -> JSONResponse:
+    """The problem details of a domain error, status and title from the error table.
+
+    A refusal of a message also says what an SMTP server would have answered; a 503 says
+    when to try again.
+    """
+    row = spec(error)
+    headers = {"Retry-After": RETRY_AFTER} if row.http_status == 503 else None
+    if isinstance(error, SmtpReplyError):
+        return problem(row.http_status, row.title, error.reason, headers=headers,
+                       smtp_code=row.smtp_code, enhanced_status=row.enhanced)
+    return problem(row.http_status, row.title, str(error), headers=headers)

@@ -1,0 +1,151 @@
+"""The directory: domains, lists and aliases, members, and every rule their values obey.
+
+The CLI calls it today and the REST API next.  Both hand it what a user typed and get
+domain objects back, or a domain error (:class:`~mailflow.errors.InvalidInput`,
+:class:`~mailflow.errors.NotFound`, :class:`~mailflow.errors.Conflict`) whose wording is
+theirs to extend.  Validation lives here, not in an adapter, so a value refused on one
+path is refused on every path: a list's display name goes into the ``List-Id`` field of
+every copy, so a CR or LF in it would let whoever sets it add header fields to mail.
+
+The repository below stores what it is given; it keeps only the rules the data needs
+to stay consistent (a domain must exist, an address is unique).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+from mailflow import addresses
+from mailflow.clock import Clock, SystemClock
+from mailflow.errors import InvalidInput
+from mailflow.model import Domain, ListKind, MailingList, Member
+from mailflow.store import Repository
+
+NAME_MAX_LENGTH: Final = 200          # characters; the ``lists.name`` column
+PRIORITY_MIN: Final = -1000
+PRIORITY_MAX: Final = 1000
+# Unicode categories refused in names: controls (CR, LF, NUL, TAB, DEL, C1 such as NEL),
+# line and paragraph separators, and lone surrogates (not encodable in UTF-8).
+_REFUSED_CATEGORIES: Final = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def validated_address(text: str) -> str:
+    """An address a user typed, validated and in canonical (lower-case) form."""
+    return addresses.validated(text)
+
+
+def validated_addresses(values: Iterable[str]) -> list[str]:
+    """Every address of ``values`` validated (the first invalid one raises)."""
+    return [addresses.validated(v) for v in values]
+
+
+def validated_domain(text: str) -> str:
+    """A domain name a user typed, validated and in canonical form (A-labels)."""
+    return addresses.validated_domain(text)
+
+
+def validated_list_address(text: str) -> str:
+    """The address of a new list or alias: valid, and not a list's bounce address."""
+    address = addresses.validated(text)
+    local, _ = addresses.split(address)
+    if local.endswith(addresses.BOUNCES_SUFFIX):
+        raise InvalidInput(f"addresses ending in {addresses.BOUNCES_SUFFIX} are reserved "
+                           "for the bounces of lists")
+    return address
+
+
+def validated_list_name(name: str) -> str:
+    """A display name that is safe in a header: no line breaks or other controls."""
+    for char in name:
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            raise InvalidInput(
+                f"invalid list name {name!r}: it contains the control character "
+                f"U+{ord(char):04X}; line breaks (CR, LF), NUL and other control "
+                "characters are not allowed in a name")
+    if len(name) > NAME_MAX_LENGTH:
+        raise InvalidInput(f"list name too long ({len(name)} characters, at most "
+                           f"{NAME_MAX_LENGTH})")
+    return name
+
+
+def validated_priority(priority: int) -> int:
+    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise InvalidInput(f"invalid priority {priority}: it must be between {PRIORITY_MIN} "
+                           f"and {PRIORITY_MAX}")
+    return priority
+
+
+def validated_kind(kind: str | ListKind) -> ListKind:
+    try:
+        return ListKind(kind)
+    except ValueError:
+        choices = " or ".join(k.value for k in ListKind)
+        raise InvalidInput(f"invalid kind {kind!r}: it must be {choices}") from None
+
+
+class DirectoryService:
+    """Domains, lists and aliases, and their members: validated, then stored."""
+
+    def __init__(self, repo: Repository, clock: Clock | None = None) -> None:
+        self.repo = repo
+        self.clock = clock or SystemClock()
+
+    # -- domains ------------------------------------------------------------------------
+
+    def add_domain(self, name: str) -> Domain:
+        return self.repo.add_domain(validated_domain(name), self.clock.now())
+
+    def domains(self) -> list[Domain]:
+        return self.repo.domains()
+
+    def remove_domain(self, name: str) -> None:
+        """Stop serving a domain; :class:`Conflict` while it still has lists."""
+        self.repo.remove_domain(validated_domain(name))
+
+    # -- lists and aliases --------------------------------------------------------------
+
+    def create_list(self, address: str, *, kind: str | ListKind = ListKind.LIST,
+                    name: str = "", priority: int = 0) -> MailingList:
+        return self.repo.create_list(validated_list_address(address), validated_kind(kind),
+                                     validated_list_name(name), validated_priority(priority),
+                                     self.clock.now())
+
+    def update_list(self, address: str, *, kind: str | ListKind | None = None,
+                    name: str | None = None, priority: int | None = None) -> MailingList:
+        """Change the settings given (``None``: leave as is); returns the list as stored."""
+        return self.repo.update_list(
+            validated_address(address),
+            kind=None if kind is None else validated_kind(kind),
+            name=None if name is None else validated_list_name(name),
+            priority=None if priority is None else validated_priority(priority))
+
+    def get_list(self, address: str) -> MailingList:
+        return self.repo.get_list(validated_address(address))
+
+    def find_list(self, address: str) -> MailingList | None:
+        return self.repo.find_list(validated_address(address))
+
+    def lists(self) -> list[tuple[MailingList, int]]:
+        """Every list and alias with its member count, by address."""
+        return self.repo.lists_with_counts()
+
+    def delete_list(self, address: str) -> int:
+        """Delete a list and its roster; returns how many pending deliveries failed."""
+        return self.repo.delete_list(validated_address(address), self.clock.now())
+
+    # -- members ------------------------------------------------------------------------
+
+    def add_members(self, list_address: str, members: Sequence[str]) -> tuple[int, int]:
+        """Add members (all valid, or none added); returns (added, already there)."""
+        return self.repo.add_members(validated_address(list_address),
+                                     validated_addresses(members), self.clock.now())
+
+    def remove_members(self, list_address: str, members: Sequence[str]) -> int:
+        """Remove members; returns how many were members."""
+        return self.repo.remove_members(validated_address(list_address),
+                                        validated_addresses(members))
+
+    def members(self, list_address: str) -> list[Member]:
+        return self.repo.members(validated_address(list_address))

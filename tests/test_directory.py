@@ -1,0 +1,104 @@
+"""The directory service: every value a user gives is validated before it is stored."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailflow.errors import Conflict, InvalidInput, NotFound
+from mailflow.model import ListKind
+from mailflow.services.directory import (
+    NAME_MAX_LENGTH,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    DirectoryService,
+)
+from mailflow.store import Repository
+from mailflow.testing.clock import FakeClock
+
+
+@pytest.fixture
+def directory(repo: Repository) -> DirectoryService:
+    service = DirectoryService(repo, FakeClock(1_800_000_000.0))
+    service.add_domain("Example.TEST.")
+    return service
+
+
+def test_addresses_and_domains_are_stored_canonical(directory: DirectoryService) -> None:
+    assert [d.name for d in directory.domains()] == ["example.test"]
+    created = directory.create_list("Team@Example.test", name="The team", priority=5)
+    assert (created.address, created.kind, created.name, created.priority, created.created_at) \
+        == ("team@example.test", ListKind.LIST, "The team", 5, 1_800_000_000.0)
+    assert directory.add_members("TEAM@example.test", ["Ann@X.test", "ann@x.test"]) == (1, 0)
+    assert [m.address for m in directory.members("team@example.test")] == ["ann@x.test"]
+
+
+@pytest.mark.parametrize("name", [
+    "Evil\r\nBcc: victim@elsewhere.test", "Evil\nBcc: v@e.test", "Evil\rX: y", "nul\x00",
+    "tab\there", "del\x7f", "nel\x85", "line\u2028separator", "para\u2029separator",
+])
+def test_names_with_line_breaks_or_controls_are_refused(directory: DirectoryService,
+                                                        name: str) -> None:
+    with pytest.raises(InvalidInput, match="control character"):
+        directory.create_list("team@example.test", name=name)
+    assert directory.find_list("team@example.test") is None
+    directory.create_list("team@example.test", name="Team")
+    with pytest.raises(InvalidInput, match="control character"):
+        directory.update_list("team@example.test", name=name)
+    assert directory.get_list("team@example.test").name == "Team"
+
+
+@pytest.mark.parametrize("name", ["", "Équipe « dev »", 'Quote " and \\ backslash',
+                                  "x" * NAME_MAX_LENGTH, "emoji \U0001F4EC"])
+def test_ordinary_names_are_kept_as_given(directory: DirectoryService, name: str) -> None:
+    assert directory.create_list("team@example.test", name=name).name == name
+    assert directory.get_list("team@example.test").name == name
+
+
+def test_bounds_of_name_priority_and_kind(directory: DirectoryService) -> None:
+    with pytest.raises(InvalidInput, match="too long"):
+        directory.create_list("a@example.test", name="x" * (NAME_MAX_LENGTH + 1))
+    for priority in (PRIORITY_MIN - 1, PRIORITY_MAX + 1, 9223372036854775808):
+        with pytest.raises(InvalidInput, match="priority"):
+            directory.create_list("a@example.test", priority=priority)
+    with pytest.raises(InvalidInput, match="kind"):
+        directory.create_list("a@example.test", kind="newsletter")
+    with pytest.raises(InvalidInput, match="reserved"):
+        directory.create_list("a-bounces@example.test")
+    with pytest.raises(InvalidInput, match="invalid address"):
+        directory.create_list("not an address")
+    with pytest.raises(InvalidInput, match="invalid"):
+        directory.add_domain("bad domain\r\n")
+    assert directory.lists() == []
+    assert directory.create_list("a@example.test", priority=PRIORITY_MIN).priority == PRIORITY_MIN
+
+
+def test_update_changes_only_what_is_given(directory: DirectoryService) -> None:
+    directory.create_list("team@example.test", name="Team", priority=1)
+    updated = directory.update_list("Team@example.test", priority=7)
+    assert (updated.kind, updated.name, updated.priority) == (ListKind.LIST, "Team", 7)
+    updated = directory.update_list("team@example.test", kind="alias", name="")
+    assert (updated.kind, updated.name, updated.priority) == (ListKind.ALIAS, "", 7)
+    assert directory.update_list("team@example.test") == updated
+    assert directory.get_list("team@example.test") == updated
+    with pytest.raises(NotFound) as missing:
+        directory.update_list("nobody@example.test", name="x")
+    assert (missing.value.kind, missing.value.name) == ("list", "nobody@example.test")
+
+
+def test_errors_name_the_object_not_a_command(directory: DirectoryService) -> None:
+    with pytest.raises(NotFound) as no_domain:
+        directory.create_list("team@elsewhere.test")
+    assert (no_domain.value.kind, no_domain.value.name) == ("domain", "elsewhere.test")
+    assert str(no_domain.value) == "domain elsewhere.test is not served here"
+    directory.create_list("team@example.test")
+    with pytest.raises(Conflict) as busy:
+        directory.remove_domain("example.test")
+    assert busy.value.dependents == 1
+    with pytest.raises(Conflict):
+        directory.create_list("TEAM@example.test")
+    with pytest.raises(InvalidInput):
+        directory.add_members("team@example.test", ["ok@x.test", "not-an-address"])
+    assert directory.members("team@example.test") == []
+    assert directory.delete_list("team@example.test") == 0
+    directory.remove_domain("example.test")
+    assert directory.domains() == []
