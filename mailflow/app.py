@@ -33,7 +33,7 @@ from mailflow.ingress.http import FailedAuthLimiter, create_router
 from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.ingress.worker import HostedListeners
-from mailflow.services.accept import AcceptPolicy, AcceptService
+from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
 from mailflow.services.processor import Processor
 from mailflow.services.recent import RecentMessages
@@ -124,7 +124,7 @@ class Relay:
                                    queue=scheduler, on_received=processor.wake,
                                    recent=recent, activity=activity)
         service = AcceptService(
-            runner, committer, self.clock,
+            store_lookup(runner), committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,
                          settings.max_received_headers, settings.recipient_cache_ttl),
         )

@@ -32,7 +32,7 @@ from mailflow.errors import (
     UnknownRecipient,
 )
 from mailflow.model import Envelope
-from mailflow.services.accept import AcceptPolicy, AcceptService
+from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, InlineExpansion
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.engine import sqlite_path
@@ -76,7 +76,7 @@ async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) ->
             runner, blobs, clock, body_limit=settings.max_body_in_database,
             expansion=InlineExpansion(settings.max_inline_deliveries))
         committer_task = asyncio.create_task(committer.run())
-        service = AcceptService(runner, committer, clock, AcceptPolicy(
+        service = AcceptService(store_lookup(runner), committer, clock, AcceptPolicy(
             instance, settings.max_message_size, settings.max_received_headers, 0))
         message_id = await service.submit(envelope, raw)
     except SmtpReplyError as error:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from mailflow import addresses
 from mailflow.clock import Clock
@@ -29,11 +30,11 @@ from mailflow.errors import NoRecipients, StorageUnavailable
 from mailflow.ids import new_message_id
 from mailflow.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
 from mailflow.model import Envelope, Event, InboundMessage, Resolution, Verdict
-from mailflow.pipeline.accept.recipients import refusal
+from mailflow.pipeline.accept.recipients import Lookup, refusal
 from mailflow.pipeline.accept.well_formed import without_mbox_from
 from mailflow.pipeline.chain import AcceptStep, accept_chain, run_accept
 from mailflow.pipeline.context import Action, Decision, MessageContext
-from mailflow.services.commit import GroupCommitter, content_digest
+from mailflow.services.commit import content_digest
 from mailflow.services.known_recipients import KnownRecipients
 from mailflow.store.runner import StoreRunner
 
@@ -54,10 +55,33 @@ class AcceptPolicy:
     recipient_cache_ttl: float = 2.0
 
 
+class Committer(Protocol):
+    """Makes a message durable (``services.commit.GroupCommitter``)."""
+
+    async def commit(self, message: InboundMessage, data: bytes,
+                     events: Sequence[Event] = ()) -> None: ...
+
+
+def store_lookup(runner: StoreRunner) -> Lookup:
+    """Recipient look-ups in the store, off the event loop; failures are temporary."""
+
+    async def lookup(canonical: str) -> Resolution:
+        try:
+            return await runner.read(runner.repo.resolve, canonical)
+        except Exception as exc:
+            log.exception("recipient lookup failed", extra={"action": "lookup_failed"})
+            raise StorageUnavailable("cannot look up recipients right now, try again later") \
+                from exc
+
+    return lookup
+
+
 class AcceptService:
-    def __init__(self, runner: StoreRunner, committer: GroupCommitter, clock: Clock,
+    def __init__(self, lookup: Lookup, committer: Committer, clock: Clock,
                  policy: AcceptPolicy, steps: Sequence[AcceptStep] | None = None) -> None:
-        self.runner = runner
+        """``lookup`` resolves a canonical address (see :func:`store_lookup`); ``steps``
+        replace the accept chain (tests)."""
+        self.lookup = lookup
         self.committer = committer
         self.clock = clock
         self.policy = policy
@@ -67,15 +91,9 @@ class AcceptService:
     async def _lookup(self, canonical: str) -> Resolution:
         """What ``canonical`` is here: from the recent answers, else the store."""
         resolution = self.known.get(canonical)
-        if resolution is not None:
-            return resolution
-        try:
-            resolution = await self.runner.read(self.runner.repo.resolve, canonical)
-        except Exception as exc:
-            log.exception("recipient lookup failed", extra={"action": "lookup_failed"})
-            raise StorageUnavailable("cannot look up recipients right now, try again later") \
-                from exc
-        self.known.remember(canonical, resolution)
+        if resolution is None:
+            resolution = await self.lookup(canonical)
+            self.known.remember(canonical, resolution)
         return resolution
 
     async def check_recipient(self, address: str, *, count: bool = True) -> Resolution:
