@@ -21,7 +21,7 @@ from mailflow.errors import (
 from mailflow.model import Envelope, Event, InboundMessage, ListKind, MailingList, Resolution
 from mailflow.pipeline.accept.hops import HopLimit
 from mailflow.pipeline.accept.loops import NotLooping
-from mailflow.pipeline.accept.recipients import KnownRecipients
+from mailflow.pipeline.accept.recipients import RecipientCheck
 from mailflow.pipeline.accept.size import SizeLimit
 from mailflow.pipeline.accept.well_formed import WellFormed
 from mailflow.pipeline.chain import AcceptStep, accept_chain, run_accept
@@ -94,7 +94,7 @@ async def test_well_formed_checks_submissions_only(raw: bytes, reason: str) -> N
 
 
 async def test_known_recipients_checks_submissions_only_and_fills_the_context() -> None:
-    step = KnownRecipients(lookup)
+    step = RecipientCheck(lookup)
     assert await decide(step, context("nobody@example.test")) == {}
     ctx = context("team@example.test", "Nobody@example.test", "x@elsewhere.test",
                   submitted=True)
@@ -162,7 +162,7 @@ async def test_a_step_sees_only_undecided_recipients_and_the_rest_are_accepted()
 
 async def test_the_registry_keeps_today_s_order() -> None:
     steps = accept_chain(POLICY, lookup)
-    assert [type(s) for s in steps] == [SizeLimit, WellFormed, KnownRecipients, HopLimit,
+    assert [type(s) for s in steps] == [SizeLimit, WellFormed, RecipientCheck, HopLimit,
                                         NotLooping]
 
 

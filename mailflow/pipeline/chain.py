@@ -23,7 +23,7 @@ from mailflow import headers
 from mailflow.model import InboundMessage, MailingList
 from mailflow.pipeline.accept.hops import HopLimit
 from mailflow.pipeline.accept.loops import NotLooping
-from mailflow.pipeline.accept.recipients import KnownRecipients, Lookup
+from mailflow.pipeline.accept.recipients import Lookup, RecipientCheck
 from mailflow.pipeline.accept.size import SizeLimit
 from mailflow.pipeline.accept.well_formed import WellFormed
 from mailflow.pipeline.context import (
@@ -66,7 +66,7 @@ def accept_chain(settings: AcceptSettings, lookup: Lookup) -> tuple[AcceptStep, 
     return (
         SizeLimit(settings.max_message_size),
         WellFormed(),               # submissions only (HTTP, pipe)
-        KnownRecipients(lookup),    # submissions only: SMTP/LMTP asked at RCPT
+        RecipientCheck(lookup),    # submissions only: SMTP/LMTP asked at RCPT
         HopLimit(settings.max_received_headers),
         NotLooping(settings.instance_id),
     )

@@ -31,8 +31,10 @@ class NotLooping:
                        ) -> Mapping[str, Decision]:
         if _LOOP_HEADER_BYTES not in ctx.header.lower():  # the usual case: one scan
             return {}
-        seen = set(headers.field_values(ctx.header, LOOP_HEADER))
-        return {
-            rcpt.canonical: Decision.reject(LoopDetected(
-                f"mail loop: this message already went through {rcpt.canonical}"))
-            for rcpt in pending if loop_marker(self.instance_id, rcpt.canonical) in seen}
+        decisions: dict[str, Decision] = {}
+        for rcpt in pending:
+            try:
+                check_not_looping(ctx.header, self.instance_id, [rcpt.canonical])
+            except LoopDetected as error:
+                decisions[rcpt.canonical] = Decision.reject(error)
+        return decisions

@@ -27,7 +27,7 @@ def refusal(address: str, resolution: Resolution) -> SmtpReplyError | None:
 
 
 @dataclass(frozen=True, slots=True)
-class KnownRecipients:
+class RecipientCheck:
     lookup: Lookup
 
     async def __call__(self, ctx: MessageContext, pending: Sequence[Recipient]
