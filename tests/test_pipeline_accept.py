@@ -84,8 +84,7 @@ async def test_size_limit_refuses_every_recipient() -> None:
     (b"Subject: x\r\nbroken line\r\n\r\n", "header line 2"),
     (b"Subject: x\0\r\n\r\n", "NUL byte"),
 ])
-async def test_well_formed_checks_submissions_only(raw: bytes, reason: str) -> None:
-    assert await decide(WellFormed(), context("team@example.test", raw=raw)) == {}
+async def test_well_formed(raw: bytes, reason: str) -> None:
     decided = await decide(WellFormed(), context("team@example.test", raw=raw,
                                                  submitted=True))
     error = decided["team@example.test"].error
@@ -93,9 +92,8 @@ async def test_well_formed_checks_submissions_only(raw: bytes, reason: str) -> N
     assert await decide(WellFormed(), context("team@example.test", submitted=True)) == {}
 
 
-async def test_known_recipients_checks_submissions_only_and_fills_the_context() -> None:
+async def test_recipient_check_refuses_strangers_and_fills_the_context() -> None:
     step = RecipientCheck(lookup)
-    assert await decide(step, context("nobody@example.test")) == {}
     ctx = context("team@example.test", "Nobody@example.test", "x@elsewhere.test",
                   submitted=True)
     decided = await decide(step, ctx)
@@ -161,9 +159,12 @@ async def test_a_step_sees_only_undecided_recipients_and_the_rest_are_accepted()
 
 
 async def test_the_registry_keeps_today_s_order() -> None:
-    steps = accept_chain(POLICY, lookup)
+    steps = accept_chain(POLICY, lookup, submitted=True)
     assert [type(s) for s in steps] == [SizeLimit, WellFormed, RecipientCheck, HopLimit,
                                         NotLooping]
+    # An SMTP client passed syntax (trusted) and RCPT before DATA.
+    steps = accept_chain(POLICY, lookup, submitted=False)
+    assert [type(s) for s in steps] == [SizeLimit, HopLimit, NotLooping]
 
 
 # -- the accept service -----------------------------------------------------------------
@@ -183,8 +184,9 @@ class RecordingCommitter:
 def service(*extra: AcceptStep, committer: RecordingCommitter | None = None
             ) -> tuple[AcceptService, RecordingCommitter]:
     committer = committer or RecordingCommitter()
-    steps = (*accept_chain(POLICY, lookup), *extra)
-    return AcceptService(lookup, committer, FakeClock(), POLICY, steps), committer
+    return AcceptService(lookup, committer, FakeClock(), POLICY,
+                         (*accept_chain(POLICY, lookup, submitted=False), *extra),
+                         (*accept_chain(POLICY, lookup, submitted=True), *extra)), committer
 
 
 async def test_smtp_accept_is_all_or_nothing() -> None:
@@ -280,3 +282,12 @@ async def test_check_recipient_refuses_and_remembers_only_ours() -> None:
     accept.steps = (look,)
     await accept.accept(Envelope("a@o.test", ("team@example.test",)), RAW)
     assert seen == [DIRECTORY["team@example.test"]]
+
+
+async def test_an_explicit_accept_is_stored_like_the_default() -> None:
+    accept, committer = service()
+    accept.steps = (Decides({"team@example.test": Decision(Action.ACCEPT, "allow-listed")}),
+                    *accept.steps)
+    await accept.accept(Envelope("a@o.test", ("team@example.test", "other@example.test")),
+                        RAW)
+    assert committer.stored[0][0].rcpt_tos == ("team@example.test", "other@example.test")

@@ -61,12 +61,16 @@ class AcceptSettings(Protocol):
 
 # -- the registries ---------------------------------------------------------------------
 
-def accept_chain(settings: AcceptSettings, lookup: Lookup) -> tuple[AcceptStep, ...]:
-    """In order; next: blocklists, posting policy, filter rules."""
+def accept_chain(settings: AcceptSettings, lookup: Lookup, *,
+                 submitted: bool) -> tuple[AcceptStep, ...]:
+    """In order; next: blocklists, posting policy, filter rules.
+
+    ``submitted``: the chain for input without an SMTP conversation (HTTP, pipe), which
+    also checks what an SMTP client passed before DATA (syntax trusted, RCPT asked).
+    """
     return (
         SizeLimit(settings.max_message_size),
-        WellFormed(),               # submissions only (HTTP, pipe)
-        RecipientCheck(lookup),    # submissions only: SMTP/LMTP asked at RCPT
+        *((WellFormed(), RecipientCheck(lookup)) if submitted else ()),
         HopLimit(settings.max_received_headers),
         NotLooping(settings.instance_id),
     )
@@ -101,6 +105,8 @@ async def run_accept(steps: Sequence[AcceptStep], ctx: MessageContext) -> dict[s
         if decided:
             decisions.update(decided)
             pending = [r for r in pending if r.canonical not in decided]
+    if not decisions:
+        return dict.fromkeys(ctx.recipients, ACCEPT)
     return {c: decisions.get(c, ACCEPT) for c in ctx.recipients}
 
 

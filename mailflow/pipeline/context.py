@@ -42,12 +42,14 @@ class MessageContext:
     """A message before the 250: envelope, raw bytes and the header section, split once.
 
     ``submitted`` marks input without an SMTP conversation (HTTP, ``mailflow pipe``):
-    its recipients were not checked at RCPT and its syntax is not trusted.
+    its recipients were not checked at RCPT and its syntax is not trusted (it runs the
+    accept chain's submission variant).
     """
 
     envelope: Envelope
     raw: bytes
     header: bytes
+    lowered: bytes                    # the header section in lower case, for quick scans
     recipients: dict[str, Recipient]  # by canonical address, in envelope order
     submitted: bool = False
 
@@ -61,7 +63,7 @@ class MessageContext:
             if canonical not in recipients:
                 resolution = known.get(canonical) if known else None
                 recipients[canonical] = Recipient(address, canonical, resolution)
-        return cls(envelope, raw, header, recipients, submitted)
+        return cls(envelope, raw, header, header.lower(), recipients, submitted)
 
     @property
     def size(self) -> int:

@@ -78,15 +78,19 @@ def store_lookup(runner: StoreRunner) -> Lookup:
 
 class AcceptService:
     def __init__(self, lookup: Lookup, committer: Committer, clock: Clock,
-                 policy: AcceptPolicy, steps: Sequence[AcceptStep] | None = None) -> None:
+                 policy: AcceptPolicy, steps: Sequence[AcceptStep] | None = None,
+                 submit_steps: Sequence[AcceptStep] | None = None) -> None:
         """``lookup`` resolves a canonical address (see :func:`store_lookup`); ``steps``
-        replace the accept chain (tests)."""
+        and ``submit_steps`` replace the accept chain's two variants (tests)."""
         self.lookup = lookup
         self.committer = committer
         self.clock = clock
         self.policy = policy
         self.known = KnownRecipients(clock, policy.recipient_cache_ttl)
-        self.steps = steps if steps is not None else accept_chain(policy, self._lookup)
+        self.steps = (steps if steps is not None
+                      else accept_chain(policy, self._lookup, submitted=False))
+        self.submit_steps = (submit_steps if submit_steps is not None
+                             else accept_chain(policy, self._lookup, submitted=True))
 
     async def _lookup(self, canonical: str) -> Resolution:
         """What ``canonical`` is here: from the recent answers, else the store."""
@@ -128,9 +132,10 @@ class AcceptService:
     async def accept_each(self, envelope: Envelope, raw: bytes) -> list[Verdict]:
         """Decide per recipient and store one message for those taken (LMTP semantics)."""
         ctx = self._context(envelope, raw)
-        decisions = await self._decide(ctx)
-        taken = any(d.action is not Action.REJECT for d in decisions.values())
-        message_id = await self._store(ctx, decisions) if taken else None
+        decisions, decided = await self._decide(ctx)
+        taken = len(decided) < len(decisions) or any(
+            d.action is not Action.REJECT for d in decided.values())
+        message_id = await self._store(ctx, decisions, decided) if taken else None
         rcpts = [addresses.canonical(r) for r in envelope.rcpt_tos]
         return [Verdict(r, decisions[r].error,
                         message_id if decisions[r].error is None else None) for r in rcpts]
@@ -138,36 +143,40 @@ class AcceptService:
     def _context(self, envelope: Envelope, raw: bytes) -> MessageContext:
         """The context of an SMTP/LMTP message: its recipients were resolved at RCPT,
         and are taken from the recipient cache where still there (no query)."""
-        known: dict[str, Resolution] = {}
-        for address in envelope.rcpt_tos:
-            canonical = addresses.canonical(address)
-            resolution = self.known.get(canonical)
-            if resolution is not None:
-                known[canonical] = resolution
-        return MessageContext.of(envelope, raw, known=known)
+        ctx = MessageContext.of(envelope, raw)
+        for rcpt in ctx.recipients.values():
+            rcpt.resolution = self.known.get(rcpt.canonical)
+        return ctx
 
     async def _accept_all(self, ctx: MessageContext) -> str:
-        decisions = await self._decide(ctx)
-        for decision in decisions.values():
+        decisions, decided = await self._decide(ctx)
+        for decision in decided.values():
             if decision.error is not None:
                 raise decision.error
-        return await self._store(ctx, decisions)
+        return await self._store(ctx, decisions, decided)
 
-    async def _decide(self, ctx: MessageContext) -> dict[str, Decision]:
-        """The accept chain's decisions; each distinct refusal is counted once."""
-        decisions = await run_accept(self.steps, ctx)
-        errors = {id(d.error): d.error for d in decisions.values() if d.error is not None}
-        for error in errors.values():
-            MESSAGES_REJECTED.labels(code=error.enhanced).inc()
-        return decisions
+    async def _decide(self, ctx: MessageContext
+                      ) -> tuple[dict[str, Decision], dict[str, Decision]]:
+        """The accept chain's decisions, and those among them other than accept.
 
-    async def _store(self, ctx: MessageContext, decisions: dict[str, Decision]) -> str:
+        Each distinct refusal is counted once (a message-wide one is one object).
+        """
+        decisions = await run_accept(self.submit_steps if ctx.submitted else self.steps, ctx)
+        decided = {r: d for r, d in decisions.items() if d.action is not Action.ACCEPT}
+        if decided:
+            errors = {id(d.error): d.error for d in decided.values() if d.error is not None}
+            for error in errors.values():
+                MESSAGES_REJECTED.labels(code=error.enhanced).inc()
+        return decisions, decided
+
+    async def _store(self, ctx: MessageContext, decisions: dict[str, Decision],
+                     decided: dict[str, Decision]) -> str:
         envelope, raw = ctx.envelope, ctx.raw
         now = self.clock.now()
         message_id = new_message_id(now)
-        rcpts = tuple(r for r, d in decisions.items() if d.action is Action.ACCEPT)
+        rcpts = tuple(r for r in decisions if r not in decided) if decided else tuple(decisions)
         events = [Event(EVENT_KINDS[d.action], f"{r}: {d.reason}", message_id)
-                  for r, d in decisions.items() if d.action in EVENT_KINDS]
+                  for r, d in decided.items() if d.action in EVENT_KINDS] if decided else []
         message = InboundMessage(
             id=message_id, mail_from=envelope.mail_from, rcpt_tos=rcpts,
             blob=await content_digest(raw), size=len(raw), received_at=now,

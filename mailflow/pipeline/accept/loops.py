@@ -29,7 +29,7 @@ class NotLooping:
 
     async def __call__(self, ctx: MessageContext, pending: Sequence[Recipient]
                        ) -> Mapping[str, Decision]:
-        if _LOOP_HEADER_BYTES not in ctx.header.lower():  # the usual case: one scan
+        if _LOOP_HEADER_BYTES not in ctx.lowered:  # the usual case
             return {}
         decisions: dict[str, Decision] = {}
         for rcpt in pending:

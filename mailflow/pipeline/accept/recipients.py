@@ -1,8 +1,8 @@
 """Is each recipient a list, an alias or a list's bounce address here?
 
 An SMTP or LMTP client was answered at RCPT time (the accept service asks the same
-question through :func:`refusal`); a submission without RCPT (HTTP, ``mailflow pipe``)
-is checked here, after its size and syntax, as before.
+question through :func:`refusal`); this step is in the chain for submissions without
+RCPT (HTTP, ``mailflow pipe``), after their size and syntax checks, as before.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ class RecipientCheck:
 
     async def __call__(self, ctx: MessageContext, pending: Sequence[Recipient]
                        ) -> Mapping[str, Decision]:
-        if not ctx.submitted:
-            return {}
         decisions: dict[str, Decision] = {}
         for rcpt in pending:
             if rcpt.resolution is None:

@@ -1,4 +1,4 @@
-"""Is this a message at all?  Checked for submissions without an SMTP conversation.
+"""Is this a message at all?  In the chain for submissions without an SMTP conversation.
 
 SMTP peers are trusted to speak RFC 5322 (the relay forwards what it gets, byte for byte);
 submissions without one (HTTP, ``mailflow pipe``) are checked here so a wrong file or an
@@ -48,8 +48,6 @@ class WellFormed:
 
     async def __call__(self, ctx: MessageContext, pending: Sequence[Recipient]
                        ) -> Mapping[str, Decision]:
-        if not ctx.submitted:
-            return {}
         try:
             check_well_formed(ctx.raw, ctx.header)
         except MalformedMessage as error:
