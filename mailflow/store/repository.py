@@ -587,7 +587,9 @@ class WriteTransaction:
         if not planned:
             return []
         ids = self._repo._new_delivery_ids(self._conn, len(planned))
-        leased = [Delivery(id_, d.message_id, d.list_id, d.recipient, 0, now, d.priority)
+        leased = [Delivery(id=id_, message_id=d.message_id, list_id=d.list_id,
+                           recipient=d.recipient, attempts=0, created_at=now,
+                           priority=d.priority)
                   for id_, d in zip(ids, planned, strict=True)]
         until, status = now + lease.seconds, DeliveryStatus.IN_FLIGHT.value
         self._hot.insert_leased_delivery.execute_many(self._conn, [
