@@ -32,9 +32,8 @@ from mailflow.ingress.http import FailedAuthLimiter, create_router
 from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.ingress.worker import HostedListeners
-from mailflow.pipeline.expand import plan_deliveries
-from mailflow.services.accept import AcceptPolicy, AcceptService
-from mailflow.services.commit import GroupCommitter
+from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
+from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
 from mailflow.services.installation import initialise
 from mailflow.services.processor import Processor
 from mailflow.services.recent import RecentMessages
@@ -95,6 +94,7 @@ class Relay:
         # Fits deliveries.lease_owner (64 characters) whatever the hostname's length.
         owner = f"{settings.hostname[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
         recent = RecentMessages()
+        activity = IngestActivity()
         self.scheduler = scheduler = Scheduler(runner, blobs, egress, self.clock, SchedulerOptions(
             batch_size=settings.scheduler_batch_size,
             max_recipients=settings.max_recipients_per_transaction,
@@ -103,18 +103,16 @@ class Relay:
             retry=RetryPolicy(settings.retry_initial_delay, settings.retry_multiplier,
                               settings.retry_max_delay, settings.max_delivery_age),
             poll_interval=settings.poll_interval,
-        ), recent=recent)
+        ), recent=recent, ingest_busy=activity.busy)
         processor = Processor(runner, self.clock, on_queued=scheduler.wake,
                               poll_interval=settings.poll_interval)
-        committer = GroupCommitter(runner, blobs, self.clock, plan=plan_deliveries,
-                                   inline_limit=settings.max_inline_deliveries,
+        committer = GroupCommitter(runner, blobs, self.clock,
                                    body_limit=settings.max_body_in_database,
-                                   on_queued=scheduler.wake, on_received=processor.wake,
-                                   recent=recent, lease=scheduler.ingest_lease,
-                                   on_leased=scheduler.take_leased, outcomes=scheduler)
-        scheduler.ingest_busy = lambda: committer.busy
+                                   expansion=InlineExpansion(settings.max_inline_deliveries),
+                                   queue=scheduler, on_received=processor.wake,
+                                   recent=recent, activity=activity)
         service = AcceptService(
-            runner, committer, self.clock,
+            store_lookup(runner), committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,
                          settings.max_received_headers, settings.recipient_cache_ttl),
         )

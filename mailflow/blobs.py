@@ -18,6 +18,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from mailflow.lru import BytesLRU
+
 DURABLE_REMEMBERED = 100_000  # digests known durable (older ones are hash-checked again)
 
 
@@ -35,8 +37,7 @@ class BlobStore:
     def __init__(self, root: Path, cache_bytes: int = 64 * 1024 * 1024) -> None:
         self.root = root
         self.cache_bytes = cache_bytes
-        self._recent: OrderedDict[str, bytes] = OrderedDict()
-        self._recent_size = 0
+        self._recent: BytesLRU[str] = BytesLRU(cache_bytes, max_item=cache_bytes // 8)
         # Digests whose files this process made durable or checked (insertion order).
         self._durable: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
@@ -47,16 +48,11 @@ class BlobStore:
 
     def remember(self, digest: str, data: bytes) -> None:
         """Keep a content in memory for its first sends (bounded by ``cache_bytes``)."""
-        if len(data) > self.cache_bytes // 8:
+        if len(data) > self._recent.max_item:
             return
         with self._lock:
-            if digest in self._recent:
-                return
-            self._recent[digest] = data
-            self._recent_size += len(data)
-            while self._recent_size > self.cache_bytes:
-                _, old = self._recent.popitem(last=False)
-                self._recent_size -= len(old)
+            if digest not in self._recent:
+                self._recent.put(digest, data)
 
     def path(self, digest: str) -> Path:
         # One level of 256 folders: enough to keep folders small, few enough that
@@ -143,8 +139,7 @@ class BlobStore:
     def unlink_many(self, digests: Iterable[str]) -> None:
         for digest in digests:
             with self._lock:
-                data = self._recent.pop(digest, None)
-                self._recent_size -= len(data) if data is not None else 0
+                self._recent.pop(digest)
                 self._durable.pop(digest, None)
             self.path(digest).unlink(missing_ok=True)
 
@@ -155,7 +150,8 @@ def _load_syncfs() -> Callable[[int], int] | None:
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.syncfs  # type: ignore[no-any-return]
+        syncfs: Callable[[int], int] = libc.syncfs
+        return syncfs
     except (OSError, AttributeError):
         return None
 

@@ -8,8 +8,11 @@ from mailflow import headers
 from mailflow.backoff import RetryPolicy
 from mailflow.errors import LoopDetected
 from mailflow.model import InboundMessage, ListKind, MailingList
-from mailflow.pipeline.decorate import outbound_message
-from mailflow.pipeline.loops import check_hops, check_not_looping, loop_marker
+from mailflow.pipeline.accept.hops import check_hops
+from mailflow.pipeline.accept.loops import check_not_looping
+from mailflow.pipeline.chain import render_copy
+from mailflow.pipeline.context import Identity
+from mailflow.pipeline.marker import loop_marker
 
 RAW = (b"From: a@x.test\r\nList-Id: <old.list>\r\nX-Long: one\r\n two\r\n"
        b"Subject: hi\r\n\r\nbody line\r\n\r\nmore\r\n")
@@ -43,7 +46,7 @@ def test_outbound_copy_prepends_fields_and_keeps_the_body(kind: ListKind) -> Non
     message = InboundMessage("q1", "a@x.test", ("team@example.test",), "h", len(RAW),
                              1_800_000_000.0, "127.0.0.1", "client.test", "ESMTP")
     mailing_list = MailingList(1, "team@example.test", kind, "Täm", 0, 0.0)
-    copy = outbound_message(RAW, message, mailing_list, "abc", "relay.test")
+    copy = render_copy(RAW, message, mailing_list, Identity("abc", "relay.test"))
     header, body = headers.split_message(copy)
     assert body == headers.split_message(RAW)[1]
     assert headers.field_values(header, "X-MailFlow-Loop") == ["abc; team@example.test"]

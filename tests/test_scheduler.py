@@ -12,8 +12,14 @@ from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore, content_hash
 from mailflow.egress.base import RecipientReply
 from mailflow.model import InboundMessage
-from mailflow.pipeline.expand import plan_deliveries
-from mailflow.services.commit import GroupCommitter
+from mailflow.services.commit import (
+    GroupCommitter,
+    IngestActivity,
+    IngestBatch,
+    InlineExpansion,
+    store_batch,
+)
+from mailflow.services.processor import expand_received
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.store import Engines, StoreRunner
 from mailflow.testing.clock import FakeClock
@@ -64,15 +70,17 @@ def setup(engines: Engines, tmp_path: Path):  # type: ignore[no-untyped-def]
         digest = content_hash(data)
         message = InboundMessage("m1", "p@outside.test", ("team@example.test",), digest,
                                  len(data), clock.now(), "127.0.0.1", "c.test", "ESMTP")
-        runner.repo.store_messages([message], clock.now(),
-                                   lambda: blobs.write_many([(digest, data)]))
-        runner.repo.expand_received(clock.now(), 10, plan_deliveries)
+        store_batch(runner.repo, IngestBatch([message]), clock.now(),
+                    lambda: blobs.write_many([(digest, data)]))
+        expand_received(runner.repo, clock.now(), 10)
 
-    def scheduler(egress: ScriptedEgress, max_recipients: int = 50) -> Scheduler:
+    def scheduler(egress: ScriptedEgress, max_recipients: int = 50,
+                  ingest_busy: Callable[[], bool] = lambda: False) -> Scheduler:
         return Scheduler(runner, blobs, egress, clock, SchedulerOptions(
             batch_size=1000, max_recipients=max_recipients, concurrency=4, lease=60,
             owner="test", instance_id="abc", hostname="relay.test",
-            retry=RetryPolicy(initial_delay=60, multiplier=2, max_delay=3600, max_age=600)))
+            retry=RetryPolicy(initial_delay=60, multiplier=2, max_delay=3600, max_age=600)),
+            ingest_busy=ingest_busy)
 
     yield runner, clock, post, scheduler
     runner.close()
@@ -141,13 +149,13 @@ async def test_outcomes_ride_with_the_next_ingest_transaction(setup, tmp_path: P
     ingest is idle, the keeper writes them itself."""
     runner, clock, post, make_scheduler = setup
     post(["a@x.test", "b@x.test"])
-    scheduler = make_scheduler(ScriptedEgress(), max_recipients=1)
-    committer = GroupCommitter(runner, BlobStore(tmp_path / "blobs"), clock,
-                               plan=plan_deliveries, inline_limit=1000, body_limit=65536,
-                               on_queued=scheduler.wake, on_received=lambda: None,
-                               outcomes=scheduler)
     ingest_coming = True
-    scheduler.ingest_busy = lambda: ingest_coming or committer.busy
+    activity = IngestActivity()
+    scheduler = make_scheduler(ScriptedEgress(), max_recipients=1,
+                               ingest_busy=lambda: ingest_coming or activity.busy())
+    committer = GroupCommitter(runner, BlobStore(tmp_path / "blobs"), clock, body_limit=65536,
+                               expansion=InlineExpansion(1000), queue=scheduler,
+                               activity=activity)
     committing = asyncio.create_task(committer.run())
     await scheduler.start()
     try:

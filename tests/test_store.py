@@ -10,7 +10,8 @@ import pytest
 from mailflow.blobs import BlobStore, content_hash
 from mailflow.errors import Conflict, InvalidInput, NotFound
 from mailflow.model import DeliveryStatus, InboundMessage, Lease, ListKind, MessageStatus, Outcome
-from mailflow.pipeline.expand import plan_deliveries
+from mailflow.services.commit import IngestBatch, InlineExpansion, store_batch
+from mailflow.services.processor import expand_received
 from mailflow.store import Repository
 from mailflow.testing.factories import make_list
 
@@ -23,12 +24,12 @@ def store_message(repo: Repository, blobs: BlobStore, rcpt: str,
     digest = content_hash(data)
     message = InboundMessage(message_id, "poster@outside.test", (rcpt,), digest, len(data), now,
                              "127.0.0.1", "client.test", "ESMTP")
-    repo.store_messages([message], now, lambda: blobs.write_many([(digest, data)]))
+    store_batch(repo, IngestBatch([message]), now, lambda: blobs.write_many([(digest, data)]))
     return message
 
 
 def expand(repo: Repository, now: float = NOW) -> int:
-    return repo.expand_received(now, 100, plan_deliveries)
+    return expand_received(repo, now, 100)
 
 
 @pytest.fixture
@@ -136,7 +137,7 @@ def test_a_body_in_the_database_is_stored_with_the_rows_and_collected_with_them(
     message = InboundMessage("m1", "poster@outside.test", ("team@example.test",), digest,
                              len(data), NOW, "127.0.0.1", "client.test", "ESMTP")
     # No file is written: the transaction carries the body.
-    repo.store_messages([message], NOW, lambda: None, bodies={digest: data})
+    store_batch(repo, IngestBatch([message], bodies={digest: data}), NOW, lambda: None)
     assert not blobs.path(digest).exists()
     assert repo.stored_body(digest) == data
     assert repo.blob_stats() == (1, len(data))
@@ -144,7 +145,7 @@ def test_a_body_in_the_database_is_stored_with_the_rows_and_collected_with_them(
     second = InboundMessage("m2", *[getattr(message, f) for f in
                                     ("mail_from", "rcpt_tos", "blob", "size", "received_at",
                                      "peer", "helo", "protocol")])
-    repo.store_messages([second], NOW, lambda: None)
+    store_batch(repo, IngestBatch([second]), NOW, lambda: None)
     assert repo.stored_body(digest) == data
     expand(repo)
     repo.record_outcomes(NOW, [Outcome(d.id, DeliveryStatus.DELIVERED, "250")
@@ -210,9 +211,9 @@ def test_small_posts_are_expanded_in_the_ingest_transaction(repo: Repository,
         data = f"Subject: {number}\r\n\r\nbody\r\n".encode()
         batch.append((InboundMessage(f"m{number}", "p@outside.test", (rcpt,),
                                      content_hash(data), len(data), NOW, "", "", "ESMTP"), data))
-    stored = repo.store_messages([m for m, _ in batch], NOW,
-                                 lambda: blobs.write_many([(m.blob, d) for m, d in batch]),
-                                 plan_deliveries, inline_limit=5)
+    stored = store_batch(repo, IngestBatch([m for m, _ in batch]), NOW,
+                         lambda: blobs.write_many([(m.blob, d) for m, d in batch]),
+                         InlineExpansion(max_rows=5))
     assert (stored.left, stored.queued, stored.leased) == (1, 2, [])
     # the big list waits for the processor, the small one is queued
     assert repo.message_counts() == {"received": 1, "queued": 1, "done": 0}
@@ -227,10 +228,10 @@ def test_ingest_can_lease_fresh_deliveries_to_the_local_scheduler(repo: Reposito
     make_list(repo, "team@example.test", ["a@x.test", "b@x.test", "c@x.test"])
     make_list(repo, "other@example.test", ["d@x.test"])
     first, ensure_first = _one("other@example.test", "m0", blobs)
-    repo.store_messages(first, NOW, ensure_first, plan_deliveries, 10)
+    store_batch(repo, IngestBatch(first), NOW, ensure_first, InlineExpansion(10))
     messages, ensure = _one("team@example.test", "m1", blobs)
-    stored = repo.store_messages(messages, NOW, ensure, plan_deliveries, 10,
-                                 Lease("node-a", 60, limit=2))
+    stored = store_batch(repo, IngestBatch(messages, lease=Lease("node-a", 60, limit=2)), NOW,
+                         ensure, InlineExpansion(10))
     assert (stored.left, stored.queued) == (0, 1)
     assert sorted(d.recipient for d in stored.leased) == ["a@x.test", "b@x.test"]
     assert len({d.id for d in stored.leased}) == 2

@@ -35,9 +35,8 @@ from mailflow.errors import (
     status_line,
 )
 from mailflow.model import Envelope
-from mailflow.pipeline.expand import plan_deliveries
-from mailflow.services.accept import AcceptPolicy, AcceptService
-from mailflow.services.commit import GroupCommitter
+from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
+from mailflow.services.commit import GroupCommitter, InlineExpansion
 from mailflow.services.installation import instance_id
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.engine import sqlite_path
@@ -61,12 +60,11 @@ async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) ->
     try:
         instance = await runner.write(instance_id, settings, runner.repo)
         blobs = BlobStore(settings.blob_dir)
-        committer = GroupCommitter(runner, blobs, clock, plan=plan_deliveries,
-                                   inline_limit=settings.max_inline_deliveries,
-                                   body_limit=settings.max_body_in_database,
-                                   on_queued=lambda: None, on_received=lambda: None)
+        committer = GroupCommitter(
+            runner, blobs, clock, body_limit=settings.max_body_in_database,
+            expansion=InlineExpansion(settings.max_inline_deliveries))
         committer_task = asyncio.create_task(committer.run())
-        service = AcceptService(runner, committer, clock, AcceptPolicy(
+        service = AcceptService(store_lookup(runner), committer, clock, AcceptPolicy(
             instance, settings.max_message_size, settings.max_received_headers, 0))
         message_id = await service.submit(envelope, raw)
     except SmtpReplyError as error:

@@ -1,6 +1,6 @@
-"""The processing pipeline: one module per step, run top to bottom.
+"""The message pipeline: a typed context and three chains of small steps.
 
-``loops`` (reject our own loops and runaway hop counts) -> ``expand`` (who gets a copy) ->
-``decorate`` (the outbound header section); ``processor`` drives expansion for stored
-messages and hands deliveries to the queue.
+``context`` holds what a step sees, ``chain`` the step signatures, the ordered
+registries and their runners; each step is one module under ``accept/`` (before the
+250), ``process/`` (after the durable commit) or ``send/`` (per outgoing copy).
 """

@@ -1,9 +1,20 @@
 """The accept service: the one place that decides whether a message is taken.
 
 Every ingress (SMTP, LMTP, and the HTTP and cloud providers that follow) asks it the same
-questions in the same order: does this recipient exist, is the message too large, is it
-looping; then it makes the message durable and only then says yes.  Protocol adapters
-translate its errors into their own replies and hold no rules of their own.
+questions: does this recipient exist (at RCPT), then what does the accept chain decide
+for each recipient (size, syntax, hops, loops: see ``pipeline.chain``); it makes the
+message durable and only then says yes.  Protocol adapters translate its errors into
+their own replies and hold no rules of their own.
+
+Decisions other than accept and reject, until moderation brings storage of its own:
+
+* **discard**: the recipient is answered as accepted, gets no copy, and a ``discarded``
+  event on the message says why.  The message is stored (with its accepted recipients
+  only, maybe none) so that the event has a message to belong to and the client a
+  queue id; a message left with no recipient is done at once.
+* **hold**: handled as discard, with a ``held`` event: the sender must not retry, and
+  no copy may go out before a moderator decides.  The held recipient is named in the
+  event, so moderation can take it over from there.
 """
 
 from __future__ import annotations
@@ -11,45 +22,83 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from mailflow import addresses, headers
+from mailflow import addresses
 from mailflow.clock import Clock
-from mailflow.errors import (
-    MessageTooLarge,
-    NoRecipients,
-    SmtpReplyError,
-    StorageUnavailable,
-    UnknownDomain,
-    UnknownRecipient,
-)
+from mailflow.errors import NoRecipients, StorageUnavailable
 from mailflow.ids import new_message_id
 from mailflow.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
-from mailflow.model import Envelope, InboundMessage, Resolution, Verdict
-from mailflow.pipeline.loops import check_hops, check_not_looping
-from mailflow.pipeline.parse import check_well_formed, without_mbox_from
-from mailflow.services.commit import GroupCommitter, content_digest
+from mailflow.model import Envelope, Event, InboundMessage, Resolution, Verdict
+from mailflow.pipeline.accept.recipients import Lookup, refusal
+from mailflow.pipeline.accept.well_formed import without_mbox_from
+from mailflow.pipeline.chain import AcceptStep, accept_chain, run_accept
+from mailflow.pipeline.context import Action, Decision, MessageContext
+from mailflow.services.commit import content_digest
 from mailflow.services.known_recipients import KnownRecipients
 from mailflow.store.runner import StoreRunner
 
 log = logging.getLogger(__name__)
 
 
+# What each decision other than accept and reject leaves on the message's trace.
+EVENT_KINDS = {Action.HOLD: "held", Action.DISCARD: "discarded"}
+
+
 @dataclass(frozen=True, slots=True)
 class AcceptPolicy:
+    """The accept chain's settings, plus how long a known recipient is remembered."""
+
     instance_id: str
     max_message_size: int
     max_received_headers: int
     recipient_cache_ttl: float = 2.0
 
 
+class Committer(Protocol):
+    """Makes a message durable (``services.commit.GroupCommitter``)."""
+
+    async def commit(self, message: InboundMessage, data: bytes,
+                     events: Sequence[Event] = ()) -> None: ...
+
+
+def store_lookup(runner: StoreRunner) -> Lookup:
+    """Recipient look-ups in the store, off the event loop; failures are temporary."""
+
+    async def lookup(canonical: str) -> Resolution:
+        try:
+            return await runner.read(runner.repo.resolve, canonical)
+        except Exception as exc:
+            log.exception("recipient lookup failed", extra={"action": "lookup_failed"})
+            raise StorageUnavailable("cannot look up recipients right now, try again later") \
+                from exc
+
+    return lookup
+
+
 class AcceptService:
-    def __init__(self, runner: StoreRunner, committer: GroupCommitter, clock: Clock,
-                 policy: AcceptPolicy) -> None:
-        self.runner = runner
+    def __init__(self, lookup: Lookup, committer: Committer, clock: Clock,
+                 policy: AcceptPolicy, steps: Sequence[AcceptStep] | None = None,
+                 submit_steps: Sequence[AcceptStep] | None = None) -> None:
+        """``lookup`` resolves a canonical address (see :func:`store_lookup`); ``steps``
+        and ``submit_steps`` replace the accept chain's two variants (tests)."""
+        self.lookup = lookup
         self.committer = committer
         self.clock = clock
         self.policy = policy
         self.known = KnownRecipients(clock, policy.recipient_cache_ttl)
+        self.steps = (steps if steps is not None
+                      else accept_chain(policy, self._lookup, submitted=False))
+        self.submit_steps = (submit_steps if submit_steps is not None
+                             else accept_chain(policy, self._lookup, submitted=True))
+
+    async def _lookup(self, canonical: str) -> Resolution:
+        """What ``canonical`` is here: from the recent answers, else the store."""
+        resolution = self.known.get(canonical)
+        if resolution is None:
+            resolution = await self.lookup(canonical)
+            self.known.remember(canonical, resolution)
+        return resolution
 
     async def check_recipient(self, address: str, *, count: bool = True) -> Resolution:
         """Raise unless ``address`` is a list, an alias or a list's bounce address here.
@@ -57,96 +106,84 @@ class AcceptService:
         ``count=False`` for questions that are not refusals (the policy service asks about
         every recipient its Postfix sees, ours or not).
         """
-        canonical = addresses.canonical(address)
-        resolution = self.known.get(canonical)
-        if resolution is not None:
-            return resolution
-        try:
-            resolution = await self.runner.read(self.runner.repo.resolve, canonical)
-        except Exception as exc:
-            log.exception("recipient lookup failed", extra={"action": "lookup_failed"})
-            raise StorageUnavailable("cannot look up recipients right now, try again later") \
-                from exc
-        self.known.remember(canonical, resolution)
-        if resolution.kind == "unknown_domain":
+        resolution = await self._lookup(addresses.canonical(address))
+        error = refusal(address, resolution)
+        if error is not None:
             if count:
-                MESSAGES_REJECTED.labels(code=UnknownDomain.enhanced).inc()
-            raise UnknownDomain(f"relaying denied: <{address}> is not in a domain of this relay")
-        if resolution.kind == "unknown_address":
-            if count:
-                MESSAGES_REJECTED.labels(code=UnknownRecipient.enhanced).inc()
-            raise UnknownRecipient(f"no list or alias <{address}> here")
+                MESSAGES_REJECTED.labels(code=error.enhanced).inc()
+            raise error
         return resolution
 
     async def submit(self, envelope: Envelope, raw: bytes) -> str:
         """Check a whole submission, then accept it: for ingresses without RCPT (HTTP, pipe).
 
-        The same checks, in the same order, as an SMTP conversation: recipients, size,
-        well-formedness, loops; all or nothing.
+        The same chain as an SMTP conversation, with the recipient and syntax checks an
+        SMTP client would have passed before; all or nothing.
         """
         if not envelope.rcpt_tos:
             raise NoRecipients("no recipient given")
         raw = without_mbox_from(raw)
-        self.check_size(len(raw))
-        check_well_formed(raw)
-        for rcpt in envelope.rcpt_tos:
-            await self.check_recipient(rcpt)
-        return await self.accept(envelope, raw)
-
-    def check_size(self, size: int) -> None:
-        if size > self.policy.max_message_size:
-            raise MessageTooLarge(
-                f"message too large ({size} bytes, limit {self.policy.max_message_size})")
+        return await self._accept_all(MessageContext.of(envelope, raw, submitted=True))
 
     async def accept(self, envelope: Envelope, raw: bytes) -> str:
         """Store a message for every recipient or for none (SMTP semantics)."""
-        rcpts = [addresses.canonical(r) for r in envelope.rcpt_tos]
-        for error in self.refusals(rcpts, raw).values():
-            if error is not None:
-                raise error
-        return await self._store(envelope, rcpts, raw)
+        return await self._accept_all(self._context(envelope, raw))
 
     async def accept_each(self, envelope: Envelope, raw: bytes) -> list[Verdict]:
-        """Decide per recipient and store one message for those accepted (LMTP semantics)."""
+        """Decide per recipient and store one message for those taken (LMTP semantics)."""
+        ctx = self._context(envelope, raw)
+        decisions, decided = await self._decide(ctx)
+        taken = len(decided) < len(decisions) or any(
+            d.action is not Action.REJECT for d in decided.values())
+        message_id = await self._store(ctx, decisions, decided) if taken else None
         rcpts = [addresses.canonical(r) for r in envelope.rcpt_tos]
-        refused = self.refusals(rcpts, raw)
-        accepted = [r for r in rcpts if refused[r] is None]
-        message_id = await self._store(envelope, accepted, raw) if accepted else None
-        return [Verdict(r, refused[r], message_id if refused[r] is None else None)
-                for r in rcpts]
+        return [Verdict(r, decisions[r].error,
+                        message_id if decisions[r].error is None else None) for r in rcpts]
 
-    def refusals(self, rcpts: Sequence[str], raw: bytes) -> dict[str, SmtpReplyError | None]:
-        """What refuses the message for each recipient (None: nothing does).
+    def _context(self, envelope: Envelope, raw: bytes) -> MessageContext:
+        """The context of an SMTP/LMTP message: its recipients were resolved at RCPT,
+        and are taken from the recipient cache where still there (no query)."""
+        ctx = MessageContext.of(envelope, raw)
+        for rcpt in ctx.recipients.values():
+            rcpt.resolution = self.known.get(rcpt.canonical)
+        return ctx
 
-        Recipients were checked at RCPT time; what is decided here needs the content:
-        size, hop count and our own loop marker for each recipient's list.
+    async def _accept_all(self, ctx: MessageContext) -> str:
+        decisions, decided = await self._decide(ctx)
+        for decision in decided.values():
+            if decision.error is not None:
+                raise decision.error
+        return await self._store(ctx, decisions, decided)
+
+    async def _decide(self, ctx: MessageContext
+                      ) -> tuple[dict[str, Decision], dict[str, Decision]]:
+        """The accept chain's decisions, and those among them other than accept.
+
+        Each distinct refusal is counted once (a message-wide one is one object).
         """
-        try:
-            self.check_size(len(raw))
-            header, _ = headers.split_message(raw)
-            check_hops(header, self.policy.max_received_headers)
-        except SmtpReplyError as error:
-            MESSAGES_REJECTED.labels(code=error.enhanced).inc()
-            return dict.fromkeys(rcpts, error)
-        refused: dict[str, SmtpReplyError | None] = {}
-        for rcpt in rcpts:
-            try:
-                check_not_looping(header, self.policy.instance_id, [rcpt])
-                refused[rcpt] = None
-            except SmtpReplyError as error:
+        decisions = await run_accept(self.submit_steps if ctx.submitted else self.steps, ctx)
+        decided = {r: d for r, d in decisions.items() if d.action is not Action.ACCEPT}
+        if decided:
+            errors = {id(d.error): d.error for d in decided.values() if d.error is not None}
+            for error in errors.values():
                 MESSAGES_REJECTED.labels(code=error.enhanced).inc()
-                refused[rcpt] = error
-        return refused
+        return decisions, decided
 
-    async def _store(self, envelope: Envelope, rcpts: Sequence[str], raw: bytes) -> str:
+    async def _store(self, ctx: MessageContext, decisions: dict[str, Decision],
+                     decided: dict[str, Decision]) -> str:
+        envelope, raw = ctx.envelope, ctx.raw
         now = self.clock.now()
+        message_id = new_message_id(now)
+        rcpts = tuple(r for r in decisions if r not in decided) if decided else tuple(decisions)
+        events = [Event(EVENT_KINDS[d.action], f"{r}: {d.reason}", message_id)
+                  for r, d in decided.items() if d.action in EVENT_KINDS] if decided else []
         message = InboundMessage(
-            id=new_message_id(now), mail_from=envelope.mail_from, rcpt_tos=tuple(rcpts),
+            id=message_id, mail_from=envelope.mail_from, rcpt_tos=rcpts,
             blob=await content_digest(raw), size=len(raw), received_at=now,
             peer=envelope.peer, helo=envelope.helo, protocol=envelope.protocol,
         )
         try:
-            await self.committer.commit(message, raw)
+            await self.committer.commit(message, raw, events)
         except StorageUnavailable as error:
             MESSAGES_REJECTED.labels(code=error.enhanced).inc()
             raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -18,9 +18,11 @@ from typing import Protocol
 from mailflow.blobs import BlobStore
 from mailflow.clock import Clock
 from mailflow.errors import StorageUnavailable
-from mailflow.model import Delivery, InboundMessage, Lease, Outcome
+from mailflow.model import Delivery, Event, InboundMessage, Lease, Outcome, StoredBatch
+from mailflow.pipeline.chain import PROCESS_CHAIN, ProcessStep
+from mailflow.services.processor import Plan, plan_batch
 from mailflow.services.recent import RecentMessages
-from mailflow.store.repository import Planner
+from mailflow.store.repository import Repository
 from mailflow.store.runner import StoreRunner
 
 log = logging.getLogger(__name__)
@@ -36,23 +38,102 @@ class _Pending:
     message: InboundMessage
     data: bytes
     done: asyncio.Future[None]
+    events: Sequence[Event]  # decided at accept time
     in_database: bool  # the body goes into the blob row, not a file
     # Set once the blob file is durable (bodies stored as files only); waited for by the
     # writer thread, hence not an asyncio future.
     blob_durable: Future[None] = field(default_factory=Future)
 
 
-class OutcomeQueue(Protocol):
-    """Delivery results waiting to be written (the scheduler's), lent to the ingest.
+class QueueHandoff(Protocol):
+    """What the ingest hands the local send queue (the scheduler implements it).
 
-    Under load the single writer would alternate ingest transactions with the
-    scheduler's outcome rounds, and each ingest would wait for a round; instead each
-    ingest transaction takes whatever results are waiting and writes them too.
+    Fresh deliveries: the ingest may insert some already leased to the scheduler, which
+    sends them with no claim of its own (a fresh post's fastest path), and wakes it for
+    the rest.  Outcomes: under load the single writer would alternate ingest
+    transactions with the scheduler's outcome rounds, and each ingest would wait for a
+    round; instead each ingest transaction takes whatever results are waiting and
+    writes them too.
     """
 
+    def ingest_lease(self) -> Lease | None: ...
+    def take_leased(self, leased: list[Delivery]) -> None: ...
+    def wake(self) -> None: ...
     def take_outcomes(self) -> list[Outcome]: ...
     def outcomes_stored(self, outcomes: list[Outcome]) -> None: ...
     def outcomes_returned(self, outcomes: list[Outcome]) -> None: ...
+
+
+class IngestActivity:
+    """Whether an ingest transaction runs or waits to: results given now are written soon.
+
+    Created before the committer and the scheduler, written by the one and read by the
+    other, so neither needs the other to be built first.
+    """
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending = 0  # messages handed to the committer, their transaction not over
+
+    def busy(self) -> bool:
+        return self.pending > 0
+
+
+@dataclass(frozen=True, slots=True)
+class InlineExpansion:
+    """The processing chain run inside the ingest transaction, for posts whose
+    deliveries stay within ``max_rows`` (the rest are left to the processor)."""
+
+    max_rows: int
+    steps: Sequence[ProcessStep] = PROCESS_CHAIN
+
+
+@dataclass(frozen=True, slots=True)
+class IngestBatch:
+    """Everything one ingest transaction writes."""
+
+    messages: Sequence[InboundMessage]
+    bodies: Mapping[str, bytes] = field(default_factory=dict)  # small ones, in the blob rows
+    events: Sequence[Event] = ()          # decided at accept time (discarded, held)
+    lease: Lease | None = None            # fresh deliveries the scheduler takes now
+    outcomes: Sequence[Outcome] = ()      # the scheduler's results waiting to be written
+
+
+def store_batch(repo: Repository, batch: IngestBatch, now: float,
+                ensure_blobs: Callable[[], None],
+                expansion: InlineExpansion | None = None) -> StoredBatch:
+    """Make a batch of received messages durable in one transaction (group commit).
+
+    Blocking: runs on the writer thread.  Small bodies travel in their blob rows, so the
+    commit's one fsync makes them durable with the rows; the other blobs are files,
+    written and made durable off the writer: ``ensure_blobs``, called last before the
+    commit, waits for that if it is still under way (so the rows are built meanwhile)
+    and re-writes any file that is missing now (the garbage collector may have removed
+    one just before the upsert took its row).  Nothing of the transaction reaches the
+    disk before its commit, which is what an ingress waits for before it answers 250.
+
+    With an ``expansion``, the processing chain runs for the messages in the same
+    transaction while their deliveries fit (sparing small posts a second transaction);
+    the rest stay ``received`` for the processor.  With a ``lease``, up to
+    ``lease.limit`` of the deliveries are inserted already leased and returned.
+    """
+    messages = batch.messages
+    with repo.ingest_transaction() as tx:
+        tx.upsert_blobs(messages, now, batch.bodies)
+        plan = (plan_batch(expansion.steps, tx.directory, messages, expansion.max_rows,
+                           inline=True) if expansion is not None else Plan())
+        tx.insert_messages(messages, now, plan.statuses())
+        planned = plan.deliveries
+        leased = (tx.lease_deliveries(planned[:batch.lease.limit], batch.lease, now)
+                  if batch.lease is not None and planned else [])
+        queued = planned[len(leased):] if leased else planned
+        tx.insert_deliveries(queued, now)
+        tx.add_events([*batch.events, *plan.events] if batch.events else plan.events, now)
+        tx.release_blobs([m.blob for m in plan.done], now)
+        tx.record_outcomes(batch.outcomes, now)
+        ensure_blobs()
+    return StoredBatch(left=len(messages) - plan.taken, queued=len(queued), leased=leased)
 
 
 async def content_digest(data: bytes) -> str:
@@ -74,38 +155,37 @@ class GroupCommitter:
     never becomes durable before its body, and the waits overlap."""
 
     def __init__(self, runner: StoreRunner, blobs: BlobStore, clock: Clock, *,
-                 plan: Planner, inline_limit: int, body_limit: int,
-                 on_queued: Callable[[], None],
-                 on_received: Callable[[], None], recent: RecentMessages | None = None,
-                 lease: Callable[[], Lease | None] = lambda: None,
-                 on_leased: Callable[[list[Delivery]], None] = lambda deliveries: None,
-                 outcomes: OutcomeQueue | None = None) -> None:
-        self.recent = recent or RecentMessages()
+                 body_limit: int, expansion: InlineExpansion | None,
+                 queue: QueueHandoff | None = None,
+                 on_received: Callable[[], None] = lambda: None,
+                 recent: RecentMessages | None = None,
+                 activity: IngestActivity | None = None) -> None:
         self.runner = runner
         self.blobs = blobs
         self.clock = clock
-        self.plan = plan
-        self.inline_limit = inline_limit
         self.body_limit = body_limit
-        self.on_queued = on_queued      # deliveries were queued: wake the scheduler
+        self.expansion = expansion
+        self.queue = queue              # the local scheduler, if any
         self.on_received = on_received  # messages await expansion: wake the processor
-        self.lease = lease              # how many fresh deliveries the scheduler takes now
-        self.on_leased = on_leased      # ... and where they go, with no claim of its own
-        self.outcomes = outcomes        # results to write along with each batch
-        self._committing = False
+        self.recent = recent or RecentMessages()
+        self.activity = activity or IngestActivity()
         self._incoming: asyncio.Queue[_Pending] = asyncio.Queue()
         self._unwritten: asyncio.Queue[_Pending] = asyncio.Queue()
         self._blob_writer = ThreadPoolExecutor(1, thread_name_prefix="mailflow-blobs")
 
-    async def commit(self, message: InboundMessage, data: bytes) -> None:
-        """Return once the message is durable; raise StorageUnavailable otherwise."""
+    async def commit(self, message: InboundMessage, data: bytes,
+                     events: Sequence[Event] = ()) -> None:
+        """Return once the message (and ``events`` about it) is durable; raise
+        StorageUnavailable otherwise."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        pending = _Pending(message, data, done, in_database=len(data) <= self.body_limit)
+        pending = _Pending(message, data, done, events,
+                           in_database=len(data) <= self.body_limit)
         if pending.in_database:  # no file: nothing to wait for but the commit
             self.blobs.remember(message.blob, data)  # for the first send
         else:
             self._unwritten.put_nowait(pending)
         self._incoming.put_nowait(pending)
+        self.activity.pending += 1
         await done
 
     async def run(self) -> None:
@@ -130,19 +210,13 @@ class GroupCommitter:
             for pending in batch:
                 pending.blob_durable.set_result(None)
 
-    @property
-    def busy(self) -> bool:
-        """Whether a transaction runs or waits to: results given now are written soon."""
-        return self._committing or not self._incoming.empty()
-
     async def _commit_rows(self) -> None:
         while True:
             batch = await _drain(self._incoming)
-            self._committing = True
             try:
                 await self._commit(batch)
             finally:
-                self._committing = False
+                self.activity.pending -= len(batch)
 
     async def _commit(self, batch: list[_Pending]) -> None:
         files = [p for p in batch if not p.in_database]
@@ -154,27 +228,29 @@ class GroupCommitter:
             if files:  # a re-check: only stats what was just written
                 self.blobs.write_many([(p.message.blob, p.data) for p in files])
 
-        outcomes = self.outcomes.take_outcomes() if self.outcomes else []
+        queue = self.queue
+        outcomes = queue.take_outcomes() if queue else []
+        events = [e for p in batch for e in p.events]
+        ingest = IngestBatch([p.message for p in batch], bodies, events,
+                             queue.ingest_lease() if queue else None, outcomes)
         try:
-            stored = await self.runner.write(
-                self.runner.repo.store_messages, [p.message for p in batch],
-                self.clock.now(), ensure_blobs, self.plan, self.inline_limit, self.lease(),
-                bodies, outcomes)
+            stored = await self.runner.write(store_batch, self.runner.repo, ingest,
+                                             self.clock.now(), ensure_blobs, self.expansion)
         except Exception as exc:
-            if self.outcomes and outcomes:
-                self.outcomes.outcomes_returned(outcomes)
+            if queue and outcomes:
+                queue.outcomes_returned(outcomes)
             _fail(batch, exc)
             return
-        if self.outcomes:
-            self.outcomes.outcomes_stored(outcomes)  # also: the ingest may now be idle
-        self.recent.remember(p.message for p in batch)
+        if queue:
+            queue.outcomes_stored(outcomes)  # also: the ingest may now be idle
+        self.recent.remember(ingest.messages)
         for pending in batch:
             if not pending.done.done():
                 pending.done.set_result(None)
-        if stored.leased:
-            self.on_leased(stored.leased)
-        if stored.queued:
-            self.on_queued()
+        if queue and stored.leased:
+            queue.take_leased(stored.leased)
+        if queue and stored.queued:
+            queue.wake()
         if stored.left:
             self.on_received()
 

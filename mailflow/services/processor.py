@@ -1,10 +1,10 @@
-"""Drives the pipeline for stored messages and hands the result to the send queue.
+"""Runs the processing chain for stored messages and hands the result to the send queue.
 
-Small posts are expanded inside the ingest transaction itself (see
-:meth:`Repository.store_messages`); this loop takes the rest: posts to large lists, whose
-expansion must not delay the 250, and whatever a crash left ``received``.  It is woken
-when an ingest leaves such messages, runs once at start, and looks every
-``poll_interval`` for messages other processes stored.
+Small posts go through the chain inside the ingest transaction itself (see
+``services.commit``); this loop takes the rest: posts to large lists, whose expansion
+must not delay the 250, and whatever a crash left ``received``.  It is woken when an
+ingest leaves such messages, runs once at start, and looks every ``poll_interval`` for
+messages other processes stored.
 """
 
 from __future__ import annotations
@@ -12,25 +12,94 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from mailflow.clock import Clock
-from mailflow.pipeline.expand import plan_deliveries
+from mailflow.model import Event, InboundMessage, MessageStatus, NewDelivery
+from mailflow.pipeline.chain import PROCESS_CHAIN, ProcessStep, run_process
+from mailflow.pipeline.context import Directory
+from mailflow.store.repository import Repository
 from mailflow.store.runner import StoreRunner
 
 log = logging.getLogger(__name__)
 
 BATCH = 200
+MAX_ROWS = 5000  # deliveries per expansion transaction (the writer is shared)
 RETRY_AFTER_ERROR = 1.0
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the processing chain made of a batch of messages, for one transaction."""
+
+    deliveries: list[NewDelivery] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    queued: list[InboundMessage] = field(default_factory=list)  # with deliveries
+    done: list[InboundMessage] = field(default_factory=list)    # with none at all
+
+    def statuses(self) -> dict[str, MessageStatus]:
+        statuses = dict.fromkeys((m.id for m in self.queued), MessageStatus.QUEUED)
+        statuses.update(dict.fromkeys((m.id for m in self.done), MessageStatus.DONE))
+        return statuses
+
+    @property
+    def taken(self) -> int:
+        return len(self.queued) + len(self.done)
+
+
+def plan_batch(steps: Sequence[ProcessStep], directory: Directory,
+               batch: Sequence[InboundMessage], max_rows: int, *, inline: bool) -> Plan:
+    """Run the chain over messages of ``batch`` while their deliveries fit ``max_rows``.
+
+    Inline (in the ingest transaction) a message too large for that is skipped and left
+    to the processor; otherwise the first message is always taken, however large its
+    list, and the batch ends at the first that does not fit.
+    """
+    plan = Plan()
+    for message in batch:
+        ctx = run_process(steps, message, directory)
+        if len(plan.deliveries) + len(ctx.deliveries) > max_rows:
+            if inline:
+                continue
+            if plan.deliveries:
+                break
+        plan.events.extend(ctx.events)
+        (plan.queued if ctx.deliveries else plan.done).append(message)
+        plan.deliveries.extend(ctx.deliveries)
+    return plan
+
+
+def expand_received(repo: Repository, now: float, limit: int,
+                    steps: Sequence[ProcessStep] = PROCESS_CHAIN,
+                    max_rows: int = MAX_ROWS) -> int:
+    """Run the chain over received messages, atomically with their status change.
+
+    The messages are locked meanwhile, so two workers sharing a PostgreSQL database never
+    expand the same message twice; a transaction stops taking messages after
+    ``max_rows`` deliveries, so a post to a huge list does not hold the writer (and the
+    ingests waiting for it) for long.  Blocking: runs on the writer thread.  Returns how
+    many messages were expanded.
+    """
+    with repo.expansion_transaction() as tx:
+        plan = plan_batch(steps, tx.directory, tx.take_received(limit), max_rows,
+                          inline=False)
+        tx.insert_deliveries(plan.deliveries, now)
+        tx.add_events(plan.events, now)
+        tx.mark_queued([m.id for m in plan.queued], now)
+        tx.finish([m.id for m in plan.done], now)
+    return plan.taken
 
 
 class Processor:
     def __init__(self, runner: StoreRunner, clock: Clock, on_queued: Callable[[], None],
-                 poll_interval: float = 1.0) -> None:
+                 poll_interval: float = 1.0,
+                 steps: Sequence[ProcessStep] = PROCESS_CHAIN) -> None:
         self.runner = runner
         self.clock = clock
         self.on_queued = on_queued
         self.poll_interval = poll_interval
+        self.steps = steps
         self._wake = asyncio.Event()
         self._wake.set()  # expand whatever a previous run left behind
 
@@ -38,14 +107,14 @@ class Processor:
         self._wake.set()
 
     async def run(self) -> None:
-        repo = self.runner.repo
         while True:
             await self._wait_for_work()
             self._wake.clear()
             try:
                 while True:
                     expanded = await self.runner.write(
-                        repo.expand_received, self.clock.now(), BATCH, plan_deliveries)
+                        expand_received, self.runner.repo, self.clock.now(), BATCH,
+                        self.steps)
                     if not expanded:
                         break
                     log.debug("expanded %d message(s)", expanded,

@@ -43,14 +43,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore
 from mailflow.clock import Clock
 from mailflow.errors import EgressUnavailable, SmtpReplyError, StorageUnavailable, TemporaryFailure
+from mailflow.lru import BytesLRU
 from mailflow.metrics import DELIVERY_ATTEMPTS, TRANSACTION_SECONDS
 from mailflow.model import (
     Delivery,
@@ -62,7 +63,8 @@ from mailflow.model import (
     Outcome,
     RecipientReply,
 )
-from mailflow.pipeline.decorate import outbound_message
+from mailflow.pipeline.chain import render_copy, rendering_variant
+from mailflow.pipeline.context import Identity
 from mailflow.services.lanes import Lane, RoutedEgress
 from mailflow.services.recent import RecentMessages
 from mailflow.store.runner import StoreRunner
@@ -70,7 +72,7 @@ from mailflow.store.runner import StoreRunner
 log = logging.getLogger(__name__)
 
 ERROR_BACKOFF = 1.0     # seconds to wait after a database error before claiming again
-CONTENT_CACHE = 64      # rendered copies kept in memory (one per message and list)
+CONTENT_CACHE_BYTES = 64 * 1024 * 1024  # rendered copies kept in memory
 LIST_CACHE_TTL = 2.0    # seconds a list's name, kind and priority are reused
 BUSY_RETRY_MIN = 1.0    # seconds work handed back by a busy route waits at least
 
@@ -100,7 +102,8 @@ class Transaction:
 
 class Scheduler:
     def __init__(self, runner: StoreRunner, blobs: BlobStore, egress: Egress, clock: Clock,
-                 options: SchedulerOptions, recent: RecentMessages | None = None) -> None:
+                 options: SchedulerOptions, recent: RecentMessages | None = None,
+                 ingest_busy: Callable[[], bool] = lambda: False) -> None:
         self.recent = recent or RecentMessages()
         self._lists: dict[int, tuple[float, MailingList]] = {}
         self.runner = runner
@@ -122,13 +125,18 @@ class Scheduler:
         self._outcomes: list[Outcome] = []
         self._signal = asyncio.Event()  # outcomes, room or new work: the keeper has a job
         self._stopping = False
-        self._content: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        # Rendered copies by (message id, rendering variant).  The newest is kept whatever
+        # its size: every transaction of a post must get the same bytes object, which
+        # the egress recognises by identity.
+        self._content: BytesLRU[tuple[str, Hashable]] = BytesLRU(CONTENT_CACHE_BYTES,
+                                                                  max_item=sys.maxsize)
+        self._identity = Identity(options.instance_id, options.hostname)
         self._tasks: list[asyncio.Task[None]] = []
         self._senders: list[tuple[Lane[Transaction], asyncio.Task[None]]] = []
         self._handing: set[asyncio.Task[None]] = set()  # leased at ingest, being grouped
-        # Whether an ingest transaction will run soon and carry our outcomes (set by the
-        # relay to its group committer's ``busy``); a retry time it learnt from them.
-        self.ingest_busy: Callable[[], bool] = lambda: False
+        # Whether an ingest transaction will run soon and carry our outcomes (the group
+        # committer's activity); a retry time it learnt from them.
+        self.ingest_busy = ingest_busy
         self._retry_at: float | None = None
 
     def wake(self) -> None:
@@ -160,7 +168,7 @@ class Scheduler:
             log.exception("could not take %d leased deliveries", len(leased),
                           extra={"action": "queue_error"})
 
-    # -- outcomes carried by the ingest (``services.commit.OutcomeQueue``) --------------
+    # -- outcomes carried by the ingest (``services.commit.QueueHandoff``) --------------
 
     def take_outcomes(self) -> list[Outcome]:
         """The outcomes waiting to be written, for the ingest transaction about to run."""
@@ -473,17 +481,13 @@ class Scheduler:
                        message_id=message_id)
 
     async def _render(self, tx: Transaction) -> bytes:
-        key = (tx.message.id, tx.mailing_list.id)
+        """The copy the send chain makes of the message for this transaction."""
+        key = (tx.message.id, rendering_variant(tx.mailing_list))
         content = self._content.get(key)
         if content is None:
             raw = await self._body(tx.message.blob)
-            content = outbound_message(raw, tx.message, tx.mailing_list,
-                                       self.options.instance_id, self.options.hostname)
-            self._content[key] = content
-            while len(self._content) > CONTENT_CACHE:
-                self._content.popitem(last=False)
-        else:
-            self._content.move_to_end(key)
+            content = render_copy(raw, tx.message, tx.mailing_list, self._identity)
+            self._content.put(key, content)
         return content
 
     async def _body(self, digest: str) -> bytes:

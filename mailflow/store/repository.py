@@ -36,7 +36,6 @@ from mailflow.model import (
     NewDelivery,
     Outcome,
     Resolution,
-    StoredBatch,
 )
 from mailflow.store.engine import Engines
 from mailflow.store.hot import HotStatements
@@ -116,8 +115,6 @@ class DirectoryView:
         return self._members[list_id]
 
 
-Planner = Callable[[DirectoryView, InboundMessage],
-                   tuple[Sequence[NewDelivery], Sequence[Event]]]
 
 
 class Repository:
@@ -325,79 +322,17 @@ class Repository:
 
     # -- inbound messages ---------------------------------------------------------------
 
-    def store_messages(self, batch: Sequence[InboundMessage], now: float,
-                       ensure_blobs: Callable[[], None], plan: Planner | None = None,
-                       inline_limit: int = 0, lease: Lease | None = None,
-                       bodies: Mapping[str, bytes] | None = None,
-                       outcomes: Sequence[Outcome] = ()) -> StoredBatch:
-        """Make a batch of received messages durable in one transaction (group commit).
-
-        ``bodies`` holds the contents (by digest) stored in the blob rows themselves:
-        small ones, which the commit's one fsync makes durable with the rows, with no
-        file, no second sync and no wait.  The other blobs are files, written and made
-        durable off the writer; ``ensure_blobs``, called last before the commit, waits for
-        that if it is still under way (so the rows are built meanwhile) and re-writes any
-        file that is missing now: once the upsert below holds the rows (row locks on
-        PostgreSQL, the database lock on SQLite), the garbage collector can no longer
-        remove them, but it may have removed one just before.  Nothing of the
-        transaction reaches the disk before its commit.  The commit is what an ingress
-        waits for before it answers 250.
-
-        With a ``plan``, messages are also expanded in the same transaction while their
-        deliveries stay within ``inline_limit`` rows, which spares small posts a second
-        transaction; the rest stay ``received`` for :meth:`expand_received`.
-
-        With a ``lease``, up to ``lease.limit`` of those deliveries are inserted already
-        leased to ``lease.owner`` and returned: the local scheduler sends them without a
-        claim transaction of its own (a fresh post's fastest path).  They are leased
-        exactly as a claim would lease them, so a crash returns them the same way.
-
-        ``outcomes`` are the scheduler's delivery results waiting to be written: under
-        load the ingest transaction carries them, so the single writer runs one
-        transaction where it would run two (see ``GroupCommitter``).
-        """
-        sizes: dict[str, tuple[int, int]] = {}
-        for msg in batch:
-            size, count = sizes.get(msg.blob, (msg.size, 0))
-            sizes[msg.blob] = (size, count + 1)
+    @contextmanager
+    def ingest_transaction(self) -> Iterator[WriteTransaction]:
+        """The ingest's group commit: fully synchronous, as the 250 waits for it."""
         with self.engines.writer.begin() as conn:
-            bodies = bodies or {}
-            self._hot.upsert_blob.execute_many(conn, [
-                (h, size, count, now, bodies.get(h))
-                for h, (size, count) in sorted(sizes.items())])
-            rows, trace, statuses = ([], [], {}) if plan is None else self._plan(
-                conn, batch, now, plan, inline_limit, inline=True)
-            received = MessageStatus.RECEIVED
-            self._hot.insert_message.execute_many(conn, [
-                (m.id, m.mail_from, "\n".join(m.rcpt_tos), m.blob, m.size, m.received_at,
-                 m.peer, m.helo, m.protocol, statuses.get(m.id, received).value, now)
-                for m in batch])
-            leased = self._lease_planned(conn, rows, lease, now) if lease and rows else []
-            rows = rows[len(leased):]
-            self._insert_planned(conn, rows, trace, now)
-            done = [m for m in batch if statuses.get(m.id) is MessageStatus.DONE]
-            if done:
-                self._release_blobs(conn, [m.blob for m in done], now)
-            self._record(conn, now, outcomes)
-            ensure_blobs()
-        return StoredBatch(left=len(batch) - len(statuses), queued=len(rows), leased=leased)
+            yield WriteTransaction(self, conn)
 
-    def _lease_planned(self, conn: Connection, rows: list[tuple[Any, ...]], lease: Lease,
-                       now: float) -> list[Delivery]:
-        """Insert the first ``lease.limit`` planned rows as leased; returns them."""
-        taken = rows[:lease.limit]
-        if not taken:
-            return []
-        ids = self._new_delivery_ids(conn, len(taken))
-        leased = [Delivery(id=id_, message_id=message_id, list_id=list_id, recipient=recipient,
-                           attempts=0, created_at=now, priority=priority)
-                  for id_, (message_id, list_id, recipient, _, priority, *_)
-                  in zip(ids, taken, strict=True)]
-        until, status = now + lease.seconds, DeliveryStatus.IN_FLIGHT.value
-        self._hot.insert_leased_delivery.execute_many(conn, [
-            (d.id, d.message_id, d.list_id, d.recipient, status, d.priority, until,
-             lease.owner, now, now) for d in leased])
-        return leased
+    @contextmanager
+    def expansion_transaction(self) -> Iterator[WriteTransaction]:
+        """Expansion of stored messages: relaxed, as a loss only repeats the expansion."""
+        with self._relaxed_transaction() as conn:
+            yield WriteTransaction(self, conn)
 
     def _new_delivery_ids(self, conn: Connection, count: int) -> list[int]:
         """Ids for ``count`` deliveries about to be inserted in this transaction.
@@ -430,73 +365,6 @@ class Repository:
                             conn.execute(_LISTS_BY_ID, {"b_ids": list(list_ids)})}
                            if list_ids else {})
         return found_messages, found_lists
-
-    def expand_received(self, now: float, limit: int, plan: Planner,
-                        max_rows: int = 5000) -> int:
-        """Turn received messages into delivery rows, atomically with their status change.
-
-        The messages are locked while ``plan`` decides their recipients, so two workers
-        sharing a PostgreSQL database never expand the same message twice.  A transaction
-        stops taking messages after ``max_rows`` deliveries, so a post to a huge list does
-        not hold the writer (and the ingests waiting for it) for long.  Returns how many
-        messages were expanded.
-        """
-        query = (select(messages).where(messages.c.status == MessageStatus.RECEIVED.value)
-                 .order_by(messages.c.received_at).limit(limit))
-        if not self.engines.is_sqlite:
-            query = query.with_for_update(skip_locked=True)
-        with self._relaxed_transaction() as conn:
-            batch = [_message(row) for row in conn.execute(query)]
-            rows, trace, statuses = self._plan(conn, batch, now, plan, max_rows, inline=False)
-            self._insert_planned(conn, rows, trace, now)
-            queued = [i for i, status in statuses.items() if status is MessageStatus.QUEUED]
-            if queued:
-                conn.execute(update(messages).where(messages.c.id.in_(queued))
-                             .values(status=MessageStatus.QUEUED.value, updated_at=now))
-            empty = [i for i, status in statuses.items() if status is MessageStatus.DONE]
-            if empty:
-                self._finish(conn, empty, now)
-        return len(statuses)
-
-    def _plan(self, conn: Connection, batch: Sequence[InboundMessage], now: float,
-              plan: Planner, max_rows: int, *, inline: bool
-              ) -> tuple[list[dict[str, Any]], list[Event], dict[str, MessageStatus]]:
-        """Plan deliveries for messages of ``batch``: their rows, trace and new status.
-
-        The status is ``queued`` where there are deliveries and ``done`` where there are
-        none (the caller finishes those); messages not taken are absent.
-
-        Messages are taken in order while their deliveries stay within ``max_rows``.  Inline
-        (in the ingest transaction) a message too large for that is skipped and left to
-        the processor; otherwise the first message is always taken, however large its list,
-        and the batch ends at the first that does not fit.  ``plan`` looks lists up on this
-        connection, once per batch.
-        """
-        directory = DirectoryView(conn)
-        rows: list[tuple[Any, ...]] = []
-        trace: list[Event] = []
-        queued, empty = [], []
-        for message in batch:
-            planned, events_ = plan(directory, message)
-            if len(rows) + len(planned) > max_rows:
-                if inline:
-                    continue
-                if rows:
-                    break
-            trace.extend(events_)
-            (queued if planned else empty).append(message.id)
-            queued_status = DeliveryStatus.QUEUED.value
-            rows.extend((d.message_id, d.list_id, d.recipient, queued_status, d.priority,
-                         now, now, now) for d in planned)
-        statuses = dict.fromkeys(queued, MessageStatus.QUEUED)
-        statuses.update(dict.fromkeys(empty, MessageStatus.DONE))
-        return rows, trace, statuses
-
-    def _insert_planned(self, conn: Connection, rows: list[tuple[Any, ...]],
-                        trace: list[Event], now: float) -> None:
-        if rows:
-            self._hot.insert_delivery.execute_many(conn, rows)
-        self._add_events(conn, trace, now)
 
     # -- the send queue -----------------------------------------------------------------
 
@@ -688,3 +556,93 @@ class Repository:
         if items:
             self._hot.insert_event.execute_many(conn, [
                 (now, e.kind, e.message_id, e.delivery_id, e.detail) for e in items])
+
+
+class WriteTransaction:
+    """Small operations inside one open write transaction, for a service to drive.
+
+    The ingest commit and the expansion are composed of these in ``mailflow.services``,
+    which runs the processing chain in between; each is one statement or one batch of
+    statements on the open connection, the hot ones straight on the driver.
+    """
+
+    # One module, one storage port: it uses the repository's private helpers.
+    def __init__(self, repo: Repository, conn: Connection) -> None:
+        self._repo = repo
+        self._conn = conn
+        self._hot = repo._hot
+        self.directory = DirectoryView(conn)
+
+    def upsert_blobs(self, batch: Sequence[InboundMessage], now: float,
+                     bodies: Mapping[str, bytes]) -> None:
+        """One reference per message to its blob; ``bodies`` go into the rows themselves.
+
+        Once the rows are held (row locks on PostgreSQL, the database lock on SQLite),
+        the garbage collector can no longer remove their files.
+        """
+        sizes: dict[str, tuple[int, int]] = {}
+        for msg in batch:
+            size, count = sizes.get(msg.blob, (msg.size, 0))
+            sizes[msg.blob] = (size, count + 1)
+        self._hot.upsert_blob.execute_many(self._conn, [
+            (h, size, count, now, bodies.get(h)) for h, (size, count) in sorted(sizes.items())])
+
+    def insert_messages(self, batch: Sequence[InboundMessage], now: float,
+                        statuses: Mapping[str, MessageStatus]) -> None:
+        """Message rows, ``received`` unless ``statuses`` says otherwise."""
+        received = MessageStatus.RECEIVED
+        self._hot.insert_message.execute_many(self._conn, [
+            (m.id, m.mail_from, "\n".join(m.rcpt_tos), m.blob, m.size, m.received_at,
+             m.peer, m.helo, m.protocol, statuses.get(m.id, received).value, now)
+            for m in batch])
+
+    def take_received(self, limit: int) -> list[InboundMessage]:
+        """The oldest messages waiting for expansion, locked against other expanders."""
+        query = (select(messages).where(messages.c.status == MessageStatus.RECEIVED.value)
+                 .order_by(messages.c.received_at).limit(limit))
+        if not self._repo.engines.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        return [_message(row) for row in self._conn.execute(query)]
+
+    def insert_deliveries(self, planned: Sequence[NewDelivery], now: float) -> None:
+        if planned:
+            status = DeliveryStatus.QUEUED.value
+            self._hot.insert_delivery.execute_many(self._conn, [
+                (d.message_id, d.list_id, d.recipient, status, d.priority, now, now, now)
+                for d in planned])
+
+    def lease_deliveries(self, planned: Sequence[NewDelivery], lease: Lease,
+                         now: float) -> list[Delivery]:
+        """Insert ``planned`` already leased to ``lease.owner``, exactly as a claim would."""
+        if not planned:
+            return []
+        ids = self._repo._new_delivery_ids(self._conn, len(planned))
+        leased = [Delivery(id=id_, message_id=d.message_id, list_id=d.list_id,
+                           recipient=d.recipient, attempts=0, created_at=now,
+                           priority=d.priority)
+                  for id_, d in zip(ids, planned, strict=True)]
+        until, status = now + lease.seconds, DeliveryStatus.IN_FLIGHT.value
+        self._hot.insert_leased_delivery.execute_many(self._conn, [
+            (d.id, d.message_id, d.list_id, d.recipient, status, d.priority, until,
+             lease.owner, now, now) for d in leased])
+        return leased
+
+    def add_events(self, items: Sequence[Event], now: float) -> None:
+        self._repo._add_events(self._conn, items, now)
+
+    def mark_queued(self, ids: Sequence[str], now: float) -> None:
+        if ids:
+            self._conn.execute(update(messages).where(messages.c.id.in_(ids))
+                               .values(status=MessageStatus.QUEUED.value, updated_at=now))
+
+    def finish(self, ids: Sequence[str], now: float) -> None:
+        """Mark messages done (nothing to deliver) and release their blobs."""
+        if ids:
+            self._repo._finish(self._conn, list(ids), now)
+
+    def release_blobs(self, hashes: list[str], now: float) -> None:
+        if hashes:
+            self._repo._release_blobs(self._conn, hashes, now)
+
+    def record_outcomes(self, outcomes: Sequence[Outcome], now: float) -> None:
+        self._repo._record(self._conn, now, outcomes)

@@ -1,26 +1,27 @@
-"""Parse step: is this a message at all?
+"""Is this a message at all?  In the chain for submissions without an SMTP conversation.
 
 SMTP peers are trusted to speak RFC 5322 (the relay forwards what it gets, byte for byte);
-submissions without an SMTP conversation (HTTP, ``mailflow pipe``) are checked here so a
-wrong file or an empty body is refused with a clear reason instead of being relayed.
+submissions without one (HTTP, ``mailflow pipe``) are checked here so a wrong file or an
+empty body is refused with a clear reason instead of being relayed.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from mailflow import headers
 from mailflow.errors import MalformedMessage
+from mailflow.pipeline.context import Decision, MessageContext, Recipient, for_all
 
 FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
 MBOX_FROM = b"From "
 
 
-def check_well_formed(raw: bytes) -> None:
+def check_well_formed(raw: bytes, header: bytes) -> None:
     """Refuse empty input and input that does not open with a header section."""
     if not raw.strip():
         raise MalformedMessage("empty message")
-    header, _ = headers.split_message(raw)
     if b"\0" in header:
         raise MalformedMessage("NUL byte in the header section")
     lines = header.splitlines()
@@ -40,3 +41,15 @@ def without_mbox_from(raw: bytes) -> bytes:
         end = raw.find(b"\n")
         return raw[end + 1:] if end >= 0 else b""
     return raw
+
+
+@dataclass(frozen=True, slots=True)
+class WellFormed:
+
+    async def __call__(self, ctx: MessageContext, pending: Sequence[Recipient]
+                       ) -> Mapping[str, Decision]:
+        try:
+            check_well_formed(ctx.raw, ctx.header)
+        except MalformedMessage as error:
+            return for_all(pending, Decision.reject(error))
+        return {}

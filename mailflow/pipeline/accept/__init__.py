@@ -1,0 +1,1 @@
+"""Accept-chain steps: each decides, per recipient, before the relay says yes."""

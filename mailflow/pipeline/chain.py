@@ -1,0 +1,137 @@
+"""The three chains: one step signature each, their ordered registries, their runners.
+
+As in Mailman 3's pipelines (an ordered tuple of handlers) or procrastinate's
+middlewares, a new rule is one step module plus one line in a registry below; neither
+the protocol adapters nor the store change.
+
+* **accept** (before the 250/202): each step sees the recipients nothing has decided
+  yet and returns a decision for those it decides (accept, reject, hold, discard); the
+  rest go on to the next step and are accepted at the end.  Steps are coroutines, as
+  the coming ones (blocklists, SPF) wait on the network.
+* **process** (after the durable commit, possibly inside the ingest transaction): each
+  step adds deliveries and events to the context; synchronous, on the writer thread.
+* **send** (per outgoing copy): each step adds header fields to the copy or names list
+  fields it replaces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Protocol
+
+from mailflow import headers
+from mailflow.model import InboundMessage, MailingList
+from mailflow.pipeline.accept.hops import HopLimit
+from mailflow.pipeline.accept.loops import NotLooping
+from mailflow.pipeline.accept.recipients import Lookup, RecipientCheck
+from mailflow.pipeline.accept.size import SizeLimit
+from mailflow.pipeline.accept.well_formed import WellFormed
+from mailflow.pipeline.context import (
+    ACCEPT,
+    CopyContext,
+    Decision,
+    Directory,
+    Identity,
+    MessageContext,
+    ProcessContext,
+    Recipient,
+)
+from mailflow.pipeline.process.expand import expand
+from mailflow.pipeline.send.list_headers import list_headers
+from mailflow.pipeline.send.trace import trace_fields
+
+
+class AcceptStep(Protocol):
+    async def __call__(self, ctx: MessageContext, pending: Sequence[Recipient]
+                       ) -> Mapping[str, Decision]: ...
+
+
+ProcessStep = Callable[[ProcessContext], None]
+SendStep = Callable[[CopyContext], None]
+
+
+class AcceptSettings(Protocol):
+    @property
+    def instance_id(self) -> str: ...
+    @property
+    def max_message_size(self) -> int: ...
+    @property
+    def max_received_headers(self) -> int: ...
+
+
+# -- the registries ---------------------------------------------------------------------
+
+def accept_chain(settings: AcceptSettings, lookup: Lookup, *,
+                 submitted: bool) -> tuple[AcceptStep, ...]:
+    """In order; next: blocklists, posting policy, filter rules.
+
+    ``submitted``: the chain for input without an SMTP conversation (HTTP, pipe), which
+    also checks what an SMTP client passed before DATA (syntax trusted, RCPT asked).
+    """
+    return (
+        SizeLimit(settings.max_message_size),
+        *((WellFormed(), RecipientCheck(lookup)) if submitted else ()),
+        HopLimit(settings.max_received_headers),
+        NotLooping(settings.instance_id),
+    )
+
+
+# Next: forward, auto-reply, bounce handling, moderation.
+PROCESS_CHAIN: tuple[ProcessStep, ...] = (expand,)
+
+# Next: subject prefix, footer, List-Unsubscribe, VERP envelope sender, DKIM (last).
+SEND_CHAIN: tuple[SendStep, ...] = (trace_fields, list_headers)
+
+
+def rendering_variant(mailing_list: MailingList) -> Hashable:
+    """What tells two copies of one message apart under ``SEND_CHAIN``.
+
+    Today only the list (its headers); per-recipient steps (VERP, footers, unsubscribe
+    tokens) add the recipient here, and every cache of rendered copies keys on it.
+    """
+    return mailing_list.id
+
+
+# -- the runners ------------------------------------------------------------------------
+
+async def run_accept(steps: Sequence[AcceptStep], ctx: MessageContext) -> dict[str, Decision]:
+    """A decision for every recipient, by canonical address, in envelope order."""
+    decisions: dict[str, Decision] = {}
+    pending = list(ctx.recipients.values())
+    for step in steps:
+        if not pending:
+            break
+        decided = await step(ctx, pending)
+        if decided:
+            decisions.update(decided)
+            pending = [r for r in pending if r.canonical not in decided]
+    if not decisions:
+        return dict.fromkeys(ctx.recipients, ACCEPT)
+    return {c: decisions.get(c, ACCEPT) for c in ctx.recipients}
+
+
+def run_process(steps: Sequence[ProcessStep], message: InboundMessage,
+                directory: Directory) -> ProcessContext:
+    ctx = ProcessContext(message, directory)
+    for step in steps:
+        step(ctx)
+    return ctx
+
+
+def render_copy(raw: bytes, message: InboundMessage, mailing_list: MailingList,
+                identity: Identity, steps: Sequence[SendStep] = SEND_CHAIN) -> bytes:
+    """The outgoing copy: the steps' fields, then the original header and body bytes.
+
+    Added fields use the message's own line ending.
+    """
+    header, rest = headers.split_message(raw)
+    newline = b"\r\n" if header.endswith(b"\r\n") or not header else b"\n"
+    copy = CopyContext(message, mailing_list, identity, header)
+    for step in steps:
+        step(copy)
+    if copy.removed:
+        header = headers.without_fields(header, copy.removed)
+    if not copy.added:
+        return header + rest
+    added = "\n".join(copy.added).replace("\n", newline.decode()).encode("utf-8") + newline
+    return added + header + rest

@@ -1,0 +1,148 @@
+"""What a step sees: one typed context per chain, and the decisions an accept step makes.
+
+Mailman's handlers share a free-form ``msgdata`` dict; here each chain has its own
+dataclass, so a step's inputs and outputs are visible in its signature.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mailflow import addresses, headers
+from mailflow.errors import SmtpReplyError
+from mailflow.model import (
+    Envelope,
+    Event,
+    InboundMessage,
+    MailingList,
+    NewDelivery,
+    Resolution,
+)
+
+
+@dataclass(slots=True)
+class Recipient:
+    """One envelope recipient: as given, canonical, and what it is here (once known).
+
+    ``resolution`` is filled where the accept service knows it without another query
+    (the recipient cache after RCPT, or the submission's own look-up); the processing
+    chain resolves every recipient on the ingest's open connection.
+    """
+
+    address: str
+    canonical: str
+    resolution: Resolution | None = None
+
+
+@dataclass(slots=True)
+class MessageContext:
+    """A message before the 250: envelope, raw bytes and the header section, split once.
+
+    ``submitted`` marks input without an SMTP conversation (HTTP, ``mailflow pipe``):
+    its recipients were not checked at RCPT and its syntax is not trusted (it runs the
+    accept chain's submission variant).
+    """
+
+    envelope: Envelope
+    raw: bytes
+    header: bytes
+    lowered: bytes                    # the header section in lower case, for quick scans
+    recipients: dict[str, Recipient]  # by canonical address, in envelope order
+    submitted: bool = False
+
+    @classmethod
+    def of(cls, envelope: Envelope, raw: bytes, *, submitted: bool = False,
+           known: Mapping[str, Resolution] | None = None) -> MessageContext:
+        header, _ = headers.split_message(raw)
+        recipients: dict[str, Recipient] = {}
+        for address in envelope.rcpt_tos:
+            canonical = addresses.canonical(address)
+            if canonical not in recipients:
+                resolution = known.get(canonical) if known else None
+                recipients[canonical] = Recipient(address, canonical, resolution)
+        return cls(envelope, raw, header, header.lower(), recipients, submitted)
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
+
+class Action(enum.StrEnum):
+    ACCEPT = "accept"
+    REJECT = "reject"    # refused with an SMTP error; the sender is told
+    HOLD = "hold"        # kept for a moderator (see the accept service for today's handling)
+    DISCARD = "discard"  # answered as accepted, never delivered; an event says why
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    reason: str = ""
+    error: SmtpReplyError | None = None
+
+    @classmethod
+    def reject(cls, error: SmtpReplyError) -> Decision:
+        return cls(Action.REJECT, str(error), error)
+
+    @classmethod
+    def hold(cls, reason: str) -> Decision:
+        return cls(Action.HOLD, reason)
+
+    @classmethod
+    def discard(cls, reason: str) -> Decision:
+        return cls(Action.DISCARD, reason)
+
+
+ACCEPT = Decision(Action.ACCEPT)
+
+
+def for_all(recipients: Iterable[Recipient], decision: Decision) -> dict[str, Decision]:
+    """The same decision for every recipient (a message-wide rule)."""
+    return dict.fromkeys((r.canonical for r in recipients), decision)
+
+
+class Directory(Protocol):
+    """Directory look-ups the processing chain needs (on the transaction's connection)."""
+
+    def resolve(self, address: str) -> Resolution: ...
+    def active_member_addresses(self, list_id: int) -> list[str]: ...
+
+
+@dataclass(slots=True)
+class ProcessContext:
+    """A stored message after its durable commit, and what its steps produce."""
+
+    message: InboundMessage
+    directory: Directory
+    deliveries: list[NewDelivery] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def event(self, kind: str, detail: str) -> None:
+        self.events.append(Event(kind, detail, self.message.id))
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who this relay is, as outgoing copies name it."""
+
+    instance_id: str
+    hostname: str
+
+
+@dataclass(slots=True)
+class CopyContext:
+    """One outgoing copy being built: fields to prepend and list fields to replace.
+
+    The body and every original header byte stay as received; steps only add fields
+    (in order, before the original header section) and name fields to drop from it.
+    """
+
+    message: InboundMessage
+    mailing_list: MailingList
+    identity: Identity
+    header: bytes
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)

@@ -1,0 +1,1 @@
+"""Processing-chain steps: run after the durable commit; they add deliveries and events."""

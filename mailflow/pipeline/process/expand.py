@@ -1,0 +1,33 @@
+"""Expansion: who gets a copy of a stored message, through which list or alias."""
+
+from __future__ import annotations
+
+from mailflow import addresses
+from mailflow.model import ListKind, NewDelivery
+from mailflow.pipeline.context import ProcessContext
+
+
+def expand(ctx: ProcessContext) -> None:
+    """One delivery per active member of each list or alias the message was sent to.
+
+    A member is copied once per list even if named twice; an address on two lists gets a
+    copy from each, because each copy carries its own list's headers.
+    """
+    message, directory = ctx.message, ctx.directory
+    for rcpt in dict.fromkeys(addresses.canonical(r) for r in message.rcpt_tos):
+        if not rcpt:
+            continue  # every recipient was discarded or held at accept time
+        resolution = directory.resolve(rcpt)
+        target = resolution.mailing_list
+        if resolution.kind == "bounces" and target is not None:
+            ctx.event("bounce", f"for {target.address}: kept, not processed "
+                                "(bounce processing is not enabled)")
+            continue
+        if target is None:
+            ctx.event("dropped", f"{rcpt}: no longer a list or alias here")
+            continue
+        recipients = directory.active_member_addresses(target.id)
+        ctx.deliveries.extend(NewDelivery(message.id, target.id, member, target.priority)
+                              for member in recipients)
+        noun = "alias" if target.kind is ListKind.ALIAS else "list"
+        ctx.event("expanded", f"{noun} {target.address}: {len(recipients)} recipient(s)")

@@ -1,0 +1,1 @@
+"""Send-chain steps: each adds to (or replaces list fields of) one outgoing copy."""

@@ -1,0 +1,19 @@
+"""Trace fields of a copy: our Received field and our loop marker for the list."""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+
+from mailflow.pipeline.context import CopyContext
+from mailflow.pipeline.marker import LOOP_HEADER, loop_marker
+
+
+def trace_fields(copy: CopyContext) -> None:
+    message, mailing_list = copy.message, copy.mailing_list
+    copy.added.append(
+        f"Received: from {message.helo or 'unknown'} ({message.peer or 'unknown'})\n"
+        f"\tby {copy.identity.hostname} (MailFlow Relay) with {message.protocol} "
+        f"id {message.id}\n"
+        f"\tfor <{mailing_list.address}>; {formatdate(message.received_at)}")
+    marker = loop_marker(copy.identity.instance_id, mailing_list.address)
+    copy.added.append(f"{LOOP_HEADER}: {marker}")

@@ -1,0 +1,42 @@
+"""The bytes-bounded LRU and the caches built on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mailflow.blobs import BlobStore
+from mailflow.lru import BytesLRU
+
+
+def test_bounded_in_bytes_least_recent_first() -> None:
+    cache: BytesLRU[str] = BytesLRU(10)
+    cache.put("a", b"1234")
+    cache.put("b", b"1234")
+    assert cache.get("a") == b"1234"  # now b is the least recent
+    cache.put("c", b"1234")
+    assert ("a" in cache, "b" in cache, "c" in cache) == (True, False, True)
+    assert (cache.size, len(cache)) == (8, 2)
+    cache.put("a", b"1")  # replacing counts the new size only
+    assert cache.size == 5
+    assert cache.pop("a") == b"1" and cache.size == 4
+
+
+def test_values_above_the_item_bound_are_not_kept_or_kept_alone() -> None:
+    cache: BytesLRU[str] = BytesLRU(10, max_item=4)
+    cache.put("a", b"12345")
+    assert "a" not in cache and cache.size == 0
+    alone: BytesLRU[str] = BytesLRU(10, max_item=100)
+    alone.put("a", b"1")
+    alone.put("big", b"x" * 50)
+    assert ("a" in alone, alone.get("big"), alone.size) == (False, b"x" * 50, 50)
+
+
+def test_blob_store_remembers_within_its_byte_bound(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path, cache_bytes=80)
+    blobs.remember("big", b"x" * 11)  # above an eighth of the bound: never kept
+    for number in range(10):
+        blobs.remember(f"d{number}", b"y" * 10)
+    assert blobs.cached("big") is None
+    assert blobs.cached("d0") is None and blobs.cached("d9") == b"y" * 10
+    blobs.unlink_many(["d9"])
+    assert blobs.cached("d9") is None
