@@ -30,8 +30,9 @@ from mailflow.egress.smtp import SmtpEgress
 from mailflow.egress.stdout import StdoutEgress
 from mailflow.egress.worker import ProcessEgress
 from mailflow.model import InboundMessage
-from mailflow.pipeline.expand import plan_deliveries
+from mailflow.services.commit import IngestBatch, store_batch
 from mailflow.services.lanes import Lane
+from mailflow.services.processor import expand_received
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.smtp_relay import parse_smtp_relay
 from mailflow.store import Engines, StoreRunner
@@ -145,9 +146,9 @@ def post(runner: StoreRunner, blobs: BlobStore, clock: FakeClock, message_id: st
     digest = content_hash(data)
     message = InboundMessage(message_id, "p@outside.test", ("team@example.test",), digest,
                              len(data), clock.now(), "127.0.0.1", "c.test", "ESMTP")
-    runner.repo.store_messages([message], clock.now(),
-                               lambda: blobs.write_many([(digest, data)]))
-    runner.repo.expand_received(clock.now(), 10, plan_deliveries)
+    store_batch(runner.repo, IngestBatch([message]), clock.now(),
+                lambda: blobs.write_many([(digest, data)]))
+    expand_received(runner.repo, clock.now(), 10)
 
 
 async def counts_reach(runner: StoreRunner, predicate: Callable[[dict[str, int]], bool],
