@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,24 +46,48 @@ def postgres_available() -> None:
     pytest.skip(problem)
 
 
-@pytest.fixture
-def postgres_url(postgres_available: None) -> Iterator[str]:
-    """A URL whose connections use a fresh schema, dropped after the test."""
+@contextmanager
+def _fresh_schema() -> Iterator[str]:
+    """A URL whose connections use a new schema of database ``test``, dropped afterwards."""
     schema = f"mf_test_{secrets.token_hex(4)}"
     admin = create_engine(PG_ADMIN_URL)
     with admin.begin() as conn:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
-    yield f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    try:
+        yield f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture
+def postgres_url(postgres_available: None) -> Iterator[str]:
+    """A URL whose connections use a fresh schema, dropped after the test."""
+    with _fresh_schema() as url:
+        yield url
+
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_database_url(request: pytest.FixtureRequest,
+                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """As ``database_url``, for a module's tests that share one relay (see there)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('store') / 'store.db'}"
+        return
+    request.getfixturevalue("postgres_available")
+    with _fresh_schema() as url:
+        yield url
 
 
 @pytest.fixture
@@ -95,25 +120,55 @@ FAST_RETRIES = {
 }
 
 
+@contextmanager
+def relay_factory(folder: Path, database_url: str, sink: SmtpSink
+                  ) -> Iterator[Callable[..., RelayProcess]]:
+    """Build (not start) relays on a backend that send to ``sink``; stop them afterwards."""
+    made: list[RelayProcess] = []
+
+    def factory(lmtp: bool = False, policy: bool = False, **settings: str) -> RelayProcess:
+        env = {**FAST_RETRIES, "MAILFLOW_SMTP_RELAY": sink.url}
+        env.update({f"MAILFLOW_{k.upper()}": v for k, v in settings.items()})
+        url = "" if database_url.startswith("sqlite") else database_url
+        relay = RelayProcess(folder / f"relay{len(made)}", database_url=url, settings=env,
+                             lmtp=lmtp, policy=policy)
+        made.append(relay)
+        relay.init()
+        return relay
+
+    try:
+        yield factory
+    finally:
+        for relay in made:
+            relay.stop()
+
+
 @pytest.fixture
 def make_relay(tmp_path: Path, database_url: str, sink: SmtpSink
                ) -> Iterator[Callable[..., RelayProcess]]:
     """Build (not start) a relay on this test's backend that sends to the sink."""
-    made: list[RelayProcess] = []
+    with relay_factory(tmp_path, database_url, sink) as factory:
+        yield factory
 
-    def factory(lmtp: bool = False, **settings: str) -> RelayProcess:
-        env = {**FAST_RETRIES, "MAILFLOW_SMTP_RELAY": sink.url}
-        env.update({f"MAILFLOW_{k.upper()}": v for k, v in settings.items()})
-        url = "" if database_url.startswith("sqlite") else database_url
-        relay = RelayProcess(tmp_path / f"relay{len(made)}", database_url=url, settings=env,
-                             lmtp=lmtp)
-        relay.init()
-        made.append(relay)
-        return relay
 
-    yield factory
-    for relay in made:
-        relay.stop()
+@pytest.fixture(scope="module")
+def module_sink() -> Iterator[SmtpSink]:
+    with SmtpSink() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def make_module_relay(tmp_path_factory: pytest.TempPathFactory, module_database_url: str,
+                      module_sink: SmtpSink) -> Iterator[Callable[..., RelayProcess]]:
+    """``make_relay`` for a relay shared by a module's tests.
+
+    Only for tests that leave nothing behind that another could see: refusals (nothing
+    stored, nothing sent) and read-only requests.  A test that stores or sends mail,
+    or trips a limiter, gets a relay of its own.
+    """
+    with relay_factory(tmp_path_factory.mktemp("relays"), module_database_url,
+                       module_sink) as factory:
+        yield factory
 
 
 @pytest.fixture

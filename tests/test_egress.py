@@ -277,7 +277,8 @@ async def test_a_dead_egress_process_defers_its_transactions_and_is_replaced() -
             assert (await egress.send("l@x.test", ["a@x.test"], CONTENT))[0].delivered
             sink.handler.data_delay = 1.0  # hold the next transaction on the wire
             in_flight = asyncio.create_task(egress.send("l@x.test", ["b@x.test"], CONTENT))
-            await asyncio.sleep(0.3)
+            # Until the sink holds the message, not yet answered.
+            assert await asyncio.to_thread(sink.wait_for_data, 2, 10)
             assert egress._process is not None
             egress._process.kill()
             with pytest.raises(EgressUnavailable):  # deferred by the scheduler, not lost

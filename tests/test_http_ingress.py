@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import httpx
 import pytest
 
 from mailflow.testing.factories import make_list, make_message
+from mailflow.testing.ports import free_port
 from mailflow.testing.relay import RelayProcess
 from mailflow.testing.sink import SmtpSink
 
@@ -21,20 +21,24 @@ OLD_KEY = "previous-key"
 CURL_SCRIPT = Path(__file__).parents[1] / "contrib" / "postfix" / "mailflow-curl.sh"
 
 
-@pytest.fixture
-def relay(make_relay: Callable[..., RelayProcess]) -> RelayProcess:
-    running = make_relay(ingress_psk=f"{KEY},{OLD_KEY}", max_message_size="4096",
-                         http_auth_max_failures="3", poll_interval="0.2",
-                         policy_listen=f"127.0.0.1:{_free_port()}").start()
+def start_relay(make: Callable[..., RelayProcess]) -> RelayProcess:
+    running = make(ingress_psk=f"{KEY},{OLD_KEY}", max_message_size="4096",
+                   http_auth_max_failures="3", poll_interval="0.2", policy=True).start()
     with running.repository() as repo:
         make_list(repo, "team@example.test", ["ann@members.test", "ben@members.test"])
     return running
 
 
-def _free_port() -> int:
-    from mailflow.testing.ports import free_port
+@pytest.fixture
+def relay(make_relay: Callable[..., RelayProcess]) -> RelayProcess:
+    return start_relay(make_relay)
 
-    return free_port()
+
+@pytest.fixture(scope="module")
+def refusing(make_module_relay: Callable[..., RelayProcess]) -> RelayProcess:
+    """The same relay, shared by the tests that only get refusals or only read: they
+    store nothing, send nothing and use the right key, so none can see another."""
+    return start_relay(make_module_relay)
 
 
 def post(relay: RelayProcess, data: bytes, *, key: str | None = KEY,
@@ -74,17 +78,16 @@ def test_recipient_from_delivery_headers_when_no_to(relay: RelayProcess,
     (make_message("nobody@example.test"), [("to", "nobody@example.test")], 422, "5.1.1"),
     (make_message("a@elsewhere.test"), [("to", "a@elsewhere.test")], 422, "5.7.1"),
 ])
-def test_refusals_are_problem_json(relay: RelayProcess, sink: SmtpSink, data: bytes,
+def test_refusals_are_problem_json(refusing: RelayProcess, data: bytes,
                                    params: list[tuple[str, str]] | None, status: int,
                                    enhanced: str) -> None:
-    response = post(relay, data, params=params)
+    response = post(refusing, data, params=params)
     assert response.status_code == status
     assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()
     assert problem["status"] == status and problem["enhanced_status"] == enhanced
     assert problem["detail"]
-    counts = json.loads(relay.cli("queue", "show", "--json").stdout)["messages"]
-    assert sum(counts.values()) == 0
+    assert sum(refusing.counts()[0].values()) == 0
 
 
 def test_loop_is_refused_with_422(relay: RelayProcess, sink: SmtpSink) -> None:
@@ -102,13 +105,13 @@ def test_bad_keys_get_401_then_429(relay: RelayProcess) -> None:
     assert post(relay, make_message("team@example.test"), key="guess2").status_code == 401
     limited = post(relay, make_message("team@example.test"), key=KEY)
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) > 0
-    counts = json.loads(relay.cli("queue", "show", "--json").stdout)["messages"]
-    assert sum(counts.values()) == 0
+    assert sum(relay.counts()[0].values()) == 0
 
 
-def test_wrong_media_type_is_415(relay: RelayProcess) -> None:
-    response = post(relay, b'{"subject": "hi"}', content_type="application/json")
+def test_wrong_media_type_is_415(refusing: RelayProcess) -> None:
+    response = post(refusing, b'{"subject": "hi"}', content_type="application/json")
     assert response.status_code == 415
+    assert sum(refusing.counts()[0].values()) == 0
 
 
 def test_storage_failure_is_503_with_retry_after(make_relay: Callable[..., RelayProcess]
@@ -154,7 +157,7 @@ def test_pipe_exit_codes(relay: RelayProcess, sink: SmtpSink, remote: bool) -> N
 
 
 def test_pipe_temporary_failures_exit_75(relay: RelayProcess, tmp_path: Path) -> None:
-    closed = f"http://127.0.0.1:{_free_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     down = pipe(relay, make_message("team@example.test"), "--to", "team@example.test",
                 "--url", closed)
     assert down.returncode == 75 and down.stderr.startswith(b"4.4.1")
@@ -203,8 +206,9 @@ def policy_request(port: int, **attributes: str) -> str:
     return first
 
 
-def test_policy_service_answers_at_rcpt_time(relay: RelayProcess) -> None:
-    port = int(relay.env["MAILFLOW_POLICY_LISTEN"].rsplit(":", 1)[1])
+def test_policy_service_answers_at_rcpt_time(refusing: RelayProcess) -> None:
+    port = refusing.policy_port
+    assert port is not None
     assert policy_request(port, recipient="team@example.test") == "action=DUNNO"
     assert policy_request(port, recipient="team-bounces@example.test") == "action=DUNNO"
     assert policy_request(port, recipient="nobody@example.test").startswith(

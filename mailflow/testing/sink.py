@@ -9,15 +9,19 @@ before answering 250.  It announces PIPELINING unless told not to (``pipelining`
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailflow.testing.ports import listening_socket, port_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +38,8 @@ class SinkHandler:
     rcpt_replies: dict[str, deque[str]] = field(default_factory=dict)
     data_replies: deque[str] = field(default_factory=deque)
     mail_replies: deque[str] = field(default_factory=deque)
-    transactions: int = 0
+    transactions: int = 0  # DATA answered
+    data_received: int = 0  # DATA arrived (answered or still held by ``data_delay``)
     connections: int = 0
     data_delay: float = 0.0  # seconds to wait before answering DATA (a slow next hop)
     pipelining: bool = True  # announce PIPELINING (aiosmtpd reads pipelined commands fine)
@@ -68,6 +73,9 @@ class SinkHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        with self.lock:
+            self.data_received += 1  # the whole message is here; the reply is not sent yet
+            self.lock.notify_all()
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
         with self.lock:
@@ -82,7 +90,14 @@ class SinkHandler:
 
 
 class _CountingController(Controller):
+    """aiosmtpd's controller serving a socket bound beforehand (no free-port race)."""
+
     smtp_options: dict[str, Any]
+    sock: socket.socket
+
+    def _create_server(self) -> Awaitable[asyncio.AbstractServer]:
+        return self.loop.create_server(self._factory_invoker, sock=self.sock,
+                                       ssl=self.ssl_context)
 
     def factory(self) -> SMTP:
         self.handler.connections += 1
@@ -100,23 +115,27 @@ class SmtpSink:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
                  ssl_context: ssl.SSLContext | None = None, **smtp_options: Any) -> None:
         self.handler = SinkHandler()
-        self._controller = _CountingController(self.handler, hostname=host, port=port or None,
+        self._controller = _CountingController(self.handler, hostname=host, port=port,
                                                ssl_context=ssl_context)
         self._controller.smtp_options = smtp_options
         self.host = host
         self.port = port
 
     def start(self) -> SmtpSink:
-        if not self.port:
-            from mailflow.testing.ports import free_port
-            self.port = free_port()
-            self._controller.port = self.port
-        self._controller.start()
+        """Bind (port 0: a free port, kept from then on) and serve; ready on return."""
+        sock = listening_socket(self.host, self.port)
+        self.port = self._controller.port = port_of(sock)
+        self._controller.sock = sock
+        try:
+            self._controller.start()
+        except BaseException:
+            sock.close()
+            raise
         self.handler.connections = 0  # the controller's own readiness probe does not count
         return self
 
     def stop(self) -> None:
-        self._controller.stop()
+        self._controller.stop()  # closes the server and with it the socket
 
     def __enter__(self) -> SmtpSink:
         return self.start()
@@ -144,6 +163,12 @@ class SmtpSink:
     def fail_data(self, *replies: str) -> None:
         with self.handler.lock:
             self.handler.data_replies.extend(replies)
+
+    def wait_for_data(self, count: int, timeout: float = 20.0) -> bool:
+        """Block until ``count`` messages arrived after DATA (answered or held)."""
+        with self.handler.lock:
+            return self.handler.lock.wait_for(lambda: self.handler.data_received >= count,
+                                              timeout)
 
     def wait_for_recipients(self, count: int, timeout: float = 20.0) -> list[str]:
         """Block until ``count`` recipient copies arrived (or the timeout passed)."""
