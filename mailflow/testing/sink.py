@@ -14,7 +14,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,6 +163,25 @@ class SmtpSink:
     def fail_data(self, *replies: str) -> None:
         with self.handler.lock:
             self.handler.data_replies.extend(replies)
+
+    def wait_for_copies(self, recipients: Iterable[str], count: int | None = None,
+                        timeout: float = 20.0) -> list[Received]:
+        """Block until ``count`` (default: one per recipient) copies for ``recipients``
+        arrived, or the timeout passed; returns the messages for them.
+
+        For tests that share a sink: each looks only at its own recipients.
+        """
+        mine = {r.lower() for r in recipients}
+        wanted = len(mine) if count is None else count
+
+        def arrived() -> list[Received]:
+            return [m for m in self.handler.messages if mine & {r.lower() for r in m.rcpt_tos}]
+
+        with self.handler.lock:
+            self.handler.lock.wait_for(
+                lambda: sum(len(mine & {r.lower() for r in m.rcpt_tos})
+                            for m in arrived()) >= wanted, timeout)
+            return arrived()
 
     def wait_for_data(self, count: int, timeout: float = 20.0) -> bool:
         """Block until ``count`` messages arrived after DATA (answered or held)."""
