@@ -61,7 +61,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def address_in_use(text: str) -> bool:
     """Whether a server's output says that it could not bind its address."""
-    return os.strerror(errno.EADDRINUSE) in text or "EADDRINUSE" in text
+    folded = text.lower()  # asyncio words it "address already in use"
+    return os.strerror(errno.EADDRINUSE).lower() in folded or "eaddrinuse" in folded
 
 
 def wait_for_port(host: str, port: int, timeout: float = 20.0) -> bool:

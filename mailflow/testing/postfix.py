@@ -498,9 +498,10 @@ def _wait_gone(process: Process, timeout: float) -> bool:
 
 
 @contextlib.contextmanager
-def postfix_instance(**kwargs: object) -> Iterator[PostfixInstance]:
+def postfix_instance(*, base_dir: Path | None = None, smtp_port: int | None = None,
+                     settings: Mapping[str, str] | None = None) -> Iterator[PostfixInstance]:
     """A started instance that is stopped and deleted afterwards."""
-    instance = PostfixInstance(**kwargs)  # type: ignore[arg-type]
+    instance = PostfixInstance(base_dir=base_dir, smtp_port=smtp_port, settings=settings)
     try:
         with instance:
             yield instance

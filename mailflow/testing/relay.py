@@ -41,6 +41,7 @@ class RelayProcess:
         self._wanted = {"SMTP": True, "HTTP": True, "LMTP": lmtp, "POLICY": policy}
         self._port: dict[str, int | None] = {}
         self._ports_seen = False
+        self._given = set(settings or {})  # a test's own MAILFLOW_*_LISTEN stays as given
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MAILFLOW_")}
         self.env.update({"MAILFLOW_DATA_DIR": str(data_dir), "MAILFLOW_HOSTNAME": "relay.test"})
         self._pick_ports()
@@ -54,13 +55,19 @@ class RelayProcess:
         for name, wanted in self._wanted.items():
             port = free_port() if wanted else None
             self._port[name] = port
-            if port is not None or name != "POLICY":  # policy_listen is off by default
-                self.env[f"MAILFLOW_{name}_LISTEN"] = f"127.0.0.1:{port}" if port else "off"
+            key = f"MAILFLOW_{name}_LISTEN"
+            if key not in self._given and (port is not None or name != "POLICY"):
+                self.env[key] = f"127.0.0.1:{port}" if port else "off"  # policy: off by default
 
     def _get_port(self, name: str) -> int | None:
         if self.process is None:
             self._ports_seen = True
         return self._port[name]
+
+    @property
+    def _retry_ports(self) -> bool:
+        """Whether a start may move to new ports: none read yet, none a test's own."""
+        return not self._ports_seen and not any(k.endswith("_LISTEN") for k in self._given)
 
     @property
     def smtp_port(self) -> int:
@@ -162,7 +169,7 @@ class RelayProcess:
                 return self
             self.stop()
             output = self.log_path.read_bytes()[logged:].decode(errors="replace")
-            if not address_in_use(output) or self._ports_seen or attempt == ATTEMPTS - 1:
+            if not address_in_use(output) or not self._retry_ports or attempt == ATTEMPTS - 1:
                 raise RuntimeError(f"relay did not start:\n{output}")
             self._pick_ports()
         raise AssertionError("unreachable")
