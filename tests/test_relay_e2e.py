@@ -5,7 +5,6 @@ Every test runs on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -51,26 +50,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
 @pytest.fixture(scope="module")
 def shared(make_module_relay: Callable[..., RelayProcess]) -> RelayProcess:
     """One relay (per backend) for the tests that need no settings, fault or state of
-    their own.  Each posts to a list of its own (:func:`fresh_list`) with members of its
-    own and looks only at their copies, so none can see another's mail."""
+    their own.  Each posts to a list of its own (:meth:`RelayProcess.fresh_list`) with
+    members of its own and looks only at their copies, so none can see another's mail."""
     relay = make_module_relay().start()
     with relay.repository() as repo:
         make_list(repo, "team@example.test", TEAM)  # for refusals at RCPT
     return relay
-
-
-_LISTS = itertools.count()
-
-
-def fresh_list(relay: RelayProcess, members: int = 3, kind: ListKind = ListKind.LIST,
-               name: str = "") -> tuple[str, list[str]]:
-    """A new list (or alias) on ``relay``: its address and its members' addresses."""
-    number = next(_LISTS)
-    address = f"{kind.value}{number}@example.test"
-    roster = [f"{person}{number}@members.test" for person in ("ann", "ben", "cat")[:members]]
-    with relay.repository() as repo:
-        make_list(repo, address, roster, kind=kind, name=name)
-    return address, roster
 
 
 def wait_final(relay: RelayProcess, recipients: list[str], timeout: float = 30.0
@@ -96,7 +81,7 @@ def wait_final(relay: RelayProcess, recipients: list[str], timeout: float = 30.0
 
 def test_list_post_reaches_every_member_with_list_headers(shared: RelayProcess,
                                                           module_sink: SmtpSink) -> None:
-    address, members = fresh_list(shared, name="Team")
+    address, members = shared.fresh_list(name="Team")
     local = address.split("@")[0]
     send(shared, [address], make_message(address))
 
@@ -113,7 +98,7 @@ def test_list_post_reaches_every_member_with_list_headers(shared: RelayProcess,
 
 def test_alias_forwards_to_external_target_without_list_headers(shared: RelayProcess,
                                                                 module_sink: SmtpSink) -> None:
-    address, [target] = fresh_list(shared, members=1, kind=ListKind.ALIAS)
+    address, [target] = shared.fresh_list(members=1, kind=ListKind.ALIAS)
     send(shared, [address], make_message(address))
 
     [copy] = module_sink.wait_for_copies([target])
@@ -125,7 +110,7 @@ def test_alias_forwards_to_external_target_without_list_headers(shared: RelayPro
 
 def test_body_and_original_headers_arrive_byte_identical(shared: RelayProcess,
                                                          module_sink: SmtpSink) -> None:
-    address, members = fresh_list(shared, members=1)
+    address, members = shared.fresh_list(members=1)
     body = (b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Transfer-Encoding: 8bit\r\n\r\n"
             b".leading dot line\r\n..two dots\r\n  trailing spaces   \r\n"
@@ -143,7 +128,7 @@ def test_body_and_original_headers_arrive_byte_identical(shared: RelayProcess,
 
 def test_incoming_list_headers_are_replaced_not_duplicated(shared: RelayProcess,
                                                            module_sink: SmtpSink) -> None:
-    address, members = fresh_list(shared, members=1)
+    address, members = shared.fresh_list(members=1)
     data = make_message(address, extra_headers=["List-Id: <other.list.test>"])
     send(shared, [address], data)
     [copy] = module_sink.wait_for_copies(members)
@@ -188,7 +173,7 @@ def test_oversized_message_is_refused_with_552(make_relay: Callable[..., RelayPr
 
 def test_too_many_received_headers_is_a_loop(shared: RelayProcess,
                                              module_sink: SmtpSink) -> None:
-    address, members = fresh_list(shared)
+    address, members = shared.fresh_list()
     hops = [f"Received: from hop{i}.test by hop{i + 1}.test; Mon, 23 Nov 2026 10:00:00 +0000"
             for i in range(31)]
     with pytest.raises(smtplib.SMTPDataError) as refused:
@@ -204,10 +189,10 @@ def test_too_many_received_headers_is_a_loop(shared: RelayProcess,
 
 def test_our_own_copy_coming_back_is_refused_as_a_loop(shared: RelayProcess,
                                                        module_sink: SmtpSink) -> None:
-    looping, _ = fresh_list(shared, members=0)
+    looping, _ = shared.fresh_list(members=0)
     with shared.repository() as repo:
         repo.add_members(looping, [looping], time.time())  # the list is its own member
-    other, [member] = fresh_list(shared, members=1)
+    other, [member] = shared.fresh_list(members=1)
     send(shared, [looping], make_message(looping))
     [first] = module_sink.wait_for_copies([looping])
     copy = first.content
@@ -273,7 +258,7 @@ def test_small_bodies_are_kept_in_the_database_and_large_ones_in_files(
 
 def test_temporary_failures_are_deferred_then_delivered(shared: RelayProcess,
                                                         module_sink: SmtpSink) -> None:
-    address, [member] = fresh_list(shared, members=1)
+    address, [member] = shared.fresh_list(members=1)
     module_sink.fail_rcpt(member, "451 4.3.0 busy, try later", "452 4.2.2 mailbox full")
     send(shared, [address], make_message(address))
 
@@ -289,7 +274,7 @@ def test_temporary_failures_are_deferred_then_delivered(shared: RelayProcess,
 
 def test_permanent_failure_fails_only_that_recipient(shared: RelayProcess,
                                                      module_sink: SmtpSink) -> None:
-    address, (ann, ben, cat) = fresh_list(shared)
+    address, (ann, ben, cat) = shared.fresh_list()
     module_sink.fail_rcpt(ben, "550 5.1.1 no such user")
     send(shared, [address], make_message(address))
 

@@ -6,6 +6,7 @@ Settings reach it only through ``MAILFLOW_*`` environment variables, as in produ
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -15,7 +16,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from mailflow.model import ListKind
 from mailflow.store import Repository, create_cli_engines
+from mailflow.testing.factories import make_list
 from mailflow.testing.ports import (
     ATTEMPTS,
     address_in_use,
@@ -23,6 +26,8 @@ from mailflow.testing.ports import (
     listening_ports,
     wait_for_port,
 )
+
+_LISTS = itertools.count()  # list addresses unique across every relay of a test run
 
 
 class RelayProcess:
@@ -128,6 +133,21 @@ class RelayProcess:
             yield Repository(engines)
         finally:
             engines.dispose()
+
+    def fresh_list(self, members: int = 3, kind: ListKind = ListKind.LIST, name: str = ""
+                   ) -> tuple[str, list[str]]:
+        """A new list (or alias) with members of its own: its address and theirs.
+
+        For tests that share a relay and a sink: each looks only at its own members'
+        copies (:meth:`SmtpSink.wait_for_copies`), so none can see another's mail.
+        """
+        number = next(_LISTS)
+        address = f"{kind.value}{number}@example.test"
+        roster = [f"{person}{number}@members.test"
+                  for person in ("ann", "ben", "cat", "dan")[:members]]
+        with self.repository() as repo:
+            make_list(repo, address, roster, kind=kind, name=name)
+        return address, roster
 
     def counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """(messages, deliveries) per status, read from the store as the CLI does."""
