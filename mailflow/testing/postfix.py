@@ -189,8 +189,9 @@ class PostfixInstance:
         self.queue_dir = self.dir / "spool"
         self.data_dir = self.dir / "lib"
         self.log_path = self.dir / "maillog"
-        self._port_chosen = smtp_port is None  # may move to another port if taken
-        self.smtp_port = smtp_port or free_port()
+        # Ours to move to another port if it was taken, as long as nobody read it.
+        self._port_movable = smtp_port is None
+        self._smtp_port = smtp_port or free_port()
         self._master_entries: list[str] = [self._smtpd_entry()]
         self._main: dict[str, str] = {
             "compatibility_level": "3.6",
@@ -283,8 +284,14 @@ class PostfixInstance:
     def postconf(self, *args: str) -> str:
         return self._run([POSTCONF, "-c", str(self.config_dir), *args]).stdout
 
+    @property
+    def smtp_port(self) -> int:
+        if not self._started:
+            self._port_movable = False
+        return self._smtp_port
+
     def _smtpd_entry(self) -> str:
-        return f"127.0.0.1:{self.smtp_port} inet n - n - - smtpd"
+        return f"127.0.0.1:{self._smtp_port} inet n - n - - smtpd"
 
     def _write_config(self) -> None:
         main = "".join(f"{key} = {value}\n" for key, value in self._main.items())
@@ -303,7 +310,7 @@ class PostfixInstance:
         """``postfix start``; return once the master listens on :attr:`smtp_port`.
 
         A port someone else took since it was picked means another port and another
-        start (the port is read only after a start, so nothing has used it yet).
+        start, unless :attr:`smtp_port` was read before (it may be wired in elsewhere).
         """
         for attempt in range(ATTEMPTS):
             logged = len(self.log())
@@ -314,18 +321,18 @@ class PostfixInstance:
                     self._start_master(timeout)
                     if self._wait_listening(timeout):
                         return self
-                    failure = PostfixError(f"postfix smtpd did not listen on {self.smtp_port}"
+                    failure = PostfixError(f"postfix smtpd did not listen on {self._smtp_port}"
                                            f":\n{self.log()[logged:]}")
                 except PostfixError as exc:
                     failure = exc
-                if not (self._port_chosen and address_in_use(f"{failure}{self.log()[logged:]}")) \
+                if not (self._port_movable and address_in_use(f"{failure}{self.log()[logged:]}")) \
                         or attempt == ATTEMPTS - 1:
                     raise failure
             except BaseException:
                 self.stop()
                 raise
             self.stop()
-            self.smtp_port = free_port()
+            self._smtp_port = free_port()
             self._master_entries[0] = self._smtpd_entry()
         raise AssertionError("unreachable")
 
@@ -345,11 +352,11 @@ class PostfixInstance:
         """Whether this instance's master (not a stranger) listens on the smtpd port."""
         pid = self._master_pid
         if pid is None or listening_ports(pid) is None:
-            return wait_for_port("127.0.0.1", self.smtp_port, timeout)
+            return wait_for_port("127.0.0.1", self._smtp_port, timeout)
         master = _process(pid)
         deadline = time.monotonic() + timeout
         while master is not None and not _wait_gone(master, 0):
-            if self.smtp_port in (listening_ports(pid) or set()):
+            if self._smtp_port in (listening_ports(pid) or set()):
                 return True
             if time.monotonic() >= deadline:
                 return False
