@@ -126,7 +126,9 @@ async def test_unreachable_relay_is_a_temporary_failure(make_egress: EgressFacto
 def authenticator(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
     ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
         b"relay-user", b"s3cret:pw")
-    return AuthResult(success=ok)
+    # handled=False: aiosmtpd answers a failure with 535 itself (handled=True would leave
+    # the client waiting for a reply until its timeout).
+    return AuthResult(success=ok, handled=False)
 
 
 async def test_starttls_with_auth(certificate: tuple[Path, Path],
@@ -143,8 +145,10 @@ async def test_starttls_with_auth(certificate: tuple[Path, Path],
 
         wrong = make_egress(f"smtp://relay-user:wrong@127.0.0.1:{sink.port}"
                            "?tls=starttls&verify=no")
-        with pytest.raises(EgressUnavailable):
+        with pytest.raises(EgressUnavailable) as refused:
             await wrong.send("l@x.test", ["a@x.test"], CONTENT)
+        assert "535" in str(refused.value)  # the server's refusal, not a timeout
+        assert sink.recipients() == ["a@x.test"]
 
 
 async def test_implicit_tls(certificate: tuple[Path, Path], make_egress: EgressFactory) -> None:
