@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -79,15 +79,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def module_database_url(request: pytest.FixtureRequest,
-                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """As ``database_url``, for a module's tests that share one relay (see there)."""
+def module_databases(request: pytest.FixtureRequest) -> Iterator[Callable[[], str]]:
+    """For the relays a module's tests share: makes one database per relay on this
+    module's backend (a PostgreSQL schema, dropped after the module; on SQLite a
+    relay keeps its store in its own folder)."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('store') / 'store.db'}"
+        yield lambda: "sqlite:"
         return
     request.getfixturevalue("postgres_available")
-    with _fresh_schema() as url:
-        yield url
+    with ExitStack() as schemas:
+        yield lambda: schemas.enter_context(_fresh_schema())
 
 
 @pytest.fixture
@@ -121,15 +122,17 @@ FAST_RETRIES = {
 
 
 @contextmanager
-def relay_factory(folder: Path, database_url: str, sink: SmtpSink
+def relay_factory(folder: Path, database_url: Callable[[], str], sink: SmtpSink
                   ) -> Iterator[Callable[..., RelayProcess]]:
-    """Build (not start) relays on a backend that send to ``sink``; stop them afterwards."""
+    """Build (not start) relays that send to ``sink``, each on the database
+    ``database_url()`` names (SQLite: the relay's own folder); stop them afterwards."""
     made: list[RelayProcess] = []
 
     def factory(lmtp: bool = False, policy: bool = False, **settings: str) -> RelayProcess:
         env = {**FAST_RETRIES, "MAILFLOW_SMTP_RELAY": sink.url}
         env.update({f"MAILFLOW_{k.upper()}": v for k, v in settings.items()})
-        url = "" if database_url.startswith("sqlite") else database_url
+        url = database_url()
+        url = "" if url.startswith("sqlite") else url
         relay = RelayProcess(folder / f"relay{len(made)}", database_url=url, settings=env,
                              lmtp=lmtp, policy=policy)
         made.append(relay)
@@ -147,7 +150,7 @@ def relay_factory(folder: Path, database_url: str, sink: SmtpSink
 def make_relay(tmp_path: Path, database_url: str, sink: SmtpSink
                ) -> Iterator[Callable[..., RelayProcess]]:
     """Build (not start) a relay on this test's backend that sends to the sink."""
-    with relay_factory(tmp_path, database_url, sink) as factory:
+    with relay_factory(tmp_path, lambda: database_url, sink) as factory:
         yield factory
 
 
@@ -158,15 +161,17 @@ def module_sink() -> Iterator[SmtpSink]:
 
 
 @pytest.fixture(scope="module")
-def make_module_relay(tmp_path_factory: pytest.TempPathFactory, module_database_url: str,
+def make_module_relay(tmp_path_factory: pytest.TempPathFactory,
+                      module_databases: Callable[[], str],
                       module_sink: SmtpSink) -> Iterator[Callable[..., RelayProcess]]:
-    """``make_relay`` for a relay shared by a module's tests.
+    """``make_relay`` for relays shared by a module's tests, each with a store of its own.
 
-    Only for tests that leave nothing behind that another could see: refusals (nothing
-    stored, nothing sent) and read-only requests.  A test that stores or sends mail,
-    or trips a limiter, gets a relay of its own.
+    Only for tests that no other can see: each posts to a list of its own
+    (:meth:`RelayProcess.fresh_list`) and looks only at its members' copies, or only
+    gets refusals.  A test that needs settings or a fault of its own, stops or kills
+    the relay, or trips a limiter, gets a relay of its own.
     """
-    with relay_factory(tmp_path_factory.mktemp("relays"), module_database_url,
+    with relay_factory(tmp_path_factory.mktemp("relays"), module_databases,
                        module_sink) as factory:
         yield factory
 
