@@ -61,7 +61,7 @@ def test_a_relay_whose_port_was_taken_starts_on_other_ports(tmp_path: Path) -> N
             assert address_in_use(relay.log())  # the first try failed on it
             assert relay.smtp_port != taken
             assert {relay.smtp_port, relay.http_port} <= (
-                listening_ports(relay.process.pid) or set())  # type: ignore[union-attr]
+                listening_ports(relay.process.pid, tree=True) or set())  # type: ignore[union-attr]
         finally:
             relay.stop()
 

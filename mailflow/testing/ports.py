@@ -93,12 +93,33 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def listening_ports(pid: int) -> set[int] | None:
-    """TCP ports process ``pid`` listens on (its own descriptors), or None without /proc."""
+def _descendants(pid: int) -> list[int]:
+    """``pid``'s children, grandchildren and so on (from /proc/PID/stat's ppid)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], list(parents.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(parents.get(child, []))
+    return found
+
+
+def listening_ports(pid: int, *, tree: bool = False) -> set[int] | None:
+    """TCP ports process ``pid`` (with ``tree``: or one of its descendants) listens on,
+    by its own descriptors; None without /proc."""
     tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
     if not tables[0].exists():
         return None
     inodes = _socket_inodes(pid)
+    for child in _descendants(pid) if tree else []:
+        inodes |= _socket_inodes(child)
     ports: set[int] = set()
     for table in tables:
         try:

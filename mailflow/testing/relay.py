@@ -199,7 +199,8 @@ class RelayProcess:
         wanted = self._listen_ports()
         deadline = time.monotonic() + timeout
         while process.poll() is None and time.monotonic() < deadline:
-            listening = listening_ports(process.pid)
+            # The relay or its child process: wherever the listeners are bound.
+            listening = listening_ports(process.pid, tree=True)
             if listening is None:  # no /proc: a connection must do
                 return all(wait_for_port("127.0.0.1", port, deadline - time.monotonic())
                            for port in wanted) and process.poll() is None
