@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,24 +46,49 @@ def postgres_available() -> None:
     pytest.skip(problem)
 
 
-@pytest.fixture
-def postgres_url(postgres_available: None) -> Iterator[str]:
-    """A URL whose connections use a fresh schema, dropped after the test."""
+@contextmanager
+def _fresh_schema() -> Iterator[str]:
+    """A URL whose connections use a new schema of database ``test``, dropped afterwards."""
     schema = f"mf_test_{secrets.token_hex(4)}"
     admin = create_engine(PG_ADMIN_URL)
     with admin.begin() as conn:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
-    yield f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    try:
+        yield f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture
+def postgres_url(postgres_available: None) -> Iterator[str]:
+    """A URL whose connections use a fresh schema, dropped after the test."""
+    with _fresh_schema() as url:
+        yield url
+
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_databases(request: pytest.FixtureRequest) -> Iterator[Callable[[], str]]:
+    """For the relays a module's tests share: makes one database per relay on this
+    module's backend (a PostgreSQL schema, dropped after the module; on SQLite a
+    relay keeps its store in its own folder)."""
+    if request.param == "sqlite":
+        yield lambda: "sqlite:"
+        return
+    request.getfixturevalue("postgres_available")
+    with ExitStack() as schemas:
+        yield lambda: schemas.enter_context(_fresh_schema())
 
 
 @pytest.fixture
@@ -95,25 +121,59 @@ FAST_RETRIES = {
 }
 
 
+@contextmanager
+def relay_factory(folder: Path, database_url: Callable[[], str], sink: SmtpSink
+                  ) -> Iterator[Callable[..., RelayProcess]]:
+    """Build (not start) relays that send to ``sink``, each on the database
+    ``database_url()`` names (SQLite: the relay's own folder); stop them afterwards."""
+    made: list[RelayProcess] = []
+
+    def factory(lmtp: bool = False, policy: bool = False, **settings: str) -> RelayProcess:
+        env = {**FAST_RETRIES, "MAILFLOW_SMTP_RELAY": sink.url}
+        env.update({f"MAILFLOW_{k.upper()}": v for k, v in settings.items()})
+        url = database_url()
+        url = "" if url.startswith("sqlite") else url
+        relay = RelayProcess(folder / f"relay{len(made)}", database_url=url, settings=env,
+                             lmtp=lmtp, policy=policy)
+        made.append(relay)
+        relay.init()
+        return relay
+
+    try:
+        yield factory
+    finally:
+        for relay in made:
+            relay.stop()
+
+
 @pytest.fixture
 def make_relay(tmp_path: Path, database_url: str, sink: SmtpSink
                ) -> Iterator[Callable[..., RelayProcess]]:
     """Build (not start) a relay on this test's backend that sends to the sink."""
-    made: list[RelayProcess] = []
+    with relay_factory(tmp_path, lambda: database_url, sink) as factory:
+        yield factory
 
-    def factory(lmtp: bool = False, **settings: str) -> RelayProcess:
-        env = {**FAST_RETRIES, "MAILFLOW_SMTP_RELAY": sink.url}
-        env.update({f"MAILFLOW_{k.upper()}": v for k, v in settings.items()})
-        url = "" if database_url.startswith("sqlite") else database_url
-        relay = RelayProcess(tmp_path / f"relay{len(made)}", database_url=url, settings=env,
-                             lmtp=lmtp)
-        relay.init()
-        made.append(relay)
-        return relay
 
-    yield factory
-    for relay in made:
-        relay.stop()
+@pytest.fixture(scope="module")
+def module_sink() -> Iterator[SmtpSink]:
+    with SmtpSink() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def make_module_relay(tmp_path_factory: pytest.TempPathFactory,
+                      module_databases: Callable[[], str],
+                      module_sink: SmtpSink) -> Iterator[Callable[..., RelayProcess]]:
+    """``make_relay`` for relays shared by a module's tests, each with a store of its own.
+
+    Only for tests that no other can see: each posts to a list of its own
+    (:meth:`RelayProcess.fresh_list`) and looks only at its members' copies, or only
+    gets refusals.  A test that needs settings or a fault of its own, stops or kills
+    the relay, or trips a limiter, gets a relay of its own.
+    """
+    with relay_factory(tmp_path_factory.mktemp("relays"), module_databases,
+                       module_sink) as factory:
+        yield factory
 
 
 @pytest.fixture

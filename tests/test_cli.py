@@ -130,6 +130,14 @@ def test_missing_store_and_bad_settings_are_explained(tmp_path: Path) -> None:
     assert result.returncode == 1 and "egress" in result.stderr
     result = relay.cli("--config", str(tmp_path / "missing.toml"), "list", "ls")
     assert result.returncode == 1 and "does not exist" in result.stderr
+    # What the hint says to do works: `mailflow init` makes the store (the fixtures
+    # initialise theirs in-process, through the same function).
+    del relay.env["MAILFLOW_SMTP_RELAY"]
+    result = relay.cli("init")
+    assert result.returncode == 0 and result.stdout.startswith("initialised "), result.stderr
+    assert (tmp_path / "empty" / "mailflow.db").is_file()
+    assert (tmp_path / "empty" / "blobs").is_dir()
+    assert relay.cli("list", "ls").returncode == 0
 
 
 def test_init_example_is_idempotent(cli: RelayProcess) -> None:

@@ -128,7 +128,9 @@ async def test_unreachable_relay_is_a_temporary_failure(make_egress: EgressFacto
 def authenticator(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
     ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
         b"relay-user", b"s3cret:pw")
-    return AuthResult(success=ok)
+    # handled=False: aiosmtpd answers a failure with 535 itself (handled=True would leave
+    # the client waiting for a reply until its timeout).
+    return AuthResult(success=ok, handled=False)
 
 
 async def test_starttls_with_auth(certificate: tuple[Path, Path],
@@ -145,8 +147,10 @@ async def test_starttls_with_auth(certificate: tuple[Path, Path],
 
         wrong = make_egress(f"smtp://relay-user:wrong@127.0.0.1:{sink.port}"
                            "?tls=starttls&verify=no")
-        with pytest.raises(EgressUnavailable):
+        with pytest.raises(EgressUnavailable) as refused:
             await wrong.send("l@x.test", ["a@x.test"], CONTENT)
+        assert "535" in str(refused.value)  # the server's refusal, not a timeout
+        assert sink.recipients() == ["a@x.test"]
 
 
 async def test_implicit_tls(certificate: tuple[Path, Path], make_egress: EgressFactory) -> None:
@@ -279,7 +283,8 @@ async def test_a_dead_egress_process_defers_its_transactions_and_is_replaced() -
             assert (await egress.send("l@x.test", ["a@x.test"], CONTENT))[0].delivered
             sink.handler.data_delay = 1.0  # hold the next transaction on the wire
             in_flight = asyncio.create_task(egress.send("l@x.test", ["b@x.test"], CONTENT))
-            await asyncio.sleep(0.3)
+            # Until the sink holds the message, not yet answered.
+            assert await asyncio.to_thread(sink.wait_for_data, 2, 10)
             assert egress._process is not None
             egress._process.kill()
             with pytest.raises(EgressUnavailable):  # deferred by the scheduler, not lost

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import httpx
 import pytest
 
 from mailflow.testing.factories import make_list, make_message
+from mailflow.testing.ports import free_port
 from mailflow.testing.relay import RelayProcess
 from mailflow.testing.sink import SmtpSink
 
@@ -21,20 +21,36 @@ OLD_KEY = "previous-key"
 CURL_SCRIPT = Path(__file__).parents[1] / "contrib" / "postfix" / "mailflow-curl.sh"
 
 
-@pytest.fixture
-def relay(make_relay: Callable[..., RelayProcess]) -> RelayProcess:
-    running = make_relay(ingress_psk=f"{KEY},{OLD_KEY}", max_message_size="4096",
-                         http_auth_max_failures="3", poll_interval="0.2",
-                         policy_listen=f"127.0.0.1:{_free_port()}").start()
+def start_relay(make: Callable[..., RelayProcess]) -> RelayProcess:
+    running = make(ingress_psk=f"{KEY},{OLD_KEY}", max_message_size="4096",
+                   http_auth_max_failures="3", poll_interval="0.2", policy=True).start()
     with running.repository() as repo:
         make_list(repo, "team@example.test", ["ann@members.test", "ben@members.test"])
     return running
 
 
-def _free_port() -> int:
-    from mailflow.testing.ports import free_port
+@pytest.fixture
+def relay(make_relay: Callable[..., RelayProcess]) -> RelayProcess:
+    return start_relay(make_relay)
 
-    return free_port()
+
+@pytest.fixture(scope="module")
+def shared(make_module_relay: Callable[..., RelayProcess]) -> RelayProcess:
+    """The same relay, shared by the tests that use the right key (no limiter state)
+    and post, if at all, to a list of their own (:meth:`RelayProcess.fresh_list`),
+    looking only at its members' copies: none can see another's mail."""
+    return start_relay(make_module_relay)
+
+
+@pytest.fixture(scope="module")
+def refusing(make_module_relay: Callable[..., RelayProcess]) -> RelayProcess:
+    """The same relay again, for the tests that only get refusals or only read: with
+    nothing ever stored in it, "nothing stored" is exact (counts are all zero)."""
+    return start_relay(make_module_relay)
+
+
+def to(address: str) -> list[tuple[str, str]]:
+    return [("from", "poster@outside.test"), ("to", address)]
 
 
 def post(relay: RelayProcess, data: bytes, *, key: str | None = KEY,
@@ -49,21 +65,27 @@ def post(relay: RelayProcess, data: bytes, *, key: str | None = KEY,
                       content=data, headers=headers, timeout=30)
 
 
-def test_accepted_message_is_relayed(relay: RelayProcess, sink: SmtpSink) -> None:
-    response = post(relay, make_message("team@example.test"))
+def test_accepted_message_is_relayed(shared: RelayProcess, module_sink: SmtpSink) -> None:
+    address, members = shared.fresh_list(members=2)
+    response = post(shared, make_message(address), params=to(address))
     assert response.status_code == 202
     assert response.json()["message_id"]
-    assert sorted(sink.wait_for_recipients(2)) == ["ann@members.test", "ben@members.test"]
+    [copy] = module_sink.wait_for_copies(members)
+    assert sorted(copy.rcpt_tos) == members
     # A key from the rotation list works too.
-    assert post(relay, make_message("team@example.test"), key=OLD_KEY).status_code == 202
+    assert post(shared, make_message(address), params=to(address),
+                key=OLD_KEY).status_code == 202
+    assert len(module_sink.wait_for_copies(members, count=4)) == 2
 
 
-def test_recipient_from_delivery_headers_when_no_to(relay: RelayProcess,
-                                                    sink: SmtpSink) -> None:
-    data = b"X-Original-To: team@example.test\r\n" + make_message("team@example.test")
-    response = post(relay, data, params=[("from", "poster@outside.test")])
+def test_recipient_from_delivery_headers_when_no_to(shared: RelayProcess,
+                                                    module_sink: SmtpSink) -> None:
+    address, members = shared.fresh_list(members=2)
+    data = f"X-Original-To: {address}\r\n".encode() + make_message(address)
+    response = post(shared, data, params=[("from", "poster@outside.test")])
     assert response.status_code == 202
-    assert len(sink.wait_for_recipients(2)) == 2
+    [copy] = module_sink.wait_for_copies(members)
+    assert sorted(copy.rcpt_tos) == members
 
 
 @pytest.mark.parametrize(("data", "params", "status", "enhanced"), [
@@ -74,10 +96,10 @@ def test_recipient_from_delivery_headers_when_no_to(relay: RelayProcess,
     (make_message("nobody@example.test"), [("to", "nobody@example.test")], 422, "5.1.1"),
     (make_message("a@elsewhere.test"), [("to", "a@elsewhere.test")], 422, "5.7.1"),
 ])
-def test_refusals_are_problem_json(relay: RelayProcess, sink: SmtpSink, data: bytes,
+def test_refusals_are_problem_json(refusing: RelayProcess, data: bytes,
                                    params: list[tuple[str, str]] | None, status: int,
                                    enhanced: str) -> None:
-    response = post(relay, data, params=params)
+    response = post(refusing, data, params=params)
     assert response.status_code == status
     assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()
@@ -88,14 +110,14 @@ def test_refusals_are_problem_json(relay: RelayProcess, sink: SmtpSink, data: by
     assert problem["title"] == {400: "Bad message", 413: "Message too large",
                                 422: "Refused"}[status]
     assert str(problem["smtp_code"])[0] == "5"
-    counts = json.loads(relay.cli("queue", "show", "--json").stdout)["messages"]
-    assert sum(counts.values()) == 0
+    assert sum(refusing.counts()[0].values()) == 0  # nothing stored
 
 
-def test_loop_is_refused_with_422(relay: RelayProcess, sink: SmtpSink) -> None:
-    assert post(relay, make_message("team@example.test")).status_code == 202
-    sink.wait_for_recipients(2)
-    response = post(relay, sink.messages[0].content)
+def test_loop_is_refused_with_422(shared: RelayProcess, module_sink: SmtpSink) -> None:
+    address, members = shared.fresh_list(members=2)
+    assert post(shared, make_message(address), params=to(address)).status_code == 202
+    [copy] = module_sink.wait_for_copies(members)
+    response = post(shared, copy.content, params=to(address))
     assert (response.status_code, response.json()["enhanced_status"]) == (422, "5.4.6")
 
 
@@ -107,13 +129,13 @@ def test_bad_keys_get_401_then_429(relay: RelayProcess) -> None:
     assert post(relay, make_message("team@example.test"), key="guess2").status_code == 401
     limited = post(relay, make_message("team@example.test"), key=KEY)
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) > 0
-    counts = json.loads(relay.cli("queue", "show", "--json").stdout)["messages"]
-    assert sum(counts.values()) == 0
+    assert sum(relay.counts()[0].values()) == 0
 
 
-def test_wrong_media_type_is_415(relay: RelayProcess) -> None:
-    response = post(relay, b'{"subject": "hi"}', content_type="application/json")
+def test_wrong_media_type_is_415(refusing: RelayProcess) -> None:
+    response = post(refusing, b'{"subject": "hi"}', content_type="application/json")
     assert response.status_code == 415
+    assert sum(refusing.counts()[0].values()) == 0
 
 
 def test_storage_failure_is_503_with_retry_after(make_relay: Callable[..., RelayProcess]
@@ -145,12 +167,14 @@ def pipe(relay: RelayProcess, data: bytes, *args: str,
 
 
 @pytest.mark.parametrize("remote", [False, True], ids=["store", "url"])
-def test_pipe_exit_codes(relay: RelayProcess, sink: SmtpSink, remote: bool) -> None:
+def test_pipe_exit_codes(shared: RelayProcess, module_sink: SmtpSink, remote: bool) -> None:
+    relay = shared
     url = ["--url", f"http://127.0.0.1:{relay.http_port}"] if remote else []
-    ok = pipe(relay, make_message("team@example.test"), "--from", "p@outside.test",
-              "--to", "team@example.test", *url)
+    address, members = relay.fresh_list(members=2)
+    ok = pipe(relay, make_message(address), "--from", "p@outside.test", "--to", address, *url)
     assert ok.returncode == 0, ok.stderr
-    assert sorted(sink.wait_for_recipients(2)) == ["ann@members.test", "ben@members.test"]
+    [copy] = module_sink.wait_for_copies(members)
+    assert sorted(copy.rcpt_tos) == members
 
     unknown = pipe(relay, make_message("x@example.test"), "--from", "p@outside.test",
                    "--to", "nobody@example.test", *url)
@@ -162,7 +186,7 @@ def test_pipe_exit_codes(relay: RelayProcess, sink: SmtpSink, remote: bool) -> N
 
 
 def test_pipe_temporary_failures_exit_75(relay: RelayProcess, tmp_path: Path) -> None:
-    closed = f"http://127.0.0.1:{_free_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     down = pipe(relay, make_message("team@example.test"), "--to", "team@example.test",
                 "--url", closed)
     assert down.returncode == 75 and down.stderr.startswith(b"4.4.1")
@@ -211,8 +235,9 @@ def policy_request(port: int, **attributes: str) -> str:
     return first
 
 
-def test_policy_service_answers_at_rcpt_time(relay: RelayProcess) -> None:
-    port = int(relay.env["MAILFLOW_POLICY_LISTEN"].rsplit(":", 1)[1])
+def test_policy_service_answers_at_rcpt_time(refusing: RelayProcess) -> None:
+    port = refusing.policy_port
+    assert port is not None
     assert policy_request(port, recipient="team@example.test") == "action=DUNNO"
     assert policy_request(port, recipient="team-bounces@example.test") == "action=DUNNO"
     assert policy_request(port, recipient="nobody@example.test").startswith(
@@ -222,23 +247,26 @@ def test_policy_service_answers_at_rcpt_time(relay: RelayProcess) -> None:
 
 
 def test_delivery_header_fallback_takes_the_topmost_and_mbox_from_is_dropped(
-        relay: RelayProcess, sink: SmtpSink) -> None:
+        shared: RelayProcess, module_sink: SmtpSink) -> None:
+    address, members = shared.fresh_list(members=2)
     data = (b"From poster@outside.test Mon Nov 23 10:00:00 2026\r\n"
-            b"Delivered-To: team@example.test\r\nDelivered-To: someone@elsewhere.test\r\n"
-            + make_message("team@example.test"))
-    response = post(relay, data, params=[("from", "poster@outside.test")])
+            + f"Delivered-To: {address}\r\nDelivered-To: someone@elsewhere.test\r\n".encode()
+            + make_message(address))
+    response = post(shared, data, params=[("from", "poster@outside.test")])
     assert response.status_code == 202, response.text
-    sink.wait_for_recipients(2)
-    assert b"From poster@outside.test Mon" not in sink.messages[0].content
+    [copy] = module_sink.wait_for_copies(members)
+    assert b"From poster@outside.test Mon" not in copy.content
 
 
-def test_pipe_psk_file_takes_the_first_key_of_a_rotation_list(relay: RelayProcess,
-                                                              sink: SmtpSink,
+def test_pipe_psk_file_takes_the_first_key_of_a_rotation_list(shared: RelayProcess,
+                                                              module_sink: SmtpSink,
                                                               tmp_path: Path) -> None:
+    address, members = shared.fresh_list(members=2)
     key_file = tmp_path / "psk"
     key_file.write_text(f"{KEY},{OLD_KEY}\n")
-    result = pipe(relay, make_message("team@example.test"), "--from", "p@outside.test",
-                  "--to", "team@example.test", "--url", f"http://127.0.0.1:{relay.http_port}",
+    result = pipe(shared, make_message(address), "--from", "p@outside.test",
+                  "--to", address, "--url", f"http://127.0.0.1:{shared.http_port}",
                   "--psk-file", str(key_file), env={"MAILFLOW_INGRESS_PSK": ""})
     assert result.returncode == 0, result.stderr
-    assert len(sink.wait_for_recipients(2)) == 2
+    [copy] = module_sink.wait_for_copies(members)
+    assert sorted(copy.rcpt_tos) == members

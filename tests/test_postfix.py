@@ -25,7 +25,6 @@ import shutil
 import smtplib
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -158,10 +157,11 @@ def make_relay(tmp_path: Path, sink: SmtpSink) -> Iterator[Callable[..., RelayPr
     """Build, init and fill (not start) a SQLite relay with the list ``LIST``."""
     made: list[RelayProcess] = []
 
-    def factory(data_dir: Path | None = None, **settings: str) -> RelayProcess:
+    def factory(data_dir: Path | None = None, policy: bool = False,
+                **settings: str) -> RelayProcess:
         env = {**RELAY_SETTINGS, "MAILFLOW_SMTP_RELAY": sink.url, **settings}
         relay = RelayProcess(data_dir or tmp_path / f"relay{len(made)}", settings=env,
-                             lmtp=True)
+                             lmtp=True, policy=policy)
         made.append(relay)
         relay.init()
         with relay.repository() as repo:
@@ -257,14 +257,13 @@ def lazy_python(request: pytest.FixtureRequest) -> Callable[[], PythonCommand]:
 def with_policy_service(postfix: PostfixInstance, make_relay: Callable[..., RelayProcess],
                         outside: SmtpSink) -> RelayProcess:
     """Start a relay with its policy service and a Postfix that asks it at RCPT time."""
-    policy_port = free_port()
-    relay = make_relay(MAILFLOW_POLICY_LISTEN=f"127.0.0.1:{policy_port}")
+    relay = make_relay(policy=True).start()
     route(postfix, outside, f"lmtp:inet:127.0.0.1:{relay.lmtp_port}")
     postfix.main_settings({
-        "smtpd_recipient_restrictions": f"check_policy_service inet:127.0.0.1:{policy_port}",
+        "smtpd_recipient_restrictions":
+            f"check_policy_service inet:127.0.0.1:{relay.policy_port}",
         "smtpd_policy_service_timeout": "10s",
     })
-    relay.start()
     postfix.start()
     return relay
 
@@ -275,10 +274,19 @@ def post(postfix: PostfixInstance, rcpts: list[str], data: bytes,
         return client.sendmail(sender, rcpts, data)
 
 
-def assert_list_copies(sink: SmtpSink, data: bytes, list_name: str = "Team") -> None:
+def assert_list_copies(sink: SmtpSink, data: bytes, relay: RelayProcess,
+                       postfix: PostfixInstance, list_name: str = "Team") -> None:
+    """One copy per member, exactly, with the list headers and the body unchanged.
+
+    "Exactly" without sleeping: once the relay has stored one message and settled, and
+    Postfix's queue is empty, neither has anything left that could send another copy.
+    """
     got = sink.wait_for_recipients(len(MEMBERS), timeout=30)
     assert sorted(got) == sorted(MEMBERS)
-    time.sleep(1.0)  # nothing more may follow: one copy per member, exactly
+    assert relay.wait_settled() == {"queued": 0, "in_flight": 0, "deferred": 0,
+                                    "delivered": len(MEMBERS), "failed": 0}
+    assert sum(relay.counts()[0].values()) == 1  # Postfix handed the post over once
+    assert postfix.wait_for_queue() == []
     assert sorted(sink.recipients()) == sorted(MEMBERS)
     _, body = headers.split_message(data)
     for message in sink.messages:
@@ -342,8 +350,7 @@ def test_harness_defers_and_flush_delivers(postfix: PostfixInstance) -> None:
     with SmtpSink(port=dead) as late:
         postfix.flush()
         assert late.wait_for_recipients(1) == ["friend@outside.test"]
-        postfix.wait_for_queue()
-        time.sleep(1)
+        assert postfix.wait_for_queue() == []  # nothing left that could come twice
         assert len(late.messages) == 1
 
 
@@ -408,11 +415,11 @@ def test_list_post_through_postfix_reaches_every_member(
         shared_dir: Path, sink: SmtpSink, outside: SmtpSink,
         lazy_python: Callable[[], PythonCommand]) -> None:
     """(a) pipe, (b) curl, (c) LMTP: every member gets one copy with the list headers."""
-    start_both(kind, postfix, make_relay, shared_dir, outside, lazy_python)
+    relay = start_both(kind, postfix, make_relay, shared_dir, outside, lazy_python)
 
     data = message()
     post(postfix, [LIST], data)
-    assert_list_copies(sink, data)
+    assert_list_copies(sink, data, relay, postfix)
     postfix.wait_for_log(r"to=<team@lists\.test>, relay=\S+, .*status=sent")
     assert postfix.wait_for_queue() == []
     assert outside.messages == []
@@ -436,7 +443,7 @@ def test_relay_down_postfix_defers_then_delivers_once(
 
     relay.start()
     postfix.flush()
-    assert_list_copies(sink, data)
+    assert_list_copies(sink, data, relay, postfix)
     assert postfix.wait_for_queue() == []
     assert outside.messages == []  # no bounce, no delay warning
 
@@ -447,7 +454,7 @@ def test_unknown_list_is_bounced_with_the_relays_reason(
         shared_dir: Path, sink: SmtpSink, outside: SmtpSink,
         lazy_python: Callable[[], PythonCommand]) -> None:
     """(e) Postfix bounces to the poster with the relay's 5.1.1; nothing reaches members."""
-    start_both(kind, postfix, make_relay, shared_dir, outside, lazy_python)
+    relay = start_both(kind, postfix, make_relay, shared_dir, outside, lazy_python)
 
     post(postfix, ["nobody@lists.test"], make_message("nobody@lists.test"))
     line = postfix.wait_for_log(r"^.*to=<nobody@lists\.test>.*status=bounced.*$").group(0)
@@ -457,9 +464,10 @@ def test_unknown_list_is_bounced_with_the_relays_reason(
     assert bounce == [POSTER]
     assert outside.messages[0].mail_from in ("", "<>")  # the null sender
     assert b"5.1.1" in outside.messages[0].content
-    time.sleep(1)
-    assert sink.messages == []
     assert postfix.wait_for_queue() == []
+    # The relay stored nothing, so nothing can ever reach a member.
+    assert sum(relay.counts()[0].values()) == 0
+    assert sink.messages == []
 
 
 @pytest.mark.parametrize("kind", ["curl", "pipe"])
@@ -492,7 +500,7 @@ def test_wrong_key_defers_and_nothing_is_lost(
                               f"http://127.0.0.1:{relay.http_port}"],
             {**python.env, "MAILFLOW_INGRESS_PSK": PSK})
     postfix.flush()
-    assert_list_copies(sink, data)
+    assert_list_copies(sink, data, relay, postfix)
     assert postfix.wait_for_queue() == []
     assert outside.messages == []
 
@@ -501,7 +509,7 @@ def test_policy_service_refuses_unknown_list_at_rcpt(
         postfix: PostfixInstance, make_relay: Callable[..., RelayProcess], sink: SmtpSink,
         outside: SmtpSink) -> None:
     """(g) With check_policy_service, Postfix itself refuses unknown list addresses."""
-    with_policy_service(postfix, make_relay, outside)
+    relay = with_policy_service(postfix, make_relay, outside)
 
     with smtplib.SMTP("127.0.0.1", postfix.smtp_port, timeout=30) as client:
         client.ehlo("client.test")
@@ -515,7 +523,7 @@ def test_policy_service_refuses_unknown_list_at_rcpt(
         code, text = client.data(data)
         assert code == 250, (code, text)
     postfix.wait_for_log(r"reject: RCPT from \S+: 5\d\d 5\.1\.1 <nobody@lists\.test>")
-    assert_list_copies(sink, data)
+    assert_list_copies(sink, data, relay, postfix)
     assert outside.messages == []
 
 
@@ -535,7 +543,7 @@ def test_content_filter_relay_reinjects_into_postfix(
 
     data = message()
     post(postfix, [LIST], data)
-    assert_list_copies(sink, data)
+    assert_list_copies(sink, data, relay, postfix)
     postfix.wait_for_log(
         rf"to=<team@lists\.test>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:{relay.smtp_port}, "
         r".*status=sent")

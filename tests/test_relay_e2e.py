@@ -17,12 +17,13 @@ import pytest
 
 from mailflow import headers
 from mailflow.blobs import content_hash
-from mailflow.model import ListKind
+from mailflow.model import DeliveryRow, ListKind
 from mailflow.testing.factories import make_list, make_message
 from mailflow.testing.relay import RelayProcess
 from mailflow.testing.sink import SmtpSink
 
 TEAM = ["ann@members.test", "ben@members.test", "cat@members.test"]
+NONE = {"queued": 0, "in_flight": 0, "deferred": 0, "delivered": 0, "failed": 0}
 
 
 def send(relay: RelayProcess, rcpts: list[str], data: bytes,
@@ -46,71 +47,98 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
     return predicate()
 
 
-def test_list_post_reaches_every_member_with_list_headers(relay: RelayProcess,
-                                                          sink: SmtpSink) -> None:
+@pytest.fixture(scope="module")
+def shared(make_module_relay: Callable[..., RelayProcess]) -> RelayProcess:
+    """One relay (per backend) for the tests that need no settings, fault or state of
+    their own.  Each posts to a list of its own (:meth:`RelayProcess.fresh_list`) with
+    members of its own and looks only at their copies, so none can see another's mail."""
+    relay = make_module_relay().start()
     with relay.repository() as repo:
-        make_list(repo, "team@example.test", TEAM, name="Team")
-    data = make_message("team@example.test")
-    send(relay, ["team@example.test"], data)
+        make_list(repo, "team@example.test", TEAM)  # for refusals at RCPT
+    return relay
 
-    got = sink.wait_for_recipients(3)
-    assert sorted(got) == sorted(TEAM)
-    for message in sink.messages:
-        assert message.mail_from == "team-bounces@example.test"
+
+def wait_final(relay: RelayProcess, recipients: list[str], timeout: float = 30.0
+               ) -> dict[str, DeliveryRow]:
+    """Wait until the relay holds a final delivery (delivered or failed) for each of
+    ``recipients`` and nothing pending for any; returns them by recipient.
+
+    From then on no further copy for them can leave the relay: the proof that something
+    did not happen, without sleeping, and without looking at other tests' mail.
+    """
+    mine = set(recipients)
+    deadline = time.monotonic() + timeout
+    while True:
+        with relay.repository() as repo:
+            rows = [r for r in repo.list_deliveries(100_000) if r.recipient in mine]
+        if {r.recipient for r in rows} == mine and all(
+                r.status in ("delivered", "failed") for r in rows):
+            return {r.recipient: r for r in rows}
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"deliveries to {sorted(mine)} not final: {rows}")
+        time.sleep(0.05)
+
+
+def test_list_post_reaches_every_member_with_list_headers(shared: RelayProcess,
+                                                          module_sink: SmtpSink) -> None:
+    address, members = shared.fresh_list(name="Team")
+    local = address.split("@")[0]
+    send(shared, [address], make_message(address))
+
+    copies = module_sink.wait_for_copies(members)
+    assert sorted(r for m in copies for r in m.rcpt_tos) == sorted(members)
+    for message in copies:
+        assert message.mail_from == f"{local}-bounces@example.test"
         header, _ = headers.split_message(message.content)
-        assert headers.field_values(header, "List-Id") == ['"Team" <team.example.test>']
+        assert headers.field_values(header, "List-Id") == [f'"Team" <{local}.example.test>']
         assert len(headers.field_values(header, "X-MailFlow-Loop")) == 1
     # One post to three members is one SMTP transaction, not three.
-    assert sink.handler.transactions == 1
+    assert len(copies) == 1
 
 
-def test_alias_forwards_to_external_target_without_list_headers(relay: RelayProcess,
-                                                                sink: SmtpSink) -> None:
-    with relay.repository() as repo:
-        make_list(repo, "owner@example.test", ["someone@elsewhere.test"], kind=ListKind.ALIAS)
-    send(relay, ["owner@example.test"], make_message("owner@example.test"))
+def test_alias_forwards_to_external_target_without_list_headers(shared: RelayProcess,
+                                                                module_sink: SmtpSink) -> None:
+    address, [target] = shared.fresh_list(members=1, kind=ListKind.ALIAS)
+    send(shared, [address], make_message(address))
 
-    assert sink.wait_for_recipients(1) == ["someone@elsewhere.test"]
-    header, _ = headers.split_message(sink.messages[0].content)
+    [copy] = module_sink.wait_for_copies([target])
+    assert copy.rcpt_tos == (target,)
+    header, _ = headers.split_message(copy.content)
     assert headers.field_values(header, "List-Id") == []
-    assert sink.messages[0].mail_from == "owner-bounces@example.test"
+    assert copy.mail_from == f"{address.split('@')[0]}-bounces@example.test"
 
 
-def test_body_and_original_headers_arrive_byte_identical(relay: RelayProcess,
-                                                         sink: SmtpSink) -> None:
-    with relay.repository() as repo:
-        make_list(repo, "team@example.test", TEAM[:1])
+def test_body_and_original_headers_arrive_byte_identical(shared: RelayProcess,
+                                                         module_sink: SmtpSink) -> None:
+    address, members = shared.fresh_list(members=1)
     body = (b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Transfer-Encoding: 8bit\r\n\r\n"
             b".leading dot line\r\n..two dots\r\n  trailing spaces   \r\n"
             + "Grüße, ÿ € 𝄞\r\n".encode() + b"x" * 990 + b"\r\n\r\n\r\n--b1--\r\n")
-    data = make_message("team@example.test", body=body, extra_headers=[
+    data = make_message(address, body=body, extra_headers=[
         "MIME-Version: 1.0", 'Content-Type: multipart/mixed; boundary="b1"',
         "X-Folded: first\r\n\tsecond line"])
-    send(relay, ["team@example.test"], data)
+    send(shared, [address], data)
 
-    sink.wait_for_recipients(1)
-    arrived = sink.messages[0].content
+    [copy] = module_sink.wait_for_copies(members)
+    arrived = copy.content
     assert arrived.endswith(data)  # only header fields were prepended
     assert headers.split_message(arrived)[1] == headers.split_message(data)[1]
 
 
-def test_incoming_list_headers_are_replaced_not_duplicated(relay: RelayProcess,
-                                                           sink: SmtpSink) -> None:
-    with relay.repository() as repo:
-        make_list(repo, "team@example.test", TEAM[:1])
-    data = make_message("team@example.test",
-                        extra_headers=["List-Id: <other.list.test>"])
-    send(relay, ["team@example.test"], data)
-    sink.wait_for_recipients(1)
-    header, _ = headers.split_message(sink.messages[0].content)
-    assert headers.field_values(header, "List-Id") == ["<team.example.test>"]
+def test_incoming_list_headers_are_replaced_not_duplicated(shared: RelayProcess,
+                                                           module_sink: SmtpSink) -> None:
+    address, members = shared.fresh_list(members=1)
+    data = make_message(address, extra_headers=["List-Id: <other.list.test>"])
+    send(shared, [address], data)
+    [copy] = module_sink.wait_for_copies(members)
+    header, _ = headers.split_message(copy.content)
+    assert headers.field_values(header, "List-Id") == [f"<{address.replace('@', '.')}>"]
 
 
-def test_unknown_domain_and_unknown_address_are_refused_at_rcpt(relay: RelayProcess) -> None:
-    with relay.repository() as repo:
-        make_list(repo, "team@example.test", TEAM)
-    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+def test_unknown_domain_and_unknown_address_are_refused_at_rcpt(shared: RelayProcess
+                                                                ) -> None:
+    with smtplib.SMTP("127.0.0.1", shared.smtp_port, timeout=30) as client:
         client.ehlo("client.test")
         client.mail("poster@outside.test")
         code, text = client.rcpt("someone@not-ours.test")
@@ -139,45 +167,50 @@ def test_oversized_message_is_refused_with_552(make_relay: Callable[..., RelayPr
         code, text = client.data(make_message("team@example.test",
                                                   body=(b"y" * 70 + b"\r\n") * 70))
         assert (code, text[:5]) == (552, b"5.3.4")
-    assert queue_json(relay)["messages"]["received"] + \
-        queue_json(relay)["messages"]["queued"] == 0
+    messages, _ = relay.counts()
+    assert sum(messages.values()) == 0
 
 
-def test_too_many_received_headers_is_a_loop(relay: RelayProcess) -> None:
-    with relay.repository() as repo:
-        make_list(repo, "team@example.test", TEAM)
+def test_too_many_received_headers_is_a_loop(shared: RelayProcess,
+                                             module_sink: SmtpSink) -> None:
+    address, members = shared.fresh_list()
     hops = [f"Received: from hop{i}.test by hop{i + 1}.test; Mon, 23 Nov 2026 10:00:00 +0000"
             for i in range(31)]
     with pytest.raises(smtplib.SMTPDataError) as refused:
-        send(relay, ["team@example.test"], make_message("team@example.test",
-                                                        extra_headers=hops))
+        send(shared, [address], make_message(address, subject="31 hops", extra_headers=hops))
     assert refused.value.smtp_code == 554
     assert refused.value.smtp_error.startswith(b"5.4.6")
     # Thirty hops are still fine.
-    send(relay, ["team@example.test"], make_message("team@example.test",
-                                                    extra_headers=hops[:30]))
+    send(shared, [address], make_message(address, subject="30 hops", extra_headers=hops[:30]))
+    [copy] = module_sink.wait_for_copies(members)
+    assert headers.field_values(headers.split_message(copy.content)[0],
+                                "Subject") == ["30 hops"]
 
 
-def test_our_own_copy_coming_back_is_refused_as_a_loop(relay: RelayProcess,
-                                                       sink: SmtpSink) -> None:
-    with relay.repository() as repo:
-        make_list(repo, "team@example.test", ["team@example.test"])  # list is its own member
-        make_list(repo, "other@example.test", TEAM[:1])
-    send(relay, ["team@example.test"], make_message("team@example.test"))
-    sink.wait_for_recipients(1)
-    copy = sink.messages[0].content
+def test_our_own_copy_coming_back_is_refused_as_a_loop(shared: RelayProcess,
+                                                       module_sink: SmtpSink) -> None:
+    looping, _ = shared.fresh_list(members=0)
+    with shared.repository() as repo:
+        repo.add_members(looping, [looping], time.time())  # the list is its own member
+    other, [member] = shared.fresh_list(members=1)
+    send(shared, [looping], make_message(looping))
+    [first] = module_sink.wait_for_copies([looping])
+    copy = first.content
+    bounces = looping.replace("@", "-bounces@")
 
     with pytest.raises(smtplib.SMTPDataError) as refused:
-        send(relay, ["team@example.test"], copy, sender="team-bounces@example.test")
+        send(shared, [looping], copy, sender=bounces)
     assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == (554, b"5.4.6")
     # SMTP is all or nothing: with a looping recipient, no recipient gets it.
     with pytest.raises(smtplib.SMTPDataError):
-        send(relay, ["other@example.test", "team@example.test"], copy)
+        send(shared, [other, looping], copy)
     # The same copy may still be posted to a different list on its own.
-    send(relay, ["other@example.test"], copy)
-    assert sink.wait_for_recipients(2)[1:] == [TEAM[0]]
-    time.sleep(0.5)
-    assert len(sink.recipients()) == 2
+    send(shared, [other], copy)
+    assert [m.rcpt_tos for m in module_sink.wait_for_copies([member])] == [(member,)]
+    # Both deliveries final: nothing else can follow, so exactly one copy each.
+    assert {r: d.status for r, d in wait_final(shared, [looping, member]).items()} == {
+        looping: "delivered", member: "delivered"}
+    assert len(module_sink.wait_for_copies([looping, member], timeout=0)) == 2
 
 
 def test_storage_failure_answers_451_and_nothing_is_half_stored(relay: RelayProcess,
@@ -194,7 +227,7 @@ def test_storage_failure_answers_451_and_nothing_is_half_stored(relay: RelayProc
         with pytest.raises(smtplib.SMTPDataError) as refused:
             send(relay, ["team@example.test"], large)
         assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == (451, b"4.3.0")
-        assert sum(queue_json(relay)["messages"].values()) == 0
+        assert sum(relay.counts()[0].values()) == 0
     finally:
         blob_dir.unlink()
         moved.rename(blob_dir)
@@ -223,40 +256,38 @@ def test_small_bodies_are_kept_in_the_database_and_large_ones_in_files(
         assert repo.blob_stats() == (2, len(small) + len(large))
 
 
-def test_temporary_failures_are_deferred_then_delivered(relay: RelayProcess,
-                                                        sink: SmtpSink) -> None:
-    with relay.repository() as repo:
-        make_list(repo, "team@example.test", TEAM[:1])
-    sink.fail_rcpt(TEAM[0], "451 4.3.0 busy, try later", "452 4.2.2 mailbox full")
-    send(relay, ["team@example.test"], make_message("team@example.test"))
+def test_temporary_failures_are_deferred_then_delivered(shared: RelayProcess,
+                                                        module_sink: SmtpSink) -> None:
+    address, [member] = shared.fresh_list(members=1)
+    module_sink.fail_rcpt(member, "451 4.3.0 busy, try later", "452 4.2.2 mailbox full")
+    send(shared, [address], make_message(address))
 
-    assert sink.wait_for_recipients(1, timeout=30) == TEAM[:1]
-    assert wait_until(lambda: queue_json(relay)["counts"]["delivered"] == 1)
-    [delivery] = queue_json(relay)["deliveries"]
+    assert len(module_sink.wait_for_copies([member], timeout=30)) == 1
+    assert wait_final(shared, [member])[member].status == "delivered"
+    state = queue_json(shared)  # the CLI's view of a delivery with a history
+    assert set(state["counts"]) == set(NONE)
+    [delivery] = [d for d in state["deliveries"] if d["recipient"] == member]
+    assert (delivery["list"], delivery["status"]) == (address, "delivered")
     assert delivery["attempts"] == 3
     assert delivery["last_reply"].startswith("250")
-    trace = relay.cli("queue", "show", "--json")
-    assert trace.returncode == 0
 
 
-def test_permanent_failure_fails_only_that_recipient(relay: RelayProcess,
-                                                     sink: SmtpSink) -> None:
-    with relay.repository() as repo:
-        make_list(repo, "team@example.test", TEAM)
-    sink.fail_rcpt(TEAM[1], "550 5.1.1 no such user")
-    send(relay, ["team@example.test"], make_message("team@example.test"))
+def test_permanent_failure_fails_only_that_recipient(shared: RelayProcess,
+                                                     module_sink: SmtpSink) -> None:
+    address, (ann, ben, cat) = shared.fresh_list()
+    module_sink.fail_rcpt(ben, "550 5.1.1 no such user")
+    send(shared, [address], make_message(address))
 
-    assert sorted(sink.wait_for_recipients(2)) == sorted([TEAM[0], TEAM[2]])
-    assert wait_until(lambda: queue_json(relay)["counts"]["failed"] == 1)
-    state = queue_json(relay)
-    by_rcpt = {d["recipient"]: d for d in state["deliveries"]}
-    assert by_rcpt[TEAM[1]]["status"] == "failed"
-    assert by_rcpt[TEAM[1]]["attempts"] == 1
-    assert by_rcpt[TEAM[1]]["last_reply"].startswith("550")
-    assert state["counts"]["delivered"] == 2
-    assert sink.handler.transactions == 1  # one transaction, and no retry of the 5xx
-    time.sleep(1.0)  # longer than the whole retry schedule of this relay
-    assert sink.handler.transactions == 1
+    module_sink.wait_for_copies([ann, cat])
+    # Final: no retry of the 5xx can follow (the sink would accept one now).
+    by_rcpt = wait_final(shared, [ann, ben, cat])
+    assert {r: d.status for r, d in by_rcpt.items()} == {
+        ann: "delivered", ben: "failed", cat: "delivered"}
+    assert by_rcpt[ben].attempts == 1
+    assert (by_rcpt[ben].last_reply or "").startswith("550")
+    # One transaction for the three, and no retry of the 5xx.
+    assert [m.rcpt_tos for m in module_sink.wait_for_copies([ann, ben, cat], timeout=0)] == [
+        (ann, cat)]
 
 
 def test_sigkill_while_delivering_loses_nothing(make_relay: Callable[..., RelayProcess],
@@ -275,7 +306,7 @@ def test_sigkill_while_delivering_loses_nothing(make_relay: Callable[..., RelayP
     relay.start()
     # At least once: copies in flight at the kill may arrive twice, none may be missing.
     assert wait_until(lambda: set(sink.recipients()) == set(members), timeout=60)
-    assert wait_until(lambda: queue_json(relay)["counts"]["delivered"] == len(members))
+    assert relay.wait_settled(timeout=30) == {**NONE, "delivered": len(members)}
 
 
 def test_lmtp_answers_once_per_recipient(make_relay: Callable[..., RelayProcess],
@@ -305,10 +336,10 @@ def test_lmtp_answers_once_per_recipient(make_relay: Callable[..., RelayProcess]
     assert sink.wait_for_recipients(2)[1] == TEAM[0]
 
 
-def test_unknown_address_after_restart_and_health_endpoints(relay: RelayProcess) -> None:
+def test_unknown_address_after_restart_and_health_endpoints(shared: RelayProcess) -> None:
     import httpx
 
-    base = f"http://127.0.0.1:{relay.http_port}"
+    base = f"http://127.0.0.1:{shared.http_port}"
     assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{base}/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"

@@ -45,8 +45,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from mailflow.testing.ports import free_port, wait_for_port
+from mailflow.testing.ports import (
+    ATTEMPTS,
+    address_in_use,
+    free_port,
+    listening_ports,
+    wait_for_port,
+)
 
 POSTFIX = "/usr/sbin/postfix"
 POSTCONF = "/usr/sbin/postconf"
@@ -182,9 +189,10 @@ class PostfixInstance:
         self.queue_dir = self.dir / "spool"
         self.data_dir = self.dir / "lib"
         self.log_path = self.dir / "maillog"
-        self.smtp_port = smtp_port or free_port()
-        self._master_entries: list[str] = [
-            f"127.0.0.1:{self.smtp_port} inet n - n - - smtpd"]
+        # Ours to move to another port if it was taken, as long as nobody read it.
+        self._port_movable = smtp_port is None
+        self._smtp_port = smtp_port or free_port()
+        self._master_entries: list[str] = [self._smtpd_entry()]
         self._main: dict[str, str] = {
             "compatibility_level": "3.6",
             "config_directory": str(self.config_dir),
@@ -276,6 +284,15 @@ class PostfixInstance:
     def postconf(self, *args: str) -> str:
         return self._run([POSTCONF, "-c", str(self.config_dir), *args]).stdout
 
+    @property
+    def smtp_port(self) -> int:
+        if not self._started:
+            self._port_movable = False
+        return self._smtp_port
+
+    def _smtpd_entry(self) -> str:
+        return f"127.0.0.1:{self._smtp_port} inet n - n - - smtpd"
+
     def _write_config(self) -> None:
         main = "".join(f"{key} = {value}\n" for key, value in self._main.items())
         (self.config_dir / "main.cf").write_text(
@@ -290,26 +307,61 @@ class PostfixInstance:
         return self.queue_dir / "pid" / "master.pid"
 
     def start(self, timeout: float = 30.0) -> PostfixInstance:
-        self._write_config()
-        self._started = True  # from here on, stop() must run, even if start fails
-        try:
+        """``postfix start``; return once the master listens on :attr:`smtp_port`.
+
+        A port someone else took since it was picked means another port and another
+        start, unless :attr:`smtp_port` was read before (it may be wired in elsewhere).
+        """
+        for attempt in range(ATTEMPTS):
+            logged = len(self.log())
+            self._write_config()
+            self._started = True  # from here on, stop() must run, even if start fails
             try:
-                self._run([POSTFIX, "-c", str(self.config_dir), "start"], timeout=timeout)
-            except PostfixError:
-                # Seen once while another test run shared the machine ("mail system
-                # startup failed", no reason logged): retried once, after a pause.
-                self._run([POSTFIX, "-c", str(self.config_dir), "stop"], timeout=timeout,
-                          check=False)
-                time.sleep(1.0)
-                self._run([POSTFIX, "-c", str(self.config_dir), "start"], timeout=timeout)
-            self._master_pid = self._read_master_pid()
-            if not wait_for_port("127.0.0.1", self.smtp_port, timeout):
-                raise PostfixError(f"postfix smtpd did not listen on {self.smtp_port}:\n"
-                                   f"{self.log()}")
-        except BaseException:
+                try:
+                    self._start_master(timeout)
+                    if self._wait_listening(timeout):
+                        return self
+                    failure = PostfixError(f"postfix smtpd did not listen on {self._smtp_port}"
+                                           f":\n{self.log()[logged:]}")
+                except PostfixError as exc:
+                    failure = exc
+                if not (self._port_movable and address_in_use(f"{failure}{self.log()[logged:]}")) \
+                        or attempt == ATTEMPTS - 1:
+                    raise failure
+            except BaseException:
+                self.stop()
+                raise
             self.stop()
-            raise
-        return self
+            self._smtp_port = free_port()
+            self._master_entries[0] = self._smtpd_entry()
+        raise AssertionError("unreachable")
+
+    def _start_master(self, timeout: float) -> None:
+        try:
+            self._run([POSTFIX, "-c", str(self.config_dir), "start"], timeout=timeout)
+        except PostfixError:
+            # Seen once while another test run shared the machine ("mail system
+            # startup failed", no reason logged): retried once, after a pause.
+            self._run([POSTFIX, "-c", str(self.config_dir), "stop"], timeout=timeout,
+                      check=False)
+            time.sleep(1.0)
+            self._run([POSTFIX, "-c", str(self.config_dir), "start"], timeout=timeout)
+        self._master_pid = self._read_master_pid()
+
+    def _wait_listening(self, timeout: float) -> bool:
+        """Whether this instance's master (not a stranger) listens on the smtpd port."""
+        pid = self._master_pid
+        if pid is None or listening_ports(pid) is None:
+            return wait_for_port("127.0.0.1", self._smtp_port, timeout)
+        master = _process(pid)
+        deadline = time.monotonic() + timeout
+        while master is not None and not _wait_gone(master, 0):
+            if self._smtp_port in (listening_ports(pid) or set()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return False
 
     def reload(self) -> None:
         """Rewrite main.cf/master.cf and ``postfix reload``."""
@@ -364,7 +416,7 @@ class PostfixInstance:
 
     # -- observing ---------------------------------------------------------------------
 
-    def queue(self) -> list[dict]:
+    def queue(self) -> list[dict[str, Any]]:
         """``postqueue -j``: one dict per queued message.
 
         Keys: ``queue_name`` (incoming, active, deferred, hold, maildrop), ``queue_id``,
@@ -398,8 +450,8 @@ class PostfixInstance:
                                      f"{self.log()[after:][-6000:]}")
             time.sleep(0.1)
 
-    def wait_for_queue(self, predicate: Callable[[list[dict]], object] | None = None,
-                       timeout: float = 30.0) -> list[dict]:
+    def wait_for_queue(self, predicate: Callable[[list[dict[str, Any]]], object] | None = None,
+                       timeout: float = 30.0) -> list[dict[str, Any]]:
         """Wait until ``predicate(queue)`` is true (default: the queue is empty)."""
         check = predicate or (lambda entries: not entries)
         deadline = time.monotonic() + timeout
@@ -453,9 +505,10 @@ def _wait_gone(process: Process, timeout: float) -> bool:
 
 
 @contextlib.contextmanager
-def postfix_instance(**kwargs: object) -> Iterator[PostfixInstance]:
+def postfix_instance(*, base_dir: Path | None = None, smtp_port: int | None = None,
+                     settings: Mapping[str, str] | None = None) -> Iterator[PostfixInstance]:
     """A started instance that is stopped and deleted afterwards."""
-    instance = PostfixInstance(**kwargs)  # type: ignore[arg-type]
+    instance = PostfixInstance(base_dir=base_dir, smtp_port=smtp_port, settings=settings)
     try:
         with instance:
             yield instance

@@ -6,38 +6,101 @@ Settings reach it only through ``MAILFLOW_*`` environment variables, as in produ
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from mailflow.model import ListKind
 from mailflow.store import Repository, create_cli_engines
-from mailflow.testing.ports import free_port, wait_for_port
+from mailflow.testing.factories import make_list
+from mailflow.testing.ports import (
+    ATTEMPTS,
+    address_in_use,
+    free_port,
+    listening_ports,
+    wait_for_port,
+)
+
+_LISTS = itertools.count()  # list addresses unique across every relay of a test run
 
 
 class RelayProcess:
+    """``mailflow serve`` as a child process on reserved loopback ports.
+
+    The harness picks the SMTP, HTTP and (``lmtp``, ``policy``) LMTP and policy ports.
+    If one was taken by someone else before the relay bound it, :meth:`start` tries
+    again on new ports, as long as nobody has read them yet (a test that wired them
+    into a Postfix configuration would otherwise talk to the wrong ports).
+    """
+
     def __init__(self, data_dir: Path, *, database_url: str = "",
-                 settings: Mapping[str, str] | None = None, lmtp: bool = False) -> None:
+                 settings: Mapping[str, str] | None = None, lmtp: bool = False,
+                 policy: bool = False) -> None:
         self.data_dir = data_dir
-        self.smtp_port = free_port()
-        self.http_port = free_port()
-        self.lmtp_port = free_port() if lmtp else None
+        self._wanted = {"SMTP": True, "HTTP": True, "LMTP": lmtp, "POLICY": policy}
+        self._port: dict[str, int | None] = {}
+        self._ports_seen = False
+        self._given = set(settings or {})  # a test's own MAILFLOW_*_LISTEN stays as given
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MAILFLOW_")}
-        self.env.update({
-            "MAILFLOW_DATA_DIR": str(data_dir),
-            "MAILFLOW_SMTP_LISTEN": f"127.0.0.1:{self.smtp_port}",
-            "MAILFLOW_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
-            "MAILFLOW_LMTP_LISTEN": f"127.0.0.1:{self.lmtp_port}" if lmtp else "off",
-            "MAILFLOW_HOSTNAME": "relay.test",
-        })
+        self.env.update({"MAILFLOW_DATA_DIR": str(data_dir), "MAILFLOW_HOSTNAME": "relay.test"})
+        self._pick_ports()
         if database_url:
             self.env["MAILFLOW_DATABASE_URL"] = database_url
         self.env.update(settings or {})
         self.log_path = data_dir / "relay.log"
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _pick_ports(self) -> None:
+        for name, wanted in self._wanted.items():
+            port = free_port() if wanted else None
+            self._port[name] = port
+            key = f"MAILFLOW_{name}_LISTEN"
+            if key not in self._given and (port is not None or name != "POLICY"):
+                self.env[key] = f"127.0.0.1:{port}" if port else "off"  # policy: off by default
+
+    def _get_port(self, name: str) -> int | None:
+        if self.process is None:
+            self._ports_seen = True
+        return self._port[name]
+
+    @property
+    def _retry_ports(self) -> bool:
+        """Whether a start may move to new ports: none read yet, none a test's own."""
+        return not self._ports_seen and not any(k.endswith("_LISTEN") for k in self._given)
+
+    @property
+    def smtp_port(self) -> int:
+        port = self._get_port("SMTP")
+        assert port is not None
+        return port
+
+    @property
+    def http_port(self) -> int:
+        port = self._get_port("HTTP")
+        assert port is not None
+        return port
+
+    @property
+    def lmtp_port(self) -> int | None:
+        return self._get_port("LMTP")
+
+    @property
+    def policy_port(self) -> int | None:
+        return self._get_port("POLICY")
+
+    def _listen_ports(self) -> set[int]:
+        """Every port the relay is configured to listen on (the harness's and a test's)."""
+        ports = set()
+        for key, value in self.env.items():
+            if key.startswith("MAILFLOW_") and key.endswith("_LISTEN") and value != "off":
+                ports.add(int(value.rsplit(":", 1)[1]))
+        return ports
 
     @property
     def database_url(self) -> str:
@@ -51,9 +114,17 @@ class RelayProcess:
             text=True, timeout=timeout, input=input.decode() if input else None)
 
     def init(self) -> None:
-        result = self.cli("init")
-        if result.returncode != 0:
-            raise RuntimeError(f"mailflow init failed: {result.stderr}")
+        """What ``mailflow init`` does (data directory, schema), in this process.
+
+        The command itself is tested in tests/test_cli.py; a child process for it here
+        would cost every relay a second interpreter start.
+        """
+        from mailflow.services.installation import initialise
+        from mailflow.config import Settings
+
+        initialise(Settings(data_dir=self.data_dir, hostname="relay.test",
+                            database_url=self.env.get("MAILFLOW_DATABASE_URL", ""),
+                            instance_id=self.env.get("MAILFLOW_INSTANCE_ID", "")))
 
     @contextmanager
     def repository(self) -> Iterator[Repository]:
@@ -63,18 +134,80 @@ class RelayProcess:
         finally:
             engines.dispose()
 
+    def fresh_list(self, members: int = 3, kind: ListKind = ListKind.LIST, name: str = ""
+                   ) -> tuple[str, list[str]]:
+        """A new list (or alias) with members of its own: its address and theirs.
+
+        For tests that share a relay and a sink: each looks only at its own members'
+        copies (:meth:`SmtpSink.wait_for_copies`), so none can see another's mail.
+        """
+        number = next(_LISTS)
+        address = f"{kind.value}{number}@example.test"
+        roster = [f"{person}{number}@members.test"
+                  for person in ("ann", "ben", "cat", "dan")[:members]]
+        with self.repository() as repo:
+            make_list(repo, address, roster, kind=kind, name=name)
+        return address, roster
+
+    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(messages, deliveries) per status, read from the store as the CLI does."""
+        with self.repository() as repo:
+            return repo.message_counts(), repo.delivery_counts()
+
+    def wait_settled(self, timeout: float = 30.0) -> dict[str, int]:
+        """Wait until the relay has nothing left to send; returns the delivery counts.
+
+        Settled: every accepted message expanded, every delivery final (delivered or
+        failed).  From then on no further copy can leave the relay, which is how a test
+        proves that something did *not* happen without sleeping.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            messages, deliveries = self.counts()
+            if messages.get("received", 0) == 0 and not any(
+                    deliveries.get(status, 0) for status in ("queued", "in_flight", "deferred")):
+                return deliveries
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"relay not settled within {timeout}s: messages "
+                                     f"{messages}, deliveries {deliveries}\n{self.log()[-4000:]}")
+            time.sleep(0.05)
+
     def start(self, timeout: float = 30.0) -> RelayProcess:
+        """Start ``mailflow serve``; return once the relay itself listens on every port.
+
+        A port someone else took since it was picked (EADDRINUSE in the log) means new
+        ports and another try, unless they were read before (see the class).
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailflow", "serve"], env=self.env,
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        if not wait_for_port("127.0.0.1", self.smtp_port, timeout) or \
-                self.process.poll() is not None:
+        for attempt in range(ATTEMPTS):
+            logged = self.log_path.stat().st_size if self.log_path.exists() else 0
+            with self.log_path.open("ab") as log:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "mailflow", "serve"], env=self.env,
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            if self._wait_listening(self.process, timeout):
+                return self
             self.stop()
-            raise RuntimeError(f"relay did not start:\n{self.log()}")
-        wait_for_port("127.0.0.1", self.http_port, timeout)
-        return self
+            output = self.log_path.read_bytes()[logged:].decode(errors="replace")
+            if not address_in_use(output) or not self._retry_ports or attempt == ATTEMPTS - 1:
+                raise RuntimeError(f"relay did not start:\n{output}")
+            self._pick_ports()
+        raise AssertionError("unreachable")
+
+    def _wait_listening(self, process: subprocess.Popen[bytes], timeout: float) -> bool:
+        """True once ``process`` listens on all its ports; False if it exits or times out."""
+        wanted = self._listen_ports()
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and time.monotonic() < deadline:
+            # The relay or its child process: wherever the listeners are bound.
+            listening = listening_ports(process.pid, tree=True)
+            if listening is None:  # no /proc: a connection must do
+                return all(wait_for_port("127.0.0.1", port, deadline - time.monotonic())
+                           for port in wanted) and process.poll() is None
+            if wanted <= listening:
+                return True
+            time.sleep(0.02)
+        return False
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited in time; returns the exit status."""

@@ -13,16 +13,20 @@ answering 250.  Only the recipients answered 2xx count as received.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailflow.testing.ports import listening_socket, port_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +45,8 @@ class SinkHandler:
     mail_replies: deque[str] = field(default_factory=deque)
     delivery_replies: dict[str, deque[str]] = field(default_factory=dict)  # LMTP only
     lmtp: bool = False
-    transactions: int = 0
+    transactions: int = 0  # DATA answered
+    data_received: int = 0  # DATA arrived (answered or still held by ``data_delay``)
     connections: int = 0
     data_delay: float = 0.0  # seconds to wait before answering DATA (a slow next hop)
     pipelining: bool = True  # announce PIPELINING (aiosmtpd reads pipelined commands fine)
@@ -75,6 +80,9 @@ class SinkHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        with self.lock:
+            self.data_received += 1  # the whole message is here; the reply is not sent yet
+            self.lock.notify_all()
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
         with self.lock:
@@ -99,13 +107,20 @@ class SinkHandler:
 
 
 class _CountingController(Controller):
+    """aiosmtpd's controller serving a socket bound beforehand (no free-port race)."""
+
     smtp_options: dict[str, Any]
+    sock: socket.socket
+
+    def _create_server(self) -> Awaitable[asyncio.AbstractServer]:
+        return self.loop.create_server(self._factory_invoker, sock=self.sock,
+                                       ssl=self.ssl_context)
 
     def factory(self) -> SMTP:
         self.handler.connections += 1
         protocol = LMTP if self.handler.lmtp else SMTP
         return protocol(self.handler, enable_SMTPUTF8=True, decode_data=False,
-                    data_size_limit=None, hostname="sink.test", **self.smtp_options)
+                        data_size_limit=None, hostname="sink.test", **self.smtp_options)
 
 
 class SmtpSink:
@@ -127,16 +142,20 @@ class SmtpSink:
         self.port = port
 
     def start(self) -> SmtpSink:
-        if not self.port:
-            from mailflow.testing.ports import free_port
-            self.port = free_port()
-            self._controller.port = self.port
-        self._controller.start()
+        """Bind (port 0: a free port, kept from then on) and serve; ready on return."""
+        sock = listening_socket(self.host, self.port)
+        self.port = self._controller.port = port_of(sock)
+        self._controller.sock = sock
+        try:
+            self._controller.start()
+        except BaseException:
+            sock.close()
+            raise
         self.handler.connections = 0  # the controller's own readiness probe does not count
         return self
 
     def stop(self) -> None:
-        self._controller.stop()
+        self._controller.stop()  # closes the server and with it the socket
 
     def __enter__(self) -> SmtpSink:
         return self.start()
@@ -170,6 +189,31 @@ class SmtpSink:
     def fail_data(self, *replies: str) -> None:
         with self.handler.lock:
             self.handler.data_replies.extend(replies)
+
+    def wait_for_copies(self, recipients: Iterable[str], count: int | None = None,
+                        timeout: float = 20.0) -> list[Received]:
+        """Block until ``count`` (default: one per recipient) copies for ``recipients``
+        arrived, or the timeout passed; returns the messages for them.
+
+        For tests that share a sink: each looks only at its own recipients.
+        """
+        mine = {r.lower() for r in recipients}
+        wanted = len(mine) if count is None else count
+
+        def arrived() -> list[Received]:
+            return [m for m in self.handler.messages if mine & {r.lower() for r in m.rcpt_tos}]
+
+        with self.handler.lock:
+            self.handler.lock.wait_for(
+                lambda: sum(len(mine & {r.lower() for r in m.rcpt_tos})
+                            for m in arrived()) >= wanted, timeout)
+            return arrived()
+
+    def wait_for_data(self, count: int, timeout: float = 20.0) -> bool:
+        """Block until ``count`` messages arrived after DATA (answered or held)."""
+        with self.handler.lock:
+            return self.handler.lock.wait_for(lambda: self.handler.data_received >= count,
+                                              timeout)
 
     def wait_for_recipients(self, count: int, timeout: float = 20.0) -> list[str]:
         """Block until ``count`` recipient copies arrived (or the timeout passed)."""
