@@ -119,8 +119,8 @@ class RelayProcess:
         The command itself is tested in tests/test_cli.py; a child process for it here
         would cost every relay a second interpreter start.
         """
-        from mailflow.services.installation import initialise
         from mailflow.config import Settings
+        from mailflow.services.installation import initialise
 
         initialise(Settings(data_dir=self.data_dir, hostname="relay.test",
                             database_url=self.env.get("MAILFLOW_DATABASE_URL", ""),
