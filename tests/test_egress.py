@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import pickle
 import ssl
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from mailflow.child.channel import dumps
 from mailflow.child.egress import ProcessEgress
 from mailflow.child.messages import (
     Accepted,
@@ -327,11 +327,11 @@ def test_the_child_process_stays_small_whatever_the_relay_sends_it() -> None:
                Refused(5, Failure.of(LoopDetected("loop")))]
     code = ("import sys\n"
             "import mailflow.child.worker\n"
-            "from mailflow.child.channel import decode\n"
-            "messages = decode(sys.stdin.buffer.read())\n"
+            "from mailflow.child.channel import loads\n"
+            "messages = loads(sys.stdin.buffer.read())\n"
             "heavy = ('sqlalchemy', 'pydantic', 'fastapi', 'alembic', 'uvicorn')\n"
             "print(len(messages), sorted(m for m in heavy if m in sys.modules))\n")
     done = subprocess.run([sys.executable, "-c", code],
-                          input=pickle.dumps(tuple(answers), protocol=pickle.HIGHEST_PROTOCOL),
+                          input=dumps(answers),
                           capture_output=True, timeout=60, check=True)
     assert done.stdout.decode().split(None, 1) == ["5", "[]\n"]

@@ -2,45 +2,20 @@
 
 One frozen dataclass per kind, matched by type on each side (never by position).  Errors
 travel as a :class:`Failure` (the error's key and its reason), never as a pickled
-exception, and are rebuilt on the other side.
-
-Each class pickles as itself and its field values in declaration order (``(cls,
-fields...)``, added by :func:`wire`), not through the generic dataclass state
-methods, which are written in Python and cost several times more per object.
-:class:`Replies` carries its replies as rows for the same reason.  Only the classes in
-:data:`WIRE_CLASSES` may be unpickled (:mod:`mailflow.child.channel`).
+exception, and are rebuilt on the other side.  How they cross the socketpair is
+:mod:`mailflow.child.channel`'s business.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
-from itertools import starmap
-from operator import attrgetter
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TypeAlias
 
 from mailflow import errors
 from mailflow.errors import SmtpReplyError, StorageUnavailable
 from mailflow.model import Envelope, RecipientReply, Verdict
 from mailflow.smtp_relay import SmtpRelay
-
-T = TypeVar("T")
-
-
-def wire(cls: type[T]) -> type[T]:
-    """Pickle a frozen dataclass as ``(cls, field values)`` (see the module docstring)."""
-    made: Any = cls
-    names = [field.name for field in fields(made)]
-    if not names:
-        made.__reduce__ = lambda self: (made, ())
-    elif len(names) == 1:
-        one = attrgetter(names[0])
-        made.__reduce__ = lambda self: (made, (one(self),))
-    else:
-        many = attrgetter(*names)
-        made.__reduce__ = lambda self: (made, many(self))
-    return cls
-
 
 # -- errors --------------------------------------------------------------------------------
 
@@ -58,7 +33,6 @@ def _reply_errors() -> dict[str, type[SmtpReplyError]]:
 _ERRORS = _reply_errors()
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class Failure:
     """An error that answers a question: which error (``key``) and why (``reason``).
@@ -80,7 +54,6 @@ class Failure:
 
 # -- what the child needs to start ---------------------------------------------------------
 
-@wire
 @dataclass(frozen=True, slots=True)
 class SmtpEgressSpec:
     """An :class:`~mailflow.egress.smtp.SmtpEgress` the child runs."""
@@ -95,7 +68,6 @@ class SmtpEgressSpec:
 EgressSpec: TypeAlias = SmtpEgressSpec  # a union once routes bring LMTP and others
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class ListenSocket:
     """A listening socket the relay bound, passed to the child by file descriptor."""
@@ -104,7 +76,6 @@ class ListenSocket:
     lmtp: bool
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class ListenerSpec:
     """The SMTP/LMTP listeners the child serves, asking the relay about everything."""
@@ -115,7 +86,6 @@ class ListenerSpec:
     recipient_cache_ttl: float
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class ChildConfig:
     """The first message to a new child: what it runs (egresses by name, listeners)."""
@@ -127,7 +97,6 @@ class ChildConfig:
 
 # -- relay -> child ------------------------------------------------------------------------
 
-@wire
 @dataclass(frozen=True, slots=True)
 class Send:
     """One transaction through the egress ``egress``.
@@ -144,7 +113,6 @@ class Send:
     recipients: tuple[str, ...]
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class Forget:
     """Contents the child may drop (the relay decides what the child keeps)."""
@@ -152,7 +120,6 @@ class Forget:
     content_keys: tuple[int, ...]
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class RecipientChecked:
     """Answer to :class:`CheckRecipient`: ``known`` says whether the child may remember
@@ -162,7 +129,6 @@ class RecipientChecked:
     known: bool
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """Answer to :class:`Accept`: stored, with this queue id."""
@@ -171,7 +137,6 @@ class Accepted:
     message_id: str
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class RecipientVerdict:
     """One recipient's answer to :class:`AcceptEach`."""
@@ -190,7 +155,6 @@ class RecipientVerdict:
         return Verdict(self.recipient, error, self.message_id)
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class AcceptedEach:
     """Answer to :class:`AcceptEach`: one verdict per recipient."""
@@ -199,7 +163,6 @@ class AcceptedEach:
     verdicts: tuple[RecipientVerdict, ...]
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class Refused:
     """Answer to any question of the child: the error to reply with."""
@@ -208,7 +171,6 @@ class Refused:
     failure: Failure
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class CloseListeners:
     """Stop listening; sessions get ``grace`` seconds (the egresses go on)."""
@@ -216,7 +178,6 @@ class CloseListeners:
     grace: float
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class Close:
     """Finish what is under way and exit."""
@@ -224,7 +185,6 @@ class Close:
 
 # -- child -> relay ------------------------------------------------------------------------
 
-@wire
 @dataclass(frozen=True, slots=True)
 class Ready:
     """The child serves what :class:`ChildConfig` asked for."""
@@ -232,13 +192,9 @@ class Ready:
     pid: int
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class StartFailed:
     reason: str
-
-
-_REPLY_FIELDS = attrgetter(*(field.name for field in fields(RecipientReply)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,15 +204,7 @@ class Replies:
     number: int
     replies: tuple[RecipientReply, ...]
 
-    def __reduce__(self) -> tuple[Callable[..., Replies], tuple[Any, ...]]:
-        return _replies, (self.number, tuple(map(_REPLY_FIELDS, self.replies)))
 
-
-def _replies(number: int, rows: tuple[tuple[Any, ...], ...]) -> Replies:
-    return Replies(number, tuple(starmap(RecipientReply, rows)))
-
-
-@wire
 @dataclass(frozen=True, slots=True)
 class Unavailable:
     """Answer to :class:`Send`: the egress could not take the transaction."""
@@ -265,7 +213,6 @@ class Unavailable:
     reason: str
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class CheckRecipient:
     """RCPT TO in a session of the child: does the relay know the address?"""
@@ -274,7 +221,6 @@ class CheckRecipient:
     address: str
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class Accept:
     """After DATA (SMTP): store the message, all or nothing."""
@@ -284,7 +230,6 @@ class Accept:
     raw: bytes
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class AcceptEach:
     """After DATA (LMTP): store the message for the recipients that may have it."""
@@ -294,7 +239,6 @@ class AcceptEach:
     raw: bytes
 
 
-@wire
 @dataclass(frozen=True, slots=True)
 class ListenersClosed:
     """Answer to :class:`CloseListeners`: the child's sessions are over."""
@@ -307,12 +251,8 @@ ToRelay: TypeAlias = (Ready | StartFailed | Replies | Unavailable | CheckRecipie
 Answer: TypeAlias = RecipientChecked | Accepted | AcceptedEach | Refused
 Question: TypeAlias = CheckRecipient | Accept | AcceptEach
 
-# What may be unpickled from the other side: these messages, the values they carry, and
-# the builtin types pickle writes as opcodes (str, bytes, int, float, tuple, dict...).
-WIRE_CLASSES: dict[tuple[str, str], object] = {
-    (obj.__module__, obj.__qualname__): obj for obj in (
-        Failure, SmtpEgressSpec, ListenSocket, ListenerSpec, ChildConfig, Send, Forget,
-        RecipientChecked, Accepted, RecipientVerdict, AcceptedEach, Refused, CloseListeners,
-        Close, Ready, StartFailed, _replies, Unavailable, CheckRecipient, Accept, AcceptEach,
-        ListenersClosed, Envelope, SmtpRelay)
-}
+# Every message, both directions: a message's position here is its tag on the wire.
+MESSAGES: tuple[type, ...] = (
+    ChildConfig, Send, Forget, RecipientChecked, Accepted, AcceptedEach, Refused,
+    CloseListeners, Close, Ready, StartFailed, Replies, Unavailable, CheckRecipient, Accept,
+    AcceptEach, ListenersClosed)
