@@ -22,16 +22,17 @@ import uvicorn
 
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore
+from mailflow.child.egress import ProcessEgress
+from mailflow.child.listeners import HostedListeners
+from mailflow.child.process import ChildProcess
 from mailflow.clock import Clock, SystemClock
 from mailflow.config import ListenAddress, Settings, parse_provider_url
 from mailflow.egress.base import Egress
 from mailflow.egress.routes import ProviderOptions, build_provider, build_routed
-from mailflow.egress.worker import ProcessEgress
 from mailflow.errors import ConfigurationError
 from mailflow.ingress.http import FailedAuthLimiter, create_router
 from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
-from mailflow.ingress.worker import HostedListeners
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
 from mailflow.services.installation import initialise
@@ -47,8 +48,12 @@ log = logging.getLogger(__name__)
 MAINTENANCE_CALLS = 50
 
 
-def build_egress(settings: Settings) -> Egress:
-    """The default egress (``egress``, a name or a URL) and the ``routes`` around it."""
+def build_egress(settings: Settings, child: ChildProcess | None = None) -> Egress:
+    """The default egress (``egress``, a name or a URL) and the ``routes`` around it.
+
+    With ``egress_process``, an SMTP default egress is sent by the relay's child process
+    (``child``, or one of its own).
+    """
     options = ProviderOptions(pool_size=settings.smtp_pool_size, timeout=settings.smtp_timeout,
                               idle_check=settings.smtp_idle_check,
                               local_hostname=settings.hostname)
@@ -58,7 +63,8 @@ def build_egress(settings: Settings) -> Egress:
     if settings.egress_process and provider.scheme == "smtp" and provider.relay is not None:
         default = ProcessEgress(provider.relay, pool_size=options.pool_size,
                                 timeout=options.timeout, idle_check=options.idle_check,
-                                local_hostname=options.local_hostname)
+                                local_hostname=options.local_hostname, child=child,
+                                name="smtp")
     else:
         default = build_provider(url, options)
     return build_routed(default, url, settings.route_specs, options)
@@ -78,6 +84,7 @@ class Relay:
         self._lock: IO[str] | None = None
         self.runner: StoreRunner | None = None
         self.scheduler: Scheduler | None = None
+        self.child: ChildProcess | None = None
         self.listening: dict[str, str] = {}
 
     async def start(self) -> None:
@@ -90,7 +97,8 @@ class Relay:
             # One process per SQLite store: every lease left behind is from a dead process.
             await runner.write(runner.repo.release_leases, self.clock.now())
         blobs = BlobStore(settings.blob_dir)
-        self.egress = egress = self.egress or build_egress(settings)
+        self.child = child = ChildProcess(log_level=settings.log_level)
+        self.egress = egress = self.egress or build_egress(settings, child)
         # Fits deliveries.lease_owner (64 characters) whatever the hostname's length.
         owner = f"{settings.hostname[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
         recent = RecentMessages()
@@ -117,8 +125,8 @@ class Relay:
                          settings.max_received_headers, settings.recipient_cache_ttl),
         )
         # Bound before anything starts, so that a child the scheduler's first send may
-        # start (lazily) serves them too; accepted only once the egress starts, last.
-        hosted = await self._host_listeners(settings, service, egress)
+        # start (lazily) serves them too; accepted only once the child starts, last.
+        hosted = await self._host_listeners(settings, service, child)
         await scheduler.start()
         self._tasks += [
             asyncio.create_task(processor.run(), name="processor"),
@@ -127,6 +135,8 @@ class Relay:
         ]
         try:
             await egress.start()
+            if child.needed:
+                await child.start()
         except Exception as exc:
             await self.stop()
             raise ConfigurationError(f"cannot start the relay's child process: {exc}") \
@@ -155,14 +165,12 @@ class Relay:
             if address is not None]
 
     async def _host_listeners(self, settings: Settings, service: AcceptService,
-                              egress: Egress) -> bool:
-        """Bind SMTP and LMTP for the egress process to serve (``listener_process``).
-
-        Returns whether it does; without the egress process (``stdout`` egress,
-        ``egress_process = false``) the listeners run on this event loop instead.
-        """
+                              child: ChildProcess) -> bool:
+        """Bind SMTP and LMTP for the child process to serve (``listener_process``),
+        whatever the egress.  Returns whether it does; otherwise the listeners run on
+        this event loop."""
         addresses = self._listen_addresses(settings)
-        if not (addresses and settings.listener_process and isinstance(egress, ProcessEgress)):
+        if not (addresses and settings.listener_process):
             return False
         sockets: list[tuple[socket.socket, bool]] = []
         for name, address, lmtp in addresses:
@@ -174,11 +182,10 @@ class Relay:
                 await self.stop()
                 raise _listen_error(name, address, exc) from None
             self.listening[name] = str(address)
-        hosted = HostedListeners(service, sockets, {
-            "hostname": settings.hostname, "max_message_size": settings.max_message_size,
-            "recipient_cache_ttl": settings.recipient_cache_ttl,
-            "log_level": settings.log_level})
-        egress.host_listeners(hosted)
+        hosted = HostedListeners(service, sockets, hostname=settings.hostname,
+                                 max_message_size=settings.max_message_size,
+                                 recipient_cache_ttl=settings.recipient_cache_ttl)
+        child.host_listeners(hosted)
         self._listeners.append(hosted)
         return True
 
@@ -256,6 +263,9 @@ class Relay:
         self._tasks.clear()
         if self.egress is not None:
             await self.egress.close()
+        if self.child is not None:
+            await self.child.stop()
+            self.child = None
         if self.runner is not None:
             await asyncio.to_thread(self.runner.close)
             self.runner = None

@@ -1,6 +1,6 @@
 """The next hop of the SMTP egress, as configured: ``smtp://[user:pass@]host:port``.
 
-A module of its own, without pydantic, so the egress process (``mailflow.egress.worker``)
+A module of its own, without pydantic, so the relay's child process (``mailflow.child.worker``)
 can import it without loading the configuration machinery.
 """
 

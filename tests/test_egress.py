@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import pickle
 import ssl
 import subprocess
 import sys
@@ -14,13 +13,22 @@ from pathlib import Path
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from mailflow.child.channel import dumps
+from mailflow.child.egress import ProcessEgress
+from mailflow.child.messages import (
+    Accepted,
+    AcceptedEach,
+    Failure,
+    RecipientChecked,
+    RecipientVerdict,
+    Refused,
+)
 from mailflow.config import parse_smtp_relay
 from mailflow.egress.base import Egress
 from mailflow.egress.lmtp import LmtpEgress
 from mailflow.egress.routes import ProviderOptions, build_provider
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.egress.stdout import StdoutEgress
-from mailflow.egress.worker import ProcessEgress
 from mailflow.errors import EgressUnavailable, LoopDetected, StorageUnavailable, UnknownRecipient
 from mailflow.model import Verdict
 from mailflow.testing.ports import free_port
@@ -285,8 +293,8 @@ async def test_a_dead_egress_process_defers_its_transactions_and_is_replaced() -
             in_flight = asyncio.create_task(egress.send("l@x.test", ["b@x.test"], CONTENT))
             # Until the sink holds the message, not yet answered.
             assert await asyncio.to_thread(sink.wait_for_data, 2, 10)
-            assert egress._process is not None
-            egress._process.kill()
+            assert egress.child.process is not None
+            egress.child.process.kill()
             with pytest.raises(EgressUnavailable):  # deferred by the scheduler, not lost
                 await asyncio.wait_for(in_flight, 5)
             sink.handler.data_delay = 0
@@ -316,18 +324,22 @@ async def test_a_lone_transaction_stays_in_process_and_a_crowd_goes_to_the_child
 
 
 def test_the_child_process_stays_small_whatever_the_relay_sends_it() -> None:
-    """The child unpickles the relay's answers; none may pull the store or the settings
+    """The child reads the relay's answers; none may pull the store or the settings
     in (each would add tens of MB to every relay: the RSS bounds of the benchmarks)."""
-    answers = [("ok", 1, True), ("ok", 2, "0123456789abcdef"),
-               ("ok", 3, [Verdict("a@x.test", None, "q1"),
-                          Verdict("b@x.test", UnknownRecipient("no such list"), None)]),
-               ("error", 4, StorageUnavailable()), ("error", 5, LoopDetected("loop"))]
-    code = ("import pickle, sys\n"
-            "import mailflow.egress.worker\n"
-            "frames = pickle.loads(sys.stdin.buffer.read())\n"
+    answers = [RecipientChecked(1, True), Accepted(2, "0123456789abcdef"),
+               AcceptedEach(3, (RecipientVerdict.of(Verdict("a@x.test", None, "q1")),
+                                RecipientVerdict.of(Verdict(
+                                    "b@x.test", UnknownRecipient("no such list"), None)))),
+               Refused(4, Failure.of(StorageUnavailable())),
+               Refused(5, Failure.of(LoopDetected("loop")))]
+    code = ("import sys\n"
+            "import mailflow.child.worker\n"
+            "from mailflow.child.channel import loads\n"
+            "messages = loads(sys.stdin.buffer.read())\n"
             "heavy = ('sqlalchemy', 'pydantic', 'fastapi', 'alembic', 'uvicorn')\n"
-            "print(len(frames), sorted(m for m in heavy if m in sys.modules))\n")
-    done = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(answers),
+            "print(len(messages), sorted(m for m in heavy if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code],
+                          input=dumps(answers),
                           capture_output=True, timeout=60, check=True)
     assert done.stdout.decode().split(None, 1) == ["5", "[]\n"]
 

@@ -1,0 +1,234 @@
+"""The relay <-> child messages, their framing, what the child keeps, and where sessions run."""
+
+from __future__ import annotations
+
+import asyncio
+import marshal
+import os
+import pickle
+import smtplib
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mailflow.child.channel import Channel, ProtocolError, dumps, loads
+from mailflow.child.contents import ChildContents
+from mailflow.child.messages import (
+    Accept,
+    AcceptEach,
+    Accepted,
+    AcceptedEach,
+    CheckRecipient,
+    ChildConfig,
+    Close,
+    CloseListeners,
+    Failure,
+    Forget,
+    ListenersClosed,
+    ListenerSpec,
+    ListenSocket,
+    Ready,
+    RecipientChecked,
+    RecipientVerdict,
+    Refused,
+    Replies,
+    Send,
+    SmtpEgressSpec,
+    StartFailed,
+    Unavailable,
+)
+from mailflow.errors import (
+    EgressUnavailable,
+    LoopDetected,
+    MessageTooLarge,
+    StorageUnavailable,
+    UnknownRecipient,
+)
+from mailflow.model import Delivery, Envelope, RecipientReply, Verdict
+from mailflow.smtp_relay import parse_smtp_relay
+from mailflow.testing.factories import make_list, make_message
+from mailflow.testing.relay import RelayProcess
+
+ENVELOPE = Envelope("a@x.test", ("team@example.test", "b@example.test"), "127.0.0.1", "h",
+                    "ESMTP")
+
+EVERY_MESSAGE = [
+    ChildConfig({"smtp": SmtpEgressSpec(parse_smtp_relay("smtp://u:p@127.0.0.1:2525"), 8, 60.0,
+                                        10.0, "relay.test")},
+                ListenerSpec((ListenSocket(5, False), ListenSocket(6, True)), "relay.test",
+                             1024, 2.0), "DEBUG"),
+    ChildConfig({}, None),
+    Send(1, "smtp", 7, b"content", "l-bounces@x.test", ("a@x.test", "b@x.test")),
+    Send(2, "smtp", 7, None, "l-bounces@x.test", ("a@x.test",)),
+    Forget((1, 2, 3)),
+    RecipientChecked(3, True),
+    Accepted(4, "0123456789abcdef"),
+    AcceptedEach(5, (RecipientVerdict("a@x.test", "q1", None),
+                     RecipientVerdict("b@x.test", None, Failure("UnknownRecipient", "no")))),
+    Refused(6, Failure("LoopDetected", "loop")),
+    CloseListeners(2.5),
+    Close(),
+    Ready(1234),
+    StartFailed("no"),
+    Replies(7, (RecipientReply("a@x.test", 250, "2.0.0 ok"),
+                RecipientReply("b@x.test", 550, "5.1.1 unknown"))),
+    Unavailable(8, "next hop down"),
+    CheckRecipient(9, "team@example.test"),
+    Accept(10, ENVELOPE, b"raw\r\n"),
+    AcceptEach(11, ENVELOPE, b"raw\r\n"),
+    ListenersClosed(),
+]
+
+
+@pytest.mark.parametrize("message", EVERY_MESSAGE, ids=lambda m: type(m).__name__)
+def test_every_message_crosses_the_framing_unchanged(message: object) -> None:
+    assert loads(dumps([message])) == [message]
+
+
+def test_a_frame_builds_nothing_but_a_message() -> None:
+    for foreign in (pickle.dumps(Delivery(1, "m", 1, "a@x.test", 0, 0.0)),
+                    pickle.dumps(StorageUnavailable("pickled exception")),
+                    marshal.dumps([(999, ())]),                # no such tag
+                    marshal.dumps([(1, ("too", "few"))]),      # not Send's fields
+                    marshal.dumps("just a string"),
+                    marshal.dumps([(0, compile("1", "x", "eval"))]),
+                    b""):
+        with pytest.raises(ProtocolError):
+            loads(foreign)
+
+
+@pytest.mark.parametrize("error", [UnknownRecipient("no list here"), LoopDetected(),
+                                   MessageTooLarge("too big"), StorageUnavailable(),
+                                   EgressUnavailable("down")])
+def test_errors_travel_as_key_and_reason_and_are_rebuilt(error: Exception) -> None:
+    assert isinstance(error, UnknownRecipient | LoopDetected | MessageTooLarge
+                      | StorageUnavailable | EgressUnavailable)
+    [refused] = loads(dumps([Refused(1, Failure.of(error))]))
+    failure = refused.failure
+    rebuilt = failure.error()
+    assert type(rebuilt) is type(error) and rebuilt.smtp_reply() == error.smtp_reply()
+
+
+def test_an_unknown_error_key_is_a_temporary_failure() -> None:
+    rebuilt = Failure("NoSuchError", "what").error()
+    assert isinstance(rebuilt, StorageUnavailable)
+    assert rebuilt.smtp_reply() == "451 4.3.0 what"
+
+
+def test_lmtp_verdicts_round_trip() -> None:
+    verdicts = [Verdict("a@x.test", None, "q1"), Verdict("b@x.test", UnknownRecipient("no"))]
+    [answer] = loads(dumps([AcceptedEach(1, tuple(map(RecipientVerdict.of, verdicts)))]))
+    back = [v.verdict() for v in answer.verdicts]
+    assert [(v.recipient, v.message_id) for v in back] == [("a@x.test", "q1"),
+                                                           ("b@x.test", None)]
+    assert back[0].error is None
+    assert back[1].error is not None and back[1].error.smtp_reply() == "550 5.1.1 no"
+
+
+async def test_the_channel_delivers_frames_split_and_batched_over_a_socket() -> None:
+    loop = asyncio.get_running_loop()
+    left_sock, right_sock = socket.socketpair()
+    received: list[object] = []
+    all_in = asyncio.Event()
+
+    def on_message(message: object) -> None:
+        received.append(message)
+        if len(received) == len(EVERY_MESSAGE) + 1:
+            all_in.set()
+
+    left: Channel[object, object] = Channel(lambda m: None, lambda exc: None)
+    right: Channel[object, object] = Channel(on_message, lambda exc: None)
+    await loop.create_unix_connection(lambda: left, sock=left_sock)
+    await loop.create_unix_connection(lambda: right, sock=right_sock)
+    big = Send(99, "smtp", 0, os.urandom(300_000), "a@x.test", ("b@x.test",))
+    for message in [*EVERY_MESSAGE, big]:  # one loop turn: one write
+        left.send(message)
+    await asyncio.wait_for(all_in.wait(), 10)
+    assert received == [*EVERY_MESSAGE, big]
+    left.close()
+    right.close()
+
+
+def test_contents_are_kept_from_their_second_send_and_bounded_in_bytes() -> None:
+    contents = ChildContents(budget=1000)
+    a, b, c = b"a" * 400, b"b" * 400, b"c" * 400
+    assert contents.place(a) == (0, True, [])          # once: sent, not kept
+    key_a, sent, forget = contents.place(a)             # twice: kept from now on
+    assert key_a > 0 and sent and forget == []
+    assert contents.place(a) == (key_a, False, [])      # then by number only
+    contents.place(b)
+    key_b, _, _ = contents.place(b)
+    assert contents.kept_bytes == 800
+    contents.place(a)                                   # a is the most recent now
+    contents.place(c)
+    key_c, sent, forget = contents.place(c)             # over the budget: b goes
+    assert sent and forget == [key_b] and contents.kept_bytes == 800
+    huge = b"h" * 5000
+    contents.place(huge)
+    key_h, sent, forget = contents.place(huge)          # the newest is kept, whatever size
+    assert sent and sorted(forget) == sorted([key_a, key_c])
+    assert contents.place(huge) == (key_h, False, [])
+    contents.clear()                                    # a new child keeps nothing
+    assert contents.kept_bytes == 0
+    assert contents.place(huge)[1]
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(target[8:-1])
+    return found
+
+
+def _server_inode(server_port: int, client_port: int) -> str | None:
+    """The inode of the relay's end of the TCP connection from ``client_port``."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        remote_port = int(fields[2].split(":")[1], 16)
+        if (local_port, remote_port) == (server_port, client_port):
+            return fields[9]
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_with_the_stdout_egress_the_child_serves_the_smtp_sessions(
+        make_relay: Callable[..., RelayProcess]) -> None:
+    relay = make_relay(egress="stdout").start()
+    assert relay.process is not None
+    with relay.repository() as repo:
+        make_list(repo, "team@example.test", ["ann@members.test"])
+    deadline = time.monotonic() + 10
+    while not _children(relay.process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [child] = _children(relay.process.pid)
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+        client.ehlo("client.test")
+        client_port = client.sock.getsockname()[1]
+        inode = _server_inode(relay.smtp_port, client_port)
+        assert inode is not None
+        assert inode in _socket_inodes(child)                   # the session is the child's
+        assert inode not in _socket_inodes(relay.process.pid)
+        client.sendmail("poster@outside.test", ["team@example.test"],
+                        make_message("team@example.test", subject="via the child"))
+    deadline = time.monotonic() + 20
+    while b"RCPT TO:<ann@members.test>" not in relay.log_path.read_bytes() and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "RCPT TO:<ann@members.test>" in relay.log()          # the stdout egress, in the relay
+    assert "via the child" in relay.log()
