@@ -168,7 +168,7 @@ def test_compare_runs_a_side_in_its_own_process_and_renders_the_table(tmp_path: 
     records = [run_once(side, ROOT, "F", SCALE, kind, SMTP_SINK if SMTP_SINK else None,
                         None, 1.0) for _ in range(2)]
     for record in records:
-        assert record["details"]["delivered"] == 100
+        assert record["details"]["delivered"] == record["params"]["deliveries"] >= 10
         assert Path(record["mailflow_file"]).is_relative_to(ROOT)
     result = compare.summarize("F", [records[0]], [records[1]])
     figures = {f["figure"]: f for f in result["figures"]}

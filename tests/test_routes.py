@@ -16,6 +16,7 @@ import pytest
 from mailflow.app import build_egress
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore, content_hash
+from mailflow.child.egress import ProcessEgress
 from mailflow.config import RouteSpec, Settings, parse_routes
 from mailflow.egress.base import Egress
 from mailflow.egress.lmtp import LmtpEgress
@@ -28,7 +29,6 @@ from mailflow.egress.routes import (
 )
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.egress.stdout import StdoutEgress
-from mailflow.egress.worker import ProcessEgress
 from mailflow.model import InboundMessage
 from mailflow.services.commit import IngestBatch, store_batch
 from mailflow.services.lanes import Lane
