@@ -25,9 +25,16 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-## lint: ruff over the package, tests and benchmarks
+## lint: ruff, mypy (strict), the layer contracts (import-linter) and dead code (vulture)
+VULTURE_IGNORE := dotenv_settings,file_secret_settings,signum,frame
 lint: $(STAMP)
 	$(BIN)/ruff check mailflow tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	@echo "vulture: unused code in mailflow/ (framework hooks are in vulture_whitelist.py)"
+	@! $(BIN)/vulture mailflow tests bench vulture_whitelist.py \
+	    --exclude mailflow/store/migrations/versions --ignore-names $(VULTURE_IGNORE) \
+	  | grep '^mailflow/'
 
 ## bench: ingest, fan-out and latency scenarios; writes bench/RESULTS.md
 bench: $(STAMP)

@@ -42,7 +42,6 @@ class DeliveryStatus(enum.StrEnum):
 
 
 PENDING_STATUSES = (DeliveryStatus.QUEUED, DeliveryStatus.IN_FLIGHT, DeliveryStatus.DEFERRED)
-FINAL_STATUSES = (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
 
 
 @dataclass(frozen=True, slots=True)

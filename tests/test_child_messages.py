@@ -45,7 +45,9 @@ from mailflow.errors import (
     LoopDetected,
     MessageTooLarge,
     StorageUnavailable,
+    TemporaryFailure,
     UnknownRecipient,
+    error_key,
 )
 from mailflow.model import Delivery, Envelope, RecipientReply, Verdict
 from mailflow.smtp_relay import parse_smtp_relay
@@ -67,8 +69,8 @@ EVERY_MESSAGE = [
     RecipientChecked(3, True),
     Accepted(4, "0123456789abcdef"),
     AcceptedEach(5, (RecipientVerdict("a@x.test", "q1", None),
-                     RecipientVerdict("b@x.test", None, Failure("UnknownRecipient", "no")))),
-    Refused(6, Failure("LoopDetected", "loop")),
+                     RecipientVerdict("b@x.test", None, Failure("unknown_recipient", "no")))),
+    Refused(6, Failure("loop_detected", "loop")),
     CloseListeners(2.5),
     Close(),
     Ready(1234),
@@ -108,13 +110,14 @@ def test_errors_travel_as_key_and_reason_and_are_rebuilt(error: Exception) -> No
                       | StorageUnavailable | EgressUnavailable)
     [refused] = loads(dumps([Refused(1, Failure.of(error))]))
     failure = refused.failure
+    assert failure.key == error_key(error)  # the error table's stable key, not a class name
     rebuilt = failure.error()
     assert type(rebuilt) is type(error) and rebuilt.smtp_reply() == error.smtp_reply()
 
 
 def test_an_unknown_error_key_is_a_temporary_failure() -> None:
-    rebuilt = Failure("NoSuchError", "what").error()
-    assert isinstance(rebuilt, StorageUnavailable)
+    rebuilt = Failure("no_such_error", "what").error()
+    assert isinstance(rebuilt, TemporaryFailure)
     assert rebuilt.smtp_reply() == "451 4.3.0 what"
 
 

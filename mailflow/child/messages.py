@@ -13,32 +13,18 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from mailflow import errors
-from mailflow.errors import SmtpReplyError, StorageUnavailable
+from mailflow.errors import SmtpReplyError
 from mailflow.model import Envelope, RecipientReply, Verdict
 from mailflow.smtp_relay import SmtpRelay
 
 # -- errors --------------------------------------------------------------------------------
 
-def _reply_errors() -> dict[str, type[SmtpReplyError]]:
-    found: dict[str, type[SmtpReplyError]] = {}
-    todo: list[type[SmtpReplyError]] = [SmtpReplyError]
-    while todo:
-        cls = todo.pop()
-        if cls.__module__ == errors.__name__:
-            found[cls.__name__] = cls
-        todo += cls.__subclasses__()
-    return found
-
-
-_ERRORS = _reply_errors()
-
-
 @dataclass(frozen=True, slots=True)
 class Failure:
     """An error that answers a question: which error (``key``) and why (``reason``).
 
-    The key is the error's class name in :mod:`mailflow.errors`; an unknown key is
-    rebuilt as a temporary failure (451 4.3.0), never lost.
+    The key is the error's stable key in :data:`mailflow.errors.TABLE`; an unknown key
+    is rebuilt as a temporary failure (451 4.3.0), never lost.
     """
 
     key: str
@@ -46,10 +32,10 @@ class Failure:
 
     @classmethod
     def of(cls, error: SmtpReplyError) -> Failure:
-        return cls(type(error).__name__, error.reason)
+        return cls(errors.error_key(error), error.reason)
 
     def error(self) -> SmtpReplyError:
-        return _ERRORS.get(self.key, StorageUnavailable)(self.reason)
+        return errors.error_from_key(self.key, self.reason)
 
 
 # -- what the child needs to start ---------------------------------------------------------

@@ -152,10 +152,6 @@ class Repository:
 
     # -- meta ---------------------------------------------------------------------------
 
-    def get_meta(self, key: str) -> str | None:
-        with self.engines.reader.connect() as conn:
-            return conn.scalar(select(meta.c.value).where(meta.c.key == key))
-
     def ensure_meta(self, key: str, value: str) -> str:
         """Set ``key`` unless it is set already; return the stored value."""
         with self.engines.writer.begin() as conn:

@@ -42,7 +42,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,9 +278,6 @@ class PostfixInstance:
         lines.append(f'exec {shlex.join(argv)} "$@"')
         return self.write_file(name, "\n".join(lines) + "\n", mode=0o755)
 
-    def postmap(self, path: Path | str, kind: str = "hash") -> None:
-        self._run([POSTMAP, "-c", str(self.config_dir), f"{kind}:{path}"])
-
     def postconf(self, *args: str) -> str:
         return self._run([POSTCONF, "-c", str(self.config_dir), *args]).stdout
 
@@ -363,11 +360,6 @@ class PostfixInstance:
             time.sleep(0.02)
         return False
 
-    def reload(self) -> None:
-        """Rewrite main.cf/master.cf and ``postfix reload``."""
-        self._write_config()
-        self._run([POSTFIX, "-c", str(self.config_dir), "reload"])
-
     def stop(self, timeout: float = 15.0) -> None:
         """``postfix stop``; then kill whatever of this instance is left."""
         if not self._started:
@@ -429,9 +421,6 @@ class PostfixInstance:
     def flush(self) -> None:
         """``postqueue -f``: attempt every queued message now."""
         self._run([POSTQUEUE, "-c", str(self.config_dir), "-f"])
-
-    def delete_all(self) -> None:
-        self._run([POSTSUPER, "-c", str(self.config_dir), "-d", "ALL"])
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -503,14 +492,3 @@ def _wait_gone(process: Process, timeout: float) -> bool:
             return False
         time.sleep(0.05)
 
-
-@contextlib.contextmanager
-def postfix_instance(*, base_dir: Path | None = None, smtp_port: int | None = None,
-                     settings: Mapping[str, str] | None = None) -> Iterator[PostfixInstance]:
-    """A started instance that is stopped and deleted afterwards."""
-    instance = PostfixInstance(base_dir=base_dir, smtp_port=smtp_port, settings=settings)
-    try:
-        with instance:
-            yield instance
-    finally:
-        instance.remove()
