@@ -11,7 +11,7 @@ import pytest
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore, content_hash
 from mailflow.egress.base import RecipientReply
-from mailflow.model import InboundMessage
+from mailflow.model import Delivery, InboundMessage, Outcome
 from mailflow.services.commit import (
     GroupCommitter,
     IngestActivity,
@@ -56,6 +56,32 @@ async def run_until(predicate: Callable[[dict[str, int]], bool], runner: StoreRu
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"timed out; counts {counts}")
+
+
+async def wait_for(condition: Callable[[], bool], limit: float = 10.0) -> None:
+    """Until ``condition`` holds (checked after every turn of the loop), at most ``limit`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not condition():
+        if loop.time() >= deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.005)
+
+
+def record_claims(runner: StoreRunner) -> list[int]:
+    """How many deliveries each of the keeper's claim rounds takes, from now on."""
+    claims: list[int] = []
+    record_and_claim = runner.repo.record_and_claim
+
+    def recorded(now: float, outcomes: Sequence[Outcome], limit: int, lease: float,
+                 owner: str) -> list[Delivery]:
+        claimed = record_and_claim(now, outcomes, limit, lease, owner)
+        if limit:
+            claims.append(len(claimed))
+        return claimed
+
+    runner.repo.record_and_claim = recorded  # type: ignore[method-assign]
+    return claims
 
 
 @pytest.fixture
@@ -110,9 +136,12 @@ async def test_deferred_with_backoff_then_failed_after_max_age(setup) -> None:  
         await run_until(lambda c: c["deferred"] == 1, runner)
         [row] = await runner.read(runner.repo.list_deliveries, 10)
         assert row.due_at == pytest.approx(clock.now() + 60)  # first retry after 60 s
-        # Nothing happens until the clock reaches the retry time.
-        await asyncio.sleep(0.2)
-        assert len(egress.transactions) == 1
+        # Nothing is sent before the clock reaches the retry time: a claim round at
+        # this time (woken, so it does not wait for a timer) finds nothing due.
+        claims = record_claims(runner)
+        scheduler.wake()
+        await wait_for(lambda: len(claims) >= 1)
+        assert claims[0] == 0 and len(egress.transactions) == 1
         clock.advance(60)
         scheduler.wake()
         await run_until(lambda c: c["deferred"] == 1 and len(egress.transactions) == 2, runner)
@@ -151,7 +180,8 @@ async def test_outcomes_ride_with_the_next_ingest_transaction(setup, tmp_path: P
     post(["a@x.test", "b@x.test"])
     ingest_coming = True
     activity = IngestActivity()
-    scheduler = make_scheduler(ScriptedEgress(), max_recipients=1,
+    scheduler_egress = ScriptedEgress()
+    scheduler = make_scheduler(scheduler_egress, max_recipients=1,
                                ingest_busy=lambda: ingest_coming or activity.busy())
     committer = GroupCommitter(runner, BlobStore(tmp_path / "blobs"), clock, body_limit=65536,
                                expansion=InlineExpansion(1000), queue=scheduler,
@@ -160,7 +190,8 @@ async def test_outcomes_ride_with_the_next_ingest_transaction(setup, tmp_path: P
     await scheduler.start()
     try:
         # Both copies are sent; their outcomes wait for the ingest transaction.
-        await asyncio.sleep(0.3)
+        await wait_for(lambda: len(scheduler_egress.transactions) == 2)
+        await asyncio.sleep(0)  # the senders hand their outcomes to the keeper
         assert (await runner.read(runner.repo.delivery_counts))["in_flight"] == 2
         data = make_message("team@example.test", subject="second")
         await committer.commit(InboundMessage(
