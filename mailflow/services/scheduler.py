@@ -198,10 +198,14 @@ class Scheduler:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming, finish transactions already on the wire, hand back the rest."""
+        self._stopping = True
+        if not self._tasks:
+            # Never started: the relay is stopping because its start failed (a port in
+            # use), before the keeper claimed or the ingest leased anything to us.
+            return
         keeper, *senders = self._tasks
         # Let the keeper finish its round: a write cancelled half-way cannot tell whether
         # the outcomes it carried were stored, and they must be stored exactly once.
-        self._stopping = True
         self._signal.set()
         if self._handing:
             await asyncio.wait(list(self._handing), timeout=grace)
