@@ -291,6 +291,13 @@ class Settings(BaseSettings):
         return "stdout:" if self.egress == "stdout" else self.egress
 
     @property
+    def egress_display(self) -> str:
+        """``egress`` for messages: a name as given, a URL without its credentials."""
+        if self.egress in EGRESS_NAMES:
+            return self.egress
+        return parse_provider_url(self.egress).display
+
+    @property
     def route_specs(self) -> tuple[RouteSpec, ...]:
         return parse_routes(self.routes)
 
