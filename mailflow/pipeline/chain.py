@@ -21,6 +21,7 @@ from typing import Protocol
 
 from mailflow import headers
 from mailflow.model import InboundMessage, MailingList
+from mailflow.pipeline.accept.envelope import EnvelopeText
 from mailflow.pipeline.accept.hops import HopLimit
 from mailflow.pipeline.accept.loops import NotLooping
 from mailflow.pipeline.accept.recipients import Lookup, RecipientCheck
@@ -70,6 +71,7 @@ def accept_chain(settings: AcceptSettings, lookup: Lookup, *,
     """
     return (
         SizeLimit(settings.max_message_size),
+        EnvelopeText(),
         *((WellFormed(), RecipientCheck(lookup)) if submitted else ()),
         HopLimit(settings.max_received_headers),
         NotLooping(settings.instance_id),
