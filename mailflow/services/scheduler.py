@@ -50,7 +50,13 @@ from dataclasses import dataclass
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore
 from mailflow.clock import Clock
-from mailflow.errors import EgressUnavailable, SmtpReplyError, StorageUnavailable, TemporaryFailure
+from mailflow.errors import (
+    EgressUnavailable,
+    SmtpReplyError,
+    StorageUnavailable,
+    TemporaryFailure,
+    recipient_reply,
+)
 from mailflow.lru import BytesLRU
 from mailflow.metrics import DELIVERY_ATTEMPTS, TRANSACTION_SECONDS
 from mailflow.model import (
@@ -512,4 +518,4 @@ class Scheduler:
 
 def _reply(recipient: str, error: SmtpReplyError) -> RecipientReply:
     """A recipient's answer from an error: its code, enhanced status and reason."""
-    return RecipientReply(recipient, error.code, f"{error.enhanced} {error.reason}")
+    return RecipientReply(recipient, *recipient_reply(error))
