@@ -113,10 +113,6 @@ class RouteSpec:
     domain: str
     url: str
 
-    @property
-    def wildcard(self) -> bool:
-        return self.domain.startswith("*.")
-
     def __repr__(self) -> str:  # the URL may hold a password
         return f"RouteSpec({self.domain} -> {parse_provider_url(self.url).display})"
 
