@@ -242,6 +242,11 @@ async def test_submit_checks_in_the_order_of_an_smtp_conversation() -> None:
     with pytest.raises(LoopDetected):
         await accept.submit(Envelope("a@o.test", ("team@example.test",)),
                             b"Received: x\r\n" * 4 + RAW)
+    # The earliest check decides, whatever the recipients' order: the unknown recipient
+    # (pipe exit 67), not the hop count the other one fails later (65).
+    with pytest.raises(UnknownRecipient):
+        await accept.submit(Envelope("a@o.test", ("team@example.test", "nobody@example.test")),
+                            b"Received: x\r\n" * 4 + RAW)
     assert committer.stored == []
     await accept.submit(Envelope("a@o.test", ("team@example.test",)), b"From x\n" + RAW)
     assert committer.stored[0][1] == RAW  # the mbox From line is not part of the message
