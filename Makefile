@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	@echo "vulture: unused code in mailflow/ (framework hooks are in vulture_whitelist.py)"
 	@! $(BIN)/vulture mailflow tests bench vulture_whitelist.py \
-	    --exclude mailflow/store/migrations/versions --ignore-names $(VULTURE_IGNORE) \
+	    --exclude mailflow/store/migrations/versions,bench/out --ignore-names $(VULTURE_IGNORE) \
 	  | grep '^mailflow/'
 
 ## bench: ingest, fan-out and latency scenarios; writes bench/RESULTS.md

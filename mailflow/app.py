@@ -300,7 +300,7 @@ async def serve(settings: Settings) -> None:
     await relay.start()
     print("MailFlow Relay is running: "
           + ", ".join(f"{name.upper()} on {where}" for name, where in relay.listening.items())
-          + f"; egress {relay.settings.egress}. Ctrl-C stops it.", flush=True)
+          + f"; egress {relay.settings.egress_display}. Ctrl-C stops it.", flush=True)
     try:
         await stop.wait()
     finally:

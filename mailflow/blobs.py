@@ -64,9 +64,9 @@ class BlobStore:
 
         Every new file is written under a temporary name and renamed into place, then
         one ``syncfs`` (Linux) makes the contents and the names durable together: on ext4
-        an fsync costs about a millisecond per file whatever the parallelism, so per-file
-        fsync would cap a batch of N messages at N ms, and a second sync for the names
-        would double the wait of every ingest.  Elsewhere each file is fsynced before its
+        an fsync per file costs the same whatever the parallelism, so per-file fsync
+        would make a batch wait N times as long, and a second sync for the names would
+        double the wait of every ingest.  Elsewhere each file is fsynced before its
         rename and the folders after.
 
         The price of renaming before the sync: after a crash a file may sit under its

@@ -113,10 +113,6 @@ class RouteSpec:
     domain: str
     url: str
 
-    @property
-    def wildcard(self) -> bool:
-        return self.domain.startswith("*.")
-
     def __repr__(self) -> str:  # the URL may hold a password
         return f"RouteSpec({self.domain} -> {parse_provider_url(self.url).display})"
 
@@ -289,6 +285,13 @@ class Settings(BaseSettings):
         if self.egress == "smtp":
             return self.smtp_relay
         return "stdout:" if self.egress == "stdout" else self.egress
+
+    @property
+    def egress_display(self) -> str:
+        """``egress`` for messages: a name as given, a URL without its credentials."""
+        if self.egress in EGRESS_NAMES:
+            return self.egress
+        return parse_provider_url(self.egress).display
 
     @property
     def route_specs(self) -> tuple[RouteSpec, ...]:

@@ -236,8 +236,8 @@ def smtp_reply(error: SmtpReplyError) -> str:
 def recipient_reply(error: SmtpReplyError) -> tuple[int, str]:
     """(code, text) of the reply one recipient gets when ``error`` stops its transaction.
 
-    For the scheduler: ``RecipientReply(rcpt, *recipient_reply(EgressUnavailable(...)))``
-    records ``451 4.4.1 <reason>`` instead of a made-up string.
+    For the scheduler and a routed egress: ``RecipientReply(rcpt, *recipient_reply(
+    EgressUnavailable(...)))`` records ``451 4.4.1 <reason>`` instead of a made-up string.
     """
     row = spec(error)
     return row.smtp_code, f"{row.enhanced} {error.reason}"

@@ -7,7 +7,26 @@ bytes and builds outbound messages by editing the header section only.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Iterator
+from typing import Final
+
+# Characters that must never reach a header field: controls (CR, LF, NUL, TAB, DEL, C1
+# such as NEL), line and paragraph separators (some parsers end a line at a bare CR or
+# at U+2028), and lone surrogates (what invalid UTF-8 from a client decodes to; they
+# cannot be encoded, so neither written into a copy nor stored).
+UNSAFE_CATEGORIES: Final = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def header_safe(text: str) -> str:
+    """``text`` with every character of :data:`UNSAFE_CATEGORIES` replaced by ``?``.
+
+    For values a client or a user chose (a HELO name, a list's display name) on their
+    way into a header field.
+    """
+    if text.isprintable():  # the usual case: none of those categories is printable
+        return text
+    return "".join("?" if unicodedata.category(c) in UNSAFE_CATEGORIES else c for c in text)
 
 
 def split_message(raw: bytes) -> tuple[bytes, bytes]:

@@ -235,3 +235,27 @@ def test_with_the_stdout_egress_the_child_serves_the_smtp_sessions(
         time.sleep(0.05)
     assert "RCPT TO:<ann@members.test>" in relay.log()          # the stdout egress, in the relay
     assert "via the child" in relay.log()
+
+
+async def test_a_child_that_cannot_build_its_egress_says_so_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a silent dead task the relay waits START_TIMEOUT (30 s) for."""
+    from mailflow.child import worker
+    from mailflow.child.messages import ChildConfig, SmtpEgressSpec
+
+    def broken(spec: object) -> object:
+        raise ValueError("no such provider")
+
+    monkeypatch.setattr(worker, "build_egress", broken)
+    sent: list[object] = []
+
+    class Sink:
+        def send(self, message: object) -> None:
+            sent.append(message)
+
+    child = worker._Child()
+    child.channel = Sink()  # type: ignore[assignment]
+    spec = SmtpEgressSpec(parse_smtp_relay("smtp://127.0.0.1:25"), 1, 5.0, 10.0)
+    await child._start(ChildConfig({"smtp": spec}, None))
+    assert len(sent) == 1 and isinstance(sent[0], StartFailed)
+    assert "no such provider" in sent[0].reason

@@ -106,6 +106,14 @@ def test_egress_names_keep_their_meaning_and_urls_are_equivalent(
     assert relay is not None and (relay.host, relay.port) == ("mailbox.test", 24)
 
 
+def test_the_egress_is_shown_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mailflow serve`` prints ``egress_display`` on start: never a password."""
+    assert load_settings().egress_display == "stdout"
+    monkeypatch.setenv("MAILFLOW_EGRESS", "smtps://relay-user:s3cret@mail.test:465")
+    shown = load_settings().egress_display
+    assert shown == "smtps://mail.test:465" and "s3cret" not in shown
+
+
 @pytest.mark.parametrize("bad", ["ses", "SMTP", "lmtp://", "lmtp://x?tls=implicit",
                                  "ftp://x", "stdout:foo"])
 def test_bad_egress_values(bad: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,3 +40,18 @@ def test_blob_store_remembers_within_its_byte_bound(tmp_path: Path) -> None:
     assert blobs.cached("d0") is None and blobs.cached("d9") == b"y" * 10
     blobs.unlink_many(["d9"])
     assert blobs.cached("d9") is None
+
+
+def test_per_content_is_bounded_in_bytes_and_found_by_identity() -> None:
+    from mailflow.egress.base import PerContent
+
+    cache: PerContent[str] = PerContent(1000)
+    a, b, c = b"a" * 400, b"b" * 400, b"c" * 400
+    cache.put(a, "A")
+    cache.put(b, "B")
+    assert cache.get(a) == "A"  # a is now the most recent
+    assert cache.put(c, "C") == ["B"] and cache.size == 800
+    assert cache.get(bytes(bytearray(a))) is None  # equal bytes, another object: no entry
+    big = b"x" * 5000
+    assert cache.put(big, "X") == ["A", "C"]  # the newest stays, whatever its size
+    assert cache.get(big) == "X" and cache.size == 5000

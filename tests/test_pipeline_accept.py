@@ -19,6 +19,7 @@ from mailflow.errors import (
     UnknownRecipient,
 )
 from mailflow.model import Envelope, Event, InboundMessage, ListKind, MailingList, Resolution
+from mailflow.pipeline.accept.envelope import EnvelopeText
 from mailflow.pipeline.accept.hops import HopLimit
 from mailflow.pipeline.accept.loops import NotLooping
 from mailflow.pipeline.accept.recipients import RecipientCheck
@@ -69,6 +70,17 @@ def test_context_splits_once_and_keys_recipients_canonically() -> None:
 
 
 # -- each step --------------------------------------------------------------------------
+
+async def test_envelope_addresses_that_are_not_text_are_refused() -> None:
+    """Invalid UTF-8 (lone surrogates once decoded) cannot be stored: refused, not 451."""
+    assert await decide(EnvelopeText(), context("team@example.test")) == {}
+    ctx = MessageContext.of(Envelope("\udcff@outside.test", ("team@example.test",)), RAW)
+    decided = await decide(EnvelopeText(), ctx)
+    assert isinstance(decided["team@example.test"].error, MalformedMessage)
+    ctx = context("team@example.test", "\udcff@example.test")
+    decided = await decide(EnvelopeText(), ctx)
+    assert list(decided) == ["\udcff@example.test"]
+
 
 async def test_size_limit_refuses_every_recipient() -> None:
     assert await decide(SizeLimit(len(RAW)), context("team@example.test")) == {}
@@ -160,11 +172,11 @@ async def test_a_step_sees_only_undecided_recipients_and_the_rest_are_accepted()
 
 async def test_the_registry_keeps_today_s_order() -> None:
     steps = accept_chain(POLICY, lookup, submitted=True)
-    assert [type(s) for s in steps] == [SizeLimit, WellFormed, RecipientCheck, HopLimit,
-                                        NotLooping]
+    assert [type(s) for s in steps] == [SizeLimit, EnvelopeText, WellFormed, RecipientCheck,
+                                        HopLimit, NotLooping]
     # An SMTP client passed syntax (trusted) and RCPT before DATA.
     steps = accept_chain(POLICY, lookup, submitted=False)
-    assert [type(s) for s in steps] == [SizeLimit, HopLimit, NotLooping]
+    assert [type(s) for s in steps] == [SizeLimit, EnvelopeText, HopLimit, NotLooping]
 
 
 # -- the accept service -----------------------------------------------------------------
@@ -229,6 +241,11 @@ async def test_submit_checks_in_the_order_of_an_smtp_conversation() -> None:
         await accept.submit(envelope, RAW)
     with pytest.raises(LoopDetected):
         await accept.submit(Envelope("a@o.test", ("team@example.test",)),
+                            b"Received: x\r\n" * 4 + RAW)
+    # The earliest check decides, whatever the recipients' order: the unknown recipient
+    # (pipe exit 67), not the hop count the other one fails later (65).
+    with pytest.raises(UnknownRecipient):
+        await accept.submit(Envelope("a@o.test", ("team@example.test", "nobody@example.test")),
                             b"Received: x\r\n" * 4 + RAW)
     assert committer.stored == []
     await accept.submit(Envelope("a@o.test", ("team@example.test",)), b"From x\n" + RAW)

@@ -66,3 +66,18 @@ def test_steps_apply_in_registry_order() -> None:
 def test_the_rendering_variant_is_the_list() -> None:
     assert rendering_variant(TEAM) != rendering_variant(ALIAS)
     assert rendering_variant(TEAM) == rendering_variant(TEAM)
+
+
+def test_client_and_user_chosen_values_cannot_start_a_field() -> None:
+    """A HELO name with a bare CR, a list name stored with a line break: no new field."""
+    message = InboundMessage("q1", "a@x.test", ("team@example.test",), "h", len(RAW),
+                             1_800_000_000.0, "127.0.0.1", "evil\rX-Injected: yes", "ESMTP")
+    team = MailingList(7, "team@example.test", ListKind.LIST, "Team\r\nBcc: x@y.test", 0, 0.0)
+    rendered = render_copy(RAW, message, team, IDENTITY)
+    header, _ = headers.split_message(rendered)
+    assert b"Received: from evil?X-Injected: yes (127.0.0.1)\r\n" in header
+    assert b'List-Id: "Team??Bcc: x@y.test" <team.example.test>\r\n' in header
+    assert header.replace(b"\r\n", b"").count(b"\r") == 0 and b"\n\r" not in header
+    assert headers.header_safe("caf\u00e9 \U0001f469\u200d\U0001f4bb") == \
+        "caf\u00e9 \U0001f469\u200d\U0001f4bb"  # printable Unicode stays as it is
+    assert headers.header_safe("\udcff\x00") == "??"

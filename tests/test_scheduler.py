@@ -173,6 +173,14 @@ async def test_stop_hands_back_claimed_deliveries(setup) -> None:  # type: ignor
     assert counts["queued"] == 10 and counts["in_flight"] == 0
 
 
+async def test_stop_before_start_does_nothing(setup) -> None:  # type: ignore[no-untyped-def]
+    """A relay whose start failed (a port in use) stops a scheduler it never started."""
+    _, _, _, make_scheduler = setup
+    scheduler = make_scheduler(ScriptedEgress())
+    await scheduler.stop()
+    assert scheduler.ingest_lease() is None
+
+
 async def test_outcomes_ride_with_the_next_ingest_transaction(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """While an ingest transaction is coming, the keeper leaves outcomes to it; once the
     ingest is idle, the keeper writes them itself."""

@@ -28,3 +28,21 @@ def test_fast_path_parser_agrees_with_aiosmtpd(argument: str, limit: int) -> Non
         server = server_class(_Handler())
         server.local_part_limit = limit
         assert server._getaddr(argument) == reference._getaddr(argument)
+
+
+async def test_the_helo_name_is_made_safe_to_store_and_to_copy() -> None:
+    """Invalid UTF-8 in EHLO (lone surrogates once decoded) failed the whole group commit
+    with UnicodeEncodeError; a bare CR reached the Received field of every copy."""
+    from aiosmtpd.smtp import Envelope as SmtpEnvelope
+    from aiosmtpd.smtp import Session
+
+    from mailflow.ingress.smtp import RelayHandler
+
+    session = Session(loop=None)  # type: ignore[arg-type]
+    session.peer = ("192.0.2.1", 25000)
+    handler = RelayHandler(_Handler())  # type: ignore[arg-type]
+    for helo, stored in [("\udcff\udcfe", "??"), ("evil\rX-Injected: yes", "evil?X-Injected: yes"),
+                         ("mail.example.test", "mail.example.test")]:
+        session.host_name = helo
+        envelope = handler._envelope(session, SmtpEnvelope())
+        assert envelope.helo == stored and envelope.helo.encode("utf-8")

@@ -9,8 +9,8 @@ each class is derived once from its fields and their types, so a field added to 
 message needs no change here.
 
 Why not pickle: a pickle names the classes it loads, so reading one safely needs an
-unpickler that filters them, and writing a class reference into every frame cost
-several times today's tuple frames.  :mod:`marshal` reads and writes only builtin values
+unpickler that filters them, and a class reference in every frame costs more than the
+plain values themselves.  :mod:`marshal` reads and writes only builtin values
 (str, bytes, int, float, tuple, dict, None), so a frame can name no callable at all;
 only the classes registered here are ever built, from their tags.
 
@@ -58,8 +58,8 @@ def _struct_codec(cls: type) -> tuple[Encode, Decode, bool]:
             one = attrgetter(names[0])
             return (lambda obj: (one(obj),)), cls, True
         return attrgetter(*names), cls, True
-    # Generated, as dataclasses generate __init__: a loop over the fields costs several
-    # times more per message.
+    # Generated, as dataclasses generate __init__: a loop over the fields costs more per
+    # message.
     scope: dict[str, Any] = {"cls": cls}
     encoded, decoded = [], []
     for i, (name, codec) in enumerate(zip(names, codecs, strict=True)):

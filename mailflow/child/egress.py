@@ -6,9 +6,9 @@ commands, parsing replies, the event loop around them); the child
 :class:`~mailflow.egress.smtp.SmtpEgress` on a second core and answers per recipient.
 A transaction that finds nothing else under way, after ``QUIET_BEFORE_ALONE`` without a
 send, is sent from the relay's own process instead: at idle the child's CPU is asleep,
-and waking it costs about a millisecond of latency.  Under load everything goes to the
-child, lone transactions included (under ingest load a send comes every millisecond or
-so, each alone, and half of them would run on the relay's busy event loop).
+and waking it adds latency.  Under load everything goes to the child, lone transactions
+included (under ingest load sends come often, each alone, and many of them would
+otherwise run on the relay's busy event loop).  The figures are in bench/RESULTS.md.
 """
 
 from __future__ import annotations

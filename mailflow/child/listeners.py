@@ -1,6 +1,6 @@
 """The SMTP and LMTP sessions in the relay's child process, the decisions in the relay.
 
-Why: under ingest load the relay's event loop spent about half its time in SMTP
+Why: under ingest load the relay's event loop spent much of its time in SMTP
 sessions (aiosmtpd's command loop, reply writes, the sockets), and that thread shares
 the GIL with the store's writer thread, so every group commit waited for it.  The relay
 binds the listening sockets itself (a busy port is still a start-up error) and hands

@@ -270,7 +270,7 @@ class ChildProcess:
         for future in pending.values():
             if not future.done():
                 future.set_exception(EgressUnavailable(
-                    f"the egress process exited ({exc or 'connection closed'})"))
+                    f"the relay's child process exited ({exc or 'connection closed'})"))
         if pending:
-            log.error("egress process exited with %d transactions in flight", len(pending),
-                      extra={"action": "egress_lost"})
+            log.error("the relay's child process exited with %d transactions in flight",
+                      len(pending), extra={"action": "egress_lost"})

@@ -103,7 +103,11 @@ class _Child:
 
     async def _start(self, config: ChildConfig) -> None:
         assert self.channel is not None
-        self.egresses = {name: build_egress(spec) for name, spec in config.egresses.items()}
+        try:
+            self.egresses = {name: build_egress(spec) for name, spec in config.egresses.items()}
+        except Exception as exc:  # else the relay waits START_TIMEOUT for a Ready
+            self.channel.send(StartFailed(f"cannot build the egresses: {exc}"))
+            return
         if config.listeners is not None and \
                 not await self._open_listeners(config.listeners, config.log_level):
             return

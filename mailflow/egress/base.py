@@ -9,6 +9,7 @@ attempt (no connection, timeout) is raised as :class:`mailflow.errors.EgressUnav
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from mailflow.model import Egress, RecipientReply
@@ -18,19 +19,23 @@ __all__ = ["Egress", "PerContent", "RecipientReply"]
 V = TypeVar("V")
 
 
-
 class PerContent(Generic[V]):
     """Something derived from a content, looked up by the bytes object's identity.
 
     The scheduler hands the same rendered copy (one bytes object) to every transaction
     of a post, so identity finds it without hashing the bytes; the content is kept with
-    the value so its id cannot be reused while the entry lives.  The last ``size``
-    contents used are kept.
+    the value so its id cannot be reused while the entry lives.  Bounded in bytes, as
+    every cache of contents (``weigh`` says what an entry holds; the content itself by
+    default): the least recently used go first, the newest is always kept.
     """
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._entries: OrderedDict[int, tuple[bytes, V]] = OrderedDict()
+    def __init__(self, max_bytes: int,
+                 weigh: Callable[[bytes, V], int] = lambda content, value: len(content)
+                 ) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._weigh = weigh
+        self._entries: OrderedDict[int, tuple[bytes, V, int]] = OrderedDict()
 
     def get(self, content: bytes) -> V | None:
         entry = self._entries.get(id(content))
@@ -41,11 +46,19 @@ class PerContent(Generic[V]):
 
     def put(self, content: bytes, value: V) -> list[V]:
         """Keep ``value`` for ``content``; returns the values this pushed out."""
-        self._entries[id(content)] = (content, value)
+        old = self._entries.pop(id(content), None)
+        if old is not None:
+            self.size -= old[2]
+        weight = self._weigh(content, value)
+        self._entries[id(content)] = (content, value, weight)
+        self.size += weight
         evicted = []
-        while len(self._entries) > self.size:
-            evicted.append(self._entries.popitem(last=False)[1][1])
+        while self.size > self.max_bytes and len(self._entries) > 1:
+            _, dropped, dropped_weight = self._entries.popitem(last=False)[1]
+            self.size -= dropped_weight
+            evicted.append(dropped)
         return evicted
 
     def clear(self) -> None:
         self._entries.clear()
+        self.size = 0

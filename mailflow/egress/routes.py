@@ -28,7 +28,7 @@ from mailflow.egress.base import Egress, RecipientReply
 from mailflow.egress.lmtp import LmtpEgress
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.egress.stdout import StdoutEgress
-from mailflow.errors import SmtpReplyError
+from mailflow.errors import SmtpReplyError, recipient_reply
 
 DEFAULT_LANE = 0
 
@@ -138,8 +138,8 @@ class RoutedEgress:
         by_recipient: dict[str, RecipientReply] = {}
         for group, answer in zip(groups.values(), answers, strict=True):
             if isinstance(answer, SmtpReplyError):
-                answer = [RecipientReply(r, answer.code, f"{answer.enhanced} {answer.reason}")
-                          for r in group]
+                code, text = recipient_reply(answer)
+                answer = [RecipientReply(r, code, text) for r in group]
             elif isinstance(answer, BaseException):
                 raise answer
             by_recipient.update((reply.recipient, reply) for reply in answer)

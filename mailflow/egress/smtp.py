@@ -31,7 +31,9 @@ from mailflow.smtp_relay import SmtpRelay
 
 log = logging.getLogger(__name__)
 
-PAYLOAD_CACHE = 16  # dot-stuffed copies kept: the scheduler sends one copy many times
+# Dot-stuffed copies kept (with the copies they come from), in bytes: the scheduler
+# sends one copy many times.
+PAYLOAD_CACHE_BYTES = 64 * 1024 * 1024
 _CONNECTION_ERRORS = (SmtpProtocolError, OSError, TimeoutError)
 
 
@@ -56,7 +58,8 @@ class SmtpEgress:
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(pool_size)
         # keyed by id(content); the content itself is kept so the id cannot be reused
-        self._payloads: PerContent[tuple[bytes, bool]] = PerContent(PAYLOAD_CACHE)
+        self._payloads: PerContent[tuple[bytes, bool]] = PerContent(
+            PAYLOAD_CACHE_BYTES, lambda content, payload: len(content) + len(payload[0]))
 
     async def start(self) -> None:
         pass  # connections open lazily, so a relay that is down does not stop start-up

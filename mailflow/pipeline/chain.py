@@ -21,6 +21,7 @@ from typing import Protocol
 
 from mailflow import headers
 from mailflow.model import InboundMessage, MailingList
+from mailflow.pipeline.accept.envelope import EnvelopeText
 from mailflow.pipeline.accept.hops import HopLimit
 from mailflow.pipeline.accept.loops import NotLooping
 from mailflow.pipeline.accept.recipients import Lookup, RecipientCheck
@@ -70,6 +71,7 @@ def accept_chain(settings: AcceptSettings, lookup: Lookup, *,
     """
     return (
         SizeLimit(settings.max_message_size),
+        EnvelopeText(),
         *((WellFormed(), RecipientCheck(lookup)) if submitted else ()),
         HopLimit(settings.max_received_headers),
         NotLooping(settings.instance_id),
@@ -94,8 +96,14 @@ def rendering_variant(mailing_list: MailingList) -> Hashable:
 
 # -- the runners ------------------------------------------------------------------------
 
-async def run_accept(steps: Sequence[AcceptStep], ctx: MessageContext) -> dict[str, Decision]:
-    """A decision for every recipient, by canonical address, in envelope order."""
+async def run_accept(steps: Sequence[AcceptStep], ctx: MessageContext, *,
+                     all_or_nothing: bool = False) -> dict[str, Decision]:
+    """A decision for every recipient, by canonical address, in envelope order.
+
+    ``all_or_nothing`` (SMTP, HTTP, pipe: one refusal refuses the message) stops after
+    the first step that rejects a recipient: its refusal is the one the sender gets,
+    as when the checks raised in this order, and later steps are not asked in vain.
+    """
     decisions: dict[str, Decision] = {}
     pending = list(ctx.recipients.values())
     for step in steps:
@@ -104,6 +112,8 @@ async def run_accept(steps: Sequence[AcceptStep], ctx: MessageContext) -> dict[s
         decided = await step(ctx, pending)
         if decided:
             decisions.update(decided)
+            if all_or_nothing and any(d.error is not None for d in decided.values()):
+                break
             pending = [r for r in pending if r.canonical not in decided]
     if not decisions:
         return dict.fromkeys(ctx.recipients, ACCEPT)

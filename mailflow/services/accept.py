@@ -149,19 +149,20 @@ class AcceptService:
         return ctx
 
     async def _accept_all(self, ctx: MessageContext) -> str:
-        decisions, decided = await self._decide(ctx)
+        decisions, decided = await self._decide(ctx, all_or_nothing=True)
         for decision in decided.values():
             if decision.error is not None:
                 raise decision.error
         return await self._store(ctx, decisions, decided)
 
-    async def _decide(self, ctx: MessageContext
+    async def _decide(self, ctx: MessageContext, *, all_or_nothing: bool = False
                       ) -> tuple[dict[str, Decision], dict[str, Decision]]:
         """The accept chain's decisions, and those among them other than accept.
 
         Each distinct refusal is counted once (a message-wide one is one object).
         """
-        decisions = await run_accept(self.submit_steps if ctx.submitted else self.steps, ctx)
+        decisions = await run_accept(self.submit_steps if ctx.submitted else self.steps, ctx,
+                                     all_or_nothing=all_or_nothing)
         decided = {r: d for r, d in decisions.items() if d.action is not Action.ACCEPT}
         if decided:
             errors = {id(d.error): d.error for d in decided.values() if d.error is not None}

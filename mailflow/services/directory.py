@@ -17,7 +17,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from mailflow import addresses
+from mailflow import addresses, headers
 from mailflow.clock import Clock, SystemClock
 from mailflow.errors import InvalidInput
 from mailflow.model import Domain, ListKind, MailingList, Member
@@ -26,9 +26,8 @@ from mailflow.store import Repository
 NAME_MAX_LENGTH: Final = 200          # characters; the ``lists.name`` column
 PRIORITY_MIN: Final = -1000
 PRIORITY_MAX: Final = 1000
-# Unicode categories refused in names: controls (CR, LF, NUL, TAB, DEL, C1 such as NEL),
-# line and paragraph separators, and lone surrogates (not encodable in UTF-8).
-_REFUSED_CATEGORIES: Final = frozenset({"Cc", "Cs", "Zl", "Zp"})
+# Unicode categories refused in names: those that must never reach a header field.
+_REFUSED_CATEGORIES: Final = headers.UNSAFE_CATEGORIES
 
 
 def validated_address(text: str) -> str:

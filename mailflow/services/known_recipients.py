@@ -1,10 +1,9 @@
 """A short-lived memory of recipient addresses known to exist, for RCPT checks.
 
-Every RCPT would otherwise cost a database round trip on a reader thread (about as much
-as the rest of the SMTP transaction).  Only positive answers are kept, and only for
-``ttl`` seconds: a list created a moment ago is found at once, and a list deleted a
-moment ago may still be accepted for that long, after which expansion records it as
-dropped.
+Every RCPT would otherwise cost a database round trip on a reader thread.  Only positive
+answers are kept, and only for ``ttl`` seconds: a list created a moment ago is found at
+once, and a list deleted a moment ago may still be accepted for that long, after which
+expansion records it as dropped.
 """
 
 from __future__ import annotations

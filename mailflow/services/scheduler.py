@@ -50,7 +50,13 @@ from dataclasses import dataclass
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore
 from mailflow.clock import Clock
-from mailflow.errors import EgressUnavailable, SmtpReplyError, StorageUnavailable, TemporaryFailure
+from mailflow.errors import (
+    EgressUnavailable,
+    SmtpReplyError,
+    StorageUnavailable,
+    TemporaryFailure,
+    recipient_reply,
+)
 from mailflow.lru import BytesLRU
 from mailflow.metrics import DELIVERY_ATTEMPTS, TRANSACTION_SECONDS
 from mailflow.model import (
@@ -198,10 +204,14 @@ class Scheduler:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming, finish transactions already on the wire, hand back the rest."""
+        self._stopping = True
+        if not self._tasks:
+            # Never started: the relay is stopping because its start failed (a port in
+            # use), before the keeper claimed or the ingest leased anything to us.
+            return
         keeper, *senders = self._tasks
         # Let the keeper finish its round: a write cancelled half-way cannot tell whether
         # the outcomes it carried were stored, and they must be stored exactly once.
-        self._stopping = True
         self._signal.set()
         if self._handing:
             await asyncio.wait(list(self._handing), timeout=grace)
@@ -508,4 +518,4 @@ class Scheduler:
 
 def _reply(recipient: str, error: SmtpReplyError) -> RecipientReply:
     """A recipient's answer from an error: its code, enhanced status and reason."""
-    return RecipientReply(recipient, error.code, f"{error.enhanced} {error.reason}")
+    return RecipientReply(recipient, *recipient_reply(error))

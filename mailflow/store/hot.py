@@ -1,12 +1,11 @@
 """The hot statements, written once and run straight on the driver's cursor.
 
 Why: for the statements that touch every delivery (insert at expansion, lease at claim,
-outcome at record) and every ingest (blob reference, message row, trace event), SQLAlchemy's per-row
-parameter processing and ``Row`` objects cost more than SQLite's own work - about 15 of
-45 microseconds per delivery in a profile of a 50,000-delivery fan-out.  Here the SQL is
-plain text with ``:name`` placeholders, turned into the driver's positional style (``?``
-for sqlite3, ``%s`` for psycopg) once, and rows travel as tuples.  Everything else stays
-SQLAlchemy Core.
+outcome at record) and every ingest (blob reference, message row, trace event),
+SQLAlchemy's per-row parameter processing and ``Row`` objects cost more than SQLite's own
+work (profiles in bench/RESULTS.md).  Here the SQL is plain text with ``:name``
+placeholders, turned into the driver's positional style (``?`` for sqlite3, ``%s`` for
+psycopg) once, and rows travel as tuples.  Everything else stays SQLAlchemy Core.
 
 Rows that come back are not read by position anywhere else: the claim's ``RETURNING``
 list is generated from :class:`~mailflow.model.Delivery`'s own fields (see

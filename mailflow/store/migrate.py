@@ -1,8 +1,8 @@
 """Bring a database to the newest schema with Alembic (idempotent).
 
 Alembic is imported only when there is something to do: a relay whose database is
-current (every start but the first after an upgrade) does not keep Alembic's ~10 MB of
-modules in memory for its whole life.
+current (every start but the first after an upgrade) does not keep Alembic's modules in
+memory for its whole life.
 """
 
 from __future__ import annotations

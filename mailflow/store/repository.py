@@ -44,12 +44,6 @@ from mailflow.store.tables import blobs, deliveries, domains, events, lists, mem
 PENDING = [status.value for status in PENDING_STATUSES]
 
 
-
-
-
-
-
-
 def _list(row: Row[Any]) -> MailingList:
     return MailingList(id=row.id, address=row.address, kind=ListKind(row.kind), name=row.name,
                        priority=row.priority, created_at=row.created_at)
@@ -113,8 +107,6 @@ class DirectoryView:
         if list_id not in self._members:
             self._members[list_id] = _active_members(self._conn, list_id)
         return self._members[list_id]
-
-
 
 
 class Repository:
@@ -305,10 +297,6 @@ class Repository:
                                 .order_by(members.c.address)).all()
         return [Member(list_id=r.list_id, address=r.address, status=MemberStatus(r.status),
                        created_at=r.created_at) for r in rows]
-
-    def active_member_addresses(self, list_id: int) -> list[str]:
-        with self.engines.reader.connect() as conn:
-            return _active_members(conn, list_id)
 
     def _list_id(self, conn: Connection, address: str) -> int:
         list_id = conn.scalar(select(lists.c.id).where(lists.c.address == address))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from email.header import Header
 from email.utils import quote
 
+from mailflow.headers import header_safe
 from mailflow.model import ListKind
 from mailflow.pipeline.context import CopyContext
 
@@ -25,7 +26,12 @@ def list_headers(copy: CopyContext) -> None:
 
 
 def _phrase(name: str) -> str:
-    """A display name as a quoted string, or an RFC 2047 encoded word if not ASCII."""
+    """A display name as a quoted string, or an RFC 2047 encoded word if not ASCII.
+
+    The directory refuses line breaks in names; a name stored before it did is made
+    safe here too.
+    """
+    name = header_safe(name)
     if name.isascii():
         return f'"{quote(name)}"'
     return Header(name, "utf-8").encode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from email.utils import formatdate
 
+from mailflow.headers import header_safe
 from mailflow.pipeline.context import CopyContext
 from mailflow.pipeline.marker import LOOP_HEADER, loop_marker
 
@@ -11,7 +12,9 @@ from mailflow.pipeline.marker import LOOP_HEADER, loop_marker
 def trace_fields(copy: CopyContext) -> None:
     message, mailing_list = copy.message, copy.mailing_list
     copy.added.append(
-        f"Received: from {message.helo or 'unknown'} ({message.peer or 'unknown'})\n"
+        # The HELO name is the client's choice: a bare CR in it would start a field.
+        f"Received: from {header_safe(message.helo or 'unknown')} "
+        f"({header_safe(message.peer or 'unknown')})\n"
         f"\tby {copy.identity.hostname} (MailFlow Relay) with {message.protocol} "
         f"id {message.id}\n"
         f"\tfor <{mailing_list.address}>; {formatdate(message.received_at)}")
