@@ -198,6 +198,11 @@ async def test_a_hanging_route_does_not_hold_up_the_default(
         assert all(row.due_at >= clock.now() + 1 for row in rows)  # not due at once
         assert all(row.last_reply == "451 4.4.1 route smtp://127.0.0.1:"
                    f"{hanging_server.rsplit(':', 1)[1]} is busy; handed back" for row in rows)
+        # Not attempted: no attempt counted (a later backoff stays as it was), no event.
+        assert all(row.attempts == 0 for row in rows)
+        for row in rows:
+            trace = await runner.read(runner.repo.message_events, row.message_id)
+            assert all(kind != "queued" for _, kind, _ in trace)
     finally:
         await scheduler.stop(grace=0.2)
         await egress.close()

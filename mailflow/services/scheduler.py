@@ -26,7 +26,7 @@ keeper's room is per lane:
   ``route_backlog`` seconds at its current pace (:meth:`Lane.takes_more`); the rest is
   **handed back**: written back as queued again (reply ``451 4.4.1 route … is busy``),
   due when that lane should have drained (at least a second later), and not logged one
-  by one.  The store counts it as an attempt, which only lengthens a later backoff;
+  by one.  It was not attempted: the store counts no attempt and writes no event;
 * after a round that handed work back, claims pause for ``poll_interval``: the next
   claim would most likely bring the busy route's work again, and a pause bounds that
   churn to one batch per interval while the other lanes still get theirs.

@@ -102,6 +102,16 @@ UPDATE deliveries
  WHERE id = :id
 """
 
+# Claimed but not attempted (a busy route handed it back): due again, with the reason as
+# its last reply, and no attempt counted.
+HAND_BACK = f"""
+UPDATE deliveries
+   SET status = '{DeliveryStatus.QUEUED.value}', due_at = :due_at, last_reply = :reply,
+       lease_owner = NULL, updated_at = :now
+ WHERE id = :id
+"""
+
+
 def _claimed_fields() -> tuple[str, ...]:
     """Delivery's fields up to ``status``, the ones a claimed row fills, in their order.
 
@@ -142,6 +152,7 @@ class HotStatements:
     insert_leased_delivery: DriverStatement
     insert_event: DriverStatement
     record_outcome: DriverStatement
+    hand_back: DriverStatement
     claim_due: DriverStatement
 
     @classmethod
@@ -156,5 +167,6 @@ class HotStatements:
             DriverStatement.prepare(INSERT_LEASED_DELIVERY, paramstyle),
             DriverStatement.prepare(INSERT_EVENT, paramstyle),
             DriverStatement.prepare(RECORD_OUTCOME, paramstyle),
+            DriverStatement.prepare(HAND_BACK, paramstyle),
             DriverStatement.prepare(CLAIM_DUE.format(lock=lock), paramstyle),
         )

@@ -385,15 +385,24 @@ class Repository:
             self._record(conn, now, outcomes)
 
     def _record(self, conn: Connection, now: float, outcomes: Sequence[Outcome]) -> None:
+        """Attempts' results; ``queued`` ones were handed back unattempted (a busy route):
+        due again with the reason as last reply, no attempt counted and no event (the
+        scheduler logs them once per round; a trace row per round would grow the table)."""
         if not outcomes:
             return
+        queued = DeliveryStatus.QUEUED
+        attempted = [o for o in outcomes if o.status is not queued]
+        if len(attempted) < len(outcomes):
+            self._hot.hand_back.execute_many(conn, [
+                (o.due_at or now, o.reply[:1000], now, o.delivery_id)
+                for o in outcomes if o.status is queued])
         self._hot.record_outcome.execute_many(conn, [
             (o.status.value, o.due_at or now, o.reply[:1000], now, o.delivery_id)
-            for o in outcomes
+            for o in attempted
         ])
         self._add_events(conn, [
             Event(o.status.value, o.reply[:1000], o.message_id or None, o.delivery_id)
-            for o in outcomes if o.status is not DeliveryStatus.DELIVERED
+            for o in attempted if o.status is not DeliveryStatus.DELIVERED
         ], now)
 
     def release_leases(self, now: float, owner: str | None = None) -> int:
