@@ -31,6 +31,7 @@ MAX_BATCH_MESSAGES = 256
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 HASH_IN_THREAD_ABOVE = 256 * 1024
 BLOB_WAIT = 120.0  # seconds a transaction waits for its blob files before it gives up
+COMMIT_WAIT = BLOB_WAIT + 60.0  # seconds an ingest waits for its commit (the writer is stuck)
 
 
 @dataclass(slots=True)
@@ -186,7 +187,16 @@ class GroupCommitter:
             self._unwritten.put_nowait(pending)
         self._incoming.put_nowait(pending)
         self.activity.pending += 1
-        await done
+        try:
+            # Shielded: a client that gives up does not cancel the batch's other messages.
+            await asyncio.wait_for(asyncio.shield(done), COMMIT_WAIT)
+        except TimeoutError:
+            # The commit may still happen; the sender retries and at worst sends it twice,
+            # which at-least-once allows.  A 250 is never given for what is not stored.
+            log.error("commit of %s not done after %.0f s", message.id, COMMIT_WAIT,
+                      extra={"action": "store_failed", "queue_id": message.id})
+            raise StorageUnavailable("cannot store the message right now (timed out), "
+                                     "try again later") from None
 
     async def run(self) -> None:
         try:
