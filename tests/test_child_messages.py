@@ -52,6 +52,7 @@ from mailflow.errors import (
 from mailflow.model import Delivery, Envelope, RecipientReply, Verdict
 from mailflow.smtp_relay import parse_smtp_relay
 from mailflow.testing.factories import make_list, make_message
+from mailflow.testing.ports import descendants, socket_inodes
 from mailflow.testing.relay import RelayProcess
 
 ENVELOPE = Envelope("a@x.test", ("team@example.test", "b@example.test"), "127.0.0.1", "h",
@@ -179,16 +180,6 @@ def test_contents_are_kept_from_their_second_send_and_bounded_in_bytes() -> None
     assert contents.place(huge)[1]
 
 
-def _socket_inodes(pid: int) -> set[str]:
-    found = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            found.add(target[8:-1])
-    return found
 
 
 def _server_inode(server_port: int, client_port: int) -> str | None:
@@ -202,13 +193,6 @@ def _server_inode(server_port: int, client_port: int) -> str | None:
     return None
 
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(p) for p in (task / "children").read_text().split()]
-    return found
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 def test_with_the_stdout_egress_the_child_serves_the_smtp_sessions(
         make_relay: Callable[..., RelayProcess]) -> None:
@@ -217,16 +201,16 @@ def test_with_the_stdout_egress_the_child_serves_the_smtp_sessions(
     with relay.repository() as repo:
         make_list(repo, "team@example.test", ["ann@members.test"])
     deadline = time.monotonic() + 10
-    while not _children(relay.process.pid) and time.monotonic() < deadline:
+    while not descendants(relay.process.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    [child] = _children(relay.process.pid)
+    [child] = descendants(relay.process.pid)
     with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
         client.ehlo("client.test")
         client_port = client.sock.getsockname()[1]
         inode = _server_inode(relay.smtp_port, client_port)
         assert inode is not None
-        assert inode in _socket_inodes(child)                   # the session is the child's
-        assert inode not in _socket_inodes(relay.process.pid)
+        assert inode in socket_inodes(child)                   # the session is the child's
+        assert inode not in socket_inodes(relay.process.pid)
         client.sendmail("poster@outside.test", ["team@example.test"],
                         make_message("team@example.test", subject="via the child"))
     deadline = time.monotonic() + 20

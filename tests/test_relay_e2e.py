@@ -19,6 +19,7 @@ from mailflow import headers
 from mailflow.blobs import content_hash
 from mailflow.model import DeliveryRow, ListKind
 from mailflow.testing.factories import make_list, make_message
+from mailflow.testing.ports import descendants
 from mailflow.testing.relay import RelayProcess
 from mailflow.testing.sink import SmtpSink
 
@@ -359,13 +360,6 @@ def test_sigterm_stops_cleanly_with_idle_clients_connected(relay: RelayProcess) 
         half_closed.close()
 
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(p) for p in (task / "children").read_text().split()]
-    return found
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 def test_a_dead_child_process_is_replaced_and_smtp_answers_again(relay: RelayProcess,
                                                                  sink: SmtpSink) -> None:
@@ -374,14 +368,14 @@ def test_a_dead_child_process_is_replaced_and_smtp_answers_again(relay: RelayPro
     send(relay, ["team@example.test"], make_message("team@example.test"))
     assert sink.wait_for_recipients(1) == TEAM[:1]
     assert relay.process is not None
-    [child] = _children(relay.process.pid)  # SMTP sessions and the egress
+    [child] = descendants(relay.process.pid)  # SMTP sessions and the egress
     os.kill(child, signal.SIGKILL)
     # Connections made while no child runs wait in the listen backlog of the socket the
     # relay keeps; the next child serves them.
     send(relay, ["team@example.test"], make_message("team@example.test", subject="again"))
     assert sink.wait_for_recipients(2) == TEAM[:1] * 2
-    assert wait_until(lambda: len(_children(relay.process.pid)) == 1)  # type: ignore[union-attr]
-    assert _children(relay.process.pid) != [child]  # type: ignore[union-attr]
+    assert wait_until(lambda: len(descendants(relay.process.pid)) == 1)  # type: ignore[union-attr]
+    assert descendants(relay.process.pid) != [child]  # type: ignore[union-attr]
 
 
 def test_listeners_can_run_in_the_relay_process(make_relay: Callable[..., RelayProcess],

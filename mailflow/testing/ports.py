@@ -77,7 +77,8 @@ def wait_for_port(host: str, port: int, timeout: float = 20.0) -> bool:
     return False
 
 
-def _socket_inodes(pid: int) -> set[str]:
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of ``pid``'s open sockets (Linux /proc), to tell whose a connection is."""
     inodes: set[str] = set()
     try:
         entries = list(Path(f"/proc/{pid}/fd").iterdir())
@@ -93,7 +94,7 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """``pid``'s children, grandchildren and so on (from /proc/PID/stat's ppid)."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -117,9 +118,9 @@ def listening_ports(pid: int, *, tree: bool = False) -> set[int] | None:
     tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
     if not tables[0].exists():
         return None
-    inodes = _socket_inodes(pid)
-    for child in _descendants(pid) if tree else []:
-        inodes |= _socket_inodes(child)
+    inodes = socket_inodes(pid)
+    for child in descendants(pid) if tree else []:
+        inodes |= socket_inodes(child)
     ports: set[int] = set()
     for table in tables:
         try:
