@@ -260,14 +260,7 @@ def markdown_section(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -
 
 def write_section(section: str, md_path: Path = report.RESULTS_MD) -> None:
     """Put ``section`` in RESULTS.md: replace the old one, else before the keep block."""
-    text = md_path.read_text() if md_path.exists() else "# MailFlow Relay benchmark results\n"
-    if report.PEERS.search(text):
-        text = report.PEERS.sub(lambda _: section, text, count=1)
-    elif "<!-- keep -->" in text:
-        text = text.replace("<!-- keep -->", f"{section}\n\n<!-- keep -->", 1)
-    else:
-        text = text.rstrip("\n") + f"\n\n{section}\n"
-    md_path.write_text(text)
+    report.write_section(section, report.PEERS, md_path)
 
 
 def postfix_version() -> str:

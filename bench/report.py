@@ -341,3 +341,16 @@ METHOD = """\
 - Medians are over the runs of one invocation. Nothing else is tuned: the relay runs with
   its default settings (8 egress connections, 50 recipients per transaction), except F's
   one recipient per transaction and D's ingress key."""
+
+
+def write_section(section: str, marker: re.Pattern[str], md_path: Path = RESULTS_MD) -> None:
+    """Put a generated ``section`` in RESULTS.md: replace the one ``marker`` finds, else
+    insert it before the hand-written (keep) block."""
+    text = md_path.read_text() if md_path.exists() else "# MailFlow Relay benchmark results\n"
+    if marker.search(text):
+        text = marker.sub(lambda _: section, text, count=1)
+    elif "<!-- keep -->" in text:
+        text = text.replace("<!-- keep -->", f"{section}\n\n<!-- keep -->", 1)
+    else:
+        text = text.rstrip("\n") + f"\n\n{section}\n"
+    md_path.write_text(text)
