@@ -28,7 +28,7 @@ from mailflow.model import ListKind
 from mailflow.services import directory as rules
 from mailflow.services.directory import DirectoryService
 from mailflow.store import Repository, create_cli_engines
-from mailflow.store.engine import normalize_url, sqlite_path
+from mailflow.store.engine import describe_database_error, normalize_url, sqlite_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,6 +39,19 @@ EXAMPLE_MEMBERS = ("alice@example.test", "bob@example.test")
 # The exit statuses of domain errors are in mailflow.errors.TABLE (``cli_exit``).
 EXIT_FAILURE = 1
 EXIT_NOT_FOUND = spec(NotFound).cli_exit
+
+
+class StoreError(Exception):
+    """A database error already worded for an operator (names the store, says what to check)."""
+
+
+@contextmanager
+def store_errors(url: str) -> Iterator[None]:
+    """Word the store's errors inside the block for the store at ``url``."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise StoreError(describe_database_error(url, exc) or str(exc)) from exc
 
 
 class Context:
@@ -60,11 +73,12 @@ class Context:
         if sqlite_file is not None and not sqlite_file.exists():
             raise MailflowError(f"no relay store at {sqlite_file}; run `mailflow init` first "
                                 "(or set MAILFLOW_DATA_DIR / MAILFLOW_DATABASE_URL)")
-        engines = create_cli_engines(url)
-        try:
-            yield Repository(engines)
-        finally:
-            engines.dispose()
+        with store_errors(url):
+            engines = create_cli_engines(url)
+            try:
+                yield Repository(engines)
+            finally:
+                engines.dispose()
 
     @contextmanager
     def directory(self) -> Iterator[DirectoryService]:
@@ -119,7 +133,8 @@ def init(ctx: Context, example: bool) -> None:
     from mailflow.services.installation import initialise
 
     settings = ctx.settings
-    instance = initialise(settings)
+    with store_errors(settings.resolved_database_url):
+        instance = initialise(settings)
     shown = make_url(normalize_url(settings.resolved_database_url))
     click.echo(f"initialised {shown.render_as_string(hide_password=True)} "
                f"(instance {instance})")
@@ -134,12 +149,21 @@ def init(ctx: Context, example: bool) -> None:
 
 
 @cli.command()
+@click.option("--init", "initialise_store", is_flag=True,
+              help="create the store if there is none (as `mailflow init` does) instead of "
+                   "refusing to start")
 @pass_context
-def serve(ctx: Context) -> None:
+def serve(ctx: Context, initialise_store: bool) -> None:
     """Run the relay (SMTP/LMTP listeners, pipeline, scheduler, HTTP) until stopped."""
     from mailflow.app import serve as run_relay
+    from mailflow.services.installation import require_store
 
     settings = ctx.settings
+    if not initialise_store:
+        # A wrong data directory must not become an empty store that refuses every
+        # recipient (senders' mail would bounce); the relay's start-up then migrates it.
+        with store_errors(settings.resolved_database_url):
+            require_store(settings)
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -149,7 +173,8 @@ def serve(ctx: Context) -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency on every POSIX system
         asyncio.run(run_relay(settings))
     else:
-        uvloop.run(run_relay(settings))
+        with store_errors(settings.resolved_database_url):
+            uvloop.run(run_relay(settings))
 
 
 # -- pipe -------------------------------------------------------------------------------
@@ -384,16 +409,39 @@ def member_import(ctx: Context, list_address: str, csv_file: Any) -> None:
                + (f"; {existing} already there" if existing else ""))
 
 
+HEADER_KEYS = ("email", "address", "e-mail")
+
+
 def read_member_csv(stream: Any, name: str) -> list[str]:
-    rows = [row for row in csv.reader(stream) if any(cell.strip() for cell in row)]
+    """The addresses of a member CSV: a header row (``email``, optional ``name``) or none.
+
+    A file without a header has an address in the first cell of its first row; a first
+    row without an ``@`` is a header, and one without an email column is refused with the
+    header expected.  Members have no display name in the store, so a ``name`` column is
+    read past.
+    """
+    try:
+        rows = [row for row in csv.reader(stream) if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{name} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                           f"offset {exc.start}); save it as UTF-8 CSV and import again"
+                           ) from exc
+    except csv.Error as exc:
+        raise InvalidInput(f"{name} is not a CSV file: {exc}") from exc
     if not rows:
         raise InvalidInput(f"{name} has no rows")
     header = [cell.strip().lower() for cell in rows[0]]
     column, start = 0, 0
-    for key in ("address", "email", "e-mail"):
+    for key in HEADER_KEYS:
         if key in header:
             column, start = header.index(key), 1
             break
+    else:
+        if "@" not in (rows[0][0] if rows[0] else ""):
+            shown = ",".join(cell.strip() for cell in rows[0])
+            raise InvalidInput(f"{name}: header row {shown!r} has no email column; expected "
+                               "a header `email` or `email,name` (or no header, one address "
+                               "per row in the first column)")
     found, problems = [], []
     for number, row in enumerate(rows[start:], start=start + 1):
         cell = row[column].strip() if column < len(row) else ""
@@ -480,6 +528,8 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except MailflowError as exc:
         fail(f"{exc}{hint(exc, _command(sys.argv[1:]))}", spec(exc).cli_exit)
+    except StoreError as exc:
+        fail(f"database error: {exc}", EXIT_FAILURE)
     except SQLAlchemyError as exc:
         fail(f"database error: {getattr(exc, 'orig', None) or exc}", EXIT_FAILURE)
     except OSError as exc:

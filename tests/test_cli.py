@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import selectors
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from mailflow.store import create_cli_engines
+from mailflow.store.migrate import current_revision
 from mailflow.testing.relay import RelayProcess
 
 
@@ -72,6 +78,8 @@ def test_bad_csv_imports_nothing_and_says_which_rows(cli: RelayProcess, tmp_path
     (("domain", "remove", "example.test"), 4, "still has 1 list"),
     (("member", "remove", "team@example.test", "zed@x.test"), 3, "not members"),
     (("list", "create", "team-bounces@example.test"), 2, "reserved"),
+    (("list", "create", "big@example.test", "--priority", "9223372036854775808"), 2,
+     "must be between -1000 and 1000"),
 ])
 def test_errors_go_to_stderr_with_an_exit_status(cli: RelayProcess, args: tuple[str, ...],
                                                  code: int, words: str) -> None:
@@ -145,3 +153,95 @@ def test_init_example_is_idempotent(cli: RelayProcess) -> None:
     ok(cli, "init", "--example")
     members = json.loads(ok(cli, "member", "list", "team@example.test", "--json"))
     assert [m["address"] for m in members] == ["alice@example.test", "bob@example.test"]
+
+
+def test_member_import_of_a_non_utf8_or_headless_file_is_explained(
+        cli: RelayProcess, tmp_path: Path) -> None:
+    ok(cli, "domain", "add", "example.test")
+    ok(cli, "list", "create", "team@example.test")
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("email,name\nzoe@x.test,Zoë\n".encode("latin-1"))
+    result = cli.cli("member", "import", "team@example.test", str(latin1))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("mailflow: error: ") and "Traceback" not in result.stderr
+    assert "not UTF-8" in result.stderr and "latin1.csv" in result.stderr
+
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("mail,fullname\nzoe@x.test,Zoe\n")
+    result = cli.cli("member", "import", "team@example.test", str(wrong))
+    assert result.returncode == 2
+    assert "has no email column" in result.stderr and "`email,name`" in result.stderr
+    assert json.loads(ok(cli, "member", "list", "team@example.test", "--json")) == []
+
+    named = tmp_path / "named.csv"
+    named.write_text("email,name\nzoe@x.test,Zoe\n")
+    assert "imported 1" in ok(cli, "member", "import", "team@example.test", str(named))
+
+
+def test_serve_refuses_a_store_that_is_not_there(database_url: str, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong"
+    sqlite = database_url.startswith("sqlite")
+    relay = RelayProcess(wrong, database_url="" if sqlite else database_url)  # SQLite: data dir
+    result = relay.cli("serve", timeout=30)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("mailflow: error: no relay store at ")
+    assert "mailflow init" in result.stderr and "serve --init" in result.stderr
+    if sqlite:
+        assert str(wrong / "mailflow.db") in result.stderr and not wrong.exists()
+    else:
+        engines = create_cli_engines(database_url)
+        try:
+            assert current_revision(engines.writer) is None  # nothing was created
+        finally:
+            engines.dispose()
+
+    # With --init it makes the store and runs, as `mailflow init` then `serve` would.
+    wrong.mkdir()
+    with (wrong / "serve.log").open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "mailflow", "serve", "--init"],
+                                   env=relay.env, stdout=subprocess.PIPE, stderr=log,
+                                   stdin=subprocess.DEVNULL)
+    try:
+        assert process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            deadline = time.monotonic() + 30
+            line = b""
+            while not line.endswith(b"\n") and time.monotonic() < deadline:
+                if selector.select(deadline - time.monotonic()):
+                    chunk = process.stdout.read1(4096)
+                    if not chunk:
+                        break
+                    line += chunk
+        assert line.startswith(b"MailFlow Relay is running"), (wrong / "serve.log").read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        if process.stdout is not None:
+            process.stdout.close()
+    assert relay.cli("list", "ls").returncode == 0
+
+
+def test_a_store_that_cannot_be_opened_is_named(tmp_path: Path) -> None:
+    # As root no file mode stops SQLite, so the store is a path it cannot open as a file.
+    relay = RelayProcess(tmp_path / "data")
+    (tmp_path / "data" / "mailflow.db").mkdir(parents=True)
+    result = relay.cli("list", "ls")
+    assert result.returncode == 1
+    assert result.stderr.startswith("mailflow: error: database error: unable to open database "
+                                    f"file {tmp_path / 'data' / 'mailflow.db'}: check that ")
+    assert "permissions" in result.stderr or "read and write" in result.stderr
+
+    piped = relay.cli("pipe", "--to", "team@example.test", input=b"Subject: x\n\nhi\n")
+    assert piped.returncode == 75 and piped.stdout == ""
+    assert piped.stderr.count("\n") == 1 and "sqlalche.me" not in piped.stderr
+    assert piped.stderr.startswith("4.3.0 ") and str(tmp_path / "data") in piped.stderr
+
+
+@pytest.mark.postgres
+def test_pipe_to_an_unreachable_postgresql_prints_one_line(tmp_path: Path) -> None:
+    relay = RelayProcess(tmp_path, database_url="postgresql://postgres@127.0.0.1:1/test")
+    piped = relay.cli("pipe", "--to", "team@example.test", input=b"Subject: x\n\nhi\n")
+    assert piped.returncode == 75 and piped.stdout == ""
+    assert piped.stderr.count("\n") == 1 and "sqlalche.me" not in piped.stderr
+    assert "127.0.0.1:1" in piped.stderr and "check that the database server" in piped.stderr

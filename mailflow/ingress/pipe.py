@@ -39,7 +39,7 @@ from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, InlineExpansion
 from mailflow.services.installation import instance_id
 from mailflow.store import StoreRunner, create_engines
-from mailflow.store.engine import sqlite_path
+from mailflow.store.engine import describe_database_error, sqlite_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,11 @@ async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) ->
         message_id = await service.submit(envelope, raw)
     except SmtpReplyError as error:
         return PipeResult(spec(error).sysexit, status_line(error))
+    except Exception as error:
+        described = describe_database_error(settings.resolved_database_url, error)
+        if described is None:
+            raise
+        return PipeResult(EX_TEMPFAIL, f"4.3.0 mailflow pipe: database error: {described}")
     finally:
         if committer_task is not None:
             committer_task.cancel()
@@ -137,8 +142,9 @@ def run_pipe(config: Path | None, sender: str, recipients: list[str], url: str |
         row = spec(error)
         return PipeResult(row.sysexit, f"{row.enhanced} {error}".replace("\n", " "))
     except Exception as error:  # never let a traceback bounce mail: Postfix retries on 75
+        first = " ".join(str(error).split("\n")[0].split())  # one line in Postfix's log
         return PipeResult(EX_TEMPFAIL, f"4.3.0 mailflow pipe failed: "
-                                       f"{type(error).__name__}: {error}")
+                                       f"{type(error).__name__}: {first}")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import secrets
 
 from mailflow.config import Settings
+from mailflow.errors import ConfigurationError
 from mailflow.store import Repository, create_engines, upgrade_to_head
+from mailflow.store.engine import create_cli_engines, normalize_url, sqlite_path
+from mailflow.store.migrate import current_revision
 
 INSTANCE_KEY = "instance_id"
 
@@ -30,3 +33,36 @@ def initialise(settings: Settings) -> str:
         return instance_id(settings, Repository(engines))
     finally:
         engines.dispose()
+
+
+def require_store(settings: Settings) -> None:
+    """Refuse to go on when there is no initialised store where the settings point.
+
+    A relay started on a wrong data directory would otherwise create an empty store and
+    refuse every recipient, so senders' mail bounces.  Checked without creating anything:
+    a SQLite file is looked at before it is opened, and "no store" on PostgreSQL means
+    Alembic's version table is missing.
+    """
+    url = settings.resolved_database_url
+    database = sqlite_path(url)
+    if database is not None:
+        where = str(database)
+        if not database.is_file():
+            raise _no_store(where)
+    else:
+        from sqlalchemy.engine import make_url
+
+        where = make_url(normalize_url(url)).render_as_string(hide_password=True)
+    engines = create_cli_engines(url)
+    try:
+        revision = current_revision(engines.writer)
+    finally:
+        engines.dispose()
+    if revision is None:
+        raise _no_store(where)
+
+
+def _no_store(where: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"no relay store at {where}; run `mailflow init` first (or `mailflow serve --init`), "
+        "or set MAILFLOW_DATA_DIR / MAILFLOW_DATABASE_URL to the existing store")

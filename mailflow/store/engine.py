@@ -50,6 +50,36 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def describe_database_error(url: str, error: BaseException) -> str | None:
+    """One line saying what went wrong with the store and what to check, or None.
+
+    None when ``error`` is not a database error.  The driver's own text is kept, but
+    SQLAlchemy's background link and the driver's extra lines are dropped: an operator (or
+    Postfix's log) gets one line that names the store.
+    """
+    from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+    if not isinstance(error, SQLAlchemyError):
+        return None
+    cause = getattr(error, "orig", None) or error
+    first = " ".join(str(cause).split("\n")[0].split()) or type(cause).__name__
+    database = sqlite_path(url)
+    if database is not None and "unable to open database file" in first:
+        return (f"unable to open database file {database}: check that {database.parent} "
+                "exists and that this user may read and write the file and its directory "
+                "(SQLite writes -wal and -shm files beside it), or set MAILFLOW_DATA_DIR / "
+                "MAILFLOW_DATABASE_URL")
+    if database is not None and "readonly database" in first:
+        return (f"{first} ({database}): check that this user may write the file and its "
+                f"directory {database.parent}")
+    if not isinstance(error, OperationalError):
+        return first
+    if database is None:
+        shown = make_url(normalize_url(url)).render_as_string(hide_password=True)
+        return f"{first} ({shown}): check that the database server runs and accepts this URL"
+    return f"{first} ({database})"
+
+
 def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> Engine:
     engine = create_engine(
         url,
