@@ -35,6 +35,7 @@ smtp_client.SmtpClient.connection_made, smtp_client.SmtpClient.connection_lost
 # aiosmtpd calls the handler hooks; FastAPI the routes; uvicorn reads should_exit and
 # calls capture_signals; SQLAlchemy the event listeners; signal handlers get (signum, frame).
 smtp.RelayHandler.handle_RCPT, smtp.RelayHandler.handle_DATA
+smtp.RelayHandler.handle_HELO, smtp.RelayHandler.handle_EHLO, smtp.RelayHandler.handle_MAIL
 sink.SinkHandler.handle_EHLO, sink.SinkHandler.handle_MAIL
 sink.SinkHandler.handle_RCPT, sink.SinkHandler.handle_DATA
 sink._CountingController._create_server

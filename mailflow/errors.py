@@ -17,6 +17,9 @@
             ├── MessageTooLarge
             ├── MalformedMessage      not a message at all (no header section, NUL bytes)
             ├── NoRecipients          an HTTP or pipe submission without any
+            ├── InvalidHelo           a HELO/EHLO/LHLO name that cannot go into a header
+            ├── InvalidSender         a MAIL FROM address that is not text (invalid UTF-8)
+            ├── InvalidRecipientAddress   a RCPT TO address that is not text
             └── LoopDetected          our own loop marker, or too many hops
 
 An error says *what* went wrong in plain words and structured fields, never *how* a
@@ -147,6 +150,18 @@ class NoRecipients(PermanentFailure):
     default_reason = "no valid recipients"
 
 
+class InvalidHelo(PermanentFailure):
+    default_reason = "invalid HELO name"
+
+
+class InvalidSender(PermanentFailure):
+    default_reason = "invalid sender address"
+
+
+class InvalidRecipientAddress(PermanentFailure):
+    default_reason = "invalid recipient address"
+
+
 class LoopDetected(PermanentFailure):
     default_reason = "mail loop detected"
 
@@ -205,6 +220,12 @@ TABLE: Final[dict[type[MailflowError], ErrorSpec]] = {
                             EX_DATAERR, 1, "REJECT"),
     NoRecipients: _spec("no_recipients", "554 5.5.1", 400, "Bad message",
                         EX_DATAERR, 1, "REJECT"),
+    InvalidHelo: _spec("invalid_helo", "501 5.5.2", 400, "Bad command",
+                       EX_DATAERR, 1, "REJECT"),
+    InvalidSender: _spec("invalid_sender", "553 5.1.7", 400, "Bad address",
+                         EX_DATAERR, 1, "REJECT"),
+    InvalidRecipientAddress: _spec("invalid_recipient_address", "501 5.1.3", 400, "Bad address",
+                                   EX_DATAERR, 1, "REJECT"),
     LoopDetected: _spec("loop_detected", "554 5.4.6", 422, "Refused",
                         EX_DATAERR, 1, "REJECT"),
 }

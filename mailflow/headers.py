@@ -29,6 +29,23 @@ def header_safe(text: str) -> str:
     return "".join("?" if unicodedata.category(c) in UNSAFE_CATEGORIES else c for c in text)
 
 
+def unsafe_text(text: str) -> str | None:
+    """Why ``text`` must not go into a header field, or ``None`` if it may.
+
+    For values a client chose that are refused rather than repaired (a HELO name): the
+    reason names the first offending character, so the client's operator can find it.
+    """
+    if text.isprintable():
+        return None
+    for char in text:
+        category = unicodedata.category(char)
+        if category == "Cs":
+            return "is not valid UTF-8"
+        if category in UNSAFE_CATEGORIES:
+            return f"contains the control character U+{ord(char):04X}"
+    return None
+
+
 def split_message(raw: bytes) -> tuple[bytes, bytes]:
     """(header section including its final line break, the rest: blank line and body)."""
     for sep in (b"\r\n\r\n", b"\n\n"):

@@ -1,6 +1,7 @@
 """SMTP and LMTP listeners (aiosmtpd): SMTP verbs in, accept-service calls out.
 
-The handler holds no rules: RCPT asks the accept service whether the recipient exists,
+The handler holds no rules: HELO/EHLO/LHLO, MAIL and RCPT arguments are checked by
+:mod:`mailflow.pipeline.accept.commands`, RCPT asks the accept service whether the recipient exists,
 DATA asks it to store the message, and each domain error becomes its reply code.  LMTP is
 the same handler answering once per recipient after DATA.
 """
@@ -23,6 +24,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from mailflow import headers
 from mailflow.errors import SmtpReplyError, StorageUnavailable, smtp_reply
 from mailflow.model import Envelope, Verdict
+from mailflow.pipeline.accept.commands import check_helo, check_recipient_address, check_sender
 
 if TYPE_CHECKING:  # the listener process imports this module: no store, no settings
     from mailflow.config import ListenAddress
@@ -113,11 +115,43 @@ class RelayHandler:
             if not self.accepting:
                 self.idle.set()
 
+    async def handle_HELO(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
+                          hostname: str) -> str:
+        try:
+            check_helo(hostname)
+        except SmtpReplyError as error:
+            session.host_name = None  # refused: the client must greet again before MAIL
+            return smtp_reply(error)
+        session.host_name = hostname
+        return f"250 {server.hostname}"  # as aiosmtpd answers without this hook
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        """EHLO and LMTP's LHLO: ``responses`` is aiosmtpd's own answer, kept if valid."""
+        try:
+            check_helo(hostname)
+        except SmtpReplyError as error:
+            session.host_name = None
+            return [smtp_reply(error)]
+        session.host_name = hostname
+        return responses
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
+                          address: str, mail_options: list[str]) -> str:
+        try:
+            check_sender(address)
+        except SmtpReplyError as error:
+            return smtp_reply(error)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)  # as aiosmtpd does without this hook
+        return "250 OK"
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return "452 4.5.3 too many recipients"
         try:
+            check_recipient_address(address)
             await self.service.check_recipient(address)
         except SmtpReplyError as error:
             return smtp_reply(error)

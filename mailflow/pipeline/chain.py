@@ -26,7 +26,7 @@ from mailflow.pipeline.accept.hops import HopLimit
 from mailflow.pipeline.accept.loops import NotLooping
 from mailflow.pipeline.accept.recipients import Lookup, RecipientCheck
 from mailflow.pipeline.accept.size import SizeLimit
-from mailflow.pipeline.accept.well_formed import WellFormed
+from mailflow.pipeline.accept.well_formed import Framed, WellFormed
 from mailflow.pipeline.context import (
     ACCEPT,
     CopyContext,
@@ -67,12 +67,13 @@ def accept_chain(settings: AcceptSettings, lookup: Lookup, *,
     """In order; next: blocklists, posting policy, filter rules.
 
     ``submitted``: the chain for input without an SMTP conversation (HTTP, pipe), which
-    also checks what an SMTP client passed before DATA (syntax trusted, RCPT asked).
+    also checks what an SMTP client passed before DATA (syntax trusted, RCPT asked) and
+    the whole header section; SMTP/LMTP get the lighter :class:`Framed` check.
     """
     return (
         SizeLimit(settings.max_message_size),
         EnvelopeText(),
-        *((WellFormed(), RecipientCheck(lookup)) if submitted else ()),
+        *((WellFormed(), RecipientCheck(lookup)) if submitted else (Framed(),)),
         HopLimit(settings.max_received_headers),
         NotLooping(settings.instance_id),
     )

@@ -1,8 +1,14 @@
-"""Is this a message at all?  In the chain for submissions without an SMTP conversation.
+"""Is this a message at all?
 
-SMTP peers are trusted to speak RFC 5322 (the relay forwards what it gets, byte for byte);
-submissions without one (HTTP, ``mailflow pipe``) are checked here so a wrong file or an
-empty body is refused with a clear reason instead of being relayed.
+Submissions without an SMTP conversation (HTTP, ``mailflow pipe``) get the full check
+(:class:`WellFormed`), so a wrong file or an empty body is refused with a clear reason
+instead of being relayed.  SMTP/LMTP peers are trusted to speak RFC 5322 (the relay
+forwards what it gets, byte for byte), but the fields the relay adds in front of the
+header section must stay a header section: :class:`Framed` refuses an empty message,
+a NUL byte in the header section, and a message whose first line is not a header field
+(body lines first, or a blank line first), all with ``554 5.6.0``.  Its cost is one
+scan of the header bytes and one regular expression on the first line, whatever the
+size of the message.
 """
 
 from __future__ import annotations
@@ -18,12 +24,27 @@ FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
 MBOX_FROM = b"From "
 
 
-def check_well_formed(raw: bytes, header: bytes) -> None:
-    """Refuse empty input and input that does not open with a header section."""
-    if not raw.strip():
+def _check_content(raw: bytes, header: bytes) -> None:
+    if not raw or raw.isspace():
         raise MalformedMessage("empty message")
     if b"\0" in header:
         raise MalformedMessage("NUL byte in the header section")
+
+
+def check_framed(raw: bytes, header: bytes) -> None:
+    """Refuse an empty message, NUL in the header, or a first line that is no field.
+
+    ``FIELD`` stops at the first character that is not a field name's, so matching it at
+    the start of ``header`` looks at the first line only.
+    """
+    _check_content(raw, header)
+    if not FIELD.match(header):
+        raise MalformedMessage("the message does not start with a header field")
+
+
+def check_well_formed(raw: bytes, header: bytes) -> None:
+    """Refuse empty input and input that does not open with a header section."""
+    _check_content(raw, header)
     lines = header.splitlines()
     if lines and lines[0].startswith(MBOX_FROM):
         lines = lines[1:]  # an mbox "From " line, as some pipes prepend
@@ -50,6 +71,19 @@ class WellFormed:
                        ) -> Mapping[str, Decision]:
         try:
             check_well_formed(ctx.raw, ctx.header)
+        except MalformedMessage as error:
+            return for_all(pending, Decision.reject(error))
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class Framed:
+    """The SMTP/LMTP check: a header section the relay's own fields can precede."""
+
+    async def __call__(self, ctx: MessageContext, pending: Sequence[Recipient]
+                       ) -> Mapping[str, Decision]:
+        try:
+            check_framed(ctx.raw, ctx.header)
         except MalformedMessage as error:
             return for_all(pending, Decision.reject(error))
         return {}
