@@ -32,8 +32,9 @@ from mailflow.smtp_relay import SmtpRelay
 log = logging.getLogger(__name__)
 
 # Dot-stuffed copies kept (with the copies they come from), in bytes: the scheduler
-# sends one copy many times.
-PAYLOAD_CACHE_BYTES = 64 * 1024 * 1024
+# sends one copy many times, one post after the other, so a few recent copies are all
+# that is reused; more only holds memory (the newest is kept whatever its size).
+PAYLOAD_CACHE_BYTES = 8 * 1024 * 1024
 _CONNECTION_ERRORS = (SmtpProtocolError, OSError, TimeoutError)
 
 
