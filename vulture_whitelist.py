@@ -10,10 +10,10 @@ from vulture.whitelist_utils import Whitelist
 from mailflow import cli, config, model
 from mailflow.child import channel
 from mailflow.egress import smtp_client
-from mailflow.ingress import http, smtp
+from mailflow.ingress import smtp
 from mailflow.store import engine
-from mailflow.web import app as web_app
 from mailflow.testing import sink
+from mailflow.web import app as web_app
 
 # click registers the commands through their decorators.
 cli.F

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from mailflow.errors import MalformedMessage
 from mailflow.pipeline.context import Decision, MessageContext, Recipient, for_all
@@ -64,26 +63,33 @@ def without_mbox_from(raw: bytes) -> bytes:
     return raw
 
 
-@dataclass(frozen=True, slots=True)
-class WellFormed:
+class _WholeMessageCheck:
+    """A check of the whole message: it refuses every recipient, or none."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def check(raw: bytes, header: bytes) -> None:
+        raise NotImplementedError
 
     async def __call__(self, ctx: MessageContext, pending: Sequence[Recipient]
                        ) -> Mapping[str, Decision]:
         try:
-            check_well_formed(ctx.raw, ctx.header)
+            self.check(ctx.raw, ctx.header)
         except MalformedMessage as error:
             return for_all(pending, Decision.reject(error))
         return {}
 
 
-@dataclass(frozen=True, slots=True)
-class Framed:
+class WellFormed(_WholeMessageCheck):
+    """The HTTP/pipe check: every header line a field or a continuation."""
+
+    __slots__ = ()
+    check = staticmethod(check_well_formed)
+
+
+class Framed(_WholeMessageCheck):
     """The SMTP/LMTP check: a header section the relay's own fields can precede."""
 
-    async def __call__(self, ctx: MessageContext, pending: Sequence[Recipient]
-                       ) -> Mapping[str, Decision]:
-        try:
-            check_framed(ctx.raw, ctx.header)
-        except MalformedMessage as error:
-            return for_all(pending, Decision.reject(error))
-        return {}
+    __slots__ = ()
+    check = staticmethod(check_framed)
