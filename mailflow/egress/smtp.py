@@ -58,6 +58,7 @@ class SmtpEgress:
         self.local_hostname = local_hostname or "localhost"
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(pool_size)
+        self._context: ssl.SSLContext | None = None
         # keyed by id(content); the content itself is kept so the id cannot be reused
         self._payloads: PerContent[tuple[bytes, bool]] = PerContent(
             PAYLOAD_CACHE_BYTES, lambda content, payload: len(content) + len(payload[0]))
@@ -103,16 +104,29 @@ class SmtpEgress:
                 conn.client.close()
         return _Connection(await self._connect())
 
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The pool's one TLS context (none for a plain relay), built at first use.
+
+        Building a context loads the system's CA certificates, a CPU cost every new
+        connection would otherwise pay on the child's event loop.
+        """
+        if self.relay.tls == "none":
+            return None
+        if self._context is None:
+            context = ssl.create_default_context()
+            if not self.relay.verify_tls:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            self._context = context
+        return self._context
+
     async def _connect(self) -> SmtpClient:
         relay = self.relay
-        context = ssl.create_default_context()
-        if not relay.verify_tls:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
         try:
             client = await SmtpClient.connect(
                 relay.host, relay.port, reply_timeout=self.timeout,
-                local_hostname=self.local_hostname, tls=relay.tls, tls_context=context,
+                local_hostname=self.local_hostname, tls=relay.tls,
+                tls_context=self._tls_context(),
                 username=relay.username, password=relay.password, lmtp=self.lmtp)
         except (SmtpClientError, *_CONNECTION_ERRORS) as exc:
             raise EgressUnavailable(f"cannot connect to {relay.host}:{relay.port}: {exc}") \

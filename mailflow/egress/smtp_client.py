@@ -176,7 +176,9 @@ class SmtpClient:
                       lmtp: bool = False) -> SmtpClient:
         """Connect, read the greeting, EHLO (LHLO), then STARTTLS and AUTH as asked."""
         loop = asyncio.get_running_loop()
-        context = tls_context or ssl.create_default_context()
+        # Loading the system's CA certificates costs milliseconds of CPU: a plain
+        # connection never builds a context, and pools pass theirs in.
+        context = None if tls == "none" else tls_context or ssl.create_default_context()
         async with asyncio.timeout(reply_timeout):
             transport, reader = await loop.create_connection(
                 _ReplyReader, host, port, ssl=context if tls == "implicit" else None,
@@ -187,7 +189,7 @@ class SmtpClient:
             if greeting.code != 220:
                 raise SmtpClientError(greeting.code, greeting.text)
             await client.ehlo()
-            if tls == "starttls":
+            if context is not None and tls == "starttls":
                 await client.starttls(context, host)
             if username is not None:
                 await client.login(username, password or "")
