@@ -28,6 +28,7 @@ from mailflow.egress.base import Egress
 from mailflow.egress.lmtp import LmtpEgress
 from mailflow.egress.routes import ProviderOptions, build_provider
 from mailflow.egress.smtp import SmtpEgress
+from mailflow.egress.smtp_client import dot_stuffed
 from mailflow.egress.stdout import StdoutEgress
 from mailflow.errors import EgressUnavailable, LoopDetected, StorageUnavailable, UnknownRecipient
 from mailflow.model import Verdict
@@ -406,3 +407,16 @@ def test_providers_are_chosen_by_url() -> None:
     assert isinstance(lmtp, LmtpEgress) and lmtp.relay.port == 24
     with pytest.raises(ValueError, match="egress URL"):
         build_provider("ses:", options)
+
+
+@pytest.mark.parametrize(("content", "payload"), [
+    (b"A: b\r\n\r\nplain\r\n", b"A: b\r\n\r\nplain\r\n.\r\n"),
+    (b"A: b\n\nbare\nLF", b"A: b\r\n\r\nbare\r\nLF\r\n.\r\n"),
+    (b"A: b\r\rbare CR\r", b"A: b\r\n\r\nbare CR\r\n.\r\n"),
+    (b"A: b\r\n\r\n.dot\r\n..two\r\nx.y\r\n", b"A: b\r\n\r\n..dot\r\n...two\r\nx.y\r\n.\r\n"),
+    (b".first line\nmixed\r\n.dot", b"..first line\r\nmixed\r\n..dot\r\n.\r\n"),
+    (b"", b"\r\n.\r\n"),
+])
+def test_the_data_payload_is_crlf_ended_and_dot_stuffed(content: bytes, payload: bytes) -> None:
+    """The fast path (content already CRLF, no leading dots) gives the same bytes."""
+    assert dot_stuffed(content) == payload

@@ -78,8 +78,13 @@ def dot_stuffed(content: bytes) -> bytes:
     Computed once per rendered copy by the caller: every recipient transaction of a list
     post sends the same bytes.
     """
-    data = _LINE_ENDS.sub(b"\r\n", content)
-    data = _LEADING_DOT.sub(b"..", data)
+    crlf = content.count(b"\r\n")
+    if content.count(b"\n") == crlf and content.count(b"\r") == crlf:
+        data = content  # already CRLF throughout, as nearly all mail is: no copy
+    else:
+        data = _LINE_ENDS.sub(b"\r\n", content)
+    if data.startswith(b".") or b"\n." in data:
+        data = _LEADING_DOT.sub(b"..", data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data + b".\r\n"
