@@ -24,6 +24,7 @@ from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore
 from mailflow.child.egress import ProcessEgress
 from mailflow.child.listeners import HostedListeners
+from mailflow.child.messages import TlsSpec
 from mailflow.child.process import ChildProcess
 from mailflow.clock import Clock, SystemClock
 from mailflow.config import ListenAddress, Settings, parse_provider_url
@@ -33,6 +34,7 @@ from mailflow.errors import ConfigurationError
 from mailflow.ingress.http import FailedAuthLimiter, create_router
 from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
+from mailflow.ingress.tls import ServerTls
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
 from mailflow.services.installation import initialise
@@ -85,10 +87,19 @@ class Relay:
         self.runner: StoreRunner | None = None
         self.scheduler: Scheduler | None = None
         self.child: ChildProcess | None = None
+        self.tls: ServerTls | None = None
         self.listening: dict[str, str] = {}
 
     async def start(self) -> None:
         settings = self.settings
+        tls_files = settings.tls_files
+        if tls_files is not None:  # a certificate that cannot work stops the start here
+            cert_file, key_file = (path.absolute() for path in tls_files)
+            self.tls = await ServerTls.load(cert_file, key_file,
+                                            require=settings.smtp_require_tls)
+            log.info("STARTTLS on SMTP with the certificate %s (SHA-256 %s)%s", cert_file,
+                     self.tls.fingerprint, "; required before MAIL" if self.tls.require else "",
+                     extra={"action": "tls_loaded"})
         self.instance_id = await asyncio.to_thread(initialise, settings)
         self.runner = runner = StoreRunner(create_engines(settings.resolved_database_url))
         database = sqlite_path(settings.resolved_database_url)
@@ -182,9 +193,11 @@ class Relay:
                 await self.stop()
                 raise _listen_error(name, address, exc) from None
             self.listening[name] = str(address)
+        tls = None if self.tls is None else TlsSpec(
+            str(self.tls.cert_file), str(self.tls.key_file), self.tls.require)
         hosted = HostedListeners(service, sockets, hostname=settings.hostname,
                                  max_message_size=settings.max_message_size,
-                                 recipient_cache_ttl=settings.recipient_cache_ttl)
+                                 recipient_cache_ttl=settings.recipient_cache_ttl, tls=tls)
         child.host_listeners(hosted)
         self._listeners.append(hosted)
         return True
@@ -194,7 +207,7 @@ class Relay:
             try:
                 server = await start_listener(service, address, hostname=settings.hostname,
                                               max_message_size=settings.max_message_size,
-                                              lmtp=lmtp)
+                                              lmtp=lmtp, tls=None if lmtp else self.tls)
             except OSError as exc:
                 await self.stop()
                 raise _listen_error(name, address, exc) from None

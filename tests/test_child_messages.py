@@ -38,6 +38,7 @@ from mailflow.child.messages import (
     Send,
     SmtpEgressSpec,
     StartFailed,
+    TlsSpec,
     Unavailable,
 )
 from mailflow.errors import (
@@ -64,6 +65,9 @@ EVERY_MESSAGE = [
                 ListenerSpec((ListenSocket(5, False), ListenSocket(6, True)), "relay.test",
                              1024, 2.0), "DEBUG"),
     ChildConfig({}, None),
+    ChildConfig({}, ListenerSpec((ListenSocket(5, False),), "relay.test", 1024, 2.0,
+                                 TlsSpec("/etc/mailflow/cert.pem", "/etc/mailflow/key.pem",
+                                         True))),
     Send(1, "smtp", 7, b"content", "l-bounces@x.test", ("a@x.test", "b@x.test")),
     Send(2, "smtp", 7, None, "l-bounces@x.test", ("a@x.test",)),
     Forget((1, 2, 3)),

@@ -63,6 +63,16 @@ class ListenSocket:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSpec:
+    """STARTTLS on the SMTP sockets: the PEM files the child reads, and whether MAIL
+    needs TLS first."""
+
+    cert_file: str
+    key_file: str
+    require: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerSpec:
     """The SMTP/LMTP listeners the child serves, asking the relay about everything."""
 
@@ -70,6 +80,7 @@ class ListenerSpec:
     hostname: str
     max_message_size: int
     recipient_cache_ttl: float
+    tls: TlsSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from mailflow.child.channel import Channel
@@ -44,6 +45,7 @@ from mailflow.child.messages import (
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.errors import EgressUnavailable
 from mailflow.ingress.smtp import Listener
+from mailflow.ingress.tls import ServerTls
 from mailflow.model import Egress
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class _Child:
         self.tasks: set[asyncio.Task[None]] = set()
         self.acceptor: RemoteAcceptor | None = None   # with listeners: asks the relay
         self.listeners: list[Listener] = []
+        self.tls: ServerTls | None = None             # STARTTLS on the SMTP sockets
 
     def on_message(self, message: ToChild) -> None:
         """The child's one dispatcher of what the relay says."""
@@ -120,7 +123,10 @@ class _Child:
                             stream=sys.stderr)
         logging.getLogger("mail.log").setLevel(logging.WARNING)
         try:
-            self.acceptor, self.listeners = await open_listeners(spec, self.channel)
+            if spec.tls is not None:
+                self.tls = await ServerTls.load(Path(spec.tls.cert_file),
+                                                Path(spec.tls.key_file), require=spec.tls.require)
+            self.acceptor, self.listeners = await open_listeners(spec, self.channel, self.tls)
         except Exception as exc:
             self.channel.send(StartFailed(f"cannot serve the listeners: {exc}"))
             return False
