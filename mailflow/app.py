@@ -233,6 +233,29 @@ class Relay:
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock]), name="http"))
         self.listening["http"] = str(address)
 
+    async def reload_tls(self) -> None:
+        """SIGHUP: the SMTP listener reads its certificate files again, for the sessions
+        that connect from then on (a renewed certificate needs no restart).  If they do
+        not load, the old certificate stays and the log says why."""
+        if self.tls is None:
+            log.info("SIGHUP: nothing to reload (no tls_cert_file)", extra={"action": "reload"})
+            return
+        try:
+            if self.child is not None and self.child.listeners is not None:
+                fingerprint = await self.child.reload_tls()
+            else:
+                fingerprint = await self.tls.reload()
+        except ConfigurationError as exc:
+            log.error("TLS certificate not reloaded, the old one stays: %s", exc,
+                      extra={"action": "tls_reload_failed"})
+            return
+        if fingerprint is None:
+            log.info("TLS certificate: the child process starting now reads %s",
+                     self.tls.cert_file, extra={"action": "tls_reloaded"})
+        else:
+            log.info("TLS certificate reloaded from %s (SHA-256 %s)", self.tls.cert_file,
+                     fingerprint, extra={"action": "tls_reloaded"})
+
     async def _maintenance(self, blobs: BlobStore) -> None:
         """Finish messages whose deliveries are all final, then collect what they held."""
         assert self.runner is not None
@@ -304,12 +327,20 @@ def _lock_sqlite_store(database: Path) -> IO[str]:
 
 
 async def serve(settings: Settings) -> None:
-    """Run a relay until SIGINT or SIGTERM."""
+    """Run a relay until SIGINT or SIGTERM; SIGHUP reloads the TLS certificate."""
     relay = Relay(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(relay.reload_tls(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await relay.start()
     print("MailFlow Relay is running: "
           + ", ".join(f"{name.upper()} on {where}" for name, where in relay.listening.items())

@@ -34,10 +34,12 @@ from mailflow.child.messages import (
     RecipientChecked,
     RecipientVerdict,
     Refused,
+    ReloadTls,
     Replies,
     Send,
     SmtpEgressSpec,
     StartFailed,
+    TlsReloaded,
     TlsSpec,
     Unavailable,
 )
@@ -87,6 +89,9 @@ EVERY_MESSAGE = [
     Accept(10, ENVELOPE, b"raw\r\n"),
     AcceptEach(11, ENVELOPE, b"raw\r\n"),
     ListenersClosed(),
+    ReloadTls(12),
+    TlsReloaded(12, "AB:CD", None),
+    TlsReloaded(13, None, "cannot load the TLS certificate"),
 ]
 
 

@@ -1,5 +1,5 @@
-"""STARTTLS on the SMTP listener (issue 10, item 11): the certificate, and a relay that
-verifying clients reach through it.
+"""STARTTLS on the SMTP listener (issue 10, item 11): the certificate, its reload, and
+a relay that verifying clients reach through it.
 
 The certificates are made at test time (:mod:`mailflow.testing.certs`); the clients
 verify them against a CA file holding both test certificates, host name included.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import smtplib
 import ssl
 import subprocess
@@ -21,8 +22,8 @@ import pytest
 from mailflow.app import Relay
 from mailflow.config import load_settings
 from mailflow.errors import ConfigurationError
-from mailflow.ingress.tls import fingerprint, server_context
-from mailflow.testing.certs import self_signed, served_fingerprint
+from mailflow.ingress.tls import ServerTls, fingerprint, server_context
+from mailflow.testing.certs import Certificate, self_signed, served_fingerprint
 from mailflow.testing.factories import make_message
 from mailflow.testing.ports import free_port
 from mailflow.testing.relay import RelayProcess
@@ -40,6 +41,11 @@ class Certs:
         self.cafile.write_bytes(self.old.cert.read_bytes() + self.new.cert.read_bytes())
         self.cert, self.key = folder / "live.crt", folder / "live.key"
         self.old.install(self.cert, self.key)
+
+    def install_mismatched(self) -> None:
+        """The new certificate with the old key: a renewal caught half-way."""
+        Certificate(self.new.cert, self.old.key).install(self.cert, self.key)
+
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
@@ -83,6 +89,19 @@ def test_files_that_do_not_load_are_a_configuration_error_naming_them(
         fingerprint(not_pem)
 
 
+async def test_a_reload_reads_the_files_again_and_keeps_the_old_ones_if_they_fail(
+        live: Certs) -> None:
+    tls = await ServerTls.load(live.cert, live.key, require=False)
+    before = tls.context
+    live.install_mismatched()
+    with pytest.raises(ConfigurationError, match="cannot load the TLS certificate"):
+        await tls.reload()
+    assert tls.context is before and tls.fingerprint == live.old.fingerprint
+    live.new.install(live.cert, live.key)
+    assert await tls.reload() == live.new.fingerprint
+    assert tls.context is not before
+
+
 # -- settings ------------------------------------------------------------------------------
 
 def test_the_tls_settings_go_together(certs: Certs, tmp_path: Path) -> None:
@@ -116,6 +135,31 @@ async def test_a_certificate_that_does_not_load_stops_the_start(live: Certs,
     with pytest.raises(ConfigurationError, match="cannot load the TLS certificate"):
         await relay.start()
     assert relay.runner is None and relay.child is None  # nothing was started
+
+
+@pytest.mark.parametrize("listener_process", [True, False])
+async def test_a_reload_serves_the_new_certificate_to_new_sessions(
+        live: Certs, tmp_path: Path, listener_process: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The SIGHUP handler's work, in both places the sessions can run: the relay's child
+    (the reload crosses to it as a message) or the relay itself."""
+    relay, port = _relay(tmp_path, live, live.key, listener_process=listener_process)
+    await relay.start()
+    try:
+        assert await asyncio.to_thread(served_fingerprint, port, live.cafile) == \
+            live.old.fingerprint
+        live.install_mismatched()
+        with caplog.at_level(logging.ERROR, logger="mailflow.app"):
+            await relay.reload_tls()
+        assert "TLS certificate not reloaded, the old one stays" in caplog.text
+        assert await asyncio.to_thread(served_fingerprint, port, live.cafile) == \
+            live.old.fingerprint
+        live.new.install(live.cert, live.key)
+        await relay.reload_tls()
+        assert await asyncio.to_thread(served_fingerprint, port, live.cafile) == \
+            live.new.fingerprint
+    finally:
+        await relay.stop()
 
 
 async def test_a_failed_handshake_is_one_line_not_a_traceback(
@@ -162,7 +206,6 @@ def tls_relay(tmp_path_factory: pytest.TempPathFactory, module_sink: SmtpSink
 def test_mail_before_starttls_is_refused_and_after_it_arrives(
         tls_relay: tuple[RelayProcess, Certs], module_sink: SmtpSink) -> None:
     relay, certs = tls_relay
-    assert served_fingerprint(relay.smtp_port, certs.cafile) == certs.old.fingerprint
     address, members = relay.fresh_list(members=2)
     with smtplib.SMTP("127.0.0.1", relay.smtp_port, local_hostname="client.test",
                       timeout=10) as client:
@@ -188,3 +231,20 @@ def test_lmtp_offers_no_starttls_and_needs_none(tls_relay: tuple[RelayProcess, C
         client.ehlo()
         assert not client.has_extn("starttls")
         assert client.mail("poster@outside.test")[0] == 250
+
+
+def test_sighup_reloads_the_certificate(tls_relay: tuple[RelayProcess, Certs]) -> None:
+    relay, certs = tls_relay
+    assert relay.process is not None
+    assert served_fingerprint(relay.smtp_port, certs.cafile) == certs.old.fingerprint
+    certs.new.install(certs.cert, certs.key)
+    relay.process.send_signal(signal.SIGHUP)
+    # Logged once the child serves it (the child answers the reload after the swap).
+    reloaded = f"TLS certificate reloaded from {certs.cert} (SHA-256 {certs.new.fingerprint})"
+    deadline = time.monotonic() + 10
+    while reloaded not in relay.log():
+        assert time.monotonic() < deadline, f"no reload logged\n{relay.log()[-3000:]}"
+        assert relay.process.poll() is None, f"SIGHUP stopped the relay\n{relay.log()[-3000:]}"
+        time.sleep(0.02)
+    assert served_fingerprint(relay.smtp_port, certs.cafile) == certs.new.fingerprint
+

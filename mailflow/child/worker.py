@@ -34,16 +34,18 @@ from mailflow.child.messages import (
     Ready,
     RecipientChecked,
     Refused,
+    ReloadTls,
     Replies,
     Send,
     SmtpEgressSpec,
     StartFailed,
+    TlsReloaded,
     ToChild,
     ToRelay,
     Unavailable,
 )
 from mailflow.egress.smtp import SmtpEgress
-from mailflow.errors import EgressUnavailable
+from mailflow.errors import ConfigurationError, EgressUnavailable
 from mailflow.ingress.smtp import Listener
 from mailflow.ingress.tls import ServerTls
 from mailflow.model import Egress
@@ -94,6 +96,8 @@ class _Child:
                 self._spawn(self._start(message))
             case CloseListeners(grace=grace):
                 self._spawn(self._close_listeners(grace))
+            case ReloadTls(number=number):
+                self._spawn(self._reload_tls(number))
             case Close():
                 self.done.set()
             case _:
@@ -131,6 +135,18 @@ class _Child:
             self.channel.send(StartFailed(f"cannot serve the listeners: {exc}"))
             return False
         return True
+
+    async def _reload_tls(self, number: int) -> None:
+        assert self.channel is not None
+        if self.tls is None:
+            self.channel.send(TlsReloaded(number, None, "STARTTLS is not on"))
+            return
+        try:
+            fingerprint = await self.tls.reload()
+        except ConfigurationError as exc:
+            self.channel.send(TlsReloaded(number, None, str(exc)))
+        else:
+            self.channel.send(TlsReloaded(number, fingerprint, None))
 
     async def _close_listeners(self, grace: float) -> None:
         listeners, self.listeners = self.listeners, []
@@ -175,9 +191,11 @@ class _Child:
 def main(argv: list[str]) -> int:
     # The relay handles signals and stops us with Close, or by going away (end of
     # file); a Ctrl-C or a service manager's SIGTERM to the whole group must not cut
-    # transactions off half-way.
+    # transactions off half-way.  SIGHUP (a closed terminal, or an operator's reload
+    # sent to the group) is the relay's too: it passes a reload on as ReloadTls.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         import uvloop
         runner: Callable[[Any], Any] = uvloop.run

@@ -1,8 +1,10 @@
-"""STARTTLS on the SMTP listener: the server's certificate and its session rules.
+"""STARTTLS on the SMTP listener: the server's certificate, reloadable, and its session rules.
 
 The relay's SMTP port faces the internet, so every post would cross it in clear without
 STARTTLS (RFC 3207).  aiosmtpd does the protocol; this module gives it a context that
-speaks TLS 1.2 or newer only, and fixes what aiosmtpd answers around it
+speaks TLS 1.2 or newer only, lets an operator replace the certificate without a
+restart (:meth:`ServerTls.reload`, on SIGHUP: a session takes the context current when it
+connects, so sessions under way keep theirs), and fixes what aiosmtpd answers around it
 (:class:`StartTlsSession`).  There is no AUTH: the relay takes mail from MTAs, not from
 users' mail clients, so TLS here protects the message, it does not admit anyone.
 """
@@ -86,6 +88,14 @@ class ServerTls:
     async def load(cls, cert_file: Path, key_file: Path, *, require: bool) -> ServerTls:
         context, print_ = await asyncio.to_thread(_load, cert_file, key_file)
         return cls(cert_file, key_file, require=require, context=context, fingerprint=print_)
+
+    async def reload(self) -> str:
+        """Read the files again for the sessions that connect from now on; returns the new
+        certificate's fingerprint.  If they do not load, the old certificate stays and
+        :class:`ConfigurationError` says why (a half-written renewal must not stop TLS)."""
+        self.context, self.fingerprint = await asyncio.to_thread(
+            _load, self.cert_file, self.key_file)
+        return self.fingerprint
 
 
 class StartTlsSession:
