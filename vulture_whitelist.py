@@ -10,7 +10,7 @@ from vulture.whitelist_utils import Whitelist
 from mailflow import cli, config, model
 from mailflow.child import channel
 from mailflow.egress import smtp_client
-from mailflow.ingress import smtp
+from mailflow.ingress import smtp, tls
 from mailflow.store import engine
 from mailflow.testing import sink
 from mailflow.web import app as web_app
@@ -26,6 +26,7 @@ cli.queue_show
 config.Settings._check_listen, config.Settings._check_relay, config.Settings._check_egress
 config.Settings._parse_routes, config.Settings._check_database_url
 config.Settings._upper_log_level, config.Settings._check_retry
+config.Settings._empty_path_is_none, config.Settings._check_tls
 config.Settings.settings_customise_sources
 
 # asyncio calls the protocol methods.
@@ -37,6 +38,7 @@ smtp_client.SmtpClient.connection_made, smtp_client.SmtpClient.connection_lost
 smtp.RelayHandler.handle_RCPT, smtp.RelayHandler.handle_DATA
 smtp.RelayHandler.handle_HELO, smtp.RelayHandler.handle_EHLO, smtp.RelayHandler.handle_MAIL
 sink.SinkHandler.handle_EHLO, sink.SinkHandler.handle_MAIL
+tls.StartTlsSession.smtp_AUTH  # aiosmtpd's command table (every smtp_ method)
 sink.SinkHandler.handle_RCPT, sink.SinkHandler.handle_DATA
 sink._CountingController._create_server
 sink.Received.at

@@ -24,6 +24,7 @@ from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore
 from mailflow.child.egress import ProcessEgress
 from mailflow.child.listeners import HostedListeners
+from mailflow.child.messages import TlsSpec
 from mailflow.child.process import ChildProcess
 from mailflow.clock import Clock, SystemClock
 from mailflow.config import ListenAddress, Settings, parse_provider_url
@@ -33,6 +34,7 @@ from mailflow.errors import ConfigurationError
 from mailflow.ingress.http import FailedAuthLimiter, create_router
 from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
+from mailflow.ingress.tls import ServerTls
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
 from mailflow.services.installation import initialise
@@ -85,10 +87,19 @@ class Relay:
         self.runner: StoreRunner | None = None
         self.scheduler: Scheduler | None = None
         self.child: ChildProcess | None = None
+        self.tls: ServerTls | None = None
         self.listening: dict[str, str] = {}
 
     async def start(self) -> None:
         settings = self.settings
+        tls_files = settings.tls_files
+        if tls_files is not None:  # a certificate that cannot work stops the start here
+            cert_file, key_file = (path.absolute() for path in tls_files)
+            self.tls = await ServerTls.load(cert_file, key_file,
+                                            require=settings.smtp_require_tls)
+            log.info("STARTTLS on SMTP with the certificate %s (SHA-256 %s)%s", cert_file,
+                     self.tls.fingerprint, "; required before MAIL" if self.tls.require else "",
+                     extra={"action": "tls_loaded"})
         self.instance_id = await asyncio.to_thread(initialise, settings)
         self.runner = runner = StoreRunner(create_engines(settings.resolved_database_url))
         database = sqlite_path(settings.resolved_database_url)
@@ -182,9 +193,11 @@ class Relay:
                 await self.stop()
                 raise _listen_error(name, address, exc) from None
             self.listening[name] = str(address)
+        tls = None if self.tls is None else TlsSpec(
+            str(self.tls.cert_file), str(self.tls.key_file), self.tls.require)
         hosted = HostedListeners(service, sockets, hostname=settings.hostname,
                                  max_message_size=settings.max_message_size,
-                                 recipient_cache_ttl=settings.recipient_cache_ttl)
+                                 recipient_cache_ttl=settings.recipient_cache_ttl, tls=tls)
         child.host_listeners(hosted)
         self._listeners.append(hosted)
         return True
@@ -194,7 +207,7 @@ class Relay:
             try:
                 server = await start_listener(service, address, hostname=settings.hostname,
                                               max_message_size=settings.max_message_size,
-                                              lmtp=lmtp)
+                                              lmtp=lmtp, tls=None if lmtp else self.tls)
             except OSError as exc:
                 await self.stop()
                 raise _listen_error(name, address, exc) from None
@@ -219,6 +232,29 @@ class Relay:
         self._http = EmbeddedServer(config)
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock]), name="http"))
         self.listening["http"] = str(address)
+
+    async def reload_tls(self) -> None:
+        """SIGHUP: the SMTP listener reads its certificate files again, for the sessions
+        that connect from then on (a renewed certificate needs no restart).  If they do
+        not load, the old certificate stays and the log says why."""
+        if self.tls is None:
+            log.info("SIGHUP: nothing to reload (no tls_cert_file)", extra={"action": "reload"})
+            return
+        try:
+            if self.child is not None and self.child.listeners is not None:
+                fingerprint = await self.child.reload_tls()
+            else:
+                fingerprint = await self.tls.reload()
+        except ConfigurationError as exc:
+            log.error("TLS certificate not reloaded, the old one stays: %s", exc,
+                      extra={"action": "tls_reload_failed"})
+            return
+        if fingerprint is None:
+            log.info("TLS certificate: the child process starting now reads %s",
+                     self.tls.cert_file, extra={"action": "tls_reloaded"})
+        else:
+            log.info("TLS certificate reloaded from %s (SHA-256 %s)", self.tls.cert_file,
+                     fingerprint, extra={"action": "tls_reloaded"})
 
     async def _maintenance(self, blobs: BlobStore) -> None:
         """Finish messages whose deliveries are all final, then collect what they held."""
@@ -291,12 +327,20 @@ def _lock_sqlite_store(database: Path) -> IO[str]:
 
 
 async def serve(settings: Settings) -> None:
-    """Run a relay until SIGINT or SIGTERM."""
+    """Run a relay until SIGINT or SIGTERM; SIGHUP reloads the TLS certificate."""
     relay = Relay(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(relay.reload_tls(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await relay.start()
     print("MailFlow Relay is running: "
           + ", ".join(f"{name.upper()} on {where}" for name, where in relay.listening.items())

@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     ingress_psk: SecretStr = SecretStr("")
     http_auth_max_failures: int = Field(default=10, ge=1)
     http_auth_window: float = Field(default=60.0, gt=0)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    smtp_require_tls: bool = False
     hostname: str = Field(default_factory=socket.getfqdn)
     instance_id: str = ""
     egress: str = "stdout"
@@ -230,6 +233,12 @@ class Settings(BaseSettings):
             raise ValueError("expected sqlite:///path or postgresql://user@host:port/db")
         return value
 
+    @field_validator("tls_cert_file", "tls_key_file", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: Any) -> Any:
+        """``MAILFLOW_TLS_CERT_FILE=`` turns STARTTLS off, as leaving it out does."""
+        return None if value == "" else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: Any) -> Any:
@@ -239,6 +248,18 @@ class Settings(BaseSettings):
     def _check_retry(self) -> Settings:
         if self.retry_max_delay < self.retry_initial_delay:
             raise ValueError("retry_max_delay must be >= retry_initial_delay")
+        return self
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            given, missing = (("tls_cert_file", "tls_key_file") if self.tls_key_file is None
+                              else ("tls_key_file", "tls_cert_file"))
+            raise ValueError(f"{given} is set but {missing} is not: STARTTLS needs both "
+                             "(PEM files), or neither")
+        if self.smtp_require_tls and self.tls_cert_file is None:
+            raise ValueError("smtp_require_tls needs tls_cert_file and tls_key_file "
+                             "(STARTTLS is off without them)")
         return self
 
     @classmethod
@@ -268,6 +289,13 @@ class Settings(BaseSettings):
     @property
     def policy_address(self) -> ListenAddress | None:
         return parse_listen(self.policy_listen)
+
+    @property
+    def tls_files(self) -> tuple[Path, Path] | None:
+        """(certificate chain, key) for STARTTLS on the SMTP listener, or None."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return self.tls_cert_file, self.tls_key_file
 
     @property
     def ingress_keys(self) -> list[str]:

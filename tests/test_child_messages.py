@@ -34,10 +34,13 @@ from mailflow.child.messages import (
     RecipientChecked,
     RecipientVerdict,
     Refused,
+    ReloadTls,
     Replies,
     Send,
     SmtpEgressSpec,
     StartFailed,
+    TlsReloaded,
+    TlsSpec,
     Unavailable,
 )
 from mailflow.errors import (
@@ -64,6 +67,9 @@ EVERY_MESSAGE = [
                 ListenerSpec((ListenSocket(5, False), ListenSocket(6, True)), "relay.test",
                              1024, 2.0), "DEBUG"),
     ChildConfig({}, None),
+    ChildConfig({}, ListenerSpec((ListenSocket(5, False),), "relay.test", 1024, 2.0,
+                                 TlsSpec("/etc/mailflow/cert.pem", "/etc/mailflow/key.pem",
+                                         True))),
     Send(1, "smtp", 7, b"content", "l-bounces@x.test", ("a@x.test", "b@x.test")),
     Send(2, "smtp", 7, None, "l-bounces@x.test", ("a@x.test",)),
     Forget((1, 2, 3)),
@@ -83,6 +89,9 @@ EVERY_MESSAGE = [
     Accept(10, ENVELOPE, b"raw\r\n"),
     AcceptEach(11, ENVELOPE, b"raw\r\n"),
     ListenersClosed(),
+    ReloadTls(12),
+    TlsReloaded(12, "AB:CD", None),
+    TlsReloaded(13, None, "cannot load the TLS certificate"),
 ]
 
 

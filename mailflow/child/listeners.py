@@ -44,9 +44,11 @@ from mailflow.child.messages import (
     RecipientChecked,
     RecipientVerdict,
     Refused,
+    TlsSpec,
 )
 from mailflow.errors import SmtpReplyError, StorageUnavailable
 from mailflow.ingress.smtp import Listener, start_listener
+from mailflow.ingress.tls import ServerTls
 from mailflow.model import Envelope, Verdict
 
 if TYPE_CHECKING:  # the child imports this module: it keeps no store and no settings
@@ -68,12 +70,14 @@ class HostedListeners:
     """
 
     def __init__(self, service: AcceptService, sockets: list[tuple[socket.socket, bool]], *,
-                 hostname: str, max_message_size: int, recipient_cache_ttl: float) -> None:
+                 hostname: str, max_message_size: int, recipient_cache_ttl: float,
+                 tls: TlsSpec | None = None) -> None:
         self.service = service
         self.sockets = sockets          # (bound socket, is LMTP)
         self.hostname = hostname
         self.max_message_size = max_message_size
         self.recipient_cache_ttl = recipient_cache_ttl
+        self.tls = tls
         self.open = True                # False once closed: a new child must not reopen
         self.close_in_child: Callable[[float], Awaitable[None]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -83,7 +87,8 @@ class HostedListeners:
         if not self.open:
             return None
         return ListenerSpec(tuple(ListenSocket(sock.fileno(), lmtp) for sock, lmtp in self.sockets),
-                            self.hostname, self.max_message_size, self.recipient_cache_ttl)
+                            self.hostname, self.max_message_size, self.recipient_cache_ttl,
+                            self.tls)
 
     def answer(self, channel: AnswerSink, question: Question) -> None:
         task = asyncio.create_task(self._answer(channel, question))
@@ -190,12 +195,14 @@ class RemoteAcceptor:
                     "the relay went away before the message was stored, try again later"))
 
 
-async def open_listeners(spec: ListenerSpec, channel: QuestionSink
-                         ) -> tuple[RemoteAcceptor, list[Listener]]:
-    """In the child: serve the sockets the relay passed, asking it over ``channel``."""
+async def open_listeners(spec: ListenerSpec, channel: QuestionSink,
+                         tls: ServerTls | None = None) -> tuple[RemoteAcceptor, list[Listener]]:
+    """In the child: serve the sockets the relay passed, asking it over ``channel``;
+    the SMTP ones offer STARTTLS with ``tls`` (loaded from ``spec.tls``)."""
     acceptor = RemoteAcceptor(channel, spec.recipient_cache_ttl)
     listeners = [await start_listener(acceptor, None, hostname=spec.hostname,
                                       max_message_size=spec.max_message_size,
-                                      lmtp=sock.lmtp, sock=socket.socket(fileno=sock.fd))
+                                      lmtp=sock.lmtp, sock=socket.socket(fileno=sock.fd),
+                                      tls=None if sock.lmtp else tls)
                  for sock in spec.sockets]
     return acceptor, listeners

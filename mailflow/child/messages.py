@@ -63,6 +63,16 @@ class ListenSocket:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSpec:
+    """STARTTLS on the SMTP sockets: the PEM files the child reads (at start and on
+    :class:`ReloadTls`), and whether MAIL needs TLS first."""
+
+    cert_file: str
+    key_file: str
+    require: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerSpec:
     """The SMTP/LMTP listeners the child serves, asking the relay about everything."""
 
@@ -70,6 +80,7 @@ class ListenerSpec:
     hostname: str
     max_message_size: int
     recipient_cache_ttl: float
+    tls: TlsSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +176,13 @@ class CloseListeners:
 
 
 @dataclass(frozen=True, slots=True)
+class ReloadTls:
+    """SIGHUP reached the relay: read the certificate files again (answer: :class:`TlsReloaded`)."""
+
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     """Finish what is under way and exit."""
 
@@ -230,10 +248,20 @@ class ListenersClosed:
     """Answer to :class:`CloseListeners`: the child's sessions are over."""
 
 
+@dataclass(frozen=True, slots=True)
+class TlsReloaded:
+    """Answer to :class:`ReloadTls`: the fingerprint now served, or why the old
+    certificate stays (``error``)."""
+
+    number: int
+    fingerprint: str | None
+    error: str | None
+
+
 ToChild: TypeAlias = (ChildConfig | Send | Forget | RecipientChecked | Accepted | AcceptedEach
-                      | Refused | CloseListeners | Close)
+                      | Refused | CloseListeners | Close | ReloadTls)
 ToRelay: TypeAlias = (Ready | StartFailed | Replies | Unavailable | CheckRecipient | Accept
-                      | AcceptEach | ListenersClosed)
+                      | AcceptEach | ListenersClosed | TlsReloaded)
 Answer: TypeAlias = RecipientChecked | Accepted | AcceptedEach | Refused
 Question: TypeAlias = CheckRecipient | Accept | AcceptEach
 
@@ -241,4 +269,4 @@ Question: TypeAlias = CheckRecipient | Accept | AcceptEach
 MESSAGES: tuple[type, ...] = (
     ChildConfig, Send, Forget, RecipientChecked, Accepted, AcceptedEach, Refused,
     CloseListeners, Close, Ready, StartFailed, Replies, Unavailable, CheckRecipient, Accept,
-    AcceptEach, ListenersClosed)
+    AcceptEach, ListenersClosed, ReloadTls, TlsReloaded)

@@ -40,20 +40,23 @@ from mailflow.child.messages import (
     Forget,
     ListenersClosed,
     Ready,
+    ReloadTls,
     Replies,
     Send,
     StartFailed,
+    TlsReloaded,
     ToChild,
     ToRelay,
     Unavailable,
 )
-from mailflow.errors import EgressUnavailable
+from mailflow.errors import ConfigurationError, EgressUnavailable
 from mailflow.model import RecipientReply
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 30.0     # seconds for a child to start and say it is ready
 STOP_TIMEOUT = 10.0      # seconds for a child to close its connections and exit
+RELOAD_TIMEOUT = 10.0    # seconds for a child to read its certificate files again
 RESTART_DELAY = 1.0      # seconds before a child that served listeners is replaced
 
 RelayChannel = Channel[ToChild, ToRelay]
@@ -75,6 +78,7 @@ class ChildProcess:
         self._starting: asyncio.Lock | None = None
         self._ready: asyncio.Future[None] | None = None
         self._listeners_closed: asyncio.Future[None] | None = None
+        self._reloads: dict[int, asyncio.Future[str | None]] = {}
         self._watch: asyncio.Task[None] | None = None
 
     # -- what it hosts (before start) ---------------------------------------------------
@@ -137,6 +141,27 @@ class ChildProcess:
         channel.send(CloseListeners(grace))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._listeners_closed, grace + STOP_TIMEOUT)
+
+    async def reload_tls(self) -> str | None:
+        """The child reads its certificate files again; returns the fingerprint it
+        serves now, or None without a child (the next one reads the files when it
+        starts, as after a child lost during the reload).  A certificate that does not
+        load raises ConfigurationError, and the child keeps serving the old one."""
+        channel = self._channel
+        if channel is None:
+            return None
+        self._next += 1
+        number = self._next
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._reloads[number] = future
+        channel.send(ReloadTls(number))
+        try:
+            return await asyncio.wait_for(future, RELOAD_TIMEOUT)
+        except TimeoutError:
+            raise ConfigurationError("the relay's child process did not answer the reload "
+                                     f"within {RELOAD_TIMEOUT:g} s") from None
+        finally:
+            self._reloads.pop(number, None)
 
     async def _stop_watching(self) -> None:
         if self._watch is not None:
@@ -253,6 +278,13 @@ class ChildProcess:
             case ListenersClosed():
                 if self._listeners_closed is not None and not self._listeners_closed.done():
                     self._listeners_closed.set_result(None)
+            case TlsReloaded(number=number, fingerprint=fingerprint, error=error):
+                reload = self._reloads.get(number)
+                if reload is not None and not reload.done():
+                    if fingerprint is None:
+                        reload.set_exception(ConfigurationError(error or "no certificate"))
+                    else:
+                        reload.set_result(fingerprint)
             case _:
                 log.error("unexpected message from the child: %s", type(message).__name__,
                           extra={"action": "child_protocol_error"})
@@ -266,6 +298,9 @@ class ChildProcess:
         if self._channel is not channel:
             return  # one that never became current: it held nothing
         self._channel = None
+        for reload in self._reloads.values():  # the next child reads the files at start
+            if not reload.done():
+                reload.set_result(None)
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():

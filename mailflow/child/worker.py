@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from mailflow.child.channel import Channel
@@ -33,17 +34,20 @@ from mailflow.child.messages import (
     Ready,
     RecipientChecked,
     Refused,
+    ReloadTls,
     Replies,
     Send,
     SmtpEgressSpec,
     StartFailed,
+    TlsReloaded,
     ToChild,
     ToRelay,
     Unavailable,
 )
 from mailflow.egress.smtp import SmtpEgress
-from mailflow.errors import EgressUnavailable
+from mailflow.errors import ConfigurationError, EgressUnavailable
 from mailflow.ingress.smtp import Listener
+from mailflow.ingress.tls import ServerTls
 from mailflow.model import Egress
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,7 @@ class _Child:
         self.tasks: set[asyncio.Task[None]] = set()
         self.acceptor: RemoteAcceptor | None = None   # with listeners: asks the relay
         self.listeners: list[Listener] = []
+        self.tls: ServerTls | None = None             # STARTTLS on the SMTP sockets
 
     def on_message(self, message: ToChild) -> None:
         """The child's one dispatcher of what the relay says."""
@@ -91,6 +96,8 @@ class _Child:
                 self._spawn(self._start(message))
             case CloseListeners(grace=grace):
                 self._spawn(self._close_listeners(grace))
+            case ReloadTls(number=number):
+                self._spawn(self._reload_tls(number))
             case Close():
                 self.done.set()
             case _:
@@ -120,11 +127,26 @@ class _Child:
                             stream=sys.stderr)
         logging.getLogger("mail.log").setLevel(logging.WARNING)
         try:
-            self.acceptor, self.listeners = await open_listeners(spec, self.channel)
+            if spec.tls is not None:
+                self.tls = await ServerTls.load(Path(spec.tls.cert_file),
+                                                Path(spec.tls.key_file), require=spec.tls.require)
+            self.acceptor, self.listeners = await open_listeners(spec, self.channel, self.tls)
         except Exception as exc:
             self.channel.send(StartFailed(f"cannot serve the listeners: {exc}"))
             return False
         return True
+
+    async def _reload_tls(self, number: int) -> None:
+        assert self.channel is not None
+        if self.tls is None:
+            self.channel.send(TlsReloaded(number, None, "STARTTLS is not on"))
+            return
+        try:
+            fingerprint = await self.tls.reload()
+        except ConfigurationError as exc:
+            self.channel.send(TlsReloaded(number, None, str(exc)))
+        else:
+            self.channel.send(TlsReloaded(number, fingerprint, None))
 
     async def _close_listeners(self, grace: float) -> None:
         listeners, self.listeners = self.listeners, []
@@ -169,9 +191,11 @@ class _Child:
 def main(argv: list[str]) -> int:
     # The relay handles signals and stops us with Close, or by going away (end of
     # file); a Ctrl-C or a service manager's SIGTERM to the whole group must not cut
-    # transactions off half-way.
+    # transactions off half-way.  SIGHUP (a closed terminal, or an operator's reload
+    # sent to the group) is the relay's too: it passes a reload on as ReloadTls.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         import uvloop
         runner: Callable[[Any], Any] = uvloop.run

@@ -23,6 +23,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from mailflow import headers
 from mailflow.errors import SmtpReplyError, StorageUnavailable, smtp_reply
+from mailflow.ingress.tls import ServerTls, StartTlsSession
 from mailflow.model import Envelope, Verdict
 from mailflow.pipeline.accept.commands import check_helo, check_recipient_address, check_sender
 
@@ -77,7 +78,7 @@ class _FastPaths:
         return address, match.group(2)
 
 
-class RelaySMTP(_FastPaths, _EnhancedSizeReplies, SMTP):
+class RelaySMTP(_FastPaths, _EnhancedSizeReplies, StartTlsSession, SMTP):
     pass
 
 
@@ -182,7 +183,7 @@ class RelayHandler:
             # copy: invalid UTF-8 (lone surrogates) would fail the whole group commit,
             # a bare CR would start a header field.
             peer=peer, helo=headers.header_safe(session.host_name or ""),
-            protocol=self.protocol,
+            protocol=self.protocol + ("S" if session.ssl is not None else ""),  # RFC 3848
         )
 
     @staticmethod
@@ -237,8 +238,13 @@ class Listener:
 
 async def start_listener(service: Acceptor, address: ListenAddress | None, *,
                          hostname: str, max_message_size: int, lmtp: bool = False,
-                         sock: socket.socket | None = None) -> Listener:
-    """Listen on ``address``, or on ``sock`` (bound already, e.g. by the relay process)."""
+                         sock: socket.socket | None = None, tls: ServerTls | None = None
+                         ) -> Listener:
+    """Listen on ``address``, or on ``sock`` (bound already, e.g. by the relay process).
+
+    With ``tls`` (SMTP only), STARTTLS is offered with the context current when a
+    session connects.
+    """
     handler = LmtpHandler(service) if lmtp else RelayHandler(service)
     protocol_class = RelayLMTP if lmtp else RelaySMTP
     sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
@@ -246,7 +252,9 @@ async def start_listener(service: Acceptor, address: ListenAddress | None, *,
     def factory() -> SMTP:
         session = protocol_class(handler, data_size_limit=max_message_size,
                                  enable_SMTPUTF8=True, decode_data=False, hostname=hostname,
-                                 ident=IDENT, timeout=300)
+                                 ident=IDENT, timeout=300,
+                                 tls_context=tls.context if tls else None,
+                                 require_starttls=tls.require if tls else False)
         sessions.add(session)
         return session
 
