@@ -30,7 +30,8 @@ from mailflow.config import ListenAddress, Settings, parse_provider_url
 from mailflow.egress.base import Egress
 from mailflow.egress.routes import ProviderOptions, build_provider, build_routed
 from mailflow.errors import ConfigurationError
-from mailflow.ingress.http import FailedAuthLimiter, create_router
+from mailflow.ingress.http import create_router
+from mailflow.ingress.limiter import FailedAuthLimiter
 from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
@@ -214,8 +215,12 @@ class Relay:
             service, settings.ingress_keys,
             FailedAuthLimiter(settings.http_auth_max_failures, settings.http_auth_window),
             settings.max_message_size)
+        # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise (and reads
+        # FORWARDED_ALLOW_IPS from the environment): only the configured proxies, if any.
+        proxies = list(settings.forwarded_allow_ips)
         config = uvicorn.Config(create_app(self.runner, [ingress]), log_level="warning",
-                                lifespan="off", access_log=False)
+                                lifespan="off", access_log=False, proxy_headers=bool(proxies),
+                                forwarded_allow_ips=proxies)
         self._http = EmbeddedServer(config)
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock]), name="http"))
         self.listening["http"] = str(address)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -55,8 +55,11 @@ def to(address: str) -> list[tuple[str, str]]:
 
 def post(relay: RelayProcess, data: bytes, *, key: str | None = KEY,
          params: list[tuple[str, str]] | None = None,
-         content_type: str = "message/rfc822") -> httpx.Response:
+         content_type: str = "message/rfc822", forwarded_for: str | None = None
+         ) -> httpx.Response:
     headers = {"Content-Type": content_type}
+    if forwarded_for is not None:
+        headers["X-Forwarded-For"] = forwarded_for
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     query = params if params is not None else [("from", "poster@outside.test"),
@@ -122,13 +125,19 @@ def test_loop_is_refused_with_422(shared: RelayProcess, module_sink: SmtpSink) -
 
 
 def test_bad_keys_get_401_then_429(relay: RelayProcess) -> None:
-    assert post(relay, make_message("team@example.test"), key=None).status_code == 401
-    wrong = post(relay, make_message("team@example.test"), key="guess")
+    # No proxy is trusted by default (uvicorn's own default trusts 127.0.0.1): a client
+    # naming another address in X-Forwarded-For is still counted as itself.
+    message = make_message("team@example.test")
+    assert post(relay, message, key=None, forwarded_for="192.0.2.1").status_code == 401
+    wrong = post(relay, message, key="guess", forwarded_for="192.0.2.2")
     assert wrong.status_code == 401
     assert wrong.headers["content-type"] == "application/problem+json"
-    assert post(relay, make_message("team@example.test"), key="guess2").status_code == 401
-    limited = post(relay, make_message("team@example.test"), key=KEY)
-    assert limited.status_code == 429 and int(limited.headers["retry-after"]) > 0
+    assert post(relay, message, key="guess2").status_code == 401
+    for fake in (None, "192.0.2.3", "203.0.113.7, 198.51.100.1"):
+        limited = post(relay, message, key=KEY, forwarded_for=fake)
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) > 0
+    assert "from 127.0.0.1: bad or missing key" in relay.log()
+    assert "192.0.2." not in relay.log()
     assert sum(relay.counts()[0].values()) == 0
 
 
@@ -270,3 +279,43 @@ def test_pipe_psk_file_takes_the_first_key_of_a_rotation_list(shared: RelayProce
     assert result.returncode == 0, result.stderr
     [copy] = module_sink.wait_for_copies(members)
     assert sorted(copy.rcpt_tos) == members
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    """A relay behind a proxy at 127.0.0.1, with 2 failed keys allowed; on SQLite only
+    (no store is involved), and nothing is ever stored in it."""
+    relay = RelayProcess(tmp_path_factory.mktemp("proxied"), settings={
+        "MAILFLOW_INGRESS_PSK": KEY, "MAILFLOW_HTTP_AUTH_MAX_FAILURES": "2",
+        "MAILFLOW_FORWARDED_ALLOW_IPS": "127.0.0.1", "MAILFLOW_LISTENER_PROCESS": "false"})
+    relay.init()
+    try:
+        yield relay.start()
+    finally:
+        relay.stop()
+
+
+def test_behind_a_trusted_proxy_the_forwarded_address_is_counted(proxied: RelayProcess
+                                                                 ) -> None:
+    message = make_message("nobody@example.test")
+    params = to("nobody@example.test")
+    for _ in range(2):
+        assert post(proxied, message, key="guess", params=params,
+                    forwarded_for="203.0.113.5").status_code == 401
+    assert post(proxied, message, params=params,
+                forwarded_for="203.0.113.5").status_code == 429
+    # Neither another client of the proxy nor the proxy itself is blocked: past the
+    # limiter and the key, refused for its unknown recipient.
+    assert post(proxied, message, params=params,
+                forwarded_for="203.0.113.6").status_code == 422
+    assert post(proxied, message, params=params).status_code == 422
+    assert "refused /v1/email from 203.0.113.5: bad or missing key" in proxied.log()
+    # IPv6 clients are counted per /64.
+    for host in ("2001:db8::1", "2001:db8::2"):
+        assert post(proxied, message, key="guess", params=params,
+                    forwarded_for=host).status_code == 401
+    assert post(proxied, message, params=params,
+                forwarded_for="2001:db8::ffff:3").status_code == 429
+    assert post(proxied, message, params=params,
+                forwarded_for="2001:db8:0:1::1").status_code == 422
+    assert sum(proxied.counts()[0].values()) == 0

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
-from collections import defaultdict, deque
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from mailflow import headers
 from mailflow.errors import MessageTooLarge, SmtpReplyError
+from mailflow.ingress.limiter import FailedAuthLimiter
 from mailflow.model import Envelope
 from mailflow.services.accept import AcceptService
 from mailflow.web.problems import error_problem, problem
@@ -26,36 +25,6 @@ from mailflow.web.problems import error_problem, problem
 log = logging.getLogger(__name__)
 
 ACCEPTED_TYPES = ("message/rfc822", "application/octet-stream", "text/plain")
-
-
-class FailedAuthLimiter:
-    """Counts failed authentications per client address in a sliding window.
-
-    A client over the limit is refused (429) before its key is even looked at, so keys
-    cannot be guessed at line speed.
-    """
-
-    def __init__(self, max_failures: int, window: float) -> None:
-        self.max_failures = max_failures
-        self.window = window
-        self._failures: defaultdict[str, deque[float]] = defaultdict(deque)
-
-    def blocked_for(self, client: str) -> float:
-        """Seconds until ``client`` may try again (0: it may now)."""
-        failures = self._failures.get(client)
-        if not failures:
-            return 0.0
-        cutoff = time.monotonic() - self.window
-        while failures and failures[0] < cutoff:
-            failures.popleft()
-        if len(failures) < self.max_failures:
-            return 0.0
-        return failures[0] - cutoff
-
-    def failed(self, client: str) -> None:
-        self._failures[client].append(time.monotonic())
-        if len(self._failures) > 10_000:  # bounded memory under a spray of addresses
-            self._failures.clear()
 
 
 def envelope_from_request(request: Request, raw: bytes) -> Envelope:
