@@ -178,6 +178,7 @@ class Settings(BaseSettings):
     ingress_psk: SecretStr = SecretStr("")
     http_auth_max_failures: int = Field(default=10, ge=1)
     http_auth_window: float = Field(default=60.0, gt=0)
+    http_request_timeout: float = Field(default=60.0, gt=0)
     forwarded_allow_ips: Annotated[tuple[str, ...], NoDecode] = ()
     hostname: str = Field(default_factory=socket.getfqdn)
     instance_id: str = ""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -281,12 +283,16 @@ def test_pipe_psk_file_takes_the_first_key_of_a_rotation_list(shared: RelayProce
     assert sorted(copy.rcpt_tos) == members
 
 
+REQUEST_TIMEOUT = 0.5
+
+
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    """A relay behind a proxy at 127.0.0.1, with 2 failed keys allowed; on SQLite only
-    (no store is involved), and nothing is ever stored in it."""
+    """A relay behind a proxy at 127.0.0.1, with a tiny body timeout and 2 failed keys
+    allowed; on SQLite only (no store is involved), and nothing is ever stored in it."""
     relay = RelayProcess(tmp_path_factory.mktemp("proxied"), settings={
         "MAILFLOW_INGRESS_PSK": KEY, "MAILFLOW_HTTP_AUTH_MAX_FAILURES": "2",
+        "MAILFLOW_HTTP_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT),
         "MAILFLOW_FORWARDED_ALLOW_IPS": "127.0.0.1", "MAILFLOW_LISTENER_PROCESS": "false"})
     relay.init()
     try:
@@ -318,4 +324,85 @@ def test_behind_a_trusted_proxy_the_forwarded_address_is_counted(proxied: RelayP
                 forwarded_for="2001:db8::ffff:3").status_code == 429
     assert post(proxied, message, params=params,
                 forwarded_for="2001:db8:0:1::1").status_code == 422
+    assert sum(proxied.counts()[0].values()) == 0
+
+
+def request_head(key: str = KEY) -> bytes:
+    return (f"POST /v1/email?from=p%40outside.test&to=nobody%40example.test HTTP/1.1\r\n"
+            f"Host: relay.test\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: message/rfc822\r\n").encode()
+
+
+def read_until_closed(conn: socket.socket, deadline: float) -> bytes:
+    """Everything the relay sends until it closes the connection (by ``deadline``)."""
+    received = b""
+    while time.monotonic() < deadline:
+        conn.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = conn.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            return received
+        received += chunk
+    raise AssertionError(f"connection still open; received {received!r}")
+
+
+ENDLESS_START = b"Transfer-Encoding: chunked\r\n\r\nd\r\nSubject: hi\r\n\r\n"
+
+
+def test_a_body_that_never_ends_gets_408(proxied: RelayProcess) -> None:
+    with socket.create_connection(("127.0.0.1", proxied.http_port), timeout=10) as conn:
+        conn.sendall(request_head() + ENDLESS_START)  # one chunk, then nothing more
+        sent = time.monotonic()
+        answer = read_until_closed(conn, sent + REQUEST_TIMEOUT + 5)
+        elapsed = time.monotonic() - sent
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert b"content-type: application/problem+json" in head.lower()
+    problem = json.loads(body)
+    assert (problem["status"], problem["smtp_code"], problem["enhanced_status"]) == (
+        408, 421, "4.4.2")
+    assert REQUEST_TIMEOUT * 0.9 <= elapsed < REQUEST_TIMEOUT + 5
+    assert sum(proxied.counts()[0].values()) == 0
+
+
+def test_a_request_head_that_never_ends_is_cut(proxied: RelayProcess) -> None:
+    with socket.create_connection(("127.0.0.1", proxied.http_port), timeout=10) as conn:
+        conn.sendall(b"POST /v1/email HTTP/1.1\r\nHost: rel")
+        sent = time.monotonic()
+        assert read_until_closed(conn, sent + REQUEST_TIMEOUT + 5) == b""
+        assert time.monotonic() - sent >= REQUEST_TIMEOUT * 0.9
+    # Requests in turn on one kept-alive connection each get the time again.
+    with httpx.Client(base_url=f"http://127.0.0.1:{proxied.http_port}", timeout=10) as client:
+        for _ in range(3):
+            assert client.get("/healthz").is_success
+
+
+def test_an_unread_body_closes_the_connection(proxied: RelayProcess) -> None:
+    """A refusal before the body (here a wrong key) closes the connection: uvicorn would
+    otherwise read on, and a body trickling in would keep it open for ever."""
+    with socket.create_connection(("127.0.0.1", proxied.http_port), timeout=10) as conn:
+        # From a client of the proxy of its own, so the failure blocks no other test.
+        conn.sendall(request_head("wrong") + b"X-Forwarded-For: 198.51.100.9\r\n"
+                     + ENDLESS_START)
+        # Well before uvicorn's own 5 s keep-alive timeout would close it.
+        answer = read_until_closed(conn, time.monotonic() + 3)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer
+    assert b"\r\nconnection: close\r\n" in answer.lower()
+
+
+def test_a_client_going_away_mid_body_is_one_info_line(proxied: RelayProcess) -> None:
+    logged = len(proxied.log())
+    with socket.create_connection(("127.0.0.1", proxied.http_port), timeout=10) as conn:
+        conn.sendall(request_head() + b"Content-Length: 1000\r\n\r\nSubject: hi\r\n")
+    deadline = time.monotonic() + 10
+    while "went away" not in proxied.log()[logged:] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # One more request: whatever the relay logs for the first is written by now.
+    assert httpx.get(f"http://127.0.0.1:{proxied.http_port}/healthz", timeout=10).is_success
+    new = proxied.log()[logged:]
+    [line] = [line for line in new.splitlines() if "went away" in line]
+    assert " INFO mailflow.ingress.http: POST /v1/email from 127.0.0.1: " in line
+    assert "Traceback" not in new and " ERROR " not in new, new
     assert sum(proxied.counts()[0].values()) == 0
