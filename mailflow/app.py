@@ -31,7 +31,8 @@ from mailflow.config import ListenAddress, Settings, parse_provider_url
 from mailflow.egress.base import Egress
 from mailflow.egress.routes import ProviderOptions, build_provider, build_routed
 from mailflow.errors import ConfigurationError
-from mailflow.ingress.http import FailedAuthLimiter, create_router
+from mailflow.ingress.http import create_router
+from mailflow.ingress.limiter import FailedAuthLimiter
 from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.ingress.tls import ServerTls
@@ -43,7 +44,7 @@ from mailflow.services.recent import RecentMessages
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.engine import sqlite_path
-from mailflow.web.app import EmbeddedServer, bind, create_app
+from mailflow.web.app import EmbeddedServer, bind, create_app, head_deadline_protocol
 
 log = logging.getLogger(__name__)
 
@@ -226,9 +227,14 @@ class Relay:
         ingress = create_router(
             service, settings.ingress_keys,
             FailedAuthLimiter(settings.http_auth_max_failures, settings.http_auth_window),
-            settings.max_message_size)
+            settings.max_message_size, settings.http_request_timeout)
+        # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise (and reads
+        # FORWARDED_ALLOW_IPS from the environment): only the configured proxies, if any.
+        proxies = list(settings.forwarded_allow_ips)
         config = uvicorn.Config(create_app(self.runner, [ingress]), log_level="warning",
-                                lifespan="off", access_log=False)
+                                lifespan="off", access_log=False, proxy_headers=bool(proxies),
+                                forwarded_allow_ips=proxies,
+                                http=head_deadline_protocol(settings.http_request_timeout))
         self._http = EmbeddedServer(config)
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock]), name="http"))
         self.listening["http"] = str(address)

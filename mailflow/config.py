@@ -8,6 +8,7 @@ below.  Every field is documented in ``docs/configuration.md``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -55,6 +56,18 @@ def parse_listen(value: str) -> ListenAddress | None:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"expected host:port (or [ipv6]:port, or 'off'), got {value!r}")
     return ListenAddress(host, int(port))
+
+
+def parse_proxy(value: str) -> str:
+    """An IP address or network (``10.0.0.0/8``, ``fd00::/8``), in canonical form."""
+    text = value.strip()
+    try:
+        if "/" in text:
+            return str(ipaddress.ip_network(text, strict=False))
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(f"expected IP addresses or networks (10.0.0.1, 10.0.0.0/8, "
+                         f"fd00::/8), got {value.strip()!r}") from None
 
 
 LMTP_PORT = 24
@@ -168,6 +181,8 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     smtp_require_tls: bool = False
+    http_request_timeout: float = Field(default=60.0, gt=0)
+    forwarded_allow_ips: Annotated[tuple[str, ...], NoDecode] = ()
     hostname: str = Field(default_factory=socket.getfqdn)
     instance_id: str = ""
     egress: str = "stdout"
@@ -225,6 +240,20 @@ class Settings(BaseSettings):
         if isinstance(value, str | dict):
             return {spec.domain: spec.url for spec in parse_routes(value)}
         return value
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _parse_proxies(cls, value: Any) -> Any:
+        """``MAILFLOW_FORWARDED_ALLOW_IPS`` is ``addr,net/len,…``; TOML may give a list.
+
+        Each entry is checked and written in one canonical form here: uvicorn silently
+        treats what it cannot parse as a name no peer ever has.
+        """
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, list | tuple):
+            return value
+        return tuple(parse_proxy(str(entry)) for entry in value if str(entry).strip())
 
     @field_validator("database_url")
     @classmethod

@@ -10,7 +10,8 @@
     └── SmtpReplyError            refuses a message: maps onto one SMTP reply
         ├── TemporaryFailure      retry later
         │   ├── StorageUnavailable    the message could not be made durable
-        │   └── EgressUnavailable     the next hop cannot be reached
+        │   ├── EgressUnavailable     the next hop cannot be reached
+        │   └── InputTimeout          the client did not send its input in time
         └── PermanentFailure      do not retry
             ├── UnknownDomain         not one of our domains (no open relay)
             ├── UnknownRecipient      our domain, no such list or alias
@@ -124,6 +125,15 @@ class EgressUnavailable(TemporaryFailure):
     default_reason = "next hop unavailable"
 
 
+class InputTimeout(TemporaryFailure):
+    """The client's input stopped coming (a slow or endless body): cut, nothing stored.
+
+    Temporary: a sender whose link stalled may well get through on its next try.
+    """
+
+    default_reason = "the message did not arrive in time"
+
+
 class PermanentFailure(SmtpReplyError):
     """The sender must not retry the same thing."""
 
@@ -207,6 +217,8 @@ TABLE: Final[dict[type[MailflowError], ErrorSpec]] = {
                               EX_TEMPFAIL, 1, "DEFER_IF_PERMIT"),
     EgressUnavailable: _spec("egress_unavailable", "451 4.4.1", 503, "Try again later",
                              EX_TEMPFAIL, 1, "DEFER_IF_PERMIT"),
+    InputTimeout: _spec("input_timeout", "421 4.4.2", 408, "Request timeout",
+                        EX_TEMPFAIL, 1, "DEFER_IF_PERMIT"),
     PermanentFailure: _spec("rejected", "554 5.0.0", 422, "Refused",
                             EX_DATAERR, 1, "REJECT"),
     # Not ours to judge: the same Postfix may serve other domains' mailboxes.

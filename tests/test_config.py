@@ -153,3 +153,24 @@ def test_bad_routes_stop_the_relay_with_a_clear_message(
     with pytest.raises(ConfigurationError) as error:
         load_settings()
     assert "routes (MAILFLOW_ROUTES): " + problem in str(error.value)
+
+
+def test_forwarded_allow_ips_default_none_and_canonical(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().forwarded_allow_ips == ()  # no proxy trusted unless configured
+    monkeypatch.setenv("MAILFLOW_FORWARDED_ALLOW_IPS", " 127.0.0.1, 10.1.2.3/8,,FD00::1/8")
+    assert load_settings().forwarded_allow_ips == ("127.0.0.1", "10.0.0.0/8", "fd00::/8")
+    monkeypatch.delenv("MAILFLOW_FORWARDED_ALLOW_IPS")
+    config = tmp_path / "mailflow.toml"
+    config.write_text('forwarded_allow_ips = ["::1", "192.0.2.0/24"]\n')
+    assert load_settings(config).forwarded_allow_ips == ("::1", "192.0.2.0/24")
+
+
+@pytest.mark.parametrize("bad", ["*", "proxy.example", "10.0.0.0/33", "127.0.0.1:80"])
+def test_bad_forwarded_allow_ips_stop_the_relay(bad: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILFLOW_FORWARDED_ALLOW_IPS", f"127.0.0.1,{bad}")
+    with pytest.raises(ConfigurationError) as error:
+        load_settings()
+    assert (f"forwarded_allow_ips (MAILFLOW_FORWARDED_ALLOW_IPS): expected IP addresses or "
+            f"networks (10.0.0.1, 10.0.0.0/8, fd00::/8), got {bad!r}") in str(error.value)

@@ -11,6 +11,7 @@ from mailflow.errors import (
     TABLE,
     Conflict,
     EgressUnavailable,
+    InputTimeout,
     InvalidInput,
     LoopDetected,
     MailflowError,
@@ -38,6 +39,7 @@ REPLIES = [
     (StorageUnavailable, "451 4.3.0", 503, errors.EX_TEMPFAIL, "DEFER_IF_PERMIT"),
     (EgressUnavailable, "451 4.4.1", 503, errors.EX_TEMPFAIL, "DEFER_IF_PERMIT"),
     (TemporaryFailure, "451 4.3.0", 503, errors.EX_TEMPFAIL, "DEFER_IF_PERMIT"),
+    (InputTimeout, "421 4.4.2", 408, errors.EX_TEMPFAIL, "DEFER_IF_PERMIT"),
 ]
 
 

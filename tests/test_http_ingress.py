@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -55,8 +57,11 @@ def to(address: str) -> list[tuple[str, str]]:
 
 def post(relay: RelayProcess, data: bytes, *, key: str | None = KEY,
          params: list[tuple[str, str]] | None = None,
-         content_type: str = "message/rfc822") -> httpx.Response:
+         content_type: str = "message/rfc822", forwarded_for: str | None = None
+         ) -> httpx.Response:
     headers = {"Content-Type": content_type}
+    if forwarded_for is not None:
+        headers["X-Forwarded-For"] = forwarded_for
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     query = params if params is not None else [("from", "poster@outside.test"),
@@ -122,13 +127,19 @@ def test_loop_is_refused_with_422(shared: RelayProcess, module_sink: SmtpSink) -
 
 
 def test_bad_keys_get_401_then_429(relay: RelayProcess) -> None:
-    assert post(relay, make_message("team@example.test"), key=None).status_code == 401
-    wrong = post(relay, make_message("team@example.test"), key="guess")
+    # No proxy is trusted by default (uvicorn's own default trusts 127.0.0.1): a client
+    # naming another address in X-Forwarded-For is still counted as itself.
+    message = make_message("team@example.test")
+    assert post(relay, message, key=None, forwarded_for="192.0.2.1").status_code == 401
+    wrong = post(relay, message, key="guess", forwarded_for="192.0.2.2")
     assert wrong.status_code == 401
     assert wrong.headers["content-type"] == "application/problem+json"
-    assert post(relay, make_message("team@example.test"), key="guess2").status_code == 401
-    limited = post(relay, make_message("team@example.test"), key=KEY)
-    assert limited.status_code == 429 and int(limited.headers["retry-after"]) > 0
+    assert post(relay, message, key="guess2").status_code == 401
+    for fake in (None, "192.0.2.3", "203.0.113.7, 198.51.100.1"):
+        limited = post(relay, message, key=KEY, forwarded_for=fake)
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) > 0
+    assert "from 127.0.0.1: bad or missing key" in relay.log()
+    assert "192.0.2." not in relay.log()
     assert sum(relay.counts()[0].values()) == 0
 
 
@@ -270,3 +281,128 @@ def test_pipe_psk_file_takes_the_first_key_of_a_rotation_list(shared: RelayProce
     assert result.returncode == 0, result.stderr
     [copy] = module_sink.wait_for_copies(members)
     assert sorted(copy.rcpt_tos) == members
+
+
+REQUEST_TIMEOUT = 0.5
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    """A relay behind a proxy at 127.0.0.1, with a tiny body timeout and 2 failed keys
+    allowed; on SQLite only (no store is involved), and nothing is ever stored in it."""
+    relay = RelayProcess(tmp_path_factory.mktemp("proxied"), settings={
+        "MAILFLOW_INGRESS_PSK": KEY, "MAILFLOW_HTTP_AUTH_MAX_FAILURES": "2",
+        "MAILFLOW_HTTP_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT),
+        "MAILFLOW_FORWARDED_ALLOW_IPS": "127.0.0.1", "MAILFLOW_LISTENER_PROCESS": "false"})
+    relay.init()
+    try:
+        yield relay.start()
+    finally:
+        relay.stop()
+
+
+def test_behind_a_trusted_proxy_the_forwarded_address_is_counted(proxied: RelayProcess
+                                                                 ) -> None:
+    message = make_message("nobody@example.test")
+    params = to("nobody@example.test")
+    for _ in range(2):
+        assert post(proxied, message, key="guess", params=params,
+                    forwarded_for="203.0.113.5").status_code == 401
+    assert post(proxied, message, params=params,
+                forwarded_for="203.0.113.5").status_code == 429
+    # Neither another client of the proxy nor the proxy itself is blocked: past the
+    # limiter and the key, refused for its unknown recipient.
+    assert post(proxied, message, params=params,
+                forwarded_for="203.0.113.6").status_code == 422
+    assert post(proxied, message, params=params).status_code == 422
+    assert "refused /v1/email from 203.0.113.5: bad or missing key" in proxied.log()
+    # IPv6 clients are counted per /64.
+    for host in ("2001:db8::1", "2001:db8::2"):
+        assert post(proxied, message, key="guess", params=params,
+                    forwarded_for=host).status_code == 401
+    assert post(proxied, message, params=params,
+                forwarded_for="2001:db8::ffff:3").status_code == 429
+    assert post(proxied, message, params=params,
+                forwarded_for="2001:db8:0:1::1").status_code == 422
+    assert sum(proxied.counts()[0].values()) == 0
+
+
+def request_head(key: str = KEY) -> bytes:
+    return (f"POST /v1/email?from=p%40outside.test&to=nobody%40example.test HTTP/1.1\r\n"
+            f"Host: relay.test\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: message/rfc822\r\n").encode()
+
+
+def read_until_closed(conn: socket.socket, deadline: float) -> bytes:
+    """Everything the relay sends until it closes the connection (by ``deadline``)."""
+    received = b""
+    while time.monotonic() < deadline:
+        conn.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = conn.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            return received
+        received += chunk
+    raise AssertionError(f"connection still open; received {received!r}")
+
+
+ENDLESS_START = b"Transfer-Encoding: chunked\r\n\r\nd\r\nSubject: hi\r\n\r\n"
+
+
+def test_a_body_that_never_ends_gets_408(proxied: RelayProcess) -> None:
+    with socket.create_connection(("127.0.0.1", proxied.http_port), timeout=10) as conn:
+        conn.sendall(request_head() + ENDLESS_START)  # one chunk, then nothing more
+        sent = time.monotonic()
+        answer = read_until_closed(conn, sent + REQUEST_TIMEOUT + 5)
+        elapsed = time.monotonic() - sent
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert b"content-type: application/problem+json" in head.lower()
+    problem = json.loads(body)
+    assert (problem["status"], problem["smtp_code"], problem["enhanced_status"]) == (
+        408, 421, "4.4.2")
+    assert REQUEST_TIMEOUT * 0.9 <= elapsed < REQUEST_TIMEOUT + 5
+    assert sum(proxied.counts()[0].values()) == 0
+
+
+def test_a_request_head_that_never_ends_is_cut(proxied: RelayProcess) -> None:
+    with socket.create_connection(("127.0.0.1", proxied.http_port), timeout=10) as conn:
+        conn.sendall(b"POST /v1/email HTTP/1.1\r\nHost: rel")
+        sent = time.monotonic()
+        assert read_until_closed(conn, sent + REQUEST_TIMEOUT + 5) == b""
+        assert time.monotonic() - sent >= REQUEST_TIMEOUT * 0.9
+    # Requests in turn on one kept-alive connection each get the time again.
+    with httpx.Client(base_url=f"http://127.0.0.1:{proxied.http_port}", timeout=10) as client:
+        for _ in range(3):
+            assert client.get("/healthz").is_success
+
+
+def test_an_unread_body_closes_the_connection(proxied: RelayProcess) -> None:
+    """A refusal before the body (here a wrong key) closes the connection: uvicorn would
+    otherwise read on, and a body trickling in would keep it open for ever."""
+    with socket.create_connection(("127.0.0.1", proxied.http_port), timeout=10) as conn:
+        # From a client of the proxy of its own, so the failure blocks no other test.
+        conn.sendall(request_head("wrong") + b"X-Forwarded-For: 198.51.100.9\r\n"
+                     + ENDLESS_START)
+        # Well before uvicorn's own 5 s keep-alive timeout would close it.
+        answer = read_until_closed(conn, time.monotonic() + 3)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer
+    assert b"\r\nconnection: close\r\n" in answer.lower()
+
+
+def test_a_client_going_away_mid_body_is_one_info_line(proxied: RelayProcess) -> None:
+    logged = len(proxied.log())
+    with socket.create_connection(("127.0.0.1", proxied.http_port), timeout=10) as conn:
+        conn.sendall(request_head() + b"Content-Length: 1000\r\n\r\nSubject: hi\r\n")
+    deadline = time.monotonic() + 10
+    while "went away" not in proxied.log()[logged:] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # One more request: whatever the relay logs for the first is written by now.
+    assert httpx.get(f"http://127.0.0.1:{proxied.http_port}/healthz", timeout=10).is_success
+    new = proxied.log()[logged:]
+    [line] = [line for line in new.splitlines() if "went away" in line]
+    assert " INFO mailflow.ingress.http: POST /v1/email from 127.0.0.1: " in line
+    assert "Traceback" not in new and " ERROR " not in new, new
+    assert sum(proxied.counts()[0].values()) == 0

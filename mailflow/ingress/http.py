@@ -9,16 +9,17 @@ accept service's business, exactly as for SMTP.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
-import time
-from collections import defaultdict, deque
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from mailflow import headers
-from mailflow.errors import MessageTooLarge, SmtpReplyError
+from mailflow.errors import InputTimeout, MessageTooLarge, SmtpReplyError
+from mailflow.ingress.limiter import FailedAuthLimiter
 from mailflow.model import Envelope
 from mailflow.services.accept import AcceptService
 from mailflow.web.problems import error_problem, problem
@@ -26,36 +27,6 @@ from mailflow.web.problems import error_problem, problem
 log = logging.getLogger(__name__)
 
 ACCEPTED_TYPES = ("message/rfc822", "application/octet-stream", "text/plain")
-
-
-class FailedAuthLimiter:
-    """Counts failed authentications per client address in a sliding window.
-
-    A client over the limit is refused (429) before its key is even looked at, so keys
-    cannot be guessed at line speed.
-    """
-
-    def __init__(self, max_failures: int, window: float) -> None:
-        self.max_failures = max_failures
-        self.window = window
-        self._failures: defaultdict[str, deque[float]] = defaultdict(deque)
-
-    def blocked_for(self, client: str) -> float:
-        """Seconds until ``client`` may try again (0: it may now)."""
-        failures = self._failures.get(client)
-        if not failures:
-            return 0.0
-        cutoff = time.monotonic() - self.window
-        while failures and failures[0] < cutoff:
-            failures.popleft()
-        if len(failures) < self.max_failures:
-            return 0.0
-        return failures[0] - cutoff
-
-    def failed(self, client: str) -> None:
-        self._failures[client].append(time.monotonic())
-        if len(self._failures) > 10_000:  # bounded memory under a spray of addresses
-            self._failures.clear()
 
 
 def envelope_from_request(request: Request, raw: bytes) -> Envelope:
@@ -77,7 +48,9 @@ def envelope_from_request(request: Request, raw: bytes) -> Envelope:
 
 
 def create_router(service: AcceptService, keys: list[str], limiter: FailedAuthLimiter,
-                  max_size: int) -> APIRouter:
+                  max_size: int, body_timeout: float) -> APIRouter:
+    """``body_timeout``: seconds the whole body may take to arrive, so a body that never
+    ends (or trickles in) cannot hold a connection and its buffer for ever."""
     router = APIRouter()
     encoded_keys = [key.encode() for key in keys]
 
@@ -94,6 +67,7 @@ def create_router(service: AcceptService, keys: list[str], limiter: FailedAuthLi
         202: {"description": "stored durably; the relay will deliver it"},
         400: {"description": "empty or unparseable message, or no recipient"},
         401: {"description": "missing or wrong pre-shared key"},
+        408: {"description": "the body did not arrive within http_request_timeout"},
         413: {"description": "message larger than max_message_size"},
         415: {"description": "body is not a raw message"},
         422: {"description": "refused for good: unknown recipient, loop, …"},
@@ -105,24 +79,37 @@ def create_router(service: AcceptService, keys: list[str], limiter: FailedAuthLi
         client = request.client.host if request.client else "unknown"
         wait = limiter.blocked_for(client)
         if wait:
-            return problem(429, "Too many failed authentications",
-                           "too many requests with a wrong key from this address",
-                           headers={"Retry-After": str(int(wait) + 1)})
+            return unread(problem(429, "Too many failed authentications",
+                                  "too many requests with a wrong key from this address",
+                                  headers={"Retry-After": str(int(wait) + 1)}))
         if not encoded_keys or not authorized(request):
             limiter.failed(client)
             log.warning("refused /v1/email from %s: bad or missing key", client,
                         extra={"action": "auth_failed"})
             detail = ("HTTP ingress is disabled: set MAILFLOW_INGRESS_PSK" if not encoded_keys
                       else "missing or wrong bearer key")
-            return problem(401, "Unauthorized", detail,
-                           headers={"WWW-Authenticate": 'Bearer realm="mailflow"'})
+            return unread(problem(401, "Unauthorized", detail,
+                                  headers={"WWW-Authenticate": 'Bearer realm="mailflow"'}))
         media_type = request.headers.get("content-type", "message/rfc822").split(";")[0]
         if media_type.strip().lower() not in ACCEPTED_TYPES:
-            return problem(415, "Unsupported media type",
-                           f"send the raw message as message/rfc822, not {media_type}")
-        raw = await read_limited(request, max_size)
+            return unread(problem(415, "Unsupported media type",
+                                  f"send the raw message as message/rfc822, not {media_type}"))
+        try:
+            async with asyncio.timeout(body_timeout):
+                raw = await read_limited(request, max_size)
+        except TimeoutError:
+            log.info("POST /v1/email from %s: the body did not arrive within %g s, "
+                     "answered 408", client, body_timeout, extra={"action": "body_timeout"})
+            return unread(error_problem(InputTimeout(
+                f"the message did not arrive within {body_timeout:g} s")))
+        except ClientDisconnect:
+            # A client's business, not the relay's fault: one line, no traceback.
+            log.info("POST /v1/email from %s: the client went away before the whole "
+                     "message arrived", client, extra={"action": "client_disconnected"})
+            return problem(400, "Incomplete request", "the client went away")  # not sent
         if raw is None:
-            return error_problem(MessageTooLarge(f"message larger than {max_size} bytes"))
+            return unread(error_problem(
+                MessageTooLarge(f"message larger than {max_size} bytes")))
         try:
             message_id = await service.submit(envelope_from_request(request, raw), raw)
         except SmtpReplyError as error:
@@ -130,6 +117,17 @@ def create_router(service: AcceptService, keys: list[str], limiter: FailedAuthLi
         return JSONResponse({"message_id": message_id, "status": "queued"}, status_code=202)
 
     return router
+
+
+def unread(response: Response) -> Response:
+    """``response``, closing the connection after it: the request's body was not read.
+
+    uvicorn would go on reading and discarding that body, and every byte of it restarts
+    its keep-alive timer: a client trickling a body after a 401 would hold the connection
+    for ever.
+    """
+    response.headers["Connection"] = "close"
+    return response
 
 
 async def read_limited(request: Request, limit: int) -> bytes | None:

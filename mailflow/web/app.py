@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Iterator, Sequence
+from typing import ClassVar
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mailflow import __version__
 from mailflow.metrics import REGISTRY
 from mailflow.store.runner import StoreRunner
 from mailflow.web.problems import problem
+
+log = logging.getLogger(__name__)
 
 
 def create_app(runner: StoreRunner, routers: Sequence[APIRouter] = ()) -> FastAPI:
@@ -55,6 +61,63 @@ class EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+class HeadDeadlineProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's head.
+
+    uvicorn has none: a client that sends half a request line, and then nothing, holds
+    its connection for ever.  The deadline runs from the connection's start, and again
+    from the end of each response, until the head of the next request is in; its body
+    then has the route's deadline.
+    """
+
+    head_timeout: ClassVar[float] = 60.0
+    _head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a request's head is in: its cycle has begun
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        self._arm()  # first: a pipelined request may begin in there, and disarm it
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_deadline = self.loop.call_later(self.head_timeout, self._head_late)
+
+    def _disarm(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_late(self) -> None:
+        self._head_deadline = None
+        if not self.transport.is_closing():
+            client = self.client[0] if self.client else "unknown"
+            log.info("HTTP client %s sent no complete request within %g s: disconnected",
+                     client, self.head_timeout, extra={"action": "request_head_timeout"})
+            self.transport.close()
+
+
+def head_deadline_protocol(timeout: float) -> type[HeadDeadlineProtocol]:
+    """The protocol class uvicorn builds each connection with, for this deadline."""
+
+    class Protocol(HeadDeadlineProtocol):
+        head_timeout = timeout
+
+    return Protocol
 
 
 def bind(host: str, port: int) -> socket.socket:
