@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -131,6 +132,65 @@ async def test_unreachable_relay_is_a_temporary_failure(make_egress: EgressFacto
     egress = make_egress(f"smtp://127.0.0.1:{free_port()}")
     with pytest.raises(EgressUnavailable):
         await egress.send("l@x.test", ["a@x.test"], CONTENT)
+
+
+# -- a next hop that misbehaves (the sink's fault modes) --------------------------
+
+
+@pytest.fixture
+async def egress_to(sink: SmtpSink) -> AsyncIterator[SmtpEgress]:
+    """An SMTP egress to the sink, waiting 0.3 s at most for any reply."""
+    egress = SmtpEgress(parse_smtp_relay(sink.url), pool_size=1, timeout=0.3,
+                        idle_check=10, local_hostname="relay.test")
+    yield egress
+    await egress.close()
+
+
+async def test_a_connection_cut_in_data_is_a_temporary_failure(
+        sink: SmtpSink, egress_to: SmtpEgress) -> None:
+    sink.handler.drop_in_data = True
+    with pytest.raises(EgressUnavailable, match="connection"):
+        await egress_to.send("l@x.test", ["a@x.test"], CONTENT)
+    assert sink.handler.drops == 1 and sink.messages == []
+    sink.handler.drop_in_data = False
+    assert (await egress_to.send("l@x.test", ["a@x.test"], CONTENT))[0].delivered
+
+
+@pytest.mark.parametrize("hang", ["rcpt", "data"])
+async def test_a_next_hop_that_stops_answering_is_a_temporary_failure(
+        hang: Literal["rcpt", "data"], sink: SmtpSink, egress_to: SmtpEgress) -> None:
+    """No reply within the reply timeout: deferred.  After the content (``data``) the
+    next hop may have delivered it: the retry can duplicate it, never lose it."""
+    sink.handler.hang = hang
+    with pytest.raises(EgressUnavailable, match="TimeoutError"):
+        await egress_to.send("l@x.test", ["a@x.test"], CONTENT)
+    assert sink.handler.data_received == (1 if hang == "data" else 0)
+    sink.handler.hang = ""
+    assert (await egress_to.send("l@x.test", ["a@x.test"], CONTENT))[0].delivered
+
+
+async def test_a_next_hop_refusing_sessions_for_a_while_is_tried_again(
+        sink: SmtpSink, egress_to: SmtpEgress) -> None:
+    sink.refuse_for(0.5)
+    with pytest.raises(EgressUnavailable, match=r"421 4\.3\.2"):
+        await egress_to.send("l@x.test", ["a@x.test"], CONTENT)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while sink.handler.refusing:  # the sink's own clock says when the 421s end
+        assert loop.time() < deadline
+        await asyncio.sleep(0.05)
+    assert (await egress_to.send("l@x.test", ["a@x.test"], CONTENT))[0].delivered
+
+
+async def test_too_many_recipients_are_answered_452_each(
+        sink: SmtpSink, egress_to: SmtpEgress) -> None:
+    """452 is temporary: the scheduler defers those recipients, the others are sent."""
+    sink.handler.max_rcpts = 2
+    recipients = ["a@x.test", "b@x.test", "c@x.test", "d@x.test"]
+    replies = await egress_to.send("l@x.test", recipients, CONTENT)
+    assert [(r.code, r.permanent) for r in replies] == [
+        (250, False), (250, False), (452, False), (452, False)]
+    assert sink.recipients() == ["a@x.test", "b@x.test"]
 
 
 def authenticator(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
