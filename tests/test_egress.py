@@ -134,6 +134,22 @@ async def test_unreachable_relay_is_a_temporary_failure(make_egress: EgressFacto
         await egress.send("l@x.test", ["a@x.test"], CONTENT)
 
 
+async def test_a_next_hop_without_smtputf8_refuses_only_the_utf8_recipients(
+        sink: SmtpSink, make_egress: EgressFactory) -> None:
+    """RFC 6531 3.2: a UTF-8 address cannot go to such a server; the others still do."""
+    sink.handler.smtputf8 = False
+    egress = make_egress(sink.url)
+    try:
+        replies = await egress.send("l@x.test", ["a@x.test", "ünï@x.test", "b@x.test"],
+                                    CONTENT)
+    finally:
+        await egress.close()
+    assert [(r.recipient, r.code, r.text[:5]) for r in replies] == [
+        ("a@x.test", 250, "2.0.0"), ("ünï@x.test", 553, "5.6.7"), ("b@x.test", 250, "2.0.0")]
+    assert replies[1].permanent
+    assert sink.recipients() == ["a@x.test", "b@x.test"]
+
+
 # -- a next hop that misbehaves (the sink's fault modes) --------------------------
 
 

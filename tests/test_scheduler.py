@@ -215,3 +215,18 @@ async def test_outcomes_ride_with_the_next_ingest_transaction(setup, tmp_path: P
         await scheduler.stop()
         committing.cancel()
         await asyncio.gather(committing, return_exceptions=True)
+
+
+async def test_utf8_recipients_get_a_transaction_of_their_own(setup) -> None:  # type: ignore[no-untyped-def]
+    """So the ASCII members never depend on whether the next hop takes SMTPUTF8."""
+    runner, _, post, make_scheduler = setup
+    post(["a@x.test", "ünï@x.test", "b@x.test"])
+    egress = ScriptedEgress()
+    scheduler = make_scheduler(egress)
+    await scheduler.start()
+    try:
+        await run_until(lambda c: c["delivered"] == 3, runner)
+    finally:
+        await scheduler.stop()
+    assert sorted(sorted(rcpts) for _, rcpts in egress.transactions) == [
+        ["a@x.test", "b@x.test"], ["ünï@x.test"]]

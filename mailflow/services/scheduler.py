@@ -36,6 +36,9 @@ single-queue code, with no per-recipient lookup and no timing.
 
 Deliveries that were leased but not sent when the scheduler stops are handed back at once;
 a crash leaves them leased, and the lease expiry returns them to the queue.
+
+Recipients whose address needs SMTPUTF8 get transactions of their own, so the ASCII
+recipients never depend on whether the next hop takes UTF-8 addresses.
 """
 
 from __future__ import annotations
@@ -349,12 +352,15 @@ class Scheduler:
         if self._lane_of is not None:
             self._enqueue_routed(claimed, messages, lists, self._lane_of)
             return
-        groups: dict[tuple[str, int], list[Delivery]] = {}
+        # Recipients that need SMTPUTF8 travel apart (``isascii``), so the others never
+        # depend on whether the next hop takes UTF-8 addresses.
+        groups: dict[tuple[str, int, bool], list[Delivery]] = {}
         for delivery in claimed:
-            groups.setdefault((delivery.message_id, delivery.list_id), []).append(delivery)
+            key = (delivery.message_id, delivery.list_id, delivery.recipient.isascii())
+            groups.setdefault(key, []).append(delivery)
         orphans: list[Outcome] = []
         size = self.options.max_recipients
-        for (message_id, list_id), group in groups.items():
+        for (message_id, list_id, _), group in groups.items():
             message, mailing_list = messages.get(message_id), lists.get(list_id)
             if message is None or mailing_list is None:
                 orphans += [Outcome(d.id, DeliveryStatus.FAILED, "list or message deleted",
@@ -369,9 +375,10 @@ class Scheduler:
     def _enqueue_routed(self, claimed: Sequence[Delivery], messages: dict[str, InboundMessage],
                         lists: dict[int, MailingList], lane_of: Callable[[str], int]) -> None:
         """Group by message, list and lane; a lane without room keeps a bounded backlog."""
-        groups: dict[tuple[str, int, int], list[Delivery]] = {}
+        groups: dict[tuple[str, int, int, bool], list[Delivery]] = {}
         for delivery in claimed:
-            key = (delivery.message_id, delivery.list_id, lane_of(delivery.recipient))
+            key = (delivery.message_id, delivery.list_id, lane_of(delivery.recipient),
+                   delivery.recipient.isascii())
             groups.setdefault(key, []).append(delivery)
         lanes = self._lanes
         had_room = [lane.has_room for lane in lanes]
@@ -379,7 +386,7 @@ class Scheduler:
         handed_back: dict[str, int] = {}
         size = self.options.max_recipients
         now, pace = self.clock.now(), asyncio.get_running_loop().time()
-        for (message_id, list_id, index), group in groups.items():
+        for (message_id, list_id, index, _), group in groups.items():
             message, mailing_list = messages.get(message_id), lists.get(list_id)
             if message is None or mailing_list is None:
                 outcomes += [Outcome(d.id, DeliveryStatus.FAILED, "list or message deleted",
