@@ -56,7 +56,8 @@ def build_egress(settings: Settings, child: ChildProcess | None = None) -> Egres
     """
     options = ProviderOptions(pool_size=settings.smtp_pool_size, timeout=settings.smtp_timeout,
                               idle_check=settings.smtp_idle_check,
-                              local_hostname=settings.hostname)
+                              local_hostname=settings.hostname,
+                              transaction_timeout=settings.smtp_transaction_timeout)
     url = settings.egress_url
     provider = parse_provider_url(url)
     default: Egress
@@ -64,7 +65,7 @@ def build_egress(settings: Settings, child: ChildProcess | None = None) -> Egres
         default = ProcessEgress(provider.relay, pool_size=options.pool_size,
                                 timeout=options.timeout, idle_check=options.idle_check,
                                 local_hostname=options.local_hostname, child=child,
-                                name="smtp")
+                                name="smtp", transaction_timeout=options.transaction_timeout)
     else:
         default = build_provider(url, options)
     return build_routed(default, url, settings.route_specs, options)

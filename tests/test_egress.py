@@ -46,15 +46,17 @@ async def make_egress(request: pytest.FixtureRequest) -> AsyncIterator[EgressFac
     """SMTP egresses as the relay builds them: in its process, or served by a child."""
     made: list[Egress] = []
 
-    def make(url: str, idle_check: float = 10.0) -> Egress:
+    def make(url: str, idle_check: float = 10.0, transaction_timeout: float = 600.0) -> Egress:
         relay = parse_smtp_relay(url)
         egress: Egress
         if request.param == "in-process":
             egress = SmtpEgress(relay, pool_size=2, timeout=5, idle_check=idle_check,
-                                local_hostname="relay.test")
+                                local_hostname="relay.test",
+                                transaction_timeout=transaction_timeout)
         else:  # every transaction through the child, even a lone one
             egress = ProcessEgress(relay, pool_size=2, timeout=5, idle_check=idle_check,
-                                   local_hostname="relay.test", alone_in_process=False)
+                                   local_hostname="relay.test", alone_in_process=False,
+                                   transaction_timeout=transaction_timeout)
         made.append(egress)
         return egress
 
@@ -148,6 +150,23 @@ async def test_a_next_hop_without_smtputf8_refuses_only_the_utf8_recipients(
         ("a@x.test", 250, "2.0.0"), ("ünï@x.test", 553, "5.6.7"), ("b@x.test", 250, "2.0.0")]
     assert replies[1].permanent
     assert sink.recipients() == ["a@x.test", "b@x.test"]
+
+
+async def test_a_whole_transaction_is_bounded_in_time(
+        sink: SmtpSink, make_egress: EgressFactory) -> None:
+    """A tarpit answering each RCPT well within the reply timeout (5 s) still cannot hold
+    a transaction longer than ``transaction_timeout`` (in the child too)."""
+    sink.handler.pipelining = False
+    sink.handler.rcpt_delay = 0.2
+    egress = make_egress(sink.url, transaction_timeout=0.5)
+    try:
+        with pytest.raises(EgressUnavailable, match=r"took longer than 0\.5 s"):
+            await egress.send("l@x.test", [f"m{i}@x.test" for i in range(6)], CONTENT)
+        sink.handler.rcpt_delay = 0
+        replies = await egress.send("l@x.test", ["a@x.test"], CONTENT)  # a new connection
+    finally:
+        await egress.close()
+    assert replies[0].delivered and sink.recipients() == ["a@x.test"]
 
 
 # -- a next hop that misbehaves (the sink's fault modes) --------------------------
