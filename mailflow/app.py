@@ -100,8 +100,9 @@ class Relay:
         blobs = BlobStore(settings.blob_dir)
         self.child = child = ChildProcess(log_level=settings.log_level)
         self.egress = egress = self.egress or build_egress(settings, child)
-        # Fits deliveries.lease_owner (64 characters) whatever the hostname's length.
-        owner = f"{settings.hostname[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
+        # Fits deliveries.lease_owner (64 characters) whatever the hostname's length, with
+        # room for the number the scheduler gives each claim's lease token (``owner/n``).
+        owner = f"{settings.hostname[:32]}:{os.getpid()}:{secrets.token_hex(3)}"
         recent = RecentMessages()
         activity = IngestActivity()
         self.scheduler = scheduler = Scheduler(runner, blobs, egress, self.clock, SchedulerOptions(
@@ -112,6 +113,7 @@ class Relay:
             retry=RetryPolicy(settings.retry_initial_delay, settings.retry_multiplier,
                               settings.retry_max_delay, settings.max_delivery_age),
             poll_interval=settings.poll_interval,
+            transaction_timeout=settings.smtp_transaction_timeout,
         ), recent=recent, ingest_busy=activity.busy)
         processor = Processor(runner, self.clock, on_queued=scheduler.wake,
                               poll_interval=settings.poll_interval)
