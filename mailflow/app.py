@@ -59,7 +59,8 @@ def build_egress(settings: Settings, child: ChildProcess | None = None) -> Egres
     """
     options = ProviderOptions(pool_size=settings.smtp_pool_size, timeout=settings.smtp_timeout,
                               idle_check=settings.smtp_idle_check,
-                              local_hostname=settings.hostname)
+                              local_hostname=settings.hostname,
+                              transaction_timeout=settings.smtp_transaction_timeout)
     url = settings.egress_url
     provider = parse_provider_url(url)
     default: Egress
@@ -67,7 +68,7 @@ def build_egress(settings: Settings, child: ChildProcess | None = None) -> Egres
         default = ProcessEgress(provider.relay, pool_size=options.pool_size,
                                 timeout=options.timeout, idle_check=options.idle_check,
                                 local_hostname=options.local_hostname, child=child,
-                                name="smtp")
+                                name="smtp", transaction_timeout=options.transaction_timeout)
     else:
         default = build_provider(url, options)
     return build_routed(default, url, settings.route_specs, options)
@@ -111,8 +112,9 @@ class Relay:
         blobs = BlobStore(settings.blob_dir)
         self.child = child = ChildProcess(log_level=settings.log_level)
         self.egress = egress = self.egress or build_egress(settings, child)
-        # Fits deliveries.lease_owner (64 characters) whatever the hostname's length.
-        owner = f"{settings.hostname[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
+        # Fits deliveries.lease_owner (64 characters) whatever the hostname's length, with
+        # room for the number the scheduler gives each claim's lease token (``owner/n``).
+        owner = f"{settings.hostname[:32]}:{os.getpid()}:{secrets.token_hex(3)}"
         recent = RecentMessages()
         activity = IngestActivity()
         self.scheduler = scheduler = Scheduler(runner, blobs, egress, self.clock, SchedulerOptions(
@@ -123,6 +125,7 @@ class Relay:
             retry=RetryPolicy(settings.retry_initial_delay, settings.retry_multiplier,
                               settings.retry_max_delay, settings.max_delivery_age),
             poll_interval=settings.poll_interval,
+            transaction_timeout=settings.smtp_transaction_timeout,
         ), recent=recent, ingest_busy=activity.busy)
         processor = Processor(runner, self.clock, on_queued=scheduler.wake,
                               poll_interval=settings.poll_interval)

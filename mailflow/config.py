@@ -190,6 +190,7 @@ class Settings(BaseSettings):
     smtp_relay: str = "smtp://127.0.0.1:25"
     smtp_pool_size: int = Field(default=8, ge=1, le=256)
     smtp_timeout: float = Field(default=60.0, gt=0)
+    smtp_transaction_timeout: float = Field(default=600.0, gt=0)
     smtp_idle_check: float = Field(default=10.0, ge=0)
     egress_process: bool = True
     listener_process: bool = True

@@ -19,3 +19,8 @@ TRANSACTION_SECONDS = Histogram(
     "mailflow_egress_transaction_seconds", "Time to hand one transaction to the egress",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY)
+LEASES_LOST = Counter(
+    "mailflow_leases_lost_total",
+    "Deliveries whose lease this relay lost: not sent (stage=waiting), or sent and their "
+    "outcome not applied (stage=outcome)",
+    ["stage"], registry=REGISTRY)

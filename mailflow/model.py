@@ -139,6 +139,10 @@ class Delivery:
     attempts: int
     created_at: float
     priority: int = 0
+    # The lease: who holds it (one token per claim, see the scheduler) and until when.
+    # Only the holder of the lease may record the delivery's outcome.
+    lease_owner: str = ""
+    due_at: float = 0.0
     status: DeliveryStatus = DeliveryStatus.IN_FLIGHT
     last_reply: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
@@ -146,7 +150,7 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """Who leases fresh deliveries at ingest, for how long, and how many at most."""
+    """Who leases fresh deliveries at ingest (a lease token), for how long, how many."""
 
     owner: str
     seconds: float
@@ -160,6 +164,7 @@ class StoredBatch:
     left: int                # messages left ``received`` for the processor
     queued: int              # deliveries queued for a claim
     leased: list[Delivery]   # deliveries already leased to the caller's scheduler
+    stale: list[Outcome] = field(default_factory=list)  # outcomes of lost leases: not applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,13 +177,19 @@ class Resolution:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """The result of one delivery attempt, as the scheduler decided it."""
+    """The result of one delivery attempt, as the scheduler decided it.
+
+    ``lease`` is the lease token the delivery was claimed with: the store applies the
+    outcome only while the delivery is still in flight under that lease, so a sender
+    whose lease was lost (expired and claimed again) cannot overwrite the new holder's.
+    """
 
     delivery_id: int
-    status: DeliveryStatus  # delivered, deferred or failed
+    status: DeliveryStatus  # delivered, deferred or failed (queued: handed back)
     reply: str
     due_at: float = 0.0
     message_id: str = ""
+    lease: str = field(kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -46,15 +47,17 @@ async def make_egress(request: pytest.FixtureRequest) -> AsyncIterator[EgressFac
     """SMTP egresses as the relay builds them: in its process, or served by a child."""
     made: list[Egress] = []
 
-    def make(url: str, idle_check: float = 10.0) -> Egress:
+    def make(url: str, idle_check: float = 10.0, transaction_timeout: float = 600.0) -> Egress:
         relay = parse_smtp_relay(url)
         egress: Egress
         if request.param == "in-process":
             egress = SmtpEgress(relay, pool_size=2, timeout=5, idle_check=idle_check,
-                                local_hostname="relay.test")
+                                local_hostname="relay.test",
+                                transaction_timeout=transaction_timeout)
         else:  # every transaction through the child, even a lone one
             egress = ProcessEgress(relay, pool_size=2, timeout=5, idle_check=idle_check,
-                                   local_hostname="relay.test", alone_in_process=False)
+                                   local_hostname="relay.test", alone_in_process=False,
+                                   transaction_timeout=transaction_timeout)
         made.append(egress)
         return egress
 
@@ -132,6 +135,98 @@ async def test_unreachable_relay_is_a_temporary_failure(make_egress: EgressFacto
     egress = make_egress(f"smtp://127.0.0.1:{free_port()}")
     with pytest.raises(EgressUnavailable):
         await egress.send("l@x.test", ["a@x.test"], CONTENT)
+
+
+async def test_a_next_hop_without_smtputf8_refuses_only_the_utf8_recipients(
+        sink: SmtpSink, make_egress: EgressFactory) -> None:
+    """RFC 6531 3.2: a UTF-8 address cannot go to such a server; the others still do."""
+    sink.handler.smtputf8 = False
+    egress = make_egress(sink.url)
+    try:
+        replies = await egress.send("l@x.test", ["a@x.test", "ünï@x.test", "b@x.test"],
+                                    CONTENT)
+    finally:
+        await egress.close()
+    assert [(r.recipient, r.code, r.text[:5]) for r in replies] == [
+        ("a@x.test", 250, "2.0.0"), ("ünï@x.test", 553, "5.6.7"), ("b@x.test", 250, "2.0.0")]
+    assert replies[1].permanent
+    assert sink.recipients() == ["a@x.test", "b@x.test"]
+
+
+async def test_a_whole_transaction_is_bounded_in_time(
+        sink: SmtpSink, make_egress: EgressFactory) -> None:
+    """A tarpit answering each RCPT well within the reply timeout (5 s) still cannot hold
+    a transaction longer than ``transaction_timeout`` (in the child too)."""
+    sink.handler.pipelining = False
+    sink.handler.rcpt_delay = 0.2
+    egress = make_egress(sink.url, transaction_timeout=0.5)
+    try:
+        with pytest.raises(EgressUnavailable, match=r"took longer than 0\.5 s"):
+            await egress.send("l@x.test", [f"m{i}@x.test" for i in range(6)], CONTENT)
+        sink.handler.rcpt_delay = 0
+        replies = await egress.send("l@x.test", ["a@x.test"], CONTENT)  # a new connection
+    finally:
+        await egress.close()
+    assert replies[0].delivered and sink.recipients() == ["a@x.test"]
+
+
+# -- a next hop that misbehaves (the sink's fault modes) --------------------------
+
+
+@pytest.fixture
+async def egress_to(sink: SmtpSink) -> AsyncIterator[SmtpEgress]:
+    """An SMTP egress to the sink, waiting 0.3 s at most for any reply."""
+    egress = SmtpEgress(parse_smtp_relay(sink.url), pool_size=1, timeout=0.3,
+                        idle_check=10, local_hostname="relay.test")
+    yield egress
+    await egress.close()
+
+
+async def test_a_connection_cut_in_data_is_a_temporary_failure(
+        sink: SmtpSink, egress_to: SmtpEgress) -> None:
+    sink.handler.drop_in_data = True
+    with pytest.raises(EgressUnavailable, match="connection"):
+        await egress_to.send("l@x.test", ["a@x.test"], CONTENT)
+    assert sink.handler.drops == 1 and sink.messages == []
+    sink.handler.drop_in_data = False
+    assert (await egress_to.send("l@x.test", ["a@x.test"], CONTENT))[0].delivered
+
+
+@pytest.mark.parametrize("hang", ["rcpt", "data"])
+async def test_a_next_hop_that_stops_answering_is_a_temporary_failure(
+        hang: Literal["rcpt", "data"], sink: SmtpSink, egress_to: SmtpEgress) -> None:
+    """No reply within the reply timeout: deferred.  After the content (``data``) the
+    next hop may have delivered it: the retry can duplicate it, never lose it."""
+    sink.handler.hang = hang
+    with pytest.raises(EgressUnavailable, match="TimeoutError"):
+        await egress_to.send("l@x.test", ["a@x.test"], CONTENT)
+    assert sink.handler.data_received == (1 if hang == "data" else 0)
+    sink.handler.hang = ""
+    assert (await egress_to.send("l@x.test", ["a@x.test"], CONTENT))[0].delivered
+
+
+async def test_a_next_hop_refusing_sessions_for_a_while_is_tried_again(
+        sink: SmtpSink, egress_to: SmtpEgress) -> None:
+    sink.refuse_for(0.5)
+    with pytest.raises(EgressUnavailable, match=r"421 4\.3\.2"):
+        await egress_to.send("l@x.test", ["a@x.test"], CONTENT)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while sink.handler.refusing:  # the sink's own clock says when the 421s end
+        assert loop.time() < deadline
+        await asyncio.sleep(0.05)
+    assert (await egress_to.send("l@x.test", ["a@x.test"], CONTENT))[0].delivered
+
+
+async def test_too_many_recipients_are_answered_452_each(
+        sink: SmtpSink, egress_to: SmtpEgress) -> None:
+    """452 is temporary: the scheduler defers those recipients, the others are sent."""
+    sink.handler.max_rcpts = 2
+    recipients = ["a@x.test", "b@x.test", "c@x.test", "d@x.test"]
+    replies = await egress_to.send("l@x.test", recipients, CONTENT)
+    assert [(r.code, r.permanent) for r in replies] == [
+        (250, False), (250, False), (452, False), (452, False)]
+    assert sink.recipients() == ["a@x.test", "b@x.test"]
 
 
 def authenticator(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]

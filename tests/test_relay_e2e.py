@@ -313,6 +313,33 @@ def test_sigkill_while_delivering_loses_nothing(make_relay: Callable[..., RelayP
     assert relay.wait_settled(timeout=30) == {**NONE, "delivered": len(members)}
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # PG: test_scheduler
+def test_a_slow_next_hop_without_smtputf8_gets_each_copy_once(
+        make_relay: Callable[..., RelayProcess], sink: SmtpSink) -> None:
+    """Issue 10 items 4 and 5 as a list owner sees them.  The next hop answers each RCPT
+    after 0.3 s, one at a time (no PIPELINING), so eight members take 2.4 s: over two
+    terms of a 1 s lease, which the relay renews.  It does not offer SMTPUTF8: the one
+    UTF-8 member fails (553 5.6.7) in a transaction of its own, the others are sent."""
+    ascii_members = [f"m{i}@members.test" for i in range(8)]
+    utf8_member = "ünï@members.test"
+    relay = make_relay(delivery_lease="1", smtp_timeout="5").start()
+    with relay.repository() as repo:
+        make_list(repo, "slow@example.test", [*ascii_members, utf8_member])
+    sink.handler.pipelining = False
+    sink.handler.rcpt_delay = 0.3
+    sink.handler.smtputf8 = False
+    send(relay, ["slow@example.test"], make_message("slow@example.test"))
+
+    assert relay.wait_settled(timeout=30) == {**NONE, "delivered": 8, "failed": 1}
+    assert sorted(sink.recipients()) == ascii_members  # one copy each
+    assert sink.handler.rcpts_seen == 8
+    by_rcpt = {d["recipient"]: d for d in queue_json(relay)["deliveries"]}
+    assert {(by_rcpt[r]["status"], by_rcpt[r]["attempts"]) for r in ascii_members} == {
+        ("delivered", 1)}
+    assert by_rcpt[utf8_member]["status"] == "failed"
+    assert by_rcpt[utf8_member]["last_reply"].startswith("553 5.6.7")
+
+
 def test_lmtp_answers_once_per_recipient(make_relay: Callable[..., RelayProcess],
                                          sink: SmtpSink) -> None:
     relay = make_relay(lmtp=True).start()

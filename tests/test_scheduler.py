@@ -1,4 +1,5 @@
-"""The scheduler in-process with a moved clock: batching, backoff and the maximum age."""
+"""The scheduler in-process with a moved clock: batching, backoff and the maximum age;
+with the real clock: leases renewed while a transaction is on the wire."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import pytest
 
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore, content_hash
+from mailflow.clock import Clock, SystemClock
+from mailflow.config import parse_smtp_relay
 from mailflow.egress.base import RecipientReply
+from mailflow.egress.smtp import SmtpEgress
+from mailflow.metrics import REGISTRY
 from mailflow.model import Delivery, InboundMessage, Outcome
 from mailflow.services.commit import (
     GroupCommitter,
@@ -24,6 +29,7 @@ from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.store import Engines, StoreRunner
 from mailflow.testing.clock import FakeClock
 from mailflow.testing.factories import make_list, make_message
+from mailflow.testing.sink import SmtpSink
 
 
 class ScriptedEgress:
@@ -74,14 +80,36 @@ def record_claims(runner: StoreRunner) -> list[int]:
     record_and_claim = runner.repo.record_and_claim
 
     def recorded(now: float, outcomes: Sequence[Outcome], limit: int, lease: float,
-                 owner: str) -> list[Delivery]:
-        claimed = record_and_claim(now, outcomes, limit, lease, owner)
+                 owner: str) -> tuple[list[Delivery], list[Outcome]]:
+        claimed, stale = record_and_claim(now, outcomes, limit, lease, owner)
         if limit:
             claims.append(len(claimed))
-        return claimed
+        return claimed, stale
 
     runner.repo.record_and_claim = recorded  # type: ignore[method-assign]
     return claims
+
+
+def post_to_list(runner: StoreRunner, blobs: BlobStore, clock: Clock,
+                 members: list[str]) -> None:
+    """A post to team@example.test, stored and expanded: one delivery per member."""
+    make_list(runner.repo, "team@example.test", members)
+    data = make_message("team@example.test")
+    digest = content_hash(data)
+    message = InboundMessage("m1", "p@outside.test", ("team@example.test",), digest,
+                             len(data), clock.now(), "127.0.0.1", "c.test", "ESMTP")
+    store_batch(runner.repo, IngestBatch([message]), clock.now(),
+                lambda: blobs.write_many([(digest, data)]))
+    expand_received(runner.repo, clock.now(), 10)
+
+
+def options(lease: float = 60, max_recipients: int = 50, concurrency: int = 4,
+            transaction_timeout: float = 600.0) -> SchedulerOptions:
+    return SchedulerOptions(
+        batch_size=1000, max_recipients=max_recipients, concurrency=concurrency, lease=lease,
+        owner="test", instance_id="abc", hostname="relay.test",
+        retry=RetryPolicy(initial_delay=60, multiplier=2, max_delay=3600, max_age=600),
+        transaction_timeout=transaction_timeout)
 
 
 @pytest.fixture
@@ -91,25 +119,27 @@ def setup(engines: Engines, tmp_path: Path):  # type: ignore[no-untyped-def]
     clock = FakeClock()
 
     def post(members: list[str]) -> None:
-        make_list(runner.repo, "team@example.test", members)
-        data = make_message("team@example.test")
-        digest = content_hash(data)
-        message = InboundMessage("m1", "p@outside.test", ("team@example.test",), digest,
-                                 len(data), clock.now(), "127.0.0.1", "c.test", "ESMTP")
-        store_batch(runner.repo, IngestBatch([message]), clock.now(),
-                    lambda: blobs.write_many([(digest, data)]))
-        expand_received(runner.repo, clock.now(), 10)
+        post_to_list(runner, blobs, clock, members)
 
     def scheduler(egress: ScriptedEgress, max_recipients: int = 50,
                   ingest_busy: Callable[[], bool] = lambda: False) -> Scheduler:
-        return Scheduler(runner, blobs, egress, clock, SchedulerOptions(
-            batch_size=1000, max_recipients=max_recipients, concurrency=4, lease=60,
-            owner="test", instance_id="abc", hostname="relay.test",
-            retry=RetryPolicy(initial_delay=60, multiplier=2, max_delay=3600, max_age=600)),
-            ingest_busy=ingest_busy)
+        return Scheduler(runner, blobs, egress, clock, options(max_recipients=max_recipients),
+                         ingest_busy=ingest_busy)
 
     yield runner, clock, post, scheduler
     runner.close()
+
+
+@pytest.fixture
+def real_time(engines: Engines, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A store, blobs and the system clock: for leases that really run out."""
+    runner = StoreRunner(engines)
+    yield runner, BlobStore(tmp_path / "blobs")
+    runner.close()
+
+
+def leases_lost(stage: str) -> float:
+    return REGISTRY.get_sample_value("mailflow_leases_lost_total", {"stage": stage}) or 0.0
 
 
 async def test_recipients_are_batched_per_transaction(setup) -> None:  # type: ignore[no-untyped-def]
@@ -215,3 +245,106 @@ async def test_outcomes_ride_with_the_next_ingest_transaction(setup, tmp_path: P
         await scheduler.stop()
         committing.cancel()
         await asyncio.gather(committing, return_exceptions=True)
+
+
+async def test_utf8_recipients_get_a_transaction_of_their_own(setup) -> None:  # type: ignore[no-untyped-def]
+    """So the ASCII members never depend on whether the next hop takes SMTPUTF8."""
+    runner, _, post, make_scheduler = setup
+    post(["a@x.test", "ünï@x.test", "b@x.test"])
+    egress = ScriptedEgress()
+    scheduler = make_scheduler(egress)
+    await scheduler.start()
+    try:
+        await run_until(lambda c: c["delivered"] == 3, runner)
+    finally:
+        await scheduler.stop()
+    assert sorted(sorted(rcpts) for _, rcpts in egress.transactions) == [
+        ["a@x.test", "b@x.test"], ["ünï@x.test"]]
+
+
+async def test_a_transaction_longer_than_its_lease_is_sent_once(real_time) -> None:  # type: ignore[no-untyped-def]
+    """The next hop answers each RCPT after 0.2 s, one command at a time (no PIPELINING):
+    eight recipients take over three terms of a 0.5 s lease.  The heartbeat renews the
+    leases, so they are never claimed and sent again: one copy and one attempt each."""
+    runner, blobs = real_time
+    clock = SystemClock()
+    members = [f"m{i}@x.test" for i in range(8)]
+    post_to_list(runner, blobs, clock, members)
+    with SmtpSink() as sink:
+        sink.handler.pipelining = False
+        sink.handler.rcpt_delay = 0.2
+        egress = SmtpEgress(parse_smtp_relay(sink.url), pool_size=4, timeout=5,
+                            idle_check=10, local_hostname="relay.test")
+        scheduler = Scheduler(runner, blobs, egress, clock, options(lease=0.5))
+        await scheduler.start()
+        started = asyncio.get_running_loop().time()
+        try:
+            await run_until(lambda c: c["delivered"] == 8, runner)
+            took = asyncio.get_running_loop().time() - started
+        finally:
+            await scheduler.stop()
+            await egress.close()
+    assert took > 3 * 0.5  # the lease really ran out three times over
+    assert sorted(sink.recipients()) == members
+    assert sink.handler.rcpts_seen == 8  # not even a second envelope began
+    rows = await runner.read(runner.repo.list_deliveries, 100)
+    assert {(row.status, row.attempts) for row in rows} == {("delivered", 1)}
+
+
+class GatedEgress(ScriptedEgress):
+    """Holds every transaction on the wire until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def send(self, mail_from: str, recipients: Sequence[str],
+                   content: bytes) -> list[RecipientReply]:
+        self.transactions.append((mail_from, tuple(recipients)))
+        await self.gate.wait()
+        return [RecipientReply(r, 250, "ok") for r in recipients]
+
+
+async def test_a_lost_lease_is_neither_sent_nor_recorded(real_time) -> None:  # type: ignore[no-untyped-def]
+    """Another holder took both deliveries (their leases ran out there, say): the one on
+    the wire finishes, but its outcome is not applied; the one waiting is not sent."""
+    runner, blobs = real_time
+    clock = SystemClock()
+    post_to_list(runner, blobs, clock, ["a@x.test", "b@x.test"])
+    egress = GatedEgress()
+    scheduler = Scheduler(runner, blobs, egress, clock,
+                          options(lease=0.3, max_recipients=1, concurrency=1))
+    waiting, outcome = leases_lost("waiting"), leases_lost("outcome")
+    await scheduler.start()
+    try:
+        await wait_for(lambda: len(egress.transactions) == 1)
+        # Claimed by another relay, as if at a time both leases had run out.
+        stolen = await runner.write(runner.repo.claim_due_deliveries, clock.now() + 10, 10,
+                                    60, "other/1")
+        assert len(stolen) == 2
+        await wait_for(lambda: leases_lost("waiting") == waiting + 1)  # the heartbeat saw it
+        egress.gate.set()
+        await wait_for(lambda: leases_lost("outcome") == outcome + 1)
+    finally:
+        egress.gate.set()
+        await scheduler.stop()
+    assert len(egress.transactions) == 1
+    counts = await runner.read(runner.repo.delivery_counts)
+    assert (counts["in_flight"], counts["delivered"]) == (2, 0)  # the other holder's
+
+
+async def test_a_transaction_on_the_wire_past_its_timeout_loses_its_leases(real_time) -> None:  # type: ignore[no-untyped-def]
+    """A send that never ends (an egress without a bound) is not renewed for ever: after
+    the transaction timeout its leases run out and the deliveries are claimed again."""
+    runner, blobs = real_time
+    clock = SystemClock()
+    post_to_list(runner, blobs, clock, ["a@x.test"])
+    egress = GatedEgress()
+    scheduler = Scheduler(runner, blobs, egress, clock,
+                          options(lease=0.3, transaction_timeout=0.2))
+    await scheduler.start()
+    try:
+        await wait_for(lambda: len(egress.transactions) == 2)
+    finally:
+        egress.gate.set()
+        await scheduler.stop()

@@ -90,17 +90,19 @@ def test_outcomes_defer_deliver_fail_and_finish(repo: Repository, blobs: BlobSto
     message = store_message(repo, blobs, "team@example.test")
     expand(repo)
     a, b, c = sorted(repo.claim_due_deliveries(NOW, 10, 60, "w"), key=lambda d: d.recipient)
-    repo.record_outcomes(NOW, [
-        Outcome(a.id, DeliveryStatus.DELIVERED, "250 ok", message_id="m1"),
-        Outcome(b.id, DeliveryStatus.DEFERRED, "451 later", due_at=NOW + 100, message_id="m1"),
-        Outcome(c.id, DeliveryStatus.FAILED, "550 no", message_id="m1"),
-    ])
+    assert repo.record_outcomes(NOW, [
+        Outcome(a.id, DeliveryStatus.DELIVERED, "250 ok", message_id="m1", lease=a.lease_owner),
+        Outcome(b.id, DeliveryStatus.DEFERRED, "451 later", due_at=NOW + 100, message_id="m1",
+                lease=b.lease_owner),
+        Outcome(c.id, DeliveryStatus.FAILED, "550 no", message_id="m1", lease=c.lease_owner),
+    ]) == []
     assert repo.next_due_at() == NOW + 100
     assert repo.claim_due_deliveries(NOW + 99, 10, 60, "w") == []
     assert repo.finish_messages(NOW) == 0  # b is still pending
     [retry] = repo.claim_due_deliveries(NOW + 100, 10, 60, "w")
     assert (retry.recipient, retry.attempts) == ("b@x.test", 1)
-    repo.record_outcomes(NOW + 100, [Outcome(retry.id, DeliveryStatus.DELIVERED, "250 ok")])
+    repo.record_outcomes(NOW + 100, [Outcome(retry.id, DeliveryStatus.DELIVERED, "250 ok",
+                                             lease=retry.lease_owner)])
     assert repo.finish_messages(NOW + 100) == 1
     assert repo.message_counts()[MessageStatus.DONE.value] == 1
     kinds = [kind for _, kind, _ in repo.message_events("m1")]
@@ -123,7 +125,8 @@ def test_a_body_is_stored_once_and_kept_while_referenced(repo: Repository,
     expand(repo)
     [d1, d2] = repo.claim_due_deliveries(NOW, 10, 60, "w")
     done = next(d for d in (d1, d2) if d.message_id == "m1")
-    repo.record_outcomes(NOW, [Outcome(done.id, DeliveryStatus.DELIVERED, "250")])
+    repo.record_outcomes(NOW, [Outcome(done.id, DeliveryStatus.DELIVERED, "250",
+                                       lease=done.lease_owner)])
     repo.finish_messages(NOW)
     assert repo.collect_blobs(NOW + 1, blobs.unlink_many) == 0  # m2 still needs it
     assert blobs.path(first.blob).exists()
@@ -148,7 +151,7 @@ def test_a_body_in_the_database_is_stored_with_the_rows_and_collected_with_them(
     store_batch(repo, IngestBatch([second]), NOW, lambda: None)
     assert repo.stored_body(digest) == data
     expand(repo)
-    repo.record_outcomes(NOW, [Outcome(d.id, DeliveryStatus.DELIVERED, "250")
+    repo.record_outcomes(NOW, [Outcome(d.id, DeliveryStatus.DELIVERED, "250", lease=d.lease_owner)
                                for d in repo.claim_due_deliveries(NOW, 10, 60, "w")])
     assert repo.finish_messages(NOW) == 2
     assert repo.collect_blobs(NOW + 1, blobs.unlink_many) == 1
@@ -166,6 +169,64 @@ def test_release_leases_returns_in_flight_work(repo: Repository, blobs: BlobStor
     assert repo.delivery_counts()["in_flight"] == 1
     assert repo.release_leases(NOW) == 1
     assert len(repo.claim_due_deliveries(NOW, 10, 300, "w")) == 2
+
+
+def test_an_outcome_is_recorded_only_under_its_own_lease(repo: Repository,
+                                                         blobs: BlobStore) -> None:
+    """A sender whose lease ran out and was claimed again must not overwrite the new
+    holder's delivery: its outcome is returned as stale, and nothing of it is written."""
+    make_list(repo, "team@example.test", ["a@x.test", "b@x.test", "c@x.test"])
+    store_message(repo, blobs, "team@example.test")
+    expand(repo)
+    old = sorted(repo.claim_due_deliveries(NOW, 10, 60, "w1/1"), key=lambda d: d.recipient)
+    assert {d.lease_owner for d in old} == {"w1/1"}
+    new = sorted(repo.claim_due_deliveries(NOW + 61, 10, 60, "w2/1"),  # expired: again
+                 key=lambda d: d.recipient)
+    assert [d.id for d in new] == [d.id for d in old]
+    a, b, c = old
+
+    late = [Outcome(a.id, DeliveryStatus.DELIVERED, "250 ok", lease=a.lease_owner),
+            Outcome(b.id, DeliveryStatus.DEFERRED, "451 later", due_at=NOW + 99,
+                    lease=b.lease_owner),
+            Outcome(c.id, DeliveryStatus.QUEUED, "451 4.4.1 busy", due_at=NOW + 99,
+                    lease=c.lease_owner)]  # a hand-back
+    assert repo.record_outcomes(NOW + 62, late) == late
+    rows = {r.recipient: r for r in repo.list_deliveries(10)}
+    assert {r.status for r in rows.values()} == {"in_flight"}
+    assert {r.attempts for r in rows.values()} == {0}
+    assert [kind for _, kind, _ in repo.message_events("m1")] == ["received", "expanded"]
+
+    # The holder's outcomes apply, in the same batch as a stale one.
+    na, nb, _ = new
+    mixed = [Outcome(na.id, DeliveryStatus.DELIVERED, "250 ok", lease=na.lease_owner),
+             Outcome(nb.id, DeliveryStatus.FAILED, "550 no", lease=nb.lease_owner),
+             Outcome(nb.id, DeliveryStatus.DELIVERED, "250 ok", lease=b.lease_owner)]
+    assert repo.record_outcomes(NOW + 63, mixed) == mixed[2:]
+    rows = {r.recipient: r for r in repo.list_deliveries(10)}
+    assert [(rows[r].status, rows[r].attempts) for r in ("a@x.test", "b@x.test")] == [
+        ("delivered", 1), ("failed", 1)]
+    # Written once: the same outcome again finds the delivery no longer in flight (it is
+    # not reported as stale: the row shows it applied, as it was).
+    repo.record_outcomes(NOW + 64, mixed[:1])
+    assert {r.recipient: r.attempts for r in repo.list_deliveries(10)}["a@x.test"] == 1
+
+
+def test_renewed_leases_outlive_their_first_term_and_a_lost_one_is_reported(
+        repo: Repository, blobs: BlobStore) -> None:
+    make_list(repo, "team@example.test", ["a@x.test", "b@x.test"])
+    store_message(repo, blobs, "team@example.test")
+    expand(repo)
+    a, b = repo.claim_due_deliveries(NOW, 10, 60, "w_1/1")
+    held = [(a.id, a.lease_owner), (b.id, b.lease_owner)]
+    assert repo.renew_leases(NOW + 50, NOW + 110, held) == []
+    assert repo.claim_due_deliveries(NOW + 61, 10, 60, "w2/1") == []  # still held
+    assert repo.renew_leases(NOW + 60, NOW + 120, [(a.id, "w2/9")]) == [a.id]  # not its own
+    [taken] = repo.claim_due_deliveries(NOW + 111, 1, 60, "w2/1")  # b's term ran out
+    assert repo.renew_leases(NOW + 112, NOW + 172, held) == [taken.id]
+    # An owner's tokens are released together; LIKE's wildcards in the name match nothing.
+    assert repo.release_leases(NOW, owner="wx1") == 0
+    assert repo.release_leases(NOW, owner="w_1") == 1
+    assert repo.delivery_counts()["in_flight"] == 1
 
 
 def test_concurrent_claims_never_hand_out_a_delivery_twice(repo: Repository,
@@ -235,13 +296,15 @@ def test_ingest_can_lease_fresh_deliveries_to_the_local_scheduler(repo: Reposito
     assert (stored.left, stored.queued) == (0, 1)
     assert sorted(d.recipient for d in stored.leased) == ["a@x.test", "b@x.test"]
     assert len({d.id for d in stored.leased}) == 2
+    assert {d.lease_owner for d in stored.leased} == {"node-a"}
     # Leased exactly as a claim leases: another claimer only gets what is still queued.
     claimed = repo.claim_due_deliveries(NOW, 100, 60, "node-b")
     assert sorted(d.recipient for d in claimed) == ["c@x.test", "d@x.test"]
-    assert repo.claim_due_deliveries(NOW + 61, 100, 60, "node-b")  # leases expire
-    repo.record_outcomes(NOW + 62, [Outcome(d.id, DeliveryStatus.DELIVERED, "250 ok")
-                                    for d in stored.leased])
+    assert repo.record_outcomes(NOW + 1, [
+        Outcome(d.id, DeliveryStatus.DELIVERED, "250 ok", lease=d.lease_owner)
+        for d in stored.leased]) == []
     assert repo.delivery_counts()["delivered"] == 2
+    assert len(repo.claim_due_deliveries(NOW + 61, 100, 60, "node-b")) == 2  # c, d expired
 
 
 def _one(rcpt: str, message_id: str, blobs: BlobStore):  # type: ignore[no-untyped-def]

@@ -35,16 +35,18 @@ class ProcessEgress:
     def __init__(self, relay: SmtpRelay, *, pool_size: int, timeout: float,
                  idle_check: float, local_hostname: str | None = None,
                  alone_in_process: bool = True, child: ChildProcess | None = None,
-                 name: str = "smtp") -> None:
+                 name: str = "smtp", transaction_timeout: float = 600.0) -> None:
         self.name = name
         self._alone = SmtpEgress(relay, pool_size=1, timeout=timeout, idle_check=idle_check,
-                                 local_hostname=local_hostname) if alone_in_process else None
+                                 local_hostname=local_hostname,
+                                 transaction_timeout=transaction_timeout
+                                 ) if alone_in_process else None
         self._alone_busy = False
         self._last_send = -QUIET_BEFORE_ALONE
         self._owns_child = child is None
         self.child = child if child is not None else ChildProcess()
         self.child.add_egress(name, SmtpEgressSpec(relay, pool_size, timeout, idle_check,
-                                                   local_hostname))
+                                                   local_hostname, transaction_timeout))
 
     @property
     def children_started(self) -> int:

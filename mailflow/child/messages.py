@@ -49,6 +49,7 @@ class SmtpEgressSpec:
     timeout: float
     idle_check: float
     local_hostname: str | None = None
+    transaction_timeout: float = 600.0
 
 
 EgressSpec: TypeAlias = SmtpEgressSpec  # a union once routes bring LMTP and others

@@ -62,7 +62,8 @@ def build_egress(spec: EgressSpec) -> Egress:
     match spec:
         case SmtpEgressSpec():
             return SmtpEgress(spec.relay, pool_size=spec.pool_size, timeout=spec.timeout,
-                              idle_check=spec.idle_check, local_hostname=spec.local_hostname)
+                              idle_check=spec.idle_check, local_hostname=spec.local_hostname,
+                              transaction_timeout=spec.transaction_timeout)
     raise ValueError(f"the child cannot run {type(spec).__name__}")  # pragma: no cover
 
 

@@ -41,6 +41,7 @@ class ProviderOptions:
     timeout: float
     idle_check: float
     local_hostname: str | None = None
+    transaction_timeout: float = 600.0
 
 
 def build_provider(url: str, options: ProviderOptions) -> Egress:
@@ -56,7 +57,8 @@ def build_provider(url: str, options: ProviderOptions) -> Egress:
     assert provider.relay is not None  # every other scheme names a next hop
     kind = LmtpEgress if provider.scheme == "lmtp" else SmtpEgress
     return kind(provider.relay, pool_size=options.pool_size, timeout=options.timeout,
-                idle_check=options.idle_check, local_hostname=options.local_hostname)
+                idle_check=options.idle_check, local_hostname=options.local_hostname,
+                transaction_timeout=options.transaction_timeout)
 
 
 class RouteTable:

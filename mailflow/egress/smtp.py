@@ -51,9 +51,13 @@ class SmtpEgress:
     lmtp = False  # the protocol the pooled clients speak (LmtpEgress says True)
 
     def __init__(self, relay: SmtpRelay, *, pool_size: int, timeout: float,
-                 idle_check: float, local_hostname: str | None = None) -> None:
+                 idle_check: float, local_hostname: str | None = None,
+                 transaction_timeout: float = 600.0) -> None:
         self.relay = relay
-        self.timeout = timeout
+        self.timeout = timeout  # for each reply
+        # For a whole transaction, MAIL to the last reply: a next hop answering each
+        # command just within ``timeout`` (a tarpit) cannot hold a connection forever.
+        self.transaction_timeout = transaction_timeout
         self.idle_check = idle_check
         self.local_hostname = local_hostname or "localhost"
         self._idle: list[_Connection] = []
@@ -71,13 +75,17 @@ class SmtpEgress:
         data, eight_bit = self._payload(content)
         async with self._slots:
             conn = await self._acquire()
+            bound = asyncio.timeout(self.transaction_timeout)
             try:
-                replies = await conn.client.send(mail_from, recipients, data,
-                                                 eight_bit=eight_bit)
+                async with bound:
+                    replies = await conn.client.send(mail_from, recipients, data,
+                                                     eight_bit=eight_bit)
             except _CONNECTION_ERRORS as exc:
                 conn.client.close()
-                raise EgressUnavailable(f"{self.relay.host}:{self.relay.port}: "
-                                        f"{type(exc).__name__}: {exc}") from exc
+                reason = (f"the transaction took longer than {self.transaction_timeout:g} s"
+                          if bound.expired() else f"{type(exc).__name__}: {exc}")
+                raise EgressUnavailable(f"{self.relay.host}:{self.relay.port}: {reason}"
+                                        ) from exc
             conn.last_used = time.monotonic()
             self._idle.append(conn)
         return per_recipient(recipients, replies)

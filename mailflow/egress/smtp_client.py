@@ -268,13 +268,12 @@ class SmtpClient:
         together; the content follows only if DATA was answered 354.
         """
         utf8 = not (mail_from.isascii() and all(r.isascii() for r in recipients))
+        if utf8 and "smtputf8" not in self.extensions:
+            return await self._without_utf8(mail_from, recipients, data, eight_bit)
         mail = f"MAIL FROM:<{mail_from}>"
         if eight_bit and "8bitmime" in self.extensions:
             mail += " BODY=8BITMIME"
         if utf8:
-            if "smtputf8" not in self.extensions:
-                refused = Reply(553, "5.6.7 the next hop does not accept UTF-8 addresses")
-                return TransactionReplies(refused, [refused] * len(recipients), refused)
             mail += " SMTPUTF8"
         if "size" in self.extensions:
             mail += f" SIZE={len(data)}"
@@ -293,6 +292,23 @@ class SmtpClient:
         if not (mail_reply.ok and data_reply.ok):
             await self.command("RSET")  # leave a clean session for the next transaction
         return TransactionReplies(mail_reply, list(rcpt_replies), data_reply)
+
+    async def _without_utf8(self, mail_from: str, recipients: Sequence[str], data: bytes,
+                            eight_bit: bool) -> TransactionReplies:
+        """A server without SMTPUTF8 (RFC 6531 3.2): only the UTF-8 addresses are refused.
+
+        The ASCII recipients are sent as if alone; the others get ``553 5.6.7`` in their
+        place.  A UTF-8 sender cannot be sent at all.
+        """
+        refused = Reply(553, "5.6.7 the next hop does not accept UTF-8 addresses")
+        ascii_only = [r for r in recipients if r.isascii()]
+        if not mail_from.isascii() or not ascii_only:
+            return TransactionReplies(refused, [refused] * len(recipients), refused)
+        sent = await self.send(mail_from, ascii_only, data, eight_bit=eight_bit)
+        replies = iter(sent.recipients)
+        return TransactionReplies(
+            sent.mail, [next(replies) if r.isascii() else refused for r in recipients],
+            sent.data, sent.delivered)
 
     async def _lmtp_content(self, mail_reply: Reply, rcpt_replies: list[Reply],
                             data_reply: Reply, data: bytes) -> TransactionReplies:

@@ -61,7 +61,7 @@ class QueueHandoff(Protocol):
     def take_leased(self, leased: list[Delivery]) -> None: ...
     def wake(self) -> None: ...
     def take_outcomes(self) -> list[Outcome]: ...
-    def outcomes_stored(self, outcomes: list[Outcome]) -> None: ...
+    def outcomes_stored(self, outcomes: list[Outcome], stale: list[Outcome]) -> None: ...
     def outcomes_returned(self, outcomes: list[Outcome]) -> None: ...
 
 
@@ -132,9 +132,10 @@ def store_batch(repo: Repository, batch: IngestBatch, now: float,
         tx.insert_deliveries(queued, now)
         tx.add_events([*batch.events, *plan.events] if batch.events else plan.events, now)
         tx.release_blobs([m.blob for m in plan.done], now)
-        tx.record_outcomes(batch.outcomes, now)
+        stale = tx.record_outcomes(batch.outcomes, now)
         ensure_blobs()
-    return StoredBatch(left=len(messages) - plan.taken, queued=len(queued), leased=leased)
+    return StoredBatch(left=len(messages) - plan.taken, queued=len(queued), leased=leased,
+                       stale=stale)
 
 
 async def content_digest(data: bytes) -> str:
@@ -252,7 +253,7 @@ class GroupCommitter:
             _fail(batch, exc)
             return
         if queue:
-            queue.outcomes_stored(outcomes)  # also: the ingest may now be idle
+            queue.outcomes_stored(outcomes, stored.stale)  # also: the ingest may be idle now
         self.recent.remember(ingest.messages)
         for pending in batch:
             if not pending.done.done():

@@ -36,12 +36,26 @@ single-queue code, with no per-recipient lookup and no timing.
 
 Deliveries that were leased but not sent when the scheduler stops are handed back at once;
 a crash leaves them leased, and the lease expiry returns them to the queue.
+
+**Leases are renewed while they are held** (a heartbeat, as procrastinate's workers
+send): every claim (and every ingest lease) gets a token of its own (``owner/n``), and
+every ``lease / 3`` seconds the heartbeat extends the leases of the transactions this
+scheduler holds, waiting or on the wire, so a transaction slower than
+``delivery_lease`` is not claimed and sent again while it is still being sent.  A
+transaction on the wire longer than ``transaction_timeout`` is presumed hung (the egress
+gives up at that bound): its leases are left to run out.  The store records an outcome
+only under the lease it names; one whose lease was lost (it ran out and the delivery was
+claimed again, here or by another relay) is logged and counted
+(``mailflow_leases_lost_total``), never applied.  A waiting transaction whose lease was
+lost is not sent.  Recipients whose address needs SMTPUTF8 get transactions of their own,
+so the ASCII recipients never depend on whether the next hop takes UTF-8 addresses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import sys
 from collections.abc import Callable, Hashable, Sequence
@@ -58,7 +72,7 @@ from mailflow.errors import (
     recipient_reply,
 )
 from mailflow.lru import BytesLRU
-from mailflow.metrics import DELIVERY_ATTEMPTS, TRANSACTION_SECONDS
+from mailflow.metrics import DELIVERY_ATTEMPTS, LEASES_LOST, TRANSACTION_SECONDS
 from mailflow.model import (
     Delivery,
     DeliveryStatus,
@@ -95,15 +109,24 @@ class SchedulerOptions:
     retry: RetryPolicy
     poll_interval: float = 1.0  # idle look for work other processes queued
     route_backlog: float = 30.0  # seconds of work a busy route may hold (see above)
+    transaction_timeout: float = 600.0  # on the wire longer: hung, leases not renewed
 
 
 @dataclass(slots=True)
 class Transaction:
-    """Recipients sharing one message, one list, hence one content: one SMTP transaction."""
+    """Recipients sharing one message, one list, hence one content: one SMTP transaction.
+
+    While held (queued or on the wire) its leases are renewed: ``lease_until`` is when
+    the first of them runs out as last known, ``sending_since`` the loop time its send
+    began.
+    """
 
     message: InboundMessage
     mailing_list: MailingList
     deliveries: list[Delivery]
+    lease_until: float = 0.0
+    sending_since: float | None = None
+    renewing: bool = True  # False once presumed hung
 
 
 class Scheduler:
@@ -138,7 +161,11 @@ class Scheduler:
                                                                   max_item=sys.maxsize)
         self._identity = Identity(options.instance_id, options.hostname)
         self._tasks: list[asyncio.Task[None]] = []
+        self._heartbeat: asyncio.Task[None] | None = None
         self._senders: list[tuple[Lane[Transaction], asyncio.Task[None]]] = []
+        # Transactions leased to us and not finished, by id(): the heartbeat renews them.
+        self._held: dict[int, Transaction] = {}
+        self._claims = itertools.count(1)  # numbers the lease tokens
         self._handing: set[asyncio.Task[None]] = set()  # leased at ingest, being grouped
         # Whether an ingest transaction will run soon and carry our outcomes (the group
         # committer's activity); a retry time it learnt from them.
@@ -158,7 +185,15 @@ class Scheduler:
         """
         if self._stopping or not self._room():
             return None
-        return Lease(self.options.owner, self.options.lease, self.options.batch_size)
+        return Lease(self._lease_token(), self.options.lease, self.options.batch_size)
+
+    def _lease_token(self) -> str:
+        """A lease token of its own for each claim: ``owner/n``.
+
+        So an outcome is recorded only for the very lease it was sent under, even when
+        this scheduler claimed the same delivery again after its first lease ran out.
+        """
+        return f"{self.options.owner}/{next(self._claims):x}"
 
     def take_leased(self, leased: list[Delivery]) -> None:
         """Send deliveries the ingest transaction leased to us (no claim needed)."""
@@ -183,9 +218,10 @@ class Scheduler:
         outcomes, self._outcomes = self._outcomes, []
         return outcomes
 
-    def outcomes_stored(self, outcomes: list[Outcome]) -> None:
-        """An ingest transaction wrote them (maybe none); the keeper looks again."""
-        deferred_until = self._report(outcomes)
+    def outcomes_stored(self, outcomes: list[Outcome], stale: list[Outcome]) -> None:
+        """An ingest transaction wrote them (maybe none; not ``stale``: their leases were
+        lost); the keeper looks again."""
+        deferred_until = self._report(outcomes, stale)
         if deferred_until is not None:
             self._retry_at = min(deferred_until, self._retry_at or deferred_until)
         self._signal.set()
@@ -201,6 +237,7 @@ class Scheduler:
             (lane, asyncio.create_task(self._send_loop(lane), name=f"sender-{n}-{i}"))
             for n, lane in enumerate(self._lanes) for i in range(lane.concurrency)]
         self._tasks += [task for _, task in self._senders]
+        self._heartbeat = asyncio.create_task(self._renew_leases(), name="lease-heartbeat")
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming, finish transactions already on the wire, hand back the rest."""
@@ -230,6 +267,10 @@ class Scheduler:
         for task in pending:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._heartbeat is not None:  # nothing is on the wire any more
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        self._held.clear()
         await self._exchange(claim=False)
         # Whatever is still leased by us was claimed but never sent: hand it back now
         # rather than after the lease expires.
@@ -318,15 +359,23 @@ class Scheduler:
             return [], None
         limit = self.options.batch_size if claim else 0
         try:
-            claimed = await self.runner.write(
+            claimed, stale = await self.runner.write(
                 self.runner.repo.record_and_claim, self.clock.now(), outcomes, limit,
-                self.options.lease, self.options.owner)
+                self.options.lease, self._lease_token())
         except BaseException:
             self._outcomes = outcomes + self._outcomes
             raise
-        return claimed, self._report(outcomes)
+        return claimed, self._report(outcomes, stale)
 
-    def _report(self, outcomes: list[Outcome]) -> float | None:
+    def _report(self, outcomes: list[Outcome], stale: list[Outcome]) -> float | None:
+        if stale:
+            LEASES_LOST.labels(stage="outcome").inc(len(stale))
+            for o in stale:
+                log.warning("delivery %d: lease lost before its outcome (%s %s) was "
+                            "recorded; not applied", o.delivery_id, o.status.value, o.reply,
+                            extra={"action": "lease_lost", "queue_id": o.message_id})
+            refused = {id(o) for o in stale}
+            outcomes = [o for o in outcomes if id(o) not in refused]
         deferred_until = None
         for status in (DeliveryStatus.DELIVERED, DeliveryStatus.DEFERRED, DeliveryStatus.FAILED):
             count = sum(1 for o in outcomes if o.status is status)
@@ -349,29 +398,34 @@ class Scheduler:
         if self._lane_of is not None:
             self._enqueue_routed(claimed, messages, lists, self._lane_of)
             return
-        groups: dict[tuple[str, int], list[Delivery]] = {}
+        # Recipients that need SMTPUTF8 travel apart (``isascii``), so the others never
+        # depend on whether the next hop takes UTF-8 addresses.
+        groups: dict[tuple[str, int, bool], list[Delivery]] = {}
         for delivery in claimed:
-            groups.setdefault((delivery.message_id, delivery.list_id), []).append(delivery)
+            key = (delivery.message_id, delivery.list_id, delivery.recipient.isascii())
+            groups.setdefault(key, []).append(delivery)
         orphans: list[Outcome] = []
         size = self.options.max_recipients
-        for (message_id, list_id), group in groups.items():
+        lane = self._lanes[0]
+        for (message_id, list_id, _), group in groups.items():
             message, mailing_list = messages.get(message_id), lists.get(list_id)
             if message is None or mailing_list is None:
                 orphans += [Outcome(d.id, DeliveryStatus.FAILED, "list or message deleted",
-                                    message_id=d.message_id) for d in group]
+                                    message_id=d.message_id, lease=d.lease_owner)
+                            for d in group]
                 continue
             for start in range(0, len(group), size):
-                self._ready.put_nowait(Transaction(message, mailing_list,
-                                                   group[start:start + size]))
+                self._hold(lane, Transaction(message, mailing_list, group[start:start + size]))
         if orphans:
             self._add_outcomes(orphans)
 
     def _enqueue_routed(self, claimed: Sequence[Delivery], messages: dict[str, InboundMessage],
                         lists: dict[int, MailingList], lane_of: Callable[[str], int]) -> None:
         """Group by message, list and lane; a lane without room keeps a bounded backlog."""
-        groups: dict[tuple[str, int, int], list[Delivery]] = {}
+        groups: dict[tuple[str, int, int, bool], list[Delivery]] = {}
         for delivery in claimed:
-            key = (delivery.message_id, delivery.list_id, lane_of(delivery.recipient))
+            key = (delivery.message_id, delivery.list_id, lane_of(delivery.recipient),
+                   delivery.recipient.isascii())
             groups.setdefault(key, []).append(delivery)
         lanes = self._lanes
         had_room = [lane.has_room for lane in lanes]
@@ -379,17 +433,18 @@ class Scheduler:
         handed_back: dict[str, int] = {}
         size = self.options.max_recipients
         now, pace = self.clock.now(), asyncio.get_running_loop().time()
-        for (message_id, list_id, index), group in groups.items():
+        for (message_id, list_id, index, _), group in groups.items():
             message, mailing_list = messages.get(message_id), lists.get(list_id)
             if message is None or mailing_list is None:
                 outcomes += [Outcome(d.id, DeliveryStatus.FAILED, "list or message deleted",
-                                     message_id=d.message_id) for d in group]
+                                     message_id=d.message_id, lease=d.lease_owner)
+                             for d in group]
                 continue
             lane = lanes[index]
             for start in range(0, len(group), size):
                 chunk = group[start:start + size]
                 if had_room[index] or lane.takes_more(pace):
-                    lane.ready.put_nowait(Transaction(message, mailing_list, chunk))
+                    self._hold(lane, Transaction(message, mailing_list, chunk))
                     continue
                 outcomes += self._hand_back(lane, chunk, now, pace)
                 handed_back[lane.name] = handed_back.get(lane.name, 0) + len(chunk)
@@ -406,8 +461,14 @@ class Scheduler:
         """Queued again, due about when ``lane`` will have sent what it holds."""
         busy = EgressUnavailable(f"route {lane.name} is busy; handed back").smtp_reply()
         due = now + min(max(BUSY_RETRY_MIN, lane.drain_seconds(pace)), self.options.lease)
-        return [Outcome(d.id, DeliveryStatus.QUEUED, busy, due_at=due, message_id=d.message_id)
-                for d in chunk]
+        return [Outcome(d.id, DeliveryStatus.QUEUED, busy, due_at=due, message_id=d.message_id,
+                        lease=d.lease_owner) for d in chunk]
+
+    def _hold(self, lane: Lane[Transaction], tx: Transaction) -> None:
+        """Queue ``tx`` on ``lane``; its leases are renewed until its outcomes are in."""
+        tx.lease_until = min(d.due_at for d in tx.deliveries)
+        self._held[id(tx)] = tx
+        lane.ready.put_nowait(tx)
 
     async def _context(self, message_ids: set[str], list_ids: set[int]
                        ) -> tuple[dict[str, InboundMessage], dict[int, MailingList]]:
@@ -437,20 +498,27 @@ class Scheduler:
         ready, egress = lane.ready, lane.egress
         # Routed lanes time their transactions: the pace bounds their backlog.
         timer = asyncio.get_running_loop().time if len(self._lanes) > 1 else None
+        loop = asyncio.get_running_loop()
         while True:
             transaction = await ready.get()
             self._signal.set()  # room in the ready queue: the keeper may claim more
             if transaction is None:
                 return
-            if timer is None:
-                self._add_outcomes(await self._send(transaction, egress))
-                continue
-            token = lane.started(timer())
             try:
-                outcomes = await self._send(transaction, egress)
+                if not await self._still_leased(transaction):
+                    continue
+                transaction.sending_since = loop.time()
+                if timer is None:
+                    self._add_outcomes(await self._send(transaction, egress))
+                    continue
+                token = lane.started(timer())
+                try:
+                    outcomes = await self._send(transaction, egress)
+                finally:
+                    lane.finished(token, timer())
+                self._add_outcomes(outcomes)
             finally:
-                lane.finished(token, timer())
-            self._add_outcomes(outcomes)
+                self._held.pop(id(transaction), None)
 
     async def _send(self, tx: Transaction, egress: Egress) -> list[Outcome]:
         recipients = [d.recipient for d in tx.deliveries]
@@ -478,17 +546,19 @@ class Scheduler:
 
     def _outcome(self, delivery: Delivery, reply: RecipientReply | None, message_id: str,
                  now: float) -> Outcome:
+        lease = delivery.lease_owner
         if reply is None:
             reply = _reply(delivery.recipient, TemporaryFailure("no reply for recipient"))
         if reply.delivered:
             return Outcome(delivery.id, DeliveryStatus.DELIVERED, str(reply),
-                           message_id=message_id)
+                           message_id=message_id, lease=lease)
         retry = self.options.retry
         if reply.permanent or retry.expired(delivery.created_at, now):
-            return Outcome(delivery.id, DeliveryStatus.FAILED, str(reply), message_id=message_id)
+            return Outcome(delivery.id, DeliveryStatus.FAILED, str(reply), message_id=message_id,
+                           lease=lease)
         due = now + retry.delay(delivery.attempts + 1)
         return Outcome(delivery.id, DeliveryStatus.DEFERRED, str(reply), due_at=due,
-                       message_id=message_id)
+                       message_id=message_id, lease=lease)
 
     async def _render(self, tx: Transaction) -> bytes:
         """The copy the send chain makes of the message for this transaction."""
@@ -508,6 +578,80 @@ class Scheduler:
         if raw is None:
             raw = await asyncio.to_thread(self.blobs.read, digest)
         return raw
+
+    # -- leases -------------------------------------------------------------------------
+
+    @property
+    def _heartbeat_period(self) -> float:
+        return self.options.lease / 3
+
+    async def _renew_leases(self) -> None:
+        """The heartbeat: extend the leases of what this scheduler holds, every period."""
+        while True:
+            await asyncio.sleep(self._heartbeat_period)
+            try:
+                await self._renew(self._due_for_renewal())
+            except Exception:  # the next beat tries again; a lost lease is found then
+                log.exception("renewing leases failed", extra={"action": "lease_error"})
+
+    def _due_for_renewal(self) -> list[Transaction]:
+        """Held transactions renewed more than half a period ago, but none presumed hung."""
+        now, loop_now = self.clock.now(), asyncio.get_running_loop().time()
+        fresh_until = now + self.options.lease - self._heartbeat_period / 2
+        due = []
+        for tx in self._held.values():
+            if not tx.renewing or tx.lease_until > fresh_until:
+                continue
+            if (tx.sending_since is not None
+                    and loop_now - tx.sending_since > self.options.transaction_timeout):
+                tx.renewing = False
+                log.warning("transaction of %s on the wire for more than %.0f s: its leases "
+                            "are left to run out", tx.message.id,
+                            self.options.transaction_timeout,
+                            extra={"action": "transaction_hung", "queue_id": tx.message.id})
+                continue
+            due.append(tx)
+        return due
+
+    async def _renew(self, due: list[Transaction]) -> None:
+        """Renew the leases of ``due`` in one write; drop what was lost from those not
+        yet on the wire (another holder sends them now)."""
+        if not due:
+            return
+        now = self.clock.now()
+        until = now + self.options.lease
+        leases = [(d.id, d.lease_owner) for tx in due for d in tx.deliveries]
+        lost = set(await self.runner.write(self.runner.repo.renew_leases, now, until, leases))
+        for tx in due:
+            tx.lease_until = until
+            if not lost or not lost.intersection(d.id for d in tx.deliveries):
+                continue
+            gone = [d for d in tx.deliveries if d.id in lost]
+            if tx.sending_since is None:
+                tx.deliveries = [d for d in tx.deliveries if d.id not in lost]
+                LEASES_LOST.labels(stage="waiting").inc(len(gone))
+                log.warning("lost the lease of %d deliveries of %s before sending them; "
+                            "not sent here", len(gone), tx.message.id,
+                            extra={"action": "lease_lost", "queue_id": tx.message.id})
+            else:
+                log.warning("lost the lease of %d deliveries of %s while sending them",
+                            len(gone), tx.message.id,
+                            extra={"action": "lease_lost", "queue_id": tx.message.id})
+
+    async def _still_leased(self, tx: Transaction) -> bool:
+        """Whether ``tx`` may be sent: it keeps the deliveries whose lease is still ours.
+
+        The heartbeat keeps leases fresh; one it has not renewed in time (the store was
+        busy or unreachable) is renewed here first, and not sent if that fails.
+        """
+        if tx.lease_until - self.clock.now() < self._heartbeat_period:
+            try:
+                await self._renew([tx])
+            except Exception:
+                log.exception("could not renew the leases of %s; not sent now", tx.message.id,
+                              extra={"action": "lease_error", "queue_id": tx.message.id})
+                return False
+        return bool(tx.deliveries)
 
     # -- outcomes -----------------------------------------------------------------------
 

@@ -53,11 +53,15 @@ class DriverStatement:
         finally:
             cursor.close()
 
-    def execute_many(self, conn: Connection, rows: Iterable[Sequence[Any]]) -> None:
-        """Run once per row; each row gives the placeholders' values in order."""
+    def execute_many(self, conn: Connection, rows: Iterable[Sequence[Any]]) -> int:
+        """Run once per row; each row gives the placeholders' values in order.
+
+        Returns the rows changed, summed over all runs (both drivers sum them).
+        """
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.executemany(self.sql, rows)
+            return int(cursor.rowcount)
         finally:
             cursor.close()
 
@@ -95,11 +99,17 @@ INSERT INTO events (created_at, kind, message_id, delivery_id, detail)
 VALUES (:now, :kind, :message_id, :delivery_id, :detail)
 """
 
-RECORD_OUTCOME = """
+# The holder's lease only: a delivery whose lease ran out and was claimed again (by
+# another relay, or by this one under a new token) belongs to its new holder.  The token
+# stays on the row, so a caller told that fewer rows changed than it sent can see which
+# outcomes were applied (``Repository._stale``).
+_HELD = f"id = :id AND lease_owner = :lease AND status = '{DeliveryStatus.IN_FLIGHT.value}'"
+
+RECORD_OUTCOME = f"""
 UPDATE deliveries
    SET status = :status, due_at = :due_at, last_reply = :reply, attempts = attempts + 1,
-       lease_owner = NULL, updated_at = :now
- WHERE id = :id
+       updated_at = :now
+ WHERE {_HELD}
 """
 
 # Claimed but not attempted (a busy route handed it back): due again, with the reason as
@@ -107,8 +117,13 @@ UPDATE deliveries
 HAND_BACK = f"""
 UPDATE deliveries
    SET status = '{DeliveryStatus.QUEUED.value}', due_at = :due_at, last_reply = :reply,
-       lease_owner = NULL, updated_at = :now
- WHERE id = :id
+       updated_at = :now
+ WHERE {_HELD}
+"""
+
+# A transaction still on the wire (or waiting for a sender) keeps its leases.
+RENEW_LEASE = f"""
+UPDATE deliveries SET due_at = :until WHERE {_HELD}
 """
 
 
@@ -153,6 +168,7 @@ class HotStatements:
     insert_event: DriverStatement
     record_outcome: DriverStatement
     hand_back: DriverStatement
+    renew_lease: DriverStatement
     claim_due: DriverStatement
 
     @classmethod
@@ -168,5 +184,6 @@ class HotStatements:
             DriverStatement.prepare(INSERT_EVENT, paramstyle),
             DriverStatement.prepare(RECORD_OUTCOME, paramstyle),
             DriverStatement.prepare(HAND_BACK, paramstyle),
+            DriverStatement.prepare(RENEW_LEASE, paramstyle),
             DriverStatement.prepare(CLAIM_DUE.format(lock=lock), paramstyle),
         )

@@ -13,7 +13,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -88,6 +98,9 @@ _ACTIVE_MEMBERS = (select(members.c.address)
 _MESSAGES_BY_ID = select(messages).where(messages.c.id.in_(bindparam("b_ids", expanding=True)))
 _LISTS_BY_ID = select(lists).where(lists.c.id.in_(bindparam("b_ids", expanding=True)))
 _NEXT_DUE = select(func.min(deliveries.c.due_at)).where(deliveries.c.status.in_(PENDING))
+_LEASES_BY_ID = (select(deliveries.c.id, deliveries.c.lease_owner, deliveries.c.status)
+                 .where(deliveries.c.id.in_(bindparam("b_ids", expanding=True))))
+_IDS_PER_LOOKUP = 1000  # ids in one IN list (SQLite allows 32,766 variables)
 
 
 class DirectoryView:
@@ -370,46 +383,107 @@ class Repository:
         return [Delivery(*row) for row in rows]
 
     def record_and_claim(self, now: float, outcomes: Sequence[Outcome], limit: int,
-                         lease: float, owner: str) -> list[Delivery]:
+                         lease: float, owner: str) -> tuple[list[Delivery], list[Outcome]]:
         """Record outcomes and lease up to ``limit`` due deliveries in one transaction.
 
-        The scheduler's round trip to the store: one commit instead of two.
+        The scheduler's round trip to the store: one commit instead of two.  Returns the
+        claimed deliveries and the outcomes not applied (their leases were lost).
         """
         with self._relaxed_transaction() as conn:
-            self._record(conn, now, outcomes)
-            return self._claim(conn, now, limit, lease, owner) if limit else []
+            stale = self._record(conn, now, outcomes)
+            return (self._claim(conn, now, limit, lease, owner) if limit else []), stale
 
-    def record_outcomes(self, now: float, outcomes: Sequence[Outcome]) -> None:
-        """Store the results of delivery attempts; non-final ones leave an event."""
+    def record_outcomes(self, now: float, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Store the results of delivery attempts; non-final ones leave an event.
+
+        Returns the outcomes not applied: their deliveries are no longer in flight under
+        the lease the outcome names.
+        """
         with self._relaxed_transaction() as conn:
-            self._record(conn, now, outcomes)
+            return self._record(conn, now, outcomes)
 
-    def _record(self, conn: Connection, now: float, outcomes: Sequence[Outcome]) -> None:
+    def _record(self, conn: Connection, now: float, outcomes: Sequence[Outcome]
+                ) -> list[Outcome]:
         """Attempts' results; ``queued`` ones were handed back unattempted (a busy route):
         due again with the reason as last reply, no attempt counted and no event (the
-        scheduler logs them once per round; a trace row per round would grow the table)."""
+        scheduler logs them once per round; a trace row per round would grow the table).
+
+        Only the lease's holder writes (see ``hot.RECORD_OUTCOME``); the others are
+        returned.  Finding them costs a look-up only when some were refused.
+        """
         if not outcomes:
-            return
+            return []
         queued = DeliveryStatus.QUEUED
         attempted = [o for o in outcomes if o.status is not queued]
+        changed = 0
         if len(attempted) < len(outcomes):
-            self._hot.hand_back.execute_many(conn, [
-                (o.due_at or now, o.reply[:1000], now, o.delivery_id)
+            changed += self._hot.hand_back.execute_many(conn, [
+                (o.due_at or now, o.reply[:1000], now, o.delivery_id, o.lease)
                 for o in outcomes if o.status is queued])
-        self._hot.record_outcome.execute_many(conn, [
-            (o.status.value, o.due_at or now, o.reply[:1000], now, o.delivery_id)
-            for o in attempted
-        ])
+        if attempted:
+            changed += self._hot.record_outcome.execute_many(conn, [
+                (o.status.value, o.due_at or now, o.reply[:1000], now, o.delivery_id, o.lease)
+                for o in attempted
+            ])
+        stale = self._stale(conn, outcomes) if changed < len(outcomes) else []
+        if stale:
+            refused = {id(o) for o in stale}
+            attempted = [o for o in attempted if id(o) not in refused]
         self._add_events(conn, [
             Event(o.status.value, o.reply[:1000], o.message_id or None, o.delivery_id)
             for o in attempted if o.status is not DeliveryStatus.DELIVERED
         ], now)
+        return stale
+
+    def _stale(self, conn: Connection, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """The outcomes just refused: their row does not carry their lease and status.
+
+        A row an outcome was applied to keeps the outcome's lease token and status; one
+        refused has another token (a new claim), or is no longer in flight.  (An outcome
+        written twice under one lease is written once and not reported: its row shows
+        it applied.)
+        """
+        ids = sorted({o.delivery_id for o in outcomes})
+        rows: dict[int, tuple[str | None, str]] = {}
+        for start in range(0, len(ids), _IDS_PER_LOOKUP):
+            rows.update((row.id, (row.lease_owner, row.status)) for row in conn.execute(
+                _LEASES_BY_ID, {"b_ids": ids[start:start + _IDS_PER_LOOKUP]}))
+        return [o for o in outcomes
+                if rows.get(o.delivery_id) != (o.lease, o.status.value)]
+
+    def renew_leases(self, now: float, until: float,
+                     leases: Sequence[tuple[int, str]]) -> list[int]:
+        """Extend the leases (delivery id, lease token) to ``until``, if still held.
+
+        Returns the ids whose lease was lost (expired and claimed again, or the delivery
+        is no longer in flight): their holder must not send them.
+        """
+        if not leases:
+            return []
+        with self._relaxed_transaction() as conn:
+            changed = self._hot.renew_lease.execute_many(
+                conn, [(until, delivery_id, token) for delivery_id, token in leases])
+            if changed == len(leases):
+                return []
+            ids = sorted({delivery_id for delivery_id, _ in leases})
+            held: set[tuple[int, str | None]] = set()
+            for start in range(0, len(ids), _IDS_PER_LOOKUP):
+                held.update((row.id, row.lease_owner) for row in conn.execute(
+                    _LEASES_BY_ID, {"b_ids": ids[start:start + _IDS_PER_LOOKUP]})
+                    if row.status == DeliveryStatus.IN_FLIGHT.value)
+            return [delivery_id for delivery_id, token in leases
+                    if (delivery_id, token) not in held]
 
     def release_leases(self, now: float, owner: str | None = None) -> int:
-        """Return in-flight deliveries to the queue (all of them, or one owner's)."""
+        """Return in-flight deliveries to the queue (all of them, or one owner's).
+
+        An owner's lease tokens are ``owner/n`` (one per claim), or the owner itself.
+        """
         stmt = update(deliveries).where(deliveries.c.status == DeliveryStatus.IN_FLIGHT.value)
         if owner is not None:
-            stmt = stmt.where(deliveries.c.lease_owner == owner)
+            column = deliveries.c.lease_owner
+            stmt = stmt.where(or_(column == owner,
+                                  column.startswith(f"{owner}/", autoescape=True)))
         with self.engines.writer.begin() as conn:
             return conn.execute(stmt.values(status=DeliveryStatus.QUEUED.value, due_at=now,
                                             lease_owner=None, updated_at=now)).rowcount
@@ -610,11 +684,11 @@ class WriteTransaction:
         if not planned:
             return []
         ids = self._repo._new_delivery_ids(self._conn, len(planned))
+        until, status = now + lease.seconds, DeliveryStatus.IN_FLIGHT.value
         leased = [Delivery(id=id_, message_id=d.message_id, list_id=d.list_id,
                            recipient=d.recipient, attempts=0, created_at=now,
-                           priority=d.priority)
+                           priority=d.priority, lease_owner=lease.owner, due_at=until)
                   for id_, d in zip(ids, planned, strict=True)]
-        until, status = now + lease.seconds, DeliveryStatus.IN_FLIGHT.value
         self._hot.insert_leased_delivery.execute_many(self._conn, [
             (d.id, d.message_id, d.list_id, d.recipient, status, d.priority, until,
              lease.owner, now, now) for d in leased])
@@ -637,5 +711,6 @@ class WriteTransaction:
         if hashes:
             self._repo._release_blobs(self._conn, hashes, now)
 
-    def record_outcomes(self, outcomes: Sequence[Outcome], now: float) -> None:
-        self._repo._record(self._conn, now, outcomes)
+    def record_outcomes(self, outcomes: Sequence[Outcome], now: float) -> list[Outcome]:
+        """The scheduler's outcomes; returns those not applied (their leases were lost)."""
+        return self._repo._record(self._conn, now, outcomes)

@@ -3,7 +3,20 @@
 Runs aiosmtpd in its own thread (``aiosmtpd.controller.Controller``), so synchronous tests
 and benchmarks can use it.  Fault injection: replies queued for MAIL FROM (``mail_replies``), per
 recipient (``rcpt_replies``) or for the DATA command (``data_replies``), used in order
-before answering 250.  It announces PIPELINING unless told not to (``pipelining``).
+before answering 250.  It announces PIPELINING unless told not to (``pipelining``), and
+SMTPUTF8 unless told not to (``smtputf8``; aiosmtpd then refuses UTF-8 addresses).
+
+Faults of a misbehaving next hop, each a field of :class:`SinkHandler` a test sets:
+
+* ``rcpt_delay``: each RCPT is answered after that many seconds (a tarpit); with
+  ``pipelining=False`` the client sends one RCPT per ``rcpt_delay``;
+* ``max_rcpts``: RCPTs beyond that many in one transaction get ``452 4.5.3``;
+* ``refuse_until`` (:meth:`SmtpSink.refuse_for`): until then every new session is
+  greeted with ``421 4.3.2`` and closed;
+* ``hang``: ``"rcpt"``, RCPT TO arrives and is never answered; ``"data"``, the whole
+  content arrives and its reply never comes (both until the client gives up or the sink
+  stops); ``data_delay`` is the same with an end;
+* ``drop_in_data``: the connection is cut after the first line of the content.
 
 ``SmtpSink(lmtp=True)`` speaks LMTP (aiosmtpd's ``LMTP``): LHLO, and after the content one
 reply per accepted recipient, taken from ``delivery_replies`` (``fail_delivery``) before
@@ -20,13 +33,15 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from mailflow.testing.ports import listening_socket, port_of
+
+HANG_SECONDS = 3600.0  # a hang lasts until the client gives up or the sink stops
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +65,19 @@ class SinkHandler:
     connections: int = 0
     data_delay: float = 0.0  # seconds to wait before answering DATA (a slow next hop)
     pipelining: bool = True  # announce PIPELINING (aiosmtpd reads pipelined commands fine)
+    smtputf8: bool = True  # announce SMTPUTF8 (read when a session starts)
+    rcpt_delay: float = 0.0  # seconds before each RCPT reply (a tarpit)
+    max_rcpts: int | None = None  # RCPTs beyond this many per transaction: 452
+    refuse_until: float = 0.0  # time.monotonic() before which sessions get 421 and close
+    hang: Literal["", "rcpt", "data"] = ""  # never answer RCPT, or the end of DATA
+    drop_in_data: bool = False  # cut the connection after the first line of content
+    rcpts_seen: int = 0  # RCPT commands that reached the handler
+    drops: int = 0  # connections cut in DATA (``drop_in_data``)
     lock: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def refusing(self) -> bool:
+        return time.monotonic() < self.refuse_until
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
@@ -72,10 +99,18 @@ class SinkHandler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         with self.lock:
+            self.rcpts_seen += 1
+            self.lock.notify_all()
             queued = self.rcpt_replies.get(address.lower())
             reply = queued.popleft() if queued else None
+        if self.hang == "rcpt":
+            await asyncio.sleep(HANG_SECONDS)
+        if self.rcpt_delay:
+            await asyncio.sleep(self.rcpt_delay)
         if reply is not None and not reply.startswith("2"):
             return reply
+        if self.max_rcpts is not None and len(envelope.rcpt_tos) >= self.max_rcpts:
+            return "452 4.5.3 too many recipients"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -83,6 +118,8 @@ class SinkHandler:
         with self.lock:
             self.data_received += 1  # the whole message is here; the reply is not sent yet
             self.lock.notify_all()
+        if self.hang == "data":
+            await asyncio.sleep(HANG_SECONDS)
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
         with self.lock:
@@ -106,6 +143,38 @@ class SinkHandler:
         return queued.popleft() if queued else f"250 2.0.0 <{address}> delivered"
 
 
+class _FaultySMTP(SMTP):
+    """The faults aiosmtpd's handler hooks cannot make: a 421 greeting, a cut in DATA."""
+
+    event_handler: SinkHandler
+
+    async def _handle_client(self) -> None:
+        if self.event_handler.refusing:
+            await self.push("421 4.3.2 sink.test is not accepting mail; try later")
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super()._handle_client()
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        assert self.envelope is not None
+        if not (self.event_handler.drop_in_data and self.envelope.rcpt_tos and not arg):
+            await super().smtp_DATA(arg)
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self._reader.readuntil(b"\r\n")  # the content has begun: cut it here
+        with self.event_handler.lock:
+            self.event_handler.drops += 1
+            self.event_handler.lock.notify_all()
+        assert self.transport is not None
+        self.transport.close()
+
+
+class _FaultyLMTP(_FaultySMTP, LMTP):
+    pass
+
+
 class _CountingController(Controller):
     """aiosmtpd's controller serving a socket bound beforehand (no free-port race)."""
 
@@ -118,8 +187,8 @@ class _CountingController(Controller):
 
     def factory(self) -> SMTP:
         self.handler.connections += 1
-        protocol = LMTP if self.handler.lmtp else SMTP
-        return protocol(self.handler, enable_SMTPUTF8=True, decode_data=False,
+        protocol = _FaultyLMTP if self.handler.lmtp else _FaultySMTP
+        return protocol(self.handler, enable_SMTPUTF8=self.handler.smtputf8, decode_data=False,
                         data_size_limit=None, hostname="sink.test", **self.smtp_options)
 
 
@@ -185,6 +254,10 @@ class SmtpSink:
         """LMTP: answer ``address``'s copy after the content with ``replies`` in turn."""
         with self.handler.lock:
             self.handler.delivery_replies.setdefault(address.lower(), deque()).extend(replies)
+
+    def refuse_for(self, seconds: float) -> None:
+        """Greet every session that starts in the next ``seconds`` with 421, and close it."""
+        self.handler.refuse_until = time.monotonic() + seconds
 
     def fail_data(self, *replies: str) -> None:
         with self.handler.lock:
