@@ -36,6 +36,7 @@ smtp_client.SmtpClient.connection_made, smtp_client.SmtpClient.connection_lost
 # calls capture_signals; SQLAlchemy the event listeners; signal handlers get (signum, frame).
 smtp.RelayHandler.handle_RCPT, smtp.RelayHandler.handle_DATA
 smtp.RelayHandler.handle_HELO, smtp.RelayHandler.handle_EHLO, smtp.RelayHandler.handle_MAIL
+smtp.RelayHandler.handle_exception
 sink.SinkHandler.handle_EHLO, sink.SinkHandler.handle_MAIL
 sink.SinkHandler.handle_RCPT, sink.SinkHandler.handle_DATA
 sink._CountingController._create_server
