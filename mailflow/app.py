@@ -31,6 +31,7 @@ from mailflow.egress.base import Egress
 from mailflow.egress.routes import ProviderOptions, build_provider, build_routed
 from mailflow.errors import ConfigurationError
 from mailflow.ingress.http import FailedAuthLimiter, create_router
+from mailflow.ingress.limits import SessionLimits, raise_open_files_limit
 from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
@@ -70,6 +71,16 @@ def build_egress(settings: Settings, child: ChildProcess | None = None) -> Egres
     return build_routed(default, url, settings.route_specs, options)
 
 
+def session_limits(settings: Settings) -> SessionLimits:
+    """The bounds of every SMTP/LMTP session (``smtp_max_connections`` …)."""
+    return SessionLimits(
+        max_connections=settings.smtp_max_connections,
+        max_connections_per_client=settings.smtp_max_connections_per_client,
+        idle_timeout=settings.smtp_idle_timeout, data_timeout=settings.smtp_data_timeout,
+        max_commands=settings.smtp_max_commands,
+        max_failed_recipients=settings.smtp_max_failed_recipients)
+
+
 @dataclass
 class Relay:
     settings: Settings
@@ -89,6 +100,8 @@ class Relay:
 
     async def start(self) -> None:
         settings = self.settings
+        # Before the child starts, which inherits it (and raises its own as well).
+        raise_open_files_limit()
         self.instance_id = await asyncio.to_thread(initialise, settings)
         self.runner = runner = StoreRunner(create_engines(settings.resolved_database_url))
         database = sqlite_path(settings.resolved_database_url)
@@ -184,7 +197,8 @@ class Relay:
             self.listening[name] = str(address)
         hosted = HostedListeners(service, sockets, hostname=settings.hostname,
                                  max_message_size=settings.max_message_size,
-                                 recipient_cache_ttl=settings.recipient_cache_ttl)
+                                 recipient_cache_ttl=settings.recipient_cache_ttl,
+                                 limits=session_limits(settings))
         child.host_listeners(hosted)
         self._listeners.append(hosted)
         return True
@@ -194,7 +208,7 @@ class Relay:
             try:
                 server = await start_listener(service, address, hostname=settings.hostname,
                                               max_message_size=settings.max_message_size,
-                                              lmtp=lmtp)
+                                              lmtp=lmtp, limits=session_limits(settings))
             except OSError as exc:
                 await self.stop()
                 raise _listen_error(name, address, exc) from None

@@ -46,6 +46,7 @@ from mailflow.child.messages import (
     Refused,
 )
 from mailflow.errors import SmtpReplyError, StorageUnavailable
+from mailflow.ingress.limits import SessionLimits
 from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.model import Envelope, Verdict
 
@@ -68,12 +69,14 @@ class HostedListeners:
     """
 
     def __init__(self, service: AcceptService, sockets: list[tuple[socket.socket, bool]], *,
-                 hostname: str, max_message_size: int, recipient_cache_ttl: float) -> None:
+                 hostname: str, max_message_size: int, recipient_cache_ttl: float,
+                 limits: SessionLimits) -> None:
         self.service = service
         self.sockets = sockets          # (bound socket, is LMTP)
         self.hostname = hostname
         self.max_message_size = max_message_size
         self.recipient_cache_ttl = recipient_cache_ttl
+        self.limits = limits
         self.open = True                # False once closed: a new child must not reopen
         self.close_in_child: Callable[[float], Awaitable[None]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -83,7 +86,8 @@ class HostedListeners:
         if not self.open:
             return None
         return ListenerSpec(tuple(ListenSocket(sock.fileno(), lmtp) for sock, lmtp in self.sockets),
-                            self.hostname, self.max_message_size, self.recipient_cache_ttl)
+                            self.hostname, self.max_message_size, self.recipient_cache_ttl,
+                            self.limits)
 
     def answer(self, channel: AnswerSink, question: Question) -> None:
         task = asyncio.create_task(self._answer(channel, question))
@@ -196,6 +200,7 @@ async def open_listeners(spec: ListenerSpec, channel: QuestionSink
     acceptor = RemoteAcceptor(channel, spec.recipient_cache_ttl)
     listeners = [await start_listener(acceptor, None, hostname=spec.hostname,
                                       max_message_size=spec.max_message_size,
-                                      lmtp=sock.lmtp, sock=socket.socket(fileno=sock.fd))
+                                      lmtp=sock.lmtp, sock=socket.socket(fileno=sock.fd),
+                                      limits=spec.limits)
                  for sock in spec.sockets]
     return acceptor, listeners

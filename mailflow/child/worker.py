@@ -43,6 +43,7 @@ from mailflow.child.messages import (
 )
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.errors import EgressUnavailable
+from mailflow.ingress.limits import raise_open_files_limit
 from mailflow.ingress.smtp import Listener
 from mailflow.model import Egress
 
@@ -172,6 +173,7 @@ def main(argv: list[str]) -> int:
     # transactions off half-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise_open_files_limit()  # its sessions are the connections an attacker opens
     try:
         import uvloop
         runner: Callable[[Any], Any] = uvloop.run

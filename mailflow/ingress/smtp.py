@@ -23,6 +23,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from mailflow import headers
 from mailflow.errors import SmtpReplyError, StorageUnavailable, TemporaryFailure, smtp_reply
+from mailflow.ingress.limits import ConnectionLimiter, LimitedSession, SessionLimits
 from mailflow.ingress.replies import EnhancedStatusCodes, advertise
 from mailflow.model import Envelope, Verdict
 from mailflow.pipeline.accept.commands import check_helo, check_recipient_address, check_sender
@@ -69,11 +70,11 @@ class _FastPaths:
         return address, match.group(2)
 
 
-class RelaySMTP(_FastPaths, EnhancedStatusCodes, SMTP):
+class RelaySMTP(_FastPaths, LimitedSession, EnhancedStatusCodes, SMTP):
     pass
 
 
-class RelayLMTP(_FastPaths, EnhancedStatusCodes, LMTP):
+class RelayLMTP(_FastPaths, LimitedSession, EnhancedStatusCodes, LMTP):
     pass
 
 
@@ -235,16 +236,21 @@ class Listener:
 
 async def start_listener(service: Acceptor, address: ListenAddress | None, *,
                          hostname: str, max_message_size: int, lmtp: bool = False,
-                         sock: socket.socket | None = None) -> Listener:
-    """Listen on ``address``, or on ``sock`` (bound already, e.g. by the relay process)."""
+                         sock: socket.socket | None = None,
+                         limits: SessionLimits | None = None) -> Listener:
+    """Listen on ``address``, or on ``sock`` (bound already, e.g. by the relay process).
+
+    ``limits`` bound its sessions; each listener counts its own connections.
+    """
     handler = LmtpHandler(service) if lmtp else RelayHandler(service)
     protocol_class = RelayLMTP if lmtp else RelaySMTP
     sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
+    limiter = ConnectionLimiter(limits or SessionLimits())
 
     def factory() -> SMTP:
         session = protocol_class(handler, data_size_limit=max_message_size,
                                  enable_SMTPUTF8=True, decode_data=False, hostname=hostname,
-                                 ident=IDENT, timeout=300)
+                                 ident=IDENT, limiter=limiter)
         sessions.add(session)
         return session
 
