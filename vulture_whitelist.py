@@ -10,7 +10,7 @@ from vulture.whitelist_utils import Whitelist
 from mailflow import cli, config, model
 from mailflow.child import channel
 from mailflow.egress import smtp_client
-from mailflow.ingress import smtp, tls
+from mailflow.ingress import limits, smtp, tls
 from mailflow.store import engine
 from mailflow.testing import sink
 from mailflow.web import app as web_app
@@ -37,6 +37,9 @@ smtp_client.SmtpClient.connection_made, smtp_client.SmtpClient.connection_lost
 # calls capture_signals; SQLAlchemy the event listeners; signal handlers get (signum, frame).
 smtp.RelayHandler.handle_RCPT, smtp.RelayHandler.handle_DATA
 smtp.RelayHandler.handle_HELO, smtp.RelayHandler.handle_EHLO, smtp.RelayHandler.handle_MAIL
+smtp.RelayHandler.handle_exception
+# aiosmtpd's SMTP class calls its timer method, which the session limits override.
+limits.LimitedSession._reset_timeout
 sink.SinkHandler.handle_EHLO, sink.SinkHandler.handle_MAIL
 tls.StartTlsSession.smtp_AUTH  # aiosmtpd's command table (every smtp_ method)
 sink.SinkHandler.handle_RCPT, sink.SinkHandler.handle_DATA

@@ -33,6 +33,7 @@ from mailflow.egress.routes import ProviderOptions, build_provider, build_routed
 from mailflow.errors import ConfigurationError
 from mailflow.ingress.http import create_router
 from mailflow.ingress.limiter import FailedAuthLimiter
+from mailflow.ingress.limits import SessionLimits, raise_open_files_limit
 from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.ingress.tls import ServerTls
@@ -74,6 +75,16 @@ def build_egress(settings: Settings, child: ChildProcess | None = None) -> Egres
     return build_routed(default, url, settings.route_specs, options)
 
 
+def session_limits(settings: Settings) -> SessionLimits:
+    """The bounds of every SMTP/LMTP session (``smtp_max_connections`` …)."""
+    return SessionLimits(
+        max_connections=settings.smtp_max_connections,
+        max_connections_per_client=settings.smtp_max_connections_per_client,
+        idle_timeout=settings.smtp_idle_timeout, data_timeout=settings.smtp_data_timeout,
+        max_commands=settings.smtp_max_commands,
+        max_failed_recipients=settings.smtp_max_failed_recipients)
+
+
 @dataclass
 class Relay:
     settings: Settings
@@ -94,6 +105,8 @@ class Relay:
 
     async def start(self) -> None:
         settings = self.settings
+        # Before the child starts, which inherits it (and raises its own as well).
+        raise_open_files_limit()
         tls_files = settings.tls_files
         if tls_files is not None:  # a certificate that cannot work stops the start here
             cert_file, key_file = (path.absolute() for path in tls_files)
@@ -201,7 +214,8 @@ class Relay:
             str(self.tls.cert_file), str(self.tls.key_file), self.tls.require)
         hosted = HostedListeners(service, sockets, hostname=settings.hostname,
                                  max_message_size=settings.max_message_size,
-                                 recipient_cache_ttl=settings.recipient_cache_ttl, tls=tls)
+                                 recipient_cache_ttl=settings.recipient_cache_ttl,
+                                 limits=session_limits(settings), tls=tls)
         child.host_listeners(hosted)
         self._listeners.append(hosted)
         return True
@@ -211,7 +225,8 @@ class Relay:
             try:
                 server = await start_listener(service, address, hostname=settings.hostname,
                                               max_message_size=settings.max_message_size,
-                                              lmtp=lmtp, tls=None if lmtp else self.tls)
+                                              lmtp=lmtp, limits=session_limits(settings),
+                                              tls=None if lmtp else self.tls)
             except OSError as exc:
                 await self.stop()
                 raise _listen_error(name, address, exc) from None

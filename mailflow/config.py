@@ -195,6 +195,13 @@ class Settings(BaseSettings):
     egress_process: bool = True
     listener_process: bool = True
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+    # SMTP/LMTP ingress sessions (issue 10 item 7): bounds an attacker on the network hits.
+    smtp_max_connections: int = Field(default=1000, ge=1)
+    smtp_max_connections_per_client: int = Field(default=50, ge=1)
+    smtp_idle_timeout: float = Field(default=300.0, gt=0)
+    smtp_data_timeout: float = Field(default=600.0, gt=0)
+    smtp_max_commands: int = Field(default=10_000, ge=1)
+    smtp_max_failed_recipients: int = Field(default=20, ge=1)
     max_received_headers: int = Field(default=30, ge=1)
     recipient_cache_ttl: float = Field(default=2.0, ge=0)
     max_recipients_per_transaction: int = Field(default=50, ge=1, le=1000)

@@ -52,6 +52,7 @@ from mailflow.errors import (
     UnknownRecipient,
     error_key,
 )
+from mailflow.ingress.limits import SessionLimits
 from mailflow.model import Delivery, Envelope, RecipientReply, Verdict
 from mailflow.smtp_relay import parse_smtp_relay
 from mailflow.testing.factories import make_list, make_message
@@ -65,9 +66,10 @@ EVERY_MESSAGE = [
     ChildConfig({"smtp": SmtpEgressSpec(parse_smtp_relay("smtp://u:p@127.0.0.1:2525"), 8, 60.0,
                                         10.0, "relay.test")},
                 ListenerSpec((ListenSocket(5, False), ListenSocket(6, True)), "relay.test",
-                             1024, 2.0), "DEBUG"),
+                             1024, 2.0, SessionLimits(10, 2, 0.5, 1.5, 30, 3)), "DEBUG"),
     ChildConfig({}, None),
     ChildConfig({}, ListenerSpec((ListenSocket(5, False),), "relay.test", 1024, 2.0,
+                                 SessionLimits(10, 2, 0.5, 1.5, 30, 3),
                                  TlsSpec("/etc/mailflow/cert.pem", "/etc/mailflow/key.pem",
                                          True))),
     Send(1, "smtp", 7, b"content", "l-bounces@x.test", ("a@x.test", "b@x.test")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from aiosmtpd.smtp import SMTP
 
+from mailflow.ingress.limits import ConnectionLimiter, SessionLimits
 from mailflow.ingress.smtp import RelayLMTP, RelaySMTP
 
 ARGUMENTS = [
@@ -25,7 +26,7 @@ def test_fast_path_parser_agrees_with_aiosmtpd(argument: str, limit: int) -> Non
     reference = SMTP(_Handler())
     reference.local_part_limit = limit
     for server_class in (RelaySMTP, RelayLMTP):
-        server = server_class(_Handler())
+        server = server_class(_Handler(), limiter=ConnectionLimiter(SessionLimits()))
         server.local_part_limit = limit
         assert server._getaddr(argument) == reference._getaddr(argument)
 

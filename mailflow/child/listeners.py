@@ -47,6 +47,7 @@ from mailflow.child.messages import (
     TlsSpec,
 )
 from mailflow.errors import SmtpReplyError, StorageUnavailable
+from mailflow.ingress.limits import SessionLimits
 from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.ingress.tls import ServerTls
 from mailflow.model import Envelope, Verdict
@@ -71,12 +72,13 @@ class HostedListeners:
 
     def __init__(self, service: AcceptService, sockets: list[tuple[socket.socket, bool]], *,
                  hostname: str, max_message_size: int, recipient_cache_ttl: float,
-                 tls: TlsSpec | None = None) -> None:
+                 limits: SessionLimits, tls: TlsSpec | None = None) -> None:
         self.service = service
         self.sockets = sockets          # (bound socket, is LMTP)
         self.hostname = hostname
         self.max_message_size = max_message_size
         self.recipient_cache_ttl = recipient_cache_ttl
+        self.limits = limits
         self.tls = tls
         self.open = True                # False once closed: a new child must not reopen
         self.close_in_child: Callable[[float], Awaitable[None]] | None = None
@@ -88,7 +90,7 @@ class HostedListeners:
             return None
         return ListenerSpec(tuple(ListenSocket(sock.fileno(), lmtp) for sock, lmtp in self.sockets),
                             self.hostname, self.max_message_size, self.recipient_cache_ttl,
-                            self.tls)
+                            self.limits, self.tls)
 
     def answer(self, channel: AnswerSink, question: Question) -> None:
         task = asyncio.create_task(self._answer(channel, question))
@@ -203,6 +205,7 @@ async def open_listeners(spec: ListenerSpec, channel: QuestionSink,
     listeners = [await start_listener(acceptor, None, hostname=spec.hostname,
                                       max_message_size=spec.max_message_size,
                                       lmtp=sock.lmtp, sock=socket.socket(fileno=sock.fd),
+                                      limits=spec.limits,
                                       tls=None if sock.lmtp else tls)
                  for sock in spec.sockets]
     return acceptor, listeners

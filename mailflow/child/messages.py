@@ -14,6 +14,7 @@ from typing import TypeAlias
 
 from mailflow import errors
 from mailflow.errors import SmtpReplyError
+from mailflow.ingress.limits import SessionLimits
 from mailflow.model import Envelope, RecipientReply, Verdict
 from mailflow.smtp_relay import SmtpRelay
 
@@ -81,6 +82,7 @@ class ListenerSpec:
     hostname: str
     max_message_size: int
     recipient_cache_ttl: float
+    limits: SessionLimits
     tls: TlsSpec | None = None
 
 

@@ -46,6 +46,7 @@ from mailflow.child.messages import (
 )
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.errors import ConfigurationError, EgressUnavailable
+from mailflow.ingress.limits import raise_open_files_limit
 from mailflow.ingress.smtp import Listener
 from mailflow.ingress.tls import ServerTls
 from mailflow.model import Egress
@@ -197,6 +198,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    raise_open_files_limit()  # its sessions are the connections an attacker opens
     try:
         import uvloop
         runner: Callable[[Any], Any] = uvloop.run

@@ -15,14 +15,16 @@ import re
 import socket
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from mailflow import headers
-from mailflow.errors import SmtpReplyError, StorageUnavailable, smtp_reply
+from mailflow.errors import SmtpReplyError, StorageUnavailable, TemporaryFailure, smtp_reply
+from mailflow.ingress.limits import ConnectionLimiter, LimitedSession, SessionLimits
+from mailflow.ingress.replies import EnhancedStatusCodes, advertise
 from mailflow.ingress.tls import ServerTls, StartTlsSession
 from mailflow.model import Envelope, Verdict
 from mailflow.pipeline.accept.commands import check_helo, check_recipient_address, check_sender
@@ -34,20 +36,6 @@ log = logging.getLogger(__name__)
 
 MAX_RECIPIENTS = 1000
 IDENT = "MailFlow Relay"
-
-
-class _EnhancedSizeReplies:
-    """aiosmtpd refuses oversize data without an enhanced status code; add it."""
-
-    data_size_limit: int | None
-
-    async def push(self, status: Any) -> None:
-        if isinstance(status, str):
-            if status.startswith("552 Error"):
-                status = f"552 5.3.4 message too large (limit {self.data_size_limit} bytes)"
-            elif status.startswith("500 Line too long"):
-                status = "500 5.5.2 line too long (RFC 5321 4.5.3.1.6: at most 1000 octets)"
-        await super().push(status)  # type: ignore[misc]
 
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
@@ -71,18 +59,23 @@ class _FastPaths:
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         match = _PLAIN_PATH.fullmatch(arg)
         if match is None:
-            return super()._getaddr(arg)  # type: ignore[misc, no-any-return]
+            try:
+                return super()._getaddr(arg)  # type: ignore[misc, no-any-return]
+            except (AttributeError, IndexError, ValueError):
+                # The email package's parser fails on some malformed paths (<a@[x>):
+                # aiosmtpd would answer 500 with the exception; it is a bad address.
+                return None, None
         address = match.group(1)
         if self.local_part_limit and address.index("@") > self.local_part_limit:
             return None, None
         return address, match.group(2)
 
 
-class RelaySMTP(_FastPaths, _EnhancedSizeReplies, StartTlsSession, SMTP):
+class RelaySMTP(_FastPaths, LimitedSession, StartTlsSession, EnhancedStatusCodes, SMTP):
     pass
 
 
-class RelayLMTP(_FastPaths, _EnhancedSizeReplies, LMTP):
+class RelayLMTP(_FastPaths, LimitedSession, EnhancedStatusCodes, LMTP):
     pass
 
 
@@ -135,7 +128,7 @@ class RelayHandler:
             session.host_name = None
             return [smtp_reply(error)]
         session.host_name = hostname
-        return responses
+        return advertise(responses)
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
                           address: str, mail_options: list[str]) -> str:
@@ -145,7 +138,7 @@ class RelayHandler:
             return smtp_reply(error)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)  # as aiosmtpd does without this hook
-        return "250 OK"
+        return "250 2.1.0 OK"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -159,6 +152,12 @@ class RelayHandler:
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)  # as aiosmtpd does without this hook
         return "250 2.1.5 OK"
+
+    async def handle_exception(self, error: Exception) -> str:
+        """A bug of ours in a command: the client retries later (aiosmtpd says 500 and
+        shows the exception)."""
+        log.error("SMTP session error", exc_info=error, extra={"action": "session_error"})
+        return smtp_reply(TemporaryFailure("internal error, try again later"))
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
         with self._accepting():
@@ -238,21 +237,24 @@ class Listener:
 
 async def start_listener(service: Acceptor, address: ListenAddress | None, *,
                          hostname: str, max_message_size: int, lmtp: bool = False,
-                         sock: socket.socket | None = None, tls: ServerTls | None = None
-                         ) -> Listener:
+                         sock: socket.socket | None = None,
+                         limits: SessionLimits | None = None,
+                         tls: ServerTls | None = None) -> Listener:
     """Listen on ``address``, or on ``sock`` (bound already, e.g. by the relay process).
 
-    With ``tls`` (SMTP only), STARTTLS is offered with the context current when a
-    session connects.
+    ``limits`` bound its sessions; each listener counts its own connections.  With
+    ``tls`` (SMTP only), STARTTLS is offered with the context current when a session
+    connects.
     """
     handler = LmtpHandler(service) if lmtp else RelayHandler(service)
     protocol_class = RelayLMTP if lmtp else RelaySMTP
     sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
+    limiter = ConnectionLimiter(limits or SessionLimits())
 
     def factory() -> SMTP:
         session = protocol_class(handler, data_size_limit=max_message_size,
                                  enable_SMTPUTF8=True, decode_data=False, hostname=hostname,
-                                 ident=IDENT, timeout=300,
+                                 ident=IDENT, limiter=limiter,
                                  tls_context=tls.context if tls else None,
                                  require_starttls=tls.require if tls else False)
         sessions.add(session)
