@@ -252,7 +252,8 @@ class Relay:
         config = uvicorn.Config(create_app(self.runner, [ingress]), log_level="warning",
                                 lifespan="off", access_log=False, proxy_headers=bool(proxies),
                                 forwarded_allow_ips=proxies,
-                                http=head_deadline_protocol(settings.http_request_timeout))
+                                http=head_deadline_protocol(settings.http_request_timeout,
+                                                            settings.http_max_connections))
         self._http = EmbeddedServer(config)
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock]), name="http"))
         self.listening["http"] = str(address)

@@ -182,6 +182,7 @@ class Settings(BaseSettings):
     tls_key_file: Path | None = None
     smtp_require_tls: bool = False
     http_request_timeout: float = Field(default=60.0, gt=0)
+    http_max_connections: int = Field(default=1000, ge=1)
     forwarded_allow_ips: Annotated[tuple[str, ...], NoDecode] = ()
     hostname: str = Field(default_factory=socket.getfqdn)
     instance_id: str = ""

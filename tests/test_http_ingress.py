@@ -23,9 +23,13 @@ OLD_KEY = "previous-key"
 CURL_SCRIPT = Path(__file__).parents[1] / "contrib" / "postfix" / "mailflow-curl.sh"
 
 
+MAX_CONNECTIONS = 4
+
+
 def start_relay(make: Callable[..., RelayProcess]) -> RelayProcess:
     running = make(ingress_psk=f"{KEY},{OLD_KEY}", max_message_size="4096",
-                   http_auth_max_failures="3", poll_interval="0.2", policy=True).start()
+                   http_auth_max_failures="3", poll_interval="0.2", policy=True,
+                   http_max_connections=str(MAX_CONNECTIONS)).start()
     with running.repository() as repo:
         make_list(repo, "team@example.test", ["ann@members.test", "ben@members.test"])
     return running
@@ -141,6 +145,34 @@ def test_bad_keys_get_401_then_429(relay: RelayProcess) -> None:
     assert "from 127.0.0.1: bad or missing key" in relay.log()
     assert "192.0.2." not in relay.log()
     assert sum(relay.counts()[0].values()) == 0
+
+
+def test_connections_beyond_the_limit_get_503_and_are_closed(refusing: RelayProcess
+                                                              ) -> None:
+    """Idle connections (no request yet) count: a client cannot hold the listener with
+    them, nor exhaust the relay's file descriptors, beyond ``http_max_connections``."""
+    address = ("127.0.0.1", refusing.http_port)
+    idle = [socket.create_connection(address, timeout=10) for _ in range(MAX_CONNECTIONS)]
+    try:
+        with socket.create_connection(address, timeout=10) as extra:
+            answer = read_until_closed(extra, time.monotonic() + 5)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 "), answer
+        assert b"content-type: application/problem+json" in head.lower()
+        assert json.loads(body)["status"] == 503
+    finally:
+        for conn in idle:
+            conn.close()
+    # Once they are gone, requests are served again (the server notices the closes).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.create_connection(address, timeout=10) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+            if read_until_closed(conn, time.monotonic() + 5).startswith(b"HTTP/1.1 200 "):
+                break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the relay did not serve again after the idle connections closed")
 
 
 def test_wrong_media_type_is_415(refusing: RelayProcess) -> None:

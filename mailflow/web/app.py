@@ -63,21 +63,52 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-class HeadDeadlineProtocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request's head.
+_BUSY_BODY = (b'{"type":"about:blank","title":"Too many connections","status":503,'
+              b'"detail":"the relay has too many HTTP connections open; try again later"}')
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n"
+         b"retry-after: 5\r\nconnection: close\r\ncontent-length: "
+         + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
+REFUSAL_LOG_INTERVAL = 60.0  # seconds between two log lines about refused connections
 
-    uvicorn has none: a client that sends half a request line, and then nothing, holds
-    its connection for ever.  The deadline runs from the connection's start, and again
-    from the end of each response, until the head of the next request is in; its body
-    then has the route's deadline.
+
+class HeadDeadlineProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's head and a bound on
+    the connections open at once.
+
+    uvicorn has neither: a client that sends half a request line, and then nothing,
+    holds its connection for ever, and its own ``limit_concurrency`` answers each
+    request beyond it (in plain text, with a log line each) but keeps the connections.
+    The deadline runs from the connection's start, and again from the end of each
+    response, until the head of the next request is in; its body then has the route's
+    deadline.  A connection beyond ``max_connections`` gets a ``503`` problem and is
+    closed before any request is read.
     """
 
     head_timeout: ClassVar[float] = 60.0
+    max_connections: ClassVar[int] = 1000
+    _refused: ClassVar[int] = 0
+    _next_report: ClassVar[float] = 0.0
     _head_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if len(self.connections) > self.max_connections:  # this one is counted too
+            self._refuse(transport)
+            return
         self._arm()
+
+    def _refuse(self, transport: asyncio.Transport) -> None:
+        cls = type(self)
+        cls._refused += 1
+        now = self.loop.time()
+        if now >= cls._next_report:
+            log.warning("refused %d HTTP connection(s): more than http_max_connections=%d "
+                        "open", cls._refused, self.max_connections,
+                        extra={"action": "connections_refused"})
+            cls._refused = 0
+            cls._next_report = now + REFUSAL_LOG_INTERVAL
+        transport.write(_BUSY)
+        transport.close()
 
     def handle_events(self) -> None:
         cycle = self.cycle
@@ -111,12 +142,14 @@ class HeadDeadlineProtocol(H11Protocol):
             self.transport.close()
 
 
-def head_deadline_protocol(timeout: float) -> type[HeadDeadlineProtocol]:
-    """The protocol class uvicorn builds each connection with, for this deadline."""
+def head_deadline_protocol(timeout: float, max_connections: int
+                           ) -> type[HeadDeadlineProtocol]:
+    """The protocol class uvicorn builds each connection with, for these bounds."""
 
     class Protocol(HeadDeadlineProtocol):
         head_timeout = timeout
 
+    Protocol.max_connections = max_connections
     return Protocol
 
 
