@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event
 
 from mailflow.child.listeners import RemoteAcceptor
 from mailflow.child.messages import CheckRecipient, Question, RecipientChecked
+from mailflow.config import Settings
 from mailflow.errors import (
+    EX_NOUSER,
     Conflict,
     InvalidInput,
     NotFound,
@@ -26,6 +29,7 @@ from mailflow.errors import (
     StorageUnavailable,
     UnknownRecipient,
 )
+from mailflow.ingress.pipe import PipeResult, submit_to_store
 from mailflow.ingress.policy import decide
 from mailflow.model import (
     Envelope,
@@ -41,9 +45,11 @@ from mailflow.pipeline.accept.blocklist import SenderBlocklist, blocking_rule, d
 from mailflow.pipeline.context import Action, Decision, MessageContext
 from mailflow.services.accept import AcceptPolicy, AcceptService
 from mailflow.services.directory import DirectoryService, validated_pattern
+from mailflow.services.installation import initialise
 from mailflow.services.sender_rules import SenderRuleBook
-from mailflow.store import Repository
+from mailflow.store import Repository, create_cli_engines
 from mailflow.testing.clock import FakeClock
+from mailflow.testing.factories import make_list
 
 BLOCK, ALLOW = RuleAction.BLOCK, RuleAction.ALLOW
 RAW = b"From: x@spam.example\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -192,11 +198,14 @@ async def test_blocked_for_some_recipients_discards_those_with_the_entry_named()
 
 
 async def test_the_step_asks_once_per_message_and_never_for_the_null_sender() -> None:
-    entries = Entries(rule(BLOCK, "*@elsewhere.example"))
+    entries = Entries(rule(BLOCK, "*"))
     five = [f"r{i}@example.test" for i in range(5)]
-    assert await decide_step(entries, context(*five, sender="X@Spam.Example")) == {}
+    ctx = context(*five, sender="X@Spam.Example")
+    assert len(await decide_step(entries, ctx)) == 5
     assert entries.fetched == ["x@spam.example"]  # canonical, and once for five recipients
-    assert await decide_step(entries, context(*five, sender="")) == {}
+    # The null sender, and Postfix's pipe name for it, are never judged, even by "*".
+    for null in ("", "<>", "MAILER-DAEMON"):
+        assert await decide_step(entries, context(*five, sender=null)) == {}
     assert entries.fetched == ["x@spam.example"]
 
 
@@ -349,6 +358,24 @@ async def test_the_policy_service_rejects_a_blocked_sender_with_5_7_1() -> None:
         "REJECT 5.7.1 sender <x@spam.example> is blocked for <team@example.test>")
     assert await decide(accept, {**request, "sender": "x@ham.example"}) == "DUNNO"
     assert await decide(accept, {**request, "sender": ""}) == "DUNNO"
+
+
+async def test_mailflow_pipe_checks_the_store_s_entries(tmp_path: Path) -> None:
+    """The pipe's own accept service (no relay, no cache) asks the store: exit 67."""
+    settings = Settings(data_dir=tmp_path, hostname="relay.test")
+    await asyncio.to_thread(initialise, settings)
+    engines = create_cli_engines(settings.resolved_database_url)
+    try:
+        repo = Repository(engines)
+        make_list(repo, "team@example.test", ["ann@members.test"])
+        DirectoryService(repo).add_sender_rule(BLOCK, "*@spam.example", "team@example.test")
+    finally:
+        engines.dispose()
+    envelope = Envelope("X@spam.example", ("team@example.test",), protocol="PIPE")
+    assert await submit_to_store(settings, envelope, RAW) == PipeResult(
+        EX_NOUSER, "5.7.1 sender <x@spam.example> is blocked for <team@example.test>")
+    taken = await submit_to_store(settings, Envelope("x@ham.example", envelope.rcpt_tos), RAW)
+    assert taken.status == 0
 
 
 # -- the relay's child remembers answers per sender while entries exist ------------------

@@ -31,7 +31,7 @@ from mailflow.errors import NoRecipients, SenderBlocked, StorageUnavailable
 from mailflow.ids import new_message_id
 from mailflow.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
 from mailflow.model import Envelope, Event, InboundMessage, Resolution, Verdict
-from mailflow.pipeline.accept.blocklist import blocking_rule, sender_blocked
+from mailflow.pipeline.accept.blocklist import blocking_rule, judged_sender, sender_blocked
 from mailflow.pipeline.accept.recipients import Lookup, refusal
 from mailflow.pipeline.accept.well_formed import without_mbox_from
 from mailflow.pipeline.chain import AcceptStep, accept_chain, run_accept
@@ -123,8 +123,7 @@ class AcceptService:
         resolution = await self._lookup(canonical)
         error = refusal(address, resolution)
         if error is None and sender:
-            error = await self._sender_refusal(addresses.canonical(sender), canonical,
-                                               address)
+            error = await self._sender_refusal(judged_sender(sender), canonical, address)
         if error is not None:
             if count:
                 MESSAGES_REJECTED.labels(code=error.enhanced).inc()

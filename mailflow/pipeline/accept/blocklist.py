@@ -26,6 +26,17 @@ from mailflow.model import RuleAction, RuleScope, SenderRule
 from mailflow.pipeline.context import Decision, MessageContext, Recipient, SenderRules
 
 
+def judged_sender(mail_from: str) -> str:
+    """The sender the entries are matched against, canonical; '' for one they never judge.
+
+    The null sender (bounces) has no address to judge, and neither has a sender without
+    ``@``: Postfix's pipe passes ``MAILER-DAEMON`` for the null sender, which ``*``
+    would otherwise match.
+    """
+    sender = addresses.canonical(mail_from)
+    return sender if "@" in sender else ""
+
+
 def deciding_rule(rules: Iterable[SenderRule], recipient: str) -> SenderRule | None:
     """The entry that decides for ``recipient`` (canonical), None if none covers it.
 
@@ -77,8 +88,8 @@ class SenderBlocklist:
 
     async def __call__(self, ctx: MessageContext, pending: Sequence[Recipient]
                        ) -> Mapping[str, Decision]:
-        sender = addresses.canonical(ctx.envelope.mail_from)
-        if not sender:  # bounces: no sender to judge
+        sender = judged_sender(ctx.envelope.mail_from)
+        if not sender:
             return {}
         found = await self.rules.matching(sender)
         if not found:  # the usual case: no entry names this sender
