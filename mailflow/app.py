@@ -43,6 +43,7 @@ from mailflow.services.installation import initialise
 from mailflow.services.processor import Processor
 from mailflow.services.recent import RecentMessages
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
+from mailflow.services.sender_rules import SenderRuleBook, store_rule_book
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.engine import sqlite_path
 from mailflow.web.app import EmbeddedServer, bind, create_app, head_deadline_protocol
@@ -101,6 +102,7 @@ class Relay:
         self.scheduler: Scheduler | None = None
         self.child: ChildProcess | None = None
         self.tls: ServerTls | None = None
+        self.sender_rules: SenderRuleBook | None = None
         self.listening: dict[str, str] = {}
 
     async def start(self) -> None:
@@ -147,10 +149,14 @@ class Relay:
                                    expansion=InlineExpansion(settings.max_inline_deliveries),
                                    queue=scheduler, on_received=processor.wake,
                                    recent=recent, activity=activity)
+        # The sender entries' cache: a directory service in this process (the REST API
+        # to come) passes ``invalidate`` as its ``on_rules_changed``.
+        self.sender_rules = store_rule_book(runner, self.clock, settings.recipient_cache_ttl)
         service = AcceptService(
             store_lookup(runner), committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,
                          settings.max_received_headers, settings.recipient_cache_ttl),
+            rules=self.sender_rules,
         )
         # Bound before anything starts, so that a child the scheduler's first send may
         # start (lazily) serves them too; accepted only once the child starts, last.

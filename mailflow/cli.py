@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mailflow import __version__
 from mailflow.config import Settings, load_settings
 from mailflow.errors import EX_TEMPFAIL, Conflict, InvalidInput, MailflowError, NotFound, spec
-from mailflow.model import ListKind
+from mailflow.model import ListKind, RuleAction
 from mailflow.services import directory as rules
 from mailflow.services.directory import DirectoryService
 from mailflow.store import Repository, create_cli_engines
@@ -107,6 +107,8 @@ def hint(error: MailflowError, command: str | None) -> str:
             return f"; add it first with `mailflow domain add {error.name}`"
         if error.kind == "list":
             return "; see `mailflow list ls`"
+        if error.kind == "rule" and command in ("block", "allow"):
+            return f"; see `mailflow {command} ls`"
     if isinstance(error, Conflict) and error.kind == "domain" and error.dependents:
         return "; delete them first with `mailflow list delete`"
     return ""
@@ -455,6 +457,112 @@ def read_member_csv(stream: Any, name: str) -> list[str]:
         raise InvalidInput(f"{name}: {len(problems)} invalid row(s), nothing imported:\n  "
                            f"{shown}{more}")
     return found
+
+
+# -- sender entries: block and allow lists ------------------------------------------------
+
+for_option = click.option(
+    "--for", "target", metavar="ADDRESS|DOMAIN",
+    help="a served domain or a list or alias address (default: every recipient)")
+ls_for_option = click.option("--for", "target", metavar="ADDRESS|DOMAIN",
+                             help="only the entries for this domain or address")
+json_rules_option = click.option(
+    "--json", "as_json", is_flag=True,
+    help="a JSON array of objects with pattern, scope, for and created_at")
+
+
+def _for_words(target: str) -> str:
+    return f"for {target}" if target else "for every recipient"
+
+
+def add_rule(ctx: Context, action: RuleAction, pattern: str, target: str | None) -> None:
+    with ctx.directory() as directory:
+        rule = directory.add_sender_rule(action, pattern, target)
+    done = "blocked" if action is RuleAction.BLOCK else "allowed"
+    click.echo(f"{done} {rule.pattern} {_for_words(rule.target)}")
+
+
+def remove_rule(ctx: Context, action: RuleAction, pattern: str, target: str | None) -> None:
+    wanted = rules.validated_pattern(pattern)
+    scope = rules.validated_rule_target(target)
+    with ctx.directory() as directory:
+        directory.remove_sender_rule(action, wanted, scope)
+    click.echo(f"removed {action.value} entry {wanted} {_for_words(scope)}")
+
+
+def show_rules(ctx: Context, action: RuleAction, target: str | None, as_json: bool) -> None:
+    with ctx.directory() as directory:
+        found = directory.sender_rules(action, target)
+    if as_json:
+        emit_json([{"pattern": r.pattern, "scope": r.scope.name.lower(),
+                    "for": r.target or None, "created_at": r.created_at} for r in found])
+        return
+    for r in found:
+        click.echo(f"{r.pattern}\t{r.scope.name.lower()}\t{r.target}".rstrip())
+
+
+@cli.group()
+def block() -> None:
+    """Senders whose mail is refused: mailflow block add '*@spam.example'."""
+
+
+@block.command("add")
+@click.argument("pattern")
+@for_option
+@pass_context
+def block_add(ctx: Context, pattern: str, target: str | None) -> None:
+    """Block senders matching PATTERN (an address; * and ? are wildcards)."""
+    add_rule(ctx, RuleAction.BLOCK, pattern, target)
+
+
+@block.command("remove")
+@click.argument("pattern")
+@for_option
+@pass_context
+def block_remove(ctx: Context, pattern: str, target: str | None) -> None:
+    """Remove a block entry (the PATTERN and --for it was added with)."""
+    remove_rule(ctx, RuleAction.BLOCK, pattern, target)
+
+
+@block.command("ls")
+@ls_for_option
+@json_rules_option
+@pass_context
+def block_ls(ctx: Context, target: str | None, as_json: bool) -> None:
+    """Show the block entries: global ones, then those for domains, then addresses."""
+    show_rules(ctx, RuleAction.BLOCK, target, as_json)
+
+
+@cli.group()
+def allow() -> None:
+    """Senders taken despite a block entry of the same or a wider scope."""
+
+
+@allow.command("add")
+@click.argument("pattern")
+@for_option
+@pass_context
+def allow_add(ctx: Context, pattern: str, target: str | None) -> None:
+    """Allow senders matching PATTERN (an address; * and ? are wildcards)."""
+    add_rule(ctx, RuleAction.ALLOW, pattern, target)
+
+
+@allow.command("remove")
+@click.argument("pattern")
+@for_option
+@pass_context
+def allow_remove(ctx: Context, pattern: str, target: str | None) -> None:
+    """Remove an allow entry (the PATTERN and --for it was added with)."""
+    remove_rule(ctx, RuleAction.ALLOW, pattern, target)
+
+
+@allow.command("ls")
+@ls_for_option
+@json_rules_option
+@pass_context
+def allow_ls(ctx: Context, target: str | None, as_json: bool) -> None:
+    """Show the allow entries: global ones, then those for domains, then addresses."""
+    show_rules(ctx, RuleAction.ALLOW, target, as_json)
 
 
 # -- queue ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@
             ├── InvalidHelo           a HELO/EHLO/LHLO name that cannot go into a header
             ├── InvalidSender         a MAIL FROM address that is not text (invalid UTF-8)
             ├── InvalidRecipientAddress   a RCPT TO address that is not text
+            ├── SenderBlocked         a block entry covers the sender for the recipient(s)
             └── LoopDetected          our own loop marker, or too many hops
 
 An error says *what* went wrong in plain words and structured fields, never *how* a
@@ -55,9 +56,10 @@ class ConfigurationError(MailflowError):
 
 
 # What kind of object a NotFound or Conflict is about, and how a sentence names it.
-ObjectKind = Literal["domain", "list", "member"]
+ObjectKind = Literal["domain", "list", "member", "rule"]
 KIND_WORDS: Final[dict[str, str]] = {
-    "domain": "domain", "list": "list or alias", "member": "member"}
+    "domain": "domain", "list": "list or alias", "member": "member",
+    "rule": "block or allow entry"}
 
 
 class NotFound(MailflowError):
@@ -172,6 +174,10 @@ class InvalidRecipientAddress(PermanentFailure):
     default_reason = "invalid recipient address"
 
 
+class SenderBlocked(PermanentFailure):
+    default_reason = "sender blocked"
+
+
 class LoopDetected(PermanentFailure):
     default_reason = "mail loop detected"
 
@@ -238,6 +244,10 @@ TABLE: Final[dict[type[MailflowError], ErrorSpec]] = {
                          EX_DATAERR, 1, "REJECT"),
     InvalidRecipientAddress: _spec("invalid_recipient_address", "501 5.1.3", 400, "Bad address",
                                    EX_DATAERR, 1, "REJECT"),
+    # 67 as for the other 5.7.1 refusal: ``mailflow pipe --url`` maps the enhanced
+    # status of a relay's 422 back through this table and must land on the same status.
+    SenderBlocked: _spec("sender_blocked", "550 5.7.1", 422, "Refused",
+                         EX_NOUSER, 1, "REJECT"),
     LoopDetected: _spec("loop_detected", "554 5.4.6", 422, "Refused",
                         EX_DATAERR, 1, "REJECT"),
 }

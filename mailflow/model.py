@@ -175,6 +175,39 @@ class Resolution:
     mailing_list: MailingList | None = None
 
 
+class RuleAction(enum.StrEnum):
+    BLOCK = "block"  # the sender's mail is refused (or dropped) for the recipients covered
+    ALLOW = "allow"  # overrides blocks of the same or a wider scope
+
+
+class RuleScope(enum.IntEnum):
+    """Which recipients a sender rule covers; a larger value is a narrower scope."""
+
+    GLOBAL = 0   # every recipient of the relay
+    DOMAIN = 1   # every list and alias of one domain
+    ADDRESS = 2  # one list or alias
+
+
+@dataclass(frozen=True, slots=True)
+class SenderRule:
+    """A block or allow entry: senders matching ``pattern``, for the recipients of
+    ``target`` (empty: every recipient; a domain; or one list or alias address).
+
+    ``pattern`` is in lower case; ``*`` stands for any run of characters, ``?`` for one.
+    """
+
+    action: RuleAction
+    pattern: str
+    target: str = ""
+    created_at: float = 0.0
+
+    @property
+    def scope(self) -> RuleScope:
+        if not self.target:
+            return RuleScope.GLOBAL
+        return RuleScope.ADDRESS if "@" in self.target else RuleScope.DOMAIN
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """The result of one delivery attempt, as the scheduler decided it.

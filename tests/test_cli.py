@@ -14,6 +14,7 @@ import pytest
 
 from mailflow.store import create_cli_engines
 from mailflow.store.migrate import current_revision
+from mailflow.testing.factories import make_list
 from mailflow.testing.relay import RelayProcess
 
 
@@ -115,6 +116,36 @@ def test_list_update_and_names_that_would_inject_header_fields(cli: RelayProcess
     assert nothing.returncode == 2 and "nothing to update" in nothing.stderr
     missing = cli.cli("list", "update", "nobody@example.test", "--priority", "1")
     assert missing.returncode == 3 and "see `mailflow list ls`" in missing.stderr
+
+
+def test_block_and_allow_entries(tmp_path: Path) -> None:
+    """On SQLite only: the store's side is tests/test_blocklist.py, on both backends."""
+    cli = RelayProcess(tmp_path / "relay")
+    cli.init()
+    with cli.repository() as repo:
+        make_list(repo, "team@example.test")
+    assert ok(cli, "block", "add", "*@Spam.example") == (
+        "blocked *@spam.example for every recipient\n")
+    assert ok(cli, "block", "add", "noreply@*.example", "--for", "Example.TEST") == (
+        "blocked noreply@*.example for example.test\n")
+    assert ok(cli, "allow", "add", "news@example.*", "--for", "Team@example.test") == (
+        "allowed news@example.* for team@example.test\n")
+    listed = json.loads(ok(cli, "block", "ls", "--json"))
+    assert [(e["pattern"], e["scope"], e["for"]) for e in listed] == [
+        ("*@spam.example", "global", None), ("noreply@*.example", "domain", "example.test")]
+    assert isinstance(listed[0]["created_at"], float)
+
+    bad = cli.cli("block", "add", "spam.example")
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr == ("mailflow: error: invalid sender pattern 'spam.example': it "
+                          "matches no address; for a whole domain write *@spam.example\n")
+    missing = cli.cli("allow", "remove", "news@example.*")  # not without its --for
+    assert missing.returncode == 3
+    assert missing.stderr == ("mailflow: error: news@example.* is not on the allow list for "
+                              "every recipient; see `mailflow allow ls`\n")
+    assert ok(cli, "block", "remove", "*@spam.example") == (
+        "removed block entry *@spam.example for every recipient\n")
+    assert ok(cli, "block", "ls") == "noreply@*.example\tdomain\texample.test\n"
 
 
 def test_queue_show_json_shape(cli: RelayProcess) -> None:

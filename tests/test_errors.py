@@ -20,6 +20,7 @@ from mailflow.errors import (
     NoRecipients,
     NotFound,
     PermanentFailure,
+    SenderBlocked,
     SmtpReplyError,
     StorageUnavailable,
     TemporaryFailure,
@@ -35,6 +36,7 @@ REPLIES = [
     (MalformedMessage, "554 5.6.0", 400, errors.EX_DATAERR, "REJECT"),
     (NoRecipients, "554 5.5.1", 400, errors.EX_DATAERR, "REJECT"),
     (LoopDetected, "554 5.4.6", 422, errors.EX_DATAERR, "REJECT"),
+    (SenderBlocked, "550 5.7.1", 422, errors.EX_NOUSER, "REJECT"),
     (PermanentFailure, "554 5.0.0", 422, errors.EX_DATAERR, "REJECT"),
     (StorageUnavailable, "451 4.3.0", 503, errors.EX_TEMPFAIL, "DEFER_IF_PERMIT"),
     (EgressUnavailable, "451 4.4.1", 503, errors.EX_TEMPFAIL, "DEFER_IF_PERMIT"),
@@ -87,8 +89,8 @@ def test_an_unlisted_subclass_takes_its_parents_row() -> None:
 
 
 def test_errors_cross_processes_as_key_and_reason() -> None:
-    for cls in (UnknownRecipient, LoopDetected, StorageUnavailable, EgressUnavailable,
-                TemporaryFailure):
+    for cls in (UnknownRecipient, LoopDetected, SenderBlocked, StorageUnavailable,
+                EgressUnavailable, TemporaryFailure):
         error = cls("the reason")
         rebuilt = errors.error_from_key(errors.error_key(error), error.reason)
         assert type(rebuilt) is cls and rebuilt.reason == "the reason"

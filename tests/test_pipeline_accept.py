@@ -19,6 +19,7 @@ from mailflow.errors import (
     UnknownRecipient,
 )
 from mailflow.model import Envelope, Event, InboundMessage, ListKind, MailingList, Resolution
+from mailflow.pipeline.accept.blocklist import SenderBlocklist
 from mailflow.pipeline.accept.envelope import EnvelopeText
 from mailflow.pipeline.accept.hops import HopLimit
 from mailflow.pipeline.accept.loops import NotLooping
@@ -28,6 +29,7 @@ from mailflow.pipeline.accept.well_formed import Framed, WellFormed
 from mailflow.pipeline.chain import AcceptStep, accept_chain, run_accept
 from mailflow.pipeline.context import ACCEPT, Action, Decision, MessageContext, Recipient
 from mailflow.services.accept import AcceptPolicy, AcceptService
+from mailflow.services.sender_rules import no_rules
 from mailflow.testing.clock import FakeClock
 
 RAW = b"From: a@outside.test\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -40,6 +42,7 @@ DIRECTORY = {
     "x@elsewhere.test": Resolution("unknown_domain"),
 }
 POLICY = AcceptPolicy("abc", max_message_size=1000, max_received_headers=3)
+RULES = no_rules(FakeClock())  # sender entries: tests/test_blocklist.py
 
 
 async def lookup(canonical: str) -> Resolution:
@@ -171,13 +174,14 @@ async def test_a_step_sees_only_undecided_recipients_and_the_rest_are_accepted()
 
 
 async def test_the_registry_keeps_today_s_order() -> None:
-    steps = accept_chain(POLICY, lookup, submitted=True)
+    steps = accept_chain(POLICY, lookup, RULES, submitted=True)
     assert [type(s) for s in steps] == [SizeLimit, EnvelopeText, WellFormed, RecipientCheck,
-                                        HopLimit, NotLooping]
+                                        HopLimit, NotLooping, SenderBlocklist]
     # An SMTP client passed RCPT before DATA; its header section is only checked to
     # be one (Framed), not line by line.
-    steps = accept_chain(POLICY, lookup, submitted=False)
-    assert [type(s) for s in steps] == [SizeLimit, EnvelopeText, Framed, HopLimit, NotLooping]
+    steps = accept_chain(POLICY, lookup, RULES, submitted=False)
+    assert [type(s) for s in steps] == [SizeLimit, EnvelopeText, Framed, HopLimit, NotLooping,
+                                        SenderBlocklist]
 
 
 # -- the accept service -----------------------------------------------------------------
@@ -198,8 +202,9 @@ def service(*extra: AcceptStep, committer: RecordingCommitter | None = None
             ) -> tuple[AcceptService, RecordingCommitter]:
     committer = committer or RecordingCommitter()
     return AcceptService(lookup, committer, FakeClock(), POLICY,
-                         (*accept_chain(POLICY, lookup, submitted=False), *extra),
-                         (*accept_chain(POLICY, lookup, submitted=True), *extra)), committer
+                         (*accept_chain(POLICY, lookup, RULES, submitted=False), *extra),
+                         (*accept_chain(POLICY, lookup, RULES, submitted=True), *extra)
+                         ), committer
 
 
 async def test_smtp_accept_is_all_or_nothing() -> None:

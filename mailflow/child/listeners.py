@@ -9,9 +9,10 @@ egress runs: one process for the wire work in both directions, one interpreter's
 
 Every decision stays in the relay's :class:`~mailflow.services.accept.AcceptService`,
 which the child asks (:mod:`mailflow.child.messages`): :class:`CheckRecipient` at RCPT
-(positive answers are remembered for ``recipient_cache_ttl`` seconds in the child too)
-and :class:`Accept`/:class:`AcceptEach` after DATA, answered with the queue id (LMTP:
-the verdicts) or the error to reply with.  A ``250`` still means the relay committed
+(positive answers are remembered for ``recipient_cache_ttl`` seconds in the child too: for
+every sender while the relay has no sender entries, else for that sender only) and
+:class:`Accept`/:class:`AcceptEach` after DATA, answered with the queue id (LMTP: the
+verdicts) or the error to reply with.  A ``250`` still means the relay committed
 the message.
 
 Failure: if the child dies, its sessions are cut (clients retry, as after any dropped
@@ -101,9 +102,10 @@ class HostedListeners:
         answer: Answer
         try:
             match question:
-                case CheckRecipient(number=number, address=address):
-                    resolution = await self.service.check_recipient(address)
-                    answer = RecipientChecked(number, resolution.mailing_list is not None)
+                case CheckRecipient(number=number, address=address, sender=sender):
+                    resolution = await self.service.check_recipient(address, sender)
+                    answer = RecipientChecked(number, resolution.mailing_list is not None,
+                                              self.service.answers_for_every_sender())
                 case Accept(number=number, envelope=envelope, raw=raw):
                     answer = Accepted(number, await self.service.accept(envelope, raw))
                 case AcceptEach(number=number, envelope=envelope, raw=raw):
@@ -140,21 +142,35 @@ class RemoteAcceptor:
         self.channel: QuestionSink | None = channel
         self.ttl = recipient_cache_ttl
         self._known: dict[str, float] = {}  # address -> until when it is known to exist
+        # (sender, address) -> until when that sender may write to it (entries exist)
+        self._known_for: dict[tuple[str, str], float] = {}
         self._waiting: dict[int, asyncio.Future[Answer]] = {}
         self._next = 0
 
-    async def check_recipient(self, address: str) -> object:
-        """Raise unless the relay knows the address (asked at most every ``ttl`` s)."""
+    async def check_recipient(self, address: str, sender: str) -> object:
+        """Raise unless the relay knows the address and takes ``sender``'s mail for it
+        (asked at most every ``ttl`` s for one recipient, or one sender and recipient)."""
         canonical = addresses.canonical(address)
         now = time.monotonic()
         if self._known.get(canonical, 0.0) > now:
             return True
-        answer = await self._ask(lambda number: CheckRecipient(number, address))
+        pair = (addresses.canonical(sender), canonical)
+        if self._known_for.get(pair, 0.0) > now:
+            return True
+        answer = await self._ask(lambda number: CheckRecipient(number, address, sender))
         assert isinstance(answer, RecipientChecked)
         if answer.known and self.ttl > 0:
-            if len(self._known) >= MAX_KNOWN:
+            if answer.any_sender:
+                if len(self._known) >= MAX_KNOWN:
+                    self._known.clear()
+                self._known[canonical] = now + self.ttl
+            else:
+                # Sender entries exist now: an answer remembered for every sender
+                # might pass one of them.
                 self._known.clear()
-            self._known[canonical] = now + self.ttl
+                if len(self._known_for) >= MAX_KNOWN:
+                    self._known_for.clear()
+                self._known_for[pair] = now + self.ttl
         return True
 
     async def accept(self, envelope: Envelope, raw: bytes) -> str:

@@ -123,10 +123,13 @@ class Forget:
 @dataclass(frozen=True, slots=True)
 class RecipientChecked:
     """Answer to :class:`CheckRecipient`: ``known`` says whether the child may remember
-    it (a Resolution would make the child import the store to read it)."""
+    it (a Resolution would make the child import the store to read it); ``any_sender``
+    whether that holds for every sender (no sender entries exist), else only for the
+    sender asked about."""
 
     number: int
     known: bool
+    any_sender: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,10 +225,12 @@ class Unavailable:
 
 @dataclass(frozen=True, slots=True)
 class CheckRecipient:
-    """RCPT TO in a session of the child: does the relay know the address?"""
+    """RCPT TO in a session of the child: does the relay know the address, and does it
+    take mail from the transaction's sender for it?"""
 
     number: int
     address: str
+    sender: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from mailflow.model import Envelope
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, InlineExpansion
 from mailflow.services.installation import instance_id
+from mailflow.services.sender_rules import store_rule_book
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.engine import describe_database_error, sqlite_path
 
@@ -65,7 +66,8 @@ async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) ->
             expansion=InlineExpansion(settings.max_inline_deliveries))
         committer_task = asyncio.create_task(committer.run())
         service = AcceptService(store_lookup(runner), committer, clock, AcceptPolicy(
-            instance, settings.max_message_size, settings.max_received_headers, 0))
+            instance, settings.max_message_size, settings.max_received_headers, 0),
+            rules=store_rule_book(runner, clock, 0))
         message_id = await service.submit(envelope, raw)
     except SmtpReplyError as error:
         return PipeResult(spec(error).sysexit, status_line(error))

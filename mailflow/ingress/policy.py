@@ -1,9 +1,10 @@
 """Postfix policy delegation service: tells Postfix at RCPT time what the relay would refuse.
 
 With ``check_policy_service inet:127.0.0.1:PORT`` in ``smtpd_recipient_restrictions``,
-Postfix asks before it accepts a recipient of a list domain, so unknown addresses are
-refused during the SMTP conversation even when the relay sits behind a pipe or HTTP
-ingress: no bounce is ever generated after the fact (no backscatter).
+Postfix asks before it accepts a recipient of a list domain, so unknown addresses, and
+senders a block entry covers for the recipient, are refused during the SMTP conversation
+even when the relay sits behind a pipe or HTTP ingress: no bounce is ever generated
+after the fact (no backscatter).
 
 The protocol (postconf(5), SMTPD_POLICY_README): attributes ``name=value``, one a line,
 a blank line ends a request; the answer is ``action=...`` and a blank line.  Addresses
@@ -33,7 +34,7 @@ async def decide(service: AcceptService, request: dict[str, str]) -> str:
     if request.get("request") != "smtpd_access_policy" or not recipient:
         return "DUNNO"
     try:
-        await service.check_recipient(recipient, count=False)
+        await service.check_recipient(recipient, request.get("sender", ""), count=False)
     except SmtpReplyError as error:
         return policy_answer(error)
     return "DUNNO"

@@ -1,7 +1,8 @@
 """SMTP and LMTP listeners (aiosmtpd): SMTP verbs in, accept-service calls out.
 
 The handler holds no rules: HELO/EHLO/LHLO, MAIL and RCPT arguments are checked by
-:mod:`mailflow.pipeline.accept.commands`, RCPT asks the accept service whether the recipient exists,
+:mod:`mailflow.pipeline.accept.commands`, RCPT asks the accept service whether the recipient
+exists and takes mail from the transaction's sender,
 DATA asks it to store the message, and each domain error becomes its reply code.  LMTP is
 the same handler answering once per recipient after DATA.
 """
@@ -82,7 +83,7 @@ class RelayLMTP(_FastPaths, LimitedSession, EnhancedStatusCodes, LMTP):
 class Acceptor(Protocol):
     """What a listener asks: the accept service, here or in the relay process."""
 
-    async def check_recipient(self, address: str) -> object: ...
+    async def check_recipient(self, address: str, sender: str) -> object: ...
     async def accept(self, envelope: Envelope, raw: bytes) -> str: ...
     async def accept_each(self, envelope: Envelope, raw: bytes) -> list[Verdict]: ...
 
@@ -146,7 +147,7 @@ class RelayHandler:
             return "452 4.5.3 too many recipients"
         try:
             check_recipient_address(address)
-            await self.service.check_recipient(address)
+            await self.service.check_recipient(address, envelope.mail_from or "")
         except SmtpReplyError as error:
             return smtp_reply(error)
         envelope.rcpt_tos.append(address)

@@ -7,7 +7,7 @@ the protocol adapters nor the store change.
 * **accept** (before the 250/202): each step sees the recipients nothing has decided
   yet and returns a decision for those it decides (accept, reject, hold, discard); the
   rest go on to the next step and are accepted at the end.  Steps are coroutines, as
-  the coming ones (blocklists, SPF) wait on the network.
+  some wait on the store (the sender blocklist) or the network (SPF, to come).
 * **process** (after the durable commit, possibly inside the ingest transaction): each
   step adds deliveries and events to the context; synchronous, on the writer thread.
 * **send** (per outgoing copy): each step adds header fields to the copy or names list
@@ -21,6 +21,7 @@ from typing import Protocol
 
 from mailflow import headers
 from mailflow.model import InboundMessage, MailingList
+from mailflow.pipeline.accept.blocklist import SenderBlocklist
 from mailflow.pipeline.accept.envelope import EnvelopeText
 from mailflow.pipeline.accept.hops import HopLimit
 from mailflow.pipeline.accept.loops import NotLooping
@@ -36,6 +37,7 @@ from mailflow.pipeline.context import (
     MessageContext,
     ProcessContext,
     Recipient,
+    SenderRules,
 )
 from mailflow.pipeline.process.expand import expand
 from mailflow.pipeline.send.list_headers import list_headers
@@ -62,9 +64,9 @@ class AcceptSettings(Protocol):
 
 # -- the registries ---------------------------------------------------------------------
 
-def accept_chain(settings: AcceptSettings, lookup: Lookup, *,
+def accept_chain(settings: AcceptSettings, lookup: Lookup, rules: SenderRules, *,
                  submitted: bool) -> tuple[AcceptStep, ...]:
-    """In order; next: blocklists, posting policy, filter rules.
+    """In order; next: posting policy, filter rules.
 
     ``submitted``: the chain for input without an SMTP conversation (HTTP, pipe), which
     also checks what an SMTP client passed before DATA (syntax trusted, RCPT asked) and
@@ -76,6 +78,7 @@ def accept_chain(settings: AcceptSettings, lookup: Lookup, *,
         *((WellFormed(), RecipientCheck(lookup)) if submitted else (Framed(),)),
         HopLimit(settings.max_received_headers),
         NotLooping(settings.instance_id),
+        SenderBlocklist(rules),
     )
 
 

@@ -7,7 +7,7 @@ dataclass, so a step's inputs and outputs are visible in its signature.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,6 +20,7 @@ from mailflow.model import (
     MailingList,
     NewDelivery,
     Resolution,
+    SenderRule,
 )
 
 
@@ -102,6 +103,19 @@ ACCEPT = Decision(Action.ACCEPT)
 def for_all(recipients: Iterable[Recipient], decision: Decision) -> dict[str, Decision]:
     """The same decision for every recipient (a message-wide rule)."""
     return dict.fromkeys((r.canonical for r in recipients), decision)
+
+
+class SenderRules(Protocol):
+    """The sender entries an accept step needs (``services.sender_rules`` in the relay).
+
+    By sender alone, not per recipient: one question (one store query at most) answers
+    for every recipient of a message, and for each of its ``RCPT TO`` commands.
+    """
+
+    async def matching(self, sender: str) -> Sequence[SenderRule]:
+        """Every block and allow entry, of any scope, whose pattern matches ``sender``
+        (canonical; the null sender matches none)."""
+        ...
 
 
 class Directory(Protocol):

@@ -1,10 +1,11 @@
 """The accept service: the one place that decides whether a message is taken.
 
 Every ingress (SMTP, LMTP, and the HTTP and cloud providers that follow) asks it the same
-questions: does this recipient exist (at RCPT), then what does the accept chain decide
-for each recipient (size, syntax, hops, loops: see ``pipeline.chain``); it makes the
-message durable and only then says yes.  Protocol adapters translate its errors into
-their own replies and hold no rules of their own.
+questions: does this recipient exist and may this sender write to it (at RCPT), then
+what does the accept chain decide for each recipient (size, syntax, hops, loops, sender
+entries: see ``pipeline.chain``); it makes the message durable and only then says yes.
+Protocol adapters translate its errors into their own replies and hold no rules of their
+own.
 
 Decisions other than accept and reject, until moderation brings storage of its own:
 
@@ -26,16 +27,18 @@ from typing import Protocol
 
 from mailflow import addresses
 from mailflow.clock import Clock
-from mailflow.errors import NoRecipients, StorageUnavailable
+from mailflow.errors import NoRecipients, SenderBlocked, StorageUnavailable
 from mailflow.ids import new_message_id
 from mailflow.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
 from mailflow.model import Envelope, Event, InboundMessage, Resolution, Verdict
+from mailflow.pipeline.accept.blocklist import blocking_rule, judged_sender, sender_blocked
 from mailflow.pipeline.accept.recipients import Lookup, refusal
 from mailflow.pipeline.accept.well_formed import without_mbox_from
 from mailflow.pipeline.chain import AcceptStep, accept_chain, run_accept
 from mailflow.pipeline.context import Action, Decision, MessageContext
 from mailflow.services.commit import content_digest
 from mailflow.services.known_recipients import KnownRecipients
+from mailflow.services.sender_rules import SenderRuleBook, no_rules
 from mailflow.store.runner import StoreRunner
 
 log = logging.getLogger(__name__)
@@ -79,18 +82,23 @@ def store_lookup(runner: StoreRunner) -> Lookup:
 class AcceptService:
     def __init__(self, lookup: Lookup, committer: Committer, clock: Clock,
                  policy: AcceptPolicy, steps: Sequence[AcceptStep] | None = None,
-                 submit_steps: Sequence[AcceptStep] | None = None) -> None:
-        """``lookup`` resolves a canonical address (see :func:`store_lookup`); ``steps``
-        and ``submit_steps`` replace the accept chain's two variants (tests)."""
+                 submit_steps: Sequence[AcceptStep] | None = None, *,
+                 rules: SenderRuleBook | None = None) -> None:
+        """``lookup`` resolves a canonical address (see :func:`store_lookup`); ``rules``
+        are the sender entries (see :func:`~mailflow.services.sender_rules.store_rule_book`;
+        none without it); ``steps`` and ``submit_steps`` replace the accept chain's two
+        variants (tests)."""
         self.lookup = lookup
         self.committer = committer
         self.clock = clock
         self.policy = policy
         self.known = KnownRecipients(clock, policy.recipient_cache_ttl)
+        self.rules = rules if rules is not None else no_rules(clock)
         self.steps = (steps if steps is not None
-                      else accept_chain(policy, self._lookup, submitted=False))
+                      else accept_chain(policy, self._lookup, self.rules, submitted=False))
         self.submit_steps = (submit_steps if submit_steps is not None
-                             else accept_chain(policy, self._lookup, submitted=True))
+                             else accept_chain(policy, self._lookup, self.rules,
+                                               submitted=True))
 
     async def _lookup(self, canonical: str) -> Resolution:
         """What ``canonical`` is here: from the recent answers, else the store."""
@@ -100,19 +108,44 @@ class AcceptService:
             self.known.remember(canonical, resolution)
         return resolution
 
-    async def check_recipient(self, address: str, *, count: bool = True) -> Resolution:
-        """Raise unless ``address`` is a list, an alias or a list's bounce address here.
+    async def check_recipient(self, address: str, sender: str = "", *,
+                              count: bool = True) -> Resolution:
+        """Raise unless ``address`` is a list, an alias or a list's bounce address here,
+        and no block entry covers ``sender`` for it.
 
-        ``count=False`` for questions that are not refusals (the policy service asks about
-        every recipient its Postfix sees, ours or not).
+        Each ``RCPT TO`` is its own question: a sender blocked for this recipient is
+        refused here, whatever the other recipients (as Postfix, asking the policy
+        service one recipient at a time, refuses it).  ``count=False`` for questions that
+        are not refusals (the policy service asks about every recipient its Postfix
+        sees, ours or not).
         """
-        resolution = await self._lookup(addresses.canonical(address))
+        canonical = addresses.canonical(address)
+        resolution = await self._lookup(canonical)
         error = refusal(address, resolution)
+        if error is None and sender:
+            error = await self._sender_refusal(judged_sender(sender), canonical, address)
         if error is not None:
             if count:
                 MESSAGES_REJECTED.labels(code=error.enhanced).inc()
             raise error
         return resolution
+
+    async def _sender_refusal(self, sender: str, canonical: str, address: str
+                              ) -> SenderBlocked | None:
+        """The refusal of ``sender`` for one recipient; the entries matching the sender
+        are fetched once (per ``recipient_cache_ttl``) for all its recipients."""
+        if not sender:
+            return None
+        rules = await self.rules.matching(sender)
+        if rules and blocking_rule(rules, canonical) is not None:
+            return sender_blocked(sender, [address])
+        return None
+
+    def answers_for_every_sender(self) -> bool:
+        """Whether a positive :meth:`check_recipient` answer holds whatever the sender
+        (no sender entry exists, as last counted): the child may then remember the
+        recipient alone, else only with its sender."""
+        return self.rules.empty
 
     async def submit(self, envelope: Envelope, raw: bytes) -> str:
         """Check a whole submission, then accept it: for ingresses without RCPT (HTTP, pipe).

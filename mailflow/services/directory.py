@@ -14,13 +14,13 @@ to stay consistent (a domain must exist, an address is unique).
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from mailflow import addresses, headers
 from mailflow.clock import Clock, SystemClock
 from mailflow.errors import InvalidInput
-from mailflow.model import Domain, ListKind, MailingList, Member
+from mailflow.model import Domain, ListKind, MailingList, Member, RuleAction, SenderRule
 from mailflow.store import Repository
 
 NAME_MAX_LENGTH: Final = 200          # characters; the ``lists.name`` column
@@ -28,6 +28,10 @@ PRIORITY_MIN: Final = -1000
 PRIORITY_MAX: Final = 1000
 # Unicode categories refused in names: those that must never reach a header field.
 _REFUSED_CATEGORIES: Final = headers.UNSAFE_CATEGORIES
+PATTERN_MAX_LENGTH: Final = 320       # characters; the ``sender_rules.pattern`` column
+# Not in a sender pattern: the address brackets, the LIKE escape, and ``[``/``]``, which
+# would read as a shell character class (only ``*`` and ``?`` are wildcards here).
+_PATTERN_REFUSED: Final = frozenset("<>\\[]")
 
 
 def validated_address(text: str) -> str:
@@ -76,6 +80,46 @@ def validated_priority(priority: int) -> int:
     return priority
 
 
+def validated_pattern(text: str) -> str:
+    """A sender pattern a user typed, in lower case (patterns match case-insensitively).
+
+    Shell-style: ``*`` is any run of characters (``@`` and dots included), ``?`` one
+    character, anything else itself.  A pattern without ``@`` must have a ``*`` (``*``
+    alone is every sender); otherwise it could never match an address.
+    """
+    pattern = text.strip().lower()
+    if not pattern:
+        raise InvalidInput("empty sender pattern: give an address or a pattern such as "
+                           "*@spam.example")
+    for char in pattern:
+        if char.isspace() or unicodedata.category(char) in _REFUSED_CATEGORIES:
+            raise InvalidInput(f"invalid sender pattern {text!r}: it contains the character "
+                               f"U+{ord(char):04X}; spaces and control characters are not "
+                               "allowed")
+        if char in _PATTERN_REFUSED:
+            raise InvalidInput(f"invalid sender pattern {text!r}: {char!r} is not allowed "
+                               "(the wildcards are * and ?, without [...] classes or "
+                               "<> brackets)")
+    if len(pattern) > PATTERN_MAX_LENGTH:
+        raise InvalidInput(f"sender pattern too long ({len(pattern)} characters, at most "
+                           f"{PATTERN_MAX_LENGTH})")
+    ats = pattern.count("@")
+    if ats > 1:
+        raise InvalidInput(f"invalid sender pattern {text!r}: more than one @")
+    if not ats and "*" not in pattern:
+        raise InvalidInput(f"invalid sender pattern {text!r}: it matches no address; "
+                           f"for a whole domain write *@{pattern}")
+    return pattern
+
+
+def validated_rule_target(text: str | None) -> str:
+    """Whom an entry covers: '' (every recipient), a domain, or one list or alias address,
+    in canonical form."""
+    if text is None or not text.strip():
+        return ""
+    return validated_address(text) if "@" in text else validated_domain(text)
+
+
 def validated_kind(kind: str | ListKind) -> ListKind:
     try:
         return ListKind(kind)
@@ -84,12 +128,32 @@ def validated_kind(kind: str | ListKind) -> ListKind:
         raise InvalidInput(f"invalid kind {kind!r}: it must be {choices}") from None
 
 
-class DirectoryService:
-    """Domains, lists and aliases, and their members: validated, then stored."""
+def validated_action(action: str | RuleAction) -> RuleAction:
+    try:
+        return RuleAction(action)
+    except ValueError:
+        choices = " or ".join(a.value for a in RuleAction)
+        raise InvalidInput(f"invalid action {action!r}: it must be {choices}") from None
 
-    def __init__(self, repo: Repository, clock: Clock | None = None) -> None:
+
+class DirectoryService:
+    """Domains, lists and aliases, their members, and sender entries: validated, then stored.
+
+    ``on_rules_changed`` is called after every change that adds or removes sender
+    entries, so a cache of them in the same process (the accept service's
+    :class:`~mailflow.services.sender_rules.SenderRuleBook`) forgets at once; other
+    processes' caches expire within their TTL.
+    """
+
+    def __init__(self, repo: Repository, clock: Clock | None = None, *,
+                 on_rules_changed: Callable[[], None] | None = None) -> None:
         self.repo = repo
         self.clock = clock or SystemClock()
+        self.on_rules_changed = on_rules_changed
+
+    def _rules_changed(self) -> None:
+        if self.on_rules_changed is not None:
+            self.on_rules_changed()
 
     # -- domains ------------------------------------------------------------------------
 
@@ -100,8 +164,10 @@ class DirectoryService:
         return self.repo.domains()
 
     def remove_domain(self, name: str) -> None:
-        """Stop serving a domain; :class:`Conflict` while it still has lists."""
+        """Stop serving a domain (and drop its sender entries); :class:`Conflict` while
+        it still has lists."""
         self.repo.remove_domain(validated_domain(name))
+        self._rules_changed()
 
     # -- lists and aliases --------------------------------------------------------------
 
@@ -131,8 +197,11 @@ class DirectoryService:
         return self.repo.lists_with_counts()
 
     def delete_list(self, address: str) -> int:
-        """Delete a list and its roster; returns how many pending deliveries failed."""
-        return self.repo.delete_list(validated_address(address), self.clock.now())
+        """Delete a list, its roster and its sender entries; returns how many pending
+        deliveries failed."""
+        failed = self.repo.delete_list(validated_address(address), self.clock.now())
+        self._rules_changed()
+        return failed
 
     # -- members ------------------------------------------------------------------------
 
@@ -148,3 +217,28 @@ class DirectoryService:
 
     def members(self, list_address: str) -> list[Member]:
         return self.repo.members(validated_address(list_address))
+
+    # -- sender entries (block and allow lists) -------------------------------------------
+
+    def add_sender_rule(self, action: str | RuleAction, pattern: str,
+                        target: str | None = None) -> SenderRule:
+        """Block or allow senders matching ``pattern`` for ``target`` (None: every
+        recipient; a served domain; or a list or alias address)."""
+        rule = SenderRule(validated_action(action), validated_pattern(pattern),
+                          validated_rule_target(target), self.clock.now())
+        added = self.repo.add_sender_rule(rule)
+        self._rules_changed()
+        return added
+
+    def remove_sender_rule(self, action: str | RuleAction, pattern: str,
+                           target: str | None = None) -> None:
+        self.repo.remove_sender_rule(validated_action(action), validated_pattern(pattern),
+                                     validated_rule_target(target))
+        self._rules_changed()
+
+    def sender_rules(self, action: str | RuleAction | None = None,
+                     target: str | None = None) -> list[SenderRule]:
+        """The entries (of one action, for one target, if given), widest scope first."""
+        return self.repo.sender_rules(
+            None if action is None else validated_action(action),
+            None if target is None else validated_rule_target(target))

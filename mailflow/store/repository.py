@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Row,
+    String,
     bindparam,
     delete,
     func,
@@ -46,10 +47,23 @@ from mailflow.model import (
     NewDelivery,
     Outcome,
     Resolution,
+    RuleAction,
+    RuleScope,
+    SenderRule,
 )
 from mailflow.store.engine import Engines
 from mailflow.store.hot import HotStatements
-from mailflow.store.tables import blobs, deliveries, domains, events, lists, members, messages, meta
+from mailflow.store.tables import (
+    blobs,
+    deliveries,
+    domains,
+    events,
+    lists,
+    members,
+    messages,
+    meta,
+    sender_rules,
+)
 
 PENDING = [status.value for status in PENDING_STATUSES]
 
@@ -65,6 +79,27 @@ def _message(row: Row[Any]) -> InboundMessage:
         blob=row.blob, size=row.size, received_at=row.received_at, peer=row.peer,
         helo=row.helo, protocol=row.protocol, status=MessageStatus(row.status),
     )
+
+
+def _sender_rule(row: Row[Any]) -> SenderRule:
+    return SenderRule(RuleAction(row.action), row.pattern, row.target, row.created_at)
+
+
+# A sender pattern's ``*`` and ``?`` become LIKE's ``%`` and ``_``; a literal ``%``,
+# ``_`` or ``\`` is escaped.  The same LIKE on SQLite and PostgreSQL: patterns and
+# senders are both in lower case, so SQLite's case-folding LIKE changes nothing.
+_LIKE_ESCAPE = "\\"
+_TO_LIKE = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_", "*": "%", "?": "_"})
+
+
+def like_pattern(pattern: str) -> str:
+    """The SQL LIKE form of a sender pattern (``*`` any run, ``?`` one character)."""
+    return pattern.translate(_TO_LIKE)
+
+
+def _rule_list(action: RuleAction, target: str) -> str:
+    """How a sentence names one list of entries: ``the block list for example.test``."""
+    return f"the {action.value} list for {target or 'every recipient'}"
 
 
 def _resolve(conn: Connection, address: str) -> Resolution:
@@ -101,6 +136,13 @@ _NEXT_DUE = select(func.min(deliveries.c.due_at)).where(deliveries.c.status.in_(
 _LEASES_BY_ID = (select(deliveries.c.id, deliveries.c.lease_owner, deliveries.c.status)
                  .where(deliveries.c.id.in_(bindparam("b_ids", expanding=True))))
 _IDS_PER_LOOKUP = 1000  # ids in one IN list (SQLite allows 32,766 variables)
+# Every entry, of any scope, whose pattern matches one sender: what the accept chain
+# needs for all of a message's recipients (the entries are few; a sender matches fewer).
+_RULES_MATCHING = (select(sender_rules.c.action, sender_rules.c.pattern, sender_rules.c.target,
+                          sender_rules.c.created_at)
+                   .where(bindparam("b_sender", type_=String())
+                          .like(sender_rules.c.like_pattern, escape=_LIKE_ESCAPE)))
+_RULE_COUNT = select(func.count()).select_from(sender_rules)
 
 
 class DirectoryView:
@@ -191,6 +233,7 @@ class Repository:
                 raise Conflict("domain", name,
                                f"domain {name} still has {used} list(s) or alias(es)",
                                dependents=used)
+            conn.execute(delete(sender_rules).where(sender_rules.c.target == name))
             conn.execute(delete(domains).where(domains.c.id == domain_id))
 
     # -- lists and aliases --------------------------------------------------------------
@@ -271,6 +314,7 @@ class Repository:
                         last_reply="list deleted before delivery", lease_owner=None)
             ).rowcount
             conn.execute(delete(members).where(members.c.list_id == list_id))
+            conn.execute(delete(sender_rules).where(sender_rules.c.target == address))
             conn.execute(delete(lists).where(lists.c.id == list_id))
         return failed
 
@@ -278,6 +322,63 @@ class Repository:
         """Decide what a recipient address is: list/alias, list bounces, or unknown."""
         with self.engines.reader.connect() as conn:
             return _resolve(conn, address)
+
+    # -- sender rules (block and allow entries) -----------------------------------------
+
+    def add_sender_rule(self, rule: SenderRule) -> SenderRule:
+        """Store an entry; the caller validated it (see DirectoryService).
+
+        A domain or address target must be a served domain or an existing list or alias:
+        an entry for a typo would silently never apply.
+        """
+        target = rule.target
+        try:
+            with self.engines.writer.begin() as conn:
+                if rule.scope is RuleScope.DOMAIN:
+                    if conn.scalar(_DOMAIN_ID, {"b_name": target}) is None:
+                        raise NotFound("domain", target, f"domain {target} is not served here")
+                elif rule.scope is RuleScope.ADDRESS:
+                    self._list_id(conn, target)
+                conn.execute(insert(sender_rules).values(
+                    action=rule.action.value, target=target, pattern=rule.pattern,
+                    like_pattern=like_pattern(rule.pattern), created_at=rule.created_at))
+        except IntegrityError:
+            raise Conflict("rule", rule.pattern, f"{rule.pattern} is on "
+                           f"{_rule_list(rule.action, target)} already") from None
+        return rule
+
+    def remove_sender_rule(self, action: RuleAction, pattern: str, target: str) -> None:
+        with self.engines.writer.begin() as conn:
+            removed = conn.execute(delete(sender_rules).where(
+                sender_rules.c.action == action.value, sender_rules.c.target == target,
+                sender_rules.c.pattern == pattern)).rowcount
+        if not removed:
+            raise NotFound("rule", pattern,
+                           f"{pattern} is not on {_rule_list(action, target)}")
+
+    def sender_rules(self, action: RuleAction | None = None,
+                     target: str | None = None) -> list[SenderRule]:
+        """Entries by scope (global, domains, addresses), then target and pattern."""
+        query = select(sender_rules)
+        if action is not None:
+            query = query.where(sender_rules.c.action == action.value)
+        if target is not None:
+            query = query.where(sender_rules.c.target == target)
+        with self.engines.reader.connect() as conn:
+            found = [_sender_rule(row) for row in conn.execute(query)]
+        return sorted(found, key=lambda r: (r.scope, r.target, r.pattern, r.action.value))
+
+    def sender_rules_matching(self, sender: str) -> list[SenderRule]:
+        """Every entry, of any scope and action, whose pattern matches ``sender`` (in
+        canonical form): one statement, whatever the number of recipients."""
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(_RULES_MATCHING, {"b_sender": sender}).all()
+        return [SenderRule(RuleAction(action), pattern, target, created_at)
+                for action, pattern, target, created_at in rows]
+
+    def count_sender_rules(self) -> int:
+        with self.engines.reader.connect() as conn:
+            return int(conn.scalar(_RULE_COUNT) or 0)
 
     # -- members ------------------------------------------------------------------------
 

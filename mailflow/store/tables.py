@@ -131,3 +131,21 @@ events = Table(
     Column("delivery_id", BigInteger, nullable=True),
     Column("detail", Text, nullable=False, server_default=""),
 )
+
+# Block and allow entries for senders (``mailflow block``/``allow``), read once per
+# sender by the accept chain.  ``target`` is '' for every recipient, a domain, or one
+# list or alias address (not NULL: a unique constraint must see two global entries of
+# one pattern as equal).  ``like_pattern`` is ``pattern`` as a SQL LIKE pattern
+# (``*`` -> ``%``, ``?`` -> ``_``, escaped with ``\``): both backends match a sender
+# against every entry in one statement.
+sender_rules = Table(
+    "sender_rules",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("action", String(8), nullable=False),
+    Column("target", String(320), nullable=False, server_default=""),
+    Column("pattern", String(320), nullable=False),
+    Column("like_pattern", String(640), nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("target", "action", "pattern", name="uq_sender_rules_entry"),
+)
