@@ -21,7 +21,7 @@ cli.domain_add, cli.domain_list, cli.domain_remove
 cli.list_create, cli.list_update, cli.list_show, cli.list_ls, cli.list_delete
 cli.member_add, cli.member_remove, cli.member_list, cli.member_import
 cli.queue_show
-cli.block_add, cli.block_remove, cli.block_ls, cli.allow_add, cli.allow_remove, cli.allow_ls
+Whitelist().rule_add, Whitelist().rule_remove, Whitelist().rule_ls  # in cli._rule_group
 
 # pydantic calls the validators and the sources hook; the hook's signature is pydantic's.
 config.Settings._check_listen, config.Settings._check_relay, config.Settings._check_egress

@@ -501,68 +501,43 @@ def show_rules(ctx: Context, action: RuleAction, target: str | None, as_json: bo
         click.echo(f"{r.pattern}\t{r.scope.name.lower()}\t{r.target}".rstrip())
 
 
-@cli.group()
-def block() -> None:
-    """Senders whose mail is refused: mailflow block add '*@spam.example'."""
+def _rule_group(action: RuleAction, name: str, entry: str, summary: str, verb: str
+                ) -> None:
+    """``mailflow block`` and ``mailflow allow``: the same three commands each."""
+
+    @cli.group(name, help=summary)
+    def group() -> None:
+        pass
+
+    @group.command("add", help=f"{verb} senders matching PATTERN (an address; * and ? "
+                   "are wildcards).")
+    @click.argument("pattern")
+    @for_option
+    @pass_context
+    def rule_add(ctx: Context, pattern: str, target: str | None) -> None:
+        add_rule(ctx, action, pattern, target)
+
+    @group.command("remove", help=f"Remove {entry} (the PATTERN and --for it was added "
+                   "with).")
+    @click.argument("pattern")
+    @for_option
+    @pass_context
+    def rule_remove(ctx: Context, pattern: str, target: str | None) -> None:
+        remove_rule(ctx, action, pattern, target)
+
+    @group.command("ls", help=f"Show the {name} entries: global ones, then those for "
+                   "domains, then addresses.")
+    @ls_for_option
+    @json_rules_option
+    @pass_context
+    def rule_ls(ctx: Context, target: str | None, as_json: bool) -> None:
+        show_rules(ctx, action, target, as_json)
 
 
-@block.command("add")
-@click.argument("pattern")
-@for_option
-@pass_context
-def block_add(ctx: Context, pattern: str, target: str | None) -> None:
-    """Block senders matching PATTERN (an address; * and ? are wildcards)."""
-    add_rule(ctx, RuleAction.BLOCK, pattern, target)
-
-
-@block.command("remove")
-@click.argument("pattern")
-@for_option
-@pass_context
-def block_remove(ctx: Context, pattern: str, target: str | None) -> None:
-    """Remove a block entry (the PATTERN and --for it was added with)."""
-    remove_rule(ctx, RuleAction.BLOCK, pattern, target)
-
-
-@block.command("ls")
-@ls_for_option
-@json_rules_option
-@pass_context
-def block_ls(ctx: Context, target: str | None, as_json: bool) -> None:
-    """Show the block entries: global ones, then those for domains, then addresses."""
-    show_rules(ctx, RuleAction.BLOCK, target, as_json)
-
-
-@cli.group()
-def allow() -> None:
-    """Senders taken despite a block entry of the same or a wider scope."""
-
-
-@allow.command("add")
-@click.argument("pattern")
-@for_option
-@pass_context
-def allow_add(ctx: Context, pattern: str, target: str | None) -> None:
-    """Allow senders matching PATTERN (an address; * and ? are wildcards)."""
-    add_rule(ctx, RuleAction.ALLOW, pattern, target)
-
-
-@allow.command("remove")
-@click.argument("pattern")
-@for_option
-@pass_context
-def allow_remove(ctx: Context, pattern: str, target: str | None) -> None:
-    """Remove an allow entry (the PATTERN and --for it was added with)."""
-    remove_rule(ctx, RuleAction.ALLOW, pattern, target)
-
-
-@allow.command("ls")
-@ls_for_option
-@json_rules_option
-@pass_context
-def allow_ls(ctx: Context, target: str | None, as_json: bool) -> None:
-    """Show the allow entries: global ones, then those for domains, then addresses."""
-    show_rules(ctx, RuleAction.ALLOW, target, as_json)
+_rule_group(RuleAction.BLOCK, "block", "a block entry",
+            "Senders whose mail is refused: mailflow block add '*@spam.example'.", "Block")
+_rule_group(RuleAction.ALLOW, "allow", "an allow entry",
+            "Senders taken despite a block entry of the same or a wider scope.", "Allow")
 
 
 # -- queue ------------------------------------------------------------------------------
