@@ -13,9 +13,10 @@ to stay consistent (a domain must exist, an address is unique).
 
 from __future__ import annotations
 
+import enum
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
-from typing import Final
+from typing import Final, TypeVar
 
 from mailflow import addresses, headers
 from mailflow.clock import Clock, SystemClock
@@ -120,20 +121,23 @@ def validated_rule_target(text: str | None) -> str:
     return validated_address(text) if "@" in text else validated_domain(text)
 
 
-def validated_kind(kind: str | ListKind) -> ListKind:
+E = TypeVar("E", bound=enum.StrEnum)
+
+
+def _validated_choice(kind: type[E], value: str | E, what: str) -> E:
     try:
-        return ListKind(kind)
+        return kind(value)
     except ValueError:
-        choices = " or ".join(k.value for k in ListKind)
-        raise InvalidInput(f"invalid kind {kind!r}: it must be {choices}") from None
+        choices = " or ".join(member.value for member in kind)
+        raise InvalidInput(f"invalid {what} {value!r}: it must be {choices}") from None
+
+
+def validated_kind(kind: str | ListKind) -> ListKind:
+    return _validated_choice(ListKind, kind, "kind")
 
 
 def validated_action(action: str | RuleAction) -> RuleAction:
-    try:
-        return RuleAction(action)
-    except ValueError:
-        choices = " or ".join(a.value for a in RuleAction)
-        raise InvalidInput(f"invalid action {action!r}: it must be {choices}") from None
+    return _validated_choice(RuleAction, action, "action")
 
 
 class DirectoryService:
