@@ -21,7 +21,7 @@ import click
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from mailflow import __version__
+from mailflow import __version__, addresses
 from mailflow.config import Settings, load_settings
 from mailflow.errors import EX_TEMPFAIL, Conflict, InvalidInput, MailflowError, NotFound, spec
 from mailflow.model import ListKind
@@ -222,7 +222,9 @@ def domain_add(ctx: Context, names: tuple[str, ...]) -> None:
     with ctx.directory() as directory:
         for name in valid:
             added = directory.add_domain(name)
-            click.echo(f"added domain {added.name}")
+            shown = addresses.u_labels(added.name)
+            click.echo(f"added domain {added.name}"
+                       + (f" ({shown})" if shown != added.name else ""))
 
 
 @domain.command("list")

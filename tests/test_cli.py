@@ -91,6 +91,16 @@ def test_errors_go_to_stderr_with_an_exit_status(cli: RelayProcess, args: tuple[
     assert result.stdout == ""
 
 
+def test_an_idn_domain_is_stored_as_a_labels_and_an_invalid_one_explained(
+        cli: RelayProcess) -> None:
+    assert ok(cli, "domain", "add", "ÜNÏCODE.example", "a.test").splitlines() == [
+        "added domain xn--ncode-cta3g.example (ünïcode.example)", "added domain a.test"]
+    result = cli.cli("domain", "add", "a\u200db.example")
+    assert result.returncode == 2
+    assert result.stderr == ("mailflow: error: invalid domain 'a\\u200db.example': Joiner "
+                             "U+200D not allowed at position 2 in 'a\\u200db'\n")
+
+
 def test_list_update_and_names_that_would_inject_header_fields(cli: RelayProcess) -> None:
     ok(cli, "domain", "add", "example.test")
     ok(cli, "list", "create", "team@example.test", "--name", "Team", "--priority", "2")

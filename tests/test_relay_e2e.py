@@ -18,6 +18,7 @@ import pytest
 from mailflow import headers
 from mailflow.blobs import content_hash
 from mailflow.model import DeliveryRow, ListKind
+from mailflow.services.directory import DirectoryService
 from mailflow.testing.factories import make_list, make_message
 from mailflow.testing.ports import descendants
 from mailflow.testing.relay import RelayProcess
@@ -148,6 +149,31 @@ def test_unknown_domain_and_unknown_address_are_refused_at_rcpt(shared: RelayPro
         assert (code, text[:5]) == (550, b"5.1.1")
         code, _ = client.rcpt("team@example.test")
         assert code == 250
+
+
+def test_an_idn_domain_added_in_any_spelling_takes_smtputf8_mail(
+        shared: RelayProcess, module_sink: SmtpSink) -> None:
+    _, [member] = shared.fresh_list(members=1)  # a member address of this test's own
+    with shared.repository() as repo:
+        directory = DirectoryService(repo)
+        # what `mailflow domain add ünïcode.example` and `mailflow list create` do
+        assert directory.add_domain("ünïcode.example").name == "xn--ncode-cta3g.example"
+        directory.create_list("l@ÜNÏCODE.example", kind=ListKind.ALIAS)
+        directory.add_members("l@xn--ncode-cta3g.example", [member])
+    with smtplib.SMTP("127.0.0.1", shared.smtp_port, timeout=30) as client:
+        client.ehlo("client.test")
+        assert client.has_extn("smtputf8")
+        assert client.mail("poster@outside.test", ["SMTPUTF8"])[0] == 250
+        assert client.rcpt("<l@ünïcode.example>")[0] == 250
+        assert client.rcpt("<l@xn--ncode-cta3g.example>")[0] == 250  # the same alias
+        code, reply = client.rcpt("<l@a\u200db.example>")
+        assert (code, reply[:5]) == (501, b"5.1.3")
+        assert b"not a valid internationalised domain name" in reply
+        assert client.data(make_message("l@ünïcode.example"))[0] == 250
+    wait_final(shared, [member])
+    [copy] = module_sink.wait_for_copies([member])
+    assert copy.rcpt_tos == (member,)
+    assert copy.mail_from == "l-bounces@xn--ncode-cta3g.example"
 
 
 def test_oversized_message_is_refused_with_552(make_relay: Callable[..., RelayProcess],

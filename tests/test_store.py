@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mailflow import addresses
 from mailflow.blobs import BlobStore, content_hash
 from mailflow.errors import Conflict, InvalidInput, NotFound
 from mailflow.model import DeliveryStatus, InboundMessage, Lease, ListKind, MessageStatus, Outcome
@@ -307,5 +308,44 @@ def test_a_database_from_before_bodies_in_rows_is_upgraded_in_place(database_url
         repo = Repository(engines)
         assert repo.blob_stats() == (1, 3)
         assert repo.stored_body("old") is None  # an old blob is a file
+    finally:
+        engines.dispose()
+
+
+def test_addresses_stored_with_a_unicode_domain_are_rewritten_in_a_labels(database_url: str
+                                                                          ) -> None:
+    """Before 0003 a non-ASCII local part kept its domain in Unicode; the lookup now
+    uses A-labels, so such a list would be unreachable without the rewrite."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from mailflow.store import create_engines, upgrade_to_head
+    from mailflow.store.migrate import MIGRATIONS
+
+    engines = create_engines(database_url, pool_size=1)
+    try:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with engines.writer.connect() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0002")
+            connection.commit()
+        with engines.writer.begin() as conn:
+            conn.execute(text("INSERT INTO domains (id, name, created_at) "
+                              "VALUES (1, 'xn--ncode-cta3g.example', 0)"))
+            conn.execute(text("INSERT INTO lists (id, domain_id, address, kind, name, "
+                              "priority, created_at) VALUES (1, 1, 'ünï@ünïcode.example', "
+                              "'list', '', 0, 0)"))
+            conn.execute(text(
+                "INSERT INTO members (list_id, address, status, created_at) VALUES "
+                "(1, 'émile@ünïcode.example', 'active', 0), "
+                "(1, 'zoë@xn--ncode-cta3g.example', 'active', 0), "
+                "(1, 'zoë@ünïcode.example', 'active', 0), (1, 'ann@x.test', 'active', 0)"))
+        upgrade_to_head(engines.writer)
+        repo = Repository(engines)
+        assert repo.resolve(addresses.canonical("ünï@ÜNÏCODE.example")).kind == "list"
+        assert sorted(m.address for m in repo.members("ünï@xn--ncode-cta3g.example")) == [
+            "ann@x.test", "zoë@xn--ncode-cta3g.example", "émile@xn--ncode-cta3g.example"]
     finally:
         engines.dispose()
