@@ -26,6 +26,7 @@ cli.queue_show
 config.Settings._check_listen, config.Settings._check_relay, config.Settings._check_egress
 config.Settings._parse_routes, config.Settings._check_database_url
 config.Settings._upper_log_level, config.Settings._check_retry
+config.Settings._check_role_address
 config.Settings.settings_customise_sources
 
 # asyncio calls the protocol methods.

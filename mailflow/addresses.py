@@ -117,6 +117,9 @@ def validated_domain(name: str) -> str:
 
 
 def bounces_address(list_address: str) -> str:
-    """The envelope sender of a list's outbound mail: ``<list>-bounces@<domain>``."""
+    """The envelope sender of a list's outbound mail: ``<list>-bounces@<domain>``.
+
+    An address without a domain (the postmaster role alias) has none: the null sender.
+    """
     local, domain = split(list_address)
-    return f"{local}{BOUNCES_SUFFIX}@{domain}"
+    return f"{local}{BOUNCES_SUFFIX}@{domain}" if domain else ""

@@ -58,3 +58,7 @@ def test_ascii_addresses_are_only_lower_cased() -> None:
     assert addresses.domain_problem("postmaster") is None
     assert addresses.canonical("\udcff@example.test") == "\udcff@example.test"  # no raise
 
+
+def test_an_address_without_a_domain_has_the_null_sender_as_bounces_address() -> None:
+    assert addresses.bounces_address("team@example.test") == "team-bounces@example.test"
+    assert addresses.bounces_address("postmaster") == ""

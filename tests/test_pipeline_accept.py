@@ -153,6 +153,15 @@ async def test_loops_are_refused_per_recipient() -> None:
         "team@example.test", raw=marked("team@example.test"))) == {}
 
 
+async def test_a_copy_of_a_role_alias_coming_back_to_any_role_address_is_a_loop() -> None:
+    """The postmaster alias is one for every domain (its marker names the bare role), so
+    a postmaster_address that leads back here is refused at once, not after 30 hops."""
+    decided = await decide(NotLooping("abc"), context(
+        "Postmaster@example.test", "postmaster", "abuse@example.test", "team@example.test",
+        raw=marked("postmaster")))
+    assert list(decided) == ["postmaster@example.test", "postmaster"]
+    assert all(isinstance(d.error, LoopDetected) for d in decided.values())
+
 
 # -- the chain --------------------------------------------------------------------------
 
