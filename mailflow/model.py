@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple, Protocol
 
 from mailflow import addresses
 
@@ -105,6 +105,15 @@ class Member:
     address: str
     status: MemberStatus
     created_at: float
+    name: str = ""  # display name; the directory refuses control characters in it
+
+
+class AddedMembers(NamedTuple):
+    """What adding members to a roster did."""
+
+    added: int     # new members
+    existing: int  # already members (their status kept)
+    renamed: int   # of those, how many got the new display name given for them
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,7 @@ def test_directory_rules(repo: Repository) -> None:
         repo.create_list("team-bounces@example.test", ListKind.LIST, "", 0, NOW)
     with pytest.raises(Conflict):
         repo.remove_domain("example.test")
-    assert repo.add_members("team@example.test", ["a@x.test", "b@x.test"], NOW) == (1, 1)
+    assert repo.add_members("team@example.test", ["a@x.test", "b@x.test"], NOW) == (1, 1, 0)
     assert repo.resolve("team@example.test").kind == "list"
     assert repo.resolve("team-bounces@example.test").kind == "bounces"
     assert repo.resolve("nobody@example.test").kind == "unknown_address"
@@ -403,5 +403,7 @@ def test_addresses_stored_with_a_unicode_domain_are_rewritten_in_a_labels(databa
         assert repo.resolve(addresses.canonical("ünï@ÜNÏCODE.example")).kind == "list"
         assert sorted(m.address for m in repo.members("ünï@xn--ncode-cta3g.example")) == [
             "ann@x.test", "zoë@xn--ncode-cta3g.example", "émile@xn--ncode-cta3g.example"]
+        # 0004: the members there are have no display name
+        assert {m.name for m in repo.members("ünï@xn--ncode-cta3g.example")} == {""}
     finally:
         engines.dispose()

@@ -22,6 +22,7 @@ from mailflow.errors import Conflict, InvalidInput, NotFound
 from mailflow.model import (
     BARE_ROLE,
     PENDING_STATUSES,
+    AddedMembers,
     Delivery,
     DeliveryRow,
     DeliveryStatus,
@@ -293,18 +294,31 @@ class Repository:
     # -- members ------------------------------------------------------------------------
 
     def add_members(self, list_address: str, new: Iterable[str], now: float,
-                    status: MemberStatus = MemberStatus.ACTIVE) -> tuple[int, int]:
-        """Add addresses to a roster; returns (added, already there)."""
+                    status: MemberStatus = MemberStatus.ACTIVE,
+                    names: Mapping[str, str] | None = None) -> AddedMembers:
+        """Add addresses to a roster, with the display names in ``names`` (by address).
+
+        A member already there keeps its status; a non-empty name given for it replaces
+        its name (an empty one never clears it).
+        """
         wanted = list(dict.fromkeys(new))
+        names = names or {}
         with self.engines.writer.begin() as conn:
             list_id = self._list_id(conn, list_address)
-            existing = set(conn.scalars(
-                select(members.c.address).where(members.c.list_id == list_id)))
-            rows = [{"list_id": list_id, "address": a, "status": status.value, "created_at": now}
+            existing: dict[str, str] = {row.address: row.name for row in conn.execute(
+                select(members.c.address, members.c.name).where(members.c.list_id == list_id))}
+            rows = [{"list_id": list_id, "address": a, "status": status.value,
+                     "created_at": now, "name": names.get(a, "")}
                     for a in wanted if a not in existing]
             if rows:
                 conn.execute(insert(members), rows)
-        return len(rows), len(wanted) - len(rows)
+            renamed = [{"b_address": a, "b_name": names[a]} for a in wanted
+                       if a in existing and names.get(a) and names[a] != existing[a]]
+            if renamed:
+                conn.execute(update(members).where(members.c.list_id == list_id,
+                                                   members.c.address == bindparam("b_address"))
+                             .values(name=bindparam("b_name")), renamed)
+        return AddedMembers(len(rows), len(wanted) - len(rows), len(renamed))
 
     def remove_members(self, list_address: str, gone: Iterable[str]) -> int:
         with self.engines.writer.begin() as conn:
@@ -320,7 +334,7 @@ class Repository:
             rows = conn.execute(select(members).where(members.c.list_id == list_id)
                                 .order_by(members.c.address)).all()
         return [Member(list_id=r.list_id, address=r.address, status=MemberStatus(r.status),
-                       created_at=r.created_at) for r in rows]
+                       created_at=r.created_at, name=r.name) for r in rows]
 
     def _list_id(self, conn: Connection, address: str) -> int:
         list_id = conn.scalar(select(lists.c.id).where(lists.c.address == address))
