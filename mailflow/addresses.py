@@ -1,13 +1,20 @@
 """Mail addresses: the one place that decides how they are validated and compared.
 
 Lists and aliases are matched case-insensitively (as every mail server users know does),
-so addresses are stored in a canonical lower-case form.  User input is validated with
-``email-validator``; envelope addresses from SMTP peers only need to be split, because
-the recipient lookup already rejects anything we do not know.
+so addresses are stored in a canonical lower-case form.  An internationalised domain is
+kept in one form only, its IDNA 2008 A-labels after UTS #46 mapping (``ünïcode.example``,
+``ÜNÏCODE。example`` and the ASCII ``xn--ncode-cta3g.example`` are one domain), and a
+non-ASCII local part in Unicode NFC: the CLI stores that form and every ingress (SMTP,
+LMTP, HTTP, pipe, the policy service) looks it up in that form, through :func:`canonical`.
+User input is validated with ``email-validator``; envelope addresses from SMTP peers only
+need to be split, because the recipient lookup already rejects anything we do not know.
 """
 
 from __future__ import annotations
 
+import unicodedata
+
+import idna
 from email_validator import EmailNotValidError, validate_email
 
 from mailflow.errors import InvalidInput
@@ -16,8 +23,64 @@ BOUNCES_SUFFIX = "-bounces"
 
 
 def canonical(address: str) -> str:
-    """The form addresses are stored and looked up in."""
-    return address.strip().strip("<>").lower()
+    """The form addresses are stored and looked up in (never raises).
+
+    A domain that is not a valid IDN is only lower-cased: no served domain has that
+    form, so the lookup refuses it, and :func:`domain_problem` says why.
+    """
+    text = address.strip().strip("<>")
+    if text.isascii():  # the usual case: nothing to map
+        return text.lower()
+    local, at, domain = text.rpartition("@")
+    if not at:
+        return unicodedata.normalize("NFC", text).lower()
+    try:
+        domain = _a_labels(domain)
+    except UnicodeError:
+        domain = domain.lower()
+    return f"{unicodedata.normalize('NFC', local).lower()}@{domain}"
+
+
+def a_labels(domain: str) -> str:
+    """``domain`` in IDNA 2008 A-labels after UTS #46 mapping, lower case.
+
+    Raises :class:`InvalidInput` naming the offending label for an invalid IDN.
+    """
+    try:
+        return _a_labels(domain)
+    except UnicodeError as exc:  # idna.IDNAError and its kind are UnicodeErrors
+        raise InvalidInput(f"invalid domain {domain!r}: {exc}") from None
+
+
+def _a_labels(domain: str) -> str:
+    if domain.isascii():
+        return domain.lower()
+    return idna.encode(domain, uts46=True).decode("ascii").lower()
+
+
+def u_labels(domain: str) -> str:
+    """The Unicode form of a stored domain, for people (the A-labels if not an IDN)."""
+    if "xn--" not in domain:
+        return domain
+    try:
+        return str(idna.decode(domain))
+    except UnicodeError:
+        return domain
+
+
+def domain_problem(address: str) -> str | None:
+    """Why the domain of ``address`` cannot be any domain (an invalid IDN), or None."""
+    _, domain = split(address)
+    if not domain or (domain.isascii() and "xn--" not in domain):
+        return None
+    try:
+        if domain.isascii():
+            idna.decode(domain)  # its xn-- labels must be valid A-labels
+        else:
+            _a_labels(domain)
+    except UnicodeError as exc:
+        return f"the domain {domain!r} is not a valid internationalised domain name ({exc})"
+    return None
 
 
 def split(address: str) -> tuple[str, str]:
@@ -35,18 +98,28 @@ def validated(address: str) -> str:
         )
     except EmailNotValidError as exc:
         raise InvalidInput(f"invalid address {address!r}: {exc}") from None
-    return canonical(result.ascii_email or result.normalized)
+    # email-validator checked the domain; canonical() gives it the one form it is
+    # looked up in (its A-labels, the same as result.ascii_domain).
+    return canonical(f"{result.local_part}@{result.domain}")
 
 
 def validated_domain(name: str) -> str:
     """Validate a domain name a user typed (by validating postmaster@ it)."""
-    domain = name.strip().lower().rstrip(".")
+    domain = name.strip().rstrip(".")
     if not domain or "@" in domain:
         raise InvalidInput(f"invalid domain {name!r}")
-    return split(validated(f"postmaster@{domain}"))[1]
+    a_labels(domain)  # idna's reason names the label, email-validator's the address
+    try:
+        return split(validated(f"postmaster@{domain}"))[1]
+    except InvalidInput as exc:
+        reason = str(exc).partition(": ")[2]
+        raise InvalidInput(f"invalid domain {name!r}: {reason}") from None
 
 
 def bounces_address(list_address: str) -> str:
-    """The envelope sender of a list's outbound mail: ``<list>-bounces@<domain>``."""
+    """The envelope sender of a list's outbound mail: ``<list>-bounces@<domain>``.
+
+    An address without a domain (the postmaster role alias) has none: the null sender.
+    """
     local, domain = split(list_address)
-    return f"{local}{BOUNCES_SUFFIX}@{domain}"
+    return f"{local}{BOUNCES_SUFFIX}@{domain}" if domain else ""

@@ -37,6 +37,7 @@ from mailflow.ingress.limits import SessionLimits, raise_open_files_limit
 from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.ingress.tls import ServerTls
+from mailflow.model import BARE_ROLE
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
 from mailflow.services.installation import initialise
@@ -51,6 +52,18 @@ from mailflow.web.app import EmbeddedServer, bind, create_app, head_deadline_pro
 log = logging.getLogger(__name__)
 
 MAINTENANCE_CALLS = 50
+
+
+def _log_roles(settings: Settings) -> None:
+    """Say where role mail goes, and warn when RFC 5321's postmaster has nowhere to go."""
+    for role, target in settings.role_addresses.items():
+        log.info("%s@ of every served domain goes to %s", role, target,
+                 extra={"action": "role_alias"})
+    if BARE_ROLE not in settings.role_addresses:
+        log.warning("postmaster_address is not set: mail to postmaster@ of the served domains "
+                    "is refused, though RFC 5321 requires it to be accepted; set "
+                    "postmaster_address (MAILFLOW_POSTMASTER_ADDRESS)",
+                    extra={"action": "no_postmaster"})
 
 
 def build_egress(settings: Settings, child: ChildProcess | None = None) -> Egress:
@@ -118,7 +131,8 @@ class Relay:
                      self.tls.fingerprint, "; required before MAIL" if self.tls.require else "",
                      extra={"action": "tls_loaded"})
         self.instance_id = await asyncio.to_thread(initialise, settings)
-        self.runner = runner = StoreRunner(create_engines(settings.resolved_database_url))
+        self.runner = runner = StoreRunner(create_engines(settings.resolved_database_url),
+                                           roles=settings.role_addresses)
         database = sqlite_path(settings.resolved_database_url)
         if database is not None:
             self._lock = _lock_sqlite_store(database)
@@ -190,6 +204,7 @@ class Relay:
         log.info("relay %s started: %s; egress %s", self.instance_id,
                  ", ".join(f"{k} on {v}" for k, v in self.listening.items()), egress.name,
                  extra={"action": "started"})
+        _log_roles(settings)
 
     @staticmethod
     def _listen_addresses(settings: Settings) -> list[tuple[str, ListenAddress, bool]]:

@@ -21,10 +21,10 @@ import click
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from mailflow import __version__
+from mailflow import __version__, addresses
 from mailflow.config import Settings, load_settings
 from mailflow.errors import EX_TEMPFAIL, Conflict, InvalidInput, MailflowError, NotFound, spec
-from mailflow.model import ListKind, RuleAction
+from mailflow.model import AddedMembers, ListKind, RuleAction
 from mailflow.services import directory as rules
 from mailflow.services.directory import DirectoryService
 from mailflow.store import Repository, create_cli_engines
@@ -224,7 +224,9 @@ def domain_add(ctx: Context, names: tuple[str, ...]) -> None:
     with ctx.directory() as directory:
         for name in valid:
             added = directory.add_domain(name)
-            click.echo(f"added domain {added.name}")
+            shown = addresses.u_labels(added.name)
+            click.echo(f"added domain {added.name}"
+                       + (f" ({shown})" if shown != added.name else ""))
 
 
 @domain.command("list")
@@ -350,14 +352,25 @@ def member() -> None:
 @member.command("add")
 @click.argument("list_address")
 @click.argument("members", nargs=-1, required=True)
+@click.option("--name", default="",
+              help="display name of the member (one address); replaces the name of a "
+                   f"member already there; at most {rules.NAME_MAX_LENGTH} characters, "
+                   "no control characters")
 @pass_context
-def member_add(ctx: Context, list_address: str, members: tuple[str, ...]) -> None:
+def member_add(ctx: Context, list_address: str, members: tuple[str, ...], name: str) -> None:
     """Add MEMBERS to LIST_ADDRESS (alias targets may be in any domain)."""
     target = rules.validated_address(list_address)
     with ctx.directory() as directory:
-        added, existing = directory.add_members(target, members)
-    click.echo(f"added {added} member(s) to {target}"
-               + (f"; {existing} already there" if existing else ""))
+        result = directory.add_members(target, members, name=name)
+    click.echo(f"added {result.added} member(s) to {target}" + _already(result))
+
+
+def _already(result: AddedMembers) -> str:
+    """What an add or import says about the members that were there already."""
+    if not result.existing:
+        return ""
+    renamed = f" ({result.renamed} with a new name)" if result.renamed else ""
+    return f"; {result.existing} already there{renamed}"
 
 
 @member.command("remove")
@@ -379,18 +392,21 @@ def member_remove(ctx: Context, list_address: str, members: tuple[str, ...]) -> 
 @member.command("list")
 @click.argument("list_address")
 @click.option("--json", "as_json", is_flag=True,
-              help="a JSON array of objects with address, status and created_at")
+              help="a JSON array of objects with address, name, status and created_at")
 @pass_context
 def member_list(ctx: Context, list_address: str, as_json: bool) -> None:
     """Show the members of LIST_ADDRESS."""
     with ctx.directory() as directory:
         roster = directory.members(list_address)
     if as_json:
-        emit_json([{"address": m.address, "status": m.status.value,
+        emit_json([{"address": m.address, "name": m.name, "status": m.status.value,
                     "created_at": m.created_at} for m in roster])
         return
     for m in roster:
-        click.echo(f"{m.address}\t{m.status.value}")
+        click.echo(f"{m.address}\t{m.status.value}" + (f"\t{m.name}" if m.name else ""))
+
+
+member.add_command(member_list, "ls")  # as `list ls`
 
 
 @member.command("import")
@@ -401,26 +417,28 @@ def member_import(ctx: Context, list_address: str, csv_file: Any) -> None:
     """Add the addresses in CSV_FILE to LIST_ADDRESS.
 
     The file has one address per row in its first column, or a header row with an
-    ``address`` (or ``email``) column.  Nothing is added unless every row is valid.
+    ``email`` (or ``address``) column and an optional ``name`` column (display names).
+    Nothing is added unless every row is valid.
     """
     target = rules.validated_address(list_address)
     found = read_member_csv(csv_file, getattr(csv_file, "name", "input"))
     with ctx.directory() as directory:
-        added, existing = directory.add_members(target, found)
-    click.echo(f"imported {added} member(s) into {target}"
-               + (f"; {existing} already there" if existing else ""))
+        result = directory.import_members(target, found)
+    click.echo(f"imported {result.added} member(s) into {target}" + _already(result))
 
 
 HEADER_KEYS = ("email", "address", "e-mail")
+NAME_KEY = "name"
 
 
-def read_member_csv(stream: Any, name: str) -> list[str]:
-    """The addresses of a member CSV: a header row (``email``, optional ``name``) or none.
+def read_member_csv(stream: Any, name: str) -> list[tuple[str, str]]:
+    """The (address, display name) rows of a member CSV: a header row (``email``,
+    optional ``name``) or none.
 
-    A file without a header has an address in the first cell of its first row; a first
-    row without an ``@`` is a header, and one without an email column is refused with the
-    header expected.  Members have no display name in the store, so a ``name`` column is
-    read past.
+    A file without a header has an address in the first cell of each row and no names; a
+    first row without an ``@`` is a header, and one without an email column is refused
+    with the header expected.  Names follow the directory's rule (no control characters,
+    at most 200 characters), checked here so that every bad row is reported at once.
     """
     try:
         rows = [row for row in csv.reader(stream) if any(cell.strip() for cell in row)]
@@ -433,10 +451,11 @@ def read_member_csv(stream: Any, name: str) -> list[str]:
     if not rows:
         raise InvalidInput(f"{name} has no rows")
     header = [cell.strip().lower() for cell in rows[0]]
-    column, start = 0, 0
+    column, start, name_column = 0, 0, None
     for key in HEADER_KEYS:
         if key in header:
             column, start = header.index(key), 1
+            name_column = header.index(NAME_KEY) if NAME_KEY in header else None
             break
     else:
         if "@" not in (rows[0][0] if rows[0] else ""):
@@ -447,8 +466,10 @@ def read_member_csv(stream: Any, name: str) -> list[str]:
     found, problems = [], []
     for number, row in enumerate(rows[start:], start=start + 1):
         cell = row[column].strip() if column < len(row) else ""
+        display = (row[name_column].strip()
+                   if name_column is not None and name_column < len(row) else "")
         try:
-            found.append(rules.validated_address(cell))
+            found.append((rules.validated_address(cell), rules.validated_member_name(display)))
         except InvalidInput as exc:
             problems.append(f"line {number}: {exc}")
     if problems:

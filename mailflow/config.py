@@ -26,7 +26,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from mailflow.errors import ConfigurationError
+from mailflow import addresses
+from mailflow.errors import ConfigurationError, InvalidInput
 from mailflow.smtp_relay import SmtpRelay, parse_smtp_relay
 
 CONFIG_ENV = "MAILFLOW_CONFIG"
@@ -185,6 +186,8 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(default=1000, ge=1)
     forwarded_allow_ips: Annotated[tuple[str, ...], NoDecode] = ()
     hostname: str = Field(default_factory=socket.getfqdn)
+    postmaster_address: str = ""
+    abuse_address: str = ""
     instance_id: str = ""
     egress: str = "stdout"
     routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
@@ -264,6 +267,16 @@ class Settings(BaseSettings):
             return value
         return tuple(parse_proxy(str(entry)) for entry in value if str(entry).strip())
 
+    @field_validator("postmaster_address", "abuse_address")
+    @classmethod
+    def _check_role_address(cls, value: str) -> str:
+        if not value.strip():
+            return ""
+        try:
+            return addresses.validated(value)
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
@@ -340,6 +353,12 @@ class Settings(BaseSettings):
         """Pre-shared keys for ``POST /v1/email``: several, comma-separated, for rotation."""
         keys = self.ingress_psk.get_secret_value().split(",")
         return [key.strip() for key in keys if key.strip()]
+
+    @property
+    def role_addresses(self) -> dict[str, str]:
+        """Where the role aliases ``postmaster@`` and ``abuse@`` go: the ones set."""
+        wanted = {"postmaster": self.postmaster_address, "abuse": self.abuse_address}
+        return {role: target for role, target in wanted.items() if target}
 
     @property
     def relay(self) -> SmtpRelay:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple, Protocol
 
 from mailflow import addresses
 
@@ -71,12 +71,49 @@ class MailingList:
         return f"{local}.{domain}"
 
 
+#: The role addresses the relay answers for itself in every served domain: ``postmaster``
+#: (RFC 5321 4.5.1, also without a domain) and ``abuse`` (RFC 2142), each an alias to the
+#: address its setting names (``postmaster_address``, ``abuse_address``).  They are not
+#: rows: the setting is their one source, so a changed setting needs no migration and a
+#: domain added later has them at once.  Their ids are negative, so no row has them.
+ROLE_ALIAS_IDS: Final = {"postmaster": -1, "abuse": -2}
+#: The role RFC 5321 requires to be accepted without a domain (``RCPT TO:<postmaster>``).
+BARE_ROLE: Final = "postmaster"
+
+
+def role_alias(role: str) -> MailingList:
+    """The alias behind ``<role>@<each served domain>`` (see :data:`ROLE_ALIAS_IDS`).
+
+    Its address is the bare role, the same for every domain, and has no domain: so its
+    copies go out with the null sender, as notifications to the operator (a failed one
+    is recorded, never bounced, so it cannot start a bounce loop).
+    """
+    return MailingList(id=ROLE_ALIAS_IDS[role], address=role, kind=ListKind.ALIAS, name="",
+                       priority=0, created_at=0.0)
+
+
+def role_alias_by_id(list_id: int) -> MailingList | None:
+    for role, role_id in ROLE_ALIAS_IDS.items():
+        if role_id == list_id:
+            return role_alias(role)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Member:
     list_id: int
     address: str
     status: MemberStatus
     created_at: float
+    name: str = ""  # display name; the directory refuses control characters in it
+
+
+class AddedMembers(NamedTuple):
+    """What adding members to a roster did."""
+
+    added: int     # new members
+    existing: int  # already members (their status kept)
+    renamed: int   # of those, how many got the new display name given for them
 
 
 @dataclass(frozen=True, slots=True)

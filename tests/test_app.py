@@ -26,3 +26,20 @@ async def test_a_port_in_use_is_a_configuration_error(tmp_path: Path,
         with pytest.raises(ConfigurationError, match=f"cannot listen for SMTP on 127.0.0.1:{port}"):
             await relay.start()
         assert relay.runner is None and relay.scheduler is None  # everything stopped again
+
+
+def test_start_up_says_where_role_mail_goes_and_warns_without_a_postmaster(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from mailflow.app import _log_roles
+
+    with caplog.at_level("INFO", logger="mailflow.app"):
+        _log_roles(load_settings(None, data_dir=tmp_path, postmaster_address=""))
+    [warning] = caplog.records
+    assert warning.levelname == "WARNING"
+    assert "postmaster_address is not set" in warning.getMessage()
+    assert "MAILFLOW_POSTMASTER_ADDRESS" in warning.getMessage()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mailflow.app"):
+        _log_roles(load_settings(None, data_dir=tmp_path, postmaster_address="ops@x.test"))
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "postmaster@ of every served domain goes to ops@x.test")]

@@ -48,11 +48,15 @@ def test_manage_domains_lists_and_members(cli: RelayProcess, tmp_path: Path) -> 
         "fwd@example.test": 1, "team@example.test": 2}
 
     csv_file = tmp_path / "members.csv"
-    csv_file.write_text("name,email\nCat,cat@x.test\nDan,dan@x.test\nAnn,ann@x.test\n")
-    assert "imported 2" in ok(cli, "member", "import", "team@example.test", str(csv_file))
+    csv_file.write_text('name,email\nCat,cat@x.test\n"Dan, Jr.",dan@x.test\nAnn,ann@x.test\n')
+    assert ok(cli, "member", "import", "team@example.test", str(csv_file)) == (
+        "imported 2 member(s) into team@example.test; 1 already there (1 with a new name)\n")
     ok(cli, "member", "remove", "team@example.test", "ann@x.test")
-    members = json.loads(ok(cli, "member", "list", "team@example.test", "--json"))
-    assert [m["address"] for m in members] == ["ben@x.test", "cat@x.test", "dan@x.test"]
+    assert "already there (1 with a new name)" in ok(
+        cli, "member", "add", "team@example.test", "ben@x.test", "--name", "Ben Émile")
+    members = json.loads(ok(cli, "member", "ls", "team@example.test", "--json"))
+    assert [(m["address"], m["name"]) for m in members] == [
+        ("ben@x.test", "Ben Émile"), ("cat@x.test", "Cat"), ("dan@x.test", "Dan, Jr.")]
 
     ok(cli, "list", "delete", "team@example.test")
     ok(cli, "list", "delete", "fwd@example.test")
@@ -64,10 +68,15 @@ def test_bad_csv_imports_nothing_and_says_which_rows(cli: RelayProcess, tmp_path
     ok(cli, "domain", "add", "example.test")
     ok(cli, "list", "create", "team@example.test")
     csv_file = tmp_path / "members.csv"
-    csv_file.write_text("ok@x.test\nnot an address\nalso@x.test\n@broken\n")
+    csv_file.write_text('email,name\nok@x.test,Ok\nnot an address,\n'
+                        'also@x.test,"Evil\r\nBcc: v@e.test"\n@broken,\n', newline="")
     result = cli.cli("member", "import", "team@example.test", str(csv_file))
     assert result.returncode == 2
-    assert "line 2" in result.stderr and "line 4" in result.stderr
+    assert "3 invalid row(s), nothing imported" in result.stderr
+    assert "line 3: invalid address" in result.stderr and "line 5" in result.stderr
+    # (the file is read as text: the CR LF inside the quoted cell arrives as LF)
+    assert "line 4: invalid member name 'Evil\\nBcc: v@e.test': it contains the " \
+           "control character U+000A" in result.stderr
     assert json.loads(ok(cli, "member", "list", "team@example.test", "--json")) == []
 
 
@@ -79,6 +88,8 @@ def test_bad_csv_imports_nothing_and_says_which_rows(cli: RelayProcess, tmp_path
     (("domain", "remove", "example.test"), 4, "still has 1 list"),
     (("member", "remove", "team@example.test", "zed@x.test"), 3, "not members"),
     (("list", "create", "team-bounces@example.test"), 2, "reserved"),
+    (("member", "add", "team@example.test", "a@x.test", "b@x.test", "--name", "A"), 2,
+     "a display name is for one member"),
     (("list", "create", "big@example.test", "--priority", "9223372036854775808"), 2,
      "must be between -1000 and 1000"),
 ])
@@ -90,6 +101,16 @@ def test_errors_go_to_stderr_with_an_exit_status(cli: RelayProcess, args: tuple[
     assert result.returncode == code
     assert words in result.stderr
     assert result.stdout == ""
+
+
+def test_an_idn_domain_is_stored_as_a_labels_and_an_invalid_one_explained(
+        cli: RelayProcess) -> None:
+    assert ok(cli, "domain", "add", "ÜNÏCODE.example", "a.test").splitlines() == [
+        "added domain xn--ncode-cta3g.example (ünïcode.example)", "added domain a.test"]
+    result = cli.cli("domain", "add", "a\u200db.example")
+    assert result.returncode == 2
+    assert result.stderr == ("mailflow: error: invalid domain 'a\\u200db.example': Joiner "
+                             "U+200D not allowed at position 2 in 'a\\u200db'\n")
 
 
 def test_list_update_and_names_that_would_inject_header_fields(cli: RelayProcess) -> None:

@@ -174,3 +174,18 @@ def test_bad_forwarded_allow_ips_stop_the_relay(bad: str,
         load_settings()
     assert (f"forwarded_allow_ips (MAILFLOW_FORWARDED_ALLOW_IPS): expected IP addresses or "
             f"networks (10.0.0.1, 10.0.0.0/8, fd00::/8), got {bad!r}") in str(error.value)
+
+
+def test_role_addresses_are_validated_and_stored_canonical(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    assert load_settings().role_addresses == {}  # unset: postmaster@ is refused (a warning)
+    monkeypatch.setenv("MAILFLOW_POSTMASTER_ADDRESS", " Ops@ÜNÏCODE.example ")
+    assert load_settings().role_addresses == {"postmaster": "ops@xn--ncode-cta3g.example"}
+    monkeypatch.setenv("MAILFLOW_ABUSE_ADDRESS", "abuse-desk@elsewhere.test")
+    assert load_settings().role_addresses == {"postmaster": "ops@xn--ncode-cta3g.example",
+                                              "abuse": "abuse-desk@elsewhere.test"}
+    monkeypatch.setenv("MAILFLOW_POSTMASTER_ADDRESS", "ops")
+    with pytest.raises(ConfigurationError,
+                       match=r"postmaster_address \(MAILFLOW_POSTMASTER_ADDRESS\): invalid "
+                             r"address 'ops'"):
+        load_settings()

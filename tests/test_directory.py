@@ -28,7 +28,7 @@ def test_addresses_and_domains_are_stored_canonical(directory: DirectoryService)
     created = directory.create_list("Team@Example.test", name="The team", priority=5)
     assert (created.address, created.kind, created.name, created.priority, created.created_at) \
         == ("team@example.test", ListKind.LIST, "The team", 5, 1_800_000_000.0)
-    assert directory.add_members("TEAM@example.test", ["Ann@X.test", "ann@x.test"]) == (1, 0)
+    assert directory.add_members("TEAM@example.test", ["Ann@X.test", "ann@x.test"]) == (1, 0, 0)
     assert [m.address for m in directory.members("team@example.test")] == ["ann@x.test"]
 
 
@@ -102,3 +102,32 @@ def test_errors_name_the_object_not_a_command(directory: DirectoryService) -> No
     assert directory.delete_list("team@example.test") == 0
     directory.remove_domain("example.test")
     assert directory.domains() == []
+
+
+def test_members_keep_a_display_name_by_the_list_names_rule(directory: DirectoryService
+                                                            ) -> None:
+    directory.create_list("team@example.test")
+    assert directory.add_members("team@example.test", ["Ann@x.test"], name="Ann Émile") \
+        == (1, 0, 0)
+    assert directory.import_members("team@example.test", [
+        ("ben@x.test", "Ben"), ("ann@x.test", ""), ("cat@x.test", ""),
+        ("cat@x.test", "Cat"), ("cat@x.test", "")]) == (2, 1, 0)  # an empty name keeps one
+    assert directory.add_members("team@example.test", ["ben@x.test"], name="Benjamin") \
+        == (0, 1, 1)
+    assert {m.address: m.name for m in directory.members("team@example.test")} == {
+        "ann@x.test": "Ann Émile", "ben@x.test": "Benjamin", "cat@x.test": "Cat"}
+
+    for name in ("Evil\r\nBcc: victim@elsewhere.test", "tab\there", "nul\x00", "x\u2028y"):
+        with pytest.raises(InvalidInput, match=r"invalid member name .* control character"):
+            directory.add_members("team@example.test", ["dan@x.test"], name=name)
+        with pytest.raises(InvalidInput, match="invalid member name"):
+            directory.import_members("team@example.test", [("dan@x.test", "Dan"),
+                                                           ("eve@x.test", name)])
+    with pytest.raises(InvalidInput, match="member name too long"):
+        directory.add_members("team@example.test", ["dan@x.test"],
+                              name="x" * (NAME_MAX_LENGTH + 1))
+    with pytest.raises(InvalidInput, match="one member"):
+        directory.add_members("team@example.test", ["dan@x.test", "eve@x.test"], name="Two")
+    assert len(directory.members("team@example.test")) == 3  # nothing of those added
+    assert directory.add_members("team@example.test", ["dan@x.test"],
+                                 name="x" * NAME_MAX_LENGTH).added == 1

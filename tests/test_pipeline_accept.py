@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from mailflow.errors import (
+    InvalidRecipientAddress,
     LoopDetected,
     MalformedMessage,
     MessageTooLarge,
@@ -40,6 +41,8 @@ DIRECTORY = {
     "other@example.test": Resolution("list", OTHER),
     "nobody@example.test": Resolution("unknown_address"),
     "x@elsewhere.test": Resolution("unknown_domain"),
+    "x@a\u200db.example": Resolution("unknown_domain"),
+    "x@xn--ncode-cta3g.example": Resolution("unknown_domain"),
 }
 POLICY = AcceptPolicy("abc", max_message_size=1000, max_received_headers=3)
 RULES = no_rules(FakeClock())  # sender entries: tests/test_blocklist.py
@@ -119,6 +122,22 @@ async def test_recipient_check_refuses_strangers_and_fills_the_context() -> None
     assert ctx.recipients["team@example.test"].resolution == DIRECTORY["team@example.test"]
 
 
+async def test_an_invalid_idn_domain_is_refused_as_a_bad_address_not_as_relaying() -> None:
+    """No relay can serve it: 501 5.1.3 with the reason (the sender fixes the address),
+    on every ingress, as the accept service asks the same question at RCPT."""
+    ctx = context("x@a\u200db.example", "x@ünïcode.example", submitted=True)
+    decided = await decide(RecipientCheck(lookup), ctx)
+    error = decided["x@a\u200db.example"].error
+    assert isinstance(error, InvalidRecipientAddress) and error.smtp_reply().startswith(
+        "501 5.1.3 <x@a\u200db.example>: the domain 'a\\u200db.example' is not a valid "
+        "internationalised domain name (Joiner U+200D not allowed")
+    # a valid IDN of no served domain is relaying, as any other domain
+    assert isinstance(decided["x@xn--ncode-cta3g.example"].error, UnknownDomain)
+    accept = AcceptService(lookup, RecordingCommitter(), FakeClock(), POLICY)
+    with pytest.raises(InvalidRecipientAddress):
+        await accept.check_recipient("x@a\u200db.example")
+
+
 async def test_hop_limit_counts_received_fields() -> None:
     three = b"Received: hop\r\n" * 3 + RAW
     assert await decide(HopLimit(3), context("team@example.test", raw=three)) == {}
@@ -135,6 +154,16 @@ async def test_loops_are_refused_per_recipient() -> None:
     assert isinstance(decided["team@example.test"].error, LoopDetected)
     assert await decide(NotLooping("another"), context(
         "team@example.test", raw=marked("team@example.test"))) == {}
+
+
+async def test_a_copy_of_a_role_alias_coming_back_to_any_role_address_is_a_loop() -> None:
+    """The postmaster alias is one for every domain (its marker names the bare role), so
+    a postmaster_address that leads back here is refused at once, not after 30 hops."""
+    decided = await decide(NotLooping("abc"), context(
+        "Postmaster@example.test", "postmaster", "abuse@example.test", "team@example.test",
+        raw=marked("postmaster")))
+    assert list(decided) == ["postmaster@example.test", "postmaster"]
+    assert all(isinstance(d.error, LoopDetected) for d in decided.values())
 
 
 # -- the chain --------------------------------------------------------------------------

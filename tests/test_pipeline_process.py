@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from mailflow.model import Event, InboundMessage, ListKind, MailingList, NewDelivery, Resolution
+from mailflow import addresses
+from mailflow.model import (
+    Event,
+    InboundMessage,
+    ListKind,
+    MailingList,
+    NewDelivery,
+    Resolution,
+    role_alias,
+)
 from mailflow.pipeline.chain import PROCESS_CHAIN, run_process
 from mailflow.pipeline.context import ProcessContext
 from mailflow.pipeline.process.expand import expand
@@ -46,6 +55,23 @@ def test_one_copy_per_member_and_list_with_a_trace() -> None:
     assert ctx.events == [Event("expanded", "list team@example.test: 2 recipient(s)", "m1"),
                           Event("expanded", "alias info@example.test: 1 recipient(s)", "m1")]
     assert directory.resolved == ["team@example.test", "info@example.test"]
+
+
+def test_a_list_reached_by_two_addresses_is_expanded_once() -> None:
+    """``postmaster`` and ``postmaster@<domain>`` are one role alias: one copy."""
+    postmaster = role_alias("postmaster")
+
+    class Roles(Directory):
+        def resolve(self, address: str) -> Resolution:
+            if addresses.split(address)[0] == "postmaster":
+                return Resolution("list", postmaster)
+            return super().resolve(address)
+
+    directory = Roles({postmaster.id: ["ops@x.test"], 1: ["a@x.test"]})
+    ctx = run_process(PROCESS_CHAIN, message("postmaster", "Postmaster@example.test",
+                                             "team@example.test"), directory)
+    assert ctx.deliveries == [NewDelivery("m1", postmaster.id, "ops@x.test", 0),
+                              NewDelivery("m1", 1, "a@x.test", 5)]
 
 
 def test_bounces_are_kept_and_vanished_lists_dropped() -> None:

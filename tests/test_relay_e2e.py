@@ -5,6 +5,7 @@ Every test runs on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -18,12 +19,14 @@ import pytest
 from mailflow import headers
 from mailflow.blobs import content_hash
 from mailflow.model import DeliveryRow, ListKind
+from mailflow.services.directory import DirectoryService
 from mailflow.testing.factories import make_list, make_message
 from mailflow.testing.ports import descendants
 from mailflow.testing.relay import RelayProcess
 from mailflow.testing.sink import SmtpSink
 
 TEAM = ["ann@members.test", "ben@members.test", "cat@members.test"]
+_RELAYS = itertools.count()
 NONE = {"queued": 0, "in_flight": 0, "deferred": 0, "delivered": 0, "failed": 0}
 
 
@@ -53,7 +56,9 @@ def shared(make_module_relay: Callable[..., RelayProcess]) -> RelayProcess:
     """One relay (per backend) for the tests that need no settings, fault or state of
     their own.  Each posts to a list of its own (:meth:`RelayProcess.fresh_list`) with
     members of its own and looks only at their copies, so none can see another's mail."""
-    relay = make_module_relay().start()
+    number = next(_RELAYS)  # the backends' relays share one sink: addresses of their own
+    relay = make_module_relay(postmaster_address=f"ops{number}@operator.test",
+                              abuse_address=f"abuse{number}@operator.test").start()
     with relay.repository() as repo:
         make_list(repo, "team@example.test", TEAM)  # for refusals at RCPT
     return relay
@@ -148,6 +153,59 @@ def test_unknown_domain_and_unknown_address_are_refused_at_rcpt(shared: RelayPro
         assert (code, text[:5]) == (550, b"5.1.1")
         code, _ = client.rcpt("team@example.test")
         assert code == 250
+
+
+def test_postmaster_and_abuse_are_accepted_and_forwarded_to_their_settings(
+        shared: RelayProcess, module_sink: SmtpSink) -> None:
+    postmaster = shared.env["MAILFLOW_POSTMASTER_ADDRESS"]
+    abuse = shared.env["MAILFLOW_ABUSE_ADDRESS"]
+    with smtplib.SMTP("127.0.0.1", shared.smtp_port, timeout=30) as client:
+        client.ehlo("client.test")
+        assert client.mail("poster@outside.test")[0] == 250
+        # RFC 5321 4.5.1: "postmaster" without a domain, in any case, must be accepted.
+        assert client.rcpt("<postmaster>")[0] == 250
+        assert client.rcpt("PostMaster@Example.test")[0] == 250
+        assert client.rcpt("abuse@example.test")[0] == 250
+        code, reply = client.rcpt("hostmaster@example.test")
+        assert (code, reply[:5]) == (550, b"5.1.1")
+        code, reply = client.rcpt("postmaster@not-ours.test")
+        assert (code, reply[:5]) == (550, b"5.7.1")  # never a relay for other domains
+        assert client.data(make_message("postmaster@example.test"))[0] == 250
+
+    final = wait_final(shared, [postmaster, abuse])
+    assert {r.list_address for r in final.values()} == {"postmaster", "abuse"}
+    copies = module_sink.wait_for_copies([postmaster, abuse])
+    # postmaster and Postmaster@ are one alias: one copy for it, one for abuse
+    assert sorted(c.rcpt_tos for c in copies) == [(abuse,), (postmaster,)]
+    for copy in copies:
+        assert copy.mail_from == "<>"  # a notification: a failure is never bounced
+        header, _ = headers.split_message(copy.content)
+        assert headers.field_values(header, "List-Id") == []  # an alias, not a list
+
+
+def test_an_idn_domain_added_in_any_spelling_takes_smtputf8_mail(
+        shared: RelayProcess, module_sink: SmtpSink) -> None:
+    _, [member] = shared.fresh_list(members=1)  # a member address of this test's own
+    with shared.repository() as repo:
+        directory = DirectoryService(repo)
+        # what `mailflow domain add ünïcode.example` and `mailflow list create` do
+        assert directory.add_domain("ünïcode.example").name == "xn--ncode-cta3g.example"
+        directory.create_list("l@ÜNÏCODE.example", kind=ListKind.ALIAS)
+        directory.add_members("l@xn--ncode-cta3g.example", [member])
+    with smtplib.SMTP("127.0.0.1", shared.smtp_port, timeout=30) as client:
+        client.ehlo("client.test")
+        assert client.has_extn("smtputf8")
+        assert client.mail("poster@outside.test", ["SMTPUTF8"])[0] == 250
+        assert client.rcpt("<l@ünïcode.example>")[0] == 250
+        assert client.rcpt("<l@xn--ncode-cta3g.example>")[0] == 250  # the same alias
+        code, reply = client.rcpt("<l@a\u200db.example>")
+        assert (code, reply[:5]) == (501, b"5.1.3")
+        assert b"not a valid internationalised domain name" in reply
+        assert client.data(make_message("l@ünïcode.example"))[0] == 250
+    wait_final(shared, [member])
+    [copy] = module_sink.wait_for_copies([member])
+    assert copy.rcpt_tos == (member,)
+    assert copy.mail_from == "l-bounces@xn--ncode-cta3g.example"
 
 
 def test_oversized_message_is_refused_with_552(make_relay: Callable[..., RelayProcess],

@@ -7,12 +7,21 @@ from pathlib import Path
 
 import pytest
 
+from mailflow import addresses
 from mailflow.blobs import BlobStore, content_hash
 from mailflow.errors import Conflict, InvalidInput, NotFound
-from mailflow.model import DeliveryStatus, InboundMessage, Lease, ListKind, MessageStatus, Outcome
+from mailflow.model import (
+    DeliveryStatus,
+    InboundMessage,
+    Lease,
+    ListKind,
+    MessageStatus,
+    Outcome,
+    role_alias,
+)
 from mailflow.services.commit import IngestBatch, InlineExpansion, store_batch
 from mailflow.services.processor import expand_received
-from mailflow.store import Repository
+from mailflow.store import Engines, Repository
 from mailflow.testing.factories import make_list
 
 NOW = 1_800_000_000.0
@@ -49,7 +58,7 @@ def test_directory_rules(repo: Repository) -> None:
         repo.create_list("team-bounces@example.test", ListKind.LIST, "", 0, NOW)
     with pytest.raises(Conflict):
         repo.remove_domain("example.test")
-    assert repo.add_members("team@example.test", ["a@x.test", "b@x.test"], NOW) == (1, 1)
+    assert repo.add_members("team@example.test", ["a@x.test", "b@x.test"], NOW) == (1, 1, 0)
     assert repo.resolve("team@example.test").kind == "list"
     assert repo.resolve("team-bounces@example.test").kind == "bounces"
     assert repo.resolve("nobody@example.test").kind == "unknown_address"
@@ -370,5 +379,94 @@ def test_a_database_from_before_bodies_in_rows_is_upgraded_in_place(database_url
         repo = Repository(engines)
         assert repo.blob_stats() == (1, 3)
         assert repo.stored_body("old") is None  # an old blob is a file
+    finally:
+        engines.dispose()
+
+
+def test_role_addresses_are_an_alias_to_the_configured_target(engines: Engines,
+                                                              blobs: BlobStore) -> None:
+    """postmaster@ every served domain (and bare ``postmaster``, RFC 5321 4.5.1) and
+    abuse@ resolve to the role alias when set, and expand to its one target."""
+    roles = {"postmaster": "ops@elsewhere.test", "abuse": "abuse-desk@elsewhere.test"}
+    repo = Repository(engines, roles)
+    make_list(repo, "team@example.test", ["a@x.test"])
+    repo.add_domain("other.test", NOW)
+    for address in ("postmaster@example.test", "postmaster@other.test", "postmaster"):
+        resolution = repo.resolve(address)
+        assert (resolution.kind, resolution.mailing_list) == ("list", role_alias("postmaster"))
+    assert repo.resolve("abuse@other.test").mailing_list == role_alias("abuse")
+    assert repo.resolve("postmaster@elsewhere.test").kind == "unknown_domain"
+    assert repo.resolve("abuse").kind == "unknown_domain"  # only postmaster goes bare
+    assert repo.resolve("hostmaster@example.test").kind == "unknown_address"
+
+    store_message(repo, blobs, "postmaster@other.test", message_id="m1")
+    store_message(repo, blobs, "abuse@example.test", message_id="m2")
+    store_message(repo, blobs, "postmaster", message_id="m3")
+    expand(repo)
+    claimed = repo.claim_due_deliveries(NOW, 10, 60, "w")
+    assert sorted((d.message_id, d.recipient) for d in claimed) == [
+        ("m1", "ops@elsewhere.test"), ("m2", "abuse-desk@elsewhere.test"),
+        ("m3", "ops@elsewhere.test")]
+    _, lists_by_id = repo.delivery_context(set(), {d.list_id for d in claimed})
+    assert set(lists_by_id.values()) == {role_alias("postmaster"), role_alias("abuse")}
+    assert role_alias("postmaster").bounces_address == ""  # sent with the null sender
+    assert {r.list_address for r in repo.list_deliveries(10)} == {"postmaster", "abuse"}
+
+
+def test_role_addresses_without_a_setting_stay_refused_and_a_list_of_that_name_wins(
+        engines: Engines, blobs: BlobStore) -> None:
+    repo = Repository(engines, {"postmaster": "ops@elsewhere.test"})
+    make_list(repo, "team@example.test", ["a@x.test"])
+    assert Repository(engines).resolve("postmaster@example.test").kind == "unknown_address"
+    assert Repository(engines).resolve("postmaster").kind == "unknown_domain"
+    assert repo.resolve("abuse@example.test").kind == "unknown_address"
+    # An operator's own list or alias of a role address is that address's, as any other.
+    mine = repo.create_list("postmaster@example.test", ListKind.ALIAS, "", 0, NOW)
+    repo.add_members(mine.address, ["me@x.test"], NOW)
+    assert repo.resolve("postmaster@example.test").mailing_list == mine
+    # A role alias whose setting went away before expansion expands to nobody.
+    store_message(repo, blobs, "postmaster")
+    assert Repository(engines, {}).resolve("postmaster").kind == "unknown_domain"
+    expand_received(Repository(engines, {}), NOW, 100)
+    assert repo.delivery_counts()["queued"] == 0
+
+
+def test_addresses_stored_with_a_unicode_domain_are_rewritten_in_a_labels(database_url: str
+                                                                          ) -> None:
+    """Before 0003 a non-ASCII local part kept its domain in Unicode; the lookup now
+    uses A-labels, so such a list would be unreachable without the rewrite."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from mailflow.store import create_engines, upgrade_to_head
+    from mailflow.store.migrate import MIGRATIONS
+
+    engines = create_engines(database_url, pool_size=1)
+    try:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with engines.writer.connect() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0002")
+            connection.commit()
+        with engines.writer.begin() as conn:
+            conn.execute(text("INSERT INTO domains (id, name, created_at) "
+                              "VALUES (1, 'xn--ncode-cta3g.example', 0)"))
+            conn.execute(text("INSERT INTO lists (id, domain_id, address, kind, name, "
+                              "priority, created_at) VALUES (1, 1, 'ünï@ünïcode.example', "
+                              "'list', '', 0, 0)"))
+            conn.execute(text(
+                "INSERT INTO members (list_id, address, status, created_at) VALUES "
+                "(1, 'émile@ünïcode.example', 'active', 0), "
+                "(1, 'zoë@xn--ncode-cta3g.example', 'active', 0), "
+                "(1, 'zoë@ünïcode.example', 'active', 0), (1, 'ann@x.test', 'active', 0)"))
+        upgrade_to_head(engines.writer)
+        repo = Repository(engines)
+        assert repo.resolve(addresses.canonical("ünï@ÜNÏCODE.example")).kind == "list"
+        assert sorted(m.address for m in repo.members("ünï@xn--ncode-cta3g.example")) == [
+            "ann@x.test", "zoë@xn--ncode-cta3g.example", "émile@xn--ncode-cta3g.example"]
+        # 0004: the members there are have no display name
+        assert {m.name for m in repo.members("ünï@xn--ncode-cta3g.example")} == {""}
     finally:
         engines.dispose()

@@ -56,7 +56,7 @@ async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) ->
         return PipeResult(EX_TEMPFAIL, f"4.3.0 no relay store at {database}: run mailflow init")
     clock = SystemClock()
     runner = StoreRunner(create_engines(settings.resolved_database_url, pool_size=1),
-                         pool_size=1)
+                         pool_size=1, roles=settings.role_addresses)
     committer_task: asyncio.Task[None] | None = None
     try:
         instance = await runner.write(instance_id, settings, runner.repo)

@@ -21,7 +21,15 @@ from typing import Final, TypeVar
 from mailflow import addresses, headers
 from mailflow.clock import Clock, SystemClock
 from mailflow.errors import InvalidInput
-from mailflow.model import Domain, ListKind, MailingList, Member, RuleAction, SenderRule
+from mailflow.model import (
+    AddedMembers,
+    Domain,
+    ListKind,
+    MailingList,
+    Member,
+    RuleAction,
+    SenderRule,
+)
 from mailflow.store import Repository
 
 NAME_MAX_LENGTH: Final = 200          # characters; the ``lists.name`` column
@@ -62,14 +70,24 @@ def validated_list_address(text: str) -> str:
 
 def validated_list_name(name: str) -> str:
     """A display name that is safe in a header: no line breaks or other controls."""
+    return _validated_name(name, "list name")
+
+
+def validated_member_name(name: str) -> str:
+    """A member's display name, by the list names' rule: none goes into a header today,
+    and one that may (a personalised ``To:``) must not be able to add a field."""
+    return _validated_name(name, "member name")
+
+
+def _validated_name(name: str, what: str) -> str:
     for char in name:
         if unicodedata.category(char) in _REFUSED_CATEGORIES:
             raise InvalidInput(
-                f"invalid list name {name!r}: it contains the control character "
+                f"invalid {what} {name!r}: it contains the control character "
                 f"U+{ord(char):04X}; line breaks (CR, LF), NUL and other control "
                 "characters are not allowed in a name")
     if len(name) > NAME_MAX_LENGTH:
-        raise InvalidInput(f"list name too long ({len(name)} characters, at most "
+        raise InvalidInput(f"{what} too long ({len(name)} characters, at most "
                            f"{NAME_MAX_LENGTH})")
     return name
 
@@ -209,10 +227,26 @@ class DirectoryService:
 
     # -- members ------------------------------------------------------------------------
 
-    def add_members(self, list_address: str, members: Sequence[str]) -> tuple[int, int]:
-        """Add members (all valid, or none added); returns (added, already there)."""
-        return self.repo.add_members(validated_address(list_address),
-                                     validated_addresses(members), self.clock.now())
+    def add_members(self, list_address: str, members: Sequence[str], *,
+                    name: str = "") -> AddedMembers:
+        """Add members (all valid, or none added); ``name``: the display name of the one
+        member given (a member already there takes it)."""
+        if name and len(members) != 1:
+            raise InvalidInput(f"a display name is for one member; {len(members)} addresses "
+                               "were given with it")
+        return self.import_members(list_address, [(m, name) for m in members])
+
+    def import_members(self, list_address: str,
+                       rows: Sequence[tuple[str, str]]) -> AddedMembers:
+        """Add (address, display name) rows: all valid, or none added.  A member already
+        there keeps its status, and takes a non-empty name given for it."""
+        names: dict[str, str] = {}
+        for address, name in rows:
+            canonical, valid_name = validated_address(address), validated_member_name(name)
+            if valid_name or canonical not in names:  # a name given twice: the last
+                names[canonical] = valid_name
+        return self.repo.add_members(validated_address(list_address), list(names),
+                                     self.clock.now(), names=names)
 
     def remove_members(self, list_address: str, members: Sequence[str]) -> int:
         """Remove members; returns how many were members."""

@@ -31,7 +31,9 @@ from sqlalchemy.exc import IntegrityError
 from mailflow import addresses
 from mailflow.errors import Conflict, InvalidInput, NotFound
 from mailflow.model import (
+    BARE_ROLE,
     PENDING_STATUSES,
+    AddedMembers,
     Delivery,
     DeliveryRow,
     DeliveryStatus,
@@ -50,6 +52,8 @@ from mailflow.model import (
     RuleAction,
     RuleScope,
     SenderRule,
+    role_alias,
+    role_alias_by_id,
 )
 from mailflow.store.engine import Engines
 from mailflow.store.hot import HotStatements
@@ -102,19 +106,31 @@ def _rule_list(action: RuleAction, target: str) -> str:
     return f"the {action.value} list for {target or 'every recipient'}"
 
 
-def _resolve(conn: Connection, address: str) -> Resolution:
+def _resolve(conn: Connection, address: str, roles: Mapping[str, str]) -> Resolution:
+    """What ``address`` is; ``roles``: the role aliases configured (role -> target).
+
+    A list or alias of that address comes first, so an operator may make
+    ``postmaster@<domain>`` a list of their own.
+    """
     local, domain = addresses.split(address)
     candidates = [address]
     if local.endswith(addresses.BOUNCES_SUFFIX):
         candidates.append(f"{local[:-len(addresses.BOUNCES_SUFFIX)]}@{domain}")
     rows = conn.execute(_LISTS_BY_ADDRESS, {"b_addresses": candidates}).all()
     if not rows:
-        known = conn.scalar(_DOMAIN_ID, {"b_name": domain})
+        known = bool(domain) and conn.scalar(_DOMAIN_ID, {"b_name": domain}) is not None
+        if local in roles and (known or (not domain and local == BARE_ROLE)):
+            return Resolution("list", role_alias(local))
         return Resolution("unknown_address" if known else "unknown_domain")
     found = {row.address: _list(row) for row in rows}
     if address in found:
         return Resolution("list", found[address])
     return Resolution("bounces", found[candidates[-1]])
+
+
+def _role_address(list_id: int) -> str | None:
+    role = role_alias_by_id(list_id)
+    return None if role is None else role.address
 
 
 def _active_members(conn: Connection, list_id: int) -> list[str]:
@@ -148,27 +164,36 @@ _RULE_COUNT = select(func.count()).select_from(sender_rules)
 class DirectoryView:
     """Directory look-ups on one open connection, remembered for one batch of messages."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, roles: Mapping[str, str]) -> None:
         self._conn = conn
+        self._roles = roles
         self._resolved: dict[str, Resolution] = {}
         self._members: dict[int, list[str]] = {}
 
     def resolve(self, address: str) -> Resolution:
         if address not in self._resolved:
-            self._resolved[address] = _resolve(self._conn, address)
+            self._resolved[address] = _resolve(self._conn, address, self._roles)
         return self._resolved[address]
 
     def active_member_addresses(self, list_id: int) -> list[str]:
         if list_id not in self._members:
-            self._members[list_id] = _active_members(self._conn, list_id)
+            role = role_alias_by_id(list_id)
+            if role is None:
+                self._members[list_id] = _active_members(self._conn, list_id)
+            else:  # its one target is the setting (none if it was unset since)
+                target = self._roles.get(role.address)
+                self._members[list_id] = [target] if target else []
         return self._members[list_id]
 
 
 class Repository:
     """Domain operations on the relay's tables."""
 
-    def __init__(self, engines: Engines) -> None:
+    def __init__(self, engines: Engines, roles: Mapping[str, str] | None = None) -> None:
+        """``roles``: the role aliases configured, role -> target address (see
+        ``model.ROLE_ALIAS_IDS`` and ``Settings.role_addresses``); none by default."""
         self.engines = engines
+        self.roles: Mapping[str, str] = dict(roles or {})
         dialect = sqlite if engines.is_sqlite else postgresql
         self._upsert_insert = dialect.insert
         self._hot = HotStatements.for_dialect(engines.dialect,
@@ -321,7 +346,7 @@ class Repository:
     def resolve(self, address: str) -> Resolution:
         """Decide what a recipient address is: list/alias, list bounces, or unknown."""
         with self.engines.reader.connect() as conn:
-            return _resolve(conn, address)
+            return _resolve(conn, address, self.roles)
 
     # -- sender rules (block and allow entries) -----------------------------------------
 
@@ -383,18 +408,31 @@ class Repository:
     # -- members ------------------------------------------------------------------------
 
     def add_members(self, list_address: str, new: Iterable[str], now: float,
-                    status: MemberStatus = MemberStatus.ACTIVE) -> tuple[int, int]:
-        """Add addresses to a roster; returns (added, already there)."""
+                    status: MemberStatus = MemberStatus.ACTIVE,
+                    names: Mapping[str, str] | None = None) -> AddedMembers:
+        """Add addresses to a roster, with the display names in ``names`` (by address).
+
+        A member already there keeps its status; a non-empty name given for it replaces
+        its name (an empty one never clears it).
+        """
         wanted = list(dict.fromkeys(new))
+        names = names or {}
         with self.engines.writer.begin() as conn:
             list_id = self._list_id(conn, list_address)
-            existing = set(conn.scalars(
-                select(members.c.address).where(members.c.list_id == list_id)))
-            rows = [{"list_id": list_id, "address": a, "status": status.value, "created_at": now}
+            existing: dict[str, str] = {row.address: row.name for row in conn.execute(
+                select(members.c.address, members.c.name).where(members.c.list_id == list_id))}
+            rows = [{"list_id": list_id, "address": a, "status": status.value,
+                     "created_at": now, "name": names.get(a, "")}
                     for a in wanted if a not in existing]
             if rows:
                 conn.execute(insert(members), rows)
-        return len(rows), len(wanted) - len(rows)
+            renamed = [{"b_address": a, "b_name": names[a]} for a in wanted
+                       if a in existing and names.get(a) and names[a] != existing[a]]
+            if renamed:
+                conn.execute(update(members).where(members.c.list_id == list_id,
+                                                   members.c.address == bindparam("b_address"))
+                             .values(name=bindparam("b_name")), renamed)
+        return AddedMembers(len(rows), len(wanted) - len(rows), len(renamed))
 
     def remove_members(self, list_address: str, gone: Iterable[str]) -> int:
         with self.engines.writer.begin() as conn:
@@ -410,7 +448,7 @@ class Repository:
             rows = conn.execute(select(members).where(members.c.list_id == list_id)
                                 .order_by(members.c.address)).all()
         return [Member(list_id=r.list_id, address=r.address, status=MemberStatus(r.status),
-                       created_at=r.created_at) for r in rows]
+                       created_at=r.created_at, name=r.name) for r in rows]
 
     def _list_id(self, conn: Connection, address: str) -> int:
         list_id = conn.scalar(select(lists.c.id).where(lists.c.address == address))
@@ -462,6 +500,9 @@ class Repository:
             found_lists = ({row.id: _list(row) for row in
                             conn.execute(_LISTS_BY_ID, {"b_ids": list(list_ids)})}
                            if list_ids else {})
+        for list_id in list_ids:
+            if (role := role_alias_by_id(list_id)) is not None:
+                found_lists[list_id] = role
         return found_messages, found_lists
 
     # -- the send queue -----------------------------------------------------------------
@@ -686,7 +727,8 @@ class Repository:
             query = query.where(deliveries.c.status == status)
         with self.engines.reader.connect() as conn:
             rows = conn.execute(query).all()
-        return [DeliveryRow(id=r.id, message_id=r.message_id, list_address=r.list_address,
+        return [DeliveryRow(id=r.id, message_id=r.message_id,
+                            list_address=r.list_address or _role_address(r.list_id),
                             recipient=r.recipient, status=r.status, attempts=r.attempts,
                             due_at=r.due_at, created_at=r.created_at, updated_at=r.updated_at,
                             last_reply=r.last_reply)
@@ -739,7 +781,7 @@ class WriteTransaction:
         self._repo = repo
         self._conn = conn
         self._hot = repo._hot
-        self.directory = DirectoryView(conn)
+        self.directory = DirectoryView(conn, repo.roles)
 
     def upsert_blobs(self, batch: Sequence[InboundMessage], now: float,
                      bodies: Mapping[str, bytes]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
@@ -22,8 +22,9 @@ T = TypeVar("T")
 
 
 class StoreRunner:
-    def __init__(self, engines: Engines, pool_size: int = 4) -> None:
-        self.repo = Repository(engines)
+    def __init__(self, engines: Engines, pool_size: int = 4,
+                 roles: Mapping[str, str] | None = None) -> None:
+        self.repo = Repository(engines, roles)
         self.engines = engines
         if engines.is_sqlite:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="mailflow-db-write")

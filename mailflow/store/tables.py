@@ -61,6 +61,8 @@ members = Table(
     Column("address", String(320), nullable=False),
     Column("status", String(16), nullable=False),
     Column("created_at", Float, nullable=False),
+    # Display name; the directory refuses control characters and more than 200.
+    Column("name", String(200), nullable=False, server_default=""),
     UniqueConstraint("list_id", "address", name="uq_members_list_address"),
 )
 

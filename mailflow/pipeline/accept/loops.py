@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mailflow import headers
+from mailflow import addresses, headers
 from mailflow.errors import LoopDetected
+from mailflow.model import ROLE_ALIAS_IDS
 from mailflow.pipeline.context import Decision, MessageContext, Recipient
 from mailflow.pipeline.marker import LOOP_HEADER, loop_marker
 
@@ -23,6 +24,14 @@ def check_not_looping(header: bytes, instance_id: str, list_addresses: list[str]
             raise LoopDetected(f"mail loop: this message already went through {address}")
 
 
+def _marked_as(canonical: str) -> list[str]:
+    """The list addresses a copy for ``canonical`` carries the marker of: its own, and
+    for ``postmaster@``/``abuse@`` the role alias's, which has no domain (one alias for
+    every domain), so that a role address routed back to this relay is a loop too."""
+    local, _ = addresses.split(canonical)
+    return [canonical, local] if local in ROLE_ALIAS_IDS and local != canonical else [canonical]
+
+
 @dataclass(frozen=True, slots=True)
 class NotLooping:
     instance_id: str
@@ -34,7 +43,7 @@ class NotLooping:
         decisions: dict[str, Decision] = {}
         for rcpt in pending:
             try:
-                check_not_looping(ctx.header, self.instance_id, [rcpt.canonical])
+                check_not_looping(ctx.header, self.instance_id, _marked_as(rcpt.canonical))
             except LoopDetected as error:
                 decisions[rcpt.canonical] = Decision.reject(error)
         return decisions

@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from mailflow.errors import SmtpReplyError, UnknownDomain, UnknownRecipient
+from mailflow import addresses
+from mailflow.errors import (
+    InvalidRecipientAddress,
+    SmtpReplyError,
+    UnknownDomain,
+    UnknownRecipient,
+)
 from mailflow.model import Resolution
 from mailflow.pipeline.context import Decision, MessageContext, Recipient
 
@@ -20,6 +26,9 @@ Lookup = Callable[[str], Awaitable[Resolution]]  # canonical address -> what it 
 def refusal(address: str, resolution: Resolution) -> SmtpReplyError | None:
     """The error refusing ``address`` (as the client gave it), or None if it is ours."""
     if resolution.kind == "unknown_domain":
+        problem = addresses.domain_problem(address)
+        if problem is not None:  # no relay could take it: say why, not "relaying denied"
+            return InvalidRecipientAddress(f"<{address}>: {problem}")
         return UnknownDomain(f"relaying denied: <{address}> is not in a domain of this relay")
     if resolution.kind == "unknown_address":
         return UnknownRecipient(f"no list or alias <{address}> here")
