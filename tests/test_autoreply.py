@@ -25,6 +25,7 @@ from mailflow.testing.factories import make_list, make_message
 
 ADDRESS = "office@example.test"
 SENDER = "ann@outside.test"
+NOW = 1_800_000_000.0
 
 
 def header(*fields: str, to: str = ADDRESS) -> bytes:
@@ -218,3 +219,14 @@ def test_the_directory_validates_replies(repo: Repository) -> None:
     assert directory.get_autoreply(ADDRESS) == set_
     assert directory.clear_autoreply(ADDRESS) and directory.get_autoreply(ADDRESS) is None
     assert not directory.clear_autoreply(ADDRESS)
+
+
+def test_a_hostile_envelope_sender_reaches_no_header_field(repo: Repository) -> None:
+    make_list(repo, ADDRESS, kind=ListKind.ALIAS)
+    DirectoryService(repo).set_autoreply(ADDRESS, subject="Re: $sender", body="$sender")
+    hostile = "x\r\nBcc: evil@x.test\r\n@outside.test"
+    ingest(repo, NOW, make_message(ADDRESS, subject="a\rb"), sender=hostile)
+    [(_, content)] = replies(repo)
+    fields = content.split(b"\r\n\r\n")[0]
+    assert b"\nBcc" not in fields and b"\r" not in fields.replace(b"\r\n", b"")
+    assert BytesParser(policy=email.policy.default).parsebytes(content)["Bcc"] is None

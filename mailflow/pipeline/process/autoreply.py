@@ -133,8 +133,15 @@ def _answer(ctx: ProcessContext, target: MailingList, reply: AutoReply | None) -
     if reason is not None:
         ctx.event("no_reply", f"{noun} of {target.address}: not sent, {reason}")
         return
-    content = (_echo(raw, header, message, target, ctx.now) if reply is None
-               else _autoreply(raw, header, message, target, reply, ctx.now))
+    try:
+        content = (_echo(raw, header, message, target, ctx.now) if reply is None
+                   else _autoreply(raw, header, message, target, reply, ctx.now))
+    except (ValueError, TypeError, LookupError) as exc:
+        # A value the email package refuses must not fail the batch's transaction
+        # (every message in it would get a 451): the reply is dropped, with its reason.
+        ctx.event("no_reply", f"{noun} of {target.address}: not sent, it could not be "
+                              f"written ({type(exc).__name__}: {exc})")
+        return
     generated = InboundMessage(
         id=ids.new_message_id(ctx.now), mail_from="", rcpt_tos=(sender,),
         blob=content_hash(content), size=len(content), received_at=ctx.now, peer="",
