@@ -174,6 +174,25 @@ def test_the_processor_replies_to_what_the_ingest_left(repo: Repository,
     assert any(kind == "replied" for _, kind, _ in repo.message_events("later"))
 
 
+def test_a_message_left_by_the_ingest_is_answered_once(repo: Repository) -> None:
+    """Inline, a message whose deliveries do not fit is skipped after the steps ran:
+    neither its reply nor its log entry may be stored then, or the processor, running
+    the steps again, would find the sender answered and send nothing."""
+    make_list(repo, ADDRESS, ["a@inside.test", "b@inside.test"], kind=ListKind.ALIAS)
+    DirectoryService(repo).set_autoreply(ADDRESS, body="Away.")
+    raw = make_message(ADDRESS, sender=SENDER)
+    digest = content_hash(raw)
+    message = InboundMessage("big", SENDER, (ADDRESS,), digest, len(raw), NOW, "", "",
+                             "ESMTP")
+    stored = store_batch(repo, IngestBatch([message], {digest: raw}, {digest: raw}), NOW,
+                         lambda: None, InlineExpansion(max_rows=2))
+    assert stored.left == 1 and replies(repo) == []
+    assert repo.last_reply(ADDRESS, SENDER) is None
+    assert expand_received(repo, NOW + 1, 10) == 1
+    assert [r.rcpt_tos for r, _ in replies(repo)] == [(SENDER,)]
+    assert repo.last_reply(ADDRESS, SENDER) == NOW + 1
+
+
 def test_two_echo_addresses_exchange_one_message(repo: Repository) -> None:
     """A's echo of B's message goes to B; B does not answer it, whichever envelope
     sender it arrives with (null as sent, or rewritten to A by some forwarder)."""
@@ -215,8 +234,9 @@ def test_the_directory_validates_replies(repo: Repository) -> None:
         directory.set_autoreply("echo@example.test", body="x")
     with pytest.raises(NotFound):
         directory.set_autoreply("nobody@example.test", body="x")
+    directory.set_autoreply(ADDRESS, body="first")
     set_ = directory.set_autoreply(ADDRESS, body="Line one\nline two", ends="2026-12-24T09:00")
-    assert directory.get_autoreply(ADDRESS) == set_
+    assert directory.get_autoreply(ADDRESS) == set_  # replaced
     assert directory.clear_autoreply(ADDRESS) and directory.get_autoreply(ADDRESS) is None
     assert not directory.clear_autoreply(ADDRESS)
 
