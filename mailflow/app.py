@@ -157,7 +157,7 @@ class Relay:
             transaction_timeout=settings.smtp_transaction_timeout,
         ), recent=recent, ingest_busy=activity.busy)
         processor = Processor(runner, self.clock, on_queued=scheduler.wake,
-                              poll_interval=settings.poll_interval)
+                              poll_interval=settings.poll_interval, read_file=blobs.read)
         committer = GroupCommitter(runner, blobs, self.clock,
                                    body_limit=settings.max_body_in_database,
                                    expansion=InlineExpansion(settings.max_inline_deliveries),

@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -263,7 +264,8 @@ def list_group() -> None:
 @list_group.command("create")
 @click.argument("address")
 @click.option("--kind", type=click.Choice([k.value for k in ListKind]), default="list",
-              show_default=True, help="list: members get decorated copies; alias: forward")
+              show_default=True, help="list: members get decorated copies; alias: forward; "
+                                      "echo: answers each message with a copy of it")
 @click.option("--name", default="", help="display name (used in List-Id)")
 @click.option("--priority", type=int, default=0, show_default=True,
               help=f"{rules.PRIORITY_MIN} to {rules.PRIORITY_MAX}; higher is delivered first "
@@ -559,6 +561,73 @@ _rule_group(RuleAction.BLOCK, "block", "a block entry",
             "Senders whose mail is refused: mailflow block add '*@spam.example'.", "Block")
 _rule_group(RuleAction.ALLOW, "allow", "an allow entry",
             "Senders taken despite a block entry of the same or a wider scope.", "Allow")
+
+
+# -- auto-replies -----------------------------------------------------------------------
+
+@cli.group()
+def autoreply() -> None:
+    """Out-of-office replies of lists and aliases (RFC 3834: never to lists or robots)."""
+
+
+@autoreply.command("set")
+@click.argument("address")
+@click.option("--body", required=True,
+              help="the reply's text; $sender, $subject and $address are filled in")
+@click.option("--subject", default=rules.AUTOREPLY_DEFAULT_SUBJECT, show_default=True,
+              help="the reply's subject (one line); the same names are filled in")
+@click.option("--starts", help="first day (2026-12-24) or moment (2026-12-24T09:00), UTC")
+@click.option("--ends", help="the reply stops at this day or moment, UTC")
+@click.option("--once-per-days", type=int, default=7, show_default=True,
+              help="answer each sender at most once in this many days")
+@pass_context
+def autoreply_set(ctx: Context, address: str, body: str, subject: str, starts: str | None,
+                  ends: str | None, once_per_days: int) -> None:
+    """Turn on (or replace) the auto-reply of the list or alias at ADDRESS."""
+    with ctx.directory() as directory:
+        reply = directory.set_autoreply(address, subject=subject, body=body, starts=starts,
+                                        ends=ends, once_per_days=once_per_days)
+    click.echo(f"auto-reply set for {reply.address}")
+
+
+@autoreply.command("clear")
+@click.argument("address")
+@pass_context
+def autoreply_clear(ctx: Context, address: str) -> None:
+    """Turn the auto-reply of ADDRESS off."""
+    with ctx.directory() as directory:
+        had = directory.clear_autoreply(address)
+    canonical = rules.validated_address(address)
+    click.echo(f"auto-reply cleared for {canonical}" if had
+               else f"{canonical} had no auto-reply")
+
+
+def _moment(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
+
+
+@autoreply.command("show")
+@click.argument("address")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@pass_context
+def autoreply_show(ctx: Context, address: str, as_json: bool) -> None:
+    """Show the auto-reply of ADDRESS (exit status 3 if there is none)."""
+    with ctx.directory() as directory:
+        reply = directory.get_autoreply(address)
+    if reply is None:
+        fail(f"{rules.validated_address(address)} has no auto-reply; set one with "
+             "`mailflow autoreply set`", EXIT_NOT_FOUND)
+        return
+    info = {"address": reply.address, "subject": reply.subject, "body": reply.body,
+            "starts": _moment(reply.starts_at), "ends": _moment(reply.ends_at),
+            "once_per_days": reply.once_per_days}
+    if as_json:
+        emit_json(info)
+        return
+    for key, value in info.items():
+        click.echo(f"{key}: {'' if value is None else value}")
 
 
 # -- queue ------------------------------------------------------------------------------

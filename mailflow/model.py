@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 class ListKind(enum.StrEnum):
     LIST = "list"    # a mailing list: members get a copy with List-* headers
     ALIAS = "alias"  # a forwarding address: targets may live outside our domains
+    ECHO = "echo"    # answers every message with a copy of it to its sender (tests a set-up)
 
 
 class MemberStatus(enum.StrEnum):
@@ -153,6 +154,38 @@ class InboundMessage:
     helo: str
     protocol: str
     status: MessageStatus = MessageStatus.RECEIVED
+
+
+# ``InboundMessage.protocol`` of a message the relay wrote itself (an auto-reply, an
+# echo): sent with the null envelope sender and without our Received field.
+GENERATED = "generated"
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedMessage:
+    """A message a processing step wrote (an auto-reply), stored with its body in the
+    database and delivered like any other."""
+
+    message: InboundMessage
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AutoReply:
+    """An out-of-office reply of one list or alias: templates (``$sender``, ``$subject``,
+    ``$address``), an optional period (epoch seconds) and the per-sender interval."""
+
+    address: str
+    subject: str
+    body: str
+    starts_at: float | None = None
+    ends_at: float | None = None
+    once_per_days: int = 7
+    created_at: float = 0.0
+
+    def active(self, now: float) -> bool:
+        return ((self.starts_at is None or self.starts_at <= now)
+                and (self.ends_at is None or now < self.ends_at))
 
 
 @dataclass(frozen=True, slots=True)

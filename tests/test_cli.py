@@ -169,6 +169,32 @@ def test_block_and_allow_entries(tmp_path: Path) -> None:
     assert ok(cli, "block", "ls") == "noreply@*.example\tdomain\texample.test\n"
 
 
+def test_autoreply_set_show_clear_and_echo_lists(tmp_path: Path) -> None:
+    """On SQLite only: the store's side is tests/test_autoreply.py, on both backends."""
+    cli = RelayProcess(tmp_path / "relay")
+    cli.init()
+    with cli.repository() as repo:
+        make_list(repo, "team@example.test")
+    assert ok(cli, "list", "create", "echo@example.test", "--kind", "echo") == (
+        "created echo echo@example.test\n")
+    assert ok(cli, "autoreply", "set", "Team@example.test", "--body", "Away, $sender.",
+              "--starts", "2026-12-24", "--ends", "2027-01-02T09:00+01:00",
+              "--once-per-days", "3") == "auto-reply set for team@example.test\n"
+    assert json.loads(ok(cli, "autoreply", "show", "team@example.test", "--json")) == {
+        "address": "team@example.test", "subject": "Auto: $subject", "body": "Away, $sender.",
+        "starts": "2026-12-24T00:00:00+00:00", "ends": "2027-01-02T08:00:00+00:00",
+        "once_per_days": 3}
+    bad = cli.cli("autoreply", "set", "team@example.test", "--body", "x",
+                  "--subject", "Away\r\nBcc: evil@x.test")
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr.startswith("mailflow: error: invalid subject: it contains the "
+                                 "control character U+000D")
+    assert ok(cli, "autoreply", "clear", "team@example.test") == (
+        "auto-reply cleared for team@example.test\n")
+    gone = cli.cli("autoreply", "show", "team@example.test")
+    assert gone.returncode == 3 and "has no auto-reply" in gone.stderr
+
+
 def test_queue_show_json_shape(cli: RelayProcess) -> None:
     state = json.loads(ok(cli, "queue", "show", "--json"))
     assert state["counts"] == {"queued": 0, "in_flight": 0, "deferred": 0, "delivered": 0,

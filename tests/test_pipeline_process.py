@@ -40,6 +40,15 @@ class Directory:
     def active_member_addresses(self, list_id: int) -> list[str]:
         return self.members[list_id]
 
+    def autoreply(self, mailing_list: MailingList) -> None:
+        return None
+
+    def last_reply(self, list_id: int, sender: str) -> float | None:
+        return None
+
+    def note_reply(self, list_id: int, sender: str, now: float) -> None:
+        pass
+
 
 def message(*rcpts: str, id_: str = "m1") -> InboundMessage:
     return InboundMessage(id_, "p@outside.test", rcpts, "h", 10, 0.0, "", "", "ESMTP")
@@ -47,8 +56,8 @@ def message(*rcpts: str, id_: str = "m1") -> InboundMessage:
 
 def test_one_copy_per_member_and_list_with_a_trace() -> None:
     directory = Directory({1: ["a@x.test", "b@x.test"], 2: ["a@x.test"]})
-    ctx = run_process(PROCESS_CHAIN, message("Team@example.test", "team@example.test",
-                                             "info@example.test"), directory)
+    ctx = run_process([expand], message("Team@example.test", "team@example.test",
+                                        "info@example.test"), directory)
     assert ctx.deliveries == [NewDelivery("m1", 1, "a@x.test", 5),
                               NewDelivery("m1", 1, "b@x.test", 5),
                               NewDelivery("m1", 2, "a@x.test", 0)]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Protocol
 
 from mailflow import headers
-from mailflow.model import InboundMessage, MailingList
+from mailflow.model import GENERATED, InboundMessage, MailingList
 from mailflow.pipeline.accept.blocklist import SenderBlocklist
 from mailflow.pipeline.accept.envelope import EnvelopeText
 from mailflow.pipeline.accept.hops import HopLimit
@@ -39,6 +39,7 @@ from mailflow.pipeline.context import (
     Recipient,
     SenderRules,
 )
+from mailflow.pipeline.process.autoreply import autoreply
 from mailflow.pipeline.process.expand import expand
 from mailflow.pipeline.send.list_headers import list_headers
 from mailflow.pipeline.send.trace import trace_fields
@@ -82,8 +83,8 @@ def accept_chain(settings: AcceptSettings, lookup: Lookup, rules: SenderRules, *
     )
 
 
-# Next: forward, auto-reply, bounce handling, moderation.
-PROCESS_CHAIN: tuple[ProcessStep, ...] = (expand,)
+# Next: forward, bounce handling, moderation.
+PROCESS_CHAIN: tuple[ProcessStep, ...] = (expand, autoreply)
 
 # Next: subject prefix, footer, List-Unsubscribe, VERP envelope sender, DKIM (last).
 SEND_CHAIN: tuple[SendStep, ...] = (trace_fields, list_headers)
@@ -96,6 +97,12 @@ def rendering_variant(mailing_list: MailingList) -> Hashable:
     tokens) add the recipient here, and every cache of rendered copies keys on it.
     """
     return mailing_list.id
+
+
+def envelope_sender(message: InboundMessage, mailing_list: MailingList) -> str:
+    """The list's bounce address; the null sender for the relay's own replies, which
+    must never be answered (RFC 3834 section 3.3)."""
+    return "" if message.protocol == GENERATED else mailing_list.bounces_address
 
 
 # -- the runners ------------------------------------------------------------------------
@@ -125,8 +132,10 @@ async def run_accept(steps: Sequence[AcceptStep], ctx: MessageContext, *,
 
 
 def run_process(steps: Sequence[ProcessStep], message: InboundMessage,
-                directory: Directory) -> ProcessContext:
-    ctx = ProcessContext(message, directory)
+                directory: Directory, now: float = 0.0,
+                content: Callable[[], bytes] | None = None) -> ProcessContext:
+    ctx = (ProcessContext(message, directory, now) if content is None
+           else ProcessContext(message, directory, now, content))
     for step in steps:
         step(ctx)
     return ctx

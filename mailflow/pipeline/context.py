@@ -7,15 +7,17 @@ dataclass, so a step's inputs and outputs are visible in its signature.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from mailflow import addresses, headers
 from mailflow.errors import SmtpReplyError
 from mailflow.model import (
+    AutoReply,
     Envelope,
     Event,
+    GeneratedMessage,
     InboundMessage,
     MailingList,
     NewDelivery,
@@ -123,16 +125,36 @@ class Directory(Protocol):
 
     def resolve(self, address: str) -> Resolution: ...
     def active_member_addresses(self, list_id: int) -> list[str]: ...
+    def autoreply(self, mailing_list: MailingList) -> AutoReply | None: ...
+    def last_reply(self, list_id: int, sender: str) -> float | None: ...
+    def note_reply(self, list_id: int, sender: str, now: float) -> None:
+        """Remember a reply for the rest of the batch (the log row is written with the
+        reply, see ``ProcessContext.replied``)."""
+        ...
+
+
+def _no_content() -> bytes:
+    return b""
 
 
 @dataclass(slots=True)
 class ProcessContext:
-    """A stored message after its durable commit, and what its steps produce."""
+    """A stored message after its durable commit, and what its steps produce.
+
+    ``content`` reads the message's bytes, for the few steps that need them (an
+    auto-reply quotes the original): only then, as most messages are expanded without.
+    ``generated``: new messages a step wrote, stored in the same transaction, whose
+    deliveries are among ``deliveries``.
+    """
 
     message: InboundMessage
     directory: Directory
+    now: float = 0.0
+    content: Callable[[], bytes] = _no_content
     deliveries: list[NewDelivery] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    generated: list[GeneratedMessage] = field(default_factory=list)
+    replied: list[tuple[int, str]] = field(default_factory=list)  # (list id, sender) to log
 
     def event(self, kind: str, detail: str) -> None:
         self.events.append(Event(kind, detail, self.message.id))

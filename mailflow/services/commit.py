@@ -96,6 +96,7 @@ class IngestBatch:
 
     messages: Sequence[InboundMessage]
     bodies: Mapping[str, bytes] = field(default_factory=dict)  # small ones, in the blob rows
+    contents: Mapping[str, bytes] = field(default_factory=dict)  # every body, by blob hash
     events: Sequence[Event] = ()          # decided at accept time (discarded, held)
     lease: Lease | None = None            # fresh deliveries the scheduler takes now
     outcomes: Sequence[Outcome] = ()      # the scheduler's results waiting to be written
@@ -123,8 +124,11 @@ def store_batch(repo: Repository, batch: IngestBatch, now: float,
     with repo.ingest_transaction() as tx:
         tx.upsert_blobs(messages, now, batch.bodies)
         plan = (plan_batch(expansion.steps, tx.directory, messages, expansion.max_rows,
-                           inline=True) if expansion is not None else Plan())
+                           inline=True, now=now, read=lambda m: batch.contents[m.blob])
+                if expansion is not None else Plan())
         tx.insert_messages(messages, now, plan.statuses())
+        tx.insert_generated(plan.generated, now)
+        tx.log_replies(plan.replied, now)
         planned = plan.deliveries
         leased = (tx.lease_deliveries(planned[:batch.lease.limit], batch.lease, now)
                   if batch.lease is not None and planned else [])
@@ -242,7 +246,8 @@ class GroupCommitter:
         queue = self.queue
         outcomes = queue.take_outcomes() if queue else []
         events = [e for p in batch for e in p.events]
-        ingest = IngestBatch([p.message for p in batch], bodies, events,
+        ingest = IngestBatch([p.message for p in batch], bodies,
+                             {p.message.blob: p.data for p in batch}, events,
                              queue.ingest_lease() if queue else None, outcomes)
         try:
             stored = await self.runner.write(store_batch, self.runner.repo, ingest,

@@ -16,6 +16,8 @@ from __future__ import annotations
 import enum
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, date, datetime
+from string import Template
 from typing import Final, TypeVar
 
 from mailflow import addresses, headers
@@ -23,6 +25,7 @@ from mailflow.clock import Clock, SystemClock
 from mailflow.errors import InvalidInput
 from mailflow.model import (
     AddedMembers,
+    AutoReply,
     Domain,
     ListKind,
     MailingList,
@@ -30,6 +33,7 @@ from mailflow.model import (
     RuleAction,
     SenderRule,
 )
+from mailflow.pipeline.process.autoreply import TEMPLATE_KEYS
 from mailflow.store import Repository
 
 NAME_MAX_LENGTH: Final = 200          # characters; the ``lists.name`` column
@@ -41,6 +45,10 @@ PATTERN_MAX_LENGTH: Final = 320       # characters; the ``sender_rules.pattern``
 # Not in a sender pattern: the address brackets, the LIKE escape, and ``[``/``]``, which
 # would read as a shell character class (only ``*`` and ``?`` are wildcards here).
 _PATTERN_REFUSED: Final = frozenset("<>\\[]")
+AUTOREPLY_SUBJECT_MAX: Final = 200    # characters of the subject template
+AUTOREPLY_BODY_MAX: Final = 10_000    # characters of the body template
+AUTOREPLY_DEFAULT_SUBJECT: Final = "Auto: $subject"
+ONCE_PER_DAYS_MAX: Final = 365
 
 
 def validated_address(text: str) -> str:
@@ -156,6 +164,52 @@ def validated_kind(kind: str | ListKind) -> ListKind:
 
 def validated_action(action: str | RuleAction) -> RuleAction:
     return _validated_choice(RuleAction, action, "action")
+
+
+def validated_template(text: str, what: str, limit: int, *, one_line: bool) -> str:
+    """A reply template: only the documented ``$names``, within ``limit`` characters,
+    and for a header (``one_line``) no line break or other control character."""
+    if len(text) > limit:
+        raise InvalidInput(f"{what} too long ({len(text)} characters, at most {limit})")
+    for char in text:
+        if char in "\n\t" and not one_line:
+            continue
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            raise InvalidInput(f"invalid {what}: it contains the control character "
+                               f"U+{ord(char):04X}" + ("; a subject is one line" if one_line
+                                                       else ""))
+    template = Template(text)
+    unknown = [n for n in template.get_identifiers() if n not in TEMPLATE_KEYS]
+    if unknown or not template.is_valid():
+        known = ", ".join(f"${k}" for k in TEMPLATE_KEYS)
+        problem = f"unknown name ${unknown[0]}" if unknown else "a stray $ (write $$ for $)"
+        raise InvalidInput(f"invalid {what}: {problem}; the names are {known}")
+    return text
+
+
+def validated_date(text: str | None, what: str) -> float | None:
+    """An ISO date (midnight UTC) or date and time (UTC unless it says) as epoch seconds."""
+    if text is None or not text.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        try:
+            day = date.fromisoformat(text.strip())
+        except ValueError:
+            raise InvalidInput(f"invalid {what} {text!r}: write a date as 2026-12-24 or "
+                               "2026-12-24T09:00 (UTC unless an offset is given)") from None
+        moment = datetime(day.year, day.month, day.day)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def validated_once_per_days(days: int) -> int:
+    if not 1 <= days <= ONCE_PER_DAYS_MAX:
+        raise InvalidInput(f"invalid interval {days} days: it must be between 1 and "
+                           f"{ONCE_PER_DAYS_MAX} (RFC 3834 asks for about 7)")
+    return days
 
 
 class DirectoryService:
@@ -280,3 +334,32 @@ class DirectoryService:
         return self.repo.sender_rules(
             None if action is None else validated_action(action),
             None if target is None else validated_rule_target(target))
+
+    # -- auto-replies -------------------------------------------------------------------
+
+    def set_autoreply(self, address: str, *, body: str,
+                      subject: str = AUTOREPLY_DEFAULT_SUBJECT, starts: str | None = None,
+                      ends: str | None = None, once_per_days: int = 7) -> AutoReply:
+        """Turn on (or replace) the out-of-office reply of a list or alias."""
+        canonical = validated_address(address)
+        target = self.repo.get_list(canonical)
+        if target.kind is ListKind.ECHO:
+            raise InvalidInput(f"{canonical} is an echo address: it answers every message "
+                               "already")
+        starts_at = validated_date(starts, "start date")
+        ends_at = validated_date(ends, "end date")
+        if starts_at is not None and ends_at is not None and ends_at <= starts_at:
+            raise InvalidInput(f"the end date {ends} is not after the start date {starts}")
+        reply = AutoReply(
+            canonical,
+            validated_template(subject, "subject", AUTOREPLY_SUBJECT_MAX, one_line=True),
+            validated_template(body, "body", AUTOREPLY_BODY_MAX, one_line=False),
+            starts_at, ends_at, validated_once_per_days(once_per_days), self.clock.now())
+        return self.repo.set_autoreply(reply)
+
+    def clear_autoreply(self, address: str) -> bool:
+        """Turn the reply off; whether there was one."""
+        return self.repo.clear_autoreply(validated_address(address))
+
+    def get_autoreply(self, address: str) -> AutoReply | None:
+        return self.repo.get_autoreply(validated_address(address))

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mailflow.clock import Clock
-from mailflow.model import Event, InboundMessage, MessageStatus, NewDelivery
+from mailflow.model import Event, GeneratedMessage, InboundMessage, MessageStatus, NewDelivery
 from mailflow.pipeline.chain import PROCESS_CHAIN, ProcessStep, run_process
 from mailflow.pipeline.context import Directory
 from mailflow.store.repository import Repository
@@ -37,6 +37,8 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     queued: list[InboundMessage] = field(default_factory=list)  # with deliveries
     done: list[InboundMessage] = field(default_factory=list)    # with none at all
+    generated: list[GeneratedMessage] = field(default_factory=list)  # replies the steps wrote
+    replied: list[tuple[int, str]] = field(default_factory=list)  # (list id, sender) answered
 
     def statuses(self) -> dict[str, MessageStatus]:
         statuses = dict.fromkeys((m.id for m in self.queued), MessageStatus.QUEUED)
@@ -49,30 +51,40 @@ class Plan:
 
 
 def plan_batch(steps: Sequence[ProcessStep], directory: Directory,
-               batch: Sequence[InboundMessage], max_rows: int, *, inline: bool) -> Plan:
+               batch: Sequence[InboundMessage], max_rows: int, *, inline: bool,
+               now: float = 0.0, read: Callable[[InboundMessage], bytes] | None = None
+               ) -> Plan:
     """Run the chain over messages of ``batch`` while their deliveries fit ``max_rows``.
 
     Inline (in the ingest transaction) a message too large for that is skipped and left
     to the processor; otherwise the first message is always taken, however large its
-    list, and the batch ends at the first that does not fit.
+    list, and the batch ends at the first that does not fit.  ``read`` gives a message's
+    bytes to the steps that ask for them.  What the steps want written (replies and
+    the reply log) is taken only from the messages taken: a skipped one runs the steps
+    again in the processor.
     """
     plan = Plan()
     for message in batch:
-        ctx = run_process(steps, message, directory)
+        content = None if read is None else (lambda m=message: read(m))
+        ctx = run_process(steps, message, directory, now, content)
         if len(plan.deliveries) + len(ctx.deliveries) > max_rows:
             if inline:
                 continue
             if plan.deliveries:
                 break
         plan.events.extend(ctx.events)
-        (plan.queued if ctx.deliveries else plan.done).append(message)
+        own = any(d.message_id == message.id for d in ctx.deliveries)
+        (plan.queued if own else plan.done).append(message)
         plan.deliveries.extend(ctx.deliveries)
+        plan.generated.extend(ctx.generated)
+        plan.replied.extend(ctx.replied)
     return plan
 
 
 def expand_received(repo: Repository, now: float, limit: int,
                     steps: Sequence[ProcessStep] = PROCESS_CHAIN,
-                    max_rows: int = MAX_ROWS) -> int:
+                    max_rows: int = MAX_ROWS,
+                    read_file: Callable[[str], bytes] | None = None) -> int:
     """Run the chain over received messages, atomically with their status change.
 
     The messages are locked meanwhile, so two workers sharing a PostgreSQL database never
@@ -81,9 +93,19 @@ def expand_received(repo: Repository, now: float, limit: int,
     ingests waiting for it) for long.  Blocking: runs on the writer thread.  Returns how
     many messages were expanded.
     """
+    def read(message: InboundMessage) -> bytes:
+        stored = repo.stored_body(message.blob)
+        if stored is not None:
+            return stored
+        if read_file is None:
+            raise FileNotFoundError(f"no blob store to read {message.blob} from")
+        return read_file(message.blob)
+
     with repo.expansion_transaction() as tx:
         plan = plan_batch(steps, tx.directory, tx.take_received(limit), max_rows,
-                          inline=False)
+                          inline=False, now=now, read=read)
+        tx.insert_generated(plan.generated, now)
+        tx.log_replies(plan.replied, now)
         tx.insert_deliveries(plan.deliveries, now)
         tx.add_events(plan.events, now)
         tx.mark_queued([m.id for m in plan.queued], now)
@@ -94,8 +116,10 @@ def expand_received(repo: Repository, now: float, limit: int,
 class Processor:
     def __init__(self, runner: StoreRunner, clock: Clock, on_queued: Callable[[], None],
                  poll_interval: float = 1.0,
-                 steps: Sequence[ProcessStep] = PROCESS_CHAIN) -> None:
+                 steps: Sequence[ProcessStep] = PROCESS_CHAIN,
+                 read_file: Callable[[str], bytes] | None = None) -> None:
         self.runner = runner
+        self.read_file = read_file  # blob files, for steps that read a message
         self.clock = clock
         self.on_queued = on_queued
         self.poll_interval = poll_interval
@@ -114,7 +138,7 @@ class Processor:
                 while True:
                     expanded = await self.runner.write(
                         expand_received, self.runner.repo, self.clock.now(), BATCH,
-                        self.steps)
+                        self.steps, MAX_ROWS, self.read_file)
                     if not expanded:
                         break
                     log.debug("expanded %d message(s)", expanded,

@@ -83,7 +83,7 @@ from mailflow.model import (
     Outcome,
     RecipientReply,
 )
-from mailflow.pipeline.chain import render_copy, rendering_variant
+from mailflow.pipeline.chain import envelope_sender, render_copy, rendering_variant
 from mailflow.pipeline.context import Identity
 from mailflow.services.lanes import Lane, RoutedEgress
 from mailflow.services.recent import RecentMessages
@@ -525,8 +525,8 @@ class Scheduler:
         try:
             content = await self._render(tx)
             with TRANSACTION_SECONDS.time():
-                replies = await egress.send(tx.mailing_list.bounces_address, recipients,
-                                            content)
+                replies = await egress.send(envelope_sender(tx.message, tx.mailing_list),
+                                            recipients, content)
         except SmtpReplyError as exc:  # EgressUnavailable, or a provider's own refusal
             replies = [_reply(r, exc) for r in recipients]
         except FileNotFoundError:

@@ -34,11 +34,13 @@ from mailflow.model import (
     BARE_ROLE,
     PENDING_STATUSES,
     AddedMembers,
+    AutoReply,
     Delivery,
     DeliveryRow,
     DeliveryStatus,
     Domain,
     Event,
+    GeneratedMessage,
     InboundMessage,
     Lease,
     ListKind,
@@ -58,6 +60,8 @@ from mailflow.model import (
 from mailflow.store.engine import Engines
 from mailflow.store.hot import HotStatements
 from mailflow.store.tables import (
+    autoreplies,
+    autoreply_log,
     blobs,
     deliveries,
     domains,
@@ -83,6 +87,11 @@ def _message(row: Row[Any]) -> InboundMessage:
         blob=row.blob, size=row.size, received_at=row.received_at, peer=row.peer,
         helo=row.helo, protocol=row.protocol, status=MessageStatus(row.status),
     )
+
+
+def _autoreply(address: str, row: Row[Any]) -> AutoReply:
+    return AutoReply(address, row.subject, row.body, row.starts_at, row.ends_at,
+                     row.once_per_days, row.created_at)
 
 
 def _sender_rule(row: Row[Any]) -> SenderRule:
@@ -161,6 +170,13 @@ _RULES_MATCHING = (select(sender_rules.c.action, sender_rules.c.pattern, sender_
 _RULE_COUNT = select(func.count()).select_from(sender_rules)
 
 
+_AUTOREPLY_LISTS = select(autoreplies.c.list_id)
+_AUTOREPLY_OF = select(autoreplies).where(autoreplies.c.list_id == bindparam("b_list_id"))
+_LAST_REPLY = select(autoreply_log.c.replied_at).where(
+    autoreply_log.c.list_id == bindparam("b_list_id"),
+    autoreply_log.c.sender == bindparam("b_sender"))
+
+
 class DirectoryView:
     """Directory look-ups on one open connection, remembered for one batch of messages."""
 
@@ -169,6 +185,9 @@ class DirectoryView:
         self._roles = roles
         self._resolved: dict[str, Resolution] = {}
         self._members: dict[int, list[str]] = {}
+        self._with_autoreply: set[int] | None = None  # read once per batch: few rows
+        self._autoreplies: dict[int, AutoReply | None] = {}
+        self._replied: dict[tuple[int, str], float | None] = {}
 
     def resolve(self, address: str) -> Resolution:
         if address not in self._resolved:
@@ -184,6 +203,30 @@ class DirectoryView:
                 target = self._roles.get(role.address)
                 self._members[list_id] = [target] if target else []
         return self._members[list_id]
+
+    def autoreply(self, mailing_list: MailingList) -> AutoReply | None:
+        """The list's out-of-office reply: one query for the batch, then only for lists
+        that have one."""
+        if self._with_autoreply is None:
+            self._with_autoreply = set(self._conn.scalars(_AUTOREPLY_LISTS))
+        if mailing_list.id not in self._with_autoreply:
+            return None
+        if mailing_list.id not in self._autoreplies:
+            row = self._conn.execute(_AUTOREPLY_OF, {"b_list_id": mailing_list.id}).first()
+            self._autoreplies[mailing_list.id] = (
+                _autoreply(mailing_list.address, row) if row else None)
+        return self._autoreplies[mailing_list.id]
+
+    def last_reply(self, list_id: int, sender: str) -> float | None:
+        """When the list last answered ``sender`` (canonical), or None."""
+        key = (list_id, sender)
+        if key not in self._replied:
+            self._replied[key] = self._conn.scalar(
+                _LAST_REPLY, {"b_list_id": list_id, "b_sender": sender})
+        return self._replied[key]
+
+    def note_reply(self, list_id: int, sender: str, now: float) -> None:
+        self._replied[(list_id, sender)] = now
 
 
 class Repository:
@@ -340,6 +383,8 @@ class Repository:
             ).rowcount
             conn.execute(delete(members).where(members.c.list_id == list_id))
             conn.execute(delete(sender_rules).where(sender_rules.c.target == address))
+            conn.execute(delete(autoreplies).where(autoreplies.c.list_id == list_id))
+            conn.execute(delete(autoreply_log).where(autoreply_log.c.list_id == list_id))
             conn.execute(delete(lists).where(lists.c.id == list_id))
         return failed
 
@@ -347,6 +392,38 @@ class Repository:
         """Decide what a recipient address is: list/alias, list bounces, or unknown."""
         with self.engines.reader.connect() as conn:
             return _resolve(conn, address, self.roles)
+
+    # -- auto-replies -------------------------------------------------------------------
+
+    def set_autoreply(self, reply: AutoReply) -> AutoReply:
+        """Store (or replace) the reply of a list or alias; the caller validated it."""
+        values = {"subject": reply.subject, "body": reply.body,
+                  "starts_at": reply.starts_at, "ends_at": reply.ends_at,
+                  "once_per_days": reply.once_per_days, "created_at": reply.created_at}
+        with self.engines.writer.begin() as conn:
+            list_id = self._list_id(conn, reply.address)
+            conn.execute(self._upsert_insert(autoreplies).values(list_id=list_id, **values)
+                         .on_conflict_do_update(index_elements=["list_id"], set_=values))
+        return reply
+
+    def clear_autoreply(self, address: str) -> bool:
+        """Remove the reply (and forget whom it answered); whether there was one."""
+        with self.engines.writer.begin() as conn:
+            list_id = self._list_id(conn, address)
+            removed = conn.execute(delete(autoreplies)
+                                   .where(autoreplies.c.list_id == list_id)).rowcount
+            conn.execute(delete(autoreply_log).where(autoreply_log.c.list_id == list_id))
+        return bool(removed)
+
+    def get_autoreply(self, address: str) -> AutoReply | None:
+        with self.engines.reader.connect() as conn:
+            list_id = self._list_id(conn, address)
+            row = conn.execute(_AUTOREPLY_OF, {"b_list_id": list_id}).first()
+        return _autoreply(address, row) if row else None
+
+    def last_reply(self, address: str, sender: str) -> float | None:
+        with self.engines.reader.connect() as conn:
+            return DirectoryView(conn).last_reply(self._list_id(conn, address), sender)
 
     # -- sender rules (block and allow entries) -----------------------------------------
 
@@ -805,6 +882,25 @@ class WriteTransaction:
             (m.id, m.mail_from, "\n".join(m.rcpt_tos), m.blob, m.size, m.received_at,
              m.peer, m.helo, m.protocol, statuses.get(m.id, received).value, now)
             for m in batch])
+
+    def insert_generated(self, generated: Sequence[GeneratedMessage], now: float) -> None:
+        """Messages a processing step wrote: the body in its blob row, the row queued (the
+        step planned its deliveries)."""
+        if not generated:
+            return
+        self.upsert_blobs([g.message for g in generated], now,
+                          {g.message.blob: g.content for g in generated})
+        queued = MessageStatus.QUEUED
+        self.insert_messages([g.message for g in generated], now,
+                             {g.message.id: queued for g in generated})
+
+    def log_replies(self, replied: Sequence[tuple[int, str]], now: float) -> None:
+        """Note (list id, sender) pairs answered now, for the once-per-N-days rule."""
+        for list_id, sender in dict.fromkeys(replied):
+            values = {"list_id": list_id, "sender": sender, "replied_at": now}
+            self._conn.execute(self._repo._upsert_insert(autoreply_log).values(**values)
+                               .on_conflict_do_update(index_elements=["list_id", "sender"],
+                                                      set_={"replied_at": now}))
 
     def take_received(self, limit: int) -> list[InboundMessage]:
         """The oldest messages waiting for expansion, locked against other expanders."""

@@ -151,3 +151,27 @@ sender_rules = Table(
     Column("created_at", Float, nullable=False),
     UniqueConstraint("target", "action", "pattern", name="uq_sender_rules_entry"),
 )
+
+# Out-of-office replies (``mailflow autoreply``): at most one per list or alias.
+autoreplies = Table(
+    "autoreplies",
+    metadata,
+    Column("list_id", Integer, ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True),
+    Column("subject", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("starts_at", Float, nullable=True),
+    Column("ends_at", Float, nullable=True),
+    Column("once_per_days", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# When a list or alias last answered a sender (auto-reply or echo): RFC 3834's "at most
+# one reply per sender per N days", kept across restarts.
+autoreply_log = Table(
+    "autoreply_log",
+    metadata,
+    Column("list_id", Integer, ForeignKey("lists.id", ondelete="CASCADE"), nullable=False),
+    Column("sender", String(320), nullable=False),
+    Column("replied_at", Float, nullable=False),
+    UniqueConstraint("list_id", "sender", name="uq_autoreply_log_sender"),
+)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mailflow import addresses
-from mailflow.model import ListKind, NewDelivery
+from mailflow.model import NewDelivery
 from mailflow.pipeline.context import ProcessContext
 
 
@@ -35,5 +35,5 @@ def expand(ctx: ProcessContext) -> None:
         recipients = directory.active_member_addresses(target.id)
         ctx.deliveries.extend(NewDelivery(message.id, target.id, member, target.priority)
                               for member in recipients)
-        noun = "alias" if target.kind is ListKind.ALIAS else "list"
+        noun = target.kind.value
         ctx.event("expanded", f"{noun} {target.address}: {len(recipients)} recipient(s)")

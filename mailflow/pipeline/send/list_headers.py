@@ -9,7 +9,7 @@ from email.header import Header
 from email.utils import quote
 
 from mailflow.headers import header_safe
-from mailflow.model import ListKind
+from mailflow.model import GENERATED, ListKind
 from mailflow.pipeline.context import CopyContext
 
 LIST_FIELDS = ("List-Id", "List-Post")
@@ -17,8 +17,8 @@ LIST_FIELDS = ("List-Id", "List-Post")
 
 def list_headers(copy: CopyContext) -> None:
     mailing_list = copy.mailing_list
-    if mailing_list.kind is not ListKind.LIST:
-        return
+    if mailing_list.kind is not ListKind.LIST or copy.message.protocol == GENERATED:
+        return  # an auto-reply from a list is not a post to it
     label = f"{_phrase(mailing_list.name)} " if mailing_list.name else ""
     copy.added.append(f"List-Id: {label}<{mailing_list.list_id}>")
     copy.added.append(f"List-Post: <mailto:{mailing_list.address}>")

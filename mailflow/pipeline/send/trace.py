@@ -5,12 +5,17 @@ from __future__ import annotations
 from email.utils import formatdate
 
 from mailflow.headers import header_safe
+from mailflow.model import GENERATED
 from mailflow.pipeline.context import CopyContext
 from mailflow.pipeline.marker import LOOP_HEADER, loop_marker
 
 
 def trace_fields(copy: CopyContext) -> None:
     message, mailing_list = copy.message, copy.mailing_list
+    if message.protocol == GENERATED:  # written here: there is no client to trace
+        copy.added.append(f"{LOOP_HEADER}: "
+                          f"{loop_marker(copy.identity.instance_id, mailing_list.address)}")
+        return
     copy.added.append(
         # The HELO name is the client's choice: a bare CR in it would start a field.
         f"Received: from {header_safe(message.helo or 'unknown')} "
