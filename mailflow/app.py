@@ -39,7 +39,7 @@ from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.ingress.tls import ServerTls
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
-from mailflow.services.installation import initialise
+from mailflow.services.installation import prepare
 from mailflow.services.processor import Processor
 from mailflow.services.recent import RecentMessages
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
@@ -117,7 +117,7 @@ class Relay:
             log.info("STARTTLS on SMTP with the certificate %s (SHA-256 %s)%s", cert_file,
                      self.tls.fingerprint, "; required before MAIL" if self.tls.require else "",
                      extra={"action": "tls_loaded"})
-        self.instance_id = await asyncio.to_thread(initialise, settings)
+        self.instance_id, srs = await asyncio.to_thread(prepare, settings)
         self.runner = runner = StoreRunner(create_engines(settings.resolved_database_url))
         database = sqlite_path(settings.resolved_database_url)
         if database is not None:
@@ -140,7 +140,7 @@ class Relay:
             retry=RetryPolicy(settings.retry_initial_delay, settings.retry_multiplier,
                               settings.retry_max_delay, settings.max_delivery_age),
             poll_interval=settings.poll_interval,
-            transaction_timeout=settings.smtp_transaction_timeout,
+            transaction_timeout=settings.smtp_transaction_timeout, srs=srs,
         ), recent=recent, ingest_busy=activity.busy)
         processor = Processor(runner, self.clock, on_queued=scheduler.wake,
                               poll_interval=settings.poll_interval)
@@ -156,7 +156,7 @@ class Relay:
             store_lookup(runner), committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,
                          settings.max_received_headers, settings.recipient_cache_ttl),
-            rules=self.sender_rules,
+            rules=self.sender_rules, srs=srs,
         )
         # Bound before anything starts, so that a child the scheduler's first send may
         # start (lazily) serves them too; accepted only once the child starts, last.

@@ -186,6 +186,10 @@ class Settings(BaseSettings):
     forwarded_allow_ips: Annotated[tuple[str, ...], NoDecode] = ()
     hostname: str = Field(default_factory=socket.getfqdn)
     instance_id: str = ""
+    # SRS for alias forwards (docs/rules.md): empty = the secret `mailflow init` made.
+    srs_secret: SecretStr = SecretStr("")
+    srs_old_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    srs_max_age_days: int = Field(default=21, ge=1, le=1000)
     egress: str = "stdout"
     routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     smtp_relay: str = "smtp://127.0.0.1:25"
@@ -263,6 +267,17 @@ class Settings(BaseSettings):
         if not isinstance(value, list | tuple):
             return value
         return tuple(parse_proxy(str(entry)) for entry in value if str(entry).strip())
+
+    @field_validator("srs_old_secrets", mode="before")
+    @classmethod
+    def _parse_old_secrets(cls, value: Any) -> Any:
+        """``MAILFLOW_SRS_OLD_SECRETS`` is ``secret,secret,…``; TOML may give a list."""
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            return tuple(str(v).strip() if not isinstance(v, SecretStr) else v
+                         for v in value if str(v).strip())
+        return value
 
     @field_validator("database_url")
     @classmethod

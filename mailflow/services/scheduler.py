@@ -74,19 +74,23 @@ from mailflow.errors import (
 from mailflow.lru import BytesLRU
 from mailflow.metrics import DELIVERY_ATTEMPTS, LEASES_LOST, TRANSACTION_SECONDS
 from mailflow.model import (
+    RELAYED,
     Delivery,
     DeliveryStatus,
     Egress,
     InboundMessage,
     Lease,
+    ListKind,
     MailingList,
     Outcome,
     RecipientReply,
 )
 from mailflow.pipeline.chain import render_copy, rendering_variant
 from mailflow.pipeline.context import Identity
+from mailflow.pipeline.send.envelope import envelope_sender
 from mailflow.services.lanes import Lane, RoutedEgress
 from mailflow.services.recent import RecentMessages
+from mailflow.srs import Srs
 from mailflow.store.runner import StoreRunner
 
 log = logging.getLogger(__name__)
@@ -110,6 +114,7 @@ class SchedulerOptions:
     poll_interval: float = 1.0  # idle look for work other processes queued
     route_backlog: float = 30.0  # seconds of work a busy route may hold (see above)
     transaction_timeout: float = 600.0  # on the wire longer: hung, leases not renewed
+    srs: Srs | None = None  # envelope senders of alias forwards (None: the bounce address)
 
 
 @dataclass(slots=True)
@@ -160,6 +165,9 @@ class Scheduler:
         self._content: BytesLRU[tuple[str, Hashable]] = BytesLRU(CONTENT_CACHE_BYTES,
                                                                   max_item=sys.maxsize)
         self._identity = Identity(options.instance_id, options.hostname)
+        # What relayed bounces and failure notices are sent "through" (no list has id 0).
+        self._relayed = MailingList(RELAYED, f"MAILER-DAEMON@{options.hostname}",
+                                    ListKind.ALIAS, "", 0, 0.0)
         self._tasks: list[asyncio.Task[None]] = []
         self._heartbeat: asyncio.Task[None] | None = None
         self._senders: list[tuple[Lane[Transaction], asyncio.Task[None]]] = []
@@ -481,6 +489,8 @@ class Scheduler:
         now = self.clock.now()
         lists = {list_id: entry[1] for list_id in list_ids
                  if (entry := self._lists.get(list_id)) is not None and entry[0] > now}
+        if RELAYED in list_ids:
+            lists[RELAYED] = self._relayed
         missing_messages = message_ids - messages.keys()
         missing_lists = list_ids - lists.keys()
         if missing_messages or missing_lists:
@@ -525,8 +535,9 @@ class Scheduler:
         try:
             content = await self._render(tx)
             with TRANSACTION_SECONDS.time():
-                replies = await egress.send(tx.mailing_list.bounces_address, recipients,
-                                            content)
+                replies = await egress.send(
+                    envelope_sender(tx.message, tx.mailing_list, self.options.srs,
+                                    self.clock.now()), recipients, content)
         except SmtpReplyError as exc:  # EgressUnavailable, or a provider's own refusal
             replies = [_reply(r, exc) for r in recipients]
         except FileNotFoundError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from mailflow.errors import SmtpReplyError, UnknownDomain, UnknownRecipient
+from mailflow.errors import InvalidSrsAddress, SmtpReplyError, UnknownDomain, UnknownRecipient
 from mailflow.model import Resolution
 from mailflow.pipeline.context import Decision, MessageContext, Recipient
 
@@ -21,6 +21,9 @@ def refusal(address: str, resolution: Resolution) -> SmtpReplyError | None:
     """The error refusing ``address`` (as the client gave it), or None if it is ours."""
     if resolution.kind == "unknown_domain":
         return UnknownDomain(f"relaying denied: <{address}> is not in a domain of this relay")
+    if resolution.kind == "bad_srs":
+        return InvalidSrsAddress(f"<{address}> is not a valid bounce address here "
+                                 f"({resolution.detail})")
     if resolution.kind == "unknown_address":
         return UnknownRecipient(f"no list or alias <{address}> here")
     return None
