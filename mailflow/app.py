@@ -40,6 +40,7 @@ from mailflow.ingress.tls import ServerTls
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
 from mailflow.services.installation import prepare
+from mailflow.services.notices import FailureNotices
 from mailflow.services.processor import Processor
 from mailflow.services.recent import RecentMessages
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
@@ -149,6 +150,9 @@ class Relay:
                                    expansion=InlineExpansion(settings.max_inline_deliveries),
                                    queue=scheduler, on_received=processor.wake,
                                    recent=recent, activity=activity)
+        notices = FailureNotices(committer, self.clock, srs, settings.hostname,
+                                 settings.dsn_per_sender_per_hour)
+        scheduler.on_failed = notices.report
         # The sender entries' cache: a directory service in this process (the REST API
         # to come) passes ``invalidate`` as its ``on_rules_changed``.
         self.sender_rules = store_rule_book(runner, self.clock, settings.recipient_cache_ttl)
@@ -165,6 +169,7 @@ class Relay:
         self._tasks += [
             asyncio.create_task(processor.run(), name="processor"),
             asyncio.create_task(committer.run(), name="committer"),
+            asyncio.create_task(notices.run(), name="failure notices"),
             asyncio.create_task(self._maintenance(blobs), name="maintenance"),
         ]
         try:

@@ -190,6 +190,8 @@ class Settings(BaseSettings):
     srs_secret: SecretStr = SecretStr("")
     srs_old_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     srs_max_age_days: int = Field(default=21, ge=1, le=1000)
+    # Failure notices (DSNs) for alias forwards: at most this many per sender per hour.
+    dsn_per_sender_per_hour: int = Field(default=10, ge=0)
     egress: str = "stdout"
     routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     smtp_relay: str = "smtp://127.0.0.1:25"

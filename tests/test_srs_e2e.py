@@ -6,6 +6,8 @@ Each test uses aliases of its own, so the relay is shared.
 
 from __future__ import annotations
 
+import email
+import email.policy
 import smtplib
 from collections.abc import Callable
 
@@ -59,3 +61,44 @@ def test_forward_gets_an_srs_sender_and_a_bounce_to_it_reaches_the_original_send
     code, text = rcpt_reply(relay, "", "SRS0=xx@example.test")
     assert (code, text.split()[0]) == (550, b"5.1.7"), text
     assert rcpt_reply(relay, "", srs_sender.replace("example.test", "other.test"))[0] == 550
+
+
+def test_a_forward_refused_for_good_gets_one_dsn_naming_the_alias_and_none_for_null(
+        relay: RelayProcess, module_sink: SmtpSink) -> None:
+    quiet, (quiet_target,) = relay.fresh_list(members=1, kind=ListKind.ALIAS)
+    alias, (target,) = relay.fresh_list(members=1, kind=ListKind.ALIAS)
+    original = f"bob.{alias.partition('@')[0]}@origin.example"
+    for hidden in (quiet_target, target):
+        module_sink.fail_rcpt(hidden, f"550 5.1.1 <{hidden}>: no such user here")
+    before = sum(relay.counts()[0].values())
+    # A bounce whose forward fails: nobody to tell.  Settled means its failure was
+    # reported (the report comes before the outcome is written).
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+        client.sendmail("", [quiet], make_message(quiet, sender="MAILER-DAEMON@x.test"))
+    relay.wait_settled()
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+        client.sendmail(original, [alias],
+                        make_message(alias, sender=original, subject="lost"))
+
+    (notice,) = module_sink.wait_for_copies([original])
+    assert notice.mail_from == "<>"
+    assert target.lower() not in notice.content.decode().lower()  # the target stays hidden
+    parsed = email.message_from_bytes(notice.content, policy=email.policy.default)
+    assert parsed.get_content_type() == "multipart/report"
+    assert parsed.get_param("report-type") == "delivery-status"
+    assert str(parsed["From"]).startswith("Mail Delivery System <MAILER-DAEMON@")
+    assert parsed["Auto-Submitted"] == "auto-replied"
+    text, status, original_headers = parsed.iter_parts()
+    assert alias in text.get_content()
+    assert status.get_content_type() == "message/delivery-status"
+    per_message, per_recipient = status.get_payload()
+    assert per_message["Reporting-MTA"].startswith("dns; ")
+    assert per_recipient["Final-Recipient"] == f"rfc822; {alias}"
+    assert per_recipient["Action"] == "failed"
+    assert per_recipient["Status"] == "5.1.1"
+    assert original_headers.get_content_type() == "text/rfc822-headers"
+    assert "Subject: lost" in original_headers.get_payload()
+    relay.wait_settled()
+    # The two posts and one notice: none for the null sender's forward.
+    assert sum(relay.counts()[0].values()) == before + 3
+    assert not module_sink.wait_for_copies(["MAILER-DAEMON@x.test"], timeout=0)

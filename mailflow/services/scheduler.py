@@ -71,6 +71,7 @@ from mailflow.errors import (
     TemporaryFailure,
     recipient_reply,
 )
+from mailflow.headers import split_message
 from mailflow.lru import BytesLRU
 from mailflow.metrics import DELIVERY_ATTEMPTS, LEASES_LOST, TRANSACTION_SECONDS
 from mailflow.model import (
@@ -89,6 +90,7 @@ from mailflow.pipeline.chain import render_copy, rendering_variant
 from mailflow.pipeline.context import Identity
 from mailflow.pipeline.send.envelope import envelope_sender
 from mailflow.services.lanes import Lane, RoutedEgress
+from mailflow.services.notices import Failure
 from mailflow.services.recent import RecentMessages
 from mailflow.srs import Srs
 from mailflow.store.runner import StoreRunner
@@ -165,6 +167,8 @@ class Scheduler:
         self._content: BytesLRU[tuple[str, Hashable]] = BytesLRU(CONTENT_CACHE_BYTES,
                                                                   max_item=sys.maxsize)
         self._identity = Identity(options.instance_id, options.hostname)
+        # Told of alias forwards that failed for good (``services.notices``); set by the app.
+        self.on_failed: Callable[[Failure], None] | None = None
         # What relayed bounces and failure notices are sent "through" (no list has id 0).
         self._relayed = MailingList(RELAYED, f"MAILER-DAEMON@{options.hostname}",
                                     ListKind.ALIAS, "", 0, 0.0)
@@ -532,6 +536,7 @@ class Scheduler:
 
     async def _send(self, tx: Transaction, egress: Egress) -> list[Outcome]:
         recipients = [d.recipient for d in tx.deliveries]
+        content = b""
         try:
             content = await self._render(tx)
             with TRANSACTION_SECONDS.time():
@@ -552,8 +557,26 @@ class Scheduler:
             replies = [_reply(r, internal) for r in recipients]
         by_recipient = {reply.recipient: reply for reply in replies}
         now = self.clock.now()
-        return [self._outcome(d, by_recipient.get(d.recipient), tx.message.id, now)
-                for d in tx.deliveries]
+        outcomes = [self._outcome(d, by_recipient.get(d.recipient), tx.message.id, now)
+                    for d in tx.deliveries]
+        if self.on_failed is not None:
+            self._report_failures(tx, outcomes, content, now)
+        return outcomes
+
+    def _report_failures(self, tx: Transaction, outcomes: list[Outcome], content: bytes,
+                         now: float) -> None:
+        """Tell ``on_failed`` of an alias forward that failed for good (one report per
+        transaction); lists have bounce handling of their own to come."""
+        mailing_list = tx.mailing_list
+        if mailing_list.kind is not ListKind.ALIAS or mailing_list.id == RELAYED:
+            return
+        failed = [o for o in outcomes if o.status is DeliveryStatus.FAILED]
+        if not failed or self.on_failed is None:
+            return
+        expired = any(not o.reply.startswith("5") for o in failed)
+        self.on_failed(Failure(tx.message, mailing_list.address,
+                               tuple(o.reply for o in failed),
+                               split_message(content)[0], expired, now))
 
     def _outcome(self, delivery: Delivery, reply: RecipientReply | None, message_id: str,
                  now: float) -> Outcome:
