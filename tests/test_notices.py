@@ -11,15 +11,9 @@ import pytest
 
 from mailflow.model import RELAYED, Event, InboundMessage, NewDelivery, Resolution
 from mailflow.pipeline.chain import run_process
+from mailflow.pipeline.notice import Failure, failure_notice, status_of, wants_notice
 from mailflow.pipeline.process.expand import expand
-from mailflow.services.notices import (
-    Failure,
-    FailureNotices,
-    SentNotices,
-    failure_notice,
-    status_of,
-    wants_notice,
-)
+from mailflow.services.notices import FailureNotices, SentNotices
 from mailflow.srs import Srs
 from mailflow.testing.clock import FakeClock
 

@@ -18,6 +18,7 @@ from mailflow.egress.base import RecipientReply
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.metrics import REGISTRY
 from mailflow.model import Delivery, InboundMessage, ListKind, Outcome
+from mailflow.pipeline.notice import Failure
 from mailflow.services.commit import (
     GroupCommitter,
     IngestActivity,
@@ -25,7 +26,6 @@ from mailflow.services.commit import (
     InlineExpansion,
     store_batch,
 )
-from mailflow.services.notices import Failure
 from mailflow.services.processor import expand_received
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.srs import Srs

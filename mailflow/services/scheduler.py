@@ -88,9 +88,9 @@ from mailflow.model import (
 )
 from mailflow.pipeline.chain import render_copy, rendering_variant
 from mailflow.pipeline.context import Identity
+from mailflow.pipeline.notice import Failure
 from mailflow.pipeline.send.envelope import envelope_sender
 from mailflow.services.lanes import Lane, RoutedEgress
-from mailflow.services.notices import Failure
 from mailflow.services.recent import RecentMessages
 from mailflow.srs import Srs
 from mailflow.store.runner import StoreRunner
