@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
+from mailflow import headers
 from mailflow.model import ListKind
 from mailflow.testing.factories import make_message
 from mailflow.testing.relay import RelayProcess
@@ -42,14 +43,29 @@ def test_forward_gets_an_srs_sender_and_a_bounce_to_it_reaches_the_original_send
     assert srs_sender.startswith("SRS0=")
     assert srs_sender.endswith(f"=origin.example={original.partition('@')[0]}@example.test")
 
-    # The destination bounces to the SRS address (in another case, as relays may):
-    # the bounce is taken and relayed to the original sender, with the null sender.
-    bounce = make_message(srs_sender, sender="MAILER-DAEMON@members.test")
+    # The destination bounces to the SRS address (in another case, as relays may),
+    # naming the target and returning the header it got: the bounce is taken, and the
+    # original sender gets a report naming the alias instead, with the null sender.
+    returned, _ = headers.split_message(forwarded.content)
+    bounce = (b"From: MAILER-DAEMON@members.test\r\nSubject: Undelivered\r\n"
+              b"MIME-Version: 1.0\r\nContent-Type: multipart/report; "
+              b'report-type=delivery-status; boundary="b"\r\n\r\n--b\r\n'
+              b"Content-Type: message/delivery-status\r\n\r\n"
+              b"Reporting-MTA: dns; members.test\r\n\r\n"
+              b"Final-Recipient: rfc822; " + target.encode() + b"\r\nAction: failed\r\n"
+              b"Status: 5.2.2\r\nDiagnostic-Code: smtp; 552 5.2.2 mailbox full\r\n--b\r\n"
+              b"Content-Type: text/rfc822-headers\r\n\r\n" + returned + b"--b--\r\n")
     with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
         client.sendmail("", [srs_sender.lower()], bounce)
     (relayed,) = module_sink.wait_for_copies([original])
     assert relayed.mail_from == "<>"  # aiosmtpd keeps the null sender so
     assert relayed.rcpt_tos == (original,)
+    assert target.encode() not in relayed.content
+    report = email.message_from_bytes(relayed.content, policy=email.policy.default)
+    assert report.get_content_type() == "multipart/report"
+    _, per_recipient = list(report.iter_parts())[1].get_payload()
+    assert per_recipient["Final-Recipient"] == f"rfc822; {alias}"
+    assert per_recipient["Status"] == "5.2.2"
 
     # A forged hash and a malformed address are refused at RCPT; so is an SRS address
     # of a domain the relay does not serve (not ours to judge).

@@ -15,6 +15,8 @@ from email.utils import formatdate, make_msgid
 from mailflow import headers
 from mailflow.model import InboundMessage
 
+NOTICE_PROTOCOL = "LOCAL"  # the protocol of the relay's own notices, as stored
+
 CODES = re.compile(r"^\s*([245]\d\d)(?:[ -]+([245]\.\d{1,3}\.\d{1,3}))?")
 
 

@@ -39,7 +39,7 @@ from typing import Protocol
 from mailflow.clock import Clock
 from mailflow.ids import new_message_id
 from mailflow.model import Event, InboundMessage
-from mailflow.pipeline.notice import Failure, failure_notice, wants_notice
+from mailflow.pipeline.notice import NOTICE_PROTOCOL, Failure, failure_notice, wants_notice
 from mailflow.services.commit import content_digest
 from mailflow.srs import Srs
 
@@ -133,7 +133,7 @@ class FailureNotices:
         notice = InboundMessage(
             id=new_message_id(now), mail_from="", rcpt_tos=(recipient,),
             blob=await content_digest(raw), size=len(raw), received_at=now,
-            peer="localhost", helo=self.hostname, protocol="LOCAL")
+            peer="localhost", helo=self.hostname, protocol=NOTICE_PROTOCOL)
         await self.committer.commit(notice, raw, [Event(
             "notice", f"failure notice for {failure.message.id} via {failure.alias}",
             notice.id)])

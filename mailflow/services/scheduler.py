@@ -61,6 +61,7 @@ import sys
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
+from mailflow import srs
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore
 from mailflow.clock import Clock
@@ -88,7 +89,8 @@ from mailflow.model import (
 )
 from mailflow.pipeline.chain import render_copy, rendering_variant
 from mailflow.pipeline.context import Identity
-from mailflow.pipeline.notice import Failure
+from mailflow.pipeline.notice import NOTICE_PROTOCOL, Failure
+from mailflow.pipeline.send.bounce import rewritten_bounce
 from mailflow.pipeline.send.envelope import envelope_sender
 from mailflow.services.lanes import Lane, RoutedEgress
 from mailflow.services.recent import RecentMessages
@@ -596,13 +598,30 @@ class Scheduler:
 
     async def _render(self, tx: Transaction) -> bytes:
         """The copy the send chain makes of the message for this transaction."""
-        key = (tx.message.id, rendering_variant(tx.mailing_list))
+        returned = _returned_bounce(tx)
+        variant = rendering_variant(tx.mailing_list)
+        if returned:  # the report names its recipient
+            variant = (variant, tuple(d.recipient for d in tx.deliveries))
+        key = (tx.message.id, variant)
         content = self._content.get(key)
         if content is None:
             raw = await self._body(tx.message.blob)
+            if returned:
+                raw = await asyncio.to_thread(self._rewritten, raw, tx)
             content = render_copy(raw, tx.message, tx.mailing_list, self._identity)
             self._content.put(key, content)
         return content
+
+    def _rewritten(self, raw: bytes, tx: Transaction) -> bytes:
+        """A returned bounce as the report the original sender gets (a thread: the
+        bounce may be large)."""
+        message = tx.message
+        recipients = {d.recipient for d in tx.deliveries}
+        return rewritten_bounce(
+            raw, to=next(iter(recipients)) if len(recipients) == 1 else "",
+            srs_address=next((r for r in message.rcpt_tos if srs.is_srs(r)), ""),
+            instance_id=self.options.instance_id, hostname=self.options.hostname,
+            arrival=message.received_at, at=self.clock.now())
 
     async def _body(self, digest: str) -> bytes:
         """A stored body: from memory after a fresh ingest, else its blob row or file."""
@@ -692,6 +711,14 @@ class Scheduler:
     def _add_outcomes(self, outcomes: list[Outcome]) -> None:
         self._outcomes.extend(outcomes)
         self._signal.set()
+
+
+def _returned_bounce(tx: Transaction) -> bool:
+    """A bounce that came back to one of our SRS addresses, relayed to the original
+    sender (not a notice of our own, nor mail with a sender: those go as they are)."""
+    message = tx.message
+    return (tx.mailing_list.id == RELAYED and message.protocol != NOTICE_PROTOCOL
+            and message.mail_from.strip() in ("", "<>"))
 
 
 def _reply(recipient: str, error: SmtpReplyError) -> RecipientReply:
