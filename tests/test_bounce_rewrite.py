@@ -6,7 +6,10 @@ from __future__ import annotations
 import email
 import email.policy
 
+from mailflow.model import RELAYED, InboundMessage, ListKind, MailingList
+from mailflow.pipeline.notice import NOTICE_PROTOCOL
 from mailflow.pipeline.send.bounce import returned_alias, rewritten_bounce
+from mailflow.services.scheduler import Transaction, _returned_bounce
 
 NOW = 1_800_000_000.0
 COPY_HEADER = (b"Received: from mx.target.example by mx.target.example for <bob@target.example>\r\n"
@@ -70,3 +73,19 @@ def test_another_relays_marker_or_none_names_the_srs_address() -> None:
     assert b"target.example" not in raw
     assert b"Final-Recipient: rfc822; SRS0=x@alias.test" in raw
     assert returned_alias(b"Subject: no report at all\r\n\r\nbody\r\n", "inst1") is None
+
+
+def test_only_returned_bounces_are_rewritten() -> None:
+    relayed = MailingList(RELAYED, "MAILER-DAEMON@relay.test", ListKind.ALIAS, "", 0, 0.0)
+    alias = MailingList(2, "info@alias.test", ListKind.ALIAS, "", 0, 0.0)
+
+    def tx(sender: str, protocol: str = "ESMTP", through: MailingList = relayed
+           ) -> Transaction:
+        message = InboundMessage("m1", sender, ("SRS0=x@alias.test",), "h", 10, NOW, "", "",
+                                 protocol)
+        return Transaction(message, through, [])
+
+    assert _returned_bounce(tx(""))
+    assert not _returned_bounce(tx("", NOTICE_PROTOCOL))  # our own notice
+    assert not _returned_bounce(tx("bob@target.example"))  # the target's own reply
+    assert not _returned_bounce(tx("", through=alias))     # a bounce forwarded by an alias
