@@ -26,7 +26,8 @@ cli.autoreply_set, cli.autoreply_clear, cli.autoreply_show
 
 # pydantic calls the validators and the sources hook; the hook's signature is pydantic's.
 config.Settings._check_listen, config.Settings._check_relay, config.Settings._check_egress
-config.Settings._parse_routes, config.Settings._parse_proxies, config.Settings._check_database_url
+config.Settings._parse_routes, config.Settings._parse_proxies, config.Settings._parse_old_secrets,
+config.Settings._check_database_url
 config.Settings._upper_log_level, config.Settings._check_retry
 config.Settings._empty_path_is_none, config.Settings._check_tls
 config.Settings._check_role_address

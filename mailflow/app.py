@@ -40,7 +40,8 @@ from mailflow.ingress.tls import ServerTls
 from mailflow.model import BARE_ROLE
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
-from mailflow.services.installation import initialise
+from mailflow.services.installation import prepare
+from mailflow.services.notices import FailureNotices
 from mailflow.services.processor import Processor
 from mailflow.services.recent import RecentMessages
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
@@ -130,7 +131,7 @@ class Relay:
             log.info("STARTTLS on SMTP with the certificate %s (SHA-256 %s)%s", cert_file,
                      self.tls.fingerprint, "; required before MAIL" if self.tls.require else "",
                      extra={"action": "tls_loaded"})
-        self.instance_id = await asyncio.to_thread(initialise, settings)
+        self.instance_id, srs = await asyncio.to_thread(prepare, settings)
         self.runner = runner = StoreRunner(create_engines(settings.resolved_database_url),
                                            roles=settings.role_addresses)
         database = sqlite_path(settings.resolved_database_url)
@@ -154,7 +155,7 @@ class Relay:
             retry=RetryPolicy(settings.retry_initial_delay, settings.retry_multiplier,
                               settings.retry_max_delay, settings.max_delivery_age),
             poll_interval=settings.poll_interval,
-            transaction_timeout=settings.smtp_transaction_timeout,
+            transaction_timeout=settings.smtp_transaction_timeout, srs=srs,
         ), recent=recent, ingest_busy=activity.busy)
         processor = Processor(runner, self.clock, on_queued=scheduler.wake,
                               poll_interval=settings.poll_interval, read_file=blobs.read)
@@ -163,6 +164,9 @@ class Relay:
                                    expansion=InlineExpansion(settings.max_inline_deliveries),
                                    queue=scheduler, on_received=processor.wake,
                                    recent=recent, activity=activity)
+        notices = FailureNotices(committer, self.clock, srs, settings.hostname,
+                                 settings.dsn_per_sender_per_hour)
+        scheduler.on_failed = notices.report
         # The sender entries' cache: a directory service in this process (the REST API
         # to come) passes ``invalidate`` as its ``on_rules_changed``.
         self.sender_rules = store_rule_book(runner, self.clock, settings.recipient_cache_ttl)
@@ -170,7 +174,7 @@ class Relay:
             store_lookup(runner), committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,
                          settings.max_received_headers, settings.recipient_cache_ttl),
-            rules=self.sender_rules,
+            rules=self.sender_rules, srs=srs,
         )
         # Bound before anything starts, so that a child the scheduler's first send may
         # start (lazily) serves them too; accepted only once the child starts, last.
@@ -179,6 +183,7 @@ class Relay:
         self._tasks += [
             asyncio.create_task(processor.run(), name="processor"),
             asyncio.create_task(committer.run(), name="committer"),
+            asyncio.create_task(notices.run(), name="failure notices"),
             asyncio.create_task(self._maintenance(blobs), name="maintenance"),
         ]
         try:

@@ -189,6 +189,12 @@ class Settings(BaseSettings):
     postmaster_address: str = ""
     abuse_address: str = ""
     instance_id: str = ""
+    # SRS for alias forwards (docs/rules.md): empty = the secret `mailflow init` made.
+    srs_secret: SecretStr = SecretStr("")
+    srs_old_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    srs_max_age_days: int = Field(default=21, ge=1, le=1000)
+    # Failure notices (DSNs) for alias forwards: at most this many per sender per hour.
+    dsn_per_sender_per_hour: int = Field(default=10, ge=0)
     egress: str = "stdout"
     routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     smtp_relay: str = "smtp://127.0.0.1:25"
@@ -276,6 +282,17 @@ class Settings(BaseSettings):
             return addresses.validated(value)
         except InvalidInput as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("srs_old_secrets", mode="before")
+    @classmethod
+    def _parse_old_secrets(cls, value: Any) -> Any:
+        """``MAILFLOW_SRS_OLD_SECRETS`` is ``secret,secret,…``; TOML may give a list."""
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            return tuple(str(v).strip() if not isinstance(v, SecretStr) else v
+                         for v in value if str(v).strip())
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -150,6 +150,12 @@ class UnknownRecipient(PermanentFailure):
     default_reason = "no such list or alias here"
 
 
+class InvalidSrsAddress(PermanentFailure):
+    """A bounce address of ours (SRS0=/SRS1=) that is forged, expired or malformed."""
+
+    default_reason = "not a valid bounce address here"
+
+
 class MessageTooLarge(PermanentFailure):
     default_reason = "message too large"
 
@@ -232,6 +238,8 @@ TABLE: Final[dict[type[MailflowError], ErrorSpec]] = {
                          EX_NOUSER, 1, "DUNNO"),
     UnknownRecipient: _spec("unknown_recipient", "550 5.1.1", 422, "Refused",
                             EX_NOUSER, 1, "REJECT"),
+    InvalidSrsAddress: _spec("invalid_srs_address", "550 5.1.7", 422, "Refused",
+                             EX_NOUSER, 1, "REJECT"),
     MessageTooLarge: _spec("message_too_large", "552 5.3.4", 413, "Message too large",
                            EX_DATAERR, 1, "REJECT"),
     MalformedMessage: _spec("malformed_message", "554 5.6.0", 400, "Bad message",

@@ -241,8 +241,15 @@ class StoredBatch:
 class Resolution:
     """What an envelope recipient is to this relay."""
 
-    kind: Literal["list", "bounces", "unknown_domain", "unknown_address"]
+    kind: Literal["list", "bounces", "srs", "bad_srs", "unknown_domain", "unknown_address"]
     mailing_list: MailingList | None = None
+    # "srs": where the bounce goes (the original sender); "bad_srs": why it is refused.
+    detail: str = ""
+
+
+#: The ``list_id`` of deliveries no list or alias sends: bounces relayed to a forward's
+#: original sender (SRS) and the relay's failure notices.  Sent with the null sender.
+RELAYED = 0
 
 
 class RuleAction(enum.StrEnum):

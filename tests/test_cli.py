@@ -233,6 +233,16 @@ def test_init_example_is_idempotent(cli: RelayProcess) -> None:
     assert [m["address"] for m in members] == ["alice@example.test", "bob@example.test"]
 
 
+def test_init_makes_the_srs_secret_once(cli: RelayProcess) -> None:
+    ok(cli, "init")
+    with cli.repository() as repo:
+        made = repo.ensure_meta("srs_secret", "not this")
+    assert made != "not this" and len(made) >= 32
+    ok(cli, "init")
+    with cli.repository() as repo:
+        assert repo.ensure_meta("srs_secret", "nor this") == made
+
+
 def test_member_import_of_a_non_utf8_or_headless_file_is_explained(
         cli: RelayProcess, tmp_path: Path) -> None:
     ok(cli, "domain", "add", "example.test")

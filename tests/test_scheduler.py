@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from mailflow.config import parse_smtp_relay
 from mailflow.egress.base import RecipientReply
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.metrics import REGISTRY
-from mailflow.model import Delivery, InboundMessage, Outcome
+from mailflow.model import Delivery, InboundMessage, ListKind, Outcome
+from mailflow.pipeline.notice import Failure
 from mailflow.services.commit import (
     GroupCommitter,
     IngestActivity,
@@ -26,6 +28,7 @@ from mailflow.services.commit import (
 )
 from mailflow.services.processor import expand_received
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
+from mailflow.srs import Srs
 from mailflow.store import Engines, StoreRunner
 from mailflow.testing.clock import FakeClock
 from mailflow.testing.factories import make_list, make_message
@@ -348,3 +351,41 @@ async def test_a_transaction_on_the_wire_past_its_timeout_loses_its_leases(real_
     finally:
         egress.gate.set()
         await scheduler.stop()
+
+
+
+async def test_alias_forwards_failed_for_good_are_reported_lists_are_not(
+        engines: Engines, tmp_path: Path) -> None:
+    runner, blobs, clock = StoreRunner(engines), BlobStore(tmp_path / "blobs"), FakeClock()
+    try:
+        post_to_list(runner, blobs, clock, ["member@x.test"])  # fails too, not reported
+        make_list(runner.repo, "info@example.test", ["t1@x.test", "t2@x.test"],
+                  kind=ListKind.ALIAS)
+        data = make_message("info@example.test", sender="alice@origin.example")
+        digest = content_hash(data)
+        message = InboundMessage("m2", "alice@origin.example", ("info@example.test",),
+                                 digest, len(data), clock.now(), "127.0.0.1", "c.test",
+                                 "ESMTP")
+        store_batch(runner.repo, IngestBatch([message]), clock.now(),
+                    lambda: blobs.write_many([(digest, data)]))
+        expand_received(runner.repo, clock.now(), 10)
+        egress = ScriptedEgress(550, 550)
+        scheduler = Scheduler(runner, blobs, egress, clock,
+                              replace(options(), srs=Srs("k")))
+        reported: list[Failure] = []
+        scheduler.on_failed = reported.append
+        await scheduler.start()
+        try:
+            await run_until(lambda c: c["failed"] == 3, runner)
+        finally:
+            await scheduler.stop()
+    finally:
+        runner.close()
+    (failure,) = reported
+    assert (failure.message.id, failure.alias, failure.expired) == (
+        "m2", "info@example.test", False)
+    assert failure.replies == ("550 scripted", "550 scripted")
+    assert b"Subject:" in failure.header
+    senders = {rcpts: sender for sender, rcpts in egress.transactions}
+    assert senders[("member@x.test",)] == "team-bounces@example.test"
+    assert senders[("t1@x.test", "t2@x.test")].endswith("=origin.example=alice@example.test")

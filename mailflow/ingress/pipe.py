@@ -37,7 +37,7 @@ from mailflow.errors import (
 from mailflow.model import Envelope
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, InlineExpansion
-from mailflow.services.installation import instance_id
+from mailflow.services.installation import instance_id, srs_codec
 from mailflow.services.sender_rules import store_rule_book
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.engine import describe_database_error, sqlite_path
@@ -60,6 +60,7 @@ async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) ->
     committer_task: asyncio.Task[None] | None = None
     try:
         instance = await runner.write(instance_id, settings, runner.repo)
+        srs = await runner.write(srs_codec, settings, runner.repo)
         blobs = BlobStore(settings.blob_dir)
         committer = GroupCommitter(
             runner, blobs, clock, body_limit=settings.max_body_in_database,
@@ -67,7 +68,7 @@ async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) ->
         committer_task = asyncio.create_task(committer.run())
         service = AcceptService(store_lookup(runner), committer, clock, AcceptPolicy(
             instance, settings.max_message_size, settings.max_received_headers, 0),
-            rules=store_rule_book(runner, clock, 0))
+            rules=store_rule_book(runner, clock, 0), srs=srs)
         message_id = await service.submit(envelope, raw)
     except SmtpReplyError as error:
         return PipeResult(spec(error).sysexit, status_line(error))

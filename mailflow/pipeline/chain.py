@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Protocol
 
 from mailflow import headers
-from mailflow.model import GENERATED, InboundMessage, MailingList
+from mailflow.model import InboundMessage, MailingList
 from mailflow.pipeline.accept.blocklist import SenderBlocklist
 from mailflow.pipeline.accept.envelope import EnvelopeText
 from mailflow.pipeline.accept.hops import HopLimit
@@ -97,12 +97,6 @@ def rendering_variant(mailing_list: MailingList) -> Hashable:
     tokens) add the recipient here, and every cache of rendered copies keys on it.
     """
     return mailing_list.id
-
-
-def envelope_sender(message: InboundMessage, mailing_list: MailingList) -> str:
-    """The list's bounce address; the null sender for the relay's own replies, which
-    must never be answered (RFC 3834 section 3.3)."""
-    return "" if message.protocol == GENERATED else mailing_list.bounces_address
 
 
 # -- the runners ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from mailflow import addresses
+from mailflow import addresses, srs
 from mailflow.clock import Clock
 from mailflow.errors import NoRecipients, SenderBlocked, StorageUnavailable
 from mailflow.ids import new_message_id
@@ -39,6 +39,7 @@ from mailflow.pipeline.context import Action, Decision, MessageContext
 from mailflow.services.commit import content_digest
 from mailflow.services.known_recipients import KnownRecipients
 from mailflow.services.sender_rules import SenderRuleBook, no_rules
+from mailflow.srs import Srs
 from mailflow.store.runner import StoreRunner
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,14 @@ class AcceptService:
     def __init__(self, lookup: Lookup, committer: Committer, clock: Clock,
                  policy: AcceptPolicy, steps: Sequence[AcceptStep] | None = None,
                  submit_steps: Sequence[AcceptStep] | None = None, *,
-                 rules: SenderRuleBook | None = None) -> None:
+                 rules: SenderRuleBook | None = None, srs: Srs | None = None) -> None:
         """``lookup`` resolves a canonical address (see :func:`store_lookup`); ``rules``
         are the sender entries (see :func:`~mailflow.services.sender_rules.store_rule_book`;
         none without it); ``steps`` and ``submit_steps`` replace the accept chain's two
-        variants (tests)."""
+        variants (tests); ``srs`` checks bounces to our SRS addresses (none are taken
+        without it)."""
         self.lookup = lookup
+        self.srs = srs
         self.committer = committer
         self.clock = clock
         self.policy = policy
@@ -105,8 +108,20 @@ class AcceptService:
         resolution = self.known.get(canonical)
         if resolution is None:
             resolution = await self.lookup(canonical)
+            if resolution.kind == "unknown_address" and srs.is_srs(canonical):
+                resolution = self._bounce_address(canonical)
             self.known.remember(canonical, resolution)
         return resolution
+
+    def _bounce_address(self, canonical: str) -> Resolution:
+        """An SRS address of a served domain: a bounce to relay if its hash and age
+        hold (the hash is case-insensitive, so the canonical form checks as well)."""
+        if self.srs is None:
+            return Resolution("bad_srs", detail="SRS is off")
+        try:
+            return Resolution("srs", detail=self.srs.reverse(canonical, self.clock.now()))
+        except srs.SrsError as exc:
+            return Resolution("bad_srs", detail=str(exc))
 
     async def check_recipient(self, address: str, sender: str = "", *,
                               count: bool = True) -> Resolution:

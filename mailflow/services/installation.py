@@ -10,11 +10,13 @@ import secrets
 
 from mailflow.config import Settings
 from mailflow.errors import ConfigurationError
+from mailflow.srs import Srs
 from mailflow.store import Repository, create_engines, upgrade_to_head
 from mailflow.store.engine import create_cli_engines, normalize_url, sqlite_path
 from mailflow.store.migrate import current_revision
 
 INSTANCE_KEY = "instance_id"
+SRS_KEY = "srs_secret"
 
 
 def instance_id(settings: Settings, repo: Repository) -> str:
@@ -23,14 +25,32 @@ def instance_id(settings: Settings, repo: Repository) -> str:
     return settings.instance_id or stored
 
 
+def srs_codec(settings: Settings, repo: Repository) -> Srs:
+    """The SRS codec: ``srs_secret`` if set, else the one made at init and kept in the
+    store, so every process of the installation (and every relay on a shared
+    PostgreSQL store) signs and checks with the same secret."""
+    stored = repo.ensure_meta(SRS_KEY, secrets.token_urlsafe(24))
+    current = settings.srs_secret.get_secret_value() or stored
+    old = [s.get_secret_value() for s in settings.srs_old_secrets]
+    if settings.srs_secret.get_secret_value():
+        old.append(stored)  # the generated one keeps checking the bounces it signed
+    return Srs(current, tuple(s for s in old if s and s != current), settings.srs_max_age_days)
+
+
 def initialise(settings: Settings) -> str:
     """Create the data directory and bring the schema up to date; returns the instance id."""
+    return prepare(settings)[0]
+
+
+def prepare(settings: Settings) -> tuple[str, Srs]:
+    """:func:`initialise`, returning the SRS codec too (the relay needs both)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.blob_dir.mkdir(parents=True, exist_ok=True)
     engines = create_engines(settings.resolved_database_url, pool_size=1)
     try:
         upgrade_to_head(engines.writer)
-        return instance_id(settings, Repository(engines))
+        repo = Repository(engines)
+        return instance_id(settings, repo), srs_codec(settings, repo)
     finally:
         engines.dispose()
 

@@ -61,6 +61,7 @@ import sys
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
+from mailflow import srs
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore
 from mailflow.clock import Clock
@@ -71,22 +72,29 @@ from mailflow.errors import (
     TemporaryFailure,
     recipient_reply,
 )
+from mailflow.headers import split_message
 from mailflow.lru import BytesLRU
 from mailflow.metrics import DELIVERY_ATTEMPTS, LEASES_LOST, TRANSACTION_SECONDS
 from mailflow.model import (
+    RELAYED,
     Delivery,
     DeliveryStatus,
     Egress,
     InboundMessage,
     Lease,
+    ListKind,
     MailingList,
     Outcome,
     RecipientReply,
 )
-from mailflow.pipeline.chain import envelope_sender, render_copy, rendering_variant
+from mailflow.pipeline.chain import render_copy, rendering_variant
 from mailflow.pipeline.context import Identity
+from mailflow.pipeline.notice import NOTICE_PROTOCOL, Failure
+from mailflow.pipeline.send.bounce import rewritten_bounce
+from mailflow.pipeline.send.envelope import envelope_sender
 from mailflow.services.lanes import Lane, RoutedEgress
 from mailflow.services.recent import RecentMessages
+from mailflow.srs import Srs
 from mailflow.store.runner import StoreRunner
 
 log = logging.getLogger(__name__)
@@ -110,6 +118,7 @@ class SchedulerOptions:
     poll_interval: float = 1.0  # idle look for work other processes queued
     route_backlog: float = 30.0  # seconds of work a busy route may hold (see above)
     transaction_timeout: float = 600.0  # on the wire longer: hung, leases not renewed
+    srs: Srs | None = None  # envelope senders of alias forwards (None: the bounce address)
 
 
 @dataclass(slots=True)
@@ -160,6 +169,11 @@ class Scheduler:
         self._content: BytesLRU[tuple[str, Hashable]] = BytesLRU(CONTENT_CACHE_BYTES,
                                                                   max_item=sys.maxsize)
         self._identity = Identity(options.instance_id, options.hostname)
+        # Told of alias forwards that failed for good (``services.notices``); set by the app.
+        self.on_failed: Callable[[Failure], None] | None = None
+        # What relayed bounces and failure notices are sent "through" (no list has id 0).
+        self._relayed = MailingList(RELAYED, f"MAILER-DAEMON@{options.hostname}",
+                                    ListKind.ALIAS, "", 0, 0.0)
         self._tasks: list[asyncio.Task[None]] = []
         self._heartbeat: asyncio.Task[None] | None = None
         self._senders: list[tuple[Lane[Transaction], asyncio.Task[None]]] = []
@@ -481,6 +495,8 @@ class Scheduler:
         now = self.clock.now()
         lists = {list_id: entry[1] for list_id in list_ids
                  if (entry := self._lists.get(list_id)) is not None and entry[0] > now}
+        if RELAYED in list_ids:
+            lists[RELAYED] = self._relayed
         missing_messages = message_ids - messages.keys()
         missing_lists = list_ids - lists.keys()
         if missing_messages or missing_lists:
@@ -522,11 +538,13 @@ class Scheduler:
 
     async def _send(self, tx: Transaction, egress: Egress) -> list[Outcome]:
         recipients = [d.recipient for d in tx.deliveries]
+        content = b""
         try:
             content = await self._render(tx)
             with TRANSACTION_SECONDS.time():
-                replies = await egress.send(envelope_sender(tx.message, tx.mailing_list),
-                                            recipients, content)
+                replies = await egress.send(
+                    envelope_sender(tx.message, tx.mailing_list, self.options.srs,
+                                    self.clock.now()), recipients, content)
         except SmtpReplyError as exc:  # EgressUnavailable, or a provider's own refusal
             replies = [_reply(r, exc) for r in recipients]
         except FileNotFoundError:
@@ -541,8 +559,26 @@ class Scheduler:
             replies = [_reply(r, internal) for r in recipients]
         by_recipient = {reply.recipient: reply for reply in replies}
         now = self.clock.now()
-        return [self._outcome(d, by_recipient.get(d.recipient), tx.message.id, now)
-                for d in tx.deliveries]
+        outcomes = [self._outcome(d, by_recipient.get(d.recipient), tx.message.id, now)
+                    for d in tx.deliveries]
+        if self.on_failed is not None:
+            self._report_failures(tx, outcomes, content, now)
+        return outcomes
+
+    def _report_failures(self, tx: Transaction, outcomes: list[Outcome], content: bytes,
+                         now: float) -> None:
+        """Tell ``on_failed`` of an alias forward that failed for good (one report per
+        transaction); lists have bounce handling of their own to come."""
+        mailing_list = tx.mailing_list
+        if mailing_list.kind is not ListKind.ALIAS or mailing_list.id == RELAYED:
+            return
+        failed = [o for o in outcomes if o.status is DeliveryStatus.FAILED]
+        if not failed or self.on_failed is None:
+            return
+        expired = any(not o.reply.startswith("5") for o in failed)
+        self.on_failed(Failure(tx.message, mailing_list.address,
+                               tuple(o.reply for o in failed),
+                               split_message(content)[0], expired, now))
 
     def _outcome(self, delivery: Delivery, reply: RecipientReply | None, message_id: str,
                  now: float) -> Outcome:
@@ -562,13 +598,30 @@ class Scheduler:
 
     async def _render(self, tx: Transaction) -> bytes:
         """The copy the send chain makes of the message for this transaction."""
-        key = (tx.message.id, rendering_variant(tx.mailing_list))
+        returned = _returned_bounce(tx)
+        variant = rendering_variant(tx.mailing_list)
+        if returned:  # the report names its recipient
+            variant = (variant, tuple(d.recipient for d in tx.deliveries))
+        key = (tx.message.id, variant)
         content = self._content.get(key)
         if content is None:
             raw = await self._body(tx.message.blob)
+            if returned:
+                raw = await asyncio.to_thread(self._rewritten, raw, tx)
             content = render_copy(raw, tx.message, tx.mailing_list, self._identity)
             self._content.put(key, content)
         return content
+
+    def _rewritten(self, raw: bytes, tx: Transaction) -> bytes:
+        """A returned bounce as the report the original sender gets (a thread: the
+        bounce may be large)."""
+        message = tx.message
+        recipients = {d.recipient for d in tx.deliveries}
+        return rewritten_bounce(
+            raw, to=next(iter(recipients)) if len(recipients) == 1 else "",
+            srs_address=next((r for r in message.rcpt_tos if srs.is_srs(r)), ""),
+            instance_id=self.options.instance_id, hostname=self.options.hostname,
+            arrival=message.received_at, at=self.clock.now())
 
     async def _body(self, digest: str) -> bytes:
         """A stored body: from memory after a fresh ingest, else its blob row or file."""
@@ -658,6 +711,14 @@ class Scheduler:
     def _add_outcomes(self, outcomes: list[Outcome]) -> None:
         self._outcomes.extend(outcomes)
         self._signal.set()
+
+
+def _returned_bounce(tx: Transaction) -> bool:
+    """A bounce that came back to one of our SRS addresses, relayed to the original
+    sender (not a notice of our own, nor mail with a sender: those go as they are)."""
+    message = tx.message
+    return (tx.mailing_list.id == RELAYED and message.protocol != NOTICE_PROTOCOL
+            and message.mail_from.strip() in ("", "<>"))
 
 
 def _reply(recipient: str, error: SmtpReplyError) -> RecipientReply:

@@ -423,7 +423,7 @@ class Repository:
 
     def last_reply(self, address: str, sender: str) -> float | None:
         with self.engines.reader.connect() as conn:
-            return DirectoryView(conn).last_reply(self._list_id(conn, address), sender)
+            return DirectoryView(conn, self.roles).last_reply(self._list_id(conn, address), sender)
 
     # -- sender rules (block and allow entries) -----------------------------------------
 

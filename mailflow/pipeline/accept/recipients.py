@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from mailflow import addresses
 from mailflow.errors import (
     InvalidRecipientAddress,
+    InvalidSrsAddress,
     SmtpReplyError,
     UnknownDomain,
     UnknownRecipient,
@@ -30,6 +31,9 @@ def refusal(address: str, resolution: Resolution) -> SmtpReplyError | None:
         if problem is not None:  # no relay could take it: say why, not "relaying denied"
             return InvalidRecipientAddress(f"<{address}>: {problem}")
         return UnknownDomain(f"relaying denied: <{address}> is not in a domain of this relay")
+    if resolution.kind == "bad_srs":
+        return InvalidSrsAddress(f"<{address}> is not a valid bounce address here "
+                                 f"({resolution.detail})")
     if resolution.kind == "unknown_address":
         return UnknownRecipient(f"no list or alias <{address}> here")
     return None

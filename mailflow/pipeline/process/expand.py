@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mailflow import addresses
-from mailflow.model import NewDelivery
+from mailflow import addresses, srs
+from mailflow.model import RELAYED, NewDelivery
 from mailflow.pipeline.context import ProcessContext
 
 
@@ -17,11 +17,18 @@ def expand(ctx: ProcessContext) -> None:
     """
     message, directory = ctx.message, ctx.directory
     expanded: set[int] = set()
-    for rcpt in dict.fromkeys(addresses.canonical(r) for r in message.rcpt_tos):
+    given = {addresses.canonical(r): r.strip().strip("<>") for r in message.rcpt_tos}
+    for rcpt, address in given.items():
         if not rcpt:
             continue  # every recipient was discarded or held at accept time
         resolution = directory.resolve(rcpt)
         target = resolution.mailing_list
+        if target is None and resolution.kind == "unknown_address":
+            original = srs.parse(address)  # hash and age were checked at RCPT
+            if original is not None:
+                ctx.deliveries.append(NewDelivery(message.id, RELAYED, original, 0))
+                ctx.event("bounce", f"to {rcpt}: relayed to the original sender")
+                continue
         if resolution.kind == "bounces" and target is not None:
             ctx.event("bounce", f"for {target.address}: kept, not processed "
                                 "(bounce processing is not enabled)")

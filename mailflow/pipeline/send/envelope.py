@@ -1,0 +1,30 @@
+"""The envelope sender of a copy: who hears of it if the copy cannot be delivered.
+
+* a **list** keeps its own bounce address (``team-bounces@d``; VERP comes with the list
+  issue);
+* an **alias** forward gets an SRS address of the alias's domain (see
+  :mod:`mailflow.srs`): the destination's SPF check sees our domain, and a bounce comes
+  back to us to be relayed to the original sender.  A forward of the null sender stays
+  null: a bounce is never bounced;
+* what the relay sends on its own account (auto-replies and echoes, ``GENERATED``; copies
+  of a role alias such as ``postmaster``, whose address has no domain) or relays as a
+  bounce (``RELAYED``) goes out with the null sender, as RFC 5321 section 4.5.5 asks of
+  notifications and RFC 3834 section 3.3 of automatic replies.
+"""
+
+from __future__ import annotations
+
+from mailflow import addresses
+from mailflow.model import GENERATED, RELAYED, InboundMessage, ListKind, MailingList
+from mailflow.srs import Srs
+
+
+def envelope_sender(message: InboundMessage, mailing_list: MailingList, srs: Srs | None,
+                    now: float) -> str:
+    if mailing_list.id == RELAYED or message.protocol == GENERATED:
+        return ""
+    if "@" not in mailing_list.address:  # a role alias: notifications to the operator
+        return ""
+    if mailing_list.kind is ListKind.ALIAS and srs is not None:
+        return srs.forward(message.mail_from, addresses.split(mailing_list.address)[1], now)
+    return mailing_list.bounces_address
