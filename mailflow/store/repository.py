@@ -37,6 +37,7 @@ from mailflow.model import (
     DeliveryStatus,
     Domain,
     Event,
+    ForwardStyle,
     InboundMessage,
     Lease,
     ListKind,
@@ -70,7 +71,8 @@ PENDING = [status.value for status in PENDING_STATUSES]
 
 def _list(row: Row[Any]) -> MailingList:
     return MailingList(id=row.id, address=row.address, kind=ListKind(row.kind), name=row.name,
-                       priority=row.priority, created_at=row.created_at)
+                       priority=row.priority, created_at=row.created_at,
+                       forward_style=ForwardStyle(row.forward_style))
 
 
 def _message(row: Row[Any]) -> InboundMessage:
@@ -103,10 +105,18 @@ def _rule_list(action: RuleAction, target: str) -> str:
 
 
 def _resolve(conn: Connection, address: str) -> Resolution:
+    """The exact address first, then a list's bounce address, then the address without its
+    plus tag (``alias+tag@d`` reaches ``alias@d``), all in one statement."""
     local, domain = addresses.split(address)
     candidates = [address]
+    bounces = untagged = ""
     if local.endswith(addresses.BOUNCES_SUFFIX):
-        candidates.append(f"{local[:-len(addresses.BOUNCES_SUFFIX)]}@{domain}")
+        bounces = f"{local[:-len(addresses.BOUNCES_SUFFIX)]}@{domain}"
+        candidates.append(bounces)
+    base, tag = addresses.untagged(address)
+    if tag:
+        untagged = base
+        candidates.append(untagged)
     rows = conn.execute(_LISTS_BY_ADDRESS, {"b_addresses": candidates}).all()
     if not rows:
         known = conn.scalar(_DOMAIN_ID, {"b_name": domain})
@@ -114,7 +124,9 @@ def _resolve(conn: Connection, address: str) -> Resolution:
     found = {row.address: _list(row) for row in rows}
     if address in found:
         return Resolution("list", found[address])
-    return Resolution("bounces", found[candidates[-1]])
+    if bounces in found:
+        return Resolution("bounces", found[bounces])
+    return Resolution("list", found[untagged])
 
 
 def _active_members(conn: Connection, list_id: int) -> list[str]:
@@ -263,9 +275,12 @@ class Repository:
                            created_at=now)
 
     def update_list(self, address: str, *, kind: ListKind | None = None,
-                    name: str | None = None, priority: int | None = None) -> MailingList:
+                    name: str | None = None, priority: int | None = None,
+                    forward_style: ForwardStyle | None = None) -> MailingList:
         """Change the given settings of a list or alias; returns it as stored now."""
         values: dict[str, Any] = {}
+        if forward_style is not None:
+            values["forward_style"] = forward_style.value
         if kind is not None:
             values["kind"] = kind.value
         if name is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mailflow import headers
+from mailflow import addresses, headers
 from mailflow.errors import LoopDetected
 from mailflow.pipeline.context import Decision, MessageContext, Recipient
 from mailflow.pipeline.marker import LOOP_HEADER, loop_marker
@@ -33,8 +33,11 @@ class NotLooping:
             return {}
         decisions: dict[str, Decision] = {}
         for rcpt in pending:
+            # A plus tag reaches the untagged address: its marker counts too.
+            base, tag = addresses.untagged(rcpt.canonical)
             try:
-                check_not_looping(ctx.header, self.instance_id, [rcpt.canonical])
+                check_not_looping(ctx.header, self.instance_id,
+                                  [rcpt.canonical, base] if tag else [rcpt.canonical])
             except LoopDetected as error:
                 decisions[rcpt.canonical] = Decision.reject(error)
         return decisions

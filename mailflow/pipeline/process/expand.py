@@ -10,10 +10,12 @@ from mailflow.pipeline.context import ProcessContext
 def expand(ctx: ProcessContext) -> None:
     """One delivery per active member of each list or alias the message was sent to.
 
-    A member is copied once per list even if named twice; an address on two lists gets a
+    A member is copied once per list even if named twice (or reached twice, by plus
+    tags: ``alias+a@d`` and ``alias+b@d`` are one alias); an address on two lists gets a
     copy from each, because each copy carries its own list's headers.
     """
     message, directory = ctx.message, ctx.directory
+    expanded: set[int] = set()
     for rcpt in dict.fromkeys(addresses.canonical(r) for r in message.rcpt_tos):
         if not rcpt:
             continue  # every recipient was discarded or held at accept time
@@ -26,6 +28,9 @@ def expand(ctx: ProcessContext) -> None:
         if target is None:
             ctx.event("dropped", f"{rcpt}: no longer a list or alias here")
             continue
+        if target.id in expanded:
+            continue
+        expanded.add(target.id)
         recipients = directory.active_member_addresses(target.id)
         ctx.deliveries.extend(NewDelivery(message.id, target.id, member, target.priority)
                               for member in recipients)
