@@ -20,6 +20,11 @@ from email_validator import EmailNotValidError, validate_email
 from mailflow.errors import InvalidInput
 
 BOUNCES_SUFFIX = "-bounces"
+TAG_SEPARATOR = "+"
+TAG_MAX_LENGTH = 64
+# What a plus tag may contain: it reaches the X-MailFlow-Tag field of every copy, so
+# nothing that could end or fold a header line, and nothing a filter would need to decode.
+TAG_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._=-")
 
 
 def canonical(address: str) -> str:
@@ -87,6 +92,21 @@ def split(address: str) -> tuple[str, str]:
     """``local@domain`` -> (local, domain); an address without ``@`` has no domain."""
     local, _, domain = canonical(address).rpartition("@")
     return (local, domain) if local else (domain, "")
+
+
+def untagged(address: str) -> tuple[str, str]:
+    """``alias+tag@d`` (canonical) -> (``alias@d``, ``tag``); (address, '') without a tag.
+
+    Only a valid tag counts (1 to :data:`TAG_MAX_LENGTH` characters of
+    :data:`TAG_CHARACTERS`, after the first ``+``): an address with any other tag is
+    looked up as it is, and so is unknown unless it exists exactly.
+    """
+    local, _, domain = address.rpartition("@")
+    base, separator, tag = local.partition(TAG_SEPARATOR)
+    if (not separator or not base or not domain or not tag or len(tag) > TAG_MAX_LENGTH
+            or not TAG_CHARACTERS.issuperset(tag)):
+        return address, ""
+    return f"{base}@{domain}", tag
 
 
 def validated(address: str) -> str:

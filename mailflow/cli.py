@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mailflow import __version__, addresses
 from mailflow.config import Settings, load_settings
 from mailflow.errors import EX_TEMPFAIL, Conflict, InvalidInput, MailflowError, NotFound, spec
-from mailflow.model import AddedMembers, ListKind, RuleAction
+from mailflow.model import AddedMembers, ForwardStyle, ListKind, RuleAction
 from mailflow.services import directory as rules
 from mailflow.services.directory import DirectoryService
 from mailflow.store import Repository, create_cli_engines
@@ -286,14 +286,20 @@ def list_create(ctx: Context, address: str, kind: str, name: str, priority: int)
 @click.option("--priority", type=int,
               help=f"{rules.PRIORITY_MIN} to {rules.PRIORITY_MAX}; higher is delivered first "
                    "when the queue is busy")
+@click.option("--forward-style", type=click.Choice([s.value for s in ForwardStyle]),
+              help="aliases: resend (the message as received) or fwd (a new message "
+                   "from the alias, \"Fwd:\", the original's attachments unchanged)")
 @pass_context
 def list_update(ctx: Context, address: str, kind: str | None, name: str | None,
-                priority: int | None) -> None:
-    """Change the kind, display name or priority of the list or alias at ADDRESS."""
-    if kind is None and name is None and priority is None:
-        raise click.UsageError("nothing to update: give --name, --priority or --kind")
+                priority: int | None, forward_style: str | None) -> None:
+    """Change the kind, display name, priority or forward style of the list or alias at
+    ADDRESS."""
+    if kind is None and name is None and priority is None and forward_style is None:
+        raise click.UsageError("nothing to update: give --name, --priority, --kind or "
+                               "--forward-style")
     with ctx.directory() as directory:
-        updated = directory.update_list(address, kind=kind, name=name, priority=priority)
+        updated = directory.update_list(address, kind=kind, name=name, priority=priority,
+                                        forward_style=forward_style)
     click.echo(f"updated {updated.kind.value} {updated.address}")
 
 
@@ -307,7 +313,8 @@ def list_show(ctx: Context, address: str, as_json: bool) -> None:
         found = directory.get_list(address)
         roster = directory.members(found.address)
     info = {"address": found.address, "kind": found.kind.value, "name": found.name,
-            "priority": found.priority, "members": len(roster),
+            "priority": found.priority, "forward_style": found.forward_style.value,
+            "members": len(roster),
             "active_members": sum(1 for m in roster if m.status.value == "active"),
             "bounces_address": found.bounces_address, "list_id": found.list_id}
     if as_json:

@@ -23,6 +23,13 @@ class ListKind(enum.StrEnum):
     ECHO = "echo"    # answers every message with a copy of it to its sender (tests a set-up)
 
 
+class ForwardStyle(enum.StrEnum):
+    """How an alias passes a message on (lists always resend)."""
+
+    RESEND = "resend"  # the message as received, in a new envelope
+    FWD = "fwd"        # a new message from the alias: "Fwd:", the original's parts inside
+
+
 class MemberStatus(enum.StrEnum):
     ACTIVE = "active"
     DISABLED = "disabled"  # kept on the roster, receives nothing (bounces, vacation)
@@ -60,6 +67,7 @@ class MailingList:
     name: str
     priority: int
     created_at: float
+    forward_style: ForwardStyle = ForwardStyle.RESEND
 
     @property
     def bounces_address(self) -> str:

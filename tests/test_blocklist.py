@@ -162,6 +162,15 @@ def test_scopes() -> None:
     assert blocking_rule([rule(BLOCK, "*", "example.test")], "example.test@x.test") is None
 
 
+def test_an_entry_for_an_address_covers_it_with_any_plus_tag() -> None:
+    """``list+tag@d`` reaches the list: a tag must not be a way around its entries."""
+    local, domain = RECIPIENT.split("@")
+    tagged = f"{local}+anything@{domain}"
+    assert blocking_rule([rule(BLOCK, "*", RECIPIENT)], tagged) is not None
+    assert blocking_rule([rule(BLOCK, "*", RECIPIENT), rule(ALLOW, "*", tagged)], tagged) is None
+    assert blocking_rule([rule(BLOCK, "*", tagged)], RECIPIENT) is None
+
+
 # -- the accept step --------------------------------------------------------------------
 
 def context(*rcpts: str, sender: str = "x@spam.example") -> MessageContext:

@@ -118,8 +118,15 @@ def test_list_update_and_names_that_would_inject_header_fields(cli: RelayProcess
     ok(cli, "list", "create", "team@example.test", "--name", "Team", "--priority", "2")
     assert ok(cli, "list", "update", "Team@example.test", "--name", "The team",
               "--kind", "alias") == "updated alias team@example.test\n"
+    assert ok(cli, "list", "update", "team@example.test", "--forward-style", "fwd") == (
+        "updated alias team@example.test\n")
     shown = json.loads(ok(cli, "list", "show", "team@example.test", "--json"))
-    assert (shown["kind"], shown["name"], shown["priority"]) == ("alias", "The team", 2)
+    assert (shown["kind"], shown["name"], shown["priority"], shown["forward_style"]) == (
+        "alias", "The team", 2, "fwd")
+    itself = cli.cli("member", "add", "team@example.test", "Team+x@example.test")
+    assert (itself.returncode, itself.stdout) == (2, "")
+    assert itself.stderr == ("mailflow: error: team@example.test cannot be its own member or "
+                             "target: its mail would come back to it\n")
 
     evil = "Evil\r\nBcc: victim@elsewhere.test"
     for args in (("list", "create", "evil@example.test", "--name", evil),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mailflow.errors import Conflict, InvalidInput, NotFound
-from mailflow.model import ListKind
+from mailflow.model import ForwardStyle, ListKind
 from mailflow.services.directory import (
     NAME_MAX_LENGTH,
     PRIORITY_MAX,
@@ -131,3 +131,48 @@ def test_members_keep_a_display_name_by_the_list_names_rule(directory: Directory
     assert len(directory.members("team@example.test")) == 3  # nothing of those added
     assert directory.add_members("team@example.test", ["dan@x.test"],
                                  name="x" * NAME_MAX_LENGTH).added == 1
+
+
+def test_forward_style_is_stored_and_for_aliases_only(directory: DirectoryService) -> None:
+    alias = directory.create_list("info@example.test", kind="alias")
+    assert alias.forward_style is ForwardStyle.RESEND
+    directory.update_list("Info@example.test", forward_style="fwd")
+    assert directory.get_list("info@example.test").forward_style is ForwardStyle.FWD
+    with pytest.raises(InvalidInput, match=r"invalid forward style 'quote'.*resend or fwd"):
+        directory.update_list("info@example.test", forward_style="quote")
+    # A list's copies carry its List-* fields on the original: fwd is refused for one,
+    # and an alias set to fwd cannot become a list without going back to resend.
+    directory.create_list("team@example.test")
+    with pytest.raises(InvalidInput, match="is a list"):
+        directory.update_list("team@example.test", forward_style="fwd")
+    with pytest.raises(InvalidInput, match="is a list"):
+        directory.update_list("info@example.test", kind="list")
+    assert directory.update_list("info@example.test", kind="list",
+                                 forward_style="resend").kind is ListKind.LIST
+
+
+def test_a_list_or_alias_cannot_target_itself(directory: DirectoryService) -> None:
+    directory.create_list("info@example.test", kind="alias")
+    for target in ("Info@Example.test", "info+loop@example.test"):
+        with pytest.raises(InvalidInput, match="cannot be its own member or target"):
+            directory.add_members("info@example.test", ["ann@x.test", target])
+    assert directory.members("info@example.test") == []  # all or none
+    assert directory.add_members("info@example.test", ["info2@example.test"]) == (1, 0, 0)
+
+
+def test_plus_tags_reach_the_untagged_address_unless_the_exact_one_exists(
+        directory: DirectoryService, repo: Repository) -> None:
+    info = directory.create_list("info@example.test", kind="alias")
+    team = directory.create_list("team@example.test")
+    assert repo.resolve("info+news@example.test").mailing_list == info
+    assert repo.resolve("info+a.b_c=d-1@example.test").kind == "list"
+    assert repo.resolve("team+x@example.test").mailing_list == team
+    assert repo.resolve("team-bounces@example.test").kind == "bounces"
+    for unknown in ("info+@example.test", "info+a+b@example.test", "info+a!b@example.test",
+                    "info+" + "x" * 65 + "@example.test", "+tag@example.test",
+                    "other+news@example.test"):
+        assert repo.resolve(unknown).kind == "unknown_address", unknown
+    # The exact address wins over the tag rule.
+    exact = directory.create_list("info+news@example.test", kind="alias")
+    assert repo.resolve("info+news@example.test").mailing_list == exact
+    assert repo.resolve("info+other@example.test").mailing_list == info

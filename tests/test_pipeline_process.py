@@ -83,6 +83,16 @@ def test_a_list_reached_by_two_addresses_is_expanded_once() -> None:
                               NewDelivery("m1", 1, "a@x.test", 5)]
 
 
+def test_an_alias_reached_by_several_plus_tags_is_expanded_once() -> None:
+    class Tagged(Directory):
+        def resolve(self, address: str) -> Resolution:
+            return super().resolve(address.replace("+a@", "@").replace("+b@", "@"))
+
+    ctx = run_process([expand], message("info+a@example.test", "info+b@example.test",
+                                        "info@example.test"), Tagged({2: ["a@x.test"]}))
+    assert ctx.deliveries == [NewDelivery("m1", 2, "a@x.test", 0)]
+
+
 def test_bounces_are_kept_and_vanished_lists_dropped() -> None:
     ctx = run_process([expand], message("team-bounces@example.test", "gone@example.test", ""),
                       Directory({1: ["a@x.test"]}))

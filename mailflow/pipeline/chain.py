@@ -41,7 +41,9 @@ from mailflow.pipeline.context import (
 )
 from mailflow.pipeline.process.autoreply import autoreply
 from mailflow.pipeline.process.expand import expand
+from mailflow.pipeline.send.forward import forward_style
 from mailflow.pipeline.send.list_headers import list_headers
+from mailflow.pipeline.send.tag import plus_tag
 from mailflow.pipeline.send.trace import trace_fields
 
 
@@ -86,17 +88,20 @@ def accept_chain(settings: AcceptSettings, lookup: Lookup, rules: SenderRules, *
 # Next: forward, bounce handling, moderation.
 PROCESS_CHAIN: tuple[ProcessStep, ...] = (expand, autoreply)
 
+# ``forward_style`` first: it may replace the whole message the others add fields to.
 # Next: subject prefix, footer, List-Unsubscribe, VERP envelope sender, DKIM (last).
-SEND_CHAIN: tuple[SendStep, ...] = (trace_fields, list_headers)
+SEND_CHAIN: tuple[SendStep, ...] = (forward_style, trace_fields, list_headers, plus_tag)
 
 
 def rendering_variant(mailing_list: MailingList) -> Hashable:
     """What tells two copies of one message apart under ``SEND_CHAIN``.
 
-    Today only the list (its headers); per-recipient steps (VERP, footers, unsubscribe
-    tokens) add the recipient here, and every cache of rendered copies keys on it.
+    The list (its headers, the plus tag it was reached by) and its forward style (a
+    copy rendered before the style changed must not be reused after); per-recipient
+    steps (VERP, footers, unsubscribe tokens) add the recipient here, and every cache
+    of rendered copies keys on it.
     """
-    return mailing_list.id
+    return (mailing_list.id, mailing_list.forward_style)
 
 
 # -- the runners ------------------------------------------------------------------------
@@ -142,10 +147,11 @@ def render_copy(raw: bytes, message: InboundMessage, mailing_list: MailingList,
     Added fields use the message's own line ending.
     """
     header, rest = headers.split_message(raw)
-    newline = b"\r\n" if header.endswith(b"\r\n") or not header else b"\n"
-    copy = CopyContext(message, mailing_list, identity, header)
+    copy = CopyContext(message, mailing_list, identity, header, rest)
     for step in steps:
         step(copy)
+    header, rest = copy.header, copy.body
+    newline = b"\r\n" if header.endswith(b"\r\n") or not header else b"\n"
     if copy.removed:
         header = headers.without_fields(header, copy.removed)
     if not copy.added:

@@ -172,13 +172,16 @@ class Identity:
 class CopyContext:
     """One outgoing copy being built: fields to prepend and list fields to replace.
 
-    The body and every original header byte stay as received; steps only add fields
-    (in order, before the original header section) and name fields to drop from it.
+    The body and every original header byte stay as received; steps add fields (in
+    order, before the header section) and name fields to drop from it.  One step may
+    replace ``header`` and ``body`` as a whole (the ``fwd`` style: a new message that
+    carries the original's parts); it runs first, so the others see the new header.
     """
 
     message: InboundMessage
     mailing_list: MailingList
     identity: Identity
     header: bytes
+    body: bytes = b""
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)

@@ -27,6 +27,7 @@ from mailflow.model import (
     AddedMembers,
     AutoReply,
     Domain,
+    ForwardStyle,
     ListKind,
     MailingList,
     Member,
@@ -212,6 +213,29 @@ def validated_once_per_days(days: int) -> int:
     return days
 
 
+def validated_forward_style(style: str | ForwardStyle) -> ForwardStyle:
+    try:
+        return ForwardStyle(style)
+    except ValueError:
+        choices = " or ".join(s.value for s in ForwardStyle)
+        raise InvalidInput(f"invalid forward style {style!r}: it must be {choices}") from None
+
+
+def validated_targets(list_address: str, members: Iterable[str]) -> list[str]:
+    """Members (canonical) of ``list_address``, none of them the list itself.
+
+    A list or alias that sends to its own address (or to it with a plus tag, which
+    reaches it too) would send each copy back to itself: refused here rather than
+    ended by the loop marker one round later.
+    """
+    targets = validated_addresses(members)
+    for target in targets:
+        if addresses.untagged(target)[0] == list_address or target == list_address:
+            raise InvalidInput(f"{list_address} cannot be its own member or target: "
+                               "its mail would come back to it")
+    return targets
+
+
 class DirectoryService:
     """Domains, lists and aliases, their members, and sender entries: validated, then stored.
 
@@ -254,13 +278,30 @@ class DirectoryService:
                                      self.clock.now())
 
     def update_list(self, address: str, *, kind: str | ListKind | None = None,
-                    name: str | None = None, priority: int | None = None) -> MailingList:
-        """Change the settings given (``None``: leave as is); returns the list as stored."""
+                    name: str | None = None, priority: int | None = None,
+                    forward_style: str | ForwardStyle | None = None) -> MailingList:
+        """Change the settings given (``None``: leave as is); returns the list as stored.
+
+        ``fwd`` is for aliases only: a list's copies carry its List-* fields on the
+        original message, and a list stays ``resend`` (refused, or when made an alias
+        later, it may be set then).
+        """
+        address = validated_address(address)
+        new_kind = None if kind is None else validated_kind(kind)
+        style = None if forward_style is None else validated_forward_style(forward_style)
+        if style is ForwardStyle.FWD or new_kind is ListKind.LIST:
+            current = self.repo.get_list(address)
+            resulting_kind = new_kind or current.kind
+            resulting_style = style or current.forward_style
+            if resulting_kind is ListKind.LIST and resulting_style is ForwardStyle.FWD:
+                raise InvalidInput(f"{address} is a list: the forward style fwd is for "
+                                   "aliases (set --forward-style resend first, or make it "
+                                   "an alias)")
         return self.repo.update_list(
-            validated_address(address),
-            kind=None if kind is None else validated_kind(kind),
+            address, kind=new_kind,
             name=None if name is None else validated_list_name(name),
-            priority=None if priority is None else validated_priority(priority))
+            priority=None if priority is None else validated_priority(priority),
+            forward_style=style)
 
     def get_list(self, address: str) -> MailingList:
         return self.repo.get_list(validated_address(address))
@@ -299,7 +340,8 @@ class DirectoryService:
             canonical, valid_name = validated_address(address), validated_member_name(name)
             if valid_name or canonical not in names:  # a name given twice: the last
                 names[canonical] = valid_name
-        return self.repo.add_members(validated_address(list_address), list(names),
+        address = validated_address(list_address)
+        return self.repo.add_members(address, validated_targets(address, names),
                                      self.clock.now(), names=names)
 
     def remove_members(self, list_address: str, members: Sequence[str]) -> int:

@@ -40,6 +40,7 @@ from mailflow.model import (
     DeliveryStatus,
     Domain,
     Event,
+    ForwardStyle,
     GeneratedMessage,
     InboundMessage,
     Lease,
@@ -78,7 +79,8 @@ PENDING = [status.value for status in PENDING_STATUSES]
 
 def _list(row: Row[Any]) -> MailingList:
     return MailingList(id=row.id, address=row.address, kind=ListKind(row.kind), name=row.name,
-                       priority=row.priority, created_at=row.created_at)
+                       priority=row.priority, created_at=row.created_at,
+                       forward_style=ForwardStyle(row.forward_style))
 
 
 def _message(row: Row[Any]) -> InboundMessage:
@@ -118,13 +120,21 @@ def _rule_list(action: RuleAction, target: str) -> str:
 def _resolve(conn: Connection, address: str, roles: Mapping[str, str]) -> Resolution:
     """What ``address`` is; ``roles``: the role aliases configured (role -> target).
 
-    A list or alias of that address comes first, so an operator may make
+    The exact address first, then a list's bounce address, then the address without its
+    plus tag (``alias+tag@d`` reaches ``alias@d``), all in one statement; a list or alias
+    of that address comes before a role alias, so an operator may make
     ``postmaster@<domain>`` a list of their own.
     """
     local, domain = addresses.split(address)
     candidates = [address]
+    bounces = untagged = ""
     if local.endswith(addresses.BOUNCES_SUFFIX):
-        candidates.append(f"{local[:-len(addresses.BOUNCES_SUFFIX)]}@{domain}")
+        bounces = f"{local[:-len(addresses.BOUNCES_SUFFIX)]}@{domain}"
+        candidates.append(bounces)
+    base, tag = addresses.untagged(address)
+    if tag:
+        untagged = base
+        candidates.append(untagged)
     rows = conn.execute(_LISTS_BY_ADDRESS, {"b_addresses": candidates}).all()
     if not rows:
         known = bool(domain) and conn.scalar(_DOMAIN_ID, {"b_name": domain}) is not None
@@ -134,7 +144,9 @@ def _resolve(conn: Connection, address: str, roles: Mapping[str, str]) -> Resolu
     found = {row.address: _list(row) for row in rows}
     if address in found:
         return Resolution("list", found[address])
-    return Resolution("bounces", found[candidates[-1]])
+    if bounces in found:
+        return Resolution("bounces", found[bounces])
+    return Resolution("list", found[untagged])
 
 
 def _role_address(list_id: int) -> str | None:
@@ -331,9 +343,12 @@ class Repository:
                            created_at=now)
 
     def update_list(self, address: str, *, kind: ListKind | None = None,
-                    name: str | None = None, priority: int | None = None) -> MailingList:
+                    name: str | None = None, priority: int | None = None,
+                    forward_style: ForwardStyle | None = None) -> MailingList:
         """Change the given settings of a list or alias; returns it as stored now."""
         values: dict[str, Any] = {}
+        if forward_style is not None:
+            values["forward_style"] = forward_style.value
         if kind is not None:
             values["kind"] = kind.value
         if name is not None:

@@ -51,6 +51,7 @@ lists = Table(
     Column("name", String(200), nullable=False, server_default=""),
     Column("priority", Integer, nullable=False, server_default="0"),
     Column("created_at", Float, nullable=False),
+    Column("forward_style", String(8), nullable=False, server_default="resend"),
 )
 
 members = Table(

@@ -40,16 +40,19 @@ def judged_sender(mail_from: str) -> str:
 def deciding_rule(rules: Iterable[SenderRule], recipient: str) -> SenderRule | None:
     """The entry that decides for ``recipient`` (canonical), None if none covers it.
 
-    ``rules`` are entries whose pattern matches the sender, of any scope.
+    ``rules`` are entries whose pattern matches the sender, of any scope.  An entry for
+    ``alias@d`` covers ``alias+tag@d`` too (it reaches the alias), as well as an entry
+    for the tagged address itself.
     """
     domain = recipient.rpartition("@")[2]
+    base = addresses.untagged(recipient)[0]
     best: SenderRule | None = None
     best_rank = (RuleScope.GLOBAL, False)
     for rule in rules:
         target = rule.target
         if not target:
             scope = RuleScope.GLOBAL
-        elif target == recipient:
+        elif target in (recipient, base):
             scope = RuleScope.ADDRESS
         elif target == domain:
             scope = RuleScope.DOMAIN

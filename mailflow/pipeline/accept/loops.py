@@ -25,11 +25,18 @@ def check_not_looping(header: bytes, instance_id: str, list_addresses: list[str]
 
 
 def _marked_as(canonical: str) -> list[str]:
-    """The list addresses a copy for ``canonical`` carries the marker of: its own, and
-    for ``postmaster@``/``abuse@`` the role alias's, which has no domain (one alias for
-    every domain), so that a role address routed back to this relay is a loop too."""
+    """The list addresses a copy for ``canonical`` carries the marker of: its own; for a
+    plus tag the untagged address's, which it reaches; and for ``postmaster@``/``abuse@``
+    the role alias's, which has no domain (one alias for every domain), so that a role
+    address routed back to this relay is a loop too."""
+    marked = [canonical]
+    base, tag = addresses.untagged(canonical)
+    if tag:
+        marked.append(base)
     local, _ = addresses.split(canonical)
-    return [canonical, local] if local in ROLE_ALIAS_IDS and local != canonical else [canonical]
+    if local in ROLE_ALIAS_IDS and local != canonical:
+        marked.append(local)
+    return marked
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,9 @@ def expand(ctx: ProcessContext) -> None:
     """One delivery per active member of each list or alias the message was sent to.
 
     A member is copied once per list even if named twice, and a list reached by two
-    addresses (``postmaster`` and ``postmaster@<domain>``, one role alias) is expanded
-    once; an address on two lists gets a copy from each, because each copy carries its
-    own list's headers.
+    addresses (``postmaster`` and ``postmaster@<domain>``, one role alias; or
+    ``alias+a@d`` and ``alias+b@d``, plus tags of one alias) is expanded once; an address
+    on two lists gets a copy from each, because each copy carries its own list's headers.
     """
     message, directory = ctx.message, ctx.directory
     expanded: set[int] = set()
