@@ -22,6 +22,7 @@ cli.list_create, cli.list_update, cli.list_show, cli.list_ls, cli.list_delete
 cli.member_add, cli.member_remove, cli.member_list, cli.member_import
 cli.queue_show
 cli.block_add, cli.block_remove, cli.block_ls, cli.allow_add, cli.allow_remove, cli.allow_ls
+cli.filter_add, cli.filter_ls, cli.filter_remove, cli.held_ls, cli.held_release, cli.held_discard
 
 # pydantic calls the validators and the sources hook; the hook's signature is pydantic's.
 config.Settings._check_listen, config.Settings._check_relay, config.Settings._check_egress

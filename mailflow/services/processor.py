@@ -58,6 +58,8 @@ def plan_batch(steps: Sequence[ProcessStep], directory: Directory,
     """
     plan = Plan()
     for message in batch:
+        if message.status is MessageStatus.HELD:
+            continue  # kept for an owner: expanded once released (then ``received``)
         ctx = run_process(steps, message, directory)
         if len(plan.deliveries) + len(ctx.deliveries) > max_rows:
             if inline:
