@@ -117,20 +117,26 @@ class ParsedMessage:
         return self._whole
 
     def field_values(self, name: str) -> list[str]:
-        values = []
-        for value in self.fields.get_all(name, []):
-            try:
-                values.append(str(value))
-            except Exception:  # a malformed encoded word: match the field as written
-                values.append(str(getattr(value, "_value", "")))
-        return values
+        """Each ``name`` field decoded; as written where it cannot be decoded."""
+        try:
+            return [str(value) for value in self.fields.get_all(name, [])]
+        except Exception:  # a malformed field the default policy chokes on
+            raw = BytesHeaderParser(policy=email.policy.compat32).parsebytes(self.header)
+            return [str(value) for value in raw.get_all(name, [])]
 
     def text_parts(self) -> list[str]:
         """The decoded text of every text part that is not an attachment."""
         texts = []
         for part in self.whole.walk():
-            if (part.is_multipart() or part.get_content_maintype() != "text"
-                    or part.get_content_disposition() == "attachment"):
+            if part.is_multipart() or part.get_content_disposition() == "attachment":
+                continue
+            maintype = part.get_content_maintype()
+            if maintype == "multipart":  # without a usable boundary: a reader sees text
+                payload = part.get_payload(decode=True)
+                texts.append(payload.decode("utf-8", "replace")
+                             if isinstance(payload, bytes) else str(part.get_payload()))
+                continue
+            if maintype != "text":
                 continue
             try:
                 texts.append(str(part.get_content()))
@@ -190,7 +196,15 @@ def first_matches(raw: bytes, header: bytes, rules: Mapping[str, Sequence[Filter
     decided: dict[str, FilterRule] = {}
     for target, target_rules in rules.items():
         for rule in target_rules:
-            if holds(rule, message, budget):
+            try:
+                matched = holds(rule, message, budget)
+            except Exception:
+                # Whatever the sender's MIME makes the parser do, the rule cannot judge
+                # it: no match (as a timeout), never a 451 the sender would retry for ever.
+                log.exception("filter rule of %s could not be applied; counted as no match",
+                              target, extra={"action": "filter_error"})
+                matched = False
+            if matched:
                 decided[target] = rule
                 break
     return decided
