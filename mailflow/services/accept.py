@@ -249,7 +249,8 @@ class AcceptService:
             MESSAGES_REJECTED.labels(code=error.enhanced).inc()
             raise
         MESSAGES_ACCEPTED.labels(protocol=envelope.protocol).inc()
-        log.info("stored %s from=<%s> rcpt=%s size=%d", message.id, message.mail_from,
-                 ",".join(rcpts), message.size,
+        log.info("stored %s from=<%s> rcpt=%s size=%d%s", message.id, message.mail_from,
+                 ",".join(message.rcpt_tos), message.size,
+                 f" held for {','.join(held)}" if held else "",
                  extra={"action": "received", "queue_id": message.id})
         return message.id
