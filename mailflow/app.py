@@ -40,6 +40,7 @@ from mailflow.ingress.tls import ServerTls
 from mailflow.model import BARE_ROLE
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
+from mailflow.services.filter_rules import FilterBook, store_filter_book
 from mailflow.services.installation import prepare
 from mailflow.services.notices import FailureNotices
 from mailflow.services.processor import Processor
@@ -117,6 +118,7 @@ class Relay:
         self.child: ChildProcess | None = None
         self.tls: ServerTls | None = None
         self.sender_rules: SenderRuleBook | None = None
+        self.filter_rules: FilterBook | None = None
         self.listening: dict[str, str] = {}
 
     async def start(self) -> None:
@@ -170,11 +172,13 @@ class Relay:
         # The sender entries' cache: a directory service in this process (the REST API
         # to come) passes ``invalidate`` as its ``on_rules_changed``.
         self.sender_rules = store_rule_book(runner, self.clock, settings.recipient_cache_ttl)
+        self.filter_rules = store_filter_book(runner, self.clock, settings.recipient_cache_ttl)
         service = AcceptService(
             store_lookup(runner), committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,
-                         settings.max_received_headers, settings.recipient_cache_ttl),
-            rules=self.sender_rules, srs=srs,
+                         settings.max_received_headers, settings.recipient_cache_ttl,
+                         settings.filter_regex_timeout),
+            rules=self.sender_rules, filters=self.filter_rules, srs=srs,
         )
         # Bound before anything starts, so that a child the scheduler's first send may
         # start (lazily) serves them too; accepted only once the child starts, last.

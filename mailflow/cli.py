@@ -26,6 +26,7 @@ from mailflow import __version__, addresses
 from mailflow.config import Settings, load_settings
 from mailflow.errors import EX_TEMPFAIL, Conflict, InvalidInput, MailflowError, NotFound, spec
 from mailflow.model import AddedMembers, ForwardStyle, ListKind, RuleAction
+from mailflow.pipeline.accept import filters
 from mailflow.services import directory as rules
 from mailflow.services.directory import DirectoryService
 from mailflow.store import Repository, create_cli_engines
@@ -110,6 +111,10 @@ def hint(error: MailflowError, command: str | None) -> str:
             return "; see `mailflow list ls`"
         if error.kind == "rule" and command in ("block", "allow"):
             return f"; see `mailflow {command} ls`"
+        if error.kind == "filter":
+            return "; see `mailflow filter ls ADDRESS`"
+        if error.kind == "message":
+            return "; see `mailflow held ls`"
     if isinstance(error, Conflict) and error.kind == "domain" and error.dependents:
         return "; delete them first with `mailflow list delete`"
     return ""
@@ -635,6 +640,112 @@ def autoreply_show(ctx: Context, address: str, as_json: bool) -> None:
         return
     for key, value in info.items():
         click.echo(f"{key}: {'' if value is None else value}")
+
+
+# -- filter rules and held messages ------------------------------------------------------
+
+@cli.group("filter")
+def filter_group() -> None:
+    """Filter rules of a list or alias: tried in order, the first that matches decides."""
+
+
+@filter_group.command("add")
+@click.argument("address")
+@click.option("--header", metavar="NAME", help="a header field; with --matches")
+@click.option("--matches", metavar="REGEX", help="what the --header field must contain")
+@click.option("--body", metavar="REGEX", help="what the decoded text parts must contain")
+@click.option("--larger-than", type=int, metavar="BYTES", help="messages larger than this")
+@click.option("--attachment", metavar="GLOB",
+              help="an attachment whose MIME type or file name matches (* and ?)")
+@click.option("--not-encrypted", is_flag=True,
+              help="messages that are neither PGP/MIME nor S/MIME encrypted")
+@click.option("--action", required=True,
+              type=click.Choice(["reject", "discard", "hold"]), help="what a match does")
+@click.option("--text", default="", help="the reply of a reject; the reason of others")
+@pass_context
+def filter_add(ctx: Context, address: str, header: str | None, matches: str | None,
+               body: str | None, larger_than: int | None, attachment: str | None,
+               not_encrypted: bool, action: str, text: str) -> None:
+    """Add a rule to ADDRESS with one condition, after its other rules."""
+    with ctx.directory() as directory:
+        rule = directory.add_filter_rule(
+            address, action, text=text, header=header, matches=matches, body=body,
+            larger_than=larger_than, attachment=attachment, not_encrypted=not_encrypted)
+        number = len(directory.filter_rules(rule.target))
+    click.echo(f"added filter rule {number} to {rule.target}: "
+               f"{filters.describe(rule)} -> {rule.action.value}")
+
+
+@filter_group.command("ls")
+@click.argument("address")
+@click.option("--json", "as_json", is_flag=True,
+              help="a JSON array of objects with number, condition, header, argument, "
+                   "action, text and created_at")
+@pass_context
+def filter_ls(ctx: Context, address: str, as_json: bool) -> None:
+    """Show the rules of ADDRESS, numbered in the order they are tried."""
+    with ctx.directory() as directory:
+        found = directory.filter_rules(address)
+    if as_json:
+        emit_json([{"number": n, "condition": r.condition.value, "header": r.header or None,
+                    "argument": r.argument or None, "action": r.action.value,
+                    "text": r.text, "created_at": r.created_at}
+                   for n, r in enumerate(found, 1)])
+        return
+    for n, r in enumerate(found, 1):
+        click.echo(f"{n}\t{filters.describe(r)}\t{r.action.value}\t{r.text}".rstrip())
+
+
+@filter_group.command("remove")
+@click.argument("address")
+@click.argument("number", type=click.IntRange(1))
+@pass_context
+def filter_remove(ctx: Context, address: str, number: int) -> None:
+    """Remove rule NUMBER (as `filter ls` shows it) of ADDRESS; later ones move up."""
+    with ctx.directory() as directory:
+        rule = directory.remove_filter_rule(address, number)
+    click.echo(f"removed filter rule {number} of {rule.target}: {filters.describe(rule)}")
+
+
+@cli.group()
+def held() -> None:
+    """Messages a filter rule holds, until released or discarded."""
+
+
+@held.command("ls")
+@click.option("--json", "as_json", is_flag=True,
+              help="a JSON array of objects with id, from, to, size, received_at, reason")
+@pass_context
+def held_ls(ctx: Context, as_json: bool) -> None:
+    """Show the held messages, oldest first."""
+    with ctx.directory() as directory:
+        found = directory.held_messages()
+    if as_json:
+        emit_json([{"id": m.id, "from": m.mail_from, "to": list(m.rcpt_tos), "size": m.size,
+                    "received_at": m.received_at, "reason": m.reason} for m in found])
+        return
+    for m in found:
+        click.echo(f"{m.id}\t<{m.mail_from}>\t{','.join(m.rcpt_tos)}\t{m.size}\t{m.reason}")
+
+
+@held.command("release")
+@click.argument("message_id", metavar="ID")
+@pass_context
+def held_release(ctx: Context, message_id: str) -> None:
+    """Deliver a held message to its lists and aliases as if it had just arrived."""
+    with ctx.directory() as directory:
+        directory.release_held(message_id)
+    click.echo(f"released {message_id}")
+
+
+@held.command("discard")
+@click.argument("message_id", metavar="ID")
+@pass_context
+def held_discard(ctx: Context, message_id: str) -> None:
+    """Drop a held message: nobody gets it."""
+    with ctx.directory() as directory:
+        directory.discard_held(message_id)
+    click.echo(f"discarded {message_id}")
 
 
 # -- queue ------------------------------------------------------------------------------

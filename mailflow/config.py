@@ -214,6 +214,7 @@ class Settings(BaseSettings):
     smtp_max_failed_recipients: int = Field(default=20, ge=1)
     max_received_headers: int = Field(default=30, ge=1)
     recipient_cache_ttl: float = Field(default=2.0, ge=0)
+    filter_regex_timeout: float = Field(default=0.5, gt=0, le=60)
     max_recipients_per_transaction: int = Field(default=50, ge=1, le=1000)
     retry_initial_delay: float = Field(default=60.0, gt=0)
     retry_multiplier: float = Field(default=2.0, ge=1)

@@ -22,6 +22,7 @@
             ├── InvalidSender         a MAIL FROM address that is not text (invalid UTF-8)
             ├── InvalidRecipientAddress   a RCPT TO address that is not text
             ├── SenderBlocked         a block entry covers the sender for the recipient(s)
+            ├── FilterRejected        a filter rule of a list or alias refuses the message
             └── LoopDetected          our own loop marker, or too many hops
 
 An error says *what* went wrong in plain words and structured fields, never *how* a
@@ -56,10 +57,10 @@ class ConfigurationError(MailflowError):
 
 
 # What kind of object a NotFound or Conflict is about, and how a sentence names it.
-ObjectKind = Literal["domain", "list", "member", "rule"]
+ObjectKind = Literal["domain", "list", "member", "rule", "filter", "message"]
 KIND_WORDS: Final[dict[str, str]] = {
     "domain": "domain", "list": "list or alias", "member": "member",
-    "rule": "block or allow entry"}
+    "rule": "block or allow entry", "filter": "filter rule", "message": "held message"}
 
 
 class NotFound(MailflowError):
@@ -184,6 +185,10 @@ class SenderBlocked(PermanentFailure):
     default_reason = "sender blocked"
 
 
+class FilterRejected(PermanentFailure):
+    default_reason = "refused by a filter rule"
+
+
 class LoopDetected(PermanentFailure):
     default_reason = "mail loop detected"
 
@@ -256,6 +261,8 @@ TABLE: Final[dict[type[MailflowError], ErrorSpec]] = {
     # status of a relay's 422 back through this table and must land on the same status.
     SenderBlocked: _spec("sender_blocked", "550 5.7.1", 422, "Refused",
                          EX_NOUSER, 1, "REJECT"),
+    FilterRejected: _spec("filter_rejected", "550 5.7.1", 422, "Refused",
+                          EX_NOUSER, 1, "REJECT"),
     LoopDetected: _spec("loop_detected", "554 5.4.6", 422, "Refused",
                         EX_DATAERR, 1, "REJECT"),
 }

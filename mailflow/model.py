@@ -37,6 +37,7 @@ class MemberStatus(enum.StrEnum):
 
 class MessageStatus(enum.StrEnum):
     RECEIVED = "received"  # durable, not yet expanded into deliveries
+    HELD = "held"          # kept by a filter rule until an owner releases or discards it
     QUEUED = "queued"      # deliveries exist, some still pending
     DONE = "done"          # every delivery is final; the blob reference is released
 
@@ -291,6 +292,50 @@ class SenderRule:
         if not self.target:
             return RuleScope.GLOBAL
         return RuleScope.ADDRESS if "@" in self.target else RuleScope.DOMAIN
+
+
+class FilterCondition(enum.StrEnum):
+    HEADER = "header"                # a header field (``header``) matches ``argument``
+    BODY = "body"                    # the decoded text parts match ``argument``
+    LARGER_THAN = "larger_than"      # the message is larger than ``argument`` bytes
+    ATTACHMENT = "attachment"        # an attachment's MIME type or file name matches a glob
+    NOT_ENCRYPTED = "not_encrypted"  # neither PGP/MIME nor S/MIME encrypted
+
+
+class FilterAction(enum.StrEnum):
+    REJECT = "reject"    # refused (550 5.7.1 with the rule's text)
+    DISCARD = "discard"  # accepted, not delivered, an event says why
+    HOLD = "hold"        # kept (message status ``held``) until an owner decides
+
+
+@dataclass(frozen=True, slots=True)
+class FilterRule:
+    """One filter rule of a list or alias: if ``condition`` holds, ``action``.
+
+    A list's rules are tried in the order they were added (``id``); the first that
+    matches decides.
+    """
+
+    target: str                 # the list or alias address
+    condition: FilterCondition
+    argument: str               # regular expression, glob or byte count; '' for not_encrypted
+    action: FilterAction
+    header: str = ""            # the field name, for a header condition
+    text: str = ""              # what a reject tells the sender, what an event says
+    id: int = 0
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeldMessage:
+    """A message a filter rule holds, as ``mailflow held ls`` shows it."""
+
+    id: str
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    size: int
+    received_at: float
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,18 @@ from mailflow.errors import (
     UnknownDomain,
     UnknownRecipient,
 )
-from mailflow.model import Envelope, Event, InboundMessage, ListKind, MailingList, Resolution
+from mailflow.model import (
+    Envelope,
+    Event,
+    InboundMessage,
+    ListKind,
+    MailingList,
+    MessageStatus,
+    Resolution,
+)
 from mailflow.pipeline.accept.blocklist import SenderBlocklist
 from mailflow.pipeline.accept.envelope import EnvelopeText
+from mailflow.pipeline.accept.filters import MessageFilters
 from mailflow.pipeline.accept.hops import HopLimit
 from mailflow.pipeline.accept.loops import NotLooping
 from mailflow.pipeline.accept.recipients import RecipientCheck
@@ -30,6 +39,7 @@ from mailflow.pipeline.accept.well_formed import Framed, WellFormed
 from mailflow.pipeline.chain import AcceptStep, accept_chain, run_accept
 from mailflow.pipeline.context import ACCEPT, Action, Decision, MessageContext, Recipient
 from mailflow.services.accept import AcceptPolicy, AcceptService
+from mailflow.services.filter_rules import no_filters
 from mailflow.services.sender_rules import no_rules
 from mailflow.testing.clock import FakeClock
 
@@ -211,6 +221,9 @@ async def test_the_registry_keeps_today_s_order() -> None:
     steps = accept_chain(POLICY, lookup, RULES, submitted=False)
     assert [type(s) for s in steps] == [SizeLimit, EnvelopeText, Framed, HopLimit, NotLooping,
                                         SenderBlocklist]
+    # The relay's service passes its filter rules: the one step that may parse it all.
+    steps = accept_chain(POLICY, lookup, RULES, submitted=False, filters=no_filters(FakeClock()))
+    assert type(steps[-1]) is MessageFilters
 
 
 # -- the accept service -----------------------------------------------------------------
@@ -297,12 +310,26 @@ async def test_discard_is_answered_as_accepted_stored_without_the_recipient() ->
     assert events == [Event("discarded", "other@example.test: filter 7", message.id)]
 
 
-async def test_hold_leaves_an_event_and_no_delivery_even_for_the_only_recipient() -> None:
+async def test_a_held_recipient_is_kept_as_a_held_message_with_its_event() -> None:
     accept, committer = service(Decides({"team@example.test": Decision.hold("moderated")}))
     message_id = await accept.accept(Envelope("a@o.test", ("team@example.test",)), RAW)
     [(message, _, events)] = committer.stored
-    assert (message.id, message.rcpt_tos) == (message_id, ())
+    assert (message.id, message.rcpt_tos) == (message_id, ("team@example.test",))
+    assert message.status is MessageStatus.HELD
     assert events == [Event("held", "team@example.test: moderated", message_id)]
+
+
+async def test_held_and_taken_recipients_become_two_messages_of_one_blob() -> None:
+    accept, committer = service(Decides({"team@example.test": Decision.hold("moderated")}))
+    message_id = await accept.accept(
+        Envelope("a@o.test", ("other@example.test", "team@example.test")), RAW)
+    stored = {m.status: (m, events) for m, _, events in committer.stored}
+    taken, taken_events = stored[MessageStatus.RECEIVED]
+    held, held_events = stored[MessageStatus.HELD]
+    assert (taken.id, taken.rcpt_tos, taken_events) == (message_id, ("other@example.test",), [])
+    assert held.id != message_id and held.blob == taken.blob
+    assert held.rcpt_tos == ("team@example.test",)
+    assert held_events == [Event("held", "team@example.test: moderated", held.id)]
 
 
 async def test_a_storage_failure_reaches_the_client() -> None:

@@ -286,7 +286,7 @@ def test_small_posts_are_expanded_in_the_ingest_transaction(repo: Repository,
                          InlineExpansion(max_rows=5))
     assert (stored.left, stored.queued, stored.leased) == (1, 2, [])
     # the big list waits for the processor, the small one is queued
-    assert repo.message_counts() == {"received": 1, "queued": 1, "done": 0}
+    assert repo.message_counts() == {"received": 1, "held": 0, "queued": 1, "done": 0}
     assert repo.delivery_counts()["queued"] == 2
     assert expand(repo) == 1
     assert repo.delivery_counts()["queued"] == 12

@@ -37,6 +37,7 @@ from mailflow.errors import (
 from mailflow.model import Envelope
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, InlineExpansion
+from mailflow.services.filter_rules import store_filter_book
 from mailflow.services.installation import instance_id, srs_codec
 from mailflow.services.sender_rules import store_rule_book
 from mailflow.store import StoreRunner, create_engines
@@ -67,8 +68,10 @@ async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) ->
             expansion=InlineExpansion(settings.max_inline_deliveries))
         committer_task = asyncio.create_task(committer.run())
         service = AcceptService(store_lookup(runner), committer, clock, AcceptPolicy(
-            instance, settings.max_message_size, settings.max_received_headers, 0),
-            rules=store_rule_book(runner, clock, 0), srs=srs)
+            instance, settings.max_message_size, settings.max_received_headers, 0,
+            settings.filter_regex_timeout),
+            rules=store_rule_book(runner, clock, 0), filters=store_filter_book(runner, clock, 0),
+            srs=srs)
         message_id = await service.submit(envelope, raw)
     except SmtpReplyError as error:
         return PipeResult(spec(error).sysexit, status_line(error))

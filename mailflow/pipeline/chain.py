@@ -23,6 +23,7 @@ from mailflow import headers
 from mailflow.model import InboundMessage, MailingList
 from mailflow.pipeline.accept.blocklist import SenderBlocklist
 from mailflow.pipeline.accept.envelope import EnvelopeText
+from mailflow.pipeline.accept.filters import FilterRules, MessageFilters
 from mailflow.pipeline.accept.hops import HopLimit
 from mailflow.pipeline.accept.loops import NotLooping
 from mailflow.pipeline.accept.recipients import Lookup, RecipientCheck
@@ -63,17 +64,23 @@ class AcceptSettings(Protocol):
     def max_message_size(self) -> int: ...
     @property
     def max_received_headers(self) -> int: ...
+    @property
+    def filter_regex_timeout(self) -> float: ...
 
 
 # -- the registries ---------------------------------------------------------------------
 
 def accept_chain(settings: AcceptSettings, lookup: Lookup, rules: SenderRules, *,
-                 submitted: bool) -> tuple[AcceptStep, ...]:
-    """In order; next: posting policy, filter rules.
+                 submitted: bool, filters: FilterRules | None = None
+                 ) -> tuple[AcceptStep, ...]:
+    """In order; next: posting policy.
 
     ``submitted``: the chain for input without an SMTP conversation (HTTP, pipe), which
     also checks what an SMTP client passed before DATA (syntax trusted, RCPT asked) and
     the whole header section; SMTP/LMTP get the lighter :class:`Framed` check.
+    ``filters``: the lists' filter rules (the relay always has them), last, as the
+    only step that may parse the whole message: whatever the cheaper steps refuse is
+    never parsed.
     """
     return (
         SizeLimit(settings.max_message_size),
@@ -82,6 +89,7 @@ def accept_chain(settings: AcceptSettings, lookup: Lookup, rules: SenderRules, *
         HopLimit(settings.max_received_headers),
         NotLooping(settings.instance_id),
         SenderBlocklist(rules),
+        *((MessageFilters(filters, settings.filter_regex_timeout),) if filters else ()),
     )
 
 

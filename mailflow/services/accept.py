@@ -7,19 +7,25 @@ entries: see ``pipeline.chain``); it makes the message durable and only then say
 Protocol adapters translate its errors into their own replies and hold no rules of their
 own.
 
-Decisions other than accept and reject, until moderation brings storage of its own:
+Decisions other than accept and reject:
 
 * **discard**: the recipient is answered as accepted, gets no copy, and a ``discarded``
   event on the message says why.  The message is stored (with its accepted recipients
   only, maybe none) so that the event has a message to belong to and the client a
   queue id; a message left with no recipient is done at once.
-* **hold**: handled as discard, with a ``held`` event: the sender must not retry, and
-  no copy may go out before a moderator decides.  The held recipient is named in the
-  event, so moderation can take it over from there.
+* **hold**: the recipient is answered as accepted (the sender must not retry) and the
+  held recipients are stored as a message of their own whose status is ``held`` (same
+  blob, so no second copy of the content), with a ``held`` event saying why.  Nothing
+  expands it until an owner releases it (``mailflow held release``: it becomes
+  ``received`` and is expanded as if it had just arrived) or discards it.  A message
+  with both taken and held recipients is two messages, committed together (the two
+  commits run at once and usually share a transaction; if one fails the client gets a
+  451 and retries, which at-least-once delivery allows).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,13 +36,14 @@ from mailflow.clock import Clock
 from mailflow.errors import NoRecipients, SenderBlocked, StorageUnavailable
 from mailflow.ids import new_message_id
 from mailflow.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
-from mailflow.model import Envelope, Event, InboundMessage, Resolution, Verdict
+from mailflow.model import Envelope, Event, InboundMessage, MessageStatus, Resolution, Verdict
 from mailflow.pipeline.accept.blocklist import blocking_rule, judged_sender, sender_blocked
 from mailflow.pipeline.accept.recipients import Lookup, refusal
 from mailflow.pipeline.accept.well_formed import without_mbox_from
 from mailflow.pipeline.chain import AcceptStep, accept_chain, run_accept
 from mailflow.pipeline.context import Action, Decision, MessageContext
 from mailflow.services.commit import content_digest
+from mailflow.services.filter_rules import FilterBook, no_filters
 from mailflow.services.known_recipients import KnownRecipients
 from mailflow.services.sender_rules import SenderRuleBook, no_rules
 from mailflow.srs import Srs
@@ -57,6 +64,7 @@ class AcceptPolicy:
     max_message_size: int
     max_received_headers: int
     recipient_cache_ttl: float = 2.0
+    filter_regex_timeout: float = 0.5
 
 
 class Committer(Protocol):
@@ -84,12 +92,13 @@ class AcceptService:
     def __init__(self, lookup: Lookup, committer: Committer, clock: Clock,
                  policy: AcceptPolicy, steps: Sequence[AcceptStep] | None = None,
                  submit_steps: Sequence[AcceptStep] | None = None, *,
-                 rules: SenderRuleBook | None = None, srs: Srs | None = None) -> None:
+                 rules: SenderRuleBook | None = None,
+                 filters: FilterBook | None = None, srs: Srs | None = None) -> None:
         """``lookup`` resolves a canonical address (see :func:`store_lookup`); ``rules``
         are the sender entries (see :func:`~mailflow.services.sender_rules.store_rule_book`;
-        none without it); ``steps`` and ``submit_steps`` replace the accept chain's two
-        variants (tests); ``srs`` checks bounces to our SRS addresses (none are taken
-        without it)."""
+        none without it), ``filters`` the lists' filter rules (likewise); ``steps`` and
+        ``submit_steps`` replace the accept chain's two variants (tests); ``srs`` checks
+        bounces to our SRS addresses (none are taken without it)."""
         self.lookup = lookup
         self.srs = srs
         self.committer = committer
@@ -97,11 +106,13 @@ class AcceptService:
         self.policy = policy
         self.known = KnownRecipients(clock, policy.recipient_cache_ttl)
         self.rules = rules if rules is not None else no_rules(clock)
+        self.filters = filters if filters is not None else no_filters(clock)
         self.steps = (steps if steps is not None
-                      else accept_chain(policy, self._lookup, self.rules, submitted=False))
+                      else accept_chain(policy, self._lookup, self.rules, submitted=False,
+                                        filters=self.filters))
         self.submit_steps = (submit_steps if submit_steps is not None
                              else accept_chain(policy, self._lookup, self.rules,
-                                               submitted=True))
+                                               submitted=True, filters=self.filters))
 
     async def _lookup(self, canonical: str) -> Resolution:
         """What ``canonical`` is here: from the recent answers, else the store."""
@@ -225,19 +236,36 @@ class AcceptService:
         message_id = new_message_id(now)
         rcpts = tuple(r for r in decisions if r not in decided) if decided else tuple(decisions)
         events = [Event(EVENT_KINDS[d.action], f"{r}: {d.reason}", message_id)
-                  for r, d in decided.items() if d.action in EVENT_KINDS] if decided else []
+                  for r, d in decided.items() if d.action is Action.DISCARD] if decided else []
+        held = [r for r, d in decided.items() if d.action is Action.HOLD]
+        digest = await content_digest(raw)
         message = InboundMessage(
             id=message_id, mail_from=envelope.mail_from, rcpt_tos=rcpts,
-            blob=await content_digest(raw), size=len(raw), received_at=now,
+            blob=digest, size=len(raw), received_at=now,
             peer=envelope.peer, helo=envelope.helo, protocol=envelope.protocol,
         )
+        commits = []
+        if held:
+            held_id = message_id if not rcpts and not events else new_message_id(now)
+            held_message = InboundMessage(
+                id=held_id, mail_from=envelope.mail_from, rcpt_tos=tuple(held),
+                blob=digest, size=len(raw), received_at=now, peer=envelope.peer,
+                helo=envelope.helo, protocol=envelope.protocol, status=MessageStatus.HELD)
+            commits.append(self.committer.commit(
+                held_message, raw, [Event("held", f"{r}: {decided[r].reason}", held_id)
+                                    for r in held]))
+            if held_id == message_id:
+                message = held_message
+        if message.status is not MessageStatus.HELD:
+            commits.append(self.committer.commit(message, raw, events))
         try:
-            await self.committer.commit(message, raw, events)
+            await asyncio.gather(*commits)
         except StorageUnavailable as error:
             MESSAGES_REJECTED.labels(code=error.enhanced).inc()
             raise
         MESSAGES_ACCEPTED.labels(protocol=envelope.protocol).inc()
-        log.info("stored %s from=<%s> rcpt=%s size=%d", message.id, message.mail_from,
-                 ",".join(rcpts), message.size,
+        log.info("stored %s from=<%s> rcpt=%s size=%d%s", message.id, message.mail_from,
+                 ",".join(message.rcpt_tos), message.size,
+                 f" held for {','.join(held)}" if held else "",
                  extra={"action": "received", "queue_id": message.id})
         return message.id

@@ -18,7 +18,15 @@ from typing import Protocol
 from mailflow.blobs import BlobStore
 from mailflow.clock import Clock
 from mailflow.errors import StorageUnavailable
-from mailflow.model import Delivery, Event, InboundMessage, Lease, Outcome, StoredBatch
+from mailflow.model import (
+    Delivery,
+    Event,
+    InboundMessage,
+    Lease,
+    MessageStatus,
+    Outcome,
+    StoredBatch,
+)
 from mailflow.pipeline.chain import PROCESS_CHAIN, ProcessStep
 from mailflow.services.processor import Plan, plan_batch
 from mailflow.services.recent import RecentMessages
@@ -138,7 +146,8 @@ def store_batch(repo: Repository, batch: IngestBatch, now: float,
         tx.release_blobs([m.blob for m in plan.done], now)
         stale = tx.record_outcomes(batch.outcomes, now)
         ensure_blobs()
-    return StoredBatch(left=len(messages) - plan.taken, queued=len(queued), leased=leased,
+    held = sum(1 for m in messages if m.status is MessageStatus.HELD)
+    return StoredBatch(left=len(messages) - held - plan.taken, queued=len(queued), leased=leased,
                        stale=stale)
 
 

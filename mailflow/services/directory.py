@@ -14,11 +14,14 @@ to stay consistent (a domain must exist, an address is unique).
 from __future__ import annotations
 
 import enum
+import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
 from string import Template
 from typing import Final, TypeVar
+
+import regex
 
 from mailflow import addresses, headers
 from mailflow.clock import Clock, SystemClock
@@ -27,7 +30,11 @@ from mailflow.model import (
     AddedMembers,
     AutoReply,
     Domain,
+    FilterAction,
+    FilterCondition,
+    FilterRule,
     ForwardStyle,
+    HeldMessage,
     ListKind,
     MailingList,
     Member,
@@ -50,6 +57,14 @@ AUTOREPLY_SUBJECT_MAX: Final = 200    # characters of the subject template
 AUTOREPLY_BODY_MAX: Final = 10_000    # characters of the body template
 AUTOREPLY_DEFAULT_SUBJECT: Final = "Auto: $subject"
 ONCE_PER_DAYS_MAX: Final = 365
+
+
+FILTER_PATTERN_MAX_LENGTH: Final = 1000  # characters of a filter's regular expression
+FILTER_TEXT_MAX_LENGTH: Final = 500      # the ``filter_rules.text`` column
+FILTER_HEADER_MAX_LENGTH: Final = 200    # the ``filter_rules.header`` column
+FILTER_RULES_PER_ADDRESS: Final = 100    # every message to the address tries them all
+# RFC 5322 field names: printable US-ASCII but the colon.
+_FIELD_NAME: Final = re.compile(r"[!-9;-~]+")
 
 
 def validated_address(text: str) -> str:
@@ -236,6 +251,78 @@ def validated_targets(list_address: str, members: Iterable[str]) -> list[str]:
     return targets
 
 
+def _header_safe_text(text: str, what: str, limit: int) -> str:
+    """Text that may go into a reply or a header: no line breaks or other controls."""
+    for char in text:
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            raise InvalidInput(f"invalid {what} {text!r}: it contains the control character "
+                               f"U+{ord(char):04X}; line breaks (CR, LF) and other control "
+                               "characters are not allowed")
+    if len(text) > limit:
+        raise InvalidInput(f"{what} too long ({len(text)} characters, at most {limit})")
+    return text
+
+
+def validated_filter_pattern(pattern: str) -> str:
+    """A regular expression (the ``regex`` module's syntax) that compiles."""
+    if not pattern:
+        raise InvalidInput("empty regular expression")
+    _header_safe_text(pattern, "regular expression", FILTER_PATTERN_MAX_LENGTH)
+    try:
+        regex.compile(pattern)
+    except (regex.error, OverflowError, RecursionError) as exc:
+        raise InvalidInput(f"invalid regular expression {pattern!r}: {exc}") from None
+    return pattern
+
+
+def validated_filter_condition(*, header: str | None = None, matches: str | None = None,
+                               body: str | None = None, larger_than: int | None = None,
+                               attachment: str | None = None, not_encrypted: bool = False
+                               ) -> tuple[FilterCondition, str, str]:
+    """Exactly one condition: (condition, header name, argument)."""
+    given = [name for name, value in (("--header", header), ("--body", body),
+                                      ("--larger-than", larger_than),
+                                      ("--attachment", attachment)) if value is not None]
+    if not_encrypted:
+        given.append("--not-encrypted")
+    if len(given) != 1:
+        raise InvalidInput("give exactly one condition: --header NAME --matches REGEX, "
+                           "--body REGEX, --larger-than BYTES, --attachment GLOB or "
+                           f"--not-encrypted (got {', '.join(given) or 'none'}); for "
+                           "several, add several rules")
+    if (matches is not None) != (header is not None):
+        raise InvalidInput("--header and --matches go together")
+    if header is not None and matches is not None:
+        name = header.strip().rstrip(":").strip()
+        if not _FIELD_NAME.fullmatch(name) or len(name) > FILTER_HEADER_MAX_LENGTH:
+            raise InvalidInput(f"invalid header name {header!r}: printable ASCII without "
+                               f"spaces or a colon, at most {FILTER_HEADER_MAX_LENGTH} "
+                               "characters")
+        return FilterCondition.HEADER, name.lower(), validated_filter_pattern(matches)
+    if body is not None:
+        return FilterCondition.BODY, "", validated_filter_pattern(body)
+    if larger_than is not None:
+        if larger_than < 0:
+            raise InvalidInput(f"invalid size {larger_than}: a number of bytes, 0 or more")
+        return FilterCondition.LARGER_THAN, "", str(larger_than)
+    if attachment is not None:
+        glob = attachment.strip()
+        if not glob:
+            raise InvalidInput("empty attachment pattern: give a MIME type or file name "
+                               "glob such as application/x-msdownload or *.exe")
+        return FilterCondition.ATTACHMENT, "", _header_safe_text(
+            glob.lower(), "attachment pattern", PATTERN_MAX_LENGTH)
+    return FilterCondition.NOT_ENCRYPTED, "", ""
+
+
+def validated_filter_action(action: str | FilterAction) -> FilterAction:
+    try:
+        return FilterAction(action)
+    except ValueError:
+        choices = ", ".join(a.value for a in FilterAction)
+        raise InvalidInput(f"invalid action {action!r}: it must be one of {choices}") from None
+
+
 class DirectoryService:
     """Domains, lists and aliases, their members, and sender entries: validated, then stored.
 
@@ -369,6 +456,45 @@ class DirectoryService:
         self.repo.remove_sender_rule(validated_action(action), validated_pattern(pattern),
                                      validated_rule_target(target))
         self._rules_changed()
+
+    # -- filter rules and held messages ---------------------------------------------------
+
+    def add_filter_rule(self, address: str, action: str | FilterAction, *, text: str = "",
+                        header: str | None = None, matches: str | None = None,
+                        body: str | None = None, larger_than: int | None = None,
+                        attachment: str | None = None, not_encrypted: bool = False
+                        ) -> FilterRule:
+        """Add a rule after the list's others (tried in that order; first match wins)."""
+        target = validated_address(address)
+        condition, name, argument = validated_filter_condition(
+            header=header, matches=matches, body=body, larger_than=larger_than,
+            attachment=attachment, not_encrypted=not_encrypted)
+        rule = FilterRule(target, condition, argument, validated_filter_action(action), name,
+                          _header_safe_text(text.strip(), "text", FILTER_TEXT_MAX_LENGTH),
+                          created_at=self.clock.now())
+        if len(self.repo.filter_rules(target)) >= FILTER_RULES_PER_ADDRESS:
+            raise InvalidInput(f"{target} has {FILTER_RULES_PER_ADDRESS} filter rules "
+                               "already, the most it may have")
+        added = self.repo.add_filter_rule(rule)
+        self._rules_changed()
+        return added
+
+    def filter_rules(self, address: str) -> list[FilterRule]:
+        return self.repo.filter_rules(validated_address(address))
+
+    def remove_filter_rule(self, address: str, number: int) -> FilterRule:
+        removed = self.repo.remove_filter_rule(validated_address(address), number)
+        self._rules_changed()
+        return removed
+
+    def held_messages(self) -> list[HeldMessage]:
+        return self.repo.held_messages()
+
+    def release_held(self, message_id: str) -> None:
+        self.repo.release_held(message_id.strip(), self.clock.now())
+
+    def discard_held(self, message_id: str) -> None:
+        self.repo.discard_held(message_id.strip(), self.clock.now())
 
     def sender_rules(self, action: str | RuleAction | None = None,
                      target: str | None = None) -> list[SenderRule]:

@@ -65,6 +65,8 @@ def plan_batch(steps: Sequence[ProcessStep], directory: Directory,
     """
     plan = Plan()
     for message in batch:
+        if message.status is MessageStatus.HELD:
+            continue  # kept for an owner: expanded once released (then ``received``)
         content = None if read is None else (lambda m=message: read(m))
         ctx = run_process(steps, message, directory, now, content)
         if len(plan.deliveries) + len(ctx.deliveries) > max_rows:

@@ -40,8 +40,12 @@ from mailflow.model import (
     DeliveryStatus,
     Domain,
     Event,
+    FilterAction,
+    FilterCondition,
+    FilterRule,
     ForwardStyle,
     GeneratedMessage,
+    HeldMessage,
     InboundMessage,
     Lease,
     ListKind,
@@ -67,6 +71,7 @@ from mailflow.store.tables import (
     deliveries,
     domains,
     events,
+    filter_rules,
     lists,
     members,
     messages,
@@ -180,6 +185,17 @@ _RULES_MATCHING = (select(sender_rules.c.action, sender_rules.c.pattern, sender_
                    .where(bindparam("b_sender", type_=String())
                           .like(sender_rules.c.like_pattern, escape=_LIKE_ESCAPE)))
 _RULE_COUNT = select(func.count()).select_from(sender_rules)
+# The filter rules of all of a message's recipients, in the order they are tried.
+_FILTERS_FOR = (select(filter_rules)
+                .where(filter_rules.c.target.in_(bindparam("b_targets", expanding=True)))
+                .order_by(filter_rules.c.target, filter_rules.c.id))
+_FILTER_COUNT = select(func.count()).select_from(filter_rules)
+
+
+def _filter_rule(row: Row[Any]) -> FilterRule:
+    return FilterRule(target=row.target, condition=FilterCondition(row.condition),
+                      argument=row.argument, action=FilterAction(row.action),
+                      header=row.header, text=row.text, id=row.id, created_at=row.created_at)
 
 
 _AUTOREPLY_LISTS = select(autoreplies.c.list_id)
@@ -400,6 +416,7 @@ class Repository:
             conn.execute(delete(sender_rules).where(sender_rules.c.target == address))
             conn.execute(delete(autoreplies).where(autoreplies.c.list_id == list_id))
             conn.execute(delete(autoreply_log).where(autoreply_log.c.list_id == list_id))
+            conn.execute(delete(filter_rules).where(filter_rules.c.target == address))
             conn.execute(delete(lists).where(lists.c.id == list_id))
         return failed
 
@@ -496,6 +513,94 @@ class Repository:
     def count_sender_rules(self) -> int:
         with self.engines.reader.connect() as conn:
             return int(conn.scalar(_RULE_COUNT) or 0)
+
+    # -- filter rules ---------------------------------------------------------------------
+
+    def add_filter_rule(self, rule: FilterRule) -> FilterRule:
+        """Store a rule (validated by the caller) after the target's others; the target
+        must be an existing list or alias."""
+        with self.engines.writer.begin() as conn:
+            self._list_id(conn, rule.target)
+            rule_id = conn.scalar(insert(filter_rules).values(
+                target=rule.target, condition=rule.condition.value, header=rule.header,
+                argument=rule.argument, action=rule.action.value, text=rule.text,
+                created_at=rule.created_at).returning(filter_rules.c.id))
+        return FilterRule(rule.target, rule.condition, rule.argument, rule.action,
+                          rule.header, rule.text, int(rule_id or 0), rule.created_at)
+
+    def filter_rules(self, target: str) -> list[FilterRule]:
+        """A list's rules in the order they are tried; :class:`NotFound` without the list."""
+        with self.engines.reader.connect() as conn:
+            self._list_id(conn, target)
+            rows = conn.execute(_FILTERS_FOR, {"b_targets": [target]}).all()
+        return [_filter_rule(row) for row in rows]
+
+    def remove_filter_rule(self, target: str, number: int) -> FilterRule:
+        """Remove a list's ``number``-th rule (1-based, as ``filter ls`` shows them)."""
+        with self.engines.writer.begin() as conn:
+            self._list_id(conn, target)
+            rows = conn.execute(_FILTERS_FOR, {"b_targets": [target]}).all()
+            if not 1 <= number <= len(rows):
+                raise NotFound("filter", str(number),
+                               f"{target} has no filter rule {number} ({len(rows)} rule(s))")
+            rule = _filter_rule(rows[number - 1])
+            conn.execute(delete(filter_rules).where(filter_rules.c.id == rule.id))
+        return rule
+
+    def filter_rules_for(self, targets: Sequence[str]) -> list[FilterRule]:
+        """The rules of every address of ``targets``, by target then order: one
+        statement for all of a message's recipients."""
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(_FILTERS_FOR, {"b_targets": list(targets)}).all()
+        return [_filter_rule(row) for row in rows]
+
+    def count_filter_rules(self) -> int:
+        with self.engines.reader.connect() as conn:
+            return int(conn.scalar(_FILTER_COUNT) or 0)
+
+    # -- held messages ------------------------------------------------------------------
+
+    def held_messages(self, limit: int = 1000) -> list[HeldMessage]:
+        """Messages a filter rule holds, oldest first, each with why (its ``held`` event)."""
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(select(messages)
+                                .where(messages.c.status == MessageStatus.HELD.value)
+                                .order_by(messages.c.received_at).limit(limit)).all()
+            ids = [r.id for r in rows]
+            reasons: dict[str, list[str]] = {}
+            if ids:
+                for message_id, detail in conn.execute(
+                        select(events.c.message_id, events.c.detail)
+                        .where(events.c.message_id.in_(ids), events.c.kind == "held")
+                        .order_by(events.c.id)):
+                    reasons.setdefault(message_id, []).append(detail)
+        return [HeldMessage(r.id, r.mail_from, tuple(r.rcpt_tos.split("\n")), r.size,
+                            r.received_at, "; ".join(reasons.get(r.id, [])))
+                for r in rows]
+
+    def release_held(self, message_id: str, now: float) -> None:
+        """Hand a held message to the processor, which expands it as if just received."""
+        with self.engines.writer.begin() as conn:
+            self._take_held(conn, message_id, MessageStatus.RECEIVED, now)
+            self._add_events(conn, [Event("released", "released by an owner", message_id)],
+                             now)
+
+    def discard_held(self, message_id: str, now: float) -> None:
+        """Drop a held message: done, nothing delivered, its blob released."""
+        with self.engines.writer.begin() as conn:
+            self._take_held(conn, message_id, MessageStatus.DONE, now)
+            self._release_blobs(conn, list(conn.scalars(
+                select(messages.c.blob).where(messages.c.id == message_id))), now)
+            self._add_events(conn, [Event("discarded", "held message discarded by an owner",
+                                          message_id)], now)
+
+    def _take_held(self, conn: Connection, message_id: str, status: MessageStatus,
+                   now: float) -> None:
+        changed = conn.execute(update(messages).where(
+            messages.c.id == message_id, messages.c.status == MessageStatus.HELD.value)
+            .values(status=status.value, updated_at=now)).rowcount
+        if not changed:
+            raise NotFound("message", message_id, f"no held message {message_id}")
 
     # -- members ------------------------------------------------------------------------
 
@@ -891,11 +996,13 @@ class WriteTransaction:
 
     def insert_messages(self, batch: Sequence[InboundMessage], now: float,
                         statuses: Mapping[str, MessageStatus]) -> None:
-        """Message rows, ``received`` unless ``statuses`` says otherwise."""
-        received = MessageStatus.RECEIVED
+        """Message rows, ``received`` (or ``held``, as the accept chain decided)
+        unless ``statuses`` says otherwise."""
+        received, held = MessageStatus.RECEIVED, MessageStatus.HELD
         self._hot.insert_message.execute_many(self._conn, [
             (m.id, m.mail_from, "\n".join(m.rcpt_tos), m.blob, m.size, m.received_at,
-             m.peer, m.helo, m.protocol, statuses.get(m.id, received).value, now)
+             m.peer, m.helo, m.protocol,
+             statuses.get(m.id, held if m.status is held else received).value, now)
             for m in batch])
 
     def insert_generated(self, generated: Sequence[GeneratedMessage], now: float) -> None:

@@ -176,3 +176,19 @@ autoreply_log = Table(
     Column("replied_at", Float, nullable=False),
     UniqueConstraint("list_id", "sender", name="uq_autoreply_log_sender"),
 )
+
+# Filter rules of lists and aliases (``mailflow filter``), tried in ``id`` order; the
+# accept chain reads those of all of a message's recipients in one statement.
+filter_rules = Table(
+    "filter_rules",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("target", String(320), nullable=False),
+    Column("condition", String(16), nullable=False),
+    Column("header", String(200), nullable=False, server_default=""),
+    Column("argument", Text, nullable=False, server_default=""),
+    Column("action", String(8), nullable=False),
+    Column("text", String(500), nullable=False, server_default=""),
+    Column("created_at", Float, nullable=False),
+    Index("ix_filter_rules_target", "target", "id"),
+)

@@ -1,0 +1,257 @@
+"""Filter rules of lists and aliases: the first rule whose condition holds decides.
+
+A rule has one condition (a header field, the body text, the size, an attachment's type
+or file name, "not encrypted") and one action (reject, discard, hold).  Each recipient
+(a list or alias) has its own rules, tried in the order they were added; the rules of
+all of a message's recipients come from one question to :class:`FilterRules`.
+
+Two things keep a hostile rule or message from stalling the relay:
+
+* **Regular expressions run with a time budget** (the ``regex`` module's ``timeout``):
+  every regular expression a message is matched against draws on one budget per
+  message (``filter_regex_timeout``), so neither a catastrophic pattern nor a huge body
+  nor many rules can hold a thread longer than that.  A search that runs out counts as
+  *no match* and is logged (``filter_timeout``): a filter is a convenience of the list
+  owner, and refusing or holding mail because a pattern is slow would let a sender's
+  body decide the outcome; the relay's own limits (size, loops, blocklists) do not
+  depend on it.
+* **The MIME walk runs off the event loop**, on a small pool of its own, and only when a
+  recipient has rules at all; a message is parsed at most once, and only as far as its
+  rules need (the header section alone for header and encryption conditions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import fnmatch
+import functools
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from email.message import EmailMessage, Message
+from email.parser import BytesHeaderParser
+from typing import Final, Protocol
+
+import regex
+
+from mailflow import headers
+from mailflow.errors import FilterRejected
+from mailflow.model import FilterAction, FilterCondition, FilterRule
+from mailflow.pipeline.context import Decision, MessageContext, Recipient
+
+log = logging.getLogger(__name__)
+
+# Top-level types of an encrypted message: PGP/MIME (RFC 3156) and S/MIME (RFC 8551).
+ENCRYPTED_TYPES: Final = frozenset({"multipart/encrypted", "application/pkcs7-mime",
+                                    "application/x-pkcs7-mime"})
+_COMPILED_PATTERNS: Final = 256  # distinct regular expressions kept compiled
+_PARSE_THREADS: Final = 2
+
+
+class FilterRules(Protocol):
+    """The filter rules the accept step needs (``services.filter_rules`` in the relay)."""
+
+    async def rules_for(self, targets: Sequence[str]) -> Mapping[str, Sequence[FilterRule]]:
+        """The rules of each address of ``targets`` (canonical) that has any, in order."""
+        ...
+
+
+@functools.lru_cache(maxsize=_COMPILED_PATTERNS)
+def compiled(pattern: str) -> regex.Pattern[str]:
+    """A rule's regular expression, compiled once (validated when the rule was added)."""
+    return regex.compile(pattern)
+
+
+class Budget:
+    """The time every regular expression of one message may take, together."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.exhausted = False
+
+    def search(self, pattern: str, text: str, rule: FilterRule) -> bool:
+        """Whether ``pattern`` occurs in ``text``; False once the budget is spent."""
+        left = self.deadline - time.monotonic()
+        if left <= 0 or self.exhausted:
+            self._ran_out(rule)
+            return False
+        try:
+            # concurrent: the search lets go of the GIL, so the event loop keeps running.
+            return compiled(pattern).search(text, timeout=left, concurrent=True) is not None
+        except TimeoutError:
+            self._ran_out(rule)
+            return False
+
+    def _ran_out(self, rule: FilterRule) -> None:
+        if not self.exhausted:
+            log.warning("filter rule of %s: regular expressions ran out of time; counted as "
+                        "no match", rule.target, extra={"action": "filter_timeout"})
+        self.exhausted = True
+
+
+class ParsedMessage:
+    """A message as the conditions see it, each part parsed only when first asked for."""
+
+    def __init__(self, raw: bytes, header: bytes) -> None:
+        self.raw = raw
+        self.header = header
+        self._fields: Message | None = None
+        self._whole: EmailMessage | None = None
+
+    @property
+    def fields(self) -> Message:
+        if self._fields is None:
+            self._fields = BytesHeaderParser(policy=email.policy.default).parsebytes(
+                self.header)
+        return self._fields
+
+    @property
+    def whole(self) -> EmailMessage:
+        if self._whole is None:
+            parsed = email.message_from_bytes(self.raw, policy=email.policy.default)
+            assert isinstance(parsed, EmailMessage)
+            self._whole = parsed
+        return self._whole
+
+    def field_values(self, name: str) -> list[str]:
+        """Each ``name`` field decoded; as written where it cannot be decoded."""
+        try:
+            return [str(value) for value in self.fields.get_all(name, [])]
+        except Exception:  # a malformed field the default policy chokes on
+            raw = BytesHeaderParser(policy=email.policy.compat32).parsebytes(self.header)
+            return [str(value) for value in raw.get_all(name, [])]
+
+    def text_parts(self) -> list[str]:
+        """The decoded text of every text part that is not an attachment."""
+        texts = []
+        for part in self.whole.walk():
+            if part.is_multipart() or part.get_content_disposition() == "attachment":
+                continue
+            maintype = part.get_content_maintype()
+            if maintype == "multipart":  # without a usable boundary: a reader sees text
+                payload = part.get_payload(decode=True)
+                texts.append(payload.decode("utf-8", "replace")
+                             if isinstance(payload, bytes) else str(part.get_payload()))
+                continue
+            if maintype != "text":
+                continue
+            try:
+                texts.append(str(part.get_content()))
+            except Exception:  # unknown charset, broken encoding: decode what is there
+                payload = part.get_payload(decode=True)
+                texts.append(payload.decode("utf-8", "replace")
+                             if isinstance(payload, bytes) else "")
+        return texts
+
+    def attachments(self) -> list[tuple[str, str]]:
+        """(MIME type, file name) of every attachment, both in lower case."""
+        found = []
+        root = self.whole
+        for part in root.walk():
+            if part.is_multipart() or part is root:
+                continue
+            filename = part.get_filename() or ""
+            if (part.get_content_disposition() == "attachment" or filename
+                    or part.get_content_maintype() != "text"):
+                found.append((part.get_content_type().lower(), filename.lower()))
+        return found
+
+    def encrypted(self) -> bool:
+        content_type = self.fields.get_content_type().lower()
+        if content_type not in ENCRYPTED_TYPES:
+            return False
+        # S/MIME also wraps a signature alone in pkcs7-mime; that is not encryption.
+        return str(self.fields.get_param("smime-type", "") or "").lower() != "signed-data"
+
+
+def holds(rule: FilterRule, message: ParsedMessage, budget: Budget) -> bool:
+    """Whether ``rule``'s condition holds for ``message``."""
+    condition = rule.condition
+    if condition is FilterCondition.LARGER_THAN:
+        return len(message.raw) > int(rule.argument)
+    if condition is FilterCondition.NOT_ENCRYPTED:
+        return not message.encrypted()
+    if condition is FilterCondition.HEADER:
+        return any(budget.search(rule.argument, value, rule)
+                   for value in message.field_values(rule.header))
+    if condition is FilterCondition.BODY:
+        return any(budget.search(rule.argument, text, rule) for text in message.text_parts())
+    glob = rule.argument.lower()
+    return any(fnmatch.fnmatchcase(content_type, glob)
+               or (filename and fnmatch.fnmatchcase(filename, glob))
+               for content_type, filename in message.attachments())
+
+
+def first_matches(raw: bytes, header: bytes, rules: Mapping[str, Sequence[FilterRule]],
+                  timeout: float) -> dict[str, FilterRule]:
+    """The deciding rule per recipient (those without a matching rule are left out).
+
+    Blocking (parses, runs regular expressions): called on the filter threads.
+    """
+    message = ParsedMessage(raw, header)
+    budget = Budget(timeout)
+    decided: dict[str, FilterRule] = {}
+    for target, target_rules in rules.items():
+        for rule in target_rules:
+            try:
+                matched = holds(rule, message, budget)
+            except Exception:
+                # Whatever the sender's MIME makes the parser do, the rule cannot judge
+                # it: no match (as a timeout), never a 451 the sender would retry for ever.
+                log.exception("filter rule of %s could not be applied; counted as no match",
+                              target, extra={"action": "filter_error"})
+                matched = False
+            if matched:
+                decided[target] = rule
+                break
+    return decided
+
+
+def decision(rule: FilterRule) -> Decision:
+    """What a matching rule makes of its recipient."""
+    noun = f"filter rule of {rule.target}"
+    text = headers.header_safe(rule.text)
+    if rule.action is FilterAction.REJECT:
+        return Decision.reject(FilterRejected(text or f"refused by a {noun}"))
+    reason = f"{noun} ({describe(rule)})" + (f": {text}" if text else "")
+    if rule.action is FilterAction.HOLD:
+        return Decision.hold(reason)
+    return Decision.discard(reason)
+
+
+def describe(rule: FilterRule) -> str:
+    """A rule's condition as ``filter ls`` and events show it."""
+    condition = rule.condition
+    if condition is FilterCondition.HEADER:
+        return f"header {rule.header} matches {rule.argument}"
+    if condition is FilterCondition.BODY:
+        return f"body matches {rule.argument}"
+    if condition is FilterCondition.LARGER_THAN:
+        return f"larger than {rule.argument} bytes"
+    if condition is FilterCondition.ATTACHMENT:
+        return f"attachment {rule.argument}"
+    return "not encrypted"
+
+
+class MessageFilters:
+    """The accept step: each recipient's filter rules, first match wins."""
+
+    def __init__(self, rules: FilterRules, timeout: float) -> None:
+        self.rules = rules
+        self.timeout = timeout
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def __call__(self, ctx: MessageContext, pending: Sequence[Recipient]
+                       ) -> Mapping[str, Decision]:
+        found = await self.rules.rules_for([r.canonical for r in pending])
+        if not found:  # the usual case: no recipient has a rule
+            return {}
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(_PARSE_THREADS,
+                                            thread_name_prefix="mailflow-filters")
+        matched = await asyncio.get_running_loop().run_in_executor(
+            self._pool, first_matches, ctx.raw, ctx.header, found, self.timeout)
+        return {target: decision(rule) for target, rule in matched.items()}
