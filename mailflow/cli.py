@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mailflow import __version__
 from mailflow.config import Settings, load_settings
 from mailflow.errors import EX_TEMPFAIL, Conflict, InvalidInput, MailflowError, NotFound, spec
+from mailflow.memory import release_large_blocks
 from mailflow.model import ListKind
 from mailflow.services import directory as rules
 from mailflow.services.directory import DirectoryService
@@ -168,6 +169,7 @@ def serve(ctx: Context, initialise_store: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-line debug
+    release_large_blocks()  # message-sized blocks go back to the system when freed
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every POSIX system

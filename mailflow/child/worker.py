@@ -44,6 +44,7 @@ from mailflow.child.messages import (
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.errors import EgressUnavailable
 from mailflow.ingress.smtp import Listener
+from mailflow.memory import release_large_blocks
 from mailflow.model import Egress
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ def main(argv: list[str]) -> int:
     # transactions off half-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    release_large_blocks()  # as the relay: contents' memory goes back when freed
     try:
         import uvloop
         runner: Callable[[Any], Any] = uvloop.run
