@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from mailflow.errors import ConfigurationError
+from mailflow.memory import DEFAULT_CACHE_MEMORY, CacheBudget
 from mailflow.smtp_relay import SmtpRelay, parse_smtp_relay
 
 CONFIG_ENV = "MAILFLOW_CONFIG"
@@ -176,6 +177,7 @@ class Settings(BaseSettings):
     egress_process: bool = True
     listener_process: bool = True
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+    cache_memory: ByteSize = Field(default=ByteSize(DEFAULT_CACHE_MEMORY), ge=0)
     max_received_headers: int = Field(default=30, ge=1)
     recipient_cache_ttl: float = Field(default=2.0, ge=0)
     max_recipients_per_transaction: int = Field(default=50, ge=1, le=1000)
@@ -306,6 +308,11 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def cache_budget(self) -> CacheBudget:
+        """Each cache's share of ``cache_memory``."""
+        return CacheBudget(int(self.cache_memory))
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:

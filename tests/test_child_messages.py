@@ -157,7 +157,7 @@ async def test_the_channel_delivers_frames_split_and_batched_over_a_socket() -> 
 
 
 def test_contents_are_kept_from_their_second_send_and_bounded_in_bytes() -> None:
-    contents = ChildContents(budget=1000)
+    contents = ChildContents(budget=1000, max_item=400)
     a, b, c = b"a" * 400, b"b" * 400, b"c" * 400
     assert contents.place(a) == (0, True, [])          # once: sent, not kept
     key_a, sent, forget = contents.place(a)             # twice: kept from now on
@@ -168,16 +168,24 @@ def test_contents_are_kept_from_their_second_send_and_bounded_in_bytes() -> None
     assert contents.kept_bytes == 800
     contents.place(a)                                   # a is the most recent now
     contents.place(c)
-    key_c, sent, forget = contents.place(c)             # over the budget: b goes
+    _, sent, forget = contents.place(c)                 # over the budget: b goes
     assert sent and forget == [key_b] and contents.kept_bytes == 800
-    huge = b"h" * 5000
-    contents.place(huge)
-    key_h, sent, forget = contents.place(huge)          # the newest is kept, whatever size
-    assert sent and sorted(forget) == sorted([key_a, key_c])
-    assert contents.place(huge) == (key_h, False, [])
+    huge = b"h" * 401                                   # above the item bound:
+    for _ in range(3):                                  # never kept, sent every time
+        assert contents.place(huge) == (0, True, [])
+    assert contents.kept_bytes == 800
     contents.clear()                                    # a new child keeps nothing
     assert contents.kept_bytes == 0
-    assert contents.place(huge)[1]
+    assert contents.place(a)[1]
+
+
+def test_the_child_keeps_no_content_above_a_quarter_of_its_budget() -> None:
+    contents = ChildContents(budget=1000)
+    assert contents.max_item == 250
+    big, small = b"b" * 251, b"s" * 250
+    assert [contents.place(big)[0] for _ in range(3)] == [0, 0, 0]
+    contents.place(small)
+    assert contents.place(small)[0] > 0 and contents.kept_bytes == 250
 
 
 

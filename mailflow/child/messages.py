@@ -14,6 +14,7 @@ from typing import TypeAlias
 
 from mailflow import errors
 from mailflow.errors import SmtpReplyError
+from mailflow.memory import DEFAULT_BUDGET
 from mailflow.model import Envelope, RecipientReply, Verdict
 from mailflow.smtp_relay import SmtpRelay
 
@@ -42,13 +43,18 @@ class Failure:
 
 @dataclass(frozen=True, slots=True)
 class SmtpEgressSpec:
-    """An :class:`~mailflow.egress.smtp.SmtpEgress` the child runs."""
+    """An :class:`~mailflow.egress.smtp.SmtpEgress` the child runs.
+
+    ``payload_cache`` is its share of ``cache_memory`` in bytes (the child has no
+    settings).
+    """
 
     relay: SmtpRelay
     pool_size: int
     timeout: float
     idle_check: float
     local_hostname: str | None = None
+    payload_cache: int = DEFAULT_BUDGET.payloads
 
 
 EgressSpec: TypeAlias = SmtpEgressSpec  # a union once routes bring LMTP and others

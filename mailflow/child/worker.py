@@ -59,7 +59,8 @@ def build_egress(spec: EgressSpec) -> Egress:
     match spec:
         case SmtpEgressSpec():
             return SmtpEgress(spec.relay, pool_size=spec.pool_size, timeout=spec.timeout,
-                              idle_check=spec.idle_check, local_hostname=spec.local_hostname)
+                              idle_check=spec.idle_check, local_hostname=spec.local_hostname,
+                              payload_cache=spec.payload_cache)
     raise ValueError(f"the child cannot run {type(spec).__name__}")  # pragma: no cover
 
 
