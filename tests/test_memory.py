@@ -7,9 +7,11 @@ import asyncio
 import random
 import re
 import smtplib
+import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -33,9 +35,10 @@ from mailflow.egress.smtp_client import (
     dot_stuffed,
     dot_stuffed_pieces,
 )
+from mailflow.ingress.smtp import start_listener
 from mailflow.memory import CacheBudget, item_limit
-from mailflow.model import InboundMessage
-from mailflow.services.commit import IngestBatch, store_batch
+from mailflow.model import Envelope, InboundMessage, Verdict
+from mailflow.services.commit import GroupCommitter, IngestBatch, InlineExpansion, store_batch
 from mailflow.services.in_flight import LargeInFlight
 from mailflow.services.processor import expand_received
 from mailflow.services.recent import RecentMessages, weight
@@ -43,6 +46,7 @@ from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.store import StoreRunner, create_engines, upgrade_to_head
 from mailflow.testing.clock import FakeClock
 from mailflow.testing.factories import make_list, make_message
+from mailflow.testing.ports import listening_socket, port_of
 from mailflow.testing.relay import RelayProcess, process_memory
 from mailflow.testing.sink import SmtpSink
 
@@ -334,6 +338,29 @@ def test_recent_messages_are_bounded_in_bytes() -> None:
     assert recent.size == 0 and recent.get("m019") is None
 
 
+async def test_the_committer_keeps_no_body_once_its_batch_is_stored(tmp_path: Path) -> None:
+    engines = create_engines(f"sqlite:///{tmp_path / 'store.db'}")
+    upgrade_to_head(engines.writer)
+    runner = StoreRunner(engines)
+    committer = GroupCommitter(runner, BlobStore(tmp_path / "blobs", cache_bytes=0),
+                               FakeClock(), body_limit=1000, expansion=InlineExpansion(10))
+    task = asyncio.create_task(committer.run())
+    try:
+        make_list(runner.repo, "team@example.test", ["a@x.test"])
+        data = make_message("team@example.test", body=b"z" * 5000)  # a file, not a row
+        before = sys.getrefcount(data)
+        message = InboundMessage("m1", "p@outside.test", ("team@example.test",),
+                                 content_hash(data), len(data), 0.0, "127.0.0.1", "c.test",
+                                 "ESMTP")
+        await committer.commit(message, data)
+        await asyncio.sleep(0.05)  # both loops wait for the next batch
+        assert sys.getrefcount(data) == before
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        runner.close()
+
+
 # -- a running relay ------------------------------------------------------------------------
 
 def _message(number: int, size: int) -> bytes:
@@ -409,3 +436,62 @@ async def test_the_scheduler_forgets_expired_lists_beyond_a_thousand(tmp_path: P
         assert list(lists) == [team.id] and list(scheduler._lists) == [team.id]
     finally:
         runner.close()
+
+
+class KeepingAcceptor:
+    """The accept service as a listener sees it, keeping what it is given."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    async def check_recipient(self, address: str) -> object:
+        return None
+
+    async def accept(self, envelope: Envelope, raw: bytes) -> str:
+        self.messages.append(raw)
+        return "q1"
+
+    async def accept_each(self, envelope: Envelope, raw: bytes) -> list[Verdict]:
+        raise AssertionError("SMTP only")
+
+
+def _session_bytes(lines: bytes) -> bytes:
+    return (b"EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@example.test>\r\n"
+            b"DATA\r\n" + lines + b".\r\nQUIT\r\n")
+
+
+async def _one_session(port: int, data: bytes) -> bytes:
+    """Send a whole SMTP session from a thread (a blocking socket copies nothing);
+    returns the replies."""
+    def talk() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as client:
+            client.sendall(data)
+            replies = b""
+            while chunk := client.recv(65536):
+                replies += chunk
+            return replies
+    return await asyncio.to_thread(talk)
+
+
+async def test_a_session_holds_the_message_it_receives_about_once() -> None:
+    acceptor = KeepingAcceptor()
+    sock = listening_socket()
+    listener = await start_listener(acceptor, None, hostname="relay.test",
+                                    max_message_size=20 * MIB, sock=sock)
+    try:
+        line = b"x" * 76 + b"\r\n"
+        body = b"Subject: big\r\n\r\n" + line * 100_000 + b"..dotted\r\n"  # 7.8 MB
+        data = _session_bytes(body)
+        tracemalloc.start()
+        try:
+            replies = await _one_session(port_of(sock), data)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert b"250 2.0.0 OK queued as q1" in replies
+        assert acceptor.messages == [body.replace(b"..dotted", b".dotted")]
+        assert peak < 1.5 * len(body)  # aiosmtpd's list of lines: about 4 times
+        too_long = await _one_session(port_of(sock), _session_bytes(b"y" * 2000 + b"\r\n"))
+        assert b"500 5.5.2 line too long" in too_long and len(acceptor.messages) == 1
+    finally:
+        await listener.close(0)

@@ -135,7 +135,8 @@ def render_copy(raw: bytes, message: InboundMessage, mailing_list: MailingList,
 
     Added fields use the message's own line ending.
     """
-    header, rest = headers.split_message(raw)
+    cut = headers.header_length(raw)
+    header, rest = raw[:cut], memoryview(raw)[cut:]  # the body is copied once, into the copy
     newline = b"\r\n" if header.endswith(b"\r\n") or not header else b"\n"
     copy = CopyContext(message, mailing_list, identity, header)
     for step in steps:
@@ -143,6 +144,6 @@ def render_copy(raw: bytes, message: InboundMessage, mailing_list: MailingList,
     if copy.removed:
         header = headers.without_fields(header, copy.removed)
     if not copy.added:
-        return header + rest
+        return b"".join((header, rest))
     added = "\n".join(copy.added).replace("\n", newline.decode()).encode("utf-8") + newline
-    return added + header + rest
+    return b"".join((added, header, rest))

@@ -56,7 +56,7 @@ class MessageContext:
     @classmethod
     def of(cls, envelope: Envelope, raw: bytes, *, submitted: bool = False,
            known: Mapping[str, Resolution] | None = None) -> MessageContext:
-        header, _ = headers.split_message(raw)
+        header = raw[:headers.header_length(raw)]
         recipients: dict[str, Recipient] = {}
         for address in envelope.rcpt_tos:
             canonical = addresses.canonical(address)
