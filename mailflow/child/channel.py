@@ -132,12 +132,21 @@ def _same(value: Any) -> Any:
     return value
 
 
+def _content_fields(cls: type) -> tuple[int, ...]:
+    """The positions of a message's top-level ``bytes`` fields: what may be attached."""
+    hints = typing.get_type_hints(cls)
+    return tuple(position for position, field in enumerate(dataclasses.fields(cls))
+                 if bytes in (hints[field.name], *typing.get_args(hints[field.name])))
+
+
 _TAGS: dict[type, tuple[int, Encode]] = {}
 _BUILDERS: list[Decode] = []
+_CONTENTS: list[tuple[int, ...]] = []  # by tag
 for _tag, _cls in enumerate(MESSAGES):
     _encode, _decode, _ = _struct_codec(_cls)
     _TAGS[_cls] = (_tag, _encode)
     _BUILDERS.append(_decode)
+    _CONTENTS.append(_content_fields(_cls))
 
 
 def dumps(messages: list[Any]) -> bytes:
@@ -169,8 +178,9 @@ def _frame_values(dump: memoryview, attachments: int) -> tuple[list[Any], list[A
     """A frame's messages as values, and where its ``attachments`` bytes go."""
     try:
         batch, attached = marshal.loads(dump)
-        if sum(length for _, _, length in attached) != attachments or any(
-                length <= 0 for _, _, length in attached):
+        if (attached or attachments) and (
+                sum(length for _, _, length in attached) != attachments
+                or any(length <= 0 for _, _, length in attached)):
             raise ValueError("the attachments do not fill the frame")
     except (ValueError, TypeError, EOFError) as exc:
         raise ProtocolError(f"not a frame: {exc}") from exc
@@ -240,15 +250,13 @@ class Channel(asyncio.Protocol, Generic[Out, In]):
         attached: list[tuple[int, int, int]] = []  # (message, field, length)
         contents: list[bytes] = []
         for index, (tag, values) in enumerate(batch):
-            if not any(type(v) is bytes and len(v) >= ATTACH_ABOVE for v in values):
-                continue
-            kept = list(values)
-            for position, value in enumerate(values):
-                if type(value) is bytes and len(value) >= ATTACH_ABOVE:
+            for position in _CONTENTS[tag]:
+                value = values[position]
+                if value is not None and len(value) >= ATTACH_ABOVE:
                     attached.append((index, position, len(value)))
                     contents.append(value)
-                    kept[position] = None
-            batch[index] = (tag, tuple(kept))
+                    values = (*values[:position], None, *values[position + 1:])
+                    batch[index] = (tag, values)
         payload = marshal.dumps((batch, attached))
         transport.write(_HEADER.pack(len(payload) + sum(map(len, contents)), len(payload)))
         transport.write(payload)
