@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from mailflow.app import build_egress
+from mailflow.app import Relay, build_egress
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import BlobStore, content_hash
 from mailflow.child.channel import dumps, loads
 from mailflow.child.egress import ProcessEgress
 from mailflow.child.messages import ChildConfig
 from mailflow.child.worker import build_egress as build_child_egress
-from mailflow.config import Settings, parse_smtp_relay
+from mailflow.config import Settings, load_settings, parse_smtp_relay
 from mailflow.egress.base import RecipientReply
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.egress.smtp_client import (
@@ -385,38 +385,51 @@ def _settled_memory(relay: RelayProcess) -> dict[int, int]:
     return last
 
 
+async def test_the_relay_gives_each_cache_its_share(tmp_path: Path) -> None:
+    settings = load_settings(None, data_dir=tmp_path, smtp_listen="off", http_listen="off",
+                             egress="smtp", smtp_relay="smtp://127.0.0.1:9",
+                             egress_process=False, cache_memory="8MiB")
+    budget = settings.cache_budget
+    relay = Relay(settings)
+    await relay.start()
+    try:
+        scheduler, egress = relay.scheduler, relay.egress
+        assert scheduler is not None and isinstance(egress, SmtpEgress)
+        assert scheduler.blobs.cache_bytes == budget.recent_contents
+        assert scheduler._content.max_bytes == budget.rendered_copies
+        assert scheduler._large.limit == budget.large_in_flight
+        assert scheduler.recent.max_bytes == budget.recent_messages
+        assert relay.child is not None and relay.child._contents.budget == budget.child_contents
+        assert egress._payloads.max_bytes == budget.payloads
+    finally:
+        await relay.stop()
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
-def test_a_relay_holds_no_more_than_cache_memory_of_contents(tmp_path: Path,
-                                                             sink: SmtpSink) -> None:
-    """28 different 250 kB messages (7 MB), each sent in three transactions, some by the
-    relay itself and most by its child.  With the default ``cache_memory`` (32 MiB) the
-    recent contents, the rendered copies and the child's contents would keep 3.5 MB or
-    more of them.  With 4 MiB only the rendered copies may keep any (their items may reach
-    256 KiB, the others' 128 KiB), so the relay grows by that share and the envelopes' at
-    most, the child not at all (1 MB of slack for both).  (The payload caches keep such
-    contents on the heap, whose freed space from the first messages they would reuse, so
-    resident sizes cannot tell; their share is checked above.)"""
-    budget = CacheBudget(4 * MIB)
+def test_a_relay_keeps_no_message_above_its_caches_item_limits(tmp_path: Path,
+                                                               sink: SmtpSink) -> None:
+    """Six different 1.5 MB messages after three others, each sent in two transactions,
+    with ``cache_memory`` at 4 MiB (no cache keeps an item over 256 KiB): neither the
+    relay nor its child grows by one of them.  Blocks that large are mapped, so what a
+    process keeps shows in its resident size at once; at the default (32 MiB) the
+    rendered copies alone would keep 6 MB of them."""
     relay = RelayProcess(tmp_path / "relay", settings={
         "MAILFLOW_EGRESS": "smtp", "MAILFLOW_SMTP_RELAY": sink.url,
         "MAILFLOW_CACHE_MEMORY": "4MiB", "MAILFLOW_MAX_RECIPIENTS_PER_TRANSACTION": "1"})
     relay.init()
-    address, members = relay.fresh_list(members=3)
+    address, members = relay.fresh_list(members=2)
     with relay, smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
-        for number in range(4):  # the processes' own structures grow to their size
-            client.sendmail("p@outside.test", [address], _message(number, 250_000))
-        sink.wait_for_copies(members, count=12)
+        for number in range(3):  # the processes' own structures grow to their size
+            client.sendmail("p@outside.test", [address], _message(number, 1_500_000))
+        sink.wait_for_copies(members, count=6)
         before = _settled_memory(relay)
-        for number in range(4, 32):
-            client.sendmail("p@outside.test", [address], _message(number, 250_000))
-        assert len(sink.wait_for_copies(members, count=96)) == 96
+        for number in range(3, 9):
+            client.sendmail("p@outside.test", [address], _message(number, 1_500_000))
+        assert len(sink.wait_for_copies(members, count=18)) == 18
         after = _settled_memory(relay)
-    relay_pid, child_pid = before  # the relay first, then its child
-    assert after.keys() == before.keys()
+    assert len(before) == 2 and after.keys() == before.keys()  # the relay and its child
     grown = {pid: after[pid] - before[pid] for pid in before}
-    assert item_limit(budget.rendered_copies) > 250_000 > item_limit(budget.payloads)
-    assert grown[relay_pid] < budget.rendered_copies + budget.recent_messages + 1e6, grown
-    assert grown[child_pid] < 1e6, grown
+    assert all(growth < 1_000_000 for growth in grown.values()), grown
 
 
 async def test_the_scheduler_forgets_expired_lists_beyond_a_thousand(tmp_path: Path) -> None:
