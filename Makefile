@@ -51,6 +51,11 @@ bench-peers: $(STAMP) $(MAILMAN_STAMP)
 bench-compare: $(STAMP)
 	$(BIN)/python -m bench.compare $(BENCH_ARGS)
 
+## bench-memory: twenty different 20-25 MB messages through a relay: peak and idle RSS (issue 10)
+.PHONY: bench-memory
+bench-memory: $(STAMP)
+	$(BIN)/python -m bench.memory --machine $(BENCH_ARGS)
+
 ## mailman-venv: GNU Mailman 3 from PyPI in its own virtualenv (.venv-mailman), for bench-peers
 mailman-venv: $(MAILMAN_STAMP)
 

@@ -37,6 +37,7 @@ config.Settings.settings_customise_sources
 # asyncio calls the protocol methods.
 channel.Channel.connection_made, channel.Channel.connection_lost
 smtp_client.SmtpClient.connection_made, smtp_client.SmtpClient.connection_lost
+smtp_client._ReplyReader.pause_writing
 
 # aiosmtpd calls the handler hooks; FastAPI the routes; uvicorn reads should_exit and
 # calls capture_signals; SQLAlchemy the event listeners; signal handlers get (signum, frame).

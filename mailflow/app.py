@@ -77,7 +77,8 @@ def build_egress(settings: Settings, child: ChildProcess | None = None) -> Egres
     options = ProviderOptions(pool_size=settings.smtp_pool_size, timeout=settings.smtp_timeout,
                               idle_check=settings.smtp_idle_check,
                               local_hostname=settings.hostname,
-                              transaction_timeout=settings.smtp_transaction_timeout)
+                              transaction_timeout=settings.smtp_transaction_timeout,
+                              payload_cache=settings.cache_budget.payloads)
     url = settings.egress_url
     provider = parse_provider_url(url)
     default: Egress
@@ -85,7 +86,8 @@ def build_egress(settings: Settings, child: ChildProcess | None = None) -> Egres
         default = ProcessEgress(provider.relay, pool_size=options.pool_size,
                                 timeout=options.timeout, idle_check=options.idle_check,
                                 local_hostname=options.local_hostname, child=child,
-                                name="smtp", transaction_timeout=options.transaction_timeout)
+                                name="smtp", transaction_timeout=options.transaction_timeout,
+                                payload_cache=options.payload_cache)
     else:
         default = build_provider(url, options)
     return build_routed(default, url, settings.route_specs, options)
@@ -141,13 +143,15 @@ class Relay:
             self._lock = _lock_sqlite_store(database)
             # One process per SQLite store: every lease left behind is from a dead process.
             await runner.write(runner.repo.release_leases, self.clock.now())
-        blobs = BlobStore(settings.blob_dir)
-        self.child = child = ChildProcess(log_level=settings.log_level)
+        budget = settings.cache_budget
+        blobs = BlobStore(settings.blob_dir, cache_bytes=budget.recent_contents)
+        self.child = child = ChildProcess(log_level=settings.log_level,
+                                          contents_cache=budget.child_contents)
         self.egress = egress = self.egress or build_egress(settings, child)
         # Fits deliveries.lease_owner (64 characters) whatever the hostname's length, with
         # room for the number the scheduler gives each claim's lease token (``owner/n``).
         owner = f"{settings.hostname[:32]}:{os.getpid()}:{secrets.token_hex(3)}"
-        recent = RecentMessages()
+        recent = RecentMessages(max_bytes=budget.recent_messages)
         activity = IngestActivity()
         self.scheduler = scheduler = Scheduler(runner, blobs, egress, self.clock, SchedulerOptions(
             batch_size=settings.scheduler_batch_size,
@@ -158,6 +162,7 @@ class Relay:
                               settings.retry_max_delay, settings.max_delivery_age),
             poll_interval=settings.poll_interval,
             transaction_timeout=settings.smtp_transaction_timeout, srs=srs,
+            cache_bytes=budget.rendered_copies, large_in_flight=budget.large_in_flight,
         ), recent=recent, ingest_busy=activity.busy)
         processor = Processor(runner, self.clock, on_queued=scheduler.wake,
                               poll_interval=settings.poll_interval, read_file=blobs.read)

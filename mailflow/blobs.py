@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from mailflow.lru import BytesLRU
+from mailflow.memory import DEFAULT_BUDGET, item_limit
 
-DURABLE_REMEMBERED = 100_000  # digests known durable (older ones are hash-checked again)
+DURABLE_REMEMBERED = 10_000  # digests known durable (older ones are hash-checked again)
 
 
 def content_hash(data: bytes) -> str:
@@ -31,13 +32,14 @@ class BlobStore:
     """Blob files, plus the most recently written contents kept in memory.
 
     A fresh post is usually sent within milliseconds of being stored; the in-memory copy
-    (bounded by ``cache_bytes``) spares that first send a thread hop and a file read.
+    (bounded by ``cache_bytes``, none larger than a quarter of it) spares that first send
+    a thread hop and a file read.
     """
 
-    def __init__(self, root: Path, cache_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, root: Path, cache_bytes: int = DEFAULT_BUDGET.recent_contents) -> None:
         self.root = root
         self.cache_bytes = cache_bytes
-        self._recent: BytesLRU[str] = BytesLRU(cache_bytes, max_item=cache_bytes // 8)
+        self._recent: BytesLRU[str] = BytesLRU(cache_bytes, max_item=item_limit(cache_bytes))
         # Digests whose files this process made durable or checked (insertion order).
         self._durable: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()

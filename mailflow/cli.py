@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mailflow import __version__, addresses
 from mailflow.config import Settings, load_settings
 from mailflow.errors import EX_TEMPFAIL, Conflict, InvalidInput, MailflowError, NotFound, spec
+from mailflow.memory import release_large_blocks
 from mailflow.model import AddedMembers, ForwardStyle, ListKind, RuleAction
 from mailflow.pipeline.accept import filters
 from mailflow.services import directory as rules
@@ -176,6 +177,7 @@ def serve(ctx: Context, initialise_store: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-line debug
+    release_large_blocks()  # message-sized blocks go back to the system when freed
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every POSIX system

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -28,6 +28,7 @@ from pydantic_settings import (
 
 from mailflow import addresses
 from mailflow.errors import ConfigurationError, InvalidInput
+from mailflow.memory import DEFAULT_CACHE_MEMORY, CacheBudget
 from mailflow.smtp_relay import SmtpRelay, parse_smtp_relay
 
 CONFIG_ENV = "MAILFLOW_CONFIG"
@@ -212,6 +213,7 @@ class Settings(BaseSettings):
     smtp_data_timeout: float = Field(default=600.0, gt=0)
     smtp_max_commands: int = Field(default=10_000, ge=1)
     smtp_max_failed_recipients: int = Field(default=20, ge=1)
+    cache_memory: ByteSize = Field(default=ByteSize(DEFAULT_CACHE_MEMORY), ge=0)
     max_received_headers: int = Field(default=30, ge=1)
     recipient_cache_ttl: float = Field(default=2.0, ge=0)
     filter_regex_timeout: float = Field(default=0.5, gt=0, le=60)
@@ -409,6 +411,11 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def cache_budget(self) -> CacheBudget:
+        """Each cache's share of ``cache_memory``."""
+        return CacheBudget(int(self.cache_memory))
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:

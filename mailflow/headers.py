@@ -48,12 +48,18 @@ def unsafe_text(text: str) -> str | None:
 
 def split_message(raw: bytes) -> tuple[bytes, bytes]:
     """(header section including its final line break, the rest: blank line and body)."""
+    cut = header_length(raw)
+    return raw[:cut], raw[cut:]
+
+
+def header_length(raw: bytes) -> int:
+    """Where the header section ends (after its final line break): slicing there copies
+    only the header, where :func:`split_message` copies the body too."""
     for sep in (b"\r\n\r\n", b"\n\n"):
         index = raw.find(sep)
         if index >= 0:
-            cut = index + len(sep) // 2
-            return raw[:cut], raw[cut:]
-    return raw, b""
+            return index + len(sep) // 2
+    return len(raw)
 
 
 def iter_fields(header: bytes) -> Iterator[tuple[bytes, bytes]]:

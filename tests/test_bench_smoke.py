@@ -213,3 +213,16 @@ def test_compare_verdicts_follow_the_issue_bounds() -> None:
     assert verdict(p50, 1.04) == "ok" and verdict(p99, 1.06) == "SLOWER"
     assert verdict(p50, 0.9) == "ok (better)"
     assert verdict(rss, 1.09) == "ok" and verdict(rss, 1.11) == "LARGER"
+
+
+def test_memory_bench_checks_every_body_and_the_bound(capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    """Two small messages: every copy arrives intact, and a 1 MB bound is reported
+    broken (the relay alone is larger)."""
+    from bench.memory import main as memory
+
+    assert memory(["--messages", "2", "--min-mb", "0.2", "--max-mb", "0.3", "--members", "2",
+                   "--idle", "0", "--bound", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert "2 messages of" in out and "VmHWM sum" in out
+    assert "over the bound 1.0 MB" in err and "copies arrived" not in err

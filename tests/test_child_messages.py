@@ -6,8 +6,10 @@ import asyncio
 import marshal
 import os
 import pickle
+import random
 import smtplib
 import socket
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -153,24 +155,80 @@ async def test_the_channel_delivers_frames_split_and_batched_over_a_socket() -> 
 
     def on_message(message: object) -> None:
         received.append(message)
-        if len(received) == len(EVERY_MESSAGE) + 1:
+        if len(received) == len(EVERY_MESSAGE) + 2:
             all_in.set()
 
     left: Channel[object, object] = Channel(lambda m: None, lambda exc: None)
     right: Channel[object, object] = Channel(on_message, lambda exc: None)
     await loop.create_unix_connection(lambda: left, sock=left_sock)
     await loop.create_unix_connection(lambda: right, sock=right_sock)
+    # Contents travel as attachments after the frame's values: two in one frame here.
     big = Send(99, "smtp", 0, os.urandom(300_000), "a@x.test", ("b@x.test",))
-    for message in [*EVERY_MESSAGE, big]:  # one loop turn: one write
+    raw = Accept(98, ENVELOPE, os.urandom(200_000))
+    for message in [*EVERY_MESSAGE, big, raw]:  # one loop turn: one frame
         left.send(message)
     await asyncio.wait_for(all_in.wait(), 10)
-    assert received == [*EVERY_MESSAGE, big]
+    assert received == [*EVERY_MESSAGE, big, raw]
     left.close()
     right.close()
 
 
+class _Written:
+    """A transport that keeps what is written (the frames a channel sends)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_frames_with_contents_arrive_whatever_the_reads_they_come_in() -> None:
+    sender: Channel[object, object] = Channel(lambda m: None, lambda exc: None)
+    written = _Written()
+    sender.transport = written  # type: ignore[assignment]
+    turns = [[Send(1, "smtp", 0, b"a" * 70_000, "a@x.test", ("b@x.test",)),
+              Accept(2, ENVELOPE, b"b" * 100_000), Forget((1, 2))],
+             [Replies(3, ())],
+             [Accept(4, ENVELOPE, b"c" * 65_536), Send(5, "smtp", 0, b"d" * 10, "a@x.test",
+                                                       ("b@x.test",))]]
+    for turn in turns:
+        for message in turn:
+            sender.send(message)
+        await asyncio.sleep(0)  # one flush, one frame, per turn
+    frames = bytes(written.data)
+    rng = random.Random(9)
+    for _ in range(20):
+        received: list[object] = []
+        receiver: Channel[object, object] = Channel(received.append, lambda exc: None)
+        at = 0
+        while at < len(frames):
+            step = rng.choice([1, 7, 16, 1000, 65_536, 200_000])
+            receiver.data_received(frames[at:at + step])
+            at += step
+        assert received == [m for turn in turns for m in turn]
+
+
+def test_a_frame_whose_attachments_do_not_fill_it_is_refused() -> None:
+    received: list[object] = []
+    send = (1, (7, "smtp", 0, None, "a@x.test", ("b@x.test",)))  # Send, content attached
+    dumped = marshal.dumps(([send], [(0, 3, 10)]))
+    for attached in (b"", b"x" * 9, b"x" * 11):
+        broken: Channel[object, object] = Channel(received.append, lambda exc: None)
+        with pytest.raises(ProtocolError):
+            broken.data_received(struct.pack("!QQ", len(dumped) + len(attached),
+                                             len(dumped)) + dumped + attached)
+    channel: Channel[object, object] = Channel(received.append, lambda exc: None)
+    channel.data_received(struct.pack("!QQ", len(dumped) + 10, len(dumped)) + dumped
+                          + b"x" * 10)
+    assert received == [Send(7, "smtp", 0, b"x" * 10, "a@x.test", ("b@x.test",))]
+
+
 def test_contents_are_kept_from_their_second_send_and_bounded_in_bytes() -> None:
-    contents = ChildContents(budget=1000)
+    contents = ChildContents(budget=1000, max_item=400)
     a, b, c = b"a" * 400, b"b" * 400, b"c" * 400
     assert contents.place(a) == (0, True, [])          # once: sent, not kept
     key_a, sent, forget = contents.place(a)             # twice: kept from now on
@@ -181,16 +239,24 @@ def test_contents_are_kept_from_their_second_send_and_bounded_in_bytes() -> None
     assert contents.kept_bytes == 800
     contents.place(a)                                   # a is the most recent now
     contents.place(c)
-    key_c, sent, forget = contents.place(c)             # over the budget: b goes
+    _, sent, forget = contents.place(c)                 # over the budget: b goes
     assert sent and forget == [key_b] and contents.kept_bytes == 800
-    huge = b"h" * 5000
-    contents.place(huge)
-    key_h, sent, forget = contents.place(huge)          # the newest is kept, whatever size
-    assert sent and sorted(forget) == sorted([key_a, key_c])
-    assert contents.place(huge) == (key_h, False, [])
+    huge = b"h" * 401                                   # above the item bound:
+    for _ in range(3):                                  # never kept, sent every time
+        assert contents.place(huge) == (0, True, [])
+    assert contents.kept_bytes == 800
     contents.clear()                                    # a new child keeps nothing
     assert contents.kept_bytes == 0
-    assert contents.place(huge)[1]
+    assert contents.place(a)[1]
+
+
+def test_the_child_keeps_no_content_above_a_quarter_of_its_budget() -> None:
+    contents = ChildContents(budget=1000)
+    assert contents.max_item == 250
+    big, small = b"b" * 251, b"s" * 250
+    assert [contents.place(big)[0] for _ in range(3)] == [0, 0, 0]
+    contents.place(small)
+    assert contents.place(small)[0] > 0 and contents.kept_bytes == 250
 
 
 

@@ -32,8 +32,8 @@ def test_values_above_the_item_bound_are_not_kept_or_kept_alone() -> None:
 
 
 def test_blob_store_remembers_within_its_byte_bound(tmp_path: Path) -> None:
-    blobs = BlobStore(tmp_path, cache_bytes=80)
-    blobs.remember("big", b"x" * 11)  # above an eighth of the bound: never kept
+    blobs = BlobStore(tmp_path, cache_bytes=40)
+    blobs.remember("big", b"x" * 11)  # above a quarter of the bound: never kept
     for number in range(10):
         blobs.remember(f"d{number}", b"y" * 10)
     assert blobs.cached("big") is None
@@ -52,6 +52,10 @@ def test_per_content_is_bounded_in_bytes_and_found_by_identity() -> None:
     assert cache.get(a) == "A"  # a is now the most recent
     assert cache.put(c, "C") == ["B"] and cache.size == 800
     assert cache.get(bytes(bytearray(a))) is None  # equal bytes, another object: no entry
-    big = b"x" * 5000
-    assert cache.put(big, "X") == ["A", "C"]  # the newest stays, whatever its size
-    assert cache.get(big) == "X" and cache.size == 5000
+    big = b"x" * 1001
+    assert cache.put(big, "X") == []  # heavier than the item bound (the whole bound)
+    assert cache.get(big) is None and cache.size == 800
+    cache.put(a, "A2")  # replaced: the old weight is taken off
+    assert cache.get(a) == "A2" and cache.size == 800
+    small: PerContent[str] = PerContent(1000, max_item=300)
+    assert small.put(a, "A") == [] and small.get(a) is None and small.size == 0

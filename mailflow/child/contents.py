@@ -6,23 +6,27 @@ child keeps it under a number, so it crosses the socketpair once.  A content is 
 from its second transaction on; one seen once (most messages to an alias or a small
 list) is sent with its transaction and dropped by the child, so neither process holds
 copies of contents nobody will send again.  What is kept is bounded in bytes, not in
-contents, so large messages cannot multiply the memory of either process; the newest
-content is always kept, whatever its size.
+contents, so large messages cannot multiply the memory of either process; a content
+larger than ``max_item`` (a quarter of the budget by default) is never kept: it travels
+with each of its transactions.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-KEPT_BYTES = 64 * 1024 * 1024   # contents the child keeps at most, in bytes
+from mailflow.memory import DEFAULT_BUDGET, item_limit
+
 SEEN_ONCE = 1024                # contents remembered (by identity only) as sent once
 
 
 class ChildContents:
     """Numbers for the contents the child keeps, and what it must forget."""
 
-    def __init__(self, budget: int = KEPT_BYTES) -> None:
+    def __init__(self, budget: int = DEFAULT_BUDGET.child_contents,
+                 max_item: int | None = None) -> None:
         self.budget = budget
+        self.max_item = item_limit(budget) if max_item is None else max_item
         self._kept: OrderedDict[int, tuple[bytes, int]] = OrderedDict()  # id -> content, key
         self._seen: OrderedDict[tuple[int, int], None] = OrderedDict()  # (id, len), no ref
         self._bytes = 0
@@ -39,6 +43,8 @@ class ChildContents:
         if entry is not None and entry[0] is content:
             self._kept.move_to_end(id(content))
             return entry[1], False, []
+        if len(content) > self.max_item:
+            return 0, True, []
         seen = (id(content), len(content))
         if seen not in self._seen:
             self._seen[seen] = None

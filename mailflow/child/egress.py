@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from mailflow.child.messages import SmtpEgressSpec
 from mailflow.child.process import ChildProcess
 from mailflow.egress.smtp import SmtpEgress
+from mailflow.memory import DEFAULT_BUDGET
 from mailflow.model import RecipientReply
 from mailflow.smtp_relay import SmtpRelay
 
@@ -35,18 +36,20 @@ class ProcessEgress:
     def __init__(self, relay: SmtpRelay, *, pool_size: int, timeout: float,
                  idle_check: float, local_hostname: str | None = None,
                  alone_in_process: bool = True, child: ChildProcess | None = None,
-                 name: str = "smtp", transaction_timeout: float = 600.0) -> None:
+                 name: str = "smtp", transaction_timeout: float = 600.0,
+                 payload_cache: int = DEFAULT_BUDGET.payloads) -> None:
         self.name = name
         self._alone = SmtpEgress(relay, pool_size=1, timeout=timeout, idle_check=idle_check,
                                  local_hostname=local_hostname,
-                                 transaction_timeout=transaction_timeout
-                                 ) if alone_in_process else None
+                                 transaction_timeout=transaction_timeout,
+                                 payload_cache=payload_cache) if alone_in_process else None
         self._alone_busy = False
         self._last_send = -QUIET_BEFORE_ALONE
         self._owns_child = child is None
         self.child = child if child is not None else ChildProcess()
         self.child.add_egress(name, SmtpEgressSpec(relay, pool_size, timeout, idle_check,
-                                                   local_hostname, transaction_timeout))
+                                                   local_hostname, transaction_timeout,
+                                                   payload_cache))
 
     @property
     def children_started(self) -> int:

@@ -15,6 +15,7 @@ from typing import TypeAlias
 from mailflow import errors
 from mailflow.errors import SmtpReplyError
 from mailflow.ingress.limits import SessionLimits
+from mailflow.memory import DEFAULT_BUDGET
 from mailflow.model import Envelope, RecipientReply, Verdict
 from mailflow.smtp_relay import SmtpRelay
 
@@ -43,7 +44,11 @@ class Failure:
 
 @dataclass(frozen=True, slots=True)
 class SmtpEgressSpec:
-    """An :class:`~mailflow.egress.smtp.SmtpEgress` the child runs."""
+    """An :class:`~mailflow.egress.smtp.SmtpEgress` the child runs.
+
+    ``payload_cache`` is its share of ``cache_memory`` in bytes (the child has no
+    settings).
+    """
 
     relay: SmtpRelay
     pool_size: int
@@ -51,6 +56,7 @@ class SmtpEgressSpec:
     idle_check: float
     local_hostname: str | None = None
     transaction_timeout: float = 600.0
+    payload_cache: int = DEFAULT_BUDGET.payloads
 
 
 EgressSpec: TypeAlias = SmtpEgressSpec  # a union once routes bring LMTP and others

@@ -50,6 +50,7 @@ from mailflow.child.messages import (
     Unavailable,
 )
 from mailflow.errors import ConfigurationError, EgressUnavailable
+from mailflow.memory import DEFAULT_BUDGET
 from mailflow.model import RecipientReply
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,16 @@ RelayChannel = Channel[ToChild, ToRelay]
 class ChildProcess:
     """One child process hosting egresses (by name) and, optionally, the listeners."""
 
-    def __init__(self, *, log_level: str = "INFO") -> None:
+    def __init__(self, *, log_level: str = "INFO",
+                 contents_cache: int = DEFAULT_BUDGET.child_contents) -> None:
+        """``contents_cache``: bytes of contents the child keeps between transactions."""
         self.log_level = log_level
         self.egresses: dict[str, EgressSpec] = {}
         self.listeners: HostedListeners | None = None
         self.process: asyncio.subprocess.Process | None = None
         self.children_started = 0
         self._channel: RelayChannel | None = None
-        self._contents = ChildContents()
+        self._contents = ChildContents(contents_cache)
         self._pending: dict[int, asyncio.Future[list[RecipientReply]]] = {}
         self._next = 0
         self._starting: asyncio.Lock | None = None

@@ -49,6 +49,7 @@ from mailflow.errors import ConfigurationError, EgressUnavailable
 from mailflow.ingress.limits import raise_open_files_limit
 from mailflow.ingress.smtp import Listener
 from mailflow.ingress.tls import ServerTls
+from mailflow.memory import release_large_blocks
 from mailflow.model import Egress
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def build_egress(spec: EgressSpec) -> Egress:
         case SmtpEgressSpec():
             return SmtpEgress(spec.relay, pool_size=spec.pool_size, timeout=spec.timeout,
                               idle_check=spec.idle_check, local_hostname=spec.local_hostname,
-                              transaction_timeout=spec.transaction_timeout)
+                              transaction_timeout=spec.transaction_timeout,
+                              payload_cache=spec.payload_cache)
     raise ValueError(f"the child cannot run {type(spec).__name__}")  # pragma: no cover
 
 
@@ -199,6 +201,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     raise_open_files_limit()  # its sessions are the connections an attacker opens
+    release_large_blocks()  # as the relay: contents' memory goes back when freed
     try:
         import uvloop
         runner: Callable[[Any], Any] = uvloop.run

@@ -26,13 +26,15 @@ class PerContent(Generic[V]):
     of a post, so identity finds it without hashing the bytes; the content is kept with
     the value so its id cannot be reused while the entry lives.  Bounded in bytes, as
     every cache of contents (``weigh`` says what an entry holds; the content itself by
-    default): the least recently used go first, the newest is always kept.
+    default): the least recently used go first.  An entry heavier than ``max_item``
+    (default ``max_bytes``) is not kept.
     """
 
     def __init__(self, max_bytes: int,
-                 weigh: Callable[[bytes, V], int] = lambda content, value: len(content)
-                 ) -> None:
+                 weigh: Callable[[bytes, V], int] = lambda content, value: len(content),
+                 max_item: int | None = None) -> None:
         self.max_bytes = max_bytes
+        self.max_item = max_bytes if max_item is None else max_item
         self.size = 0
         self._weigh = weigh
         self._entries: OrderedDict[int, tuple[bytes, V, int]] = OrderedDict()
@@ -50,6 +52,8 @@ class PerContent(Generic[V]):
         if old is not None:
             self.size -= old[2]
         weight = self._weigh(content, value)
+        if weight > self.max_item:
+            return []
         self._entries[id(content)] = (content, value, weight)
         self.size += weight
         evicted = []

@@ -29,19 +29,22 @@ from mailflow.egress.lmtp import LmtpEgress
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.egress.stdout import StdoutEgress
 from mailflow.errors import SmtpReplyError, recipient_reply
+from mailflow.memory import DEFAULT_BUDGET
 
 DEFAULT_LANE = 0
 
 
 @dataclass(frozen=True, slots=True)
 class ProviderOptions:
-    """What every pooled provider is built with (``smtp_pool_size``, ``smtp_timeout`` …)."""
+    """What every pooled provider is built with (``smtp_pool_size``, ``smtp_timeout`` …;
+    ``payload_cache``: each provider's share of ``cache_memory``)."""
 
     pool_size: int
     timeout: float
     idle_check: float
     local_hostname: str | None = None
     transaction_timeout: float = 600.0
+    payload_cache: int = DEFAULT_BUDGET.payloads
 
 
 def build_provider(url: str, options: ProviderOptions) -> Egress:
@@ -58,7 +61,8 @@ def build_provider(url: str, options: ProviderOptions) -> Egress:
     kind = LmtpEgress if provider.scheme == "lmtp" else SmtpEgress
     return kind(provider.relay, pool_size=options.pool_size, timeout=options.timeout,
                 idle_check=options.idle_check, local_hostname=options.local_hostname,
-                transaction_timeout=options.transaction_timeout)
+                transaction_timeout=options.transaction_timeout,
+                payload_cache=options.payload_cache)
 
 
 class RouteTable:

@@ -23,18 +23,16 @@ from mailflow.egress.smtp_client import (
     SmtpClient,
     SmtpClientError,
     SmtpProtocolError,
+    Streamed,
     TransactionReplies,
     dot_stuffed,
 )
 from mailflow.errors import EgressUnavailable
+from mailflow.memory import DEFAULT_BUDGET, item_limit
 from mailflow.smtp_relay import SmtpRelay
 
 log = logging.getLogger(__name__)
 
-# Dot-stuffed copies kept (with the copies they come from), in bytes: the scheduler
-# sends one copy many times, one post after the other, so a few recent copies are all
-# that is reused; more only holds memory (the newest is kept whatever its size).
-PAYLOAD_CACHE_BYTES = 8 * 1024 * 1024
 _CONNECTION_ERRORS = (SmtpProtocolError, OSError, TimeoutError)
 
 
@@ -52,7 +50,8 @@ class SmtpEgress:
 
     def __init__(self, relay: SmtpRelay, *, pool_size: int, timeout: float,
                  idle_check: float, local_hostname: str | None = None,
-                 transaction_timeout: float = 600.0) -> None:
+                 transaction_timeout: float = 600.0,
+                 payload_cache: int = DEFAULT_BUDGET.payloads) -> None:
         self.relay = relay
         self.timeout = timeout  # for each reply
         # For a whole transaction, MAIL to the last reply: a next hop answering each
@@ -63,9 +62,13 @@ class SmtpEgress:
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(pool_size)
         self._context: ssl.SSLContext | None = None
-        # keyed by id(content); the content itself is kept so the id cannot be reused
+        # Dot-stuffed copies kept with the copies they come from, by id(content) (the
+        # content is kept so the id cannot be reused): the scheduler sends one copy many
+        # times, one post after the other, so a few recent copies are all that is reused.
+        # A content too large to keep is stuffed as it is written instead.
         self._payloads: PerContent[tuple[bytes, bool]] = PerContent(
-            PAYLOAD_CACHE_BYTES, lambda content, payload: len(content) + len(payload[0]))
+            payload_cache, lambda content, payload: len(content) + len(payload[0]),
+            max_item=item_limit(payload_cache))
 
     async def start(self) -> None:
         pass  # connections open lazily, so a relay that is down does not stop start-up
@@ -90,12 +93,16 @@ class SmtpEgress:
             self._idle.append(conn)
         return per_recipient(recipients, replies)
 
-    def _payload(self, content: bytes) -> tuple[bytes, bool]:
-        """The DATA payload of ``content`` and whether it has 8-bit bytes (made once)."""
+    def _payload(self, content: bytes) -> tuple[bytes | Streamed, bool]:
+        """The DATA payload of ``content`` and whether it has 8-bit bytes (made once, or
+        for a content too large to keep with its copy, as it is written)."""
         payload = self._payloads.get(content)
-        if payload is None:
-            payload = (dot_stuffed(content), not content.isascii())
-            self._payloads.put(content, payload)
+        if payload is not None:
+            return payload
+        if 2 * len(content) > self._payloads.max_item:
+            return Streamed(content), not content.isascii()
+        payload = (dot_stuffed(content), not content.isascii())
+        self._payloads.put(content, payload)
         return payload
 
     async def _acquire(self) -> _Connection:

@@ -24,12 +24,13 @@ import base64
 import re
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
-_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+_DOT_AFTER_LINE_END = re.compile(rb"(?<=\n)\.")
 MAX_REPLY_BYTES = 64 * 1024  # a reply longer than this is a broken or hostile server
+STREAM_PIECE = 256 * 1024    # bytes of content stuffed and written at a time (Streamed)
 
 
 class SmtpProtocolError(Exception):
@@ -78,16 +79,64 @@ def dot_stuffed(content: bytes) -> bytes:
     Computed once per rendered copy by the caller: every recipient transaction of a list
     post sends the same bytes.
     """
-    crlf = content.count(b"\r\n")
-    if content.count(b"\n") == crlf and content.count(b"\r") == crlf:
-        data = content  # already CRLF throughout, as nearly all mail is: no copy
-    else:
-        data = _LINE_ENDS.sub(b"\r\n", content)
-    if data.startswith(b".") or b"\n." in data:
-        data = _LEADING_DOT.sub(b"..", data)
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return data + b".\r\n"
+    return b"".join(dot_stuffed_pieces(content))
+
+
+def dot_stuffed_pieces(content: bytes, size: int = STREAM_PIECE
+                       ) -> Iterator[bytes | memoryview]:
+    """:func:`dot_stuffed` in pieces of about ``size`` bytes, made as they are needed.
+
+    A large content is sent this way, so the relay never holds a second, stuffed copy
+    of it.  Pieces end after a line end where the window has one, and never between a
+    CR and its LF, so each piece's line ends are normalised on their own; a dot that
+    starts a piece is doubled only if the piece starts a line.  A piece with nothing to
+    change (CRLF throughout, no line starting with a dot: nearly all mail) is a view of
+    the content, not a copy; counting bytes decides that in C.
+    """
+    view = memoryview(content)
+    end_all = len(content)
+    start = 0
+    line_start = True
+    while start < end_all:
+        end = min(start + size, end_all)
+        if end < end_all:
+            newline = content.rfind(b"\n", start, end)
+            if newline >= 0:
+                end = newline + 1
+            elif content[end - 1] == 0x0D and content[end] == 0x0A:
+                end += 1
+        crlf = content.count(b"\r\n", start, end)
+        data: bytes | memoryview
+        if content.count(b"\n", start, end) == crlf and content.count(b"\r", start, end) == crlf:
+            if content.find(b"\n.", start, end) >= 0:
+                data = _DOT_AFTER_LINE_END.sub(b"..", content[start:end])
+            else:
+                data = view[start:end]
+        else:
+            data = _DOT_AFTER_LINE_END.sub(b"..", _LINE_ENDS.sub(b"\r\n", content[start:end]))
+        if line_start and content[start] == 0x2E:  # "."
+            yield b"."
+        yield data
+        line_start = content[end - 1] in (0x0A, 0x0D)
+        start = end
+    yield b".\r\n" if end_all and line_start else b"\r\n.\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """A content whose DATA payload is made piece by piece as it is written.
+
+    Its length is the message size RFC 1870 announces in ``SIZE``: CRLF line ends
+    counted, neither the doubled dots nor the final dot.
+    """
+
+    content: bytes
+
+    def __len__(self) -> int:
+        content = self.content
+        crlf = content.count(b"\r\n")
+        size = len(content) + content.count(b"\n") + content.count(b"\r") - 2 * crlf
+        return size if content.endswith((b"\r", b"\n")) else size + 2
 
 
 class _ReplyReader(asyncio.Protocol):
@@ -101,9 +150,26 @@ class _ReplyReader(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._wanted = 0
         self._lost: Exception | None = None
+        self._writable: asyncio.Future[None] | None = None  # while the transport is full
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    async def drain(self, seconds: float) -> None:
+        """Until the transport takes more (what it holds is below its high-water mark)."""
+        if self._writable is not None:
+            async with asyncio.timeout(seconds):
+                await asyncio.shield(self._writable)
+        if self._lost is not None:
+            raise self._lost
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -142,6 +208,7 @@ class _ReplyReader(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
+        self.resume_writing()  # a writer waiting for room finds the connection lost
 
     async def read(self, count: int, seconds: float) -> list[Reply]:
         """The next ``count`` replies, in order; the connection is unusable on error."""
@@ -260,9 +327,10 @@ class SmtpClient:
         if reply.code != 250:
             raise SmtpProtocolError(f"NOOP answered {reply}")
 
-    async def send(self, mail_from: str, recipients: Sequence[str], data: bytes, *,
-                   eight_bit: bool = False) -> TransactionReplies:
-        """One transaction; ``data`` comes from :func:`dot_stuffed`.
+    async def send(self, mail_from: str, recipients: Sequence[str], data: bytes | Streamed,
+                   *, eight_bit: bool = False) -> TransactionReplies:
+        """One transaction; ``data`` comes from :func:`dot_stuffed`, or is stuffed as it is
+        written (:class:`Streamed`).
 
         With PIPELINING the envelope and DATA go in one write and their replies are read
         together; the content follows only if DATA was answered 354.
@@ -287,13 +355,13 @@ class SmtpClient:
         if self.lmtp:
             return await self._lmtp_content(mail_reply, rcpt_replies, data_reply, data)
         if data_reply.code == 354:
-            self._transport.write(data)
+            await self._write_content(data)
             (data_reply,) = await self._reader.read(1, self.timeout)
         if not (mail_reply.ok and data_reply.ok):
             await self.command("RSET")  # leave a clean session for the next transaction
         return TransactionReplies(mail_reply, list(rcpt_replies), data_reply)
 
-    async def _without_utf8(self, mail_from: str, recipients: Sequence[str], data: bytes,
+    async def _without_utf8(self, mail_from: str, recipients: Sequence[str], data: bytes | Streamed,
                             eight_bit: bool) -> TransactionReplies:
         """A server without SMTPUTF8 (RFC 6531 3.2): only the UTF-8 addresses are refused.
 
@@ -311,17 +379,27 @@ class SmtpClient:
             sent.data, sent.delivered)
 
     async def _lmtp_content(self, mail_reply: Reply, rcpt_replies: list[Reply],
-                            data_reply: Reply, data: bytes) -> TransactionReplies:
+                            data_reply: Reply, data: bytes | Streamed) -> TransactionReplies:
         """LMTP's end of a transaction: one reply per accepted recipient (RFC 2033 4.2)."""
         if data_reply.code != 354:
             if mail_reply.ok:
                 await self.command("RSET")
             return TransactionReplies(mail_reply, rcpt_replies, data_reply)
-        self._transport.write(data)
+        await self._write_content(data)
         # A server that said 354 with no recipient accepted still ends with one reply.
         accepted = max(1, sum(1 for r in rcpt_replies if r.ok))
         delivered = await self._reader.read(accepted, self.timeout)
         return TransactionReplies(mail_reply, rcpt_replies, delivered[-1], delivered)
+
+    async def _write_content(self, data: bytes | Streamed) -> None:
+        """The payload after 354; a streamed one waits for the socket between pieces, so
+        what the transport holds stays bounded whatever the content's size."""
+        if isinstance(data, bytes):
+            self._transport.write(data)
+            return
+        for piece in dot_stuffed_pieces(data.content):
+            self._transport.write(piece)
+            await self._reader.drain(self.timeout)
 
     async def _lock_step(self, envelope: list[str]) -> list[Reply]:
         """Without PIPELINING: one command at a time, stopping where the session must."""

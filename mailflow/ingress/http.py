@@ -36,7 +36,7 @@ def envelope_from_request(request: Request, raw: bytes) -> Envelope:
     if not rcpts:
         # Only the topmost field: it was added by the last hop, the one that handed the
         # message to us; fields further down are older hops' business.
-        header, _ = headers.split_message(raw)
+        header = raw[:headers.header_length(raw)]
         for name in ("X-Original-To", "Delivered-To"):
             values = [v.strip("<> ") for v in headers.field_values(header, name) if v.strip()]
             if values:

@@ -62,7 +62,7 @@ async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) ->
     try:
         instance = await runner.write(instance_id, settings, runner.repo)
         srs = await runner.write(srs_codec, settings, runner.repo)
-        blobs = BlobStore(settings.blob_dir)
+        blobs = BlobStore(settings.blob_dir, cache_bytes=settings.cache_budget.recent_contents)
         committer = GroupCommitter(
             runner, blobs, clock, body_limit=settings.max_body_in_database,
             expansion=InlineExpansion(settings.max_inline_deliveries))

@@ -154,8 +154,9 @@ def render_copy(raw: bytes, message: InboundMessage, mailing_list: MailingList,
 
     Added fields use the message's own line ending.
     """
-    header, rest = headers.split_message(raw)
-    copy = CopyContext(message, mailing_list, identity, header, rest)
+    cut = headers.header_length(raw)
+    # The body as a view: copied once, into the copy (a fwd step makes bytes of it).
+    copy = CopyContext(message, mailing_list, identity, raw[:cut], memoryview(raw)[cut:])
     for step in steps:
         step(copy)
     header, rest = copy.header, copy.body
@@ -163,6 +164,6 @@ def render_copy(raw: bytes, message: InboundMessage, mailing_list: MailingList,
     if copy.removed:
         header = headers.without_fields(header, copy.removed)
     if not copy.added:
-        return header + rest
+        return b"".join((header, rest))
     added = "\n".join(copy.added).replace("\n", newline.decode()).encode("utf-8") + newline
-    return added + header + rest
+    return b"".join((added, header, rest))

@@ -59,7 +59,7 @@ class MessageContext:
     @classmethod
     def of(cls, envelope: Envelope, raw: bytes, *, submitted: bool = False,
            known: Mapping[str, Resolution] | None = None) -> MessageContext:
-        header, _ = headers.split_message(raw)
+        header = raw[:headers.header_length(raw)]
         recipients: dict[str, Recipient] = {}
         for address in envelope.rcpt_tos:
             canonical = addresses.canonical(address)
@@ -182,6 +182,6 @@ class CopyContext:
     mailing_list: MailingList
     identity: Identity
     header: bytes
-    body: bytes = b""
+    body: bytes | memoryview = b""  # a view of the stored message until a step replaces it
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)

@@ -220,27 +220,33 @@ class GroupCommitter:
         finally:
             self._blob_writer.shutdown(wait=False)
 
+    # Each batch lives in one call: a variable of these loops would keep the last batch's
+    # bodies (messages of up to ``max_message_size``) until the next message arrived.
     async def _write_blobs(self) -> None:
         while True:
-            batch = await _drain(self._unwritten)
-            try:
-                await asyncio.get_running_loop().run_in_executor(
-                    self._blob_writer, self.blobs.write_many,
-                    [(p.message.blob, p.data) for p in batch])
-            except Exception as exc:
-                for pending in batch:
-                    pending.blob_durable.set_exception(exc)
-                continue
+            await self._write_batch(await _drain(self._unwritten))
+
+    async def _write_batch(self, batch: list[_Pending]) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._blob_writer, self.blobs.write_many,
+                [(p.message.blob, p.data) for p in batch])
+        except Exception as exc:
             for pending in batch:
-                pending.blob_durable.set_result(None)
+                pending.blob_durable.set_exception(exc)
+            return
+        for pending in batch:
+            pending.blob_durable.set_result(None)
 
     async def _commit_rows(self) -> None:
         while True:
-            batch = await _drain(self._incoming)
-            try:
-                await self._commit(batch)
-            finally:
-                self.activity.pending -= len(batch)
+            await self._commit_counted(await _drain(self._incoming))
+
+    async def _commit_counted(self, batch: list[_Pending]) -> None:
+        try:
+            await self._commit(batch)
+        finally:
+            self.activity.pending -= len(batch)
 
     async def _commit(self, batch: list[_Pending]) -> None:
         files = [p for p in batch if not p.in_database]

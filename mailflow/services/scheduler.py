@@ -57,7 +57,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import sys
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
@@ -74,6 +73,7 @@ from mailflow.errors import (
 )
 from mailflow.headers import split_message
 from mailflow.lru import BytesLRU
+from mailflow.memory import DEFAULT_BUDGET, item_limit
 from mailflow.metrics import DELIVERY_ATTEMPTS, LEASES_LOST, TRANSACTION_SECONDS
 from mailflow.model import (
     RELAYED,
@@ -92,6 +92,7 @@ from mailflow.pipeline.context import Identity
 from mailflow.pipeline.notice import NOTICE_PROTOCOL, Failure
 from mailflow.pipeline.send.bounce import rewritten_bounce
 from mailflow.pipeline.send.envelope import envelope_sender
+from mailflow.services.in_flight import LargeInFlight
 from mailflow.services.lanes import Lane, RoutedEgress
 from mailflow.services.recent import RecentMessages
 from mailflow.srs import Srs
@@ -100,8 +101,8 @@ from mailflow.store.runner import StoreRunner
 log = logging.getLogger(__name__)
 
 ERROR_BACKOFF = 1.0     # seconds to wait after a database error before claiming again
-CONTENT_CACHE_BYTES = 64 * 1024 * 1024  # rendered copies kept in memory
 LIST_CACHE_TTL = 2.0    # seconds a list's name, kind and priority are reused
+LISTS_KEPT = 1000       # beyond this many lists remembered, the expired ones are dropped
 BUSY_RETRY_MIN = 1.0    # seconds work handed back by a busy route waits at least
 
 
@@ -119,6 +120,8 @@ class SchedulerOptions:
     route_backlog: float = 30.0  # seconds of work a busy route may hold (see above)
     transaction_timeout: float = 600.0  # on the wire longer: hung, leases not renewed
     srs: Srs | None = None  # envelope senders of alias forwards (None: the bounce address)
+    cache_bytes: int = DEFAULT_BUDGET.rendered_copies  # rendered copies kept in memory
+    large_in_flight: int = DEFAULT_BUDGET.large_in_flight  # bytes (see services/in_flight)
 
 
 @dataclass(slots=True)
@@ -163,11 +166,12 @@ class Scheduler:
         self._outcomes: list[Outcome] = []
         self._signal = asyncio.Event()  # outcomes, room or new work: the keeper has a job
         self._stopping = False
-        # Rendered copies by (message id, rendering variant).  The newest is kept whatever
-        # its size: every transaction of a post must get the same bytes object, which
-        # the egress recognises by identity.
-        self._content: BytesLRU[tuple[str, Hashable]] = BytesLRU(CONTENT_CACHE_BYTES,
-                                                                  max_item=sys.maxsize)
+        # Rendered copies by (message id, rendering variant): the transactions of a post
+        # get the same bytes object, which the egress recognises by identity.  A copy
+        # too large to keep is rendered again for a later transaction.
+        self._content: BytesLRU[tuple[str, Hashable]] = BytesLRU(
+            options.cache_bytes, max_item=item_limit(options.cache_bytes))
+        self._large = LargeInFlight(options.large_in_flight, self._content.max_item)
         self._identity = Identity(options.instance_id, options.hostname)
         # Told of alias forwards that failed for good (``services.notices``); set by the app.
         self.on_failed: Callable[[Failure], None] | None = None
@@ -506,6 +510,9 @@ class Scheduler:
             lists.update(found_lists)
             for list_id, mailing_list in found_lists.items():
                 self._lists[list_id] = (now + LIST_CACHE_TTL, mailing_list)
+            if len(self._lists) > LISTS_KEPT:
+                self._lists = {key: entry for key, entry in self._lists.items()
+                               if entry[0] > now}
         return messages, lists
 
     # -- sending ------------------------------------------------------------------------
@@ -539,6 +546,7 @@ class Scheduler:
     async def _send(self, tx: Transaction, egress: Egress) -> list[Outcome]:
         recipients = [d.recipient for d in tx.deliveries]
         content = b""
+        large = await self._large.enter(tx.message.size)
         try:
             content = await self._render(tx)
             with TRANSACTION_SECONDS.time():
@@ -557,6 +565,8 @@ class Scheduler:
             log.exception("sending %s failed", tx.message.id, extra={"action": "send_error"})
             internal = TemporaryFailure(f"internal error: {exc}")
             replies = [_reply(r, internal) for r in recipients]
+        finally:
+            self._large.leave(large)
         by_recipient = {reply.recipient: reply for reply in replies}
         now = self.clock.now()
         outcomes = [self._outcome(d, by_recipient.get(d.recipient), tx.message.id, now)

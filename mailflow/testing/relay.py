@@ -22,12 +22,25 @@ from mailflow.testing.factories import make_list
 from mailflow.testing.ports import (
     ATTEMPTS,
     address_in_use,
+    descendants,
     free_port,
     listening_ports,
     wait_for_port,
 )
 
 _LISTS = itertools.count()  # list addresses unique across every relay of a test run
+
+
+def process_memory(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of process ``pid`` from ``/proc/PID/status`` in bytes (``VmRSS``
+    resident now, ``VmHWM`` its peak); 0 if the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 class RelayProcess:
@@ -229,6 +242,12 @@ class RelayProcess:
             self.process.kill()
             self.process.wait(20)
             self.process = None
+
+    def processes(self) -> list[int]:
+        """The relay's pid and its descendants' (its child process): empty if stopped."""
+        if self.process is None:
+            return []
+        return [self.process.pid, *descendants(self.process.pid)]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

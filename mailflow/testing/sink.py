@@ -26,6 +26,7 @@ answering 250.  Only the recipients answered 2xx count as received.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import ssl
 import threading
@@ -48,8 +49,9 @@ HANG_SECONDS = 3600.0  # a hang lasts until the client gives up or the sink stop
 class Received:
     mail_from: str
     rcpt_tos: tuple[str, ...]
-    content: bytes
+    content: bytes  # empty if the sink was told not to keep contents
     at: float
+    body_sha256: str = ""  # of the body (after the header section, which relays add to)
 
 
 @dataclass
@@ -73,6 +75,7 @@ class SinkHandler:
     drop_in_data: bool = False  # cut the connection after the first line of content
     rcpts_seen: int = 0  # RCPT commands that reached the handler
     drops: int = 0  # connections cut in DATA (``drop_in_data``)
+    keep_content: bool = True  # False: only each content's digest (large-message benches)
     lock: threading.Condition = field(default_factory=threading.Condition)
 
     @property
@@ -133,8 +136,10 @@ class SinkHandler:
                              if reply.startswith("2")]
             content = envelope.original_content or b""
             if delivered:
-                self.messages.append(Received(envelope.mail_from or "", tuple(delivered),
-                                              bytes(content), time.time()))
+                kept = bytes(content) if self.keep_content else b""
+                body = hashlib.sha256(content.partition(b"\r\n\r\n")[2]).hexdigest()
+                self.messages.append(Received(envelope.mail_from or "", tuple(delivered), kept,
+                                              time.time(), body))
             self.lock.notify_all()
         return "\r\n".join(replies)  # LMTP: one line per recipient (aiosmtpd's way)
 
@@ -197,13 +202,14 @@ class SmtpSink:
 
     ``ssl_context`` makes it speak implicit TLS; ``smtp_options`` go to aiosmtpd's
     ``SMTP`` (``tls_context`` for STARTTLS, ``authenticator``, ``auth_require_tls`` …);
-    ``lmtp`` makes it an LMTP server.
+    ``lmtp`` makes it an LMTP server; ``keep_content=False`` keeps only the digest of
+    each body (:attr:`Received.body_sha256`).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
                  ssl_context: ssl.SSLContext | None = None, lmtp: bool = False,
-                 **smtp_options: Any) -> None:
-        self.handler = SinkHandler(lmtp=lmtp)
+                 keep_content: bool = True, **smtp_options: Any) -> None:
+        self.handler = SinkHandler(lmtp=lmtp, keep_content=keep_content)
         self._controller = _CountingController(self.handler, hostname=host, port=port,
                                                ssl_context=ssl_context)
         self._controller.smtp_options = smtp_options

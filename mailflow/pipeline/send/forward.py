@@ -59,7 +59,7 @@ def forward_style(copy: CopyContext) -> None:
 
 def forwarded(copy: CopyContext) -> tuple[bytes, bytes]:
     """(new header section, new rest: blank line and body) of the forward of ``copy``."""
-    header, rest = copy.header, copy.body
+    header, rest = copy.header, bytes(copy.body)
     newline = b"\n" if header and not header.endswith(b"\r\n") else b"\r\n"
     policy = default_policy.clone(linesep=newline.decode())
     original = BytesHeaderParser(policy=default_policy).parsebytes(header)
