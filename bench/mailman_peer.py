@@ -239,10 +239,64 @@ class MailmanRun:
     rss: TreeRssSampler
 
 
+@dataclass
+class SharedMailman:
+    """One started Mailman and its dumping sink, for every scenario run inside
+    :func:`one_mailman`."""
+
+    instance: MailmanInstance
+    sink: PostfixSink
+
+
+_shared: SharedMailman | None = None
+
+
+@contextmanager
+def one_mailman(options: Options) -> Iterator[SharedMailman]:
+    """Inside, every Mailman scenario runs on one Mailman and one sink, started once.
+
+    For the test suite, which checks what each scenario delivers, not its figures: a
+    Mailman start-up (the master and its runners) is the slowest thing in the suite.
+    Each run then adds its list to the running Mailman and counts only what reaches
+    the sink from then on (:meth:`PostfixSink.reader` ``since_now``).  ``make
+    bench-peers`` never uses it: every measured run gets a fresh Mailman.
+    """
+    global _shared
+    if _shared is not None:
+        raise BenchError("one_mailman is already in use")
+    sink = start_sink("smtp-sink", options.sink_binary, dump=True)
+    instance: MailmanInstance | None = None
+    try:
+        assert isinstance(sink, PostfixSink)
+        instance = MailmanInstance(sink.port, options.data_root)
+        instance.start()
+        _shared = SharedMailman(instance, sink)
+        yield _shared
+    finally:
+        _shared = None
+        if instance is not None:
+            instance.stop()
+            instance.remove()
+        sink.stop()
+
+
 @contextmanager
 def mailman_run(options: Options, address: str, members: list[str],
                 personalize: bool = False) -> Iterator[MailmanRun]:
-    """A fresh dumping sink and a started Mailman with ``address`` and its members."""
+    """A fresh dumping sink and a started Mailman with ``address`` and its members
+    (inside :func:`one_mailman`: the shared ones, with ``address`` added)."""
+    if _shared is not None:
+        shared = _shared
+        shared.instance.check_alive()
+        shared.instance.create_list(address, members, personalize)
+        assert shared.instance.process is not None
+        rss = TreeRssSampler(shared.instance.process.pid).start()
+        try:
+            yield MailmanRun(shared.instance, shared.sink, shared.sink.reader(since_now=True),
+                             rss)
+        finally:
+            rss.stop()
+        return
     sink = start_sink("smtp-sink", options.sink_binary, dump=True)
     instance: MailmanInstance | None = None
     sampler: TreeRssSampler | None = None
@@ -272,7 +326,7 @@ def wait_delivered(run: MailmanRun, expected: int, min_transactions: int, timeou
     """Until the sink has ``expected`` recipients in finished transactions: the last arrival."""
     deadline = time.monotonic() + timeout
     while True:
-        if run.sink.transactions() >= min_transactions and run.reader.complete(expected):
+        if run.reader.finished() >= min_transactions and run.reader.complete(expected):
             break
         run.instance.check_alive()
         if time.monotonic() >= deadline:
