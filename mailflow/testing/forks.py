@@ -18,6 +18,7 @@ exercise start-up itself run the real executable (``subprocess``), e.g. ``serve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -162,7 +163,8 @@ class ForkedProcess:
 
     def send_signal(self, signum: int) -> None:
         if self.returncode is None:  # else the pid may be someone else's by now
-            os.kill(self.pid, signum)
+            with contextlib.suppress(ProcessLookupError):  # ended, not reported yet
+                os.kill(self.pid, signum)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
