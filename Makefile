@@ -21,9 +21,11 @@ run: $(STAMP)
 	$(BIN)/mailflow init --example
 	$(BIN)/mailflow serve
 
-## test: install and run the whole suite (SQLite and PostgreSQL)
+## test: install and run the whole suite (SQLite and PostgreSQL), test files spread over
+## two worker processes (pytest-xdist; each file stays in one worker, for its module fixtures);
+## PYTEST_ARGS='-n 0' runs it in one process
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 ## lint: ruff, mypy (strict), the layer contracts (import-linter) and dead code (vulture)
 VULTURE_IGNORE := dotenv_settings,file_secret_settings,signum,frame

@@ -145,14 +145,15 @@ def mailman_version() -> str:
 class MailmanInstance:
     """A private Mailman core (master and runners) in a temporary folder."""
 
-    def __init__(self, smtp_port: int, data_root: Path | None = None) -> None:
+    def __init__(self, smtp_port: int, data_root: Path | None = None,
+                 extra_config: str = "") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mailflow-mailman-", dir=data_root))
         self.var = self.dir / "var"
         self.config = self.dir / "mailman.cfg"
         self.lmtp_port = free_port()
         self.config.write_text(CONFIG.format(
             domain=DOMAIN, var=self.var, lmtp_port=self.lmtp_port, smtp_port=smtp_port,
-            rest_port=free_port()))
+            rest_port=free_port()) + extra_config)
         self.process: subprocess.Popen[bytes] | None = None
 
     def create_list(self, address: str, members: list[str], personalize: bool = False,
@@ -239,10 +240,71 @@ class MailmanRun:
     rss: TreeRssSampler
 
 
+# For the tests' one Mailman only: the runners a post passes through look at their
+# queues every 0.1 s instead of every second (Mailman's default, kept for the figures).
+QUICK_RUNNERS = "".join(f"\n[runner.{name}]\nsleep_time: 0.1s\n"
+                        for name in ("in", "pipeline", "out", "virgin"))
+
+
+@dataclass
+class SharedMailman:
+    """One started Mailman and its dumping sink, for every scenario run inside
+    :func:`one_mailman`."""
+
+    instance: MailmanInstance
+    sink: PostfixSink
+
+
+_shared: SharedMailman | None = None
+
+
+@contextmanager
+def one_mailman(options: Options) -> Iterator[SharedMailman]:
+    """Inside, every Mailman scenario runs on one Mailman and one sink, started once.
+
+    For the test suite, which checks what each scenario delivers, not its figures: a
+    Mailman start-up (the master and its runners) is the slowest thing in the suite.
+    Each run then adds its list to the running Mailman and counts only what reaches
+    the sink from then on (:meth:`PostfixSink.reader` ``since_now``), and its runners
+    wake every 0.1 s (:data:`QUICK_RUNNERS`).  ``make bench-peers`` never uses it:
+    every measured run gets a fresh Mailman with the default settings.
+    """
+    global _shared
+    if _shared is not None:
+        raise BenchError("one_mailman is already in use")
+    sink = start_sink("smtp-sink", options.sink_binary, dump=True)
+    instance: MailmanInstance | None = None
+    try:
+        assert isinstance(sink, PostfixSink)
+        instance = MailmanInstance(sink.port, options.data_root, QUICK_RUNNERS)
+        instance.start()
+        _shared = SharedMailman(instance, sink)
+        yield _shared
+    finally:
+        _shared = None
+        if instance is not None:
+            instance.stop()
+            instance.remove()
+        sink.stop()
+
+
 @contextmanager
 def mailman_run(options: Options, address: str, members: list[str],
                 personalize: bool = False) -> Iterator[MailmanRun]:
-    """A fresh dumping sink and a started Mailman with ``address`` and its members."""
+    """A fresh dumping sink and a started Mailman with ``address`` and its members
+    (inside :func:`one_mailman`: the shared ones, with ``address`` added)."""
+    if _shared is not None:
+        shared = _shared
+        shared.instance.check_alive()
+        shared.instance.create_list(address, members, personalize)
+        assert shared.instance.process is not None
+        rss = TreeRssSampler(shared.instance.process.pid).start()
+        try:
+            yield MailmanRun(shared.instance, shared.sink, shared.sink.reader(since_now=True),
+                             rss)
+        finally:
+            rss.stop()
+        return
     sink = start_sink("smtp-sink", options.sink_binary, dump=True)
     instance: MailmanInstance | None = None
     sampler: TreeRssSampler | None = None
@@ -272,7 +334,7 @@ def wait_delivered(run: MailmanRun, expected: int, min_transactions: int, timeou
     """Until the sink has ``expected`` recipients in finished transactions: the last arrival."""
     deadline = time.monotonic() + timeout
     while True:
-        if run.sink.transactions() >= min_transactions and run.reader.complete(expected):
+        if run.reader.finished() >= min_transactions and run.reader.complete(expected):
             break
         run.instance.check_alive()
         if time.monotonic() >= deadline:

@@ -241,7 +241,8 @@ def harness(options: Options, setup: Callable[[Repository, float], None],
             env = {"MAILFLOW_EGRESS": "smtp", "MAILFLOW_SMTP_RELAY": sink.url,
                    "MAILFLOW_LOG_LEVEL": "WARNING", **options.relay_settings,
                    **(settings or {})}
-            relay = RelayProcess(Path(tmp) / "data", settings=env)
+            # A real executable: a forked relay would share the fork helper's memory.
+            relay = RelayProcess(Path(tmp) / "data", settings=env, forked=False)
             relay.init()
             with relay.repository() as repo:
                 setup(repo, time.time())

@@ -134,12 +134,21 @@ class PostfixSink:
         """The counters are written when a transaction ends: wait briefly for the last."""
         return wait_transactions(self.transactions, count, timeout)
 
-    def reader(self) -> DumpReader:
-        """The reader of this sink's transaction files (needs ``dump=True``)."""
+    def reader(self, since_now: bool = False) -> DumpReader:
+        """The reader of this sink's transaction files (needs ``dump=True``).
+
+        ``since_now``: one that sees only the transactions from now on, for a sink that
+        serves several runs (call it while the sink is idle: every earlier transaction
+        finished, as a finished run leaves it).
+        """
         if self.dump_dir is None:
             raise SinkError("this smtp-sink was started without dump files")
         assert self.watch is not None
-        return DumpReader(self.dump_dir, self.transactions, self.watch.closed_at)
+        if not since_now:
+            return DumpReader(self.dump_dir, self.transactions, self.watch.closed_at)
+        base = self.transactions()
+        return DumpReader(self.dump_dir, lambda: self.transactions() - base,
+                          self.watch.closed_at, skip=frozenset(os.listdir(self.dump_dir)))
 
     def stop(self) -> None:
         if self.process is not None:
@@ -176,12 +185,15 @@ class DumpReader:
     folder: Path
     finished: Callable[[], int]
     closed_at: Callable[[str], float | None]
+    skip: frozenset[str] = frozenset()  # files of earlier runs on the same sink
     _files: dict[str, _Dumped] = field(default_factory=dict)
 
     def scan(self) -> int:
         """Rescan the folder; returns the recipients seen so far."""
         with os.scandir(self.folder) as entries:
             for entry in entries:
+                if entry.name in self.skip:
+                    continue
                 info = entry.stat()
                 known = self._files.get(entry.name)
                 if known is not None and known.size == info.st_size \

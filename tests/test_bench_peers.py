@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bench import peers
-from bench.mailman_peer import MAILMAN_SCENARIOS, mailman_problem
+from bench.mailman_peer import MAILMAN_SCENARIOS, mailman_problem, one_mailman
 from bench.postfix_peer import POSTFIX_SCENARIOS
 from bench.procs import tree_rss
 from bench.scenarios import Options
@@ -80,12 +80,22 @@ def test_postfix_peer_delivers_everything(key: str, data_root: Path) -> None:
     check_run(key, POSTFIX_SCENARIOS[key], data_root)
 
 
-@pytest.mark.parametrize("key", list(MAILMAN_SCENARIOS))
-def test_mailman_peer_delivers_everything(key: str, data_root: Path) -> None:
+@pytest.fixture(scope="class")
+def mailman(data_root: Path) -> Iterator[None]:
+    """One Mailman for a class's scenarios (:func:`one_mailman`): a Mailman start-up is
+    the slowest thing in the suite.  Class scope: stopped before the leftovers test."""
     needs(mailman_problem() or (None if SMTP_SINK else "smtp-sink is not installed"))
-    result = check_run(key, MAILMAN_SCENARIOS[key], data_root)
-    if key == "F":  # personalize = individual: one transaction per member
-        assert result["sink_transactions"] == 10
+    with one_mailman(options(data_root)):
+        yield
+
+
+class TestMailmanPeer:
+    @pytest.mark.parametrize("key", list(MAILMAN_SCENARIOS))
+    def test_mailman_peer_delivers_everything(self, key: str, data_root: Path,
+                                              mailman: None) -> None:
+        result = check_run(key, MAILMAN_SCENARIOS[key], data_root)
+        if key == "F":  # personalize = individual: one transaction per member
+            assert result["sink_transactions"] == 10
 
 
 def test_process_tree_rss_counts_this_process() -> None:

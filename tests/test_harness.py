@@ -1,14 +1,19 @@
 """The test harness itself (mailflow.testing): ports without a race, servers that are ready
-when they say so, and a relay that moves to other ports when one was taken."""
+when they say so, a relay that moves to other ports when one was taken, and commands
+forked with mailflow imported that behave as the executable does."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from mailflow.testing.forks import run_mailflow, start_mailflow
 from mailflow.testing.ports import address_in_use, free_port, listening_ports, listening_socket
 from mailflow.testing.relay import RelayProcess
 from mailflow.testing.sink import SmtpSink
@@ -74,3 +79,52 @@ def test_a_relay_whose_ports_were_handed_out_reports_the_taken_port(tmp_path: Pa
         with pytest.raises(RuntimeError, match="relay did not start"):
             relay.start()
     assert relay.process is None
+
+
+def test_a_forked_command_is_what_the_executable_does(tmp_path: Path) -> None:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MAILFLOW_")},
+           "MAILFLOW_DATA_DIR": str(tmp_path / "none")}
+    for args, data in ((["list", "bogus"], None),  # usage: stderr, exit 2, "python -m"
+                       (["list", "ls"], None),  # the environment: no store there
+                       (["pipe", "--to", "x@example.test"], b"Subject: x\n\nhi\n")):
+        forked = run_mailflow(args, env, input=data)
+        real = subprocess.run([sys.executable, "-m", "mailflow", *args], env=env,
+                              input=data or b"", capture_output=True, timeout=60)
+        assert (forked.returncode, forked.stdout, forked.stderr) == (
+            real.returncode, real.stdout, real.stderr)
+        assert forked.returncode != 0 and forked.stderr
+    shown = run_mailflow(["--version"], env, text=True)
+    assert (shown.returncode, shown.stdout.startswith("mailflow, version "), shown.stderr) == (
+        0, True, "")
+
+
+def test_a_forked_command_that_runs_too_long_is_killed(tmp_path: Path) -> None:
+    env = {**os.environ, "MAILFLOW_DATA_DIR": str(tmp_path), "MAILFLOW_INGRESS_PSK": "k"}
+    with listening_socket() as silent:  # accepts the connection, never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(subprocess.TimeoutExpired):
+            run_mailflow(["pipe", "--to", "x@example.test", "--url", url], env,
+                         input=b"Subject: x\n\nhi\n", timeout=2)
+        silent.settimeout(10)
+        connection, _ = silent.accept()
+        with connection:
+            connection.settimeout(10)
+            while connection.recv(4096):  # the request, then EOF: the command is gone
+                pass
+
+
+def test_a_forked_process_gets_signals_and_reports_its_status(tmp_path: Path) -> None:
+    env = {**os.environ, "MAILFLOW_DATA_DIR": str(tmp_path), "MAILFLOW_INGRESS_PSK": "k"}
+    with listening_socket() as silent:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        stdin = tmp_path / "message"
+        stdin.write_bytes(b"Subject: x\n\nhi\n")
+        log = str(tmp_path / "out")
+        process = start_mailflow(["pipe", "--to", "x@example.test", "--url", url], env,
+                                 [(str(stdin), "r"), (log, "a"), (log, "a")])
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(0.5)
+        assert process.poll() is None
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(10) == -signal.SIGKILL
+        process.kill()  # ended: no signal to whoever has the pid now

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from mailflow.testing.factories import make_list, make_message
+from mailflow.testing.forks import run_mailflow
 from mailflow.testing.ports import free_port
 from mailflow.testing.relay import RelayProcess
 from mailflow.testing.sink import SmtpSink
@@ -205,8 +205,7 @@ def test_storage_failure_is_503_with_retry_after(make_relay: Callable[..., Relay
 
 def pipe(relay: RelayProcess, data: bytes, *args: str,
          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "mailflow", "pipe", *args], input=data,
-                          env={**relay.env, **(env or {})}, capture_output=True, timeout=60)
+    return run_mailflow(["pipe", *args], {**relay.env, **(env or {})}, input=data)
 
 
 @pytest.mark.parametrize("remote", [False, True], ids=["store", "url"])

@@ -19,6 +19,7 @@ from pathlib import Path
 from mailflow.model import ListKind
 from mailflow.store import Repository, create_cli_engines
 from mailflow.testing.factories import make_list
+from mailflow.testing.forks import ForkedProcess, run_mailflow, start_mailflow
 from mailflow.testing.ports import (
     ATTEMPTS,
     address_in_use,
@@ -28,6 +29,7 @@ from mailflow.testing.ports import (
     wait_for_port,
 )
 
+RUNNING = b"MailFlow Relay is running"  # what ``mailflow serve`` prints once it listens
 _LISTS = itertools.count()  # list addresses unique across every relay of a test run
 
 
@@ -50,12 +52,17 @@ class RelayProcess:
     If one was taken by someone else before the relay bound it, :meth:`start` tries
     again on new ports, as long as nobody has read them yet (a test that wired them
     into a Postfix configuration would otherwise talk to the wrong ports).
+
+    ``forked`` (the default): ``mailflow serve`` and :meth:`cli` commands are forked from
+    a process that imported the command once (:mod:`mailflow.testing.forks`); without
+    it they are started as executables, as the benchmarks need.
     """
 
     def __init__(self, data_dir: Path, *, database_url: str = "",
                  settings: Mapping[str, str] | None = None, lmtp: bool = False,
-                 policy: bool = False) -> None:
+                 policy: bool = False, forked: bool = True) -> None:
         self.data_dir = data_dir
+        self.forked = forked
         self._wanted = {"SMTP": True, "HTTP": True, "LMTP": lmtp, "POLICY": policy}
         self._port: dict[str, int | None] = {}
         self._ports_seen = False
@@ -67,7 +74,7 @@ class RelayProcess:
             self.env["MAILFLOW_DATABASE_URL"] = database_url
         self.env.update(settings or {})
         self.log_path = data_dir / "relay.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | ForkedProcess | None = None
 
     def _pick_ports(self) -> None:
         for name, wanted in self._wanted.items():
@@ -122,6 +129,8 @@ class RelayProcess:
     def cli(self, *args: str, input: bytes | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run ``mailflow ARGS`` against this relay's store."""
+        if self.forked:
+            return run_mailflow(args, self.env, input=input, timeout=timeout, text=True)
         return subprocess.run(
             [sys.executable, "-m", "mailflow", *args], env=self.env, capture_output=True,
             text=True, timeout=timeout, input=input.decode() if input else None)
@@ -194,11 +203,16 @@ class RelayProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for attempt in range(ATTEMPTS):
             logged = self.log_path.stat().st_size if self.log_path.exists() else 0
-            with self.log_path.open("ab") as log:
-                self.process = subprocess.Popen(
-                    [sys.executable, "-m", "mailflow", "serve"], env=self.env,
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            if self._wait_listening(self.process, timeout):
+            if self.forked:
+                log = str(self.log_path)
+                self.process = start_mailflow(["serve"], self.env, [
+                    (os.devnull, "r"), (log, "a"), (log, "a")])
+            else:
+                with self.log_path.open("ab") as log_file:
+                    self.process = subprocess.Popen(
+                        [sys.executable, "-m", "mailflow", "serve"], env=self.env,
+                        stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            if self._wait_listening(self.process, timeout, logged):
                 return self
             self.stop()
             output = self.log_path.read_bytes()[logged:].decode(errors="replace")
@@ -207,11 +221,19 @@ class RelayProcess:
             self._pick_ports()
         raise AssertionError("unreachable")
 
-    def _wait_listening(self, process: subprocess.Popen[bytes], timeout: float) -> bool:
-        """True once ``process`` listens on all its ports; False if it exits or times out."""
+    def _wait_listening(self, process: subprocess.Popen[bytes] | ForkedProcess, timeout: float,
+                        logged: int) -> bool:
+        """True once ``process`` listens on all its ports; False if it exits or times out.
+
+        Until the relay says it is running (its log from byte ``logged`` on), only the
+        log is read: a look at /proc scans every process and socket of the machine.
+        """
         wanted = self._listen_ports()
         deadline = time.monotonic() + timeout
         while process.poll() is None and time.monotonic() < deadline:
+            if not self._says_running(logged):
+                time.sleep(0.01)
+                continue
             # The relay or its child process: wherever the listeners are bound.
             listening = listening_ports(process.pid, tree=True)
             if listening is None:  # no /proc: a connection must do
@@ -221,6 +243,15 @@ class RelayProcess:
                 return True
             time.sleep(0.02)
         return False
+
+    def _says_running(self, logged: int) -> bool:
+        """Whether ``mailflow serve`` has printed that it runs (every listener bound)."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(logged)
+                return RUNNING in log.read()
+        except FileNotFoundError:  # not opened yet by a forked relay
+            return False
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited in time; returns the exit status."""
