@@ -13,6 +13,7 @@ size of the message.
 
 from __future__ import annotations
 
+import abc
 import re
 from collections.abc import Mapping, Sequence
 
@@ -63,14 +64,14 @@ def without_mbox_from(raw: bytes) -> bytes:
     return raw
 
 
-class _WholeMessageCheck:
+class _WholeMessageCheck(abc.ABC):
     """A check of the whole message: it refuses every recipient, or none."""
 
     __slots__ = ()
 
-    @staticmethod
-    def check(raw: bytes, header: bytes) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def check(self, raw: bytes, header: bytes) -> None:
+        """Raise :class:`MalformedMessage` if the message fails the check."""
 
     async def __call__(self, ctx: MessageContext, pending: Sequence[Recipient]
                        ) -> Mapping[str, Decision]:
@@ -85,11 +86,15 @@ class WellFormed(_WholeMessageCheck):
     """The HTTP/pipe check: every header line a field or a continuation."""
 
     __slots__ = ()
-    check = staticmethod(check_well_formed)
+
+    def check(self, raw: bytes, header: bytes) -> None:
+        check_well_formed(raw, header)
 
 
 class Framed(_WholeMessageCheck):
     """The SMTP/LMTP check: a header section the relay's own fields can precede."""
 
     __slots__ = ()
-    check = staticmethod(check_framed)
+
+    def check(self, raw: bytes, header: bytes) -> None:
+        check_framed(raw, header)
