@@ -78,12 +78,9 @@ def store_lookup(runner: StoreRunner) -> Lookup:
     """Recipient look-ups in the store, off the event loop; failures are temporary."""
 
     async def lookup(canonical: str) -> Resolution:
-        try:
-            return await runner.read(runner.repo.resolve, canonical)
-        except Exception as exc:
-            log.exception("recipient lookup failed", extra={"action": "lookup_failed"})
-            raise StorageUnavailable("cannot look up recipients right now, try again later") \
-                from exc
+        return await runner.read_on_ingest(
+            "recipient lookup", "cannot look up recipients right now, try again later",
+            runner.repo.resolve, canonical)
 
     return lookup
 

@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
 from mailflow.clock import Clock
-from mailflow.errors import StorageUnavailable
 from mailflow.model import FilterRule
 from mailflow.store.runner import StoreRunner
 
@@ -141,20 +140,14 @@ def no_filters(clock: Clock) -> FilterBook:
 def store_filter_book(runner: StoreRunner, clock: Clock, ttl: float) -> FilterBook:
     """The store's rules, read off the event loop; failures are temporary (451)."""
 
+    reply = "cannot check the message right now, try again later"
+
     async def fetch(targets: Sequence[str]) -> Sequence[FilterRule]:
-        try:
-            return await runner.read(runner.repo.filter_rules_for, targets)
-        except Exception as exc:
-            log.exception("filter rule lookup failed", extra={"action": "lookup_failed"})
-            raise StorageUnavailable("cannot check the message right now, try again later") \
-                from exc
+        return await runner.read_on_ingest("filter rule lookup", reply,
+                                           runner.repo.filter_rules_for, targets)
 
     async def count() -> int:
-        try:
-            return await runner.read(runner.repo.count_filter_rules)
-        except Exception as exc:
-            log.exception("filter rule count failed", extra={"action": "lookup_failed"})
-            raise StorageUnavailable("cannot check the message right now, try again later") \
-                from exc
+        return await runner.read_on_ingest("filter rule count", reply,
+                                           runner.repo.count_filter_rules)
 
     return FilterBook(fetch, count, clock, ttl)

@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from mailflow.clock import Clock
-from mailflow.errors import StorageUnavailable
 from mailflow.model import SenderRule
 from mailflow.store.runner import StoreRunner
 
@@ -144,20 +143,14 @@ def no_rules(clock: Clock) -> SenderRuleBook:
 def store_rule_book(runner: StoreRunner, clock: Clock, ttl: float) -> SenderRuleBook:
     """The store's entries, read off the event loop; failures are temporary (451)."""
 
+    reply = "cannot check the sender right now, try again later"
+
     async def fetch(sender: str) -> Sequence[SenderRule]:
-        try:
-            return await runner.read(runner.repo.sender_rules_matching, sender)
-        except Exception as exc:
-            log.exception("sender rule lookup failed", extra={"action": "lookup_failed"})
-            raise StorageUnavailable("cannot check the sender right now, try again later") \
-                from exc
+        return await runner.read_on_ingest("sender rule lookup", reply,
+                                           runner.repo.sender_rules_matching, sender)
 
     async def count() -> int:
-        try:
-            return await runner.read(runner.repo.count_sender_rules)
-        except Exception as exc:
-            log.exception("sender rule count failed", extra={"action": "lookup_failed"})
-            raise StorageUnavailable("cannot check the sender right now, try again later") \
-                from exc
+        return await runner.read_on_ingest("sender rule count", reply,
+                                           runner.repo.count_sender_rules)
 
     return SenderRuleBook(fetch, count, clock, ttl)

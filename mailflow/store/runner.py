@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
+from mailflow.errors import StorageUnavailable
 from mailflow.store.engine import Engines
 from mailflow.store.repository import Repository
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -40,6 +44,16 @@ class StoreRunner:
     async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._reader, functools.partial(fn, *args, **kwargs))
+
+    async def read_on_ingest(self, what: str, reply: str, fn: Callable[P, T],
+                             *args: P.args, **kwargs: P.kwargs) -> T:
+        """A read an ingest depends on: any failure is logged (``what`` failed) and
+        becomes :class:`StorageUnavailable` with ``reply``, a temporary refusal (451)."""
+        try:
+            return await self.read(fn, *args, **kwargs)
+        except Exception as exc:
+            log.exception("%s failed", what, extra={"action": "lookup_failed"})
+            raise StorageUnavailable(reply) from exc
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
