@@ -229,11 +229,7 @@ def validated_once_per_days(days: int) -> int:
 
 
 def validated_forward_style(style: str | ForwardStyle) -> ForwardStyle:
-    try:
-        return ForwardStyle(style)
-    except ValueError:
-        choices = " or ".join(s.value for s in ForwardStyle)
-        raise InvalidInput(f"invalid forward style {style!r}: it must be {choices}") from None
+    return _validated_choice(ForwardStyle, style, "forward style")
 
 
 def validated_targets(list_address: str, members: Iterable[str]) -> list[str]:
@@ -316,11 +312,7 @@ def validated_filter_condition(*, header: str | None = None, matches: str | None
 
 
 def validated_filter_action(action: str | FilterAction) -> FilterAction:
-    try:
-        return FilterAction(action)
-    except ValueError:
-        choices = ", ".join(a.value for a in FilterAction)
-        raise InvalidInput(f"invalid action {action!r}: it must be one of {choices}") from None
+    return _validated_choice(FilterAction, action, "action")
 
 
 class DirectoryService:
