@@ -31,7 +31,7 @@ config.Settings._parse_routes, config.Settings._parse_proxies, config.Settings._
 config.Settings._check_database_url
 config.Settings._upper_log_level, config.Settings._check_retry
 config.Settings._empty_path_is_none, config.Settings._check_tls
-config.Settings._check_role_address
+config.Settings._check_role_address, config.Settings._check_dns_resolver
 config.Settings.settings_customise_sources
 
 # asyncio calls the protocol methods.

@@ -40,6 +40,7 @@ from mailflow.ingress.tls import ServerTls
 from mailflow.model import BARE_ROLE
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
+from mailflow.services.dmarc_policy import DmarcPolicies
 from mailflow.services.filter_rules import FilterBook, store_filter_book
 from mailflow.services.installation import prepare
 from mailflow.services.notices import FailureNotices
@@ -162,6 +163,8 @@ class Relay:
                               settings.retry_max_delay, settings.max_delivery_age),
             poll_interval=settings.poll_interval,
             transaction_timeout=settings.smtp_transaction_timeout, srs=srs,
+            dmarc=DmarcPolicies(settings.dns_resolver, settings.dns_timeout),
+            dmarc_author_field=settings.dmarc_author_field,
             cache_bytes=budget.rendered_copies, large_in_flight=budget.large_in_flight,
         ), recent=recent, ingest_busy=activity.busy)
         processor = Processor(runner, self.clock, on_queued=scheduler.wake,

@@ -26,7 +26,7 @@ from mailflow import __version__, addresses
 from mailflow.config import Settings, load_settings
 from mailflow.errors import EX_TEMPFAIL, Conflict, InvalidInput, MailflowError, NotFound, spec
 from mailflow.memory import release_large_blocks
-from mailflow.model import AddedMembers, ForwardStyle, ListKind, RuleAction
+from mailflow.model import AddedMembers, DmarcMode, ForwardStyle, ListKind, RuleAction
 from mailflow.pipeline.accept import filters
 from mailflow.services import directory as rules
 from mailflow.services.directory import DirectoryService
@@ -296,17 +296,20 @@ def list_create(ctx: Context, address: str, kind: str, name: str, priority: int)
 @click.option("--forward-style", type=click.Choice([s.value for s in ForwardStyle]),
               help="aliases: resend (the message as received) or fwd (a new message "
                    "from the alias, \"Fwd:\", the original's attachments unchanged)")
+@click.option("--dmarc", type=click.Choice([m.value for m in DmarcMode]),
+              help="lists: when copies carry \"Author via List\" <list> in From: (auto: "
+                   "for authors whose domain publishes DMARC p=quarantine or p=reject)")
 @pass_context
 def list_update(ctx: Context, address: str, kind: str | None, name: str | None,
-                priority: int | None, forward_style: str | None) -> None:
-    """Change the kind, display name, priority or forward style of the list or alias at
-    ADDRESS."""
-    if kind is None and name is None and priority is None and forward_style is None:
-        raise click.UsageError("nothing to update: give --name, --priority, --kind or "
-                               "--forward-style")
+                priority: int | None, forward_style: str | None, dmarc: str | None) -> None:
+    """Change the kind, display name, priority, forward style or DMARC mode of the list
+    or alias at ADDRESS."""
+    if all(v is None for v in (kind, name, priority, forward_style, dmarc)):
+        raise click.UsageError("nothing to update: give --name, --priority, --kind, "
+                               "--forward-style or --dmarc")
     with ctx.directory() as directory:
         updated = directory.update_list(address, kind=kind, name=name, priority=priority,
-                                        forward_style=forward_style)
+                                        forward_style=forward_style, dmarc=dmarc)
     click.echo(f"updated {updated.kind.value} {updated.address}")
 
 
@@ -321,6 +324,7 @@ def list_show(ctx: Context, address: str, as_json: bool) -> None:
         roster = directory.members(found.address)
     info = {"address": found.address, "kind": found.kind.value, "name": found.name,
             "priority": found.priority, "forward_style": found.forward_style.value,
+            "dmarc": found.dmarc.value,
             "members": len(roster),
             "active_members": sum(1 for m in roster if m.status.value == "active"),
             "bounces_address": found.bounces_address, "list_id": found.list_id}

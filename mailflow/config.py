@@ -29,6 +29,7 @@ from pydantic_settings import (
 from mailflow import addresses
 from mailflow.errors import ConfigurationError, InvalidInput
 from mailflow.memory import DEFAULT_CACHE_MEMORY, CacheBudget
+from mailflow.model import AuthorField
 from mailflow.smtp_relay import SmtpRelay, parse_smtp_relay
 
 CONFIG_ENV = "MAILFLOW_CONFIG"
@@ -164,6 +165,29 @@ def parse_routes(value: str | dict[str, str]) -> tuple[RouteSpec, ...]:
     return tuple(specs.values())
 
 
+def nameserver_addresses(spec: str) -> list[tuple[str, int]]:
+    """``ip[:port],…`` (IPv6 bare or as ``[::1]:53``) as (address, port) pairs.
+
+    Raises ValueError naming the item that is not an IP address with an optional port.
+    """
+    found = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        host, port = item, "53"
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port = rest.removeprefix(":") if rest else "53"
+        elif item.count(":") == 1:
+            host, port = item.split(":")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address with an optional port") from None
+        if not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"{item!r} has no valid port")
+        found.append((host, int(port)))
+    return found
+
+
 class Settings(BaseSettings):
     """Every knob of a MailFlow Relay instance."""
 
@@ -196,6 +220,10 @@ class Settings(BaseSettings):
     srs_max_age_days: int = Field(default=21, ge=1, le=1000)
     # Failure notices (DSNs) for alias forwards: at most this many per sender per hour.
     dsn_per_sender_per_hour: int = Field(default=10, ge=0)
+    # DNS for DMARC lookups (docs/lists.md): empty = the system's resolvers.
+    dns_resolver: str = ""
+    dns_timeout: float = Field(default=2.0, gt=0, le=30)
+    dmarc_author_field: AuthorField = AuthorField.REPLY_TO
     egress: str = "stdout"
     routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     smtp_relay: str = "smtp://127.0.0.1:25"
@@ -275,6 +303,12 @@ class Settings(BaseSettings):
         if not isinstance(value, list | tuple):
             return value
         return tuple(parse_proxy(str(entry)) for entry in value if str(entry).strip())
+
+    @field_validator("dns_resolver")
+    @classmethod
+    def _check_dns_resolver(cls, value: str) -> str:
+        nameserver_addresses(value)
+        return value
 
     @field_validator("postmaster_address", "abuse_address")
     @classmethod

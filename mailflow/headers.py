@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable, Iterator
+from email.header import Header
+from email.utils import quote
 from typing import Final
 
 # Characters that must never reach a header field: controls (CR, LF, NUL, TAB, DEL, C1
@@ -27,6 +29,18 @@ def header_safe(text: str) -> str:
     if text.isprintable():  # the usual case: none of those categories is printable
         return text
     return "".join("?" if unicodedata.category(c) in UNSAFE_CATEGORIES else c for c in text)
+
+
+def display_phrase(name: str) -> str:
+    """A display name as a quoted string, or an RFC 2047 encoded word if not ASCII.
+
+    Made safe first: names come from users (a list's name) or from messages (an
+    author's name).
+    """
+    name = header_safe(name)
+    if name.isascii():
+        return f'"{quote(name)}"'
+    return Header(name, "utf-8").encode()
 
 
 def unsafe_text(text: str) -> str | None:

@@ -30,6 +30,26 @@ class ForwardStyle(enum.StrEnum):
     FWD = "fwd"        # a new message from the alias: "Fwd:", the original's parts inside
 
 
+class DmarcMode(enum.StrEnum):
+    """When a list's copies carry the list's address in ``From:`` instead of the author's.
+
+    A receiver that checks DMARC sees a list copy as a message from the author's domain
+    that the author's domain did not sign (the list changed it): under ``p=reject`` it
+    refuses the copy, so the list rewrites ``From:`` to an address of its own.
+    """
+
+    NEVER = "never"    # the author's From: always (a list that changes nothing, or trusts ARC)
+    AUTO = "auto"      # rewritten when the author's domain publishes p=quarantine or p=reject
+    ALWAYS = "always"  # rewritten for every post
+
+
+class AuthorField(enum.StrEnum):
+    """Where the author's address goes when a list copy's From: is the list's."""
+
+    REPLY_TO = "reply-to"  # replies reach the author (Mailman's default)
+    CC = "cc"              # replies reach the list, the author is copied
+
+
 class MemberStatus(enum.StrEnum):
     ACTIVE = "active"
     DISABLED = "disabled"  # kept on the roster, receives nothing (bounces, vacation)
@@ -69,6 +89,7 @@ class MailingList:
     priority: int
     created_at: float
     forward_style: ForwardStyle = ForwardStyle.RESEND
+    dmarc: DmarcMode = DmarcMode.NEVER
 
     @property
     def bounces_address(self) -> str:

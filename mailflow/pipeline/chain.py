@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Protocol
 
 from mailflow import headers
-from mailflow.model import InboundMessage, MailingList
+from mailflow.model import AuthorField, InboundMessage, MailingList
 from mailflow.pipeline.accept.blocklist import SenderBlocklist
 from mailflow.pipeline.accept.envelope import EnvelopeText
 from mailflow.pipeline.accept.filters import FilterRules, MessageFilters
@@ -42,6 +42,7 @@ from mailflow.pipeline.context import (
 )
 from mailflow.pipeline.process.autoreply import autoreply
 from mailflow.pipeline.process.expand import expand
+from mailflow.pipeline.send.dmarc import dmarc_from
 from mailflow.pipeline.send.forward import forward_style
 from mailflow.pipeline.send.list_headers import list_headers
 from mailflow.pipeline.send.tag import plus_tag
@@ -98,7 +99,8 @@ PROCESS_CHAIN: tuple[ProcessStep, ...] = (expand, autoreply)
 
 # ``forward_style`` first: it may replace the whole message the others add fields to.
 # Next: subject prefix, footer, List-Unsubscribe, VERP envelope sender, DKIM (last).
-SEND_CHAIN: tuple[SendStep, ...] = (forward_style, trace_fields, list_headers, plus_tag)
+SEND_CHAIN: tuple[SendStep, ...] = (forward_style, trace_fields, list_headers, dmarc_from,
+                                    plus_tag)
 
 
 def rendering_variant(mailing_list: MailingList) -> Hashable:
@@ -109,7 +111,7 @@ def rendering_variant(mailing_list: MailingList) -> Hashable:
     steps (VERP, footers, unsubscribe tokens) add the recipient here, and every cache
     of rendered copies keys on it.
     """
-    return (mailing_list.id, mailing_list.forward_style)
+    return (mailing_list.id, mailing_list.forward_style, mailing_list.dmarc)
 
 
 # -- the runners ------------------------------------------------------------------------
@@ -149,14 +151,17 @@ def run_process(steps: Sequence[ProcessStep], message: InboundMessage,
 
 
 def render_copy(raw: bytes, message: InboundMessage, mailing_list: MailingList,
-                identity: Identity, steps: Sequence[SendStep] = SEND_CHAIN) -> bytes:
+                identity: Identity, steps: Sequence[SendStep] = SEND_CHAIN, *,
+                rewrite_from: AuthorField | None = None) -> bytes:
     """The outgoing copy: the steps' fields, then the original header and body bytes.
 
-    Added fields use the message's own line ending.
+    Added fields use the message's own line ending.  ``rewrite_from``: the list's
+    address replaces the author's in From: (DMARC), the author goes in that field.
     """
     cut = headers.header_length(raw)
     # The body as a view: copied once, into the copy (a fwd step makes bytes of it).
-    copy = CopyContext(message, mailing_list, identity, raw[:cut], memoryview(raw)[cut:])
+    copy = CopyContext(message, mailing_list, identity, raw[:cut], memoryview(raw)[cut:],
+                       rewrite_from=rewrite_from)
     for step in steps:
         step(copy)
     header, rest = copy.header, copy.body

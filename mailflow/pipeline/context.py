@@ -14,6 +14,7 @@ from typing import Protocol
 from mailflow import addresses, headers
 from mailflow.errors import SmtpReplyError
 from mailflow.model import (
+    AuthorField,
     AutoReply,
     Envelope,
     Event,
@@ -185,3 +186,5 @@ class CopyContext:
     body: bytes | memoryview = b""  # a view of the stored message until a step replaces it
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    # Set when the list's From: replaces the author's (DMARC): where the author goes.
+    rewrite_from: AuthorField | None = None

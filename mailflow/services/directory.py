@@ -29,6 +29,7 @@ from mailflow.errors import InvalidInput
 from mailflow.model import (
     AddedMembers,
     AutoReply,
+    DmarcMode,
     Domain,
     FilterAction,
     FilterCondition,
@@ -232,6 +233,10 @@ def validated_forward_style(style: str | ForwardStyle) -> ForwardStyle:
     return _validated_choice(ForwardStyle, style, "forward style")
 
 
+def validated_dmarc_mode(mode: str | DmarcMode) -> DmarcMode:
+    return _validated_choice(DmarcMode, mode, "DMARC mode")
+
+
 def validated_targets(list_address: str, members: Iterable[str]) -> list[str]:
     """Members (canonical) of ``list_address``, none of them the list itself.
 
@@ -358,7 +363,8 @@ class DirectoryService:
 
     def update_list(self, address: str, *, kind: str | ListKind | None = None,
                     name: str | None = None, priority: int | None = None,
-                    forward_style: str | ForwardStyle | None = None) -> MailingList:
+                    forward_style: str | ForwardStyle | None = None,
+                    dmarc: str | DmarcMode | None = None) -> MailingList:
         """Change the settings given (``None``: leave as is); returns the list as stored.
 
         ``fwd`` is for aliases only: a list's copies carry its List-* fields on the
@@ -380,7 +386,8 @@ class DirectoryService:
             address, kind=new_kind,
             name=None if name is None else validated_list_name(name),
             priority=None if priority is None else validated_priority(priority),
-            forward_style=style)
+            forward_style=style,
+            dmarc=None if dmarc is None else validated_dmarc_mode(dmarc))
 
     def get_list(self, address: str) -> MailingList:
         return self.repo.get_list(validated_address(address))

@@ -71,14 +71,17 @@ from mailflow.errors import (
     TemporaryFailure,
     recipient_reply,
 )
-from mailflow.headers import split_message
+from mailflow.headers import header_length, split_message
 from mailflow.lru import BytesLRU
 from mailflow.memory import DEFAULT_BUDGET, item_limit
 from mailflow.metrics import DELIVERY_ATTEMPTS, LEASES_LOST, TRANSACTION_SECONDS
 from mailflow.model import (
+    GENERATED,
     RELAYED,
+    AuthorField,
     Delivery,
     DeliveryStatus,
+    DmarcMode,
     Egress,
     InboundMessage,
     Lease,
@@ -91,7 +94,9 @@ from mailflow.pipeline.chain import render_copy, rendering_variant
 from mailflow.pipeline.context import Identity
 from mailflow.pipeline.notice import NOTICE_PROTOCOL, Failure
 from mailflow.pipeline.send.bounce import rewritten_bounce
+from mailflow.pipeline.send.dmarc import author
 from mailflow.pipeline.send.envelope import envelope_sender
+from mailflow.services.dmarc_policy import DmarcPolicies
 from mailflow.services.in_flight import LargeInFlight
 from mailflow.services.lanes import Lane, RoutedEgress
 from mailflow.services.recent import RecentMessages
@@ -120,6 +125,8 @@ class SchedulerOptions:
     route_backlog: float = 30.0  # seconds of work a busy route may hold (see above)
     transaction_timeout: float = 600.0  # on the wire longer: hung, leases not renewed
     srs: Srs | None = None  # envelope senders of alias forwards (None: the bounce address)
+    dmarc: DmarcPolicies | None = None  # for lists with --dmarc auto (None: rewrite, unsure)
+    dmarc_author_field: AuthorField = AuthorField.REPLY_TO
     cache_bytes: int = DEFAULT_BUDGET.rendered_copies  # rendered copies kept in memory
     large_in_flight: int = DEFAULT_BUDGET.large_in_flight  # bytes (see services/in_flight)
 
@@ -618,9 +625,25 @@ class Scheduler:
             raw = await self._body(tx.message.blob)
             if returned:
                 raw = await asyncio.to_thread(self._rewritten, raw, tx)
-            content = render_copy(raw, tx.message, tx.mailing_list, self._identity)
+            content = render_copy(raw, tx.message, tx.mailing_list, self._identity,
+                                  rewrite_from=await self._rewrite_from(raw, tx))
             self._content.put(key, content)
         return content
+
+    async def _rewrite_from(self, raw: bytes, tx: Transaction) -> AuthorField | None:
+        """Whether this list copy carries the list's From: (DMARC), decided once per
+        rendering: where the author goes, or None."""
+        mode = tx.mailing_list.dmarc
+        if (mode is DmarcMode.NEVER or tx.mailing_list.kind is not ListKind.LIST
+                or tx.message.protocol == GENERATED):
+            return None
+        field = self.options.dmarc_author_field
+        if mode is DmarcMode.ALWAYS or self.options.dmarc is None:
+            return field
+        _, address = author(raw[:header_length(raw)])
+        if not address:
+            return None
+        return field if await self.options.dmarc.requires_rewrite(address) else None
 
     def _rewritten(self, raw: bytes, tx: Transaction) -> bytes:
         """A returned bounce as the report the original sender gets (a thread: the

@@ -38,6 +38,7 @@ from mailflow.model import (
     Delivery,
     DeliveryRow,
     DeliveryStatus,
+    DmarcMode,
     Domain,
     Event,
     FilterAction,
@@ -85,7 +86,8 @@ PENDING = [status.value for status in PENDING_STATUSES]
 def _list(row: Row[Any]) -> MailingList:
     return MailingList(id=row.id, address=row.address, kind=ListKind(row.kind), name=row.name,
                        priority=row.priority, created_at=row.created_at,
-                       forward_style=ForwardStyle(row.forward_style))
+                       forward_style=ForwardStyle(row.forward_style),
+                       dmarc=DmarcMode(row.dmarc))
 
 
 def _message(row: Row[Any]) -> InboundMessage:
@@ -360,11 +362,14 @@ class Repository:
 
     def update_list(self, address: str, *, kind: ListKind | None = None,
                     name: str | None = None, priority: int | None = None,
-                    forward_style: ForwardStyle | None = None) -> MailingList:
+                    forward_style: ForwardStyle | None = None,
+                    dmarc: DmarcMode | None = None) -> MailingList:
         """Change the given settings of a list or alias; returns it as stored now."""
         values: dict[str, Any] = {}
         if forward_style is not None:
             values["forward_style"] = forward_style.value
+        if dmarc is not None:
+            values["dmarc"] = dmarc.value
         if kind is not None:
             values["kind"] = kind.value
         if name is not None:

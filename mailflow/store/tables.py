@@ -52,6 +52,7 @@ lists = Table(
     Column("priority", Integer, nullable=False, server_default="0"),
     Column("created_at", Float, nullable=False),
     Column("forward_style", String(8), nullable=False, server_default="resend"),
+    Column("dmarc", String(8), nullable=False, server_default="never"),
 )
 
 members = Table(
