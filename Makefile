@@ -54,7 +54,7 @@ bench-compare: $(STAMP)
 	$(BIN)/python -m bench.compare $(BENCH_ARGS)
 
 ## bench-memory: twenty different 20-25 MB messages through a relay: peak and idle RSS (issue 10)
-.PHONY: bench-memory
+.PHONY: bench-memory bench-retention
 bench-memory: $(STAMP)
 	$(BIN)/python -m bench.memory --machine $(BENCH_ARGS)
 
@@ -68,3 +68,7 @@ $(MAILMAN_STAMP): bench/mailman-requirements.txt
 
 clean:
 	rm -rf $(VENV) $(MAILMAN_VENV) var .pytest_cache .ruff_cache *.egg-info
+
+## bench-retention: two minutes of A's load with a 10 s message_retention: does the SQLite file stay bounded? (issue 15)
+bench-retention: $(STAMP)
+	$(BIN)/python -m bench.retention --seconds 120 --retention 10 $(BENCH_ARGS)

@@ -55,6 +55,7 @@ from mailflow.web.app import EmbeddedServer, bind, create_app, head_deadline_pro
 log = logging.getLogger(__name__)
 
 MAINTENANCE_CALLS = 50
+RECLAIM_PAGES = 25_000  # ~100 MB of a SQLite file given back per maintenance round
 
 
 def _log_roles(settings: Settings) -> None:
@@ -320,7 +321,8 @@ class Relay:
                      fingerprint, extra={"action": "tls_reloaded"})
 
     async def _maintenance(self, blobs: BlobStore) -> None:
-        """Finish messages whose deliveries are all final, then collect what they held."""
+        """Finish messages whose deliveries are all final, collect what they held, forget
+        them after ``message_retention`` and give the space back."""
         assert self.runner is not None
         repo, settings = self.runner.repo, self.settings
         while True:
@@ -337,7 +339,11 @@ class Relay:
                                                    now - settings.blob_retention,
                                                    blobs.unlink_many):
                         break
-                await self.runner.write(repo.purge_messages, now - settings.message_retention)
+                for _ in range(MAINTENANCE_CALLS):
+                    if not await self.runner.write(repo.purge_messages,
+                                                   now - settings.message_retention):
+                        break
+                await self.runner.write(repo.reclaim_space, RECLAIM_PAGES)
             except Exception:
                 log.exception("maintenance failed", extra={"action": "maintenance_error"})
 

@@ -187,6 +187,26 @@ def serve(ctx: Context, initialise_store: bool) -> None:
             uvloop.run(run_relay(settings))
 
 
+@cli.command()
+@pass_context
+def vacuum(ctx: Context) -> None:
+    """Compact a SQLite store and let it shrink after purges from now on.
+
+    Databases created before the relay set SQLite's incremental auto-vacuum keep the
+    size of their busiest day; this rewrites the file once (it needs as much free disk
+    again, and the relay's writes wait for it: run it at a quiet time).
+    """
+    database = sqlite_path(ctx.settings.resolved_database_url)
+    before = database.stat().st_size if database is not None and database.exists() else 0
+    with ctx.repository() as repo:
+        if not repo.vacuum():
+            click.echo("PostgreSQL: its autovacuum reclaims space; nothing to do")
+            return
+    after = database.stat().st_size if database is not None else 0
+    click.echo(f"vacuumed {database}: {before:,} -> {after:,} bytes; it now shrinks after "
+               "purges")
+
+
 # -- pipe -------------------------------------------------------------------------------
 
 @cli.command()

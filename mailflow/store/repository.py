@@ -81,6 +81,8 @@ from mailflow.store.tables import (
 )
 
 PENDING = [status.value for status in PENDING_STATUSES]
+INCREMENTAL_VACUUM = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
+RECLAIM_MIN_PAGES = 1024  # fewer free pages than this are left for new rows to reuse
 
 
 def _list(row: Row[Any]) -> MailingList:
@@ -892,7 +894,9 @@ class Repository:
         return len(hashes)
 
     def purge_messages(self, done_before: float, limit: int = 1000) -> int:
-        """Forget done messages (their deliveries and events too) older than the cutoff."""
+        """Forget done messages (their deliveries and events too) older than the cutoff,
+        and events of no message as old; returns the rows of messages and of such events
+        removed (``limit`` at most of each: one short write transaction)."""
         with self.engines.writer.begin() as conn:
             ids = list(conn.scalars(
                 select(messages.c.id)
@@ -903,7 +907,61 @@ class Repository:
                 conn.execute(delete(events).where(events.c.message_id.in_(ids)))
                 conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
                 conn.execute(delete(messages).where(messages.c.id.in_(ids)))
-        return len(ids)
+            orphans = list(conn.scalars(
+                select(events.c.id)
+                .where(events.c.message_id.is_(None), events.c.created_at <= done_before)
+                .limit(limit)))
+            if orphans:
+                conn.execute(delete(events).where(events.c.id.in_(orphans)))
+        return len(ids) + len(orphans)
+
+    def vacuum(self) -> bool:
+        """SQLite: rewrite the file compactly and make it shrink after purges from now on
+        (``auto_vacuum=INCREMENTAL``, which an existing database takes only with a
+        VACUUM); False on PostgreSQL, whose autovacuum needs no help."""
+        if not self.engines.is_sqlite:
+            return False
+        raw = self.engines.writer.raw_connection()
+        try:
+            driver = raw.driver_connection
+            assert driver is not None
+            driver.executescript("PRAGMA auto_vacuum=INCREMENTAL; VACUUM;")
+        finally:
+            raw.close()
+        return True
+
+    def reclaim_space(self, max_pages: int) -> int:
+        """SQLite: give free pages back to the file system; returns how many.
+
+        Purged rows leave free pages that new rows reuse, so under steady load the file
+        stops growing by itself; after a peak, the file would keep its peak size.  With
+        ``auto_vacuum=INCREMENTAL`` (every database created since that setting, see
+        engine.py; ``mailflow vacuum`` converts an older one) this truncates the file
+        while free pages are more than a quarter of it, down to a tenth, ``max_pages``
+        per call so the writer is never held for long.  PostgreSQL's autovacuum does
+        the same on its own: nothing to do there.
+        """
+        if not self.engines.is_sqlite:
+            return 0
+        raw = self.engines.writer.raw_connection()
+        try:
+            driver = raw.driver_connection
+            assert driver is not None
+
+            def pragma(name: str) -> int:
+                return int(driver.execute(f"PRAGMA {name}").fetchone()[0])
+
+            if pragma("auto_vacuum") != INCREMENTAL_VACUUM:
+                return 0
+            free, total = pragma("freelist_count"), pragma("page_count")
+            if free < RECLAIM_MIN_PAGES or free * 4 < total:
+                return 0
+            # executescript steps the pragma to its end (a plain execute frees one page),
+            # outside any transaction (this connection's BEGIN is the engine's own).
+            driver.executescript(f"PRAGMA incremental_vacuum({min(max_pages, free - total // 10)})")
+            return free - pragma("freelist_count")
+        finally:
+            raw.close()
 
     # -- inspection ---------------------------------------------------------------------
 
