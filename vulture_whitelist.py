@@ -20,7 +20,7 @@ cli.F
 cli.domain_add, cli.domain_list, cli.domain_remove
 cli.list_create, cli.list_update, cli.list_show, cli.list_ls, cli.list_delete
 cli.member_add, cli.member_remove, cli.member_list, cli.member_import
-cli.queue_show
+cli.queue_show, cli.gc
 Whitelist().rule_add, Whitelist().rule_remove, Whitelist().rule_ls  # in cli._rule_group
 cli.autoreply_set, cli.autoreply_clear, cli.autoreply_show
 cli.filter_add, cli.filter_ls, cli.filter_remove, cli.held_ls, cli.held_release, cli.held_discard
@@ -32,6 +32,7 @@ config.Settings._check_database_url
 config.Settings._upper_log_level, config.Settings._check_retry
 config.Settings._empty_path_is_none, config.Settings._check_tls
 config.Settings._check_role_address, config.Settings._check_dns_resolver
+config.Settings._check_blob_url
 config.Settings.settings_customise_sources
 
 # asyncio calls the protocol methods.

@@ -21,7 +21,7 @@ from typing import IO, Any
 import uvicorn
 
 from mailflow.backoff import RetryPolicy
-from mailflow.blobs import BlobStore
+from mailflow.blobs import Blobs, open_blob_store
 from mailflow.child.egress import ProcessEgress
 from mailflow.child.listeners import HostedListeners
 from mailflow.child.messages import TlsSpec
@@ -146,7 +146,7 @@ class Relay:
             # One process per SQLite store: every lease left behind is from a dead process.
             await runner.write(runner.repo.release_leases, self.clock.now())
         budget = settings.cache_budget
-        blobs = BlobStore(settings.blob_dir, cache_bytes=budget.recent_contents)
+        blobs = open_blob_store(settings.blob_url, settings.blob_dir, budget.recent_contents)
         self.child = child = ChildProcess(log_level=settings.log_level,
                                           contents_cache=budget.child_contents)
         self.egress = egress = self.egress or build_egress(settings, child)
@@ -320,7 +320,7 @@ class Relay:
             log.info("TLS certificate reloaded from %s (SHA-256 %s)", self.tls.cert_file,
                      fingerprint, extra={"action": "tls_reloaded"})
 
-    async def _maintenance(self, blobs: BlobStore) -> None:
+    async def _maintenance(self, blobs: Blobs) -> None:
         """Finish messages whose deliveries are all final, collect what they held, forget
         them after ``message_retention`` and give the space back."""
         assert self.runner is not None

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -205,6 +207,35 @@ def vacuum(ctx: Context) -> None:
     after = database.stat().st_size if database is not None else 0
     click.echo(f"vacuumed {database}: {before:,} -> {after:,} bytes; it now shrinks after "
                "purges")
+@click.option("--orphans-older-than", type=click.FloatRange(min=3600), default=86_400.0,
+              show_default=True, metavar="SECONDS",
+              help="bodies without a database row, and temporary files, older than this "
+                   "are removed")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@pass_context
+def gc(ctx: Context, orphans_older_than: float, as_json: bool) -> None:
+    """Collect garbage now: finished messages, released bodies, expired messages, and
+    bodies whose commit never happened (the relay's maintenance does all but the last)."""
+    from mailflow.blobs import open_blob_store
+    from mailflow.services.blob_gc import collect_garbage
+
+    settings = ctx.settings
+    blobs = open_blob_store(settings.blob_url, settings.blob_dir, 0)
+    with ctx.repository() as repo:
+        try:
+            done = collect_garbage(repo, blobs, time.time(),
+                                   blob_retention=settings.blob_retention,
+                                   message_retention=settings.message_retention,
+                                   orphan_age=orphans_older_than)
+        except OSError as exc:
+            fail(f"blob store {blobs.describe()}: {exc}", EX_TEMPFAIL)
+    if as_json:
+        emit_json({"store": blobs.describe(), **dataclasses.asdict(done)})
+        return
+    click.echo(f"{blobs.describe()}: {done.finished} message(s) finished, {done.released} "
+               f"body(ies) released, {done.purged} message(s) purged, {done.orphans} "
+               f"orphaned body(ies) removed ({done.orphan_bytes:,} bytes), {done.leftovers} "
+               "temporary file(s) removed")
 
 
 # -- pipe -------------------------------------------------------------------------------

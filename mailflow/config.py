@@ -254,6 +254,8 @@ class Settings(BaseSettings):
     scheduler_batch_size: int = Field(default=1000, ge=1)
     max_inline_deliveries: int = Field(default=1000, ge=0)
     max_body_in_database: int = Field(default=64 * 1024, ge=0)
+    # Bodies too large for the database: files under data_dir/blobs, or s3://bucket/prefix.
+    blob_url: str = ""
     blob_retention: float = Field(default=3600.0, ge=0)
     message_retention: float = Field(default=7 * 24 * 3600.0, ge=0)
     maintenance_interval: float = Field(default=30.0, gt=0)
@@ -308,6 +310,13 @@ class Settings(BaseSettings):
     @classmethod
     def _check_dns_resolver(cls, value: str) -> str:
         nameserver_addresses(value)
+    @field_validator("blob_url")
+    @classmethod
+    def _check_blob_url(cls, value: str) -> str:
+        if value:
+            from mailflow.s3_blobs import parse_blob_url
+
+            parse_blob_url(value)
         return value
 
     @field_validator("postmaster_address", "abuse_address")

@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailflow.blobs import BlobStore
+from mailflow.blobs import open_blob_store
 from mailflow.clock import SystemClock
 from mailflow.config import Settings, load_settings
 from mailflow.errors import (
@@ -62,7 +62,8 @@ async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) ->
     try:
         instance = await runner.write(instance_id, settings, runner.repo)
         srs = await runner.write(srs_codec, settings, runner.repo)
-        blobs = BlobStore(settings.blob_dir, cache_bytes=settings.cache_budget.recent_contents)
+        blobs = open_blob_store(settings.blob_url, settings.blob_dir,
+                                settings.cache_budget.recent_contents)
         committer = GroupCommitter(
             runner, blobs, clock, body_limit=settings.max_body_in_database,
             expansion=InlineExpansion(settings.max_inline_deliveries))

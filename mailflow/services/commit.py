@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from mailflow.blobs import BlobStore
+from mailflow.blobs import Blobs
 from mailflow.clock import Clock
 from mailflow.errors import StorageUnavailable
 from mailflow.model import (
@@ -169,7 +169,7 @@ class GroupCommitter:
     which waits for its messages' blob files only just before it commits.  A row thus
     never becomes durable before its body, and the waits overlap."""
 
-    def __init__(self, runner: StoreRunner, blobs: BlobStore, clock: Clock, *,
+    def __init__(self, runner: StoreRunner, blobs: Blobs, clock: Clock, *,
                  body_limit: int, expansion: InlineExpansion | None,
                  queue: QueueHandoff | None = None,
                  on_received: Callable[[], None] = lambda: None,

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 
 from mailflow import srs
 from mailflow.backoff import RetryPolicy
-from mailflow.blobs import BlobStore
+from mailflow.blobs import Blobs
 from mailflow.clock import Clock
 from mailflow.errors import (
     EgressUnavailable,
@@ -149,7 +149,7 @@ class Transaction:
 
 
 class Scheduler:
-    def __init__(self, runner: StoreRunner, blobs: BlobStore, egress: Egress, clock: Clock,
+    def __init__(self, runner: StoreRunner, blobs: Blobs, egress: Egress, clock: Clock,
                  options: SchedulerOptions, recent: RecentMessages | None = None,
                  ingest_busy: Callable[[], bool] = lambda: False) -> None:
         self.recent = recent or RecentMessages()

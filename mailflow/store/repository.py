@@ -893,6 +893,13 @@ class Repository:
                 unlink(hashes)
         return len(hashes)
 
+    def known_blobs(self, digests: Sequence[str]) -> set[str]:
+        """Which of ``digests`` have a row (referenced, or released and not collected)."""
+        if not digests:
+            return set()
+        with self.engines.reader.connect() as conn:
+            return set(conn.scalars(select(blobs.c.hash).where(blobs.c.hash.in_(digests))))
+
     def purge_messages(self, done_before: float, limit: int = 1000) -> int:
         """Forget done messages (their deliveries and events too) older than the cutoff,
         and events of no message as old; returns the rows of messages and of such events
