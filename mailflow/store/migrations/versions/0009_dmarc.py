@@ -1,6 +1,6 @@
 """When a list rewrites From: for DMARC (issue 12, part 6).
 
-Revision ID: 0017_dmarc
+Revision ID: 0009_dmarc
 Revises: 0008_filter_rules
 Create Date: 2026-12-01
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0017_dmarc"
+revision = "0009_dmarc"
 down_revision = "0008_filter_rules"
 branch_labels = None
 depends_on = None
