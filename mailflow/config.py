@@ -229,6 +229,7 @@ class Settings(BaseSettings):
     blob_retention: float = Field(default=3600.0, ge=0)
     message_retention: float = Field(default=7 * 24 * 3600.0, ge=0)
     maintenance_interval: float = Field(default=30.0, gt=0)
+    moderation_interval: float = Field(default=10.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
