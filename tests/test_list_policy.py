@@ -203,7 +203,7 @@ def test_rcpt_refuses_where_the_envelope_sender_alone_decides() -> None:
     assert service.answers_for_every_sender(Resolution("list", a_list(PostingPolicy.OPEN)))
     request = {"request": "smtpd_access_policy", "recipient": TEAM}
     assert asyncio.run(policy_decide(service, {**request, "sender": "stranger@x.test"})) \
-        .startswith("550 5.7.1 <stranger@x.test> is not a member of")
+        .startswith("REJECT 5.7.1 <stranger@x.test> is not a member of")
     assert asyncio.run(policy_decide(service, {**request, "sender": "ann@x.test"})) == "DUNNO"
 
 
