@@ -130,7 +130,7 @@ def test_a_held_non_member_post_reaches_the_moderators_and_goes_out_once_approve
 
 def test_a_moderated_list_holds_member_posts_but_not_its_owners(
         relay: RelayProcess, module_sink: SmtpSink) -> None:
-    address, members, owner, moderator = policy_list(relay, "moderated")
+    address, members, owner, _moderator = policy_list(relay, "moderated")
     post(relay, members[0], address, make_message(address, sender=members[0],
                                                   subject="member post"))
     post(relay, owner, address, make_message(address, sender=owner, subject="owner post"))
@@ -143,7 +143,7 @@ def test_a_moderated_list_holds_member_posts_but_not_its_owners(
 
 def test_an_announce_list_takes_posts_from_its_owner_only(
         relay: RelayProcess, module_sink: SmtpSink) -> None:
-    address, members, owner, moderator = policy_list(relay, "announce")
+    address, members, owner, _moderator = policy_list(relay, "announce")
     with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
         with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
             client.sendmail(members[0], [address], make_message(address, sender=members[0]))
@@ -157,7 +157,7 @@ def test_an_announce_list_takes_posts_from_its_owner_only(
 
 def test_rejecting_a_held_post_tells_its_author_why(
         relay: RelayProcess, module_sink: SmtpSink) -> None:
-    address, members, owner, moderator = policy_list(relay, "members", "hold")
+    address, members, owner, _moderator = policy_list(relay, "members", "hold")
     stranger = f"stranger.{address.split('@')[0]}@outside.test"
     post(relay, f"bounces+x@{stranger.split('@')[1]}", address,
          make_message(address, sender=f"Stranger <{stranger}>", subject="Buy now"))
@@ -178,7 +178,7 @@ def test_rejecting_a_held_post_tells_its_author_why(
 
 def test_approving_with_add_member_lets_the_author_post_from_then_on(
         relay: RelayProcess, module_sink: SmtpSink) -> None:
-    address, members, owner, moderator = policy_list(relay, "members", "hold")
+    address, members, owner, _moderator = policy_list(relay, "members", "hold")
     newcomer = f"newcomer.{address.split('@')[0]}@outside.test"
     post(relay, newcomer, address, make_message(address, sender=newcomer, subject="first"))
     module_sink.wait_for_copies([owner])
