@@ -37,7 +37,7 @@ from mailflow.pipeline.accept.posting import (
     PostingPolicyStep,
     author_identities,
     decide,
-    poster_role,
+    poster,
 )
 from mailflow.pipeline.context import Action, MessageContext
 from mailflow.pipeline.moderation import post_author
@@ -102,11 +102,11 @@ def test_the_non_member_action_and_the_refusal_text() -> None:
 
 def test_the_least_privileged_identity_decides() -> None:
     roles = {(7, "own@x.test"): OWNER, (7, "mem@x.test"): MEMBER}
-    assert poster_role(7, ["own@x.test"], roles) is OWNER
-    assert poster_role(7, ["own@x.test", "mem@x.test"], roles) is MEMBER
-    assert poster_role(7, ["own@x.test", "stranger@x.test"], roles) is None
-    assert poster_role(7, [], roles) is None
-    assert poster_role(8, ["own@x.test"], roles) is None  # another list's roster
+    assert poster(7, ["own@x.test"], roles) == (OWNER, "own@x.test")
+    assert poster(7, ["own@x.test", "mem@x.test"], roles) == (MEMBER, "mem@x.test")
+    assert poster(7, ["own@x.test", "stranger@x.test"], roles) == (None, "stranger@x.test")
+    assert poster(7, [], roles) == (None, "")
+    assert poster(8, ["own@x.test"], roles) == (None, "own@x.test")  # another list's roster
     header = b'From: "Ann" <Ann@X.test>, bob@x.test\r\nFrom: nobody\r\n'
     assert author_identities(header) == ["ann@x.test", "bob@x.test"]
     many = ("From: " + ", ".join(f"p{i}@x.test" for i in range(11)) + "\r\n").encode()
@@ -152,9 +152,13 @@ def test_the_step_reads_every_roster_in_one_query_and_checks_from_and_envelope()
     # Both member and owner on the envelope, a member in From: the member decides.
     assert run("env@x.test", "ann@x.test") == {announce.address: Action.REJECT}
     assert roster.asked == [([7, 8], ["env@x.test", "ann@x.test"])]  # one query
-    # A member's From: with a stranger's envelope is a non-member's post.
+    # A member's From: with a stranger's envelope is a non-member's post, named so.
     assert run("stranger@x.test", "ann@x.test") == {TEAM: Action.REJECT,
                                                     announce.address: Action.REJECT}
+    ctx = MessageContext.of(Envelope("stranger@x.test", (TEAM,)),
+                            make_message(TEAM, sender="ann@x.test"))
+    refusal = asyncio.run(step(ctx, list(ctx.recipients.values())))[TEAM].error
+    assert str(refusal).startswith(f"<stranger@x.test> is not a member of {TEAM}")
     # The null sender identifies nobody: the From: alone decides.
     assert run("", "ann@x.test") == {announce.address: Action.REJECT}
     roster.asked.clear()

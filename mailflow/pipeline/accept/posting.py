@@ -75,17 +75,17 @@ def author_identities(header: bytes) -> list[str] | None:
     return None if len(authors) > MAX_AUTHORS else authors
 
 
-def poster_role(list_id: int, identities: Iterable[str],
-                roles: Mapping[tuple[int, str], MemberRole]) -> MemberRole | None:
-    """The least privileged role among ``identities`` on the list; None if one of them
-    is not a member (or there is none)."""
-    lowest: MemberRole | None = None
+def poster(list_id: int, identities: Iterable[str],
+           roles: Mapping[tuple[int, str], MemberRole]) -> tuple[MemberRole | None, str]:
+    """The least privileged of ``identities`` on the list and its role (None: not a
+    member): the identity a refusal names.  ('' and None without identities.)"""
+    lowest: tuple[MemberRole | None, str] = (None, "")
     for identity in identities:
         role = roles.get((list_id, identity))
         if role is None:
-            return None
-        if lowest is None or _RANK[role] < _RANK[lowest]:
-            lowest = role
+            return None, identity
+        if lowest[0] is None or _RANK[role] < _RANK[lowest[0]]:
+            lowest = (role, identity)
     return lowest
 
 
@@ -154,14 +154,14 @@ class PostingPolicyStep:
         sender = envelope_identity(ctx.envelope.mail_from)
         authors = author_identities(ctx.header)
         identities = list(dict.fromkeys([*([sender] if sender else []), *(authors or [])]))
-        list_ids = sorted({t.id for t in targets.values()})
-        roles = (await self.roster.roles(list_ids, identities)
+        # Too many authors, or no identity at all: a non-member's, without a query.
+        roles = (await self.roster.roles(sorted({t.id for t in targets.values()}), identities)
                  if identities and authors is not None else {})
-        shown = (authors or [sender])[0] if (authors or sender) else ""
+        fallback = next(iter(authors or []), sender)
         decided: dict[str, Decision] = {}
         for canonical, target in targets.items():
-            role = poster_role(target.id, identities, roles) if roles else None
-            decision = decide(target, role, shown)
+            role, who = poster(target.id, identities, roles)
+            decision = decide(target, role, who or fallback)
             if decision is not None:
                 decided[canonical] = decision
         return decided
