@@ -9,14 +9,26 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from mailflow.blobs import content_hash
-from mailflow.errors import InvalidInput, NotFound, PostingRefused, SenderBlocked
+from mailflow.cli import cli
+from mailflow.config import Settings
+from mailflow.errors import (
+    InvalidInput,
+    MailflowError,
+    NotFound,
+    PostingRefused,
+    SenderBlocked,
+    spec,
+)
 from mailflow.ingress.policy import decide as policy_decide
 from mailflow.model import (
     GENERATED,
@@ -44,9 +56,10 @@ from mailflow.pipeline.moderation import post_author
 from mailflow.services.accept import AcceptPolicy, AcceptService
 from mailflow.services.commit import IngestBatch, store_batch
 from mailflow.services.directory import DirectoryService
+from mailflow.services.installation import initialise
 from mailflow.services.moderation import Moderation, ModerationSweep
 from mailflow.services.sender_rules import SenderRuleBook
-from mailflow.store import Repository
+from mailflow.store import Repository, create_cli_engines
 from mailflow.store.engine import Engines
 from mailflow.store.runner import StoreRunner
 from mailflow.testing.clock import FakeClock
@@ -332,3 +345,51 @@ def test_reject_queues_a_notice_to_the_author_and_approve_adds_a_member(
     assert repo.message_counts()["received"] == 1  # approved: waits for expansion
     with pytest.raises(NotFound):
         moderation.discard("m2")
+
+
+# -- the commands (in-process; the relay's own runs are in test_list_policy_e2e) ---------
+
+def test_the_policy_role_and_held_commands(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, hostname="relay.test")
+    initialise(settings)
+    engines = create_cli_engines(settings.resolved_database_url)
+    try:
+        make_list(Repository(engines), TEAM, ["ann@x.test"])
+    finally:
+        engines.dispose()
+    runner = CliRunner(env={"MAILFLOW_DATA_DIR": str(tmp_path), "MAILFLOW_CONFIG": ""})
+
+    def run(*args: str, status: int = 0) -> str:
+        result = runner.invoke(cli, list(args))
+        assert result.exit_code == status, result.output
+        return result.output
+
+    assert run("list", "update", TEAM, "--posting", "announce", "--non-member-action",
+               "hold", "--hold-days", "3") == f"updated list {TEAM}\n"
+    shown = json.loads(run("list", "show", TEAM, "--json"))
+    assert (shown["posting"], shown["non_member_action"], shown["hold_days"]) == (
+        "announce", "hold", 3)
+    run("list", "update", TEAM, "--posting", "closed", status=2)
+    assert main_exit(runner, "list", "update", TEAM, "--hold-days", "0") == 2
+    assert run("member", "add", TEAM, "lead@x.test", "--role", "owner") == (
+        f"added 1 member(s) to {TEAM}\n")
+    assert run("member", "set-role", TEAM, "ann@x.test", "--role", "moderator") == (
+        f"1 member(s) of {TEAM} now moderator\n")
+    assert run("member", "list", TEAM) == ("ann@x.test\tactive\tmoderator\n"
+                                           "lead@x.test\tactive\towner\n")
+    assert [m["role"] for m in json.loads(run("member", "list", TEAM, "--json"))] == [
+        "moderator", "owner"]
+    assert json.loads(run("held", "ls", "--list", TEAM, "--json")) == []
+    assert main_exit(runner, "held", "ls", "--list", "nobody@example.test") == 3
+    assert main_exit(runner, "held", "approve", "nope") == 3
+    assert main_exit(runner, "held", "reject", "nope", "--reason", "x") == 3
+    assert main_exit(runner, "member", "set-role", TEAM, "zed@x.test", "--role",
+                     "owner") == 3
+
+
+def main_exit(runner: CliRunner, *args: str) -> int:
+    """The exit status ``main`` gives a domain error (``invoke`` raises it instead)."""
+    result = runner.invoke(cli, list(args))
+    if isinstance(result.exception, MailflowError):
+        return spec(result.exception).cli_exit
+    return result.exit_code
