@@ -43,9 +43,11 @@ from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpan
 from mailflow.services.dmarc_policy import DmarcPolicies
 from mailflow.services.filter_rules import FilterBook, store_filter_book
 from mailflow.services.installation import prepare
+from mailflow.services.moderation import ModerationSweep, content_reader
 from mailflow.services.notices import FailureNotices
 from mailflow.services.processor import Processor
 from mailflow.services.recent import RecentMessages
+from mailflow.services.rosters import StoreRoster
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.services.sender_rules import SenderRuleBook, store_rule_book
 from mailflow.store import StoreRunner, create_engines
@@ -188,6 +190,7 @@ class Relay:
                          settings.max_received_headers, settings.recipient_cache_ttl,
                          settings.filter_regex_timeout),
             rules=self.sender_rules, filters=self.filter_rules, srs=srs,
+            roster=StoreRoster(runner),
         )
         # Bound before anything starts, so that a child the scheduler's first send may
         # start (lazily) serves them too; accepted only once the child starts, last.
@@ -197,6 +200,10 @@ class Relay:
             asyncio.create_task(processor.run(), name="processor"),
             asyncio.create_task(committer.run(), name="committer"),
             asyncio.create_task(notices.run(), name="failure notices"),
+            asyncio.create_task(ModerationSweep(
+                runner, self.clock, content_reader(runner.repo, blobs.read),
+                settings.moderation_interval, on_queued=scheduler.wake).run(),
+                name="moderation"),
             asyncio.create_task(self._maintenance(blobs), name="maintenance"),
         ]
         try:

@@ -25,13 +25,25 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailflow import __version__, addresses
+from mailflow.blobs import BlobStore
+from mailflow.clock import SystemClock
 from mailflow.config import Settings, load_settings
 from mailflow.errors import EX_TEMPFAIL, Conflict, InvalidInput, MailflowError, NotFound, spec
 from mailflow.memory import release_large_blocks
-from mailflow.model import AddedMembers, DmarcMode, ForwardStyle, ListKind, RuleAction
+from mailflow.model import (
+    AddedMembers,
+    DmarcMode,
+    ForwardStyle,
+    ListKind,
+    MemberRole,
+    NonMemberAction,
+    PostingPolicy,
+    RuleAction,
+)
 from mailflow.pipeline.accept import filters
 from mailflow.services import directory as rules
 from mailflow.services.directory import DirectoryService
+from mailflow.services.moderation import REASON_MAX_LENGTH, Moderation, content_reader
 from mailflow.store import Repository, create_cli_engines
 from mailflow.store.engine import describe_database_error, normalize_url, sqlite_path
 
@@ -89,6 +101,13 @@ class Context:
     def directory(self) -> Iterator[DirectoryService]:
         with self.repository() as repo:
             yield DirectoryService(repo)
+
+    @contextmanager
+    def moderation(self) -> Iterator[Moderation]:
+        """Held posts' moderation: the store, and the blob files the posts are in."""
+        with self.repository() as repo:
+            blobs = BlobStore(self.settings.blob_dir, cache_bytes=0)
+            yield Moderation(repo, SystemClock(), content_reader(repo, blobs.read))
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -350,17 +369,33 @@ def list_create(ctx: Context, address: str, kind: str, name: str, priority: int)
 @click.option("--dmarc", type=click.Choice([m.value for m in DmarcMode]),
               help="lists: when copies carry \"Author via List\" <list> in From: (auto: "
                    "for authors whose domain publishes DMARC p=quarantine or p=reject)")
+@click.option("--posting", type=click.Choice([p.value for p in PostingPolicy]),
+              help="who may post: open (anyone), members, moderated (every post held), "
+                   "announce (owners and moderators only)")
+@click.option("--non-member-action", type=click.Choice([a.value for a in NonMemberAction]),
+              help="what a post the posting policy does not admit gets: reject (550 "
+                   "5.7.1), hold (for a moderator) or discard")
+@click.option("--hold-days", type=int,
+              help=f"held posts are discarded after this many days (1 to "
+                   f"{rules.HOLD_DAYS_MAX}; default 14)")
 @pass_context
 def list_update(ctx: Context, address: str, kind: str | None, name: str | None,
-                priority: int | None, forward_style: str | None, dmarc: str | None) -> None:
-    """Change the kind, display name, priority, forward style or DMARC mode of the list
-    or alias at ADDRESS."""
-    if all(v is None for v in (kind, name, priority, forward_style, dmarc)):
+                priority: int | None, forward_style: str | None, dmarc: str | None,
+                posting: str | None, non_member_action: str | None,
+                hold_days: int | None) -> None:
+    """Change the kind, display name, priority, forward style, DMARC mode or posting
+    policy of the list or alias at ADDRESS."""
+    if all(v is None for v in (kind, name, priority, forward_style, dmarc, posting,
+                               non_member_action, hold_days)):
         raise click.UsageError("nothing to update: give --name, --priority, --kind, "
-                               "--forward-style or --dmarc")
+                               "--forward-style, --dmarc, --posting, --non-member-action "
+                               "or --hold-days")
     with ctx.directory() as directory:
         updated = directory.update_list(address, kind=kind, name=name, priority=priority,
-                                        forward_style=forward_style, dmarc=dmarc)
+                                        forward_style=forward_style, dmarc=dmarc,
+                                        posting=posting,
+                                        non_member_action=non_member_action,
+                                        hold_days=hold_days)
     click.echo(f"updated {updated.kind.value} {updated.address}")
 
 
@@ -376,6 +411,9 @@ def list_show(ctx: Context, address: str, as_json: bool) -> None:
     info = {"address": found.address, "kind": found.kind.value, "name": found.name,
             "priority": found.priority, "forward_style": found.forward_style.value,
             "dmarc": found.dmarc.value,
+            "posting": found.posting.value,
+            "non_member_action": found.non_member_action.value,
+            "hold_days": found.hold_days,
             "members": len(roster),
             "active_members": sum(1 for m in roster if m.status.value == "active"),
             "bounces_address": found.bounces_address, "list_id": found.list_id}
@@ -427,13 +465,36 @@ def member() -> None:
               help="display name of the member (one address); replaces the name of a "
                    f"member already there; at most {rules.NAME_MAX_LENGTH} characters, "
                    "no control characters")
+@click.option("--role", type=click.Choice([r.value for r in MemberRole]),
+              help="owner, moderator or member (default for new members: member); "
+                   "members already there take it too")
 @pass_context
-def member_add(ctx: Context, list_address: str, members: tuple[str, ...], name: str) -> None:
+def member_add(ctx: Context, list_address: str, members: tuple[str, ...], name: str,
+               role: str | None) -> None:
     """Add MEMBERS to LIST_ADDRESS (alias targets may be in any domain)."""
     target = rules.validated_address(list_address)
     with ctx.directory() as directory:
-        result = directory.add_members(target, members, name=name)
+        result = directory.add_members(target, members, name=name, role=role)
     click.echo(f"added {result.added} member(s) to {target}" + _already(result))
+
+
+@member.command("set-role")
+@click.argument("list_address")
+@click.argument("members", nargs=-1, required=True)
+@click.option("--role", type=click.Choice([r.value for r in MemberRole]), required=True,
+              help="owner and moderator: post to announce lists, are told of held posts")
+@pass_context
+def member_set_role(ctx: Context, list_address: str, members: tuple[str, ...],
+                    role: str) -> None:
+    """Give MEMBERS of LIST_ADDRESS a role."""
+    target = rules.validated_address(list_address)
+    given = set(rules.validated_addresses(members))
+    with ctx.directory() as directory:
+        changed = directory.set_role(target, sorted(given), role)
+    if changed < len(given):
+        fail(f"{changed} of {len(given)} are members of {target}; add the others first "
+             f"(see `mailflow member list {target}`)", EXIT_NOT_FOUND)
+    click.echo(f"{changed} member(s) of {target} now {role}")
 
 
 def _already(result: AddedMembers) -> str:
@@ -463,7 +524,8 @@ def member_remove(ctx: Context, list_address: str, members: tuple[str, ...]) -> 
 @member.command("list")
 @click.argument("list_address")
 @click.option("--json", "as_json", is_flag=True,
-              help="a JSON array of objects with address, name, status and created_at")
+              help="a JSON array of objects with address, name, status, role and "
+                   "created_at")
 @pass_context
 def member_list(ctx: Context, list_address: str, as_json: bool) -> None:
     """Show the members of LIST_ADDRESS."""
@@ -471,10 +533,11 @@ def member_list(ctx: Context, list_address: str, as_json: bool) -> None:
         roster = directory.members(list_address)
     if as_json:
         emit_json([{"address": m.address, "name": m.name, "status": m.status.value,
-                    "created_at": m.created_at} for m in roster])
+                    "role": m.role.value, "created_at": m.created_at} for m in roster])
         return
     for m in roster:
-        click.echo(f"{m.address}\t{m.status.value}" + (f"\t{m.name}" if m.name else ""))
+        click.echo(f"{m.address}\t{m.status.value}\t{m.role.value}"
+                   + (f"\t{m.name}" if m.name else ""))
 
 
 member.add_command(member_list, "ls")  # as `list ls`
@@ -766,17 +829,19 @@ def filter_remove(ctx: Context, address: str, number: int) -> None:
 
 @cli.group()
 def held() -> None:
-    """Messages a filter rule holds, until released or discarded."""
+    """Held posts (a posting policy or a filter rule held them) and their moderation."""
 
 
 @held.command("ls")
+@click.option("--list", "list_address", metavar="LIST",
+              help="only the posts held for this list or alias")
 @click.option("--json", "as_json", is_flag=True,
               help="a JSON array of objects with id, from, to, size, received_at, reason")
 @pass_context
-def held_ls(ctx: Context, as_json: bool) -> None:
+def held_ls(ctx: Context, list_address: str | None, as_json: bool) -> None:
     """Show the held messages, oldest first."""
     with ctx.directory() as directory:
-        found = directory.held_messages()
+        found = directory.held_messages(list_address)
     if as_json:
         emit_json([{"id": m.id, "from": m.mail_from, "to": list(m.rcpt_tos), "size": m.size,
                     "received_at": m.received_at, "reason": m.reason} for m in found])
@@ -785,23 +850,50 @@ def held_ls(ctx: Context, as_json: bool) -> None:
         click.echo(f"{m.id}\t<{m.mail_from}>\t{','.join(m.rcpt_tos)}\t{m.size}\t{m.reason}")
 
 
+@held.command("approve")
+@click.argument("message_id", metavar="ID")
+@click.option("--add-member", is_flag=True,
+              help="add the post's author (its From: address) to the lists first, so "
+                   "their next posts pass")
+@pass_context
+def held_approve(ctx: Context, message_id: str, add_member: bool) -> None:
+    """Deliver a held message to its lists and aliases as if it had just arrived."""
+    with ctx.moderation() as moderation:
+        added = moderation.approve(message_id, add_member=add_member)
+    click.echo(f"approved {message_id}" + (f"; author added to {', '.join(added)}"
+                                           if added else ""))
+
+
 @held.command("release")
 @click.argument("message_id", metavar="ID")
 @pass_context
 def held_release(ctx: Context, message_id: str) -> None:
-    """Deliver a held message to its lists and aliases as if it had just arrived."""
-    with ctx.directory() as directory:
-        directory.release_held(message_id)
+    """Deliver a held message (as `held approve`)."""
+    with ctx.moderation() as moderation:
+        moderation.approve(message_id)
     click.echo(f"released {message_id}")
+
+
+@held.command("reject")
+@click.argument("message_id", metavar="ID")
+@click.option("--reason", default="",
+              help=f"told to the author (at most {REASON_MAX_LENGTH} characters)")
+@pass_context
+def held_reject(ctx: Context, message_id: str, reason: str) -> None:
+    """Refuse a held message: nobody gets it, its author is told (with the reason)."""
+    with ctx.moderation() as moderation:
+        author = moderation.reject(message_id, reason)
+    click.echo(f"rejected {message_id}" + (f"; notice queued to {author}" if author
+                                           else "; no author to tell"))
 
 
 @held.command("discard")
 @click.argument("message_id", metavar="ID")
 @pass_context
 def held_discard(ctx: Context, message_id: str) -> None:
-    """Drop a held message: nobody gets it."""
-    with ctx.directory() as directory:
-        directory.discard_held(message_id)
+    """Drop a held message silently: nobody gets it, nobody is told."""
+    with ctx.moderation() as moderation:
+        moderation.discard(message_id)
     click.echo(f"discarded {message_id}")
 
 

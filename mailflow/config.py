@@ -259,6 +259,7 @@ class Settings(BaseSettings):
     blob_retention: float = Field(default=3600.0, ge=0)
     message_retention: float = Field(default=7 * 24 * 3600.0, ge=0)
     maintenance_interval: float = Field(default=30.0, gt=0)
+    moderation_interval: float = Field(default=10.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -310,6 +311,8 @@ class Settings(BaseSettings):
     @classmethod
     def _check_dns_resolver(cls, value: str) -> str:
         nameserver_addresses(value)
+        return value
+
     @field_validator("blob_url")
     @classmethod
     def _check_blob_url(cls, value: str) -> str:

@@ -23,6 +23,7 @@
             ├── InvalidRecipientAddress   a RCPT TO address that is not text
             ├── SenderBlocked         a block entry covers the sender for the recipient(s)
             ├── FilterRejected        a filter rule of a list or alias refuses the message
+            ├── PostingRefused        a list's posting policy does not admit the sender
             └── LoopDetected          our own loop marker, or too many hops
 
 An error says *what* went wrong in plain words and structured fields, never *how* a
@@ -189,6 +190,10 @@ class FilterRejected(PermanentFailure):
     default_reason = "refused by a filter rule"
 
 
+class PostingRefused(PermanentFailure):
+    default_reason = "not allowed to post to this list"
+
+
 class LoopDetected(PermanentFailure):
     default_reason = "mail loop detected"
 
@@ -262,6 +267,8 @@ TABLE: Final[dict[type[MailflowError], ErrorSpec]] = {
     SenderBlocked: _spec("sender_blocked", "550 5.7.1", 422, "Refused",
                          EX_NOUSER, 1, "REJECT"),
     FilterRejected: _spec("filter_rejected", "550 5.7.1", 422, "Refused",
+                          EX_NOUSER, 1, "REJECT"),
+    PostingRefused: _spec("posting_refused", "550 5.7.1", 422, "Refused",
                           EX_NOUSER, 1, "REJECT"),
     LoopDetected: _spec("loop_detected", "554 5.4.6", 422, "Refused",
                         EX_DATAERR, 1, "REJECT"),

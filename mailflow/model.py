@@ -55,6 +55,35 @@ class MemberStatus(enum.StrEnum):
     DISABLED = "disabled"  # kept on the roster, receives nothing (bounces, vacation)
 
 
+class MemberRole(enum.StrEnum):
+    """What a member may do on its list (Mailman 3's roster roles)."""
+
+    OWNER = "owner"          # runs the list: posts to announce lists, moderates
+    MODERATOR = "moderator"  # posts to announce lists, approves or rejects held posts
+    MEMBER = "member"        # receives the list's mail, posts where members may
+
+    @property
+    def moderates(self) -> bool:
+        return self is not MemberRole.MEMBER
+
+
+class PostingPolicy(enum.StrEnum):
+    """Who may post to a list (``mailflow list update --posting``)."""
+
+    OPEN = "open"            # anyone
+    MEMBERS = "members"      # members; others get the list's non-member action
+    MODERATED = "moderated"  # every post held for a moderator (theirs and owners' pass)
+    ANNOUNCE = "announce"    # owners and moderators only; others get the non-member action
+
+
+class NonMemberAction(enum.StrEnum):
+    """What a post from someone the posting policy does not admit gets."""
+
+    REJECT = "reject"    # refused: 550 5.7.1 at RCPT or after DATA
+    HOLD = "hold"        # held for a moderator
+    DISCARD = "discard"  # answered as accepted, dropped, an event says why
+
+
 class MessageStatus(enum.StrEnum):
     RECEIVED = "received"  # durable, not yet expanded into deliveries
     HELD = "held"          # kept by a filter rule until an owner releases or discards it
@@ -90,6 +119,9 @@ class MailingList:
     created_at: float
     forward_style: ForwardStyle = ForwardStyle.RESEND
     dmarc: DmarcMode = DmarcMode.NEVER
+    posting: PostingPolicy = PostingPolicy.OPEN
+    non_member_action: NonMemberAction = NonMemberAction.REJECT
+    hold_days: int = 14  # held posts are discarded after this many days
 
     @property
     def bounces_address(self) -> str:
@@ -137,6 +169,7 @@ class Member:
     status: MemberStatus
     created_at: float
     name: str = ""  # display name; the directory refuses control characters in it
+    role: MemberRole = MemberRole.MEMBER
 
 
 class AddedMembers(NamedTuple):
@@ -357,6 +390,18 @@ class HeldMessage:
     size: int
     received_at: float
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeldPost:
+    """A held message as one list's moderators were told of it."""
+
+    message_id: str
+    list_id: int
+    list_address: str
+    author: str       # whom a rejection notice goes to ('' for none)
+    reason: str
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)

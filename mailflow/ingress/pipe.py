@@ -39,6 +39,7 @@ from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, InlineExpansion
 from mailflow.services.filter_rules import store_filter_book
 from mailflow.services.installation import instance_id, srs_codec
+from mailflow.services.rosters import StoreRoster
 from mailflow.services.sender_rules import store_rule_book
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.engine import describe_database_error, sqlite_path
@@ -72,6 +73,7 @@ async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) ->
             instance, settings.max_message_size, settings.max_received_headers, 0,
             settings.filter_regex_timeout),
             rules=store_rule_book(runner, clock, 0), filters=store_filter_book(runner, clock, 0),
+            roster=StoreRoster(runner),
             srs=srs)
         message_id = await service.submit(envelope, raw)
     except SmtpReplyError as error:

@@ -26,6 +26,7 @@ from mailflow.pipeline.accept.envelope import EnvelopeText
 from mailflow.pipeline.accept.filters import FilterRules, MessageFilters
 from mailflow.pipeline.accept.hops import HopLimit
 from mailflow.pipeline.accept.loops import NotLooping
+from mailflow.pipeline.accept.posting import PostingPolicyStep, Roster
 from mailflow.pipeline.accept.recipients import Lookup, RecipientCheck
 from mailflow.pipeline.accept.size import SizeLimit
 from mailflow.pipeline.accept.well_formed import Framed, WellFormed
@@ -72,16 +73,17 @@ class AcceptSettings(Protocol):
 # -- the registries ---------------------------------------------------------------------
 
 def accept_chain(settings: AcceptSettings, lookup: Lookup, rules: SenderRules, *,
-                 submitted: bool, filters: FilterRules | None = None
-                 ) -> tuple[AcceptStep, ...]:
-    """In order; next: posting policy.
+                 submitted: bool, filters: FilterRules | None = None,
+                 roster: Roster | None = None) -> tuple[AcceptStep, ...]:
+    """In order.
 
     ``submitted``: the chain for input without an SMTP conversation (HTTP, pipe), which
     also checks what an SMTP client passed before DATA (syntax trusted, RCPT asked) and
     the whole header section; SMTP/LMTP get the lighter :class:`Framed` check.
     ``filters``: the lists' filter rules (the relay always has them), last, as the
     only step that may parse the whole message: whatever the cheaper steps refuse is
-    never parsed.
+    never parsed.  ``roster``: the lists' rosters, for their posting policies (after
+    the blocklist: a blocked sender is refused as such, whatever its role).
     """
     return (
         SizeLimit(settings.max_message_size),
@@ -90,6 +92,7 @@ def accept_chain(settings: AcceptSettings, lookup: Lookup, rules: SenderRules, *
         HopLimit(settings.max_received_headers),
         NotLooping(settings.instance_id),
         SenderBlocklist(rules),
+        *((PostingPolicyStep(lookup, roster),) if roster else ()),
         *((MessageFilters(filters, settings.filter_regex_timeout),) if filters else ()),
     )
 

@@ -33,11 +33,12 @@ from typing import Protocol
 
 from mailflow import addresses, srs
 from mailflow.clock import Clock
-from mailflow.errors import NoRecipients, SenderBlocked, StorageUnavailable
+from mailflow.errors import NoRecipients, PostingRefused, SenderBlocked, StorageUnavailable
 from mailflow.ids import new_message_id
 from mailflow.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
 from mailflow.model import Envelope, Event, InboundMessage, MessageStatus, Resolution, Verdict
 from mailflow.pipeline.accept.blocklist import blocking_rule, judged_sender, sender_blocked
+from mailflow.pipeline.accept.posting import Roster, envelope_identity, rcpt_refusal, restricted
 from mailflow.pipeline.accept.recipients import Lookup, refusal
 from mailflow.pipeline.accept.well_formed import without_mbox_from
 from mailflow.pipeline.chain import AcceptStep, accept_chain, run_accept
@@ -90,12 +91,14 @@ class AcceptService:
                  policy: AcceptPolicy, steps: Sequence[AcceptStep] | None = None,
                  submit_steps: Sequence[AcceptStep] | None = None, *,
                  rules: SenderRuleBook | None = None,
-                 filters: FilterBook | None = None, srs: Srs | None = None) -> None:
+                 filters: FilterBook | None = None, srs: Srs | None = None,
+                 roster: Roster | None = None) -> None:
         """``lookup`` resolves a canonical address (see :func:`store_lookup`); ``rules``
         are the sender entries (see :func:`~mailflow.services.sender_rules.store_rule_book`;
         none without it), ``filters`` the lists' filter rules (likewise); ``steps`` and
         ``submit_steps`` replace the accept chain's two variants (tests); ``srs`` checks
-        bounces to our SRS addresses (none are taken without it)."""
+        bounces to our SRS addresses (none are taken without it); ``roster`` reads the
+        lists' rosters for their posting policies (every list is open without it)."""
         self.lookup = lookup
         self.srs = srs
         self.committer = committer
@@ -104,12 +107,14 @@ class AcceptService:
         self.known = KnownRecipients(clock, policy.recipient_cache_ttl)
         self.rules = rules if rules is not None else no_rules(clock)
         self.filters = filters if filters is not None else no_filters(clock)
+        self.roster = roster
         self.steps = (steps if steps is not None
                       else accept_chain(policy, self._lookup, self.rules, submitted=False,
-                                        filters=self.filters))
+                                        filters=self.filters, roster=roster))
         self.submit_steps = (submit_steps if submit_steps is not None
                              else accept_chain(policy, self._lookup, self.rules,
-                                               submitted=True, filters=self.filters))
+                                               submitted=True, filters=self.filters,
+                                               roster=roster))
 
     async def _lookup(self, canonical: str) -> Resolution:
         """What ``canonical`` is here: from the recent answers, else the store."""
@@ -147,6 +152,8 @@ class AcceptService:
         error = refusal(address, resolution)
         if error is None and sender:
             error = await self._sender_refusal(judged_sender(sender), canonical, address)
+        if error is None and sender:
+            error = await self._posting_refusal(resolution, envelope_identity(sender))
         if error is not None:
             if count:
                 MESSAGES_REJECTED.labels(code=error.enhanced).inc()
@@ -164,11 +171,26 @@ class AcceptService:
             return sender_blocked(sender, [address])
         return None
 
-    def answers_for_every_sender(self) -> bool:
+    async def _posting_refusal(self, resolution: Resolution, sender: str
+                               ) -> PostingRefused | None:
+        """The refusal of a post by ``sender`` (the envelope's) where the list's posting
+        policy refuses it whatever its ``From:`` field (one roster query, for restricted
+        lists only); the rest is decided after DATA."""
+        target = resolution.mailing_list
+        if (self.roster is None or not sender or resolution.kind != "list"
+                or target is None or not restricted(target)):
+            return None
+        roles = await self.roster.roles([target.id], [sender])
+        return rcpt_refusal(target, sender, roles.get((target.id, sender)))
+
+    def answers_for_every_sender(self, resolution: Resolution | None = None) -> bool:
         """Whether a positive :meth:`check_recipient` answer holds whatever the sender
-        (no sender entry exists, as last counted): the child may then remember the
-        recipient alone, else only with its sender."""
-        return self.rules.empty
+        (no sender entry exists, as last counted, and the recipient is no list whose
+        posting policy asks who sends): the child may then remember the recipient
+        alone, else only with its sender."""
+        return self.rules.empty and not (
+            self.roster is not None and resolution is not None
+            and resolution.kind == "list" and restricted(resolution.mailing_list))
 
     async def submit(self, envelope: Envelope, raw: bytes) -> str:
         """Check a whole submission, then accept it: for ingresses without RCPT (HTTP, pipe).

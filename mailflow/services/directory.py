@@ -39,6 +39,9 @@ from mailflow.model import (
     ListKind,
     MailingList,
     Member,
+    MemberRole,
+    NonMemberAction,
+    PostingPolicy,
     RuleAction,
     SenderRule,
 )
@@ -235,6 +238,26 @@ def validated_forward_style(style: str | ForwardStyle) -> ForwardStyle:
 
 def validated_dmarc_mode(mode: str | DmarcMode) -> DmarcMode:
     return _validated_choice(DmarcMode, mode, "DMARC mode")
+HOLD_DAYS_MAX: Final = 365
+
+
+def validated_role(role: str | MemberRole) -> MemberRole:
+    return _validated_choice(MemberRole, role, "role")
+
+
+def validated_posting(policy: str | PostingPolicy) -> PostingPolicy:
+    return _validated_choice(PostingPolicy, policy, "posting policy")
+
+
+def validated_non_member_action(action: str | NonMemberAction) -> NonMemberAction:
+    return _validated_choice(NonMemberAction, action, "non-member action")
+
+
+def validated_hold_days(days: int) -> int:
+    if not 1 <= days <= HOLD_DAYS_MAX:
+        raise InvalidInput(f"invalid hold time {days} days: it must be between 1 and "
+                           f"{HOLD_DAYS_MAX}")
+    return days
 
 
 def validated_targets(list_address: str, members: Iterable[str]) -> list[str]:
@@ -364,7 +387,10 @@ class DirectoryService:
     def update_list(self, address: str, *, kind: str | ListKind | None = None,
                     name: str | None = None, priority: int | None = None,
                     forward_style: str | ForwardStyle | None = None,
-                    dmarc: str | DmarcMode | None = None) -> MailingList:
+                    dmarc: str | DmarcMode | None = None,
+                    posting: str | PostingPolicy | None = None,
+                    non_member_action: str | NonMemberAction | None = None,
+                    hold_days: int | None = None) -> MailingList:
         """Change the settings given (``None``: leave as is); returns the list as stored.
 
         ``fwd`` is for aliases only: a list's copies carry its List-* fields on the
@@ -387,7 +413,11 @@ class DirectoryService:
             name=None if name is None else validated_list_name(name),
             priority=None if priority is None else validated_priority(priority),
             forward_style=style,
-            dmarc=None if dmarc is None else validated_dmarc_mode(dmarc))
+            dmarc=None if dmarc is None else validated_dmarc_mode(dmarc),
+            posting=None if posting is None else validated_posting(posting),
+            non_member_action=(None if non_member_action is None
+                               else validated_non_member_action(non_member_action)),
+            hold_days=None if hold_days is None else validated_hold_days(hold_days))
 
     def get_list(self, address: str) -> MailingList:
         return self.repo.get_list(validated_address(address))
@@ -409,18 +439,20 @@ class DirectoryService:
     # -- members ------------------------------------------------------------------------
 
     def add_members(self, list_address: str, members: Sequence[str], *,
-                    name: str = "") -> AddedMembers:
+                    name: str = "", role: str | MemberRole | None = None) -> AddedMembers:
         """Add members (all valid, or none added); ``name``: the display name of the one
-        member given (a member already there takes it)."""
+        member given (a member already there takes it); ``role``: theirs (members
+        already there take it too; None: ``member`` for new ones, others keep theirs)."""
         if name and len(members) != 1:
             raise InvalidInput(f"a display name is for one member; {len(members)} addresses "
                                "were given with it")
-        return self.import_members(list_address, [(m, name) for m in members])
+        return self.import_members(list_address, [(m, name) for m in members], role=role)
 
-    def import_members(self, list_address: str,
-                       rows: Sequence[tuple[str, str]]) -> AddedMembers:
+    def import_members(self, list_address: str, rows: Sequence[tuple[str, str]], *,
+                       role: str | MemberRole | None = None) -> AddedMembers:
         """Add (address, display name) rows: all valid, or none added.  A member already
         there keeps its status, and takes a non-empty name given for it."""
+        valid_role = None if role is None else validated_role(role)
         names: dict[str, str] = {}
         for address, name in rows:
             canonical, valid_name = validated_address(address), validated_member_name(name)
@@ -428,7 +460,13 @@ class DirectoryService:
                 names[canonical] = valid_name
         address = validated_address(list_address)
         return self.repo.add_members(address, validated_targets(address, names),
-                                     self.clock.now(), names=names)
+                                     self.clock.now(), names=names, role=valid_role)
+
+    def set_role(self, list_address: str, members: Sequence[str],
+                 role: str | MemberRole) -> int:
+        """Give members of a list a role; returns how many of them are members."""
+        return self.repo.set_role(validated_address(list_address),
+                                  validated_addresses(members), validated_role(role))
 
     def remove_members(self, list_address: str, members: Sequence[str]) -> int:
         """Remove members; returns how many were members."""
@@ -486,8 +524,15 @@ class DirectoryService:
         self._rules_changed()
         return removed
 
-    def held_messages(self) -> list[HeldMessage]:
-        return self.repo.held_messages()
+    def held_messages(self, list_address: str | None = None) -> list[HeldMessage]:
+        """Held messages, oldest first; those held for one list or alias if given."""
+        found = self.repo.held_messages()
+        if list_address is None:
+            return found
+        target = self.repo.get_list(validated_address(list_address)).address
+        return [m for m in found
+                if any(addresses.untagged(addresses.canonical(r))[0] == target
+                       for r in m.rcpt_tos)]
 
     def release_held(self, message_id: str) -> None:
         self.repo.release_held(message_id.strip(), self.clock.now())

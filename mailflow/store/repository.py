@@ -47,15 +47,19 @@ from mailflow.model import (
     ForwardStyle,
     GeneratedMessage,
     HeldMessage,
+    HeldPost,
     InboundMessage,
     Lease,
     ListKind,
     MailingList,
     Member,
+    MemberRole,
     MemberStatus,
     MessageStatus,
     NewDelivery,
+    NonMemberAction,
     Outcome,
+    PostingPolicy,
     Resolution,
     RuleAction,
     RuleScope,
@@ -73,6 +77,7 @@ from mailflow.store.tables import (
     domains,
     events,
     filter_rules,
+    held_posts,
     lists,
     members,
     messages,
@@ -89,7 +94,10 @@ def _list(row: Row[Any]) -> MailingList:
     return MailingList(id=row.id, address=row.address, kind=ListKind(row.kind), name=row.name,
                        priority=row.priority, created_at=row.created_at,
                        forward_style=ForwardStyle(row.forward_style),
-                       dmarc=DmarcMode(row.dmarc))
+                       dmarc=DmarcMode(row.dmarc),
+                       posting=PostingPolicy(row.posting),
+                       non_member_action=NonMemberAction(row.non_member_action),
+                       hold_days=row.hold_days)
 
 
 def _message(row: Row[Any]) -> InboundMessage:
@@ -194,6 +202,10 @@ _FILTERS_FOR = (select(filter_rules)
                 .where(filter_rules.c.target.in_(bindparam("b_targets", expanding=True)))
                 .order_by(filter_rules.c.target, filter_rules.c.id))
 _FILTER_COUNT = select(func.count()).select_from(filter_rules)
+# The roles of a message's senders on its lists (the posting policy), one statement.
+_ROSTER_ROLES = (select(members.c.list_id, members.c.address, members.c.role)
+                 .where(members.c.list_id.in_(bindparam("b_lists", expanding=True)),
+                        members.c.address.in_(bindparam("b_addresses", expanding=True))))
 
 
 def _filter_rule(row: Row[Any]) -> FilterRule:
@@ -365,9 +377,16 @@ class Repository:
     def update_list(self, address: str, *, kind: ListKind | None = None,
                     name: str | None = None, priority: int | None = None,
                     forward_style: ForwardStyle | None = None,
-                    dmarc: DmarcMode | None = None) -> MailingList:
+                    dmarc: DmarcMode | None = None,
+                    posting: PostingPolicy | None = None,
+                    non_member_action: NonMemberAction | None = None,
+                    hold_days: int | None = None) -> MailingList:
         """Change the given settings of a list or alias; returns it as stored now."""
         values: dict[str, Any] = {}
+        for column, value in (("posting", posting), ("non_member_action", non_member_action),
+                              ("hold_days", hold_days)):
+            if value is not None:
+                values[column] = value
         if forward_style is not None:
             values["forward_style"] = forward_style.value
         if dmarc is not None:
@@ -424,6 +443,7 @@ class Repository:
             conn.execute(delete(autoreplies).where(autoreplies.c.list_id == list_id))
             conn.execute(delete(autoreply_log).where(autoreply_log.c.list_id == list_id))
             conn.execute(delete(filter_rules).where(filter_rules.c.target == address))
+            conn.execute(delete(held_posts).where(held_posts.c.list_id == list_id))
             conn.execute(delete(lists).where(lists.c.id == list_id))
         return failed
 
@@ -601,6 +621,118 @@ class Repository:
             self._add_events(conn, [Event("discarded", "held message discarded by an owner",
                                           message_id)], now)
 
+    def held_message(self, message_id: str) -> tuple[InboundMessage, dict[str, str]]:
+        """A held message and why it is held, by recipient (from its ``held`` events)."""
+        with self.engines.reader.connect() as conn:
+            row = conn.execute(select(messages).where(
+                messages.c.id == message_id,
+                messages.c.status == MessageStatus.HELD.value)).first()
+            if row is None:
+                raise NotFound("message", message_id, f"no held message {message_id}")
+            return _message(row), self._hold_reasons(conn, [message_id]).get(message_id, {})
+
+    @staticmethod
+    def _hold_reasons(conn: Connection, ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Why each message is held, by recipient: its ``held`` events say
+        ``recipient: reason`` (see the accept service)."""
+        found: dict[str, dict[str, str]] = {}
+        for message_id, detail in conn.execute(
+                select(events.c.message_id, events.c.detail)
+                .where(events.c.message_id.in_(list(ids)), events.c.kind == "held")
+                .order_by(events.c.id)):
+            rcpt, _, reason = str(detail).partition(": ")
+            found.setdefault(message_id, {})[rcpt] = reason
+        return found
+
+    def unannounced_held(self, limit: int) -> list[tuple[InboundMessage, dict[str, str]]]:
+        """Held messages the moderators were not told about yet, oldest first, each with
+        why it is held (by recipient)."""
+        announced = select(held_posts.c.message_id).where(
+            held_posts.c.message_id == messages.c.id).exists()
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(select(messages).where(
+                messages.c.status == MessageStatus.HELD.value, ~announced)
+                .order_by(messages.c.received_at).limit(limit)).all()
+            reasons = self._hold_reasons(conn, [r.id for r in rows]) if rows else {}
+        return [(_message(r), reasons.get(r.id, {})) for r in rows]
+
+    def moderators(self, list_ids: Sequence[int]) -> dict[int, list[str]]:
+        """The active owners and moderators of each list, by list id."""
+        found: dict[int, list[str]] = {}
+        if not list_ids:
+            return found
+        with self.engines.reader.connect() as conn:
+            for row in conn.execute(select(members.c.list_id, members.c.address).where(
+                    members.c.list_id.in_(list(list_ids)),
+                    members.c.status == MemberStatus.ACTIVE.value,
+                    members.c.role.in_([MemberRole.OWNER.value, MemberRole.MODERATOR.value]))
+                    .order_by(members.c.id)):
+                found.setdefault(row.list_id, []).append(row.address)
+        return found
+
+    def announce_held(self, posts: Sequence[HeldPost], notices: Sequence[GeneratedMessage],
+                      planned: Sequence[NewDelivery], now: float) -> bool:
+        """Record held posts with the notices to their moderators, in one transaction;
+        nothing if the message is no longer held or was announced already (so each
+        notice is sent once).  Returns whether they were recorded."""
+        ids = {p.message_id for p in posts}
+        with self.engines.writer.begin() as conn:
+            still = set(conn.scalars(select(messages.c.id).where(
+                messages.c.id.in_(list(ids)), messages.c.status == MessageStatus.HELD.value)))
+            done = set(conn.scalars(select(held_posts.c.message_id).where(
+                held_posts.c.message_id.in_(list(ids)))))
+            if still != ids or done:
+                return False
+            conn.execute(insert(held_posts), [
+                {"message_id": p.message_id, "list_id": p.list_id, "author": p.author,
+                 "reason": p.reason, "created_at": now, "expires_at": p.expires_at}
+                for p in posts])
+            tx = WriteTransaction(self, conn)
+            tx.insert_generated(notices, now)
+            tx.insert_deliveries(planned, now)
+            tx.add_events([Event("moderators_notified", f"{p.list_address}: "
+                                 f"{len([d for d in planned if d.list_id == p.list_id])} "
+                                 "owner(s) and moderator(s) told", p.message_id)
+                           for p in posts], now)
+        return True
+
+    def expire_held(self, now: float, limit: int) -> list[str]:
+        """Discard held posts whose time is up (a bounded batch, oldest first); returns
+        their message ids."""
+        with self.engines.writer.begin() as conn:
+            due = list(dict.fromkeys(conn.scalars(
+                select(held_posts.c.message_id).where(held_posts.c.expires_at <= now)
+                .order_by(held_posts.c.expires_at).limit(limit))))
+            expired = []
+            for message_id in due:
+                try:
+                    self._take_held(conn, message_id, MessageStatus.DONE, now)
+                except NotFound:  # approved or discarded meanwhile: only the rows remain
+                    conn.execute(delete(held_posts).where(
+                        held_posts.c.message_id == message_id))
+                    continue
+                expired.append(message_id)
+            if expired:
+                self._release_blobs(conn, list(conn.scalars(
+                    select(messages.c.blob).where(messages.c.id.in_(expired)))), now)
+                self._add_events(conn, [Event("expired", "held post expired unmoderated; "
+                                                         "discarded", m) for m in expired], now)
+        return expired
+
+    def reject_held(self, message_id: str, reason: str, notices: Sequence[GeneratedMessage],
+                    planned: Sequence[NewDelivery], now: float) -> None:
+        """Drop a held message as refused by a moderator, and queue the notice to its
+        author (if any) in the same transaction."""
+        with self.engines.writer.begin() as conn:
+            self._take_held(conn, message_id, MessageStatus.DONE, now)
+            self._release_blobs(conn, list(conn.scalars(
+                select(messages.c.blob).where(messages.c.id == message_id))), now)
+            tx = WriteTransaction(self, conn)
+            tx.insert_generated(notices, now)
+            tx.insert_deliveries(planned, now)
+            detail = "rejected by a moderator" + (f": {reason}" if reason else "")
+            tx.add_events([Event("rejected", detail, message_id)], now)
+
     def _take_held(self, conn: Connection, message_id: str, status: MessageStatus,
                    now: float) -> None:
         changed = conn.execute(update(messages).where(
@@ -608,16 +740,19 @@ class Repository:
             .values(status=status.value, updated_at=now)).rowcount
         if not changed:
             raise NotFound("message", message_id, f"no held message {message_id}")
+        conn.execute(delete(held_posts).where(held_posts.c.message_id == message_id))
 
     # -- members ------------------------------------------------------------------------
 
     def add_members(self, list_address: str, new: Iterable[str], now: float,
                     status: MemberStatus = MemberStatus.ACTIVE,
-                    names: Mapping[str, str] | None = None) -> AddedMembers:
+                    names: Mapping[str, str] | None = None,
+                    role: MemberRole | None = None) -> AddedMembers:
         """Add addresses to a roster, with the display names in ``names`` (by address).
 
         A member already there keeps its status; a non-empty name given for it replaces
-        its name (an empty one never clears it).
+        its name (an empty one never clears it).  New members get ``role`` (``member``
+        if None); a ``role`` given is set on the members already there too.
         """
         wanted = list(dict.fromkeys(new))
         names = names or {}
@@ -626,10 +761,13 @@ class Repository:
             existing: dict[str, str] = {row.address: row.name for row in conn.execute(
                 select(members.c.address, members.c.name).where(members.c.list_id == list_id))}
             rows = [{"list_id": list_id, "address": a, "status": status.value,
-                     "created_at": now, "name": names.get(a, "")}
+                     "created_at": now, "name": names.get(a, ""),
+                     "role": (role or MemberRole.MEMBER).value}
                     for a in wanted if a not in existing]
             if rows:
                 conn.execute(insert(members), rows)
+            if role is not None:
+                self._set_role(conn, list_id, [a for a in wanted if a in existing], role)
             renamed = [{"b_address": a, "b_name": names[a]} for a in wanted
                        if a in existing and names.get(a) and names[a] != existing[a]]
             if renamed:
@@ -652,7 +790,33 @@ class Repository:
             rows = conn.execute(select(members).where(members.c.list_id == list_id)
                                 .order_by(members.c.address)).all()
         return [Member(list_id=r.list_id, address=r.address, status=MemberStatus(r.status),
-                       created_at=r.created_at, name=r.name) for r in rows]
+                       created_at=r.created_at, name=r.name, role=MemberRole(r.role))
+                for r in rows]
+
+    def set_role(self, list_address: str, addresses_: Sequence[str], role: MemberRole) -> int:
+        """Give members of a list ``role``; returns how many of them are members."""
+        with self.engines.writer.begin() as conn:
+            return self._set_role(conn, self._list_id(conn, list_address), addresses_, role)
+
+    @staticmethod
+    def _set_role(conn: Connection, list_id: int, addresses_: Sequence[str],
+                  role: MemberRole) -> int:
+        if not addresses_:
+            return 0
+        return int(conn.execute(update(members).where(
+            members.c.list_id == list_id, members.c.address.in_(list(addresses_)))
+            .values(role=role.value)).rowcount)
+
+    def roster_roles(self, list_ids: Sequence[int], addresses_: Sequence[str]
+                     ) -> dict[tuple[int, str], MemberRole]:
+        """The role of each of ``addresses_`` on each of the lists, where it is a member:
+        what the posting policy needs for a whole message, in one statement."""
+        if not list_ids or not addresses_:
+            return {}
+        with self.engines.reader.connect() as conn:
+            return {(row.list_id, row.address): MemberRole(row.role)
+                    for row in conn.execute(_ROSTER_ROLES, {"b_lists": list(list_ids),
+                                                            "b_addresses": list(addresses_)})}
 
     def _list_id(self, conn: Connection, address: str) -> int:
         list_id = conn.scalar(select(lists.c.id).where(lists.c.address == address))

@@ -53,6 +53,10 @@ lists = Table(
     Column("created_at", Float, nullable=False),
     Column("forward_style", String(8), nullable=False, server_default="resend"),
     Column("dmarc", String(8), nullable=False, server_default="never"),
+    # Posting policy and moderation (``mailflow list update --posting ...``).
+    Column("posting", String(16), nullable=False, server_default="open"),
+    Column("non_member_action", String(8), nullable=False, server_default="reject"),
+    Column("hold_days", Integer, nullable=False, server_default="14"),
 )
 
 members = Table(
@@ -65,6 +69,7 @@ members = Table(
     Column("created_at", Float, nullable=False),
     # Display name; the directory refuses control characters and more than 200.
     Column("name", String(200), nullable=False, server_default=""),
+    Column("role", String(16), nullable=False, server_default="member"),
     UniqueConstraint("list_id", "address", name="uq_members_list_address"),
 )
 
@@ -192,4 +197,20 @@ filter_rules = Table(
     Column("text", String(500), nullable=False, server_default=""),
     Column("created_at", Float, nullable=False),
     Index("ix_filter_rules_target", "target", "id"),
+)
+
+# Held posts the moderators were told about: one row per held message and list, written
+# when the notice is (so each is sent once), with the reason and when the post expires.
+# The message itself is the ``messages`` row whose status is ``held``; the rows go when
+# it is approved, rejected, discarded or expired.
+held_posts = Table(
+    "held_posts",
+    metadata,
+    Column("message_id", String(32), primary_key=True),
+    Column("list_id", Integer, primary_key=True),
+    Column("author", String(320), nullable=False, server_default=""),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_held_posts_expires", "expires_at"),
 )
