@@ -135,7 +135,7 @@ class Relay:
             log.info("STARTTLS on SMTP with the certificate %s (SHA-256 %s)%s", cert_file,
                      self.tls.fingerprint, "; required before MAIL" if self.tls.require else "",
                      extra={"action": "tls_loaded"})
-        self.instance_id, srs = await asyncio.to_thread(prepare, settings)
+        self.instance_id, srs, unsubscribe = await asyncio.to_thread(prepare, settings)
         self.runner = runner = StoreRunner(create_engines(settings.resolved_database_url),
                                            roles=settings.role_addresses)
         database = sqlite_path(settings.resolved_database_url)
@@ -163,6 +163,7 @@ class Relay:
             poll_interval=settings.poll_interval,
             transaction_timeout=settings.smtp_transaction_timeout, srs=srs,
             cache_bytes=budget.rendered_copies, large_in_flight=budget.large_in_flight,
+            public_url=settings.public_url, unsubscribe=unsubscribe,
         ), recent=recent, ingest_busy=activity.busy)
         processor = Processor(runner, self.clock, on_queued=scheduler.wake,
                               poll_interval=settings.poll_interval, read_file=blobs.read)

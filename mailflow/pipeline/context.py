@@ -20,10 +20,12 @@ from mailflow.model import (
     GeneratedMessage,
     InboundMessage,
     MailingList,
+    Member,
     NewDelivery,
     Resolution,
     SenderRule,
 )
+from mailflow.unsubscribe_tokens import UnsubscribeTokens
 
 
 @dataclass(slots=True)
@@ -162,10 +164,16 @@ class ProcessContext:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who this relay is, as outgoing copies name it."""
+    """Who this relay is, as outgoing copies name it.
+
+    ``public_url``: the relay's public base URL for the List-* links ('' for none);
+    ``unsubscribe``: what signs the one-click links of copies rendered for one member.
+    """
 
     instance_id: str
     hostname: str
+    public_url: str = ""
+    unsubscribe: UnsubscribeTokens | None = None
 
 
 @dataclass(slots=True)
@@ -183,5 +191,6 @@ class CopyContext:
     identity: Identity
     header: bytes
     body: bytes | memoryview = b""  # a view of the stored message until a step replaces it
+    member: Member | None = None  # a copy rendered for one member (personalized), or shared
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)

@@ -97,6 +97,7 @@ from mailflow.services.lanes import Lane, RoutedEgress
 from mailflow.services.recent import RecentMessages
 from mailflow.srs import Srs
 from mailflow.store.runner import StoreRunner
+from mailflow.unsubscribe_tokens import UnsubscribeTokens
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ class SchedulerOptions:
     srs: Srs | None = None  # envelope senders of alias forwards (None: the bounce address)
     cache_bytes: int = DEFAULT_BUDGET.rendered_copies  # rendered copies kept in memory
     large_in_flight: int = DEFAULT_BUDGET.large_in_flight  # bytes (see services/in_flight)
+    public_url: str = ""  # the List-* links' base (docs/lists.md)
+    unsubscribe: UnsubscribeTokens | None = None  # signs one-click links of member copies
 
 
 @dataclass(slots=True)
@@ -172,7 +175,8 @@ class Scheduler:
         self._content: BytesLRU[tuple[str, Hashable]] = BytesLRU(
             options.cache_bytes, max_item=item_limit(options.cache_bytes))
         self._large = LargeInFlight(options.large_in_flight, self._content.max_item)
-        self._identity = Identity(options.instance_id, options.hostname)
+        self._identity = Identity(options.instance_id, options.hostname, options.public_url,
+                                  options.unsubscribe)
         # Told of alias forwards that failed for good (``services.notices``); set by the app.
         self.on_failed: Callable[[Failure], None] | None = None
         # What relayed bounces and failure notices are sent "through" (no list has id 0).
@@ -618,7 +622,11 @@ class Scheduler:
             raw = await self._body(tx.message.blob)
             if returned:
                 raw = await asyncio.to_thread(self._rewritten, raw, tx)
-            content = render_copy(raw, tx.message, tx.mailing_list, self._identity)
+            if tx.mailing_list.decoration.changes_copies:  # MIME work: off the loop
+                content = await asyncio.to_thread(render_copy, raw, tx.message,
+                                                  tx.mailing_list, self._identity)
+            else:
+                content = render_copy(raw, tx.message, tx.mailing_list, self._identity)
             self._content.put(key, content)
         return content
 

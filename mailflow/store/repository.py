@@ -32,9 +32,11 @@ from mailflow import addresses
 from mailflow.errors import Conflict, InvalidInput, NotFound
 from mailflow.model import (
     BARE_ROLE,
+    NO_DECORATION,
     PENDING_STATUSES,
     AddedMembers,
     AutoReply,
+    Decoration,
     Delivery,
     DeliveryRow,
     DeliveryStatus,
@@ -55,6 +57,7 @@ from mailflow.model import (
     MessageStatus,
     NewDelivery,
     Outcome,
+    ReplyTo,
     Resolution,
     RuleAction,
     RuleScope,
@@ -85,7 +88,16 @@ PENDING = [status.value for status in PENDING_STATUSES]
 def _list(row: Row[Any]) -> MailingList:
     return MailingList(id=row.id, address=row.address, kind=ListKind(row.kind), name=row.name,
                        priority=row.priority, created_at=row.created_at,
-                       forward_style=ForwardStyle(row.forward_style))
+                       forward_style=ForwardStyle(row.forward_style),
+                       decoration=_decoration(row))
+
+
+def _decoration(row: Row[Any]) -> Decoration:
+    if not (row.subject_prefix or row.header_template or row.footer_template
+            or row.archive_url or row.reply_to != ReplyTo.NONE.value):
+        return NO_DECORATION  # most lists: one shared object
+    return Decoration(row.subject_prefix, row.reply_to, row.header_template,
+                      row.footer_template, row.archive_url)
 
 
 def _message(row: Row[Any]) -> InboundMessage:
@@ -360,9 +372,13 @@ class Repository:
 
     def update_list(self, address: str, *, kind: ListKind | None = None,
                     name: str | None = None, priority: int | None = None,
-                    forward_style: ForwardStyle | None = None) -> MailingList:
-        """Change the given settings of a list or alias; returns it as stored now."""
-        values: dict[str, Any] = {}
+                    forward_style: ForwardStyle | None = None,
+                    decoration: Mapping[str, str] | None = None) -> MailingList:
+        """Change the given settings of a list or alias; returns it as stored now.
+
+        ``decoration``: new values of :class:`~mailflow.model.Decoration` fields by name.
+        """
+        values: dict[str, Any] = dict(decoration or {})
         if forward_style is not None:
             values["forward_style"] = forward_style.value
         if kind is not None:

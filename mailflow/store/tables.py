@@ -52,6 +52,12 @@ lists = Table(
     Column("priority", Integer, nullable=False, server_default="0"),
     Column("created_at", Float, nullable=False),
     Column("forward_style", String(8), nullable=False, server_default="resend"),
+    # Decoration of the list's copies (0010_list_decoration; model.Decoration).
+    Column("subject_prefix", String(100), nullable=False, server_default=""),
+    Column("reply_to", String(320), nullable=False, server_default="none"),
+    Column("header_template", Text, nullable=False, server_default=""),
+    Column("footer_template", Text, nullable=False, server_default=""),
+    Column("archive_url", String(500), nullable=False, server_default=""),
 )
 
 members = Table(
