@@ -38,6 +38,7 @@ from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.ingress.tls import ServerTls
 from mailflow.model import BARE_ROLE
+from mailflow.pipeline.context import Identity
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
 from mailflow.services.filter_rules import FilterBook, store_filter_book
@@ -49,7 +50,9 @@ from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.services.sender_rules import SenderRuleBook, store_rule_book
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.engine import sqlite_path
+from mailflow.unsubscribe_tokens import UnsubscribeTokens
 from mailflow.web.app import EmbeddedServer, bind, create_app, head_deadline_protocol
+from mailflow.web.unsubscribe import create_router as unsubscribe_router
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +218,7 @@ class Relay:
                                          f"{settings.policy_address}: {exc.strerror}") from None
             self.listening["policy"] = str(settings.policy_address)
         if settings.http_address is not None:
-            await self._start_http(settings, service)
+            await self._start_http(settings, service, unsubscribe)
         log.info("relay %s started: %s; egress %s", self.instance_id,
                  ", ".join(f"{k} on {v}" for k, v in self.listening.items()), egress.name,
                  extra={"action": "started"})
@@ -269,7 +272,8 @@ class Relay:
             self._listeners.append(server)
             self.listening[name] = str(address)
 
-    async def _start_http(self, settings: Settings, service: AcceptService) -> None:
+    async def _start_http(self, settings: Settings, service: AcceptService,
+                          unsubscribe: UnsubscribeTokens) -> None:
         address = settings.http_address
         assert address is not None and self.runner is not None
         try:
@@ -285,7 +289,10 @@ class Relay:
         # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise (and reads
         # FORWARDED_ALLOW_IPS from the environment): only the configured proxies, if any.
         proxies = list(settings.forwarded_allow_ips)
-        config = uvicorn.Config(create_app(self.runner, [ingress]), log_level="warning",
+        lists = unsubscribe_router(
+            self.runner, Identity(self.instance_id, settings.hostname, settings.public_url,
+                                  unsubscribe), unsubscribe, settings.http_request_timeout)
+        config = uvicorn.Config(create_app(self.runner, [ingress, lists]), log_level="warning",
                                 lifespan="off", access_log=False, proxy_headers=bool(proxies),
                                 forwarded_allow_ips=proxies,
                                 http=head_deadline_protocol(settings.http_request_timeout,
