@@ -366,6 +366,10 @@ def list_show(ctx: Context, address: str, as_json: bool) -> None:
     else:
         for key, value in info.items():
             click.echo(f"{key}: {value}")
+        for key, source in (("header_template", found.decoration.header_template),
+                            ("footer_template", found.decoration.footer_template)):
+            click.echo(f"{key}: {len(source)} characters (--json shows it)" if source
+                       else f"{key}: none")
 
 
 @list_group.command("ls")
