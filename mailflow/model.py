@@ -68,7 +68,7 @@ class ReplyTo(enum.StrEnum):
     LIST = "list"  # Reply-To: the list
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Decoration:
     """What a list adds to each copy (issue 12 part 5); empty values add nothing.
 

@@ -9,6 +9,7 @@ time instead of sleeping.
 from __future__ import annotations
 
 import enum
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -92,12 +93,27 @@ def _list(row: Row[Any]) -> MailingList:
                        decoration=_decoration(row))
 
 
+# Every list object read from the store shares one Decoration per distinct value: a
+# list is read again for each RCPT its cache does not answer (``alias+1@``,
+# ``alias+2@``... are 10,000 entries of known recipients), and its templates must not be
+# held once per entry.  Weak values: a decoration no list object holds any more goes.
+_DECORATIONS: weakref.WeakValueDictionary[tuple[str, ...], Decoration] = \
+    weakref.WeakValueDictionary()
+
+
 def _decoration(row: Row[Any]) -> Decoration:
     if not (row.subject_prefix or row.header_template or row.footer_template
             or row.archive_url or row.reply_to != ReplyTo.NONE.value):
-        return NO_DECORATION  # most lists: one shared object
-    return Decoration(row.subject_prefix, row.reply_to, row.header_template,
-                      row.footer_template, row.archive_url)
+        return NO_DECORATION  # most lists
+    key = (row.subject_prefix, row.reply_to, row.header_template, row.footer_template,
+           row.archive_url)
+    found = _DECORATIONS.get(key)
+    if found is None:
+        found = Decoration(*key)
+        # The key holds the decoration's own strings, not copies of them.
+        _DECORATIONS[(found.subject_prefix, found.reply_to, found.header_template,
+                      found.footer_template, found.archive_url)] = found
+    return found
 
 
 def _message(row: Row[Any]) -> InboundMessage:
