@@ -273,3 +273,20 @@ def test_the_sandbox_refuses_unsafe_templates(source: str, why: str) -> None:
     with pytest.raises(templates.UnsafeTemplate, match=re.escape(why)):
         templates.check(source)
     templates.check(FOOTER)
+
+
+def test_html_without_a_body_element_gets_the_footer_before_its_end() -> None:
+    raw = (b"From: a@x.test\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: text/html; charset=us-ascii\r\n\r\n<html><p>hi</p></html>\r\n")
+    result = parsed(render(raw, team(header_template="top", footer_template="end")))
+    assert content(result) == ('<div class="mailflow-decoration">top</div>\n<html><p>hi</p>'
+                               '<div class="mailflow-decoration">end</div>\n</html>\n')
+
+
+def test_the_relays_own_messages_are_not_decorated() -> None:
+    raw = MESSAGES[0].read_bytes()
+    generated = InboundMessage("q2", "", ("team@example.test",), "h", len(raw), 0.0, "", "",
+                               "generated")
+    copy = render_copy(raw, generated, team(subject_prefix="[t]", footer_template="f"),
+                       IDENTITY)
+    assert copy.endswith(raw)

@@ -43,6 +43,7 @@ _SEALED_TYPES: Final = frozenset({"multipart/signed", "multipart/encrypted",
 _PLAIN_ENCODINGS: Final = frozenset({"7bit", "8bit", "binary"})
 _BODY_OPEN: Final = re.compile(rb"<body\b[^>]*>", re.IGNORECASE)
 _BODY_CLOSE: Final = re.compile(rb"</body\s*>", re.IGNORECASE)
+_HTML_CLOSE: Final = re.compile(rb"</html\s*>", re.IGNORECASE)
 _BOUNDARY_ATTEMPTS: Final = 8
 
 
@@ -178,7 +179,8 @@ def _snippet(text: str, charset: str, newline: bytes, *, html: bool) -> bytes:
 def _into_html(decoded: bytes, before: bytes, after: bytes) -> bytes:
     opening = _BODY_OPEN.search(decoded)
     start = opening.end() if opening else 0
-    closings = [m.start() for m in _BODY_CLOSE.finditer(decoded, start)]
+    closings = [m.start() for m in _BODY_CLOSE.finditer(decoded, start)] or [
+        m.start() for m in _HTML_CLOSE.finditer(decoded, start)]
     end = closings[-1] if closings else len(decoded)
     return decoded[:start] + before + decoded[start:end] + after + decoded[end:]
 
