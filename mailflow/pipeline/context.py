@@ -191,6 +191,6 @@ class CopyContext:
     identity: Identity
     header: bytes
     body: bytes | memoryview = b""  # a view of the stored message until a step replaces it
-    member: Member | None = None  # a copy rendered for one member (personalized), or shared
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    member: Member | None = None  # a copy rendered for one member (personalized), or shared
