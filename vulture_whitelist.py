@@ -33,7 +33,7 @@ config.Settings._check_database_url
 config.Settings._upper_log_level, config.Settings._check_retry
 config.Settings._empty_path_is_none, config.Settings._check_tls
 config.Settings._check_role_address, config.Settings._check_dns_resolver
-config.Settings._check_blob_url
+config.Settings._check_blob_url, config.Settings._check_public_url
 config.Settings.settings_customise_sources
 
 # asyncio calls the protocol methods.
@@ -56,6 +56,7 @@ sink.Received.at
 nested = Whitelist()
 nested.receive_email  # http.create_router's route
 nested.healthz, nested.readyz  # web.app.create_app's routes
+nested.list_page, nested.confirm  # web.unsubscribe.create_router's routes
 web_app.EmbeddedServer.capture_signals
 nested.should_exit  # uvicorn's Server reads it; Relay.stop sets it
 engine._on_connect, engine._on_begin

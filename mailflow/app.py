@@ -38,6 +38,7 @@ from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.ingress.tls import ServerTls
 from mailflow.model import BARE_ROLE
+from mailflow.pipeline.context import Identity
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
 from mailflow.services.dmarc_policy import DmarcPolicies
@@ -52,7 +53,9 @@ from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.services.sender_rules import SenderRuleBook, store_rule_book
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.engine import sqlite_path
+from mailflow.unsubscribe_tokens import UnsubscribeTokens
 from mailflow.web.app import EmbeddedServer, bind, create_app, head_deadline_protocol
+from mailflow.web.unsubscribe import create_router as unsubscribe_router
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +142,7 @@ class Relay:
             log.info("STARTTLS on SMTP with the certificate %s (SHA-256 %s)%s", cert_file,
                      self.tls.fingerprint, "; required before MAIL" if self.tls.require else "",
                      extra={"action": "tls_loaded"})
-        self.instance_id, srs = await asyncio.to_thread(prepare, settings)
+        self.instance_id, srs, unsubscribe = await asyncio.to_thread(prepare, settings)
         self.runner = runner = StoreRunner(create_engines(settings.resolved_database_url),
                                            roles=settings.role_addresses)
         database = sqlite_path(settings.resolved_database_url)
@@ -169,6 +172,7 @@ class Relay:
             dmarc=DmarcPolicies(settings.dns_resolver, settings.dns_timeout),
             dmarc_author_field=settings.dmarc_author_field,
             cache_bytes=budget.rendered_copies, large_in_flight=budget.large_in_flight,
+            public_url=settings.public_url, unsubscribe=unsubscribe,
         ), recent=recent, ingest_busy=activity.busy)
         processor = Processor(runner, self.clock, on_queued=scheduler.wake,
                               poll_interval=settings.poll_interval, read_file=blobs.read)
@@ -225,7 +229,7 @@ class Relay:
                                          f"{settings.policy_address}: {exc.strerror}") from None
             self.listening["policy"] = str(settings.policy_address)
         if settings.http_address is not None:
-            await self._start_http(settings, service)
+            await self._start_http(settings, service, unsubscribe)
         log.info("relay %s started: %s; egress %s", self.instance_id,
                  ", ".join(f"{k} on {v}" for k, v in self.listening.items()), egress.name,
                  extra={"action": "started"})
@@ -279,7 +283,8 @@ class Relay:
             self._listeners.append(server)
             self.listening[name] = str(address)
 
-    async def _start_http(self, settings: Settings, service: AcceptService) -> None:
+    async def _start_http(self, settings: Settings, service: AcceptService,
+                          unsubscribe: UnsubscribeTokens) -> None:
         address = settings.http_address
         assert address is not None and self.runner is not None
         try:
@@ -295,7 +300,10 @@ class Relay:
         # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise (and reads
         # FORWARDED_ALLOW_IPS from the environment): only the configured proxies, if any.
         proxies = list(settings.forwarded_allow_ips)
-        config = uvicorn.Config(create_app(self.runner, [ingress]), log_level="warning",
+        lists = unsubscribe_router(
+            self.runner, Identity(self.instance_id, settings.hostname, settings.public_url,
+                                  unsubscribe), unsubscribe, settings.http_request_timeout)
+        config = uvicorn.Config(create_app(self.runner, [ingress, lists]), log_level="warning",
                                 lifespan="off", access_log=False, proxy_headers=bool(proxies),
                                 forwarded_allow_ips=proxies,
                                 http=head_deadline_protocol(settings.http_request_timeout,

@@ -378,25 +378,56 @@ def list_create(ctx: Context, address: str, kind: str, name: str, priority: int)
 @click.option("--hold-days", type=int,
               help=f"held posts are discarded after this many days (1 to "
                    f"{rules.HOLD_DAYS_MAX}; default 14)")
+@click.option("--subject-prefix", help="lists: put before each copy's Subject, once (such "
+              "as \"[team]\"); \"\" removes it")
+@click.option("--reply-to", help="lists: none (keep the post's), list, or an address")
+@click.option("--header-file", type=click.Path(exists=True, dir_okay=False),
+              help="lists: a Jinja2 template of text put before each copy's body (an empty "
+                   "file removes it); see docs/lists.md for its names")
+@click.option("--footer-file", type=click.Path(exists=True, dir_okay=False),
+              help="lists: a Jinja2 template of text put after each copy's body (an empty "
+                   "file removes it)")
+@click.option("--archive-url", help="lists: the List-Archive URL; \"\" removes it")
 @pass_context
 def list_update(ctx: Context, address: str, kind: str | None, name: str | None,
                 priority: int | None, forward_style: str | None, dmarc: str | None,
                 posting: str | None, non_member_action: str | None,
-                hold_days: int | None) -> None:
-    """Change the kind, display name, priority, forward style, DMARC mode or posting
-    policy of the list or alias at ADDRESS."""
+                hold_days: int | None, subject_prefix: str | None,
+                reply_to: str | None, header_file: str | None, footer_file: str | None,
+                archive_url: str | None) -> None:
+    """Change the kind, display name, priority, forward style, DMARC mode, posting
+    policy or decoration of the list or alias at ADDRESS."""
+    decoration = {key: value for key, value in (
+        ("subject_prefix", subject_prefix), ("reply_to", reply_to),
+        ("header_template", _template_file(header_file)),
+        ("footer_template", _template_file(footer_file)), ("archive_url", archive_url))
+        if value is not None}
     if all(v is None for v in (kind, name, priority, forward_style, dmarc, posting,
-                               non_member_action, hold_days)):
+                               non_member_action, hold_days)) and not decoration:
         raise click.UsageError("nothing to update: give --name, --priority, --kind, "
-                               "--forward-style, --dmarc, --posting, --non-member-action "
-                               "or --hold-days")
+                               "--forward-style, --dmarc, --posting, --non-member-action, "
+                               "--hold-days, --subject-prefix, --reply-to, --header-file, "
+                               "--footer-file or --archive-url")
     with ctx.directory() as directory:
         updated = directory.update_list(address, kind=kind, name=name, priority=priority,
                                         forward_style=forward_style, dmarc=dmarc,
                                         posting=posting,
                                         non_member_action=non_member_action,
-                                        hold_days=hold_days)
+                                        hold_days=hold_days, decoration=decoration)
     click.echo(f"updated {updated.kind.value} {updated.address}")
+
+
+def _template_file(path: str | None) -> str | None:
+    """A template file's text (UTF-8), or None when no file was given."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as source:
+            return source.read()
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror}") from None
 
 
 @list_group.command("show")
@@ -416,12 +447,21 @@ def list_show(ctx: Context, address: str, as_json: bool) -> None:
             "hold_days": found.hold_days,
             "members": len(roster),
             "active_members": sum(1 for m in roster if m.status.value == "active"),
-            "bounces_address": found.bounces_address, "list_id": found.list_id}
+            "bounces_address": found.bounces_address, "list_id": found.list_id,
+            "subject_prefix": found.decoration.subject_prefix,
+            "reply_to": found.decoration.reply_to,
+            "archive_url": found.decoration.archive_url}
     if as_json:
+        info["header_template"] = found.decoration.header_template
+        info["footer_template"] = found.decoration.footer_template
         emit_json(info)
     else:
         for key, value in info.items():
             click.echo(f"{key}: {value}")
+        for key, source in (("header_template", found.decoration.header_template),
+                            ("footer_template", found.decoration.footer_template)):
+            click.echo(f"{key}: {len(source)} characters (--json shows it)" if source
+                       else f"{key}: none")
 
 
 @list_group.command("ls")

@@ -218,6 +218,11 @@ class Settings(BaseSettings):
     srs_secret: SecretStr = SecretStr("")
     srs_old_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     srs_max_age_days: int = Field(default=21, ge=1, le=1000)
+    # List headers (docs/lists.md): the relay's public base URL, for the List-* URLs and
+    # RFC 8058 one-click unsubscribe links ('' = mailto only); the links' HMAC secret
+    # ('' = the one `mailflow init` made).
+    public_url: str = ""
+    unsubscribe_secret: SecretStr = SecretStr("")
     # Failure notices (DSNs) for alias forwards: at most this many per sender per hour.
     dsn_per_sender_per_hour: int = Field(default=10, ge=0)
     # DNS for DMARC lookups (docs/lists.md): empty = the system's resolvers.
@@ -331,6 +336,20 @@ class Settings(BaseSettings):
             return addresses.validated(value)
         except InvalidInput as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        """An http(s) base URL, kept without its final slash (paths are appended)."""
+        value = value.strip().rstrip("/")
+        if not value:
+            return ""
+        scheme, _, rest = value.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest or any(
+                c.isspace() or c in "<>\"" or not c.isprintable() for c in rest):
+            raise ValueError("expected the relay's public base URL, such as "
+                             "https://lists.example.org (it goes into List-* header fields)")
+        return value
 
     @field_validator("srs_old_secrets", mode="before")
     @classmethod

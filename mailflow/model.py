@@ -109,6 +109,39 @@ class Domain:
     created_at: float
 
 
+class ReplyTo(enum.StrEnum):
+    """Where a list's copies send replies (an address is the third choice, see
+    :class:`Decoration`)."""
+
+    NONE = "none"  # the post's own Reply-To, if any, stays
+    LIST = "list"  # Reply-To: the list
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class Decoration:
+    """What a list adds to each copy (issue 12 part 5); empty values add nothing.
+
+    ``reply_to`` is ``none``, ``list`` or an address.  The templates are Jinja2 sources
+    rendered in a sandbox (``pipeline/send/templates.py``); the directory bounds their
+    length, so a list row stays small wherever it is cached.
+    """
+
+    subject_prefix: str = ""
+    reply_to: str = ReplyTo.NONE.value
+    header_template: str = ""
+    footer_template: str = ""
+    archive_url: str = ""
+
+    @property
+    def changes_copies(self) -> bool:
+        """Whether rendering a copy has anything of this to do (else: the fast path)."""
+        return bool(self.subject_prefix or self.header_template or self.footer_template
+                    or self.reply_to != ReplyTo.NONE.value)
+
+
+NO_DECORATION: Final = Decoration()
+
+
 @dataclass(frozen=True, slots=True)
 class MailingList:
     id: int
@@ -122,6 +155,7 @@ class MailingList:
     posting: PostingPolicy = PostingPolicy.OPEN
     non_member_action: NonMemberAction = NonMemberAction.REJECT
     hold_days: int = 14  # held posts are discarded after this many days
+    decoration: Decoration = NO_DECORATION
 
     @property
     def bounces_address(self) -> str:

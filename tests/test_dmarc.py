@@ -204,3 +204,15 @@ def test_the_cli_refuses_an_unknown_mode(make_module_relay: Callable[..., RelayP
     assert "sometimes" in result.stderr
     shown = relay.cli("list", "show", address, "--json")
     assert '"dmarc": "never"' in shown.stdout
+
+
+def test_a_list_that_sets_reply_to_keeps_it_and_the_author_goes_to_cc() -> None:
+    from dataclasses import replace
+
+    from mailflow.model import Decoration, ReplyTo
+
+    team = replace(TEAM, decoration=Decoration(reply_to=ReplyTo.LIST.value))
+    out = rendered(POST, AuthorField.REPLY_TO, team)
+    assert [a.addr_spec for a in out["Reply-To"].addresses] == ["team@example.test"]
+    assert [a.addr_spec for a in out["Cc"].addresses] == ["ann@strict.example"]
+    assert out["From"].addresses[0].addr_spec == "team@example.test"

@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Protocol
 
 from mailflow import headers
-from mailflow.model import AuthorField, InboundMessage, MailingList
+from mailflow.model import AuthorField, InboundMessage, MailingList, Member
 from mailflow.pipeline.accept.blocklist import SenderBlocklist
 from mailflow.pipeline.accept.envelope import EnvelopeText
 from mailflow.pipeline.accept.filters import FilterRules, MessageFilters
@@ -43,6 +43,7 @@ from mailflow.pipeline.context import (
 )
 from mailflow.pipeline.process.autoreply import autoreply
 from mailflow.pipeline.process.expand import expand
+from mailflow.pipeline.send.decorate import decorate
 from mailflow.pipeline.send.dmarc import dmarc_from
 from mailflow.pipeline.send.forward import forward_style
 from mailflow.pipeline.send.list_headers import list_headers
@@ -101,20 +102,24 @@ def accept_chain(settings: AcceptSettings, lookup: Lookup, rules: SenderRules, *
 PROCESS_CHAIN: tuple[ProcessStep, ...] = (expand, autoreply)
 
 # ``forward_style`` first: it may replace the whole message the others add fields to.
-# Next: subject prefix, footer, List-Unsubscribe, VERP envelope sender, DKIM (last).
-SEND_CHAIN: tuple[SendStep, ...] = (forward_style, trace_fields, list_headers, dmarc_from,
+# ``decorate`` (subject prefix, Reply-To, header and footer) after ``list_headers``, whose
+# fields it leaves alone; ``dmarc_from`` after it, so a Reply-To policy and the author's
+# place in Reply-To are decided together.  Next: DKIM (last).
+SEND_CHAIN: tuple[SendStep, ...] = (forward_style, trace_fields, list_headers, decorate,
+                                    dmarc_from,
                                     plus_tag)
 
 
 def rendering_variant(mailing_list: MailingList) -> Hashable:
     """What tells two copies of one message apart under ``SEND_CHAIN``.
 
-    The list (its headers, the plus tag it was reached by) and its forward style (a
-    copy rendered before the style changed must not be reused after); per-recipient
-    steps (VERP, footers, unsubscribe tokens) add the recipient here, and every cache
-    of rendered copies keys on it.
+    The list (its headers, the plus tag it was reached by), its forward style and its
+    decoration (a copy rendered before either changed must not be reused after);
+    per-recipient copies (footers naming the member, one-click unsubscribe tokens,
+    VERP) add the recipient here, and every cache of rendered copies keys on it.
     """
-    return (mailing_list.id, mailing_list.forward_style, mailing_list.dmarc)
+    return (mailing_list.id, mailing_list.forward_style, mailing_list.dmarc,
+            mailing_list.decoration)
 
 
 # -- the runners ------------------------------------------------------------------------
@@ -155,16 +160,19 @@ def run_process(steps: Sequence[ProcessStep], message: InboundMessage,
 
 def render_copy(raw: bytes, message: InboundMessage, mailing_list: MailingList,
                 identity: Identity, steps: Sequence[SendStep] = SEND_CHAIN, *,
+                member: Member | None = None,
                 rewrite_from: AuthorField | None = None) -> bytes:
     """The outgoing copy: the steps' fields, then the original header and body bytes.
 
-    Added fields use the message's own line ending.  ``rewrite_from``: the list's
-    address replaces the author's in From: (DMARC), the author goes in that field.
+    Added fields use the message's own line ending.  ``member``: the one member this
+    copy is rendered for (its footer and one-click unsubscribe link name them), or
+    None for a copy shared by every recipient.  ``rewrite_from``: the list's address
+    replaces the author's in From: (DMARC), the author goes in that field.
     """
     cut = headers.header_length(raw)
     # The body as a view: copied once, into the copy (a fwd step makes bytes of it).
     copy = CopyContext(message, mailing_list, identity, raw[:cut], memoryview(raw)[cut:],
-                       rewrite_from=rewrite_from)
+                       member=member, rewrite_from=rewrite_from)
     for step in steps:
         step(copy)
     header, rest = copy.header, copy.body

@@ -21,10 +21,12 @@ from mailflow.model import (
     GeneratedMessage,
     InboundMessage,
     MailingList,
+    Member,
     NewDelivery,
     Resolution,
     SenderRule,
 )
+from mailflow.unsubscribe_tokens import UnsubscribeTokens
 
 
 @dataclass(slots=True)
@@ -163,10 +165,16 @@ class ProcessContext:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who this relay is, as outgoing copies name it."""
+    """Who this relay is, as outgoing copies name it.
+
+    ``public_url``: the relay's public base URL for the List-* links ('' for none);
+    ``unsubscribe``: what signs the one-click links of copies rendered for one member.
+    """
 
     instance_id: str
     hostname: str
+    public_url: str = ""
+    unsubscribe: UnsubscribeTokens | None = None
 
 
 @dataclass(slots=True)
@@ -188,3 +196,4 @@ class CopyContext:
     removed: list[str] = field(default_factory=list)
     # Set when the list's From: replaces the author's (DMARC): where the author goes.
     rewrite_from: AuthorField | None = None
+    member: Member | None = None  # a copy rendered for one member (personalized), or shared

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from string import Template
 from typing import Final, TypeVar
@@ -42,10 +42,12 @@ from mailflow.model import (
     MemberRole,
     NonMemberAction,
     PostingPolicy,
+    ReplyTo,
     RuleAction,
     SenderRule,
 )
 from mailflow.pipeline.process.autoreply import TEMPLATE_KEYS
+from mailflow.pipeline.send import templates
 from mailflow.store import Repository
 
 NAME_MAX_LENGTH: Final = 200          # characters; the ``lists.name`` column
@@ -63,6 +65,9 @@ AUTOREPLY_DEFAULT_SUBJECT: Final = "Auto: $subject"
 ONCE_PER_DAYS_MAX: Final = 365
 
 
+SUBJECT_PREFIX_MAX_LENGTH: Final = 100  # the ``lists.subject_prefix`` column
+TEMPLATE_MAX_LENGTH: Final = 4000       # characters of a header or footer template
+URL_MAX_LENGTH: Final = 500             # the ``lists.archive_url`` column
 FILTER_PATTERN_MAX_LENGTH: Final = 1000  # characters of a filter's regular expression
 FILTER_TEXT_MAX_LENGTH: Final = 500      # the ``filter_rules.text`` column
 FILTER_HEADER_MAX_LENGTH: Final = 200    # the ``filter_rules.header`` column
@@ -238,6 +243,62 @@ def validated_forward_style(style: str | ForwardStyle) -> ForwardStyle:
 
 def validated_dmarc_mode(mode: str | DmarcMode) -> DmarcMode:
     return _validated_choice(DmarcMode, mode, "DMARC mode")
+
+
+def validated_decoration(*, subject_prefix: str | None = None, reply_to: str | None = None,
+                         header_template: str | None = None,
+                         footer_template: str | None = None,
+                         archive_url: str | None = None) -> dict[str, str]:
+    """The decoration fields given (``None``: unchanged; ``''``: cleared), validated:
+    what goes into a header field has no controls, templates keep to the sandbox's
+    subset (:func:`~mailflow.pipeline.send.templates.check`)."""
+    changes: dict[str, str] = {}
+    if subject_prefix is not None:
+        changes["subject_prefix"] = _header_safe_text(
+            subject_prefix.strip(), "subject prefix", SUBJECT_PREFIX_MAX_LENGTH)
+    if reply_to is not None:
+        choice = reply_to.strip()
+        if not choice or choice.lower() in (ReplyTo.NONE.value, ReplyTo.LIST.value):
+            changes["reply_to"] = choice.lower() or ReplyTo.NONE.value
+        else:
+            try:
+                changes["reply_to"] = validated_address(choice)
+            except InvalidInput as exc:
+                raise InvalidInput(f"invalid Reply-To policy {reply_to!r}: none, list or an "
+                                   f"address ({exc})") from None
+    for key, source in (("header_template", header_template),
+                        ("footer_template", footer_template)):
+        if source is not None:
+            changes[key] = _validated_template(source, key.replace("_", " "))
+    if archive_url is not None:
+        changes["archive_url"] = _validated_url(archive_url.strip(), "archive URL")
+    return changes
+
+
+def _validated_template(source: str, what: str) -> str:
+    if len(source) > TEMPLATE_MAX_LENGTH:
+        raise InvalidInput(f"{what} too long ({len(source)} characters, at most "
+                           f"{TEMPLATE_MAX_LENGTH})")
+    try:
+        templates.check(source)
+    except templates.UnsafeTemplate as exc:
+        raise InvalidInput(f"{what} refused: {exc}") from None
+    return source
+
+
+def _validated_url(url: str, what: str) -> str:
+    """An http(s) or mailto URL that may go between ``<`` and ``>`` in a header field."""
+    if not url:
+        return url
+    _header_safe_text(url, what, URL_MAX_LENGTH)
+    scheme = url.partition(":")[0].lower()
+    if scheme not in ("http", "https", "mailto") or any(c.isspace() or c in '<>"'
+                                                        for c in url):
+        raise InvalidInput(f"invalid {what} {url!r}: an http(s) or mailto URL without "
+                           "spaces, quotes or angle brackets")
+    return url
+
+
 HOLD_DAYS_MAX: Final = 365
 
 
@@ -258,6 +319,8 @@ def validated_hold_days(days: int) -> int:
         raise InvalidInput(f"invalid hold time {days} days: it must be between 1 and "
                            f"{HOLD_DAYS_MAX}")
     return days
+
+
 
 
 def validated_targets(list_address: str, members: Iterable[str]) -> list[str]:
@@ -390,14 +453,24 @@ class DirectoryService:
                     dmarc: str | DmarcMode | None = None,
                     posting: str | PostingPolicy | None = None,
                     non_member_action: str | NonMemberAction | None = None,
-                    hold_days: int | None = None) -> MailingList:
+                    hold_days: int | None = None,
+                    decoration: Mapping[str, str] | None = None) -> MailingList:
         """Change the settings given (``None``: leave as is); returns the list as stored.
 
         ``fwd`` is for aliases only: a list's copies carry its List-* fields on the
         original message, and a list stays ``resend`` (refused, or when made an alias
-        later, it may be set then).
+        later, it may be set then).  ``decoration``: keyword arguments of
+        :func:`validated_decoration` (subject prefix, Reply-To, templates, archive URL),
+        for lists only: an alias passes personal mail on undecorated.
         """
         address = validated_address(address)
+        changes = validated_decoration(**decoration) if decoration else None
+        resulting = (validated_kind(kind) if kind is not None else
+                     self.repo.get_list(address).kind) if changes else ListKind.LIST
+        if resulting is not ListKind.LIST:
+            raise InvalidInput(f"{address} is not a list: subject prefix, Reply-To, "
+                               "templates and archive are for lists (aliases pass mail on "
+                               "as it came)")
         new_kind = None if kind is None else validated_kind(kind)
         style = None if forward_style is None else validated_forward_style(forward_style)
         if style is ForwardStyle.FWD or new_kind is ListKind.LIST:
@@ -417,7 +490,8 @@ class DirectoryService:
             posting=None if posting is None else validated_posting(posting),
             non_member_action=(None if non_member_action is None
                                else validated_non_member_action(non_member_action)),
-            hold_days=None if hold_days is None else validated_hold_days(hold_days))
+            hold_days=None if hold_days is None else validated_hold_days(hold_days),
+            decoration=changes)
 
     def get_list(self, address: str) -> MailingList:
         return self.repo.get_list(validated_address(address))

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 from collections.abc import Callable, Hashable, Sequence
@@ -102,6 +103,7 @@ from mailflow.services.lanes import Lane, RoutedEgress
 from mailflow.services.recent import RecentMessages
 from mailflow.srs import Srs
 from mailflow.store.runner import StoreRunner
+from mailflow.unsubscribe_tokens import UnsubscribeTokens
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,8 @@ class SchedulerOptions:
     dmarc_author_field: AuthorField = AuthorField.REPLY_TO
     cache_bytes: int = DEFAULT_BUDGET.rendered_copies  # rendered copies kept in memory
     large_in_flight: int = DEFAULT_BUDGET.large_in_flight  # bytes (see services/in_flight)
+    public_url: str = ""  # the List-* links' base (docs/lists.md)
+    unsubscribe: UnsubscribeTokens | None = None  # signs one-click links of member copies
 
 
 @dataclass(slots=True)
@@ -179,7 +183,8 @@ class Scheduler:
         self._content: BytesLRU[tuple[str, Hashable]] = BytesLRU(
             options.cache_bytes, max_item=item_limit(options.cache_bytes))
         self._large = LargeInFlight(options.large_in_flight, self._content.max_item)
-        self._identity = Identity(options.instance_id, options.hostname)
+        self._identity = Identity(options.instance_id, options.hostname, options.public_url,
+                                  options.unsubscribe)
         # Told of alias forwards that failed for good (``services.notices``); set by the app.
         self.on_failed: Callable[[Failure], None] | None = None
         # What relayed bounces and failure notices are sent "through" (no list has id 0).
@@ -625,8 +630,14 @@ class Scheduler:
             raw = await self._body(tx.message.blob)
             if returned:
                 raw = await asyncio.to_thread(self._rewritten, raw, tx)
-            content = render_copy(raw, tx.message, tx.mailing_list, self._identity,
-                                  rewrite_from=await self._rewrite_from(raw, tx))
+            rewrite_from = await self._rewrite_from(raw, tx)
+            if tx.mailing_list.decoration.changes_copies:  # MIME work: off the loop
+                content = await asyncio.to_thread(
+                    functools.partial(render_copy, raw, tx.message, tx.mailing_list,
+                                      self._identity, rewrite_from=rewrite_from))
+            else:
+                content = render_copy(raw, tx.message, tx.mailing_list, self._identity,
+                                      rewrite_from=rewrite_from)
             self._content.put(key, content)
         return content
 

@@ -9,6 +9,7 @@ time instead of sleeping.
 from __future__ import annotations
 
 import enum
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -32,9 +33,11 @@ from mailflow import addresses
 from mailflow.errors import Conflict, InvalidInput, NotFound
 from mailflow.model import (
     BARE_ROLE,
+    NO_DECORATION,
     PENDING_STATUSES,
     AddedMembers,
     AutoReply,
+    Decoration,
     Delivery,
     DeliveryRow,
     DeliveryStatus,
@@ -60,6 +63,7 @@ from mailflow.model import (
     NonMemberAction,
     Outcome,
     PostingPolicy,
+    ReplyTo,
     Resolution,
     RuleAction,
     RuleScope,
@@ -97,7 +101,31 @@ def _list(row: Row[Any]) -> MailingList:
                        dmarc=DmarcMode(row.dmarc),
                        posting=PostingPolicy(row.posting),
                        non_member_action=NonMemberAction(row.non_member_action),
-                       hold_days=row.hold_days)
+                       hold_days=row.hold_days,
+                       decoration=_decoration(row))
+
+
+# Every list object read from the store shares one Decoration per distinct value: a
+# list is read again for each RCPT its cache does not answer (``alias+1@``,
+# ``alias+2@``... are 10,000 entries of known recipients), and its templates must not be
+# held once per entry.  Weak values: a decoration no list object holds any more goes.
+_DECORATIONS: weakref.WeakValueDictionary[tuple[str, ...], Decoration] = \
+    weakref.WeakValueDictionary()
+
+
+def _decoration(row: Row[Any]) -> Decoration:
+    if not (row.subject_prefix or row.header_template or row.footer_template
+            or row.archive_url or row.reply_to != ReplyTo.NONE.value):
+        return NO_DECORATION  # most lists
+    key = (row.subject_prefix, row.reply_to, row.header_template, row.footer_template,
+           row.archive_url)
+    found = _DECORATIONS.get(key)
+    if found is None:
+        found = Decoration(*key)
+        # The key holds the decoration's own strings, not copies of them.
+        _DECORATIONS[(found.subject_prefix, found.reply_to, found.header_template,
+                      found.footer_template, found.archive_url)] = found
+    return found
 
 
 def _message(row: Row[Any]) -> InboundMessage:
@@ -380,9 +408,13 @@ class Repository:
                     dmarc: DmarcMode | None = None,
                     posting: PostingPolicy | None = None,
                     non_member_action: NonMemberAction | None = None,
-                    hold_days: int | None = None) -> MailingList:
-        """Change the given settings of a list or alias; returns it as stored now."""
-        values: dict[str, Any] = {}
+                    hold_days: int | None = None,
+                    decoration: Mapping[str, str] | None = None) -> MailingList:
+        """Change the given settings of a list or alias; returns it as stored now.
+
+        ``decoration``: new values of :class:`~mailflow.model.Decoration` fields by name.
+        """
+        values: dict[str, Any] = dict(decoration or {})
         for column, value in (("posting", posting), ("non_member_action", non_member_action),
                               ("hold_days", hold_days)):
             if value is not None:

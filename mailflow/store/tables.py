@@ -57,6 +57,12 @@ lists = Table(
     Column("posting", String(16), nullable=False, server_default="open"),
     Column("non_member_action", String(8), nullable=False, server_default="reject"),
     Column("hold_days", Integer, nullable=False, server_default="14"),
+    # Decoration of the list's copies (0010_list_decoration; model.Decoration).
+    Column("subject_prefix", String(100), nullable=False, server_default=""),
+    Column("reply_to", String(320), nullable=False, server_default="none"),
+    Column("header_template", Text, nullable=False, server_default=""),
+    Column("footer_template", Text, nullable=False, server_default=""),
+    Column("archive_url", String(500), nullable=False, server_default=""),
 )
 
 members = Table(

@@ -52,7 +52,10 @@ def dmarc_from(copy: CopyContext) -> None:
     shown = f"{name or address} via {list_name}"
     copy.added.append(f"From: {display_phrase(shown)} <{mailing_list.address}>")
     copy.removed.append("From")
-    field = "Reply-To" if copy.rewrite_from is AuthorField.REPLY_TO else "Cc"
+    # A list that sets Reply-To itself (``--reply-to``) keeps it: the author goes in Cc.
+    sets_reply_to = any(added.lower().startswith("reply-to:") for added in copy.added)
+    field = ("Reply-To" if copy.rewrite_from is AuthorField.REPLY_TO and not sets_reply_to
+             else "Cc")
     existing = [header_safe(v) for v in field_values(copy.header, field)]
     if any(address.lower() == a.lower() for _, a in getaddresses(existing)):
         return
