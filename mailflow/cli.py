@@ -116,6 +116,8 @@ def hint(error: MailflowError, command: str | None) -> str:
             return "; see `mailflow filter ls ADDRESS`"
         if error.kind == "message":
             return "; see `mailflow held ls`"
+        if error.kind == "suppression":
+            return "; see `mailflow suppress ls`"
     if isinstance(error, Conflict) and error.kind == "domain" and error.dependents:
         return "; delete them first with `mailflow list delete`"
     return ""
@@ -296,17 +298,28 @@ def list_create(ctx: Context, address: str, kind: str, name: str, priority: int)
 @click.option("--forward-style", type=click.Choice([s.value for s in ForwardStyle]),
               help="aliases: resend (the message as received) or fwd (a new message "
                    "from the alias, \"Fwd:\", the original's attachments unchanged)")
+@click.option("--personalize", type=click.Choice(["on", "off"]),
+              help="lists: on, one copy per member with its own bounce address "
+                   "(LIST-bounces+TOKEN@domain, VERP); off, shared copies")
+@click.option("--bounce-threshold", type=float,
+              help=f"lists: the bounce score that disables a member "
+                   f"({rules.MIN_BOUNCE_THRESHOLD:g} to {rules.MAX_BOUNCE_THRESHOLD:g}; "
+                   "default 5)")
 @pass_context
 def list_update(ctx: Context, address: str, kind: str | None, name: str | None,
-                priority: int | None, forward_style: str | None) -> None:
-    """Change the kind, display name, priority or forward style of the list or alias at
-    ADDRESS."""
-    if kind is None and name is None and priority is None and forward_style is None:
-        raise click.UsageError("nothing to update: give --name, --priority, --kind or "
-                               "--forward-style")
+                priority: int | None, forward_style: str | None, personalize: str | None,
+                bounce_threshold: float | None) -> None:
+    """Change the kind, display name, priority, forward style, personalization or bounce
+    threshold of the list or alias at ADDRESS."""
+    if (kind is None and name is None and priority is None and forward_style is None
+            and personalize is None and bounce_threshold is None):
+        raise click.UsageError("nothing to update: give --name, --priority, --kind, "
+                               "--forward-style, --personalize or --bounce-threshold")
     with ctx.directory() as directory:
-        updated = directory.update_list(address, kind=kind, name=name, priority=priority,
-                                        forward_style=forward_style)
+        updated = directory.update_list(
+            address, kind=kind, name=name, priority=priority, forward_style=forward_style,
+            personalize=None if personalize is None else personalize == "on",
+            bounce_threshold=bounce_threshold)
     click.echo(f"updated {updated.kind.value} {updated.address}")
 
 
@@ -321,6 +334,7 @@ def list_show(ctx: Context, address: str, as_json: bool) -> None:
         roster = directory.members(found.address)
     info = {"address": found.address, "kind": found.kind.value, "name": found.name,
             "priority": found.priority, "forward_style": found.forward_style.value,
+            "personalize": found.personalize, "bounce_threshold": found.bounce_threshold,
             "members": len(roster),
             "active_members": sum(1 for m in roster if m.status.value == "active"),
             "bounces_address": found.bounces_address, "list_id": found.list_id}
@@ -408,18 +422,21 @@ def member_remove(ctx: Context, list_address: str, members: tuple[str, ...]) -> 
 @member.command("list")
 @click.argument("list_address")
 @click.option("--json", "as_json", is_flag=True,
-              help="a JSON array of objects with address, name, status and created_at")
+              help="a JSON array of objects with address, name, status, created_at, "
+                   "bounce_score and last_bounce_at")
 @pass_context
 def member_list(ctx: Context, list_address: str, as_json: bool) -> None:
-    """Show the members of LIST_ADDRESS."""
+    """Show the members of LIST_ADDRESS (status: active, disabled or unsubscribed)."""
     with ctx.directory() as directory:
         roster = directory.members(list_address)
     if as_json:
         emit_json([{"address": m.address, "name": m.name, "status": m.status.value,
-                    "created_at": m.created_at} for m in roster])
+                    "created_at": m.created_at, "bounce_score": m.bounce_score,
+                    "last_bounce_at": m.last_bounce_at} for m in roster])
         return
     for m in roster:
-        click.echo(f"{m.address}\t{m.status.value}" + (f"\t{m.name}" if m.name else ""))
+        score = f"\tbounce score {m.bounce_score:g}" if m.bounce_score else ""
+        click.echo(f"{m.address}\t{m.status.value}{score}" + (f"\t{m.name}" if m.name else ""))
 
 
 member.add_command(member_list, "ls")  # as `list ls`
@@ -748,6 +765,85 @@ def held_discard(ctx: Context, message_id: str) -> None:
     with ctx.directory() as directory:
         directory.discard_held(message_id)
     click.echo(f"discarded {message_id}")
+
+
+# -- bounces and suppressions -----------------------------------------------------------
+
+@cli.group()
+def bounces() -> None:
+    """Bounces and complaints counted against list members."""
+
+
+@bounces.command("ls")
+@click.option("--list", "list_address", help="only the bounces of this list")
+@click.option("--json", "as_json", is_flag=True,
+              help="a JSON array of objects with list, address, kind, source, counted, "
+                   "detail, at")
+@pass_context
+def bounces_ls(ctx: Context, list_address: str | None, as_json: bool) -> None:
+    """Show the newest bounces (at most 1,000), newest first."""
+    with ctx.directory() as directory:
+        found = directory.bounce_events(list_address)
+    if as_json:
+        emit_json([{"list": b.list_address, "address": b.address, "kind": b.kind,
+                    "source": b.source, "counted": b.counted, "detail": b.detail,
+                    "at": b.created_at} for b in found])
+        return
+    for b in found:
+        counted = "counted" if b.counted else "not counted"
+        click.echo(f"{_moment(b.created_at)}\t{b.list_address}\t<{b.address}>\t{b.kind}\t"
+                   f"{b.source}\t{counted}")
+
+
+@cli.group()
+def suppress() -> None:
+    """Addresses no list sends to (every list, or one with --list)."""
+
+
+suppress_list_option = click.option(
+    "--list", "list_address", help="for this list only (default: every list)")
+
+
+@suppress.command("add")
+@click.argument("address")
+@suppress_list_option
+@click.option("--reason", default="", help="a note kept with the entry")
+@pass_context
+def suppress_add(ctx: Context, address: str, list_address: str | None, reason: str) -> None:
+    """Send ADDRESS nothing from now on (checked when a message is expanded)."""
+    with ctx.directory() as directory:
+        added = directory.suppress(address, list_address, reason)
+    where = f" for {list_address}" if list_address else ""
+    click.echo(f"suppressed {address}{where}" if added else f"{address} was suppressed already")
+
+
+@suppress.command("remove")
+@click.argument("address")
+@suppress_list_option
+@pass_context
+def suppress_remove(ctx: Context, address: str, list_address: str | None) -> None:
+    """Send ADDRESS mail again."""
+    with ctx.directory() as directory:
+        directory.unsuppress(address, list_address)
+    click.echo(f"removed the suppression of {address}")
+
+
+@suppress.command("ls")
+@suppress_list_option
+@click.option("--json", "as_json", is_flag=True,
+              help="a JSON array of objects with address, list ('' for every list), "
+                   "reason, created_at")
+@pass_context
+def suppress_ls(ctx: Context, list_address: str | None, as_json: bool) -> None:
+    """Show the suppressed addresses."""
+    with ctx.directory() as directory:
+        found = directory.suppressions(list_address)
+    if as_json:
+        emit_json([{"address": e.address, "list": e.target, "reason": e.reason,
+                    "created_at": e.created_at} for e in found])
+        return
+    for e in found:
+        click.echo(f"{e.address}\t{e.target or '(every list)'}\t{e.reason}")
 
 
 # -- queue ------------------------------------------------------------------------------

@@ -196,6 +196,12 @@ class Settings(BaseSettings):
     srs_max_age_days: int = Field(default=21, ge=1, le=1000)
     # Failure notices (DSNs) for alias forwards: at most this many per sender per hour.
     dsn_per_sender_per_hour: int = Field(default=10, ge=0)
+    # Bounce processing (docs/lists.md): warnings to a member disabled for bouncing,
+    # seconds between them (and before the removal), seconds without a bounce that
+    # reset a score.
+    bounce_warnings: int = Field(default=3, ge=0, le=100)
+    bounce_warning_interval: float = Field(default=7 * 86400.0, gt=0)
+    bounce_score_reset: float = Field(default=7 * 86400.0, gt=0)
     egress: str = "stdout"
     routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     smtp_relay: str = "smtp://127.0.0.1:25"

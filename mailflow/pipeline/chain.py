@@ -41,6 +41,7 @@ from mailflow.pipeline.context import (
     SenderRules,
 )
 from mailflow.pipeline.process.autoreply import autoreply
+from mailflow.pipeline.process.bounces import bounces
 from mailflow.pipeline.process.expand import expand
 from mailflow.pipeline.send.forward import forward_style
 from mailflow.pipeline.send.list_headers import list_headers
@@ -93,23 +94,31 @@ def accept_chain(settings: AcceptSettings, lookup: Lookup, rules: SenderRules, *
     )
 
 
-# Next: forward, bounce handling, moderation.
-PROCESS_CHAIN: tuple[ProcessStep, ...] = (expand, autoreply)
+# Next: forward, moderation.
+PROCESS_CHAIN: tuple[ProcessStep, ...] = (expand, bounces, autoreply)
 
 # ``forward_style`` first: it may replace the whole message the others add fields to.
 # Next: subject prefix, footer, List-Unsubscribe, VERP envelope sender, DKIM (last).
 SEND_CHAIN: tuple[SendStep, ...] = (forward_style, trace_fields, list_headers, plus_tag)
 
 
-def rendering_variant(mailing_list: MailingList) -> Hashable:
+def rendering_variant(mailing_list: MailingList, recipient: str = "") -> Hashable:
     """What tells two copies of one message apart under ``SEND_CHAIN``.
 
     The list (its headers, the plus tag it was reached by) and its forward style (a
-    copy rendered before the style changed must not be reused after); per-recipient
-    steps (VERP, footers, unsubscribe tokens) add the recipient here, and every cache
-    of rendered copies keys on it.
+    copy rendered before the style changed must not be reused after); a personalized
+    list's copy is its member's own (footer, unsubscribe token), so the member is part
+    of it, and every cache of rendered copies keys on it.
     """
+    if mailing_list.personalize:
+        return (mailing_list.id, mailing_list.forward_style, recipient)
     return (mailing_list.id, mailing_list.forward_style)
+
+
+def copy_recipient(mailing_list: MailingList, recipients: Sequence[str]) -> str:
+    """The member a copy is rendered for: the one recipient of a personalized list's
+    transaction, else '' (a shared copy)."""
+    return recipients[0] if mailing_list.personalize and len(recipients) == 1 else ""
 
 
 # -- the runners ------------------------------------------------------------------------
@@ -149,14 +158,17 @@ def run_process(steps: Sequence[ProcessStep], message: InboundMessage,
 
 
 def render_copy(raw: bytes, message: InboundMessage, mailing_list: MailingList,
-                identity: Identity, steps: Sequence[SendStep] = SEND_CHAIN) -> bytes:
+                identity: Identity, steps: Sequence[SendStep] = SEND_CHAIN,
+                recipient: str = "") -> bytes:
     """The outgoing copy: the steps' fields, then the original header and body bytes.
 
-    Added fields use the message's own line ending.
+    Added fields use the message's own line ending.  ``recipient``: the member a
+    personalized copy is for (see :func:`copy_recipient`).
     """
     cut = headers.header_length(raw)
     # The body as a view: copied once, into the copy (a fwd step makes bytes of it).
-    copy = CopyContext(message, mailing_list, identity, raw[:cut], memoryview(raw)[cut:])
+    copy = CopyContext(message, mailing_list, identity, raw[:cut], memoryview(raw)[cut:],
+                       recipient=recipient)
     for step in steps:
         step(copy)
     header, rest = copy.header, copy.body

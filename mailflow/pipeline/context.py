@@ -15,6 +15,7 @@ from mailflow import addresses, headers
 from mailflow.errors import SmtpReplyError
 from mailflow.model import (
     AutoReply,
+    BounceReport,
     Envelope,
     Event,
     GeneratedMessage,
@@ -131,6 +132,12 @@ class Directory(Protocol):
         """Remember a reply for the rest of the batch (the log row is written with the
         reply, see ``ProcessContext.replied``)."""
         ...
+    def roster(self, list_id: int) -> list[str]:
+        """Every member's address, whatever its status (bounces name disabled ones too)."""
+        ...
+    def verp_member(self, mailing_list: MailingList, token: str) -> str | None:
+        """The member a VERP token of ``mailing_list``'s bounce address names, or None."""
+        ...
 
 
 def _no_content() -> bytes:
@@ -155,6 +162,7 @@ class ProcessContext:
     events: list[Event] = field(default_factory=list)
     generated: list[GeneratedMessage] = field(default_factory=list)
     replied: list[tuple[int, str]] = field(default_factory=list)  # (list id, sender) to log
+    bounces: list[BounceReport] = field(default_factory=list)  # counted by the transaction
 
     def event(self, kind: str, detail: str) -> None:
         self.events.append(Event(kind, detail, self.message.id))
@@ -183,5 +191,8 @@ class CopyContext:
     identity: Identity
     header: bytes
     body: bytes | memoryview = b""  # a view of the stored message until a step replaces it
+    # The one member this copy is for, on a personalized list (``rendering_variant``
+    # adds it); '' for a copy shared by several recipients.
+    recipient: str = ""
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)

@@ -29,6 +29,7 @@ from mailflow.errors import InvalidInput
 from mailflow.model import (
     AddedMembers,
     AutoReply,
+    BounceEventRow,
     Domain,
     FilterAction,
     FilterCondition,
@@ -40,6 +41,7 @@ from mailflow.model import (
     Member,
     RuleAction,
     SenderRule,
+    Suppression,
 )
 from mailflow.pipeline.process.autoreply import TEMPLATE_KEYS
 from mailflow.store import Repository
@@ -57,6 +59,8 @@ AUTOREPLY_SUBJECT_MAX: Final = 200    # characters of the subject template
 AUTOREPLY_BODY_MAX: Final = 10_000    # characters of the body template
 AUTOREPLY_DEFAULT_SUBJECT: Final = "Auto: $subject"
 ONCE_PER_DAYS_MAX: Final = 365
+MIN_BOUNCE_THRESHOLD: Final = 0.5     # one temporary bounce
+MAX_BOUNCE_THRESHOLD: Final = 1000.0
 
 
 FILTER_PATTERN_MAX_LENGTH: Final = 1000  # characters of a filter's regular expression
@@ -228,6 +232,18 @@ def validated_once_per_days(days: int) -> int:
     return days
 
 
+def validated_bounce_threshold(threshold: float) -> float:
+    if not MIN_BOUNCE_THRESHOLD <= threshold <= MAX_BOUNCE_THRESHOLD:
+        raise InvalidInput(f"invalid bounce threshold {threshold:g}: from "
+                           f"{MIN_BOUNCE_THRESHOLD:g} to {MAX_BOUNCE_THRESHOLD:g}")
+    return threshold
+
+
+def validated_suppression_target(text: str | None) -> str:
+    """'' (every list) or a list's address."""
+    return "" if not text else validated_address(text)
+
+
 def validated_forward_style(style: str | ForwardStyle) -> ForwardStyle:
     return _validated_choice(ForwardStyle, style, "forward style")
 
@@ -334,6 +350,27 @@ class DirectoryService:
         if self.on_rules_changed is not None:
             self.on_rules_changed()
 
+    # -- bounces and suppressions -------------------------------------------------------
+
+    def bounce_events(self, list_address: str | None = None) -> list[BounceEventRow]:
+        return self.repo.bounce_events(None if list_address is None
+                                       else validated_address(list_address))
+
+    def suppress(self, address: str, list_address: str | None = None,
+                 reason: str = "") -> bool:
+        """Suppress ``address`` for every list or one; whether it was new."""
+        return self.repo.add_suppression(Suppression(
+            validated_address(address), validated_suppression_target(list_address),
+            _header_safe_text(reason, "reason", 200) if reason else "", self.clock.now()))
+
+    def unsuppress(self, address: str, list_address: str | None = None) -> None:
+        self.repo.remove_suppression(validated_address(address),
+                                     validated_suppression_target(list_address))
+
+    def suppressions(self, list_address: str | None = None) -> list[Suppression]:
+        return self.repo.suppressions(None if list_address is None
+                                      else validated_suppression_target(list_address))
+
     # -- domains ------------------------------------------------------------------------
 
     def add_domain(self, name: str) -> Domain:
@@ -358,8 +395,13 @@ class DirectoryService:
 
     def update_list(self, address: str, *, kind: str | ListKind | None = None,
                     name: str | None = None, priority: int | None = None,
-                    forward_style: str | ForwardStyle | None = None) -> MailingList:
+                    forward_style: str | ForwardStyle | None = None,
+                    personalize: bool | None = None,
+                    bounce_threshold: float | None = None) -> MailingList:
         """Change the settings given (``None``: leave as is); returns the list as stored.
+
+        ``personalize`` and ``bounce_threshold`` are for lists (bounce processing and
+        per-member copies are a list's; an alias forward has its own envelope sender).
 
         ``fwd`` is for aliases only: a list's copies carry its List-* fields on the
         original message, and a list stays ``resend`` (refused, or when made an alias
@@ -376,11 +418,18 @@ class DirectoryService:
                 raise InvalidInput(f"{address} is a list: the forward style fwd is for "
                                    "aliases (set --forward-style resend first, or make it "
                                    "an alias)")
+        if bounce_threshold is not None:
+            bounce_threshold = validated_bounce_threshold(bounce_threshold)
+        if personalize or bounce_threshold is not None:
+            current = self.repo.get_list(address)
+            if (new_kind or current.kind) is not ListKind.LIST:
+                raise InvalidInput(f"{address} is not a list: personalization and the bounce "
+                                   "threshold are settings of lists")
         return self.repo.update_list(
             address, kind=new_kind,
             name=None if name is None else validated_list_name(name),
             priority=None if priority is None else validated_priority(priority),
-            forward_style=style)
+            forward_style=style, personalize=personalize, bounce_threshold=bounce_threshold)
 
     def get_list(self, address: str) -> MailingList:
         return self.repo.get_list(validated_address(address))

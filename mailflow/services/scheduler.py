@@ -87,7 +87,7 @@ from mailflow.model import (
     Outcome,
     RecipientReply,
 )
-from mailflow.pipeline.chain import render_copy, rendering_variant
+from mailflow.pipeline.chain import copy_recipient, render_copy, rendering_variant
 from mailflow.pipeline.context import Identity
 from mailflow.pipeline.notice import NOTICE_PROTOCOL, Failure
 from mailflow.pipeline.send.bounce import rewritten_bounce
@@ -97,6 +97,7 @@ from mailflow.services.lanes import Lane, RoutedEgress
 from mailflow.services.recent import RecentMessages
 from mailflow.srs import Srs
 from mailflow.store.runner import StoreRunner
+from mailflow.verp import Verp
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class SchedulerOptions:
     route_backlog: float = 30.0  # seconds of work a busy route may hold (see above)
     transaction_timeout: float = 600.0  # on the wire longer: hung, leases not renewed
     srs: Srs | None = None  # envelope senders of alias forwards (None: the bounce address)
+    verp: Verp | None = None  # personalized lists' per-member senders (None: the plain one)
     cache_bytes: int = DEFAULT_BUDGET.rendered_copies  # rendered copies kept in memory
     large_in_flight: int = DEFAULT_BUDGET.large_in_flight  # bytes (see services/in_flight)
 
@@ -432,8 +434,10 @@ class Scheduler:
                                     message_id=d.message_id, lease=d.lease_owner)
                             for d in group]
                 continue
-            for start in range(0, len(group), size):
-                self._hold(lane, Transaction(message, mailing_list, group[start:start + size]))
+            # A personalized list's copy is its member's own: one recipient a transaction.
+            step = 1 if mailing_list.personalize else size
+            for start in range(0, len(group), step):
+                self._hold(lane, Transaction(message, mailing_list, group[start:start + step]))
         if orphans:
             self._add_outcomes(orphans)
 
@@ -459,8 +463,9 @@ class Scheduler:
                              for d in group]
                 continue
             lane = lanes[index]
-            for start in range(0, len(group), size):
-                chunk = group[start:start + size]
+            step = 1 if mailing_list.personalize else size
+            for start in range(0, len(group), step):
+                chunk = group[start:start + step]
                 if had_room[index] or lane.takes_more(pace):
                     self._hold(lane, Transaction(message, mailing_list, chunk))
                     continue
@@ -552,7 +557,9 @@ class Scheduler:
             with TRANSACTION_SECONDS.time():
                 replies = await egress.send(
                     envelope_sender(tx.message, tx.mailing_list, self.options.srs,
-                                    self.clock.now()), recipients, content)
+                                    self.clock.now(), self.options.verp,
+                                    copy_recipient(tx.mailing_list, recipients)),
+                    recipients, content)
         except SmtpReplyError as exc:  # EgressUnavailable, or a provider's own refusal
             replies = [_reply(r, exc) for r in recipients]
         except FileNotFoundError:
@@ -609,7 +616,8 @@ class Scheduler:
     async def _render(self, tx: Transaction) -> bytes:
         """The copy the send chain makes of the message for this transaction."""
         returned = _returned_bounce(tx)
-        variant = rendering_variant(tx.mailing_list)
+        recipient = copy_recipient(tx.mailing_list, [d.recipient for d in tx.deliveries])
+        variant = rendering_variant(tx.mailing_list, recipient)
         if returned:  # the report names its recipient
             variant = (variant, tuple(d.recipient for d in tx.deliveries))
         key = (tx.message.id, variant)
@@ -618,7 +626,8 @@ class Scheduler:
             raw = await self._body(tx.message.blob)
             if returned:
                 raw = await asyncio.to_thread(self._rewritten, raw, tx)
-            content = render_copy(raw, tx.message, tx.mailing_list, self._identity)
+            content = render_copy(raw, tx.message, tx.mailing_list, self._identity,
+                                  recipient=recipient)
             self._content.put(key, content)
         return content
 
