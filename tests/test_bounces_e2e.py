@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from mailflow.model import ListKind
 from mailflow.testing.factories import make_message
 from mailflow.testing.relay import RelayProcess
 from mailflow.testing.sink import SmtpSink
@@ -87,3 +88,17 @@ def test_a_suppressed_member_gets_no_copy(relay: RelayProcess, module_sink: Smtp
     assert missing.stderr.strip() == (f"mailflow: error: <{members[0]}> is not suppressed for "
                                       f"{address}; "
                                       "see `mailflow suppress ls`")
+
+
+def test_list_settings_of_personalization_and_bounces(relay: RelayProcess) -> None:
+    address, _ = relay.fresh_list(members=1)
+    cli(relay, "list", "update", address, "--personalize", "on", "--bounce-threshold", "3")
+    shown = json.loads(cli(relay, "list", "show", address, "--json"))
+    assert (shown["personalize"], shown["bounce_threshold"]) == (True, 3.0)
+    bad = relay.cli("list", "update", address, "--bounce-threshold", "0")
+    assert (bad.returncode, bad.stderr.strip()) == (
+        2, "mailflow: error: invalid bounce threshold 0: from 0.5 to 1000")
+    alias, _ = relay.fresh_list(members=1, kind=ListKind.ALIAS)
+    refused = relay.cli("list", "update", alias, "--personalize", "on")
+    assert refused.returncode == 2
+    assert "is not a list: personalization and the bounce threshold" in refused.stderr
