@@ -24,7 +24,7 @@ cli.queue_show
 Whitelist().rule_add, Whitelist().rule_remove, Whitelist().rule_ls  # in cli._rule_group
 cli.autoreply_set, cli.autoreply_clear, cli.autoreply_show
 cli.filter_add, cli.filter_ls, cli.filter_remove, cli.held_ls, cli.held_release, cli.held_discard
-cli.bounces_ls, cli.suppress_add, cli.suppress_remove, cli.suppress_ls
+cli.member_enable, cli.bounces_ls, cli.suppress_add, cli.suppress_remove, cli.suppress_ls
 
 # pydantic calls the validators and the sources hook; the hook's signature is pydantic's.
 config.Settings._check_listen, config.Settings._check_relay, config.Settings._check_egress

@@ -442,6 +442,19 @@ def member_list(ctx: Context, list_address: str, as_json: bool) -> None:
 member.add_command(member_list, "ls")  # as `list ls`
 
 
+@member.command("enable")
+@click.argument("list_address")
+@click.argument("members", nargs=-1, required=True)
+@pass_context
+def member_enable(ctx: Context, list_address: str, members: tuple[str, ...]) -> None:
+    """Make MEMBERS of LIST_ADDRESS active again (after bounces or a complaint), with a
+    bounce score of 0."""
+    target = rules.validated_address(list_address)
+    with ctx.directory() as directory:
+        enabled = directory.enable_members(target, members)
+    click.echo(f"enabled {enabled} member(s) of {target}")
+
+
 @member.command("import")
 @click.argument("list_address")
 @click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))

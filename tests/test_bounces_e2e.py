@@ -91,13 +91,15 @@ def test_a_suppressed_member_gets_no_copy(relay: RelayProcess, module_sink: Smtp
 
 
 def test_list_settings_of_personalization_and_bounces(relay: RelayProcess) -> None:
-    address, _ = relay.fresh_list(members=1)
+    address, members = relay.fresh_list(members=1)
     cli(relay, "list", "update", address, "--personalize", "on", "--bounce-threshold", "3")
     shown = json.loads(cli(relay, "list", "show", address, "--json"))
     assert (shown["personalize"], shown["bounce_threshold"]) == (True, 3.0)
     bad = relay.cli("list", "update", address, "--bounce-threshold", "0")
     assert (bad.returncode, bad.stderr.strip()) == (
         2, "mailflow: error: invalid bounce threshold 0: from 0.5 to 1000")
+    assert cli(relay, "member", "enable", address, *members) == \
+        f"enabled 0 member(s) of {address}\n"  # active already
     alias, _ = relay.fresh_list(members=1, kind=ListKind.ALIAS)
     refused = relay.cli("list", "update", alias, "--personalize", "on")
     assert refused.returncode == 2

@@ -104,6 +104,8 @@ def test_disabled_at_the_threshold_then_warned_three_times_and_removed(
     assert member(repo, "alice@example.net").status is MemberStatus.DISABLED
     with repo.expansion_transaction() as tx:  # a disabled member gets no copy
         assert tx.directory.active_member_addresses(report.list_id) == ["bob@example.net"]
+    repo.add_members(TEAM, ["alice@example.net"], NOW)  # adding again keeps the status
+    assert member(repo, "alice@example.net").status is MemberStatus.DISABLED
     policy = BouncePolicy(warnings=3)
     now = NOW + DAY
     assert bounce_upkeep(repo, now, policy, "owner@example.org") == 2  # warning + owners
@@ -181,3 +183,17 @@ def test_suppressed_addresses_get_no_delivery_globally_or_per_list(
     assert [(s.address, s.target) for s in repo.suppressions()] == [("b@x.test", TEAM)]
     repo.delete_list(TEAM, NOW)
     assert repo.suppressions() == []
+
+
+def test_enabling_a_member_again_clears_its_bounce_record(repo: Repository) -> None:
+    make_list(repo, TEAM, ["alice@example.net", "bob@example.net"])
+    repo.update_list(TEAM, bounce_threshold=1)
+    list_id = repo.get_list(TEAM).id
+    repo.count_bounces([BounceReport(list_id, "alice@example.net", BounceKind.PERMANENT,
+                                     BounceSource.DSN)], NOW)
+    assert member(repo, "alice@example.net").status is MemberStatus.DISABLED
+    assert repo.enable_members(TEAM, ["alice@example.net", "bob@example.net"]) == 1
+    alice = member(repo, "alice@example.net")
+    assert (alice.status, alice.bounce_score, alice.last_bounce_at) == (
+        MemberStatus.ACTIVE, 0.0, None)
+    assert bounce_upkeep(repo, NOW + 30 * DAY, BouncePolicy(), "o@example.org") == 0

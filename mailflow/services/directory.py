@@ -352,6 +352,11 @@ class DirectoryService:
 
     # -- bounces and suppressions -------------------------------------------------------
 
+    def enable_members(self, list_address: str, members: Sequence[str]) -> int:
+        """Active again, bounce score 0; returns how many were disabled or unsubscribed."""
+        return self.repo.enable_members(validated_address(list_address),
+                                        validated_addresses(members))
+
     def bounce_events(self, list_address: str | None = None) -> list[BounceEventRow]:
         return self.repo.bounce_events(None if list_address is None
                                        else validated_address(list_address))

@@ -585,7 +585,8 @@ class Scheduler:
     def _report_failures(self, tx: Transaction, outcomes: list[Outcome], content: bytes,
                          now: float) -> None:
         """Tell ``on_failed`` of an alias forward that failed for good (one report per
-        transaction); lists have bounce handling of their own to come."""
+        transaction); a list's 5xx failures count against its members in the store
+        (bounce processing)."""
         mailing_list = tx.mailing_list
         if mailing_list.kind is not ListKind.ALIAS or mailing_list.id == RELAYED:
             return

@@ -685,6 +685,20 @@ class Repository:
                        created_at=r.created_at, name=r.name, bounce_score=r.bounce_score,
                        last_bounce_at=r.last_bounce_at) for r in rows]
 
+    def enable_members(self, list_address: str, wanted: Iterable[str]) -> int:
+        """Make members active again with a clean bounce record (after a bounce or a
+        complaint disabled or unsubscribed them); returns how many were not active.
+
+        A suppression stays: it is lifted on its own (``mailflow suppress remove``).
+        """
+        with self.engines.writer.begin() as conn:
+            list_id = self._list_id(conn, list_address)
+            return conn.execute(update(members).where(
+                members.c.list_id == list_id, members.c.address.in_(list(wanted)),
+                members.c.status != MemberStatus.ACTIVE.value).values(
+                status=MemberStatus.ACTIVE.value, bounce_score=0.0, last_bounce_at=None,
+                disabled_at=None, warnings_sent=0, last_warning_at=None)).rowcount
+
     # -- bounces and suppressions -------------------------------------------------------
 
     def count_bounces(self, reports: Sequence[BounceReport], now: float) -> list[Event]:

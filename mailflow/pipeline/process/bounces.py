@@ -11,7 +11,7 @@ suppresses the member who complained.  Nothing is delivered: the message is cons
 from __future__ import annotations
 
 from mailflow import addresses
-from mailflow.model import BounceKind, BounceReport, BounceSource, MailingList
+from mailflow.model import BounceKind, BounceReport, BounceSource, ListKind, MailingList
 from mailflow.pipeline.context import ProcessContext
 from mailflow.pipeline.process.bounce_reading import BounceFindings, read_bounce
 
@@ -26,6 +26,9 @@ def bounces(ctx: ProcessContext) -> None:
         resolution = ctx.directory.resolve(canonical)
         target = resolution.mailing_list
         if resolution.kind != "bounces" or target is None:
+            continue
+        if target.kind is not ListKind.LIST:  # an alias's targets are no members to score
+            ctx.event("bounce", f"for {target.address}: not a list, consumed")
             continue
         findings = read_bounce(ctx.content())
         member = (ctx.directory.verp_member(target, resolution.detail)
