@@ -104,3 +104,19 @@ def test_list_settings_of_personalization_and_bounces(relay: RelayProcess) -> No
     refused = relay.cli("list", "update", alias, "--personalize", "on")
     assert refused.returncode == 2
     assert "is not a list: personalization and the bounce threshold" in refused.stderr
+
+
+def test_a_bounce_piped_in_decodes_its_verp_token(relay: RelayProcess,
+                                                  module_sink: SmtpSink) -> None:
+    """``mailflow pipe`` (Postfix's pipe transport) reads VERP tokens as the relay does."""
+    address, members = relay.fresh_list(members=2)
+    cli(relay, "list", "update", address, "--personalize", "on")
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+        client.sendmail("poster@outside.test", [address], make_message(address))
+    senders = {m.rcpt_tos[0]: m.mail_from for m in module_sink.wait_for_copies(members)}
+    failed = (Path(__file__).parent / "data" / "bounces" / "exim.eml").read_bytes()
+    piped = relay.cli("pipe", "--to", senders[members[1]], input=failed)
+    assert piped.returncode == 0, piped.stderr
+    relay.wait_settled()
+    scores = {a: m["bounce_score"] for a, m in roster(relay, address).items()}
+    assert scores == {members[0]: 0.0, members[1]: 1.0}
