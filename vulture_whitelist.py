@@ -7,7 +7,7 @@ below says who calls it.
 
 from vulture.whitelist_utils import Whitelist
 
-from mailflow import cli, config, model
+from mailflow import cli, config
 from mailflow.child import channel
 from mailflow.egress import smtp_client
 from mailflow.ingress import limits, smtp, tls
@@ -25,6 +25,7 @@ Whitelist().rule_add, Whitelist().rule_remove, Whitelist().rule_ls  # in cli._ru
 cli.autoreply_set, cli.autoreply_clear, cli.autoreply_show
 cli.filter_add, cli.filter_ls, cli.filter_remove, cli.held_ls, cli.held_release, cli.held_discard
 cli.member_set_role, cli.held_approve, cli.held_reject
+cli.member_enable, cli.bounces_ls, cli.suppress_add, cli.suppress_remove, cli.suppress_ls
 
 # pydantic calls the validators and the sources hook; the hook's signature is pydantic's.
 config.Settings._check_listen, config.Settings._check_relay, config.Settings._check_egress
@@ -62,6 +63,3 @@ nested.should_exit  # uvicorn's Server reads it; Relay.stop sets it
 engine._on_connect, engine._on_begin
 nested.isolation_level  # sqlite3 reads it (engine._on_connect sets it)
 
-# A member status stored in the database and honoured by expansion (only ``active``
-# members get copies); set by the coming bounce processing and the API.
-model.MemberStatus.DISABLED

@@ -22,6 +22,7 @@ import uvicorn
 
 from mailflow.backoff import RetryPolicy
 from mailflow.blobs import Blobs, open_blob_store
+from mailflow.bounce_score import BouncePolicy
 from mailflow.child.egress import ProcessEgress
 from mailflow.child.listeners import HostedListeners
 from mailflow.child.messages import TlsSpec
@@ -40,6 +41,7 @@ from mailflow.ingress.tls import ServerTls
 from mailflow.model import BARE_ROLE
 from mailflow.pipeline.context import Identity
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
+from mailflow.services.bounce_upkeep import bounce_upkeep
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
 from mailflow.services.dmarc_policy import DmarcPolicies
 from mailflow.services.filter_rules import FilterBook, store_filter_book
@@ -54,6 +56,7 @@ from mailflow.services.sender_rules import SenderRuleBook, store_rule_book
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.engine import sqlite_path
 from mailflow.unsubscribe_tokens import UnsubscribeTokens
+from mailflow.verp import Verp
 from mailflow.web.app import EmbeddedServer, bind, create_app, head_deadline_protocol
 from mailflow.web.unsubscribe import create_router as unsubscribe_router
 
@@ -143,8 +146,9 @@ class Relay:
                      self.tls.fingerprint, "; required before MAIL" if self.tls.require else "",
                      extra={"action": "tls_loaded"})
         self.instance_id, srs, unsubscribe = await asyncio.to_thread(prepare, settings)
+        verp = Verp(srs.secret)  # its own key is derived from the SRS secret
         self.runner = runner = StoreRunner(create_engines(settings.resolved_database_url),
-                                           roles=settings.role_addresses)
+                                           roles=settings.role_addresses, verp=verp)
         database = sqlite_path(settings.resolved_database_url)
         if database is not None:
             self._lock = _lock_sqlite_store(database)
@@ -168,7 +172,7 @@ class Relay:
             retry=RetryPolicy(settings.retry_initial_delay, settings.retry_multiplier,
                               settings.retry_max_delay, settings.max_delivery_age),
             poll_interval=settings.poll_interval,
-            transaction_timeout=settings.smtp_transaction_timeout, srs=srs,
+            transaction_timeout=settings.smtp_transaction_timeout, srs=srs, verp=verp,
             dmarc=DmarcPolicies(settings.dns_resolver, settings.dns_timeout),
             dmarc_author_field=settings.dmarc_author_field,
             cache_bytes=budget.rendered_copies, large_in_flight=budget.large_in_flight,
@@ -359,8 +363,23 @@ class Relay:
                                                    now - settings.message_retention):
                         break
                 await self.runner.write(repo.reclaim_space, RECLAIM_PAGES)
+                await self._bounce_upkeep(now)
             except Exception:
                 log.exception("maintenance failed", extra={"action": "maintenance_error"})
+
+    async def _bounce_upkeep(self, now: float) -> None:
+        """Warnings, removals and score resets owed to members (bounce processing)."""
+        assert self.runner is not None
+        settings = self.settings
+        policy = BouncePolicy(settings.bounce_score_reset, settings.bounce_warnings,
+                              settings.bounce_warning_interval)
+        for _ in range(MAINTENANCE_CALLS):
+            written = await self.runner.write(bounce_upkeep, self.runner.repo, now, policy,
+                                              settings.postmaster_address)
+            if written and self.scheduler is not None:
+                self.scheduler.wake()
+            if not written:
+                break
 
     async def stop(self) -> None:
         await asyncio.gather(*(listener.close() for listener in self._listeners))

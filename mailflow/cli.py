@@ -137,6 +137,8 @@ def hint(error: MailflowError, command: str | None) -> str:
             return "; see `mailflow filter ls ADDRESS`"
         if error.kind == "message":
             return "; see `mailflow held ls`"
+        if error.kind == "suppression":
+            return "; see `mailflow suppress ls`"
     if isinstance(error, Conflict) and error.kind == "domain" and error.dependents:
         return "; delete them first with `mailflow list delete`"
     return ""
@@ -388,32 +390,46 @@ def list_create(ctx: Context, address: str, kind: str, name: str, priority: int)
               help="lists: a Jinja2 template of text put after each copy's body (an empty "
                    "file removes it)")
 @click.option("--archive-url", help="lists: the List-Archive URL; \"\" removes it")
+@click.option("--personalize", type=click.Choice(["on", "off"]),
+              help="lists: on, one copy per member with its own bounce address "
+                   "(LIST-bounces+TOKEN@domain, VERP); off, shared copies")
+@click.option("--bounce-threshold", type=float,
+              help=f"lists: the bounce score that disables a member "
+                   f"({rules.MIN_BOUNCE_THRESHOLD:g} to {rules.MAX_BOUNCE_THRESHOLD:g}; "
+                   "default 5)")
 @pass_context
 def list_update(ctx: Context, address: str, kind: str | None, name: str | None,
                 priority: int | None, forward_style: str | None, dmarc: str | None,
                 posting: str | None, non_member_action: str | None,
                 hold_days: int | None, subject_prefix: str | None,
                 reply_to: str | None, header_file: str | None, footer_file: str | None,
-                archive_url: str | None) -> None:
+                archive_url: str | None, personalize: str | None,
+                bounce_threshold: float | None) -> None:
     """Change the kind, display name, priority, forward style, DMARC mode, posting
-    policy or decoration of the list or alias at ADDRESS."""
+    policy, decoration, personalization or bounce threshold of the list or alias at
+    ADDRESS."""
     decoration = {key: value for key, value in (
         ("subject_prefix", subject_prefix), ("reply_to", reply_to),
         ("header_template", _template_file(header_file)),
         ("footer_template", _template_file(footer_file)), ("archive_url", archive_url))
         if value is not None}
     if all(v is None for v in (kind, name, priority, forward_style, dmarc, posting,
-                               non_member_action, hold_days)) and not decoration:
+                               non_member_action, hold_days, personalize,
+                               bounce_threshold)) and not decoration:
         raise click.UsageError("nothing to update: give --name, --priority, --kind, "
                                "--forward-style, --dmarc, --posting, --non-member-action, "
                                "--hold-days, --subject-prefix, --reply-to, --header-file, "
-                               "--footer-file or --archive-url")
+                               "--footer-file, --archive-url, --personalize or "
+                               "--bounce-threshold")
     with ctx.directory() as directory:
         updated = directory.update_list(address, kind=kind, name=name, priority=priority,
                                         forward_style=forward_style, dmarc=dmarc,
                                         posting=posting,
                                         non_member_action=non_member_action,
-                                        hold_days=hold_days, decoration=decoration)
+                                        hold_days=hold_days, decoration=decoration,
+                                        personalize=None if personalize is None
+                                        else personalize == "on",
+                                        bounce_threshold=bounce_threshold)
     click.echo(f"updated {updated.kind.value} {updated.address}")
 
 
@@ -445,6 +461,7 @@ def list_show(ctx: Context, address: str, as_json: bool) -> None:
             "posting": found.posting.value,
             "non_member_action": found.non_member_action.value,
             "hold_days": found.hold_days,
+            "personalize": found.personalize, "bounce_threshold": found.bounce_threshold,
             "members": len(roster),
             "active_members": sum(1 for m in roster if m.status.value == "active"),
             "bounces_address": found.bounces_address, "list_id": found.list_id,
@@ -564,23 +581,39 @@ def member_remove(ctx: Context, list_address: str, members: tuple[str, ...]) -> 
 @member.command("list")
 @click.argument("list_address")
 @click.option("--json", "as_json", is_flag=True,
-              help="a JSON array of objects with address, name, status, role and "
-                   "created_at")
+              help="a JSON array of objects with address, name, status, role, created_at, "
+                   "bounce_score and last_bounce_at")
 @pass_context
 def member_list(ctx: Context, list_address: str, as_json: bool) -> None:
-    """Show the members of LIST_ADDRESS."""
+    """Show the members of LIST_ADDRESS (status: active, disabled or unsubscribed)."""
     with ctx.directory() as directory:
         roster = directory.members(list_address)
     if as_json:
         emit_json([{"address": m.address, "name": m.name, "status": m.status.value,
-                    "role": m.role.value, "created_at": m.created_at} for m in roster])
+                    "role": m.role.value, "created_at": m.created_at,
+                    "bounce_score": m.bounce_score, "last_bounce_at": m.last_bounce_at}
+                   for m in roster])
         return
     for m in roster:
-        click.echo(f"{m.address}\t{m.status.value}\t{m.role.value}"
+        score = f"\tbounce score {m.bounce_score:g}" if m.bounce_score else ""
+        click.echo(f"{m.address}\t{m.status.value}\t{m.role.value}{score}"
                    + (f"\t{m.name}" if m.name else ""))
 
 
 member.add_command(member_list, "ls")  # as `list ls`
+
+
+@member.command("enable")
+@click.argument("list_address")
+@click.argument("members", nargs=-1, required=True)
+@pass_context
+def member_enable(ctx: Context, list_address: str, members: tuple[str, ...]) -> None:
+    """Make MEMBERS of LIST_ADDRESS active again (after bounces or a complaint), with a
+    bounce score of 0."""
+    target = rules.validated_address(list_address)
+    with ctx.directory() as directory:
+        enabled = directory.enable_members(target, members)
+    click.echo(f"enabled {enabled} member(s) of {target}")
 
 
 @member.command("import")
@@ -935,6 +968,85 @@ def held_discard(ctx: Context, message_id: str) -> None:
     with ctx.moderation() as moderation:
         moderation.discard(message_id)
     click.echo(f"discarded {message_id}")
+
+
+# -- bounces and suppressions -----------------------------------------------------------
+
+@cli.group()
+def bounces() -> None:
+    """Bounces and complaints counted against list members."""
+
+
+@bounces.command("ls")
+@click.option("--list", "list_address", help="only the bounces of this list")
+@click.option("--json", "as_json", is_flag=True,
+              help="a JSON array of objects with list, address, kind, source, counted, "
+                   "detail, at")
+@pass_context
+def bounces_ls(ctx: Context, list_address: str | None, as_json: bool) -> None:
+    """Show the newest bounces (at most 1,000), newest first."""
+    with ctx.directory() as directory:
+        found = directory.bounce_events(list_address)
+    if as_json:
+        emit_json([{"list": b.list_address, "address": b.address, "kind": b.kind,
+                    "source": b.source, "counted": b.counted, "detail": b.detail,
+                    "at": b.created_at} for b in found])
+        return
+    for b in found:
+        counted = "counted" if b.counted else "not counted"
+        click.echo(f"{_moment(b.created_at)}\t{b.list_address}\t<{b.address}>\t{b.kind}\t"
+                   f"{b.source}\t{counted}")
+
+
+@cli.group()
+def suppress() -> None:
+    """Addresses no list sends to (every list, or one with --list)."""
+
+
+suppress_list_option = click.option(
+    "--list", "list_address", help="for this list only (default: every list)")
+
+
+@suppress.command("add")
+@click.argument("address")
+@suppress_list_option
+@click.option("--reason", default="", help="a note kept with the entry")
+@pass_context
+def suppress_add(ctx: Context, address: str, list_address: str | None, reason: str) -> None:
+    """Send ADDRESS nothing from now on (checked when a message is expanded)."""
+    with ctx.directory() as directory:
+        added = directory.suppress(address, list_address, reason)
+    where = f" for {list_address}" if list_address else ""
+    click.echo(f"suppressed {address}{where}" if added else f"{address} was suppressed already")
+
+
+@suppress.command("remove")
+@click.argument("address")
+@suppress_list_option
+@pass_context
+def suppress_remove(ctx: Context, address: str, list_address: str | None) -> None:
+    """Send ADDRESS mail again."""
+    with ctx.directory() as directory:
+        directory.unsuppress(address, list_address)
+    click.echo(f"removed the suppression of {address}")
+
+
+@suppress.command("ls")
+@suppress_list_option
+@click.option("--json", "as_json", is_flag=True,
+              help="a JSON array of objects with address, list ('' for every list), "
+                   "reason, created_at")
+@pass_context
+def suppress_ls(ctx: Context, list_address: str | None, as_json: bool) -> None:
+    """Show the suppressed addresses."""
+    with ctx.directory() as directory:
+        found = directory.suppressions(list_address)
+    if as_json:
+        emit_json([{"address": e.address, "list": e.target, "reason": e.reason,
+                    "created_at": e.created_at} for e in found])
+        return
+    for e in found:
+        click.echo(f"{e.address}\t{e.target or '(every list)'}\t{e.reason}")
 
 
 # -- queue ------------------------------------------------------------------------------

@@ -229,6 +229,12 @@ class Settings(BaseSettings):
     dns_resolver: str = ""
     dns_timeout: float = Field(default=2.0, gt=0, le=30)
     dmarc_author_field: AuthorField = AuthorField.REPLY_TO
+    # Bounce processing (docs/lists.md): warnings to a member disabled for bouncing,
+    # seconds between them (and before the removal), seconds without a bounce that
+    # reset a score.
+    bounce_warnings: int = Field(default=3, ge=0, le=100)
+    bounce_warning_interval: float = Field(default=7 * 86400.0, gt=0)
+    bounce_score_reset: float = Field(default=7 * 86400.0, gt=0)
     egress: str = "stdout"
     routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     smtp_relay: str = "smtp://127.0.0.1:25"

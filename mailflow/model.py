@@ -53,6 +53,7 @@ class AuthorField(enum.StrEnum):
 class MemberStatus(enum.StrEnum):
     ACTIVE = "active"
     DISABLED = "disabled"  # kept on the roster, receives nothing (bounces, vacation)
+    UNSUBSCRIBED = "unsubscribed"  # left (a complaint, a one-click unsubscribe): nothing
 
 
 class MemberRole(enum.StrEnum):
@@ -156,6 +157,8 @@ class MailingList:
     non_member_action: NonMemberAction = NonMemberAction.REJECT
     hold_days: int = 14  # held posts are discarded after this many days
     decoration: Decoration = NO_DECORATION
+    personalize: bool = False       # one copy per member, VERP envelope sender
+    bounce_threshold: float = 5.0   # the bounce score that disables a member
 
     @property
     def bounces_address(self) -> str:
@@ -204,6 +207,56 @@ class Member:
     created_at: float
     name: str = ""  # display name; the directory refuses control characters in it
     role: MemberRole = MemberRole.MEMBER
+    bounce_score: float = 0.0
+    last_bounce_at: float | None = None
+
+
+class BounceKind(enum.StrEnum):
+    PERMANENT = "permanent"  # +1 to the score
+    TEMPORARY = "temporary"  # +0.5
+    COMPLAINT = "complaint"  # an ARF feedback report: unsubscribed and suppressed
+
+
+class BounceSource(enum.StrEnum):
+    VERP = "verp"          # the member named by the VERP token of the address it came to
+    DSN = "dsn"            # found in the bounce message (flufl.bounce)
+    DELIVERY = "delivery"  # a 5xx reply at delivery time
+    ARF = "arf"            # an RFC 5965 feedback report
+
+
+@dataclass(frozen=True, slots=True)
+class BounceReport:
+    """One bounce or complaint naming one member of one list (the processing chain and
+    the delivery outcomes produce these; the store counts them)."""
+
+    list_id: int
+    address: str
+    kind: BounceKind
+    source: BounceSource
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BounceEventRow:
+    """A bounce as ``mailflow bounces ls`` shows it."""
+
+    list_address: str
+    address: str
+    kind: str
+    source: str
+    counted: bool
+    detail: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """An address no copy goes to: for every list (``target`` '') or one list."""
+
+    address: str
+    target: str = ""
+    reason: str = ""
+    created_at: float = 0.0
 
 
 class AddedMembers(NamedTuple):

@@ -43,6 +43,7 @@ from mailflow.services.rosters import StoreRoster
 from mailflow.services.sender_rules import store_rule_book
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.engine import describe_database_error, sqlite_path
+from mailflow.verp import Verp
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) ->
     try:
         instance = await runner.write(instance_id, settings, runner.repo)
         srs = await runner.write(srs_codec, settings, runner.repo)
+        runner.repo.verp = Verp(srs.secret)  # a bounce piped in is read as the relay would
         blobs = open_blob_store(settings.blob_url, settings.blob_dir,
                                 settings.cache_budget.recent_contents)
         committer = GroupCommitter(

@@ -42,6 +42,7 @@ from mailflow.pipeline.context import (
     SenderRules,
 )
 from mailflow.pipeline.process.autoreply import autoreply
+from mailflow.pipeline.process.bounces import bounces
 from mailflow.pipeline.process.expand import expand
 from mailflow.pipeline.send.decorate import decorate
 from mailflow.pipeline.send.dmarc import dmarc_from
@@ -98,8 +99,8 @@ def accept_chain(settings: AcceptSettings, lookup: Lookup, rules: SenderRules, *
     )
 
 
-# Next: forward, bounce handling, moderation.
-PROCESS_CHAIN: tuple[ProcessStep, ...] = (expand, autoreply)
+# Next: forward, moderation.
+PROCESS_CHAIN: tuple[ProcessStep, ...] = (expand, bounces, autoreply)
 
 # ``forward_style`` first: it may replace the whole message the others add fields to.
 # ``decorate`` (subject prefix, Reply-To, header and footer) after ``list_headers``, whose
@@ -110,16 +111,24 @@ SEND_CHAIN: tuple[SendStep, ...] = (forward_style, trace_fields, list_headers, d
                                     plus_tag)
 
 
-def rendering_variant(mailing_list: MailingList) -> Hashable:
+def rendering_variant(mailing_list: MailingList, recipient: str = "") -> Hashable:
     """What tells two copies of one message apart under ``SEND_CHAIN``.
 
-    The list (its headers, the plus tag it was reached by), its forward style and its
-    decoration (a copy rendered before either changed must not be reused after);
-    per-recipient copies (footers naming the member, one-click unsubscribe tokens,
-    VERP) add the recipient here, and every cache of rendered copies keys on it.
+    The list (its headers, the plus tag it was reached by), its forward style, DMARC
+    mode and decoration (a copy rendered before one of them changed must not be reused
+    after); a personalized list's copy is its member's own (footer, unsubscribe token,
+    VERP sender), so the member is part of it, and every cache of rendered copies keys
+    on it.
     """
-    return (mailing_list.id, mailing_list.forward_style, mailing_list.dmarc,
-            mailing_list.decoration)
+    shared = (mailing_list.id, mailing_list.forward_style, mailing_list.dmarc,
+              mailing_list.decoration)
+    return (*shared, recipient) if mailing_list.personalize else shared
+
+
+def copy_recipient(mailing_list: MailingList, recipients: Sequence[str]) -> str:
+    """The member a copy is rendered for: the one recipient of a personalized list's
+    transaction, else '' (a shared copy)."""
+    return recipients[0] if mailing_list.personalize and len(recipients) == 1 else ""
 
 
 # -- the runners ------------------------------------------------------------------------
@@ -165,9 +174,10 @@ def render_copy(raw: bytes, message: InboundMessage, mailing_list: MailingList,
     """The outgoing copy: the steps' fields, then the original header and body bytes.
 
     Added fields use the message's own line ending.  ``member``: the one member this
-    copy is rendered for (its footer and one-click unsubscribe link name them), or
-    None for a copy shared by every recipient.  ``rewrite_from``: the list's address
-    replaces the author's in From: (DMARC), the author goes in that field.
+    copy is rendered for (a personalized list's: its footer, one-click unsubscribe link
+    and VERP sender name them, see :func:`copy_recipient`), or None for a copy shared by
+    every recipient.  ``rewrite_from``: the list's address replaces the author's in
+    From: (DMARC), the author goes in that field.
     """
     cut = headers.header_length(raw)
     # The body as a view: copied once, into the copy (a fwd step makes bytes of it).

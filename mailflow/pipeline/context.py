@@ -16,6 +16,7 @@ from mailflow.errors import SmtpReplyError
 from mailflow.model import (
     AuthorField,
     AutoReply,
+    BounceReport,
     Envelope,
     Event,
     GeneratedMessage,
@@ -134,6 +135,12 @@ class Directory(Protocol):
         """Remember a reply for the rest of the batch (the log row is written with the
         reply, see ``ProcessContext.replied``)."""
         ...
+    def roster(self, list_id: int) -> list[str]:
+        """Every member's address, whatever its status (bounces name disabled ones too)."""
+        ...
+    def verp_member(self, mailing_list: MailingList, token: str) -> str | None:
+        """The member a VERP token of ``mailing_list``'s bounce address names, or None."""
+        ...
 
 
 def _no_content() -> bytes:
@@ -158,6 +165,7 @@ class ProcessContext:
     events: list[Event] = field(default_factory=list)
     generated: list[GeneratedMessage] = field(default_factory=list)
     replied: list[tuple[int, str]] = field(default_factory=list)  # (list id, sender) to log
+    bounces: list[BounceReport] = field(default_factory=list)  # counted by the transaction
 
     def event(self, kind: str, detail: str) -> None:
         self.events.append(Event(kind, detail, self.message.id))

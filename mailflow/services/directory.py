@@ -29,6 +29,7 @@ from mailflow.errors import InvalidInput
 from mailflow.model import (
     AddedMembers,
     AutoReply,
+    BounceEventRow,
     DmarcMode,
     Domain,
     FilterAction,
@@ -45,6 +46,7 @@ from mailflow.model import (
     ReplyTo,
     RuleAction,
     SenderRule,
+    Suppression,
 )
 from mailflow.pipeline.process.autoreply import TEMPLATE_KEYS
 from mailflow.pipeline.send import templates
@@ -63,6 +65,8 @@ AUTOREPLY_SUBJECT_MAX: Final = 200    # characters of the subject template
 AUTOREPLY_BODY_MAX: Final = 10_000    # characters of the body template
 AUTOREPLY_DEFAULT_SUBJECT: Final = "Auto: $subject"
 ONCE_PER_DAYS_MAX: Final = 365
+MIN_BOUNCE_THRESHOLD: Final = 0.5     # one temporary bounce
+MAX_BOUNCE_THRESHOLD: Final = 1000.0
 
 
 SUBJECT_PREFIX_MAX_LENGTH: Final = 100  # the ``lists.subject_prefix`` column
@@ -235,6 +239,18 @@ def validated_once_per_days(days: int) -> int:
         raise InvalidInput(f"invalid interval {days} days: it must be between 1 and "
                            f"{ONCE_PER_DAYS_MAX} (RFC 3834 asks for about 7)")
     return days
+
+
+def validated_bounce_threshold(threshold: float) -> float:
+    if not MIN_BOUNCE_THRESHOLD <= threshold <= MAX_BOUNCE_THRESHOLD:
+        raise InvalidInput(f"invalid bounce threshold {threshold:g}: from "
+                           f"{MIN_BOUNCE_THRESHOLD:g} to {MAX_BOUNCE_THRESHOLD:g}")
+    return threshold
+
+
+def validated_suppression_target(text: str | None) -> str:
+    """'' (every list) or a list's address."""
+    return "" if not text else validated_address(text)
 
 
 def validated_forward_style(style: str | ForwardStyle) -> ForwardStyle:
@@ -425,6 +441,32 @@ class DirectoryService:
         if self.on_rules_changed is not None:
             self.on_rules_changed()
 
+    # -- bounces and suppressions -------------------------------------------------------
+
+    def enable_members(self, list_address: str, members: Sequence[str]) -> int:
+        """Active again, bounce score 0; returns how many were disabled or unsubscribed."""
+        return self.repo.enable_members(validated_address(list_address),
+                                        validated_addresses(members))
+
+    def bounce_events(self, list_address: str | None = None) -> list[BounceEventRow]:
+        return self.repo.bounce_events(None if list_address is None
+                                       else validated_address(list_address))
+
+    def suppress(self, address: str, list_address: str | None = None,
+                 reason: str = "") -> bool:
+        """Suppress ``address`` for every list or one; whether it was new."""
+        return self.repo.add_suppression(Suppression(
+            validated_address(address), validated_suppression_target(list_address),
+            _header_safe_text(reason, "reason", 200) if reason else "", self.clock.now()))
+
+    def unsuppress(self, address: str, list_address: str | None = None) -> None:
+        self.repo.remove_suppression(validated_address(address),
+                                     validated_suppression_target(list_address))
+
+    def suppressions(self, list_address: str | None = None) -> list[Suppression]:
+        return self.repo.suppressions(None if list_address is None
+                                      else validated_suppression_target(list_address))
+
     # -- domains ------------------------------------------------------------------------
 
     def add_domain(self, name: str) -> Domain:
@@ -454,8 +496,13 @@ class DirectoryService:
                     posting: str | PostingPolicy | None = None,
                     non_member_action: str | NonMemberAction | None = None,
                     hold_days: int | None = None,
-                    decoration: Mapping[str, str] | None = None) -> MailingList:
+                    decoration: Mapping[str, str] | None = None,
+                    personalize: bool | None = None,
+                    bounce_threshold: float | None = None) -> MailingList:
         """Change the settings given (``None``: leave as is); returns the list as stored.
+
+        ``personalize`` and ``bounce_threshold`` are for lists (bounce processing and
+        per-member copies are a list's; an alias forward has its own envelope sender).
 
         ``fwd`` is for aliases only: a list's copies carry its List-* fields on the
         original message, and a list stays ``resend`` (refused, or when made an alias
@@ -481,6 +528,13 @@ class DirectoryService:
                 raise InvalidInput(f"{address} is a list: the forward style fwd is for "
                                    "aliases (set --forward-style resend first, or make it "
                                    "an alias)")
+        if bounce_threshold is not None:
+            bounce_threshold = validated_bounce_threshold(bounce_threshold)
+        if personalize or bounce_threshold is not None:
+            current = self.repo.get_list(address)
+            if (new_kind or current.kind) is not ListKind.LIST:
+                raise InvalidInput(f"{address} is not a list: personalization and the bounce "
+                                   "threshold are settings of lists")
         return self.repo.update_list(
             address, kind=new_kind,
             name=None if name is None else validated_list_name(name),
@@ -491,7 +545,7 @@ class DirectoryService:
             non_member_action=(None if non_member_action is None
                                else validated_non_member_action(non_member_action)),
             hold_days=None if hold_days is None else validated_hold_days(hold_days),
-            decoration=changes)
+            decoration=changes, personalize=personalize, bounce_threshold=bounce_threshold)
 
     def get_list(self, address: str) -> MailingList:
         return self.repo.get_list(validated_address(address))

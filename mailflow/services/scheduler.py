@@ -88,10 +88,12 @@ from mailflow.model import (
     Lease,
     ListKind,
     MailingList,
+    Member,
+    MemberStatus,
     Outcome,
     RecipientReply,
 )
-from mailflow.pipeline.chain import render_copy, rendering_variant
+from mailflow.pipeline.chain import copy_recipient, render_copy, rendering_variant
 from mailflow.pipeline.context import Identity
 from mailflow.pipeline.notice import NOTICE_PROTOCOL, Failure
 from mailflow.pipeline.send.bounce import rewritten_bounce
@@ -104,6 +106,7 @@ from mailflow.services.recent import RecentMessages
 from mailflow.srs import Srs
 from mailflow.store.runner import StoreRunner
 from mailflow.unsubscribe_tokens import UnsubscribeTokens
+from mailflow.verp import Verp
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,7 @@ class SchedulerOptions:
     srs: Srs | None = None  # envelope senders of alias forwards (None: the bounce address)
     dmarc: DmarcPolicies | None = None  # for lists with --dmarc auto (None: rewrite, unsure)
     dmarc_author_field: AuthorField = AuthorField.REPLY_TO
+    verp: Verp | None = None  # personalized lists' per-member senders (None: the plain one)
     cache_bytes: int = DEFAULT_BUDGET.rendered_copies  # rendered copies kept in memory
     large_in_flight: int = DEFAULT_BUDGET.large_in_flight  # bytes (see services/in_flight)
     public_url: str = ""  # the List-* links' base (docs/lists.md)
@@ -444,8 +448,10 @@ class Scheduler:
                                     message_id=d.message_id, lease=d.lease_owner)
                             for d in group]
                 continue
-            for start in range(0, len(group), size):
-                self._hold(lane, Transaction(message, mailing_list, group[start:start + size]))
+            # A personalized list's copy is its member's own: one recipient a transaction.
+            step = 1 if mailing_list.personalize else size
+            for start in range(0, len(group), step):
+                self._hold(lane, Transaction(message, mailing_list, group[start:start + step]))
         if orphans:
             self._add_outcomes(orphans)
 
@@ -471,8 +477,9 @@ class Scheduler:
                              for d in group]
                 continue
             lane = lanes[index]
-            for start in range(0, len(group), size):
-                chunk = group[start:start + size]
+            step = 1 if mailing_list.personalize else size
+            for start in range(0, len(group), step):
+                chunk = group[start:start + step]
                 if had_room[index] or lane.takes_more(pace):
                     self._hold(lane, Transaction(message, mailing_list, chunk))
                     continue
@@ -564,7 +571,9 @@ class Scheduler:
             with TRANSACTION_SECONDS.time():
                 replies = await egress.send(
                     envelope_sender(tx.message, tx.mailing_list, self.options.srs,
-                                    self.clock.now()), recipients, content)
+                                    self.clock.now(), self.options.verp,
+                                    copy_recipient(tx.mailing_list, recipients)),
+                    recipients, content)
         except SmtpReplyError as exc:  # EgressUnavailable, or a provider's own refusal
             replies = [_reply(r, exc) for r in recipients]
         except FileNotFoundError:
@@ -590,7 +599,8 @@ class Scheduler:
     def _report_failures(self, tx: Transaction, outcomes: list[Outcome], content: bytes,
                          now: float) -> None:
         """Tell ``on_failed`` of an alias forward that failed for good (one report per
-        transaction); lists have bounce handling of their own to come."""
+        transaction); a list's 5xx failures count against its members in the store
+        (bounce processing)."""
         mailing_list = tx.mailing_list
         if mailing_list.kind is not ListKind.ALIAS or mailing_list.id == RELAYED:
             return
@@ -621,7 +631,8 @@ class Scheduler:
     async def _render(self, tx: Transaction) -> bytes:
         """The copy the send chain makes of the message for this transaction."""
         returned = _returned_bounce(tx)
-        variant = rendering_variant(tx.mailing_list)
+        recipient = copy_recipient(tx.mailing_list, [d.recipient for d in tx.deliveries])
+        variant = rendering_variant(tx.mailing_list, recipient)
         if returned:  # the report names its recipient
             variant = (variant, tuple(d.recipient for d in tx.deliveries))
         key = (tx.message.id, variant)
@@ -631,15 +642,28 @@ class Scheduler:
             if returned:
                 raw = await asyncio.to_thread(self._rewritten, raw, tx)
             rewrite_from = await self._rewrite_from(raw, tx)
+            member = await self._copy_member(tx, recipient)
+            render = functools.partial(render_copy, raw, tx.message, tx.mailing_list,
+                                       self._identity, member=member,
+                                       rewrite_from=rewrite_from)
             if tx.mailing_list.decoration.changes_copies:  # MIME work: off the loop
-                content = await asyncio.to_thread(
-                    functools.partial(render_copy, raw, tx.message, tx.mailing_list,
-                                      self._identity, rewrite_from=rewrite_from))
+                content = await asyncio.to_thread(render)
             else:
-                content = render_copy(raw, tx.message, tx.mailing_list, self._identity,
-                                      rewrite_from=rewrite_from)
+                content = render()
             self._content.put(key, content)
         return content
+
+    async def _copy_member(self, tx: Transaction, recipient: str) -> Member | None:
+        """The member a personalized copy is for (None: a shared copy).  Its name is read
+        only when the list's templates use the member: the copy of a list that does not
+        costs no query."""
+        if not recipient:
+            return None
+        decoration, name = tx.mailing_list.decoration, ""
+        if "member" in decoration.header_template + decoration.footer_template:
+            name = await self.runner.read(self.runner.repo.member_name, tx.mailing_list.id,
+                                          recipient)
+        return Member(tx.mailing_list.id, recipient, MemberStatus.ACTIVE, 0.0, name=name)
 
     async def _rewrite_from(self, raw: bytes, tx: Transaction) -> AuthorField | None:
         """Whether this list copy carries the list's From: (DMARC), decided once per

@@ -30,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from mailflow import addresses
+from mailflow.bounce_score import BouncePolicy
 from mailflow.errors import Conflict, InvalidInput, NotFound
 from mailflow.model import (
     BARE_ROLE,
@@ -37,6 +38,8 @@ from mailflow.model import (
     PENDING_STATUSES,
     AddedMembers,
     AutoReply,
+    BounceEventRow,
+    BounceReport,
     Decoration,
     Delivery,
     DeliveryRow,
@@ -68,15 +71,18 @@ from mailflow.model import (
     RuleAction,
     RuleScope,
     SenderRule,
+    Suppression,
     role_alias,
     role_alias_by_id,
 )
+from mailflow.store import bounces as bounce_store
 from mailflow.store.engine import Engines
 from mailflow.store.hot import HotStatements
 from mailflow.store.tables import (
     autoreplies,
     autoreply_log,
     blobs,
+    bounce_events,
     deliveries,
     domains,
     events,
@@ -87,7 +93,9 @@ from mailflow.store.tables import (
     messages,
     meta,
     sender_rules,
+    suppressions,
 )
+from mailflow.verp import Verp
 
 PENDING = [status.value for status in PENDING_STATUSES]
 INCREMENTAL_VACUUM = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
@@ -102,7 +110,9 @@ def _list(row: Row[Any]) -> MailingList:
                        posting=PostingPolicy(row.posting),
                        non_member_action=NonMemberAction(row.non_member_action),
                        hold_days=row.hold_days,
-                       decoration=_decoration(row))
+                       decoration=_decoration(row),
+                       personalize=bool(row.personalize),
+                       bounce_threshold=row.bounce_threshold)
 
 
 # Every list object read from the store shares one Decoration per distinct value: a
@@ -165,18 +175,20 @@ def _rule_list(action: RuleAction, target: str) -> str:
 def _resolve(conn: Connection, address: str, roles: Mapping[str, str]) -> Resolution:
     """What ``address`` is; ``roles``: the role aliases configured (role -> target).
 
-    The exact address first, then a list's bounce address, then the address without its
-    plus tag (``alias+tag@d`` reaches ``alias@d``), all in one statement; a list or alias
-    of that address comes before a role alias, so an operator may make
-    ``postmaster@<domain>`` a list of their own.
+    The exact address first, then a list's bounce address (also with a VERP token,
+    ``list-bounces+<token>@d``: the token is the resolution's ``detail``), then the
+    address without its plus tag (``alias+tag@d`` reaches ``alias@d``), all in one
+    statement; a list or alias of that address comes before a role alias, so an operator
+    may make ``postmaster@<domain>`` a list of their own.
     """
     local, domain = addresses.split(address)
     candidates = [address]
     bounces = untagged = ""
-    if local.endswith(addresses.BOUNCES_SUFFIX):
-        bounces = f"{local[:-len(addresses.BOUNCES_SUFFIX)]}@{domain}"
-        candidates.append(bounces)
     base, tag = addresses.untagged(address)
+    bounce_local = addresses.split(base)[0] if tag else local
+    if bounce_local.endswith(addresses.BOUNCES_SUFFIX):
+        bounces = f"{bounce_local[:-len(addresses.BOUNCES_SUFFIX)]}@{domain}"
+        candidates.append(bounces)
     if tag:
         untagged = base
         candidates.append(untagged)
@@ -190,7 +202,7 @@ def _resolve(conn: Connection, address: str, roles: Mapping[str, str]) -> Resolu
     if address in found:
         return Resolution("list", found[address])
     if bounces in found:
-        return Resolution("bounces", found[bounces])
+        return Resolution("bounces", found[bounces], tag)
     return Resolution("list", found[untagged])
 
 
@@ -208,10 +220,13 @@ def _active_members(conn: Connection, list_id: int) -> list[str]:
 _LISTS_BY_ADDRESS = select(lists).where(lists.c.address.in_(bindparam("b_addresses",
                                                                       expanding=True)))
 _DOMAIN_ID = select(domains.c.id).where(domains.c.name == bindparam("b_name"))
+# Suppressed addresses (``mailflow suppress``) are left out here, at expansion.
 _ACTIVE_MEMBERS = (select(members.c.address)
                    .where(members.c.list_id == bindparam("b_list_id"),
-                          members.c.status == MemberStatus.ACTIVE.value)
+                          members.c.status == MemberStatus.ACTIVE.value,
+                          bounce_store.not_suppressed(bindparam("b_list_id")))
                    .order_by(members.c.id))
+_ROSTER = select(members.c.address).where(members.c.list_id == bindparam("b_list_id"))
 _MESSAGES_BY_ID = select(messages).where(messages.c.id.in_(bindparam("b_ids", expanding=True)))
 _LISTS_BY_ID = select(lists).where(lists.c.id.in_(bindparam("b_ids", expanding=True)))
 _NEXT_DUE = select(func.min(deliveries.c.due_at)).where(deliveries.c.status.in_(PENDING))
@@ -252,9 +267,11 @@ _LAST_REPLY = select(autoreply_log.c.replied_at).where(
 class DirectoryView:
     """Directory look-ups on one open connection, remembered for one batch of messages."""
 
-    def __init__(self, conn: Connection, roles: Mapping[str, str]) -> None:
+    def __init__(self, conn: Connection, roles: Mapping[str, str],
+                 verp: Verp | None = None) -> None:
         self._conn = conn
         self._roles = roles
+        self._verp = verp
         self._resolved: dict[str, Resolution] = {}
         self._members: dict[int, list[str]] = {}
         self._with_autoreply: set[int] | None = None  # read once per batch: few rows
@@ -300,15 +317,27 @@ class DirectoryView:
     def note_reply(self, list_id: int, sender: str, now: float) -> None:
         self._replied[(list_id, sender)] = now
 
+    def roster(self, list_id: int) -> list[str]:
+        return list(self._conn.scalars(_ROSTER, {"b_list_id": list_id}))
+
+    def verp_member(self, mailing_list: MailingList, token: str) -> str | None:
+        """One HMAC per member of the list: bounces are rare next to posts."""
+        if self._verp is None:
+            return None
+        return self._verp.member(mailing_list.address, token, self.roster(mailing_list.id))
+
 
 class Repository:
     """Domain operations on the relay's tables."""
 
-    def __init__(self, engines: Engines, roles: Mapping[str, str] | None = None) -> None:
+    def __init__(self, engines: Engines, roles: Mapping[str, str] | None = None,
+                 verp: Verp | None = None) -> None:
         """``roles``: the role aliases configured, role -> target address (see
-        ``model.ROLE_ALIAS_IDS`` and ``Settings.role_addresses``); none by default."""
+        ``model.ROLE_ALIAS_IDS`` and ``Settings.role_addresses``); none by default.
+        ``verp``: what decodes the VERP tokens of bounces (none: bounces are parsed)."""
         self.engines = engines
         self.roles: Mapping[str, str] = dict(roles or {})
+        self.verp = verp
         dialect = sqlite if engines.is_sqlite else postgresql
         self._upsert_insert = dialect.insert
         self._hot = HotStatements.for_dialect(engines.dialect,
@@ -409,14 +438,17 @@ class Repository:
                     posting: PostingPolicy | None = None,
                     non_member_action: NonMemberAction | None = None,
                     hold_days: int | None = None,
-                    decoration: Mapping[str, str] | None = None) -> MailingList:
+                    decoration: Mapping[str, str] | None = None,
+                    personalize: bool | None = None,
+                    bounce_threshold: float | None = None) -> MailingList:
         """Change the given settings of a list or alias; returns it as stored now.
 
         ``decoration``: new values of :class:`~mailflow.model.Decoration` fields by name.
         """
         values: dict[str, Any] = dict(decoration or {})
         for column, value in (("posting", posting), ("non_member_action", non_member_action),
-                              ("hold_days", hold_days)):
+                              ("hold_days", hold_days), ("personalize", personalize),
+                              ("bounce_threshold", bounce_threshold)):
             if value is not None:
                 values[column] = value
         if forward_style is not None:
@@ -476,6 +508,8 @@ class Repository:
             conn.execute(delete(autoreply_log).where(autoreply_log.c.list_id == list_id))
             conn.execute(delete(filter_rules).where(filter_rules.c.target == address))
             conn.execute(delete(held_posts).where(held_posts.c.list_id == list_id))
+            conn.execute(delete(suppressions).where(suppressions.c.target == address))
+            conn.execute(delete(bounce_events).where(bounce_events.c.list_id == list_id))
             conn.execute(delete(lists).where(lists.c.id == list_id))
         return failed
 
@@ -688,8 +722,11 @@ class Repository:
             reasons = self._hold_reasons(conn, [r.id for r in rows]) if rows else {}
         return [(_message(r), reasons.get(r.id, {})) for r in rows]
 
-    def moderators(self, list_ids: Sequence[int]) -> dict[int, list[str]]:
-        """The active owners and moderators of each list, by list id."""
+    def moderators(self, list_ids: Sequence[int],
+                   roles: Sequence[MemberRole] = (MemberRole.OWNER, MemberRole.MODERATOR)
+                   ) -> dict[int, list[str]]:
+        """The active members of each list with one of ``roles`` (by default its owners
+        and moderators), by list id."""
         found: dict[int, list[str]] = {}
         if not list_ids:
             return found
@@ -697,7 +734,7 @@ class Repository:
             for row in conn.execute(select(members.c.list_id, members.c.address).where(
                     members.c.list_id.in_(list(list_ids)),
                     members.c.status == MemberStatus.ACTIVE.value,
-                    members.c.role.in_([MemberRole.OWNER.value, MemberRole.MODERATOR.value]))
+                    members.c.role.in_([role.value for role in roles]))
                     .order_by(members.c.id)):
                 found.setdefault(row.list_id, []).append(row.address)
         return found
@@ -822,8 +859,15 @@ class Repository:
             rows = conn.execute(select(members).where(members.c.list_id == list_id)
                                 .order_by(members.c.address)).all()
         return [Member(list_id=r.list_id, address=r.address, status=MemberStatus(r.status),
-                       created_at=r.created_at, name=r.name, role=MemberRole(r.role))
+                       created_at=r.created_at, name=r.name, role=MemberRole(r.role),
+                       bounce_score=r.bounce_score, last_bounce_at=r.last_bounce_at)
                 for r in rows]
+
+    def member_name(self, list_id: int, address: str) -> str:
+        """A member's display name ('' if none, or no longer a member)."""
+        with self.engines.reader.connect() as conn:
+            return conn.scalar(select(members.c.name).where(
+                members.c.list_id == list_id, members.c.address == address)) or ""
 
     def set_role(self, list_address: str, addresses_: Sequence[str], role: MemberRole) -> int:
         """Give members of a list ``role``; returns how many of them are members."""
@@ -849,6 +893,68 @@ class Repository:
             return {(row.list_id, row.address): MemberRole(row.role)
                     for row in conn.execute(_ROSTER_ROLES, {"b_lists": list(list_ids),
                                                             "b_addresses": list(addresses_)})}
+
+    def enable_members(self, list_address: str, wanted: Iterable[str]) -> int:
+        """Make members active again with a clean bounce record (after a bounce or a
+        complaint disabled or unsubscribed them); returns how many were not active.
+
+        A suppression stays: it is lifted on its own (``mailflow suppress remove``).
+        """
+        with self.engines.writer.begin() as conn:
+            list_id = self._list_id(conn, list_address)
+            return conn.execute(update(members).where(
+                members.c.list_id == list_id, members.c.address.in_(list(wanted)),
+                members.c.status != MemberStatus.ACTIVE.value).values(
+                status=MemberStatus.ACTIVE.value, bounce_score=0.0, last_bounce_at=None,
+                disabled_at=None, warnings_sent=0, last_warning_at=None)).rowcount
+
+    # -- bounces and suppressions -------------------------------------------------------
+
+    def count_bounces(self, reports: Sequence[BounceReport], now: float) -> list[Event]:
+        """Count bounces against members (what the processing chain does in its
+        transaction); returns the events written."""
+        with self.engines.writer.begin() as conn:
+            events = bounce_store.count_bounces(conn, reports, now)
+            self._add_events(conn, events, now)
+        return events
+
+    def bounce_events(self, list_address: str | None = None,
+                      limit: int = 1000) -> list[BounceEventRow]:
+        """The newest bounces counted or seen, of one list or of all."""
+        query = (select(bounce_events, lists.c.address.label("list_address"))
+                 .join(lists, lists.c.id == bounce_events.c.list_id)
+                 .order_by(bounce_events.c.created_at.desc(), bounce_events.c.id.desc())
+                 .limit(limit))
+        with self.engines.reader.connect() as conn:
+            if list_address is not None:
+                query = query.where(bounce_events.c.list_id == self._list_id(conn,
+                                                                             list_address))
+            return [BounceEventRow(r.list_address, r.address, r.kind, r.source, bool(r.counted),
+                                   r.detail, r.created_at) for r in conn.execute(query)]
+
+    def add_suppression(self, entry: Suppression) -> bool:
+        """Whether it was new; a list target must exist."""
+        with self.engines.writer.begin() as conn:
+            if entry.target:
+                self._list_id(conn, entry.target)
+            return bounce_store.suppress(conn, entry.address, entry.target, entry.reason,
+                                         entry.created_at)
+
+    def remove_suppression(self, address: str, target: str) -> None:
+        with self.engines.writer.begin() as conn:
+            gone = conn.execute(delete(suppressions).where(
+                suppressions.c.address == address, suppressions.c.target == target)).rowcount
+        if not gone:
+            where = f" for {target}" if target else ""
+            raise NotFound("suppression", address, f"<{address}> is not suppressed{where}")
+
+    def suppressions(self, target: str | None = None) -> list[Suppression]:
+        query = select(suppressions).order_by(suppressions.c.target, suppressions.c.address)
+        if target is not None:
+            query = query.where(suppressions.c.target == target)
+        with self.engines.reader.connect() as conn:
+            return [Suppression(r.address, r.target, r.reason, r.created_at)
+                    for r in conn.execute(query)]
 
     def _list_id(self, conn: Connection, address: str) -> int:
         list_id = conn.scalar(select(lists.c.id).where(lists.c.address == address))
@@ -975,6 +1081,10 @@ class Repository:
             Event(o.status.value, o.reply[:1000], o.message_id or None, o.delivery_id)
             for o in attempted if o.status is not DeliveryStatus.DELIVERED
         ], now)
+        # A 5xx reply to a list's copy counts against the member (bounce processing).
+        reports = bounce_store.delivery_reports(conn, attempted)
+        if reports:
+            self._add_events(conn, bounce_store.count_bounces(conn, reports, now), now)
         return stale
 
     def _stale(self, conn: Connection, outcomes: Sequence[Outcome]) -> list[Outcome]:
@@ -1244,7 +1354,7 @@ class WriteTransaction:
         self._repo = repo
         self._conn = conn
         self._hot = repo._hot
-        self.directory = DirectoryView(conn, repo.roles)
+        self.directory = DirectoryView(conn, repo.roles, repo.verp)
 
     def upsert_blobs(self, batch: Sequence[InboundMessage], now: float,
                      bodies: Mapping[str, bytes]) -> None:
@@ -1341,3 +1451,16 @@ class WriteTransaction:
     def record_outcomes(self, outcomes: Sequence[Outcome], now: float) -> list[Outcome]:
         """The scheduler's outcomes; returns those not applied (their leases were lost)."""
         return self._repo._record(self._conn, now, outcomes)
+
+    def count_bounces(self, reports: Sequence[BounceReport], now: float) -> None:
+        """Bounces the processing chain found, counted against their members."""
+        if reports:
+            self.add_events(bounce_store.count_bounces(self._conn, reports, now), now)
+
+    def bounces_owed(self, now: float, policy: BouncePolicy,
+                     limit: int) -> list[bounce_store.Owed]:
+        """Members owed a score reset, a warning or their removal now."""
+        return bounce_store.owed(self._conn, now, policy, limit, _list)
+
+    def settle_bounces(self, done: Sequence[bounce_store.Owed], now: float) -> None:
+        bounce_store.settle(self._conn, done, now)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -63,6 +64,10 @@ lists = Table(
     Column("header_template", Text, nullable=False, server_default=""),
     Column("footer_template", Text, nullable=False, server_default=""),
     Column("archive_url", String(500), nullable=False, server_default=""),
+    # One copy per member with a VERP envelope sender (``mailflow list update --personalize``).
+    Column("personalize", Boolean, nullable=False, server_default="0"),
+    # The bounce score at which a member is disabled (``--bounce-threshold``).
+    Column("bounce_threshold", Float, nullable=False, server_default="5"),
 )
 
 members = Table(
@@ -76,6 +81,13 @@ members = Table(
     # Display name; the directory refuses control characters and more than 200.
     Column("name", String(200), nullable=False, server_default=""),
     Column("role", String(16), nullable=False, server_default="member"),
+    # Bounce processing (``mailflow/bounce_score.py``): the score and when it last rose,
+    # when the member was disabled for bouncing, and the warnings sent since.
+    Column("bounce_score", Float, nullable=False, server_default="0"),
+    Column("last_bounce_at", Float, nullable=True),
+    Column("disabled_at", Float, nullable=True),
+    Column("warnings_sent", Integer, nullable=False, server_default="0"),
+    Column("last_warning_at", Float, nullable=True),
     UniqueConstraint("list_id", "address", name="uq_members_list_address"),
 )
 
@@ -219,4 +231,35 @@ held_posts = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Index("ix_held_posts_expires", "expires_at"),
+)
+
+# Every bounce or complaint that named a member (``mailflow bounces ls``): ``kind``
+# permanent, temporary or complaint; ``source`` verp, dsn, delivery or arf; ``counted``
+# whether it raised the score (at most once a day).
+bounce_events = Table(
+    "bounce_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("list_id", Integer, nullable=False),
+    Column("address", String(320), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("counted", Boolean, nullable=False),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("created_at", Float, nullable=False),
+    Index("ix_bounce_events_list", "list_id", "created_at"),
+)
+
+# Addresses no copy is sent to (``mailflow suppress``), checked when a message is
+# expanded: ``target`` '' for every list, else one list's address (not NULL, so the
+# unique constraint sees two global entries of one address as equal).
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("target", String(320), nullable=False, server_default=""),
+    Column("address", String(320), nullable=False),
+    Column("reason", String(200), nullable=False, server_default=""),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("address", "target", name="uq_suppressions_entry"),
 )
