@@ -3,9 +3,10 @@
 A caller reserves its tokens at once and then waits out its share of the debt, so
 concurrent senders queue in arrival order without a lock and a 50-recipient send at a
 rate of 14 per second waits about three and a half seconds instead of never fitting
-into a bucket of 14.  The wait is computed, never polled, and bounded by the debt
-(``max_wait``): a caller past it gets ``False`` and sends nothing, so its delivery is
-deferred instead of holding a sender for minutes.
+into a bucket of 14.  The wait is computed, never polled.  The others' debt a caller
+would wait behind is bounded (``max_wait``): past it the caller gets ``False`` and sends
+nothing, so its delivery is deferred instead of holding a sender for minutes; its own
+size never refuses it (a send larger than ``max_wait`` times the rate still goes).
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ class TokenBucket:
 
     def reserve(self, count: float) -> float | None:
         """Take ``count`` tokens; the seconds to wait before using them, or None (nothing
-        taken) when that wait would exceed ``max_wait``."""
+        taken) when the debt of earlier reservations alone is more than ``max_wait``."""
         self._refill()
-        wait = max(0.0, (count - self._tokens) / self.rate)
-        if wait > self.max_wait:
+        if -self._tokens / self.rate > self.max_wait:
             return None
+        wait = max(0.0, (count - self._tokens) / self.rate)
         self._tokens -= count
         return wait
 

@@ -66,3 +66,9 @@ class MotoServer:
         """Every raw message SES took: ``id``, ``source``, ``destinations``, ``raw_data``."""
         sends: list[dict[str, Any]] = self.data().get("ses", {}).get("RawMessage", [])
         return sends
+
+    def reset(self) -> None:
+        """Forget everything (sends, identities): each test starts from nothing."""
+        request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10):
+            pass
