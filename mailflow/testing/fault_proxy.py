@@ -3,7 +3,10 @@
 Put in front of moto (``AWS_ENDPOINT_URL`` naming the proxy), it answers the first
 ``faults`` requests whose path starts with ``path_prefix`` as AWS does when it throttles
 (HTTP 429, ``TooManyRequestsException``, or any status and code given) and passes every
-other request through unchanged; ``hits`` and ``faulted`` count what it saw.  A thread
+other request through unchanged; ``hits`` and ``faulted`` count what it saw, and
+``bodies`` keeps the bodies of the first :data:`MAX_KEPT` requests on that path (what
+the client asked, which the server may not show: SES's ``FeedbackForwardingEmailAddress``
+for one).  A thread
 per request, on 127.0.0.1 only; ``with`` starts and stops it.
 """
 
@@ -14,6 +17,8 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
+
+MAX_KEPT = 100
 
 
 class FaultProxy:
@@ -27,6 +32,7 @@ class FaultProxy:
         self.status, self.code, self.message = status, code, message
         self.hits = 0
         self.faulted = 0
+        self.bodies: list[bytes] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -43,11 +49,13 @@ class FaultProxy:
         self._server.server_close()
         self._thread.join(timeout=10)
 
-    def _fault_now(self, path: str) -> bool:
+    def _fault_now(self, path: str, body: bytes) -> bool:
         with self._lock:
             if not path.startswith(self.path_prefix):
                 return False
             self.hits += 1
+            if len(self.bodies) < MAX_KEPT:
+                self.bodies.append(body)
             if self.remaining <= 0:
                 return False
             self.remaining -= 1
@@ -64,7 +72,7 @@ class FaultProxy:
             def _relay(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                if proxy._fault_now(self.path):
+                if proxy._fault_now(self.path, body):
                     payload = json.dumps({"__type": proxy.code, "message": proxy.message})
                     self._answer(proxy.status, [("Content-Type", "application/json"),
                                                 ("x-amzn-ErrorType", proxy.code)],
