@@ -77,9 +77,10 @@ class SesEgress:
         self._rate_known = options.max_send_rate > 0
         self._rate_asked = -RATE_RECHECK
         self._rate_lock = asyncio.Lock()
-        # The SES-ready copy of each content, as the scheduler sends one content many times.
-        self._ready: PerContent[bytes] = PerContent(
-            options.payload_cache, lambda content, ready: len(ready),
+        # The SES-ready copy of each content with the envelope sender it was made for
+        # (a Sender field may stay for it): the scheduler sends one content many times.
+        self._ready: PerContent[tuple[str, bytes]] = PerContent(
+            options.payload_cache, lambda content, ready: len(ready[1]),
             max_item=item_limit(options.payload_cache))
 
     async def start(self) -> None:
@@ -115,10 +116,11 @@ class SesEgress:
         return [reply for answer in answers for reply in answer]
 
     def _ses_ready(self, content: bytes, mail_from: str) -> bytes:
-        ready = self._ready.get(content)
-        if ready is None:
-            ready = ses_ready(content, mail_from)
-            self._ready.put(content, ready)
+        kept = self._ready.get(content)
+        if kept is not None and kept[0] == mail_from:
+            return kept[1]
+        ready = ses_ready(content, mail_from)
+        self._ready.put(content, (mail_from, ready))
         return ready
 
     async def _send_chunk(self, mail_from: str, recipients: Sequence[str],
