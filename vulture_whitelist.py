@@ -62,3 +62,6 @@ nested.isolation_level  # sqlite3 reads it (engine._on_connect sets it)
 # A member status stored in the database and honoured by expansion (only ``active``
 # members get copies); set by the coming bounce processing and the API.
 model.MemberStatus.DISABLED
+# http.server's hooks in the test proxy (mailflow/testing/fault_proxy.py).
+nested.daemon_threads, nested.log_message
+nested.do_GET, nested.do_POST, nested.do_PUT, nested.do_DELETE
