@@ -176,6 +176,29 @@ async def test_a_message_ses_rejects_fails_at_once(
     assert ses.raw_sends() == []
 
 
+async def test_sends_are_paced_to_the_rate_get_account_gives(
+        ses: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    account = {"SendQuota": {"Max24HourSend": 200.0, "MaxSendRate": 4.0,
+                             "SentLast24Hours": 0.0}, "SendingEnabled": True}
+    content = b"From: poster@outside.test\r\nSubject: paced\r\n\r\nHello.\r\n"
+    with FaultProxy(ses.url, faults=0, answers={"/v2/email/account": account}) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        sender = egress(max_send_rate=0.0)
+        await sender.start()
+        try:
+            started = asyncio.get_running_loop().time()
+            # 12 calls at 95 % of 4 a second, the first on the bucket's one token: about
+            # 2.9 s; at the 1 a second used while the rate is unknown, 11 s or more.
+            replies = await asyncio.gather(*(sender.send("", [f"m{i}@x.test"], content)
+                                             for i in range(12)))
+            elapsed = asyncio.get_running_loop().time() - started
+        finally:
+            await sender.close()
+    assert {reply.code for (reply,) in replies} == {250}
+    assert len(ses.raw_sends()) == 12
+    assert (12 - 1) / 3.8 - 0.1 <= elapsed < 8.0
+
+
 def test_ses_is_chosen_by_name_or_url() -> None:
     settings = Settings(egress="ses", ses_max_send_rate=5, ses_configuration_set="cs")
     assert settings.egress_url == "ses:"

@@ -75,7 +75,7 @@ class SesEgress:
         self._bucket = TokenBucket(options.max_send_rate or DEFAULT_SEND_RATE,
                                    max_wait=options.timeout)
         self._rate_known = options.max_send_rate > 0
-        self._rate_asked = -RATE_RECHECK
+        self._rate_retry_at = 0.0  # monotonic time GetAccount may be asked (again)
         self._rate_lock = asyncio.Lock()
         # The SES-ready copy of each content with the envelope sender it was made for
         # (a Sender field may stay for it): the scheduler sends one content many times.
@@ -165,18 +165,21 @@ class SesEgress:
                                      f"{text}".rstrip())
 
     async def _learn_rate(self) -> None:
-        """The account's max send rate, asked once (again after a failure, later)."""
-        if self._rate_known or time.monotonic() - self._rate_asked < RATE_RECHECK:
+        """The account's max send rate, asked once (again after a failure, later).
+
+        Sends wait for the answer while it is asked, so none is paced at the guess.
+        """
+        if self._rate_known or time.monotonic() < self._rate_retry_at:
             return
         async with self._rate_lock:
-            if self._rate_known or time.monotonic() - self._rate_asked < RATE_RECHECK:
+            if self._rate_known or time.monotonic() < self._rate_retry_at:
                 return
-            self._rate_asked = time.monotonic()
             try:
                 account = await self._in_thread(self._client.get_account)
                 rate = float(account["SendQuota"]["MaxSendRate"])
             except (ClientError, BotoCoreError, TimeoutError, OSError, KeyError,
                     TypeError, ValueError) as exc:
+                self._rate_retry_at = time.monotonic() + RATE_RECHECK
                 log.warning("Amazon SES GetAccount failed (%s): sending at %g per second "
                             "until it answers; set ses_max_send_rate to skip it", exc,
                             self._bucket.rate, extra={"action": "ses_rate_unknown"})

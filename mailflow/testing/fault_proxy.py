@@ -6,7 +6,8 @@ Put in front of moto (``AWS_ENDPOINT_URL`` naming the proxy), it answers the fir
 other request through unchanged; ``hits`` and ``faulted`` count what it saw, and
 ``bodies`` keeps the bodies of the first :data:`MAX_KEPT` requests on that path (what
 the client asked, which the server may not show: SES's ``FeedbackForwardingEmailAddress``
-for one).  A thread
+for one).  ``answers`` gives the body of a 200 reply for a path (an API the server lacks:
+moto has no SESv2 ``GetAccount``).  A thread
 per request, on 127.0.0.1 only; ``with`` starts and stops it.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -24,12 +26,14 @@ MAX_KEPT = 100
 class FaultProxy:
     def __init__(self, upstream: str, *, faults: int, path_prefix: str = "/",
                  status: int = 429, code: str = "TooManyRequestsException",
-                 message: str = "Maximum sending rate exceeded.") -> None:
+                 message: str = "Maximum sending rate exceeded.",
+                 answers: Mapping[str, object] | None = None) -> None:
         target = urlsplit(upstream)
         self.upstream = (target.hostname or "127.0.0.1", target.port or 80)
         self.remaining = faults
         self.path_prefix = path_prefix
         self.status, self.code, self.message = status, code, message
+        self.answers = dict(answers or {})
         self.hits = 0
         self.faulted = 0
         self.bodies: list[bytes] = []
@@ -72,6 +76,10 @@ class FaultProxy:
             def _relay(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if self.path in proxy.answers:
+                    self._answer(200, [("Content-Type", "application/json")],
+                                 json.dumps(proxy.answers[self.path]).encode())
+                    return
                 if proxy._fault_now(self.path, body):
                     payload = json.dumps({"__type": proxy.code, "message": proxy.message})
                     self._answer(proxy.status, [("Content-Type", "application/json"),
