@@ -216,7 +216,10 @@ HEADER = (b"Return-Path: <bounce@old.example>\r\n"
           b"Sender: someone@other.example\r\n"
           b"Message-ID: <one@origin.example>\r\n"
           b"Subject: hi\r\n"
+          b"DKIM-Signature: v=1; d=origin.example;\r\n b=first\r\n"
           b"Message-ID: <two@origin.example>\r\n"
+          b"DKIM-Signature: v=1; d=provider.example;\r\n b=second\r\n"
+          b"Received: from a\r\nReceived: from b\r\n"
           b"X-Kept: yes\r\n\r\n")
 
 
@@ -226,6 +229,8 @@ def test_fields_ses_refuses_are_taken_out_and_the_body_is_untouched() -> None:
     assert ready == (b"From: Alice <alice@origin.example>\r\n"
                      b"Message-ID: <one@origin.example>\r\n"
                      b"Subject: hi\r\n"
+                     b"DKIM-Signature: v=1; d=origin.example;\r\n b=first\r\n"
+                     b"Received: from a\r\nReceived: from b\r\n"
                      b"X-Kept: yes\r\n\r\n" + body)
     # A Sender of the list's own domain (the envelope sender's) or From's stays.
     own = HEADER.replace(b"someone@other.example", b"owner@lists.example")
