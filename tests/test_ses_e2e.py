@@ -75,6 +75,27 @@ def test_a_list_post_goes_out_through_ses_and_each_delivery_keeps_the_ses_id(
     assert ids == dict.fromkeys(members, send["id"])
 
 
+def test_a_throttled_send_is_retried_by_the_relay_and_sent_once(
+        moto: MotoServer, make_relay: Callable[..., RelayProcess]) -> None:
+    moto.reset()
+    moto.verify("outside.test")
+    with FaultProxy(moto.url, faults=2, path_prefix=SEND_PATH) as proxy:
+        relay = make_relay(egress="ses", ses_max_send_rate="100", poll_interval="0.1")
+        relay.env.update(moto.aws_env(proxy.url))
+        with relay:
+            address, (member,) = relay.fresh_list(members=1)
+            with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+                client.sendmail("poster@outside.test", [address], make_message(address))
+            assert relay.wait_settled()["delivered"] == 1
+            shown = relay.cli("queue", "show", "--json")
+    assert (proxy.faulted, proxy.hits) == (2, 3)
+    (send,) = moto.raw_sends()
+    assert set(send["destinations"]) == {member, address}  # moto adds the To field
+    (delivery,) = json.loads(shown.stdout)["deliveries"]
+    assert (delivery["status"], delivery["attempts"]) == ("delivered", 3)
+    assert delivery["last_reply"] == f"250 2.0.0 accepted by Amazon SES as {send['id']}"
+
+
 def test_an_ses_bounce_mail_for_a_forward_reaches_the_sender_naming_the_alias(
         ses_relay: tuple[RelayProcess, FaultProxy], moto: MotoServer) -> None:
     relay, watcher = ses_relay

@@ -14,8 +14,9 @@ credentials chain); how, from the ``ses_*`` settings.
   each recipient), from ``GetAccount`` or ``ses_max_send_rate``.
 * Answers become SMTP-style replies, so the scheduler's rules apply unchanged: throttling,
   5xx and no answer at all are ``451 4.4.1`` (deferred with the retry backoff); what the
-  owner must fix in the account (``MailFromDomainNotVerifiedException``, sending paused,
-  a missing configuration set) is ``451 4.7.1``, deferred up to ``max_delivery_age``;
+  owner must fix (``MailFromDomainNotVerifiedException``, sending paused, a missing
+  configuration set, credentials refused or lacking a permission) is ``451 4.7.1``,
+  deferred up to ``max_delivery_age``;
   ``MessageRejected`` and other refusals of the message are ``554 5.7.1``, failed.
 * Each delivered reply carries SES's MessageId, which the store keeps on the delivery
   (``provider_message_id``) for the bounce and complaint notifications that name it.
@@ -57,11 +58,16 @@ RATE_MARGIN = 0.95  # of the account's rate: SES's own clock and ours differ a l
 THROTTLED = frozenset({"TooManyRequestsException", "LimitExceededException", "Throttling",
                        "ThrottlingException", "RequestTimeout", "ServiceUnavailable",
                        "InternalFailure", "InternalServerError"})
+# What the owner must fix (the account, a configuration set, the credentials or their
+# permissions): no copy is to blame, so none fails before ``max_delivery_age``.
 ACCOUNT_PROBLEMS = frozenset({"MailFromDomainNotVerifiedException",
                               "MailFromDomainNotVerified", "SendingPausedException",
                               "AccountSendingPausedException", "AccountSuspendedException",
                               "ConfigurationSetSendingPausedException", "NotFoundException",
-                              "ConfigurationSetDoesNotExist"})
+                              "ConfigurationSetDoesNotExist", "AccessDeniedException",
+                              "AccessDenied", "UnrecognizedClientException",
+                              "InvalidClientTokenId", "SignatureDoesNotMatch",
+                              "ExpiredToken", "ExpiredTokenException"})
 
 
 class SesEgress:
