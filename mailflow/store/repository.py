@@ -807,12 +807,15 @@ class Repository:
         deliveries it concerns (none: not ours, or long purged)."""
         by_recipient = {f.recipient.lower(): f for f in feedback}
         with self.engines.writer.begin() as conn:
-            copies = sent_copies(conn, provider_id, list(by_recipient))
-            matched = [(copy, by_recipient[copy.recipient.lower()]) for copy in copies]
+            # The database's lower() may fold fewer characters than Python's: a copy
+            # it matched that Python's does not is left alone.
+            matched = [(copy, found) for copy in sent_copies(conn, provider_id,
+                                                             list(by_recipient))
+                       if (found := by_recipient.get(copy.recipient.lower())) is not None]
             fail_delivered(conn, now, [(c, f) for c, f in matched if f.fails])
             self._add_events(conn, [Event(f.kind.value, f.detail[:1000], c.message_id,
                                           c.delivery_id) for c, f in matched], now)
-        return copies
+        return [copy for copy, _ in matched]
 
     def list_address_sent_as(self, provider_ids: Sequence[str]) -> str | None:
         """The list or alias one of the provider's ids was sent for (a bounce mail's)."""
