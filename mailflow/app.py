@@ -210,6 +210,9 @@ class Relay:
             await egress.start()
             if child.needed:
                 await child.start()
+        except ConfigurationError:  # an egress that cannot work as configured says why
+            await self.stop()
+            raise
         except Exception as exc:
             await self.stop()
             raise ConfigurationError(f"cannot start the relay's child process: {exc}") \

@@ -21,6 +21,7 @@ from mailflow.egress.ses import SesEgress
 from mailflow.egress.ses_headers import ses_ready
 from mailflow.egress.ses_options import SesOptions
 from mailflow.egress.token_bucket import TokenBucket
+from mailflow.errors import ConfigurationError
 from mailflow.model import InboundMessage
 from mailflow.services.commit import IngestBatch, store_batch
 from mailflow.services.processor import expand_received
@@ -197,6 +198,17 @@ async def test_sends_are_paced_to_the_rate_get_account_gives(
     assert {reply.code for (reply,) in replies} == {250}
     assert len(ses.raw_sends()) == 12
     assert (12 - 1) / 3.8 - 0.1 <= elapsed < 8.0
+
+
+async def test_without_a_region_the_egress_does_not_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    sender = egress()
+    with pytest.raises(ConfigurationError, match=r"region.*set AWS_REGION"):
+        await sender.start()
+    await sender.close()
 
 
 def test_ses_is_chosen_by_name_or_url() -> None:

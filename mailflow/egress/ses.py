@@ -44,6 +44,7 @@ from mailflow.egress.base import PerContent, RecipientReply
 from mailflow.egress.ses_headers import ses_ready
 from mailflow.egress.ses_options import SesOptions
 from mailflow.egress.token_bucket import TokenBucket
+from mailflow.errors import ConfigurationError
 from mailflow.memory import item_limit
 
 log = logging.getLogger(__name__)
@@ -91,15 +92,20 @@ class SesEgress:
 
     async def start(self) -> None:
         """Build the client (in a thread: it reads files); no request is made, so an
-        unreachable SES does not stop the relay from starting."""
+        unreachable SES does not stop the relay from starting, but a configuration
+        boto3 cannot use (no region) does."""
         self._threads = ThreadPoolExecutor(self.options.concurrency,
                                            thread_name_prefix="ses")
         timeout = self.options.timeout
         config = Config(connect_timeout=timeout, read_timeout=timeout,
                         retries={"total_max_attempts": 1},
                         max_pool_connections=self.options.concurrency)
-        self._client = await self._in_thread(
-            lambda: boto3.session.Session().client("sesv2", config=config))
+        try:
+            self._client = await self._in_thread(
+                lambda: boto3.session.Session().client("sesv2", config=config))
+        except BotoCoreError as exc:  # no region, a broken AWS config file …
+            raise ConfigurationError(f"Amazon SES egress: {exc} (set AWS_REGION and the "
+                                     "AWS credentials; see docs/aws.md)") from None
 
     async def _in_thread(self, call: Any) -> Any:
         assert self._threads is not None, "start() first"
