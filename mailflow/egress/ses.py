@@ -87,7 +87,8 @@ class SesEgress:
         # The SES-ready copy of each content with the envelope sender it was made for
         # (a Sender field may stay for it): the scheduler sends one content many times.
         self._ready: PerContent[tuple[str, bytes]] = PerContent(
-            options.payload_cache, lambda content, ready: len(ready[1]),
+            options.payload_cache,
+            lambda content, ready: len(content) + (0 if ready[1] is content else len(ready[1])),
             max_item=item_limit(options.payload_cache))
 
     async def start(self) -> None:
