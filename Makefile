@@ -58,6 +58,12 @@ bench-compare: $(STAMP)
 bench-memory: $(STAMP)
 	$(BIN)/python -m bench.memory --machine $(BENCH_ARGS)
 
+## bench-ses: SMTP -> relay -> Amazon SES (moto in server mode) next to SMTP -> relay -> sink,
+## msgs/s and the relay's CPU per message (issue 13)
+.PHONY: bench-ses
+bench-ses: $(STAMP)
+	$(BIN)/python -m bench.ses $(BENCH_ARGS)
+
 ## mailman-venv: GNU Mailman 3 from PyPI in its own virtualenv (.venv-mailman), for bench-peers
 mailman-venv: $(MAILMAN_STAMP)
 

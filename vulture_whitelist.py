@@ -63,3 +63,6 @@ nested.should_exit  # uvicorn's Server reads it; Relay.stop sets it
 engine._on_connect, engine._on_begin
 nested.isolation_level  # sqlite3 reads it (engine._on_connect sets it)
 
+# http.server's hooks in the test proxy (mailflow/testing/fault_proxy.py).
+nested.daemon_threads, nested.log_message
+nested.do_GET, nested.do_POST, nested.do_PUT, nested.do_DELETE

@@ -31,6 +31,7 @@ from mailflow.clock import Clock, SystemClock
 from mailflow.config import ListenAddress, Settings, parse_provider_url
 from mailflow.egress.base import Egress
 from mailflow.egress.routes import ProviderOptions, build_provider, build_routed
+from mailflow.egress.ses_options import SesOptions
 from mailflow.errors import ConfigurationError
 from mailflow.ingress.http import create_router
 from mailflow.ingress.limiter import FailedAuthLimiter
@@ -88,7 +89,8 @@ def build_egress(settings: Settings, child: ChildProcess | None = None) -> Egres
                               idle_check=settings.smtp_idle_check,
                               local_hostname=settings.hostname,
                               transaction_timeout=settings.smtp_transaction_timeout,
-                              payload_cache=settings.cache_budget.payloads)
+                              payload_cache=settings.cache_budget.payloads,
+                              ses=ses_options(settings))
     url = settings.egress_url
     provider = parse_provider_url(url)
     default: Egress
@@ -101,6 +103,15 @@ def build_egress(settings: Settings, child: ChildProcess | None = None) -> Egres
     else:
         default = build_provider(url, options)
     return build_routed(default, url, settings.route_specs, options)
+
+
+def ses_options(settings: Settings) -> SesOptions:
+    """The Amazon SES egress's ``ses_*`` settings."""
+    return SesOptions(configuration_set=settings.ses_configuration_set,
+                      max_send_rate=settings.ses_max_send_rate,
+                      timeout=settings.ses_timeout, concurrency=settings.ses_concurrency,
+                      feedback_forwarding=settings.ses_feedback_forwarding,
+                      payload_cache=settings.cache_budget.payloads)
 
 
 def session_limits(settings: Settings) -> SessionLimits:
@@ -218,6 +229,9 @@ class Relay:
             await egress.start()
             if child.needed:
                 await child.start()
+        except ConfigurationError:  # an egress that cannot work as configured says why
+            await self.stop()
+            raise
         except Exception as exc:
             await self.stop()
             raise ConfigurationError(f"cannot start the relay's child process: {exc}") \

@@ -74,8 +74,8 @@ def parse_proxy(value: str) -> str:
 
 
 LMTP_PORT = 24
-EGRESS_NAMES = ("stdout", "smtp")  # the names ``egress`` took before provider URLs
-_PROVIDER_URLS = "stdout:, smtp://, smtps:// or lmtp://"
+EGRESS_NAMES = ("stdout", "smtp", "ses")  # names ``egress`` takes besides provider URLs
+_PROVIDER_URLS = "stdout:, smtp://, smtps://, lmtp:// or ses:"
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
@@ -83,7 +83,7 @@ _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 class ProviderUrl:
     """An egress provider as named by its URL: the scheme and, for SMTP/LMTP, the next hop."""
 
-    scheme: str  # "stdout", "smtp" (smtp:// and smtps://) or "lmtp"; "ses" will come here
+    scheme: str  # "stdout", "smtp" (smtp:// and smtps://), "lmtp" or "ses" (Amazon SES)
     relay: SmtpRelay | None = None
 
     @property
@@ -97,17 +97,21 @@ class ProviderUrl:
 
 
 def parse_provider_url(url: str) -> ProviderUrl:
-    """Parse an egress URL: ``stdout:``, ``smtp://…``, ``smtps://…`` or ``lmtp://host:port``.
+    """Parse an egress URL: ``stdout:``, ``smtp://…``, ``smtps://…``, ``lmtp://host:port``
+    or ``ses:``.
 
     SMTP URLs are :func:`parse_smtp_relay`'s.  ``lmtp://`` takes the same options, with
-    port 24 by default and no implicit TLS.
+    port 24 by default and no implicit TLS.  ``ses:`` (Amazon SES) names no host: the
+    standard AWS configuration (``AWS_REGION``, ``AWS_ENDPOINT_URL``, the credentials
+    chain) says where and as whom, the ``ses_*`` settings how.
     """
     scheme = url.partition(":")[0]
     if scheme == "stdout" and url in ("stdout:", "stdout://"):
         return ProviderUrl("stdout")
     if scheme in ("smtp", "smtps"):
         return ProviderUrl("smtp", parse_smtp_relay(url))
-    # "ses:" (Amazon SES) is parsed here when its provider comes.
+    if scheme == "ses" and url in ("ses:", "ses://"):
+        return ProviderUrl("ses")
     if scheme == "lmtp":
         try:
             relay = parse_smtp_relay("smtp" + url[len("lmtp"):])
@@ -243,6 +247,12 @@ class Settings(BaseSettings):
     smtp_transaction_timeout: float = Field(default=600.0, gt=0)
     smtp_idle_check: float = Field(default=10.0, ge=0)
     egress_process: bool = True
+    # Amazon SES egress (docs/aws.md "Sending"): 0 = the account's rate from GetAccount.
+    ses_configuration_set: str = ""
+    ses_max_send_rate: float = Field(default=0.0, ge=0)
+    ses_timeout: float = Field(default=30.0, gt=0)
+    ses_concurrency: int = Field(default=8, ge=1, le=64)
+    ses_feedback_forwarding: bool = True
     listener_process: bool = True
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
     # SMTP/LMTP ingress sessions (issue 10 item 7): bounds an attacker on the network hits.
@@ -291,7 +301,8 @@ class Settings(BaseSettings):
     def _check_egress(cls, value: str) -> str:
         if value not in EGRESS_NAMES:
             if ":" not in value:
-                raise ValueError(f"expected stdout, smtp or an egress URL ({_PROVIDER_URLS}), "
+                raise ValueError(f"expected stdout, smtp, ses or an egress URL "
+                                 f"({_PROVIDER_URLS}), "
                                  f"got {value!r}")
             parse_provider_url(value)
         return value
@@ -460,7 +471,9 @@ class Settings(BaseSettings):
         """The default egress as a URL: ``smtp`` means ``smtp_relay``, ``stdout`` ``stdout:``."""
         if self.egress == "smtp":
             return self.smtp_relay
-        return "stdout:" if self.egress == "stdout" else self.egress
+        if self.egress in ("stdout", "ses"):
+            return self.egress + ":"
+        return self.egress
 
     @property
     def egress_display(self) -> str:

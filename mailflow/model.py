@@ -506,6 +506,7 @@ class Outcome:
     due_at: float = 0.0
     message_id: str = ""
     lease: str = field(kw_only=True)
+    provider_id: str = field(default="", kw_only=True)  # the egress provider's id of the copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,6 +538,9 @@ class RecipientReply:
     recipient: str
     code: int
     text: str
+    # The provider's own id of the copy (Amazon SES's MessageId), kept on the delivery so
+    # the provider's later bounce or complaint about it finds it; "" when it has none.
+    provider_id: str = ""
 
     @property
     def delivered(self) -> bool:
@@ -559,3 +563,36 @@ class Egress(Protocol):
                    content: bytes) -> list[RecipientReply]: ...
 
     async def close(self) -> None: ...
+
+
+class FeedbackKind(enum.StrEnum):
+    """What an egress provider later says about a copy it took (Amazon SES's
+    ``notificationType``, lower-cased)."""
+
+    BOUNCE = "bounce"
+    COMPLAINT = "complaint"
+    DELIVERY = "delivery"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderFeedback:
+    """One recipient's part of a provider's notification about a sent copy.
+
+    ``fails`` says the delivery is failed for good (a permanent bounce): a copy the
+    provider took (250) that the destination then refused.
+    """
+
+    recipient: str
+    kind: FeedbackKind
+    detail: str
+    fails: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SentCopy:
+    """A delivery found by its provider's id: what a feedback hook needs to act on it."""
+
+    delivery_id: int
+    message_id: str
+    list_id: int
+    recipient: str

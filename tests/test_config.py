@@ -114,7 +114,7 @@ def test_the_egress_is_shown_without_its_password(monkeypatch: pytest.MonkeyPatc
     assert shown == "smtps://mail.test:465" and "s3cret" not in shown
 
 
-@pytest.mark.parametrize("bad", ["ses", "SMTP", "lmtp://", "lmtp://x?tls=implicit",
+@pytest.mark.parametrize("bad", ["SES", "ses:eu-west-1", "SMTP", "lmtp://", "lmtp://x?tls=implicit",
                                  "ftp://x", "stdout:foo"])
 def test_bad_egress_values(bad: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILFLOW_EGRESS", bad)

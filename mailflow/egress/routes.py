@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from mailflow.config import RouteSpec, parse_provider_url
 from mailflow.egress.base import Egress, RecipientReply
 from mailflow.egress.lmtp import LmtpEgress
+from mailflow.egress.ses_options import SesOptions
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.egress.stdout import StdoutEgress
 from mailflow.errors import SmtpReplyError, recipient_reply
@@ -45,18 +46,25 @@ class ProviderOptions:
     local_hostname: str | None = None
     transaction_timeout: float = 600.0
     payload_cache: int = DEFAULT_BUDGET.payloads
+    ses: SesOptions | None = None  # the ``ses_*`` settings, for ``ses:``
 
 
 def build_provider(url: str, options: ProviderOptions) -> Egress:
-    """The egress a URL names: ``stdout:``, ``smtp://``, ``smtps://`` or ``lmtp://``.
+    """The egress a URL names: ``stdout:``, ``smtp://``, ``smtps://``, ``lmtp://`` or
+    ``ses:``.
 
-    A new provider (``ses:`` next) is one more branch here and one scheme in
+    A new provider is one more branch here and one scheme in
     :func:`mailflow.config.parse_provider_url`.
     """
     provider = parse_provider_url(url)
     if provider.scheme == "stdout":
         return StdoutEgress()
-    # Amazon SES's branch (scheme "ses", an HTTP API client) goes here when it comes.
+    if provider.scheme == "ses":
+        # Imported here: boto3 costs every relay start time and memory, and most
+        # relays never send through SES.
+        from mailflow.egress.ses import SesEgress
+
+        return SesEgress(options.ses or SesOptions(payload_cache=options.payload_cache))
     assert provider.relay is not None  # every other scheme names a next hop
     kind = LmtpEgress if provider.scheme == "lmtp" else SmtpEgress
     return kind(provider.relay, pool_size=options.pool_size, timeout=options.timeout,

@@ -96,9 +96,10 @@ from mailflow.model import (
 from mailflow.pipeline.chain import copy_recipient, render_copy, rendering_variant
 from mailflow.pipeline.context import Identity
 from mailflow.pipeline.notice import NOTICE_PROTOCOL, Failure
-from mailflow.pipeline.send.bounce import rewritten_bounce
+from mailflow.pipeline.send.bounce import returned_alias, rewritten_bounce
 from mailflow.pipeline.send.dmarc import author
 from mailflow.pipeline.send.envelope import envelope_sender
+from mailflow.pipeline.send.ses_bounce import ses_message_ids
 from mailflow.services.dmarc_policy import DmarcPolicies
 from mailflow.services.in_flight import LargeInFlight
 from mailflow.services.lanes import Lane, RoutedEgress
@@ -619,7 +620,7 @@ class Scheduler:
             reply = _reply(delivery.recipient, TemporaryFailure("no reply for recipient"))
         if reply.delivered:
             return Outcome(delivery.id, DeliveryStatus.DELIVERED, str(reply),
-                           message_id=message_id, lease=lease)
+                           message_id=message_id, lease=lease, provider_id=reply.provider_id)
         retry = self.options.retry
         if reply.permanent or retry.expired(delivery.created_at, now):
             return Outcome(delivery.id, DeliveryStatus.FAILED, str(reply), message_id=message_id,
@@ -640,7 +641,8 @@ class Scheduler:
         if content is None:
             raw = await self._body(tx.message.blob)
             if returned:
-                raw = await asyncio.to_thread(self._rewritten, raw, tx)
+                sent_for = await self._ses_bounce_alias(raw)
+                raw = await asyncio.to_thread(self._rewritten, raw, tx, sent_for)
             rewrite_from = await self._rewrite_from(raw, tx)
             member = await self._copy_member(tx, recipient)
             render = functools.partial(render_copy, raw, tx.message, tx.mailing_list,
@@ -680,7 +682,17 @@ class Scheduler:
             return None
         return field if await self.options.dmarc.requires_rewrite(address) else None
 
-    def _rewritten(self, raw: bytes, tx: Transaction) -> bytes:
+    async def _ses_bounce_alias(self, raw: bytes) -> str:
+        """The alias an Amazon SES bounce mail's copy was sent for, by SES's Message-ID
+        (when the returned header lacks our marker); "" for any other bounce.  The
+        scan is a thread's, as the rewriting: a bounce may be large."""
+        ses_ids = await asyncio.to_thread(_unmarked_ses_ids, raw, self.options.instance_id)
+        if not ses_ids:
+            return ""
+        found = await self.runner.read(self.runner.repo.list_address_sent_as, ses_ids)
+        return found or ""
+
+    def _rewritten(self, raw: bytes, tx: Transaction, sent_for: str = "") -> bytes:
         """A returned bounce as the report the original sender gets (a thread: the
         bounce may be large)."""
         message = tx.message
@@ -689,7 +701,7 @@ class Scheduler:
             raw, to=next(iter(recipients)) if len(recipients) == 1 else "",
             srs_address=next((r for r in message.rcpt_tos if srs.is_srs(r)), ""),
             instance_id=self.options.instance_id, hostname=self.options.hostname,
-            arrival=message.received_at, at=self.clock.now())
+            arrival=message.received_at, at=self.clock.now(), sent_for=sent_for)
 
     async def _body(self, digest: str) -> bytes:
         """A stored body: from memory after a fresh ingest, else its blob row or file."""
@@ -779,6 +791,13 @@ class Scheduler:
     def _add_outcomes(self, outcomes: list[Outcome]) -> None:
         self._outcomes.extend(outcomes)
         self._signal.set()
+
+
+def _unmarked_ses_ids(raw: bytes, instance_id: str) -> list[str]:
+    """An Amazon SES bounce mail's Message-IDs, unless our marker names the alias."""
+    if returned_alias(raw, instance_id) is not None:
+        return []
+    return ses_message_ids(raw)
 
 
 def _returned_bounce(tx: Transaction) -> bool:

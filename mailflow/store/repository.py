@@ -66,11 +66,13 @@ from mailflow.model import (
     NonMemberAction,
     Outcome,
     PostingPolicy,
+    ProviderFeedback,
     ReplyTo,
     Resolution,
     RuleAction,
     RuleScope,
     SenderRule,
+    SentCopy,
     Suppression,
     role_alias,
     role_alias_by_id,
@@ -78,6 +80,12 @@ from mailflow.model import (
 from mailflow.store import bounces as bounce_store
 from mailflow.store.engine import Engines
 from mailflow.store.hot import HotStatements
+from mailflow.store.provider_ids import (
+    fail_delivered,
+    list_address_sent_as,
+    record_provider_ids,
+    sent_copies,
+)
 from mailflow.store.tables import (
     autoreplies,
     autoreply_log,
@@ -1077,6 +1085,8 @@ class Repository:
         if stale:
             refused = {id(o) for o in stale}
             attempted = [o for o in attempted if id(o) not in refused]
+        record_provider_ids(conn, [(o.delivery_id, o.provider_id)
+                                   for o in attempted if o.provider_id])
         self._add_events(conn, [
             Event(o.status.value, o.reply[:1000], o.message_id or None, o.delivery_id)
             for o in attempted if o.status is not DeliveryStatus.DELIVERED
@@ -1102,6 +1112,28 @@ class Repository:
                 _LEASES_BY_ID, {"b_ids": ids[start:start + _IDS_PER_LOOKUP]}))
         return [o for o in outcomes
                 if rows.get(o.delivery_id) != (o.lease, o.status.value)]
+
+    def apply_provider_feedback(self, now: float, provider_id: str,
+                                feedback: Sequence[ProviderFeedback]) -> list[SentCopy]:
+        """A provider's notification about the copy it calls ``provider_id``: each
+        matching delivery gets an event, and those it fails are failed.  Returns the
+        deliveries it concerns (none: not ours, or long purged)."""
+        by_recipient = {f.recipient.lower(): f for f in feedback}
+        with self.engines.writer.begin() as conn:
+            # The database's lower() may fold fewer characters than Python's: a copy
+            # it matched that Python's does not is left alone.
+            matched = [(copy, found) for copy in sent_copies(conn, provider_id,
+                                                             list(by_recipient))
+                       if (found := by_recipient.get(copy.recipient.lower())) is not None]
+            fail_delivered(conn, now, [(c, f) for c, f in matched if f.fails])
+            self._add_events(conn, [Event(f.kind.value, f.detail[:1000], c.message_id,
+                                          c.delivery_id) for c, f in matched], now)
+        return [copy for copy, _ in matched]
+
+    def list_address_sent_as(self, provider_ids: Sequence[str]) -> str | None:
+        """The list or alias one of the provider's ids was sent for (a bounce mail's)."""
+        with self.engines.reader.connect() as conn:
+            return list_address_sent_as(conn, provider_ids)
 
     def renew_leases(self, now: float, until: float,
                      leases: Sequence[tuple[int, str]]) -> list[int]:

@@ -138,7 +138,11 @@ deliveries = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("last_reply", Text, nullable=True),
+    # The egress provider's id of the copy (Amazon SES's MessageId), which its bounce,
+    # complaint and delivery notifications name.
+    Column("provider_message_id", String(100), nullable=True),
     Index("ix_deliveries_message", "message_id"),
+    Index("ix_deliveries_provider_message", "provider_message_id"),
     Index(
         "ix_deliveries_due",
         text("priority DESC"),
