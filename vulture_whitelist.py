@@ -32,6 +32,8 @@ config.Settings._check_database_url
 config.Settings._upper_log_level, config.Settings._check_retry
 config.Settings._empty_path_is_none, config.Settings._check_tls
 config.Settings._check_role_address
+config.Settings._parse_topics, config.Settings._parse_queues
+config.Settings._check_cert_pattern
 config.Settings.settings_customise_sources
 
 # asyncio calls the protocol methods.
@@ -53,6 +55,9 @@ sink._CountingController._create_server
 sink.Received.at
 nested = Whitelist()
 nested.receive_email  # http.create_router's route
+nested.receive_sns  # sns.create_sns_router's route
+# http.server calls the handler's methods (the test certificate server of testing.aws).
+nested.do_GET, nested.log_message
 nested.healthz, nested.readyz  # web.app.create_app's routes
 web_app.EmbeddedServer.capture_signals
 nested.should_exit  # uvicorn's Server reads it; Relay.stop sets it
