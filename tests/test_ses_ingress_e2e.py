@@ -68,8 +68,9 @@ class SesSetup:
                            Body=make_message(to))
         return ses_id, self.received(ses_id, [to, *extra])
 
-    def received(self, ses_id: str, recipients: list[str], **kwargs: Any) -> dict[str, Any]:
-        return received_notification(ses_id, SENDER, recipients, bucket=self.bucket,
+    def received(self, ses_id: str, recipients: list[str], source: str = SENDER,
+                 **kwargs: Any) -> dict[str, Any]:
+        return received_notification(ses_id, source, recipients, bucket=self.bucket,
                                      key=f"inbound/{ses_id}", topic=self.topic, **kwargs)
 
     def audit(self, ses_id: str) -> dict[str, str]:
@@ -105,7 +106,7 @@ def ses(make_module_relay: Callable[..., RelayProcess], moto: MotoServer,
     relay = make_module_relay(
         sns_topics=topic, sns_cert_url_pattern=signer.cert_url_pattern, sqs_queues=queue_url,
         sqs_wait_time="1", s3_fetch_attempts="2", s3_fetch_delay="0.05", s3_audit="true",
-        aws_timeout="5", poll_interval="0.2")
+        aws_timeout="5", poll_interval="0.2", recipient_cache_ttl="0")
     relay.env.update(moto.env)
     relay.start()
     return SesSetup(relay, moto, signer, bucket, topic, queue_url)
@@ -173,6 +174,21 @@ def test_virus_is_refused_and_audited(ses: SesSetup, module_sink: SmtpSink) -> N
     note["receipt"]["virusVerdict"] = {"status": "FAIL"}
     assert ses.post(ses.signer.notification(ses.topic, note)).status_code == 200
     assert ses.audit(ses_id)["mailflow-status"] == "rejected"
+    ses.relay.wait_settled()
+    assert module_sink.wait_for_copies(members, timeout=0) == []
+
+
+def test_blocked_sender_is_audited(ses: SesSetup, module_sink: SmtpSink) -> None:
+    address, members = ses.relay.fresh_list(members=1)
+    spammer = f"spammer-{uuid.uuid4().hex[:6]}@outside.test"
+    added = ses.relay.cli("block", "add", spammer, "--for", address)
+    assert added.returncode == 0, added.stderr
+    ses_id = uuid.uuid4().hex
+    ses.s3.put_object(Bucket=ses.bucket, Key=f"inbound/{ses_id}", Body=make_message(address))
+    note = ses.received(ses_id, [address], source=spammer)
+    assert ses.post(ses.signer.notification(ses.topic, note)).status_code == 200
+    audit = ses.audit(ses_id)
+    assert (audit["mailflow-status"], audit["mailflow-blocked-sender"]) == ("blocked", spammer)
     ses.relay.wait_settled()
     assert module_sink.wait_for_copies(members, timeout=0) == []
 

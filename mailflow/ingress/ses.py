@@ -35,7 +35,7 @@ from mailflow.ingress.ses_notification import (
     notification_kind,
     received_mail,
 )
-from mailflow.metrics import SES_RECEIVED
+from mailflow.metrics import MESSAGES_REJECTED, SES_RECEIVED
 from mailflow.model import Envelope
 from mailflow.services.accept import AcceptService
 from mailflow.store.runner import StoreRunner
@@ -156,14 +156,13 @@ class SesIngest:
         blocked: list[str] = []
         for rcpt in mail.recipients:
             try:
-                await self.service.check_recipient(rcpt, mail.source)
-            except UnknownDomain:
+                await self.service.check_recipient(rcpt, mail.source, count=False)
+            except UnknownDomain:  # not a refusal: not ours to take or to count
                 log.info("SES message %s: %s is not of our domains, dropped",
                          mail.ses_message_id, rcpt, extra={"action": "ses_foreign_recipient"})
-            except SenderBlocked:
-                blocked.append(rcpt)
-            except PermanentFailure:
-                invalid.append(rcpt)
+            except PermanentFailure as error:
+                MESSAGES_REJECTED.labels(code=error.enhanced).inc()
+                (blocked if isinstance(error, SenderBlocked) else invalid).append(rcpt)
             else:
                 taken.append(rcpt)
         return taken, invalid, blocked
