@@ -14,13 +14,14 @@ import contextlib
 import logging
 
 from mailflow.errors import SmtpReplyError
-from mailflow.ingress.aws import AwsClients, QueueMessage
+from mailflow.ingress.aws import MAX_SQS_MESSAGES, AwsClients, QueueMessage
 from mailflow.ingress.ses import SesNotifications
 from mailflow.ingress.ses_notification import BadNotification, notification_from_body
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0  # seconds between two polls of a queue that keeps failing
+MAX_IN_FLIGHT = 40  # messages of one queue handled at once (each may hold an S3 read)
 STOP_GRACE = 10.0  # seconds the notifications in hand get to finish when the relay stops
 
 
@@ -36,28 +37,46 @@ class SqsPoller:
         self.visibility = visibility
         self.topics = topics
         self._stopping = asyncio.Event()
+        self._in_hand: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()  # set when a message in hand is done
 
     async def run(self) -> None:
+        """Poll while fewer than MAX_IN_FLIGHT messages are in hand, so the next batch
+        is on its way while the previous ones are stored; on :meth:`stop`, return once
+        the messages in hand are handled (the caller bounds that wait)."""
         failures = 0
-        while not self._stopping.is_set():
-            try:
-                batch = await self.aws.receive(self.queue_url, self.wait, self.visibility)
-            except Exception as exc:  # network, throttling, credentials: try again later
-                failures += 1
-                delay = min(MAX_BACKOFF, 0.5 * 2 ** failures)
-                log.warning("cannot poll %s (%d failures in a row, next try in %g s): %s",
-                            self.queue_url, failures, delay, exc,
-                            extra={"action": "sqs_poll_failed"})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                continue
-            failures = 0
-            if batch:
-                # Shielded: a stop lets the batch in hand finish (within STOP_GRACE).
-                await asyncio.shield(asyncio.gather(*(self._handle(m) for m in batch)))
+        try:
+            while not self._stopping.is_set():
+                while len(self._in_hand) > MAX_IN_FLIGHT - MAX_SQS_MESSAGES:
+                    self._room.clear()
+                    await self._room.wait()
+                try:
+                    batch = await self.aws.receive(self.queue_url, self.wait, self.visibility)
+                except Exception as exc:  # network, throttling, credentials: try again later
+                    failures += 1
+                    delay = min(MAX_BACKOFF, 0.5 * 2 ** failures)
+                    log.warning("cannot poll %s (%d failures in a row, next try in %g s): %s",
+                                self.queue_url, failures, delay, exc,
+                                extra={"action": "sqs_poll_failed"})
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), delay)
+                    continue
+                failures = 0
+                for message in batch:
+                    task = asyncio.create_task(self._handle(message))
+                    self._in_hand.add(task)
+                    task.add_done_callback(self._done)
+        finally:
+            if self._in_hand:
+                # Shielded: cancelling the poll leaves a notification in hand to finish.
+                await asyncio.shield(asyncio.gather(*self._in_hand, return_exceptions=True))
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_hand.discard(task)
+        self._room.set()
 
     def stop(self) -> None:
-        """Poll no more; a batch in hand is finished by :meth:`run`'s caller's wait."""
+        """Poll no more; :meth:`run` returns once the messages in hand are handled."""
         self._stopping.set()
 
     async def _handle(self, message: QueueMessage) -> None:

@@ -570,8 +570,11 @@ class Repository:
 
     def note_ses_outcome(self, ses_message_id: str, status: str, message_id: str,
                          now: float) -> None:
-        """Remember what became of an SES message; a second note of it changes nothing."""
-        with self.engines.writer.begin() as conn:
+        """Remember what became of an SES message; a second note of it changes nothing.
+
+        Relaxed: the message itself is durable already; losing this note in a power
+        failure costs one duplicate copy if SES's notification comes again."""
+        with self._relaxed_transaction() as conn:
             conn.execute(self._upsert_insert(ses_received).values(
                 ses_message_id=ses_message_id, status=status, message_id=message_id,
                 received_at=now).on_conflict_do_nothing())

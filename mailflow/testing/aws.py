@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import logging
 import re
 import threading
 import uuid
@@ -42,6 +43,7 @@ class MotoServer:
                                           verbose=False)
 
     def __enter__(self) -> MotoServer:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request else
         self._server.start()
         return self
 
