@@ -6,8 +6,9 @@ One relay (SQLite, SMTP egress to the Python sink) and moto in server mode on lo
 at a time), fetches each from S3, takes it and relays it to the sink.  (b) SMTP: the same
 number of messages of the same size sent by ``bench/loadgen.py`` over 8 connections to
 the same relay.  For each: messages/s from the first to the last copy at the sink, and
-the relay's CPU seconds (relay process and its child) per message.  moto runs in this
-process and competes with the relay for the CPU, as a remote AWS would not.
+the relay's CPU seconds (relay process and its child) per message.  moto runs as a
+process of its own on the same machine and competes with the relay for the CPU, as a
+remote AWS would not.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bench.loadgen import make_message
 from mailflow.model import ListKind
 from mailflow.testing.aws import MotoServer, received_notification
 from mailflow.testing.factories import make_list
+from mailflow.testing.ports import wait_for_port
 from mailflow.testing.relay import RelayProcess
 from mailflow.testing.sink import SmtpSink
 
@@ -35,6 +37,24 @@ SIZE = 2048
 SENDER = "sender@example.org"
 LOADGEN = Path(__file__).with_name("loadgen.py")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class MotoProcess(MotoServer):
+    """moto's server as a process of its own (``moto_server``): in this process it would
+    share a GIL with the sink."""
+
+    def __enter__(self) -> MotoProcess:
+        self._process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1",
+             "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_for_port("127.0.0.1", self.port, 30):
+            self._process.kill()
+            raise SystemExit("moto_server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._process.terminate()
+        self._process.wait(10)
 
 
 def relay_cpu(pid: int) -> float:
@@ -90,7 +110,7 @@ def figures(arrivals: list[float], cpu: float, count: int) -> dict[str, Any]:
 
 
 def run(count: int, folder: Path) -> dict[str, Any]:
-    with MotoServer() as moto, SmtpSink(keep_content=False) as sink:
+    with MotoProcess() as moto, SmtpSink(keep_content=False) as sink:
         alias = f"ingest-{uuid.uuid4().hex[:6]}@example.test"
         queue = preload(moto, count, alias)
         relay = RelayProcess(folder / "relay", forked=False, settings={

@@ -118,14 +118,26 @@ class AwsClients:
                              int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)))
                 for m in answer.get("Messages", [])]
 
-    async def delete_message(self, queue_url: str, receipt_handle: str) -> None:
-        await self._call(self._sqs.delete_message, QueueUrl=queue_url,
-                         ReceiptHandle=receipt_handle)
+    async def delete_messages(self, queue_url: str, receipt_handles: list[str]) -> None:
+        """Delete up to ten messages in one call; raise if any was not deleted."""
+        await self._call(self._batch, self._sqs.delete_message_batch, queue_url,
+                         [{"Id": str(i), "ReceiptHandle": h}
+                          for i, h in enumerate(receipt_handles)])
 
-    async def extend_visibility(self, queue_url: str, receipt_handle: str,
+    async def extend_visibility(self, queue_url: str, receipt_handles: list[str],
                                 seconds: int) -> None:
-        await self._call(self._sqs.change_message_visibility, QueueUrl=queue_url,
-                         ReceiptHandle=receipt_handle, VisibilityTimeout=seconds)
+        """Make up to ten messages invisible for ``seconds`` from now, in one call."""
+        await self._call(self._batch, self._sqs.change_message_visibility_batch, queue_url,
+                         [{"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": seconds}
+                          for i, h in enumerate(receipt_handles)])
+
+    @staticmethod
+    def _batch(call: Callable[..., Any], queue_url: str, entries: list[dict[str, Any]]
+               ) -> None:
+        failed = call(QueueUrl=queue_url, Entries=entries).get("Failed", [])
+        if failed:
+            codes = ", ".join(sorted({str(f.get("Code")) for f in failed}))
+            raise RuntimeError(f"{len(failed)} of {len(entries)} failed ({codes})")
 
 
 def _client_error(exc: ClientError) -> str:

@@ -1,10 +1,15 @@
 """SQS ingress: one long-polling loop per queue of SES notifications.
 
 A message is deleted only once its notification is handled (the mail durable, or refused
-for good); while that takes, its visibility is extended so no other poller gets it.  A
-temporary failure leaves it to come back when its visibility ends; a message that cannot
-be read at all is left too, for the queue's redrive policy to move aside after its
-``maxReceiveCount`` (the log says how often it came).
+for good); while its batch is in hand, the batch's visibility is extended so no other
+poller gets it.  A temporary failure leaves a message to come back when its visibility
+ends; a message that cannot be read at all is left too, for the queue's redrive policy to
+move aside after its ``maxReceiveCount`` (the log says how often it came).
+
+Each received batch is handled as one: its messages at once, then one
+``DeleteMessageBatch`` for those handled, so a message costs the relay an S3 read and a
+tenth of three SQS calls.  The next batch is polled meanwhile, while fewer than
+``MAX_IN_FLIGHT`` messages are in hand.
 """
 
 from __future__ import annotations
@@ -37,17 +42,17 @@ class SqsPoller:
         self.visibility = visibility
         self.topics = topics
         self._stopping = asyncio.Event()
-        self._in_hand: set[asyncio.Task[None]] = set()
-        self._room = asyncio.Event()  # set when a message in hand is done
+        self._batches: set[asyncio.Task[None]] = set()
+        self._in_hand = 0  # messages
+        self._room = asyncio.Event()  # set when a batch in hand is done
 
     async def run(self) -> None:
-        """Poll while fewer than MAX_IN_FLIGHT messages are in hand, so the next batch
-        is on its way while the previous ones are stored; on :meth:`stop`, return once
-        the messages in hand are handled (the caller bounds that wait)."""
+        """Poll until :meth:`stop`, then return once the batches in hand are handled
+        (the caller bounds that wait)."""
         failures = 0
         try:
             while not self._stopping.is_set():
-                while len(self._in_hand) > MAX_IN_FLIGHT - MAX_SQS_MESSAGES:
+                while self._in_hand > MAX_IN_FLIGHT - MAX_SQS_MESSAGES:
                     self._room.clear()
                     await self._room.wait()
                 try:
@@ -62,25 +67,39 @@ class SqsPoller:
                         await asyncio.wait_for(self._stopping.wait(), delay)
                     continue
                 failures = 0
-                for message in batch:
-                    task = asyncio.create_task(self._handle(message))
-                    self._in_hand.add(task)
-                    task.add_done_callback(self._done)
+                if batch:
+                    self._in_hand += len(batch)
+                    task = asyncio.create_task(self._handle_batch(batch))
+                    self._batches.add(task)
+                    task.add_done_callback(self._batches.discard)
         finally:
-            if self._in_hand:
-                # Shielded: cancelling the poll leaves a notification in hand to finish.
-                await asyncio.shield(asyncio.gather(*self._in_hand, return_exceptions=True))
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._in_hand.discard(task)
-        self._room.set()
+            if self._batches:
+                # Shielded: cancelling the poll leaves the batches in hand to finish.
+                await asyncio.shield(asyncio.gather(*self._batches, return_exceptions=True))
 
     def stop(self) -> None:
-        """Poll no more; :meth:`run` returns once the messages in hand are handled."""
+        """Poll no more; :meth:`run` returns once the batches in hand are handled."""
         self._stopping.set()
 
-    async def _handle(self, message: QueueMessage) -> None:
-        keeper = asyncio.create_task(self._keep_invisible(message.receipt_handle))
+    async def _handle_batch(self, batch: list[QueueMessage]) -> None:
+        handles = [message.receipt_handle for message in batch]
+        keeper = asyncio.create_task(self._keep_invisible(handles))
+        try:
+            handled = await asyncio.gather(*(self._handle(message) for message in batch))
+            done = [h for h, ok in zip(handles, handled, strict=True) if ok]
+            if done:
+                try:
+                    await self.aws.delete_messages(self.queue_url, done)
+                except Exception as exc:  # they come again, and are known then (duplicates)
+                    log.warning("cannot delete %d handled message(s) from %s: %s", len(done),
+                                self.queue_url, exc, extra={"action": "sqs_delete_failed"})
+        finally:
+            keeper.cancel()
+            self._in_hand -= len(batch)
+            self._room.set()
+
+    async def _handle(self, message: QueueMessage) -> bool:
+        """Whether the message is handled (to be deleted)."""
         try:
             await self.notifications.handle(
                 notification_from_body(message.body, self.topics))
@@ -88,30 +107,23 @@ class SqsPoller:
             log.error("unreadable message in %s (received %d times), left for the redrive "
                       "policy: %s", self.queue_url, message.receive_count, exc,
                       extra={"action": "sqs_poison"})
-            return
+            return False
         except SmtpReplyError as error:
             log.info("message in %s not taken now (received %d times): %s", self.queue_url,
                      message.receive_count, error.reason, extra={"action": "ses_deferred"})
-            return
+            return False
         except Exception:
             log.exception("message in %s failed (received %d times)", self.queue_url,
                           message.receive_count, extra={"action": "sqs_error"})
-            return
-        finally:
-            keeper.cancel()
-        try:
-            await self.aws.delete_message(self.queue_url, message.receipt_handle)
-        except Exception as exc:  # it comes again, and is known then (a duplicate)
-            log.warning("cannot delete a handled message from %s: %s", self.queue_url, exc,
-                        extra={"action": "sqs_delete_failed"})
+            return False
+        return True
 
-    async def _keep_invisible(self, receipt_handle: str) -> None:
-        """Push the message's visibility out every half period while it is handled."""
+    async def _keep_invisible(self, handles: list[str]) -> None:
+        """Push the batch's visibility out every half period while it is in hand."""
         while True:
             await asyncio.sleep(self.visibility / 2)
             try:
-                await self.aws.extend_visibility(self.queue_url, receipt_handle,
-                                                 self.visibility)
+                await self.aws.extend_visibility(self.queue_url, handles, self.visibility)
             except Exception as exc:
-                log.warning("cannot extend a message's visibility in %s: %s", self.queue_url,
-                            exc, extra={"action": "sqs_visibility_failed"})
+                log.warning("cannot extend the visibility of messages in %s: %s",
+                            self.queue_url, exc, extra={"action": "sqs_visibility_failed"})

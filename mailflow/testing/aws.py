@@ -39,16 +39,18 @@ class MotoServer:
 
     def __init__(self) -> None:
         self.port = free_port()
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port,
-                                          verbose=False)
+        self._server: ThreadedMotoServer | None = None
 
     def __enter__(self) -> MotoServer:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request else
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port,
+                                          verbose=False)
         self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.stop()
+        if self._server is not None:
+            self._server.stop()
 
     @property
     def url(self) -> str:
