@@ -226,3 +226,11 @@ def test_memory_bench_checks_every_body_and_the_bound(capsys: pytest.CaptureFixt
     out, err = capsys.readouterr()
     assert "2 messages of" in out and "VmHWM sum" in out
     assert "over the bound 1.0 MB" in err and "copies arrived" not in err
+
+
+def test_sqs_ingest_bench_relays_every_message(tmp_path: Path) -> None:
+    from bench.sqs_ingest import run as sqs_ingest
+
+    result = sqs_ingest(4, tmp_path)
+    assert result["sqs"]["messages"] == result["smtp"]["messages"] == 4
+    assert result["sqs"]["relay_cpu_ms_per_message"] > 0
