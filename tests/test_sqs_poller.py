@@ -72,11 +72,11 @@ async def test_message_stays_invisible_while_handled_then_deleted(aws_env: MotoS
     note = received_notification("ses-1", "a@b.test", ["l@example.test"], bucket="b", key="k")
     sqs.send_message(QueueUrl=url, MessageBody=json.dumps(note))
     handler = Handler()
-    poller, task, aws = await run_poller(aws_env, url, handler, visibility=2)
+    poller, task, aws = await run_poller(aws_env, url, handler, visibility=3)
     try:
         await asyncio.wait_for(handler.started.wait(), 10)
-        # Past the 2 s visibility the receive asked for: still not visible to others.
-        await asyncio.sleep(3)
+        # Past the 3 s visibility the receive asked for: still not visible to others.
+        await asyncio.sleep(4)
         assert await asyncio.to_thread(counts, sqs, url) == (0, 1)
         handler.release.set()
         deadline = time.monotonic() + 10
