@@ -121,6 +121,8 @@ def test_webhook_takes_mail_from_s3_once(ses: SesSetup, module_sink: SmtpSink) -
     assert sorted(copy.rcpt_tos) == members
     assert (b"X-MailFlow-SES-Verdicts: spam=PASS; virus=PASS; spf=PASS; dkim=PASS; "
             b"dmarc=GRAY\r\n") in copy.content
+    assert b"Received: from amazonses.com (unknown)\r\n\tby relay.test (MailFlow Relay) with SES" \
+        in copy.content
     audit = ses.audit(ses_id)
     assert audit["mailflow-status"] == "delivered"
     assert audit["mailflow-invalid-recipients"] == "nobody@example.test"

@@ -43,6 +43,7 @@ from mailflow.store.runner import StoreRunner
 log = logging.getLogger(__name__)
 
 PROTOCOL = "SES"
+SES_HOST = "amazonses.com"
 FEEDBACK_KINDS = frozenset({"Bounce", "Complaint", "Delivery"})
 
 #: Applies a ``Bounce``, ``Complaint`` or ``Delivery`` notification (the SES egress's).
@@ -135,7 +136,10 @@ class SesIngest:
         if not taken:
             return Outcome("blocked" if blocked and not invalid else "rejected",
                            invalid=tuple(invalid), blocked_sender=mail.source if blocked else "")
-        envelope = Envelope(mail_from=mail.source, rcpt_tos=tuple(taken), protocol=PROTOCOL)
+        # Our Received field then says "from amazonses.com ... with SES": SES took it over
+        # SMTP (its own Received field is in the message), we took it from SES.
+        envelope = Envelope(mail_from=mail.source, rcpt_tos=tuple(taken), helo=SES_HOST,
+                            protocol=PROTOCOL)
         try:
             raw = mail.verdict_header() + await self._content(mail)
             message_id = await self.service.submit(envelope, raw)
