@@ -35,6 +35,8 @@ config.Settings._upper_log_level, config.Settings._check_retry
 config.Settings._empty_path_is_none, config.Settings._check_tls
 config.Settings._check_role_address, config.Settings._check_dns_resolver
 config.Settings._check_blob_url, config.Settings._check_public_url
+config.Settings._parse_topics, config.Settings._parse_queues
+config.Settings._check_cert_pattern
 config.Settings.settings_customise_sources
 
 # asyncio calls the protocol methods.
@@ -56,6 +58,9 @@ sink._CountingController._create_server
 sink.Received.at
 nested = Whitelist()
 nested.receive_email  # http.create_router's route
+nested.receive_sns  # sns.create_sns_router's route
+# http.server calls the handler's methods (the test certificate server of testing.aws).
+nested.do_GET, nested.log_message
 nested.healthz, nested.readyz  # web.app.create_app's routes
 nested.list_page, nested.confirm  # web.unsubscribe.create_router's routes
 web_app.EmbeddedServer.capture_signals

@@ -29,9 +29,9 @@ from typing import Any
 from bench import loadgen
 from bench.machine import describe, summary
 from mailflow.model import ListKind
+from mailflow.testing.aws import REGION
 from mailflow.testing.ports import free_port, wait_for_port
 from mailflow.testing.relay import RelayProcess
-from mailflow.testing.ses_moto import REGION
 from mailflow.testing.sink import SmtpSink
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import socket
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -32,14 +33,19 @@ from mailflow.config import ListenAddress, Settings, parse_provider_url
 from mailflow.egress.base import Egress
 from mailflow.egress.routes import ProviderOptions, build_provider, build_routed
 from mailflow.egress.ses_options import SesOptions
-from mailflow.errors import ConfigurationError
+from mailflow.errors import ConfigurationError, InvalidInput
+from mailflow.ingress.aws import AwsClients
 from mailflow.ingress.http import create_router
 from mailflow.ingress.limiter import FailedAuthLimiter
 from mailflow.ingress.limits import SessionLimits, raise_open_files_limit
 from mailflow.ingress.policy import start_policy_service
+from mailflow.ingress.ses import FeedbackHandler, SesIngest, SesIngestOptions, SesNotifications
 from mailflow.ingress.smtp import Listener, start_listener
+from mailflow.ingress.sns import SnsHttp, create_sns_router
+from mailflow.ingress.sns_signature import SnsVerifier
+from mailflow.ingress.sqs import STOP_GRACE, SqsPoller
 from mailflow.ingress.tls import ServerTls
-from mailflow.model import BARE_ROLE
+from mailflow.model import BARE_ROLE, BounceKind, BounceReport, BounceSource, SentCopy
 from mailflow.pipeline.context import Identity
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.bounce_upkeep import bounce_upkeep
@@ -54,6 +60,7 @@ from mailflow.services.recent import RecentMessages
 from mailflow.services.rosters import StoreRoster
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.services.sender_rules import SenderRuleBook, store_rule_book
+from mailflow.services.ses_feedback import SesFeedback
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.engine import sqlite_path
 from mailflow.unsubscribe_tokens import UnsubscribeTokens
@@ -129,6 +136,8 @@ class Relay:
     settings: Settings
     clock: Clock = field(default_factory=SystemClock)
     egress: Egress | None = None
+    # Applies SES Bounce/Complaint/Delivery notifications that arrive with received mail.
+    ses_feedback: FeedbackHandler | None = None
 
     def __post_init__(self) -> None:
         self._listeners: list[Listener | HostedListeners] = []
@@ -143,6 +152,9 @@ class Relay:
         self.sender_rules: SenderRuleBook | None = None
         self.filter_rules: FilterBook | None = None
         self.listening: dict[str, str] = {}
+        self._aws: AwsClients | None = None
+        self._sns_http: SnsHttp | None = None
+        self._pollers: list[tuple[SqsPoller, asyncio.Task[None]]] = []
 
     async def start(self) -> None:
         settings = self.settings
@@ -246,8 +258,14 @@ class Relay:
                 raise ConfigurationError(f"cannot listen for the policy service on "
                                          f"{settings.policy_address}: {exc.strerror}") from None
             self.listening["policy"] = str(settings.policy_address)
+        if self.ses_feedback is None:
+            self.ses_feedback = self._ses_feedback()
+        ses = await self._ses_notifications(settings, service) \
+            if settings.sns_topics or settings.sqs_queues else None
         if settings.http_address is not None:
-            await self._start_http(settings, service, unsubscribe)
+            await self._start_http(settings, service, unsubscribe, ses)
+        if ses is not None:
+            self._start_pollers(settings, ses)
         log.info("relay %s started: %s; egress %s", self.instance_id,
                  ", ".join(f"{k} on {v}" for k, v in self.listening.items()), egress.name,
                  extra={"action": "started"})
@@ -301,8 +319,73 @@ class Relay:
             self._listeners.append(server)
             self.listening[name] = str(address)
 
+    async def _ses_notifications(self, settings: Settings, service: AcceptService
+                                 ) -> SesNotifications:
+        """The Amazon SES ingress's handling of notifications (docs/aws.md)."""
+        assert self.runner is not None
+        self._aws = aws = await AwsClients.create(settings.aws_timeout, settings.sqs_wait_time,
+                                                  threads=len(settings.sqs_queues) + 8)
+        ingest = SesIngest(service, self.runner, aws, self.clock, SesIngestOptions(
+            max_message_size=settings.max_message_size,
+            fetch_attempts=settings.s3_fetch_attempts, fetch_delay=settings.s3_fetch_delay,
+            refuse_virus=settings.ses_refuse_virus, audit=settings.s3_audit,
+            delete_blocked=settings.s3_audit_delete_blocked))
+        return SesNotifications(ingest, self.ses_feedback)
+
+    def _ses_feedback(self) -> FeedbackHandler:
+        """SES's Bounce, Complaint and Delivery notifications applied to the deliveries
+        they name; a permanent bounce or a complaint about a list's copy also counts
+        against the member (bounce score, or unsubscribed and suppressed)."""
+        runner, clock = self.runner, self.clock
+        assert runner is not None
+
+        def counting(kind: BounceKind, source: BounceSource
+                     ) -> Callable[[Sequence[SentCopy]], Awaitable[None]]:
+            async def count(copies: Sequence[SentCopy]) -> None:
+                reports = [BounceReport(c.list_id, c.recipient, kind, source,
+                                        "Amazon SES notification") for c in copies]
+                if reports:
+                    await runner.write(runner.repo.count_bounces, reports, clock.now())
+            return count
+
+        feedback = SesFeedback(runner, clock,
+                               on_bounce=counting(BounceKind.PERMANENT, BounceSource.DSN),
+                               on_complaint=counting(BounceKind.COMPLAINT, BounceSource.ARF))
+
+        async def handle(notification: Mapping[str, Any]) -> None:
+            try:
+                await feedback.handle(notification)
+            except InvalidInput as exc:  # acknowledged: a redelivery would fail again
+                log.warning("SES notification dropped: %s", exc,
+                            extra={"action": "ses_feedback_invalid"})
+        return handle
+
+    def _start_pollers(self, settings: Settings, ses: SesNotifications) -> None:
+        assert self._aws is not None
+        for url in settings.sqs_queues:
+            poller = SqsPoller(self._aws, url, ses, wait=settings.sqs_wait_time,
+                               visibility=settings.sqs_visibility_timeout,
+                               topics=frozenset(settings.sns_topics))
+            self._pollers.append((poller, asyncio.create_task(poller.run(), name="sqs")))
+        if settings.sqs_queues:
+            self.listening["sqs"] = f"{len(settings.sqs_queues)} queue(s)"
+
+    async def _stop_pollers(self) -> None:
+        """No new polls; the notifications in hand get STOP_GRACE seconds to finish
+        (one cut short is not deleted, so SQS delivers it again)."""
+        for poller, _ in self._pollers:
+            poller.stop()
+        tasks = [task for _, task in self._pollers]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._pollers.clear()
+
     async def _start_http(self, settings: Settings, service: AcceptService,
-                          unsubscribe: UnsubscribeTokens) -> None:
+                          unsubscribe: UnsubscribeTokens, ses: SesNotifications | None
+                          ) -> None:
         address = settings.http_address
         assert address is not None and self.runner is not None
         try:
@@ -315,13 +398,20 @@ class Relay:
             service, settings.ingress_keys,
             FailedAuthLimiter(settings.http_auth_max_failures, settings.http_auth_window),
             settings.max_message_size, settings.http_request_timeout)
+        routers = [ingress]
+        if ses is not None and settings.sns_topics:
+            self._sns_http = sns_http = SnsHttp(settings.aws_timeout)
+            verifier = SnsVerifier(settings.sns_topics, settings.sns_cert_url_pattern,
+                                   self.clock, sns_http.fetch_cert)
+            routers.append(create_sns_router(verifier, ses, sns_http,
+                                             settings.http_request_timeout))
         # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise (and reads
         # FORWARDED_ALLOW_IPS from the environment): only the configured proxies, if any.
         proxies = list(settings.forwarded_allow_ips)
-        lists = unsubscribe_router(
+        routers.append(unsubscribe_router(
             self.runner, Identity(self.instance_id, settings.hostname, settings.public_url,
-                                  unsubscribe), unsubscribe, settings.http_request_timeout)
-        config = uvicorn.Config(create_app(self.runner, [ingress, lists]), log_level="warning",
+                                  unsubscribe), unsubscribe, settings.http_request_timeout))
+        config = uvicorn.Config(create_app(self.runner, routers), log_level="warning",
                                 lifespan="off", access_log=False, proxy_headers=bool(proxies),
                                 forwarded_allow_ips=proxies,
                                 http=head_deadline_protocol(settings.http_request_timeout,
@@ -376,6 +466,8 @@ class Relay:
                     if not await self.runner.write(repo.purge_messages,
                                                    now - settings.message_retention):
                         break
+                await self.runner.write(repo.purge_ses_outcomes,
+                                        now - settings.message_retention)
                 await self.runner.write(repo.reclaim_space, RECLAIM_PAGES)
                 await self._bounce_upkeep(now)
             except Exception:
@@ -396,6 +488,7 @@ class Relay:
                 break
 
     async def stop(self) -> None:
+        await self._stop_pollers()
         await asyncio.gather(*(listener.close() for listener in self._listeners))
         self._listeners.clear()
         if self._policy is not None:
@@ -407,6 +500,12 @@ class Relay:
             http_tasks = [t for t in self._tasks if t.get_name() == "http"]
             if http_tasks:
                 await asyncio.wait(http_tasks, timeout=5)
+        if self._sns_http is not None:
+            await self._sns_http.close()
+            self._sns_http = None
+        if self._aws is not None:
+            self._aws.close()
+            self._aws = None
         if self.scheduler is not None:
             await self.scheduler.stop()
             self.scheduler = None

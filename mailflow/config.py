@@ -36,6 +36,21 @@ CONFIG_ENV = "MAILFLOW_CONFIG"
 DEFAULT_CONFIG_FILE = "mailflow.toml"
 
 
+# Where SNS serves its signing certificates (``SigningCertURL``): the whole URL must match.
+SNS_CERT_URL_PATTERN = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[^?#]+\.pem"
+_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
+
+
+def split_list(value: Any) -> Any:
+    """A comma-separated environment value as a tuple of its non-empty entries; TOML
+    may give a list."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, list | tuple):
+        return tuple(str(entry).strip() for entry in value if str(entry).strip())
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
     """A host and port to bind a listener to."""
@@ -283,6 +298,18 @@ class Settings(BaseSettings):
     moderation_interval: float = Field(default=10.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Amazon SES ingress (docs/aws.md): SNS webhook, SQS polling, S3 fetch and audit.
+    sns_topics: Annotated[tuple[str, ...], NoDecode] = ()
+    sns_cert_url_pattern: str = SNS_CERT_URL_PATTERN
+    sqs_queues: Annotated[tuple[str, ...], NoDecode] = ()
+    sqs_wait_time: int = Field(default=20, ge=0, le=20)
+    sqs_visibility_timeout: int = Field(default=120, ge=10, le=43200)
+    s3_fetch_attempts: int = Field(default=4, ge=1, le=20)
+    s3_fetch_delay: float = Field(default=0.5, gt=0, le=60)
+    aws_timeout: float = Field(default=10.0, gt=0, le=300)
+    ses_refuse_virus: bool = True
+    s3_audit: bool = False
+    s3_audit_delete_blocked: bool = False
 
     @field_validator("smtp_listen", "lmtp_listen", "http_listen", "policy_listen")
     @classmethod
@@ -342,6 +369,42 @@ class Settings(BaseSettings):
             from mailflow.s3_blobs import parse_blob_url
 
             parse_blob_url(value)
+        return value
+
+    @field_validator("sns_topics", mode="before")
+    @classmethod
+    def _parse_topics(cls, value: Any) -> Any:
+        """``MAILFLOW_SNS_TOPICS`` is ``arn,arn,…``: each a whole SNS topic ARN."""
+        value = split_list(value)
+        if isinstance(value, tuple):
+            for arn in value:
+                if not _TOPIC_ARN.match(arn):
+                    raise ValueError(f"expected SNS topic ARNs "
+                                     f"(arn:aws:sns:REGION:ACCOUNT:NAME), got {arn!r}")
+        return value
+
+    @field_validator("sqs_queues", mode="before")
+    @classmethod
+    def _parse_queues(cls, value: Any) -> Any:
+        """``MAILFLOW_SQS_QUEUES`` is ``url,url,…``: each an SQS queue URL."""
+        value = split_list(value)
+        if isinstance(value, tuple):
+            for url in value:
+                parts = urlsplit(url)
+                if parts.scheme not in ("https", "http") or not parts.netloc \
+                        or parts.path.count("/") != 2:
+                    raise ValueError(f"expected SQS queue URLs "
+                                     f"(https://sqs.REGION.amazonaws.com/ACCOUNT/NAME), "
+                                     f"got {url!r}")
+        return value
+
+    @field_validator("sns_cert_url_pattern")
+    @classmethod
+    def _check_cert_pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
         return value
 
     @field_validator("postmaster_address", "abuse_address")

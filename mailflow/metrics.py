@@ -24,3 +24,11 @@ LEASES_LOST = Counter(
     "Deliveries whose lease this relay lost: not sent (stage=waiting), or sent and their "
     "outcome not applied (stage=outcome)",
     ["stage"], registry=REGISTRY)
+SES_RECEIVED = Counter(
+    "mailflow_ses_received_total",
+    "SES received-mail notifications by outcome (delivered, blocked, rejected, duplicate)",
+    ["status"], registry=REGISTRY)
+SNS_REFUSED = Counter(
+    "mailflow_sns_refused_total",
+    "SNS webhook messages refused: forged or unsigned signature, wrong certificate URL, "
+    "topic not allowed, stale timestamp", ["reason"], registry=REGISTRY)

@@ -237,3 +237,11 @@ def test_retention_bench_samples_the_store_after_every_round() -> None:
     assert result["messages"] == 120 and [n for _, n, _ in samples] == [40, 80, 120]
     assert all(size > 0 for _, _, size in samples)
     assert "| elapsed s | messages sent |" in retention.markdown(result)
+
+
+def test_sqs_ingest_bench_relays_every_message(tmp_path: Path) -> None:
+    from bench.sqs_ingest import run as sqs_ingest
+
+    result = sqs_ingest(4, tmp_path)
+    assert result["sqs"]["messages"] == result["smtp"]["messages"] == 4
+    assert result["sqs"]["relay_cpu_ms_per_message"] > 0

@@ -18,7 +18,7 @@ from mailflow.s3_blobs import S3BlobStore, parse_blob_url
 from mailflow.services.blob_gc import collect_garbage
 from mailflow.store import Repository
 from mailflow.store.tables import blobs as blob_rows
-from mailflow.testing.aws import MotoServer, moto_server
+from mailflow.testing.aws import MotoServer
 from mailflow.testing.factories import make_message
 from mailflow.testing.relay import RelayProcess
 from mailflow.testing.sink import SmtpSink
@@ -28,7 +28,7 @@ BODIES = [os.urandom(n) for n in (10, 70_000, 300_000)]
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[MotoServer]:
-    with moto_server() as server:
+    with MotoServer() as server:
         yield server
 
 
@@ -134,7 +134,7 @@ def test_a_relay_keeps_bodies_in_s3_and_refuses_for_now_when_it_cannot(
         make_relay: Callable[..., RelayProcess], sink: SmtpSink, moto: MotoServer,
         bucket: str) -> None:
     relay = make_relay(blob_url=f"s3://{bucket}/mail", max_body_in_database="0")
-    relay.env.update(moto.env())  # the standard AWS configuration, as an operator sets it
+    relay.env.update(moto.env)  # the standard AWS configuration, as an operator sets it
     relay.start()
     address, members = relay.fresh_list(members=2)
     body = b"A body kept in S3.\r\n" * 500

@@ -19,10 +19,10 @@ from sqlalchemy import select
 
 from mailflow.model import ListKind
 from mailflow.store.tables import deliveries
+from mailflow.testing.aws import MotoServer
 from mailflow.testing.factories import make_message
 from mailflow.testing.fault_proxy import FaultProxy
 from mailflow.testing.relay import RelayProcess
-from mailflow.testing.ses_moto import MotoServer
 
 SEND_PATH = "/v2/email/outbound-emails"
 

@@ -28,9 +28,9 @@ from mailflow.services.processor import expand_received
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.store import Engines, StoreRunner
 from mailflow.store.tables import deliveries
+from mailflow.testing.aws import MotoServer
 from mailflow.testing.factories import make_list
 from mailflow.testing.fault_proxy import FaultProxy
-from mailflow.testing.ses_moto import MotoServer
 
 SEND_PATH = "/v2/email/outbound-emails"
 

@@ -101,6 +101,7 @@ from mailflow.store.tables import (
     messages,
     meta,
     sender_rules,
+    ses_received,
     suppressions,
 )
 from mailflow.verp import Verp
@@ -658,6 +659,33 @@ class Repository:
     def count_filter_rules(self) -> int:
         with self.engines.reader.connect() as conn:
             return int(conn.scalar(_FILTER_COUNT) or 0)
+
+    # -- SES notifications taken ---------------------------------------------------------
+
+    def ses_outcome(self, ses_message_id: str) -> tuple[str, str] | None:
+        """(status, our message id) of an SES ``mail.messageId`` handled before, or None."""
+        with self.engines.reader.connect() as conn:
+            row = conn.execute(select(ses_received.c.status, ses_received.c.message_id)
+                               .where(ses_received.c.ses_message_id == ses_message_id)).first()
+        return None if row is None else (row.status, row.message_id)
+
+    def note_ses_outcome(self, ses_message_id: str, status: str, message_id: str,
+                         now: float) -> None:
+        """Remember what became of an SES message; a second note of it changes nothing.
+
+        Relaxed: the message itself is durable already; losing this note in a power
+        failure costs one duplicate copy if SES's notification comes again."""
+        with self._relaxed_transaction() as conn:
+            conn.execute(self._upsert_insert(ses_received).values(
+                ses_message_id=ses_message_id, status=status, message_id=message_id,
+                received_at=now).on_conflict_do_nothing())
+
+    def purge_ses_outcomes(self, before: float) -> int:
+        """Forget SES messages handled before ``before`` (SNS and SQS stop redelivering
+        long before the message retention runs out)."""
+        with self.engines.writer.begin() as conn:
+            return conn.execute(delete(ses_received)
+                                .where(ses_received.c.received_at < before)).rowcount
 
     # -- held messages ------------------------------------------------------------------
 

@@ -267,3 +267,15 @@ suppressions = Table(
     Column("created_at", Float, nullable=False),
     UniqueConstraint("address", "target", name="uq_suppressions_entry"),
 )
+
+# SES notifications already handled (the Amazon SES ingress), by SES ``mail.messageId``:
+# SNS and SQS redeliver, and a second arrival is acknowledged without a second copy.
+ses_received = Table(
+    "ses_received",
+    metadata,
+    Column("ses_message_id", String(255), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("message_id", String(64), nullable=False, server_default=""),
+    Column("received_at", Float, nullable=False),
+    Index("ix_ses_received_at", "received_at"),
+)
