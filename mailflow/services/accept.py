@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from mailflow import addresses, srs
+from mailflow import addresses, headers, srs
 from mailflow.clock import Clock
 from mailflow.errors import NoRecipients, SenderBlocked, StorageUnavailable
 from mailflow.ids import new_message_id
@@ -236,10 +236,12 @@ class AcceptService:
                   for r, d in decided.items() if d.action is Action.DISCARD] if decided else []
         held = [r for r, d in decided.items() if d.action is Action.HOLD]
         digest = await content_digest(raw)
+        header_id = headers.message_id(ctx.header, ctx.lowered)
         message = InboundMessage(
             id=message_id, mail_from=envelope.mail_from, rcpt_tos=rcpts,
             blob=digest, size=len(raw), received_at=now,
             peer=envelope.peer, helo=envelope.helo, protocol=envelope.protocol,
+            header_id=header_id,
         )
         commits = []
         if held:
@@ -247,7 +249,8 @@ class AcceptService:
             held_message = InboundMessage(
                 id=held_id, mail_from=envelope.mail_from, rcpt_tos=tuple(held),
                 blob=digest, size=len(raw), received_at=now, peer=envelope.peer,
-                helo=envelope.helo, protocol=envelope.protocol, status=MessageStatus.HELD)
+                helo=envelope.helo, protocol=envelope.protocol, status=MessageStatus.HELD,
+                header_id=header_id)
             commits.append(self.committer.commit(
                 held_message, raw, [Event("held", f"{r}: {decided[r].reason}", held_id)
                                     for r in held]))

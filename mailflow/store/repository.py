@@ -33,6 +33,7 @@ from mailflow.errors import Conflict, InvalidInput, NotFound
 from mailflow.model import (
     BARE_ROLE,
     PENDING_STATUSES,
+    UNFINISHED_STATUSES,
     AddedMembers,
     AutoReply,
     Delivery,
@@ -80,6 +81,7 @@ from mailflow.store.tables import (
 )
 
 PENDING = [status.value for status in PENDING_STATUSES]
+UNFINISHED = [status.value for status in UNFINISHED_STATUSES]
 
 
 def _list(row: Row[Any]) -> MailingList:
@@ -93,6 +95,7 @@ def _message(row: Row[Any]) -> InboundMessage:
         id=row.id, mail_from=row.mail_from, rcpt_tos=tuple(row.rcpt_tos.split("\n")),
         blob=row.blob, size=row.size, received_at=row.received_at, peer=row.peer,
         helo=row.helo, protocol=row.protocol, status=MessageStatus(row.status),
+        header_id=row.header_id,
     )
 
 
@@ -408,7 +411,7 @@ class Repository:
                 raise NotFound("list", address)
             failed = conn.execute(
                 update(deliveries)
-                .where(deliveries.c.list_id == list_id, deliveries.c.status.in_(PENDING))
+                .where(deliveries.c.list_id == list_id, deliveries.c.status.in_(UNFINISHED))
                 .values(status=DeliveryStatus.FAILED.value, updated_at=now,
                         last_reply="list deleted before delivery", lease_owner=None)
             ).rowcount
@@ -836,7 +839,7 @@ class Repository:
         """Mark queued messages whose deliveries are all final as done; release blobs."""
         pending = (select(deliveries.c.id)
                    .where(deliveries.c.message_id == messages.c.id,
-                          deliveries.c.status.in_(PENDING)).exists())
+                          deliveries.c.status.in_(UNFINISHED)).exists())
         with self.engines.writer.begin() as conn:
             ids = list(conn.scalars(
                 select(messages.c.id)
@@ -1002,7 +1005,8 @@ class WriteTransaction:
         self._hot.insert_message.execute_many(self._conn, [
             (m.id, m.mail_from, "\n".join(m.rcpt_tos), m.blob, m.size, m.received_at,
              m.peer, m.helo, m.protocol,
-             statuses.get(m.id, held if m.status is held else received).value, now)
+             statuses.get(m.id, held if m.status is held else received).value, now,
+             m.header_id)
             for m in batch])
 
     def insert_generated(self, generated: Sequence[GeneratedMessage], now: float) -> None:
