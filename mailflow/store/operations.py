@@ -174,11 +174,10 @@ class OperationsStore:
         outcome applies only under its lease (``hot.RECORD_OUTCOME``).
         """
         allowed = [s.value for s in sources]
+        picked = self._selected(selection).subquery()
         with self.engines.reader.connect() as conn:
             matched = [(r.id, r.message_id) for r in conn.execute(
-                select(deliveries.c.id, deliveries.c.message_id)
-                .select_from(self._selected(selection).subquery())
-                .order_by(deliveries.c.id))]
+                select(picked.c.id, picked.c.message_id).order_by(picked.c.id))]
         total = 0
         for start in range(0, len(matched), IDS_PER_STATEMENT):
             chunk = matched[start:start + IDS_PER_STATEMENT]
