@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -41,9 +42,11 @@ from mailflow.model import BARE_ROLE
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
 from mailflow.services.filter_rules import FilterBook, store_filter_book
+from mailflow.services.gauges import QueueGauges
 from mailflow.services.installation import prepare
 from mailflow.services.notices import FailureNotices
 from mailflow.services.processor import Processor
+from mailflow.services.readiness import Readiness
 from mailflow.services.recent import RecentMessages
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.services.sender_rules import SenderRuleBook, store_rule_book
@@ -146,6 +149,7 @@ class Relay:
         budget = settings.cache_budget
         blobs = BlobStore(settings.blob_dir, cache_bytes=budget.recent_contents)
         self.child = child = ChildProcess(log_level=settings.log_level,
+                                          log_format=settings.log_format,
                                           contents_cache=budget.child_contents)
         self.egress = egress = self.egress or build_egress(settings, child)
         # Fits deliveries.lease_owner (64 characters) whatever the hostname's length, with
@@ -284,7 +288,12 @@ class Relay:
         # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise (and reads
         # FORWARDED_ALLOW_IPS from the environment): only the configured proxies, if any.
         proxies = list(settings.forwarded_allow_ips)
-        config = uvicorn.Config(create_app(self.runner, [ingress]), log_level="warning",
+        provider = parse_provider_url(settings.egress_url)
+        readiness = Readiness(self.runner, settings.blob_dir, provider.relay)
+        gauges = QueueGauges(self.runner, self.clock, busy=self.scheduler.busy_connections
+                             if self.scheduler is not None else None)
+        app = create_app(self.runner, [ingress], readiness=readiness, gauges=gauges)
+        config = uvicorn.Config(app, log_level="warning",
                                 lifespan="off", access_log=False, proxy_headers=bool(proxies),
                                 forwarded_allow_ips=proxies,
                                 http=head_deadline_protocol(settings.http_request_timeout,
@@ -292,6 +301,22 @@ class Relay:
         self._http = EmbeddedServer(config)
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock]), name="http"))
         self.listening["http"] = str(address)
+
+    async def reload(self, reload_settings: Callable[[], Settings] | None) -> None:
+        """SIGHUP: what can change while the relay runs (the TLS certificate, the log
+        level) is read again; the rest needs a restart."""
+        if reload_settings is not None:
+            try:
+                fresh = await asyncio.to_thread(reload_settings)
+            except Exception as exc:  # a broken file keeps every current setting
+                log.error("SIGHUP: settings not reloaded, the current ones stay: %s", exc,
+                          extra={"action": "reload_failed"})
+            else:
+                if fresh.log_level != logging.getLevelName(logging.getLogger().level):
+                    logging.getLogger().setLevel(fresh.log_level)
+                    log.warning("SIGHUP: log level now %s", fresh.log_level,
+                                extra={"action": "log_level"})
+        await self.reload_tls()
 
     async def reload_tls(self) -> None:
         """SIGHUP: the SMTP listener reads its certificate files again, for the sessions
@@ -386,8 +411,11 @@ def _lock_sqlite_store(database: Path) -> IO[str]:
     return lock
 
 
-async def serve(settings: Settings) -> None:
-    """Run a relay until SIGINT or SIGTERM; SIGHUP reloads the TLS certificate."""
+async def serve(settings: Settings,
+                reload_settings: Callable[[], Settings] | None = None) -> None:
+    """Run a relay until SIGINT or SIGTERM (which hand every lease back before the exit);
+    SIGHUP reloads the TLS certificate and, read again with ``reload_settings``, the
+    log level."""
     relay = Relay(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -396,7 +424,7 @@ async def serve(settings: Settings) -> None:
     reloads: set[asyncio.Task[None]] = set()
 
     def reload() -> None:
-        task = loop.create_task(relay.reload_tls(), name="reload")
+        task = loop.create_task(relay.reload(reload_settings), name="reload")
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mailflow import __version__, addresses
 from mailflow.config import Settings, load_settings
 from mailflow.errors import EX_TEMPFAIL, Conflict, InvalidInput, MailflowError, NotFound, spec
+from mailflow.logs import configure_logging
 from mailflow.memory import release_large_blocks
 from mailflow.model import (
     AddedMembers,
@@ -187,18 +187,15 @@ def serve(ctx: Context, initialise_store: bool) -> None:
         # recipient (senders' mail would bounce); the relay's start-up then migrates it.
         with store_errors(settings.resolved_database_url):
             require_store(settings)
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-line debug
+    configure_logging(settings.log_level, settings.log_format)
     release_large_blocks()  # message-sized blocks go back to the system when freed
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every POSIX system
-        asyncio.run(run_relay(settings))
+        asyncio.run(run_relay(settings, lambda: load_settings(ctx.config)))
     else:
         with store_errors(settings.resolved_database_url):
-            uvloop.run(run_relay(settings))
+            uvloop.run(run_relay(settings, lambda: load_settings(ctx.config)))
 
 
 # -- pipe -------------------------------------------------------------------------------

@@ -231,6 +231,7 @@ class Settings(BaseSettings):
     maintenance_interval: float = Field(default=30.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("smtp_listen", "lmtp_listen", "http_listen", "policy_listen")
     @classmethod

@@ -27,7 +27,8 @@ from mailflow.testing.sink import SmtpSink
 
 TEAM = ["ann@members.test", "ben@members.test", "cat@members.test"]
 _RELAYS = itertools.count()
-NONE = {"queued": 0, "in_flight": 0, "deferred": 0, "delivered": 0, "failed": 0}
+NONE = {"queued": 0, "in_flight": 0, "deferred": 0, "delivered": 0, "failed": 0, "held": 0,
+        "deleted": 0}
 
 
 def send(relay: RelayProcess, rcpts: list[str], data: bytes,
@@ -437,7 +438,7 @@ def test_unknown_address_after_restart_and_health_endpoints(shared: RelayProcess
     ready = httpx.get(f"{base}/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     metrics = httpx.get(f"{base}/metrics").text
-    assert "mailflow_messages_accepted_total" in metrics
+    assert "mailflow_messages_received_total" in metrics
 
 
 def test_sigterm_stops_cleanly_with_idle_clients_connected(relay: RelayProcess) -> None:

@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from mailflow import addresses, headers, srs
 from mailflow.clock import Clock
-from mailflow.errors import NoRecipients, SenderBlocked, StorageUnavailable
+from mailflow.errors import NoRecipients, SenderBlocked, SmtpReplyError, StorageUnavailable, spec
 from mailflow.ids import new_message_id
-from mailflow.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
+from mailflow.metrics import ACCEPT_SECONDS, MESSAGES_ACCEPTED, MESSAGES_REJECTED, SENDERS_BLOCKED
 from mailflow.model import Envelope, Event, InboundMessage, MessageStatus, Resolution, Verdict
 from mailflow.pipeline.accept.blocklist import blocking_rule, judged_sender, sender_blocked
 from mailflow.pipeline.accept.recipients import Lookup, refusal
@@ -149,7 +150,7 @@ class AcceptService:
             error = await self._sender_refusal(judged_sender(sender), canonical, address)
         if error is not None:
             if count:
-                MESSAGES_REJECTED.labels(code=error.enhanced).inc()
+                count_refusal(error, sender, [address])
             raise error
         return resolution
 
@@ -179,19 +180,28 @@ class AcceptService:
         if not envelope.rcpt_tos:
             raise NoRecipients("no recipient given")
         raw = without_mbox_from(raw)
-        return await self._accept_all(MessageContext.of(envelope, raw, submitted=True))
+        started = time.perf_counter()
+        stored = await self._accept_all(MessageContext.of(envelope, raw, submitted=True))
+        ACCEPT_SECONDS.observe(time.perf_counter() - started)
+        return stored
 
     async def accept(self, envelope: Envelope, raw: bytes) -> str:
         """Store a message for every recipient or for none (SMTP semantics)."""
-        return await self._accept_all(self._context(envelope, raw))
+        started = time.perf_counter()
+        stored = await self._accept_all(self._context(envelope, raw))
+        ACCEPT_SECONDS.observe(time.perf_counter() - started)
+        return stored
 
     async def accept_each(self, envelope: Envelope, raw: bytes) -> list[Verdict]:
         """Decide per recipient and store one message for those taken (LMTP semantics)."""
+        started = time.perf_counter()
         ctx = self._context(envelope, raw)
         decisions, decided = await self._decide(ctx)
         taken = len(decided) < len(decisions) or any(
             d.action is not Action.REJECT for d in decided.values())
         message_id = await self._store(ctx, decisions, decided) if taken else None
+        if taken:
+            ACCEPT_SECONDS.observe(time.perf_counter() - started)
         rcpts = [addresses.canonical(r) for r in envelope.rcpt_tos]
         return [Verdict(r, decisions[r].error,
                         message_id if decisions[r].error is None else None) for r in rcpts]
@@ -221,9 +231,12 @@ class AcceptService:
                                      all_or_nothing=all_or_nothing)
         decided = {r: d for r, d in decisions.items() if d.action is not Action.ACCEPT}
         if decided:
-            errors = {id(d.error): d.error for d in decided.values() if d.error is not None}
-            for error in errors.values():
-                MESSAGES_REJECTED.labels(code=error.enhanced).inc()
+            refused: dict[int, tuple[SmtpReplyError, list[str]]] = {}
+            for rcpt, decision in decided.items():
+                if decision.error is not None:
+                    refused.setdefault(id(decision.error), (decision.error, []))[1].append(rcpt)
+            for error, rcpts in refused.values():
+                count_refusal(error, ctx.envelope.mail_from, rcpts)
         return decisions, decided
 
     async def _store(self, ctx: MessageContext, decisions: dict[str, Decision],
@@ -261,11 +274,26 @@ class AcceptService:
         try:
             await asyncio.gather(*commits)
         except StorageUnavailable as error:
-            MESSAGES_REJECTED.labels(code=error.enhanced).inc()
+            count_refusal(error, envelope.mail_from, envelope.rcpt_tos)
             raise
         MESSAGES_ACCEPTED.labels(protocol=envelope.protocol).inc()
-        log.info("stored %s from=<%s> rcpt=%s size=%d%s", message.id, message.mail_from,
-                 ",".join(message.rcpt_tos), message.size,
+        log.info("receive %s message-id=%s from=<%s> rcpt=%s size=%d via %s peer=%s%s",
+                 message.id, header_id or "-", message.mail_from, ",".join(message.rcpt_tos),
+                 message.size, envelope.protocol, envelope.peer or "-",
                  f" held for {','.join(held)}" if held else "",
-                 extra={"action": "received", "queue_id": message.id})
+                 extra={"action": "received", "queue_id": message.id,
+                        "message_id": header_id, "sender": message.mail_from,
+                        "recipient": ",".join(message.rcpt_tos)})
         return message.id
+
+
+def count_refusal(error: SmtpReplyError, sender: str, recipients: Sequence[str]) -> None:
+    """Count one refusal (of a message, or of a recipient at RCPT) by its code and
+    reason, and log it (its reply is the one the client got)."""
+    key = spec(error).key
+    MESSAGES_REJECTED.labels(code=error.enhanced, reason=key).inc()
+    if isinstance(error, SenderBlocked):
+        SENDERS_BLOCKED.inc()
+    log.info("reject from=<%s> rcpt=%s: %s", sender, ",".join(recipients), error.smtp_reply(),
+             extra={"action": "reject", "reason": key, "sender": sender,
+                    "recipient": ",".join(recipients), "reply": error.smtp_reply()})

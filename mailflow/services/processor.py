@@ -19,6 +19,7 @@ from mailflow.clock import Clock
 from mailflow.model import Event, GeneratedMessage, InboundMessage, MessageStatus, NewDelivery
 from mailflow.pipeline.chain import PROCESS_CHAIN, ProcessStep, run_process
 from mailflow.pipeline.context import Directory
+from mailflow.services.event_log import note_events
 from mailflow.store.repository import Repository
 from mailflow.store.runner import StoreRunner
 
@@ -112,6 +113,7 @@ def expand_received(repo: Repository, now: float, limit: int,
         tx.add_events(plan.events, now)
         tx.mark_queued([m.id for m in plan.queued], now)
         tx.finish([m.id for m in plan.done], now)
+    note_events(plan.events)
     return plan.taken
 
 

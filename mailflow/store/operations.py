@@ -196,7 +196,12 @@ class OperationsStore:
             total += len(done)
         return QueueChange(total, len(matched) - total)
 
-    # -- gauges -------------------------------------------------------------------------
+    # -- gauges and health ---------------------------------------------------------------
+
+    def ping(self) -> None:
+        """A round trip to the database (readiness)."""
+        with self.engines.reader.connect() as conn:
+            conn.execute(select(literal(1)))
 
     def pending_counts(self) -> dict[str, int]:
         """Claimable deliveries by status, counting at most :data:`GAUGE_ROW_LIMIT` rows
