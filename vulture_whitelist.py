@@ -11,6 +11,7 @@ from mailflow import cli, config, model
 from mailflow.child import channel
 from mailflow.egress import smtp_client
 from mailflow.ingress import limits, smtp, tls
+from mailflow.services import gauges
 from mailflow.store import engine
 from mailflow.testing import sink
 from mailflow.web import app as web_app
@@ -62,3 +63,6 @@ nested.isolation_level  # sqlite3 reads it (engine._on_connect sets it)
 # A member status stored in the database and honoured by expansion (only ``active``
 # members get copies); set by the coming bounce processing and the API.
 model.MemberStatus.DISABLED
+
+# prometheus_client calls a registered collector's collect() at each scrape.
+gauges.QueueGauges.collect
