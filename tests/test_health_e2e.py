@@ -5,10 +5,12 @@ clean stop (SIGTERM) that hands every lease back."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import smtplib
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,6 +20,9 @@ from mailflow.testing.factories import make_message
 from mailflow.testing.ports import free_port
 from mailflow.testing.relay import RelayProcess
 from mailflow.testing.sink import SmtpSink
+
+CONTRIB = [Path(__file__).parent.parent / "contrib" / name
+           for name in ("grafana/mailflow-dashboard.json", "prometheus/mailflow-alerts.yml")]
 
 
 def scrape(relay: RelayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -62,6 +67,13 @@ def test_metrics_move_as_mail_flows_and_the_log_has_one_json_line_per_event(
     assert after[("mailflow_blob_store_blobs", ())] >= 0
     assert after[("mailflow_egress_connections", (("route", "smtp"),))] >= 1
     assert ("process_cpu_seconds_total", ()) in after
+    # The dashboard and the alert rules in contrib/ use only metrics the relay exports.
+    exposed = httpx.get(f"http://127.0.0.1:{relay.http_port}/metrics", timeout=10).text
+    exported = set(re.findall(r"^# HELP (mailflow_[a-z_]+)", exposed, re.MULTILINE))
+    exported |= {name for name, _ in after}  # with _bucket, _count, _sum
+    used = {name for path in CONTRIB for name in re.findall(r"mailflow_[a-z_]+",
+                                                            path.read_text())}
+    assert used and used <= exported, used - exported
 
     lines = [json.loads(line) for line in relay.log().splitlines() if line.startswith("{")]
     events = [(e["action"], e.get("recipient")) for e in lines if e.get("queue_id")]
