@@ -851,7 +851,8 @@ def _queue_action(name: str, summary: str, done: str) -> None:
             if name == "delete" and not yes and not selection.empty:
                 count = operations.count(selection)
                 if count > 1:
-                    fail(f"this selects {count} deliveries; add --yes to delete them all")
+                    fail(f"this selects {count} deliveries; add --yes to delete them all",
+                         spec(InvalidInput).cli_exit)
             change = getattr(operations, name)(selection)
         left = f" ({change.skipped} selected left alone: in flight or not in a state to " \
                f"{name})" if change.skipped else ""
