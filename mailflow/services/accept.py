@@ -277,14 +277,20 @@ class AcceptService:
             count_refusal(error, envelope.mail_from, envelope.rcpt_tos)
             raise
         MESSAGES_ACCEPTED.labels(protocol=envelope.protocol).inc()
-        log.info("receive %s message-id=%s from=<%s> rcpt=%s size=%d via %s peer=%s%s",
-                 message.id, header_id or "-", message.mail_from, ",".join(message.rcpt_tos),
-                 message.size, envelope.protocol, envelope.peer or "-",
-                 f" held for {','.join(held)}" if held else "",
-                 extra={"action": "received", "queue_id": message.id,
-                        "message_id": header_id, "sender": message.mail_from,
-                        "recipient": ",".join(message.rcpt_tos)})
+        if log.isEnabledFor(logging.INFO):
+            _log_received(message, header_id, held)
         return message.id
+
+
+def _log_received(message: InboundMessage, header_id: str, held: list[str]) -> None:
+    """The mail log's ``receive`` line (the message is stored; its 250 is next)."""
+    rcpts = ",".join(message.rcpt_tos)
+    log.info("receive %s message-id=%s from=<%s> rcpt=%s size=%d via %s peer=%s%s",
+             message.id, header_id or "-", message.mail_from, rcpts, message.size,
+             message.protocol, message.peer or "-",
+             f" held for {','.join(held)}" if held else "",
+             extra={"action": "received", "queue_id": message.id, "message_id": header_id,
+                    "sender": message.mail_from, "recipient": rcpts})
 
 
 def count_refusal(error: SmtpReplyError, sender: str, recipients: Sequence[str]) -> None:

@@ -754,9 +754,20 @@ def _orphaned(group: list[Delivery]) -> list[Outcome]:
 
 
 def _note_attempt(tx: Transaction, outcomes: list[Outcome], now: float) -> None:
-    """Log the attempt (one line per recipient that was not delivered, one per reply for
-    those delivered: a transaction's copies share it) and count what it delivered."""
-    message = tx.message
+    """Count what the attempt delivered, and log it (one line per recipient that was not
+    delivered, one per reply for those delivered: a transaction's copies share it).
+
+    Per transaction, not per delivery, unless the log is on (``log_level`` INFO).
+    """
+    message, alias = tx.message, (tx.mailing_list.kind is ListKind.ALIAS
+                                  and tx.mailing_list.id != RELAYED)
+    if not log.isEnabledFor(logging.INFO):
+        delivered_count = sum(1 for o in outcomes if o.status is DeliveryStatus.DELIVERED)
+        if delivered_count:
+            QUEUE_SECONDS.observe(max(now - message.received_at, 0.0))
+            if alias:
+                FORWARDS.inc(delivered_count)
+        return
     delivered: dict[str, list[str]] = {}
     for delivery, outcome in zip(tx.deliveries, outcomes, strict=True):
         if outcome.status is DeliveryStatus.DELIVERED:
@@ -773,7 +784,7 @@ def _note_attempt(tx: Transaction, outcomes: list[Outcome], now: float) -> None:
     if not delivered:
         return
     QUEUE_SECONDS.observe(max(now - message.received_at, 0.0))
-    if tx.mailing_list.kind is ListKind.ALIAS and tx.mailing_list.id != RELAYED:
+    if alias:
         FORWARDS.inc(sum(len(rcpts) for rcpts in delivered.values()))
     for reply, rcpts in delivered.items():
         log.info("deliver %s message-id=%s from=<%s> to=%s route=%s: %s", message.id,
