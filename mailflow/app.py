@@ -30,7 +30,7 @@ from mailflow.child.process import ChildProcess
 from mailflow.clock import Clock, SystemClock
 from mailflow.config import ListenAddress, Settings, parse_provider_url
 from mailflow.egress.base import Egress
-from mailflow.egress.routes import ProviderOptions, build_provider, build_routed
+from mailflow.egress.routes import ProviderOptions, RoutedEgress, build_provider, build_routed
 from mailflow.errors import ConfigurationError
 from mailflow.ingress.http import create_router
 from mailflow.ingress.limiter import FailedAuthLimiter
@@ -125,6 +125,7 @@ class Relay:
         self.sender_rules: SenderRuleBook | None = None
         self.filter_rules: FilterBook | None = None
         self.listening: dict[str, str] = {}
+        self._routes = self.settings.route_specs  # as last applied (SIGHUP may change them)
 
     async def start(self) -> None:
         settings = self.settings
@@ -316,7 +317,32 @@ class Relay:
                     logging.getLogger().setLevel(fresh.log_level)
                     log.warning("SIGHUP: log level now %s", fresh.log_level,
                                 extra={"action": "log_level"})
+                self._reload_routes(fresh)
         await self.reload_tls()
+
+    def _reload_routes(self, fresh: Settings) -> None:
+        """New ``routes`` among the providers the relay runs apply at once; a new
+        provider (or a relay started without routes) needs a restart."""
+        specs = fresh.route_specs
+        if specs == self._routes:
+            return
+        egress = self.egress
+        if not isinstance(egress, RoutedEgress) or fresh.egress_url != self.settings.egress_url:
+            log.error("SIGHUP: routes changed but not reloaded: the relay started %s; restart "
+                      "it to apply them", "without routes" if not isinstance(
+                          egress, RoutedEgress) else "with another default egress",
+                      extra={"action": "reload_failed"})
+            return
+        missing = egress.remap(specs)
+        if missing:
+            log.error("SIGHUP: routes not reloaded, they name providers this relay does not "
+                      "run (%s); restart it to apply them", ", ".join(missing),
+                      extra={"action": "reload_failed"})
+            return
+        self._routes = specs
+        log.warning("SIGHUP: routes reloaded: %s", ", ".join(
+            f"{s.domain} -> {parse_provider_url(s.url).display}" for s in specs) or "none",
+            extra={"action": "routes_reloaded"})
 
     async def reload_tls(self) -> None:
         """SIGHUP: the SMTP listener reads its certificate files again, for the sessions

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import smtplib
 import time
 from collections.abc import Callable
@@ -139,3 +140,49 @@ def test_a_clean_stop_hands_every_lease_back(make_relay: Callable[..., RelayProc
     relay.wait_settled(timeout=30)
     assert time.monotonic() - started < 30
     assert len([m for m in sink.messages for r in m.rcpt_tos if r in members]) == 4
+
+
+def wait_logged(relay: RelayProcess, text: str, after: int) -> None:
+    """Until ``text`` is in the relay's log past byte ``after`` (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while text not in relay.log()[after:]:
+        assert time.monotonic() < deadline, f"{text!r} not logged\n{relay.log()[-3000:]}"
+        time.sleep(0.02)
+
+
+def test_sighup_reloads_routes_and_the_log_level(make_relay: Callable[..., RelayProcess],
+                                                 sink: SmtpSink, tmp_path: Path) -> None:
+    config = tmp_path / "mailflow.toml"
+    with SmtpSink() as other:
+        def write(level: str, routes: dict[str, str]) -> None:
+            lines = [f'log_level = "{level}"', "[routes]",
+                     *(f'"{domain}" = "{url}"' for domain, url in routes.items())]
+            config.write_text("\n".join(lines) + "\n")
+
+        write("WARNING", {"a.test": other.url})
+        relay = make_relay(config=str(config), poll_interval="0.1").start()
+        assert relay.process is not None
+        address, _ = relay.fresh_list(members=0)
+        with relay.repository() as repo:
+            repo.add_members(address, ["x@a.test", "y@b.test"], time.time())
+        post(relay, address)
+        assert other.wait_for_copies(["x@a.test"])
+        assert sink.wait_for_copies(["y@b.test"])
+        assert "receive " not in relay.log()  # WARNING: no mail log
+
+        logged = len(relay.log())
+        write("INFO", {"b.test": other.url})  # the same provider, another domain
+        relay.process.send_signal(signal.SIGHUP)
+        wait_logged(relay, f"routes reloaded: b.test -> {other.url}", logged)
+        wait_logged(relay, "log level now INFO", logged)
+        post(relay, address)
+        assert other.wait_for_copies(["y@b.test"])
+        assert sink.wait_for_copies(["x@a.test"], count=1)
+        assert "receive " in relay.log()[logged:]
+
+        logged = len(relay.log())
+        write("INFO", {"b.test": "smtp://127.0.0.1:9"})  # a provider the relay does not run
+        relay.process.send_signal(signal.SIGHUP)
+        wait_logged(relay, "routes not reloaded, they name providers this relay does not "
+                           "run (smtp://127.0.0.1:9)", logged)
+        assert relay.process.poll() is None
