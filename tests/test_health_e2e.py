@@ -17,6 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mailflow.model import ListKind
 from mailflow.testing.factories import make_message
 from mailflow.testing.ports import free_port
 from mailflow.testing.relay import RelayProcess
@@ -42,12 +43,14 @@ def test_metrics_move_as_mail_flows_and_the_log_has_one_json_line_per_event(
         make_relay: Callable[..., RelayProcess], sink: SmtpSink) -> None:
     relay = make_relay(log_format="json", poll_interval="0.1").start()
     address, [ann, ben] = relay.fresh_list(members=2)
+    alias, [cat] = relay.fresh_list(members=1, kind=ListKind.ALIAS)
     before = scrape(relay)
     sink.fail_rcpt(ann, "451 4.2.0 mailbox busy")
     post(relay, address)
+    post(relay, alias)
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         post(relay, "nobody@example.test")
-    sink.wait_for_copies([ann, ben])
+    assert sink.wait_for_copies([ann, ben, cat])
     relay.wait_settled()
     after = scrape(relay)
 
@@ -55,13 +58,14 @@ def test_metrics_move_as_mail_flows_and_the_log_has_one_json_line_per_event(
         key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0.0) - before.get(key, 0.0)
 
-    assert moved("mailflow_messages_received_total", protocol="ESMTP") == 1
+    assert moved("mailflow_messages_received_total", protocol="ESMTP") == 2
+    assert moved("mailflow_forwards_total") == 1
     assert moved("mailflow_messages_rejected_total", code="5.1.1",
                  reason="unknown_recipient") == 1
-    assert moved("mailflow_delivery_attempts_total", outcome="delivered") == 2
+    assert moved("mailflow_delivery_attempts_total", outcome="delivered") == 3
     assert moved("mailflow_delivery_attempts_total", outcome="deferred") == 1
-    assert moved("mailflow_accept_seconds_count") == 1
-    assert moved("mailflow_egress_transaction_seconds_count", route="smtp") >= 2
+    assert moved("mailflow_accept_seconds_count") == 2
+    assert moved("mailflow_egress_transaction_seconds_count", route="smtp") >= 3
     assert moved("mailflow_delivery_queue_seconds_count") >= 2
     assert after[("mailflow_deliveries", (("status", "deferred"),))] == 0
     assert after[("mailflow_oldest_due_delivery_age_seconds", ())] == 0
@@ -89,7 +93,7 @@ def test_metrics_move_as_mail_flows_and_the_log_has_one_json_line_per_event(
     assert deferred["message_id"].startswith("<") and deferred["message_id"].endswith(">")
     delivered = {r for e in lines if e.get("action") == "delivered"
                  for r in e["recipient"].split(",")}
-    assert delivered == {ann, ben}
+    assert delivered == {ann, ben, cat}
 
 
 def test_readyz_names_the_check_that_fails(make_relay: Callable[..., RelayProcess]) -> None:
