@@ -769,6 +769,7 @@ def queue() -> None:
 
 
 DELIVERY_STATES = [s.value for s in DeliveryStatus]
+QUEUE_ID_LENGTH = 21  # mailflow.ids.new_message_id
 
 
 def _selection_options(f: F) -> F:
@@ -788,9 +789,10 @@ def _selection_options(f: F) -> F:
 
 def _selection(statuses: tuple[str, ...], list_address: str | None, domain: str | None,
                older_than: str | None, ids: tuple[str, ...], now: float) -> QueueSelection:
-    """The deliveries the options name; an ID is a delivery id (digits) or a queue id."""
-    numbers = tuple(int(i) for i in ids if i.isdigit())
-    queue_ids = tuple(i for i in ids if not i.isdigit())
+    """The deliveries the options name; an ID is a delivery id (digits) or a queue id
+    (21 hex digits, which may all be decimal ones)."""
+    numbers = tuple(int(i) for i in ids if i.isdigit() and len(i) < QUEUE_ID_LENGTH)
+    queue_ids = tuple(i for i in ids if not i.isdigit() or len(i) >= QUEUE_ID_LENGTH)
     return QueueSelection(
         statuses=tuple(DeliveryStatus(s) for s in statuses),
         list_address=rules.validated_address(list_address) if list_address else None,

@@ -3,7 +3,7 @@ seconds: nothing on the mail path keeps them up to date.
 
 Each scrape costs at most one round of bounded reads (``OperationsStore.pending_counts``
 counts at most ``GAUGE_ROW_LIMIT`` rows through the due index; the oldest due time is the
-scheduler's own query); scrapes within ``ttl`` of the last read reuse its figures, and
+due index too); scrapes within ``ttl`` of the last read reuse its figures, and
 concurrent scrapes share one read.
 """
 
@@ -61,9 +61,8 @@ class QueueGauges(Collector):
             self._fresh_until = time.monotonic() + self.ttl
 
     def _read(self) -> _Figures:
-        repo = self.runner.repo
-        return _Figures(self.store.pending_counts(), repo.next_due_at(), repo.blob_stats(),
-                        self.clock.now())
+        return _Figures(self.store.pending_counts(), self.store.oldest_due(),
+                        self.runner.repo.blob_stats(), self.clock.now())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         figures = self._figures

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, func, literal, or_, select, update
+from sqlalchemy import Connection, Select, and_, func, literal, or_, select, text, update
 
 from mailflow.model import (
     DeliveryRow,
@@ -27,7 +27,7 @@ from mailflow.model import (
 )
 from mailflow.store.engine import Engines
 from mailflow.store.repository import PENDING, _message
-from mailflow.store.tables import deliveries, events, lists, messages
+from mailflow.store.tables import PENDING_SQL, deliveries, events, lists, messages
 
 IDS_PER_STATEMENT = 500  # ids in one IN list of an action
 GAUGE_ROW_LIMIT = 100_000  # pending rows counted at most per scrape (the rest: ">=")
@@ -60,6 +60,11 @@ def _delivery_row(r: Any) -> DeliveryRow:
                        due_at=r.due_at, created_at=r.created_at, updated_at=r.updated_at,
                        last_reply=r.last_reply)
 
+
+# The due index's own condition, as literal SQL: SQLite uses a partial index only for a
+# query whose WHERE implies the index's, which bound parameters never do.
+_PENDING = text(PENDING_SQL)
+_OLDEST_DUE = select(func.min(deliveries.c.due_at)).where(_PENDING)
 
 _DELIVERIES_WITH_LIST = (select(deliveries, lists.c.address.label("list_address"))
                          .outerjoin(lists, lists.c.id == deliveries.c.list_id))
@@ -206,7 +211,7 @@ class OperationsStore:
     def pending_counts(self) -> dict[str, int]:
         """Claimable deliveries by status, counting at most :data:`GAUGE_ROW_LIMIT` rows
         (through the due index), so a scrape costs the same whatever the backlog."""
-        capped = (select(deliveries.c.status).where(deliveries.c.status.in_(PENDING))
+        capped = (select(deliveries.c.status).where(_PENDING)
                   .limit(GAUGE_ROW_LIMIT).subquery())
         with self.engines.reader.connect() as conn:
             rows = conn.execute(select(capped.c.status, func.count())
@@ -214,6 +219,13 @@ class OperationsStore:
         counts = dict.fromkeys(PENDING, 0)
         counts.update({status: int(n) for status, n in rows})
         return counts
+
+    def oldest_due(self) -> float | None:
+        """The earliest due time of a claimable delivery (or lease expiry), through the
+        due index."""
+        with self.engines.reader.connect() as conn:
+            due = conn.scalar(_OLDEST_DUE)
+        return None if due is None else float(due)
 
 
 def _received(message: InboundMessage) -> TraceStep:
