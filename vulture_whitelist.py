@@ -11,6 +11,7 @@ from mailflow import cli, config
 from mailflow.child import channel
 from mailflow.egress import smtp_client
 from mailflow.ingress import limits, smtp, tls
+from mailflow.services import gauges
 from mailflow.store import engine
 from mailflow.testing import sink
 from mailflow.web import app as web_app
@@ -71,3 +72,6 @@ nested.isolation_level  # sqlite3 reads it (engine._on_connect sets it)
 # http.server's hooks in the test proxy (mailflow/testing/fault_proxy.py).
 nested.daemon_threads, nested.log_message
 nested.do_GET, nested.do_POST, nested.do_PUT, nested.do_DELETE
+
+# prometheus_client calls a registered collector's collect() at each scrape.
+gauges.QueueGauges.collect

@@ -31,7 +31,7 @@ from mailflow.child.process import ChildProcess
 from mailflow.clock import Clock, SystemClock
 from mailflow.config import ListenAddress, Settings, parse_provider_url
 from mailflow.egress.base import Egress
-from mailflow.egress.routes import ProviderOptions, build_provider, build_routed
+from mailflow.egress.routes import ProviderOptions, RoutedEgress, build_provider, build_routed
 from mailflow.egress.ses_options import SesOptions
 from mailflow.errors import ConfigurationError, InvalidInput
 from mailflow.ingress.aws import AwsClients
@@ -52,10 +52,12 @@ from mailflow.services.bounce_upkeep import bounce_upkeep
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
 from mailflow.services.dmarc_policy import DmarcPolicies
 from mailflow.services.filter_rules import FilterBook, store_filter_book
+from mailflow.services.gauges import QueueGauges
 from mailflow.services.installation import prepare
 from mailflow.services.moderation import ModerationSweep, content_reader
 from mailflow.services.notices import FailureNotices
 from mailflow.services.processor import Processor
+from mailflow.services.readiness import Readiness
 from mailflow.services.recent import RecentMessages
 from mailflow.services.rosters import StoreRoster
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
@@ -155,6 +157,8 @@ class Relay:
         self._aws: AwsClients | None = None
         self._sns_http: SnsHttp | None = None
         self._pollers: list[tuple[SqsPoller, asyncio.Task[None]]] = []
+        self.blobs: Blobs | None = None
+        self._routes = self.settings.route_specs  # as last applied (SIGHUP may change them)
 
     async def start(self) -> None:
         settings = self.settings
@@ -178,8 +182,10 @@ class Relay:
             # One process per SQLite store: every lease left behind is from a dead process.
             await runner.write(runner.repo.release_leases, self.clock.now())
         budget = settings.cache_budget
-        blobs = open_blob_store(settings.blob_url, settings.blob_dir, budget.recent_contents)
+        self.blobs = blobs = open_blob_store(settings.blob_url, settings.blob_dir,
+                                             budget.recent_contents)
         self.child = child = ChildProcess(log_level=settings.log_level,
+                                          log_format=settings.log_format,
                                           contents_cache=budget.child_contents)
         self.egress = egress = self.egress or build_egress(settings, child)
         # Fits deliveries.lease_owner (64 characters) whatever the hostname's length, with
@@ -411,7 +417,13 @@ class Relay:
         routers.append(unsubscribe_router(
             self.runner, Identity(self.instance_id, settings.hostname, settings.public_url,
                                   unsubscribe), unsubscribe, settings.http_request_timeout))
-        config = uvicorn.Config(create_app(self.runner, routers), log_level="warning",
+        provider = parse_provider_url(settings.egress_url)
+        assert self.blobs is not None
+        readiness = Readiness(self.runner, self.blobs, provider.relay)
+        gauges = QueueGauges(self.runner, self.clock, busy=self.scheduler.busy_connections
+                             if self.scheduler is not None else None)
+        app = create_app(self.runner, routers, readiness=readiness, gauges=gauges)
+        config = uvicorn.Config(app, log_level="warning",
                                 lifespan="off", access_log=False, proxy_headers=bool(proxies),
                                 forwarded_allow_ips=proxies,
                                 http=head_deadline_protocol(settings.http_request_timeout,
@@ -419,6 +431,47 @@ class Relay:
         self._http = EmbeddedServer(config)
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock]), name="http"))
         self.listening["http"] = str(address)
+
+    async def reload(self, reload_settings: Callable[[], Settings] | None) -> None:
+        """SIGHUP: what can change while the relay runs (the TLS certificate, the log
+        level) is read again; the rest needs a restart."""
+        if reload_settings is not None:
+            try:
+                fresh = await asyncio.to_thread(reload_settings)
+            except Exception as exc:  # a broken file keeps every current setting
+                log.error("SIGHUP: settings not reloaded, the current ones stay: %s", exc,
+                          extra={"action": "reload_failed"})
+            else:
+                if fresh.log_level != logging.getLevelName(logging.getLogger().level):
+                    logging.getLogger().setLevel(fresh.log_level)
+                    log.warning("SIGHUP: log level now %s", fresh.log_level,
+                                extra={"action": "log_level"})
+                self._reload_routes(fresh)
+        await self.reload_tls()
+
+    def _reload_routes(self, fresh: Settings) -> None:
+        """New ``routes`` among the providers the relay runs apply at once; a new
+        provider (or a relay started without routes) needs a restart."""
+        specs = fresh.route_specs
+        if specs == self._routes:
+            return
+        egress = self.egress
+        if not isinstance(egress, RoutedEgress) or fresh.egress_url != self.settings.egress_url:
+            log.error("SIGHUP: routes changed but not reloaded: the relay started %s; restart "
+                      "it to apply them", "without routes" if not isinstance(
+                          egress, RoutedEgress) else "with another default egress",
+                      extra={"action": "reload_failed"})
+            return
+        missing = egress.remap(specs)
+        if missing:
+            log.error("SIGHUP: routes not reloaded, they name providers this relay does not "
+                      "run (%s); restart it to apply them", ", ".join(missing),
+                      extra={"action": "reload_failed"})
+            return
+        self._routes = specs
+        log.warning("SIGHUP: routes reloaded: %s", ", ".join(
+            f"{s.domain} -> {parse_provider_url(s.url).display}" for s in specs) or "none",
+            extra={"action": "routes_reloaded"})
 
     async def reload_tls(self) -> None:
         """SIGHUP: the SMTP listener reads its certificate files again, for the sessions
@@ -542,8 +595,11 @@ def _lock_sqlite_store(database: Path) -> IO[str]:
     return lock
 
 
-async def serve(settings: Settings) -> None:
-    """Run a relay until SIGINT or SIGTERM; SIGHUP reloads the TLS certificate."""
+async def serve(settings: Settings,
+                reload_settings: Callable[[], Settings] | None = None) -> None:
+    """Run a relay until SIGINT or SIGTERM (which hand every lease back before the exit);
+    SIGHUP reloads the TLS certificate and, read again with ``reload_settings``, the
+    log level."""
     relay = Relay(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -552,7 +608,7 @@ async def serve(settings: Settings) -> None:
     reloads: set[asyncio.Task[None]] = set()
 
     def reload() -> None:
-        task = loop.create_task(relay.reload_tls(), name="reload")
+        task = loop.create_task(relay.reload(reload_settings), name="reload")
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 

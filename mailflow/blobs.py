@@ -46,6 +46,9 @@ class Blobs(Protocol):
         """The body; FileNotFoundError when there is none."""
         ...
     def unlink_many(self, digests: Iterable[str]) -> None: ...
+    def problem(self) -> str | None:
+        """Why no body could be written now (for ``/readyz``), or None."""
+        ...
     def stored_before(self, cutoff: float) -> Iterator[tuple[str, int]]:
         """(digest, size) of every body last written before ``cutoff``, for the sweep
         of bodies whose commit never happened."""
@@ -177,6 +180,11 @@ class BlobStore:
 
     def describe(self) -> str:
         return str(self.root)
+
+    def problem(self) -> str | None:
+        if self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK):
+            return None
+        return f"{self.root} is not writable"
 
     def stored_before(self, cutoff: float) -> Iterator[tuple[str, int]]:
         for folder in sorted(self.root.glob("??")):

@@ -11,7 +11,6 @@ import asyncio
 import csv
 import dataclasses
 import json
-import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -29,23 +28,32 @@ from mailflow.blobs import BlobStore
 from mailflow.clock import SystemClock
 from mailflow.config import Settings, load_settings
 from mailflow.errors import EX_TEMPFAIL, Conflict, InvalidInput, MailflowError, NotFound, spec
+from mailflow.logs import configure_logging
 from mailflow.memory import release_large_blocks
 from mailflow.model import (
     AddedMembers,
+    DeliveryRow,
+    DeliveryStatus,
     DmarcMode,
     ForwardStyle,
     ListKind,
     MemberRole,
+    MessageTrace,
     NonMemberAction,
     PostingPolicy,
+    QueueSelection,
     RuleAction,
 )
 from mailflow.pipeline.accept import filters
 from mailflow.services import directory as rules
 from mailflow.services.directory import DirectoryService
 from mailflow.services.moderation import REASON_MAX_LENGTH, Moderation, content_reader
+from mailflow.services.queue_operations import QueueOperations
+from mailflow.services.timespec import parse_duration, parse_moment
+from mailflow.services.trace import TraceService
 from mailflow.store import Repository, create_cli_engines
 from mailflow.store.engine import describe_database_error, normalize_url, sqlite_path
+from mailflow.store.operations import OperationsStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -196,18 +204,15 @@ def serve(ctx: Context, initialise_store: bool) -> None:
         # recipient (senders' mail would bounce); the relay's start-up then migrates it.
         with store_errors(settings.resolved_database_url):
             require_store(settings)
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-line debug
+    configure_logging(settings.log_level, settings.log_format)
     release_large_blocks()  # message-sized blocks go back to the system when freed
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every POSIX system
-        asyncio.run(run_relay(settings))
+        asyncio.run(run_relay(settings, lambda: load_settings(ctx.config)))
     else:
         with store_errors(settings.resolved_database_url):
-            uvloop.run(run_relay(settings))
+            uvloop.run(run_relay(settings, lambda: load_settings(ctx.config)))
 
 
 @cli.command()
@@ -1056,36 +1061,159 @@ def queue() -> None:
     """The send queue."""
 
 
+DELIVERY_STATES = [s.value for s in DeliveryStatus]
+QUEUE_ID_LENGTH = 21  # mailflow.ids.new_message_id
+
+
+def _selection_options(f: F) -> F:
+    """The options that pick deliveries, shared by ``queue show`` and the actions."""
+    for option in reversed([
+        click.option("--status", "statuses", multiple=True, type=click.Choice(DELIVERY_STATES),
+                     help="only deliveries in this state (repeatable)"),
+        click.option("--list", "list_address", help="only deliveries through this list or alias"),
+        click.option("--domain", help="only deliveries to recipients of this domain"),
+        click.option("--older-than", "older_than",
+                     help="only deliveries created this long ago or more (15m, 2h, 7d)"),
+        click.argument("ids", nargs=-1, metavar="[ID]..."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _selection(statuses: tuple[str, ...], list_address: str | None, domain: str | None,
+               older_than: str | None, ids: tuple[str, ...], now: float) -> QueueSelection:
+    """The deliveries the options name; an ID is a delivery id (digits) or a queue id
+    (21 hex digits, which may all be decimal ones)."""
+    numbers = tuple(int(i) for i in ids if i.isdigit() and len(i) < QUEUE_ID_LENGTH)
+    queue_ids = tuple(i for i in ids if not i.isdigit() or len(i) >= QUEUE_ID_LENGTH)
+    return QueueSelection(
+        statuses=tuple(DeliveryStatus(s) for s in statuses),
+        list_address=rules.validated_address(list_address) if list_address else None,
+        domain=domain.strip().lower() if domain else None,
+        created_before=None if older_than is None else now - parse_duration(older_than),
+        ids=numbers, queue_ids=queue_ids)
+
+
+def _delivery_json(r: DeliveryRow) -> dict[str, Any]:
+    return {"id": r.id, "message_id": r.message_id, "list": r.list_address,
+            "recipient": r.recipient, "status": r.status, "attempts": r.attempts,
+            "next_attempt_at": r.due_at, "created_at": r.created_at,
+            "updated_at": r.updated_at, "last_reply": r.last_reply}
+
+
 @queue.command("show")
 @click.option("--json", "as_json", is_flag=True,
               help="counts by delivery status and the most recent deliveries")
-@click.option("--status", type=click.Choice(["queued", "in_flight", "deferred", "delivered",
-                                             "failed"]), help="only deliveries in this state")
 @click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
+@_selection_options
 @pass_context
-def queue_show(ctx: Context, as_json: bool, status: str | None, limit: int) -> None:
-    """Show how many deliveries are in each state, and the latest ones."""
+def queue_show(ctx: Context, as_json: bool, limit: int, statuses: tuple[str, ...],
+               list_address: str | None, domain: str | None, older_than: str | None,
+               ids: tuple[str, ...]) -> None:
+    """Show how many deliveries are in each state, and the latest ones (those IDs, or
+    those the options pick)."""
     with ctx.repository() as repo:
+        operations = QueueOperations(OperationsStore(repo.engines), time.time)
+        selection = _selection(statuses, list_address, domain, older_than, ids, time.time())
         counts = repo.delivery_counts()
         messages = repo.message_counts()
-        rows = repo.list_deliveries(limit, status)
+        rows = operations.show(selection, limit)
     if as_json:
-        emit_json({
-            "counts": counts,
-            "messages": messages,
-            "deliveries": [
-                {"id": r.id, "message_id": r.message_id, "list": r.list_address,
-                 "recipient": r.recipient, "status": r.status, "attempts": r.attempts,
-                 "next_attempt_at": r.due_at, "created_at": r.created_at,
-                 "updated_at": r.updated_at, "last_reply": r.last_reply}
-                for r in rows],
-        })
+        emit_json({"counts": counts, "messages": messages,
+                   "deliveries": [_delivery_json(r) for r in rows]})
         return
     click.echo("deliveries: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     click.echo("messages:   " + ", ".join(f"{k} {v}" for k, v in messages.items()))
     for r in rows:
         click.echo(f"{r.id}\t{r.message_id}\t{r.recipient}\t{r.status}\t"
                    f"attempts={r.attempts}\t{r.last_reply or ''}")
+
+
+def _queue_action(name: str, summary: str, done: str) -> None:
+    """``mailflow queue NAME``: one action of :class:`QueueOperations` on a selection."""
+
+    @queue.command(name, help=summary)
+    @_selection_options
+    @click.option("--yes", is_flag=True, help="do not ask: act on every delivery selected")
+    @pass_context
+    def command(ctx: Context, statuses: tuple[str, ...], list_address: str | None,
+                domain: str | None, older_than: str | None, ids: tuple[str, ...],
+                yes: bool) -> None:
+        with ctx.repository() as repo:
+            operations = QueueOperations(OperationsStore(repo.engines), time.time)
+            selection = _selection(statuses, list_address, domain, older_than, ids,
+                                   time.time())
+            if name == "delete" and not yes and not selection.empty:
+                count = operations.count(selection)
+                if count > 1:
+                    fail(f"this selects {count} deliveries; add --yes to delete them all",
+                         spec(InvalidInput).cli_exit)
+            change = getattr(operations, name)(selection)
+        left = f" ({change.skipped} selected left alone: in flight or not in a state to " \
+               f"{name})" if change.skipped else ""
+        click.echo(f"{done} {change.changed} deliveries{left}")
+
+
+_queue_action("retry", "Make queued and deferred deliveries due now.", "retried")
+_queue_action("hold", "Keep queued and deferred deliveries from being sent until released.",
+              "held")
+_queue_action("release", "Queue held deliveries again, due now.", "released")
+_queue_action("delete", "Never send these queued, deferred or held deliveries (asks for "
+              "--yes when more than one is selected).", "deleted")
+
+
+# -- trace ------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("query")
+@click.option("--since", help="messages received after this: 2h (ago) or 2026-12-24T09:00")
+@click.option("--until", help="messages received before this (same forms)")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="at most this many messages, the newest")
+@click.option("--json", "as_json", is_flag=True, help="a JSON array of messages with steps")
+@pass_context
+def trace(ctx: Context, query: str, since: str | None, until: str | None, limit: int,
+          as_json: bool) -> None:
+    """Show what happened to the messages QUERY names: a queue id, a Message-ID, or a
+    sender's or recipient's address."""
+    now = time.time()
+    with ctx.repository() as repo:
+        result = TraceService(OperationsStore(repo.engines)).trace(
+            query, since=None if since is None else parse_moment(since, now),
+            until=None if until is None else parse_moment(until, now), limit=limit)
+    if as_json:
+        emit_json([_trace_json(t) for t in result.traces])
+        return
+    if not result.traces:
+        fail(f"no message matches {query!r}" + ("" if since or until else
+                                                 " (try --since to widen the search)"),
+             EXIT_NOT_FOUND)
+    for number, t in enumerate(result.traces):
+        if number:
+            click.echo("")
+        m = t.message
+        click.echo(f"{m.id}  message-id {m.header_id or '-'}  from <{m.mail_from}>  "
+                   f"{m.status.value}")
+        for step in t.steps:
+            who = f" {step.recipient}" if step.recipient else ""
+            click.echo(f"  {_moment(step.at)}  {step.kind:<9}{who}  {step.detail}")
+        for d in t.deliveries:
+            click.echo(f"  now: {d.recipient} {d.status} after {d.attempts} attempt(s)"
+                       + (f": {d.last_reply}" if d.last_reply else ""))
+    if result.truncated:
+        click.echo(f"(more messages match: showing the newest {limit}; see --limit)",
+                   err=True)
+
+
+def _trace_json(t: MessageTrace) -> dict[str, Any]:
+    m = t.message
+    return {"id": m.id, "message_id": m.header_id, "from": m.mail_from,
+            "to": list(m.rcpt_tos), "size": m.size, "received_at": m.received_at,
+            "peer": m.peer, "helo": m.helo, "protocol": m.protocol, "status": m.status.value,
+            "steps": [{"at": s.at, "kind": s.kind, "detail": s.detail,
+                       "recipient": s.recipient, "delivery_id": s.delivery_id}
+                      for s in t.steps],
+            "deliveries": [_delivery_json(d) for d in t.deliveries]}
 
 
 def _command(argv: list[str]) -> str | None:

@@ -310,6 +310,7 @@ class Settings(BaseSettings):
     ses_refuse_virus: bool = True
     s3_audit: bool = False
     s3_audit_delete_blocked: bool = False
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("smtp_listen", "lmtp_listen", "http_listen", "policy_listen")
     @classmethod

@@ -98,9 +98,14 @@ class DeliveryStatus(enum.StrEnum):
     DEFERRED = "deferred"
     DELIVERED = "delivered"
     FAILED = "failed"
+    HELD = "held"        # an operator held it (``mailflow queue hold``): never claimed
+    DELETED = "deleted"  # an operator deleted it (``mailflow queue delete``): final
 
 
+# Claimable: what the scheduler's claim takes once due.
 PENDING_STATUSES = (DeliveryStatus.QUEUED, DeliveryStatus.IN_FLIGHT, DeliveryStatus.DEFERRED)
+# Not final: a message with such a delivery is not finished (its blob is kept).
+UNFINISHED_STATUSES = (*PENDING_STATUSES, DeliveryStatus.HELD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +309,7 @@ class InboundMessage:
     helo: str
     protocol: str
     status: MessageStatus = MessageStatus.RECEIVED
+    header_id: str = ""  # its Message-ID field (``headers.message_id``), for the trace
 
 
 # ``InboundMessage.protocol`` of a message the relay wrote itself (an auto-reply, an
@@ -531,6 +537,55 @@ class DeliveryRow:
     created_at: float
     updated_at: float
     last_reply: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TraceStep:
+    """One thing that happened to a message (``mailflow trace``): ``kind`` is an event
+    kind (``received``, ``expanded``, ``deferred``, ``delivered`` …), ``recipient`` the
+    delivery's when the step is about one."""
+
+    at: float
+    kind: str
+    detail: str
+    recipient: str | None = None
+    delivery_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageTrace:
+    """A message's timeline and where each of its deliveries stands now."""
+
+    message: InboundMessage
+    steps: tuple[TraceStep, ...]
+    deliveries: tuple[DeliveryRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSelection:
+    """Which deliveries a queue operation (``mailflow queue …``) applies to: every given
+    criterion must hold.  ``ids`` are delivery ids; ``queue_ids`` message queue ids."""
+
+    statuses: tuple[DeliveryStatus, ...] = ()
+    list_address: str | None = None
+    domain: str | None = None
+    created_before: float | None = None
+    ids: tuple[int, ...] = ()
+    queue_ids: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.statuses or self.list_address or self.domain
+                    or self.created_before is not None or self.ids or self.queue_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueChange:
+    """What a queue operation did: deliveries changed, and those it matched but left
+    alone (in flight under a live lease, or in a state the operation does not apply to)."""
+
+    changed: int
+    skipped: int
 
 
 @dataclass(frozen=True, slots=True)

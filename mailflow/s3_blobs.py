@@ -18,6 +18,7 @@ Endpoint, region and credentials come from the standard AWS configuration
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from mailflow.lru import BytesLRU
 from mailflow.memory import DEFAULT_BUDGET, item_limit
 
 PUT_PARALLELISM = 8
+PROBLEM_TTL = 5.0  # seconds a readiness answer is kept
 DURABLE_REMEMBERED = 10_000  # digests this process stored (older ones: PUT again)
 DELETE_BATCH = 1000  # DeleteObjects' limit
 CONNECT_TIMEOUT = 5.0
@@ -86,6 +88,7 @@ class S3BlobStore:
         self._recent: BytesLRU[str] = BytesLRU(cache_bytes, max_item=item_limit(cache_bytes))
         self._durable: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
+        self._checked: tuple[float, str | None] | None = None  # (until, problem)
 
     @property
     def client(self) -> Any:
@@ -101,6 +104,21 @@ class S3BlobStore:
 
     def describe(self) -> str:
         return f"s3://{self.location.bucket}/{self.location.prefix}"
+
+    def problem(self) -> str | None:
+        """The bucket answers a HEAD; the answer is kept PROBLEM_TTL seconds (a load
+        balancer asking ``/readyz`` every second costs one request per period)."""
+        now = time.monotonic()
+        if self._checked is not None and self._checked[0] > now:
+            return self._checked[1]
+        problem = None
+        try:
+            with _s3_errors(self.describe()):
+                self.client.head_bucket(Bucket=self.location.bucket)
+        except S3Error as exc:
+            problem = str(exc)
+        self._checked = (now + PROBLEM_TTL, problem)
+        return problem
 
     def cached(self, digest: str) -> bytes | None:
         with self._lock:

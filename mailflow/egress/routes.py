@@ -118,16 +118,26 @@ class RoutedEgress:
     def __init__(self, default: Egress, routes: Sequence[tuple[RouteSpec, Egress]], *,
                  concurrency: int, default_url: str) -> None:
         self.lanes: list[Lane] = [Lane(_display(default_url), default, concurrency)]
-        by_url: dict[str, int] = {default_url: DEFAULT_LANE}
+        self._by_url: dict[str, int] = {default_url: DEFAULT_LANE}
         table: list[tuple[str, int]] = []
         for spec, egress in routes:
-            index = by_url.get(spec.url)
+            index = self._by_url.get(spec.url)
             if index is None:
-                index = by_url[spec.url] = len(self.lanes)
+                index = self._by_url[spec.url] = len(self.lanes)
                 self.lanes.append(Lane(_display(spec.url), egress, concurrency))
             table.append((spec.domain, index))
         self.table = RouteTable(table)
         self.name = f"{default.name} +{len(self.lanes) - 1} route(s)"
+
+    def remap(self, specs: Sequence[RouteSpec]) -> list[str]:
+        """Send the domains of ``specs`` to the providers they name from now on, if this
+        egress runs every one of them (SIGHUP); else change nothing and return the
+        providers it lacks (adding one needs a restart: a lane has senders of its own).
+        Transactions already grouped keep their lane."""
+        missing = sorted({_display(s.url) for s in specs if s.url not in self._by_url})
+        if not missing:
+            self.table = RouteTable([(s.domain, self._by_url[s.url]) for s in specs])
+        return missing
 
     def lane_of(self, recipient: str) -> int:
         return self.table.lane_of(recipient)

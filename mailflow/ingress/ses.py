@@ -35,9 +35,9 @@ from mailflow.ingress.ses_notification import (
     notification_kind,
     received_mail,
 )
-from mailflow.metrics import MESSAGES_REJECTED, SES_RECEIVED
+from mailflow.metrics import SES_RECEIVED
 from mailflow.model import Envelope
-from mailflow.services.accept import AcceptService
+from mailflow.services.accept import AcceptService, count_refusal
 from mailflow.store.runner import StoreRunner
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ class SesIngest:
                 log.info("SES message %s: %s is not of our domains, dropped",
                          mail.ses_message_id, rcpt, extra={"action": "ses_foreign_recipient"})
             except PermanentFailure as error:
-                MESSAGES_REJECTED.labels(code=error.enhanced).inc()
+                count_refusal(error, mail.source, [rcpt])
                 (blocked if isinstance(error, SenderBlocked) else invalid).append(rcpt)
             else:
                 taken.append(rcpt)

@@ -145,4 +145,8 @@ async def _notification(message: dict[str, Any], notifications: SesNotifications
         log.info("SNS message %s not taken now: %s", str(message.get("MessageId"))[:80],
                  error.reason, extra={"action": "ses_deferred"})
         return error_problem(error)
+    except Exception:  # a bug must not lose the notification: SNS delivers it again
+        log.exception("SNS message %s failed", str(message.get("MessageId"))[:80],
+                      extra={"action": "ses_error"})
+        return problem(503, "Try again later", "the notification could not be handled now")
     return JSONResponse({"status": "ok"})

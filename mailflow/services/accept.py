@@ -27,15 +27,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from mailflow import addresses, srs
+from mailflow import addresses, headers, srs
 from mailflow.clock import Clock
-from mailflow.errors import NoRecipients, PostingRefused, SenderBlocked, StorageUnavailable
+from mailflow.errors import (
+    NoRecipients,
+    PostingRefused,
+    SenderBlocked,
+    SmtpReplyError,
+    StorageUnavailable,
+    spec,
+)
 from mailflow.ids import new_message_id
-from mailflow.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
+from mailflow.metrics import ACCEPT_SECONDS, MESSAGES_ACCEPTED, MESSAGES_REJECTED, SENDERS_BLOCKED
 from mailflow.model import Envelope, Event, InboundMessage, MessageStatus, Resolution, Verdict
 from mailflow.pipeline.accept.blocklist import blocking_rule, judged_sender, sender_blocked
 from mailflow.pipeline.accept.posting import Roster, envelope_identity, rcpt_refusal, restricted
@@ -156,7 +164,7 @@ class AcceptService:
             error = await self._posting_refusal(resolution, envelope_identity(sender))
         if error is not None:
             if count:
-                MESSAGES_REJECTED.labels(code=error.enhanced).inc()
+                count_refusal(error, sender, [address])
             raise error
         return resolution
 
@@ -201,19 +209,28 @@ class AcceptService:
         if not envelope.rcpt_tos:
             raise NoRecipients("no recipient given")
         raw = without_mbox_from(raw)
-        return await self._accept_all(MessageContext.of(envelope, raw, submitted=True))
+        started = time.perf_counter()
+        stored = await self._accept_all(MessageContext.of(envelope, raw, submitted=True))
+        ACCEPT_SECONDS.observe(time.perf_counter() - started)
+        return stored
 
     async def accept(self, envelope: Envelope, raw: bytes) -> str:
         """Store a message for every recipient or for none (SMTP semantics)."""
-        return await self._accept_all(self._context(envelope, raw))
+        started = time.perf_counter()
+        stored = await self._accept_all(self._context(envelope, raw))
+        ACCEPT_SECONDS.observe(time.perf_counter() - started)
+        return stored
 
     async def accept_each(self, envelope: Envelope, raw: bytes) -> list[Verdict]:
         """Decide per recipient and store one message for those taken (LMTP semantics)."""
+        started = time.perf_counter()
         ctx = self._context(envelope, raw)
         decisions, decided = await self._decide(ctx)
         taken = len(decided) < len(decisions) or any(
             d.action is not Action.REJECT for d in decided.values())
         message_id = await self._store(ctx, decisions, decided) if taken else None
+        if taken:
+            ACCEPT_SECONDS.observe(time.perf_counter() - started)
         rcpts = [addresses.canonical(r) for r in envelope.rcpt_tos]
         return [Verdict(r, decisions[r].error,
                         message_id if decisions[r].error is None else None) for r in rcpts]
@@ -243,9 +260,12 @@ class AcceptService:
                                      all_or_nothing=all_or_nothing)
         decided = {r: d for r, d in decisions.items() if d.action is not Action.ACCEPT}
         if decided:
-            errors = {id(d.error): d.error for d in decided.values() if d.error is not None}
-            for error in errors.values():
-                MESSAGES_REJECTED.labels(code=error.enhanced).inc()
+            refused: dict[int, tuple[SmtpReplyError, list[str]]] = {}
+            for rcpt, decision in decided.items():
+                if decision.error is not None:
+                    refused.setdefault(id(decision.error), (decision.error, []))[1].append(rcpt)
+            for error, rcpts in refused.values():
+                count_refusal(error, ctx.envelope.mail_from, rcpts)
         return decisions, decided
 
     async def _store(self, ctx: MessageContext, decisions: dict[str, Decision],
@@ -258,10 +278,12 @@ class AcceptService:
                   for r, d in decided.items() if d.action is Action.DISCARD] if decided else []
         held = [r for r, d in decided.items() if d.action is Action.HOLD]
         digest = await content_digest(raw)
+        header_id = headers.message_id(ctx.header, ctx.lowered)
         message = InboundMessage(
             id=message_id, mail_from=envelope.mail_from, rcpt_tos=rcpts,
             blob=digest, size=len(raw), received_at=now,
             peer=envelope.peer, helo=envelope.helo, protocol=envelope.protocol,
+            header_id=header_id,
         )
         commits = []
         if held:
@@ -269,7 +291,8 @@ class AcceptService:
             held_message = InboundMessage(
                 id=held_id, mail_from=envelope.mail_from, rcpt_tos=tuple(held),
                 blob=digest, size=len(raw), received_at=now, peer=envelope.peer,
-                helo=envelope.helo, protocol=envelope.protocol, status=MessageStatus.HELD)
+                helo=envelope.helo, protocol=envelope.protocol, status=MessageStatus.HELD,
+                header_id=header_id)
             commits.append(self.committer.commit(
                 held_message, raw, [Event("held", f"{r}: {decided[r].reason}", held_id)
                                     for r in held]))
@@ -280,11 +303,32 @@ class AcceptService:
         try:
             await asyncio.gather(*commits)
         except StorageUnavailable as error:
-            MESSAGES_REJECTED.labels(code=error.enhanced).inc()
+            count_refusal(error, envelope.mail_from, envelope.rcpt_tos)
             raise
         MESSAGES_ACCEPTED.labels(protocol=envelope.protocol).inc()
-        log.info("stored %s from=<%s> rcpt=%s size=%d%s", message.id, message.mail_from,
-                 ",".join(message.rcpt_tos), message.size,
-                 f" held for {','.join(held)}" if held else "",
-                 extra={"action": "received", "queue_id": message.id})
+        if log.isEnabledFor(logging.INFO):
+            _log_received(message, header_id, held)
         return message.id
+
+
+def _log_received(message: InboundMessage, header_id: str, held: list[str]) -> None:
+    """The mail log's ``receive`` line (the message is stored; its 250 is next)."""
+    rcpts = ",".join(message.rcpt_tos)
+    log.info("receive %s message-id=%s from=<%s> rcpt=%s size=%d via %s peer=%s%s",
+             message.id, header_id or "-", message.mail_from, rcpts, message.size,
+             message.protocol, message.peer or "-",
+             f" held for {','.join(held)}" if held else "",
+             extra={"action": "received", "queue_id": message.id, "message_id": header_id,
+                    "sender": message.mail_from, "recipient": rcpts})
+
+
+def count_refusal(error: SmtpReplyError, sender: str, recipients: Sequence[str]) -> None:
+    """Count one refusal (of a message, or of a recipient at RCPT) by its code and
+    reason, and log it (its reply is the one the client got)."""
+    key = spec(error).key
+    MESSAGES_REJECTED.labels(code=error.enhanced, reason=key).inc()
+    if isinstance(error, SenderBlocked):
+        SENDERS_BLOCKED.inc()
+    log.info("reject from=<%s> rcpt=%s: %s", sender, ",".join(recipients), error.smtp_reply(),
+             extra={"action": "reject", "reason": key, "sender": sender,
+                    "recipient": ",".join(recipients), "reply": error.smtp_reply()})

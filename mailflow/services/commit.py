@@ -28,6 +28,7 @@ from mailflow.model import (
     StoredBatch,
 )
 from mailflow.pipeline.chain import PROCESS_CHAIN, ProcessStep
+from mailflow.services.event_log import note_events
 from mailflow.services.processor import Plan, plan_batch
 from mailflow.services.recent import RecentMessages
 from mailflow.store.repository import Repository
@@ -147,6 +148,7 @@ def store_batch(repo: Repository, batch: IngestBatch, now: float,
         tx.release_blobs([m.blob for m in plan.done], now)
         stale = tx.record_outcomes(batch.outcomes, now)
         ensure_blobs()
+    note_events(plan.events)
     held = sum(1 for m in messages if m.status is MessageStatus.HELD)
     return StoredBatch(left=len(messages) - held - plan.taken, queued=len(queued), leased=leased,
                        stale=stale)

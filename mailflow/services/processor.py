@@ -26,6 +26,7 @@ from mailflow.model import (
 )
 from mailflow.pipeline.chain import PROCESS_CHAIN, ProcessStep, run_process
 from mailflow.pipeline.context import Directory
+from mailflow.services.event_log import note_events
 from mailflow.store.repository import Repository
 from mailflow.store.runner import StoreRunner
 
@@ -122,6 +123,7 @@ def expand_received(repo: Repository, now: float, limit: int,
         tx.add_events(plan.events, now)
         tx.mark_queued([m.id for m in plan.queued], now)
         tx.finish([m.id for m in plan.done], now)
+    note_events(plan.events)
     return plan.taken
 
 

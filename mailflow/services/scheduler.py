@@ -75,7 +75,13 @@ from mailflow.errors import (
 from mailflow.headers import header_length, split_message
 from mailflow.lru import BytesLRU
 from mailflow.memory import DEFAULT_BUDGET, item_limit
-from mailflow.metrics import DELIVERY_ATTEMPTS, LEASES_LOST, TRANSACTION_SECONDS
+from mailflow.metrics import (
+    DELIVERY_ATTEMPTS,
+    FORWARDS,
+    LEASES_LOST,
+    QUEUE_SECONDS,
+    TRANSACTION_SECONDS,
+)
 from mailflow.model import (
     GENERATED,
     RELAYED,
@@ -155,6 +161,7 @@ class Transaction:
     lease_until: float = 0.0
     sending_since: float | None = None
     renewing: bool = True  # False once presumed hung
+    route: str = ""  # the lane's name, once queued on it
 
 
 class Scheduler:
@@ -416,15 +423,9 @@ class Scheduler:
             count = sum(1 for o in outcomes if o.status is status)
             if count:
                 DELIVERY_ATTEMPTS.labels(outcome=status.value).inc(count)
-        for o in outcomes:
-            if o.status is DeliveryStatus.DELIVERED:
-                continue
-            if o.status is not DeliveryStatus.FAILED:
+        for o in outcomes:  # each was logged when it happened (``_note_attempt``)
+            if o.status is DeliveryStatus.DEFERRED or o.status is DeliveryStatus.QUEUED:
                 deferred_until = min(o.due_at, deferred_until or o.due_at)
-                if o.status is DeliveryStatus.QUEUED:
-                    continue  # handed back by a busy lane: logged once per round
-            log.info("delivery %d %s: %s", o.delivery_id, o.status.value, o.reply,
-                     extra={"action": o.status.value, "queue_id": o.message_id})
         return deferred_until
 
     async def _enqueue_transactions(self, claimed: Sequence[Delivery]) -> None:
@@ -445,9 +446,7 @@ class Scheduler:
         for (message_id, list_id, _), group in groups.items():
             message, mailing_list = messages.get(message_id), lists.get(list_id)
             if message is None or mailing_list is None:
-                orphans += [Outcome(d.id, DeliveryStatus.FAILED, "list or message deleted",
-                                    message_id=d.message_id, lease=d.lease_owner)
-                            for d in group]
+                orphans += _orphaned(group)
                 continue
             # A personalized list's copy is its member's own: one recipient a transaction.
             step = 1 if mailing_list.personalize else size
@@ -473,9 +472,7 @@ class Scheduler:
         for (message_id, list_id, index, _), group in groups.items():
             message, mailing_list = messages.get(message_id), lists.get(list_id)
             if message is None or mailing_list is None:
-                outcomes += [Outcome(d.id, DeliveryStatus.FAILED, "list or message deleted",
-                                     message_id=d.message_id, lease=d.lease_owner)
-                             for d in group]
+                outcomes += _orphaned(group)
                 continue
             lane = lanes[index]
             step = 1 if mailing_list.personalize else size
@@ -505,8 +502,17 @@ class Scheduler:
     def _hold(self, lane: Lane[Transaction], tx: Transaction) -> None:
         """Queue ``tx`` on ``lane``; its leases are renewed until its outcomes are in."""
         tx.lease_until = min(d.due_at for d in tx.deliveries)
+        tx.route = lane.name
         self._held[id(tx)] = tx
         lane.ready.put_nowait(tx)
+
+    def busy_connections(self) -> dict[str, tuple[int, int]]:
+        """Per route: (transactions on the wire now, its pool size), for the gauges."""
+        busy = {lane.name: 0 for lane in self._lanes}
+        for tx in list(self._held.values()):
+            if tx.sending_since is not None and tx.route in busy:
+                busy[tx.route] += 1
+        return {lane.name: (busy[lane.name], lane.concurrency) for lane in self._lanes}
 
     async def _context(self, message_ids: set[str], list_ids: set[int]
                        ) -> tuple[dict[str, InboundMessage], dict[int, MailingList]]:
@@ -569,7 +575,7 @@ class Scheduler:
         large = await self._large.enter(tx.message.size)
         try:
             content = await self._render(tx)
-            with TRANSACTION_SECONDS.time():
+            with TRANSACTION_SECONDS.labels(route=egress.name).time():
                 replies = await egress.send(
                     envelope_sender(tx.message, tx.mailing_list, self.options.srs,
                                     self.clock.now(), self.options.verp,
@@ -593,6 +599,7 @@ class Scheduler:
         now = self.clock.now()
         outcomes = [self._outcome(d, by_recipient.get(d.recipient), tx.message.id, now)
                     for d in tx.deliveries]
+        _note_attempt(tx, outcomes, now)
         if self.on_failed is not None:
             self._report_failures(tx, outcomes, content, now)
         return outcomes
@@ -811,3 +818,55 @@ def _returned_bounce(tx: Transaction) -> bool:
 def _reply(recipient: str, error: SmtpReplyError) -> RecipientReply:
     """A recipient's answer from an error: its code, enhanced status and reason."""
     return RecipientReply(recipient, *recipient_reply(error))
+
+
+def _orphaned(group: list[Delivery]) -> list[Outcome]:
+    """Claimed deliveries whose list or message is gone: failed, and logged."""
+    for d in group:
+        log.info("fail %s to=<%s>: list or message deleted", d.message_id, d.recipient,
+                 extra={"action": "failed", "queue_id": d.message_id,
+                        "recipient": d.recipient, "reply": "list or message deleted"})
+    return [Outcome(d.id, DeliveryStatus.FAILED, "list or message deleted",
+                    message_id=d.message_id, lease=d.lease_owner) for d in group]
+
+
+def _note_attempt(tx: Transaction, outcomes: list[Outcome], now: float) -> None:
+    """Count what the attempt delivered, and log it (one line per recipient that was not
+    delivered, one per reply for those delivered: a transaction's copies share it).
+
+    Per transaction, not per delivery, unless the log is on (``log_level`` INFO).
+    """
+    message, alias = tx.message, (tx.mailing_list.kind is ListKind.ALIAS
+                                  and tx.mailing_list.id != RELAYED)
+    if not log.isEnabledFor(logging.INFO):
+        delivered_count = sum(1 for o in outcomes if o.status is DeliveryStatus.DELIVERED)
+        if delivered_count:
+            QUEUE_SECONDS.observe(max(now - message.received_at, 0.0))
+            if alias:
+                FORWARDS.inc(delivered_count)
+        return
+    delivered: dict[str, list[str]] = {}
+    for delivery, outcome in zip(tx.deliveries, outcomes, strict=True):
+        if outcome.status is DeliveryStatus.DELIVERED:
+            delivered.setdefault(outcome.reply, []).append(delivery.recipient)
+            continue
+        verb = "defer" if outcome.status is DeliveryStatus.DEFERRED else "fail"
+        log.info("%s %s message-id=%s from=<%s> to=<%s> route=%s attempt=%d: %s", verb,
+                 message.id, message.header_id or "-", message.mail_from, delivery.recipient,
+                 tx.route, delivery.attempts + 1, outcome.reply,
+                 extra={"action": outcome.status.value, "queue_id": message.id,
+                        "message_id": message.header_id, "sender": message.mail_from,
+                        "recipient": delivery.recipient, "route": tx.route,
+                        "reply": outcome.reply})
+    if not delivered:
+        return
+    QUEUE_SECONDS.observe(max(now - message.received_at, 0.0))
+    if alias:
+        FORWARDS.inc(sum(len(rcpts) for rcpts in delivered.values()))
+    for reply, rcpts in delivered.items():
+        log.info("deliver %s message-id=%s from=<%s> to=%s route=%s: %s", message.id,
+                 message.header_id or "-", message.mail_from, ",".join(rcpts), tx.route,
+                 reply, extra={"action": "delivered", "queue_id": message.id,
+                               "message_id": message.header_id, "sender": message.mail_from,
+                               "recipient": ",".join(rcpts), "route": tx.route,
+                               "reply": reply})

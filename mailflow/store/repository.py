@@ -24,6 +24,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -36,6 +37,7 @@ from mailflow.model import (
     BARE_ROLE,
     NO_DECORATION,
     PENDING_STATUSES,
+    UNFINISHED_STATUSES,
     AddedMembers,
     AutoReply,
     BounceEventRow,
@@ -87,6 +89,7 @@ from mailflow.store.provider_ids import (
     sent_copies,
 )
 from mailflow.store.tables import (
+    PENDING_SQL,
     autoreplies,
     autoreply_log,
     blobs,
@@ -109,6 +112,7 @@ from mailflow.verp import Verp
 PENDING = [status.value for status in PENDING_STATUSES]
 INCREMENTAL_VACUUM = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 RECLAIM_MIN_PAGES = 1024  # fewer free pages than this are left for new rows to reuse
+UNFINISHED = [status.value for status in UNFINISHED_STATUSES]
 
 
 def _list(row: Row[Any]) -> MailingList:
@@ -152,6 +156,7 @@ def _message(row: Row[Any]) -> InboundMessage:
         id=row.id, mail_from=row.mail_from, rcpt_tos=tuple(row.rcpt_tos.split("\n")),
         blob=row.blob, size=row.size, received_at=row.received_at, peer=row.peer,
         helo=row.helo, protocol=row.protocol, status=MessageStatus(row.status),
+        header_id=row.header_id,
     )
 
 
@@ -238,7 +243,9 @@ _ACTIVE_MEMBERS = (select(members.c.address)
 _ROSTER = select(members.c.address).where(members.c.list_id == bindparam("b_list_id"))
 _MESSAGES_BY_ID = select(messages).where(messages.c.id.in_(bindparam("b_ids", expanding=True)))
 _LISTS_BY_ID = select(lists).where(lists.c.id.in_(bindparam("b_ids", expanding=True)))
-_NEXT_DUE = select(func.min(deliveries.c.due_at)).where(deliveries.c.status.in_(PENDING))
+# The partial index's own predicate, as text: with the statuses as bound parameters
+# SQLite cannot tell the index applies, and scans the table at every idle poll.
+_NEXT_DUE = select(func.min(deliveries.c.due_at)).where(text(PENDING_SQL))
 _LEASES_BY_ID = (select(deliveries.c.id, deliveries.c.lease_owner, deliveries.c.status)
                  .where(deliveries.c.id.in_(bindparam("b_ids", expanding=True))))
 _IDS_PER_LOOKUP = 1000  # ids in one IN list (SQLite allows 32,766 variables)
@@ -507,7 +514,7 @@ class Repository:
                 raise NotFound("list", address)
             failed = conn.execute(
                 update(deliveries)
-                .where(deliveries.c.list_id == list_id, deliveries.c.status.in_(PENDING))
+                .where(deliveries.c.list_id == list_id, deliveries.c.status.in_(UNFINISHED))
                 .values(status=DeliveryStatus.FAILED.value, updated_at=now,
                         last_reply="list deleted before delivery", lease_owner=None)
             ).rowcount
@@ -1209,7 +1216,7 @@ class Repository:
         """Mark queued messages whose deliveries are all final as done; release blobs."""
         pending = (select(deliveries.c.id)
                    .where(deliveries.c.message_id == messages.c.id,
-                          deliveries.c.status.in_(PENDING)).exists())
+                          deliveries.c.status.in_(UNFINISHED)).exists())
         with self.engines.writer.begin() as conn:
             ids = list(conn.scalars(
                 select(messages.c.id)
@@ -1438,7 +1445,8 @@ class WriteTransaction:
         self._hot.insert_message.execute_many(self._conn, [
             (m.id, m.mail_from, "\n".join(m.rcpt_tos), m.blob, m.size, m.received_at,
              m.peer, m.helo, m.protocol,
-             statuses.get(m.id, held if m.status is held else received).value, now)
+             statuses.get(m.id, held if m.status is held else received).value, now,
+             m.header_id)
             for m in batch])
 
     def insert_generated(self, generated: Sequence[GeneratedMessage], now: float) -> None:

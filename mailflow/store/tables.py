@@ -117,7 +117,11 @@ messages = Table(
     Column("protocol", String(16), nullable=False, server_default="ESMTP"),
     Column("status", String(16), nullable=False),
     Column("updated_at", Float, nullable=False),
+    # The Message-ID header field's value (bounded, control characters removed), for
+    # ``mailflow trace``; '' when the message has none.
+    Column("header_id", String(255), nullable=False, server_default=""),
     Index("ix_messages_status", "status"),
+    Index("ix_messages_header_id", "header_id"),
 )
 
 PENDING_SQL = "status IN ('queued', 'in_flight', 'deferred')"

@@ -17,13 +17,17 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mailflow import __version__
 from mailflow.metrics import REGISTRY
+from mailflow.services.gauges import QueueGauges
+from mailflow.services.readiness import Readiness
 from mailflow.store.runner import StoreRunner
 from mailflow.web.problems import problem
 
 log = logging.getLogger(__name__)
 
 
-def create_app(runner: StoreRunner, routers: Sequence[APIRouter] = ()) -> FastAPI:
+def create_app(runner: StoreRunner, routers: Sequence[APIRouter] = (), *,
+               readiness: Readiness | None = None,
+               gauges: QueueGauges | None = None) -> FastAPI:
     app = FastAPI(title="MailFlow Relay", version=__version__)
     for router in routers:
         app.include_router(router)
@@ -35,16 +39,35 @@ def create_app(runner: StoreRunner, routers: Sequence[APIRouter] = ()) -> FastAP
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        """The store answers, so ingresses can accept mail."""
-        try:
-            counts = await runner.read(runner.repo.delivery_counts)
-        except Exception as exc:
-            return problem(503, "Store unavailable", type(exc).__name__)
-        return JSONResponse({"status": "ready", "deliveries": counts})
+        """The store, the blob store and the default egress answer: mail can be taken
+        and sent.  A 503 names the checks that failed."""
+        if readiness is None:
+            try:
+                await runner.read(runner.repo.next_due_at)
+            except Exception as exc:
+                return problem(503, "Not ready", f"store: {type(exc).__name__}",
+                               failed=["store"])
+            return JSONResponse({"status": "ready", "checks": {"store": "ok"}})
+        checks = await readiness.checks()
+        failed = [c for c in checks if not c.ok]
+        if failed:
+            return problem(503, "Not ready",
+                           "; ".join(f"{c.name}: {c.detail}" for c in failed),
+                           failed=[c.name for c in failed],
+                           headers={"Retry-After": "5"})
+        return JSONResponse({"status": "ready", "checks": {c.name: "ok" for c in checks}})
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest(REGISTRY)
+        if gauges is not None:
+            try:
+                await gauges.refresh()
+            except Exception:  # the counters still answer; the gauges' age shows
+                log.exception("reading the queue gauges failed",
+                              extra={"action": "gauges_error"})
+            body += generate_latest(gauges.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/queue")
     async def queue() -> dict[str, dict[str, int]]:
