@@ -163,6 +163,7 @@ class Relay:
             poll_interval=settings.poll_interval,
             transaction_timeout=settings.smtp_transaction_timeout, srs=srs,
             cache_bytes=budget.rendered_copies, large_in_flight=budget.large_in_flight,
+            filter_regex_timeout=settings.filter_regex_timeout,
         ), recent=recent, ingest_busy=activity.busy)
         processor = Processor(runner, self.clock, on_queued=scheduler.wake,
                               poll_interval=settings.poll_interval, read_file=blobs.read)
@@ -178,6 +179,7 @@ class Relay:
         # to come) passes ``invalidate`` as its ``on_rules_changed``.
         self.sender_rules = store_rule_book(runner, self.clock, settings.recipient_cache_ttl)
         self.filter_rules = store_filter_book(runner, self.clock, settings.recipient_cache_ttl)
+        scheduler.filters = self.filter_rules  # tag and strip rules change the copies
         service = AcceptService(
             store_lookup(runner), committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,

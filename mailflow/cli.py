@@ -662,17 +662,21 @@ def filter_group() -> None:
 @click.option("--not-encrypted", is_flag=True,
               help="messages that are neither PGP/MIME nor S/MIME encrypted")
 @click.option("--action", required=True,
-              type=click.Choice(["reject", "discard", "hold"]), help="what a match does")
+              type=click.Choice(["reject", "discard", "hold", "tag", "strip"]),
+              help="what a match does (strip: with --attachment only)")
 @click.option("--text", default="", help="the reply of a reject; the reason of others")
+@click.option("--add-header", metavar="'NAME: VALUE'",
+              help="the field a tag rule adds to the copies")
 @pass_context
 def filter_add(ctx: Context, address: str, header: str | None, matches: str | None,
                body: str | None, larger_than: int | None, attachment: str | None,
-               not_encrypted: bool, action: str, text: str) -> None:
+               not_encrypted: bool, action: str, text: str, add_header: str | None) -> None:
     """Add a rule to ADDRESS with one condition, after its other rules."""
     with ctx.directory() as directory:
         rule = directory.add_filter_rule(
             address, action, text=text, header=header, matches=matches, body=body,
-            larger_than=larger_than, attachment=attachment, not_encrypted=not_encrypted)
+            larger_than=larger_than, attachment=attachment, not_encrypted=not_encrypted,
+            add_header=add_header)
         number = len(directory.filter_rules(rule.target))
     click.echo(f"added filter rule {number} to {rule.target}: "
                f"{filters.describe(rule)} -> {rule.action.value}")

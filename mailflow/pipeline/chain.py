@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Protocol
 
 from mailflow import headers
-from mailflow.model import InboundMessage, MailingList
+from mailflow.model import FilterRule, InboundMessage, MailingList
 from mailflow.pipeline.accept.blocklist import SenderBlocklist
 from mailflow.pipeline.accept.envelope import EnvelopeText
 from mailflow.pipeline.accept.filters import FilterRules, MessageFilters
@@ -42,8 +42,10 @@ from mailflow.pipeline.context import (
 )
 from mailflow.pipeline.process.autoreply import autoreply
 from mailflow.pipeline.process.expand import expand
+from mailflow.pipeline.send.filter_actions import filter_tag
 from mailflow.pipeline.send.forward import forward_style
 from mailflow.pipeline.send.list_headers import list_headers
+from mailflow.pipeline.send.strip import filter_strip
 from mailflow.pipeline.send.tag import plus_tag
 from mailflow.pipeline.send.trace import trace_fields
 
@@ -96,19 +98,28 @@ def accept_chain(settings: AcceptSettings, lookup: Lookup, rules: SenderRules, *
 # Next: forward, bounce handling, moderation.
 PROCESS_CHAIN: tuple[ProcessStep, ...] = (expand, autoreply)
 
-# ``forward_style`` first: it may replace the whole message the others add fields to.
-# Next: subject prefix, footer, List-Unsubscribe, VERP envelope sender, DKIM (last).
-SEND_CHAIN: tuple[SendStep, ...] = (forward_style, trace_fields, list_headers, plus_tag)
+# ``filter_strip`` first (a strip rule's attachments go before a fwd wraps the rest),
+# then ``forward_style``: it may replace the whole message the others add fields to.
+# Next: subject prefix, footer, List-Unsubscribe, VERP envelope sender.  DKIM signs the
+# rendered copy after the chain (``pipeline/send/dkim.py``, called by the scheduler).
+SEND_CHAIN: tuple[SendStep, ...] = (filter_strip, forward_style, trace_fields, list_headers,
+                                    plus_tag, filter_tag)
 
 
-def rendering_variant(mailing_list: MailingList) -> Hashable:
+def rendering_variant(mailing_list: MailingList,
+                      rules: Sequence[FilterRule] = ()) -> Hashable:
     """What tells two copies of one message apart under ``SEND_CHAIN``.
 
     The list (its headers, the plus tag it was reached by) and its forward style (a
-    copy rendered before the style changed must not be reused after); per-recipient
+    copy rendered before the style changed must not be reused after); the list's
+    filter rules when one of them changes copies (``send/filter_actions.copy_rules``:
+    which applies depends on the message and those rules alone); per-recipient
     steps (VERP, footers, unsubscribe tokens) add the recipient here, and every cache
     of rendered copies keys on it.
     """
+    if rules:
+        return (mailing_list.id, mailing_list.forward_style,
+                tuple((rule.id, rule.action, rule.text) for rule in rules))
     return (mailing_list.id, mailing_list.forward_style)
 
 
@@ -149,14 +160,17 @@ def run_process(steps: Sequence[ProcessStep], message: InboundMessage,
 
 
 def render_copy(raw: bytes, message: InboundMessage, mailing_list: MailingList,
-                identity: Identity, steps: Sequence[SendStep] = SEND_CHAIN) -> bytes:
+                identity: Identity, steps: Sequence[SendStep] = SEND_CHAIN, *,
+                filter_rule: FilterRule | None = None) -> bytes:
     """The outgoing copy: the steps' fields, then the original header and body bytes.
 
-    Added fields use the message's own line ending.
+    Added fields use the message's own line ending.  ``filter_rule``: the list's tag or
+    strip rule that applies to this message (``send/filter_actions.applied_rule``).
     """
     cut = headers.header_length(raw)
     # The body as a view: copied once, into the copy (a fwd step makes bytes of it).
-    copy = CopyContext(message, mailing_list, identity, raw[:cut], memoryview(raw)[cut:])
+    copy = CopyContext(message, mailing_list, identity, raw[:cut], memoryview(raw)[cut:],
+                       filter_rule=filter_rule)
     for step in steps:
         step(copy)
     header, rest = copy.header, copy.body

@@ -17,6 +17,7 @@ from mailflow.model import (
     AutoReply,
     Envelope,
     Event,
+    FilterRule,
     GeneratedMessage,
     InboundMessage,
     MailingList,
@@ -185,3 +186,4 @@ class CopyContext:
     body: bytes | memoryview = b""  # a view of the stored message until a step replaces it
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    filter_rule: FilterRule | None = None  # the list's tag or strip rule that applies

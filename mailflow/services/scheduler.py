@@ -80,6 +80,8 @@ from mailflow.model import (
     Delivery,
     DeliveryStatus,
     Egress,
+    FilterAction,
+    FilterRule,
     InboundMessage,
     Lease,
     ListKind,
@@ -87,11 +89,13 @@ from mailflow.model import (
     Outcome,
     RecipientReply,
 )
+from mailflow.pipeline.accept.filters import FilterRules
 from mailflow.pipeline.chain import render_copy, rendering_variant
 from mailflow.pipeline.context import Identity
 from mailflow.pipeline.notice import NOTICE_PROTOCOL, Failure
 from mailflow.pipeline.send.bounce import rewritten_bounce
 from mailflow.pipeline.send.envelope import envelope_sender
+from mailflow.pipeline.send.filter_actions import applied_rule, copy_rules
 from mailflow.services.in_flight import LargeInFlight
 from mailflow.services.lanes import Lane, RoutedEgress
 from mailflow.services.recent import RecentMessages
@@ -122,6 +126,7 @@ class SchedulerOptions:
     srs: Srs | None = None  # envelope senders of alias forwards (None: the bounce address)
     cache_bytes: int = DEFAULT_BUDGET.rendered_copies  # rendered copies kept in memory
     large_in_flight: int = DEFAULT_BUDGET.large_in_flight  # bytes (see services/in_flight)
+    filter_regex_timeout: float = 0.5  # a copy's tag/strip rule matching (as at accept)
 
 
 @dataclass(slots=True)
@@ -173,6 +178,8 @@ class Scheduler:
             options.cache_bytes, max_item=item_limit(options.cache_bytes))
         self._large = LargeInFlight(options.large_in_flight, self._content.max_item)
         self._identity = Identity(options.instance_id, options.hostname)
+        # The lists' filter rules, for their tag and strip rules; set by the app.
+        self.filters: FilterRules | None = None
         # Told of alias forwards that failed for good (``services.notices``); set by the app.
         self.on_failed: Callable[[Failure], None] | None = None
         # What relayed bounces and failure notices are sent "through" (no list has id 0).
@@ -609,7 +616,8 @@ class Scheduler:
     async def _render(self, tx: Transaction) -> bytes:
         """The copy the send chain makes of the message for this transaction."""
         returned = _returned_bounce(tx)
-        variant = rendering_variant(tx.mailing_list)
+        rules = await self._copy_rules(tx.mailing_list)
+        variant = rendering_variant(tx.mailing_list, rules)
         if returned:  # the report names its recipient
             variant = (variant, tuple(d.recipient for d in tx.deliveries))
         key = (tx.message.id, variant)
@@ -618,9 +626,26 @@ class Scheduler:
             raw = await self._body(tx.message.blob)
             if returned:
                 raw = await asyncio.to_thread(self._rewritten, raw, tx)
-            content = render_copy(raw, tx.message, tx.mailing_list, self._identity)
+            rule = None
+            if rules:  # parses and matches: a thread
+                rule = await asyncio.to_thread(applied_rule, raw, rules,
+                                               self.options.filter_regex_timeout)
+            if rule is not None and rule.action is FilterAction.STRIP:
+                content = await asyncio.to_thread(
+                    render_copy, raw, tx.message, tx.mailing_list, self._identity,
+                    filter_rule=rule)
+            else:
+                content = render_copy(raw, tx.message, tx.mailing_list, self._identity,
+                                      filter_rule=rule)
             self._content.put(key, content)
         return content
+
+    async def _copy_rules(self, mailing_list: MailingList) -> tuple[FilterRule, ...]:
+        """The list's filter rules if one of them changes copies (tag, strip)."""
+        if self.filters is None or mailing_list.id <= 0:
+            return ()
+        found = await self.filters.rules_for([mailing_list.address])
+        return copy_rules(found.get(mailing_list.address, ()))
 
     def _rewritten(self, raw: bytes, tx: Transaction) -> bytes:
         """A returned bounce as the report the original sender gets (a thread: the

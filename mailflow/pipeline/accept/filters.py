@@ -1,7 +1,8 @@
 """Filter rules of lists and aliases: the first rule whose condition holds decides.
 
 A rule has one condition (a header field, the body text, the size, an attachment's type
-or file name, "not encrypted") and one action (reject, discard, hold).  Each recipient
+or file name, "not encrypted") and one action (reject, discard, hold; or tag and strip,
+which accept here and change the copies in the send chain, ``pipeline/send/``).  Each recipient
 (a list or alias) has its own rules, tried in the order they were added; the rules of
 all of a message's recipients come from one question to :class:`FilterRules`.
 
@@ -39,7 +40,7 @@ import regex
 
 from mailflow import headers
 from mailflow.errors import FilterRejected
-from mailflow.model import FilterAction, FilterCondition, FilterRule
+from mailflow.model import COPY_ACTIONS, FilterAction, FilterCondition, FilterRule
 from mailflow.pipeline.context import Decision, MessageContext, Recipient
 
 log = logging.getLogger(__name__)
@@ -179,10 +180,15 @@ def holds(rule: FilterRule, message: ParsedMessage, budget: Budget) -> bool:
                    for value in message.field_values(rule.header))
     if condition is FilterCondition.BODY:
         return any(budget.search(rule.argument, text, rule) for text in message.text_parts())
-    glob = rule.argument.lower()
-    return any(fnmatch.fnmatchcase(content_type, glob)
-               or (filename and fnmatch.fnmatchcase(filename, glob))
+    return any(attachment_matches(content_type, filename, rule.argument)
                for content_type, filename in message.attachments())
+
+
+def attachment_matches(content_type: str, filename: str, glob: str) -> bool:
+    """Whether an attachment's MIME type or file name matches ``glob`` (any case)."""
+    glob = glob.lower()
+    return (fnmatch.fnmatchcase(content_type.lower(), glob)
+            or bool(filename and fnmatch.fnmatchcase(filename.lower(), glob)))
 
 
 def first_matches(raw: bytes, header: bytes, rules: Mapping[str, Sequence[FilterRule]],
@@ -254,4 +260,6 @@ class MessageFilters:
                                             thread_name_prefix="mailflow-filters")
         matched = await asyncio.get_running_loop().run_in_executor(
             self._pool, first_matches, ctx.raw, ctx.header, found, self.timeout)
-        return {target: decision(rule) for target, rule in matched.items()}
+        # A tag or strip rule that matches first accepts: it changes the copies later.
+        return {target: decision(rule) for target, rule in matched.items()
+                if rule.action not in COPY_ACTIONS}
