@@ -24,6 +24,7 @@ cli.queue_show
 Whitelist().rule_add, Whitelist().rule_remove, Whitelist().rule_ls  # in cli._rule_group
 cli.autoreply_set, cli.autoreply_clear, cli.autoreply_show
 cli.filter_add, cli.filter_ls, cli.filter_remove, cli.held_ls, cli.held_release, cli.held_discard
+cli.dkim_keygen, cli.dkim_ls, cli.dkim_remove
 
 # pydantic calls the validators and the sources hook; the hook's signature is pydantic's.
 config.Settings._check_listen, config.Settings._check_relay, config.Settings._check_egress
@@ -58,6 +59,7 @@ web_app.EmbeddedServer.capture_signals
 nested.should_exit  # uvicorn's Server reads it; Relay.stop sets it
 engine._on_connect, engine._on_begin
 nested.isolation_level  # sqlite3 reads it (engine._on_connect sets it)
+nested.nameservers  # dnspython's Resolver reads it (testing.dns sets it)
 
 # A member status stored in the database and honoured by expansion (only ``active``
 # members get copies); set by the coming bounce processing and the API.

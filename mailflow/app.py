@@ -40,6 +40,7 @@ from mailflow.ingress.tls import ServerTls
 from mailflow.model import BARE_ROLE
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
+from mailflow.services.dkim_keys import store_key_book
 from mailflow.services.filter_rules import FilterBook, store_filter_book
 from mailflow.services.installation import prepare
 from mailflow.services.notices import FailureNotices
@@ -180,6 +181,7 @@ class Relay:
         self.sender_rules = store_rule_book(runner, self.clock, settings.recipient_cache_ttl)
         self.filter_rules = store_filter_book(runner, self.clock, settings.recipient_cache_ttl)
         scheduler.filters = self.filter_rules  # tag and strip rules change the copies
+        scheduler.sign = store_key_book(runner, self.clock, settings.recipient_cache_ttl).sign
         service = AcceptService(
             store_lookup(runner), committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,

@@ -57,10 +57,11 @@ class ConfigurationError(MailflowError):
 
 
 # What kind of object a NotFound or Conflict is about, and how a sentence names it.
-ObjectKind = Literal["domain", "list", "member", "rule", "filter", "message"]
+ObjectKind = Literal["domain", "list", "member", "rule", "filter", "message", "dkim"]
 KIND_WORDS: Final[dict[str, str]] = {
     "domain": "domain", "list": "list or alias", "member": "member",
-    "rule": "block or allow entry", "filter": "filter rule", "message": "held message"}
+    "rule": "block or allow entry", "filter": "filter rule", "message": "held message",
+    "dkim": "DKIM key of"}
 
 
 class NotFound(MailflowError):

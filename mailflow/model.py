@@ -334,6 +334,26 @@ class FilterRule:
 
 
 @dataclass(frozen=True, slots=True)
+class DkimKey:
+    """A domain's DKIM signing key: copies of its lists and aliases are signed with it."""
+
+    domain: str
+    selector: str
+    private_key: str  # PEM (PKCS#1), as dkimpy reads it
+    public_key: str   # base64 DER SubjectPublicKeyInfo: the ``p=`` of the DNS record
+    created_at: float
+
+    @property
+    def dns_name(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain}"
+
+    @property
+    def dns_text(self) -> str:
+        """The TXT record's value (RFC 6376 3.6.1)."""
+        return f"v=DKIM1; k=rsa; p={self.public_key}"
+
+
+@dataclass(frozen=True, slots=True)
 class HeldMessage:
     """A message a filter rule holds, as ``mailflow held ls`` shows it."""
 

@@ -29,6 +29,7 @@ from mailflow.errors import InvalidInput
 from mailflow.model import (
     AddedMembers,
     AutoReply,
+    DkimKey,
     Domain,
     FilterAction,
     FilterCondition,
@@ -42,6 +43,7 @@ from mailflow.model import (
     SenderRule,
 )
 from mailflow.pipeline.process.autoreply import TEMPLATE_KEYS
+from mailflow.services import dkim_keys
 from mailflow.store import Repository
 
 NAME_MAX_LENGTH: Final = 200          # characters; the ``lists.name`` column
@@ -378,6 +380,26 @@ class DirectoryService:
         it still has lists."""
         self.repo.remove_domain(validated_domain(name))
         self._rules_changed()
+
+    # -- DKIM keys ------------------------------------------------------------------------
+
+    def create_dkim_key(self, domain: str, selector: str | None = None, *,
+                        replace: bool = False) -> DkimKey:
+        """A new signing key for a served domain (:class:`Conflict` if it has one and not
+        ``replace``); the caller publishes its DNS record."""
+        name = validated_domain(domain)
+        now = self.clock.now()
+        chosen = dkim_keys.validated_selector(
+            selector if selector is not None else dkim_keys.default_selector(now))
+        key = dkim_keys.new_key(name, chosen, now)
+        self.repo.put_dkim_key(key, replace=replace)
+        return key
+
+    def dkim_keys(self) -> list[DkimKey]:
+        return self.repo.dkim_keys()
+
+    def remove_dkim_key(self, domain: str) -> DkimKey:
+        return self.repo.remove_dkim_key(validated_domain(domain))
 
     # -- lists and aliases --------------------------------------------------------------
 

@@ -57,7 +57,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from mailflow import srs
@@ -180,6 +180,8 @@ class Scheduler:
         self._identity = Identity(options.instance_id, options.hostname)
         # The lists' filter rules, for their tag and strip rules; set by the app.
         self.filters: FilterRules | None = None
+        # Signs a rendered copy (DKIM, ``services/dkim_keys``), last; set by the app.
+        self.sign: Callable[[bytes, MailingList], Awaitable[bytes]] | None = None
         # Told of alias forwards that failed for good (``services.notices``); set by the app.
         self.on_failed: Callable[[Failure], None] | None = None
         # What relayed bounces and failure notices are sent "through" (no list has id 0).
@@ -637,6 +639,8 @@ class Scheduler:
             else:
                 content = render_copy(raw, tx.message, tx.mailing_list, self._identity,
                                       filter_rule=rule)
+            if self.sign is not None:  # over the final bytes, once per rendering variant
+                content = await self.sign(content, tx.mailing_list)
             self._content.put(key, content)
         return content
 

@@ -192,3 +192,14 @@ filter_rules = Table(
     Column("created_at", Float, nullable=False),
     Index("ix_filter_rules_target", "target", "id"),
 )
+
+# One DKIM signing key per domain (PEM private key, base64 DER public key for DNS).
+dkim_keys = Table(
+    "dkim_keys",
+    metadata,
+    Column("domain", String(253), primary_key=True),
+    Column("selector", String(63), nullable=False),
+    Column("private_key", Text, nullable=False),
+    Column("public_key", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
