@@ -18,13 +18,17 @@ sender cannot set the tag the copy's readers filter on.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from email.header import Header
+from typing import Final
 
 from mailflow import headers
 from mailflow.model import COPY_ACTIONS, FilterAction, FilterRule
 from mailflow.pipeline.accept import filters
 from mailflow.pipeline.context import CopyContext
+
+_FIELD_NAME: Final = re.compile(r"[!-9;-~]+")  # RFC 5322: printable US-ASCII but the colon
 
 
 def copy_rules(rules: Sequence[FilterRule]) -> tuple[FilterRule, ...]:
@@ -55,7 +59,7 @@ def filter_tag(copy: CopyContext) -> None:
         return
     name, _, value = rule.text.partition(":")
     name, value = name.strip(), headers.header_safe(value.strip())
-    if not name or not value:
+    if not value or not _FIELD_NAME.fullmatch(name):  # checked when added; and here again
         return
     copy.removed.append(name)
     if not value.isascii():  # RFC 2047: the added fields are written as UTF-8 otherwise
