@@ -27,6 +27,7 @@ cli.autoreply_set, cli.autoreply_clear, cli.autoreply_show
 cli.filter_add, cli.filter_ls, cli.filter_remove, cli.held_ls, cli.held_release, cli.held_discard
 cli.member_set_role, cli.held_approve, cli.held_reject
 cli.member_enable, cli.bounces_ls, cli.suppress_add, cli.suppress_remove, cli.suppress_ls
+cli.dkim_keygen, cli.dkim_ls, cli.dkim_remove
 
 # pydantic calls the validators and the sources hook; the hook's signature is pydantic's.
 config.Settings._check_listen, config.Settings._check_relay, config.Settings._check_egress
@@ -68,6 +69,7 @@ web_app.EmbeddedServer.capture_signals
 nested.should_exit  # uvicorn's Server reads it; Relay.stop sets it
 engine._on_connect, engine._on_begin
 nested.isolation_level  # sqlite3 reads it (engine._on_connect sets it)
+nested.nameservers  # dnspython's Resolver reads it (testing.dns sets it)
 
 # http.server's hooks in the test proxy (mailflow/testing/fault_proxy.py).
 nested.daemon_threads, nested.log_message

@@ -50,6 +50,7 @@ from mailflow.pipeline.context import Identity
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.bounce_upkeep import bounce_upkeep
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
+from mailflow.services.dkim_keys import store_key_book
 from mailflow.services.dmarc_policy import DmarcPolicies
 from mailflow.services.filter_rules import FilterBook, store_filter_book
 from mailflow.services.gauges import QueueGauges
@@ -206,6 +207,7 @@ class Relay:
             dmarc_author_field=settings.dmarc_author_field,
             cache_bytes=budget.rendered_copies, large_in_flight=budget.large_in_flight,
             public_url=settings.public_url, unsubscribe=unsubscribe,
+            filter_regex_timeout=settings.filter_regex_timeout,
         ), recent=recent, ingest_busy=activity.busy)
         processor = Processor(runner, self.clock, on_queued=scheduler.wake,
                               poll_interval=settings.poll_interval, read_file=blobs.read)
@@ -221,6 +223,8 @@ class Relay:
         # to come) passes ``invalidate`` as its ``on_rules_changed``.
         self.sender_rules = store_rule_book(runner, self.clock, settings.recipient_cache_ttl)
         self.filter_rules = store_filter_book(runner, self.clock, settings.recipient_cache_ttl)
+        scheduler.filters = self.filter_rules  # tag and strip rules change the copies
+        scheduler.sign = store_key_book(runner, self.clock, settings.recipient_cache_ttl).sign
         service = AcceptService(
             store_lookup(runner), committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,

@@ -34,6 +34,7 @@ from mailflow.model import (
     AddedMembers,
     DeliveryRow,
     DeliveryStatus,
+    DkimKey,
     DmarcMode,
     ForwardStyle,
     ListKind,
@@ -147,6 +148,10 @@ def hint(error: MailflowError, command: str | None) -> str:
             return "; see `mailflow held ls`"
         if error.kind == "suppression":
             return "; see `mailflow suppress ls`"
+        if error.kind == "dkim":
+            return "; see `mailflow dkim ls`"
+    if isinstance(error, Conflict) and error.kind == "dkim":
+        return f"; `mailflow dkim keygen {error.name} --replace` makes a new one"
     if isinstance(error, Conflict) and error.kind == "domain" and error.dependents:
         return "; delete them first with `mailflow list delete`"
     return ""
@@ -858,17 +863,21 @@ def filter_group() -> None:
 @click.option("--not-encrypted", is_flag=True,
               help="messages that are neither PGP/MIME nor S/MIME encrypted")
 @click.option("--action", required=True,
-              type=click.Choice(["reject", "discard", "hold"]), help="what a match does")
+              type=click.Choice(["reject", "discard", "hold", "tag", "strip"]),
+              help="what a match does (strip: with --attachment only)")
 @click.option("--text", default="", help="the reply of a reject; the reason of others")
+@click.option("--add-header", metavar="'NAME: VALUE'",
+              help="the field a tag rule adds to the copies")
 @pass_context
 def filter_add(ctx: Context, address: str, header: str | None, matches: str | None,
                body: str | None, larger_than: int | None, attachment: str | None,
-               not_encrypted: bool, action: str, text: str) -> None:
+               not_encrypted: bool, action: str, text: str, add_header: str | None) -> None:
     """Add a rule to ADDRESS with one condition, after its other rules."""
     with ctx.directory() as directory:
         rule = directory.add_filter_rule(
             address, action, text=text, header=header, matches=matches, body=body,
-            larger_than=larger_than, attachment=attachment, not_encrypted=not_encrypted)
+            larger_than=larger_than, attachment=attachment, not_encrypted=not_encrypted,
+            add_header=add_header)
         number = len(directory.filter_rules(rule.target))
     click.echo(f"added filter rule {number} to {rule.target}: "
                f"{filters.describe(rule)} -> {rule.action.value}")
@@ -1052,6 +1061,60 @@ def suppress_ls(ctx: Context, list_address: str | None, as_json: bool) -> None:
         return
     for e in found:
         click.echo(f"{e.address}\t{e.target or '(every list)'}\t{e.reason}")
+# -- DKIM keys --------------------------------------------------------------------------
+
+@cli.group()
+def dkim() -> None:
+    """DKIM signing keys: every copy for a list or alias of a domain with a key is signed."""
+
+
+def _dns_record(key: DkimKey) -> str:
+    """The TXT record in zone-file form, its value cut into strings of 255 characters."""
+    value = key.dns_text
+    strings = " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
+    return f"{key.dns_name}. IN TXT ( {strings} )"
+
+
+@dkim.command("keygen")
+@click.argument("domain")
+@click.option("--selector", help="the DNS selector (default: mf and today's date, UTC)")
+@click.option("--replace", is_flag=True,
+              help="replace the domain's key (the old record may stay published)")
+@pass_context
+def dkim_keygen(ctx: Context, domain: str, selector: str | None, replace: bool) -> None:
+    """Make a 2048-bit RSA key for DOMAIN and print the DNS TXT record to publish."""
+    with ctx.directory() as directory:
+        key = directory.create_dkim_key(domain, selector, replace=replace)
+    click.echo(f"created a DKIM key for {key.domain} (selector {key.selector}); copies "
+               "are signed from now on; publish this DNS record:")
+    click.echo(_dns_record(key))
+
+
+@dkim.command("ls")
+@click.option("--json", "as_json", is_flag=True,
+              help="a JSON array of objects with domain, selector, created_at, dns_name "
+                   "and dns_txt")
+@pass_context
+def dkim_ls(ctx: Context, as_json: bool) -> None:
+    """Show the domains that have a key, with the DNS record each needs."""
+    with ctx.directory() as directory:
+        found = directory.dkim_keys()
+    if as_json:
+        emit_json([{"domain": k.domain, "selector": k.selector, "created_at": k.created_at,
+                    "dns_name": k.dns_name, "dns_txt": k.dns_text} for k in found])
+        return
+    for k in found:
+        click.echo(f"{k.domain}\t{k.selector}\t{_moment(k.created_at)}\t{_dns_record(k)}")
+
+
+@dkim.command("remove")
+@click.argument("domain")
+@pass_context
+def dkim_remove(ctx: Context, domain: str) -> None:
+    """Stop signing DOMAIN's copies and forget its key."""
+    with ctx.directory() as directory:
+        key = directory.remove_dkim_key(domain)
+    click.echo(f"removed the DKIM key of {key.domain} (selector {key.selector})")
 
 
 # -- queue ------------------------------------------------------------------------------

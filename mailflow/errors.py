@@ -58,11 +58,12 @@ class ConfigurationError(MailflowError):
 
 
 # What kind of object a NotFound or Conflict is about, and how a sentence names it.
-ObjectKind = Literal["domain", "list", "member", "rule", "filter", "message", "suppression"]
+ObjectKind = Literal["domain", "list", "member", "rule", "filter", "message", "suppression",
+                     "dkim"]
 KIND_WORDS: Final[dict[str, str]] = {
     "domain": "domain", "list": "list or alias", "member": "member",
     "rule": "block or allow entry", "filter": "filter rule", "message": "held message",
-    "suppression": "suppression"}
+    "suppression": "suppression", "dkim": "DKIM key of"}
 
 
 class NotFound(MailflowError):

@@ -453,6 +453,12 @@ class FilterAction(enum.StrEnum):
     REJECT = "reject"    # refused (550 5.7.1 with the rule's text)
     DISCARD = "discard"  # accepted, not delivered, an event says why
     HOLD = "hold"        # kept (message status ``held``) until an owner decides
+    TAG = "tag"          # delivered with a header field added (the rule's ``text``)
+    STRIP = "strip"      # delivered without the attachments its condition names
+
+
+#: The actions that change the copies rather than decide at the accept step.
+COPY_ACTIONS: Final = frozenset({FilterAction.TAG, FilterAction.STRIP})
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,9 +474,30 @@ class FilterRule:
     argument: str               # regular expression, glob or byte count; '' for not_encrypted
     action: FilterAction
     header: str = ""            # the field name, for a header condition
-    text: str = ""              # what a reject tells the sender, what an event says
+    text: str = ""              # what a reject tells the sender, what an event says;
+                                # for ``tag``, the field it adds (``Name: value``)
     id: int = 0
     created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    """A domain's DKIM signing key: copies of its lists and aliases are signed with it."""
+
+    domain: str
+    selector: str
+    private_key: str  # PEM (PKCS#1), as dkimpy reads it
+    public_key: str   # base64 DER SubjectPublicKeyInfo: the ``p=`` of the DNS record
+    created_at: float
+
+    @property
+    def dns_name(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain}"
+
+    @property
+    def dns_text(self) -> str:
+        """The TXT record's value (RFC 6376 3.6.1)."""
+        return f"v=DKIM1; k=rsa; p={self.public_key}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,17 +128,17 @@ def test_a_subdomain_without_a_record_follows_its_organizational_domain(
         dns: DnsServer) -> None:
     policies = DmarcPolicies(f"127.0.0.1:{dns.port}", timeout=2)
     assert ask(policies, "a@mail.strict.example", "a@mail.relaxed.example") == [True, False]
-    assert "_dmarc.strict.example" in dns.questions
+    assert "_dmarc.strict.example" in dns.asked
 
 
 def test_answers_are_kept_for_their_ttl(dns: DnsServer) -> None:
     clock = FakeClock(1000.0)
     policies = DmarcPolicies(f"127.0.0.1:{dns.port}", timeout=2, clock=clock.now)
     assert ask(policies, "a@strict.example", "b@strict.example") == [True, True]
-    assert dns.questions.count("_dmarc.strict.example") == 1
+    assert dns.asked.count("_dmarc.strict.example") == 1
     clock.advance(301)
     assert ask(policies, "c@strict.example") == [True]
-    assert dns.questions.count("_dmarc.strict.example") == 2
+    assert dns.asked.count("_dmarc.strict.example") == 2
 
 
 def test_a_resolver_that_does_not_answer_means_rewrite_and_ask_again_soon(
@@ -146,11 +146,11 @@ def test_a_resolver_that_does_not_answer_means_rewrite_and_ask_again_soon(
     clock = FakeClock(1000.0)
     policies = DmarcPolicies(f"127.0.0.1:{dns.port}", timeout=0.3, clock=clock.now)
     assert ask(policies, "a@down.example") == [True]
-    asked = dns.questions.count("_dmarc.down.example")
+    asked = dns.asked.count("_dmarc.down.example")
     clock.advance(61)
     dns.silent.clear()
     assert ask(policies, "a@down.example") == [False]
-    assert dns.questions.count("_dmarc.down.example") > asked
+    assert dns.asked.count("_dmarc.down.example") > asked
 
 
 def test_the_cache_is_bounded(dns: DnsServer) -> None:

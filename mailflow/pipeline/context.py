@@ -19,6 +19,7 @@ from mailflow.model import (
     BounceReport,
     Envelope,
     Event,
+    FilterRule,
     GeneratedMessage,
     InboundMessage,
     MailingList,
@@ -205,3 +206,4 @@ class CopyContext:
     # Set when the list's From: replaces the author's (DMARC): where the author goes.
     rewrite_from: AuthorField | None = None
     member: Member | None = None  # a copy rendered for one member (personalized), or shared
+    filter_rule: FilterRule | None = None  # the list's tag or strip rule that applies

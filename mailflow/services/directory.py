@@ -30,6 +30,7 @@ from mailflow.model import (
     AddedMembers,
     AutoReply,
     BounceEventRow,
+    DkimKey,
     DmarcMode,
     Domain,
     FilterAction,
@@ -50,6 +51,7 @@ from mailflow.model import (
 )
 from mailflow.pipeline.process.autoreply import TEMPLATE_KEYS
 from mailflow.pipeline.send import templates
+from mailflow.services import dkim_keys
 from mailflow.store import Repository
 
 NAME_MAX_LENGTH: Final = 200          # characters; the ``lists.name`` column
@@ -76,6 +78,13 @@ FILTER_PATTERN_MAX_LENGTH: Final = 1000  # characters of a filter's regular expr
 FILTER_TEXT_MAX_LENGTH: Final = 500      # the ``filter_rules.text`` column
 FILTER_HEADER_MAX_LENGTH: Final = 200    # the ``filter_rules.header`` column
 FILTER_RULES_PER_ADDRESS: Final = 100    # every message to the address tries them all
+TAG_NAME_MAX_LENGTH: Final = 76         # a tag rule's field name (RFC 5322 line: 78)
+TAG_VALUE_MAX_LENGTH: Final = 400       # its value; with the name, fits the text column
+TAG_REFUSED_NAMES: Final = frozenset({
+    "from", "sender", "reply-to", "to", "cc", "bcc", "date", "message-id", "in-reply-to",
+    "references", "subject", "mime-version", "received", "return-path", "dkim-signature",
+    "authentication-results", "precedence", "auto-submitted", "errors-to"})
+TAG_REFUSED_PREFIXES: Final = ("content-", "resent-", "arc-", "list-", "x-mailflow-")
 # RFC 5322 field names: printable US-ASCII but the colon.
 _FIELD_NAME: Final = re.compile(r"[!-9;-~]+")
 
@@ -422,6 +431,30 @@ def validated_filter_action(action: str | FilterAction) -> FilterAction:
     return _validated_choice(FilterAction, action, "action")
 
 
+def validated_tag_field(field: str) -> str:
+    """The ``Name: value`` field a ``tag`` rule adds, as it is stored and written.
+
+    Fields that route, identify, authenticate or structure a message are refused: a
+    second ``From`` or ``Content-Type`` would make the copy ambiguous to its reader,
+    and the relay's own fields (``X-MailFlow-*``, ``List-*``) are its word alone.
+    """
+    name, colon, value = field.partition(":")
+    name, value = name.strip(), value.strip()
+    if not colon or not _FIELD_NAME.fullmatch(name) or len(name) > TAG_NAME_MAX_LENGTH:
+        raise InvalidInput(f"invalid field {field!r}: give 'Name: value', the name printable "
+                           f"ASCII without spaces or a colon, at most {TAG_NAME_MAX_LENGTH} "
+                           "characters")
+    lowered = name.lower()
+    if lowered in TAG_REFUSED_NAMES or lowered.startswith(TAG_REFUSED_PREFIXES):
+        raise InvalidInput(f"a tag rule cannot add {name}: it routes, identifies, "
+                           "authenticates or structures the message; choose another name, "
+                           "such as X-Filtered")
+    if not value:
+        raise InvalidInput(f"empty value for {name}: give 'Name: value'")
+    _header_safe_text(value, "field value", TAG_VALUE_MAX_LENGTH)
+    return f"{name}: {value}"
+
+
 class DirectoryService:
     """Domains, lists and aliases, their members, and sender entries: validated, then stored.
 
@@ -480,6 +513,26 @@ class DirectoryService:
         it still has lists."""
         self.repo.remove_domain(validated_domain(name))
         self._rules_changed()
+
+    # -- DKIM keys ------------------------------------------------------------------------
+
+    def create_dkim_key(self, domain: str, selector: str | None = None, *,
+                        replace: bool = False) -> DkimKey:
+        """A new signing key for a served domain (:class:`Conflict` if it has one and not
+        ``replace``); the caller publishes its DNS record."""
+        name = validated_domain(domain)
+        now = self.clock.now()
+        chosen = dkim_keys.validated_selector(
+            selector if selector is not None else dkim_keys.default_selector(now))
+        key = dkim_keys.new_key(name, chosen, now)
+        self.repo.put_dkim_key(key, replace=replace)
+        return key
+
+    def dkim_keys(self) -> list[DkimKey]:
+        return self.repo.dkim_keys()
+
+    def remove_dkim_key(self, domain: str) -> DkimKey:
+        return self.repo.remove_dkim_key(validated_domain(domain))
 
     # -- lists and aliases --------------------------------------------------------------
 
@@ -627,15 +680,29 @@ class DirectoryService:
     def add_filter_rule(self, address: str, action: str | FilterAction, *, text: str = "",
                         header: str | None = None, matches: str | None = None,
                         body: str | None = None, larger_than: int | None = None,
-                        attachment: str | None = None, not_encrypted: bool = False
-                        ) -> FilterRule:
-        """Add a rule after the list's others (tried in that order; first match wins)."""
+                        attachment: str | None = None, not_encrypted: bool = False,
+                        add_header: str | None = None) -> FilterRule:
+        """Add a rule after the list's others (tried in that order; first match wins).
+
+        ``add_header``: the ``Name: value`` field of a ``tag`` rule (kept as its text).
+        """
         target = validated_address(address)
         condition, name, argument = validated_filter_condition(
             header=header, matches=matches, body=body, larger_than=larger_than,
             attachment=attachment, not_encrypted=not_encrypted)
-        rule = FilterRule(target, condition, argument, validated_filter_action(action), name,
-                          _header_safe_text(text.strip(), "text", FILTER_TEXT_MAX_LENGTH),
+        chosen = validated_filter_action(action)
+        text = _header_safe_text(text.strip(), "text", FILTER_TEXT_MAX_LENGTH)
+        if chosen is FilterAction.TAG:
+            if add_header is None or text:
+                raise InvalidInput("a tag rule adds the field given as --add-header "
+                                   "'Name: value' (and takes no --text)")
+            text = validated_tag_field(add_header)
+        elif add_header is not None:
+            raise InvalidInput("--add-header goes with --action tag only")
+        if chosen is FilterAction.STRIP and condition is not FilterCondition.ATTACHMENT:
+            raise InvalidInput("a strip rule removes the attachments its condition names: "
+                               "give --attachment GLOB")
+        rule = FilterRule(target, condition, argument, chosen, name, text,
                           created_at=self.clock.now())
         if len(self.repo.filter_rules(target)) >= FILTER_RULES_PER_ADDRESS:
             raise InvalidInput(f"{target} has {FILTER_RULES_PER_ADDRESS} filter rules "

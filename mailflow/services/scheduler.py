@@ -58,7 +58,7 @@ import contextlib
 import functools
 import itertools
 import logging
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from mailflow import srs
@@ -90,6 +90,8 @@ from mailflow.model import (
     DeliveryStatus,
     DmarcMode,
     Egress,
+    FilterAction,
+    FilterRule,
     InboundMessage,
     Lease,
     ListKind,
@@ -99,12 +101,14 @@ from mailflow.model import (
     Outcome,
     RecipientReply,
 )
+from mailflow.pipeline.accept.filters import FilterRules
 from mailflow.pipeline.chain import copy_recipient, render_copy, rendering_variant
 from mailflow.pipeline.context import Identity
 from mailflow.pipeline.notice import NOTICE_PROTOCOL, Failure
 from mailflow.pipeline.send.bounce import returned_alias, rewritten_bounce
 from mailflow.pipeline.send.dmarc import author
 from mailflow.pipeline.send.envelope import envelope_sender
+from mailflow.pipeline.send.filter_actions import applied_rule, copy_rules
 from mailflow.pipeline.send.ses_bounce import ses_message_ids
 from mailflow.services.dmarc_policy import DmarcPolicies
 from mailflow.services.in_flight import LargeInFlight
@@ -144,6 +148,7 @@ class SchedulerOptions:
     large_in_flight: int = DEFAULT_BUDGET.large_in_flight  # bytes (see services/in_flight)
     public_url: str = ""  # the List-* links' base (docs/lists.md)
     unsubscribe: UnsubscribeTokens | None = None  # signs one-click links of member copies
+    filter_regex_timeout: float = 0.5  # a copy's tag/strip rule matching (as at accept)
 
 
 @dataclass(slots=True)
@@ -197,6 +202,10 @@ class Scheduler:
         self._large = LargeInFlight(options.large_in_flight, self._content.max_item)
         self._identity = Identity(options.instance_id, options.hostname, options.public_url,
                                   options.unsubscribe)
+        # The lists' filter rules, for their tag and strip rules; set by the app.
+        self.filters: FilterRules | None = None
+        # Signs a rendered copy (DKIM, ``services/dkim_keys``), last; set by the app.
+        self.sign: Callable[[bytes, MailingList], Awaitable[bytes]] | None = None
         # Told of alias forwards that failed for good (``services.notices``); set by the app.
         self.on_failed: Callable[[Failure], None] | None = None
         # What relayed bounces and failure notices are sent "through" (no list has id 0).
@@ -640,7 +649,8 @@ class Scheduler:
         """The copy the send chain makes of the message for this transaction."""
         returned = _returned_bounce(tx)
         recipient = copy_recipient(tx.mailing_list, [d.recipient for d in tx.deliveries])
-        variant = rendering_variant(tx.mailing_list, recipient)
+        rules = await self._copy_rules(tx.mailing_list)
+        variant = rendering_variant(tx.mailing_list, recipient, rules)
         if returned:  # the report names its recipient
             variant = (variant, tuple(d.recipient for d in tx.deliveries))
         key = (tx.message.id, variant)
@@ -650,17 +660,31 @@ class Scheduler:
             if returned:
                 sent_for = await self._ses_bounce_alias(raw)
                 raw = await asyncio.to_thread(self._rewritten, raw, tx, sent_for)
+            rule = None
+            if rules:  # parses and matches: a thread
+                rule = await asyncio.to_thread(applied_rule, raw, rules,
+                                               self.options.filter_regex_timeout)
             rewrite_from = await self._rewrite_from(raw, tx)
             member = await self._copy_member(tx, recipient)
             render = functools.partial(render_copy, raw, tx.message, tx.mailing_list,
                                        self._identity, member=member,
-                                       rewrite_from=rewrite_from)
-            if tx.mailing_list.decoration.changes_copies:  # MIME work: off the loop
-                content = await asyncio.to_thread(render)
+                                       rewrite_from=rewrite_from, filter_rule=rule)
+            if tx.mailing_list.decoration.changes_copies or (
+                    rule is not None and rule.action is FilterAction.STRIP):
+                content = await asyncio.to_thread(render)  # MIME work: off the loop
             else:
                 content = render()
+            if self.sign is not None:  # over the final bytes, once per rendering variant
+                content = await self.sign(content, tx.mailing_list)
             self._content.put(key, content)
         return content
+
+    async def _copy_rules(self, mailing_list: MailingList) -> tuple[FilterRule, ...]:
+        """The list's filter rules if one of them changes copies (tag, strip)."""
+        if self.filters is None or mailing_list.id <= 0:
+            return ()
+        found = await self.filters.rules_for([mailing_list.address])
+        return copy_rules(found.get(mailing_list.address, ()))
 
     async def _copy_member(self, tx: Transaction, recipient: str) -> Member | None:
         """The member a personalized copy is for (None: a shared copy).  Its name is read

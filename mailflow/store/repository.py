@@ -46,6 +46,7 @@ from mailflow.model import (
     Delivery,
     DeliveryRow,
     DeliveryStatus,
+    DkimKey,
     DmarcMode,
     Domain,
     Event,
@@ -95,6 +96,7 @@ from mailflow.store.tables import (
     blobs,
     bounce_events,
     deliveries,
+    dkim_keys,
     domains,
     events,
     filter_rules,
@@ -267,6 +269,13 @@ _ROSTER_ROLES = (select(members.c.list_id, members.c.address, members.c.role)
                         members.c.address.in_(bindparam("b_addresses", expanding=True))))
 
 
+_DKIM_KEY = select(dkim_keys).where(dkim_keys.c.domain == bindparam("b_domain"))
+
+
+def _dkim_key(row: Row[Any]) -> DkimKey:
+    return DkimKey(row.domain, row.selector, row.private_key, row.public_key, row.created_at)
+
+
 def _filter_rule(row: Row[Any]) -> FilterRule:
     return FilterRule(target=row.target, condition=FilterCondition(row.condition),
                       argument=row.argument, action=FilterAction(row.action),
@@ -419,6 +428,7 @@ class Repository:
                                f"domain {name} still has {used} list(s) or alias(es)",
                                dependents=used)
             conn.execute(delete(sender_rules).where(sender_rules.c.target == name))
+            conn.execute(delete(dkim_keys).where(dkim_keys.c.domain == name))
             conn.execute(delete(domains).where(domains.c.id == domain_id))
 
     # -- lists and aliases --------------------------------------------------------------
@@ -693,6 +703,41 @@ class Repository:
         with self.engines.writer.begin() as conn:
             return conn.execute(delete(ses_received)
                                 .where(ses_received.c.received_at < before)).rowcount
+    # -- DKIM keys ------------------------------------------------------------------------
+
+    def put_dkim_key(self, key: DkimKey, *, replace: bool = False) -> None:
+        """Store a served domain's key; :class:`Conflict` if it has one and not ``replace``."""
+        with self.engines.writer.begin() as conn:
+            if conn.scalar(select(domains.c.id).where(domains.c.name == key.domain)) is None:
+                raise NotFound("domain", key.domain)
+            old = conn.scalar(select(dkim_keys.c.selector)
+                              .where(dkim_keys.c.domain == key.domain))
+            if old is not None and not replace:
+                raise Conflict("dkim", key.domain, f"{key.domain} has a DKIM key already "
+                               f"(selector {old})")
+            conn.execute(delete(dkim_keys).where(dkim_keys.c.domain == key.domain))
+            conn.execute(insert(dkim_keys).values(
+                domain=key.domain, selector=key.selector, private_key=key.private_key,
+                public_key=key.public_key, created_at=key.created_at))
+
+    def dkim_keys(self) -> list[DkimKey]:
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(select(dkim_keys).order_by(dkim_keys.c.domain)).all()
+        return [_dkim_key(row) for row in rows]
+
+    def dkim_key(self, domain: str) -> DkimKey | None:
+        """The key copies of ``domain`` are signed with (the send path asks this)."""
+        with self.engines.reader.connect() as conn:
+            row = conn.execute(_DKIM_KEY, {"b_domain": domain}).first()
+        return None if row is None else _dkim_key(row)
+
+    def remove_dkim_key(self, domain: str) -> DkimKey:
+        with self.engines.writer.begin() as conn:
+            row = conn.execute(_DKIM_KEY, {"b_domain": domain}).first()
+            if row is None:
+                raise NotFound("dkim", domain)
+            conn.execute(delete(dkim_keys).where(dkim_keys.c.domain == domain))
+        return _dkim_key(row)
 
     # -- held messages ------------------------------------------------------------------
 

@@ -283,3 +283,14 @@ ses_received = Table(
     Column("received_at", Float, nullable=False),
     Index("ix_ses_received_at", "received_at"),
 )
+
+# One DKIM signing key per domain (PEM private key, base64 DER public key for DNS).
+dkim_keys = Table(
+    "dkim_keys",
+    metadata,
+    Column("domain", String(253), primary_key=True),
+    Column("selector", String(63), nullable=False),
+    Column("private_key", Text, nullable=False),
+    Column("public_key", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
