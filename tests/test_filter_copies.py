@@ -82,9 +82,9 @@ def test_the_first_matching_rule_applies_to_copies_only_if_it_tags_or_strips() -
     assert applied_rule(raw, [rule(REJECT), tag], 1.0) is None  # the reject decided first
     assert copy_rules([rule(REJECT)]) == ()  # copies do not depend on reject rules alone
     both = copy_rules([rule(REJECT), tag])
-    assert rendering_variant(TEAM_LIST, both) != rendering_variant(TEAM_LIST)
-    assert rendering_variant(TEAM_LIST, both) != rendering_variant(
-        TEAM_LIST, [rule(REJECT), rule(TAG, text="X-Filtered: no", rule_id=2)])
+    assert rendering_variant(TEAM_LIST, rules=both) != rendering_variant(TEAM_LIST)
+    assert rendering_variant(TEAM_LIST, rules=both) != rendering_variant(
+        TEAM_LIST, rules=[rule(REJECT), rule(TAG, text="X-Filtered: no", rule_id=2)])
 
 
 def test_strip_cuts_matching_attachments_and_keeps_every_other_byte() -> None:

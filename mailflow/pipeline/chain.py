@@ -114,7 +114,7 @@ SEND_CHAIN: tuple[SendStep, ...] = (filter_strip, forward_style, trace_fields, l
                                     decorate, dmarc_from, plus_tag, filter_tag)
 
 
-def rendering_variant(mailing_list: MailingList, recipient: str = "",
+def rendering_variant(mailing_list: MailingList, recipient: str = "", *,
                       rules: Sequence[FilterRule] = ()) -> Hashable:
     """What tells two copies of one message apart under ``SEND_CHAIN``.
 

@@ -650,7 +650,7 @@ class Scheduler:
         returned = _returned_bounce(tx)
         recipient = copy_recipient(tx.mailing_list, [d.recipient for d in tx.deliveries])
         rules = await self._copy_rules(tx.mailing_list)
-        variant = rendering_variant(tx.mailing_list, recipient, rules)
+        variant = rendering_variant(tx.mailing_list, recipient, rules=rules)
         if returned:  # the report names its recipient
             variant = (variant, tuple(d.recipient for d in tx.deliveries))
         key = (tx.message.id, variant)
