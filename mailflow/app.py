@@ -39,7 +39,9 @@ from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.ingress.tls import ServerTls
 from mailflow.model import BARE_ROLE
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
+from mailflow.services.access import AccessService
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
+from mailflow.services.directory import DirectoryService
 from mailflow.services.filter_rules import FilterBook, store_filter_book
 from mailflow.services.installation import prepare
 from mailflow.services.notices import FailureNotices
@@ -48,7 +50,9 @@ from mailflow.services.recent import RecentMessages
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.services.sender_rules import SenderRuleBook, store_rule_book
 from mailflow.store import StoreRunner, create_engines
+from mailflow.store.access import AccessRepository
 from mailflow.store.engine import sqlite_path
+from mailflow.web.api.deps import ApiDeps
 from mailflow.web.app import EmbeddedServer, bind, create_app, head_deadline_protocol
 
 log = logging.getLogger(__name__)
@@ -284,7 +288,10 @@ class Relay:
         # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise (and reads
         # FORWARDED_ALLOW_IPS from the environment): only the configured proxies, if any.
         proxies = list(settings.forwarded_allow_ips)
-        config = uvicorn.Config(create_app(self.runner, [ingress]), log_level="warning",
+        config = uvicorn.Config(create_app(self.runner, [ingress],
+                                           api=self._api_deps(settings),
+                                           monitoring_access=settings.monitoring_access),
+                                log_level="warning",
                                 lifespan="off", access_log=False, proxy_headers=bool(proxies),
                                 forwarded_allow_ips=proxies,
                                 http=head_deadline_protocol(settings.http_request_timeout,
@@ -292,6 +299,31 @@ class Relay:
         self._http = EmbeddedServer(config)
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock]), name="http"))
         self.listening["http"] = str(address)
+
+    def _api_deps(self, settings: Settings) -> ApiDeps:
+        """The services behind ``/api/v1``; a change of sender entries or filter rules
+        made through it empties this process's caches of them at once (the listener
+        child's expire within ``recipient_cache_ttl``)."""
+        assert self.runner is not None
+        loop = asyncio.get_running_loop()
+
+        def forget_rules() -> None:
+            for book in (self.sender_rules, self.filter_rules):
+                if book is not None:
+                    book.invalidate()
+
+        def rules_changed() -> None:  # on a store thread: the caches belong to the loop
+            loop.call_soon_threadsafe(forget_rules)
+
+        directory = DirectoryService(self.runner.repo, self.clock,
+                                     on_rules_changed=rules_changed)
+        return ApiDeps(
+            self.runner, directory, AccessService(AccessRepository(self.runner.engines),
+                                                  self.clock),
+            clients=FailedAuthLimiter(settings.http_auth_max_failures,
+                                      settings.http_auth_window),
+            accounts=FailedAuthLimiter(settings.http_auth_max_failures,
+                                       settings.http_auth_window))
 
     async def reload_tls(self) -> None:
         """SIGHUP: the SMTP listener reads its certificate files again, for the sessions
