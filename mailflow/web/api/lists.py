@@ -17,7 +17,8 @@ from mailflow.web.api.pages import Cursor, Limit, Page, page_in_memory
 
 router = APIRouter(tags=["lists"])
 ListAddress = Annotated[str, Path(max_length=320, description="the list's or alias's address",
-                                  examples=["team@example.org"])]
+                                  examples=["team@example.org"],
+                                  json_schema_extra={"format": "email"})]
 
 
 class ListOut(BaseModel):

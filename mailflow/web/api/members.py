@@ -30,7 +30,7 @@ MAX_IMPORT_BYTES: Final = 64 * 1024 * 1024
 EXPORT_BATCH: Final = 5000
 MAX_MEMBERS_PER_REQUEST: Final = 1000
 _UNSAFE_IN_FILENAME: Final = re.compile(r"[^A-Za-z0-9._-]")
-MemberAddress = Annotated[str, Path(max_length=320)]
+MemberAddress = Annotated[str, Path(max_length=320, json_schema_extra={"format": "email"})]
 
 
 class MemberOut(BaseModel):

@@ -13,7 +13,7 @@ from mailflow.web.api.deps import Admin, AdminWriter, Caller, Deps
 from mailflow.web.api.lists import ListAddress
 
 router = APIRouter(tags=["access"])
-Email = Annotated[str, Path(max_length=320)]
+Email = Annotated[str, Path(max_length=320, json_schema_extra={"format": "email"})]
 
 
 class UserOut(BaseModel):
