@@ -242,10 +242,15 @@ def validated_targets(list_address: str, members: Iterable[str]) -> list[str]:
     """
     targets = validated_addresses(members)
     for target in targets:
-        if addresses.untagged(target)[0] == list_address or target == list_address:
-            raise InvalidInput(f"{list_address} cannot be its own member or target: "
-                               "its mail would come back to it")
+        _refuse_itself(list_address, target)
     return targets
+
+
+def _refuse_itself(list_address: str, target: str) -> None:
+    """``target`` (canonical) must not be the list itself (see :func:`validated_targets`)."""
+    if addresses.untagged(target)[0] == list_address or target == list_address:
+        raise InvalidInput(f"{list_address} cannot be its own member or target: "
+                           "its mail would come back to it")
 
 
 def _header_safe_text(text: str, what: str, limit: int) -> str:
@@ -436,7 +441,7 @@ class DirectoryService:
             try:
                 canonical = validated_address(row.address)
                 valid_name = validated_member_name(row.name)
-                validated_targets(address, [canonical])
+                _refuse_itself(address, canonical)
             except InvalidInput as exc:
                 problems.append(RowProblem(row.line, row.address, str(exc)))
                 continue
