@@ -317,6 +317,28 @@ async def test_held_messages_are_decided_by_their_lists_moderators(world: World,
     assert world.harness.directory.held_messages() == []
 
 
+async def test_deliveries_are_paged_newest_first_by_status(world: World,
+                                                           engines: Engines) -> None:
+    from sqlalchemy import insert
+
+    from mailflow.store.tables import deliveries
+
+    _hold(engines, "00cc", "team@example.test")
+    with engines.writer.begin() as conn:
+        conn.execute(insert(deliveries), [
+            {"message_id": "00cc", "list_id": 1, "recipient": f"r{n}@x.test",
+             "status": "failed" if n == 2 else "deferred", "due_at": 0.0,
+             "created_at": float(n), "updated_at": float(n)} for n in range(5)])
+    first = (await world.call("GET", "/deliveries", world.admin_read,
+                              params={"status": "deferred", "limit": 2})).json()
+    assert [d["recipient"] for d in first["items"]] == ["r4@x.test", "r3@x.test"]
+    assert first["items"][0]["list_address"] == "team@example.test"
+    rest = (await world.call("GET", "/deliveries", world.admin_read, params={
+        "status": "deferred", "limit": 2, "cursor": first["next_cursor"]})).json()
+    assert [d["recipient"] for d in rest["items"]] == ["r1@x.test", "r0@x.test"]
+    assert rest["next_cursor"] is None
+
+
 async def test_the_queue_is_read_by_site_admins(world: World) -> None:
     counts = (await world.call("GET", "/queue", world.admin_read)).json()
     assert counts["deliveries"]["queued"] == 0 and "held" in counts["messages"]
