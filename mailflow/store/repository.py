@@ -80,6 +80,7 @@ from mailflow.store.tables import (
 )
 
 PENDING = [status.value for status in PENDING_STATUSES]
+ANALYZE_AFTER_MEMBERS = 10_000  # members added at once: statistics refreshed at once
 
 
 def _list(row: Row[Any]) -> MailingList:
@@ -631,6 +632,13 @@ class Repository:
                 conn.execute(update(members).where(members.c.list_id == list_id,
                                                    members.c.address == bindparam("b_address"))
                              .values(name=bindparam("b_name")), renamed)
+        if len(rows) >= ANALYZE_AFTER_MEMBERS and not self.engines.is_sqlite:
+            # PostgreSQL's statistics would still say the roster is small until
+            # autovacuum's next round, and it would sort the whole roster for each
+            # page instead of reading the (list_id, address) index in order.
+            with self.engines.writer.connect() as conn:
+                conn.exec_driver_sql("ANALYZE members")
+                conn.commit()
         return AddedMembers(len(rows), len(wanted) - len(rows), len(renamed))
 
     def remove_members(self, list_address: str, gone: Iterable[str]) -> int:
