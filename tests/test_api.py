@@ -147,6 +147,16 @@ async def test_an_owner_sees_and_changes_only_their_lists(world: World) -> None:
                              json={"name": "Team"})).json()["name"] == "Team"
 
 
+async def test_roles_go_with_a_deleted_list(world: World) -> None:
+    """A list made again at the same address (or with the same id) is nobody's yet."""
+    assert (await world.call("DELETE", "/lists/other@example.test", world.admin)
+            ).status_code == 200
+    assert (await world.call("POST", "/lists", world.admin,
+                             json={"address": "other@example.test"})).status_code == 201
+    problem_of(await world.call("GET", "/lists/other@example.test", world.other_owner), 404)
+    assert (await world.call("GET", "/me", world.other_owner)).json()["lists"] == {}
+
+
 async def test_a_read_token_reads_but_changes_nothing(world: World) -> None:
     assert (await world.call("GET", "/lists", world.admin_read)).status_code == 200
     body = problem_of(await world.call("POST", "/domains", world.admin_read,
