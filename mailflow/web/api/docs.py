@@ -1,15 +1,17 @@
 """Interactive API docs served from the package: Swagger UI's files come from the
-``swagger-ui-bundle`` wheel, so ``/api/v1/docs`` works without reaching any CDN, and
-its start-up script is a file too, so the page needs no inline script."""
+``swagger-ui-py`` wheel (Swagger UI 5, which reads OpenAPI 3.1, the version FastAPI
+writes), so ``/api/v1/docs`` works without reaching any CDN, and its start-up script
+is a file too, so the page needs no inline script."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Final
 
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
 
 DOCS_PATH: Final = "/api/v1/docs"
 OPENAPI_PATH: Final = "/api/v1/openapi.json"
@@ -45,6 +47,15 @@ _INIT: Final = f"""window.ui = SwaggerUIBundle({{
 """
 
 
+def swagger_ui_files() -> Path:
+    """The folder of Swagger UI's files in ``swagger-ui-py``, found without importing
+    the package (its Python part is for other frameworks)."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("swagger-ui-py is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
 def install_docs(app: FastAPI) -> None:
     router = APIRouter(include_in_schema=False)
 
@@ -57,5 +68,5 @@ def install_docs(app: FastAPI) -> None:
         return Response(_INIT, media_type="text/javascript", headers=_HEADERS)
 
     app.include_router(router)
-    app.mount(f"{DOCS_PATH}/static", StaticFiles(directory=str(swagger_ui_path)),
+    app.mount(f"{DOCS_PATH}/static", StaticFiles(directory=swagger_ui_files()),
               name="api-docs-static")
