@@ -15,6 +15,20 @@ from mailflow.services import gauges
 from mailflow.store import engine
 from mailflow.testing import sink
 from mailflow.web import app as web_app
+from mailflow.web import problems
+from mailflow.web.api import (
+    audit,
+    docs,
+    domains,
+    held,
+    lists,
+    members,
+    pages,
+    queue,
+    rules,
+    tokens,
+    users,
+)
 
 # click registers the commands through their decorators.
 cli.F
@@ -77,3 +91,20 @@ nested.do_GET, nested.do_POST, nested.do_PUT, nested.do_DELETE
 
 # prometheus_client calls a registered collector's collect() at each scrape.
 gauges.QueueGauges.collect
+
+# The REST API (issue 14): FastAPI calls the routes and exception handlers through their
+# decorators, pydantic fills and serialises the fields, FastAPI calls app.openapi.
+cli.user_add, cli.user_ls, cli.user_remove, cli.user_role
+cli.token_create, cli.token_ls, cli.token_revoke
+model.ListRole.MODERATOR, model.TokenScope.READ  # values a user gives
+audit.list_audit, docs.install_docs, domains.list_domains, held.list_held, lists.list_lists
+members.list_members, members.remove_member, members.export_members, queue.queue_counts
+rules.list_sender_rules, rules.list_filters, rules.add_filter, rules.remove_filter
+tokens.list_tokens, users.list_users, users.set_role, users.clear_role
+lists.ListOut.member_count, lists.ListDeleted.failed_deliveries, pages.Page.next_cursor
+Whitelist().docs_page, Whitelist().docs_init  # in docs.install_docs
+web_app.create_app  # its app.openapi
+Whitelist().openapi
+problems.install_problem_handlers  # its handlers:
+Whitelist().domain_error, Whitelist().http_error, Whitelist().invalid_request
+Whitelist().internal_error

@@ -48,8 +48,10 @@ from mailflow.ingress.tls import ServerTls
 from mailflow.model import BARE_ROLE, BounceKind, BounceReport, BounceSource, SentCopy
 from mailflow.pipeline.context import Identity
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
+from mailflow.services.access import AccessService
 from mailflow.services.bounce_upkeep import bounce_upkeep
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
+from mailflow.services.directory import DirectoryService
 from mailflow.services.dkim_keys import store_key_book
 from mailflow.services.dmarc_policy import DmarcPolicies
 from mailflow.services.filter_rules import FilterBook, store_filter_book
@@ -65,9 +67,11 @@ from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.services.sender_rules import SenderRuleBook, store_rule_book
 from mailflow.services.ses_feedback import SesFeedback
 from mailflow.store import StoreRunner, create_engines
+from mailflow.store.access import AccessRepository
 from mailflow.store.engine import sqlite_path
 from mailflow.unsubscribe_tokens import UnsubscribeTokens
 from mailflow.verp import Verp
+from mailflow.web.api.deps import ApiDeps
 from mailflow.web.app import EmbeddedServer, bind, create_app, head_deadline_protocol
 from mailflow.web.unsubscribe import create_router as unsubscribe_router
 
@@ -426,7 +430,9 @@ class Relay:
         readiness = Readiness(self.runner, self.blobs, provider.relay)
         gauges = QueueGauges(self.runner, self.clock, busy=self.scheduler.busy_connections
                              if self.scheduler is not None else None)
-        app = create_app(self.runner, routers, readiness=readiness, gauges=gauges)
+        app = create_app(self.runner, routers, readiness=readiness, gauges=gauges,
+                         api=self._api_deps(settings),
+                         monitoring_access=settings.monitoring_access)
         config = uvicorn.Config(app, log_level="warning",
                                 lifespan="off", access_log=False, proxy_headers=bool(proxies),
                                 forwarded_allow_ips=proxies,
@@ -476,6 +482,30 @@ class Relay:
         log.warning("SIGHUP: routes reloaded: %s", ", ".join(
             f"{s.domain} -> {parse_provider_url(s.url).display}" for s in specs) or "none",
             extra={"action": "routes_reloaded"})
+    def _api_deps(self, settings: Settings) -> ApiDeps:
+        """The services behind ``/api/v1``; a change of sender entries or filter rules
+        made through it empties this process's caches of them at once (the listener
+        child's expire within ``recipient_cache_ttl``)."""
+        assert self.runner is not None
+        loop = asyncio.get_running_loop()
+
+        def forget_rules() -> None:
+            for book in (self.sender_rules, self.filter_rules):
+                if book is not None:
+                    book.invalidate()
+
+        def rules_changed() -> None:  # on a store thread: the caches belong to the loop
+            loop.call_soon_threadsafe(forget_rules)
+
+        directory = DirectoryService(self.runner.repo, self.clock,
+                                     on_rules_changed=rules_changed)
+        return ApiDeps(
+            self.runner, directory, AccessService(AccessRepository(self.runner.engines),
+                                                  self.clock),
+            clients=FailedAuthLimiter(settings.http_auth_max_failures,
+                                      settings.http_auth_window),
+            accounts=FailedAuthLimiter(settings.http_auth_max_failures,
+                                       settings.http_auth_window))
 
     async def reload_tls(self) -> None:
         """SIGHUP: the SMTP listener reads its certificate files again, for the sessions

@@ -8,7 +8,6 @@ Errors go to stderr with a non-zero exit status and say what to do next.
 from __future__ import annotations
 
 import asyncio
-import csv
 import dataclasses
 import json
 import sys
@@ -24,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailflow import __version__, addresses
-from mailflow.blobs import BlobStore
+from mailflow.blobs import open_blob_store
 from mailflow.clock import SystemClock
 from mailflow.config import Settings, load_settings
 from mailflow.errors import EX_TEMPFAIL, Conflict, InvalidInput, MailflowError, NotFound, spec
@@ -38,21 +37,26 @@ from mailflow.model import (
     DmarcMode,
     ForwardStyle,
     ListKind,
+    ListRole,
     MemberRole,
     MessageTrace,
     NonMemberAction,
     PostingPolicy,
     QueueSelection,
     RuleAction,
+    TokenScope,
 )
 from mailflow.pipeline.accept import filters
 from mailflow.services import directory as rules
+from mailflow.services.access import AccessService
 from mailflow.services.directory import DirectoryService
+from mailflow.services.member_csv import read_member_rows
 from mailflow.services.moderation import REASON_MAX_LENGTH, Moderation, content_reader
 from mailflow.services.queue_operations import QueueOperations
 from mailflow.services.timespec import parse_duration, parse_moment
 from mailflow.services.trace import TraceService
 from mailflow.store import Repository, create_cli_engines
+from mailflow.store.access import AccessRepository
 from mailflow.store.engine import describe_database_error, normalize_url, sqlite_path
 from mailflow.store.operations import OperationsStore
 
@@ -115,8 +119,13 @@ class Context:
     def moderation(self) -> Iterator[Moderation]:
         """Held posts' moderation: the store, and the blob files the posts are in."""
         with self.repository() as repo:
-            blobs = BlobStore(self.settings.blob_dir, cache_bytes=0)
+            blobs = open_blob_store(self.settings.blob_url, self.settings.blob_dir, 0)
             yield Moderation(repo, SystemClock(), content_reader(repo, blobs.read))
+
+    @contextmanager
+    def access(self) -> Iterator[AccessService]:
+        with self.repository() as repo:
+            yield AccessService(AccessRepository(repo.engines))
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -247,7 +256,6 @@ def vacuum(ctx: Context) -> None:
 def gc(ctx: Context, orphans_older_than: float, as_json: bool) -> None:
     """Collect garbage now: finished messages, released bodies, expired messages, and
     bodies whose commit never happened (the relay's maintenance does all but the last)."""
-    from mailflow.blobs import open_blob_store
     from mailflow.services.blob_gc import collect_garbage
 
     settings = ctx.settings
@@ -644,51 +652,17 @@ def member_import(ctx: Context, list_address: str, csv_file: Any) -> None:
     click.echo(f"imported {result.added} member(s) into {target}" + _already(result))
 
 
-HEADER_KEYS = ("email", "address", "e-mail")
-NAME_KEY = "name"
-
-
 def read_member_csv(stream: Any, name: str) -> list[tuple[str, str]]:
-    """The (address, display name) rows of a member CSV: a header row (``email``,
-    optional ``name``) or none.
-
-    A file without a header has an address in the first cell of each row and no names; a
-    first row without an ``@`` is a header, and one without an email column is refused
-    with the header expected.  Names follow the directory's rule (no control characters,
-    at most 200 characters), checked here so that every bad row is reported at once.
-    """
-    try:
-        rows = [row for row in csv.reader(stream) if any(cell.strip() for cell in row)]
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{name} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
-                           f"offset {exc.start}); save it as UTF-8 CSV and import again"
-                           ) from exc
-    except csv.Error as exc:
-        raise InvalidInput(f"{name} is not a CSV file: {exc}") from exc
-    if not rows:
-        raise InvalidInput(f"{name} has no rows")
-    header = [cell.strip().lower() for cell in rows[0]]
-    column, start, name_column = 0, 0, None
-    for key in HEADER_KEYS:
-        if key in header:
-            column, start = header.index(key), 1
-            name_column = header.index(NAME_KEY) if NAME_KEY in header else None
-            break
-    else:
-        if "@" not in (rows[0][0] if rows[0] else ""):
-            shown = ",".join(cell.strip() for cell in rows[0])
-            raise InvalidInput(f"{name}: header row {shown!r} has no email column; expected "
-                               "a header `email` or `email,name` (or no header, one address "
-                               "per row in the first column)")
+    """The (address, display name) rows of a member CSV (see
+    :func:`~mailflow.services.member_csv.read_member_rows`), every row checked here so
+    that every bad row is reported at once."""
     found, problems = [], []
-    for number, row in enumerate(rows[start:], start=start + 1):
-        cell = row[column].strip() if column < len(row) else ""
-        display = (row[name_column].strip()
-                   if name_column is not None and name_column < len(row) else "")
+    for row in read_member_rows(stream, name):
         try:
-            found.append((rules.validated_address(cell), rules.validated_member_name(display)))
+            found.append((rules.validated_address(row.address),
+                          rules.validated_member_name(row.name)))
         except InvalidInput as exc:
-            problems.append(f"line {number}: {exc}")
+            problems.append(f"line {row.line}: {exc}")
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -1277,6 +1251,129 @@ def _trace_json(t: MessageTrace) -> dict[str, Any]:
                        "recipient": s.recipient, "delivery_id": s.delivery_id}
                       for s in t.steps],
             "deliveries": [_delivery_json(d) for d in t.deliveries]}
+# -- users and API tokens (docs/api.md) ---------------------------------------------------
+
+CLI_ACTOR = "cli"
+
+
+@cli.group()
+def user() -> None:
+    """Users of the REST API: site admins, list owners and moderators."""
+
+
+def _read_password(from_stdin: bool) -> str:
+    """From a prompt (asked twice, not echoed), or the first line of standard input."""
+    if from_stdin or not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+@user.command("add")
+@click.argument("email")
+@click.option("--admin", is_flag=True, help="a site admin: may do everything")
+@click.option("--password-stdin", is_flag=True,
+              help="read the password from the first line of standard input")
+@pass_context
+def user_add(ctx: Context, email: str, admin: bool, password_stdin: bool) -> None:
+    """Add a user who logs in as EMAIL (the password is asked for, never an argument)."""
+    password = _read_password(password_stdin)
+    with ctx.access() as access:
+        added = access.add_user(email, password, admin=admin)
+        access.record(CLI_ACTOR, "user.add", added.email, "admin" if admin else "")
+    click.echo(f"added {'site admin' if admin else 'user'} {added.email}")
+
+
+@user.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@pass_context
+def user_ls(ctx: Context, as_json: bool) -> None:
+    """Show the users."""
+    with ctx.access() as access:
+        found = access.users()
+    if as_json:
+        emit_json([{"email": u.email, "is_admin": u.is_admin, "created_at": u.created_at}
+                   for u in found])
+        return
+    for u in found:
+        click.echo(u.email + ("\tadmin" if u.is_admin else ""))
+
+
+@user.command("remove")
+@click.argument("email")
+@pass_context
+def user_remove(ctx: Context, email: str) -> None:
+    """Remove a user, their tokens and their roles."""
+    with ctx.access() as access:
+        access.remove_user(email)
+        access.record(CLI_ACTOR, "user.remove", email)
+    click.echo(f"removed user {email}")
+
+
+@user.command("role")
+@click.argument("email")
+@click.argument("list_address")
+@click.option("--role", type=click.Choice([r.value for r in ListRole] + ["none"]),
+              required=True, help="owner, moderator, or none to take the role away")
+@pass_context
+def user_role(ctx: Context, email: str, list_address: str, role: str) -> None:
+    """Make EMAIL owner or moderator of LIST_ADDRESS (or neither)."""
+    with ctx.access() as access:
+        access.set_list_role(email, list_address, None if role == "none" else role)
+        access.record(CLI_ACTOR, f"role.{'remove' if role == 'none' else role}",
+                      list_address, email)
+    click.echo(f"{email} is {'no longer owner or moderator of' if role == 'none' else role + ' of'}"
+               f" {list_address}")
+
+
+@cli.group()
+def token() -> None:
+    """API tokens (``Authorization: Bearer``)."""
+
+
+@token.command("create")
+@click.option("--user", "email", metavar="EMAIL",
+              help="the token acts as this user (default: a site token, acting as admin)")
+@click.option("--scope", type=click.Choice([s.value for s in TokenScope]), default="write",
+              show_default=True, help="read: only GET requests")
+@click.option("--label", default="", help="what the token is for, shown in `token ls`")
+@pass_context
+def token_create(ctx: Context, email: str | None, scope: str, label: str) -> None:
+    """Create a token and print it: it is shown this once, and stored only hashed."""
+    with ctx.access() as access:
+        made, secret = access.create_token(email, scope, label)
+        access.record(CLI_ACTOR, "token.create", made.user_email or "",
+                      f"id={made.id} scope={made.scope.value}")
+    click.echo(secret)
+    click.echo(f"token {made.id} ({made.scope.value}"
+               + (f", as {made.user_email}" if made.user_email else ", site token")
+               + "): keep it now, it cannot be shown again", err=True)
+
+
+@token.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@pass_context
+def token_ls(ctx: Context, as_json: bool) -> None:
+    """Show the tokens (never their secrets)."""
+    with ctx.access() as access:
+        found = access.tokens()
+    if as_json:
+        emit_json([{"id": t.id, "user": t.user_email, "scope": t.scope.value,
+                    "label": t.label, "created_at": t.created_at} for t in found])
+        return
+    for t in found:
+        click.echo(f"{t.id}\t{t.scope.value}\t{t.user_email or '(site)'}\t{t.label}")
+
+
+@token.command("revoke")
+@click.argument("token_id", type=int)
+@pass_context
+def token_revoke(ctx: Context, token_id: int) -> None:
+    """Revoke a token: requests with it are refused from now on."""
+    with ctx.access() as access:
+        access.revoke_token(token_id)
+        access.record(CLI_ACTOR, "token.revoke", str(token_id))
+    click.echo(f"revoked token {token_id}")
 
 
 def _command(argv: list[str]) -> str | None:

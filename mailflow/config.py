@@ -228,6 +228,9 @@ class Settings(BaseSettings):
     smtp_require_tls: bool = False
     http_request_timeout: float = Field(default=60.0, gt=0)
     http_max_connections: int = Field(default=1000, ge=1)
+    # Who reads /metrics and /v1/queue: loopback clients without a token (else an API
+    # token), only with a token, or anyone (docs/configuration.md).
+    monitoring_access: Literal["loopback", "token", "open"] = "loopback"
     forwarded_allow_ips: Annotated[tuple[str, ...], NoDecode] = ()
     hostname: str = Field(default_factory=socket.getfqdn)
     postmaster_address: str = ""

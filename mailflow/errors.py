@@ -7,6 +7,9 @@
     ├── NotFound                  a domain, list or member named by a user does not exist
     ├── Conflict                  it exists already, or something still depends on it
     ├── InvalidInput              an address, file or value a user gave is malformed
+    ├── Unauthenticated           no credentials, or wrong ones (API token, password)
+    ├── Forbidden                 known, but not allowed to do this (role, token scope)
+    ├── TooManyAttempts           too many failed logins: wait before the next
     └── SmtpReplyError            refuses a message: maps onto one SMTP reply
         ├── TemporaryFailure      retry later
         │   ├── StorageUnavailable    the message could not be made durable
@@ -59,11 +62,12 @@ class ConfigurationError(MailflowError):
 
 # What kind of object a NotFound or Conflict is about, and how a sentence names it.
 ObjectKind = Literal["domain", "list", "member", "rule", "filter", "message", "suppression",
-                     "dkim"]
+                     "dkim", "user", "token", "autoreply"]
 KIND_WORDS: Final[dict[str, str]] = {
     "domain": "domain", "list": "list or alias", "member": "member",
     "rule": "block or allow entry", "filter": "filter rule", "message": "held message",
-    "suppression": "suppression", "dkim": "DKIM key of"}
+    "suppression": "suppression", "dkim": "DKIM key of", "user": "user",
+    "token": "API token", "autoreply": "auto-reply"}
 
 
 class NotFound(MailflowError):
@@ -98,6 +102,22 @@ class Conflict(MailflowError):
 
 class InvalidInput(MailflowError):
     """User input (an address, a CSV row, a value) is malformed."""
+
+
+class Unauthenticated(MailflowError):
+    """The request carries no credentials, or ones that match nobody."""
+
+
+class Forbidden(MailflowError):
+    """The caller is known but may not do this: not their list, or a read-only token."""
+
+
+class TooManyAttempts(MailflowError):
+    """Too many failed logins for an account or from a client: ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class SmtpReplyError(MailflowError):
@@ -233,6 +253,12 @@ TABLE: Final[dict[type[MailflowError], ErrorSpec]] = {
                     EX_DATAERR, 4, "REJECT"),
     InvalidInput: _spec("invalid_input", "501 5.5.4", 422, "Invalid input",
                         EX_DATAERR, 2, "REJECT"),
+    Unauthenticated: _spec("unauthenticated", "535 5.7.8", 401, "Unauthorized",
+                           EX_DATAERR, 1, "REJECT"),
+    Forbidden: _spec("forbidden", "550 5.7.1", 403, "Forbidden",
+                     EX_DATAERR, 1, "REJECT"),
+    TooManyAttempts: _spec("too_many_attempts", "454 4.7.0", 429, "Too many attempts",
+                           EX_TEMPFAIL, 1, "DEFER_IF_PERMIT"),
     SmtpReplyError: _spec("temporary_failure", "451 4.3.0", 503, "Try again later",
                           EX_TEMPFAIL, 1, "DEFER_IF_PERMIT"),
     TemporaryFailure: _spec("temporary_failure", "451 4.3.0", 503, "Try again later",

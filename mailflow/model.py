@@ -678,3 +678,45 @@ class SentCopy:
     message_id: str
     list_id: int
     recipient: str
+# -- who may use the API (issue 14) -----------------------------------------------------
+
+class ListRole(enum.StrEnum):
+    """A user's role on one list: an owner changes it, a moderator reads it and decides
+    about its held messages."""
+
+    OWNER = "owner"
+    MODERATOR = "moderator"
+
+
+class TokenScope(enum.StrEnum):
+    READ = "read"
+    WRITE = "write"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    email: str
+    is_admin: bool
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """A token as listed: never its secret, which only its creator saw once."""
+
+    id: int
+    user_email: str | None  # None: a site token, acting as a site admin
+    scope: TokenScope
+    label: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    created_at: float
+    actor: str    # a user's address, or ``token:<id>`` for a site token, or ``cli``
+    action: str   # ``list.update``, ``member.import``, …
+    target: str   # what it changed: a list address, a domain, a user
+    detail: str

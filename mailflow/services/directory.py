@@ -52,6 +52,7 @@ from mailflow.model import (
 from mailflow.pipeline.process.autoreply import TEMPLATE_KEYS
 from mailflow.pipeline.send import templates
 from mailflow.services import dkim_keys
+from mailflow.services.member_csv import MemberImport, MemberRow, RowProblem
 from mailflow.store import Repository
 
 NAME_MAX_LENGTH: Final = 200          # characters; the ``lists.name`` column
@@ -357,10 +358,15 @@ def validated_targets(list_address: str, members: Iterable[str]) -> list[str]:
     """
     targets = validated_addresses(members)
     for target in targets:
-        if addresses.untagged(target)[0] == list_address or target == list_address:
-            raise InvalidInput(f"{list_address} cannot be its own member or target: "
-                               "its mail would come back to it")
+        _refuse_itself(list_address, target)
     return targets
+
+
+def _refuse_itself(list_address: str, target: str) -> None:
+    """``target`` (canonical) must not be the list itself (see :func:`validated_targets`)."""
+    if addresses.untagged(target)[0] == list_address or target == list_address:
+        raise InvalidInput(f"{list_address} cannot be its own member or target: "
+                           "its mail would come back to it")
 
 
 def _header_safe_text(text: str, what: str, limit: int) -> str:
@@ -648,6 +654,38 @@ class DirectoryService:
         """Give members of a list a role; returns how many of them are members."""
         return self.repo.set_role(validated_address(list_address),
                                   validated_addresses(members), validated_role(role))
+
+    def import_member_rows(self, list_address: str, rows: Sequence[MemberRow], *,
+                           dry_run: bool = False) -> MemberImport:
+        """Add the valid rows of a member file and report each invalid one by its line
+        (the API's import; :meth:`import_members` adds all or nothing).  ``dry_run``:
+        validate only."""
+        address = validated_address(list_address)
+        names: dict[str, str] = {}
+        problems: list[RowProblem] = []
+        for row in rows:
+            try:
+                canonical = validated_address(row.address)
+                valid_name = validated_member_name(row.name)
+                _refuse_itself(address, canonical)
+            except InvalidInput as exc:
+                problems.append(RowProblem(row.line, row.address, str(exc)))
+                continue
+            if valid_name or canonical not in names:
+                names[canonical] = valid_name
+        valid = len(rows) - len(problems)
+        if dry_run or not names:
+            self.repo.get_list(address)  # a missing list is a NotFound, dry or not
+            return MemberImport(valid, problems=problems)
+        added = self.repo.add_members(address, list(names), self.clock.now(), names=names)
+        return MemberImport(valid, added.added, added.existing, added.renamed, problems)
+
+    def members_page(self, list_address: str, limit: int, after: str = "",
+                     search: str = "") -> list[Member]:
+        """One page of a roster by address (``after``: the last address of the page
+        before), optionally only members whose address or name contains ``search``."""
+        return self.repo.members_page(validated_address(list_address), limit, after,
+                                      search.strip().lower())
 
     def remove_members(self, list_address: str, members: Sequence[str]) -> int:
         """Remove members; returns how many were members."""

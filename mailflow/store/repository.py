@@ -115,6 +115,7 @@ PENDING = [status.value for status in PENDING_STATUSES]
 INCREMENTAL_VACUUM = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 RECLAIM_MIN_PAGES = 1024  # fewer free pages than this are left for new rows to reuse
 UNFINISHED = [status.value for status in UNFINISHED_STATUSES]
+ANALYZE_AFTER_MEMBERS = 10_000  # members added at once: statistics refreshed at once
 
 
 def _list(row: Row[Any]) -> MailingList:
@@ -176,6 +177,8 @@ def _sender_rule(row: Row[Any]) -> SenderRule:
 # senders are both in lower case, so SQLite's case-folding LIKE changes nothing.
 _LIKE_ESCAPE = "\\"
 _TO_LIKE = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_", "*": "%", "?": "_"})
+# Text searched for as it is (members_page): every LIKE wildcard escaped.
+_TO_LITERAL_LIKE = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_"})
 
 
 def like_pattern(pattern: str) -> str:
@@ -931,6 +934,13 @@ class Repository:
                 conn.execute(update(members).where(members.c.list_id == list_id,
                                                    members.c.address == bindparam("b_address"))
                              .values(name=bindparam("b_name")), renamed)
+        if len(rows) >= ANALYZE_AFTER_MEMBERS and not self.engines.is_sqlite:
+            # PostgreSQL's statistics would still say the roster is small until
+            # autovacuum's next round, and it would sort the whole roster for each
+            # page instead of reading the (list_id, address) index in order.
+            with self.engines.writer.connect() as conn:
+                conn.exec_driver_sql("ANALYZE members")
+                conn.commit()
         return AddedMembers(len(rows), len(wanted) - len(rows), len(renamed))
 
     def remove_members(self, list_address: str, gone: Iterable[str]) -> int:
@@ -1043,6 +1053,23 @@ class Repository:
         with self.engines.reader.connect() as conn:
             return [Suppression(r.address, r.target, r.reason, r.created_at)
                     for r in conn.execute(query)]
+
+    def members_page(self, list_address: str, limit: int, after: str = "",
+                     search: str = "") -> list[Member]:
+        """Up to ``limit`` members by address, those after ``after`` (a cursor), whose
+        address or name contains ``search`` (any case): one indexed range read."""
+        query = (select(members).order_by(members.c.address).limit(limit))
+        if after:
+            query = query.where(members.c.address > after)
+        if search:
+            like = f"%{search.translate(_TO_LITERAL_LIKE)}%"
+            query = query.where(or_(members.c.address.ilike(like, escape=_LIKE_ESCAPE),
+                                    members.c.name.ilike(like, escape=_LIKE_ESCAPE)))
+        with self.engines.reader.connect() as conn:
+            list_id = self._list_id(conn, list_address)
+            rows = conn.execute(query.where(members.c.list_id == list_id)).all()
+        return [Member(list_id=r.list_id, address=r.address, status=MemberStatus(r.status),
+                       created_at=r.created_at, name=r.name) for r in rows]
 
     def _list_id(self, conn: Connection, address: str) -> int:
         list_id = conn.scalar(select(lists.c.id).where(lists.c.address == address))
@@ -1410,6 +1437,25 @@ class Repository:
                  .order_by(deliveries.c.id.desc()).limit(limit))
         if status:
             query = query.where(deliveries.c.status == status)
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(query).all()
+        return [DeliveryRow(id=r.id, message_id=r.message_id,
+                            list_address=r.list_address or _role_address(r.list_id),
+                            recipient=r.recipient, status=r.status, attempts=r.attempts,
+                            due_at=r.due_at, created_at=r.created_at, updated_at=r.updated_at,
+                            last_reply=r.last_reply)
+                for r in rows]
+
+    def deliveries_page(self, limit: int, before_id: int | None = None,
+                        status: str | None = None) -> list[DeliveryRow]:
+        """Deliveries newest first, those older than ``before_id`` (a cursor)."""
+        query = (select(deliveries, lists.c.address.label("list_address"))
+                 .outerjoin(lists, lists.c.id == deliveries.c.list_id)
+                 .order_by(deliveries.c.id.desc()).limit(limit))
+        if status:
+            query = query.where(deliveries.c.status == status)
+        if before_id is not None:
+            query = query.where(deliveries.c.id < before_id)
         with self.engines.reader.connect() as conn:
             rows = conn.execute(query).all()
         return [DeliveryRow(id=r.id, message_id=r.message_id,

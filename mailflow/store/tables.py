@@ -17,10 +17,12 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 
@@ -293,4 +295,49 @@ dkim_keys = Table(
     Column("private_key", Text, nullable=False),
     Column("public_key", Text, nullable=False),
     Column("created_at", Float, nullable=False),
+)
+
+# Who may use the API (issue 14): users with argon2 password hashes, their roles on
+# lists (owner or moderator), API tokens (SHA-256 digests; no user: a site token),
+# and the audit log of every change made through the API.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("password_hash", String(200), nullable=False),
+    Column("is_admin", Boolean, nullable=False, server_default=false()),
+    Column("created_at", Float, nullable=False),
+)
+
+list_roles = Table(
+    "list_roles",
+    metadata,
+    Column("list_id", Integer, ForeignKey("lists.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("role", String(16), nullable=False),
+    PrimaryKeyConstraint("list_id", "user_id", name="pk_list_roles"),
+    Index("ix_list_roles_user", "user_id"),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
+    Column("scope", String(8), nullable=False),
+    Column("label", String(200), nullable=False, server_default=""),
+    Column("created_at", Float, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("actor", String(320), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(320), nullable=False, server_default=""),
+    Column("detail", Text, nullable=False, server_default=""),
 )
