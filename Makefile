@@ -54,9 +54,15 @@ bench-compare: $(STAMP)
 	$(BIN)/python -m bench.compare $(BENCH_ARGS)
 
 ## bench-memory: twenty different 20-25 MB messages through a relay: peak and idle RSS (issue 10)
-.PHONY: bench-memory
+.PHONY: bench-memory bench-retention
 bench-memory: $(STAMP)
 	$(BIN)/python -m bench.memory --machine $(BENCH_ARGS)
+
+## bench-ses: SMTP -> relay -> Amazon SES (moto in server mode) next to SMTP -> relay -> sink,
+## msgs/s and the relay's CPU per message (issue 13)
+.PHONY: bench-ses
+bench-ses: $(STAMP)
+	$(BIN)/python -m bench.ses $(BENCH_ARGS)
 
 ## mailman-venv: GNU Mailman 3 from PyPI in its own virtualenv (.venv-mailman), for bench-peers
 mailman-venv: $(MAILMAN_STAMP)
@@ -68,3 +74,7 @@ $(MAILMAN_STAMP): bench/mailman-requirements.txt
 
 clean:
 	rm -rf $(VENV) $(MAILMAN_VENV) var .pytest_cache .ruff_cache *.egg-info
+
+## bench-retention: two minutes of A's load with a 10 s message_retention: does the SQLite file stay bounded? (issue 15)
+bench-retention: $(STAMP)
+	$(BIN)/python -m bench.retention --seconds 120 --retention 10 $(BENCH_ARGS)

@@ -7,23 +7,41 @@ below says who calls it.
 
 from vulture.whitelist_utils import Whitelist
 
-from mailflow import cli, config, model
+from mailflow import cli, config
 from mailflow.child import channel
 from mailflow.egress import smtp_client
 from mailflow.ingress import limits, smtp, tls
+from mailflow.services import gauges
 from mailflow.store import engine
 from mailflow.testing import sink
 from mailflow.web import app as web_app
+from mailflow.web import problems
+from mailflow.web.api import (
+    audit,
+    docs,
+    domains,
+    held,
+    lists,
+    members,
+    pages,
+    queue,
+    rules,
+    tokens,
+    users,
+)
 
 # click registers the commands through their decorators.
 cli.F
 cli.domain_add, cli.domain_list, cli.domain_remove
 cli.list_create, cli.list_update, cli.list_show, cli.list_ls, cli.list_delete
 cli.member_add, cli.member_remove, cli.member_list, cli.member_import
-cli.queue_show
+cli.queue_show, cli.gc
 Whitelist().rule_add, Whitelist().rule_remove, Whitelist().rule_ls  # in cli._rule_group
 cli.autoreply_set, cli.autoreply_clear, cli.autoreply_show
 cli.filter_add, cli.filter_ls, cli.filter_remove, cli.held_ls, cli.held_release, cli.held_discard
+cli.member_set_role, cli.held_approve, cli.held_reject
+cli.member_enable, cli.bounces_ls, cli.suppress_add, cli.suppress_remove, cli.suppress_ls
+cli.dkim_keygen, cli.dkim_ls, cli.dkim_remove
 
 # pydantic calls the validators and the sources hook; the hook's signature is pydantic's.
 config.Settings._check_listen, config.Settings._check_relay, config.Settings._check_egress
@@ -31,7 +49,10 @@ config.Settings._parse_routes, config.Settings._parse_proxies, config.Settings._
 config.Settings._check_database_url
 config.Settings._upper_log_level, config.Settings._check_retry
 config.Settings._empty_path_is_none, config.Settings._check_tls
-config.Settings._check_role_address
+config.Settings._check_role_address, config.Settings._check_dns_resolver
+config.Settings._check_blob_url, config.Settings._check_public_url
+config.Settings._parse_topics, config.Settings._parse_queues
+config.Settings._check_cert_pattern
 config.Settings.settings_customise_sources
 
 # asyncio calls the protocol methods.
@@ -53,12 +74,37 @@ sink._CountingController._create_server
 sink.Received.at
 nested = Whitelist()
 nested.receive_email  # http.create_router's route
+nested.receive_sns  # sns.create_sns_router's route
+# http.server calls the handler's methods (the test certificate server of testing.aws).
+nested.do_GET, nested.log_message
 nested.healthz, nested.readyz  # web.app.create_app's routes
+nested.list_page, nested.confirm  # web.unsubscribe.create_router's routes
 web_app.EmbeddedServer.capture_signals
 nested.should_exit  # uvicorn's Server reads it; Relay.stop sets it
 engine._on_connect, engine._on_begin
 nested.isolation_level  # sqlite3 reads it (engine._on_connect sets it)
+nested.nameservers  # dnspython's Resolver reads it (testing.dns sets it)
 
-# A member status stored in the database and honoured by expansion (only ``active``
-# members get copies); set by the coming bounce processing and the API.
-model.MemberStatus.DISABLED
+# http.server's hooks in the test proxy (mailflow/testing/fault_proxy.py).
+nested.daemon_threads, nested.log_message
+nested.do_GET, nested.do_POST, nested.do_PUT, nested.do_DELETE
+
+# prometheus_client calls a registered collector's collect() at each scrape.
+gauges.QueueGauges.collect
+
+# The REST API (issue 14): FastAPI calls the routes and exception handlers through their
+# decorators, pydantic fills and serialises the fields, FastAPI calls app.openapi.
+cli.user_add, cli.user_ls, cli.user_remove, cli.user_role
+cli.token_create, cli.token_ls, cli.token_revoke
+model.ListRole.MODERATOR, model.TokenScope.READ  # values a user gives
+audit.list_audit, docs.install_docs, domains.list_domains, held.list_held, lists.list_lists
+members.list_members, members.remove_member, members.export_members, queue.queue_counts
+rules.list_sender_rules, rules.list_filters, rules.add_filter, rules.remove_filter
+tokens.list_tokens, users.list_users, users.set_role, users.clear_role
+lists.ListOut.member_count, lists.ListDeleted.failed_deliveries, pages.Page.next_cursor
+Whitelist().docs_page, Whitelist().docs_init  # in docs.install_docs
+web_app.create_app  # its app.openapi
+Whitelist().openapi
+problems.install_problem_handlers  # its handlers:
+Whitelist().domain_error, Whitelist().http_error, Whitelist().invalid_request
+Whitelist().internal_error

@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="where the temporary data directories go (default: $TMPDIR)")
     parser.add_argument("--timeout-factor", type=float, default=1.0,
                         help="multiply every completion timeout (slow machines)")
+    parser.add_argument("--rules", action="store_true",
+                        help="A: 1,000 sender block entries and 10 filter rules on the "
+                             "alias, none matching (issue 11's accept-path cost)")
     return checked_args(parser, argv)
 
 
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     options = Options(runs=args.runs, scale=args.scale, sink_kind=sink_kind,
                       sink_binary=sink_binary, relay_settings=relay_settings(args.settings),
-                      data_root=args.data_root, timeout_factor=args.timeout_factor)
+                      data_root=args.data_root, timeout_factor=args.timeout_factor,
+                      rules=args.rules)
     machine = machine_info.describe(args.data_root or Path(tempfile.gettempdir()))
     sink_name = f"Postfix smtp-sink ({sink_binary})" if sink_kind == "smtp-sink" else \
         "Python sink (mailflow.testing.sink, aiosmtpd)"

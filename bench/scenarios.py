@@ -42,6 +42,7 @@ from bench.loadgen import make_message, send_one
 from bench.probe import StoreProbe
 from bench.sinks import DumpReader, PostfixSink, PythonSink, start_sink
 from mailflow.model import ListKind
+from mailflow.services.directory import DirectoryService
 from mailflow.store import Repository
 from mailflow.testing.relay import RelayProcess
 
@@ -66,6 +67,7 @@ class Options:
     relay_settings: dict[str, str] = field(default_factory=dict)
     data_root: Path | None = None
     timeout_factor: float = 1.0
+    rules: bool = False  # A: 1,000 sender entries and 10 filter rules on the alias (issue 11)
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
 
     def size(self, full: int, minimum: int) -> int:
@@ -266,6 +268,42 @@ def _list_setup(address: str, kind: ListKind, members: list[str]
     return setup
 
 
+BLOCK_ENTRIES = 1000
+# Ten rules none of which matches the load's messages, so each is tried on every one:
+# header and body regular expressions (the body ones make the relay parse the MIME),
+# a size and two attachment globs.
+FILTER_RULES: tuple[dict[str, Any], ...] = (
+    {"header": "Subject", "matches": r"(?i)\bviagra\b"},
+    {"header": "From", "matches": r"@spam\.example$"},
+    {"header": "X-Spam-Score", "matches": r"^[5-9]"},
+    {"header": "Received", "matches": r"(?i)from\s+bad\.host"},
+    {"body": r"(?i)cheap\s+pills"},
+    {"body": r"(?i)wire\s+transfer\s+now"},
+    {"body": r"(?i)unsubscribe\s+here\s+to\s+win"},
+    {"larger_than": 10_000_000},
+    {"attachment": "*.exe"},
+    {"attachment": "application/x-msdownload"},
+)
+
+
+def _with_rules(setup: Callable[[Repository, float], None], alias: str
+                ) -> Callable[[Repository, float], None]:
+    """``setup``, then 1,000 block entries none of which covers the sender (global, for
+    the domain and for the alias, all three scopes asked) and the alias's 10 rules."""
+
+    def with_rules(repo: Repository, now: float) -> None:
+        setup(repo, now)
+        directory = DirectoryService(repo)
+        scopes = (None, DOMAIN, alias)
+        for n in range(BLOCK_ENTRIES):
+            directory.add_sender_rule("block", f"spammer{n}@*.example{n % 7}",
+                                      scopes[n % len(scopes)])
+        for rule in FILTER_RULES:
+            directory.add_filter_rule(alias, "discard", **rule)
+
+    return with_rules
+
+
 def _queue_id(code: int, text: str) -> str:
     if code != 250:
         raise BenchError(f"the relay refused a message: {code} {text}")
@@ -296,8 +334,13 @@ def ingest_load(options: Options) -> tuple[int, int, str, str, dict[str, Any]]:
 def ingest(options: Options) -> tuple[dict[str, Any], Callable[[], RunResult]]:
     count, connections, alias, target, params = ingest_load(options)
 
+    setup = _list_setup(alias, ListKind.ALIAS, [target])
+    if options.rules:
+        setup = _with_rules(setup, alias)
+        params["block_entries"], params["filter_rules"] = BLOCK_ENTRIES, len(FILTER_RULES)
+
     def run() -> RunResult:
-        with harness(options, _list_setup(alias, ListKind.ALIAS, [target])) as h:
+        with harness(options, setup) as h:
             cpu_before = h.cpu_seconds()
             command = [sys.executable, str(LOADGEN), "--port", str(h.relay.smtp_port),
                        "--count", str(count), "--connections", str(connections),

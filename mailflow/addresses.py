@@ -12,7 +12,9 @@ need to be split, because the recipient lookup already rejects anything we do no
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from typing import Final
 
 import idna
 from email_validator import EmailNotValidError, validate_email
@@ -109,18 +111,43 @@ def untagged(address: str) -> tuple[str, str]:
     return f"{base}@{domain}", tag
 
 
+# An ASCII dot-atom local part (RFC 5322 atext, dots between atoms): email-validator
+# accepts every one of at most 64 characters as it is, whatever the domain.
+_ATOM: Final = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM: Final = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
+LOCAL_MAX_LENGTH: Final = 64
+ADDRESS_MAX_LENGTH: Final = 254
+# Domains email-validator accepted (as typed, lower-cased) -> their canonical form.  A
+# member file has a few domains for many addresses; the domain check is most of the
+# cost of a validation.  At most this many entries of at most 253 characters each.
+_KNOWN_DOMAINS_MAX: Final = 10_000
+_known_domains: dict[str, str] = {}
+
+
 def validated(address: str) -> str:
     """Validate an address a user typed and return its canonical form."""
+    text = address.strip()
+    local, at, domain = text.rpartition("@")
+    if (at and text.isascii() and len(local) <= LOCAL_MAX_LENGTH
+            and len(text) <= ADDRESS_MAX_LENGTH and _DOT_ATOM.fullmatch(local)):
+        known = _known_domains.get(domain.lower())
+        if known is not None:  # what email-validator answered for this domain before
+            return f"{local.lower()}@{known}"
     try:
         result = validate_email(
-            address.strip(), check_deliverability=False, test_environment=True,
+            text, check_deliverability=False, test_environment=True,
             globally_deliverable=False,
         )
     except EmailNotValidError as exc:
         raise InvalidInput(f"invalid address {address!r}: {exc}") from None
     # email-validator checked the domain; canonical() gives it the one form it is
     # looked up in (its A-labels, the same as result.ascii_domain).
-    return canonical(f"{result.local_part}@{result.domain}")
+    found = canonical(f"{result.local_part}@{result.domain}")
+    if domain.isascii():
+        if len(_known_domains) >= _KNOWN_DOMAINS_MAX:
+            _known_domains.clear()
+        _known_domains[domain.lower()] = found.rpartition("@")[2]
+    return found
 
 
 def validated_domain(name: str) -> str:

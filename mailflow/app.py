@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import socket
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -21,7 +22,8 @@ from typing import IO, Any
 import uvicorn
 
 from mailflow.backoff import RetryPolicy
-from mailflow.blobs import BlobStore
+from mailflow.blobs import Blobs, open_blob_store
+from mailflow.bounce_score import BouncePolicy
 from mailflow.child.egress import ProcessEgress
 from mailflow.child.listeners import HostedListeners
 from mailflow.child.messages import TlsSpec
@@ -29,31 +31,54 @@ from mailflow.child.process import ChildProcess
 from mailflow.clock import Clock, SystemClock
 from mailflow.config import ListenAddress, Settings, parse_provider_url
 from mailflow.egress.base import Egress
-from mailflow.egress.routes import ProviderOptions, build_provider, build_routed
-from mailflow.errors import ConfigurationError
+from mailflow.egress.routes import ProviderOptions, RoutedEgress, build_provider, build_routed
+from mailflow.egress.ses_options import SesOptions
+from mailflow.errors import ConfigurationError, InvalidInput
+from mailflow.ingress.aws import AwsClients
 from mailflow.ingress.http import create_router
 from mailflow.ingress.limiter import FailedAuthLimiter
 from mailflow.ingress.limits import SessionLimits, raise_open_files_limit
 from mailflow.ingress.policy import start_policy_service
+from mailflow.ingress.ses import FeedbackHandler, SesIngest, SesIngestOptions, SesNotifications
 from mailflow.ingress.smtp import Listener, start_listener
+from mailflow.ingress.sns import SnsHttp, create_sns_router
+from mailflow.ingress.sns_signature import SnsVerifier
+from mailflow.ingress.sqs import STOP_GRACE, SqsPoller
 from mailflow.ingress.tls import ServerTls
-from mailflow.model import BARE_ROLE
+from mailflow.model import BARE_ROLE, BounceKind, BounceReport, BounceSource, SentCopy
+from mailflow.pipeline.context import Identity
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
+from mailflow.services.access import AccessService
+from mailflow.services.bounce_upkeep import bounce_upkeep
 from mailflow.services.commit import GroupCommitter, IngestActivity, InlineExpansion
+from mailflow.services.directory import DirectoryService
+from mailflow.services.dkim_keys import store_key_book
+from mailflow.services.dmarc_policy import DmarcPolicies
 from mailflow.services.filter_rules import FilterBook, store_filter_book
+from mailflow.services.gauges import QueueGauges
 from mailflow.services.installation import prepare
+from mailflow.services.moderation import ModerationSweep, content_reader
 from mailflow.services.notices import FailureNotices
 from mailflow.services.processor import Processor
+from mailflow.services.readiness import Readiness
 from mailflow.services.recent import RecentMessages
+from mailflow.services.rosters import StoreRoster
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.services.sender_rules import SenderRuleBook, store_rule_book
+from mailflow.services.ses_feedback import SesFeedback
 from mailflow.store import StoreRunner, create_engines
+from mailflow.store.access import AccessRepository
 from mailflow.store.engine import sqlite_path
+from mailflow.unsubscribe_tokens import UnsubscribeTokens
+from mailflow.verp import Verp
+from mailflow.web.api.deps import ApiDeps
 from mailflow.web.app import EmbeddedServer, bind, create_app, head_deadline_protocol
+from mailflow.web.unsubscribe import create_router as unsubscribe_router
 
 log = logging.getLogger(__name__)
 
 MAINTENANCE_CALLS = 50
+RECLAIM_PAGES = 25_000  # ~100 MB of a SQLite file given back per maintenance round
 
 
 def _log_roles(settings: Settings) -> None:
@@ -78,7 +103,8 @@ def build_egress(settings: Settings, child: ChildProcess | None = None) -> Egres
                               idle_check=settings.smtp_idle_check,
                               local_hostname=settings.hostname,
                               transaction_timeout=settings.smtp_transaction_timeout,
-                              payload_cache=settings.cache_budget.payloads)
+                              payload_cache=settings.cache_budget.payloads,
+                              ses=ses_options(settings))
     url = settings.egress_url
     provider = parse_provider_url(url)
     default: Egress
@@ -91,6 +117,15 @@ def build_egress(settings: Settings, child: ChildProcess | None = None) -> Egres
     else:
         default = build_provider(url, options)
     return build_routed(default, url, settings.route_specs, options)
+
+
+def ses_options(settings: Settings) -> SesOptions:
+    """The Amazon SES egress's ``ses_*`` settings."""
+    return SesOptions(configuration_set=settings.ses_configuration_set,
+                      max_send_rate=settings.ses_max_send_rate,
+                      timeout=settings.ses_timeout, concurrency=settings.ses_concurrency,
+                      feedback_forwarding=settings.ses_feedback_forwarding,
+                      payload_cache=settings.cache_budget.payloads)
 
 
 def session_limits(settings: Settings) -> SessionLimits:
@@ -108,6 +143,8 @@ class Relay:
     settings: Settings
     clock: Clock = field(default_factory=SystemClock)
     egress: Egress | None = None
+    # Applies SES Bounce/Complaint/Delivery notifications that arrive with received mail.
+    ses_feedback: FeedbackHandler | None = None
 
     def __post_init__(self) -> None:
         self._listeners: list[Listener | HostedListeners] = []
@@ -122,6 +159,11 @@ class Relay:
         self.sender_rules: SenderRuleBook | None = None
         self.filter_rules: FilterBook | None = None
         self.listening: dict[str, str] = {}
+        self._aws: AwsClients | None = None
+        self._sns_http: SnsHttp | None = None
+        self._pollers: list[tuple[SqsPoller, asyncio.Task[None]]] = []
+        self.blobs: Blobs | None = None
+        self._routes = self.settings.route_specs  # as last applied (SIGHUP may change them)
 
     async def start(self) -> None:
         settings = self.settings
@@ -135,17 +177,20 @@ class Relay:
             log.info("STARTTLS on SMTP with the certificate %s (SHA-256 %s)%s", cert_file,
                      self.tls.fingerprint, "; required before MAIL" if self.tls.require else "",
                      extra={"action": "tls_loaded"})
-        self.instance_id, srs = await asyncio.to_thread(prepare, settings)
+        self.instance_id, srs, unsubscribe = await asyncio.to_thread(prepare, settings)
+        verp = Verp(srs.secret)  # its own key is derived from the SRS secret
         self.runner = runner = StoreRunner(create_engines(settings.resolved_database_url),
-                                           roles=settings.role_addresses)
+                                           roles=settings.role_addresses, verp=verp)
         database = sqlite_path(settings.resolved_database_url)
         if database is not None:
             self._lock = _lock_sqlite_store(database)
             # One process per SQLite store: every lease left behind is from a dead process.
             await runner.write(runner.repo.release_leases, self.clock.now())
         budget = settings.cache_budget
-        blobs = BlobStore(settings.blob_dir, cache_bytes=budget.recent_contents)
+        self.blobs = blobs = open_blob_store(settings.blob_url, settings.blob_dir,
+                                             budget.recent_contents)
         self.child = child = ChildProcess(log_level=settings.log_level,
+                                          log_format=settings.log_format,
                                           contents_cache=budget.child_contents)
         self.egress = egress = self.egress or build_egress(settings, child)
         # Fits deliveries.lease_owner (64 characters) whatever the hostname's length, with
@@ -161,8 +206,12 @@ class Relay:
             retry=RetryPolicy(settings.retry_initial_delay, settings.retry_multiplier,
                               settings.retry_max_delay, settings.max_delivery_age),
             poll_interval=settings.poll_interval,
-            transaction_timeout=settings.smtp_transaction_timeout, srs=srs,
+            transaction_timeout=settings.smtp_transaction_timeout, srs=srs, verp=verp,
+            dmarc=DmarcPolicies(settings.dns_resolver, settings.dns_timeout),
+            dmarc_author_field=settings.dmarc_author_field,
             cache_bytes=budget.rendered_copies, large_in_flight=budget.large_in_flight,
+            public_url=settings.public_url, unsubscribe=unsubscribe,
+            filter_regex_timeout=settings.filter_regex_timeout,
         ), recent=recent, ingest_busy=activity.busy)
         processor = Processor(runner, self.clock, on_queued=scheduler.wake,
                               poll_interval=settings.poll_interval, read_file=blobs.read)
@@ -178,12 +227,15 @@ class Relay:
         # to come) passes ``invalidate`` as its ``on_rules_changed``.
         self.sender_rules = store_rule_book(runner, self.clock, settings.recipient_cache_ttl)
         self.filter_rules = store_filter_book(runner, self.clock, settings.recipient_cache_ttl)
+        scheduler.filters = self.filter_rules  # tag and strip rules change the copies
+        scheduler.sign = store_key_book(runner, self.clock, settings.recipient_cache_ttl).sign
         service = AcceptService(
             store_lookup(runner), committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,
                          settings.max_received_headers, settings.recipient_cache_ttl,
                          settings.filter_regex_timeout),
             rules=self.sender_rules, filters=self.filter_rules, srs=srs,
+            roster=StoreRoster(runner),
         )
         # Bound before anything starts, so that a child the scheduler's first send may
         # start (lazily) serves them too; accepted only once the child starts, last.
@@ -193,12 +245,19 @@ class Relay:
             asyncio.create_task(processor.run(), name="processor"),
             asyncio.create_task(committer.run(), name="committer"),
             asyncio.create_task(notices.run(), name="failure notices"),
+            asyncio.create_task(ModerationSweep(
+                runner, self.clock, content_reader(runner.repo, blobs.read),
+                settings.moderation_interval, on_queued=scheduler.wake).run(),
+                name="moderation"),
             asyncio.create_task(self._maintenance(blobs), name="maintenance"),
         ]
         try:
             await egress.start()
             if child.needed:
                 await child.start()
+        except ConfigurationError:  # an egress that cannot work as configured says why
+            await self.stop()
+            raise
         except Exception as exc:
             await self.stop()
             raise ConfigurationError(f"cannot start the relay's child process: {exc}") \
@@ -213,8 +272,14 @@ class Relay:
                 raise ConfigurationError(f"cannot listen for the policy service on "
                                          f"{settings.policy_address}: {exc.strerror}") from None
             self.listening["policy"] = str(settings.policy_address)
+        if self.ses_feedback is None:
+            self.ses_feedback = self._ses_feedback()
+        ses = await self._ses_notifications(settings, service) \
+            if settings.sns_topics or settings.sqs_queues else None
         if settings.http_address is not None:
-            await self._start_http(settings, service)
+            await self._start_http(settings, service, unsubscribe, ses)
+        if ses is not None:
+            self._start_pollers(settings, ses)
         log.info("relay %s started: %s; egress %s", self.instance_id,
                  ", ".join(f"{k} on {v}" for k, v in self.listening.items()), egress.name,
                  extra={"action": "started"})
@@ -268,7 +333,73 @@ class Relay:
             self._listeners.append(server)
             self.listening[name] = str(address)
 
-    async def _start_http(self, settings: Settings, service: AcceptService) -> None:
+    async def _ses_notifications(self, settings: Settings, service: AcceptService
+                                 ) -> SesNotifications:
+        """The Amazon SES ingress's handling of notifications (docs/aws.md)."""
+        assert self.runner is not None
+        self._aws = aws = await AwsClients.create(settings.aws_timeout, settings.sqs_wait_time,
+                                                  threads=len(settings.sqs_queues) + 8)
+        ingest = SesIngest(service, self.runner, aws, self.clock, SesIngestOptions(
+            max_message_size=settings.max_message_size,
+            fetch_attempts=settings.s3_fetch_attempts, fetch_delay=settings.s3_fetch_delay,
+            refuse_virus=settings.ses_refuse_virus, audit=settings.s3_audit,
+            delete_blocked=settings.s3_audit_delete_blocked))
+        return SesNotifications(ingest, self.ses_feedback)
+
+    def _ses_feedback(self) -> FeedbackHandler:
+        """SES's Bounce, Complaint and Delivery notifications applied to the deliveries
+        they name; a permanent bounce or a complaint about a list's copy also counts
+        against the member (bounce score, or unsubscribed and suppressed)."""
+        runner, clock = self.runner, self.clock
+        assert runner is not None
+
+        def counting(kind: BounceKind, source: BounceSource
+                     ) -> Callable[[Sequence[SentCopy]], Awaitable[None]]:
+            async def count(copies: Sequence[SentCopy]) -> None:
+                reports = [BounceReport(c.list_id, c.recipient, kind, source,
+                                        "Amazon SES notification") for c in copies]
+                if reports:
+                    await runner.write(runner.repo.count_bounces, reports, clock.now())
+            return count
+
+        feedback = SesFeedback(runner, clock,
+                               on_bounce=counting(BounceKind.PERMANENT, BounceSource.DSN),
+                               on_complaint=counting(BounceKind.COMPLAINT, BounceSource.ARF))
+
+        async def handle(notification: Mapping[str, Any]) -> None:
+            try:
+                await feedback.handle(notification)
+            except InvalidInput as exc:  # acknowledged: a redelivery would fail again
+                log.warning("SES notification dropped: %s", exc,
+                            extra={"action": "ses_feedback_invalid"})
+        return handle
+
+    def _start_pollers(self, settings: Settings, ses: SesNotifications) -> None:
+        assert self._aws is not None
+        for url in settings.sqs_queues:
+            poller = SqsPoller(self._aws, url, ses, wait=settings.sqs_wait_time,
+                               visibility=settings.sqs_visibility_timeout,
+                               topics=frozenset(settings.sns_topics))
+            self._pollers.append((poller, asyncio.create_task(poller.run(), name="sqs")))
+        if settings.sqs_queues:
+            self.listening["sqs"] = f"{len(settings.sqs_queues)} queue(s)"
+
+    async def _stop_pollers(self) -> None:
+        """No new polls; the notifications in hand get STOP_GRACE seconds to finish
+        (one cut short is not deleted, so SQS delivers it again)."""
+        for poller, _ in self._pollers:
+            poller.stop()
+        tasks = [task for _, task in self._pollers]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._pollers.clear()
+
+    async def _start_http(self, settings: Settings, service: AcceptService,
+                          unsubscribe: UnsubscribeTokens, ses: SesNotifications | None
+                          ) -> None:
         address = settings.http_address
         assert address is not None and self.runner is not None
         try:
@@ -281,10 +412,28 @@ class Relay:
             service, settings.ingress_keys,
             FailedAuthLimiter(settings.http_auth_max_failures, settings.http_auth_window),
             settings.max_message_size, settings.http_request_timeout)
+        routers = [ingress]
+        if ses is not None and settings.sns_topics:
+            self._sns_http = sns_http = SnsHttp(settings.aws_timeout)
+            verifier = SnsVerifier(settings.sns_topics, settings.sns_cert_url_pattern,
+                                   self.clock, sns_http.fetch_cert)
+            routers.append(create_sns_router(verifier, ses, sns_http,
+                                             settings.http_request_timeout))
         # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise (and reads
         # FORWARDED_ALLOW_IPS from the environment): only the configured proxies, if any.
         proxies = list(settings.forwarded_allow_ips)
-        config = uvicorn.Config(create_app(self.runner, [ingress]), log_level="warning",
+        routers.append(unsubscribe_router(
+            self.runner, Identity(self.instance_id, settings.hostname, settings.public_url,
+                                  unsubscribe), unsubscribe, settings.http_request_timeout))
+        provider = parse_provider_url(settings.egress_url)
+        assert self.blobs is not None
+        readiness = Readiness(self.runner, self.blobs, provider.relay)
+        gauges = QueueGauges(self.runner, self.clock, busy=self.scheduler.busy_connections
+                             if self.scheduler is not None else None)
+        app = create_app(self.runner, routers, readiness=readiness, gauges=gauges,
+                         api=self._api_deps(settings),
+                         monitoring_access=settings.monitoring_access)
+        config = uvicorn.Config(app, log_level="warning",
                                 lifespan="off", access_log=False, proxy_headers=bool(proxies),
                                 forwarded_allow_ips=proxies,
                                 http=head_deadline_protocol(settings.http_request_timeout,
@@ -292,6 +441,71 @@ class Relay:
         self._http = EmbeddedServer(config)
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[sock]), name="http"))
         self.listening["http"] = str(address)
+
+    async def reload(self, reload_settings: Callable[[], Settings] | None) -> None:
+        """SIGHUP: what can change while the relay runs (the TLS certificate, the log
+        level) is read again; the rest needs a restart."""
+        if reload_settings is not None:
+            try:
+                fresh = await asyncio.to_thread(reload_settings)
+            except Exception as exc:  # a broken file keeps every current setting
+                log.error("SIGHUP: settings not reloaded, the current ones stay: %s", exc,
+                          extra={"action": "reload_failed"})
+            else:
+                if fresh.log_level != logging.getLevelName(logging.getLogger().level):
+                    logging.getLogger().setLevel(fresh.log_level)
+                    log.warning("SIGHUP: log level now %s", fresh.log_level,
+                                extra={"action": "log_level"})
+                self._reload_routes(fresh)
+        await self.reload_tls()
+
+    def _reload_routes(self, fresh: Settings) -> None:
+        """New ``routes`` among the providers the relay runs apply at once; a new
+        provider (or a relay started without routes) needs a restart."""
+        specs = fresh.route_specs
+        if specs == self._routes:
+            return
+        egress = self.egress
+        if not isinstance(egress, RoutedEgress) or fresh.egress_url != self.settings.egress_url:
+            log.error("SIGHUP: routes changed but not reloaded: the relay started %s; restart "
+                      "it to apply them", "without routes" if not isinstance(
+                          egress, RoutedEgress) else "with another default egress",
+                      extra={"action": "reload_failed"})
+            return
+        missing = egress.remap(specs)
+        if missing:
+            log.error("SIGHUP: routes not reloaded, they name providers this relay does not "
+                      "run (%s); restart it to apply them", ", ".join(missing),
+                      extra={"action": "reload_failed"})
+            return
+        self._routes = specs
+        log.warning("SIGHUP: routes reloaded: %s", ", ".join(
+            f"{s.domain} -> {parse_provider_url(s.url).display}" for s in specs) or "none",
+            extra={"action": "routes_reloaded"})
+    def _api_deps(self, settings: Settings) -> ApiDeps:
+        """The services behind ``/api/v1``; a change of sender entries or filter rules
+        made through it empties this process's caches of them at once (the listener
+        child's expire within ``recipient_cache_ttl``)."""
+        assert self.runner is not None
+        loop = asyncio.get_running_loop()
+
+        def forget_rules() -> None:
+            for book in (self.sender_rules, self.filter_rules):
+                if book is not None:
+                    book.invalidate()
+
+        def rules_changed() -> None:  # on a store thread: the caches belong to the loop
+            loop.call_soon_threadsafe(forget_rules)
+
+        directory = DirectoryService(self.runner.repo, self.clock,
+                                     on_rules_changed=rules_changed)
+        return ApiDeps(
+            self.runner, directory, AccessService(AccessRepository(self.runner.engines),
+                                                  self.clock),
+            clients=FailedAuthLimiter(settings.http_auth_max_failures,
+                                      settings.http_auth_window),
+            accounts=FailedAuthLimiter(settings.http_auth_max_failures,
+                                       settings.http_auth_window))
 
     async def reload_tls(self) -> None:
         """SIGHUP: the SMTP listener reads its certificate files again, for the sessions
@@ -316,8 +530,9 @@ class Relay:
             log.info("TLS certificate reloaded from %s (SHA-256 %s)", self.tls.cert_file,
                      fingerprint, extra={"action": "tls_reloaded"})
 
-    async def _maintenance(self, blobs: BlobStore) -> None:
-        """Finish messages whose deliveries are all final, then collect what they held."""
+    async def _maintenance(self, blobs: Blobs) -> None:
+        """Finish messages whose deliveries are all final, collect what they held, forget
+        them after ``message_retention`` and give the space back."""
         assert self.runner is not None
         repo, settings = self.runner.repo, self.settings
         while True:
@@ -334,11 +549,33 @@ class Relay:
                                                    now - settings.blob_retention,
                                                    blobs.unlink_many):
                         break
-                await self.runner.write(repo.purge_messages, now - settings.message_retention)
+                for _ in range(MAINTENANCE_CALLS):
+                    if not await self.runner.write(repo.purge_messages,
+                                                   now - settings.message_retention):
+                        break
+                await self.runner.write(repo.purge_ses_outcomes,
+                                        now - settings.message_retention)
+                await self.runner.write(repo.reclaim_space, RECLAIM_PAGES)
+                await self._bounce_upkeep(now)
             except Exception:
                 log.exception("maintenance failed", extra={"action": "maintenance_error"})
 
+    async def _bounce_upkeep(self, now: float) -> None:
+        """Warnings, removals and score resets owed to members (bounce processing)."""
+        assert self.runner is not None
+        settings = self.settings
+        policy = BouncePolicy(settings.bounce_score_reset, settings.bounce_warnings,
+                              settings.bounce_warning_interval)
+        for _ in range(MAINTENANCE_CALLS):
+            written = await self.runner.write(bounce_upkeep, self.runner.repo, now, policy,
+                                              settings.postmaster_address)
+            if written and self.scheduler is not None:
+                self.scheduler.wake()
+            if not written:
+                break
+
     async def stop(self) -> None:
+        await self._stop_pollers()
         await asyncio.gather(*(listener.close() for listener in self._listeners))
         self._listeners.clear()
         if self._policy is not None:
@@ -350,6 +587,12 @@ class Relay:
             http_tasks = [t for t in self._tasks if t.get_name() == "http"]
             if http_tasks:
                 await asyncio.wait(http_tasks, timeout=5)
+        if self._sns_http is not None:
+            await self._sns_http.close()
+            self._sns_http = None
+        if self._aws is not None:
+            self._aws.close()
+            self._aws = None
         if self.scheduler is not None:
             await self.scheduler.stop()
             self.scheduler = None
@@ -386,8 +629,11 @@ def _lock_sqlite_store(database: Path) -> IO[str]:
     return lock
 
 
-async def serve(settings: Settings) -> None:
-    """Run a relay until SIGINT or SIGTERM; SIGHUP reloads the TLS certificate."""
+async def serve(settings: Settings,
+                reload_settings: Callable[[], Settings] | None = None) -> None:
+    """Run a relay until SIGINT or SIGTERM (which hand every lease back before the exit);
+    SIGHUP reloads the TLS certificate and, read again with ``reload_settings``, the
+    log level."""
     relay = Relay(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -396,7 +642,7 @@ async def serve(settings: Settings) -> None:
     reloads: set[asyncio.Task[None]] = set()
 
     def reload() -> None:
-        task = loop.create_task(relay.reload_tls(), name="reload")
+        task = loop.create_task(relay.reload(reload_settings), name="reload")
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 

@@ -8,6 +8,7 @@ a 10,000-member list is stored once; deliveries refer to it by hash.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -15,8 +16,9 @@ import os
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from mailflow.lru import BytesLRU
 from mailflow.memory import DEFAULT_BUDGET, item_limit
@@ -26,6 +28,34 @@ DURABLE_REMEMBERED = 10_000  # digests known durable (older ones are hash-checke
 
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+class Blobs(Protocol):
+    """What the relay needs of a blob store: files here, objects in ``s3_blobs``.
+
+    Blocking calls (all but ``cached`` and ``remember``) run on a thread.
+    """
+
+    def describe(self) -> str: ...
+    def cached(self, digest: str) -> bytes | None: ...
+    def remember(self, digest: str, data: bytes) -> None: ...
+    def write_many(self, items: Iterable[tuple[str, bytes]]) -> None:
+        """Durably store the bodies not stored yet; raise if one cannot be."""
+        ...
+    def read(self, digest: str) -> bytes:
+        """The body; FileNotFoundError when there is none."""
+        ...
+    def unlink_many(self, digests: Iterable[str]) -> None: ...
+    def problem(self) -> str | None:
+        """Why no body could be written now (for ``/readyz``), or None."""
+        ...
+    def stored_before(self, cutoff: float) -> Iterator[tuple[str, int]]:
+        """(digest, size) of every body last written before ``cutoff``, for the sweep
+        of bodies whose commit never happened."""
+        ...
+    def leftovers_before(self, cutoff: float) -> list[str]:
+        """Remove temporary files of writes interrupted before ``cutoff``; their names."""
+        ...
 
 
 class BlobStore:
@@ -83,6 +113,9 @@ class BlobStore:
             self.remember(digest, data)
             target = self.path(digest)
             if target.exists() and (digest in self._durable or self._intact(target, digest)):
+                # Fresh again: the sweep of bodies never committed goes by age.
+                with contextlib.suppress(OSError):
+                    os.utime(target)
                 continue
             if not target.parent.is_dir():
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +178,33 @@ class BlobStore:
                 self._durable.pop(digest, None)
             self.path(digest).unlink(missing_ok=True)
 
+    def describe(self) -> str:
+        return str(self.root)
+
+    def problem(self) -> str | None:
+        if self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK):
+            return None
+        return f"{self.root} is not writable"
+
+    def stored_before(self, cutoff: float) -> Iterator[tuple[str, int]]:
+        for folder in sorted(self.root.glob("??")):
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if len(entry.name) != 64 or not entry.is_file():
+                        continue
+                    info = entry.stat()
+                    if info.st_mtime < cutoff:
+                        yield entry.name, info.st_size
+
+    def leftovers_before(self, cutoff: float) -> list[str]:
+        removed = []
+        for tmp in self.root.glob("??/.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed.append(tmp.name)
+        return removed
+
 
 def _load_syncfs() -> Callable[[int], int] | None:
     """libc's syncfs(2), or None where there is none (not Linux, or no glibc)."""
@@ -167,3 +227,12 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def open_blob_store(blob_url: str, blob_dir: Path, cache_bytes: int) -> Blobs:
+    """The store ``blob_url`` names (``s3://bucket/prefix``), else files in ``blob_dir``."""
+    if blob_url:
+        from mailflow.s3_blobs import S3BlobStore
+
+        return S3BlobStore(blob_url, cache_bytes=cache_bytes)
+    return BlobStore(blob_dir, cache_bytes=cache_bytes)

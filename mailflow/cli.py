@@ -8,10 +8,10 @@ Errors go to stderr with a non-zero exit status and say what to do next.
 from __future__ import annotations
 
 import asyncio
-import csv
+import dataclasses
 import json
-import logging
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -23,15 +23,42 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailflow import __version__, addresses
+from mailflow.blobs import open_blob_store
+from mailflow.clock import SystemClock
 from mailflow.config import Settings, load_settings
 from mailflow.errors import EX_TEMPFAIL, Conflict, InvalidInput, MailflowError, NotFound, spec
+from mailflow.logs import configure_logging
 from mailflow.memory import release_large_blocks
-from mailflow.model import AddedMembers, ForwardStyle, ListKind, RuleAction
+from mailflow.model import (
+    AddedMembers,
+    DeliveryRow,
+    DeliveryStatus,
+    DkimKey,
+    DmarcMode,
+    ForwardStyle,
+    ListKind,
+    ListRole,
+    MemberRole,
+    MessageTrace,
+    NonMemberAction,
+    PostingPolicy,
+    QueueSelection,
+    RuleAction,
+    TokenScope,
+)
 from mailflow.pipeline.accept import filters
 from mailflow.services import directory as rules
+from mailflow.services.access import AccessService
 from mailflow.services.directory import DirectoryService
+from mailflow.services.member_csv import read_member_rows
+from mailflow.services.moderation import REASON_MAX_LENGTH, Moderation, content_reader
+from mailflow.services.queue_operations import QueueOperations
+from mailflow.services.timespec import parse_duration, parse_moment
+from mailflow.services.trace import TraceService
 from mailflow.store import Repository, create_cli_engines
+from mailflow.store.access import AccessRepository
 from mailflow.store.engine import describe_database_error, normalize_url, sqlite_path
+from mailflow.store.operations import OperationsStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -88,6 +115,18 @@ class Context:
         with self.repository() as repo:
             yield DirectoryService(repo)
 
+    @contextmanager
+    def moderation(self) -> Iterator[Moderation]:
+        """Held posts' moderation: the store, and the blob files the posts are in."""
+        with self.repository() as repo:
+            blobs = open_blob_store(self.settings.blob_url, self.settings.blob_dir, 0)
+            yield Moderation(repo, SystemClock(), content_reader(repo, blobs.read))
+
+    @contextmanager
+    def access(self) -> Iterator[AccessService]:
+        with self.repository() as repo:
+            yield AccessService(AccessRepository(repo.engines))
+
 
 pass_context = click.make_pass_decorator(Context)
 
@@ -116,6 +155,12 @@ def hint(error: MailflowError, command: str | None) -> str:
             return "; see `mailflow filter ls ADDRESS`"
         if error.kind == "message":
             return "; see `mailflow held ls`"
+        if error.kind == "suppression":
+            return "; see `mailflow suppress ls`"
+        if error.kind == "dkim":
+            return "; see `mailflow dkim ls`"
+    if isinstance(error, Conflict) and error.kind == "dkim":
+        return f"; `mailflow dkim keygen {error.name} --replace` makes a new one"
     if isinstance(error, Conflict) and error.kind == "domain" and error.dependents:
         return "; delete them first with `mailflow list delete`"
     return ""
@@ -173,18 +218,63 @@ def serve(ctx: Context, initialise_store: bool) -> None:
         # recipient (senders' mail would bounce); the relay's start-up then migrates it.
         with store_errors(settings.resolved_database_url):
             require_store(settings)
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-line debug
+    configure_logging(settings.log_level, settings.log_format)
     release_large_blocks()  # message-sized blocks go back to the system when freed
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every POSIX system
-        asyncio.run(run_relay(settings))
+        asyncio.run(run_relay(settings, lambda: load_settings(ctx.config)))
     else:
         with store_errors(settings.resolved_database_url):
-            uvloop.run(run_relay(settings))
+            uvloop.run(run_relay(settings, lambda: load_settings(ctx.config)))
+
+
+@cli.command()
+@pass_context
+def vacuum(ctx: Context) -> None:
+    """Compact a SQLite store and let it shrink after purges from now on.
+
+    Databases created before the relay set SQLite's incremental auto-vacuum keep the
+    size of their busiest day; this rewrites the file once (it needs as much free disk
+    again, and the relay's writes wait for it: run it at a quiet time).
+    """
+    database = sqlite_path(ctx.settings.resolved_database_url)
+    before = database.stat().st_size if database is not None and database.exists() else 0
+    with ctx.repository() as repo:
+        if not repo.vacuum():
+            click.echo("PostgreSQL: its autovacuum reclaims space; nothing to do")
+            return
+    after = database.stat().st_size if database is not None else 0
+    click.echo(f"vacuumed {database}: {before:,} -> {after:,} bytes; it now shrinks after "
+               "purges")
+@click.option("--orphans-older-than", type=click.FloatRange(min=3600), default=86_400.0,
+              show_default=True, metavar="SECONDS",
+              help="bodies without a database row, and temporary files, older than this "
+                   "are removed")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@pass_context
+def gc(ctx: Context, orphans_older_than: float, as_json: bool) -> None:
+    """Collect garbage now: finished messages, released bodies, expired messages, and
+    bodies whose commit never happened (the relay's maintenance does all but the last)."""
+    from mailflow.services.blob_gc import collect_garbage
+
+    settings = ctx.settings
+    blobs = open_blob_store(settings.blob_url, settings.blob_dir, 0)
+    with ctx.repository() as repo:
+        try:
+            done = collect_garbage(repo, blobs, time.time(),
+                                   blob_retention=settings.blob_retention,
+                                   message_retention=settings.message_retention,
+                                   orphan_age=orphans_older_than)
+        except OSError as exc:
+            fail(f"blob store {blobs.describe()}: {exc}", EX_TEMPFAIL)
+    if as_json:
+        emit_json({"store": blobs.describe(), **dataclasses.asdict(done)})
+        return
+    click.echo(f"{blobs.describe()}: {done.finished} message(s) finished, {done.released} "
+               f"body(ies) released, {done.purged} message(s) purged, {done.orphans} "
+               f"orphaned body(ies) removed ({done.orphan_bytes:,} bytes), {done.leftovers} "
+               "temporary file(s) removed")
 
 
 # -- pipe -------------------------------------------------------------------------------
@@ -296,18 +386,82 @@ def list_create(ctx: Context, address: str, kind: str, name: str, priority: int)
 @click.option("--forward-style", type=click.Choice([s.value for s in ForwardStyle]),
               help="aliases: resend (the message as received) or fwd (a new message "
                    "from the alias, \"Fwd:\", the original's attachments unchanged)")
+@click.option("--dmarc", type=click.Choice([m.value for m in DmarcMode]),
+              help="lists: when copies carry \"Author via List\" <list> in From: (auto: "
+                   "for authors whose domain publishes DMARC p=quarantine or p=reject)")
+@click.option("--posting", type=click.Choice([p.value for p in PostingPolicy]),
+              help="who may post: open (anyone), members, moderated (every post held), "
+                   "announce (owners and moderators only)")
+@click.option("--non-member-action", type=click.Choice([a.value for a in NonMemberAction]),
+              help="what a post the posting policy does not admit gets: reject (550 "
+                   "5.7.1), hold (for a moderator) or discard")
+@click.option("--hold-days", type=int,
+              help=f"held posts are discarded after this many days (1 to "
+                   f"{rules.HOLD_DAYS_MAX}; default 14)")
+@click.option("--subject-prefix", help="lists: put before each copy's Subject, once (such "
+              "as \"[team]\"); \"\" removes it")
+@click.option("--reply-to", help="lists: none (keep the post's), list, or an address")
+@click.option("--header-file", type=click.Path(exists=True, dir_okay=False),
+              help="lists: a Jinja2 template of text put before each copy's body (an empty "
+                   "file removes it); see docs/lists.md for its names")
+@click.option("--footer-file", type=click.Path(exists=True, dir_okay=False),
+              help="lists: a Jinja2 template of text put after each copy's body (an empty "
+                   "file removes it)")
+@click.option("--archive-url", help="lists: the List-Archive URL; \"\" removes it")
+@click.option("--personalize", type=click.Choice(["on", "off"]),
+              help="lists: on, one copy per member with its own bounce address "
+                   "(LIST-bounces+TOKEN@domain, VERP); off, shared copies")
+@click.option("--bounce-threshold", type=float,
+              help=f"lists: the bounce score that disables a member "
+                   f"({rules.MIN_BOUNCE_THRESHOLD:g} to {rules.MAX_BOUNCE_THRESHOLD:g}; "
+                   "default 5)")
 @pass_context
 def list_update(ctx: Context, address: str, kind: str | None, name: str | None,
-                priority: int | None, forward_style: str | None) -> None:
-    """Change the kind, display name, priority or forward style of the list or alias at
+                priority: int | None, forward_style: str | None, dmarc: str | None,
+                posting: str | None, non_member_action: str | None,
+                hold_days: int | None, subject_prefix: str | None,
+                reply_to: str | None, header_file: str | None, footer_file: str | None,
+                archive_url: str | None, personalize: str | None,
+                bounce_threshold: float | None) -> None:
+    """Change the kind, display name, priority, forward style, DMARC mode, posting
+    policy, decoration, personalization or bounce threshold of the list or alias at
     ADDRESS."""
-    if kind is None and name is None and priority is None and forward_style is None:
-        raise click.UsageError("nothing to update: give --name, --priority, --kind or "
-                               "--forward-style")
+    decoration = {key: value for key, value in (
+        ("subject_prefix", subject_prefix), ("reply_to", reply_to),
+        ("header_template", _template_file(header_file)),
+        ("footer_template", _template_file(footer_file)), ("archive_url", archive_url))
+        if value is not None}
+    if all(v is None for v in (kind, name, priority, forward_style, dmarc, posting,
+                               non_member_action, hold_days, personalize,
+                               bounce_threshold)) and not decoration:
+        raise click.UsageError("nothing to update: give --name, --priority, --kind, "
+                               "--forward-style, --dmarc, --posting, --non-member-action, "
+                               "--hold-days, --subject-prefix, --reply-to, --header-file, "
+                               "--footer-file, --archive-url, --personalize or "
+                               "--bounce-threshold")
     with ctx.directory() as directory:
         updated = directory.update_list(address, kind=kind, name=name, priority=priority,
-                                        forward_style=forward_style)
+                                        forward_style=forward_style, dmarc=dmarc,
+                                        posting=posting,
+                                        non_member_action=non_member_action,
+                                        hold_days=hold_days, decoration=decoration,
+                                        personalize=None if personalize is None
+                                        else personalize == "on",
+                                        bounce_threshold=bounce_threshold)
     click.echo(f"updated {updated.kind.value} {updated.address}")
+
+
+def _template_file(path: str | None) -> str | None:
+    """A template file's text (UTF-8), or None when no file was given."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as source:
+            return source.read()
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror}") from None
 
 
 @list_group.command("show")
@@ -321,14 +475,28 @@ def list_show(ctx: Context, address: str, as_json: bool) -> None:
         roster = directory.members(found.address)
     info = {"address": found.address, "kind": found.kind.value, "name": found.name,
             "priority": found.priority, "forward_style": found.forward_style.value,
+            "dmarc": found.dmarc.value,
+            "posting": found.posting.value,
+            "non_member_action": found.non_member_action.value,
+            "hold_days": found.hold_days,
+            "personalize": found.personalize, "bounce_threshold": found.bounce_threshold,
             "members": len(roster),
             "active_members": sum(1 for m in roster if m.status.value == "active"),
-            "bounces_address": found.bounces_address, "list_id": found.list_id}
+            "bounces_address": found.bounces_address, "list_id": found.list_id,
+            "subject_prefix": found.decoration.subject_prefix,
+            "reply_to": found.decoration.reply_to,
+            "archive_url": found.decoration.archive_url}
     if as_json:
+        info["header_template"] = found.decoration.header_template
+        info["footer_template"] = found.decoration.footer_template
         emit_json(info)
     else:
         for key, value in info.items():
             click.echo(f"{key}: {value}")
+        for key, source in (("header_template", found.decoration.header_template),
+                            ("footer_template", found.decoration.footer_template)):
+            click.echo(f"{key}: {len(source)} characters (--json shows it)" if source
+                       else f"{key}: none")
 
 
 @list_group.command("ls")
@@ -372,13 +540,36 @@ def member() -> None:
               help="display name of the member (one address); replaces the name of a "
                    f"member already there; at most {rules.NAME_MAX_LENGTH} characters, "
                    "no control characters")
+@click.option("--role", type=click.Choice([r.value for r in MemberRole]),
+              help="owner, moderator or member (default for new members: member); "
+                   "members already there take it too")
 @pass_context
-def member_add(ctx: Context, list_address: str, members: tuple[str, ...], name: str) -> None:
+def member_add(ctx: Context, list_address: str, members: tuple[str, ...], name: str,
+               role: str | None) -> None:
     """Add MEMBERS to LIST_ADDRESS (alias targets may be in any domain)."""
     target = rules.validated_address(list_address)
     with ctx.directory() as directory:
-        result = directory.add_members(target, members, name=name)
+        result = directory.add_members(target, members, name=name, role=role)
     click.echo(f"added {result.added} member(s) to {target}" + _already(result))
+
+
+@member.command("set-role")
+@click.argument("list_address")
+@click.argument("members", nargs=-1, required=True)
+@click.option("--role", type=click.Choice([r.value for r in MemberRole]), required=True,
+              help="owner and moderator: post to announce lists, are told of held posts")
+@pass_context
+def member_set_role(ctx: Context, list_address: str, members: tuple[str, ...],
+                    role: str) -> None:
+    """Give MEMBERS of LIST_ADDRESS a role."""
+    target = rules.validated_address(list_address)
+    given = set(rules.validated_addresses(members))
+    with ctx.directory() as directory:
+        changed = directory.set_role(target, sorted(given), role)
+    if changed < len(given):
+        fail(f"{changed} of {len(given)} are members of {target}; add the others first "
+             f"(see `mailflow member list {target}`)", EXIT_NOT_FOUND)
+    click.echo(f"{changed} member(s) of {target} now {role}")
 
 
 def _already(result: AddedMembers) -> str:
@@ -408,21 +599,39 @@ def member_remove(ctx: Context, list_address: str, members: tuple[str, ...]) -> 
 @member.command("list")
 @click.argument("list_address")
 @click.option("--json", "as_json", is_flag=True,
-              help="a JSON array of objects with address, name, status and created_at")
+              help="a JSON array of objects with address, name, status, role, created_at, "
+                   "bounce_score and last_bounce_at")
 @pass_context
 def member_list(ctx: Context, list_address: str, as_json: bool) -> None:
-    """Show the members of LIST_ADDRESS."""
+    """Show the members of LIST_ADDRESS (status: active, disabled or unsubscribed)."""
     with ctx.directory() as directory:
         roster = directory.members(list_address)
     if as_json:
         emit_json([{"address": m.address, "name": m.name, "status": m.status.value,
-                    "created_at": m.created_at} for m in roster])
+                    "role": m.role.value, "created_at": m.created_at,
+                    "bounce_score": m.bounce_score, "last_bounce_at": m.last_bounce_at}
+                   for m in roster])
         return
     for m in roster:
-        click.echo(f"{m.address}\t{m.status.value}" + (f"\t{m.name}" if m.name else ""))
+        score = f"\tbounce score {m.bounce_score:g}" if m.bounce_score else ""
+        click.echo(f"{m.address}\t{m.status.value}\t{m.role.value}{score}"
+                   + (f"\t{m.name}" if m.name else ""))
 
 
 member.add_command(member_list, "ls")  # as `list ls`
+
+
+@member.command("enable")
+@click.argument("list_address")
+@click.argument("members", nargs=-1, required=True)
+@pass_context
+def member_enable(ctx: Context, list_address: str, members: tuple[str, ...]) -> None:
+    """Make MEMBERS of LIST_ADDRESS active again (after bounces or a complaint), with a
+    bounce score of 0."""
+    target = rules.validated_address(list_address)
+    with ctx.directory() as directory:
+        enabled = directory.enable_members(target, members)
+    click.echo(f"enabled {enabled} member(s) of {target}")
 
 
 @member.command("import")
@@ -443,51 +652,17 @@ def member_import(ctx: Context, list_address: str, csv_file: Any) -> None:
     click.echo(f"imported {result.added} member(s) into {target}" + _already(result))
 
 
-HEADER_KEYS = ("email", "address", "e-mail")
-NAME_KEY = "name"
-
-
 def read_member_csv(stream: Any, name: str) -> list[tuple[str, str]]:
-    """The (address, display name) rows of a member CSV: a header row (``email``,
-    optional ``name``) or none.
-
-    A file without a header has an address in the first cell of each row and no names; a
-    first row without an ``@`` is a header, and one without an email column is refused
-    with the header expected.  Names follow the directory's rule (no control characters,
-    at most 200 characters), checked here so that every bad row is reported at once.
-    """
-    try:
-        rows = [row for row in csv.reader(stream) if any(cell.strip() for cell in row)]
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{name} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
-                           f"offset {exc.start}); save it as UTF-8 CSV and import again"
-                           ) from exc
-    except csv.Error as exc:
-        raise InvalidInput(f"{name} is not a CSV file: {exc}") from exc
-    if not rows:
-        raise InvalidInput(f"{name} has no rows")
-    header = [cell.strip().lower() for cell in rows[0]]
-    column, start, name_column = 0, 0, None
-    for key in HEADER_KEYS:
-        if key in header:
-            column, start = header.index(key), 1
-            name_column = header.index(NAME_KEY) if NAME_KEY in header else None
-            break
-    else:
-        if "@" not in (rows[0][0] if rows[0] else ""):
-            shown = ",".join(cell.strip() for cell in rows[0])
-            raise InvalidInput(f"{name}: header row {shown!r} has no email column; expected "
-                               "a header `email` or `email,name` (or no header, one address "
-                               "per row in the first column)")
+    """The (address, display name) rows of a member CSV (see
+    :func:`~mailflow.services.member_csv.read_member_rows`), every row checked here so
+    that every bad row is reported at once."""
     found, problems = [], []
-    for number, row in enumerate(rows[start:], start=start + 1):
-        cell = row[column].strip() if column < len(row) else ""
-        display = (row[name_column].strip()
-                   if name_column is not None and name_column < len(row) else "")
+    for row in read_member_rows(stream, name):
         try:
-            found.append((rules.validated_address(cell), rules.validated_member_name(display)))
+            found.append((rules.validated_address(row.address),
+                          rules.validated_member_name(row.name)))
         except InvalidInput as exc:
-            problems.append(f"line {number}: {exc}")
+            problems.append(f"line {row.line}: {exc}")
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -662,17 +837,21 @@ def filter_group() -> None:
 @click.option("--not-encrypted", is_flag=True,
               help="messages that are neither PGP/MIME nor S/MIME encrypted")
 @click.option("--action", required=True,
-              type=click.Choice(["reject", "discard", "hold"]), help="what a match does")
+              type=click.Choice(["reject", "discard", "hold", "tag", "strip"]),
+              help="what a match does (strip: with --attachment only)")
 @click.option("--text", default="", help="the reply of a reject; the reason of others")
+@click.option("--add-header", metavar="'NAME: VALUE'",
+              help="the field a tag rule adds to the copies")
 @pass_context
 def filter_add(ctx: Context, address: str, header: str | None, matches: str | None,
                body: str | None, larger_than: int | None, attachment: str | None,
-               not_encrypted: bool, action: str, text: str) -> None:
+               not_encrypted: bool, action: str, text: str, add_header: str | None) -> None:
     """Add a rule to ADDRESS with one condition, after its other rules."""
     with ctx.directory() as directory:
         rule = directory.add_filter_rule(
             address, action, text=text, header=header, matches=matches, body=body,
-            larger_than=larger_than, attachment=attachment, not_encrypted=not_encrypted)
+            larger_than=larger_than, attachment=attachment, not_encrypted=not_encrypted,
+            add_header=add_header)
         number = len(directory.filter_rules(rule.target))
     click.echo(f"added filter rule {number} to {rule.target}: "
                f"{filters.describe(rule)} -> {rule.action.value}")
@@ -711,17 +890,19 @@ def filter_remove(ctx: Context, address: str, number: int) -> None:
 
 @cli.group()
 def held() -> None:
-    """Messages a filter rule holds, until released or discarded."""
+    """Held posts (a posting policy or a filter rule held them) and their moderation."""
 
 
 @held.command("ls")
+@click.option("--list", "list_address", metavar="LIST",
+              help="only the posts held for this list or alias")
 @click.option("--json", "as_json", is_flag=True,
               help="a JSON array of objects with id, from, to, size, received_at, reason")
 @pass_context
-def held_ls(ctx: Context, as_json: bool) -> None:
+def held_ls(ctx: Context, list_address: str | None, as_json: bool) -> None:
     """Show the held messages, oldest first."""
     with ctx.directory() as directory:
-        found = directory.held_messages()
+        found = directory.held_messages(list_address)
     if as_json:
         emit_json([{"id": m.id, "from": m.mail_from, "to": list(m.rcpt_tos), "size": m.size,
                     "received_at": m.received_at, "reason": m.reason} for m in found])
@@ -730,24 +911,184 @@ def held_ls(ctx: Context, as_json: bool) -> None:
         click.echo(f"{m.id}\t<{m.mail_from}>\t{','.join(m.rcpt_tos)}\t{m.size}\t{m.reason}")
 
 
+@held.command("approve")
+@click.argument("message_id", metavar="ID")
+@click.option("--add-member", is_flag=True,
+              help="add the post's author (its From: address) to the lists first, so "
+                   "their next posts pass")
+@pass_context
+def held_approve(ctx: Context, message_id: str, add_member: bool) -> None:
+    """Deliver a held message to its lists and aliases as if it had just arrived."""
+    with ctx.moderation() as moderation:
+        added = moderation.approve(message_id, add_member=add_member)
+    click.echo(f"approved {message_id}" + (f"; author added to {', '.join(added)}"
+                                           if added else ""))
+
+
 @held.command("release")
 @click.argument("message_id", metavar="ID")
 @pass_context
 def held_release(ctx: Context, message_id: str) -> None:
-    """Deliver a held message to its lists and aliases as if it had just arrived."""
-    with ctx.directory() as directory:
-        directory.release_held(message_id)
+    """Deliver a held message (as `held approve`)."""
+    with ctx.moderation() as moderation:
+        moderation.approve(message_id)
     click.echo(f"released {message_id}")
+
+
+@held.command("reject")
+@click.argument("message_id", metavar="ID")
+@click.option("--reason", default="",
+              help=f"told to the author (at most {REASON_MAX_LENGTH} characters)")
+@pass_context
+def held_reject(ctx: Context, message_id: str, reason: str) -> None:
+    """Refuse a held message: nobody gets it, its author is told (with the reason)."""
+    with ctx.moderation() as moderation:
+        author = moderation.reject(message_id, reason)
+    click.echo(f"rejected {message_id}" + (f"; notice queued to {author}" if author
+                                           else "; no author to tell"))
 
 
 @held.command("discard")
 @click.argument("message_id", metavar="ID")
 @pass_context
 def held_discard(ctx: Context, message_id: str) -> None:
-    """Drop a held message: nobody gets it."""
-    with ctx.directory() as directory:
-        directory.discard_held(message_id)
+    """Drop a held message silently: nobody gets it, nobody is told."""
+    with ctx.moderation() as moderation:
+        moderation.discard(message_id)
     click.echo(f"discarded {message_id}")
+
+
+# -- bounces and suppressions -----------------------------------------------------------
+
+@cli.group()
+def bounces() -> None:
+    """Bounces and complaints counted against list members."""
+
+
+@bounces.command("ls")
+@click.option("--list", "list_address", help="only the bounces of this list")
+@click.option("--json", "as_json", is_flag=True,
+              help="a JSON array of objects with list, address, kind, source, counted, "
+                   "detail, at")
+@pass_context
+def bounces_ls(ctx: Context, list_address: str | None, as_json: bool) -> None:
+    """Show the newest bounces (at most 1,000), newest first."""
+    with ctx.directory() as directory:
+        found = directory.bounce_events(list_address)
+    if as_json:
+        emit_json([{"list": b.list_address, "address": b.address, "kind": b.kind,
+                    "source": b.source, "counted": b.counted, "detail": b.detail,
+                    "at": b.created_at} for b in found])
+        return
+    for b in found:
+        counted = "counted" if b.counted else "not counted"
+        click.echo(f"{_moment(b.created_at)}\t{b.list_address}\t<{b.address}>\t{b.kind}\t"
+                   f"{b.source}\t{counted}")
+
+
+@cli.group()
+def suppress() -> None:
+    """Addresses no list sends to (every list, or one with --list)."""
+
+
+suppress_list_option = click.option(
+    "--list", "list_address", help="for this list only (default: every list)")
+
+
+@suppress.command("add")
+@click.argument("address")
+@suppress_list_option
+@click.option("--reason", default="", help="a note kept with the entry")
+@pass_context
+def suppress_add(ctx: Context, address: str, list_address: str | None, reason: str) -> None:
+    """Send ADDRESS nothing from now on (checked when a message is expanded)."""
+    with ctx.directory() as directory:
+        added = directory.suppress(address, list_address, reason)
+    where = f" for {list_address}" if list_address else ""
+    click.echo(f"suppressed {address}{where}" if added else f"{address} was suppressed already")
+
+
+@suppress.command("remove")
+@click.argument("address")
+@suppress_list_option
+@pass_context
+def suppress_remove(ctx: Context, address: str, list_address: str | None) -> None:
+    """Send ADDRESS mail again."""
+    with ctx.directory() as directory:
+        directory.unsuppress(address, list_address)
+    click.echo(f"removed the suppression of {address}")
+
+
+@suppress.command("ls")
+@suppress_list_option
+@click.option("--json", "as_json", is_flag=True,
+              help="a JSON array of objects with address, list ('' for every list), "
+                   "reason, created_at")
+@pass_context
+def suppress_ls(ctx: Context, list_address: str | None, as_json: bool) -> None:
+    """Show the suppressed addresses."""
+    with ctx.directory() as directory:
+        found = directory.suppressions(list_address)
+    if as_json:
+        emit_json([{"address": e.address, "list": e.target, "reason": e.reason,
+                    "created_at": e.created_at} for e in found])
+        return
+    for e in found:
+        click.echo(f"{e.address}\t{e.target or '(every list)'}\t{e.reason}")
+# -- DKIM keys --------------------------------------------------------------------------
+
+@cli.group()
+def dkim() -> None:
+    """DKIM signing keys: every copy for a list or alias of a domain with a key is signed."""
+
+
+def _dns_record(key: DkimKey) -> str:
+    """The TXT record in zone-file form, its value cut into strings of 255 characters."""
+    value = key.dns_text
+    strings = " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
+    return f"{key.dns_name}. IN TXT ( {strings} )"
+
+
+@dkim.command("keygen")
+@click.argument("domain")
+@click.option("--selector", help="the DNS selector (default: mf and today's date, UTC)")
+@click.option("--replace", is_flag=True,
+              help="replace the domain's key (the old record may stay published)")
+@pass_context
+def dkim_keygen(ctx: Context, domain: str, selector: str | None, replace: bool) -> None:
+    """Make a 2048-bit RSA key for DOMAIN and print the DNS TXT record to publish."""
+    with ctx.directory() as directory:
+        key = directory.create_dkim_key(domain, selector, replace=replace)
+    click.echo(f"created a DKIM key for {key.domain} (selector {key.selector}); copies "
+               "are signed from now on; publish this DNS record:")
+    click.echo(_dns_record(key))
+
+
+@dkim.command("ls")
+@click.option("--json", "as_json", is_flag=True,
+              help="a JSON array of objects with domain, selector, created_at, dns_name "
+                   "and dns_txt")
+@pass_context
+def dkim_ls(ctx: Context, as_json: bool) -> None:
+    """Show the domains that have a key, with the DNS record each needs."""
+    with ctx.directory() as directory:
+        found = directory.dkim_keys()
+    if as_json:
+        emit_json([{"domain": k.domain, "selector": k.selector, "created_at": k.created_at,
+                    "dns_name": k.dns_name, "dns_txt": k.dns_text} for k in found])
+        return
+    for k in found:
+        click.echo(f"{k.domain}\t{k.selector}\t{_moment(k.created_at)}\t{_dns_record(k)}")
+
+
+@dkim.command("remove")
+@click.argument("domain")
+@pass_context
+def dkim_remove(ctx: Context, domain: str) -> None:
+    """Stop signing DOMAIN's copies and forget its key."""
+    with ctx.directory() as directory:
+        key = directory.remove_dkim_key(domain)
+    click.echo(f"removed the DKIM key of {key.domain} (selector {key.selector})")
 
 
 # -- queue ------------------------------------------------------------------------------
@@ -757,36 +1098,282 @@ def queue() -> None:
     """The send queue."""
 
 
+DELIVERY_STATES = [s.value for s in DeliveryStatus]
+QUEUE_ID_LENGTH = 21  # mailflow.ids.new_message_id
+
+
+def _selection_options(f: F) -> F:
+    """The options that pick deliveries, shared by ``queue show`` and the actions."""
+    for option in reversed([
+        click.option("--status", "statuses", multiple=True, type=click.Choice(DELIVERY_STATES),
+                     help="only deliveries in this state (repeatable)"),
+        click.option("--list", "list_address", help="only deliveries through this list or alias"),
+        click.option("--domain", help="only deliveries to recipients of this domain"),
+        click.option("--older-than", "older_than",
+                     help="only deliveries created this long ago or more (15m, 2h, 7d)"),
+        click.argument("ids", nargs=-1, metavar="[ID]..."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _selection(statuses: tuple[str, ...], list_address: str | None, domain: str | None,
+               older_than: str | None, ids: tuple[str, ...], now: float) -> QueueSelection:
+    """The deliveries the options name; an ID is a delivery id (digits) or a queue id
+    (21 hex digits, which may all be decimal ones)."""
+    numbers = tuple(int(i) for i in ids if i.isdigit() and len(i) < QUEUE_ID_LENGTH)
+    queue_ids = tuple(i for i in ids if not i.isdigit() or len(i) >= QUEUE_ID_LENGTH)
+    return QueueSelection(
+        statuses=tuple(DeliveryStatus(s) for s in statuses),
+        list_address=rules.validated_address(list_address) if list_address else None,
+        domain=domain.strip().lower() if domain else None,
+        created_before=None if older_than is None else now - parse_duration(older_than),
+        ids=numbers, queue_ids=queue_ids)
+
+
+def _delivery_json(r: DeliveryRow) -> dict[str, Any]:
+    return {"id": r.id, "message_id": r.message_id, "list": r.list_address,
+            "recipient": r.recipient, "status": r.status, "attempts": r.attempts,
+            "next_attempt_at": r.due_at, "created_at": r.created_at,
+            "updated_at": r.updated_at, "last_reply": r.last_reply}
+
+
 @queue.command("show")
 @click.option("--json", "as_json", is_flag=True,
               help="counts by delivery status and the most recent deliveries")
-@click.option("--status", type=click.Choice(["queued", "in_flight", "deferred", "delivered",
-                                             "failed"]), help="only deliveries in this state")
 @click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
+@_selection_options
 @pass_context
-def queue_show(ctx: Context, as_json: bool, status: str | None, limit: int) -> None:
-    """Show how many deliveries are in each state, and the latest ones."""
+def queue_show(ctx: Context, as_json: bool, limit: int, statuses: tuple[str, ...],
+               list_address: str | None, domain: str | None, older_than: str | None,
+               ids: tuple[str, ...]) -> None:
+    """Show how many deliveries are in each state, and the latest ones (those IDs, or
+    those the options pick)."""
     with ctx.repository() as repo:
+        operations = QueueOperations(OperationsStore(repo.engines), time.time)
+        selection = _selection(statuses, list_address, domain, older_than, ids, time.time())
         counts = repo.delivery_counts()
         messages = repo.message_counts()
-        rows = repo.list_deliveries(limit, status)
+        rows = operations.show(selection, limit)
     if as_json:
-        emit_json({
-            "counts": counts,
-            "messages": messages,
-            "deliveries": [
-                {"id": r.id, "message_id": r.message_id, "list": r.list_address,
-                 "recipient": r.recipient, "status": r.status, "attempts": r.attempts,
-                 "next_attempt_at": r.due_at, "created_at": r.created_at,
-                 "updated_at": r.updated_at, "last_reply": r.last_reply}
-                for r in rows],
-        })
+        emit_json({"counts": counts, "messages": messages,
+                   "deliveries": [_delivery_json(r) for r in rows]})
         return
     click.echo("deliveries: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     click.echo("messages:   " + ", ".join(f"{k} {v}" for k, v in messages.items()))
     for r in rows:
         click.echo(f"{r.id}\t{r.message_id}\t{r.recipient}\t{r.status}\t"
                    f"attempts={r.attempts}\t{r.last_reply or ''}")
+
+
+def _queue_action(name: str, summary: str, done: str) -> None:
+    """``mailflow queue NAME``: one action of :class:`QueueOperations` on a selection."""
+
+    @queue.command(name, help=summary)
+    @_selection_options
+    @click.option("--yes", is_flag=True, help="do not ask: act on every delivery selected")
+    @pass_context
+    def command(ctx: Context, statuses: tuple[str, ...], list_address: str | None,
+                domain: str | None, older_than: str | None, ids: tuple[str, ...],
+                yes: bool) -> None:
+        with ctx.repository() as repo:
+            operations = QueueOperations(OperationsStore(repo.engines), time.time)
+            selection = _selection(statuses, list_address, domain, older_than, ids,
+                                   time.time())
+            if name == "delete" and not yes and not selection.empty:
+                count = operations.count(selection)
+                if count > 1:
+                    fail(f"this selects {count} deliveries; add --yes to delete them all",
+                         spec(InvalidInput).cli_exit)
+            change = getattr(operations, name)(selection)
+        left = f" ({change.skipped} selected left alone: in flight or not in a state to " \
+               f"{name})" if change.skipped else ""
+        click.echo(f"{done} {change.changed} deliveries{left}")
+
+
+_queue_action("retry", "Make queued and deferred deliveries due now.", "retried")
+_queue_action("hold", "Keep queued and deferred deliveries from being sent until released.",
+              "held")
+_queue_action("release", "Queue held deliveries again, due now.", "released")
+_queue_action("delete", "Never send these queued, deferred or held deliveries (asks for "
+              "--yes when more than one is selected).", "deleted")
+
+
+# -- trace ------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("query")
+@click.option("--since", help="messages received after this: 2h (ago) or 2026-12-24T09:00")
+@click.option("--until", help="messages received before this (same forms)")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="at most this many messages, the newest")
+@click.option("--json", "as_json", is_flag=True, help="a JSON array of messages with steps")
+@pass_context
+def trace(ctx: Context, query: str, since: str | None, until: str | None, limit: int,
+          as_json: bool) -> None:
+    """Show what happened to the messages QUERY names: a queue id, a Message-ID, or a
+    sender's or recipient's address."""
+    now = time.time()
+    with ctx.repository() as repo:
+        result = TraceService(OperationsStore(repo.engines)).trace(
+            query, since=None if since is None else parse_moment(since, now),
+            until=None if until is None else parse_moment(until, now), limit=limit)
+    if as_json:
+        emit_json([_trace_json(t) for t in result.traces])
+        return
+    if not result.traces:
+        fail(f"no message matches {query!r}" + ("" if since or until else
+                                                 " (try --since to widen the search)"),
+             EXIT_NOT_FOUND)
+    for number, t in enumerate(result.traces):
+        if number:
+            click.echo("")
+        m = t.message
+        click.echo(f"{m.id}  message-id {m.header_id or '-'}  from <{m.mail_from}>  "
+                   f"{m.status.value}")
+        for step in t.steps:
+            who = f" {step.recipient}" if step.recipient else ""
+            click.echo(f"  {_moment(step.at)}  {step.kind:<9}{who}  {step.detail}")
+        for d in t.deliveries:
+            click.echo(f"  now: {d.recipient} {d.status} after {d.attempts} attempt(s)"
+                       + (f": {d.last_reply}" if d.last_reply else ""))
+    if result.truncated:
+        click.echo(f"(more messages match: showing the newest {limit}; see --limit)",
+                   err=True)
+
+
+def _trace_json(t: MessageTrace) -> dict[str, Any]:
+    m = t.message
+    return {"id": m.id, "message_id": m.header_id, "from": m.mail_from,
+            "to": list(m.rcpt_tos), "size": m.size, "received_at": m.received_at,
+            "peer": m.peer, "helo": m.helo, "protocol": m.protocol, "status": m.status.value,
+            "steps": [{"at": s.at, "kind": s.kind, "detail": s.detail,
+                       "recipient": s.recipient, "delivery_id": s.delivery_id}
+                      for s in t.steps],
+            "deliveries": [_delivery_json(d) for d in t.deliveries]}
+# -- users and API tokens (docs/api.md) ---------------------------------------------------
+
+CLI_ACTOR = "cli"
+
+
+@cli.group()
+def user() -> None:
+    """Users of the REST API: site admins, list owners and moderators."""
+
+
+def _read_password(from_stdin: bool) -> str:
+    """From a prompt (asked twice, not echoed), or the first line of standard input."""
+    if from_stdin or not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+@user.command("add")
+@click.argument("email")
+@click.option("--admin", is_flag=True, help="a site admin: may do everything")
+@click.option("--password-stdin", is_flag=True,
+              help="read the password from the first line of standard input")
+@pass_context
+def user_add(ctx: Context, email: str, admin: bool, password_stdin: bool) -> None:
+    """Add a user who logs in as EMAIL (the password is asked for, never an argument)."""
+    password = _read_password(password_stdin)
+    with ctx.access() as access:
+        added = access.add_user(email, password, admin=admin)
+        access.record(CLI_ACTOR, "user.add", added.email, "admin" if admin else "")
+    click.echo(f"added {'site admin' if admin else 'user'} {added.email}")
+
+
+@user.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@pass_context
+def user_ls(ctx: Context, as_json: bool) -> None:
+    """Show the users."""
+    with ctx.access() as access:
+        found = access.users()
+    if as_json:
+        emit_json([{"email": u.email, "is_admin": u.is_admin, "created_at": u.created_at}
+                   for u in found])
+        return
+    for u in found:
+        click.echo(u.email + ("\tadmin" if u.is_admin else ""))
+
+
+@user.command("remove")
+@click.argument("email")
+@pass_context
+def user_remove(ctx: Context, email: str) -> None:
+    """Remove a user, their tokens and their roles."""
+    with ctx.access() as access:
+        access.remove_user(email)
+        access.record(CLI_ACTOR, "user.remove", email)
+    click.echo(f"removed user {email}")
+
+
+@user.command("role")
+@click.argument("email")
+@click.argument("list_address")
+@click.option("--role", type=click.Choice([r.value for r in ListRole] + ["none"]),
+              required=True, help="owner, moderator, or none to take the role away")
+@pass_context
+def user_role(ctx: Context, email: str, list_address: str, role: str) -> None:
+    """Make EMAIL owner or moderator of LIST_ADDRESS (or neither)."""
+    with ctx.access() as access:
+        access.set_list_role(email, list_address, None if role == "none" else role)
+        access.record(CLI_ACTOR, f"role.{'remove' if role == 'none' else role}",
+                      list_address, email)
+    click.echo(f"{email} is {'no longer owner or moderator of' if role == 'none' else role + ' of'}"
+               f" {list_address}")
+
+
+@cli.group()
+def token() -> None:
+    """API tokens (``Authorization: Bearer``)."""
+
+
+@token.command("create")
+@click.option("--user", "email", metavar="EMAIL",
+              help="the token acts as this user (default: a site token, acting as admin)")
+@click.option("--scope", type=click.Choice([s.value for s in TokenScope]), default="write",
+              show_default=True, help="read: only GET requests")
+@click.option("--label", default="", help="what the token is for, shown in `token ls`")
+@pass_context
+def token_create(ctx: Context, email: str | None, scope: str, label: str) -> None:
+    """Create a token and print it: it is shown this once, and stored only hashed."""
+    with ctx.access() as access:
+        made, secret = access.create_token(email, scope, label)
+        access.record(CLI_ACTOR, "token.create", made.user_email or "",
+                      f"id={made.id} scope={made.scope.value}")
+    click.echo(secret)
+    click.echo(f"token {made.id} ({made.scope.value}"
+               + (f", as {made.user_email}" if made.user_email else ", site token")
+               + "): keep it now, it cannot be shown again", err=True)
+
+
+@token.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@pass_context
+def token_ls(ctx: Context, as_json: bool) -> None:
+    """Show the tokens (never their secrets)."""
+    with ctx.access() as access:
+        found = access.tokens()
+    if as_json:
+        emit_json([{"id": t.id, "user": t.user_email, "scope": t.scope.value,
+                    "label": t.label, "created_at": t.created_at} for t in found])
+        return
+    for t in found:
+        click.echo(f"{t.id}\t{t.scope.value}\t{t.user_email or '(site)'}\t{t.label}")
+
+
+@token.command("revoke")
+@click.argument("token_id", type=int)
+@pass_context
+def token_revoke(ctx: Context, token_id: int) -> None:
+    """Revoke a token: requests with it are refused from now on."""
+    with ctx.access() as access:
+        access.revoke_token(token_id)
+        access.record(CLI_ACTOR, "token.revoke", str(token_id))
+    click.echo(f"revoked token {token_id}")
 
 
 def _command(argv: list[str]) -> str | None:

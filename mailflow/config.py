@@ -29,10 +29,26 @@ from pydantic_settings import (
 from mailflow import addresses
 from mailflow.errors import ConfigurationError, InvalidInput
 from mailflow.memory import DEFAULT_CACHE_MEMORY, CacheBudget
+from mailflow.model import AuthorField
 from mailflow.smtp_relay import SmtpRelay, parse_smtp_relay
 
 CONFIG_ENV = "MAILFLOW_CONFIG"
 DEFAULT_CONFIG_FILE = "mailflow.toml"
+
+
+# Where SNS serves its signing certificates (``SigningCertURL``): the whole URL must match.
+SNS_CERT_URL_PATTERN = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[^?#]+\.pem"
+_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
+
+
+def split_list(value: Any) -> Any:
+    """A comma-separated environment value as a tuple of its non-empty entries; TOML
+    may give a list."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, list | tuple):
+        return tuple(str(entry).strip() for entry in value if str(entry).strip())
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +89,8 @@ def parse_proxy(value: str) -> str:
 
 
 LMTP_PORT = 24
-EGRESS_NAMES = ("stdout", "smtp")  # the names ``egress`` took before provider URLs
-_PROVIDER_URLS = "stdout:, smtp://, smtps:// or lmtp://"
+EGRESS_NAMES = ("stdout", "smtp", "ses")  # names ``egress`` takes besides provider URLs
+_PROVIDER_URLS = "stdout:, smtp://, smtps://, lmtp:// or ses:"
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
@@ -82,7 +98,7 @@ _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 class ProviderUrl:
     """An egress provider as named by its URL: the scheme and, for SMTP/LMTP, the next hop."""
 
-    scheme: str  # "stdout", "smtp" (smtp:// and smtps://) or "lmtp"; "ses" will come here
+    scheme: str  # "stdout", "smtp" (smtp:// and smtps://), "lmtp" or "ses" (Amazon SES)
     relay: SmtpRelay | None = None
 
     @property
@@ -96,17 +112,21 @@ class ProviderUrl:
 
 
 def parse_provider_url(url: str) -> ProviderUrl:
-    """Parse an egress URL: ``stdout:``, ``smtp://…``, ``smtps://…`` or ``lmtp://host:port``.
+    """Parse an egress URL: ``stdout:``, ``smtp://…``, ``smtps://…``, ``lmtp://host:port``
+    or ``ses:``.
 
     SMTP URLs are :func:`parse_smtp_relay`'s.  ``lmtp://`` takes the same options, with
-    port 24 by default and no implicit TLS.
+    port 24 by default and no implicit TLS.  ``ses:`` (Amazon SES) names no host: the
+    standard AWS configuration (``AWS_REGION``, ``AWS_ENDPOINT_URL``, the credentials
+    chain) says where and as whom, the ``ses_*`` settings how.
     """
     scheme = url.partition(":")[0]
     if scheme == "stdout" and url in ("stdout:", "stdout://"):
         return ProviderUrl("stdout")
     if scheme in ("smtp", "smtps"):
         return ProviderUrl("smtp", parse_smtp_relay(url))
-    # "ses:" (Amazon SES) is parsed here when its provider comes.
+    if scheme == "ses" and url in ("ses:", "ses://"):
+        return ProviderUrl("ses")
     if scheme == "lmtp":
         try:
             relay = parse_smtp_relay("smtp" + url[len("lmtp"):])
@@ -164,6 +184,29 @@ def parse_routes(value: str | dict[str, str]) -> tuple[RouteSpec, ...]:
     return tuple(specs.values())
 
 
+def nameserver_addresses(spec: str) -> list[tuple[str, int]]:
+    """``ip[:port],…`` (IPv6 bare or as ``[::1]:53``) as (address, port) pairs.
+
+    Raises ValueError naming the item that is not an IP address with an optional port.
+    """
+    found = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        host, port = item, "53"
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port = rest.removeprefix(":") if rest else "53"
+        elif item.count(":") == 1:
+            host, port = item.split(":")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address with an optional port") from None
+        if not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"{item!r} has no valid port")
+        found.append((host, int(port)))
+    return found
+
+
 class Settings(BaseSettings):
     """Every knob of a MailFlow Relay instance."""
 
@@ -185,6 +228,9 @@ class Settings(BaseSettings):
     smtp_require_tls: bool = False
     http_request_timeout: float = Field(default=60.0, gt=0)
     http_max_connections: int = Field(default=1000, ge=1)
+    # Who reads /metrics and /v1/queue: loopback clients without a token (else an API
+    # token), only with a token, or anyone (docs/configuration.md).
+    monitoring_access: Literal["loopback", "token", "open"] = "loopback"
     forwarded_allow_ips: Annotated[tuple[str, ...], NoDecode] = ()
     hostname: str = Field(default_factory=socket.getfqdn)
     postmaster_address: str = ""
@@ -194,8 +240,23 @@ class Settings(BaseSettings):
     srs_secret: SecretStr = SecretStr("")
     srs_old_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     srs_max_age_days: int = Field(default=21, ge=1, le=1000)
+    # List headers (docs/lists.md): the relay's public base URL, for the List-* URLs and
+    # RFC 8058 one-click unsubscribe links ('' = mailto only); the links' HMAC secret
+    # ('' = the one `mailflow init` made).
+    public_url: str = ""
+    unsubscribe_secret: SecretStr = SecretStr("")
     # Failure notices (DSNs) for alias forwards: at most this many per sender per hour.
     dsn_per_sender_per_hour: int = Field(default=10, ge=0)
+    # DNS for DMARC lookups (docs/lists.md): empty = the system's resolvers.
+    dns_resolver: str = ""
+    dns_timeout: float = Field(default=2.0, gt=0, le=30)
+    dmarc_author_field: AuthorField = AuthorField.REPLY_TO
+    # Bounce processing (docs/lists.md): warnings to a member disabled for bouncing,
+    # seconds between them (and before the removal), seconds without a bounce that
+    # reset a score.
+    bounce_warnings: int = Field(default=3, ge=0, le=100)
+    bounce_warning_interval: float = Field(default=7 * 86400.0, gt=0)
+    bounce_score_reset: float = Field(default=7 * 86400.0, gt=0)
     egress: str = "stdout"
     routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     smtp_relay: str = "smtp://127.0.0.1:25"
@@ -204,6 +265,12 @@ class Settings(BaseSettings):
     smtp_transaction_timeout: float = Field(default=600.0, gt=0)
     smtp_idle_check: float = Field(default=10.0, ge=0)
     egress_process: bool = True
+    # Amazon SES egress (docs/aws.md "Sending"): 0 = the account's rate from GetAccount.
+    ses_configuration_set: str = ""
+    ses_max_send_rate: float = Field(default=0.0, ge=0)
+    ses_timeout: float = Field(default=30.0, gt=0)
+    ses_concurrency: int = Field(default=8, ge=1, le=64)
+    ses_feedback_forwarding: bool = True
     listener_process: bool = True
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
     # SMTP/LMTP ingress sessions (issue 10 item 7): bounds an attacker on the network hits.
@@ -226,11 +293,27 @@ class Settings(BaseSettings):
     scheduler_batch_size: int = Field(default=1000, ge=1)
     max_inline_deliveries: int = Field(default=1000, ge=0)
     max_body_in_database: int = Field(default=64 * 1024, ge=0)
+    # Bodies too large for the database: files under data_dir/blobs, or s3://bucket/prefix.
+    blob_url: str = ""
     blob_retention: float = Field(default=3600.0, ge=0)
     message_retention: float = Field(default=7 * 24 * 3600.0, ge=0)
     maintenance_interval: float = Field(default=30.0, gt=0)
+    moderation_interval: float = Field(default=10.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Amazon SES ingress (docs/aws.md): SNS webhook, SQS polling, S3 fetch and audit.
+    sns_topics: Annotated[tuple[str, ...], NoDecode] = ()
+    sns_cert_url_pattern: str = SNS_CERT_URL_PATTERN
+    sqs_queues: Annotated[tuple[str, ...], NoDecode] = ()
+    sqs_wait_time: int = Field(default=20, ge=0, le=20)
+    sqs_visibility_timeout: int = Field(default=120, ge=10, le=43200)
+    s3_fetch_attempts: int = Field(default=4, ge=1, le=20)
+    s3_fetch_delay: float = Field(default=0.5, gt=0, le=60)
+    aws_timeout: float = Field(default=10.0, gt=0, le=300)
+    ses_refuse_virus: bool = True
+    s3_audit: bool = False
+    s3_audit_delete_blocked: bool = False
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("smtp_listen", "lmtp_listen", "http_listen", "policy_listen")
     @classmethod
@@ -249,7 +332,8 @@ class Settings(BaseSettings):
     def _check_egress(cls, value: str) -> str:
         if value not in EGRESS_NAMES:
             if ":" not in value:
-                raise ValueError(f"expected stdout, smtp or an egress URL ({_PROVIDER_URLS}), "
+                raise ValueError(f"expected stdout, smtp, ses or an egress URL "
+                                 f"({_PROVIDER_URLS}), "
                                  f"got {value!r}")
             parse_provider_url(value)
         return value
@@ -276,6 +360,57 @@ class Settings(BaseSettings):
             return value
         return tuple(parse_proxy(str(entry)) for entry in value if str(entry).strip())
 
+    @field_validator("dns_resolver")
+    @classmethod
+    def _check_dns_resolver(cls, value: str) -> str:
+        nameserver_addresses(value)
+        return value
+
+    @field_validator("blob_url")
+    @classmethod
+    def _check_blob_url(cls, value: str) -> str:
+        if value:
+            from mailflow.s3_blobs import parse_blob_url
+
+            parse_blob_url(value)
+        return value
+
+    @field_validator("sns_topics", mode="before")
+    @classmethod
+    def _parse_topics(cls, value: Any) -> Any:
+        """``MAILFLOW_SNS_TOPICS`` is ``arn,arn,…``: each a whole SNS topic ARN."""
+        value = split_list(value)
+        if isinstance(value, tuple):
+            for arn in value:
+                if not _TOPIC_ARN.match(arn):
+                    raise ValueError(f"expected SNS topic ARNs "
+                                     f"(arn:aws:sns:REGION:ACCOUNT:NAME), got {arn!r}")
+        return value
+
+    @field_validator("sqs_queues", mode="before")
+    @classmethod
+    def _parse_queues(cls, value: Any) -> Any:
+        """``MAILFLOW_SQS_QUEUES`` is ``url,url,…``: each an SQS queue URL."""
+        value = split_list(value)
+        if isinstance(value, tuple):
+            for url in value:
+                parts = urlsplit(url)
+                if parts.scheme not in ("https", "http") or not parts.netloc \
+                        or parts.path.count("/") != 2:
+                    raise ValueError(f"expected SQS queue URLs "
+                                     f"(https://sqs.REGION.amazonaws.com/ACCOUNT/NAME), "
+                                     f"got {url!r}")
+        return value
+
+    @field_validator("sns_cert_url_pattern")
+    @classmethod
+    def _check_cert_pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
     @field_validator("postmaster_address", "abuse_address")
     @classmethod
     def _check_role_address(cls, value: str) -> str:
@@ -285,6 +420,20 @@ class Settings(BaseSettings):
             return addresses.validated(value)
         except InvalidInput as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        """An http(s) base URL, kept without its final slash (paths are appended)."""
+        value = value.strip().rstrip("/")
+        if not value:
+            return ""
+        scheme, _, rest = value.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest or any(
+                c.isspace() or c in "<>\"" or not c.isprintable() for c in rest):
+            raise ValueError("expected the relay's public base URL, such as "
+                             "https://lists.example.org (it goes into List-* header fields)")
+        return value
 
     @field_validator("srs_old_secrets", mode="before")
     @classmethod
@@ -389,7 +538,9 @@ class Settings(BaseSettings):
         """The default egress as a URL: ``smtp`` means ``smtp_relay``, ``stdout`` ``stdout:``."""
         if self.egress == "smtp":
             return self.smtp_relay
-        return "stdout:" if self.egress == "stdout" else self.egress
+        if self.egress in ("stdout", "ses"):
+            return self.egress + ":"
+        return self.egress
 
     @property
     def egress_display(self) -> str:

@@ -7,6 +7,9 @@
     ├── NotFound                  a domain, list or member named by a user does not exist
     ├── Conflict                  it exists already, or something still depends on it
     ├── InvalidInput              an address, file or value a user gave is malformed
+    ├── Unauthenticated           no credentials, or wrong ones (API token, password)
+    ├── Forbidden                 known, but not allowed to do this (role, token scope)
+    ├── TooManyAttempts           too many failed logins: wait before the next
     └── SmtpReplyError            refuses a message: maps onto one SMTP reply
         ├── TemporaryFailure      retry later
         │   ├── StorageUnavailable    the message could not be made durable
@@ -23,6 +26,7 @@
             ├── InvalidRecipientAddress   a RCPT TO address that is not text
             ├── SenderBlocked         a block entry covers the sender for the recipient(s)
             ├── FilterRejected        a filter rule of a list or alias refuses the message
+            ├── PostingRefused        a list's posting policy does not admit the sender
             └── LoopDetected          our own loop marker, or too many hops
 
 An error says *what* went wrong in plain words and structured fields, never *how* a
@@ -57,10 +61,13 @@ class ConfigurationError(MailflowError):
 
 
 # What kind of object a NotFound or Conflict is about, and how a sentence names it.
-ObjectKind = Literal["domain", "list", "member", "rule", "filter", "message"]
+ObjectKind = Literal["domain", "list", "member", "rule", "filter", "message", "suppression",
+                     "dkim", "user", "token", "autoreply"]
 KIND_WORDS: Final[dict[str, str]] = {
     "domain": "domain", "list": "list or alias", "member": "member",
-    "rule": "block or allow entry", "filter": "filter rule", "message": "held message"}
+    "rule": "block or allow entry", "filter": "filter rule", "message": "held message",
+    "suppression": "suppression", "dkim": "DKIM key of", "user": "user",
+    "token": "API token", "autoreply": "auto-reply"}
 
 
 class NotFound(MailflowError):
@@ -95,6 +102,22 @@ class Conflict(MailflowError):
 
 class InvalidInput(MailflowError):
     """User input (an address, a CSV row, a value) is malformed."""
+
+
+class Unauthenticated(MailflowError):
+    """The request carries no credentials, or ones that match nobody."""
+
+
+class Forbidden(MailflowError):
+    """The caller is known but may not do this: not their list, or a read-only token."""
+
+
+class TooManyAttempts(MailflowError):
+    """Too many failed logins for an account or from a client: ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class SmtpReplyError(MailflowError):
@@ -189,6 +212,10 @@ class FilterRejected(PermanentFailure):
     default_reason = "refused by a filter rule"
 
 
+class PostingRefused(PermanentFailure):
+    default_reason = "not allowed to post to this list"
+
+
 class LoopDetected(PermanentFailure):
     default_reason = "mail loop detected"
 
@@ -226,6 +253,12 @@ TABLE: Final[dict[type[MailflowError], ErrorSpec]] = {
                     EX_DATAERR, 4, "REJECT"),
     InvalidInput: _spec("invalid_input", "501 5.5.4", 422, "Invalid input",
                         EX_DATAERR, 2, "REJECT"),
+    Unauthenticated: _spec("unauthenticated", "535 5.7.8", 401, "Unauthorized",
+                           EX_DATAERR, 1, "REJECT"),
+    Forbidden: _spec("forbidden", "550 5.7.1", 403, "Forbidden",
+                     EX_DATAERR, 1, "REJECT"),
+    TooManyAttempts: _spec("too_many_attempts", "454 4.7.0", 429, "Too many attempts",
+                           EX_TEMPFAIL, 1, "DEFER_IF_PERMIT"),
     SmtpReplyError: _spec("temporary_failure", "451 4.3.0", 503, "Try again later",
                           EX_TEMPFAIL, 1, "DEFER_IF_PERMIT"),
     TemporaryFailure: _spec("temporary_failure", "451 4.3.0", 503, "Try again later",
@@ -262,6 +295,8 @@ TABLE: Final[dict[type[MailflowError], ErrorSpec]] = {
     SenderBlocked: _spec("sender_blocked", "550 5.7.1", 422, "Refused",
                          EX_NOUSER, 1, "REJECT"),
     FilterRejected: _spec("filter_rejected", "550 5.7.1", 422, "Refused",
+                          EX_NOUSER, 1, "REJECT"),
+    PostingRefused: _spec("posting_refused", "550 5.7.1", 422, "Refused",
                           EX_NOUSER, 1, "REJECT"),
     LoopDetected: _spec("loop_detected", "554 5.4.6", 422, "Refused",
                         EX_DATAERR, 1, "REJECT"),

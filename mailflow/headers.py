@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable, Iterator
+from email.header import Header
+from email.utils import quote
 from typing import Final
 
 # Characters that must never reach a header field: controls (CR, LF, NUL, TAB, DEL, C1
@@ -27,6 +29,18 @@ def header_safe(text: str) -> str:
     if text.isprintable():  # the usual case: none of those categories is printable
         return text
     return "".join("?" if unicodedata.category(c) in UNSAFE_CATEGORIES else c for c in text)
+
+
+def display_phrase(name: str) -> str:
+    """A display name as a quoted string, or an RFC 2047 encoded word if not ASCII.
+
+    Made safe first: names come from users (a list's name) or from messages (an
+    author's name).
+    """
+    name = header_safe(name)
+    if name.isascii():
+        return f'"{quote(name)}"'
+    return Header(name, "utf-8").encode()
 
 
 def unsafe_text(text: str) -> str | None:
@@ -101,3 +115,32 @@ def without_fields(header: bytes, names: Iterable[str]) -> bytes:
     if not any(n in header.lower() for n in unwanted):
         return header
     return b"".join(raw for raw, name in iter_fields(header) if name not in unwanted)
+
+
+MESSAGE_ID_LIMIT: Final = 255  # characters of a Message-ID kept for the trace
+
+
+def message_id(header: bytes, lowered: bytes) -> str:
+    """The first Message-ID field's value, unfolded and made safe to store and log
+    (``lowered``: the header section in lower case, for a scan without a parse).
+
+    A client chose it: control characters become ``?`` and it is cut to
+    :data:`MESSAGE_ID_LIMIT` characters.  ``''`` when there is none.
+    """
+    if lowered.startswith(b"message-id:"):
+        start = 0
+    else:
+        start = lowered.find(b"\nmessage-id:") + 1
+        if start == 0:
+            return ""
+    end = start
+    while True:  # through the continuation lines
+        end = header.find(b"\n", end)
+        if end < 0:
+            end = len(header)
+            break
+        if header[end + 1:end + 2] not in (b" ", b"\t"):
+            break
+        end += 1
+    value = b" ".join(header[start + len(b"message-id:"):end].split())
+    return header_safe(value.decode("utf-8", "replace"))[:MESSAGE_ID_LIMIT]

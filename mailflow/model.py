@@ -30,9 +30,59 @@ class ForwardStyle(enum.StrEnum):
     FWD = "fwd"        # a new message from the alias: "Fwd:", the original's parts inside
 
 
+class DmarcMode(enum.StrEnum):
+    """When a list's copies carry the list's address in ``From:`` instead of the author's.
+
+    A receiver that checks DMARC sees a list copy as a message from the author's domain
+    that the author's domain did not sign (the list changed it): under ``p=reject`` it
+    refuses the copy, so the list rewrites ``From:`` to an address of its own.
+    """
+
+    NEVER = "never"    # the author's From: always (a list that changes nothing, or trusts ARC)
+    AUTO = "auto"      # rewritten when the author's domain publishes p=quarantine or p=reject
+    ALWAYS = "always"  # rewritten for every post
+
+
+class AuthorField(enum.StrEnum):
+    """Where the author's address goes when a list copy's From: is the list's."""
+
+    REPLY_TO = "reply-to"  # replies reach the author (Mailman's default)
+    CC = "cc"              # replies reach the list, the author is copied
+
+
 class MemberStatus(enum.StrEnum):
     ACTIVE = "active"
     DISABLED = "disabled"  # kept on the roster, receives nothing (bounces, vacation)
+    UNSUBSCRIBED = "unsubscribed"  # left (a complaint, a one-click unsubscribe): nothing
+
+
+class MemberRole(enum.StrEnum):
+    """What a member may do on its list (Mailman 3's roster roles)."""
+
+    OWNER = "owner"          # runs the list: posts to announce lists, moderates
+    MODERATOR = "moderator"  # posts to announce lists, approves or rejects held posts
+    MEMBER = "member"        # receives the list's mail, posts where members may
+
+    @property
+    def moderates(self) -> bool:
+        return self is not MemberRole.MEMBER
+
+
+class PostingPolicy(enum.StrEnum):
+    """Who may post to a list (``mailflow list update --posting``)."""
+
+    OPEN = "open"            # anyone
+    MEMBERS = "members"      # members; others get the list's non-member action
+    MODERATED = "moderated"  # every post held for a moderator (theirs and owners' pass)
+    ANNOUNCE = "announce"    # owners and moderators only; others get the non-member action
+
+
+class NonMemberAction(enum.StrEnum):
+    """What a post from someone the posting policy does not admit gets."""
+
+    REJECT = "reject"    # refused: 550 5.7.1 at RCPT or after DATA
+    HOLD = "hold"        # held for a moderator
+    DISCARD = "discard"  # answered as accepted, dropped, an event says why
 
 
 class MessageStatus(enum.StrEnum):
@@ -48,9 +98,14 @@ class DeliveryStatus(enum.StrEnum):
     DEFERRED = "deferred"
     DELIVERED = "delivered"
     FAILED = "failed"
+    HELD = "held"        # an operator held it (``mailflow queue hold``): never claimed
+    DELETED = "deleted"  # an operator deleted it (``mailflow queue delete``): final
 
 
+# Claimable: what the scheduler's claim takes once due.
 PENDING_STATUSES = (DeliveryStatus.QUEUED, DeliveryStatus.IN_FLIGHT, DeliveryStatus.DEFERRED)
+# Not final: a message with such a delivery is not finished (its blob is kept).
+UNFINISHED_STATUSES = (*PENDING_STATUSES, DeliveryStatus.HELD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +113,39 @@ class Domain:
     id: int
     name: str
     created_at: float
+
+
+class ReplyTo(enum.StrEnum):
+    """Where a list's copies send replies (an address is the third choice, see
+    :class:`Decoration`)."""
+
+    NONE = "none"  # the post's own Reply-To, if any, stays
+    LIST = "list"  # Reply-To: the list
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class Decoration:
+    """What a list adds to each copy (issue 12 part 5); empty values add nothing.
+
+    ``reply_to`` is ``none``, ``list`` or an address.  The templates are Jinja2 sources
+    rendered in a sandbox (``pipeline/send/templates.py``); the directory bounds their
+    length, so a list row stays small wherever it is cached.
+    """
+
+    subject_prefix: str = ""
+    reply_to: str = ReplyTo.NONE.value
+    header_template: str = ""
+    footer_template: str = ""
+    archive_url: str = ""
+
+    @property
+    def changes_copies(self) -> bool:
+        """Whether rendering a copy has anything of this to do (else: the fast path)."""
+        return bool(self.subject_prefix or self.header_template or self.footer_template
+                    or self.reply_to != ReplyTo.NONE.value)
+
+
+NO_DECORATION: Final = Decoration()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +157,13 @@ class MailingList:
     priority: int
     created_at: float
     forward_style: ForwardStyle = ForwardStyle.RESEND
+    dmarc: DmarcMode = DmarcMode.NEVER
+    posting: PostingPolicy = PostingPolicy.OPEN
+    non_member_action: NonMemberAction = NonMemberAction.REJECT
+    hold_days: int = 14  # held posts are discarded after this many days
+    decoration: Decoration = NO_DECORATION
+    personalize: bool = False       # one copy per member, VERP envelope sender
+    bounce_threshold: float = 5.0   # the bounce score that disables a member
 
     @property
     def bounces_address(self) -> str:
@@ -116,6 +211,57 @@ class Member:
     status: MemberStatus
     created_at: float
     name: str = ""  # display name; the directory refuses control characters in it
+    role: MemberRole = MemberRole.MEMBER
+    bounce_score: float = 0.0
+    last_bounce_at: float | None = None
+
+
+class BounceKind(enum.StrEnum):
+    PERMANENT = "permanent"  # +1 to the score
+    TEMPORARY = "temporary"  # +0.5
+    COMPLAINT = "complaint"  # an ARF feedback report: unsubscribed and suppressed
+
+
+class BounceSource(enum.StrEnum):
+    VERP = "verp"          # the member named by the VERP token of the address it came to
+    DSN = "dsn"            # found in the bounce message (flufl.bounce)
+    DELIVERY = "delivery"  # a 5xx reply at delivery time
+    ARF = "arf"            # an RFC 5965 feedback report
+
+
+@dataclass(frozen=True, slots=True)
+class BounceReport:
+    """One bounce or complaint naming one member of one list (the processing chain and
+    the delivery outcomes produce these; the store counts them)."""
+
+    list_id: int
+    address: str
+    kind: BounceKind
+    source: BounceSource
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BounceEventRow:
+    """A bounce as ``mailflow bounces ls`` shows it."""
+
+    list_address: str
+    address: str
+    kind: str
+    source: str
+    counted: bool
+    detail: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """An address no copy goes to: for every list (``target`` '') or one list."""
+
+    address: str
+    target: str = ""
+    reason: str = ""
+    created_at: float = 0.0
 
 
 class AddedMembers(NamedTuple):
@@ -163,6 +309,7 @@ class InboundMessage:
     helo: str
     protocol: str
     status: MessageStatus = MessageStatus.RECEIVED
+    header_id: str = ""  # its Message-ID field (``headers.message_id``), for the trace
 
 
 # ``InboundMessage.protocol`` of a message the relay wrote itself (an auto-reply, an
@@ -306,6 +453,12 @@ class FilterAction(enum.StrEnum):
     REJECT = "reject"    # refused (550 5.7.1 with the rule's text)
     DISCARD = "discard"  # accepted, not delivered, an event says why
     HOLD = "hold"        # kept (message status ``held``) until an owner decides
+    TAG = "tag"          # delivered with a header field added (the rule's ``text``)
+    STRIP = "strip"      # delivered without the attachments its condition names
+
+
+#: The actions that change the copies rather than decide at the accept step.
+COPY_ACTIONS: Final = frozenset({FilterAction.TAG, FilterAction.STRIP})
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,9 +474,30 @@ class FilterRule:
     argument: str               # regular expression, glob or byte count; '' for not_encrypted
     action: FilterAction
     header: str = ""            # the field name, for a header condition
-    text: str = ""              # what a reject tells the sender, what an event says
+    text: str = ""              # what a reject tells the sender, what an event says;
+                                # for ``tag``, the field it adds (``Name: value``)
     id: int = 0
     created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    """A domain's DKIM signing key: copies of its lists and aliases are signed with it."""
+
+    domain: str
+    selector: str
+    private_key: str  # PEM (PKCS#1), as dkimpy reads it
+    public_key: str   # base64 DER SubjectPublicKeyInfo: the ``p=`` of the DNS record
+    created_at: float
+
+    @property
+    def dns_name(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain}"
+
+    @property
+    def dns_text(self) -> str:
+        """The TXT record's value (RFC 6376 3.6.1)."""
+        return f"v=DKIM1; k=rsa; p={self.public_key}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +510,18 @@ class HeldMessage:
     size: int
     received_at: float
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeldPost:
+    """A held message as one list's moderators were told of it."""
+
+    message_id: str
+    list_id: int
+    list_address: str
+    author: str       # whom a rejection notice goes to ('' for none)
+    reason: str
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +539,7 @@ class Outcome:
     due_at: float = 0.0
     message_id: str = ""
     lease: str = field(kw_only=True)
+    provider_id: str = field(default="", kw_only=True)  # the egress provider's id of the copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,10 +567,62 @@ class DeliveryRow:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceStep:
+    """One thing that happened to a message (``mailflow trace``): ``kind`` is an event
+    kind (``received``, ``expanded``, ``deferred``, ``delivered`` …), ``recipient`` the
+    delivery's when the step is about one."""
+
+    at: float
+    kind: str
+    detail: str
+    recipient: str | None = None
+    delivery_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageTrace:
+    """A message's timeline and where each of its deliveries stands now."""
+
+    message: InboundMessage
+    steps: tuple[TraceStep, ...]
+    deliveries: tuple[DeliveryRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSelection:
+    """Which deliveries a queue operation (``mailflow queue …``) applies to: every given
+    criterion must hold.  ``ids`` are delivery ids; ``queue_ids`` message queue ids."""
+
+    statuses: tuple[DeliveryStatus, ...] = ()
+    list_address: str | None = None
+    domain: str | None = None
+    created_before: float | None = None
+    ids: tuple[int, ...] = ()
+    queue_ids: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.statuses or self.list_address or self.domain
+                    or self.created_before is not None or self.ids or self.queue_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueChange:
+    """What a queue operation did: deliveries changed, and those it matched but left
+    alone (in flight under a live lease, or in a state the operation does not apply to)."""
+
+    changed: int
+    skipped: int
+
+
+@dataclass(frozen=True, slots=True)
 class RecipientReply:
     recipient: str
     code: int
     text: str
+    # The provider's own id of the copy (Amazon SES's MessageId), kept on the delivery so
+    # the provider's later bounce or complaint about it finds it; "" when it has none.
+    provider_id: str = ""
 
     @property
     def delivered(self) -> bool:
@@ -406,3 +645,78 @@ class Egress(Protocol):
                    content: bytes) -> list[RecipientReply]: ...
 
     async def close(self) -> None: ...
+
+
+class FeedbackKind(enum.StrEnum):
+    """What an egress provider later says about a copy it took (Amazon SES's
+    ``notificationType``, lower-cased)."""
+
+    BOUNCE = "bounce"
+    COMPLAINT = "complaint"
+    DELIVERY = "delivery"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderFeedback:
+    """One recipient's part of a provider's notification about a sent copy.
+
+    ``fails`` says the delivery is failed for good (a permanent bounce): a copy the
+    provider took (250) that the destination then refused.
+    """
+
+    recipient: str
+    kind: FeedbackKind
+    detail: str
+    fails: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SentCopy:
+    """A delivery found by its provider's id: what a feedback hook needs to act on it."""
+
+    delivery_id: int
+    message_id: str
+    list_id: int
+    recipient: str
+# -- who may use the API (issue 14) -----------------------------------------------------
+
+class ListRole(enum.StrEnum):
+    """A user's role on one list: an owner changes it, a moderator reads it and decides
+    about its held messages."""
+
+    OWNER = "owner"
+    MODERATOR = "moderator"
+
+
+class TokenScope(enum.StrEnum):
+    READ = "read"
+    WRITE = "write"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    email: str
+    is_admin: bool
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """A token as listed: never its secret, which only its creator saw once."""
+
+    id: int
+    user_email: str | None  # None: a site token, acting as a site admin
+    scope: TokenScope
+    label: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    created_at: float
+    actor: str    # a user's address, or ``token:<id>`` for a site token, or ``cli``
+    action: str   # ``list.update``, ``member.import``, …
+    target: str   # what it changed: a list address, a domain, a user
+    detail: str

@@ -226,3 +226,22 @@ def test_memory_bench_checks_every_body_and_the_bound(capsys: pytest.CaptureFixt
     out, err = capsys.readouterr()
     assert "2 messages of" in out and "VmHWM sum" in out
     assert "over the bound 1.0 MB" in err and "copies arrived" not in err
+
+
+def test_retention_bench_samples_the_store_after_every_round() -> None:
+    from bench import retention
+
+    result = retention.run(seconds=60, retention=0.5, round_size=40, max_rounds=3)
+    samples = result["samples"]
+    assert isinstance(samples, list)
+    assert result["messages"] == 120 and [n for _, n, _ in samples] == [40, 80, 120]
+    assert all(size > 0 for _, _, size in samples)
+    assert "| elapsed s | messages sent |" in retention.markdown(result)
+
+
+def test_sqs_ingest_bench_relays_every_message(tmp_path: Path) -> None:
+    from bench.sqs_ingest import run as sqs_ingest
+
+    result = sqs_ingest(4, tmp_path)
+    assert result["sqs"]["messages"] == result["smtp"]["messages"] == 4
+    assert result["sqs"]["relay_cpu_ms_per_message"] > 0

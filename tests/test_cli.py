@@ -205,7 +205,7 @@ def test_autoreply_set_show_clear_and_echo_lists(tmp_path: Path) -> None:
 def test_queue_show_json_shape(cli: RelayProcess) -> None:
     state = json.loads(ok(cli, "queue", "show", "--json"))
     assert state["counts"] == {"queued": 0, "in_flight": 0, "deferred": 0, "delivered": 0,
-                               "failed": 0}
+                               "failed": 0, "held": 0, "deleted": 0}
     assert state["deliveries"] == []
 
 

@@ -114,7 +114,7 @@ def test_the_egress_is_shown_without_its_password(monkeypatch: pytest.MonkeyPatc
     assert shown == "smtps://mail.test:465" and "s3cret" not in shown
 
 
-@pytest.mark.parametrize("bad", ["ses", "SMTP", "lmtp://", "lmtp://x?tls=implicit",
+@pytest.mark.parametrize("bad", ["SES", "ses:eu-west-1", "SMTP", "lmtp://", "lmtp://x?tls=implicit",
                                  "ftp://x", "stdout:foo"])
 def test_bad_egress_values(bad: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILFLOW_EGRESS", bad)
@@ -189,3 +189,34 @@ def test_role_addresses_are_validated_and_stored_canonical(monkeypatch: pytest.M
                        match=r"postmaster_address \(MAILFLOW_POSTMASTER_ADDRESS\): invalid "
                              r"address 'ops'"):
         load_settings()
+
+
+def test_ses_ingress_lists_from_environment_or_toml(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    topic = "arn:aws:sns:eu-west-1:123456789012:inbound"
+    queue = "https://sqs.eu-west-1.amazonaws.com/123456789012/inbound"
+    monkeypatch.setenv("MAILFLOW_SNS_TOPICS", f" {topic} , {topic}-2,")
+    monkeypatch.setenv("MAILFLOW_SQS_QUEUES", queue)
+    settings = load_settings()
+    assert settings.sns_topics == (topic, f"{topic}-2")
+    assert settings.sqs_queues == (queue,)
+    monkeypatch.delenv("MAILFLOW_SNS_TOPICS")
+    config = tmp_path / "mailflow.toml"
+    config.write_text(f'sns_topics = ["{topic}"]\n')
+    assert load_settings(config).sns_topics == (topic,)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("SNS_TOPICS", "inbound"),
+    ("SNS_TOPICS", "arn:aws:sqs:eu-west-1:123456789012:inbound"),
+    ("SQS_QUEUES", "sqs.eu-west-1.amazonaws.com/123456789012/inbound"),
+    ("SQS_QUEUES", "https://sqs.eu-west-1.amazonaws.com/inbound"),
+    ("SNS_CERT_URL_PATTERN", "https://sns\\.(unclosed"),
+    ("SQS_WAIT_TIME", "21"),
+])
+def test_bad_ses_ingress_settings(monkeypatch: pytest.MonkeyPatch, name: str,
+                                  value: str) -> None:
+    monkeypatch.setenv(f"MAILFLOW_{name}", value)
+    with pytest.raises(ConfigurationError) as error:
+        load_settings()
+    assert f"MAILFLOW_{name}" in str(error.value)

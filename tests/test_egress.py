@@ -501,7 +501,7 @@ def test_providers_are_chosen_by_url() -> None:
     lmtp = build_provider("lmtp://mailbox.test", options)
     assert isinstance(lmtp, LmtpEgress) and lmtp.relay.port == 24
     with pytest.raises(ValueError, match="egress URL"):
-        build_provider("ses:", options)
+        build_provider("ses:us-east-1", options)  # the region is AWS_REGION's
 
 
 @pytest.mark.parametrize(("content", "payload"), [

@@ -8,9 +8,12 @@ Each test adds rules to lists of its own, so the relay is shared.  Its caches ar
 
 from __future__ import annotations
 
+import email
 import json
 import smtplib
 from collections.abc import Callable
+from email.message import EmailMessage
+from email.policy import default as default_policy
 
 import httpx
 import pytest
@@ -79,3 +82,43 @@ def test_a_held_message_goes_out_once_released(relay: RelayProcess,
     module_sink.wait_for_copies(members)
     with relay.repository() as repo:
         assert held["id"] not in {m.id for m in repo.held_messages()}
+
+
+def test_tag_and_strip_change_the_copies_of_their_list_only(
+        relay: RelayProcess, module_sink: SmtpSink) -> None:
+    address, members = relay.fresh_list(members=2)
+    other, other_members = relay.fresh_list(members=1)
+    assert cli(relay, "filter", "add", address, "--header", "Subject", "--matches",
+               "(?i)urgent", "--action", "tag", "--add-header", "X-Flagged: urgent") == (
+        f"added filter rule 1 to {address}: header subject matches (?i)urgent -> tag\n")
+    cli(relay, "filter", "add", address, "--attachment", "*.exe", "--action", "strip")
+    refused = relay.cli("filter", "add", address, "--body", "x", "--action", "tag",
+                        "--add-header", "From: boss@example.test")
+    assert refused.returncode == 2 and "cannot add From" in refused.stderr
+    exe = b"MZ\x90\x00" + bytes(range(256)) * 8
+    with_exe = EmailMessage()
+    with_exe["From"], with_exe["To"], with_exe["Subject"] = "ann@outside.test", address, "files"
+    with_exe.set_content("See attached.\n")
+    with_exe.add_attachment(b"%PDF-1.4 report", maintype="application", subtype="pdf",
+                            filename="report.pdf")
+    with_exe.add_attachment(exe, maintype="application", subtype="x-msdownload",
+                            filename="setup.exe")
+    raw = with_exe.as_bytes().replace(b"\n", b"\r\n")
+    urgent = make_message(address, subject="URGENT: read", extra_headers=["X-Flagged: no"])
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+        client.sendmail("ann@outside.test", [address, other], raw)
+        client.sendmail("ann@outside.test", [address], urgent)
+    copies = module_sink.wait_for_copies(members + other_members, count=5)
+    stripped = [email.message_from_bytes(m.content, policy=default_policy) for m in copies
+                if members[0] in m.rcpt_tos and b"report.pdf" in m.content]
+    [copy] = stripped
+    assert isinstance(copy, EmailMessage)
+    parts = list(copy.iter_parts())
+    assert [p.get_filename() for p in parts] == [None, "report.pdf", None]
+    assert parts[1].get_payload(decode=True) == b"%PDF-1.4 report"
+    assert "setup.exe (application/x-msdownload" in parts[2].get_content()
+    [untouched] = [m for m in copies if other_members[0] in m.rcpt_tos]
+    assert untouched.content.endswith(raw)  # another list's copy: as received
+    [tagged] = [m for m in copies if members[0] in m.rcpt_tos and b"URGENT" in m.content]
+    parsed = email.message_from_bytes(tagged.content, policy=default_policy)
+    assert parsed.get_all("X-Flagged") == ["urgent"]

@@ -63,3 +63,16 @@ def test_retry_schedule_is_exponential_capped_and_ages_out() -> None:
     assert [policy.delay(n) for n in range(1, 7)] == [60, 120, 240, 480, 600, 600]
     assert not policy.expired(0, 3599)
     assert policy.expired(0, 3600)
+
+
+def test_message_id_is_unfolded_made_safe_and_bounded() -> None:
+    from mailflow.headers import MESSAGE_ID_LIMIT, message_id
+
+    def of(header: bytes) -> str:
+        return message_id(header, header.lower())
+
+    assert of(b"Message-ID: <a@b>\r\nSubject: x\r\n") == "<a@b>"
+    assert of(b"Subject: x\r\nMESSAGE-id:\r\n  <folded@b>\r\nTo: y\r\n") == "<folded@b>"
+    assert of(b"Subject: x\r\nX-Message-ID: <not@this>\r\n") == ""
+    assert of(b"Message-ID: <a\x1b[31m@b>\r\n") == "<a?[31m@b>"
+    assert len(of(b"Message-ID: <" + b"x" * 1000 + b">\r\n")) == MESSAGE_ID_LIMIT

@@ -93,13 +93,11 @@ def test_an_alias_reached_by_several_plus_tags_is_expanded_once() -> None:
     assert ctx.deliveries == [NewDelivery("m1", 2, "a@x.test", 0)]
 
 
-def test_bounces_are_kept_and_vanished_lists_dropped() -> None:
+def test_bounces_are_left_to_the_bounces_step_and_vanished_lists_dropped() -> None:
     ctx = run_process([expand], message("team-bounces@example.test", "gone@example.test", ""),
                       Directory({1: ["a@x.test"]}))
     assert ctx.deliveries == []
     assert [(e.kind, e.detail) for e in ctx.events] == [
-        ("bounce", "for team@example.test: kept, not processed "
-                   "(bounce processing is not enabled)"),
         ("dropped", "gone@example.test: no longer a list or alias here")]
 
 

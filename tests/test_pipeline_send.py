@@ -6,7 +6,7 @@ from mailflow import headers
 from mailflow.model import InboundMessage, ListKind, MailingList
 from mailflow.pipeline.chain import SEND_CHAIN, render_copy, rendering_variant
 from mailflow.pipeline.context import CopyContext, Identity
-from mailflow.pipeline.send.list_headers import list_headers
+from mailflow.pipeline.send.list_headers import LIST_FIELDS, list_headers
 from mailflow.pipeline.send.trace import trace_fields
 
 RAW = b"From: a@x.test\r\nList-Id: <old.list>\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -35,8 +35,12 @@ def test_list_headers_for_lists_only() -> None:
     ctx = copy(TEAM)
     list_headers(ctx)
     assert ctx.added == ['List-Id: "Team" <team.example.test>',
-                         "List-Post: <mailto:team@example.test>"]
-    assert ctx.removed == ["List-Id", "List-Post"]
+                         "List-Post: <mailto:team@example.test>",
+                         "List-Help: <mailto:team-request@example.test?subject=help>",
+                         "List-Subscribe: <mailto:team-join@example.test>",
+                         "List-Unsubscribe: <mailto:team-leave@example.test>",
+                         "Precedence: list"]
+    assert ctx.removed == list(LIST_FIELDS)
     ctx = copy(ALIAS)
     list_headers(ctx)
     assert (ctx.added, ctx.removed) == ([], [])

@@ -105,7 +105,8 @@ class HostedListeners:
                 case CheckRecipient(number=number, address=address, sender=sender):
                     resolution = await self.service.check_recipient(address, sender)
                     answer = RecipientChecked(number, resolution.mailing_list is not None,
-                                              self.service.answers_for_every_sender())
+                                              self.service.answers_for_every_sender(
+                                                  resolution))
                 case Accept(number=number, envelope=envelope, raw=raw):
                     answer = Accepted(number, await self.service.accept(envelope, raw))
                 case AcceptEach(number=number, envelope=envelope, raw=raw):

@@ -99,6 +99,7 @@ class ChildConfig:
     egresses: Mapping[str, EgressSpec]
     listeners: ListenerSpec | None
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json" (``mailflow.logs``)
 
 
 # -- relay -> child ------------------------------------------------------------------------

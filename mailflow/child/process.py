@@ -66,10 +66,11 @@ RelayChannel = Channel[ToChild, ToRelay]
 class ChildProcess:
     """One child process hosting egresses (by name) and, optionally, the listeners."""
 
-    def __init__(self, *, log_level: str = "INFO",
+    def __init__(self, *, log_level: str = "INFO", log_format: str = "text",
                  contents_cache: int = DEFAULT_BUDGET.child_contents) -> None:
         """``contents_cache``: bytes of contents the child keeps between transactions."""
         self.log_level = log_level
+        self.log_format = log_format
         self.egresses: dict[str, EgressSpec] = {}
         self.listeners: HostedListeners | None = None
         self.process: asyncio.subprocess.Process | None = None
@@ -242,7 +243,8 @@ class ChildProcess:
         channel: RelayChannel = RelayChannel(lambda message: self._on_message(channel, message),
                                              lambda exc: self._on_lost(channel, exc))
         await loop.create_unix_connection(lambda: channel, sock=parent_end)
-        channel.send(ChildConfig(dict(self.egresses), listeners, self.log_level))
+        channel.send(ChildConfig(dict(self.egresses), listeners, self.log_level,
+                                 self.log_format))
         try:
             await asyncio.wait_for(ready, START_TIMEOUT)
         except BaseException as exc:

@@ -49,6 +49,7 @@ from mailflow.errors import ConfigurationError, EgressUnavailable
 from mailflow.ingress.limits import raise_open_files_limit
 from mailflow.ingress.smtp import Listener
 from mailflow.ingress.tls import ServerTls
+from mailflow.logs import configure_logging
 from mailflow.memory import release_large_blocks
 from mailflow.model import Egress
 
@@ -120,16 +121,15 @@ class _Child:
             self.channel.send(StartFailed(f"cannot build the egresses: {exc}"))
             return
         if config.listeners is not None and \
-                not await self._open_listeners(config.listeners, config.log_level):
+                not await self._open_listeners(config.listeners, config.log_level,
+                                               config.log_format):
             return
         self.channel.send(Ready(os.getpid()))
 
-    async def _open_listeners(self, spec: ListenerSpec, log_level: str) -> bool:
+    async def _open_listeners(self, spec: ListenerSpec, log_level: str,
+                              log_format: str) -> bool:
         assert self.channel is not None
-        logging.basicConfig(level=log_level,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            stream=sys.stderr)
-        logging.getLogger("mail.log").setLevel(logging.WARNING)
+        configure_logging(log_level, log_format)
         try:
             if spec.tls is not None:
                 self.tls = await ServerTls.load(Path(spec.tls.cert_file),

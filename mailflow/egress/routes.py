@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from mailflow.config import RouteSpec, parse_provider_url
 from mailflow.egress.base import Egress, RecipientReply
 from mailflow.egress.lmtp import LmtpEgress
+from mailflow.egress.ses_options import SesOptions
 from mailflow.egress.smtp import SmtpEgress
 from mailflow.egress.stdout import StdoutEgress
 from mailflow.errors import SmtpReplyError, recipient_reply
@@ -45,18 +46,25 @@ class ProviderOptions:
     local_hostname: str | None = None
     transaction_timeout: float = 600.0
     payload_cache: int = DEFAULT_BUDGET.payloads
+    ses: SesOptions | None = None  # the ``ses_*`` settings, for ``ses:``
 
 
 def build_provider(url: str, options: ProviderOptions) -> Egress:
-    """The egress a URL names: ``stdout:``, ``smtp://``, ``smtps://`` or ``lmtp://``.
+    """The egress a URL names: ``stdout:``, ``smtp://``, ``smtps://``, ``lmtp://`` or
+    ``ses:``.
 
-    A new provider (``ses:`` next) is one more branch here and one scheme in
+    A new provider is one more branch here and one scheme in
     :func:`mailflow.config.parse_provider_url`.
     """
     provider = parse_provider_url(url)
     if provider.scheme == "stdout":
         return StdoutEgress()
-    # Amazon SES's branch (scheme "ses", an HTTP API client) goes here when it comes.
+    if provider.scheme == "ses":
+        # Imported here: boto3 costs every relay start time and memory, and most
+        # relays never send through SES.
+        from mailflow.egress.ses import SesEgress
+
+        return SesEgress(options.ses or SesOptions(payload_cache=options.payload_cache))
     assert provider.relay is not None  # every other scheme names a next hop
     kind = LmtpEgress if provider.scheme == "lmtp" else SmtpEgress
     return kind(provider.relay, pool_size=options.pool_size, timeout=options.timeout,
@@ -110,16 +118,26 @@ class RoutedEgress:
     def __init__(self, default: Egress, routes: Sequence[tuple[RouteSpec, Egress]], *,
                  concurrency: int, default_url: str) -> None:
         self.lanes: list[Lane] = [Lane(_display(default_url), default, concurrency)]
-        by_url: dict[str, int] = {default_url: DEFAULT_LANE}
+        self._by_url: dict[str, int] = {default_url: DEFAULT_LANE}
         table: list[tuple[str, int]] = []
         for spec, egress in routes:
-            index = by_url.get(spec.url)
+            index = self._by_url.get(spec.url)
             if index is None:
-                index = by_url[spec.url] = len(self.lanes)
+                index = self._by_url[spec.url] = len(self.lanes)
                 self.lanes.append(Lane(_display(spec.url), egress, concurrency))
             table.append((spec.domain, index))
         self.table = RouteTable(table)
         self.name = f"{default.name} +{len(self.lanes) - 1} route(s)"
+
+    def remap(self, specs: Sequence[RouteSpec]) -> list[str]:
+        """Send the domains of ``specs`` to the providers they name from now on, if this
+        egress runs every one of them (SIGHUP); else change nothing and return the
+        providers it lacks (adding one needs a restart: a lane has senders of its own).
+        Transactions already grouped keep their lane."""
+        missing = sorted({_display(s.url) for s in specs if s.url not in self._by_url})
+        if not missing:
+            self.table = RouteTable([(s.domain, self._by_url[s.url]) for s in specs])
+        return missing
 
     def lane_of(self, recipient: str) -> int:
         return self.table.lane_of(recipient)

@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailflow.blobs import BlobStore
+from mailflow.blobs import open_blob_store
 from mailflow.clock import SystemClock
 from mailflow.config import Settings, load_settings
 from mailflow.errors import (
@@ -39,9 +39,11 @@ from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, InlineExpansion
 from mailflow.services.filter_rules import store_filter_book
 from mailflow.services.installation import instance_id, srs_codec
+from mailflow.services.rosters import StoreRoster
 from mailflow.services.sender_rules import store_rule_book
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.engine import describe_database_error, sqlite_path
+from mailflow.verp import Verp
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,9 @@ async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) ->
     try:
         instance = await runner.write(instance_id, settings, runner.repo)
         srs = await runner.write(srs_codec, settings, runner.repo)
-        blobs = BlobStore(settings.blob_dir, cache_bytes=settings.cache_budget.recent_contents)
+        runner.repo.verp = Verp(srs.secret)  # a bounce piped in is read as the relay would
+        blobs = open_blob_store(settings.blob_url, settings.blob_dir,
+                                settings.cache_budget.recent_contents)
         committer = GroupCommitter(
             runner, blobs, clock, body_limit=settings.max_body_in_database,
             expansion=InlineExpansion(settings.max_inline_deliveries))
@@ -71,6 +75,7 @@ async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) ->
             instance, settings.max_message_size, settings.max_received_headers, 0,
             settings.filter_regex_timeout),
             rules=store_rule_book(runner, clock, 0), filters=store_filter_book(runner, clock, 0),
+            roster=StoreRoster(runner),
             srs=srs)
         message_id = await service.submit(envelope, raw)
     except SmtpReplyError as error:

@@ -20,12 +20,13 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Protocol
 
 from mailflow import headers
-from mailflow.model import InboundMessage, MailingList
+from mailflow.model import AuthorField, FilterRule, InboundMessage, MailingList, Member
 from mailflow.pipeline.accept.blocklist import SenderBlocklist
 from mailflow.pipeline.accept.envelope import EnvelopeText
 from mailflow.pipeline.accept.filters import FilterRules, MessageFilters
 from mailflow.pipeline.accept.hops import HopLimit
 from mailflow.pipeline.accept.loops import NotLooping
+from mailflow.pipeline.accept.posting import PostingPolicyStep, Roster
 from mailflow.pipeline.accept.recipients import Lookup, RecipientCheck
 from mailflow.pipeline.accept.size import SizeLimit
 from mailflow.pipeline.accept.well_formed import Framed, WellFormed
@@ -41,9 +42,14 @@ from mailflow.pipeline.context import (
     SenderRules,
 )
 from mailflow.pipeline.process.autoreply import autoreply
+from mailflow.pipeline.process.bounces import bounces
 from mailflow.pipeline.process.expand import expand
+from mailflow.pipeline.send.decorate import decorate
+from mailflow.pipeline.send.dmarc import dmarc_from
+from mailflow.pipeline.send.filter_actions import filter_tag
 from mailflow.pipeline.send.forward import forward_style
 from mailflow.pipeline.send.list_headers import list_headers
+from mailflow.pipeline.send.strip import filter_strip
 from mailflow.pipeline.send.tag import plus_tag
 from mailflow.pipeline.send.trace import trace_fields
 
@@ -71,16 +77,17 @@ class AcceptSettings(Protocol):
 # -- the registries ---------------------------------------------------------------------
 
 def accept_chain(settings: AcceptSettings, lookup: Lookup, rules: SenderRules, *,
-                 submitted: bool, filters: FilterRules | None = None
-                 ) -> tuple[AcceptStep, ...]:
-    """In order; next: posting policy.
+                 submitted: bool, filters: FilterRules | None = None,
+                 roster: Roster | None = None) -> tuple[AcceptStep, ...]:
+    """In order.
 
     ``submitted``: the chain for input without an SMTP conversation (HTTP, pipe), which
     also checks what an SMTP client passed before DATA (syntax trusted, RCPT asked) and
     the whole header section; SMTP/LMTP get the lighter :class:`Framed` check.
     ``filters``: the lists' filter rules (the relay always has them), last, as the
     only step that may parse the whole message: whatever the cheaper steps refuse is
-    never parsed.
+    never parsed.  ``roster``: the lists' rosters, for their posting policies (after
+    the blocklist: a blocked sender is refused as such, whatever its role).
     """
     return (
         SizeLimit(settings.max_message_size),
@@ -89,27 +96,47 @@ def accept_chain(settings: AcceptSettings, lookup: Lookup, rules: SenderRules, *
         HopLimit(settings.max_received_headers),
         NotLooping(settings.instance_id),
         SenderBlocklist(rules),
+        *((PostingPolicyStep(lookup, roster),) if roster else ()),
         *((MessageFilters(filters, settings.filter_regex_timeout),) if filters else ()),
     )
 
 
-# Next: forward, bounce handling, moderation.
-PROCESS_CHAIN: tuple[ProcessStep, ...] = (expand, autoreply)
+# Next: forward, moderation.
+PROCESS_CHAIN: tuple[ProcessStep, ...] = (expand, bounces, autoreply)
 
-# ``forward_style`` first: it may replace the whole message the others add fields to.
-# Next: subject prefix, footer, List-Unsubscribe, VERP envelope sender, DKIM (last).
-SEND_CHAIN: tuple[SendStep, ...] = (forward_style, trace_fields, list_headers, plus_tag)
+# ``filter_strip`` first (a strip rule's attachments go before a fwd wraps the rest),
+# then ``forward_style``: it may replace the whole message the others add fields to.
+# ``decorate`` (subject prefix, Reply-To, header and footer) after ``list_headers``, whose
+# fields it leaves alone; ``dmarc_from`` after it, so a Reply-To policy and the author's
+# place in Reply-To are decided together.  DKIM signs the rendered copy after the chain
+# (``pipeline/send/dkim.py``, called by the scheduler).
+SEND_CHAIN: tuple[SendStep, ...] = (filter_strip, forward_style, trace_fields, list_headers,
+                                    decorate, dmarc_from, plus_tag, filter_tag)
 
 
-def rendering_variant(mailing_list: MailingList) -> Hashable:
+def rendering_variant(mailing_list: MailingList, recipient: str = "", *,
+                      rules: Sequence[FilterRule] = ()) -> Hashable:
     """What tells two copies of one message apart under ``SEND_CHAIN``.
 
-    The list (its headers, the plus tag it was reached by) and its forward style (a
-    copy rendered before the style changed must not be reused after); per-recipient
-    steps (VERP, footers, unsubscribe tokens) add the recipient here, and every cache
-    of rendered copies keys on it.
+    The list (its headers, the plus tag it was reached by), its forward style, DMARC
+    mode and decoration (a copy rendered before one of them changed must not be reused
+    after); the list's filter rules when one of them changes copies
+    (``send/filter_actions.copy_rules``: which applies depends on the message and those
+    rules alone); a personalized list's copy is its member's own (footer, unsubscribe
+    token, VERP sender), so the member is part of it.  Every cache of rendered copies
+    keys on it.
     """
-    return (mailing_list.id, mailing_list.forward_style)
+    shared: tuple[Hashable, ...] = (mailing_list.id, mailing_list.forward_style,
+                                    mailing_list.dmarc, mailing_list.decoration)
+    if rules:
+        shared = (*shared, tuple((rule.id, rule.action, rule.text) for rule in rules))
+    return (*shared, recipient) if mailing_list.personalize else shared
+
+
+def copy_recipient(mailing_list: MailingList, recipients: Sequence[str]) -> str:
+    """The member a copy is rendered for: the one recipient of a personalized list's
+    transaction, else '' (a shared copy)."""
+    return recipients[0] if mailing_list.personalize and len(recipients) == 1 else ""
 
 
 # -- the runners ------------------------------------------------------------------------
@@ -149,14 +176,23 @@ def run_process(steps: Sequence[ProcessStep], message: InboundMessage,
 
 
 def render_copy(raw: bytes, message: InboundMessage, mailing_list: MailingList,
-                identity: Identity, steps: Sequence[SendStep] = SEND_CHAIN) -> bytes:
+                identity: Identity, steps: Sequence[SendStep] = SEND_CHAIN, *,
+                member: Member | None = None,
+                rewrite_from: AuthorField | None = None,
+                filter_rule: FilterRule | None = None) -> bytes:
     """The outgoing copy: the steps' fields, then the original header and body bytes.
 
-    Added fields use the message's own line ending.
+    Added fields use the message's own line ending.  ``member``: the one member this
+    copy is rendered for (a personalized list's: its footer, one-click unsubscribe link
+    and VERP sender name them, see :func:`copy_recipient`), or None for a copy shared by
+    every recipient.  ``rewrite_from``: the list's address replaces the author's in
+    From: (DMARC), the author goes in that field.  ``filter_rule``: the list's tag or
+    strip rule that applies to this message (``send/filter_actions.applied_rule``).
     """
     cut = headers.header_length(raw)
     # The body as a view: copied once, into the copy (a fwd step makes bytes of it).
-    copy = CopyContext(message, mailing_list, identity, raw[:cut], memoryview(raw)[cut:])
+    copy = CopyContext(message, mailing_list, identity, raw[:cut], memoryview(raw)[cut:],
+                       member=member, rewrite_from=rewrite_from, filter_rule=filter_rule)
     for step in steps:
         step(copy)
     header, rest = copy.header, copy.body

@@ -14,16 +14,21 @@ from typing import Protocol
 from mailflow import addresses, headers
 from mailflow.errors import SmtpReplyError
 from mailflow.model import (
+    AuthorField,
     AutoReply,
+    BounceReport,
     Envelope,
     Event,
+    FilterRule,
     GeneratedMessage,
     InboundMessage,
     MailingList,
+    Member,
     NewDelivery,
     Resolution,
     SenderRule,
 )
+from mailflow.unsubscribe_tokens import UnsubscribeTokens
 
 
 @dataclass(slots=True)
@@ -131,6 +136,12 @@ class Directory(Protocol):
         """Remember a reply for the rest of the batch (the log row is written with the
         reply, see ``ProcessContext.replied``)."""
         ...
+    def roster(self, list_id: int) -> list[str]:
+        """Every member's address, whatever its status (bounces name disabled ones too)."""
+        ...
+    def verp_member(self, mailing_list: MailingList, token: str) -> str | None:
+        """The member a VERP token of ``mailing_list``'s bounce address names, or None."""
+        ...
 
 
 def _no_content() -> bytes:
@@ -155,6 +166,7 @@ class ProcessContext:
     events: list[Event] = field(default_factory=list)
     generated: list[GeneratedMessage] = field(default_factory=list)
     replied: list[tuple[int, str]] = field(default_factory=list)  # (list id, sender) to log
+    bounces: list[BounceReport] = field(default_factory=list)  # counted by the transaction
 
     def event(self, kind: str, detail: str) -> None:
         self.events.append(Event(kind, detail, self.message.id))
@@ -162,10 +174,16 @@ class ProcessContext:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who this relay is, as outgoing copies name it."""
+    """Who this relay is, as outgoing copies name it.
+
+    ``public_url``: the relay's public base URL for the List-* links ('' for none);
+    ``unsubscribe``: what signs the one-click links of copies rendered for one member.
+    """
 
     instance_id: str
     hostname: str
+    public_url: str = ""
+    unsubscribe: UnsubscribeTokens | None = None
 
 
 @dataclass(slots=True)
@@ -185,3 +203,7 @@ class CopyContext:
     body: bytes | memoryview = b""  # a view of the stored message until a step replaces it
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    # Set when the list's From: replaces the author's (DMARC): where the author goes.
+    rewrite_from: AuthorField | None = None
+    member: Member | None = None  # a copy rendered for one member (personalized), or shared
+    filter_rule: FilterRule | None = None  # the list's tag or strip rule that applies

@@ -27,17 +27,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from mailflow import addresses, srs
+from mailflow import addresses, headers, srs
 from mailflow.clock import Clock
-from mailflow.errors import NoRecipients, SenderBlocked, StorageUnavailable
+from mailflow.errors import (
+    NoRecipients,
+    PostingRefused,
+    SenderBlocked,
+    SmtpReplyError,
+    StorageUnavailable,
+    spec,
+)
 from mailflow.ids import new_message_id
-from mailflow.metrics import MESSAGES_ACCEPTED, MESSAGES_REJECTED
+from mailflow.metrics import ACCEPT_SECONDS, MESSAGES_ACCEPTED, MESSAGES_REJECTED, SENDERS_BLOCKED
 from mailflow.model import Envelope, Event, InboundMessage, MessageStatus, Resolution, Verdict
 from mailflow.pipeline.accept.blocklist import blocking_rule, judged_sender, sender_blocked
+from mailflow.pipeline.accept.posting import Roster, envelope_identity, rcpt_refusal, restricted
 from mailflow.pipeline.accept.recipients import Lookup, refusal
 from mailflow.pipeline.accept.well_formed import without_mbox_from
 from mailflow.pipeline.chain import AcceptStep, accept_chain, run_accept
@@ -90,12 +99,14 @@ class AcceptService:
                  policy: AcceptPolicy, steps: Sequence[AcceptStep] | None = None,
                  submit_steps: Sequence[AcceptStep] | None = None, *,
                  rules: SenderRuleBook | None = None,
-                 filters: FilterBook | None = None, srs: Srs | None = None) -> None:
+                 filters: FilterBook | None = None, srs: Srs | None = None,
+                 roster: Roster | None = None) -> None:
         """``lookup`` resolves a canonical address (see :func:`store_lookup`); ``rules``
         are the sender entries (see :func:`~mailflow.services.sender_rules.store_rule_book`;
         none without it), ``filters`` the lists' filter rules (likewise); ``steps`` and
         ``submit_steps`` replace the accept chain's two variants (tests); ``srs`` checks
-        bounces to our SRS addresses (none are taken without it)."""
+        bounces to our SRS addresses (none are taken without it); ``roster`` reads the
+        lists' rosters for their posting policies (every list is open without it)."""
         self.lookup = lookup
         self.srs = srs
         self.committer = committer
@@ -104,12 +115,14 @@ class AcceptService:
         self.known = KnownRecipients(clock, policy.recipient_cache_ttl)
         self.rules = rules if rules is not None else no_rules(clock)
         self.filters = filters if filters is not None else no_filters(clock)
+        self.roster = roster
         self.steps = (steps if steps is not None
                       else accept_chain(policy, self._lookup, self.rules, submitted=False,
-                                        filters=self.filters))
+                                        filters=self.filters, roster=roster))
         self.submit_steps = (submit_steps if submit_steps is not None
                              else accept_chain(policy, self._lookup, self.rules,
-                                               submitted=True, filters=self.filters))
+                                               submitted=True, filters=self.filters,
+                                               roster=roster))
 
     async def _lookup(self, canonical: str) -> Resolution:
         """What ``canonical`` is here: from the recent answers, else the store."""
@@ -147,9 +160,11 @@ class AcceptService:
         error = refusal(address, resolution)
         if error is None and sender:
             error = await self._sender_refusal(judged_sender(sender), canonical, address)
+        if error is None and sender:
+            error = await self._posting_refusal(resolution, envelope_identity(sender))
         if error is not None:
             if count:
-                MESSAGES_REJECTED.labels(code=error.enhanced).inc()
+                count_refusal(error, sender, [address])
             raise error
         return resolution
 
@@ -164,11 +179,26 @@ class AcceptService:
             return sender_blocked(sender, [address])
         return None
 
-    def answers_for_every_sender(self) -> bool:
+    async def _posting_refusal(self, resolution: Resolution, sender: str
+                               ) -> PostingRefused | None:
+        """The refusal of a post by ``sender`` (the envelope's) where the list's posting
+        policy refuses it whatever its ``From:`` field (one roster query, for restricted
+        lists only); the rest is decided after DATA."""
+        target = resolution.mailing_list
+        if (self.roster is None or not sender or resolution.kind != "list"
+                or target is None or not restricted(target)):
+            return None
+        roles = await self.roster.roles([target.id], [sender])
+        return rcpt_refusal(target, sender, roles.get((target.id, sender)))
+
+    def answers_for_every_sender(self, resolution: Resolution | None = None) -> bool:
         """Whether a positive :meth:`check_recipient` answer holds whatever the sender
-        (no sender entry exists, as last counted): the child may then remember the
-        recipient alone, else only with its sender."""
-        return self.rules.empty
+        (no sender entry exists, as last counted, and the recipient is no list whose
+        posting policy asks who sends): the child may then remember the recipient
+        alone, else only with its sender."""
+        return self.rules.empty and not (
+            self.roster is not None and resolution is not None
+            and resolution.kind == "list" and restricted(resolution.mailing_list))
 
     async def submit(self, envelope: Envelope, raw: bytes) -> str:
         """Check a whole submission, then accept it: for ingresses without RCPT (HTTP, pipe).
@@ -179,19 +209,28 @@ class AcceptService:
         if not envelope.rcpt_tos:
             raise NoRecipients("no recipient given")
         raw = without_mbox_from(raw)
-        return await self._accept_all(MessageContext.of(envelope, raw, submitted=True))
+        started = time.perf_counter()
+        stored = await self._accept_all(MessageContext.of(envelope, raw, submitted=True))
+        ACCEPT_SECONDS.observe(time.perf_counter() - started)
+        return stored
 
     async def accept(self, envelope: Envelope, raw: bytes) -> str:
         """Store a message for every recipient or for none (SMTP semantics)."""
-        return await self._accept_all(self._context(envelope, raw))
+        started = time.perf_counter()
+        stored = await self._accept_all(self._context(envelope, raw))
+        ACCEPT_SECONDS.observe(time.perf_counter() - started)
+        return stored
 
     async def accept_each(self, envelope: Envelope, raw: bytes) -> list[Verdict]:
         """Decide per recipient and store one message for those taken (LMTP semantics)."""
+        started = time.perf_counter()
         ctx = self._context(envelope, raw)
         decisions, decided = await self._decide(ctx)
         taken = len(decided) < len(decisions) or any(
             d.action is not Action.REJECT for d in decided.values())
         message_id = await self._store(ctx, decisions, decided) if taken else None
+        if taken:
+            ACCEPT_SECONDS.observe(time.perf_counter() - started)
         rcpts = [addresses.canonical(r) for r in envelope.rcpt_tos]
         return [Verdict(r, decisions[r].error,
                         message_id if decisions[r].error is None else None) for r in rcpts]
@@ -221,9 +260,12 @@ class AcceptService:
                                      all_or_nothing=all_or_nothing)
         decided = {r: d for r, d in decisions.items() if d.action is not Action.ACCEPT}
         if decided:
-            errors = {id(d.error): d.error for d in decided.values() if d.error is not None}
-            for error in errors.values():
-                MESSAGES_REJECTED.labels(code=error.enhanced).inc()
+            refused: dict[int, tuple[SmtpReplyError, list[str]]] = {}
+            for rcpt, decision in decided.items():
+                if decision.error is not None:
+                    refused.setdefault(id(decision.error), (decision.error, []))[1].append(rcpt)
+            for error, rcpts in refused.values():
+                count_refusal(error, ctx.envelope.mail_from, rcpts)
         return decisions, decided
 
     async def _store(self, ctx: MessageContext, decisions: dict[str, Decision],
@@ -236,10 +278,12 @@ class AcceptService:
                   for r, d in decided.items() if d.action is Action.DISCARD] if decided else []
         held = [r for r, d in decided.items() if d.action is Action.HOLD]
         digest = await content_digest(raw)
+        header_id = headers.message_id(ctx.header, ctx.lowered)
         message = InboundMessage(
             id=message_id, mail_from=envelope.mail_from, rcpt_tos=rcpts,
             blob=digest, size=len(raw), received_at=now,
             peer=envelope.peer, helo=envelope.helo, protocol=envelope.protocol,
+            header_id=header_id,
         )
         commits = []
         if held:
@@ -247,7 +291,8 @@ class AcceptService:
             held_message = InboundMessage(
                 id=held_id, mail_from=envelope.mail_from, rcpt_tos=tuple(held),
                 blob=digest, size=len(raw), received_at=now, peer=envelope.peer,
-                helo=envelope.helo, protocol=envelope.protocol, status=MessageStatus.HELD)
+                helo=envelope.helo, protocol=envelope.protocol, status=MessageStatus.HELD,
+                header_id=header_id)
             commits.append(self.committer.commit(
                 held_message, raw, [Event("held", f"{r}: {decided[r].reason}", held_id)
                                     for r in held]))
@@ -258,11 +303,32 @@ class AcceptService:
         try:
             await asyncio.gather(*commits)
         except StorageUnavailable as error:
-            MESSAGES_REJECTED.labels(code=error.enhanced).inc()
+            count_refusal(error, envelope.mail_from, envelope.rcpt_tos)
             raise
         MESSAGES_ACCEPTED.labels(protocol=envelope.protocol).inc()
-        log.info("stored %s from=<%s> rcpt=%s size=%d%s", message.id, message.mail_from,
-                 ",".join(message.rcpt_tos), message.size,
-                 f" held for {','.join(held)}" if held else "",
-                 extra={"action": "received", "queue_id": message.id})
+        if log.isEnabledFor(logging.INFO):
+            _log_received(message, header_id, held)
         return message.id
+
+
+def _log_received(message: InboundMessage, header_id: str, held: list[str]) -> None:
+    """The mail log's ``receive`` line (the message is stored; its 250 is next)."""
+    rcpts = ",".join(message.rcpt_tos)
+    log.info("receive %s message-id=%s from=<%s> rcpt=%s size=%d via %s peer=%s%s",
+             message.id, header_id or "-", message.mail_from, rcpts, message.size,
+             message.protocol, message.peer or "-",
+             f" held for {','.join(held)}" if held else "",
+             extra={"action": "received", "queue_id": message.id, "message_id": header_id,
+                    "sender": message.mail_from, "recipient": rcpts})
+
+
+def count_refusal(error: SmtpReplyError, sender: str, recipients: Sequence[str]) -> None:
+    """Count one refusal (of a message, or of a recipient at RCPT) by its code and
+    reason, and log it (its reply is the one the client got)."""
+    key = spec(error).key
+    MESSAGES_REJECTED.labels(code=error.enhanced, reason=key).inc()
+    if isinstance(error, SenderBlocked):
+        SENDERS_BLOCKED.inc()
+    log.info("reject from=<%s> rcpt=%s: %s", sender, ",".join(recipients), error.smtp_reply(),
+             extra={"action": "reject", "reason": key, "sender": sender,
+                    "recipient": ",".join(recipients), "reply": error.smtp_reply()})

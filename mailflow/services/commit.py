@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from mailflow.blobs import BlobStore
+from mailflow.blobs import Blobs
 from mailflow.clock import Clock
 from mailflow.errors import StorageUnavailable
 from mailflow.model import (
@@ -28,6 +28,7 @@ from mailflow.model import (
     StoredBatch,
 )
 from mailflow.pipeline.chain import PROCESS_CHAIN, ProcessStep
+from mailflow.services.event_log import note_events
 from mailflow.services.processor import Plan, plan_batch
 from mailflow.services.recent import RecentMessages
 from mailflow.store.repository import Repository
@@ -137,6 +138,7 @@ def store_batch(repo: Repository, batch: IngestBatch, now: float,
         tx.insert_messages(messages, now, plan.statuses())
         tx.insert_generated(plan.generated, now)
         tx.log_replies(plan.replied, now)
+        tx.count_bounces(plan.bounces, now)
         planned = plan.deliveries
         leased = (tx.lease_deliveries(planned[:batch.lease.limit], batch.lease, now)
                   if batch.lease is not None and planned else [])
@@ -146,6 +148,7 @@ def store_batch(repo: Repository, batch: IngestBatch, now: float,
         tx.release_blobs([m.blob for m in plan.done], now)
         stale = tx.record_outcomes(batch.outcomes, now)
         ensure_blobs()
+    note_events(plan.events)
     held = sum(1 for m in messages if m.status is MessageStatus.HELD)
     return StoredBatch(left=len(messages) - held - plan.taken, queued=len(queued), leased=leased,
                        stale=stale)
@@ -169,7 +172,7 @@ class GroupCommitter:
     which waits for its messages' blob files only just before it commits.  A row thus
     never becomes durable before its body, and the waits overlap."""
 
-    def __init__(self, runner: StoreRunner, blobs: BlobStore, clock: Clock, *,
+    def __init__(self, runner: StoreRunner, blobs: Blobs, clock: Clock, *,
                  body_limit: int, expansion: InlineExpansion | None,
                  queue: QueueHandoff | None = None,
                  on_received: Callable[[], None] = lambda: None,

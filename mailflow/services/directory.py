@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from string import Template
 from typing import Final, TypeVar
@@ -29,6 +29,9 @@ from mailflow.errors import InvalidInput
 from mailflow.model import (
     AddedMembers,
     AutoReply,
+    BounceEventRow,
+    DkimKey,
+    DmarcMode,
     Domain,
     FilterAction,
     FilterCondition,
@@ -38,10 +41,18 @@ from mailflow.model import (
     ListKind,
     MailingList,
     Member,
+    MemberRole,
+    NonMemberAction,
+    PostingPolicy,
+    ReplyTo,
     RuleAction,
     SenderRule,
+    Suppression,
 )
 from mailflow.pipeline.process.autoreply import TEMPLATE_KEYS
+from mailflow.pipeline.send import templates
+from mailflow.services import dkim_keys
+from mailflow.services.member_csv import MemberImport, MemberRow, RowProblem
 from mailflow.store import Repository
 
 NAME_MAX_LENGTH: Final = 200          # characters; the ``lists.name`` column
@@ -57,12 +68,24 @@ AUTOREPLY_SUBJECT_MAX: Final = 200    # characters of the subject template
 AUTOREPLY_BODY_MAX: Final = 10_000    # characters of the body template
 AUTOREPLY_DEFAULT_SUBJECT: Final = "Auto: $subject"
 ONCE_PER_DAYS_MAX: Final = 365
+MIN_BOUNCE_THRESHOLD: Final = 0.5     # one temporary bounce
+MAX_BOUNCE_THRESHOLD: Final = 1000.0
 
 
+SUBJECT_PREFIX_MAX_LENGTH: Final = 100  # the ``lists.subject_prefix`` column
+TEMPLATE_MAX_LENGTH: Final = 4000       # characters of a header or footer template
+URL_MAX_LENGTH: Final = 500             # the ``lists.archive_url`` column
 FILTER_PATTERN_MAX_LENGTH: Final = 1000  # characters of a filter's regular expression
 FILTER_TEXT_MAX_LENGTH: Final = 500      # the ``filter_rules.text`` column
 FILTER_HEADER_MAX_LENGTH: Final = 200    # the ``filter_rules.header`` column
 FILTER_RULES_PER_ADDRESS: Final = 100    # every message to the address tries them all
+TAG_NAME_MAX_LENGTH: Final = 76         # a tag rule's field name (RFC 5322 line: 78)
+TAG_VALUE_MAX_LENGTH: Final = 400       # its value; with the name, fits the text column
+TAG_REFUSED_NAMES: Final = frozenset({
+    "from", "sender", "reply-to", "to", "cc", "bcc", "date", "message-id", "in-reply-to",
+    "references", "subject", "mime-version", "received", "return-path", "dkim-signature",
+    "authentication-results", "precedence", "auto-submitted", "errors-to"})
+TAG_REFUSED_PREFIXES: Final = ("content-", "resent-", "arc-", "list-", "x-mailflow-")
 # RFC 5322 field names: printable US-ASCII but the colon.
 _FIELD_NAME: Final = re.compile(r"[!-9;-~]+")
 
@@ -228,8 +251,102 @@ def validated_once_per_days(days: int) -> int:
     return days
 
 
+def validated_bounce_threshold(threshold: float) -> float:
+    if not MIN_BOUNCE_THRESHOLD <= threshold <= MAX_BOUNCE_THRESHOLD:
+        raise InvalidInput(f"invalid bounce threshold {threshold:g}: from "
+                           f"{MIN_BOUNCE_THRESHOLD:g} to {MAX_BOUNCE_THRESHOLD:g}")
+    return threshold
+
+
+def validated_suppression_target(text: str | None) -> str:
+    """'' (every list) or a list's address."""
+    return "" if not text else validated_address(text)
+
+
 def validated_forward_style(style: str | ForwardStyle) -> ForwardStyle:
     return _validated_choice(ForwardStyle, style, "forward style")
+
+
+def validated_dmarc_mode(mode: str | DmarcMode) -> DmarcMode:
+    return _validated_choice(DmarcMode, mode, "DMARC mode")
+
+
+def validated_decoration(*, subject_prefix: str | None = None, reply_to: str | None = None,
+                         header_template: str | None = None,
+                         footer_template: str | None = None,
+                         archive_url: str | None = None) -> dict[str, str]:
+    """The decoration fields given (``None``: unchanged; ``''``: cleared), validated:
+    what goes into a header field has no controls, templates keep to the sandbox's
+    subset (:func:`~mailflow.pipeline.send.templates.check`)."""
+    changes: dict[str, str] = {}
+    if subject_prefix is not None:
+        changes["subject_prefix"] = _header_safe_text(
+            subject_prefix.strip(), "subject prefix", SUBJECT_PREFIX_MAX_LENGTH)
+    if reply_to is not None:
+        choice = reply_to.strip()
+        if not choice or choice.lower() in (ReplyTo.NONE.value, ReplyTo.LIST.value):
+            changes["reply_to"] = choice.lower() or ReplyTo.NONE.value
+        else:
+            try:
+                changes["reply_to"] = validated_address(choice)
+            except InvalidInput as exc:
+                raise InvalidInput(f"invalid Reply-To policy {reply_to!r}: none, list or an "
+                                   f"address ({exc})") from None
+    for key, source in (("header_template", header_template),
+                        ("footer_template", footer_template)):
+        if source is not None:
+            changes[key] = _validated_template(source, key.replace("_", " "))
+    if archive_url is not None:
+        changes["archive_url"] = _validated_url(archive_url.strip(), "archive URL")
+    return changes
+
+
+def _validated_template(source: str, what: str) -> str:
+    if len(source) > TEMPLATE_MAX_LENGTH:
+        raise InvalidInput(f"{what} too long ({len(source)} characters, at most "
+                           f"{TEMPLATE_MAX_LENGTH})")
+    try:
+        templates.check(source)
+    except templates.UnsafeTemplate as exc:
+        raise InvalidInput(f"{what} refused: {exc}") from None
+    return source
+
+
+def _validated_url(url: str, what: str) -> str:
+    """An http(s) or mailto URL that may go between ``<`` and ``>`` in a header field."""
+    if not url:
+        return url
+    _header_safe_text(url, what, URL_MAX_LENGTH)
+    scheme = url.partition(":")[0].lower()
+    if scheme not in ("http", "https", "mailto") or any(c.isspace() or c in '<>"'
+                                                        for c in url):
+        raise InvalidInput(f"invalid {what} {url!r}: an http(s) or mailto URL without "
+                           "spaces, quotes or angle brackets")
+    return url
+
+
+HOLD_DAYS_MAX: Final = 365
+
+
+def validated_role(role: str | MemberRole) -> MemberRole:
+    return _validated_choice(MemberRole, role, "role")
+
+
+def validated_posting(policy: str | PostingPolicy) -> PostingPolicy:
+    return _validated_choice(PostingPolicy, policy, "posting policy")
+
+
+def validated_non_member_action(action: str | NonMemberAction) -> NonMemberAction:
+    return _validated_choice(NonMemberAction, action, "non-member action")
+
+
+def validated_hold_days(days: int) -> int:
+    if not 1 <= days <= HOLD_DAYS_MAX:
+        raise InvalidInput(f"invalid hold time {days} days: it must be between 1 and "
+                           f"{HOLD_DAYS_MAX}")
+    return days
+
+
 
 
 def validated_targets(list_address: str, members: Iterable[str]) -> list[str]:
@@ -241,10 +358,15 @@ def validated_targets(list_address: str, members: Iterable[str]) -> list[str]:
     """
     targets = validated_addresses(members)
     for target in targets:
-        if addresses.untagged(target)[0] == list_address or target == list_address:
-            raise InvalidInput(f"{list_address} cannot be its own member or target: "
-                               "its mail would come back to it")
+        _refuse_itself(list_address, target)
     return targets
+
+
+def _refuse_itself(list_address: str, target: str) -> None:
+    """``target`` (canonical) must not be the list itself (see :func:`validated_targets`)."""
+    if addresses.untagged(target)[0] == list_address or target == list_address:
+        raise InvalidInput(f"{list_address} cannot be its own member or target: "
+                           "its mail would come back to it")
 
 
 def _header_safe_text(text: str, what: str, limit: int) -> str:
@@ -315,6 +437,30 @@ def validated_filter_action(action: str | FilterAction) -> FilterAction:
     return _validated_choice(FilterAction, action, "action")
 
 
+def validated_tag_field(field: str) -> str:
+    """The ``Name: value`` field a ``tag`` rule adds, as it is stored and written.
+
+    Fields that route, identify, authenticate or structure a message are refused: a
+    second ``From`` or ``Content-Type`` would make the copy ambiguous to its reader,
+    and the relay's own fields (``X-MailFlow-*``, ``List-*``) are its word alone.
+    """
+    name, colon, value = field.partition(":")
+    name, value = name.strip(), value.strip()
+    if not colon or not _FIELD_NAME.fullmatch(name) or len(name) > TAG_NAME_MAX_LENGTH:
+        raise InvalidInput(f"invalid field {field!r}: give 'Name: value', the name printable "
+                           f"ASCII without spaces or a colon, at most {TAG_NAME_MAX_LENGTH} "
+                           "characters")
+    lowered = name.lower()
+    if lowered in TAG_REFUSED_NAMES or lowered.startswith(TAG_REFUSED_PREFIXES):
+        raise InvalidInput(f"a tag rule cannot add {name}: it routes, identifies, "
+                           "authenticates or structures the message; choose another name, "
+                           "such as X-Filtered")
+    if not value:
+        raise InvalidInput(f"empty value for {name}: give 'Name: value'")
+    _header_safe_text(value, "field value", TAG_VALUE_MAX_LENGTH)
+    return f"{name}: {value}"
+
+
 class DirectoryService:
     """Domains, lists and aliases, their members, and sender entries: validated, then stored.
 
@@ -334,6 +480,32 @@ class DirectoryService:
         if self.on_rules_changed is not None:
             self.on_rules_changed()
 
+    # -- bounces and suppressions -------------------------------------------------------
+
+    def enable_members(self, list_address: str, members: Sequence[str]) -> int:
+        """Active again, bounce score 0; returns how many were disabled or unsubscribed."""
+        return self.repo.enable_members(validated_address(list_address),
+                                        validated_addresses(members))
+
+    def bounce_events(self, list_address: str | None = None) -> list[BounceEventRow]:
+        return self.repo.bounce_events(None if list_address is None
+                                       else validated_address(list_address))
+
+    def suppress(self, address: str, list_address: str | None = None,
+                 reason: str = "") -> bool:
+        """Suppress ``address`` for every list or one; whether it was new."""
+        return self.repo.add_suppression(Suppression(
+            validated_address(address), validated_suppression_target(list_address),
+            _header_safe_text(reason, "reason", 200) if reason else "", self.clock.now()))
+
+    def unsuppress(self, address: str, list_address: str | None = None) -> None:
+        self.repo.remove_suppression(validated_address(address),
+                                     validated_suppression_target(list_address))
+
+    def suppressions(self, list_address: str | None = None) -> list[Suppression]:
+        return self.repo.suppressions(None if list_address is None
+                                      else validated_suppression_target(list_address))
+
     # -- domains ------------------------------------------------------------------------
 
     def add_domain(self, name: str) -> Domain:
@@ -348,6 +520,26 @@ class DirectoryService:
         self.repo.remove_domain(validated_domain(name))
         self._rules_changed()
 
+    # -- DKIM keys ------------------------------------------------------------------------
+
+    def create_dkim_key(self, domain: str, selector: str | None = None, *,
+                        replace: bool = False) -> DkimKey:
+        """A new signing key for a served domain (:class:`Conflict` if it has one and not
+        ``replace``); the caller publishes its DNS record."""
+        name = validated_domain(domain)
+        now = self.clock.now()
+        chosen = dkim_keys.validated_selector(
+            selector if selector is not None else dkim_keys.default_selector(now))
+        key = dkim_keys.new_key(name, chosen, now)
+        self.repo.put_dkim_key(key, replace=replace)
+        return key
+
+    def dkim_keys(self) -> list[DkimKey]:
+        return self.repo.dkim_keys()
+
+    def remove_dkim_key(self, domain: str) -> DkimKey:
+        return self.repo.remove_dkim_key(validated_domain(domain))
+
     # -- lists and aliases --------------------------------------------------------------
 
     def create_list(self, address: str, *, kind: str | ListKind = ListKind.LIST,
@@ -358,14 +550,33 @@ class DirectoryService:
 
     def update_list(self, address: str, *, kind: str | ListKind | None = None,
                     name: str | None = None, priority: int | None = None,
-                    forward_style: str | ForwardStyle | None = None) -> MailingList:
+                    forward_style: str | ForwardStyle | None = None,
+                    dmarc: str | DmarcMode | None = None,
+                    posting: str | PostingPolicy | None = None,
+                    non_member_action: str | NonMemberAction | None = None,
+                    hold_days: int | None = None,
+                    decoration: Mapping[str, str] | None = None,
+                    personalize: bool | None = None,
+                    bounce_threshold: float | None = None) -> MailingList:
         """Change the settings given (``None``: leave as is); returns the list as stored.
+
+        ``personalize`` and ``bounce_threshold`` are for lists (bounce processing and
+        per-member copies are a list's; an alias forward has its own envelope sender).
 
         ``fwd`` is for aliases only: a list's copies carry its List-* fields on the
         original message, and a list stays ``resend`` (refused, or when made an alias
-        later, it may be set then).
+        later, it may be set then).  ``decoration``: keyword arguments of
+        :func:`validated_decoration` (subject prefix, Reply-To, templates, archive URL),
+        for lists only: an alias passes personal mail on undecorated.
         """
         address = validated_address(address)
+        changes = validated_decoration(**decoration) if decoration else None
+        resulting = (validated_kind(kind) if kind is not None else
+                     self.repo.get_list(address).kind) if changes else ListKind.LIST
+        if resulting is not ListKind.LIST:
+            raise InvalidInput(f"{address} is not a list: subject prefix, Reply-To, "
+                               "templates and archive are for lists (aliases pass mail on "
+                               "as it came)")
         new_kind = None if kind is None else validated_kind(kind)
         style = None if forward_style is None else validated_forward_style(forward_style)
         if style is ForwardStyle.FWD or new_kind is ListKind.LIST:
@@ -376,11 +587,24 @@ class DirectoryService:
                 raise InvalidInput(f"{address} is a list: the forward style fwd is for "
                                    "aliases (set --forward-style resend first, or make it "
                                    "an alias)")
+        if bounce_threshold is not None:
+            bounce_threshold = validated_bounce_threshold(bounce_threshold)
+        if personalize or bounce_threshold is not None:
+            current = self.repo.get_list(address)
+            if (new_kind or current.kind) is not ListKind.LIST:
+                raise InvalidInput(f"{address} is not a list: personalization and the bounce "
+                                   "threshold are settings of lists")
         return self.repo.update_list(
             address, kind=new_kind,
             name=None if name is None else validated_list_name(name),
             priority=None if priority is None else validated_priority(priority),
-            forward_style=style)
+            forward_style=style,
+            dmarc=None if dmarc is None else validated_dmarc_mode(dmarc),
+            posting=None if posting is None else validated_posting(posting),
+            non_member_action=(None if non_member_action is None
+                               else validated_non_member_action(non_member_action)),
+            hold_days=None if hold_days is None else validated_hold_days(hold_days),
+            decoration=changes, personalize=personalize, bounce_threshold=bounce_threshold)
 
     def get_list(self, address: str) -> MailingList:
         return self.repo.get_list(validated_address(address))
@@ -402,18 +626,20 @@ class DirectoryService:
     # -- members ------------------------------------------------------------------------
 
     def add_members(self, list_address: str, members: Sequence[str], *,
-                    name: str = "") -> AddedMembers:
+                    name: str = "", role: str | MemberRole | None = None) -> AddedMembers:
         """Add members (all valid, or none added); ``name``: the display name of the one
-        member given (a member already there takes it)."""
+        member given (a member already there takes it); ``role``: theirs (members
+        already there take it too; None: ``member`` for new ones, others keep theirs)."""
         if name and len(members) != 1:
             raise InvalidInput(f"a display name is for one member; {len(members)} addresses "
                                "were given with it")
-        return self.import_members(list_address, [(m, name) for m in members])
+        return self.import_members(list_address, [(m, name) for m in members], role=role)
 
-    def import_members(self, list_address: str,
-                       rows: Sequence[tuple[str, str]]) -> AddedMembers:
+    def import_members(self, list_address: str, rows: Sequence[tuple[str, str]], *,
+                       role: str | MemberRole | None = None) -> AddedMembers:
         """Add (address, display name) rows: all valid, or none added.  A member already
         there keeps its status, and takes a non-empty name given for it."""
+        valid_role = None if role is None else validated_role(role)
         names: dict[str, str] = {}
         for address, name in rows:
             canonical, valid_name = validated_address(address), validated_member_name(name)
@@ -421,7 +647,45 @@ class DirectoryService:
                 names[canonical] = valid_name
         address = validated_address(list_address)
         return self.repo.add_members(address, validated_targets(address, names),
-                                     self.clock.now(), names=names)
+                                     self.clock.now(), names=names, role=valid_role)
+
+    def set_role(self, list_address: str, members: Sequence[str],
+                 role: str | MemberRole) -> int:
+        """Give members of a list a role; returns how many of them are members."""
+        return self.repo.set_role(validated_address(list_address),
+                                  validated_addresses(members), validated_role(role))
+
+    def import_member_rows(self, list_address: str, rows: Sequence[MemberRow], *,
+                           dry_run: bool = False) -> MemberImport:
+        """Add the valid rows of a member file and report each invalid one by its line
+        (the API's import; :meth:`import_members` adds all or nothing).  ``dry_run``:
+        validate only."""
+        address = validated_address(list_address)
+        names: dict[str, str] = {}
+        problems: list[RowProblem] = []
+        for row in rows:
+            try:
+                canonical = validated_address(row.address)
+                valid_name = validated_member_name(row.name)
+                _refuse_itself(address, canonical)
+            except InvalidInput as exc:
+                problems.append(RowProblem(row.line, row.address, str(exc)))
+                continue
+            if valid_name or canonical not in names:
+                names[canonical] = valid_name
+        valid = len(rows) - len(problems)
+        if dry_run or not names:
+            self.repo.get_list(address)  # a missing list is a NotFound, dry or not
+            return MemberImport(valid, problems=problems)
+        added = self.repo.add_members(address, list(names), self.clock.now(), names=names)
+        return MemberImport(valid, added.added, added.existing, added.renamed, problems)
+
+    def members_page(self, list_address: str, limit: int, after: str = "",
+                     search: str = "") -> list[Member]:
+        """One page of a roster by address (``after``: the last address of the page
+        before), optionally only members whose address or name contains ``search``."""
+        return self.repo.members_page(validated_address(list_address), limit, after,
+                                      search.strip().lower())
 
     def remove_members(self, list_address: str, members: Sequence[str]) -> int:
         """Remove members; returns how many were members."""
@@ -454,15 +718,29 @@ class DirectoryService:
     def add_filter_rule(self, address: str, action: str | FilterAction, *, text: str = "",
                         header: str | None = None, matches: str | None = None,
                         body: str | None = None, larger_than: int | None = None,
-                        attachment: str | None = None, not_encrypted: bool = False
-                        ) -> FilterRule:
-        """Add a rule after the list's others (tried in that order; first match wins)."""
+                        attachment: str | None = None, not_encrypted: bool = False,
+                        add_header: str | None = None) -> FilterRule:
+        """Add a rule after the list's others (tried in that order; first match wins).
+
+        ``add_header``: the ``Name: value`` field of a ``tag`` rule (kept as its text).
+        """
         target = validated_address(address)
         condition, name, argument = validated_filter_condition(
             header=header, matches=matches, body=body, larger_than=larger_than,
             attachment=attachment, not_encrypted=not_encrypted)
-        rule = FilterRule(target, condition, argument, validated_filter_action(action), name,
-                          _header_safe_text(text.strip(), "text", FILTER_TEXT_MAX_LENGTH),
+        chosen = validated_filter_action(action)
+        text = _header_safe_text(text.strip(), "text", FILTER_TEXT_MAX_LENGTH)
+        if chosen is FilterAction.TAG:
+            if add_header is None or text:
+                raise InvalidInput("a tag rule adds the field given as --add-header "
+                                   "'Name: value' (and takes no --text)")
+            text = validated_tag_field(add_header)
+        elif add_header is not None:
+            raise InvalidInput("--add-header goes with --action tag only")
+        if chosen is FilterAction.STRIP and condition is not FilterCondition.ATTACHMENT:
+            raise InvalidInput("a strip rule removes the attachments its condition names: "
+                               "give --attachment GLOB")
+        rule = FilterRule(target, condition, argument, chosen, name, text,
                           created_at=self.clock.now())
         if len(self.repo.filter_rules(target)) >= FILTER_RULES_PER_ADDRESS:
             raise InvalidInput(f"{target} has {FILTER_RULES_PER_ADDRESS} filter rules "
@@ -479,8 +757,15 @@ class DirectoryService:
         self._rules_changed()
         return removed
 
-    def held_messages(self) -> list[HeldMessage]:
-        return self.repo.held_messages()
+    def held_messages(self, list_address: str | None = None) -> list[HeldMessage]:
+        """Held messages, oldest first; those held for one list or alias if given."""
+        found = self.repo.held_messages()
+        if list_address is None:
+            return found
+        target = self.repo.get_list(validated_address(list_address)).address
+        return [m for m in found
+                if any(addresses.untagged(addresses.canonical(r))[0] == target
+                       for r in m.rcpt_tos)]
 
     def release_held(self, message_id: str) -> None:
         self.repo.release_held(message_id.strip(), self.clock.now())

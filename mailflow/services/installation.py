@@ -14,9 +14,11 @@ from mailflow.srs import Srs
 from mailflow.store import Repository, create_engines, upgrade_to_head
 from mailflow.store.engine import create_cli_engines, normalize_url, sqlite_path
 from mailflow.store.migrate import current_revision
+from mailflow.unsubscribe_tokens import UnsubscribeTokens
 
 INSTANCE_KEY = "instance_id"
 SRS_KEY = "srs_secret"
+UNSUBSCRIBE_KEY = "unsubscribe_secret"
 
 
 def instance_id(settings: Settings, repo: Repository) -> str:
@@ -37,20 +39,31 @@ def srs_codec(settings: Settings, repo: Repository) -> Srs:
     return Srs(current, tuple(s for s in old if s and s != current), settings.srs_max_age_days)
 
 
+def unsubscribe_tokens(settings: Settings, repo: Repository) -> UnsubscribeTokens:
+    """The one-click unsubscribe tokens: ``unsubscribe_secret`` if set, else the one made
+    at init and kept in the store (every relay sharing the store checks the same links);
+    with the setting, links made under the stored secret keep working."""
+    stored = repo.ensure_meta(UNSUBSCRIBE_KEY, secrets.token_urlsafe(24))
+    current = settings.unsubscribe_secret.get_secret_value() or stored
+    return UnsubscribeTokens(current, () if current == stored else (stored,))
+
+
 def initialise(settings: Settings) -> str:
     """Create the data directory and bring the schema up to date; returns the instance id."""
     return prepare(settings)[0]
 
 
-def prepare(settings: Settings) -> tuple[str, Srs]:
-    """:func:`initialise`, returning the SRS codec too (the relay needs both)."""
+def prepare(settings: Settings) -> tuple[str, Srs, UnsubscribeTokens]:
+    """:func:`initialise`, returning the SRS codec and the unsubscribe tokens too (the
+    relay needs all three)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.blob_dir.mkdir(parents=True, exist_ok=True)
     engines = create_engines(settings.resolved_database_url, pool_size=1)
     try:
         upgrade_to_head(engines.writer)
         repo = Repository(engines)
-        return instance_id(settings, repo), srs_codec(settings, repo)
+        return (instance_id(settings, repo), srs_codec(settings, repo),
+                unsubscribe_tokens(settings, repo))
     finally:
         engines.dispose()
 

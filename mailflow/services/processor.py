@@ -16,9 +16,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mailflow.clock import Clock
-from mailflow.model import Event, GeneratedMessage, InboundMessage, MessageStatus, NewDelivery
+from mailflow.model import (
+    BounceReport,
+    Event,
+    GeneratedMessage,
+    InboundMessage,
+    MessageStatus,
+    NewDelivery,
+)
 from mailflow.pipeline.chain import PROCESS_CHAIN, ProcessStep, run_process
 from mailflow.pipeline.context import Directory
+from mailflow.services.event_log import note_events
 from mailflow.store.repository import Repository
 from mailflow.store.runner import StoreRunner
 
@@ -39,6 +47,7 @@ class Plan:
     done: list[InboundMessage] = field(default_factory=list)    # with none at all
     generated: list[GeneratedMessage] = field(default_factory=list)  # replies the steps wrote
     replied: list[tuple[int, str]] = field(default_factory=list)  # (list id, sender) answered
+    bounces: list[BounceReport] = field(default_factory=list)  # to count against members
 
     def statuses(self) -> dict[str, MessageStatus]:
         statuses = dict.fromkeys((m.id for m in self.queued), MessageStatus.QUEUED)
@@ -80,6 +89,7 @@ def plan_batch(steps: Sequence[ProcessStep], directory: Directory,
         plan.deliveries.extend(ctx.deliveries)
         plan.generated.extend(ctx.generated)
         plan.replied.extend(ctx.replied)
+        plan.bounces.extend(ctx.bounces)
     return plan
 
 
@@ -108,10 +118,12 @@ def expand_received(repo: Repository, now: float, limit: int,
                           inline=False, now=now, read=read)
         tx.insert_generated(plan.generated, now)
         tx.log_replies(plan.replied, now)
+        tx.count_bounces(plan.bounces, now)
         tx.insert_deliveries(plan.deliveries, now)
         tx.add_events(plan.events, now)
         tx.mark_queued([m.id for m in plan.queued], now)
         tx.finish([m.id for m in plan.done], now)
+    note_events(plan.events)
     return plan.taken
 
 

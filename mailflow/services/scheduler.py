@@ -55,14 +55,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from mailflow import srs
 from mailflow.backoff import RetryPolicy
-from mailflow.blobs import BlobStore
+from mailflow.blobs import Blobs
 from mailflow.clock import Clock
 from mailflow.errors import (
     EgressUnavailable,
@@ -71,32 +72,52 @@ from mailflow.errors import (
     TemporaryFailure,
     recipient_reply,
 )
-from mailflow.headers import split_message
+from mailflow.headers import header_length, split_message
 from mailflow.lru import BytesLRU
 from mailflow.memory import DEFAULT_BUDGET, item_limit
-from mailflow.metrics import DELIVERY_ATTEMPTS, LEASES_LOST, TRANSACTION_SECONDS
+from mailflow.metrics import (
+    DELIVERY_ATTEMPTS,
+    FORWARDS,
+    LEASES_LOST,
+    QUEUE_SECONDS,
+    TRANSACTION_SECONDS,
+)
 from mailflow.model import (
+    GENERATED,
     RELAYED,
+    AuthorField,
     Delivery,
     DeliveryStatus,
+    DmarcMode,
     Egress,
+    FilterAction,
+    FilterRule,
     InboundMessage,
     Lease,
     ListKind,
     MailingList,
+    Member,
+    MemberStatus,
     Outcome,
     RecipientReply,
 )
-from mailflow.pipeline.chain import render_copy, rendering_variant
+from mailflow.pipeline.accept.filters import FilterRules
+from mailflow.pipeline.chain import copy_recipient, render_copy, rendering_variant
 from mailflow.pipeline.context import Identity
 from mailflow.pipeline.notice import NOTICE_PROTOCOL, Failure
-from mailflow.pipeline.send.bounce import rewritten_bounce
+from mailflow.pipeline.send.bounce import returned_alias, rewritten_bounce
+from mailflow.pipeline.send.dmarc import author
 from mailflow.pipeline.send.envelope import envelope_sender
+from mailflow.pipeline.send.filter_actions import applied_rule, copy_rules
+from mailflow.pipeline.send.ses_bounce import ses_message_ids
+from mailflow.services.dmarc_policy import DmarcPolicies
 from mailflow.services.in_flight import LargeInFlight
 from mailflow.services.lanes import Lane, RoutedEgress
 from mailflow.services.recent import RecentMessages
 from mailflow.srs import Srs
 from mailflow.store.runner import StoreRunner
+from mailflow.unsubscribe_tokens import UnsubscribeTokens
+from mailflow.verp import Verp
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +141,14 @@ class SchedulerOptions:
     route_backlog: float = 30.0  # seconds of work a busy route may hold (see above)
     transaction_timeout: float = 600.0  # on the wire longer: hung, leases not renewed
     srs: Srs | None = None  # envelope senders of alias forwards (None: the bounce address)
+    dmarc: DmarcPolicies | None = None  # for lists with --dmarc auto (None: rewrite, unsure)
+    dmarc_author_field: AuthorField = AuthorField.REPLY_TO
+    verp: Verp | None = None  # personalized lists' per-member senders (None: the plain one)
     cache_bytes: int = DEFAULT_BUDGET.rendered_copies  # rendered copies kept in memory
     large_in_flight: int = DEFAULT_BUDGET.large_in_flight  # bytes (see services/in_flight)
+    public_url: str = ""  # the List-* links' base (docs/lists.md)
+    unsubscribe: UnsubscribeTokens | None = None  # signs one-click links of member copies
+    filter_regex_timeout: float = 0.5  # a copy's tag/strip rule matching (as at accept)
 
 
 @dataclass(slots=True)
@@ -139,10 +166,11 @@ class Transaction:
     lease_until: float = 0.0
     sending_since: float | None = None
     renewing: bool = True  # False once presumed hung
+    route: str = ""  # the lane's name, once queued on it
 
 
 class Scheduler:
-    def __init__(self, runner: StoreRunner, blobs: BlobStore, egress: Egress, clock: Clock,
+    def __init__(self, runner: StoreRunner, blobs: Blobs, egress: Egress, clock: Clock,
                  options: SchedulerOptions, recent: RecentMessages | None = None,
                  ingest_busy: Callable[[], bool] = lambda: False) -> None:
         self.recent = recent or RecentMessages()
@@ -172,7 +200,12 @@ class Scheduler:
         self._content: BytesLRU[tuple[str, Hashable]] = BytesLRU(
             options.cache_bytes, max_item=item_limit(options.cache_bytes))
         self._large = LargeInFlight(options.large_in_flight, self._content.max_item)
-        self._identity = Identity(options.instance_id, options.hostname)
+        self._identity = Identity(options.instance_id, options.hostname, options.public_url,
+                                  options.unsubscribe)
+        # The lists' filter rules, for their tag and strip rules; set by the app.
+        self.filters: FilterRules | None = None
+        # Signs a rendered copy (DKIM, ``services/dkim_keys``), last; set by the app.
+        self.sign: Callable[[bytes, MailingList], Awaitable[bytes]] | None = None
         # Told of alias forwards that failed for good (``services.notices``); set by the app.
         self.on_failed: Callable[[Failure], None] | None = None
         # What relayed bounces and failure notices are sent "through" (no list has id 0).
@@ -399,15 +432,9 @@ class Scheduler:
             count = sum(1 for o in outcomes if o.status is status)
             if count:
                 DELIVERY_ATTEMPTS.labels(outcome=status.value).inc(count)
-        for o in outcomes:
-            if o.status is DeliveryStatus.DELIVERED:
-                continue
-            if o.status is not DeliveryStatus.FAILED:
+        for o in outcomes:  # each was logged when it happened (``_note_attempt``)
+            if o.status is DeliveryStatus.DEFERRED or o.status is DeliveryStatus.QUEUED:
                 deferred_until = min(o.due_at, deferred_until or o.due_at)
-                if o.status is DeliveryStatus.QUEUED:
-                    continue  # handed back by a busy lane: logged once per round
-            log.info("delivery %d %s: %s", o.delivery_id, o.status.value, o.reply,
-                     extra={"action": o.status.value, "queue_id": o.message_id})
         return deferred_until
 
     async def _enqueue_transactions(self, claimed: Sequence[Delivery]) -> None:
@@ -428,12 +455,12 @@ class Scheduler:
         for (message_id, list_id, _), group in groups.items():
             message, mailing_list = messages.get(message_id), lists.get(list_id)
             if message is None or mailing_list is None:
-                orphans += [Outcome(d.id, DeliveryStatus.FAILED, "list or message deleted",
-                                    message_id=d.message_id, lease=d.lease_owner)
-                            for d in group]
+                orphans += _orphaned(group)
                 continue
-            for start in range(0, len(group), size):
-                self._hold(lane, Transaction(message, mailing_list, group[start:start + size]))
+            # A personalized list's copy is its member's own: one recipient a transaction.
+            step = 1 if mailing_list.personalize else size
+            for start in range(0, len(group), step):
+                self._hold(lane, Transaction(message, mailing_list, group[start:start + step]))
         if orphans:
             self._add_outcomes(orphans)
 
@@ -454,13 +481,12 @@ class Scheduler:
         for (message_id, list_id, index, _), group in groups.items():
             message, mailing_list = messages.get(message_id), lists.get(list_id)
             if message is None or mailing_list is None:
-                outcomes += [Outcome(d.id, DeliveryStatus.FAILED, "list or message deleted",
-                                     message_id=d.message_id, lease=d.lease_owner)
-                             for d in group]
+                outcomes += _orphaned(group)
                 continue
             lane = lanes[index]
-            for start in range(0, len(group), size):
-                chunk = group[start:start + size]
+            step = 1 if mailing_list.personalize else size
+            for start in range(0, len(group), step):
+                chunk = group[start:start + step]
                 if had_room[index] or lane.takes_more(pace):
                     self._hold(lane, Transaction(message, mailing_list, chunk))
                     continue
@@ -485,8 +511,17 @@ class Scheduler:
     def _hold(self, lane: Lane[Transaction], tx: Transaction) -> None:
         """Queue ``tx`` on ``lane``; its leases are renewed until its outcomes are in."""
         tx.lease_until = min(d.due_at for d in tx.deliveries)
+        tx.route = lane.name
         self._held[id(tx)] = tx
         lane.ready.put_nowait(tx)
+
+    def busy_connections(self) -> dict[str, tuple[int, int]]:
+        """Per route: (transactions on the wire now, its pool size), for the gauges."""
+        busy = {lane.name: 0 for lane in self._lanes}
+        for tx in list(self._held.values()):
+            if tx.sending_since is not None and tx.route in busy:
+                busy[tx.route] += 1
+        return {lane.name: (busy[lane.name], lane.concurrency) for lane in self._lanes}
 
     async def _context(self, message_ids: set[str], list_ids: set[int]
                        ) -> tuple[dict[str, InboundMessage], dict[int, MailingList]]:
@@ -549,10 +584,12 @@ class Scheduler:
         large = await self._large.enter(tx.message.size)
         try:
             content = await self._render(tx)
-            with TRANSACTION_SECONDS.time():
+            with TRANSACTION_SECONDS.labels(route=egress.name).time():
                 replies = await egress.send(
                     envelope_sender(tx.message, tx.mailing_list, self.options.srs,
-                                    self.clock.now()), recipients, content)
+                                    self.clock.now(), self.options.verp,
+                                    copy_recipient(tx.mailing_list, recipients)),
+                    recipients, content)
         except SmtpReplyError as exc:  # EgressUnavailable, or a provider's own refusal
             replies = [_reply(r, exc) for r in recipients]
         except FileNotFoundError:
@@ -571,6 +608,7 @@ class Scheduler:
         now = self.clock.now()
         outcomes = [self._outcome(d, by_recipient.get(d.recipient), tx.message.id, now)
                     for d in tx.deliveries]
+        _note_attempt(tx, outcomes, now)
         if self.on_failed is not None:
             self._report_failures(tx, outcomes, content, now)
         return outcomes
@@ -578,7 +616,8 @@ class Scheduler:
     def _report_failures(self, tx: Transaction, outcomes: list[Outcome], content: bytes,
                          now: float) -> None:
         """Tell ``on_failed`` of an alias forward that failed for good (one report per
-        transaction); lists have bounce handling of their own to come."""
+        transaction); a list's 5xx failures count against its members in the store
+        (bounce processing)."""
         mailing_list = tx.mailing_list
         if mailing_list.kind is not ListKind.ALIAS or mailing_list.id == RELAYED:
             return
@@ -597,7 +636,7 @@ class Scheduler:
             reply = _reply(delivery.recipient, TemporaryFailure("no reply for recipient"))
         if reply.delivered:
             return Outcome(delivery.id, DeliveryStatus.DELIVERED, str(reply),
-                           message_id=message_id, lease=lease)
+                           message_id=message_id, lease=lease, provider_id=reply.provider_id)
         retry = self.options.retry
         if reply.permanent or retry.expired(delivery.created_at, now):
             return Outcome(delivery.id, DeliveryStatus.FAILED, str(reply), message_id=message_id,
@@ -609,7 +648,9 @@ class Scheduler:
     async def _render(self, tx: Transaction) -> bytes:
         """The copy the send chain makes of the message for this transaction."""
         returned = _returned_bounce(tx)
-        variant = rendering_variant(tx.mailing_list)
+        recipient = copy_recipient(tx.mailing_list, [d.recipient for d in tx.deliveries])
+        rules = await self._copy_rules(tx.mailing_list)
+        variant = rendering_variant(tx.mailing_list, recipient, rules=rules)
         if returned:  # the report names its recipient
             variant = (variant, tuple(d.recipient for d in tx.deliveries))
         key = (tx.message.id, variant)
@@ -617,12 +658,72 @@ class Scheduler:
         if content is None:
             raw = await self._body(tx.message.blob)
             if returned:
-                raw = await asyncio.to_thread(self._rewritten, raw, tx)
-            content = render_copy(raw, tx.message, tx.mailing_list, self._identity)
+                sent_for = await self._ses_bounce_alias(raw)
+                raw = await asyncio.to_thread(self._rewritten, raw, tx, sent_for)
+            rule = None
+            if rules:  # parses and matches: a thread
+                rule = await asyncio.to_thread(applied_rule, raw, rules,
+                                               self.options.filter_regex_timeout)
+            rewrite_from = await self._rewrite_from(raw, tx)
+            member = await self._copy_member(tx, recipient)
+            render = functools.partial(render_copy, raw, tx.message, tx.mailing_list,
+                                       self._identity, member=member,
+                                       rewrite_from=rewrite_from, filter_rule=rule)
+            if tx.mailing_list.decoration.changes_copies or (
+                    rule is not None and rule.action is FilterAction.STRIP):
+                content = await asyncio.to_thread(render)  # MIME work: off the loop
+            else:
+                content = render()
+            if self.sign is not None:  # over the final bytes, once per rendering variant
+                content = await self.sign(content, tx.mailing_list)
             self._content.put(key, content)
         return content
 
-    def _rewritten(self, raw: bytes, tx: Transaction) -> bytes:
+    async def _copy_rules(self, mailing_list: MailingList) -> tuple[FilterRule, ...]:
+        """The list's filter rules if one of them changes copies (tag, strip)."""
+        if self.filters is None or mailing_list.id <= 0:
+            return ()
+        found = await self.filters.rules_for([mailing_list.address])
+        return copy_rules(found.get(mailing_list.address, ()))
+
+    async def _copy_member(self, tx: Transaction, recipient: str) -> Member | None:
+        """The member a personalized copy is for (None: a shared copy).  Its name is read
+        only when the list's templates use the member: the copy of a list that does not
+        costs no query."""
+        if not recipient:
+            return None
+        decoration, name = tx.mailing_list.decoration, ""
+        if "member" in decoration.header_template + decoration.footer_template:
+            name = await self.runner.read(self.runner.repo.member_name, tx.mailing_list.id,
+                                          recipient)
+        return Member(tx.mailing_list.id, recipient, MemberStatus.ACTIVE, 0.0, name=name)
+
+    async def _rewrite_from(self, raw: bytes, tx: Transaction) -> AuthorField | None:
+        """Whether this list copy carries the list's From: (DMARC), decided once per
+        rendering: where the author goes, or None."""
+        mode = tx.mailing_list.dmarc
+        if (mode is DmarcMode.NEVER or tx.mailing_list.kind is not ListKind.LIST
+                or tx.message.protocol == GENERATED):
+            return None
+        field = self.options.dmarc_author_field
+        if mode is DmarcMode.ALWAYS or self.options.dmarc is None:
+            return field
+        _, address = author(raw[:header_length(raw)])
+        if not address:
+            return None
+        return field if await self.options.dmarc.requires_rewrite(address) else None
+
+    async def _ses_bounce_alias(self, raw: bytes) -> str:
+        """The alias an Amazon SES bounce mail's copy was sent for, by SES's Message-ID
+        (when the returned header lacks our marker); "" for any other bounce.  The
+        scan is a thread's, as the rewriting: a bounce may be large."""
+        ses_ids = await asyncio.to_thread(_unmarked_ses_ids, raw, self.options.instance_id)
+        if not ses_ids:
+            return ""
+        found = await self.runner.read(self.runner.repo.list_address_sent_as, ses_ids)
+        return found or ""
+
+    def _rewritten(self, raw: bytes, tx: Transaction, sent_for: str = "") -> bytes:
         """A returned bounce as the report the original sender gets (a thread: the
         bounce may be large)."""
         message = tx.message
@@ -631,7 +732,7 @@ class Scheduler:
             raw, to=next(iter(recipients)) if len(recipients) == 1 else "",
             srs_address=next((r for r in message.rcpt_tos if srs.is_srs(r)), ""),
             instance_id=self.options.instance_id, hostname=self.options.hostname,
-            arrival=message.received_at, at=self.clock.now())
+            arrival=message.received_at, at=self.clock.now(), sent_for=sent_for)
 
     async def _body(self, digest: str) -> bytes:
         """A stored body: from memory after a fresh ingest, else its blob row or file."""
@@ -723,6 +824,13 @@ class Scheduler:
         self._signal.set()
 
 
+def _unmarked_ses_ids(raw: bytes, instance_id: str) -> list[str]:
+    """An Amazon SES bounce mail's Message-IDs, unless our marker names the alias."""
+    if returned_alias(raw, instance_id) is not None:
+        return []
+    return ses_message_ids(raw)
+
+
 def _returned_bounce(tx: Transaction) -> bool:
     """A bounce that came back to one of our SRS addresses, relayed to the original
     sender (not a notice of our own, nor mail with a sender: those go as they are)."""
@@ -734,3 +842,55 @@ def _returned_bounce(tx: Transaction) -> bool:
 def _reply(recipient: str, error: SmtpReplyError) -> RecipientReply:
     """A recipient's answer from an error: its code, enhanced status and reason."""
     return RecipientReply(recipient, *recipient_reply(error))
+
+
+def _orphaned(group: list[Delivery]) -> list[Outcome]:
+    """Claimed deliveries whose list or message is gone: failed, and logged."""
+    for d in group:
+        log.info("fail %s to=<%s>: list or message deleted", d.message_id, d.recipient,
+                 extra={"action": "failed", "queue_id": d.message_id,
+                        "recipient": d.recipient, "reply": "list or message deleted"})
+    return [Outcome(d.id, DeliveryStatus.FAILED, "list or message deleted",
+                    message_id=d.message_id, lease=d.lease_owner) for d in group]
+
+
+def _note_attempt(tx: Transaction, outcomes: list[Outcome], now: float) -> None:
+    """Count what the attempt delivered, and log it (one line per recipient that was not
+    delivered, one per reply for those delivered: a transaction's copies share it).
+
+    Per transaction, not per delivery, unless the log is on (``log_level`` INFO).
+    """
+    message, alias = tx.message, (tx.mailing_list.kind is ListKind.ALIAS
+                                  and tx.mailing_list.id != RELAYED)
+    if not log.isEnabledFor(logging.INFO):
+        delivered_count = sum(1 for o in outcomes if o.status is DeliveryStatus.DELIVERED)
+        if delivered_count:
+            QUEUE_SECONDS.observe(max(now - message.received_at, 0.0))
+            if alias:
+                FORWARDS.inc(delivered_count)
+        return
+    delivered: dict[str, list[str]] = {}
+    for delivery, outcome in zip(tx.deliveries, outcomes, strict=True):
+        if outcome.status is DeliveryStatus.DELIVERED:
+            delivered.setdefault(outcome.reply, []).append(delivery.recipient)
+            continue
+        verb = "defer" if outcome.status is DeliveryStatus.DEFERRED else "fail"
+        log.info("%s %s message-id=%s from=<%s> to=<%s> route=%s attempt=%d: %s", verb,
+                 message.id, message.header_id or "-", message.mail_from, delivery.recipient,
+                 tx.route, delivery.attempts + 1, outcome.reply,
+                 extra={"action": outcome.status.value, "queue_id": message.id,
+                        "message_id": message.header_id, "sender": message.mail_from,
+                        "recipient": delivery.recipient, "route": tx.route,
+                        "reply": outcome.reply})
+    if not delivered:
+        return
+    QUEUE_SECONDS.observe(max(now - message.received_at, 0.0))
+    if alias:
+        FORWARDS.inc(sum(len(rcpts) for rcpts in delivered.values()))
+    for reply, rcpts in delivered.items():
+        log.info("deliver %s message-id=%s from=<%s> to=%s route=%s: %s", message.id,
+                 message.header_id or "-", message.mail_from, ",".join(rcpts), tx.route,
+                 reply, extra={"action": "delivered", "queue_id": message.id,
+                               "message_id": message.header_id, "sender": message.mail_from,
+                               "recipient": ",".join(rcpts), "route": tx.route,
+                               "reply": reply})

@@ -93,6 +93,9 @@ def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> Engine:
         # Take transaction control from pysqlite so BEGIN is ours to issue.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # Takes effect only in a database without tables yet (a new one): its file can
+        # then shrink after purges (Repository.reclaim_space).  A no-op otherwise.
+        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")

@@ -76,9 +76,9 @@ ON CONFLICT (hash) DO UPDATE SET refcount = blobs.refcount + excluded.refcount,
 
 INSERT_MESSAGE = """
 INSERT INTO messages (id, mail_from, rcpt_tos, blob, size, received_at, peer, helo, protocol,
-                      status, updated_at)
+                      status, updated_at, header_id)
 VALUES (:id, :mail_from, :rcpt_tos, :blob, :size, :received_at, :peer, :helo, :protocol,
-        :status, :now)
+        :status, :now, :header_id)
 """
 
 INSERT_DELIVERY = """

@@ -9,6 +9,7 @@ time instead of sleeping.
 from __future__ import annotations
 
 import enum
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -23,21 +24,30 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from mailflow import addresses
+from mailflow.bounce_score import BouncePolicy
 from mailflow.errors import Conflict, InvalidInput, NotFound
 from mailflow.model import (
     BARE_ROLE,
+    NO_DECORATION,
     PENDING_STATUSES,
+    UNFINISHED_STATUSES,
     AddedMembers,
     AutoReply,
+    BounceEventRow,
+    BounceReport,
+    Decoration,
     Delivery,
     DeliveryRow,
     DeliveryStatus,
+    DkimKey,
+    DmarcMode,
     Domain,
     Event,
     FilterAction,
@@ -46,46 +56,102 @@ from mailflow.model import (
     ForwardStyle,
     GeneratedMessage,
     HeldMessage,
+    HeldPost,
     InboundMessage,
     Lease,
     ListKind,
     MailingList,
     Member,
+    MemberRole,
     MemberStatus,
     MessageStatus,
     NewDelivery,
+    NonMemberAction,
     Outcome,
+    PostingPolicy,
+    ProviderFeedback,
+    ReplyTo,
     Resolution,
     RuleAction,
     RuleScope,
     SenderRule,
+    SentCopy,
+    Suppression,
     role_alias,
     role_alias_by_id,
 )
+from mailflow.store import bounces as bounce_store
 from mailflow.store.engine import Engines
 from mailflow.store.hot import HotStatements
+from mailflow.store.provider_ids import (
+    fail_delivered,
+    list_address_sent_as,
+    record_provider_ids,
+    sent_copies,
+)
 from mailflow.store.tables import (
+    PENDING_SQL,
     autoreplies,
     autoreply_log,
     blobs,
+    bounce_events,
     deliveries,
+    dkim_keys,
     domains,
     events,
     filter_rules,
+    held_posts,
     lists,
     members,
     messages,
     meta,
     sender_rules,
+    ses_received,
+    suppressions,
 )
+from mailflow.verp import Verp
 
 PENDING = [status.value for status in PENDING_STATUSES]
+INCREMENTAL_VACUUM = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
+RECLAIM_MIN_PAGES = 1024  # fewer free pages than this are left for new rows to reuse
+UNFINISHED = [status.value for status in UNFINISHED_STATUSES]
+ANALYZE_AFTER_MEMBERS = 10_000  # members added at once: statistics refreshed at once
 
 
 def _list(row: Row[Any]) -> MailingList:
     return MailingList(id=row.id, address=row.address, kind=ListKind(row.kind), name=row.name,
                        priority=row.priority, created_at=row.created_at,
-                       forward_style=ForwardStyle(row.forward_style))
+                       forward_style=ForwardStyle(row.forward_style),
+                       dmarc=DmarcMode(row.dmarc),
+                       posting=PostingPolicy(row.posting),
+                       non_member_action=NonMemberAction(row.non_member_action),
+                       hold_days=row.hold_days,
+                       decoration=_decoration(row),
+                       personalize=bool(row.personalize),
+                       bounce_threshold=row.bounce_threshold)
+
+
+# Every list object read from the store shares one Decoration per distinct value: a
+# list is read again for each RCPT its cache does not answer (``alias+1@``,
+# ``alias+2@``... are 10,000 entries of known recipients), and its templates must not be
+# held once per entry.  Weak values: a decoration no list object holds any more goes.
+_DECORATIONS: weakref.WeakValueDictionary[tuple[str, ...], Decoration] = \
+    weakref.WeakValueDictionary()
+
+
+def _decoration(row: Row[Any]) -> Decoration:
+    if not (row.subject_prefix or row.header_template or row.footer_template
+            or row.archive_url or row.reply_to != ReplyTo.NONE.value):
+        return NO_DECORATION  # most lists
+    key = (row.subject_prefix, row.reply_to, row.header_template, row.footer_template,
+           row.archive_url)
+    found = _DECORATIONS.get(key)
+    if found is None:
+        found = Decoration(*key)
+        # The key holds the decoration's own strings, not copies of them.
+        _DECORATIONS[(found.subject_prefix, found.reply_to, found.header_template,
+                      found.footer_template, found.archive_url)] = found
+    return found
 
 
 def _message(row: Row[Any]) -> InboundMessage:
@@ -93,6 +159,7 @@ def _message(row: Row[Any]) -> InboundMessage:
         id=row.id, mail_from=row.mail_from, rcpt_tos=tuple(row.rcpt_tos.split("\n")),
         blob=row.blob, size=row.size, received_at=row.received_at, peer=row.peer,
         helo=row.helo, protocol=row.protocol, status=MessageStatus(row.status),
+        header_id=row.header_id,
     )
 
 
@@ -110,6 +177,8 @@ def _sender_rule(row: Row[Any]) -> SenderRule:
 # senders are both in lower case, so SQLite's case-folding LIKE changes nothing.
 _LIKE_ESCAPE = "\\"
 _TO_LIKE = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_", "*": "%", "?": "_"})
+# Text searched for as it is (members_page): every LIKE wildcard escaped.
+_TO_LITERAL_LIKE = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_"})
 
 
 def like_pattern(pattern: str) -> str:
@@ -125,18 +194,20 @@ def _rule_list(action: RuleAction, target: str) -> str:
 def _resolve(conn: Connection, address: str, roles: Mapping[str, str]) -> Resolution:
     """What ``address`` is; ``roles``: the role aliases configured (role -> target).
 
-    The exact address first, then a list's bounce address, then the address without its
-    plus tag (``alias+tag@d`` reaches ``alias@d``), all in one statement; a list or alias
-    of that address comes before a role alias, so an operator may make
-    ``postmaster@<domain>`` a list of their own.
+    The exact address first, then a list's bounce address (also with a VERP token,
+    ``list-bounces+<token>@d``: the token is the resolution's ``detail``), then the
+    address without its plus tag (``alias+tag@d`` reaches ``alias@d``), all in one
+    statement; a list or alias of that address comes before a role alias, so an operator
+    may make ``postmaster@<domain>`` a list of their own.
     """
     local, domain = addresses.split(address)
     candidates = [address]
     bounces = untagged = ""
-    if local.endswith(addresses.BOUNCES_SUFFIX):
-        bounces = f"{local[:-len(addresses.BOUNCES_SUFFIX)]}@{domain}"
-        candidates.append(bounces)
     base, tag = addresses.untagged(address)
+    bounce_local = addresses.split(base)[0] if tag else local
+    if bounce_local.endswith(addresses.BOUNCES_SUFFIX):
+        bounces = f"{bounce_local[:-len(addresses.BOUNCES_SUFFIX)]}@{domain}"
+        candidates.append(bounces)
     if tag:
         untagged = base
         candidates.append(untagged)
@@ -150,7 +221,7 @@ def _resolve(conn: Connection, address: str, roles: Mapping[str, str]) -> Resolu
     if address in found:
         return Resolution("list", found[address])
     if bounces in found:
-        return Resolution("bounces", found[bounces])
+        return Resolution("bounces", found[bounces], tag)
     return Resolution("list", found[untagged])
 
 
@@ -168,13 +239,18 @@ def _active_members(conn: Connection, list_id: int) -> list[str]:
 _LISTS_BY_ADDRESS = select(lists).where(lists.c.address.in_(bindparam("b_addresses",
                                                                       expanding=True)))
 _DOMAIN_ID = select(domains.c.id).where(domains.c.name == bindparam("b_name"))
+# Suppressed addresses (``mailflow suppress``) are left out here, at expansion.
 _ACTIVE_MEMBERS = (select(members.c.address)
                    .where(members.c.list_id == bindparam("b_list_id"),
-                          members.c.status == MemberStatus.ACTIVE.value)
+                          members.c.status == MemberStatus.ACTIVE.value,
+                          bounce_store.not_suppressed(bindparam("b_list_id")))
                    .order_by(members.c.id))
+_ROSTER = select(members.c.address).where(members.c.list_id == bindparam("b_list_id"))
 _MESSAGES_BY_ID = select(messages).where(messages.c.id.in_(bindparam("b_ids", expanding=True)))
 _LISTS_BY_ID = select(lists).where(lists.c.id.in_(bindparam("b_ids", expanding=True)))
-_NEXT_DUE = select(func.min(deliveries.c.due_at)).where(deliveries.c.status.in_(PENDING))
+# The partial index's own predicate, as text: with the statuses as bound parameters
+# SQLite cannot tell the index applies, and scans the table at every idle poll.
+_NEXT_DUE = select(func.min(deliveries.c.due_at)).where(text(PENDING_SQL))
 _LEASES_BY_ID = (select(deliveries.c.id, deliveries.c.lease_owner, deliveries.c.status)
                  .where(deliveries.c.id.in_(bindparam("b_ids", expanding=True))))
 _IDS_PER_LOOKUP = 1000  # ids in one IN list (SQLite allows 32,766 variables)
@@ -190,6 +266,17 @@ _FILTERS_FOR = (select(filter_rules)
                 .where(filter_rules.c.target.in_(bindparam("b_targets", expanding=True)))
                 .order_by(filter_rules.c.target, filter_rules.c.id))
 _FILTER_COUNT = select(func.count()).select_from(filter_rules)
+# The roles of a message's senders on its lists (the posting policy), one statement.
+_ROSTER_ROLES = (select(members.c.list_id, members.c.address, members.c.role)
+                 .where(members.c.list_id.in_(bindparam("b_lists", expanding=True)),
+                        members.c.address.in_(bindparam("b_addresses", expanding=True))))
+
+
+_DKIM_KEY = select(dkim_keys).where(dkim_keys.c.domain == bindparam("b_domain"))
+
+
+def _dkim_key(row: Row[Any]) -> DkimKey:
+    return DkimKey(row.domain, row.selector, row.private_key, row.public_key, row.created_at)
 
 
 def _filter_rule(row: Row[Any]) -> FilterRule:
@@ -208,9 +295,11 @@ _LAST_REPLY = select(autoreply_log.c.replied_at).where(
 class DirectoryView:
     """Directory look-ups on one open connection, remembered for one batch of messages."""
 
-    def __init__(self, conn: Connection, roles: Mapping[str, str]) -> None:
+    def __init__(self, conn: Connection, roles: Mapping[str, str],
+                 verp: Verp | None = None) -> None:
         self._conn = conn
         self._roles = roles
+        self._verp = verp
         self._resolved: dict[str, Resolution] = {}
         self._members: dict[int, list[str]] = {}
         self._with_autoreply: set[int] | None = None  # read once per batch: few rows
@@ -256,15 +345,27 @@ class DirectoryView:
     def note_reply(self, list_id: int, sender: str, now: float) -> None:
         self._replied[(list_id, sender)] = now
 
+    def roster(self, list_id: int) -> list[str]:
+        return list(self._conn.scalars(_ROSTER, {"b_list_id": list_id}))
+
+    def verp_member(self, mailing_list: MailingList, token: str) -> str | None:
+        """One HMAC per member of the list: bounces are rare next to posts."""
+        if self._verp is None:
+            return None
+        return self._verp.member(mailing_list.address, token, self.roster(mailing_list.id))
+
 
 class Repository:
     """Domain operations on the relay's tables."""
 
-    def __init__(self, engines: Engines, roles: Mapping[str, str] | None = None) -> None:
+    def __init__(self, engines: Engines, roles: Mapping[str, str] | None = None,
+                 verp: Verp | None = None) -> None:
         """``roles``: the role aliases configured, role -> target address (see
-        ``model.ROLE_ALIAS_IDS`` and ``Settings.role_addresses``); none by default."""
+        ``model.ROLE_ALIAS_IDS`` and ``Settings.role_addresses``); none by default.
+        ``verp``: what decodes the VERP tokens of bounces (none: bounces are parsed)."""
         self.engines = engines
         self.roles: Mapping[str, str] = dict(roles or {})
+        self.verp = verp
         dialect = sqlite if engines.is_sqlite else postgresql
         self._upsert_insert = dialect.insert
         self._hot = HotStatements.for_dialect(engines.dialect,
@@ -330,6 +431,7 @@ class Repository:
                                f"domain {name} still has {used} list(s) or alias(es)",
                                dependents=used)
             conn.execute(delete(sender_rules).where(sender_rules.c.target == name))
+            conn.execute(delete(dkim_keys).where(dkim_keys.c.domain == name))
             conn.execute(delete(domains).where(domains.c.id == domain_id))
 
     # -- lists and aliases --------------------------------------------------------------
@@ -360,11 +462,28 @@ class Repository:
 
     def update_list(self, address: str, *, kind: ListKind | None = None,
                     name: str | None = None, priority: int | None = None,
-                    forward_style: ForwardStyle | None = None) -> MailingList:
-        """Change the given settings of a list or alias; returns it as stored now."""
-        values: dict[str, Any] = {}
+                    forward_style: ForwardStyle | None = None,
+                    dmarc: DmarcMode | None = None,
+                    posting: PostingPolicy | None = None,
+                    non_member_action: NonMemberAction | None = None,
+                    hold_days: int | None = None,
+                    decoration: Mapping[str, str] | None = None,
+                    personalize: bool | None = None,
+                    bounce_threshold: float | None = None) -> MailingList:
+        """Change the given settings of a list or alias; returns it as stored now.
+
+        ``decoration``: new values of :class:`~mailflow.model.Decoration` fields by name.
+        """
+        values: dict[str, Any] = dict(decoration or {})
+        for column, value in (("posting", posting), ("non_member_action", non_member_action),
+                              ("hold_days", hold_days), ("personalize", personalize),
+                              ("bounce_threshold", bounce_threshold)):
+            if value is not None:
+                values[column] = value
         if forward_style is not None:
             values["forward_style"] = forward_style.value
+        if dmarc is not None:
+            values["dmarc"] = dmarc.value
         if kind is not None:
             values["kind"] = kind.value
         if name is not None:
@@ -408,7 +527,7 @@ class Repository:
                 raise NotFound("list", address)
             failed = conn.execute(
                 update(deliveries)
-                .where(deliveries.c.list_id == list_id, deliveries.c.status.in_(PENDING))
+                .where(deliveries.c.list_id == list_id, deliveries.c.status.in_(UNFINISHED))
                 .values(status=DeliveryStatus.FAILED.value, updated_at=now,
                         last_reply="list deleted before delivery", lease_owner=None)
             ).rowcount
@@ -417,6 +536,9 @@ class Repository:
             conn.execute(delete(autoreplies).where(autoreplies.c.list_id == list_id))
             conn.execute(delete(autoreply_log).where(autoreply_log.c.list_id == list_id))
             conn.execute(delete(filter_rules).where(filter_rules.c.target == address))
+            conn.execute(delete(held_posts).where(held_posts.c.list_id == list_id))
+            conn.execute(delete(suppressions).where(suppressions.c.target == address))
+            conn.execute(delete(bounce_events).where(bounce_events.c.list_id == list_id))
             conn.execute(delete(lists).where(lists.c.id == list_id))
         return failed
 
@@ -558,6 +680,68 @@ class Repository:
         with self.engines.reader.connect() as conn:
             return int(conn.scalar(_FILTER_COUNT) or 0)
 
+    # -- SES notifications taken ---------------------------------------------------------
+
+    def ses_outcome(self, ses_message_id: str) -> tuple[str, str] | None:
+        """(status, our message id) of an SES ``mail.messageId`` handled before, or None."""
+        with self.engines.reader.connect() as conn:
+            row = conn.execute(select(ses_received.c.status, ses_received.c.message_id)
+                               .where(ses_received.c.ses_message_id == ses_message_id)).first()
+        return None if row is None else (row.status, row.message_id)
+
+    def note_ses_outcome(self, ses_message_id: str, status: str, message_id: str,
+                         now: float) -> None:
+        """Remember what became of an SES message; a second note of it changes nothing.
+
+        Relaxed: the message itself is durable already; losing this note in a power
+        failure costs one duplicate copy if SES's notification comes again."""
+        with self._relaxed_transaction() as conn:
+            conn.execute(self._upsert_insert(ses_received).values(
+                ses_message_id=ses_message_id, status=status, message_id=message_id,
+                received_at=now).on_conflict_do_nothing())
+
+    def purge_ses_outcomes(self, before: float) -> int:
+        """Forget SES messages handled before ``before`` (SNS and SQS stop redelivering
+        long before the message retention runs out)."""
+        with self.engines.writer.begin() as conn:
+            return conn.execute(delete(ses_received)
+                                .where(ses_received.c.received_at < before)).rowcount
+    # -- DKIM keys ------------------------------------------------------------------------
+
+    def put_dkim_key(self, key: DkimKey, *, replace: bool = False) -> None:
+        """Store a served domain's key; :class:`Conflict` if it has one and not ``replace``."""
+        with self.engines.writer.begin() as conn:
+            if conn.scalar(select(domains.c.id).where(domains.c.name == key.domain)) is None:
+                raise NotFound("domain", key.domain)
+            old = conn.scalar(select(dkim_keys.c.selector)
+                              .where(dkim_keys.c.domain == key.domain))
+            if old is not None and not replace:
+                raise Conflict("dkim", key.domain, f"{key.domain} has a DKIM key already "
+                               f"(selector {old})")
+            conn.execute(delete(dkim_keys).where(dkim_keys.c.domain == key.domain))
+            conn.execute(insert(dkim_keys).values(
+                domain=key.domain, selector=key.selector, private_key=key.private_key,
+                public_key=key.public_key, created_at=key.created_at))
+
+    def dkim_keys(self) -> list[DkimKey]:
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(select(dkim_keys).order_by(dkim_keys.c.domain)).all()
+        return [_dkim_key(row) for row in rows]
+
+    def dkim_key(self, domain: str) -> DkimKey | None:
+        """The key copies of ``domain`` are signed with (the send path asks this)."""
+        with self.engines.reader.connect() as conn:
+            row = conn.execute(_DKIM_KEY, {"b_domain": domain}).first()
+        return None if row is None else _dkim_key(row)
+
+    def remove_dkim_key(self, domain: str) -> DkimKey:
+        with self.engines.writer.begin() as conn:
+            row = conn.execute(_DKIM_KEY, {"b_domain": domain}).first()
+            if row is None:
+                raise NotFound("dkim", domain)
+            conn.execute(delete(dkim_keys).where(dkim_keys.c.domain == domain))
+        return _dkim_key(row)
+
     # -- held messages ------------------------------------------------------------------
 
     def held_messages(self, limit: int = 1000) -> list[HeldMessage]:
@@ -594,6 +778,121 @@ class Repository:
             self._add_events(conn, [Event("discarded", "held message discarded by an owner",
                                           message_id)], now)
 
+    def held_message(self, message_id: str) -> tuple[InboundMessage, dict[str, str]]:
+        """A held message and why it is held, by recipient (from its ``held`` events)."""
+        with self.engines.reader.connect() as conn:
+            row = conn.execute(select(messages).where(
+                messages.c.id == message_id,
+                messages.c.status == MessageStatus.HELD.value)).first()
+            if row is None:
+                raise NotFound("message", message_id, f"no held message {message_id}")
+            return _message(row), self._hold_reasons(conn, [message_id]).get(message_id, {})
+
+    @staticmethod
+    def _hold_reasons(conn: Connection, ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Why each message is held, by recipient: its ``held`` events say
+        ``recipient: reason`` (see the accept service)."""
+        found: dict[str, dict[str, str]] = {}
+        for message_id, detail in conn.execute(
+                select(events.c.message_id, events.c.detail)
+                .where(events.c.message_id.in_(list(ids)), events.c.kind == "held")
+                .order_by(events.c.id)):
+            rcpt, _, reason = str(detail).partition(": ")
+            found.setdefault(message_id, {})[rcpt] = reason
+        return found
+
+    def unannounced_held(self, limit: int) -> list[tuple[InboundMessage, dict[str, str]]]:
+        """Held messages the moderators were not told about yet, oldest first, each with
+        why it is held (by recipient)."""
+        announced = select(held_posts.c.message_id).where(
+            held_posts.c.message_id == messages.c.id).exists()
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(select(messages).where(
+                messages.c.status == MessageStatus.HELD.value, ~announced)
+                .order_by(messages.c.received_at).limit(limit)).all()
+            reasons = self._hold_reasons(conn, [r.id for r in rows]) if rows else {}
+        return [(_message(r), reasons.get(r.id, {})) for r in rows]
+
+    def moderators(self, list_ids: Sequence[int],
+                   roles: Sequence[MemberRole] = (MemberRole.OWNER, MemberRole.MODERATOR)
+                   ) -> dict[int, list[str]]:
+        """The active members of each list with one of ``roles`` (by default its owners
+        and moderators), by list id."""
+        found: dict[int, list[str]] = {}
+        if not list_ids:
+            return found
+        with self.engines.reader.connect() as conn:
+            for row in conn.execute(select(members.c.list_id, members.c.address).where(
+                    members.c.list_id.in_(list(list_ids)),
+                    members.c.status == MemberStatus.ACTIVE.value,
+                    members.c.role.in_([role.value for role in roles]))
+                    .order_by(members.c.id)):
+                found.setdefault(row.list_id, []).append(row.address)
+        return found
+
+    def announce_held(self, posts: Sequence[HeldPost], notices: Sequence[GeneratedMessage],
+                      planned: Sequence[NewDelivery], now: float) -> bool:
+        """Record held posts with the notices to their moderators, in one transaction;
+        nothing if the message is no longer held or was announced already (so each
+        notice is sent once).  Returns whether they were recorded."""
+        ids = {p.message_id for p in posts}
+        with self.engines.writer.begin() as conn:
+            still = set(conn.scalars(select(messages.c.id).where(
+                messages.c.id.in_(list(ids)), messages.c.status == MessageStatus.HELD.value)))
+            done = set(conn.scalars(select(held_posts.c.message_id).where(
+                held_posts.c.message_id.in_(list(ids)))))
+            if still != ids or done:
+                return False
+            conn.execute(insert(held_posts), [
+                {"message_id": p.message_id, "list_id": p.list_id, "author": p.author,
+                 "reason": p.reason, "created_at": now, "expires_at": p.expires_at}
+                for p in posts])
+            tx = WriteTransaction(self, conn)
+            tx.insert_generated(notices, now)
+            tx.insert_deliveries(planned, now)
+            tx.add_events([Event("moderators_notified", f"{p.list_address}: "
+                                 f"{len([d for d in planned if d.list_id == p.list_id])} "
+                                 "owner(s) and moderator(s) told", p.message_id)
+                           for p in posts], now)
+        return True
+
+    def expire_held(self, now: float, limit: int) -> list[str]:
+        """Discard held posts whose time is up (a bounded batch, oldest first); returns
+        their message ids."""
+        with self.engines.writer.begin() as conn:
+            due = list(dict.fromkeys(conn.scalars(
+                select(held_posts.c.message_id).where(held_posts.c.expires_at <= now)
+                .order_by(held_posts.c.expires_at).limit(limit))))
+            expired = []
+            for message_id in due:
+                try:
+                    self._take_held(conn, message_id, MessageStatus.DONE, now)
+                except NotFound:  # approved or discarded meanwhile: only the rows remain
+                    conn.execute(delete(held_posts).where(
+                        held_posts.c.message_id == message_id))
+                    continue
+                expired.append(message_id)
+            if expired:
+                self._release_blobs(conn, list(conn.scalars(
+                    select(messages.c.blob).where(messages.c.id.in_(expired)))), now)
+                self._add_events(conn, [Event("expired", "held post expired unmoderated; "
+                                                         "discarded", m) for m in expired], now)
+        return expired
+
+    def reject_held(self, message_id: str, reason: str, notices: Sequence[GeneratedMessage],
+                    planned: Sequence[NewDelivery], now: float) -> None:
+        """Drop a held message as refused by a moderator, and queue the notice to its
+        author (if any) in the same transaction."""
+        with self.engines.writer.begin() as conn:
+            self._take_held(conn, message_id, MessageStatus.DONE, now)
+            self._release_blobs(conn, list(conn.scalars(
+                select(messages.c.blob).where(messages.c.id == message_id))), now)
+            tx = WriteTransaction(self, conn)
+            tx.insert_generated(notices, now)
+            tx.insert_deliveries(planned, now)
+            detail = "rejected by a moderator" + (f": {reason}" if reason else "")
+            tx.add_events([Event("rejected", detail, message_id)], now)
+
     def _take_held(self, conn: Connection, message_id: str, status: MessageStatus,
                    now: float) -> None:
         changed = conn.execute(update(messages).where(
@@ -601,16 +900,19 @@ class Repository:
             .values(status=status.value, updated_at=now)).rowcount
         if not changed:
             raise NotFound("message", message_id, f"no held message {message_id}")
+        conn.execute(delete(held_posts).where(held_posts.c.message_id == message_id))
 
     # -- members ------------------------------------------------------------------------
 
     def add_members(self, list_address: str, new: Iterable[str], now: float,
                     status: MemberStatus = MemberStatus.ACTIVE,
-                    names: Mapping[str, str] | None = None) -> AddedMembers:
+                    names: Mapping[str, str] | None = None,
+                    role: MemberRole | None = None) -> AddedMembers:
         """Add addresses to a roster, with the display names in ``names`` (by address).
 
         A member already there keeps its status; a non-empty name given for it replaces
-        its name (an empty one never clears it).
+        its name (an empty one never clears it).  New members get ``role`` (``member``
+        if None); a ``role`` given is set on the members already there too.
         """
         wanted = list(dict.fromkeys(new))
         names = names or {}
@@ -619,16 +921,26 @@ class Repository:
             existing: dict[str, str] = {row.address: row.name for row in conn.execute(
                 select(members.c.address, members.c.name).where(members.c.list_id == list_id))}
             rows = [{"list_id": list_id, "address": a, "status": status.value,
-                     "created_at": now, "name": names.get(a, "")}
+                     "created_at": now, "name": names.get(a, ""),
+                     "role": (role or MemberRole.MEMBER).value}
                     for a in wanted if a not in existing]
             if rows:
                 conn.execute(insert(members), rows)
+            if role is not None:
+                self._set_role(conn, list_id, [a for a in wanted if a in existing], role)
             renamed = [{"b_address": a, "b_name": names[a]} for a in wanted
                        if a in existing and names.get(a) and names[a] != existing[a]]
             if renamed:
                 conn.execute(update(members).where(members.c.list_id == list_id,
                                                    members.c.address == bindparam("b_address"))
                              .values(name=bindparam("b_name")), renamed)
+        if len(rows) >= ANALYZE_AFTER_MEMBERS and not self.engines.is_sqlite:
+            # PostgreSQL's statistics would still say the roster is small until
+            # autovacuum's next round, and it would sort the whole roster for each
+            # page instead of reading the (list_id, address) index in order.
+            with self.engines.writer.connect() as conn:
+                conn.exec_driver_sql("ANALYZE members")
+                conn.commit()
         return AddedMembers(len(rows), len(wanted) - len(rows), len(renamed))
 
     def remove_members(self, list_address: str, gone: Iterable[str]) -> int:
@@ -644,6 +956,118 @@ class Repository:
             list_id = self._list_id(conn, list_address)
             rows = conn.execute(select(members).where(members.c.list_id == list_id)
                                 .order_by(members.c.address)).all()
+        return [Member(list_id=r.list_id, address=r.address, status=MemberStatus(r.status),
+                       created_at=r.created_at, name=r.name, role=MemberRole(r.role),
+                       bounce_score=r.bounce_score, last_bounce_at=r.last_bounce_at)
+                for r in rows]
+
+    def member_name(self, list_id: int, address: str) -> str:
+        """A member's display name ('' if none, or no longer a member)."""
+        with self.engines.reader.connect() as conn:
+            return conn.scalar(select(members.c.name).where(
+                members.c.list_id == list_id, members.c.address == address)) or ""
+
+    def set_role(self, list_address: str, addresses_: Sequence[str], role: MemberRole) -> int:
+        """Give members of a list ``role``; returns how many of them are members."""
+        with self.engines.writer.begin() as conn:
+            return self._set_role(conn, self._list_id(conn, list_address), addresses_, role)
+
+    @staticmethod
+    def _set_role(conn: Connection, list_id: int, addresses_: Sequence[str],
+                  role: MemberRole) -> int:
+        if not addresses_:
+            return 0
+        return int(conn.execute(update(members).where(
+            members.c.list_id == list_id, members.c.address.in_(list(addresses_)))
+            .values(role=role.value)).rowcount)
+
+    def roster_roles(self, list_ids: Sequence[int], addresses_: Sequence[str]
+                     ) -> dict[tuple[int, str], MemberRole]:
+        """The role of each of ``addresses_`` on each of the lists, where it is a member:
+        what the posting policy needs for a whole message, in one statement."""
+        if not list_ids or not addresses_:
+            return {}
+        with self.engines.reader.connect() as conn:
+            return {(row.list_id, row.address): MemberRole(row.role)
+                    for row in conn.execute(_ROSTER_ROLES, {"b_lists": list(list_ids),
+                                                            "b_addresses": list(addresses_)})}
+
+    def enable_members(self, list_address: str, wanted: Iterable[str]) -> int:
+        """Make members active again with a clean bounce record (after a bounce or a
+        complaint disabled or unsubscribed them); returns how many were not active.
+
+        A suppression stays: it is lifted on its own (``mailflow suppress remove``).
+        """
+        with self.engines.writer.begin() as conn:
+            list_id = self._list_id(conn, list_address)
+            return conn.execute(update(members).where(
+                members.c.list_id == list_id, members.c.address.in_(list(wanted)),
+                members.c.status != MemberStatus.ACTIVE.value).values(
+                status=MemberStatus.ACTIVE.value, bounce_score=0.0, last_bounce_at=None,
+                disabled_at=None, warnings_sent=0, last_warning_at=None)).rowcount
+
+    # -- bounces and suppressions -------------------------------------------------------
+
+    def count_bounces(self, reports: Sequence[BounceReport], now: float) -> list[Event]:
+        """Count bounces against members (what the processing chain does in its
+        transaction); returns the events written."""
+        with self.engines.writer.begin() as conn:
+            events = bounce_store.count_bounces(conn, reports, now)
+            self._add_events(conn, events, now)
+        return events
+
+    def bounce_events(self, list_address: str | None = None,
+                      limit: int = 1000) -> list[BounceEventRow]:
+        """The newest bounces counted or seen, of one list or of all."""
+        query = (select(bounce_events, lists.c.address.label("list_address"))
+                 .join(lists, lists.c.id == bounce_events.c.list_id)
+                 .order_by(bounce_events.c.created_at.desc(), bounce_events.c.id.desc())
+                 .limit(limit))
+        with self.engines.reader.connect() as conn:
+            if list_address is not None:
+                query = query.where(bounce_events.c.list_id == self._list_id(conn,
+                                                                             list_address))
+            return [BounceEventRow(r.list_address, r.address, r.kind, r.source, bool(r.counted),
+                                   r.detail, r.created_at) for r in conn.execute(query)]
+
+    def add_suppression(self, entry: Suppression) -> bool:
+        """Whether it was new; a list target must exist."""
+        with self.engines.writer.begin() as conn:
+            if entry.target:
+                self._list_id(conn, entry.target)
+            return bounce_store.suppress(conn, entry.address, entry.target, entry.reason,
+                                         entry.created_at)
+
+    def remove_suppression(self, address: str, target: str) -> None:
+        with self.engines.writer.begin() as conn:
+            gone = conn.execute(delete(suppressions).where(
+                suppressions.c.address == address, suppressions.c.target == target)).rowcount
+        if not gone:
+            where = f" for {target}" if target else ""
+            raise NotFound("suppression", address, f"<{address}> is not suppressed{where}")
+
+    def suppressions(self, target: str | None = None) -> list[Suppression]:
+        query = select(suppressions).order_by(suppressions.c.target, suppressions.c.address)
+        if target is not None:
+            query = query.where(suppressions.c.target == target)
+        with self.engines.reader.connect() as conn:
+            return [Suppression(r.address, r.target, r.reason, r.created_at)
+                    for r in conn.execute(query)]
+
+    def members_page(self, list_address: str, limit: int, after: str = "",
+                     search: str = "") -> list[Member]:
+        """Up to ``limit`` members by address, those after ``after`` (a cursor), whose
+        address or name contains ``search`` (any case): one indexed range read."""
+        query = (select(members).order_by(members.c.address).limit(limit))
+        if after:
+            query = query.where(members.c.address > after)
+        if search:
+            like = f"%{search.translate(_TO_LITERAL_LIKE)}%"
+            query = query.where(or_(members.c.address.ilike(like, escape=_LIKE_ESCAPE),
+                                    members.c.name.ilike(like, escape=_LIKE_ESCAPE)))
+        with self.engines.reader.connect() as conn:
+            list_id = self._list_id(conn, list_address)
+            rows = conn.execute(query.where(members.c.list_id == list_id)).all()
         return [Member(list_id=r.list_id, address=r.address, status=MemberStatus(r.status),
                        created_at=r.created_at, name=r.name) for r in rows]
 
@@ -768,10 +1192,16 @@ class Repository:
         if stale:
             refused = {id(o) for o in stale}
             attempted = [o for o in attempted if id(o) not in refused]
+        record_provider_ids(conn, [(o.delivery_id, o.provider_id)
+                                   for o in attempted if o.provider_id])
         self._add_events(conn, [
             Event(o.status.value, o.reply[:1000], o.message_id or None, o.delivery_id)
             for o in attempted if o.status is not DeliveryStatus.DELIVERED
         ], now)
+        # A 5xx reply to a list's copy counts against the member (bounce processing).
+        reports = bounce_store.delivery_reports(conn, attempted)
+        if reports:
+            self._add_events(conn, bounce_store.count_bounces(conn, reports, now), now)
         return stale
 
     def _stale(self, conn: Connection, outcomes: Sequence[Outcome]) -> list[Outcome]:
@@ -789,6 +1219,28 @@ class Repository:
                 _LEASES_BY_ID, {"b_ids": ids[start:start + _IDS_PER_LOOKUP]}))
         return [o for o in outcomes
                 if rows.get(o.delivery_id) != (o.lease, o.status.value)]
+
+    def apply_provider_feedback(self, now: float, provider_id: str,
+                                feedback: Sequence[ProviderFeedback]) -> list[SentCopy]:
+        """A provider's notification about the copy it calls ``provider_id``: each
+        matching delivery gets an event, and those it fails are failed.  Returns the
+        deliveries it concerns (none: not ours, or long purged)."""
+        by_recipient = {f.recipient.lower(): f for f in feedback}
+        with self.engines.writer.begin() as conn:
+            # The database's lower() may fold fewer characters than Python's: a copy
+            # it matched that Python's does not is left alone.
+            matched = [(copy, found) for copy in sent_copies(conn, provider_id,
+                                                             list(by_recipient))
+                       if (found := by_recipient.get(copy.recipient.lower())) is not None]
+            fail_delivered(conn, now, [(c, f) for c, f in matched if f.fails])
+            self._add_events(conn, [Event(f.kind.value, f.detail[:1000], c.message_id,
+                                          c.delivery_id) for c, f in matched], now)
+        return [copy for copy, _ in matched]
+
+    def list_address_sent_as(self, provider_ids: Sequence[str]) -> str | None:
+        """The list or alias one of the provider's ids was sent for (a bounce mail's)."""
+        with self.engines.reader.connect() as conn:
+            return list_address_sent_as(conn, provider_ids)
 
     def renew_leases(self, now: float, until: float,
                      leases: Sequence[tuple[int, str]]) -> list[int]:
@@ -836,7 +1288,7 @@ class Repository:
         """Mark queued messages whose deliveries are all final as done; release blobs."""
         pending = (select(deliveries.c.id)
                    .where(deliveries.c.message_id == messages.c.id,
-                          deliveries.c.status.in_(PENDING)).exists())
+                          deliveries.c.status.in_(UNFINISHED)).exists())
         with self.engines.writer.begin() as conn:
             ids = list(conn.scalars(
                 select(messages.c.id)
@@ -886,8 +1338,17 @@ class Repository:
                 unlink(hashes)
         return len(hashes)
 
+    def known_blobs(self, digests: Sequence[str]) -> set[str]:
+        """Which of ``digests`` have a row (referenced, or released and not collected)."""
+        if not digests:
+            return set()
+        with self.engines.reader.connect() as conn:
+            return set(conn.scalars(select(blobs.c.hash).where(blobs.c.hash.in_(digests))))
+
     def purge_messages(self, done_before: float, limit: int = 1000) -> int:
-        """Forget done messages (their deliveries and events too) older than the cutoff."""
+        """Forget done messages (their deliveries and events too) older than the cutoff,
+        and events of no message as old; returns the rows of messages and of such events
+        removed (``limit`` at most of each: one short write transaction)."""
         with self.engines.writer.begin() as conn:
             ids = list(conn.scalars(
                 select(messages.c.id)
@@ -898,7 +1359,61 @@ class Repository:
                 conn.execute(delete(events).where(events.c.message_id.in_(ids)))
                 conn.execute(delete(deliveries).where(deliveries.c.message_id.in_(ids)))
                 conn.execute(delete(messages).where(messages.c.id.in_(ids)))
-        return len(ids)
+            orphans = list(conn.scalars(
+                select(events.c.id)
+                .where(events.c.message_id.is_(None), events.c.created_at <= done_before)
+                .limit(limit)))
+            if orphans:
+                conn.execute(delete(events).where(events.c.id.in_(orphans)))
+        return len(ids) + len(orphans)
+
+    def vacuum(self) -> bool:
+        """SQLite: rewrite the file compactly and make it shrink after purges from now on
+        (``auto_vacuum=INCREMENTAL``, which an existing database takes only with a
+        VACUUM); False on PostgreSQL, whose autovacuum needs no help."""
+        if not self.engines.is_sqlite:
+            return False
+        raw = self.engines.writer.raw_connection()
+        try:
+            driver = raw.driver_connection
+            assert driver is not None
+            driver.executescript("PRAGMA auto_vacuum=INCREMENTAL; VACUUM;")
+        finally:
+            raw.close()
+        return True
+
+    def reclaim_space(self, max_pages: int) -> int:
+        """SQLite: give free pages back to the file system; returns how many.
+
+        Purged rows leave free pages that new rows reuse, so under steady load the file
+        stops growing by itself; after a peak, the file would keep its peak size.  With
+        ``auto_vacuum=INCREMENTAL`` (every database created since that setting, see
+        engine.py; ``mailflow vacuum`` converts an older one) this truncates the file
+        while free pages are more than a quarter of it, down to a tenth, ``max_pages``
+        per call so the writer is never held for long.  PostgreSQL's autovacuum does
+        the same on its own: nothing to do there.
+        """
+        if not self.engines.is_sqlite:
+            return 0
+        raw = self.engines.writer.raw_connection()
+        try:
+            driver = raw.driver_connection
+            assert driver is not None
+
+            def pragma(name: str) -> int:
+                return int(driver.execute(f"PRAGMA {name}").fetchone()[0])
+
+            if pragma("auto_vacuum") != INCREMENTAL_VACUUM:
+                return 0
+            free, total = pragma("freelist_count"), pragma("page_count")
+            if free < RECLAIM_MIN_PAGES or free * 4 < total:
+                return 0
+            # executescript steps the pragma to its end (a plain execute frees one page),
+            # outside any transaction (this connection's BEGIN is the engine's own).
+            driver.executescript(f"PRAGMA incremental_vacuum({min(max_pages, free - total // 10)})")
+            return free - pragma("freelist_count")
+        finally:
+            raw.close()
 
     # -- inspection ---------------------------------------------------------------------
 
@@ -922,6 +1437,25 @@ class Repository:
                  .order_by(deliveries.c.id.desc()).limit(limit))
         if status:
             query = query.where(deliveries.c.status == status)
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(query).all()
+        return [DeliveryRow(id=r.id, message_id=r.message_id,
+                            list_address=r.list_address or _role_address(r.list_id),
+                            recipient=r.recipient, status=r.status, attempts=r.attempts,
+                            due_at=r.due_at, created_at=r.created_at, updated_at=r.updated_at,
+                            last_reply=r.last_reply)
+                for r in rows]
+
+    def deliveries_page(self, limit: int, before_id: int | None = None,
+                        status: str | None = None) -> list[DeliveryRow]:
+        """Deliveries newest first, those older than ``before_id`` (a cursor)."""
+        query = (select(deliveries, lists.c.address.label("list_address"))
+                 .outerjoin(lists, lists.c.id == deliveries.c.list_id)
+                 .order_by(deliveries.c.id.desc()).limit(limit))
+        if status:
+            query = query.where(deliveries.c.status == status)
+        if before_id is not None:
+            query = query.where(deliveries.c.id < before_id)
         with self.engines.reader.connect() as conn:
             rows = conn.execute(query).all()
         return [DeliveryRow(id=r.id, message_id=r.message_id,
@@ -978,7 +1512,7 @@ class WriteTransaction:
         self._repo = repo
         self._conn = conn
         self._hot = repo._hot
-        self.directory = DirectoryView(conn, repo.roles)
+        self.directory = DirectoryView(conn, repo.roles, repo.verp)
 
     def upsert_blobs(self, batch: Sequence[InboundMessage], now: float,
                      bodies: Mapping[str, bytes]) -> None:
@@ -1002,7 +1536,8 @@ class WriteTransaction:
         self._hot.insert_message.execute_many(self._conn, [
             (m.id, m.mail_from, "\n".join(m.rcpt_tos), m.blob, m.size, m.received_at,
              m.peer, m.helo, m.protocol,
-             statuses.get(m.id, held if m.status is held else received).value, now)
+             statuses.get(m.id, held if m.status is held else received).value, now,
+             m.header_id)
             for m in batch])
 
     def insert_generated(self, generated: Sequence[GeneratedMessage], now: float) -> None:
@@ -1075,3 +1610,16 @@ class WriteTransaction:
     def record_outcomes(self, outcomes: Sequence[Outcome], now: float) -> list[Outcome]:
         """The scheduler's outcomes; returns those not applied (their leases were lost)."""
         return self._repo._record(self._conn, now, outcomes)
+
+    def count_bounces(self, reports: Sequence[BounceReport], now: float) -> None:
+        """Bounces the processing chain found, counted against their members."""
+        if reports:
+            self.add_events(bounce_store.count_bounces(self._conn, reports, now), now)
+
+    def bounces_owed(self, now: float, policy: BouncePolicy,
+                     limit: int) -> list[bounce_store.Owed]:
+        """Members owed a score reset, a warning or their removal now."""
+        return bounce_store.owed(self._conn, now, policy, limit, _list)
+
+    def settle_bounces(self, done: Sequence[bounce_store.Owed], now: float) -> None:
+        bounce_store.settle(self._conn, done, now)

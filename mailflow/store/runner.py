@@ -18,6 +18,7 @@ from typing import ParamSpec, TypeVar
 from mailflow.errors import StorageUnavailable
 from mailflow.store.engine import Engines
 from mailflow.store.repository import Repository
+from mailflow.verp import Verp
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,8 @@ T = TypeVar("T")
 
 class StoreRunner:
     def __init__(self, engines: Engines, pool_size: int = 4,
-                 roles: Mapping[str, str] | None = None) -> None:
-        self.repo = Repository(engines, roles)
+                 roles: Mapping[str, str] | None = None, verp: Verp | None = None) -> None:
+        self.repo = Repository(engines, roles, verp)
         self.engines = engines
         if engines.is_sqlite:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="mailflow-db-write")

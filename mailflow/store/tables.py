@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -16,10 +17,12 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 
@@ -52,6 +55,21 @@ lists = Table(
     Column("priority", Integer, nullable=False, server_default="0"),
     Column("created_at", Float, nullable=False),
     Column("forward_style", String(8), nullable=False, server_default="resend"),
+    Column("dmarc", String(8), nullable=False, server_default="never"),
+    # Posting policy and moderation (``mailflow list update --posting ...``).
+    Column("posting", String(16), nullable=False, server_default="open"),
+    Column("non_member_action", String(8), nullable=False, server_default="reject"),
+    Column("hold_days", Integer, nullable=False, server_default="14"),
+    # Decoration of the list's copies (0010_list_decoration; model.Decoration).
+    Column("subject_prefix", String(100), nullable=False, server_default=""),
+    Column("reply_to", String(320), nullable=False, server_default="none"),
+    Column("header_template", Text, nullable=False, server_default=""),
+    Column("footer_template", Text, nullable=False, server_default=""),
+    Column("archive_url", String(500), nullable=False, server_default=""),
+    # One copy per member with a VERP envelope sender (``mailflow list update --personalize``).
+    Column("personalize", Boolean, nullable=False, server_default="0"),
+    # The bounce score at which a member is disabled (``--bounce-threshold``).
+    Column("bounce_threshold", Float, nullable=False, server_default="5"),
 )
 
 members = Table(
@@ -64,6 +82,14 @@ members = Table(
     Column("created_at", Float, nullable=False),
     # Display name; the directory refuses control characters and more than 200.
     Column("name", String(200), nullable=False, server_default=""),
+    Column("role", String(16), nullable=False, server_default="member"),
+    # Bounce processing (``mailflow/bounce_score.py``): the score and when it last rose,
+    # when the member was disabled for bouncing, and the warnings sent since.
+    Column("bounce_score", Float, nullable=False, server_default="0"),
+    Column("last_bounce_at", Float, nullable=True),
+    Column("disabled_at", Float, nullable=True),
+    Column("warnings_sent", Integer, nullable=False, server_default="0"),
+    Column("last_warning_at", Float, nullable=True),
     UniqueConstraint("list_id", "address", name="uq_members_list_address"),
 )
 
@@ -93,7 +119,11 @@ messages = Table(
     Column("protocol", String(16), nullable=False, server_default="ESMTP"),
     Column("status", String(16), nullable=False),
     Column("updated_at", Float, nullable=False),
+    # The Message-ID header field's value (bounded, control characters removed), for
+    # ``mailflow trace``; '' when the message has none.
+    Column("header_id", String(255), nullable=False, server_default=""),
     Index("ix_messages_status", "status"),
+    Index("ix_messages_header_id", "header_id"),
 )
 
 PENDING_SQL = "status IN ('queued', 'in_flight', 'deferred')"
@@ -114,7 +144,11 @@ deliveries = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("last_reply", Text, nullable=True),
+    # The egress provider's id of the copy (Amazon SES's MessageId), which its bounce,
+    # complaint and delivery notifications name.
+    Column("provider_message_id", String(100), nullable=True),
     Index("ix_deliveries_message", "message_id"),
+    Index("ix_deliveries_provider_message", "provider_message_id"),
     Index(
         "ix_deliveries_due",
         text("priority DESC"),
@@ -191,4 +225,119 @@ filter_rules = Table(
     Column("text", String(500), nullable=False, server_default=""),
     Column("created_at", Float, nullable=False),
     Index("ix_filter_rules_target", "target", "id"),
+)
+
+# Held posts the moderators were told about: one row per held message and list, written
+# when the notice is (so each is sent once), with the reason and when the post expires.
+# The message itself is the ``messages`` row whose status is ``held``; the rows go when
+# it is approved, rejected, discarded or expired.
+held_posts = Table(
+    "held_posts",
+    metadata,
+    Column("message_id", String(32), primary_key=True),
+    Column("list_id", Integer, primary_key=True),
+    Column("author", String(320), nullable=False, server_default=""),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_held_posts_expires", "expires_at"),
+)
+
+# Every bounce or complaint that named a member (``mailflow bounces ls``): ``kind``
+# permanent, temporary or complaint; ``source`` verp, dsn, delivery or arf; ``counted``
+# whether it raised the score (at most once a day).
+bounce_events = Table(
+    "bounce_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("list_id", Integer, nullable=False),
+    Column("address", String(320), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("counted", Boolean, nullable=False),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("created_at", Float, nullable=False),
+    Index("ix_bounce_events_list", "list_id", "created_at"),
+)
+
+# Addresses no copy is sent to (``mailflow suppress``), checked when a message is
+# expanded: ``target`` '' for every list, else one list's address (not NULL, so the
+# unique constraint sees two global entries of one address as equal).
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("target", String(320), nullable=False, server_default=""),
+    Column("address", String(320), nullable=False),
+    Column("reason", String(200), nullable=False, server_default=""),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("address", "target", name="uq_suppressions_entry"),
+)
+
+# SES notifications already handled (the Amazon SES ingress), by SES ``mail.messageId``:
+# SNS and SQS redeliver, and a second arrival is acknowledged without a second copy.
+ses_received = Table(
+    "ses_received",
+    metadata,
+    Column("ses_message_id", String(255), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("message_id", String(64), nullable=False, server_default=""),
+    Column("received_at", Float, nullable=False),
+    Index("ix_ses_received_at", "received_at"),
+)
+
+# One DKIM signing key per domain (PEM private key, base64 DER public key for DNS).
+dkim_keys = Table(
+    "dkim_keys",
+    metadata,
+    Column("domain", String(253), primary_key=True),
+    Column("selector", String(63), nullable=False),
+    Column("private_key", Text, nullable=False),
+    Column("public_key", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# Who may use the API (issue 14): users with argon2 password hashes, their roles on
+# lists (owner or moderator), API tokens (SHA-256 digests; no user: a site token),
+# and the audit log of every change made through the API.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("password_hash", String(200), nullable=False),
+    Column("is_admin", Boolean, nullable=False, server_default=false()),
+    Column("created_at", Float, nullable=False),
+)
+
+list_roles = Table(
+    "list_roles",
+    metadata,
+    Column("list_id", Integer, ForeignKey("lists.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("role", String(16), nullable=False),
+    PrimaryKeyConstraint("list_id", "user_id", name="pk_list_roles"),
+    Index("ix_list_roles_user", "user_id"),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
+    Column("scope", String(8), nullable=False),
+    Column("label", String(200), nullable=False, server_default=""),
+    Column("created_at", Float, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("actor", String(320), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(320), nullable=False, server_default=""),
+    Column("detail", Text, nullable=False, server_default=""),
 )

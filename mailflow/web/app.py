@@ -4,29 +4,69 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 from collections.abc import Iterator, Sequence
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import uvicorn
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mailflow import __version__
+from mailflow.errors import Forbidden
 from mailflow.metrics import REGISTRY
+from mailflow.services.gauges import QueueGauges
+from mailflow.services.readiness import Readiness
 from mailflow.store.runner import StoreRunner
-from mailflow.web.problems import problem
+from mailflow.web.api.deps import ApiDeps, authenticate
+from mailflow.web.api.docs import OPENAPI_PATH
+from mailflow.web.api.setup import install_api, problem_openapi
+from mailflow.web.problems import install_problem_handlers, problem
 
 log = logging.getLogger(__name__)
 
+#: Who may read ``/metrics`` and ``/v1/queue`` (setting ``monitoring_access``).
+MonitoringAccess = Literal["loopback", "token", "open"]
 
-def create_app(runner: StoreRunner, routers: Sequence[APIRouter] = ()) -> FastAPI:
-    app = FastAPI(title="MailFlow Relay", version=__version__)
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(runner: StoreRunner, routers: Sequence[APIRouter] = (), *,
+               readiness: Readiness | None = None, gauges: QueueGauges | None = None,
+               api: ApiDeps | None = None,
+               monitoring_access: MonitoringAccess = "loopback") -> FastAPI:
+    """The relay's HTTP app; ``api``: the services behind ``/api/v1`` (without them,
+    no API, and monitoring without a token is for loopback clients only or nobody)."""
+    app = FastAPI(title="MailFlow Relay", version=__version__, docs_url=None,
+                  redoc_url=None, openapi_url=OPENAPI_PATH)
+    app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
+    install_problem_handlers(app)
     for router in routers:
         app.include_router(router)
+    if api is not None:
+        install_api(app, api)
+
+    async def monitoring(request: Request) -> None:
+        """Without a token only from loopback (``monitoring_access=loopback``), or from
+        anywhere (``open``); else any valid API token, of either scope."""
+        client = request.client.host if request.client else ""
+        if monitoring_access == "open" or (monitoring_access == "loopback"
+                                           and _is_loopback(client)):
+            return
+        if api is None:
+            raise Forbidden("monitoring needs an API token, and this app has no API")
+        await authenticate(request, api)
+
+    guarded = [Depends(monitoring)]
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -35,18 +75,37 @@ def create_app(runner: StoreRunner, routers: Sequence[APIRouter] = ()) -> FastAP
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        """The store answers, so ingresses can accept mail."""
-        try:
-            counts = await runner.read(runner.repo.delivery_counts)
-        except Exception as exc:
-            return problem(503, "Store unavailable", type(exc).__name__)
-        return JSONResponse({"status": "ready", "deliveries": counts})
+        """The store, the blob store and the default egress answer: mail can be taken
+        and sent.  A 503 names the checks that failed."""
+        if readiness is None:
+            try:
+                await runner.read(runner.repo.next_due_at)
+            except Exception as exc:
+                return problem(503, "Not ready", f"store: {type(exc).__name__}",
+                               failed=["store"])
+            return JSONResponse({"status": "ready", "checks": {"store": "ok"}})
+        checks = await readiness.checks()
+        failed = [c for c in checks if not c.ok]
+        if failed:
+            return problem(503, "Not ready",
+                           "; ".join(f"{c.name}: {c.detail}" for c in failed),
+                           failed=[c.name for c in failed],
+                           headers={"Retry-After": "5"})
+        return JSONResponse({"status": "ready", "checks": {c.name: "ok" for c in checks}})
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=guarded)
     async def metrics() -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest(REGISTRY)
+        if gauges is not None:
+            try:
+                await gauges.refresh()
+            except Exception:  # the counters still answer; the gauges' age shows
+                log.exception("reading the queue gauges failed",
+                              extra={"action": "gauges_error"})
+            body += generate_latest(gauges.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/queue")
+    @app.get("/v1/queue", dependencies=guarded)
     async def queue() -> dict[str, dict[str, int]]:
         deliveries = await runner.read(runner.repo.delivery_counts)
         messages = await runner.read(runner.repo.message_counts)

@@ -1,7 +1,8 @@
 """Filter rules of lists and aliases: the first rule whose condition holds decides.
 
 A rule has one condition (a header field, the body text, the size, an attachment's type
-or file name, "not encrypted") and one action (reject, discard, hold).  Each recipient
+or file name, "not encrypted") and one action (reject, discard, hold; or tag and strip,
+which accept here and change the copies in the send chain, ``pipeline/send/``).  Each recipient
 (a list or alias) has its own rules, tried in the order they were added; the rules of
 all of a message's recipients come from one question to :class:`FilterRules`.
 
@@ -31,7 +32,8 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from email.message import EmailMessage, Message
+from email.header import decode_header, make_header
+from email.message import Message
 from email.parser import BytesHeaderParser
 from typing import Final, Protocol
 
@@ -39,7 +41,7 @@ import regex
 
 from mailflow import headers
 from mailflow.errors import FilterRejected
-from mailflow.model import FilterAction, FilterCondition, FilterRule
+from mailflow.model import COPY_ACTIONS, FilterAction, FilterCondition, FilterRule
 from mailflow.pipeline.context import Decision, MessageContext, Recipient
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,10 @@ class ParsedMessage:
         self.raw = raw
         self.header = header
         self._fields: Message | None = None
-        self._whole: EmailMessage | None = None
+        self._whole: Message | None = None
+        # Each walk once per message, however many rules ask.
+        self._texts: list[str] | None = None
+        self._attachments: list[tuple[str, str]] | None = None
 
     @property
     def fields(self) -> Message:
@@ -109,54 +114,62 @@ class ParsedMessage:
         return self._fields
 
     @property
-    def whole(self) -> EmailMessage:
+    def whole(self) -> Message:
+        """The MIME structure, parsed with ``compat32``: the default policy parses a
+        part's Content-Type again on every access, most of a rule's cost on a small
+        message; decoded header values come from :attr:`fields` instead."""
         if self._whole is None:
-            parsed = email.message_from_bytes(self.raw, policy=email.policy.default)
-            assert isinstance(parsed, EmailMessage)
-            self._whole = parsed
+            self._whole = email.message_from_bytes(self.raw, policy=email.policy.compat32)
         return self._whole
 
     def field_values(self, name: str) -> list[str]:
-        """Each ``name`` field decoded; as written where it cannot be decoded."""
-        try:
-            return [str(value) for value in self.fields.get_all(name, [])]
-        except Exception:  # a malformed field the default policy chokes on
-            raw = BytesHeaderParser(policy=email.policy.compat32).parsebytes(self.header)
-            return [str(value) for value in raw.get_all(name, [])]
+        """Each ``name`` field unfolded, its encoded words decoded; as written where they
+        cannot be.  From the bytes, not the default policy's header objects, whose
+        parsing (an address list's above all) cost more than the rules' searches."""
+        return [_decoded(value) for value in headers.field_values(self.header, name)]
 
     def text_parts(self) -> list[str]:
         """The decoded text of every text part that is not an attachment."""
+        if self._texts is None:
+            self._texts = self._text_parts()
+        return self._texts
+
+    def _text_parts(self) -> list[str]:
         texts = []
         for part in self.whole.walk():
             if part.is_multipart() or part.get_content_disposition() == "attachment":
                 continue
             maintype = part.get_content_maintype()
-            if maintype == "multipart":  # without a usable boundary: a reader sees text
-                payload = part.get_payload(decode=True)
-                texts.append(payload.decode("utf-8", "replace")
-                             if isinstance(payload, bytes) else str(part.get_payload()))
+            if maintype not in ("text", "multipart"):  # (multipart without a usable
+                continue                                 # boundary: a reader sees text)
+            payload = part.get_payload(decode=True)
+            if not isinstance(payload, bytes):
                 continue
-            if maintype != "text":
-                continue
+            charset = "utf-8" if maintype == "multipart" else (
+                part.get_content_charset() or "us-ascii")
             try:
-                texts.append(str(part.get_content()))
-            except Exception:  # unknown charset, broken encoding: decode what is there
-                payload = part.get_payload(decode=True)
-                texts.append(payload.decode("utf-8", "replace")
-                             if isinstance(payload, bytes) else "")
+                texts.append(payload.decode(charset, "replace"))
+            except LookupError:  # an unknown charset: decode what is there
+                texts.append(payload.decode("utf-8", "replace"))
         return texts
 
     def attachments(self) -> list[tuple[str, str]]:
         """(MIME type, file name) of every attachment, both in lower case."""
+        if self._attachments is None:
+            self._attachments = self._attachment_list()
+        return self._attachments
+
+    def _attachment_list(self) -> list[tuple[str, str]]:
         found = []
         root = self.whole
         for part in root.walk():
             if part.is_multipart() or part is root:
                 continue
-            filename = part.get_filename() or ""
+            filename = _decoded(part.get_filename() or "")
+            content_type = part.get_content_type()
             if (part.get_content_disposition() == "attachment" or filename
-                    or part.get_content_maintype() != "text"):
-                found.append((part.get_content_type().lower(), filename.lower()))
+                    or not content_type.startswith("text/")):
+                found.append((content_type.lower(), filename.lower()))
         return found
 
     def encrypted(self) -> bool:
@@ -165,6 +178,17 @@ class ParsedMessage:
             return False
         # S/MIME also wraps a signature alone in pkcs7-mime; that is not encryption.
         return str(self.fields.get_param("smime-type", "") or "").lower() != "signed-data"
+
+
+def _decoded(text: str) -> str:
+    """A field value or file name (as many mail programs write them) with its RFC 2047
+    encoded words read."""
+    if "=?" not in text:
+        return text
+    try:
+        return str(make_header(decode_header(text)))
+    except Exception:  # a malformed encoded word: the text as written
+        return text
 
 
 def holds(rule: FilterRule, message: ParsedMessage, budget: Budget) -> bool:
@@ -179,10 +203,15 @@ def holds(rule: FilterRule, message: ParsedMessage, budget: Budget) -> bool:
                    for value in message.field_values(rule.header))
     if condition is FilterCondition.BODY:
         return any(budget.search(rule.argument, text, rule) for text in message.text_parts())
-    glob = rule.argument.lower()
-    return any(fnmatch.fnmatchcase(content_type, glob)
-               or (filename and fnmatch.fnmatchcase(filename, glob))
+    return any(attachment_matches(content_type, filename, rule.argument)
                for content_type, filename in message.attachments())
+
+
+def attachment_matches(content_type: str, filename: str, glob: str) -> bool:
+    """Whether an attachment's MIME type or file name matches ``glob`` (any case)."""
+    glob = glob.lower()
+    return (fnmatch.fnmatchcase(content_type.lower(), glob)
+            or bool(filename and fnmatch.fnmatchcase(filename.lower(), glob)))
 
 
 def first_matches(raw: bytes, header: bytes, rules: Mapping[str, Sequence[FilterRule]],
@@ -254,4 +283,6 @@ class MessageFilters:
                                             thread_name_prefix="mailflow-filters")
         matched = await asyncio.get_running_loop().run_in_executor(
             self._pool, first_matches, ctx.raw, ctx.header, found, self.timeout)
-        return {target: decision(rule) for target, rule in matched.items()}
+        # A tag or strip rule that matches first accepts: it changes the copies later.
+        return {target: decision(rule) for target, rule in matched.items()
+                if rule.action not in COPY_ACTIONS}

@@ -29,10 +29,9 @@ def expand(ctx: ProcessContext) -> None:
                 ctx.deliveries.append(NewDelivery(message.id, RELAYED, original, 0))
                 ctx.event("bounce", f"to {rcpt}: relayed to the original sender")
                 continue
-        if resolution.kind == "bounces" and target is not None:
-            ctx.event("bounce", f"for {target.address}: kept, not processed "
-                                "(bounce processing is not enabled)")
-            continue
+        if resolution.kind == "bounces":
+            continue  # consumed by the bounces step
+
         if target is None:
             ctx.event("dropped", f"{rcpt}: no longer a list or alias here")
             continue

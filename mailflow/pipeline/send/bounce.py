@@ -12,7 +12,8 @@ which every forwarded copy carries and which the returned header (RFC 3464's
 ``text/rfc822-headers`` or ``message/rfc822`` part) usually includes; only our instance
 id's marker counts.  The returned header is cut at that marker: what came before it
 is the destination's and ours.  A bounce without the marker (or with its header
-encoded) names the SRS address it was sent to instead, which names the sender only.
+encoded) names the alias its Amazon SES Message-ID was sent for, if it is an SES bounce
+mail the store knows, else the SRS address it was sent to, which names the sender only.
 """
 
 from __future__ import annotations
@@ -50,10 +51,15 @@ def returned_alias(raw: bytes, instance_id: str) -> tuple[str, bytes] | None:
 
 
 def rewritten_bounce(raw: bytes, *, to: str, srs_address: str, instance_id: str,
-                     hostname: str, arrival: float, at: float) -> bytes:
-    """The report the original sender gets for the bounce ``raw``."""
+                     hostname: str, arrival: float, at: float, sent_for: str = "") -> bytes:
+    """The report the original sender gets for the bounce ``raw``.
+
+    ``sent_for``: the alias the store says the bounced copy was sent for (an Amazon SES
+    bounce mail, by SES's Message-ID: :mod:`mailflow.pipeline.send.ses_bounce`), named
+    when the returned header has no marker of ours.
+    """
     found = returned_alias(raw, instance_id)
-    alias, header = found if found is not None else (srs_address, b"")
+    alias, header = found if found is not None else (sent_for or srs_address, b"")
     action_match = ACTION.search(raw)
     action = action_match.group(1).decode().lower() if action_match else "failed"
     status_match = STATUS.search(raw)

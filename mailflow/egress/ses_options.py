@@ -1,0 +1,20 @@
+"""The Amazon SES egress's settings, apart from the egress so that naming them does not
+import boto3 (:mod:`mailflow.egress.ses` is imported only when SES is used)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailflow.memory import DEFAULT_BUDGET
+
+
+@dataclass(frozen=True, slots=True)
+class SesOptions:
+    """The ``ses_*`` settings (docs/configuration.md)."""
+
+    configuration_set: str = ""
+    max_send_rate: float = 0.0  # 0: the account's, from GetAccount
+    timeout: float = 30.0
+    concurrency: int = 8
+    feedback_forwarding: bool = True
+    payload_cache: int = DEFAULT_BUDGET.payloads

@@ -1,0 +1,245 @@
+"""Storage operations for operators: message trace, queue actions, gauges.
+
+Apart from the repository because none of it is on the mail path: the statements here
+are read (or run) when an operator asks, or when Prometheus scrapes, never per message.
+Time ranges are turned into ranges of queue ids (which begin with the arrival time,
+``mailflow.ids``), so the primary key and ``ix_deliveries_message`` bound every scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Select, and_, func, literal, or_, select, text, update
+
+from mailflow.model import (
+    DeliveryRow,
+    DeliveryStatus,
+    Event,
+    InboundMessage,
+    MessageStatus,
+    MessageTrace,
+    QueueChange,
+    QueueSelection,
+    TraceStep,
+    role_alias_by_id,
+)
+from mailflow.store.engine import Engines
+from mailflow.store.repository import PENDING, _message
+from mailflow.store.tables import PENDING_SQL, deliveries, events, lists, messages
+
+IDS_PER_STATEMENT = 500  # ids in one IN list of an action
+GAUGE_ROW_LIMIT = 100_000  # pending rows counted at most per scrape (the rest: ">=")
+
+
+def id_bound(moment: float) -> str:
+    """The smallest queue id of a message received at ``moment`` (see ``ids.py``)."""
+    return f"{int(moment * 1000):011x}"
+
+
+def _in_range(column: Any, since: float | None, until: float | None) -> list[Any]:
+    clauses = []
+    if since is not None:
+        clauses.append(column >= id_bound(since))
+    if until is not None:
+        clauses.append(column < id_bound(until) + "g")  # after every id of that millisecond
+    return clauses
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _delivery_row(r: Any) -> DeliveryRow:
+    address = r.list_address
+    if address is None and (role := role_alias_by_id(r.list_id)) is not None:
+        address = role.address
+    return DeliveryRow(id=r.id, message_id=r.message_id, list_address=address,
+                       recipient=r.recipient, status=r.status, attempts=r.attempts,
+                       due_at=r.due_at, created_at=r.created_at, updated_at=r.updated_at,
+                       last_reply=r.last_reply)
+
+
+# The due index's own condition, as literal SQL: SQLite uses a partial index only for a
+# query whose WHERE implies the index's, which bound parameters never do.
+_PENDING = text(PENDING_SQL)
+_OLDEST_DUE = select(func.min(deliveries.c.due_at)).where(_PENDING)
+
+_DELIVERIES_WITH_LIST = (select(deliveries, lists.c.address.label("list_address"))
+                         .outerjoin(lists, lists.c.id == deliveries.c.list_id))
+
+
+class OperationsStore:
+    """Trace look-ups, queue actions and gauge figures on one store."""
+
+    def __init__(self, engines: Engines) -> None:
+        self.engines = engines
+
+    # -- trace --------------------------------------------------------------------------
+
+    def find_messages(self, query: str, since: float | None, until: float | None,
+                      limit: int) -> list[str]:
+        """Queue ids of the messages ``query`` names, newest first: a queue id, a
+        Message-ID (with or without its angle brackets), or an address that sent the
+        message, was an envelope recipient of it, or one of its deliveries went to."""
+        query = query.strip()
+        bare = query.strip("<>")
+        ranged = _in_range(messages.c.id, since, until)
+        matches: list[Any] = [messages.c.id == query,
+                              messages.c.header_id.in_([query, f"<{bare}>", bare])]
+        if "@" in bare:
+            address = bare.lower()
+            pattern = f"%\n{_escape_like(address)}\n%"
+            recipients = (select(deliveries.c.message_id)
+                          .where(func.lower(deliveries.c.recipient) == address,
+                                 *_in_range(deliveries.c.message_id, since, until)))
+            matches += [func.lower(messages.c.mail_from) == address,
+                        (literal("\n") + func.lower(messages.c.rcpt_tos) + literal("\n"))
+                        .like(pattern, escape="\\"),
+                        messages.c.id.in_(recipients)]
+        stmt = (select(messages.c.id).where(or_(*matches), *ranged)
+                .order_by(messages.c.id.desc()).limit(limit))
+        with self.engines.reader.connect() as conn:
+            return list(conn.scalars(stmt))
+
+    def traces(self, ids: Sequence[str]) -> list[MessageTrace]:
+        """The timeline of each message in ``ids`` (in that order; unknown ids skipped):
+        its arrival, its events (expansion, accept-chain decisions, every attempt that
+        did not deliver, with the reply) and each delivery's present state; a delivered
+        one adds its final attempt (the reply is on its row: the hot path writes no
+        event for a success)."""
+        if not ids:
+            return []
+        with self.engines.reader.connect() as conn:
+            found = {r.id: _message(r) for r in conn.execute(
+                select(messages).where(messages.c.id.in_(ids)))}
+            rows = [_delivery_row(r) for r in conn.execute(
+                _DELIVERIES_WITH_LIST.where(deliveries.c.message_id.in_(ids))
+                .order_by(deliveries.c.id))]
+            logged = conn.execute(
+                select(events.c.created_at, events.c.kind, events.c.detail,
+                       events.c.message_id, events.c.delivery_id)
+                .where(events.c.message_id.in_(ids)).order_by(events.c.id)).all()
+        recipients = {r.id: r.recipient for r in rows}
+        traces = []
+        for message_id in ids:
+            message = found.get(message_id)
+            if message is None:
+                continue
+            steps = [_received(message)]
+            steps += [TraceStep(e.created_at, e.kind, e.detail,
+                                recipients.get(e.delivery_id) if e.delivery_id else None,
+                                e.delivery_id)
+                      for e in logged if e.message_id == message_id]
+            mine = tuple(r for r in rows if r.message_id == message_id)
+            steps += [TraceStep(r.updated_at, "delivered", r.last_reply or "", r.recipient,
+                                r.id) for r in mine if r.status == DeliveryStatus.DELIVERED]
+            steps.sort(key=lambda s: s.at)  # stable: same-time steps keep their order
+            traces.append(MessageTrace(message, tuple(steps), mine))
+        return traces
+
+    # -- queue --------------------------------------------------------------------------
+
+    def _selected(self, selection: QueueSelection) -> Select[Any]:
+        where: list[Any] = []
+        if selection.statuses:
+            where.append(deliveries.c.status.in_([s.value for s in selection.statuses]))
+        if selection.list_address is not None:
+            where.append(deliveries.c.list_id.in_(
+                select(lists.c.id).where(lists.c.address == selection.list_address)))
+        if selection.domain is not None:
+            where.append(func.lower(deliveries.c.recipient).like(
+                f"%@{_escape_like(selection.domain.lower())}", escape="\\"))
+        if selection.created_before is not None:
+            where.append(deliveries.c.created_at <= selection.created_before)
+        if selection.ids or selection.queue_ids:
+            where.append(or_(deliveries.c.id.in_(selection.ids),
+                             deliveries.c.message_id.in_(selection.queue_ids)))
+        return _DELIVERIES_WITH_LIST.where(and_(*where)) if where else _DELIVERIES_WITH_LIST
+
+    def select_deliveries(self, selection: QueueSelection, limit: int) -> list[DeliveryRow]:
+        """The deliveries ``selection`` names, newest first, at most ``limit``."""
+        stmt = self._selected(selection).order_by(deliveries.c.id.desc()).limit(limit)
+        with self.engines.reader.connect() as conn:
+            return [_delivery_row(r) for r in conn.execute(stmt)]
+
+    def count_selected(self, selection: QueueSelection) -> int:
+        stmt = select(func.count()).select_from(self._selected(selection).subquery())
+        with self.engines.reader.connect() as conn:
+            return int(conn.scalar(stmt) or 0)
+
+    def change_deliveries(self, selection: QueueSelection, sources: Iterable[DeliveryStatus],
+                          now: float, kind: str, **values: Any) -> QueueChange:
+        """Set ``values`` on the selected deliveries whose status is one of ``sources``,
+        in batches; one ``kind`` event per message changed (the trace shows it).
+
+        Safe against senders: the update re-checks the status row by row, so a delivery
+        claimed meanwhile (in flight under a lease) is left alone, and a sender's
+        outcome applies only under its lease (``hot.RECORD_OUTCOME``).
+        """
+        allowed = [s.value for s in sources]
+        picked = self._selected(selection).subquery()
+        with self.engines.reader.connect() as conn:
+            matched = [(r.id, r.message_id) for r in conn.execute(
+                select(picked.c.id, picked.c.message_id).order_by(picked.c.id))]
+        total = 0
+        for start in range(0, len(matched), IDS_PER_STATEMENT):
+            chunk = matched[start:start + IDS_PER_STATEMENT]
+            with self.engines.writer.begin() as conn:
+                done = conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id.in_([i for i, _ in chunk]),
+                           deliveries.c.status.in_(allowed))
+                    .values(updated_at=now, **values)
+                    .returning(deliveries.c.message_id)).scalars().all()
+                per_message: dict[str, int] = {}
+                for message_id in done:
+                    per_message[message_id] = per_message.get(message_id, 0) + 1
+                _add_events(conn, [Event(kind, f"{n} deliveries, by an operator", m)
+                                   for m, n in per_message.items()], now)
+            total += len(done)
+        return QueueChange(total, len(matched) - total)
+
+    # -- gauges and health ---------------------------------------------------------------
+
+    def ping(self) -> None:
+        """A round trip to the database (readiness)."""
+        with self.engines.reader.connect() as conn:
+            conn.execute(select(literal(1)))
+
+    def pending_counts(self) -> dict[str, int]:
+        """Claimable deliveries by status, counting at most :data:`GAUGE_ROW_LIMIT` rows
+        (through the due index), so a scrape costs the same whatever the backlog."""
+        capped = (select(deliveries.c.status).where(_PENDING)
+                  .limit(GAUGE_ROW_LIMIT).subquery())
+        with self.engines.reader.connect() as conn:
+            rows = conn.execute(select(capped.c.status, func.count())
+                                .group_by(capped.c.status)).all()
+        counts = dict.fromkeys(PENDING, 0)
+        counts.update({status: int(n) for status, n in rows})
+        return counts
+
+    def oldest_due(self) -> float | None:
+        """The earliest due time of a claimable delivery (or lease expiry), through the
+        due index."""
+        with self.engines.reader.connect() as conn:
+            due = conn.scalar(_OLDEST_DUE)
+        return None if due is None else float(due)
+
+
+def _received(message: InboundMessage) -> TraceStep:
+    rcpts = ",".join(message.rcpt_tos)
+    held = " (held)" if message.status is MessageStatus.HELD else ""
+    detail = (f"from=<{message.mail_from}> via {message.protocol} peer={message.peer or '-'} "
+              f"helo={message.helo or '-'} size={message.size} "
+              f"message-id={message.header_id or '-'} rcpt={rcpts}{held}")
+    return TraceStep(message.received_at, "received", detail)
+
+
+def _add_events(conn: Connection, items: Sequence[Event], now: float) -> None:
+    if items:
+        conn.execute(events.insert(), [
+            {"created_at": now, "kind": e.kind, "message_id": e.message_id,
+             "delivery_id": e.delivery_id, "detail": e.detail} for e in items])
+

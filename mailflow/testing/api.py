@@ -1,0 +1,50 @@
+"""The relay's HTTP app with its REST API over a real store, for tests and the bench:
+no relay process, the same services, runner threads and limiters as ``Relay`` wires."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from mailflow.clock import Clock
+from mailflow.ingress.limiter import FailedAuthLimiter
+from mailflow.services.access import AccessService
+from mailflow.services.directory import DirectoryService
+from mailflow.store import Engines, StoreRunner
+from mailflow.store.access import AccessRepository
+from mailflow.web.api.deps import ApiDeps
+from mailflow.web.app import MonitoringAccess, create_app
+
+
+@dataclass
+class ApiHarness:
+    app: FastAPI
+    deps: ApiDeps
+
+    @property
+    def directory(self) -> DirectoryService:
+        return self.deps.directory
+
+    @property
+    def access(self) -> AccessService:
+        return self.deps.access
+
+
+@contextmanager
+def api_app(engines: Engines, *, clock: Clock | None = None, max_failures: int = 10,
+            monitoring_access: MonitoringAccess = "loopback") -> Iterator[ApiHarness]:
+    """The app on ``engines`` (migrated already); its runner stops afterwards, and
+    disposes of the engines' pools (a caller may dispose of them again)."""
+    runner = StoreRunner(engines)
+    deps = ApiDeps(runner, DirectoryService(runner.repo, clock),
+                   AccessService(AccessRepository(engines), clock),
+                   clients=FailedAuthLimiter(max_failures, 60.0),
+                   accounts=FailedAuthLimiter(max_failures, 60.0))
+    try:
+        yield ApiHarness(create_app(runner, api=deps, monitoring_access=monitoring_access),
+                         deps)
+    finally:
+        runner.close()

@@ -1,0 +1,114 @@
+"""What every API route gets: the services, the caller, and the way to record a change.
+
+The services are synchronous and touch the database; every call goes through the
+store runner's threads (:meth:`ApiDeps.read`, :meth:`ApiDeps.write`) so that no route
+blocks the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, ParamSpec, Protocol, TypeVar
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from mailflow.errors import TooManyAttempts, Unauthenticated
+from mailflow.services.access import AccessService, Principal
+from mailflow.services.directory import DirectoryService
+from mailflow.store.runner import StoreRunner
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class FailureLimiter(Protocol):
+    """Failed attempts per key in a window (``ingress.limiter.FailedAuthLimiter``)."""
+
+    def blocked_for(self, client: str) -> float: ...
+
+    def failed(self, client: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ApiDeps:
+    runner: StoreRunner
+    directory: DirectoryService
+    access: AccessService
+    clients: FailureLimiter    # failed tokens and logins per client address
+    accounts: FailureLimiter   # failed logins per account
+
+    async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self.runner.read(fn, *args, **kwargs)
+
+    async def write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self.runner.write(fn, *args, **kwargs)
+
+    async def changed(self, caller: Principal, action: str, target: str = "",
+                      detail: str = "") -> None:
+        """Record a change the caller made in the audit log."""
+        await self.runner.write(self.access.record, caller.actor, action, target, detail)
+
+
+def get_deps(request: Request) -> ApiDeps:
+    deps: ApiDeps = request.app.state.api
+    return deps
+
+
+def client_of(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def check_not_blocked(limiter: FailureLimiter, key: str, what: str) -> None:
+    wait = limiter.blocked_for(key)
+    if wait:
+        raise TooManyAttempts(f"too many failed {what}; try again in {int(wait) + 1} s",
+                              wait)
+
+
+_bearer = HTTPBearer(auto_error=False, description="an API token: `mailflow token create`")
+
+
+async def get_caller(request: Request, deps: Annotated[ApiDeps, Depends(get_deps)],
+                     credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                            Depends(_bearer)]) -> Principal:
+    """The caller of a request by its bearer token; too many wrong tokens from one
+    client address are refused (429) before the next is looked at."""
+    client = client_of(request)
+    check_not_blocked(deps.clients, client, "authentications from this address")
+    if credentials is None:
+        raise Unauthenticated("an API token is needed: Authorization: Bearer <token>")
+    try:
+        return await deps.read(deps.access.principal, credentials.credentials.strip())
+    except Unauthenticated:
+        deps.clients.failed(client)
+        raise
+
+
+async def get_writer(caller: Annotated[Principal, Depends(get_caller)]) -> Principal:
+    """The caller of a request that changes something: a write token."""
+    caller.require_write()
+    return caller
+
+
+async def get_admin(caller: Annotated[Principal, Depends(get_caller)]) -> Principal:
+    caller.require_admin()
+    return caller
+
+
+async def get_admin_writer(caller: Annotated[Principal, Depends(get_writer)]) -> Principal:
+    caller.require_admin()
+    return caller
+
+
+Deps = Annotated[ApiDeps, Depends(get_deps)]
+Caller = Annotated[Principal, Depends(get_caller)]
+Writer = Annotated[Principal, Depends(get_writer)]
+Admin = Annotated[Principal, Depends(get_admin)]
+AdminWriter = Annotated[Principal, Depends(get_admin_writer)]
+
+
+async def authenticate(request: Request, deps: ApiDeps) -> Principal:
+    """The caller of a request outside the API's routes (``/metrics``)."""
+    return await get_caller(request, deps, await _bearer(request))
