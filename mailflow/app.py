@@ -22,7 +22,8 @@ from typing import IO, Any
 import uvicorn
 
 from mailflow.backoff import RetryPolicy
-from mailflow.blobs import Blobs, open_blob_store
+from mailflow.blob_stores import open_blob_store
+from mailflow.blobs import Blobs
 from mailflow.bounce_score import BouncePolicy
 from mailflow.child.egress import ProcessEgress
 from mailflow.child.listeners import HostedListeners

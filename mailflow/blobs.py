@@ -58,19 +58,19 @@ class Blobs(Protocol):
         ...
 
 
-class BlobStore:
-    """Blob files, plus the most recently written contents kept in memory.
+class KnownContents:
+    """What a blob store of this process knows without asking its storage: the most
+    recent contents (written or read), and the digests it stored itself.
 
     A fresh post is usually sent within milliseconds of being stored; the in-memory copy
     (bounded by ``cache_bytes``, none larger than a quarter of it) spares that first send
-    a thread hop and a file read.
+    a thread hop and a read.  Thread-safe: the blob threads write, the loop reads.
     """
 
-    def __init__(self, root: Path, cache_bytes: int = DEFAULT_BUDGET.recent_contents) -> None:
-        self.root = root
+    def __init__(self, cache_bytes: int) -> None:
         self.cache_bytes = cache_bytes
         self._recent: BytesLRU[str] = BytesLRU(cache_bytes, max_item=item_limit(cache_bytes))
-        # Digests whose files this process made durable or checked (insertion order).
+        # Digests this process stored or checked (insertion order, DURABLE_REMEMBERED).
         self._durable: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -85,6 +85,30 @@ class BlobStore:
         with self._lock:
             if digest not in self._recent:
                 self._recent.put(digest, data)
+
+    def _stored(self, digest: str) -> bool:
+        with self._lock:
+            return digest in self._durable
+
+    def _note_stored(self, digests: Iterable[str]) -> None:
+        with self._lock:
+            for digest in digests:
+                self._durable[digest] = None
+            while len(self._durable) > DURABLE_REMEMBERED:
+                self._durable.popitem(last=False)
+
+    def _forget(self, digest: str) -> None:
+        with self._lock:
+            self._recent.pop(digest)
+            self._durable.pop(digest, None)
+
+
+class BlobStore(KnownContents):
+    """Blob files, one per content, named by its SHA-256."""
+
+    def __init__(self, root: Path, cache_bytes: int = DEFAULT_BUDGET.recent_contents) -> None:
+        super().__init__(cache_bytes)
+        self.root = root
 
     def path(self, digest: str) -> Path:
         # One level of 256 folders: enough to keep folders small, few enough that
@@ -138,11 +162,7 @@ class BlobStore:
         for tmp, target in pending:
             os.replace(tmp, target)
         self._sync(dirs)
-        with self._lock:
-            for digest in written:
-                self._durable[digest] = None
-            while len(self._durable) > DURABLE_REMEMBERED:
-                self._durable.popitem(last=False)
+        self._note_stored(written)
 
     def _intact(self, target: Path, digest: str) -> bool:
         """Whether a file found on disk holds the content its name promises."""
@@ -151,8 +171,7 @@ class BlobStore:
         except OSError:
             return False
         if intact:
-            with self._lock:
-                self._durable[digest] = None
+            self._note_stored([digest])
         return intact
 
     def _sync(self, dirs: set[Path]) -> None:
@@ -173,9 +192,7 @@ class BlobStore:
 
     def unlink_many(self, digests: Iterable[str]) -> None:
         for digest in digests:
-            with self._lock:
-                self._recent.pop(digest)
-                self._durable.pop(digest, None)
+            self._forget(digest)
             self.path(digest).unlink(missing_ok=True)
 
     def describe(self) -> str:
@@ -228,11 +245,3 @@ def _fsync_dir(directory: Path) -> None:
     finally:
         os.close(fd)
 
-
-def open_blob_store(blob_url: str, blob_dir: Path, cache_bytes: int) -> Blobs:
-    """The store ``blob_url`` names (``s3://bucket/prefix``), else files in ``blob_dir``."""
-    if blob_url:
-        from mailflow.s3_blobs import S3BlobStore
-
-        return S3BlobStore(blob_url, cache_bytes=cache_bytes)
-    return BlobStore(blob_dir, cache_bytes=cache_bytes)

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailflow import __version__, addresses
-from mailflow.blobs import open_blob_store
+from mailflow.blob_stores import open_blob_store
 from mailflow.clock import SystemClock
 from mailflow.config import Settings, load_settings
 from mailflow.errors import EX_TEMPFAIL, Conflict, InvalidInput, MailflowError, NotFound, spec

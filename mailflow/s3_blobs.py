@@ -17,9 +17,7 @@ Endpoint, region and credentials come from the standard AWS configuration
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -27,12 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from mailflow.lru import BytesLRU
-from mailflow.memory import DEFAULT_BUDGET, item_limit
+from mailflow.blobs import KnownContents
+from mailflow.memory import DEFAULT_BUDGET
 
 PUT_PARALLELISM = 8
 PROBLEM_TTL = 5.0  # seconds a readiness answer is kept
-DURABLE_REMEMBERED = 10_000  # digests this process stored (older ones: PUT again)
 DELETE_BATCH = 1000  # DeleteObjects' limit
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0  # a 40 MB body on a slow link
@@ -76,18 +73,15 @@ def _s3_errors(store: str) -> Iterator[None]:
         raise S3Error(f"{store}: {exc}") from exc
 
 
-class S3BlobStore:
+class S3BlobStore(KnownContents):
     """Bodies as objects ``<prefix><first two hex digits>/<sha256>``, the most recent
     ones (written or read) kept in memory, bounded in bytes."""
 
     def __init__(self, url: str, cache_bytes: int = DEFAULT_BUDGET.recent_contents,
                  client: Any = None) -> None:
+        super().__init__(cache_bytes)
         self.location = parse_blob_url(url)
-        self.cache_bytes = cache_bytes
         self._client = client
-        self._recent: BytesLRU[str] = BytesLRU(cache_bytes, max_item=item_limit(cache_bytes))
-        self._durable: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
         self._checked: tuple[float, str | None] | None = None  # (until, problem)
 
     @property
@@ -120,17 +114,6 @@ class S3BlobStore:
         self._checked = (now + PROBLEM_TTL, problem)
         return problem
 
-    def cached(self, digest: str) -> bytes | None:
-        with self._lock:
-            return self._recent.get(digest)
-
-    def remember(self, digest: str, data: bytes) -> None:
-        if len(data) > self._recent.max_item:
-            return
-        with self._lock:
-            if digest not in self._recent:
-                self._recent.put(digest, data)
-
     def write_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         """PUT the bodies not stored yet; returns once every PUT was acknowledged
         (blocking: run in a thread).  A failed PUT raises, so the commit that waits for
@@ -143,9 +126,7 @@ class S3BlobStore:
         new: dict[str, bytes] = {}
         for digest, data in items:
             self.remember(digest, data)
-            with self._lock:
-                known = digest in self._durable
-            if not (known and self._exists(digest)):
+            if not (self._stored(digest) and self._exists(digest)):
                 new[digest] = data
         if not new:
             return
@@ -155,11 +136,7 @@ class S3BlobStore:
             with ThreadPoolExecutor(min(PUT_PARALLELISM, len(new)),
                                     thread_name_prefix="s3-put") as pool:
                 list(pool.map(lambda item: self._put(*item), new.items()))
-        with self._lock:
-            for digest in new:
-                self._durable[digest] = None
-            while len(self._durable) > DURABLE_REMEMBERED:
-                self._durable.popitem(last=False)
+        self._note_stored(new)
 
     def _exists(self, digest: str) -> bool:
         from botocore.exceptions import ClientError
@@ -201,10 +178,8 @@ class S3BlobStore:
 
     def unlink_many(self, digests: Iterable[str]) -> None:
         doomed = list(digests)
-        with self._lock:
-            for digest in doomed:
-                self._recent.pop(digest)
-                self._durable.pop(digest, None)
+        for digest in doomed:
+            self._forget(digest)
         for start in range(0, len(doomed), DELETE_BATCH):
             batch = doomed[start:start + DELETE_BATCH]
             with _s3_errors(self.describe()):

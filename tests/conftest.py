@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -19,6 +20,9 @@ from sqlalchemy import create_engine, text
 from mailflow.store import Engines, Repository, create_engines, upgrade_to_head
 from mailflow.testing.relay import RelayProcess
 from mailflow.testing.sink import SmtpSink
+
+if TYPE_CHECKING:
+    from mailflow.testing.aws import MotoServer, SnsSigner
 
 PG_ADMIN_URL = os.environ.get("MAILFLOW_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -181,3 +185,23 @@ def relay(make_relay: Callable[..., RelayProcess]) -> Iterator[RelayProcess]:
     running = make_relay().start()
     yield running
     running.stop()
+
+
+# -- AWS (moto in server mode) -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    """moto's server on loopback for a module's tests (AWS APIs over real HTTP)."""
+    from mailflow.testing.aws import MotoServer  # moto and boto3: only where used
+
+    with MotoServer() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def signer() -> Iterator[SnsSigner]:
+    """Signs SNS messages with a key whose certificate a loopback server serves."""
+    from mailflow.testing.aws import SnsSigner
+
+    with SnsSigner() as running:
+        yield running

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import smtplib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,12 +24,6 @@ from mailflow.testing.relay import RelayProcess
 from mailflow.testing.sink import SmtpSink
 
 BODIES = [os.urandom(n) for n in (10, 70_000, 300_000)]
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
 
 
 _buckets = iter(range(1_000_000))

@@ -14,23 +14,18 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
 from mailflow.model import ListKind
 from mailflow.store.tables import deliveries
-from mailflow.testing.aws import MotoServer
+from mailflow.testing.aws import MotoServer, SnsSigner
 from mailflow.testing.factories import make_message
 from mailflow.testing.fault_proxy import FaultProxy
 from mailflow.testing.relay import RelayProcess
 
 SEND_PATH = "/v2/email/outbound-emails"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
 
 
 @pytest.fixture
@@ -138,3 +133,52 @@ def test_an_ses_bounce_mail_for_a_forward_reaches_the_sender_naming_the_alias(
     _, per_recipient = list(report.iter_parts())[1].get_payload()
     assert per_recipient["Final-Recipient"] == f"rfc822; {alias}"
     assert per_recipient["Status"] == "5.1.1"
+
+
+def test_ses_bounce_and_complaint_notifications_reach_the_members_through_the_webhook(
+        moto: MotoServer, make_relay: Callable[..., RelayProcess]) -> None:
+    """SES's notifications about copies it sent, signed as SNS signs them: a permanent
+    bounce fails that member's delivery and counts against the member; a complaint
+    unsubscribes and suppresses the member who complained."""
+    moto.reset()
+    moto.verify("outside.test", "example.test")
+    topic = moto.client("sns").create_topic(Name="ses-feedback")["TopicArn"]
+    with SnsSigner() as signer:
+        relay = make_relay(egress="ses", ses_max_send_rate="100", poll_interval="0.1",
+                           sns_topics=topic, sns_cert_url_pattern=signer.cert_url_pattern)
+        relay.env.update(moto.env)
+        with relay:
+            address, members = relay.fresh_list(members=3)
+            with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+                client.sendmail("poster@outside.test", [address], make_message(address)
+                                .replace(f"To: {address}\r\n".encode(), b""))
+            (send,) = wait_for_sends(moto, 1)
+            assert relay.wait_settled()["delivered"] == 3
+            bounced, complained, _ = members
+            mail = {"timestamp": "2026-12-01T10:00:00.000Z", "source": address,
+                    "messageId": send["id"], "destination": members}
+            bounce = {"notificationType": "Bounce", "mail": mail, "bounce": {
+                "bounceType": "Permanent", "bounceSubType": "General",
+                "timestamp": "2026-12-01T10:00:01.000Z", "feedbackId": "f1",
+                "bouncedRecipients": [{"emailAddress": bounced, "status": "5.1.1",
+                                       "action": "failed",
+                                       "diagnosticCode": "smtp; 550 5.1.1 no such user"}]}}
+            complaint = {"notificationType": "Complaint", "mail": mail, "complaint": {
+                "complainedRecipients": [{"emailAddress": complained}],
+                "timestamp": "2026-12-01T10:00:02.000Z", "feedbackId": "f2",
+                "complaintFeedbackType": "abuse"}}
+            url = f"http://127.0.0.1:{relay.http_port}/v1/ingress/sns"
+            for note in (bounce, complaint):
+                answer = httpx.post(url, json=signer.notification(topic, note), timeout=30)
+                assert answer.status_code == 200, answer.text
+            shown = json.loads(relay.cli("queue", "show", "--json").stdout)
+            status = {d["recipient"]: d["status"] for d in shown["deliveries"]}
+            assert status == {bounced: "failed", complained: "delivered",
+                              members[2]: "delivered"}
+            roster = {m["address"]: m for m in json.loads(
+                relay.cli("member", "list", address, "--json").stdout)}
+            assert roster[bounced]["bounce_score"] == 1.0
+            assert roster[complained]["status"] == "unsubscribed"
+            assert roster[members[2]]["bounce_score"] == 0.0
+            suppressed = json.loads(relay.cli("suppress", "ls", "--json").stdout)
+            assert [(e["address"], e["list"]) for e in suppressed] == [(complained, address)]

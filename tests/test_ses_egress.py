@@ -35,12 +35,6 @@ from mailflow.testing.fault_proxy import FaultProxy
 SEND_PATH = "/v2/email/outbound-emails"
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
-
-
 @pytest.fixture
 def ses(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
     """moto, emptied, with outside.test verified; boto3 in this process pointed at it."""

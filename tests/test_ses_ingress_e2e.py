@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,18 +24,6 @@ from mailflow.testing.relay import RelayProcess
 from mailflow.testing.sink import SmtpSink
 
 SENDER = "poster@outside.test"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def signer() -> Iterator[SnsSigner]:
-    with SnsSigner() as running:
-        yield running
 
 
 @dataclass
@@ -191,6 +179,20 @@ def test_blocked_sender_is_audited(ses: SesSetup, module_sink: SmtpSink) -> None
     assert ses.post(ses.signer.notification(ses.topic, note)).status_code == 200
     audit = ses.audit(ses_id)
     assert (audit["mailflow-status"], audit["mailflow-blocked-sender"]) == ("blocked", spammer)
+    ses.relay.wait_settled()
+    assert module_sink.wait_for_copies(members, timeout=0) == []
+
+
+def test_a_held_post_is_audited_as_held(ses: SesSetup, module_sink: SmtpSink) -> None:
+    address, members = ses.relay.fresh_list(members=1)
+    updated = ses.relay.cli("list", "update", address, "--posting", "moderated",
+                            "--non-member-action", "hold")
+    assert updated.returncode == 0, updated.stderr
+    ses_id, note = ses.mail_in_s3(address)
+    assert ses.post(ses.signer.notification(ses.topic, note)).status_code == 200
+    assert ses.audit(ses_id)["mailflow-status"] == "held"
+    held = json.loads(ses.relay.cli("held", "ls", "--list", address, "--json").stdout)
+    assert len(held) == 1
     ses.relay.wait_settled()
     assert module_sink.wait_for_copies(members, timeout=0) == []
 

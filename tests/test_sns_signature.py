@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,12 +20,6 @@ from mailflow.ingress.sns_signature import ForgedMessage, SnsVerifier
 from mailflow.testing.aws import SnsSigner, received_notification, topic_arn
 
 TOPIC = topic_arn("inbound")
-
-
-@pytest.fixture(scope="module")
-def signer() -> Iterator[SnsSigner]:
-    with SnsSigner() as running:  # its server is not asked: certificates come from fetch
-        yield running
 
 
 class Fetches:

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -16,12 +16,6 @@ import pytest
 from mailflow.ingress.aws import AwsClients
 from mailflow.ingress.sqs import SqsPoller
 from mailflow.testing.aws import MotoServer, received_notification
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as running:
-        yield running
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailflow.blobs import open_blob_store
+from mailflow.blob_stores import open_blob_store
 from mailflow.clock import SystemClock
 from mailflow.config import Settings, load_settings
 from mailflow.errors import (

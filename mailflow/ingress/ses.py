@@ -149,7 +149,9 @@ class SesIngest:
             log.info("SES message %s refused: %s", mail.ses_message_id, error.reason,
                      extra={"action": "ses_refused"})
             return Outcome("rejected", invalid=tuple(invalid))
-        return Outcome("delivered", message_id, tuple(invalid),
+        # A message a filter rule or a posting policy holds as a whole is stored held.
+        held = await self.runner.read(self.runner.repo.message_status, message_id) == "held"
+        return Outcome("held" if held else "delivered", message_id, tuple(invalid),
                        mail.source if blocked else "")
 
     async def _recipients(self, mail: ReceivedMail) -> tuple[list[str], list[str], list[str]]:

@@ -1420,6 +1420,13 @@ class Repository:
     def delivery_counts(self) -> dict[str, int]:
         return self._status_counts(deliveries.c.status, DeliveryStatus)
 
+    def message_status(self, message_id: str) -> str | None:
+        """A stored message's status (``held``, ``queued``...), or None if unknown."""
+        with self.engines.reader.connect() as conn:
+            found: str | None = conn.scalar(
+                select(messages.c.status).where(messages.c.id == message_id))
+        return found
+
     def message_counts(self) -> dict[str, int]:
         return self._status_counts(messages.c.status, MessageStatus)
 
@@ -1432,19 +1439,8 @@ class Repository:
         return counts
 
     def list_deliveries(self, limit: int, status: str | None = None) -> list[DeliveryRow]:
-        query = (select(deliveries, lists.c.address.label("list_address"))
-                 .outerjoin(lists, lists.c.id == deliveries.c.list_id)
-                 .order_by(deliveries.c.id.desc()).limit(limit))
-        if status:
-            query = query.where(deliveries.c.status == status)
-        with self.engines.reader.connect() as conn:
-            rows = conn.execute(query).all()
-        return [DeliveryRow(id=r.id, message_id=r.message_id,
-                            list_address=r.list_address or _role_address(r.list_id),
-                            recipient=r.recipient, status=r.status, attempts=r.attempts,
-                            due_at=r.due_at, created_at=r.created_at, updated_at=r.updated_at,
-                            last_reply=r.last_reply)
-                for r in rows]
+        """The newest deliveries (of one status), newest first."""
+        return self.deliveries_page(limit, status=status)
 
     def deliveries_page(self, limit: int, before_id: int | None = None,
                         status: str | None = None) -> list[DeliveryRow]:
