@@ -17,7 +17,7 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -35,16 +35,11 @@ from mailflow.egress.base import Egress
 from mailflow.egress.routes import ProviderOptions, RoutedEgress, build_provider, build_routed
 from mailflow.egress.ses_options import SesOptions
 from mailflow.errors import ConfigurationError, InvalidInput
-from mailflow.ingress.aws import AwsClients
 from mailflow.ingress.http import create_router
 from mailflow.ingress.limiter import FailedAuthLimiter
 from mailflow.ingress.limits import SessionLimits, raise_open_files_limit
 from mailflow.ingress.policy import start_policy_service
-from mailflow.ingress.ses import FeedbackHandler, SesIngest, SesIngestOptions, SesNotifications
 from mailflow.ingress.smtp import Listener, start_listener
-from mailflow.ingress.sns import SnsHttp, create_sns_router
-from mailflow.ingress.sns_signature import SnsVerifier
-from mailflow.ingress.sqs import STOP_GRACE, SqsPoller
 from mailflow.ingress.tls import ServerTls
 from mailflow.model import BARE_ROLE, BounceKind, BounceReport, BounceSource, SentCopy
 from mailflow.pipeline.context import Identity
@@ -66,7 +61,6 @@ from mailflow.services.recent import RecentMessages
 from mailflow.services.rosters import StoreRoster
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.services.sender_rules import SenderRuleBook, store_rule_book
-from mailflow.services.ses_feedback import SesFeedback
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.access import AccessRepository
 from mailflow.store.engine import sqlite_path
@@ -75,6 +69,12 @@ from mailflow.verp import Verp
 from mailflow.web.api.deps import ApiDeps
 from mailflow.web.app import EmbeddedServer, bind, create_app, head_deadline_protocol
 from mailflow.web.unsubscribe import create_router as unsubscribe_router
+
+if TYPE_CHECKING:  # the Amazon SES ingress (boto3, httpx, cryptography): imported if used
+    from mailflow.ingress.aws import AwsClients
+    from mailflow.ingress.ses import FeedbackHandler, SesNotifications
+    from mailflow.ingress.sns import SnsHttp
+    from mailflow.ingress.sqs import SqsPoller
 
 log = logging.getLogger(__name__)
 
@@ -273,10 +273,11 @@ class Relay:
                 raise ConfigurationError(f"cannot listen for the policy service on "
                                          f"{settings.policy_address}: {exc.strerror}") from None
             self.listening["policy"] = str(settings.policy_address)
-        if self.ses_feedback is None:
-            self.ses_feedback = self._ses_feedback()
-        ses = await self._ses_notifications(settings, service) \
-            if settings.sns_topics or settings.sqs_queues else None
+        ses = None
+        if settings.sns_topics or settings.sqs_queues:
+            if self.ses_feedback is None:
+                self.ses_feedback = self._ses_feedback()
+            ses = await self._ses_notifications(settings, service)
         if settings.http_address is not None:
             await self._start_http(settings, service, unsubscribe, ses)
         if ses is not None:
@@ -338,6 +339,9 @@ class Relay:
                                  ) -> SesNotifications:
         """The Amazon SES ingress's handling of notifications (docs/aws.md)."""
         assert self.runner is not None
+        from mailflow.ingress.aws import AwsClients
+        from mailflow.ingress.ses import SesIngest, SesIngestOptions, SesNotifications
+
         self._aws = aws = await AwsClients.create(settings.aws_timeout, settings.sqs_wait_time,
                                                   threads=len(settings.sqs_queues) + 8)
         ingest = SesIngest(service, self.runner, aws, self.clock, SesIngestOptions(
@@ -363,6 +367,8 @@ class Relay:
                     await runner.write(runner.repo.count_bounces, reports, clock.now())
             return count
 
+        from mailflow.services.ses_feedback import SesFeedback
+
         feedback = SesFeedback(runner, clock,
                                on_bounce=counting(BounceKind.PERMANENT, BounceSource.DSN),
                                on_complaint=counting(BounceKind.COMPLAINT, BounceSource.ARF))
@@ -376,6 +382,8 @@ class Relay:
         return handle
 
     def _start_pollers(self, settings: Settings, ses: SesNotifications) -> None:
+        from mailflow.ingress.sqs import SqsPoller
+
         assert self._aws is not None
         for url in settings.sqs_queues:
             poller = SqsPoller(self._aws, url, ses, wait=settings.sqs_wait_time,
@@ -392,6 +400,8 @@ class Relay:
             poller.stop()
         tasks = [task for _, task in self._pollers]
         if tasks:
+            from mailflow.ingress.sqs import STOP_GRACE
+
             _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE)
             for task in pending:
                 task.cancel()
@@ -415,6 +425,9 @@ class Relay:
             settings.max_message_size, settings.http_request_timeout)
         routers = [ingress]
         if ses is not None and settings.sns_topics:
+            from mailflow.ingress.sns import SnsHttp, create_sns_router
+            from mailflow.ingress.sns_signature import SnsVerifier
+
             self._sns_http = sns_http = SnsHttp(settings.aws_timeout)
             verifier = SnsVerifier(settings.sns_topics, settings.sns_cert_url_pattern,
                                    self.clock, sns_http.fetch_cert)

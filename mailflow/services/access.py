@@ -17,16 +17,16 @@ import functools
 import hashlib
 import secrets
 from dataclasses import dataclass, field
-from typing import Final
-
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
+from typing import TYPE_CHECKING, Final
 
 from mailflow.clock import Clock, SystemClock
 from mailflow.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
 from mailflow.model import ApiToken, AuditEntry, ListRole, TokenScope, User
 from mailflow.services.directory import validated_address, validated_list_name
 from mailflow.store.access import AccessRepository
+
+if TYPE_CHECKING:
+    import argon2
 
 PASSWORD_MIN_LENGTH: Final = 10
 PASSWORD_MAX_LENGTH: Final = 1000   # characters: argon2 hashes any length, slowly
@@ -35,14 +35,21 @@ TOKEN_MAX_LENGTH: Final = 100       # a longer bearer value is no token of ours
 AUDIT_TEXT_MAX: Final = 320         # characters of an entry's target (its column)
 AUDIT_DETAIL_MAX: Final = 2000
 
-_hasher = PasswordHasher()
+
+@functools.cache
+def _hasher() -> argon2.PasswordHasher:
+    """argon2's hasher, made (and argon2 loaded) by the first password handled."""
+    import argon2
+
+    return argon2.PasswordHasher()
+
 
 
 @functools.cache
 def _dummy_hash() -> str:
     """Verified against when the account does not exist, so the answer takes as long
     (made on first use: a hash costs as much as a login)."""
-    return _hasher.hash(secrets.token_hex(16))
+    return _hasher().hash(secrets.token_hex(16))
 
 
 def token_digest(secret: str) -> str:
@@ -119,7 +126,7 @@ class AccessService:
 
     def add_user(self, email: str, password: str, *, admin: bool = False) -> User:
         address = validated_address(email)
-        return self.store.add_user(address, _hasher.hash(validated_password(password)),
+        return self.store.add_user(address, _hasher().hash(validated_password(password)),
                                    admin, self.clock.now())
 
     def users(self) -> list[User]:
@@ -138,8 +145,10 @@ class AccessService:
         answer, after the same work, for an unknown address)."""
         found = self.store.user_with_hash(email.strip().lower())
         stored = found[1] if found else _dummy_hash()
+        from argon2.exceptions import InvalidHashError, VerificationError
+
         try:
-            _hasher.verify(stored, password[:PASSWORD_MAX_LENGTH])
+            _hasher().verify(stored, password[:PASSWORD_MAX_LENGTH])
         except (VerificationError, InvalidHashError):
             raise Unauthenticated("wrong address or password") from None
         if found is None:

@@ -50,7 +50,6 @@ from mailflow.model import (
     Suppression,
 )
 from mailflow.pipeline.process.autoreply import TEMPLATE_KEYS
-from mailflow.pipeline.send import templates
 from mailflow.services import dkim_keys
 from mailflow.services.member_csv import MemberImport, MemberRow, RowProblem
 from mailflow.store import Repository
@@ -305,6 +304,8 @@ def _validated_template(source: str, what: str) -> str:
     if len(source) > TEMPLATE_MAX_LENGTH:
         raise InvalidInput(f"{what} too long ({len(source)} characters, at most "
                            f"{TEMPLATE_MAX_LENGTH})")
+    from mailflow.pipeline.send import templates  # Jinja2: only for a template
+
     try:
         templates.check(source)
     except templates.UnsafeTemplate as exc:

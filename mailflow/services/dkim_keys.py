@@ -22,9 +22,6 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from mailflow import addresses
 from mailflow.clock import Clock
 from mailflow.errors import InvalidInput
@@ -58,6 +55,9 @@ def validated_selector(selector: str) -> str:
 
 def new_key(domain: str, selector: str, now: float) -> DkimKey:
     """A new RSA key pair for ``domain`` (CPU work of a fraction of a second)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     private = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
     pem = private.private_bytes(serialization.Encoding.PEM,
                                 serialization.PrivateFormat.TraditionalOpenSSL,

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import getaddresses
 
-from flufl.bounce import all_failures
-
 from mailflow import addresses
 
 log = logging.getLogger(__name__)
@@ -82,6 +80,8 @@ def read_bounce(raw: bytes) -> BounceFindings:
     report = _feedback_report(message)
     if report is not None:
         return BounceFindings(complaint=True, complainants=_complainants(report))
+    from flufl.bounce import all_failures  # its detectors: loaded by the first bounce only
+
     try:
         temporary, permanent = all_failures(message)
     except Exception:  # a detector tripping over a malformed bounce: nothing found

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from mailflow.model import GENERATED, ListKind, ReplyTo
 from mailflow.pipeline.context import CopyContext
-from mailflow.pipeline.send import body_decoration, templates
 from mailflow.pipeline.send.list_links import links
 from mailflow.pipeline.send.subject_prefix import prefixed
 
@@ -34,6 +33,9 @@ def decorate(copy: CopyContext) -> None:
 
 
 def _decorate_body(copy: CopyContext) -> None:
+    # Jinja2 and the MIME work: loaded by the first list with a header or footer.
+    from mailflow.pipeline.send import body_decoration, templates
+
     mailing_list, member = copy.mailing_list, copy.member
     found = links(mailing_list, copy.identity, None if member is None else member.address)
     values = templates.variables(

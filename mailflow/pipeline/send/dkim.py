@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import logging
 
-import dkim
-
 from mailflow.model import DkimKey
 
 log = logging.getLogger(__name__)
@@ -31,6 +29,8 @@ CANONICALIZATION = (b"relaxed", b"relaxed")
 def dkim_signed(content: bytes, key: DkimKey) -> bytes:
     """``content`` with ``key``'s DKIM-Signature field first; unsigned if it cannot be
     signed (logged: a message dkimpy cannot read still goes out, as received)."""
+    import dkim  # dkimpy (and dnspython under it): loaded by the first signature only
+
     newline = b"\n" if b"\r\n" not in content[:content.find(b"\n") + 1] else b"\r\n"
     try:
         field: bytes = dkim.sign(content, key.selector.encode(), key.domain.encode(),
