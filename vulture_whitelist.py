@@ -7,7 +7,7 @@ below says who calls it.
 
 from vulture.whitelist_utils import Whitelist
 
-from mailflow import cli, config
+from mailflow import cli, config, model
 from mailflow.child import channel
 from mailflow.egress import smtp_client
 from mailflow.ingress import limits, smtp, tls
