@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 
 from mailflow import headers
 from mailflow.errors import InputTimeout, MessageTooLarge, SmtpReplyError
+from mailflow.http_body import read_limited
 from mailflow.ingress.limiter import FailedAuthLimiter
 from mailflow.model import Envelope
 from mailflow.services.accept import AcceptService
@@ -130,16 +131,3 @@ def unread(response: Response) -> Response:
     return response
 
 
-async def read_limited(request: Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it grows past ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -36,7 +36,7 @@ from mailflow.ingress.ses_notification import (
     received_mail,
 )
 from mailflow.metrics import SES_RECEIVED
-from mailflow.model import Envelope
+from mailflow.model import Envelope, MessageStatus
 from mailflow.services.accept import AcceptService, count_refusal
 from mailflow.store.runner import StoreRunner
 
@@ -142,7 +142,7 @@ class SesIngest:
                             protocol=PROTOCOL)
         try:
             raw = mail.verdict_header() + await self._content(mail)
-            message_id = await self.service.submit(envelope, raw)
+            stored = await self.service.submit_message(envelope, raw)
         except SenderBlocked:
             return Outcome("blocked", invalid=tuple(invalid), blocked_sender=mail.source)
         except PermanentFailure as error:
@@ -150,8 +150,8 @@ class SesIngest:
                      extra={"action": "ses_refused"})
             return Outcome("rejected", invalid=tuple(invalid))
         # A message a filter rule or a posting policy holds as a whole is stored held.
-        held = await self.runner.read(self.runner.repo.message_status, message_id) == "held"
-        return Outcome("held" if held else "delivered", message_id, tuple(invalid),
+        held = stored.status is MessageStatus.HELD
+        return Outcome("held" if held else "delivered", stored.id, tuple(invalid),
                        mail.source if blocked else "")
 
     async def _recipients(self, mail: ReceivedMail) -> tuple[list[str], list[str], list[str]]:

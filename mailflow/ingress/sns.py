@@ -22,7 +22,8 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
 from mailflow.errors import SmtpReplyError
-from mailflow.ingress.http import read_limited, unread
+from mailflow.http_body import read_limited
+from mailflow.ingress.http import unread
 from mailflow.ingress.ses import SesNotifications
 from mailflow.ingress.ses_notification import BadNotification
 from mailflow.ingress.sns_signature import ForgedMessage, SnsVerifier

@@ -206,20 +206,20 @@ class AcceptService:
         The same chain as an SMTP conversation, with the recipient and syntax checks an
         SMTP client would have passed before; all or nothing.
         """
+        return (await self.submit_message(envelope, raw)).id
+
+    async def submit_message(self, envelope: Envelope, raw: bytes) -> InboundMessage:
+        """:meth:`submit`, answering with the message as stored: its status is ``held``
+        when the chain held it for every recipient (an ingress that reports outcomes,
+        such as the SES audit trail, tells that apart)."""
         if not envelope.rcpt_tos:
             raise NoRecipients("no recipient given")
         raw = without_mbox_from(raw)
-        started = time.perf_counter()
-        stored = await self._accept_all(MessageContext.of(envelope, raw, submitted=True))
-        ACCEPT_SECONDS.observe(time.perf_counter() - started)
-        return stored
+        return await self._accept_all(MessageContext.of(envelope, raw, submitted=True))
 
     async def accept(self, envelope: Envelope, raw: bytes) -> str:
         """Store a message for every recipient or for none (SMTP semantics)."""
-        started = time.perf_counter()
-        stored = await self._accept_all(self._context(envelope, raw))
-        ACCEPT_SECONDS.observe(time.perf_counter() - started)
-        return stored
+        return (await self._accept_all(self._context(envelope, raw))).id
 
     async def accept_each(self, envelope: Envelope, raw: bytes) -> list[Verdict]:
         """Decide per recipient and store one message for those taken (LMTP semantics)."""
@@ -228,8 +228,9 @@ class AcceptService:
         decisions, decided = await self._decide(ctx)
         taken = len(decided) < len(decisions) or any(
             d.action is not Action.REJECT for d in decided.values())
-        message_id = await self._store(ctx, decisions, decided) if taken else None
+        message_id = None
         if taken:
+            message_id = (await self._store(ctx, decisions, decided)).id
             ACCEPT_SECONDS.observe(time.perf_counter() - started)
         rcpts = [addresses.canonical(r) for r in envelope.rcpt_tos]
         return [Verdict(r, decisions[r].error,
@@ -243,12 +244,15 @@ class AcceptService:
             rcpt.resolution = self.known.get(rcpt.canonical)
         return ctx
 
-    async def _accept_all(self, ctx: MessageContext) -> str:
+    async def _accept_all(self, ctx: MessageContext) -> InboundMessage:
+        started = time.perf_counter()
         decisions, decided = await self._decide(ctx, all_or_nothing=True)
         for decision in decided.values():
             if decision.error is not None:
                 raise decision.error
-        return await self._store(ctx, decisions, decided)
+        stored = await self._store(ctx, decisions, decided)
+        ACCEPT_SECONDS.observe(time.perf_counter() - started)
+        return stored
 
     async def _decide(self, ctx: MessageContext, *, all_or_nothing: bool = False
                       ) -> tuple[dict[str, Decision], dict[str, Decision]]:
@@ -269,7 +273,7 @@ class AcceptService:
         return decisions, decided
 
     async def _store(self, ctx: MessageContext, decisions: dict[str, Decision],
-                     decided: dict[str, Decision]) -> str:
+                     decided: dict[str, Decision]) -> InboundMessage:
         envelope, raw = ctx.envelope, ctx.raw
         now = self.clock.now()
         message_id = new_message_id(now)
@@ -308,7 +312,7 @@ class AcceptService:
         MESSAGES_ACCEPTED.labels(protocol=envelope.protocol).inc()
         if log.isEnabledFor(logging.INFO):
             _log_received(message, header_id, held)
-        return message.id
+        return message
 
 
 def _log_received(message: InboundMessage, header_id: str, held: list[str]) -> None:

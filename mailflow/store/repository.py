@@ -1420,13 +1420,6 @@ class Repository:
     def delivery_counts(self) -> dict[str, int]:
         return self._status_counts(deliveries.c.status, DeliveryStatus)
 
-    def message_status(self, message_id: str) -> str | None:
-        """A stored message's status (``held``, ``queued``...), or None if unknown."""
-        with self.engines.reader.connect() as conn:
-            found: str | None = conn.scalar(
-                select(messages.c.status).where(messages.c.id == message_id))
-        return found
-
     def message_counts(self) -> dict[str, int]:
         return self._status_counts(messages.c.status, MessageStatus)
 

@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse
 from starlette.requests import ClientDisconnect
 
 from mailflow.errors import InvalidInput, MailflowError, NotFound
+from mailflow.http_body import read_limited
 from mailflow.model import ListKind, MailingList
 from mailflow.pipeline.context import Identity
 from mailflow.pipeline.send.list_links import ListLinks, links
@@ -93,7 +94,7 @@ def create_router(runner: StoreRunner, identity: Identity, tokens: UnsubscribeTo
             return error_problem(exc)
         try:
             async with asyncio.timeout(body_timeout):
-                body = await _read_limited(request)
+                body = await read_limited(request, BODY_LIMIT)
         except (TimeoutError, ClientDisconnect):
             return error_problem(InvalidInput("the request body did not arrive"))
         if body is None or not _is_one_click(request, body):
@@ -107,17 +108,6 @@ def create_router(runner: StoreRunner, identity: Identity, tokens: UnsubscribeTo
                      f"{member} gets no more mail from {found.name or found.address}.")
 
     return router
-
-
-async def _read_limited(request: Request) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > BODY_LIMIT:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _is_one_click(request: Request, body: bytes) -> bool:

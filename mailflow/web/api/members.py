@@ -19,6 +19,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from mailflow.errors import InvalidInput, MessageTooLarge, NotFound
+from mailflow.http_body import read_limited
 from mailflow.model import Member, MemberStatus
 from mailflow.services.member_csv import MemberImport, read_member_rows
 from mailflow.web.api.deps import Caller, Deps, Writer
@@ -144,13 +145,11 @@ async def import_members(address: ListAddress, request: Request, deps: Deps, cal
 
 
 async def _read_text(request: Request) -> str:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_IMPORT_BYTES:
-            raise MessageTooLarge(f"a member file has at most {MAX_IMPORT_BYTES} bytes")
+    body = await read_limited(request, MAX_IMPORT_BYTES)
+    if body is None:
+        raise MessageTooLarge(f"a member file has at most {MAX_IMPORT_BYTES} bytes")
     try:
-        return codecs.decode(bytes(body), "utf-8-sig")
+        return codecs.decode(body, "utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"the file is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
                            f"at offset {exc.start}); save it as UTF-8 CSV") from None
