@@ -164,6 +164,9 @@ class Relay:
         self._sns_http: SnsHttp | None = None
         self._pollers: list[tuple[SqsPoller, asyncio.Task[None]]] = []
         self.blobs: Blobs | None = None
+        self._bounce_policy = BouncePolicy(self.settings.bounce_score_reset,
+                                           self.settings.bounce_warnings,
+                                           self.settings.bounce_warning_interval)
         self._routes = self.settings.route_specs  # as last applied (SIGHUP may change them)
 
     async def start(self) -> None:
@@ -519,7 +522,8 @@ class Relay:
             clients=FailedAuthLimiter(settings.http_auth_max_failures,
                                       settings.http_auth_window),
             accounts=FailedAuthLimiter(settings.http_auth_max_failures,
-                                       settings.http_auth_window))
+                                       settings.http_auth_window),
+            body_timeout=settings.http_request_timeout)
 
     async def reload_tls(self) -> None:
         """SIGHUP: the SMTP listener reads its certificate files again, for the sessions
@@ -577,9 +581,7 @@ class Relay:
     async def _bounce_upkeep(self, now: float) -> None:
         """Warnings, removals and score resets owed to members (bounce processing)."""
         assert self.runner is not None
-        settings = self.settings
-        policy = BouncePolicy(settings.bounce_score_reset, settings.bounce_warnings,
-                              settings.bounce_warning_interval)
+        settings, policy = self.settings, self._bounce_policy
         for _ in range(MAINTENANCE_CALLS):
             written = await self.runner.write(bounce_upkeep, self.runner.repo, now, policy,
                                               settings.postmaster_address)

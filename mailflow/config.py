@@ -354,11 +354,8 @@ class Settings(BaseSettings):
         Each entry is checked and written in one canonical form here: uvicorn silently
         treats what it cannot parse as a name no peer ever has.
         """
-        if isinstance(value, str):
-            value = value.split(",")
-        if not isinstance(value, list | tuple):
-            return value
-        return tuple(parse_proxy(str(entry)) for entry in value if str(entry).strip())
+        value = split_list(value)
+        return tuple(map(parse_proxy, value)) if isinstance(value, tuple) else value
 
     @field_validator("dns_resolver")
     @classmethod

@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mailflow import addresses
 
@@ -30,13 +30,14 @@ _KEY_LABEL = b"mailflow verp v1"
 class Verp:
     secret: str
 
+    _key: bytes = field(init=False, repr=False)
+
     def __post_init__(self) -> None:
         if not self.secret:
             raise ValueError("VERP needs a secret")
-
-    @property
-    def _key(self) -> bytes:
-        return hmac.new(self.secret.encode("utf-8"), _KEY_LABEL, hashlib.sha256).digest()
+        # Derived once: a token is made for every personalized copy.
+        object.__setattr__(self, "_key", hmac.new(self.secret.encode("utf-8"), _KEY_LABEL,
+                                                  hashlib.sha256).digest())
 
     def token(self, list_address: str, member: str) -> str:
         data = f"{list_address}\0{member}".lower().encode("utf-8")
@@ -51,14 +52,8 @@ class Verp:
     def member(self, list_address: str, token: str, members: list[str]) -> str | None:
         """Which of ``members`` ``token`` names (any case), or None."""
         given = token.lower()
-        key = self._key
-        for member in members:
-            data = f"{list_address}\0{member}".lower().encode("utf-8")
-            digest = hmac.new(key, data, hashlib.sha256).digest()
-            if hmac.compare_digest(base64.b32encode(digest).decode("ascii")[:TOKEN_LENGTH]
-                                   .lower(), given):
-                return member
-        return None
+        return next((m for m in members
+                     if hmac.compare_digest(self.token(list_address, m), given)), None)
 
 
 def token_of(address: str) -> str:

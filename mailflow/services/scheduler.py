@@ -58,7 +58,8 @@ import contextlib
 import functools
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 from mailflow import srs
@@ -125,6 +126,8 @@ ERROR_BACKOFF = 1.0     # seconds to wait after a database error before claiming
 LIST_CACHE_TTL = 2.0    # seconds a list's name, kind and priority are reused
 LISTS_KEPT = 1000       # beyond this many lists remembered, the expired ones are dropped
 BUSY_RETRY_MIN = 1.0    # seconds work handed back by a busy route waits at least
+
+DECISIONS_KEPT = 4096  # messages whose per-message copy decisions are remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +207,10 @@ class Scheduler:
                                   options.unsubscribe)
         # The lists' filter rules, for their tag and strip rules; set by the app.
         self.filters: FilterRules | None = None
+        # Per message and shared variant: (tag/strip rule, DMARC From), see
+        # _message_decisions; small tuples of shared objects, bounded by their number.
+        self._decided: OrderedDict[tuple[str, Hashable],
+                                   tuple[FilterRule | None, AuthorField | None]] = OrderedDict()
         # Signs a rendered copy (DKIM, ``services/dkim_keys``), last; set by the app.
         self.sign: Callable[[bytes, MailingList], Awaitable[bytes]] | None = None
         # Told of alias forwards that failed for good (``services.notices``); set by the app.
@@ -457,10 +464,8 @@ class Scheduler:
             if message is None or mailing_list is None:
                 orphans += _orphaned(group)
                 continue
-            # A personalized list's copy is its member's own: one recipient a transaction.
-            step = 1 if mailing_list.personalize else size
-            for start in range(0, len(group), step):
-                self._hold(lane, Transaction(message, mailing_list, group[start:start + step]))
+            for chunk in _chunks(group, mailing_list, size):
+                self._hold(lane, Transaction(message, mailing_list, chunk))
         if orphans:
             self._add_outcomes(orphans)
 
@@ -484,9 +489,7 @@ class Scheduler:
                 outcomes += _orphaned(group)
                 continue
             lane = lanes[index]
-            step = 1 if mailing_list.personalize else size
-            for start in range(0, len(group), step):
-                chunk = group[start:start + step]
+            for chunk in _chunks(group, mailing_list, size):
                 if had_room[index] or lane.takes_more(pace):
                     self._hold(lane, Transaction(message, mailing_list, chunk))
                     continue
@@ -660,11 +663,7 @@ class Scheduler:
             if returned:
                 sent_for = await self._ses_bounce_alias(raw)
                 raw = await asyncio.to_thread(self._rewritten, raw, tx, sent_for)
-            rule = None
-            if rules:  # parses and matches: a thread
-                rule = await asyncio.to_thread(applied_rule, raw, rules,
-                                               self.options.filter_regex_timeout)
-            rewrite_from = await self._rewrite_from(raw, tx)
+            rule, rewrite_from = await self._message_decisions(raw, tx, rules)
             member = await self._copy_member(tx, recipient)
             render = functools.partial(render_copy, raw, tx.message, tx.mailing_list,
                                        self._identity, member=member,
@@ -678,6 +677,26 @@ class Scheduler:
                 content = await self.sign(content, tx.mailing_list)
             self._content.put(key, content)
         return content
+
+    async def _message_decisions(self, raw: bytes, tx: Transaction,
+                                 rules: tuple[FilterRule, ...]
+                                 ) -> tuple[FilterRule | None, AuthorField | None]:
+        """What a copy's rendering decides from the message alone: the tag or strip rule
+        that applies, and the DMARC From.  Once per message and shared variant: the
+        copies of a personalized list differ by member only, and each member's copy
+        must not parse and match the message again."""
+        key = (tx.message.id, rendering_variant(tx.mailing_list, rules=rules))
+        found = self._decided.get(key)
+        if found is None:
+            rule = None
+            if rules:  # parses and matches: a thread
+                rule = await asyncio.to_thread(applied_rule, raw, rules,
+                                               self.options.filter_regex_timeout)
+            found = (rule, await self._rewrite_from(raw, tx))
+            self._decided[key] = found
+            while len(self._decided) > DECISIONS_KEPT:
+                self._decided.popitem(last=False)
+        return found
 
     async def _copy_rules(self, mailing_list: MailingList) -> tuple[FilterRule, ...]:
         """The list's filter rules if one of them changes copies (tag, strip)."""
@@ -844,6 +863,15 @@ def _reply(recipient: str, error: SmtpReplyError) -> RecipientReply:
     return RecipientReply(recipient, *recipient_reply(error))
 
 
+def _chunks(group: list[Delivery], mailing_list: MailingList, size: int
+            ) -> Iterator[list[Delivery]]:
+    """A group's transactions: at most ``size`` recipients each, one for a personalized
+    list (each copy is its member's own)."""
+    step = 1 if mailing_list.personalize else size
+    for start in range(0, len(group), step):
+        yield group[start:start + step]
+
+
 def _orphaned(group: list[Delivery]) -> list[Outcome]:
     """Claimed deliveries whose list or message is gone: failed, and logged."""
     for d in group:
@@ -860,14 +888,13 @@ def _note_attempt(tx: Transaction, outcomes: list[Outcome], now: float) -> None:
 
     Per transaction, not per delivery, unless the log is on (``log_level`` INFO).
     """
-    message, alias = tx.message, (tx.mailing_list.kind is ListKind.ALIAS
-                                  and tx.mailing_list.id != RELAYED)
+    message = tx.message
+    delivered_count = sum(1 for o in outcomes if o.status is DeliveryStatus.DELIVERED)
+    if delivered_count:
+        QUEUE_SECONDS.observe(max(now - message.received_at, 0.0))
+        if tx.mailing_list.kind is ListKind.ALIAS and tx.mailing_list.id != RELAYED:
+            FORWARDS.inc(delivered_count)
     if not log.isEnabledFor(logging.INFO):
-        delivered_count = sum(1 for o in outcomes if o.status is DeliveryStatus.DELIVERED)
-        if delivered_count:
-            QUEUE_SECONDS.observe(max(now - message.received_at, 0.0))
-            if alias:
-                FORWARDS.inc(delivered_count)
         return
     delivered: dict[str, list[str]] = {}
     for delivery, outcome in zip(tx.deliveries, outcomes, strict=True):
@@ -882,11 +909,6 @@ def _note_attempt(tx: Transaction, outcomes: list[Outcome], now: float) -> None:
                         "message_id": message.header_id, "sender": message.mail_from,
                         "recipient": delivery.recipient, "route": tx.route,
                         "reply": outcome.reply})
-    if not delivered:
-        return
-    QUEUE_SECONDS.observe(max(now - message.received_at, 0.0))
-    if alias:
-        FORWARDS.inc(sum(len(rcpts) for rcpts in delivered.values()))
     for reply, rcpts in delivered.items():
         log.info("deliver %s message-id=%s from=<%s> to=%s route=%s: %s", message.id,
                  message.header_id or "-", message.mail_from, ",".join(rcpts), tx.route,

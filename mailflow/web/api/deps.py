@@ -38,6 +38,7 @@ class ApiDeps:
     access: AccessService
     clients: FailureLimiter    # failed tokens and logins per client address
     accounts: FailureLimiter   # failed logins per account
+    body_timeout: float = 60.0  # a request body must arrive within this (http_request_timeout)
 
     async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self.runner.read(fn, *args, **kwargs)

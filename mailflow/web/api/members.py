@@ -7,6 +7,7 @@ rest and says what to fix; ``dry_run=true`` only reports.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import csv
 import io
@@ -18,7 +19,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from mailflow.errors import InvalidInput, MessageTooLarge, NotFound
+from mailflow.errors import InputTimeout, InvalidInput, MessageTooLarge, NotFound
 from mailflow.http_body import read_limited
 from mailflow.model import Member, MemberStatus
 from mailflow.services.member_csv import MemberImport, read_member_rows
@@ -133,7 +134,7 @@ async def import_members(address: ListAddress, request: Request, deps: Deps, cal
     address per row; valid rows are added, each invalid row is reported."""
     found = await deps.read(deps.directory.get_list, address)
     caller.require_list(found.address, change=True)
-    text = await _read_text(request)
+    text = await _read_text(request, deps.body_timeout)
     rows = read_member_rows(io.StringIO(text, newline=""), "the file")
     result = await deps.write(deps.directory.import_member_rows, found.address, rows,
                               dry_run=dry_run)
@@ -144,8 +145,14 @@ async def import_members(address: ListAddress, request: Request, deps: Deps, cal
     return ImportReport.of(result, dry_run)
 
 
-async def _read_text(request: Request) -> str:
-    body = await read_limited(request, MAX_IMPORT_BYTES)
+async def _read_text(request: Request, seconds: float) -> str:
+    """The CSV body as text: bounded in bytes, and in time (a client trickling a file in
+    must not hold a connection for ever)."""
+    try:
+        async with asyncio.timeout(seconds):
+            body = await read_limited(request, MAX_IMPORT_BYTES)
+    except TimeoutError:
+        raise InputTimeout(f"the file did not arrive within {seconds:g} s") from None
     if body is None:
         raise MessageTooLarge(f"a member file has at most {MAX_IMPORT_BYTES} bytes")
     try:
