@@ -100,6 +100,8 @@ def test_an_ses_bounce_mail_for_a_forward_reaches_the_sender_naming_the_alias(
         client.sendmail(original, [alias], make_message(alias, sender=original)
                         .replace(f"To: {alias}\r\n".encode(), b""))
     (forward,) = wait_for_sends(moto, 1)
+    # SES's bounce comes after the relay has recorded SES's id for the copy: settled.
+    relay.wait_settled()
     srs_address = json.loads(watcher.bodies[0])["FeedbackForwardingEmailAddress"]
     assert srs_address.startswith("SRS0=")
     assert base64.b64decode(json.loads(watcher.bodies[0])["Content"]["Raw"]["Data"]) \
