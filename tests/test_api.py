@@ -174,7 +174,7 @@ async def test_every_list_setting_is_read_and_changed_through_the_directory(
     problem_of(await world.call("PATCH", path, world.other_owner, json={"hold_days": 5}),
                404)
     entry = world.harness.access.audit(1, target="team@example.test")[0]
-    assert entry.action == "list.update" and "header_template=(24 characters)" in entry.detail
+    assert entry.action == "list.update" and "header_template=(23 characters)" in entry.detail
 
 
 async def test_an_owner_sees_and_changes_only_their_lists(world: World) -> None:
