@@ -516,6 +516,201 @@ async def test_the_queue_is_read_by_site_admins(world: World) -> None:
     problem_of(await world.call("GET", "/queue", world.owner), 403)
 
 
+async def test_bounces_are_read_by_their_lists_owners_and_moderators(world: World,
+                                                                       engines: Engines
+                                                                       ) -> None:
+    from sqlalchemy import insert
+
+    from mailflow.store.tables import bounce_events
+
+    team = world.harness.directory.get_list("team@example.test").id
+    other = world.harness.directory.get_list("other@example.test").id
+    with engines.writer.begin() as conn:
+        conn.execute(insert(bounce_events), [
+            {"list_id": list_id, "address": f"b{n}@x.test", "kind": "permanent",
+             "source": "dsn", "counted": True, "detail": "550 5.1.1", "created_at": n}
+            for n, list_id in ((1.0, team), (2.0, team), (3.0, other))])
+    every = (await world.call("GET", "/bounces", world.admin_read, params={"limit": 2})).json()
+    assert [b["address"] for b in every["items"]] == ["b3.0@x.test", "b2.0@x.test"]
+    rest = (await world.call("GET", "/bounces", world.admin_read,
+                             params={"cursor": every["next_cursor"]})).json()
+    assert [b["address"] for b in rest["items"]] == ["b1.0@x.test"]
+    mine = (await world.call("GET", "/bounces", world.moderator,
+                             params={"list": "team@example.test"})).json()["items"]
+    assert [b["list"] for b in mine] == ["team@example.test"] * 2
+    problem_of(await world.call("GET", "/bounces", world.moderator), 403)
+    problem_of(await world.call("GET", "/bounces", world.other_owner,
+                                params={"list": "team@example.test"}), 404)
+
+
+async def test_suppressions_global_and_per_list(world: World) -> None:
+    added = await world.call("POST", "/suppressions", world.admin, json={
+        "address": "Gone@X.test", "reason": "left the company"})
+    assert added.status_code == 201
+    assert added.json()["suppression"].items() >= {
+        "address": "gone@x.test", "list": None, "reason": "left the company"}.items()
+    again = await world.call("POST", "/suppressions", world.admin, json={
+        "address": "gone@x.test"})
+    assert again.json()["added"] is False
+    mine = await world.call("POST", "/suppressions", world.owner, json={
+        "address": "quiet@x.test", "list": "team@example.test"})
+    assert mine.json()["suppression"]["list"] == "team@example.test"
+    # the global entries are a site admin's; a list's are its owner's
+    problem_of(await world.call("POST", "/suppressions", world.owner, json={
+        "address": "x@x.test"}), 403)
+    problem_of(await world.call("POST", "/suppressions", world.moderator, json={
+        "address": "x@x.test", "list": "team@example.test"}), 403)
+    problem_of(await world.call("POST", "/suppressions", world.admin_read, json={
+        "address": "x@x.test"}), 403)
+    problem_of(await world.call("POST", "/suppressions", world.other_owner, json={
+        "address": "x@x.test", "list": "team@example.test"}), 404)
+    bad = problem_of(await world.call("POST", "/suppressions", world.admin, json={
+        "address": "not an address"}), 422)
+    assert "invalid address" in str(bad["detail"])
+    every = (await world.call("GET", "/suppressions", world.admin_read)).json()["items"]
+    assert [(e["address"], e["list"]) for e in every] == [
+        ("gone@x.test", None), ("quiet@x.test", "team@example.test")]
+    theirs = (await world.call("GET", "/suppressions", world.moderator,
+                               params={"list": "team@example.test"})).json()["items"]
+    assert [e["address"] for e in theirs] == ["quiet@x.test"]
+    problem_of(await world.call("DELETE", "/suppressions/quiet@x.test", world.owner), 403)
+    assert (await world.call("DELETE", "/suppressions/quiet@x.test", world.owner,
+                             params={"list": "team@example.test"})).status_code == 204
+    problem_of(await world.call("DELETE", "/suppressions/quiet@x.test", world.owner,
+                                params={"list": "team@example.test"}), 404)
+    assert world.harness.directory.suppressions("team@example.test") == []
+
+
+async def test_dkim_keys_are_a_site_admins_and_never_show_the_private_key(
+        world: World) -> None:
+    made = await world.call("POST", "/dkim-keys", world.admin, json={
+        "domain": "Example.test", "selector": "s1"})
+    assert made.status_code == 201, made.text
+    key = made.json()
+    assert key["dns_name"] == "s1._domainkey.example.test"
+    assert key["dns_txt"].startswith("v=DKIM1; k=rsa; p=")
+    stored = world.harness.directory.dkim_keys()[0]
+    assert stored.private_key.strip()[:20] not in made.text and "PRIVATE" not in made.text
+    problem_of(await world.call("POST", "/dkim-keys", world.admin, json={
+        "domain": "example.test"}), 409)
+    replaced = await world.call("POST", "/dkim-keys", world.admin, json={
+        "domain": "example.test", "selector": "s2", "replace": True})
+    assert replaced.json()["selector"] == "s2"
+    problem_of(await world.call("POST", "/dkim-keys", world.admin, json={
+        "domain": "example.test", "selector": "bad selector!", "replace": True}), 422)
+    listed = await world.call("GET", "/dkim-keys", world.admin_read)
+    assert [k["selector"] for k in listed.json()["items"]] == ["s2"]
+    assert "PRIVATE" not in listed.text
+    problem_of(await world.call("GET", "/dkim-keys", world.owner), 403)
+    problem_of(await world.call("POST", "/dkim-keys", world.admin_read, json={
+        "domain": "example.test"}), 403)
+    assert (await world.call("DELETE", "/dkim-keys/example.test", world.admin)).json()[
+        "selector"] == "s2"
+    problem_of(await world.call("DELETE", "/dkim-keys/example.test", world.admin), 404)
+
+
+def _deliveries(engines: Engines, message_id: str, list_id: int, rows: list[tuple[str, str]],
+                now: float = 0.0) -> None:
+    from sqlalchemy import insert
+
+    from mailflow.store.tables import deliveries
+
+    with engines.writer.begin() as conn:
+        conn.execute(insert(deliveries), [
+            {"message_id": message_id, "list_id": list_id, "recipient": recipient,
+             "status": status, "due_at": now, "created_at": now, "updated_at": now}
+            for recipient, status in rows])
+
+
+async def test_queue_actions_as_the_cli_with_a_confirmed_delete(world: World,
+                                                                engines: Engines) -> None:
+    team = world.harness.directory.get_list("team@example.test").id
+    other = world.harness.directory.get_list("other@example.test").id
+    _hold(engines, "00dd", "team@example.test")
+    _deliveries(engines, "00dd", team, [("a@x.test", "deferred"), ("b@y.test", "queued"),
+                                        ("c@x.test", "delivered")])
+    _deliveries(engines, "00dd", other, [("d@x.test", "deferred")])
+    held = await world.call("POST", "/queue/hold", world.admin, json={"domain": "x.test"})
+    assert held.json() == {"action": "hold", "changed": 2, "skipped": 1}
+    counts = (await world.call("GET", "/queue", world.admin)).json()["deliveries"]
+    assert counts["held"] == 2
+    # an owner acts on the deliveries through their list, only
+    released = await world.call("POST", "/queue/release", world.owner,
+                                json={"list": "team@example.test"})
+    assert released.json()["changed"] == 1
+    problem_of(await world.call("POST", "/queue/release", world.owner, json={}), 403)
+    problem_of(await world.call("POST", "/queue/release", world.owner,
+                                json={"list": "nobody@example.test"}), 404)
+    problem_of(await world.call("POST", "/queue/release", world.moderator,
+                                json={"list": "team@example.test"}), 403)
+    problem_of(await world.call("POST", "/queue/retry", world.admin_read,
+                                json={"status": ["deferred"]}), 403)
+    # the service's rules: a criterion is needed, a delete of many is confirmed
+    empty = problem_of(await world.call("POST", "/queue/retry", world.admin, json={}), 422)
+    assert "no deliveries selected" in str(empty["detail"])
+    bad = problem_of(await world.call("POST", "/queue/retry", world.admin,
+                                      json={"older_than": "soon"}), 422)
+    assert "invalid duration" in str(bad["detail"])
+    problem_of(await world.call("POST", "/queue/purge", world.admin,
+                                json={"status": ["queued"]}), 422)
+    many = problem_of(await world.call("POST", "/queue/delete", world.admin,
+                                       json={"status": ["queued", "held"]}), 422)
+    assert "confirm: true" in str(many["detail"])
+    deleted = await world.call("POST", "/queue/delete", world.admin,
+                               json={"status": ["queued", "held"], "confirm": True})
+    assert deleted.json()["changed"] == 3
+    one = await world.call("POST", "/queue/retry", world.admin, json={"ids": ["00dd"]})
+    assert one.json() == {"action": "retry", "changed": 0, "skipped": 4}
+    entry = world.harness.access.audit(1)[0]
+    assert entry.action == "queue.retry" and "ids=1" in entry.detail
+
+
+async def test_trace_and_stats_are_a_site_admins(world: World, engines: Engines) -> None:
+    import time
+
+    from sqlalchemy import insert
+
+    from mailflow.ids import new_message_id
+    from mailflow.store.tables import events, messages
+
+    now = time.time()
+    received = max(now // 3600 * 3600, now - 60)  # in this hour, so the last one counts it
+    message_id = new_message_id(received)
+    with engines.writer.begin() as conn:
+        conn.execute(insert(messages).values(
+            id=message_id, mail_from="s@out.test", rcpt_tos="team@example.test",
+            blob="c" * 64, size=10, received_at=received, status="done",
+            updated_at=now, header_id="<m1@out.test>"))
+        conn.execute(insert(events).values(created_at=(received + now) / 2, kind="expanded",
+                                           message_id=message_id, detail="2 deliveries"))
+    team = world.harness.directory.get_list("team@example.test").id
+    _deliveries(engines, message_id, team, [("a@x.test", "delivered"),
+                                            ("b@x.test", "failed")], now)
+    found = (await world.call("GET", "/trace", world.admin_read,
+                              params={"q": "<m1@out.test>", "since": "1h"})).json()
+    assert found["truncated"] is False
+    [traced] = found["items"]
+    assert traced["id"] == message_id and traced["mail_from"] == "s@out.test"
+    assert [s["kind"] for s in traced["steps"]][:2] == ["received", "expanded"]
+    assert sorted(d["status"] for d in traced["deliveries"]) == ["delivered", "failed"]
+    none = (await world.call("GET", "/trace", world.admin,
+                             params={"q": "s@out.test", "until": "2h"})).json()
+    assert none == {"items": [], "truncated": False}
+    problem_of(await world.call("GET", "/trace", world.admin,
+                                params={"q": "x", "since": "yesterday"}), 422)
+    problem_of(await world.call("GET", "/trace", world.owner, params={"q": "x"}), 403)
+
+    stats = (await world.call("GET", "/stats", world.admin_read)).json()
+    assert len(stats["hours"]) == 24
+    last = stats["hours"][-1]
+    assert last["start"] <= now < last["start"] + 3600
+    assert (last["received"], last["delivered"], last["failed"]) == (1, 1, 1)
+    assert sum(h["received"] for h in stats["hours"]) == 1
+    assert stats["deliveries"]["delivered"] == 1 and stats["messages"]["done"] == 1
+    problem_of(await world.call("GET", "/stats", world.admin, params={"hours": 0}), 422)
+    problem_of(await world.call("GET", "/stats", world.owner), 403)
+
+
 # -- access -------------------------------------------------------------------------------
 
 async def test_no_token_or_a_wrong_one_is_401_and_repeated_failures_429(world: World) -> None:
