@@ -18,6 +18,13 @@ from mailflow.store import Engines
 from mailflow.testing.api import ApiHarness, api_app
 
 PROBLEM = "application/problem+json"
+# The owner and moderator of team@example.test: on its roster with their roles (and
+# disabled, as ``user role`` adds them), so the roster's pages show them too.
+TEAM_STAFF = ("ann@example.test", "mod@example.test")
+
+
+def without_staff(found: list[str]) -> list[str]:
+    return [a for a in found if a not in TEAM_STAFF]
 
 
 @dataclass
@@ -235,7 +242,8 @@ async def test_members_are_paged_by_cursor_and_searched(world: World) -> None:
         cursor = page["next_cursor"]
         if cursor is None:
             break
-    assert seen == [f"m{i:03d}@x.test" for i in range(25)]
+    assert seen == ["ann@example.test"] + [f"m{i:03d}@x.test" for i in range(25)] + [
+        "mod@example.test"]
     found = (await world.call("GET", "/lists/team@example.test/members", world.owner,
                               params={"q": "zED"})).json()
     assert [m["address"] for m in found["items"]] == ["m007@x.test"]
@@ -258,8 +266,8 @@ async def test_members_are_added_and_removed(world: World) -> None:
                              world.owner)).status_code == 204
     problem_of(await world.call("DELETE", "/lists/team@example.test/members/ann@x.test",
                                 world.owner), 404)
-    assert [m.address for m in world.harness.directory.members("team@example.test")] == [
-        "cy@x.test"]
+    assert without_staff([m.address for m in world.harness.directory.members(
+        "team@example.test")]) == ["cy@x.test"]
 
 
 async def test_a_member_shows_its_role_and_bounces_and_is_changed(world: World,
@@ -280,7 +288,8 @@ async def test_a_member_shows_its_role_and_bounces_and_is_changed(world: World,
         "address": "lee@x.test", "name": "Lee", "status": "disabled", "role": "moderator",
         "created_at": 0, "bounce_score": 5.5, "last_bounce_at": 1234.0}
     page = (await world.call("GET", base, world.owner)).json()["items"]
-    assert page[0]["role"] == "moderator" and page[0]["bounce_score"] == 5.5
+    lee = next(m for m in page if m["address"] == "lee@x.test")
+    assert lee["role"] == "moderator" and lee["bounce_score"] == 5.5
     changed = await world.call("PATCH", f"{base}/lee@x.test", world.owner,
                                json={"role": "owner", "name": "Lee Q.", "status": "active"})
     assert changed.json().items() >= {"role": "owner", "name": "Lee Q.", "status": "active",
@@ -310,7 +319,8 @@ async def test_a_csv_import_adds_the_valid_rows_and_reports_each_bad_one(world: 
                            world.owner, content=data.encode(),
                            headers={"content-type": "text/csv"})
     assert dry.json()["dry_run"] and dry.json()["added"] == 0 and dry.json()["valid"] == 2
-    assert world.harness.directory.members("team@example.test") == []
+    assert without_staff([m.address for m in world.harness.directory.members(
+        "team@example.test")]) == []
     report = (await world.call("POST", "/lists/team@example.test/members/import",
                                world.owner, content=data.encode())).json()
     assert (report["valid"], report["added"], report["existing"]) == (2, 2, 0)
@@ -330,10 +340,12 @@ async def test_the_csv_export_reads_back_in(world: World) -> None:
     assert exported.headers["content-type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(exported.text)))
     assert rows == [["email", "name", "status"], ["a@x.test", "Ann, Jr.", "active"],
-                    ["b@x.test", "'=HYPERLINK()", "active"]]
+                    ["ann@example.test", "", "disabled"],
+                    ["b@x.test", "'=HYPERLINK()", "active"],
+                    ["mod@example.test", "", "disabled"]]
     again = await world.call("POST", "/lists/other@example.test/members/import",
                              world.other_owner, content=exported.content)
-    assert again.json()["added"] == 2 and again.json()["errors"] == []
+    assert again.json()["added"] == 3 and again.json()["errors"] == []  # ann is there
 
 
 # -- rules --------------------------------------------------------------------------------
@@ -777,6 +789,98 @@ async def test_users_and_roles_are_a_site_admins(world: World) -> None:
     assert (await world.call("DELETE", "/users/new@example.test", world.admin)
             ).status_code == 204
     problem_of(await world.call("GET", "/me", new_token), 401)
+
+
+async def test_a_users_roles_are_their_addresss_roles_on_the_roster(world: World) -> None:
+    """One source of truth: making a member owner gives that user the list; the
+    shortcut (``user role``, ``PUT /users/…/lists/…``) sets the member's role."""
+    directory = world.harness.directory
+    base = "/lists/other@example.test/members"
+    # mod@ moderates team only; bob (other's owner) makes mod@ a moderator of other
+    problem_of(await world.call("GET", "/lists/other@example.test", world.moderator), 404)
+    await world.call("POST", base, world.other_owner, json={
+        "members": [{"address": "mod@example.test"}], "role": "moderator"})
+    me = (await world.call("GET", "/me", world.moderator)).json()
+    assert me["lists"] == {"team@example.test": "moderator", "other@example.test": "moderator"}
+    assert (await world.call("GET", "/held", world.moderator,
+                             params={"list": "other@example.test"})).status_code == 200
+    problem_of(await world.call("PATCH", "/lists/other@example.test", world.moderator,
+                                json={"priority": 1}), 403)
+    await world.call("PATCH", f"{base}/mod@example.test", world.other_owner,
+                     json={"role": "owner"})
+    assert (await world.call("PATCH", "/lists/other@example.test", world.moderator,
+                             json={"priority": 1})).status_code == 200
+    await world.call("PATCH", f"{base}/mod@example.test", world.other_owner,
+                     json={"role": "member"})
+    problem_of(await world.call("GET", "/lists/other@example.test", world.moderator), 404)
+    # the shortcut adds an address that is not a member disabled: it gets no mail
+    assert (await world.call("PUT", "/users/root@example.test/lists/other@example.test",
+                             world.admin, json={"role": "moderator"})).status_code == 204
+    added = directory.get_member("other@example.test", "root@example.test")
+    assert (added.role.value, added.status.value) == ("moderator", "disabled")
+    assert (await world.call("DELETE", "/users/root@example.test/lists/other@example.test",
+                             world.admin)).status_code == 204
+    assert directory.get_member("other@example.test", "root@example.test").role.value == \
+        "member"
+    problem_of(await world.call("PUT", "/users/nobody@example.test/lists/other@example.test",
+                                world.admin, json={"role": "owner"}), 404)
+
+
+def test_list_roles_move_to_the_roster_without_sending_anyone_mail(database_url: str
+                                                                   ) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from mailflow.store import Repository, create_engines, upgrade_to_head
+    from mailflow.store.access import AccessRepository
+    from mailflow.store.migrate import MIGRATIONS
+
+    engines = create_engines(database_url, pool_size=1)
+    try:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with engines.writer.connect() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0017_users")
+            connection.commit()
+        with engines.writer.begin() as conn:
+            for sql in (
+                    "INSERT INTO domains (id, name, created_at) VALUES (1, 'example.test', 0)",
+                    "INSERT INTO lists (id, domain_id, address, kind, name, priority, "
+                    "created_at) VALUES (1, 1, 'team@example.test', 'list', '', 0, 0)",
+                    "INSERT INTO members (list_id, address, status, created_at, role) VALUES "
+                    "(1, 'ann@example.test', 'active', 0, 'member'), "
+                    "(1, 'cy@example.test', 'active', 0, 'owner'), "
+                    "(1, 'dee@example.test', 'active', 0, 'member')",
+                    "INSERT INTO users (id, email, password_hash, is_admin, created_at) VALUES "
+                    "(1, 'ann@example.test', 'h', false, 0), (2, 'bob@example.test', 'h', "
+                    "false, 0), (3, 'cy@example.test', 'h', false, 0)",
+                    "INSERT INTO list_roles (list_id, user_id, role) VALUES "
+                    "(1, 1, 'owner'), (1, 2, 'moderator'), (1, 3, 'moderator')"):
+                conn.execute(text(sql))
+        upgrade_to_head(engines.writer)
+        repo = Repository(engines)
+        roster = {m.address: (m.role.value, m.status.value)
+                  for m in repo.members("team@example.test")}
+        assert roster == {"ann@example.test": ("owner", "active"),
+                          "bob@example.test": ("moderator", "disabled"),
+                          "cy@example.test": ("owner", "active"),  # kept the higher role
+                          "dee@example.test": ("member", "active")}
+        access = AccessRepository(engines)
+        assert access.roles_of("bob@example.test") == {"team@example.test": "moderator"}
+        assert access.roles_of("dee@example.test") == {}
+        # who gets the list's mail is unchanged: bob, who only moderated it, does not
+        team = repo.get_list("team@example.test")
+        assert repo.moderators([team.id]) == {team.id: ["ann@example.test",
+                                                        "cy@example.test"]}
+        with engines.reader.connect() as conn:
+            assert "list_roles" not in {t for (t,) in conn.execute(text(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+                "current_schema()" if not engines.is_sqlite else
+                "SELECT name FROM sqlite_master WHERE type = 'table'"))}
+    finally:
+        engines.dispose()
 
 
 async def test_every_change_is_in_the_audit_log(world: World) -> None:
