@@ -14,7 +14,15 @@ from sqlalchemy import Row, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from mailflow.errors import Conflict, NotFound
-from mailflow.model import ApiToken, AuditEntry, ListRole, MemberRole, MemberStatus, TokenScope, User
+from mailflow.model import (
+    ApiToken,
+    AuditEntry,
+    ListRole,
+    MemberRole,
+    MemberStatus,
+    TokenScope,
+    User,
+)
 from mailflow.store.engine import Engines
 from mailflow.store.tables import STAFF_ROLES, api_tokens, audit_log, lists, members, users
 
