@@ -1311,7 +1311,8 @@ def user_remove(ctx: Context, email: str) -> None:
               required=True, help="owner, moderator, or none to take the role away")
 @pass_context
 def user_role(ctx: Context, email: str, list_address: str, role: str) -> None:
-    """Make EMAIL owner or moderator of LIST_ADDRESS (or neither)."""
+    """Make EMAIL owner or moderator of LIST_ADDRESS (or neither): the role of EMAIL on
+    the list's roster (added disabled, receiving nothing, if it is not a member)."""
     with ctx.access() as access:
         access.set_list_role(email, list_address, None if role == "none" else role)
         access.record(CLI_ACTOR, f"role.{'remove' if role == 'none' else role}",
