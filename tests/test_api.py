@@ -579,9 +579,17 @@ async def test_suppressions_global_and_per_list(world: World) -> None:
     bad = problem_of(await world.call("POST", "/suppressions", world.admin, json={
         "address": "not an address"}), 422)
     assert "invalid address" in str(bad["detail"])
-    every = (await world.call("GET", "/suppressions", world.admin_read)).json()["items"]
-    assert [(e["address"], e["list"]) for e in every] == [
-        ("gone@x.test", None), ("quiet@x.test", "team@example.test")]
+    world.harness.directory.suppress("gone@x.test", "other@example.test")
+    first = (await world.call("GET", "/suppressions", world.admin_read,
+                              params={"limit": 2})).json()
+    rest = (await world.call("GET", "/suppressions", world.admin_read,
+                             params={"limit": 2, "cursor": first["next_cursor"]})).json()
+    assert [(e["address"], e["list"]) for e in first["items"] + rest["items"]] == [
+        ("gone@x.test", None), ("gone@x.test", "other@example.test"),
+        ("quiet@x.test", "team@example.test")]
+    assert rest["next_cursor"] is None
+    problem_of(await world.call("GET", "/suppressions", world.admin_read,
+                                params={"cursor": "bm90YWJz"}), 422)
     theirs = (await world.call("GET", "/suppressions", world.moderator,
                                params={"list": "team@example.test"})).json()["items"]
     assert [e["address"] for e in theirs] == ["quiet@x.test"]

@@ -503,6 +503,14 @@ class DirectoryService:
         self.repo.remove_suppression(validated_address(address),
                                      validated_suppression_target(list_address))
 
+    def suppressions_page(self, list_address: str | None, limit: int,
+                          after: tuple[str, str] | None = None) -> list[Suppression]:
+        """One page by (address, list) (``after``: the last of the page before); every
+        entry, or (``list_address`` '') the global ones, or one list's."""
+        return self.repo.suppressions_page(
+            None if list_address is None else validated_suppression_target(list_address),
+            limit, after)
+
     def suppressions(self, list_address: str | None = None) -> list[Suppression]:
         return self.repo.suppressions(None if list_address is None
                                       else validated_suppression_target(list_address))
