@@ -205,7 +205,7 @@ def test_a_moderator_rejects_a_large_held_post_over_the_api(
     from mailflow.services.access import AccessService
     from mailflow.store.access import AccessRepository
 
-    address, members, owner, moderator = policy_list(relay, "members", "hold")
+    address, _members, owner, moderator = policy_list(relay, "members", "hold")
     stranger = f"big.{address.split('@')[0]}@outside.test"
     post(relay, stranger, address, make_message(
         address, sender=stranger, subject="Large", body=b"x" * 100 + b"\r\n" * 40_000))
