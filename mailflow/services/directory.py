@@ -1,6 +1,6 @@
 """The directory: domains, lists and aliases, members, and every rule their values obey.
 
-The CLI calls it today and the REST API next.  Both hand it what a user typed and get
+The CLI and the REST API call it.  Both hand it what a user typed and get
 domain objects back, or a domain error (:class:`~mailflow.errors.InvalidInput`,
 :class:`~mailflow.errors.NotFound`, :class:`~mailflow.errors.Conflict`) whose wording is
 theirs to extend.  Validation lives here, not in an adapter, so a value refused on one

@@ -1,5 +1,5 @@
 """Operator actions on the send queue: retry now, hold, release, delete (``mailflow
-queue …``, and the REST API to come).
+queue …``, and ``POST /api/v1/queue/{action}``).
 
 Every action leaves deliveries in flight alone: a sender holds them under a lease, and
 its outcome is recorded only under that lease, so acting on them here could not stop the
