@@ -1,6 +1,6 @@
 """The directory: domains, lists and aliases, members, and every rule their values obey.
 
-The CLI calls it today and the REST API next.  Both hand it what a user typed and get
+The CLI and the REST API call it.  Both hand it what a user typed and get
 domain objects back, or a domain error (:class:`~mailflow.errors.InvalidInput`,
 :class:`~mailflow.errors.NotFound`, :class:`~mailflow.errors.Conflict`) whose wording is
 theirs to extend.  Validation lives here, not in an adapter, so a value refused on one
@@ -503,6 +503,14 @@ class DirectoryService:
         self.repo.remove_suppression(validated_address(address),
                                      validated_suppression_target(list_address))
 
+    def suppressions_page(self, list_address: str | None, limit: int,
+                          after: tuple[str, str] | None = None) -> list[Suppression]:
+        """One page by (address, list) (``after``: the last of the page before); every
+        entry, or (``list_address`` '') the global ones, or one list's."""
+        return self.repo.suppressions_page(
+            None if list_address is None else validated_suppression_target(list_address),
+            limit, after)
+
     def suppressions(self, list_address: str | None = None) -> list[Suppression]:
         return self.repo.suppressions(None if list_address is None
                                       else validated_suppression_target(list_address))
@@ -695,6 +703,28 @@ class DirectoryService:
 
     def members(self, list_address: str) -> list[Member]:
         return self.repo.members(validated_address(list_address))
+
+    def get_member(self, list_address: str, address: str) -> Member:
+        return self.repo.member(validated_address(list_address), validated_address(address))
+
+    def update_member(self, list_address: str, address: str, *,
+                      role: str | MemberRole | None = None, name: str | None = None,
+                      enable: bool = False) -> Member:
+        """Change one member: its role, its display name (a non-empty one), or make it
+        active again with a bounce score of 0 (``enable``, as ``mailflow member enable``);
+        :class:`NotFound` if it is not a member.  Returns it as stored."""
+        target, member = validated_address(list_address), validated_address(address)
+        valid_role = None if role is None else validated_role(role)
+        valid_name = None if name is None else validated_member_name(name)
+        self.repo.member(target, member)
+        if valid_role is not None:
+            self.repo.set_role(target, [member], valid_role)
+        if valid_name:
+            self.repo.add_members(target, [member], self.clock.now(),
+                                  names={member: valid_name})
+        if enable:
+            self.repo.enable_members(target, [member])
+        return self.repo.member(target, member)
 
     # -- sender entries (block and allow lists) -------------------------------------------
 
