@@ -31,6 +31,7 @@ from mailflow.child.messages import TlsSpec
 from mailflow.child.process import ChildProcess
 from mailflow.clock import Clock, SystemClock
 from mailflow.config import ListenAddress, Settings, parse_provider_url
+from mailflow.confirm_tokens import ConfirmTokens
 from mailflow.egress.base import Egress
 from mailflow.egress.routes import ProviderOptions, RoutedEgress, build_provider, build_routed
 from mailflow.egress.ses_options import SesOptions
@@ -42,7 +43,9 @@ from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.ingress.tls import ServerTls
 from mailflow.model import BARE_ROLE, BounceKind, BounceReport, BounceSource, SentCopy
+from mailflow.pipeline.chain import process_chain
 from mailflow.pipeline.context import Identity
+from mailflow.pipeline.process.commands import ListCommands
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.access import AccessService
 from mailflow.services.bounce_upkeep import bounce_upkeep
@@ -164,6 +167,7 @@ class Relay:
         self._sns_http: SnsHttp | None = None
         self._pollers: list[tuple[SqsPoller, asyncio.Task[None]]] = []
         self.blobs: Blobs | None = None
+        self.confirm_tokens: ConfirmTokens | None = None
         self._bounce_policy = BouncePolicy(self.settings.bounce_score_reset,
                                            self.settings.bounce_warnings,
                                            self.settings.bounce_warning_interval)
@@ -217,11 +221,18 @@ class Relay:
             public_url=settings.public_url, unsubscribe=unsubscribe,
             filter_regex_timeout=settings.filter_regex_timeout,
         ), recent=recent, ingest_busy=activity.busy)
+        self.confirm_tokens = confirm = ConfirmTokens(
+            unsubscribe.secret, tuple(unsubscribe.old_secrets),
+            settings.subscription_confirm_days * 86_400.0)
+        chain = process_chain(ListCommands(confirm, settings.public_url,
+                                           settings.list_command_replies_per_day))
         processor = Processor(runner, self.clock, on_queued=scheduler.wake,
-                              poll_interval=settings.poll_interval, read_file=blobs.read)
+                              poll_interval=settings.poll_interval, read_file=blobs.read,
+                              steps=chain)
         committer = GroupCommitter(runner, blobs, self.clock,
                                    body_limit=settings.max_body_in_database,
-                                   expansion=InlineExpansion(settings.max_inline_deliveries),
+                                   expansion=InlineExpansion(settings.max_inline_deliveries,
+                                                             chain),
                                    queue=scheduler, on_received=processor.wake,
                                    recent=recent, activity=activity)
         notices = FailureNotices(committer, self.clock, srs, settings.hostname,

@@ -44,6 +44,7 @@ from mailflow.model import (
     PostingPolicy,
     QueueSelection,
     RuleAction,
+    SubscriptionPolicy,
     TokenScope,
 )
 from mailflow.pipeline.accept import filters
@@ -415,6 +416,16 @@ def list_create(ctx: Context, address: str, kind: str, name: str, priority: int)
               help=f"lists: the bounce score that disables a member "
                    f"({rules.MIN_BOUNCE_THRESHOLD:g} to {rules.MAX_BOUNCE_THRESHOLD:g}; "
                    "default 5)")
+@click.option("--subscription", type=click.Choice([p.value for p in SubscriptionPolicy]),
+              help="lists: how a request to join (LIST-join@, LIST-request@, the list's "
+                   "page) is handled: open (joined at once), confirm (the address confirms "
+                   "first; the default), approve (owners decide), closed (refused)")
+@click.option("--welcome-file", type=click.Path(exists=True, dir_okay=False),
+              help="lists: a Jinja2 template of the mail a new member gets (an empty file "
+                   "restores the default text)")
+@click.option("--goodbye-file", type=click.Path(exists=True, dir_okay=False),
+              help="lists: a Jinja2 template of the mail a leaving member gets (an empty "
+                   "file restores the default text)")
 @pass_context
 def list_update(ctx: Context, address: str, kind: str | None, name: str | None,
                 priority: int | None, forward_style: str | None, dmarc: str | None,
@@ -422,23 +433,27 @@ def list_update(ctx: Context, address: str, kind: str | None, name: str | None,
                 hold_days: int | None, subject_prefix: str | None,
                 reply_to: str | None, header_file: str | None, footer_file: str | None,
                 archive_url: str | None, personalize: str | None,
-                bounce_threshold: float | None) -> None:
+                bounce_threshold: float | None, subscription: str | None,
+                welcome_file: str | None, goodbye_file: str | None) -> None:
     """Change the kind, display name, priority, forward style, DMARC mode, posting
-    policy, decoration, personalization or bounce threshold of the list or alias at
-    ADDRESS."""
+    policy, decoration, personalization, bounce threshold or subscription policy and
+    greetings of the list or alias at ADDRESS."""
     decoration = {key: value for key, value in (
         ("subject_prefix", subject_prefix), ("reply_to", reply_to),
         ("header_template", _template_file(header_file)),
         ("footer_template", _template_file(footer_file)), ("archive_url", archive_url))
         if value is not None}
+    welcome, goodbye = _template_file(welcome_file), _template_file(goodbye_file)
     if all(v is None for v in (kind, name, priority, forward_style, dmarc, posting,
                                non_member_action, hold_days, personalize,
-                               bounce_threshold)) and not decoration:
+                               bounce_threshold, subscription, welcome, goodbye)) \
+            and not decoration:
         raise click.UsageError("nothing to update: give --name, --priority, --kind, "
                                "--forward-style, --dmarc, --posting, --non-member-action, "
                                "--hold-days, --subject-prefix, --reply-to, --header-file, "
-                               "--footer-file, --archive-url, --personalize or "
-                               "--bounce-threshold")
+                               "--footer-file, --archive-url, --personalize, "
+                               "--bounce-threshold, --subscription, --welcome-file or "
+                               "--goodbye-file")
     with ctx.directory() as directory:
         updated = directory.update_list(address, kind=kind, name=name, priority=priority,
                                         forward_style=forward_style, dmarc=dmarc,
@@ -447,7 +462,9 @@ def list_update(ctx: Context, address: str, kind: str | None, name: str | None,
                                         hold_days=hold_days, decoration=decoration,
                                         personalize=None if personalize is None
                                         else personalize == "on",
-                                        bounce_threshold=bounce_threshold)
+                                        bounce_threshold=bounce_threshold,
+                                        subscription=subscription,
+                                        welcome_template=welcome, goodbye_template=goodbye)
     click.echo(f"updated {updated.kind.value} {updated.address}")
 
 
@@ -480,6 +497,7 @@ def list_show(ctx: Context, address: str, as_json: bool) -> None:
             "non_member_action": found.non_member_action.value,
             "hold_days": found.hold_days,
             "personalize": found.personalize, "bounce_threshold": found.bounce_threshold,
+            "subscription": found.subscription.value,
             "members": len(roster),
             "active_members": sum(1 for m in roster if m.status.value == "active"),
             "bounces_address": found.bounces_address, "list_id": found.list_id,
@@ -489,12 +507,16 @@ def list_show(ctx: Context, address: str, as_json: bool) -> None:
     if as_json:
         info["header_template"] = found.decoration.header_template
         info["footer_template"] = found.decoration.footer_template
+        info["welcome_template"] = found.welcome_template
+        info["goodbye_template"] = found.goodbye_template
         emit_json(info)
     else:
         for key, value in info.items():
             click.echo(f"{key}: {value}")
         for key, source in (("header_template", found.decoration.header_template),
-                            ("footer_template", found.decoration.footer_template)):
+                            ("footer_template", found.decoration.footer_template),
+                            ("welcome_template", found.welcome_template),
+                            ("goodbye_template", found.goodbye_template)):
             click.echo(f"{key}: {len(source)} characters (--json shows it)" if source
                        else f"{key}: none")
 
