@@ -31,7 +31,6 @@ from mailflow.child.messages import TlsSpec
 from mailflow.child.process import ChildProcess
 from mailflow.clock import Clock, SystemClock
 from mailflow.config import ListenAddress, Settings, parse_provider_url
-from mailflow.confirm_tokens import ConfirmTokens
 from mailflow.egress.base import Egress
 from mailflow.egress.routes import ProviderOptions, RoutedEgress, build_provider, build_routed
 from mailflow.egress.ses_options import SesOptions
@@ -55,7 +54,7 @@ from mailflow.services.dkim_keys import store_key_book
 from mailflow.services.dmarc_policy import DmarcPolicies
 from mailflow.services.filter_rules import FilterBook, store_filter_book
 from mailflow.services.gauges import QueueGauges
-from mailflow.services.installation import prepare
+from mailflow.services.installation import list_commands, prepare
 from mailflow.services.moderation import ModerationSweep, content_reader
 from mailflow.services.notices import FailureNotices
 from mailflow.services.processor import Processor
@@ -167,7 +166,7 @@ class Relay:
         self._sns_http: SnsHttp | None = None
         self._pollers: list[tuple[SqsPoller, asyncio.Task[None]]] = []
         self.blobs: Blobs | None = None
-        self.confirm_tokens: ConfirmTokens | None = None
+        self.commands: ListCommands | None = None  # the list commands step, as built
         self._bounce_policy = BouncePolicy(self.settings.bounce_score_reset,
                                            self.settings.bounce_warnings,
                                            self.settings.bounce_warning_interval)
@@ -221,11 +220,8 @@ class Relay:
             public_url=settings.public_url, unsubscribe=unsubscribe,
             filter_regex_timeout=settings.filter_regex_timeout,
         ), recent=recent, ingest_busy=activity.busy)
-        self.confirm_tokens = confirm = ConfirmTokens(
-            unsubscribe.secret, tuple(unsubscribe.old_secrets),
-            settings.subscription_confirm_days * 86_400.0)
-        chain = process_chain(ListCommands(confirm, settings.public_url,
-                                           settings.list_command_replies_per_day))
+        self.commands = commands = list_commands(settings, unsubscribe)
+        chain = process_chain(commands)
         processor = Processor(runner, self.clock, on_queued=scheduler.wake,
                               poll_interval=settings.poll_interval, read_file=blobs.read,
                               steps=chain)

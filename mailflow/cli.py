@@ -51,9 +51,11 @@ from mailflow.pipeline.accept import filters
 from mailflow.services import directory as rules
 from mailflow.services.access import AccessService
 from mailflow.services.directory import DirectoryService
+from mailflow.services.installation import list_commands, unsubscribe_tokens
 from mailflow.services.member_csv import read_member_rows
 from mailflow.services.moderation import REASON_MAX_LENGTH, Moderation, content_reader
 from mailflow.services.queue_operations import QueueOperations
+from mailflow.services.subscriptions import Subscriptions
 from mailflow.services.timespec import parse_duration, parse_moment
 from mailflow.services.trace import TraceService
 from mailflow.store import Repository, create_cli_engines
@@ -122,6 +124,14 @@ class Context:
         with self.repository() as repo:
             blobs = open_blob_store(self.settings.blob_url, self.settings.blob_dir, 0)
             yield Moderation(repo, SystemClock(), content_reader(repo, blobs.read))
+
+    @contextmanager
+    def subscriptions(self) -> Iterator[Subscriptions]:
+        """Requests to join: the store, and the list commands step as the relay builds it
+        (its tokens and public URL for the welcome mail)."""
+        with self.repository() as repo:
+            step = list_commands(self.settings, unsubscribe_tokens(self.settings, repo))
+            yield Subscriptions(repo, SystemClock(), step)
 
     @contextmanager
     def access(self) -> Iterator[AccessService]:
@@ -978,6 +988,51 @@ def held_discard(ctx: Context, message_id: str) -> None:
     with ctx.moderation() as moderation:
         moderation.discard(message_id)
     click.echo(f"discarded {message_id}")
+
+
+@cli.group("requests")
+def requests_group() -> None:
+    """Requests to join lists whose subscriptions the owners approve (--subscription
+    approve)."""
+
+
+@requests_group.command("ls")
+@click.option("--list", "list_address", metavar="LIST", help="only the requests to this list")
+@click.option("--json", "as_json", is_flag=True,
+              help="a JSON array of objects with id, list, address, created_at")
+@pass_context
+def requests_ls(ctx: Context, list_address: str | None, as_json: bool) -> None:
+    """Show the requests waiting, oldest first."""
+    with ctx.subscriptions() as subscriptions:
+        found = subscriptions.requests(list_address)
+    if as_json:
+        emit_json([{"id": r.id, "list": r.list_address, "address": r.address,
+                    "created_at": r.created_at} for r in found])
+        return
+    for r in found:
+        click.echo(f"{r.id}\t{r.list_address}\t{r.address}\t{_moment(r.created_at)}")
+
+
+@requests_group.command("approve")
+@click.argument("request_id", metavar="ID", type=int)
+@pass_context
+def requests_approve(ctx: Context, request_id: int) -> None:
+    """Add the address that asked as a member, and mail it the list's welcome."""
+    with ctx.subscriptions() as subscriptions:
+        request = subscriptions.approve(request_id)
+    click.echo(f"approved: {request.address} joined {request.list_address}; welcome queued")
+
+
+@requests_group.command("reject")
+@click.argument("request_id", metavar="ID", type=int)
+@click.option("--reason", default="",
+              help=f"told to the address (at most {REASON_MAX_LENGTH} characters)")
+@pass_context
+def requests_reject(ctx: Context, request_id: int, reason: str) -> None:
+    """Refuse a request: the address is told (with the reason)."""
+    with ctx.subscriptions() as subscriptions:
+        request = subscriptions.reject(request_id, reason)
+    click.echo(f"rejected: {request.address} for {request.list_address}; notice queued")
 
 
 # -- bounces and suppressions -----------------------------------------------------------

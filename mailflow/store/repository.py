@@ -78,6 +78,7 @@ from mailflow.model import (
     SenderRule,
     SentCopy,
     SubscriptionPolicy,
+    SubscriptionRequest,
     Suppression,
     role_alias,
     role_alias_by_id,
@@ -1124,6 +1125,13 @@ class Repository:
         with self.engines.writer.begin() as conn:
             yield WriteTransaction(self, conn)
 
+    def subscription_requests(self, list_address: str | None = None
+                              ) -> list[SubscriptionRequest]:
+        """Requests to join waiting for an owner (of one list, or of every list)."""
+        with self.engines.reader.connect() as conn:
+            list_id = None if list_address is None else self._list_id(conn, list_address)
+            return subscription_store.requests(conn, list_id)
+
     @contextmanager
     def expansion_transaction(self) -> Iterator[WriteTransaction]:
         """Expansion of stored messages: relaxed, as a loss only repeats the expansion."""
@@ -1644,6 +1652,10 @@ class WriteTransaction:
         """What the list commands decided: roster changes, requests, replies counted."""
         if changes or answered:
             subscription_store.apply(self._conn, changes, answered, now)
+
+    def take_request(self, request_id: int) -> SubscriptionRequest | None:
+        """Remove a request to join, for an owner's decision (None: no such request)."""
+        return subscription_store.take_request(self._conn, request_id)
 
     def count_bounces(self, reports: Sequence[BounceReport], now: float) -> None:
         """Bounces the processing chain found, counted against their members."""

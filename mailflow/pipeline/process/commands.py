@@ -31,7 +31,7 @@ from typing import Final, Literal
 
 from mailflow import addresses, headers, ids
 from mailflow.blobs import content_hash
-from mailflow.confirm_tokens import TOKEN_PATTERN, BadToken, ConfirmTokens
+from mailflow.confirm_tokens import TOKEN_PATTERN, BadToken, Confirmation, ConfirmTokens
 from mailflow.model import (
     GENERATED,
     GeneratedMessage,
@@ -124,7 +124,7 @@ class ListCommands:
                                   why="mail to the owners")
             elif resolution.kind == "request":
                 try:
-                    _Run(self, ctx, target).command(resolution.detail)
+                    CommandRun(self, ctx, target).command(resolution.detail)
                 except (ValueError, TypeError, LookupError) as exc:
                     # A value the email package refuses must not fail the batch's
                     # transaction (every message in it would get a 451).
@@ -132,8 +132,12 @@ class ListCommands:
                                          f"be written ({type(exc).__name__}: {exc})")
 
 
-class _Run:
-    """One command of one message to one list."""
+Outcome = Literal["joined", "left", "already", "not_member", "closed", "requested"]
+
+
+class CommandRun:
+    """One command of one message to one list; the list's page and ``mailflow requests``
+    (``services/subscriptions.py``) run its parts too, with no message."""
 
     def __init__(self, step: ListCommands, ctx: ProcessContext, target: MailingList) -> None:
         self.step = step
@@ -201,37 +205,44 @@ class _Run:
         self.ask(address, join=False)
 
     def confirm(self, sender: str, token: str) -> None:
-        target = self.target
         try:
-            confirmed = self.step.tokens.check(target.address, token, self.ctx.now)
+            confirmed = self.step.tokens.check(self.target.address, token, self.ctx.now)
         except BadToken as exc:
-            self.answer(sender, f"Not confirmed: {target.address}",
+            self.answer(sender, f"Not confirmed: {self.target.address}",
                         [f"Nothing was changed: {exc}."])
             self.note(f"confirm from <{sender}>: refused, {exc}")
             return
-        address = confirmed.address
+        self.confirmed(confirmed)
+
+    def confirmed(self, confirmed: Confirmation) -> Outcome:
+        """Carry out what a valid token confirms, under the list's policy now."""
+        target, address = self.target, confirmed.address
         member = self.ctx.directory.is_member(target.id, address)
         if confirmed.action == "leave":
             if not member:
                 self.answer(address, f"Not a member of {target.address}",
                             [f"{address} is not a member of {target.address}."])
                 self.note(f"confirm leave of <{address}>: not a member")
-                return
+                return "not_member"
             self.ctx.memberships.append(
                 MembershipChange(target.id, address, MembershipAction.LEAVE))
             self.send(address, mail.greeting(target, address, "", welcome=False,
                                              page_url=self.page, now=self.ctx.now))
             self.note(f"confirm leave of <{address}>: left, goodbye sent")
-        elif member:
+            return "left"
+        if member:
             self.answer(address, f"Already a member of {target.address}",
                         [f"{address} is already a member of {target.address}."])
             self.note(f"confirm join of <{address}>: already a member")
-        elif target.subscription is SubscriptionPolicy.CLOSED:
+            return "already"
+        if target.subscription is SubscriptionPolicy.CLOSED:
             self.closed(address)
-        elif target.subscription is SubscriptionPolicy.APPROVE:
+            return "closed"
+        if target.subscription is SubscriptionPolicy.APPROVE:
             self.request(address)
-        else:
-            self.joined(address, how="confirm join of")
+            return "requested"
+        self.joined(address, how="confirm join of")
+        return "joined"
 
     # -- the outcomes ---------------------------------------------------------------
 
