@@ -43,7 +43,6 @@ from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.ingress.tls import ServerTls
 from mailflow.model import BARE_ROLE, BounceKind, BounceReport, BounceSource, SentCopy
 from mailflow.pipeline.chain import process_chain
-from mailflow.pipeline.context import Identity
 from mailflow.pipeline.process.commands import ListCommands
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.access import AccessService
@@ -63,6 +62,7 @@ from mailflow.services.recent import RecentMessages
 from mailflow.services.rosters import StoreRoster
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.services.sender_rules import SenderRuleBook, store_rule_book
+from mailflow.services.subscriptions import Subscriptions
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.access import AccessRepository
 from mailflow.store.engine import sqlite_path
@@ -70,6 +70,8 @@ from mailflow.unsubscribe_tokens import UnsubscribeTokens
 from mailflow.verp import Verp
 from mailflow.web.api.deps import ApiDeps
 from mailflow.web.app import EmbeddedServer, bind, create_app, head_deadline_protocol
+from mailflow.web.public_pages import style_router
+from mailflow.web.subscribe import create_router as subscribe_router
 from mailflow.web.unsubscribe import create_router as unsubscribe_router
 
 if TYPE_CHECKING:  # the Amazon SES ingress (boto3, httpx, cryptography): imported if used
@@ -446,9 +448,14 @@ class Relay:
         # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise (and reads
         # FORWARDED_ALLOW_IPS from the environment): only the configured proxies, if any.
         proxies = list(settings.forwarded_allow_ips)
-        routers.append(unsubscribe_router(
-            self.runner, Identity(self.instance_id, settings.hostname, settings.public_url,
-                                  unsubscribe), unsubscribe, settings.http_request_timeout))
+        routers.append(unsubscribe_router(self.runner, unsubscribe,
+                                          settings.http_request_timeout))
+        assert self.commands is not None and self.scheduler is not None
+        routers.append(subscribe_router(
+            self.runner, Subscriptions(self.runner.repo, self.clock, self.commands),
+            FailedAuthLimiter(settings.subscribe_posts_per_hour, 3600.0),
+            settings.http_request_timeout, self.scheduler.wake))
+        routers.append(style_router())
         provider = parse_provider_url(settings.egress_url)
         assert self.blobs is not None
         readiness = Readiness(self.runner, self.blobs, provider.relay)
