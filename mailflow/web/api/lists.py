@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
-from mailflow.model import ForwardStyle, ListKind, MailingList
+from mailflow.model import ForwardStyle, ListKind, MailingList, SubscriptionPolicy
 from mailflow.web.api.deps import AdminWriter, Caller, Deps, Writer
 from mailflow.web.api.pages import Cursor, Limit, Page, page_in_memory
 
@@ -27,6 +27,9 @@ class ListOut(BaseModel):
     name: str
     priority: int
     forward_style: ForwardStyle
+    subscription: SubscriptionPolicy = Field(
+        description="lists: how a request to join (by mail or on the list's page) is "
+                    "handled")
     created_at: float
     member_count: int | None = None
 
@@ -34,7 +37,8 @@ class ListOut(BaseModel):
     def of(cls, found: MailingList, count: int | None = None) -> ListOut:
         return cls(address=found.address, kind=found.kind, name=found.name,
                    priority=found.priority, forward_style=found.forward_style,
-                   created_at=found.created_at, member_count=count)
+                   subscription=found.subscription, created_at=found.created_at,
+                   member_count=count)
 
 
 class ListIn(BaseModel):
@@ -51,6 +55,9 @@ class ListChange(BaseModel):
     name: str | None = Field(default=None, max_length=200)
     priority: int | None = Field(default=None, ge=-1000, le=1000)
     forward_style: ForwardStyle | None = None
+    subscription: SubscriptionPolicy | None = Field(
+        default=None, description="lists: open (joined at once), confirm (double opt-in), "
+                                  "approve (the owners decide) or closed")
 
 
 class ListDeleted(BaseModel):
@@ -96,7 +103,8 @@ async def update_list(address: ListAddress, body: ListChange, deps: Deps,
     caller.require_list(found.address, change=True)
     changed = await deps.write(deps.directory.update_list, found.address, kind=body.kind,
                                name=body.name, priority=body.priority,
-                               forward_style=body.forward_style)
+                               forward_style=body.forward_style,
+                               subscription=body.subscription)
     given = body.model_dump(exclude_none=True, mode="json")
     await deps.changed(caller, "list.update", changed.address,
                        " ".join(f"{k}={v!r}" for k, v in sorted(given.items())))
