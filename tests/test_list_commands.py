@@ -101,7 +101,6 @@ class Directory:
         self.answered = answered
 
     def resolve(self, address: str) -> Resolution:
-        local, domain = address.split("@")
         for suffix in ("join", "leave", "request"):
             if address == f"team-{suffix}@example.test":
                 return Resolution("request", self.target, suffix)

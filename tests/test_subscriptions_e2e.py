@@ -140,7 +140,7 @@ def test_an_open_list_welcomes_at_once(relay: RelayProcess, module_sink: SmtpSin
 
 
 def test_a_welcome_template_is_rendered_in_the_sandbox(
-        relay: RelayProcess, module_sink: SmtpSink, tmp_path: object) -> None:
+        relay: RelayProcess, module_sink: SmtpSink) -> None:
     address, _ = new_list(relay, "open", name="Choir")
     with relay.repository() as repo:
         DirectoryService(repo).update_list(
@@ -192,8 +192,8 @@ def test_an_approve_list_holds_the_request_for_the_owners(
     welcome = mail_for(module_sink, person, 2)
     assert welcome["Subject"] == f"Welcome to {address}"
     assert person in roster(relay, address)
-    assert json.loads(relay.cli("requests", "ls", "--json").stdout) == [] or all(
-        r["address"] != person for r in json.loads(relay.cli("requests", "ls", "--json").stdout))
+    left = json.loads(relay.cli("requests", "ls", "--json").stdout)
+    assert all(r["address"] != person for r in left)
     gone = relay.cli("requests", "approve", str(request["id"]))
     assert gone.returncode != 0 and f"no request {request['id']} waiting" in gone.stderr
 
@@ -343,7 +343,8 @@ def test_join_by_the_page_and_confirm_by_link_get_shows_post_confirms(
     assert status == 200 and "member" in page
     assert person in roster(relay, address)
     assert mail_for(module_sink, person, 2)["Subject"] == "Welcome to Page list"
-    status, page, _ = http(relay, "GET", path.rsplit("/", 1)[0] + "/j1.eA.aaaaaaaaaaaaaaaaaaaaaaaaaa")
+    forged = path.rsplit("/", 1)[0] + "/j1.eA." + "a" * 26
+    status, page, _ = http(relay, "GET", forged)
     assert status == 404
 
 
