@@ -18,10 +18,12 @@ import urllib.request
 from collections.abc import Callable
 from email.message import EmailMessage
 from email.parser import BytesParser
+from pathlib import Path
 
 import pytest
 
 from mailflow.confirm_tokens import ConfirmTokens
+from mailflow.model import ListKind
 from mailflow.services.directory import DirectoryService
 from mailflow.testing.factories import make_message
 from mailflow.testing.relay import RelayProcess
@@ -352,3 +354,40 @@ def test_the_page_refuses_a_bad_address(relay: RelayProcess) -> None:
     address, _ = new_list(relay, "confirm")
     status, page, _ = http(relay, "POST", f"/lists/{address}", {"address": "not an address"})
     assert status == 400 and "valid" in page
+
+
+def test_a_command_piped_in_is_answered_as_over_smtp(
+        relay: RelayProcess, module_sink: SmtpSink) -> None:
+    """``mailflow pipe`` (Postfix's pipe transport) runs the same commands step."""
+    address, _ = new_list(relay, "open")
+    person = stranger(address)
+    piped = relay.cli("pipe", "--from", person, "--to", robot(address, "join"),
+                      input=make_message(robot(address, "join"), sender=person))
+    assert piped.returncode == 0, piped.stderr
+    assert mail_for(module_sink, person)["Subject"] == f"Welcome to {address}"
+    assert person in roster(relay, address)
+
+
+def test_the_cli_sets_and_shows_the_policy_and_refuses_bad_values(
+        relay: RelayProcess, tmp_path: Path) -> None:
+    address, _ = relay.fresh_list(members=0)
+    welcome = tmp_path / "welcome.txt"
+    welcome.write_text("Hi {{ member.address }}\n", encoding="utf-8")
+    done = relay.cli("list", "update", address, "--subscription", "closed",
+                     "--welcome-file", str(welcome))
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(relay.cli("list", "show", address, "--json").stdout)
+    assert shown["subscription"] == "closed"
+    assert shown["welcome_template"] == "Hi {{ member.address }}\n"
+    assert shown["goodbye_template"] == ""
+    assert "subscription: closed" in relay.cli("list", "show", address).stdout
+    bad = tmp_path / "bad.txt"
+    bad.write_text("{% for x in list %}{{ x }}{% endfor %}", encoding="utf-8")
+    refused = relay.cli("list", "update", address, "--goodbye-file", str(bad))
+    assert refused.returncode == 2
+    assert "goodbye template refused: line 1: loops are not allowed" in refused.stderr
+    wrong = relay.cli("list", "update", address, "--subscription", "sometimes")
+    assert wrong.returncode == 2 and "sometimes" in wrong.stderr
+    alias, _ = relay.fresh_list(members=0, kind=ListKind.ALIAS)
+    on_alias = relay.cli("list", "update", alias, "--subscription", "open")
+    assert on_alias.returncode == 2 and "is not a list" in on_alias.stderr
