@@ -18,6 +18,7 @@ from mailflow.model import (
     MemberRole,
     MembershipAction,
     MembershipChange,
+    MemberStatus,
     Resolution,
     SubscriptionPolicy,
 )
@@ -25,6 +26,7 @@ from mailflow.pipeline.chain import process_chain, run_process
 from mailflow.pipeline.context import ProcessContext
 from mailflow.pipeline.process.commands import Command, ListCommands, parse_command
 from mailflow.store import Repository
+from mailflow.store.tables import members
 from mailflow.testing.factories import make_list, make_message
 
 TEAM = MailingList(1, "team@example.test", ListKind.LIST, "Team", 0, 0.0)
@@ -254,3 +256,33 @@ def test_robot_addresses_resolve_for_lists_only(repo: Repository) -> None:
     assert repo.resolve("real-owner@example.test").kind == "list"
     assert repo.resolve("nobody-join@example.test").kind == "unknown_address"
     assert repo.resolve("team-bounces@example.test").kind == "bounces"
+
+
+def test_the_store_writes_what_the_commands_decided(repo: Repository) -> None:
+    team = make_list(repo, "team@example.test", ["ann@x.test", "gone@x.test"])
+    with repo.engines.writer.begin() as conn:  # a complaint unsubscribed one of them
+        conn.execute(members.update().where(members.c.address == "gone@x.test")
+                     .values(status=MemberStatus.UNSUBSCRIBED.value))
+    with repo.ingest_transaction() as tx:
+        assert tx.directory.is_member(team.id, "ann@x.test")
+        assert not tx.directory.is_member(team.id, "gone@x.test")
+        assert tx.directory.command_replies("ann@x.test", NOW) == 0
+        tx.apply_memberships([
+            MembershipChange(team.id, "gone@x.test", MembershipAction.JOIN),
+            MembershipChange(team.id, "ann@x.test", MembershipAction.LEAVE),
+            MembershipChange(team.id, "new@x.test", MembershipAction.REQUEST),
+            MembershipChange(team.id, "new@x.test", MembershipAction.REQUEST),
+        ], ["ann@x.test", "ann@x.test", "bob@x.test"], NOW)
+    assert {m.address: m.status for m in repo.members(team.address)} == {
+        "gone@x.test": MemberStatus.ACTIVE}
+    [request] = repo.subscription_requests(team.address)
+    assert request.address == "new@x.test"
+    with repo.ingest_transaction() as tx:  # a view remembers a count for its batch
+        assert tx.directory.command_replies("ann@x.test", NOW + 60) == 2
+    with repo.ingest_transaction() as tx:
+        assert tx.directory.command_replies("ann@x.test", NOW + DAY + 1) == 0
+        tx.apply_memberships([], ["bob@x.test"], NOW + DAY + 1)  # yesterday's rows go
+        assert tx.directory.command_replies("bob@x.test", NOW + DAY + 2) == 1
+        assert tx.take_request(request.id) == request
+        assert tx.take_request(request.id) is None
+    assert repo.subscription_requests() == []

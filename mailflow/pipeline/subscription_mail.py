@@ -76,7 +76,7 @@ def _name(mailing_list: MailingList) -> str:
 
 
 def confirmation(mailing_list: MailingList, address: str, token: str, *, join: bool,
-                 confirm_url: str, now: float, original: bytes = b"") -> bytes:
+                 confirm_url: str, days: float, now: float, original: bytes = b"") -> bytes:
     """Ask ``address`` to confirm joining (or leaving) the list: its Subject is
     ``confirm TOKEN`` and its Reply-To the list's ``-request`` address, so a plain reply
     confirms; ``confirm_url`` ('' without a public URL) does too, with one click more."""
@@ -92,7 +92,7 @@ def confirmation(mailing_list: MailingList, address: str, token: str, *, join: b
     if confirm_url:
         lines += ["Or open this page and press its button:", "", f"  {confirm_url}"]
     lines += ["", "If you did not ask for this, ignore this message: nothing changes.",
-              "The confirmation expires in a few days.", ""]
+              f"This confirmation expires in {days:g} day(s).", ""]
     return _with_text(message, "\n".join(lines))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from sqlalchemy import Connection, bindparam, delete, insert, select
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mailflow.model import (
@@ -26,8 +26,8 @@ from mailflow.store.tables import command_replies, lists, members, subscription_
 
 WINDOW: Final = 86_400.0  # command replies are counted per address and day
 
-_MEMBER = select(members.c.id).where(members.c.list_id == bindparam("b_list_id"),
-                                     members.c.address == bindparam("b_address"))
+_MEMBER = select(members.c.id, members.c.status).where(
+    members.c.list_id == bindparam("b_list_id"), members.c.address == bindparam("b_address"))
 _STAFF = (select(members.c.address)
           .where(members.c.list_id == bindparam("b_list_id"),
                  members.c.status == MemberStatus.ACTIVE.value,
@@ -39,10 +39,10 @@ _REPLIES = select(command_replies.c.count).where(
 
 
 def is_member(conn: Connection, list_id: int, address: str) -> bool:
-    """Whether ``address`` is on the list's roster (any status: a disabled member is a
-    member, who leaves or is re-enabled, never joins twice)."""
-    return conn.execute(_MEMBER, {"b_list_id": list_id, "b_address": address}).first() \
-        is not None
+    """Whether ``address`` is on the list's roster: a disabled member is one (it leaves,
+    or is re-enabled, never joins twice); one unsubscribed by a complaint is not."""
+    row = conn.execute(_MEMBER, {"b_list_id": list_id, "b_address": address}).first()
+    return row is not None and row.status != MemberStatus.UNSUBSCRIBED.value
 
 
 def staff(conn: Connection, list_id: int, roles: Sequence[MemberRole]) -> list[str]:
@@ -71,11 +71,16 @@ def apply(conn: Connection, changes: Sequence[MembershipChange], answered: Seque
                                                members.c.address == change.address))
             continue
         if change.action is MembershipAction.JOIN:
-            if conn.execute(_MEMBER, key).first() is None:
+            row = conn.execute(_MEMBER, key).first()
+            if row is None:
                 conn.execute(insert(members).values(
                     list_id=change.list_id, address=change.address,
                     status=MemberStatus.ACTIVE.value, created_at=now,
                     role=MemberRole.MEMBER.value))
+            elif row.status == MemberStatus.UNSUBSCRIBED.value:  # back, by its own choice
+                conn.execute(update(members).where(members.c.id == row.id).values(
+                    status=MemberStatus.ACTIVE.value, bounce_score=0.0, disabled_at=None,
+                    warnings_sent=0))
             conn.execute(delete(subscription_requests).where(
                 subscription_requests.c.list_id == change.list_id,
                 subscription_requests.c.address == change.address))

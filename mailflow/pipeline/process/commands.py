@@ -259,7 +259,9 @@ class CommandRun:
                                        now)
         url = f"{self.page}/confirm/{token}" if self.page else ""
         self.send(address, mail.confirmation(target, address, token, join=join,
-                                             confirm_url=url, now=now, original=self.header))
+                                             confirm_url=url,
+                                             days=round(self.step.tokens.max_age / 86_400, 1),
+                                             now=now, original=self.header))
         self.note(f"{'join' if join else 'leave'} from <{address}>: confirmation sent")
 
     def request(self, address: str) -> None:
