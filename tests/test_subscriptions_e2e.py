@@ -327,7 +327,10 @@ def test_join_by_the_page_and_confirm_by_link_get_shows_post_confirms(
     status, page, fields = http(relay, "GET", f"/lists/{address}")
     assert status == 200 and "<form" in page and 'name="address"' in page
     assert "script" not in page.lower().replace("no inline scripts", "")
-    assert "default-src" in fields.get("content-security-policy", "")
+    assert "default-src 'none'" in fields.get("content-security-policy", "")
+    assert '<link rel="stylesheet" href="/public/style.css">' in page
+    status, css, fields = http(relay, "GET", "/public/style.css")
+    assert status == 200 and fields["content-type"].startswith("text/css") and "main" in css
     person = stranger(address)
     status, answer, _ = http(relay, "POST", f"/lists/{address}", {"address": person})
     assert status == 200
@@ -391,3 +394,17 @@ def test_the_cli_sets_and_shows_the_policy_and_refuses_bad_values(
     alias, _ = relay.fresh_list(members=0, kind=ListKind.ALIAS)
     on_alias = relay.cli("list", "update", alias, "--subscription", "open")
     assert on_alias.returncode == 2 and "is not a list" in on_alias.stderr
+
+
+def test_the_form_is_limited_per_client(make_relay: Callable[..., RelayProcess],
+                                        sink: SmtpSink) -> None:
+    relay = make_relay(subscribe_posts_per_hour="2", public_url=PUBLIC).start()
+    address, _ = relay.fresh_list(members=0)
+    first, second = stranger(address), stranger(address)
+    for person in (first, second):
+        assert http(relay, "POST", f"/lists/{address}", {"address": person})[0] == 200
+    status, page, _ = http(relay, "POST", f"/lists/{address}",
+                           {"address": stranger(address)})
+    assert status == 429 and "try again in" in page
+    assert sorted(r for m in sink.wait_for_copies([first, second]) for r in m.rcpt_tos) == \
+        sorted([first, second])

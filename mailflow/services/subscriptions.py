@@ -11,7 +11,6 @@ threads, the CLI directly.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Final, TypeVar
 
@@ -22,11 +21,11 @@ from mailflow.model import Event, InboundMessage, ListKind, MailingList, Subscri
 from mailflow.pipeline import subscription_mail as mail
 from mailflow.pipeline.context import ProcessContext
 from mailflow.pipeline.process.commands import CommandRun, ListCommands, Outcome
+from mailflow.services.event_log import note_events
 from mailflow.services.moderation import validated_reason
 from mailflow.store import Repository
 from mailflow.store.repository import WriteTransaction
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # What a run without a message is attributed to: its events name no message.
@@ -126,8 +125,8 @@ class Subscriptions:
             tx.insert_generated(ctx.generated, now)
             tx.insert_deliveries(ctx.deliveries, now)
             tx.apply_memberships(ctx.memberships, ctx.answered, now)
-            tx.add_events([Event(e.kind, e.detail) for e in ctx.events], now)
-        for event in ctx.events:
-            log.info("%s", event.detail, extra={"action": event.kind})
+            events = [Event(e.kind, e.detail) for e in ctx.events]
+            tx.add_events(events, now)
+        note_events(events)
         return result
 
