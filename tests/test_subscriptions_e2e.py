@@ -112,7 +112,10 @@ def test_join_by_mail_is_confirmed_by_a_reply_then_welcomed(
     assert ask["Auto-Submitted"] == "auto-replied"
     token = confirm_token(ask)
     assert f"{PUBLIC}/lists/{address}/confirm/{token}" in text_of(ask)
-    assert module_sink.wait_for_copies([person], timeout=0)[0].mail_from == "<>"
+    [raw] = module_sink.wait_for_copies([person], timeout=0)
+    assert raw.mail_from == "<>"
+    # The token as it is on one line, never split into encoded words.
+    assert f"\r\nSubject: confirm {token}\r\n".encode() in raw.content
     assert person not in roster(relay, address)
     assert events(relay, queue_id) == [f"{address}: join from <{person}>: confirmation sent"]
     # The reply as a mail client writes it: "Re: " and the quoted text.

@@ -13,6 +13,7 @@ refuses a line break.  The welcome and goodbye texts are the list's templates
 
 from __future__ import annotations
 
+import email.policy
 import re
 from collections.abc import Sequence
 from email.message import EmailMessage
@@ -42,6 +43,7 @@ To join again, send a message to {{ list.join }}{% if list.url %} or use
 {{ list.url }}{% endif %}.
 """
 _MSGID: Final = re.compile(r"<[^<>\s]{1,250}>")
+_UNFOLDED: Final = email.policy.SMTP.clone(max_line_length=998)
 MAX_REFERENCES: Final = 20
 
 
@@ -66,9 +68,12 @@ def _message(mailing_list: MailingList, to: str, subject: str, now: float, *,
     return message
 
 
-def _with_text(message: EmailMessage, text: str) -> bytes:
+def _with_text(message: EmailMessage, text: str, *, unfolded: bool = False) -> bytes:
+    """``unfolded``: long header lines stay whole (up to RFC 5322's 998 octets) rather
+    than being split into RFC 2047 encoded words: a confirmation's Subject carries its
+    token, which a robot or a plain client must find as it is."""
     message.set_content(text, cte="quoted-printable" if not text.isascii() else "7bit")
-    return message.as_bytes()
+    return message.as_bytes(policy=_UNFOLDED) if unfolded else message.as_bytes()
 
 
 def _name(mailing_list: MailingList) -> str:
@@ -93,7 +98,7 @@ def confirmation(mailing_list: MailingList, address: str, token: str, *, join: b
         lines += ["Or open this page and press its button:", "", f"  {confirm_url}"]
     lines += ["", "If you did not ask for this, ignore this message: nothing changes.",
               f"This confirmation expires in {days:g} day(s).", ""]
-    return _with_text(message, "\n".join(lines))
+    return _with_text(message, "\n".join(lines), unfolded=True)
 
 
 def greeting(mailing_list: MailingList, address: str, name: str, *, welcome: bool,
