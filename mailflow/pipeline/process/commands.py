@@ -162,7 +162,8 @@ class CommandRun:
             self.note(f"ignored, no answer: {reason}")
             return
         sender = addresses.canonical(message.mail_from)
-        command = parse_command(robot, subject_of(self.header), first_text(raw))
+        body = first_text(raw) if robot == "request" else ""  # the others need no parse
+        command = parse_command(robot, subject_of(self.header), body)
         if ctx.directory.command_replies(sender, ctx.now) >= self.step.max_replies:
             self.note(f"{command.name} from <{sender}> ignored: {self.step.max_replies} "
                       "answers to that address today already")
@@ -224,10 +225,11 @@ class CommandRun:
                             [f"{address} is not a member of {target.address}."])
                 self.note(f"confirm leave of <{address}>: not a member")
                 return "not_member"
+            goodbye = mail.greeting(target, address, "", welcome=False, page_url=self.page,
+                                    now=self.ctx.now)  # written first: it may fail
             self.ctx.memberships.append(
                 MembershipChange(target.id, address, MembershipAction.LEAVE))
-            self.send(address, mail.greeting(target, address, "", welcome=False,
-                                             page_url=self.page, now=self.ctx.now))
+            self.send(address, goodbye)
             self.note(f"confirm leave of <{address}>: left, goodbye sent")
             return "left"
         if member:
@@ -248,9 +250,10 @@ class CommandRun:
 
     def joined(self, address: str, how: str = "join from") -> None:
         target = self.target
+        welcome = mail.greeting(target, address, "", welcome=True, page_url=self.page,
+                                now=self.ctx.now)  # written first: it may fail
         self.ctx.memberships.append(MembershipChange(target.id, address, MembershipAction.JOIN))
-        self.send(address, mail.greeting(target, address, "", welcome=True,
-                                         page_url=self.page, now=self.ctx.now))
+        self.send(address, welcome)
         self.note(f"{how} <{address}>: joined, welcome sent")
 
     def ask(self, address: str, *, join: bool) -> None:
@@ -266,14 +269,14 @@ class CommandRun:
 
     def request(self, address: str) -> None:
         target, ctx = self.target, self.ctx
-        ctx.memberships.append(MembershipChange(target.id, address, MembershipAction.REQUEST))
+        staff = ctx.directory.staff(target.id, (MemberRole.OWNER, MemberRole.MODERATOR))
+        notice = mail.request_notice(target, staff, address, ctx.now) if staff else b""
         self.answer(address, f"Your request to join {target.address}",
                     [f"Your request to join {target.address} waits for its owners' "
                      "approval; you will hear from the list when they decide."])
-        staff = ctx.directory.staff(target.id, (MemberRole.OWNER, MemberRole.MODERATOR))
-        if staff:
-            content = mail.request_notice(target, staff, address, ctx.now)
-            self.queue(content, staff)
+        ctx.memberships.append(MembershipChange(target.id, address, MembershipAction.REQUEST))
+        if notice:
+            self.queue(notice, staff)
         self.note(f"join from <{address}>: held for approval, {len(staff)} owner(s) told")
 
     def closed(self, address: str) -> None:
