@@ -45,6 +45,7 @@ cli.filter_add, cli.filter_ls, cli.filter_remove, cli.held_ls, cli.held_release,
 cli.member_set_role, cli.held_approve, cli.held_reject
 cli.member_enable, cli.bounces_ls, cli.suppress_add, cli.suppress_remove, cli.suppress_ls
 cli.dkim_keygen, cli.dkim_ls, cli.dkim_remove
+cli.requests_ls, cli.requests_approve, cli.requests_reject
 
 # pydantic calls the validators and the sources hook; the hook's signature is pydantic's.
 config.Settings._check_listen, config.Settings._check_relay, config.Settings._check_egress
@@ -81,7 +82,9 @@ nested.receive_sns  # sns.create_sns_router's route
 # http.server calls the handler's methods (the test certificate server of testing.aws).
 nested.do_GET, nested.log_message
 nested.healthz, nested.readyz  # web.app.create_app's routes
-nested.list_page, nested.confirm  # web.unsubscribe.create_router's routes
+nested.confirm  # web.unsubscribe.create_router's routes
+nested.show, nested.subscribe, nested.confirm_page  # web.subscribe.create_router's
+nested.style  # web.public_pages.style_router's route
 web_app.EmbeddedServer.capture_signals
 nested.should_exit  # uvicorn's Server reads it; Relay.stop sets it
 engine._on_connect, engine._on_begin

@@ -22,6 +22,9 @@ from email_validator import EmailNotValidError, validate_email
 from mailflow.errors import InvalidInput
 
 BOUNCES_SUFFIX = "-bounces"
+# A list's robot addresses (``team-join@d`` ...) and what each one is for.
+ROBOT_SUFFIXES = {"-join": "join", "-leave": "leave", "-request": "request",
+                  "-owner": "owner"}
 TAG_SEPARATOR = "+"
 TAG_MAX_LENGTH = 64
 # What a plus tag may contain: it reaches the X-MailFlow-Tag field of every copy, so

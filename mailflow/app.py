@@ -42,7 +42,8 @@ from mailflow.ingress.policy import start_policy_service
 from mailflow.ingress.smtp import Listener, start_listener
 from mailflow.ingress.tls import ServerTls
 from mailflow.model import BARE_ROLE, BounceKind, BounceReport, BounceSource, SentCopy
-from mailflow.pipeline.context import Identity
+from mailflow.pipeline.chain import process_chain
+from mailflow.pipeline.process.commands import ListCommands
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.access import AccessService
 from mailflow.services.bounce_upkeep import bounce_upkeep
@@ -52,7 +53,7 @@ from mailflow.services.dkim_keys import store_key_book
 from mailflow.services.dmarc_policy import DmarcPolicies
 from mailflow.services.filter_rules import FilterBook, store_filter_book
 from mailflow.services.gauges import QueueGauges
-from mailflow.services.installation import prepare
+from mailflow.services.installation import list_commands, prepare
 from mailflow.services.moderation import ModerationSweep, content_reader
 from mailflow.services.notices import FailureNotices
 from mailflow.services.processor import Processor
@@ -61,6 +62,7 @@ from mailflow.services.recent import RecentMessages
 from mailflow.services.rosters import StoreRoster
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
 from mailflow.services.sender_rules import SenderRuleBook, store_rule_book
+from mailflow.services.subscriptions import Subscriptions
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.access import AccessRepository
 from mailflow.store.engine import sqlite_path
@@ -68,6 +70,8 @@ from mailflow.unsubscribe_tokens import UnsubscribeTokens
 from mailflow.verp import Verp
 from mailflow.web.api.deps import ApiDeps
 from mailflow.web.app import EmbeddedServer, bind, create_app, head_deadline_protocol
+from mailflow.web.public_pages import style_router
+from mailflow.web.subscribe import create_router as subscribe_router
 from mailflow.web.unsubscribe import create_router as unsubscribe_router
 
 if TYPE_CHECKING:  # the Amazon SES ingress (boto3, httpx, cryptography): imported if used
@@ -164,6 +168,7 @@ class Relay:
         self._sns_http: SnsHttp | None = None
         self._pollers: list[tuple[SqsPoller, asyncio.Task[None]]] = []
         self.blobs: Blobs | None = None
+        self.commands: ListCommands | None = None  # the list commands step, as built
         self._bounce_policy = BouncePolicy(self.settings.bounce_score_reset,
                                            self.settings.bounce_warnings,
                                            self.settings.bounce_warning_interval)
@@ -217,11 +222,15 @@ class Relay:
             public_url=settings.public_url, unsubscribe=unsubscribe,
             filter_regex_timeout=settings.filter_regex_timeout,
         ), recent=recent, ingest_busy=activity.busy)
+        self.commands = commands = list_commands(settings, unsubscribe)
+        chain = process_chain(commands)
         processor = Processor(runner, self.clock, on_queued=scheduler.wake,
-                              poll_interval=settings.poll_interval, read_file=blobs.read)
+                              poll_interval=settings.poll_interval, read_file=blobs.read,
+                              steps=chain)
         committer = GroupCommitter(runner, blobs, self.clock,
                                    body_limit=settings.max_body_in_database,
-                                   expansion=InlineExpansion(settings.max_inline_deliveries),
+                                   expansion=InlineExpansion(settings.max_inline_deliveries,
+                                                             chain),
                                    queue=scheduler, on_received=processor.wake,
                                    recent=recent, activity=activity)
         notices = FailureNotices(committer, self.clock, srs, settings.hostname,
@@ -439,9 +448,14 @@ class Relay:
         # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise (and reads
         # FORWARDED_ALLOW_IPS from the environment): only the configured proxies, if any.
         proxies = list(settings.forwarded_allow_ips)
-        routers.append(unsubscribe_router(
-            self.runner, Identity(self.instance_id, settings.hostname, settings.public_url,
-                                  unsubscribe), unsubscribe, settings.http_request_timeout))
+        routers.append(unsubscribe_router(self.runner, unsubscribe,
+                                          settings.http_request_timeout))
+        assert self.commands is not None and self.scheduler is not None
+        routers.append(subscribe_router(
+            self.runner, Subscriptions(self.runner.repo, self.clock, self.commands),
+            FailedAuthLimiter(settings.subscribe_posts_per_hour, 3600.0),
+            settings.http_request_timeout, self.scheduler.wake))
+        routers.append(style_router())
         provider = parse_provider_url(settings.egress_url)
         assert self.blobs is not None
         readiness = Readiness(self.runner, self.blobs, provider.relay)

@@ -44,12 +44,14 @@ from mailflow.model import (
     PostingPolicy,
     QueueSelection,
     RuleAction,
+    SubscriptionPolicy,
     TokenScope,
 )
 from mailflow.pipeline.accept import filters
 from mailflow.services import directory as rules
 from mailflow.services.access import AccessService
 from mailflow.services.directory import DirectoryService
+from mailflow.services.installation import list_commands, unsubscribe_tokens
 from mailflow.services.member_csv import read_member_rows
 from mailflow.services.moderation import REASON_MAX_LENGTH, Moderation, content_reader
 from mailflow.services.queue_operations import (
@@ -57,7 +59,8 @@ from mailflow.services.queue_operations import (
     QueueOperations,
     selection_of,
 )
-from mailflow.services.timespec import parse_moment
+from mailflow.services.subscriptions import Subscriptions
+from mailflow.services.timespec import parse_duration, parse_moment
 from mailflow.services.trace import TraceService
 from mailflow.store import Repository, create_cli_engines
 from mailflow.store.access import AccessRepository
@@ -125,6 +128,14 @@ class Context:
         with self.repository() as repo:
             blobs = open_blob_store(self.settings.blob_url, self.settings.blob_dir, 0)
             yield Moderation(repo, SystemClock(), content_reader(repo, blobs.read))
+
+    @contextmanager
+    def subscriptions(self) -> Iterator[Subscriptions]:
+        """Requests to join: the store, and the list commands step as the relay builds it
+        (its tokens and public URL for the welcome mail)."""
+        with self.repository() as repo:
+            step = list_commands(self.settings, unsubscribe_tokens(self.settings, repo))
+            yield Subscriptions(repo, SystemClock(), step)
 
     @contextmanager
     def access(self) -> Iterator[AccessService]:
@@ -419,6 +430,16 @@ def list_create(ctx: Context, address: str, kind: str, name: str, priority: int)
               help=f"lists: the bounce score that disables a member "
                    f"({rules.MIN_BOUNCE_THRESHOLD:g} to {rules.MAX_BOUNCE_THRESHOLD:g}; "
                    "default 5)")
+@click.option("--subscription", type=click.Choice([p.value for p in SubscriptionPolicy]),
+              help="lists: how a request to join (LIST-join@, LIST-request@, the list's "
+                   "page) is handled: open (joined at once), confirm (the address confirms "
+                   "first; the default), approve (owners decide), closed (refused)")
+@click.option("--welcome-file", type=click.Path(exists=True, dir_okay=False),
+              help="lists: a Jinja2 template of the mail a new member gets (an empty file "
+                   "restores the default text)")
+@click.option("--goodbye-file", type=click.Path(exists=True, dir_okay=False),
+              help="lists: a Jinja2 template of the mail a leaving member gets (an empty "
+                   "file restores the default text)")
 @pass_context
 def list_update(ctx: Context, address: str, kind: str | None, name: str | None,
                 priority: int | None, forward_style: str | None, dmarc: str | None,
@@ -426,23 +447,27 @@ def list_update(ctx: Context, address: str, kind: str | None, name: str | None,
                 hold_days: int | None, subject_prefix: str | None,
                 reply_to: str | None, header_file: str | None, footer_file: str | None,
                 archive_url: str | None, personalize: str | None,
-                bounce_threshold: float | None) -> None:
+                bounce_threshold: float | None, subscription: str | None,
+                welcome_file: str | None, goodbye_file: str | None) -> None:
     """Change the kind, display name, priority, forward style, DMARC mode, posting
-    policy, decoration, personalization or bounce threshold of the list or alias at
-    ADDRESS."""
+    policy, decoration, personalization, bounce threshold or subscription policy and
+    greetings of the list or alias at ADDRESS."""
     decoration = {key: value for key, value in (
         ("subject_prefix", subject_prefix), ("reply_to", reply_to),
         ("header_template", _template_file(header_file)),
         ("footer_template", _template_file(footer_file)), ("archive_url", archive_url))
         if value is not None}
+    welcome, goodbye = _template_file(welcome_file), _template_file(goodbye_file)
     if all(v is None for v in (kind, name, priority, forward_style, dmarc, posting,
                                non_member_action, hold_days, personalize,
-                               bounce_threshold)) and not decoration:
+                               bounce_threshold, subscription, welcome, goodbye)) \
+            and not decoration:
         raise click.UsageError("nothing to update: give --name, --priority, --kind, "
                                "--forward-style, --dmarc, --posting, --non-member-action, "
                                "--hold-days, --subject-prefix, --reply-to, --header-file, "
-                               "--footer-file, --archive-url, --personalize or "
-                               "--bounce-threshold")
+                               "--footer-file, --archive-url, --personalize, "
+                               "--bounce-threshold, --subscription, --welcome-file or "
+                               "--goodbye-file")
     with ctx.directory() as directory:
         updated = directory.update_list(address, kind=kind, name=name, priority=priority,
                                         forward_style=forward_style, dmarc=dmarc,
@@ -451,7 +476,9 @@ def list_update(ctx: Context, address: str, kind: str | None, name: str | None,
                                         hold_days=hold_days, decoration=decoration,
                                         personalize=None if personalize is None
                                         else personalize == "on",
-                                        bounce_threshold=bounce_threshold)
+                                        bounce_threshold=bounce_threshold,
+                                        subscription=subscription,
+                                        welcome_template=welcome, goodbye_template=goodbye)
     click.echo(f"updated {updated.kind.value} {updated.address}")
 
 
@@ -484,6 +511,7 @@ def list_show(ctx: Context, address: str, as_json: bool) -> None:
             "non_member_action": found.non_member_action.value,
             "hold_days": found.hold_days,
             "personalize": found.personalize, "bounce_threshold": found.bounce_threshold,
+            "subscription": found.subscription.value,
             "members": len(roster),
             "active_members": sum(1 for m in roster if m.status.value == "active"),
             "bounces_address": found.bounces_address, "list_id": found.list_id,
@@ -493,12 +521,16 @@ def list_show(ctx: Context, address: str, as_json: bool) -> None:
     if as_json:
         info["header_template"] = found.decoration.header_template
         info["footer_template"] = found.decoration.footer_template
+        info["welcome_template"] = found.welcome_template
+        info["goodbye_template"] = found.goodbye_template
         emit_json(info)
     else:
         for key, value in info.items():
             click.echo(f"{key}: {value}")
         for key, source in (("header_template", found.decoration.header_template),
-                            ("footer_template", found.decoration.footer_template)):
+                            ("footer_template", found.decoration.footer_template),
+                            ("welcome_template", found.welcome_template),
+                            ("goodbye_template", found.goodbye_template)):
             click.echo(f"{key}: {len(source)} characters (--json shows it)" if source
                        else f"{key}: none")
 
@@ -960,6 +992,51 @@ def held_discard(ctx: Context, message_id: str) -> None:
     with ctx.moderation() as moderation:
         moderation.discard(message_id)
     click.echo(f"discarded {message_id}")
+
+
+@cli.group("requests")
+def requests_group() -> None:
+    """Requests to join lists whose subscriptions the owners approve (--subscription
+    approve)."""
+
+
+@requests_group.command("ls")
+@click.option("--list", "list_address", metavar="LIST", help="only the requests to this list")
+@click.option("--json", "as_json", is_flag=True,
+              help="a JSON array of objects with id, list, address, created_at")
+@pass_context
+def requests_ls(ctx: Context, list_address: str | None, as_json: bool) -> None:
+    """Show the requests waiting, oldest first."""
+    with ctx.subscriptions() as subscriptions:
+        found = subscriptions.requests(list_address)
+    if as_json:
+        emit_json([{"id": r.id, "list": r.list_address, "address": r.address,
+                    "created_at": r.created_at} for r in found])
+        return
+    for r in found:
+        click.echo(f"{r.id}\t{r.list_address}\t{r.address}\t{_moment(r.created_at)}")
+
+
+@requests_group.command("approve")
+@click.argument("request_id", metavar="ID", type=int)
+@pass_context
+def requests_approve(ctx: Context, request_id: int) -> None:
+    """Add the address that asked as a member, and mail it the list's welcome."""
+    with ctx.subscriptions() as subscriptions:
+        request = subscriptions.approve(request_id)
+    click.echo(f"approved: {request.address} joined {request.list_address}; welcome queued")
+
+
+@requests_group.command("reject")
+@click.argument("request_id", metavar="ID", type=int)
+@click.option("--reason", default="",
+              help=f"told to the address (at most {REASON_MAX_LENGTH} characters)")
+@pass_context
+def requests_reject(ctx: Context, request_id: int, reason: str) -> None:
+    """Refuse a request: the address is told (with the reason)."""
+    with ctx.subscriptions() as subscriptions:
+        request = subscriptions.reject(request_id, reason)
+    click.echo(f"rejected: {request.address} for {request.list_address}; notice queued")
 
 
 # -- bounces and suppressions -----------------------------------------------------------

@@ -245,6 +245,13 @@ class Settings(BaseSettings):
     # ('' = the one `mailflow init` made).
     public_url: str = ""
     unsubscribe_secret: SecretStr = SecretStr("")
+    # Subscriptions by mail and on the list pages (docs/lists.md): how long a
+    # confirmation token is valid, and how many answers to list commands one address
+    # gets a day at most.
+    subscription_confirm_days: float = Field(default=3.0, gt=0, le=60)
+    list_command_replies_per_day: int = Field(default=10, ge=1, le=1000)
+    # Subscribe forms posted per client (an IPv4 address, an IPv6 /64) and hour.
+    subscribe_posts_per_hour: int = Field(default=10, ge=1, le=10_000)
     # Failure notices (DSNs) for alias forwards: at most this many per sender per hour.
     dsn_per_sender_per_hour: int = Field(default=10, ge=0)
     # DNS for DMARC lookups (docs/lists.md): empty = the system's resolvers.

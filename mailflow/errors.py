@@ -62,12 +62,12 @@ class ConfigurationError(MailflowError):
 
 # What kind of object a NotFound or Conflict is about, and how a sentence names it.
 ObjectKind = Literal["domain", "list", "member", "rule", "filter", "message", "suppression",
-                     "dkim", "user", "token", "autoreply"]
+                     "dkim", "user", "token", "autoreply", "request"]
 KIND_WORDS: Final[dict[str, str]] = {
     "domain": "domain", "list": "list or alias", "member": "member",
     "rule": "block or allow entry", "filter": "filter rule", "message": "held message",
     "suppression": "suppression", "dkim": "DKIM key of", "user": "user",
-    "token": "API token", "autoreply": "auto-reply"}
+    "token": "API token", "autoreply": "auto-reply", "request": "request to join"}
 
 
 class NotFound(MailflowError):

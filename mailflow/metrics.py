@@ -45,6 +45,14 @@ BOUNCES = Counter(
     registry=REGISTRY)
 AUTOREPLIES = Counter(
     "mailflow_autoreplies_total", "Auto-replies and echo answers written", registry=REGISTRY)
+LIST_COMMANDS = Counter(
+    "mailflow_list_commands_total",
+    "Mail to a list's robot addresses handled (join, leave, request: answered or ignored)",
+    registry=REGISTRY)
+OWNER_FORWARDS = Counter(
+    "mailflow_owner_forwards_total",
+    "Mail forwarded to a list's owners (LIST-owner@, unrecognized bounces)",
+    registry=REGISTRY)
 LEASES_LOST = Counter(
     "mailflow_leases_lost_total",
     "Deliveries whose lease this relay lost: not sent (stage=waiting), or sent and their "
@@ -75,7 +83,8 @@ QUEUE_SECONDS = Histogram(
     registry=REGISTRY)
 
 # Event kinds of the trace that have a counter of their own (see ``count_events``).
-_EVENT_COUNTERS = {"bounce": BOUNCES, "replied": AUTOREPLIES}
+_EVENT_COUNTERS = {"bounce": BOUNCES, "replied": AUTOREPLIES, "command": LIST_COMMANDS,
+                   "owner": OWNER_FORWARDS}
 
 
 def count_events(kinds: Iterable[str]) -> None:

@@ -77,6 +77,16 @@ class PostingPolicy(enum.StrEnum):
     ANNOUNCE = "announce"    # owners and moderators only; others get the non-member action
 
 
+class SubscriptionPolicy(enum.StrEnum):
+    """How a request to join a list by mail or on its page is handled
+    (``mailflow list update --subscription``)."""
+
+    OPEN = "open"        # joined at once, welcomed
+    CONFIRM = "confirm"  # double opt-in: joined once the address confirms (the default)
+    APPROVE = "approve"  # held for the list's owners and moderators
+    CLOSED = "closed"    # refused: the owners add members themselves
+
+
 class NonMemberAction(enum.StrEnum):
     """What a post from someone the posting policy does not admit gets."""
 
@@ -164,6 +174,11 @@ class MailingList:
     decoration: Decoration = NO_DECORATION
     personalize: bool = False       # one copy per member, VERP envelope sender
     bounce_threshold: float = 5.0   # the bounce score that disables a member
+    subscription: SubscriptionPolicy = SubscriptionPolicy.CONFIRM
+    # Jinja2 sources (``pipeline/send/templates.py``) of the mail a new member and a
+    # leaving one get; '' for the relay's default text.
+    welcome_template: str = ""
+    goodbye_template: str = ""
 
     @property
     def bounces_address(self) -> str:
@@ -320,7 +335,8 @@ GENERATED = "generated"
 @dataclass(frozen=True, slots=True)
 class GeneratedMessage:
     """A message a processing step wrote (an auto-reply), stored with its body in the
-    database and delivered like any other."""
+    database and delivered like any other.  Empty ``content``: a copy of a stored
+    message (mail forwarded to a list's owners), sharing its blob."""
 
     message: InboundMessage
     content: bytes
@@ -397,9 +413,11 @@ class StoredBatch:
 class Resolution:
     """What an envelope recipient is to this relay."""
 
-    kind: Literal["list", "bounces", "srs", "bad_srs", "unknown_domain", "unknown_address"]
+    kind: Literal["list", "bounces", "request", "owner", "srs", "bad_srs", "unknown_domain",
+                  "unknown_address"]
     mailing_list: MailingList | None = None
-    # "srs": where the bounce goes (the original sender); "bad_srs": why it is refused.
+    # "srs": where the bounce goes (the original sender); "bad_srs": why it is refused;
+    # "request": which robot address of the list (join, leave or request).
     detail: str = ""
 
 
@@ -510,6 +528,32 @@ class HeldMessage:
     size: int
     received_at: float
     reason: str
+
+
+class MembershipAction(enum.StrEnum):
+    JOIN = "join"        # add the address as a member
+    LEAVE = "leave"      # remove it
+    REQUEST = "request"  # record a request to join for the owners (``approve`` lists)
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChange:
+    """A roster change a list command decided, written with the message's processing."""
+
+    list_id: int
+    address: str
+    action: MembershipAction
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRequest:
+    """A request to join an ``approve`` list, waiting for an owner or moderator."""
+
+    id: int
+    list_id: int
+    list_address: str
+    address: str
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,7 +114,18 @@ async def test_lists_with_their_settings(world: World) -> None:
     assert made.status_code == 201
     assert made.json().items() >= {
         "address": "fwd@example.test", "kind": "alias", "name": "Forward", "priority": 5,
-        "forward_style": "resend", "member_count": 0, "posting": "open"}.items()
+        "forward_style": "resend", "member_count": 0, "posting": "open",
+        "subscription": "confirm"}.items()
+    opened = await world.call("PATCH", "/lists/team@example.test", world.owner,
+                              json={"subscription": "approve"})
+    assert opened.status_code == 200 and opened.json()["subscription"] == "approve"
+    assert (await world.call("GET", "/lists/team@example.test", world.owner)
+            ).json()["subscription"] == "approve"
+    refused = problem_of(await world.call("PATCH", "/lists/fwd@example.test", world.admin,
+                                          json={"subscription": "open"}), 422)
+    assert "subscriptions and their welcome and goodbye mail" in str(refused["detail"])
+    problem_of(await world.call("PATCH", "/lists/team@example.test", world.owner,
+                                json={"subscription": "sometimes"}), 422)
     changed = await world.call("PATCH", "/lists/fwd@example.test", world.admin,
                                json={"forward_style": "fwd", "name": "Fwd"})
     assert changed.json()["forward_style"] == "fwd" and changed.json()["name"] == "Fwd"

@@ -35,10 +35,16 @@ from mailflow.errors import (
     status_line,
 )
 from mailflow.model import Envelope
+from mailflow.pipeline.chain import process_chain
 from mailflow.services.accept import AcceptPolicy, AcceptService, store_lookup
 from mailflow.services.commit import GroupCommitter, InlineExpansion
 from mailflow.services.filter_rules import store_filter_book
-from mailflow.services.installation import instance_id, srs_codec
+from mailflow.services.installation import (
+    instance_id,
+    list_commands,
+    srs_codec,
+    unsubscribe_tokens,
+)
 from mailflow.services.rosters import StoreRoster
 from mailflow.services.sender_rules import store_rule_book
 from mailflow.store import StoreRunner, create_engines
@@ -65,11 +71,14 @@ async def submit_to_store(settings: Settings, envelope: Envelope, raw: bytes) ->
         instance = await runner.write(instance_id, settings, runner.repo)
         srs = await runner.write(srs_codec, settings, runner.repo)
         runner.repo.verp = Verp(srs.secret)  # a bounce piped in is read as the relay would
+        # A list command piped in is answered as the relay would.
+        unsubscribe = await runner.write(unsubscribe_tokens, settings, runner.repo)
+        chain = process_chain(list_commands(settings, unsubscribe))
         blobs = open_blob_store(settings.blob_url, settings.blob_dir,
                                 settings.cache_budget.recent_contents)
         committer = GroupCommitter(
             runner, blobs, clock, body_limit=settings.max_body_in_database,
-            expansion=InlineExpansion(settings.max_inline_deliveries))
+            expansion=InlineExpansion(settings.max_inline_deliveries, chain))
         committer_task = asyncio.create_task(committer.run())
         service = AcceptService(store_lookup(runner), committer, clock, AcceptPolicy(
             instance, settings.max_message_size, settings.max_received_headers, 0,

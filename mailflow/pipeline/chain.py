@@ -104,6 +104,14 @@ def accept_chain(settings: AcceptSettings, lookup: Lookup, rules: SenderRules, *
 # Next: forward, moderation.
 PROCESS_CHAIN: tuple[ProcessStep, ...] = (expand, bounces, autoreply)
 
+
+def process_chain(commands: ProcessStep | None = None) -> tuple[ProcessStep, ...]:
+    """In order; ``commands``: the list commands step (``process/commands.py``), which
+    the relay builds with its token secret and public URL."""
+    if commands is None:
+        return PROCESS_CHAIN
+    return (expand, bounces, commands, autoreply)
+
 # ``filter_strip`` first (a strip rule's attachments go before a fwd wraps the rest),
 # then ``forward_style``: it may replace the whole message the others add fields to.
 # ``decorate`` (subject prefix, Reply-To, header and footer) after ``list_headers``, whose

@@ -24,6 +24,8 @@ from mailflow.model import (
     InboundMessage,
     MailingList,
     Member,
+    MemberRole,
+    MembershipChange,
     NewDelivery,
     Resolution,
     SenderRule,
@@ -142,6 +144,19 @@ class Directory(Protocol):
     def verp_member(self, mailing_list: MailingList, token: str) -> str | None:
         """The member a VERP token of ``mailing_list``'s bounce address names, or None."""
         ...
+    def is_member(self, list_id: int, address: str) -> bool:
+        """Whether ``address`` is on the roster (any status)."""
+        ...
+    def staff(self, list_id: int, roles: Sequence[MemberRole]) -> list[str]:
+        """The list's active members with one of ``roles`` (its owners, moderators)."""
+        ...
+    def command_replies(self, address: str, now: float) -> int:
+        """Replies to list commands ``address`` got today (this batch's included)."""
+        ...
+    def note_command_reply(self, address: str) -> None:
+        """Count one reply for the rest of the batch (the count is written with it, see
+        ``ProcessContext.answered``)."""
+        ...
 
 
 def _no_content() -> bytes:
@@ -167,6 +182,9 @@ class ProcessContext:
     generated: list[GeneratedMessage] = field(default_factory=list)
     replied: list[tuple[int, str]] = field(default_factory=list)  # (list id, sender) to log
     bounces: list[BounceReport] = field(default_factory=list)  # counted by the transaction
+    # List commands: roster changes and requests to write, addresses answered (counted).
+    memberships: list[MembershipChange] = field(default_factory=list)
+    answered: list[str] = field(default_factory=list)
 
     def event(self, kind: str, detail: str) -> None:
         self.events.append(Event(kind, detail, self.message.id))

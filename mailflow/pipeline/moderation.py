@@ -55,7 +55,9 @@ def subject_of(header: bytes) -> str:
     return headers.header_safe(subject)[:200]
 
 
-def _fields(sender: str, to: list[str], subject: str, now: float) -> EmailMessage:
+def notice_fields(sender: str, to: list[str], subject: str, now: float) -> EmailMessage:
+    """The header of a notice the relay writes (the policy refuses a line break in any
+    value); shared with the list commands' mail (``subscription_mail.py``)."""
     message = EmailMessage(policy=_POLICY)
     message["From"] = sender
     message["To"] = ", ".join(to)
@@ -98,7 +100,7 @@ def moderator_notice(post: HeldPost, held: InboundMessage, mailing_list: Mailing
         "",
     ])
     if raw and len(raw) <= MAX_ATTACHED:
-        notice = _fields(mailing_list.address, moderators, subject_line, now)
+        notice = notice_fields(mailing_list.address, moderators, subject_line, now)
         notice.set_content(text)
         try:
             notice.add_attachment(email.message_from_bytes(raw, policy=_POLICY),
@@ -106,7 +108,7 @@ def moderator_notice(post: HeldPost, held: InboundMessage, mailing_list: Mailing
             return notice.as_bytes()
         except (ValueError, TypeError, LookupError, email.errors.MessageError):
             pass  # a post the email package cannot write back: its header section only
-    notice = _fields(mailing_list.address, moderators, subject_line, now)
+    notice = notice_fields(mailing_list.address, moderators, subject_line, now)
     notice.set_content(text)
     notice.add_attachment(header.decode("utf-8", "replace"), subtype="rfc822-headers",
                           filename=f"{held.id}-headers.txt")
@@ -117,7 +119,7 @@ def rejection_notice(author: str, mailing_list: MailingList, header: bytes, reas
                      now: float) -> bytes:
     """Tell a post's author a moderator refused it, and why."""
     subject = subject_of(header)
-    notice = _fields(mailing_list.address, [author],
+    notice = notice_fields(mailing_list.address, [author],
                      f"Your post to {mailing_list.address} was rejected"
                      + (f": {subject}" if subject else ""), now)
     original = next(iter(headers.field_values(header, "Message-ID")), "").strip()

@@ -139,6 +139,7 @@ def store_batch(repo: Repository, batch: IngestBatch, now: float,
         tx.insert_generated(plan.generated, now)
         tx.log_replies(plan.replied, now)
         tx.count_bounces(plan.bounces, now)
+        tx.apply_memberships(plan.memberships, plan.answered, now)
         planned = plan.deliveries
         leased = (tx.lease_deliveries(planned[:batch.lease.limit], batch.lease, now)
                   if batch.lease is not None and planned else [])

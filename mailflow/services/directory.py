@@ -47,6 +47,7 @@ from mailflow.model import (
     ReplyTo,
     RuleAction,
     SenderRule,
+    SubscriptionPolicy,
     Suppression,
 )
 from mailflow.pipeline.process.autoreply import TEMPLATE_KEYS
@@ -337,6 +338,21 @@ def validated_posting(policy: str | PostingPolicy) -> PostingPolicy:
     return _validated_choice(PostingPolicy, policy, "posting policy")
 
 
+def validated_subscription(policy: str | SubscriptionPolicy) -> SubscriptionPolicy:
+    return _validated_choice(SubscriptionPolicy, policy, "subscription policy")
+
+
+def validated_greetings(*, welcome: str | None = None, goodbye: str | None = None
+                        ) -> dict[str, str]:
+    """The welcome and goodbye templates given (``''``: the default text again),
+    checked as the footer is."""
+    changes: dict[str, str] = {}
+    for key, source in (("welcome_template", welcome), ("goodbye_template", goodbye)):
+        if source is not None:
+            changes[key] = _validated_template(source, key.replace("_", " "))
+    return changes
+
+
 def validated_non_member_action(action: str | NonMemberAction) -> NonMemberAction:
     return _validated_choice(NonMemberAction, action, "non-member action")
 
@@ -566,8 +582,14 @@ class DirectoryService:
                     hold_days: int | None = None,
                     decoration: Mapping[str, str] | None = None,
                     personalize: bool | None = None,
-                    bounce_threshold: float | None = None) -> MailingList:
+                    bounce_threshold: float | None = None,
+                    subscription: str | SubscriptionPolicy | None = None,
+                    welcome_template: str | None = None,
+                    goodbye_template: str | None = None) -> MailingList:
         """Change the settings given (``None``: leave as is); returns the list as stored.
+
+        ``subscription`` (how requests to join are handled) and the welcome and goodbye
+        templates are for lists: an alias has no robot addresses.
 
         ``personalize`` and ``bounce_threshold`` are for lists (bounce processing and
         per-member copies are a list's; an alias forward has its own envelope sender).
@@ -603,6 +625,13 @@ class DirectoryService:
             if (new_kind or current.kind) is not ListKind.LIST:
                 raise InvalidInput(f"{address} is not a list: personalization and the bounce "
                                    "threshold are settings of lists")
+        policy = None if subscription is None else validated_subscription(subscription)
+        greetings = validated_greetings(welcome=welcome_template, goodbye=goodbye_template)
+        if policy is not None or greetings:
+            current = self.repo.get_list(address)
+            if (new_kind or current.kind) is not ListKind.LIST:
+                raise InvalidInput(f"{address} is not a list: subscriptions and their "
+                                   "welcome and goodbye mail are settings of lists")
         return self.repo.update_list(
             address, kind=new_kind,
             name=None if name is None else validated_list_name(name),
@@ -613,7 +642,8 @@ class DirectoryService:
             non_member_action=(None if non_member_action is None
                                else validated_non_member_action(non_member_action)),
             hold_days=None if hold_days is None else validated_hold_days(hold_days),
-            decoration=changes, personalize=personalize, bounce_threshold=bounce_threshold)
+            decoration=changes, personalize=personalize, bounce_threshold=bounce_threshold,
+            subscription=policy, greetings=greetings)
 
     def get_list(self, address: str) -> MailingList:
         return self.repo.get_list(validated_address(address))

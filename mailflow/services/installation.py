@@ -9,7 +9,9 @@ from __future__ import annotations
 import secrets
 
 from mailflow.config import Settings
+from mailflow.confirm_tokens import ConfirmTokens
 from mailflow.errors import ConfigurationError
+from mailflow.pipeline.process.commands import ListCommands
 from mailflow.srs import Srs
 from mailflow.store import Repository, create_engines, upgrade_to_head
 from mailflow.store.engine import create_cli_engines, normalize_url, sqlite_path
@@ -46,6 +48,14 @@ def unsubscribe_tokens(settings: Settings, repo: Repository) -> UnsubscribeToken
     stored = repo.ensure_meta(UNSUBSCRIBE_KEY, secrets.token_urlsafe(24))
     current = settings.unsubscribe_secret.get_secret_value() or stored
     return UnsubscribeTokens(current, () if current == stored else (stored,))
+
+
+def list_commands(settings: Settings, unsubscribe: UnsubscribeTokens) -> ListCommands:
+    """The list commands step: its confirmation tokens are signed with a key derived
+    from the unsubscribe secret (its old secrets still verify)."""
+    tokens = ConfirmTokens(unsubscribe.secret, tuple(unsubscribe.old_secrets),
+                           settings.subscription_confirm_days * 86_400.0)
+    return ListCommands(tokens, settings.public_url, settings.list_command_replies_per_day)
 
 
 def initialise(settings: Settings) -> str:

@@ -21,6 +21,7 @@ from mailflow.model import (
     Event,
     GeneratedMessage,
     InboundMessage,
+    MembershipChange,
     MessageStatus,
     NewDelivery,
 )
@@ -48,6 +49,8 @@ class Plan:
     generated: list[GeneratedMessage] = field(default_factory=list)  # replies the steps wrote
     replied: list[tuple[int, str]] = field(default_factory=list)  # (list id, sender) answered
     bounces: list[BounceReport] = field(default_factory=list)  # to count against members
+    memberships: list[MembershipChange] = field(default_factory=list)  # list commands'
+    answered: list[str] = field(default_factory=list)  # addresses list commands answered
 
     def statuses(self) -> dict[str, MessageStatus]:
         statuses = dict.fromkeys((m.id for m in self.queued), MessageStatus.QUEUED)
@@ -90,6 +93,8 @@ def plan_batch(steps: Sequence[ProcessStep], directory: Directory,
         plan.generated.extend(ctx.generated)
         plan.replied.extend(ctx.replied)
         plan.bounces.extend(ctx.bounces)
+        plan.memberships.extend(ctx.memberships)
+        plan.answered.extend(ctx.answered)
     return plan
 
 
@@ -119,6 +124,7 @@ def expand_received(repo: Repository, now: float, limit: int,
         tx.insert_generated(plan.generated, now)
         tx.log_replies(plan.replied, now)
         tx.count_bounces(plan.bounces, now)
+        tx.apply_memberships(plan.memberships, plan.answered, now)
         tx.insert_deliveries(plan.deliveries, now)
         tx.add_events(plan.events, now)
         tx.mark_queued([m.id for m in plan.queued], now)

@@ -65,6 +65,7 @@ from mailflow.model import (
     MailingList,
     Member,
     MemberRole,
+    MembershipChange,
     MemberStatus,
     MessageStatus,
     NewDelivery,
@@ -78,11 +79,14 @@ from mailflow.model import (
     RuleScope,
     SenderRule,
     SentCopy,
+    SubscriptionPolicy,
+    SubscriptionRequest,
     Suppression,
     role_alias,
     role_alias_by_id,
 )
 from mailflow.store import bounces as bounce_store
+from mailflow.store import subscriptions as subscription_store
 from mailflow.store.engine import Engines
 from mailflow.store.hot import HotStatements
 from mailflow.store.provider_ids import (
@@ -130,7 +134,10 @@ def _list(row: Row[Any]) -> MailingList:
                        hold_days=row.hold_days,
                        decoration=_decoration(row),
                        personalize=bool(row.personalize),
-                       bounce_threshold=row.bounce_threshold)
+                       bounce_threshold=row.bounce_threshold,
+                       subscription=SubscriptionPolicy(row.subscription),
+                       welcome_template=row.welcome_template,
+                       goodbye_template=row.goodbye_template)
 
 
 # Every list object read from the store shares one Decoration per distinct value: a
@@ -197,19 +204,25 @@ def _resolve(conn: Connection, address: str, roles: Mapping[str, str]) -> Resolu
     """What ``address`` is; ``roles``: the role aliases configured (role -> target).
 
     The exact address first, then a list's bounce address (also with a VERP token,
-    ``list-bounces+<token>@d``: the token is the resolution's ``detail``), then the
-    address without its plus tag (``alias+tag@d`` reaches ``alias@d``), all in one
-    statement; a list or alias of that address comes before a role alias, so an operator
-    may make ``postmaster@<domain>`` a list of their own.
+    ``list-bounces+<token>@d``: the token is the resolution's ``detail``), then a list's
+    robot addresses (``list-join@``, ``-leave@``, ``-request@``: "request"; ``-owner@``:
+    "owner"), then the address without its plus tag (``alias+tag@d`` reaches
+    ``alias@d``), all in one statement; a list or alias of that address comes before a
+    role alias, so an operator may make ``postmaster@<domain>`` a list of their own.
     """
     local, domain = addresses.split(address)
     candidates = [address]
-    bounces = untagged = ""
+    bounces = untagged = robot = robot_kind = ""
     base, tag = addresses.untagged(address)
     bounce_local = addresses.split(base)[0] if tag else local
     if bounce_local.endswith(addresses.BOUNCES_SUFFIX):
         bounces = f"{bounce_local[:-len(addresses.BOUNCES_SUFFIX)]}@{domain}"
         candidates.append(bounces)
+    for suffix, kind in addresses.ROBOT_SUFFIXES.items():
+        if local.endswith(suffix) and len(local) > len(suffix):
+            robot, robot_kind = f"{local[:-len(suffix)]}@{domain}", kind
+            candidates.append(robot)
+            break
     if tag:
         untagged = base
         candidates.append(untagged)
@@ -224,7 +237,13 @@ def _resolve(conn: Connection, address: str, roles: Mapping[str, str]) -> Resolu
         return Resolution("list", found[address])
     if bounces in found:
         return Resolution("bounces", found[bounces], tag)
-    return Resolution("list", found[untagged])
+    if robot in found and found[robot].kind is ListKind.LIST:  # an alias has no robots
+        if robot_kind == "owner":
+            return Resolution("owner", found[robot])
+        return Resolution("request", found[robot], robot_kind)
+    if untagged in found:
+        return Resolution("list", found[untagged])
+    return Resolution("unknown_address")
 
 
 def _role_address(list_id: int) -> str | None:
@@ -313,6 +332,7 @@ class DirectoryView:
         self._with_autoreply: set[int] | None = None  # read once per batch: few rows
         self._autoreplies: dict[int, AutoReply | None] = {}
         self._replied: dict[tuple[int, str], float | None] = {}
+        self._commands_answered: dict[str, int] = {}
 
     def resolve(self, address: str) -> Resolution:
         if address not in self._resolved:
@@ -361,6 +381,21 @@ class DirectoryView:
         if self._verp is None:
             return None
         return self._verp.member(mailing_list.address, token, self.roster(mailing_list.id))
+
+    def is_member(self, list_id: int, address: str) -> bool:
+        return subscription_store.is_member(self._conn, list_id, address)
+
+    def staff(self, list_id: int, roles: Sequence[MemberRole]) -> list[str]:
+        return subscription_store.staff(self._conn, list_id, roles)
+
+    def command_replies(self, address: str, now: float) -> int:
+        if address not in self._commands_answered:
+            self._commands_answered[address] = subscription_store.replies_today(
+                self._conn, address, now)
+        return self._commands_answered[address]
+
+    def note_command_reply(self, address: str) -> None:
+        self._commands_answered[address] = self._commands_answered.get(address, 0) + 1
 
 
 class Repository:
@@ -477,12 +512,17 @@ class Repository:
                     hold_days: int | None = None,
                     decoration: Mapping[str, str] | None = None,
                     personalize: bool | None = None,
-                    bounce_threshold: float | None = None) -> MailingList:
+                    bounce_threshold: float | None = None,
+                    subscription: SubscriptionPolicy | None = None,
+                    greetings: Mapping[str, str] | None = None) -> MailingList:
         """Change the given settings of a list or alias; returns it as stored now.
 
-        ``decoration``: new values of :class:`~mailflow.model.Decoration` fields by name.
+        ``decoration``: new values of :class:`~mailflow.model.Decoration` fields by name;
+        ``greetings``: of ``welcome_template`` and ``goodbye_template``.
         """
-        values: dict[str, Any] = dict(decoration or {})
+        values: dict[str, Any] = {**(decoration or {}), **(greetings or {})}
+        if subscription is not None:
+            values["subscription"] = subscription.value
         for column, value in (("posting", posting), ("non_member_action", non_member_action),
                               ("hold_days", hold_days), ("personalize", personalize),
                               ("bounce_threshold", bounce_threshold)):
@@ -1114,6 +1154,13 @@ class Repository:
         with self.engines.writer.begin() as conn:
             yield WriteTransaction(self, conn)
 
+    def subscription_requests(self, list_address: str | None = None
+                              ) -> list[SubscriptionRequest]:
+        """Requests to join waiting for an owner (of one list, or of every list)."""
+        with self.engines.reader.connect() as conn:
+            list_id = None if list_address is None else self._list_id(conn, list_address)
+            return subscription_store.requests(conn, list_id)
+
     @contextmanager
     def expansion_transaction(self) -> Iterator[WriteTransaction]:
         """Expansion of stored messages: relaxed, as a loss only repeats the expansion."""
@@ -1564,7 +1611,7 @@ class WriteTransaction:
         if not generated:
             return
         self.upsert_blobs([g.message for g in generated], now,
-                          {g.message.blob: g.content for g in generated})
+                          {g.message.blob: g.content for g in generated if g.content})
         queued = MessageStatus.QUEUED
         self.insert_messages([g.message for g in generated], now,
                              {g.message.id: queued for g in generated})
@@ -1628,6 +1675,16 @@ class WriteTransaction:
     def record_outcomes(self, outcomes: Sequence[Outcome], now: float) -> list[Outcome]:
         """The scheduler's outcomes; returns those not applied (their leases were lost)."""
         return self._repo._record(self._conn, now, outcomes)
+
+    def apply_memberships(self, changes: Sequence[MembershipChange], answered: Sequence[str],
+                          now: float) -> None:
+        """What the list commands decided: roster changes, requests, replies counted."""
+        if changes or answered:
+            subscription_store.apply(self._conn, changes, answered, now)
+
+    def take_request(self, request_id: int) -> SubscriptionRequest | None:
+        """Remove a request to join, for an owner's decision (None: no such request)."""
+        return subscription_store.take_request(self._conn, request_id)
 
     def count_bounces(self, reports: Sequence[BounceReport], now: float) -> None:
         """Bounces the processing chain found, counted against their members."""

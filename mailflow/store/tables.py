@@ -71,6 +71,11 @@ lists = Table(
     Column("personalize", Boolean, nullable=False, server_default="0"),
     # The bounce score at which a member is disabled (``--bounce-threshold``).
     Column("bounce_threshold", Float, nullable=False, server_default="5"),
+    # Subscriptions by mail and on the list's page (``--subscription``, welcome and
+    # goodbye templates; 0019_subs).
+    Column("subscription", String(16), nullable=False, server_default="confirm"),
+    Column("welcome_template", Text, nullable=False, server_default=""),
+    Column("goodbye_template", Text, nullable=False, server_default=""),
 )
 
 # The roles that may manage a list over the API; ``ix_members_staff``'s condition, which
@@ -339,4 +344,26 @@ audit_log = Table(
     Column("action", String(64), nullable=False),
     Column("target", String(320), nullable=False, server_default=""),
     Column("detail", Text, nullable=False, server_default=""),
+)
+
+
+# Requests to join ``approve`` lists, until an owner or moderator decides (0019_subs).
+subscription_requests = Table(
+    "subscription_requests",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("list_id", Integer, ForeignKey("lists.id", ondelete="CASCADE"), nullable=False),
+    Column("address", String(320), nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("list_id", "address", name="uq_subscription_requests_entry"),
+)
+
+# Replies to list commands per address in the current window (a day): bounded, so a
+# forged sender cannot have the relay mail one address without end (0019_subs).
+command_replies = Table(
+    "command_replies",
+    metadata,
+    Column("address", String(320), primary_key=True),
+    Column("window_start", Float, nullable=False, index=True),
+    Column("count", Integer, nullable=False),
 )

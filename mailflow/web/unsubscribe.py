@@ -1,20 +1,20 @@
-"""A list's public page and its RFC 8058 one-click unsubscribe URL.
+"""A list's RFC 8058 one-click unsubscribe URL.
 
 ``POST /lists/{list}/unsubscribe/{token}`` with the body ``List-Unsubscribe=One-Click``
 (as a mail client sends it, form-encoded or multipart) removes the member the token
 names, without a login: the token is the credential (``unsubscribe_tokens.py``).  A
 ``GET`` of the same URL only shows a page with a button that makes that POST, so a link
 scanner or a prefetching client that follows every URL of a message never unsubscribes
-anyone.  ``GET /lists/{list}`` is the page the List-Subscribe and shared copies'
-List-Unsubscribe fields point at: how to join and leave by mail.
+anyone.  (``GET /lists/{list}``, the page the List-Subscribe and shared copies'
+List-Unsubscribe fields point at, is ``subscribe.py``'s.)
 
-Answers: HTML for the pages a person sees, problem+json for a refused POST.
+Answers: HTML for the pages a person sees (``public_pages.py``), problem+json for a
+refused POST.
 """
 
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
 import re
 from typing import Final
@@ -27,12 +27,11 @@ from starlette.requests import ClientDisconnect
 from mailflow.errors import InvalidInput, MailflowError, NotFound
 from mailflow.http_body import read_limited
 from mailflow.model import ListKind, MailingList
-from mailflow.pipeline.context import Identity
-from mailflow.pipeline.send.list_links import ListLinks, links
 from mailflow.services.directory import DirectoryService
 from mailflow.store.runner import StoreRunner
 from mailflow.unsubscribe_tokens import BadToken, UnsubscribeTokens
 from mailflow.web.problems import error_problem
+from mailflow.web.public_pages import message, page
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,7 @@ _MULTIPART_ONE_CLICK: Final = re.compile(
     rb'name="?List-Unsubscribe"?\r?\n(?:[^\r\n]+\r?\n)*\r?\nOne-Click\r?\n', re.IGNORECASE)
 
 
-def create_router(runner: StoreRunner, identity: Identity, tokens: UnsubscribeTokens,
-                  body_timeout: float) -> APIRouter:
+def create_router(runner: StoreRunner, tokens: UnsubscribeTokens, body_timeout: float) -> APIRouter:
     router = APIRouter()
     directory = DirectoryService(runner.repo)
 
@@ -56,16 +54,6 @@ def create_router(runner: StoreRunner, identity: Identity, tokens: UnsubscribeTo
             raise NotFound("list", address)
         return found
 
-    @router.get("/lists/{address}", response_class=HTMLResponse)
-    async def list_page(address: str) -> Response:
-        """How to join and leave the list by mail."""
-        try:
-            found = await mailing_list(address)
-        except NotFound as exc:
-            return _page(404, "Unknown list", str(exc))
-        info = links(found, identity)
-        return _page(200, found.name or found.address, _list_text(found, info))
-
     @router.get("/lists/{address}/unsubscribe/{token}", response_class=HTMLResponse)
     async def confirm(address: str, token: str) -> Response:
         """A button, never an unsubscription: scanners follow links."""
@@ -73,14 +61,9 @@ def create_router(runner: StoreRunner, identity: Identity, tokens: UnsubscribeTo
             found = await mailing_list(address)
             member = tokens.member(found.address, token)
         except (NotFound, BadToken) as exc:
-            return _page(404, "Unknown link", str(exc))
-        name = html.escape(found.name or found.address)
-        return _page(200, f"Unsubscribe from {found.name or found.address}",
-                     f"<p>Stop sending the mail of <b>{name}</b> to "
-                     f"<b>{html.escape(member)}</b>?</p>"
-                     '<form method="post"><input type="hidden" name="List-Unsubscribe" '
-                     f'value="{ONE_CLICK}"><button type="submit">Unsubscribe</button></form>',
-                     escape=False)
+            return message(404, "Unknown link", str(exc))
+        return page("unsubscribe", title=f"Unsubscribe from {found.name or found.address}",
+                    list=found, member=member)
 
     @router.post("/lists/{address}/unsubscribe/{token}")
     async def one_click(address: str, token: str, request: Request) -> Response:
@@ -104,8 +87,8 @@ def create_router(runner: StoreRunner, identity: Identity, tokens: UnsubscribeTo
         log.info("one-click unsubscribe from %s: %s", found.address,
                  "removed" if removed else "was not a member",
                  extra={"action": "unsubscribed", "list": found.address})
-        return _page(200, "Unsubscribed",
-                     f"{member} gets no more mail from {found.name or found.address}.")
+        return message(200, "Unsubscribed",
+                       f"{member} gets no more mail from {found.name or found.address}.")
 
     return router
 
@@ -119,18 +102,4 @@ def _is_one_click(request: Request, body: bytes) -> bool:
     except (UnicodeDecodeError, ValueError):
         return False
     return fields.get("List-Unsubscribe") == [ONE_CLICK]
-
-
-def _list_text(found: MailingList, info: ListLinks) -> str:
-    return (f"To join, send a message to {info.subscribe}; to leave, to {info.unsubscribe}. "
-            f"Posts go to {found.address}; help: {info.help}.")
-
-
-def _page(status: int, title: str, text: str, *, escape: bool = True) -> HTMLResponse:
-    body = f"<p>{html.escape(text)}</p>" if escape else text
-    return HTMLResponse(
-        "<!doctype html><html><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(title)}</title></head>"
-        f"<body><h1>{html.escape(title)}</h1>{body}</body></html>", status_code=status)
-
 

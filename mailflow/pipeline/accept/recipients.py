@@ -1,4 +1,4 @@
-"""Is each recipient a list, an alias or a list's bounce address here?
+"""Is each recipient a list, an alias or a list's bounce or robot address here?
 
 An SMTP or LMTP client was answered at RCPT time (the accept service asks the same
 question through :func:`refusal`); this step is in the chain for submissions without

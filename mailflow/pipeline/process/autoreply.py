@@ -55,8 +55,23 @@ _POLICY: Final = email.policy.SMTP
 def no_reply_reason(mail_from: str, header: bytes, address: str) -> str | None:
     """Why ``address`` must not answer a message, or None if it may (RFC 3834).
 
-    ``mail_from`` is the envelope sender, ``header`` the message's header section.
+    ``mail_from`` is the envelope sender, ``header`` the message's header section.  An
+    out-of-office reply also needs ``address`` named in To or Cc (it was not Bcc'd).
     """
+    reason = automatic_reason(mail_from, header, address)
+    if reason is not None:
+        return reason
+    named = {addresses.canonical(a) for _, a in getaddresses(
+        headers.field_values(header, "To") + headers.field_values(header, "Cc"))}
+    if addresses.canonical(address) not in named:
+        return f"<{address}> is not in To or Cc"
+    return None
+
+
+def automatic_reason(mail_from: str, header: bytes, address: str = "") -> str | None:
+    """Why a message must get no automatic answer at all, or None (RFC 3834): it comes
+    from a robot, a list or the null sender, or is automatic itself.  Shared by the
+    auto-replies and the list commands (``commands.py``)."""
     sender = addresses.canonical(mail_from)
     if not sender:
         return "the envelope sender is empty (a bounce or notification)"
@@ -65,7 +80,7 @@ def no_reply_reason(mail_from: str, header: bytes, address: str) -> str | None:
         return f"the sender <{sender}> is a robot or role address"
     if local.endswith("-request") or local.startswith("owner-"):
         return f"the sender <{sender}> is a list's robot"
-    if sender == addresses.canonical(address):
+    if address and sender == addresses.canonical(address):
         return "the sender is the address itself"
     auto = [v.split(";", 1)[0].strip().lower()
             for v in headers.field_values(header, "Auto-Submitted")]
@@ -77,10 +92,6 @@ def no_reply_reason(mail_from: str, header: bytes, address: str) -> str | None:
     for name in ("List-Id", "List-Unsubscribe"):
         if headers.field_values(header, name):
             return f"it came through a mailing list ({name})"
-    named = {addresses.canonical(a) for _, a in getaddresses(
-        headers.field_values(header, "To") + headers.field_values(header, "Cc"))}
-    if addresses.canonical(address) not in named:
-        return f"<{address}> is not in To or Cc"
     return None
 
 

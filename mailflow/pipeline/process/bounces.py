@@ -5,7 +5,10 @@ address it was sent to (``LIST-bounces+<token>@d``, :mod:`mailflow.verp`) when i
 one that names a member, else from the bounce itself (:mod:`.bounce_reading`).  Each
 finding becomes a :class:`~mailflow.model.BounceReport`; the write transaction counts
 them (:mod:`mailflow.bounce_score`).  A feedback report (RFC 5965) unsubscribes and
-suppresses the member who complained.  Nothing is delivered: the message is consumed.
+suppresses the member who complained.  A bounce is consumed; mail that is no bounce at
+all (no VERP token, nothing ``flufl.bounce`` can read: a person who answered a list's
+envelope sender) goes on to the list's owners, as Mailman's "forward unrecognized
+bounces", with the null sender (:mod:`.owners`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from mailflow import addresses
 from mailflow.model import BounceKind, BounceReport, BounceSource, ListKind, MailingList
 from mailflow.pipeline.context import ProcessContext
 from mailflow.pipeline.process.bounce_reading import BounceFindings, read_bounce
+from mailflow.pipeline.process.owners import forward_to_owners
 
 
 def bounces(ctx: ProcessContext) -> None:
@@ -31,6 +35,9 @@ def bounces(ctx: ProcessContext) -> None:
             ctx.event("bounce", f"for {target.address}: not a list, consumed")
             continue
         findings = read_bounce(ctx.content())
+        if not resolution.detail and findings.empty:
+            forward_to_owners(ctx, target, sender="", why="unrecognized bounce")
+            continue
         member = (ctx.directory.verp_member(target, resolution.detail)
                   if resolution.detail else None)
         reports = _reports(target, findings, member)

@@ -29,8 +29,8 @@ def expand(ctx: ProcessContext) -> None:
                 ctx.deliveries.append(NewDelivery(message.id, RELAYED, original, 0))
                 ctx.event("bounce", f"to {rcpt}: relayed to the original sender")
                 continue
-        if resolution.kind == "bounces":
-            continue  # consumed by the bounces step
+        if resolution.kind in ("bounces", "request", "owner"):
+            continue  # the bounces step's, the list commands step's
 
         if target is None:
             ctx.event("dropped", f"{rcpt}: no longer a list or alias here")

@@ -10,7 +10,9 @@
 * what the relay sends on its own account (auto-replies and echoes, ``GENERATED``; copies
   of a role alias such as ``postmaster``, whose address has no domain) or relays as a
   bounce (``RELAYED``) goes out with the null sender, as RFC 5321 section 4.5.5 asks of
-  notifications and RFC 3834 section 3.3 of automatic replies.
+  notifications and RFC 3834 section 3.3 of automatic replies -- but for mail a list
+  forwards to its owners (``pipeline/process/owners.py``), written with the list's
+  bounce address as its sender.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from mailflow.verp import Verp
 def envelope_sender(message: InboundMessage, mailing_list: MailingList, srs: Srs | None,
                     now: float, verp: Verp | None = None, recipient: str = "") -> str:
     """``recipient``: the one member of a personalized copy ('' for a shared one)."""
-    if mailing_list.id == RELAYED or message.protocol == GENERATED:
+    if message.protocol == GENERATED:
+        return message.mail_from  # '' but for mail forwarded to a list's owners
+    if mailing_list.id == RELAYED:
         return ""
     if "@" not in mailing_list.address:  # a role alias: notifications to the operator
         return ""

@@ -58,10 +58,13 @@ def sample_variables() -> dict[str, Any]:
 
 def variables(*, name: str, address: str, list_id: str, page_url: str, member_address: str,
               member_name: str, unsubscribe_url: str) -> dict[str, Any]:
-    """The names a template sees: ``list``, ``member`` (empty for a shared copy) and
-    ``unsubscribe_url``."""
+    """The names a template sees: ``list`` (with its robot addresses), ``member`` (empty
+    for a shared copy) and ``unsubscribe_url``."""
+    local, _, domain = address.rpartition("@")
     return {
-        "list": {"name": name, "address": address, "id": list_id, "url": page_url},
+        "list": {"name": name, "address": address, "id": list_id, "url": page_url,
+                 "request": f"{local}-request@{domain}", "join": f"{local}-join@{domain}",
+                 "leave": f"{local}-leave@{domain}", "owner": f"{local}-owner@{domain}"},
         "member": {"address": member_address, "name": member_name},
         "unsubscribe_url": unsubscribe_url,
     }

@@ -19,6 +19,7 @@ from mailflow.model import (
     MailingList,
     NonMemberAction,
     PostingPolicy,
+    SubscriptionPolicy,
 )
 from mailflow.web.api.deps import AdminWriter, Caller, Deps, Writer
 from mailflow.web.api.pages import Cursor, Limit, Page, page_in_memory
@@ -35,6 +36,9 @@ class ListOut(BaseModel):
     name: str
     priority: int
     forward_style: ForwardStyle
+    subscription: SubscriptionPolicy = Field(
+        description="lists: how a request to join (by mail or on the list's page) is "
+                    "handled")
     created_at: float
     member_count: int | None = None
     dmarc: DmarcMode
@@ -63,7 +67,8 @@ class ListOut(BaseModel):
                    footer_template=decoration.footer_template,
                    archive_url=decoration.archive_url, personalize=found.personalize,
                    bounce_threshold=found.bounce_threshold, list_id=found.list_id,
-                   bounces_address=found.bounces_address)
+                   bounces_address=found.bounces_address,
+                   subscription=found.subscription)
 
 
 class ListIn(BaseModel):
@@ -100,6 +105,10 @@ class ListChange(BaseModel):
     personalize: bool | None = None
     bounce_threshold: float | None = Field(default=None, ge=-10**6, le=10**6,
                                            allow_inf_nan=False)
+
+    subscription: SubscriptionPolicy | None = Field(
+        default=None, description="lists: open (joined at once), confirm (double opt-in), "
+                                  "approve (the owners decide) or closed")
 
     def decoration(self) -> dict[str, str]:
         return {key: value for key, value in (
@@ -155,7 +164,8 @@ async def update_list(address: ListAddress, body: ListChange, deps: Deps,
         priority=body.priority, forward_style=body.forward_style, dmarc=body.dmarc,
         posting=body.posting, non_member_action=body.non_member_action,
         hold_days=body.hold_days, decoration=body.decoration(),
-        personalize=body.personalize, bounce_threshold=body.bounce_threshold)
+        personalize=body.personalize, bounce_threshold=body.bounce_threshold,
+        subscription=body.subscription)
     given = body.model_dump(exclude_none=True, mode="json")
     await deps.changed(caller, "list.update", changed.address, " ".join(
         f"{k}={v!r}" if "template" not in k else f"{k}=({len(v)} characters)"
