@@ -60,7 +60,7 @@ from mailflow.services.queue_operations import (
     selection_of,
 )
 from mailflow.services.subscriptions import Subscriptions
-from mailflow.services.timespec import parse_duration, parse_moment
+from mailflow.services.timespec import parse_moment
 from mailflow.services.trace import TraceService
 from mailflow.store import Repository, create_cli_engines
 from mailflow.store.access import AccessRepository
