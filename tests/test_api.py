@@ -148,7 +148,8 @@ def test_the_list_patch_takes_every_option_of_list_update() -> None:
     from mailflow.cli import list_update
     from mailflow.web.api.lists import ListChange, ListOut
 
-    files = {"header_file": "header_template", "footer_file": "footer_template"}
+    files = {f"{part}_file": f"{part}_template"
+             for part in ("header", "footer", "welcome", "goodbye")}
     options = {files.get(p.name, p.name) for p in list_update.params
                if p.name not in ("address", "help")}
     assert options - set(ListChange.model_fields) == set()

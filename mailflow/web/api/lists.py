@@ -54,6 +54,10 @@ class ListOut(BaseModel):
     bounce_threshold: float
     list_id: str
     bounces_address: str
+    welcome_template: str = Field(description="lists: the mail a new member gets "
+                                              "('' for the default)")
+    goodbye_template: str = Field(description="lists: the mail a leaving member gets "
+                                              "('' for the default)")
 
     @classmethod
     def of(cls, found: MailingList, count: int | None = None) -> ListOut:
@@ -68,7 +72,9 @@ class ListOut(BaseModel):
                    archive_url=decoration.archive_url, personalize=found.personalize,
                    bounce_threshold=found.bounce_threshold, list_id=found.list_id,
                    bounces_address=found.bounces_address,
-                   subscription=found.subscription)
+                   subscription=found.subscription,
+                   welcome_template=found.welcome_template,
+                   goodbye_template=found.goodbye_template)
 
 
 class ListIn(BaseModel):
@@ -109,6 +115,9 @@ class ListChange(BaseModel):
     subscription: SubscriptionPolicy | None = Field(
         default=None, description="lists: open (joined at once), confirm (double opt-in), "
                                   "approve (the owners decide) or closed")
+
+    welcome_template: str | None = Field(default=None, max_length=_TEMPLATE_MAX)
+    goodbye_template: str | None = Field(default=None, max_length=_TEMPLATE_MAX)
 
     def decoration(self) -> dict[str, str]:
         return {key: value for key, value in (
@@ -165,7 +174,8 @@ async def update_list(address: ListAddress, body: ListChange, deps: Deps,
         posting=body.posting, non_member_action=body.non_member_action,
         hold_days=body.hold_days, decoration=body.decoration(),
         personalize=body.personalize, bounce_threshold=body.bounce_threshold,
-        subscription=body.subscription)
+        subscription=body.subscription, welcome_template=body.welcome_template,
+        goodbye_template=body.goodbye_template)
     given = body.model_dump(exclude_none=True, mode="json")
     await deps.changed(caller, "list.update", changed.address, " ".join(
         f"{k}={v!r}" if "template" not in k else f"{k}=({len(v)} characters)"
