@@ -18,11 +18,14 @@ from mailflow.web import app as web_app
 from mailflow.web import problems
 from mailflow.web.api import (
     audit,
+    bounces,
+    dkim,
     docs,
     domains,
     held,
     lists,
     members,
+    operations,
     pages,
     queue,
     rules,
@@ -102,6 +105,9 @@ members.list_members, members.remove_member, members.export_members, queue.queue
 rules.list_sender_rules, rules.list_filters, rules.add_filter, rules.remove_filter
 tokens.list_tokens, users.list_users, users.set_role, users.clear_role
 lists.ListOut.member_count, lists.ListDeleted.failed_deliveries, pages.Page.next_cursor
+bounces.list_bounces, bounces.list_suppressions, bounces.Suppressed.suppression
+dkim.list_dkim_keys, dkim.DkimKeyOut.dns_txt, operations.queue_action
+held.Decision.added_to, held.Decision.notified
 Whitelist().docs_page, Whitelist().docs_init  # in docs.install_docs
 web_app.create_app  # its app.openapi
 Whitelist().openapi

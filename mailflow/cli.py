@@ -52,8 +52,12 @@ from mailflow.services.access import AccessService
 from mailflow.services.directory import DirectoryService
 from mailflow.services.member_csv import read_member_rows
 from mailflow.services.moderation import REASON_MAX_LENGTH, Moderation, content_reader
-from mailflow.services.queue_operations import QueueOperations
-from mailflow.services.timespec import parse_duration, parse_moment
+from mailflow.services.queue_operations import (
+    ConfirmationNeeded,
+    QueueOperations,
+    selection_of,
+)
+from mailflow.services.timespec import parse_moment
 from mailflow.services.trace import TraceService
 from mailflow.store import Repository, create_cli_engines
 from mailflow.store.access import AccessRepository
@@ -1099,7 +1103,6 @@ def queue() -> None:
 
 
 DELIVERY_STATES = [s.value for s in DeliveryStatus]
-QUEUE_ID_LENGTH = 21  # mailflow.ids.new_message_id
 
 
 def _selection_options(f: F) -> F:
@@ -1119,16 +1122,7 @@ def _selection_options(f: F) -> F:
 
 def _selection(statuses: tuple[str, ...], list_address: str | None, domain: str | None,
                older_than: str | None, ids: tuple[str, ...], now: float) -> QueueSelection:
-    """The deliveries the options name; an ID is a delivery id (digits) or a queue id
-    (21 hex digits, which may all be decimal ones)."""
-    numbers = tuple(int(i) for i in ids if i.isdigit() and len(i) < QUEUE_ID_LENGTH)
-    queue_ids = tuple(i for i in ids if not i.isdigit() or len(i) >= QUEUE_ID_LENGTH)
-    return QueueSelection(
-        statuses=tuple(DeliveryStatus(s) for s in statuses),
-        list_address=rules.validated_address(list_address) if list_address else None,
-        domain=domain.strip().lower() if domain else None,
-        created_before=None if older_than is None else now - parse_duration(older_than),
-        ids=numbers, queue_ids=queue_ids)
+    return selection_of(statuses, list_address, domain, older_than, ids, now)
 
 
 def _delivery_json(r: DeliveryRow) -> dict[str, Any]:
@@ -1180,12 +1174,12 @@ def _queue_action(name: str, summary: str, done: str) -> None:
             operations = QueueOperations(OperationsStore(repo.engines), time.time)
             selection = _selection(statuses, list_address, domain, older_than, ids,
                                    time.time())
-            if name == "delete" and not yes and not selection.empty:
-                count = operations.count(selection)
-                if count > 1:
-                    fail(f"this selects {count} deliveries; add --yes to delete them all",
-                         spec(InvalidInput).cli_exit)
-            change = getattr(operations, name)(selection)
+            try:
+                change = operations.act(name, selection, confirmed=yes)
+            except ConfirmationNeeded as exc:
+                fail(f"this selects {exc.count} deliveries; add --yes to delete them all",
+                     spec(InvalidInput).cli_exit)
+                return
         left = f" ({change.skipped} selected left alone: in flight or not in a state to " \
                f"{name})" if change.skipped else ""
         click.echo(f"{done} {change.changed} deliveries{left}")

@@ -696,6 +696,28 @@ class DirectoryService:
     def members(self, list_address: str) -> list[Member]:
         return self.repo.members(validated_address(list_address))
 
+    def get_member(self, list_address: str, address: str) -> Member:
+        return self.repo.member(validated_address(list_address), validated_address(address))
+
+    def update_member(self, list_address: str, address: str, *,
+                      role: str | MemberRole | None = None, name: str | None = None,
+                      enable: bool = False) -> Member:
+        """Change one member: its role, its display name (a non-empty one), or make it
+        active again with a bounce score of 0 (``enable``, as ``mailflow member enable``);
+        :class:`NotFound` if it is not a member.  Returns it as stored."""
+        target, member = validated_address(list_address), validated_address(address)
+        valid_role = None if role is None else validated_role(role)
+        valid_name = None if name is None else validated_member_name(name)
+        self.repo.member(target, member)
+        if valid_role is not None:
+            self.repo.set_role(target, [member], valid_role)
+        if valid_name:
+            self.repo.add_members(target, [member], self.clock.now(),
+                                  names={member: valid_name})
+        if enable:
+            self.repo.enable_members(target, [member])
+        return self.repo.member(target, member)
+
     # -- sender entries (block and allow lists) -------------------------------------------
 
     def add_sender_rule(self, action: str | RuleAction, pattern: str,

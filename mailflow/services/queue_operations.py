@@ -9,14 +9,50 @@ copy already on the wire.  The action reports them as skipped; once their outcom
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from mailflow.errors import InvalidInput
 from mailflow.model import DeliveryRow, DeliveryStatus, QueueChange, QueueSelection
+from mailflow.services.directory import validated_address
+from mailflow.services.timespec import parse_duration
 from mailflow.store.operations import OperationsStore
 
 DELETED_REPLY = "deleted by an operator"
 WAITING = (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED)
+QUEUE_ID_LENGTH = 21  # mailflow.ids.new_message_id
+ACTIONS = ("retry", "hold", "release", "delete")
+
+
+class ConfirmationNeeded(InvalidInput):
+    """A delete that selects more than one delivery, not confirmed (each adapter says
+    how to confirm: ``--yes``, ``confirm=true``)."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"this selects {count} deliveries; confirm to delete them all")
+        self.count = count
+
+
+def selection_of(statuses: Sequence[str | DeliveryStatus], list_address: str | None,
+                 domain: str | None, older_than: str | None, ids: Sequence[str],
+                 now: float) -> QueueSelection:
+    """The deliveries an operator's options name (``mailflow queue``, ``POST /queue/…``):
+    an ID is a delivery id (digits) or a queue id (21 hex digits, which may all be
+    decimal ones)."""
+    chosen = []
+    for status in statuses:
+        try:
+            chosen.append(DeliveryStatus(status))
+        except ValueError:
+            raise InvalidInput(f"invalid status {status!r}: one of "
+                               f"{', '.join(s.value for s in DeliveryStatus)}") from None
+    numbers = tuple(int(i) for i in ids if i.isdigit() and len(i) < QUEUE_ID_LENGTH)
+    queue_ids = tuple(i for i in ids if not i.isdigit() or len(i) >= QUEUE_ID_LENGTH)
+    return QueueSelection(
+        statuses=tuple(chosen),
+        list_address=validated_address(list_address) if list_address else None,
+        domain=domain.strip().lower() if domain else None,
+        created_before=None if older_than is None else now - parse_duration(older_than),
+        ids=numbers, queue_ids=queue_ids)
 
 
 class QueueOperations:
@@ -29,6 +65,19 @@ class QueueOperations:
 
     def count(self, selection: QueueSelection) -> int:
         return self.store.count_selected(selection)
+
+    def act(self, action: str, selection: QueueSelection, *, confirmed: bool = False
+            ) -> QueueChange:
+        """One of :data:`ACTIONS`; a delete of more than one delivery must be
+        ``confirmed`` (the CLI's ``--yes``)."""
+        if action not in ACTIONS:
+            raise InvalidInput(f"invalid queue action {action!r}: one of {', '.join(ACTIONS)}")
+        if action == "delete" and not confirmed and not selection.empty:
+            count = self.count(selection)
+            if count > 1:
+                raise ConfirmationNeeded(count)
+        change: QueueChange = getattr(self, action)(selection)
+        return change
 
     def retry(self, selection: QueueSelection) -> QueueChange:
         """Queued and deferred deliveries become due now (the scheduler finds them within

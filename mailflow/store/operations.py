@@ -201,6 +201,41 @@ class OperationsStore:
             total += len(done)
         return QueueChange(total, len(matched) - total)
 
+    # -- statistics --------------------------------------------------------------------
+
+    def hourly_counts(self, since: float, oldest_message: float, hours: int
+                      ) -> list[tuple[int, int, int]]:
+        """Per hour from ``since`` (``hours`` of them): messages received, deliveries
+        delivered and failed (by when their outcome was recorded).
+
+        Both scans are bounded by queue id (the primary key and ``ix_deliveries_message``):
+        messages from ``since``, deliveries of messages received after ``oldest_message``
+        (a delivery is finished within ``max_delivery_age`` of its message's arrival).
+        """
+        received = [0] * hours
+        delivered = [0] * hours
+        failed = [0] * hours
+        bucket_of_message = func.floor((messages.c.received_at - since) / 3600)
+        bucket_of_delivery = func.floor((deliveries.c.updated_at - since) / 3600)
+        with self.engines.reader.connect() as conn:
+            for bucket, n in conn.execute(
+                    select(bucket_of_message, func.count())
+                    .where(messages.c.id >= id_bound(since), messages.c.received_at >= since)
+                    .group_by(bucket_of_message)):
+                if 0 <= int(bucket) < hours:
+                    received[int(bucket)] += int(n)
+            for bucket, status, n in conn.execute(
+                    select(bucket_of_delivery, deliveries.c.status, func.count())
+                    .where(deliveries.c.message_id >= id_bound(oldest_message),
+                           deliveries.c.status.in_([DeliveryStatus.DELIVERED.value,
+                                                    DeliveryStatus.FAILED.value]),
+                           deliveries.c.updated_at >= since)
+                    .group_by(bucket_of_delivery, deliveries.c.status)):
+                if 0 <= int(bucket) < hours:
+                    target = delivered if status == DeliveryStatus.DELIVERED.value else failed
+                    target[int(bucket)] += int(n)
+        return list(zip(received, delivered, failed, strict=True))
+
     # -- gauges and health ---------------------------------------------------------------
 
     def ping(self) -> None:

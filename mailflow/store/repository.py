@@ -272,6 +272,12 @@ _ROSTER_ROLES = (select(members.c.list_id, members.c.address, members.c.role)
                         members.c.address.in_(bindparam("b_addresses", expanding=True))))
 
 
+def _member(r: Row[Any]) -> Member:
+    return Member(list_id=r.list_id, address=r.address, status=MemberStatus(r.status),
+                  created_at=r.created_at, name=r.name, role=MemberRole(r.role),
+                  bounce_score=r.bounce_score, last_bounce_at=r.last_bounce_at)
+
+
 _DKIM_KEY = select(dkim_keys).where(dkim_keys.c.domain == bindparam("b_domain"))
 
 
@@ -956,10 +962,17 @@ class Repository:
             list_id = self._list_id(conn, list_address)
             rows = conn.execute(select(members).where(members.c.list_id == list_id)
                                 .order_by(members.c.address)).all()
-        return [Member(list_id=r.list_id, address=r.address, status=MemberStatus(r.status),
-                       created_at=r.created_at, name=r.name, role=MemberRole(r.role),
-                       bounce_score=r.bounce_score, last_bounce_at=r.last_bounce_at)
-                for r in rows]
+        return [_member(r) for r in rows]
+
+    def member(self, list_address: str, address: str) -> Member:
+        """One member of a list; :class:`NotFound` if it is not one."""
+        with self.engines.reader.connect() as conn:
+            list_id = self._list_id(conn, list_address)
+            row = conn.execute(select(members).where(members.c.list_id == list_id,
+                                                     members.c.address == address)).first()
+        if row is None:
+            raise NotFound("member", address, f"{address} is not a member of {list_address}")
+        return _member(row)
 
     def member_name(self, list_id: int, address: str) -> str:
         """A member's display name ('' if none, or no longer a member)."""
@@ -1068,8 +1081,7 @@ class Repository:
         with self.engines.reader.connect() as conn:
             list_id = self._list_id(conn, list_address)
             rows = conn.execute(query.where(members.c.list_id == list_id)).all()
-        return [Member(list_id=r.list_id, address=r.address, status=MemberStatus(r.status),
-                       created_at=r.created_at, name=r.name) for r in rows]
+        return [_member(r) for r in rows]
 
     def _list_id(self, conn: Connection, address: str) -> int:
         list_id = conn.scalar(select(lists.c.id).where(lists.c.address == address))

@@ -17,6 +17,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from mailflow.errors import TooManyAttempts, Unauthenticated
 from mailflow.services.access import AccessService, Principal
 from mailflow.services.directory import DirectoryService
+from mailflow.services.moderation import Moderation, ReadContent, content_reader
+from mailflow.services.queue_operations import QueueOperations
+from mailflow.services.stats import StatsService
+from mailflow.services.trace import TraceService
+from mailflow.store.operations import OperationsStore
 from mailflow.store.runner import StoreRunner
 
 P = ParamSpec("P")
@@ -39,6 +44,37 @@ class ApiDeps:
     clients: FailureLimiter    # failed tokens and logins per client address
     accounts: FailureLimiter   # failed logins per account
     body_timeout: float = 60.0  # a request body must arrive within this (http_request_timeout)
+    # A blob file's bytes by hash (the relay's blob store): moderation reads held posts.
+    read_blob: Callable[[str], bytes] | None = None
+
+    @property
+    def moderation(self) -> Moderation:
+        """The CLI's moderation service, on the API's store and clock."""
+        return Moderation(self.runner.repo, self.directory.clock, self._read_content())
+
+    def _read_content(self) -> ReadContent:
+        read_blob = self.read_blob
+
+        def no_file(digest: str) -> bytes:
+            raise FileNotFoundError(digest)
+
+        return content_reader(self.runner.repo, read_blob or no_file)
+
+    @property
+    def operations(self) -> OperationsStore:
+        return OperationsStore(self.runner.engines)
+
+    @property
+    def queue(self) -> QueueOperations:
+        return QueueOperations(self.operations, self.directory.clock.now)
+
+    @property
+    def trace(self) -> TraceService:
+        return TraceService(self.operations)
+
+    @property
+    def stats(self) -> StatsService:
+        return StatsService(self.operations, self.directory.clock)
 
     async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self.runner.read(fn, *args, **kwargs)

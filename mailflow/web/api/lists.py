@@ -1,7 +1,8 @@
 """``/lists``: lists and aliases with their settings.
 
 A site admin sees and creates every list; an owner or moderator sees only theirs, and
-only an owner changes one.
+only an owner changes one.  ``PATCH`` takes every setting ``mailflow list update``
+takes (the templates as text instead of files), through the same directory call.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
-from mailflow.model import ForwardStyle, ListKind, MailingList
+from mailflow.model import (
+    DmarcMode,
+    ForwardStyle,
+    ListKind,
+    MailingList,
+    NonMemberAction,
+    PostingPolicy,
+)
 from mailflow.web.api.deps import AdminWriter, Caller, Deps, Writer
 from mailflow.web.api.pages import Cursor, Limit, Page, page_in_memory
 
@@ -29,12 +37,33 @@ class ListOut(BaseModel):
     forward_style: ForwardStyle
     created_at: float
     member_count: int | None = None
+    dmarc: DmarcMode
+    posting: PostingPolicy
+    non_member_action: NonMemberAction
+    hold_days: int
+    subject_prefix: str
+    reply_to: str = Field(description="none, list, or an address")
+    header_template: str
+    footer_template: str
+    archive_url: str
+    personalize: bool
+    bounce_threshold: float
+    list_id: str
+    bounces_address: str
 
     @classmethod
     def of(cls, found: MailingList, count: int | None = None) -> ListOut:
+        decoration = found.decoration
         return cls(address=found.address, kind=found.kind, name=found.name,
                    priority=found.priority, forward_style=found.forward_style,
-                   created_at=found.created_at, member_count=count)
+                   created_at=found.created_at, member_count=count, dmarc=found.dmarc,
+                   posting=found.posting, non_member_action=found.non_member_action,
+                   hold_days=found.hold_days, subject_prefix=decoration.subject_prefix,
+                   reply_to=decoration.reply_to, header_template=decoration.header_template,
+                   footer_template=decoration.footer_template,
+                   archive_url=decoration.archive_url, personalize=found.personalize,
+                   bounce_threshold=found.bounce_threshold, list_id=found.list_id,
+                   bounces_address=found.bounces_address)
 
 
 class ListIn(BaseModel):
@@ -44,13 +73,40 @@ class ListIn(BaseModel):
     priority: int = Field(default=0, ge=-1000, le=1000)
 
 
+# Generous bounds: the directory says what it accepts, in the CLI's words; these only
+# keep a request small.
+_TEXT_MAX = 1000
+_TEMPLATE_MAX = 100_000
+
+
 class ListChange(BaseModel):
-    """The settings to change; those left out stay as they are."""
+    """The settings to change (those of ``mailflow list update``); those left out stay
+    as they are, ``""`` clears a text."""
 
     kind: ListKind | None = None
     name: str | None = Field(default=None, max_length=200)
     priority: int | None = Field(default=None, ge=-1000, le=1000)
     forward_style: ForwardStyle | None = None
+    dmarc: DmarcMode | None = None
+    posting: PostingPolicy | None = None
+    non_member_action: NonMemberAction | None = None
+    hold_days: int | None = Field(default=None, ge=-10**6, le=10**6)
+    subject_prefix: str | None = Field(default=None, max_length=_TEXT_MAX)
+    reply_to: str | None = Field(default=None, max_length=_TEXT_MAX,
+                                 description="none, list, or an address")
+    header_template: str | None = Field(default=None, max_length=_TEMPLATE_MAX)
+    footer_template: str | None = Field(default=None, max_length=_TEMPLATE_MAX)
+    archive_url: str | None = Field(default=None, max_length=_TEXT_MAX)
+    personalize: bool | None = None
+    bounce_threshold: float | None = Field(default=None, ge=-10**6, le=10**6,
+                                           allow_inf_nan=False)
+
+    def decoration(self) -> dict[str, str]:
+        return {key: value for key, value in (
+            ("subject_prefix", self.subject_prefix), ("reply_to", self.reply_to),
+            ("header_template", self.header_template),
+            ("footer_template", self.footer_template), ("archive_url", self.archive_url))
+            if value is not None}
 
 
 class ListDeleted(BaseModel):
@@ -94,12 +150,16 @@ async def update_list(address: ListAddress, body: ListChange, deps: Deps,
                       caller: Writer) -> ListOut:
     found = await deps.read(deps.directory.get_list, address)
     caller.require_list(found.address, change=True)
-    changed = await deps.write(deps.directory.update_list, found.address, kind=body.kind,
-                               name=body.name, priority=body.priority,
-                               forward_style=body.forward_style)
+    changed = await deps.write(
+        deps.directory.update_list, found.address, kind=body.kind, name=body.name,
+        priority=body.priority, forward_style=body.forward_style, dmarc=body.dmarc,
+        posting=body.posting, non_member_action=body.non_member_action,
+        hold_days=body.hold_days, decoration=body.decoration(),
+        personalize=body.personalize, bounce_threshold=body.bounce_threshold)
     given = body.model_dump(exclude_none=True, mode="json")
-    await deps.changed(caller, "list.update", changed.address,
-                       " ".join(f"{k}={v!r}" for k, v in sorted(given.items())))
+    await deps.changed(caller, "list.update", changed.address, " ".join(
+        f"{k}={v!r}" if "template" not in k else f"{k}=({len(v)} characters)"
+        for k, v in sorted(given.items())))
     return ListOut.of(changed)
 
 

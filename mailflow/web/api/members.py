@@ -13,7 +13,7 @@ import csv
 import io
 import re
 from collections.abc import AsyncIterator
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from mailflow.errors import InputTimeout, InvalidInput, MessageTooLarge, NotFound
 from mailflow.http_body import read_limited
-from mailflow.model import Member, MemberStatus
+from mailflow.model import Member, MemberRole, MemberStatus
 from mailflow.services.member_csv import MemberImport, read_member_rows
 from mailflow.web.api.deps import Caller, Deps, Writer
 from mailflow.web.api.lists import ListAddress
@@ -39,12 +39,27 @@ class MemberOut(BaseModel):
     address: str
     name: str
     status: MemberStatus
+    role: MemberRole
     created_at: float
+    bounce_score: float
+    last_bounce_at: float | None
 
     @classmethod
     def of(cls, member: Member) -> MemberOut:
         return cls(address=member.address, name=member.name, status=member.status,
-                   created_at=member.created_at)
+                   role=member.role, created_at=member.created_at,
+                   bounce_score=member.bounce_score, last_bounce_at=member.last_bounce_at)
+
+
+class MemberChange(BaseModel):
+    """What to change of one member; what is left out stays."""
+
+    role: MemberRole | None = None
+    name: str | None = Field(default=None, max_length=1000,
+                             description="a new display name (an empty one changes nothing)")
+    status: Literal["active"] | None = Field(
+        default=None, description="active: enable a disabled or unsubscribed member, "
+                                  "with a bounce score of 0 (as `mailflow member enable`)")
 
 
 class MemberIn(BaseModel):
@@ -54,6 +69,9 @@ class MemberIn(BaseModel):
 
 class MembersIn(BaseModel):
     members: list[MemberIn] = Field(min_length=1, max_length=MAX_MEMBERS_PER_REQUEST)
+    role: MemberRole | None = Field(default=None, description=(
+        "the role of every member given (those already there take it too); "
+        "left out: member for new ones, the others keep theirs"))
 
 
 class Added(BaseModel):
@@ -107,9 +125,10 @@ async def add_members(address: ListAddress, body: MembersIn, deps: Deps,
     found = await deps.read(deps.directory.get_list, address)
     caller.require_list(found.address, change=True)
     result = await deps.write(deps.directory.import_members, found.address,
-                              [(m.address, m.name) for m in body.members])
+                              [(m.address, m.name) for m in body.members], role=body.role)
     await deps.changed(caller, "member.add", found.address,
-                       ", ".join(m.address for m in body.members[:20]))
+                       ", ".join(m.address for m in body.members[:20])
+                       + (f" role={body.role.value}" if body.role else ""))
     return Added(added=result.added, existing=result.existing, renamed=result.renamed)
 
 
@@ -193,3 +212,28 @@ async def export_members(address: ListAddress, deps: Deps, caller: Caller
 def _cell(text: str) -> str:
     """A name as a spreadsheet may show it: one starting with = + - @ is not a formula."""
     return f"'{text}" if text[:1] in ("=", "+", "-", "@") else text
+
+
+# After /members/export and /members/import: a member's address never matches them.
+@router.get("/lists/{address}/members/{member}")
+async def get_member(address: ListAddress, member: MemberAddress, deps: Deps,
+                     caller: Caller) -> MemberOut:
+    """One member: its role, status, bounce score and last bounce."""
+    found = await deps.read(deps.directory.get_list, address)
+    caller.require_list(found.address)
+    return MemberOut.of(await deps.read(deps.directory.get_member, found.address, member))
+
+
+@router.patch("/lists/{address}/members/{member}")
+async def update_member(address: ListAddress, member: MemberAddress, body: MemberChange,
+                        deps: Deps, caller: Writer) -> MemberOut:
+    """Change a member's role or name, or enable it again (``status: active``)."""
+    found = await deps.read(deps.directory.get_list, address)
+    caller.require_list(found.address, change=True)
+    changed = await deps.write(deps.directory.update_member, found.address, member,
+                               role=body.role, name=body.name,
+                               enable=body.status == "active")
+    given = body.model_dump(exclude_none=True, mode="json")
+    await deps.changed(caller, "member.update", found.address, f"{changed.address} " + " ".join(
+        f"{k}={v!r}" for k, v in sorted(given.items())))
+    return MemberOut.of(changed)

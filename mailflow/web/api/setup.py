@@ -8,13 +8,27 @@ from typing import Any, Final
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from mailflow.web.api import audit, domains, held, lists, members, queue, rules, tokens, users
+from mailflow.web.api import (
+    audit,
+    bounces,
+    dkim,
+    domains,
+    held,
+    lists,
+    members,
+    operations,
+    queue,
+    rules,
+    tokens,
+    users,
+)
 from mailflow.web.api.deps import ApiDeps
 from mailflow.web.api.docs import install_docs
 
 PREFIX: Final = "/api/v1"
 ROUTERS: Final = (domains.router, lists.router, members.router, rules.router, held.router,
-                  queue.router, tokens.router, users.router, audit.router)
+                  bounces.router, dkim.router, queue.router, operations.router,
+                  tokens.router, users.router, audit.router)
 
 PROBLEM_SCHEMA: Final[dict[str, Any]] = {
     "title": "Problem",
