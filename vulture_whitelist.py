@@ -32,6 +32,9 @@ from mailflow.web.api import (
     tokens,
     users,
 )
+from mailflow.web.ui import auth as ui_auth
+from mailflow.web.ui import dashboard as ui_dashboard
+from mailflow.web.ui import domains as ui_domains
 
 # click registers the commands through their decorators.
 cli.F
@@ -114,3 +117,8 @@ Whitelist().openapi
 problems.install_problem_handlers  # its handlers:
 Whitelist().domain_error, Whitelist().http_error, Whitelist().invalid_request
 Whitelist().internal_error
+
+# The web UI (issue 14): FastAPI calls its routes and exception handlers.
+ui_auth.login_form, ui_auth.logout, ui_dashboard.dashboard
+ui_domains.domains_page, ui_domains.add_domain, ui_domains.remove_domain
+Whitelist().ui_root, Whitelist().login_required  # in ui.setup.install_ui

@@ -1,0 +1,7 @@
+"""The audit pages of the web UI."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
