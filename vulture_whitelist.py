@@ -35,6 +35,10 @@ from mailflow.web.api import (
 from mailflow.web.ui import auth as ui_auth
 from mailflow.web.ui import dashboard as ui_dashboard
 from mailflow.web.ui import domains as ui_domains
+from mailflow.web.ui import moderation as ui_moderation
+from mailflow.web.ui import queue as ui_queue
+from mailflow.web.ui import rules as ui_rules
+from mailflow.web.ui import trace as ui_trace
 
 # click registers the commands through their decorators.
 cli.F
@@ -122,3 +126,7 @@ Whitelist().internal_error
 ui_auth.login_form, ui_auth.logout, ui_dashboard.dashboard
 ui_domains.domains_page, ui_domains.add_domain, ui_domains.remove_domain
 Whitelist().ui_root, Whitelist().login_required  # in ui.setup.install_ui
+# The operations pages (ui-ops): routes FastAPI calls.
+ui_moderation.moderation_page, ui_moderation.held_page, ui_moderation.held_frame
+ui_queue.queue_page, ui_queue.queue_act, ui_rules.rules_index, ui_rules.rules_page
+ui_rules.add_sender, ui_rules.remove_sender, ui_trace.trace_page

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from mailflow.web import safe_message
-from mailflow.web.safe_message import FRAME_CSP, frame_document, render, sanitized_html
+from mailflow.web.ui import safe_message
+from mailflow.web.ui.safe_message import FRAME_CSP, frame_document, render, sanitized_html
 
 PNG = base64.b64decode(  # a 1x1 transparent PNG
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=")

@@ -17,7 +17,7 @@ from mailflow.services.trace import TraceService
 from mailflow.store import Repository
 from mailflow.store.operations import OperationsStore
 from mailflow.testing.factories import make_list
-from mailflow.web.trace_timeline import timelines
+from mailflow.web.ui.trace_timeline import timelines
 
 NOW = 1_800_000_000.0
 ADMIN = Principal("admin@site.test", True, TokenScope.WRITE)

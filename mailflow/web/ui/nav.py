@@ -31,6 +31,10 @@ NAV: Final = (
     NavItem("Domains", "/ui/domains", admin=True),
     NavItem("Lists", "/ui/lists"),
     NavItem("Audit log", "/ui/audit", admin=True),
+    NavItem("Moderation", "/ui/moderation"),
+    NavItem("Trace", "/ui/trace"),
+    NavItem("Rules", "/ui/rules"),
+    NavItem("Queue", "/ui/queue"),
 )
 
 

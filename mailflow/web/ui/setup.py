@@ -17,7 +17,18 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailflow.errors import MailflowError, TooManyAttempts, spec
-from mailflow.web.ui import audit, auth, dashboard, domains, lists, members
+from mailflow.web.ui import (
+    audit,
+    auth,
+    dashboard,
+    domains,
+    lists,
+    members,
+    moderation,
+    queue,
+    rules,
+    trace,
+)
 from mailflow.web.ui.deps import PREFIX, LoginRequired, UiOptions, checked_form, render, ui_path
 
 STATIC: Final = Path(__file__).parent.parent / "static"
@@ -25,7 +36,7 @@ STATIC: Final = Path(__file__).parent.parent / "static"
 #: The UI's routers; each is mounted under ``/ui`` with the CSRF check on every request.
 ROUTERS: Final[tuple[APIRouter, ...]] = (
     auth.router, dashboard.router, domains.router, lists.router, members.router,
-    audit.router)
+    audit.router, moderation.router, trace.router, rules.router, queue.router)
 
 CSP: Final = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
               "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -52,7 +63,11 @@ class SecurityHeaders:
         static = path.startswith(PREFIX + "/static/")
 
         async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            # A response with a policy of its own (a held post's sandboxed frame, whose
+            # policy is stricter and lets the UI's pages frame it) keeps its headers.
+            if message["type"] == "http.response.start" and not any(
+                    k.lower() == b"content-security-policy"
+                    for k, _ in message.get("headers", [])):
                 headers = [(k, v) for k, v in message.get("headers", [])
                            if k.lower() not in _OURS]
                 headers.extend(SECURITY_HEADERS)
