@@ -1069,7 +1069,9 @@ class Repository:
             list_id = self._list_id(conn, list_address)
             rows = conn.execute(query.where(members.c.list_id == list_id)).all()
         return [Member(list_id=r.list_id, address=r.address, status=MemberStatus(r.status),
-                       created_at=r.created_at, name=r.name) for r in rows]
+                       created_at=r.created_at, name=r.name, role=MemberRole(r.role),
+                       bounce_score=r.bounce_score, last_bounce_at=r.last_bounce_at)
+                for r in rows]
 
     def _list_id(self, conn: Connection, address: str) -> int:
         list_id = conn.scalar(select(lists.c.id).where(lists.c.address == address))
