@@ -123,7 +123,8 @@ ui_lists.delete_list, ui_members.members_page, ui_members.add_member, ui_members
 ui_members.set_role, ui_members.export, ui_members.import_form, ui_members.preview
 ui_members.import_members, ui_audit.audit_page
 # Jinja2 reads the chart's fields and the settings' attributes in the templates.
-ui_dashboard.Bar.x, ui_dashboard.Bar.delivered_y, ui_dashboard.Bar.delivered_h, ui_dashboard.Bar.failed_y
+ui_dashboard.Bar.x, ui_dashboard.Bar.delivered_y, ui_dashboard.Bar.delivered_h
+ui_dashboard.Bar.failed_y
 ui_dashboard.Bar.failed_h, ui_dashboard.Bar.label, ui_dashboard.Bar.hour
 ui_dashboard.Chart.width, ui_dashboard.Chart.height, ui_dashboard.Chart.left
 ui_dashboard.Chart.base, ui_dashboard.Chart.top_count, ui_dashboard.Chart.total_delivered
