@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from fastapi import APIRouter, Query, Request, Response
 
-from mailflow.errors import Conflict, InvalidInput
+from mailflow.errors import Conflict, InvalidInput, NotFound
 from mailflow.model import (
     DmarcMode,
     ForwardStyle,
@@ -199,7 +199,7 @@ async def create_list(request: Request, caller: UiCaller, deps: UiDeps, form: Ui
     try:
         created = await deps.write(deps.directory.create_list, values["address"],
                                    kind=values["kind"], name=values["name"])
-    except (InvalidInput, Conflict) as exc:
+    except (InvalidInput, Conflict, NotFound) as exc:  # NotFound: a domain not served
         errors = FieldErrors()
         text = str(exc)
         errors.add("kind" if "kind" in text else "name" if "name" in text else "address",
