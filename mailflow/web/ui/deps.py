@@ -21,6 +21,7 @@ import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final
 from urllib.parse import quote
@@ -50,6 +51,16 @@ MAX_FLASH_CHARS: Final = 500
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 
 TEMPLATES: Final = Jinja2Templates(directory=Path(__file__).with_name("templates"))
+
+
+def _utc(moment: float | None) -> str:
+    """Epoch seconds as the pages show them: ``2026-12-01 05:10 UTC``."""
+    if moment is None:
+        return ""
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+TEMPLATES.env.filters["utc"] = _utc
 
 
 @dataclass(frozen=True, slots=True)
