@@ -288,10 +288,15 @@ async def test_queue_actions_are_narrowed_to_the_owner_list_and_deletes_confirme
     assert viewed.status_code == 200 and 'name="ids"' not in viewed.text
     assert (await world.post("moderator", "/ui/queue/act", {
         "action": "hold", "scope": "filter"})).status_code == 403
+    repo = world.harness.deps.runner.repo
+    theirs = next(d.id for d in repo.list_deliveries(10) if d.recipient == "o1@y.test")
+    untouched = await world.post("owner", "/ui/queue/act", {"action": "hold",
+                                                            "ids": str(theirs)})
+    assert untouched.status_code == 303  # the selection is narrowed to the owner's list
+    assert {d.status for d in repo.list_deliveries(10)} == {"queued"}
     asked = await world.post("owner", "/ui/queue/act", {"action": "delete",
                                                         "scope": "filter"})
     assert asked.status_code == 200 and "Delete 2 deliveries" in asked.text
-    repo = world.harness.deps.runner.repo
     assert {d.status for d in repo.list_deliveries(10)} == {"queued"}
     done = await world.post("owner", "/ui/queue/act", {"action": "delete", "scope": "filter",
                                                        "confirm": "yes"})

@@ -35,6 +35,7 @@ from mailflow.web.ui.deps import (
 
 router = APIRouter()
 MAX_IDS: Final = 1000     # deliveries ticked in one action
+ID_MAX_CHARS: Final = 32  # a delivery id or a queue id
 SHOWN: Final = 100        # deliveries a page lists
 STATUSES: Final = tuple(s.value for s in DeliveryStatus)
 DONE: Final = {"retry": "Retried", "hold": "Held", "release": "Released",
@@ -121,9 +122,11 @@ async def queue_act(request: Request, caller: UiCaller, deps: UiDeps, form: UiFo
     target = await _scope(deps, caller, text_field(form, "list", 320).strip(), change=True)
     filters = _filters(status, target, domain, older_than)
     back = ui_path("queue") + ("?" + urlencode(filters) if filters else "")
-    ticked = [i for i in form.getlist("ids") if isinstance(i, str)][:MAX_IDS + 1]
+    ticked = [i.strip() for i in form.getlist("ids") if isinstance(i, str)][:MAX_IDS + 1]
     if len(ticked) > MAX_IDS:
         return redirect(request, back, Flash("error", f"at most {MAX_IDS} deliveries at once"))
+    if any(not i or len(i) > ID_MAX_CHARS for i in ticked):
+        raise InvalidInput("invalid delivery id: a number, or a queue id")
     whole = text_field(form, "scope", 10) == "filter"
     if not whole and not ticked:
         return redirect(request, back, Flash("error", "Tick the deliveries to act on, or "

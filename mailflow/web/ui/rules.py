@@ -10,7 +10,7 @@ as in the API.  Every change goes to the audit log under the API's action names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Path, Request, Response
 
@@ -158,7 +158,7 @@ async def remove_sender(address: Address, request: Request, caller: UiCaller, de
 
 # -- filter rules -----------------------------------------------------------------------
 
-def _filter_arguments(condition: str, header: str, value: str) -> dict[str, object]:
+def _filter_arguments(condition: str, header: str, value: str) -> dict[str, Any]:
     """The form's one condition as ``add_filter_rule``'s (and ``filter add``'s) options."""
     if condition == FilterCondition.HEADER.value:
         return {"header": header, "matches": value}
@@ -189,7 +189,7 @@ async def add_filter(address: Address, request: Request, caller: UiCaller, deps:
         rule = await deps.write(
             deps.directory.add_filter_rule, target.address, given["filter_action"],
             text=given["filter_text"], add_header=given["filter_add_header"] or None,
-            **options)  # type: ignore[arg-type]
+            **options)
     except InvalidInput as exc:
         return await _failed(request, caller, deps, target, given, "filter_value", exc)
     await deps.changed(caller.principal, "filter.add", target.address,
