@@ -32,6 +32,16 @@ from mailflow.web.api import (
     tokens,
     users,
 )
+from mailflow.web.ui import audit as ui_audit
+from mailflow.web.ui import auth as ui_auth
+from mailflow.web.ui import dashboard as ui_dashboard
+from mailflow.web.ui import domains as ui_domains
+from mailflow.web.ui import lists as ui_lists
+from mailflow.web.ui import members as ui_members
+from mailflow.web.ui import moderation as ui_moderation
+from mailflow.web.ui import queue as ui_queue
+from mailflow.web.ui import rules as ui_rules
+from mailflow.web.ui import trace as ui_trace
 
 # click registers the commands through their decorators.
 cli.F
@@ -117,3 +127,24 @@ Whitelist().openapi
 problems.install_problem_handlers  # its handlers:
 Whitelist().domain_error, Whitelist().http_error, Whitelist().invalid_request
 Whitelist().internal_error
+
+# The web UI (issue 14): FastAPI calls its routes and exception handlers.
+ui_auth.login_form, ui_auth.logout, ui_dashboard.dashboard
+ui_domains.domains_page, ui_domains.add_domain, ui_domains.remove_domain
+ui_lists.lists_page, ui_lists.create_list, ui_lists.list_settings, ui_lists.update_settings
+ui_lists.delete_list, ui_members.members_page, ui_members.add_member, ui_members.remove_member
+ui_members.set_role, ui_members.export, ui_members.import_form, ui_members.preview
+ui_members.import_members, ui_audit.audit_page
+# Jinja2 reads the chart's fields and the settings' attributes in the templates.
+ui_dashboard.Bar.x, ui_dashboard.Bar.delivered_y, ui_dashboard.Bar.delivered_h
+ui_dashboard.Bar.failed_y
+ui_dashboard.Bar.failed_h, ui_dashboard.Bar.label, ui_dashboard.Bar.hour
+ui_dashboard.Chart.width, ui_dashboard.Chart.height, ui_dashboard.Chart.left
+ui_dashboard.Chart.base, ui_dashboard.Chart.top_count, ui_dashboard.Chart.total_delivered
+ui_dashboard.Chart.total_failed, ui_lists.Setting.label, ui_lists.Setting.help
+ui_lists.Setting.choices
+Whitelist().ui_root, Whitelist().login_required  # in ui.setup.install_ui
+# The operations pages (ui-ops): routes FastAPI calls.
+ui_moderation.moderation_page, ui_moderation.held_page, ui_moderation.held_frame
+ui_queue.queue_page, ui_queue.queue_act, ui_rules.rules_index, ui_rules.rules_page
+ui_rules.add_sender, ui_rules.remove_sender, ui_trace.trace_page

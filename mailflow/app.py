@@ -72,6 +72,7 @@ from mailflow.web.api.deps import ApiDeps
 from mailflow.web.app import EmbeddedServer, bind, create_app, head_deadline_protocol
 from mailflow.web.public_pages import style_router
 from mailflow.web.subscribe import create_router as subscribe_router
+from mailflow.web.ui.deps import UiOptions
 from mailflow.web.unsubscribe import create_router as unsubscribe_router
 
 if TYPE_CHECKING:  # the Amazon SES ingress (boto3, httpx, cryptography): imported if used
@@ -463,6 +464,7 @@ class Relay:
                              if self.scheduler is not None else None)
         app = create_app(self.runner, routers, readiness=readiness, gauges=gauges,
                          api=self._api_deps(settings),
+                         ui=UiOptions(session_lifetime=settings.ui_session_lifetime),
                          monitoring_access=settings.monitoring_access)
         config = uvicorn.Config(app, log_level="warning",
                                 lifespan="off", access_log=False, proxy_headers=bool(proxies),

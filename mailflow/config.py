@@ -232,6 +232,8 @@ class Settings(BaseSettings):
     # token), only with a token, or anyone (docs/configuration.md).
     monitoring_access: Literal["loopback", "token", "open"] = "loopback"
     forwarded_allow_ips: Annotated[tuple[str, ...], NoDecode] = ()
+    # How long a web UI login lasts, in seconds (docs/ui.md).
+    ui_session_lifetime: float = Field(default=12 * 3600.0, ge=60, le=30 * 86400)
     hostname: str = Field(default_factory=socket.getfqdn)
     postmaster_address: str = ""
     abuse_address: str = ""

@@ -22,6 +22,8 @@ from mailflow.testing.relay import RelayProcess
 from mailflow.testing.sink import SmtpSink
 
 if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
     from mailflow.testing.aws import MotoServer, SnsSigner
 
 PG_ADMIN_URL = os.environ.get("MAILFLOW_TEST_POSTGRES_URL",
@@ -205,3 +207,25 @@ def signer() -> Iterator[SnsSigner]:
 
     with SnsSigner() as running:
         yield running
+
+
+# -- the web UI (Playwright driving Debian's Chromium) -------------------------------------
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """A headless Chromium (/usr/bin/chromium) for a module's UI tests (per module: the
+    sync API's event loop must not outlive them into async tests); they skip
+    without it, unless MAILFLOW_TEST_REQUIRE_SERVICES=1 (as in CI), where they fail."""
+    from mailflow.testing.browser import chromium_problem, launch
+
+    problem = chromium_problem()
+    if problem is not None:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"{problem} (MAILFLOW_TEST_REQUIRE_SERVICES=1)")
+        pytest.skip(problem)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        running = launch(playwright)
+        yield running
+        running.close()

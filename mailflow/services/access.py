@@ -36,6 +36,7 @@ PASSWORD_MIN_LENGTH: Final = 10
 PASSWORD_MAX_LENGTH: Final = 1000   # characters: argon2 hashes any length, slowly
 TOKEN_PREFIX: Final = "mf_"
 TOKEN_MAX_LENGTH: Final = 100       # a longer bearer value is no token of ours
+SESSION_MAX_LENGTH: Final = 100     # a longer cookie value is no session of ours
 AUDIT_TEXT_MAX: Final = 320         # characters of an entry's target (its column)
 AUDIT_DETAIL_MAX: Final = 2000
 
@@ -191,6 +192,32 @@ class AccessService:
             return Principal(f"token:{token.id}", True, token.scope)
         roles = {} if user.is_admin else self.store.roles_of(user.email)
         return Principal(user.email, user.is_admin, token.scope, user, roles)
+
+    # -- web UI sessions ----------------------------------------------------------------
+
+    def open_session(self, user: User, lifetime: float) -> str:
+        """A new session for a user who just logged in: its secret, for the cookie
+        (stored only as a digest), valid for ``lifetime`` seconds."""
+        secret = secrets.token_urlsafe(32)
+        now = self.clock.now()
+        self.store.add_session(token_digest(secret), user.id, now, now + lifetime)
+        return secret
+
+    def session_principal(self, secret: str) -> Principal:
+        """The caller a session cookie names: its user with their roles, allowed to
+        change what the user may change; :class:`Unauthenticated` for an unknown or
+        ended session."""
+        if not secret or len(secret) > SESSION_MAX_LENGTH:
+            raise Unauthenticated("not a session of this relay")
+        user = self.store.session_user(token_digest(secret), self.clock.now())
+        if user is None:
+            raise Unauthenticated("the session has ended: log in again")
+        roles = {} if user.is_admin else self.store.roles_of(user.email)
+        return Principal(user.email, user.is_admin, TokenScope.WRITE, user, roles)
+
+    def close_session(self, secret: str) -> None:
+        if secret and len(secret) <= SESSION_MAX_LENGTH:
+            self.store.remove_session(token_digest(secret))
 
     # -- audit log ----------------------------------------------------------------------
 

@@ -24,7 +24,15 @@ from mailflow.model import (
     User,
 )
 from mailflow.store.engine import Engines
-from mailflow.store.tables import STAFF_ROLES, api_tokens, audit_log, lists, members, users
+from mailflow.store.tables import (
+    STAFF_ROLES,
+    api_tokens,
+    audit_log,
+    lists,
+    members,
+    ui_sessions,
+    users,
+)
 
 
 def _user(row: Row[Any]) -> User:
@@ -70,6 +78,7 @@ class AccessRepository:
         with self.engines.writer.begin() as conn:
             user_id = self._user_id(conn, email)
             conn.execute(delete(api_tokens).where(api_tokens.c.user_id == user_id))
+            conn.execute(delete(ui_sessions).where(ui_sessions.c.user_id == user_id))
             conn.execute(delete(users).where(users.c.id == user_id))
 
     @staticmethod
@@ -151,6 +160,28 @@ class AccessRepository:
                 query = query.where(api_tokens.c.user_id == self._user_id(conn, email))
             if not conn.execute(query).rowcount:
                 raise NotFound("token", str(token_id), f"no API token {token_id}")
+
+    # -- web UI sessions ----------------------------------------------------------------
+
+    def add_session(self, digest: str, user_id: int, now: float, expires_at: float) -> None:
+        """Store a new session, and drop every session that has ended (logins are
+        rare: this keeps the table as small as the sessions alive, with no timer)."""
+        with self.engines.writer.begin() as conn:
+            conn.execute(delete(ui_sessions).where(ui_sessions.c.expires_at <= now))
+            conn.execute(insert(ui_sessions).values(digest=digest, user_id=user_id,
+                                                    created_at=now, expires_at=expires_at))
+
+    def session_user(self, digest: str, now: float) -> User | None:
+        """The user of a session that has not ended: one read."""
+        query = (select(users).join(ui_sessions, ui_sessions.c.user_id == users.c.id)
+                 .where(ui_sessions.c.digest == digest, ui_sessions.c.expires_at > now))
+        with self.engines.reader.connect() as conn:
+            row = conn.execute(query).first()
+        return _user(row) if row else None
+
+    def remove_session(self, digest: str) -> None:
+        with self.engines.writer.begin() as conn:
+            conn.execute(delete(ui_sessions).where(ui_sessions.c.digest == digest))
 
     # -- audit log ----------------------------------------------------------------------
 

@@ -11,7 +11,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, func, literal, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Select,
+    and_,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from mailflow.model import (
     DeliveryRow,
@@ -235,6 +247,37 @@ class OperationsStore:
                     target = delivered if status == DeliveryStatus.DELIVERED.value else failed
                     target[int(bucket)] += int(n)
         return list(zip(received, delivered, failed, strict=True))
+
+    # -- dashboard ----------------------------------------------------------------------
+
+    def hourly_outcomes(self, since: float, hours: int) -> dict[str, list[int]]:
+        """Deliveries that became final (delivered, failed) in each of ``hours`` hours
+        from ``since``, by status: one grouped read (a dashboard's, not the mail path's,
+        so it may scan the deliveries of the last day)."""
+        offset = (deliveries.c.updated_at - since) / 3600
+        # floor() for PostgreSQL (its cast rounds); SQLite's cast truncates (all >= 0).
+        hour = func.floor(offset) if self.engines.dialect == "postgresql" else offset
+        bucket = cast(hour, Integer).label("hour")
+        final = (DeliveryStatus.DELIVERED.value, DeliveryStatus.FAILED.value)
+        query = (select(bucket, deliveries.c.status, func.count())
+                 .where(deliveries.c.updated_at >= since,
+                        deliveries.c.updated_at < since + hours * 3600,
+                        deliveries.c.status.in_(final))
+                 .group_by(bucket, deliveries.c.status))
+        counts = {status: [0] * hours for status in final}
+        with self.engines.reader.connect() as conn:
+            for index, status, n in conn.execute(query):
+                if 0 <= index < hours:
+                    counts[status][index] += int(n)
+        return counts
+
+    def recent_failures(self, limit: int) -> list[DeliveryRow]:
+        """The deliveries that failed last, newest first."""
+        query = (_DELIVERIES_WITH_LIST
+                 .where(deliveries.c.status == DeliveryStatus.FAILED.value)
+                 .order_by(deliveries.c.updated_at.desc()).limit(limit))
+        with self.engines.reader.connect() as conn:
+            return [_delivery_row(r) for r in conn.execute(query)]
 
     # -- gauges and health ---------------------------------------------------------------
 

@@ -367,3 +367,14 @@ command_replies = Table(
     Column("window_start", Float, nullable=False, index=True),
     Column("count", Integer, nullable=False),
 )
+
+# Web UI sessions (issue 14): the cookie's secret as a SHA-256 digest, with its end.
+ui_sessions = Table(
+    "ui_sessions",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_ui_sessions_user", "user_id"),
+)

@@ -17,6 +17,7 @@ from mailflow.store import Engines, StoreRunner
 from mailflow.store.access import AccessRepository
 from mailflow.web.api.deps import ApiDeps
 from mailflow.web.app import MonitoringAccess, create_app
+from mailflow.web.ui.deps import UiOptions
 
 
 @dataclass
@@ -35,7 +36,8 @@ class ApiHarness:
 
 @contextmanager
 def api_app(engines: Engines, *, clock: Clock | None = None, max_failures: int = 10,
-            monitoring_access: MonitoringAccess = "loopback") -> Iterator[ApiHarness]:
+            monitoring_access: MonitoringAccess = "loopback",
+            ui: UiOptions | None = None) -> Iterator[ApiHarness]:
     """The app on ``engines`` (migrated already); its runner stops afterwards, and
     disposes of the engines' pools (a caller may dispose of them again)."""
     runner = StoreRunner(engines)
@@ -44,7 +46,7 @@ def api_app(engines: Engines, *, clock: Clock | None = None, max_failures: int =
                    clients=FailedAuthLimiter(max_failures, 60.0),
                    accounts=FailedAuthLimiter(max_failures, 60.0))
     try:
-        yield ApiHarness(create_app(runner, api=deps, monitoring_access=monitoring_access),
-                         deps)
+        yield ApiHarness(create_app(runner, api=deps, ui=ui,
+                                    monitoring_access=monitoring_access), deps)
     finally:
         runner.close()

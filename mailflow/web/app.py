@@ -26,6 +26,8 @@ from mailflow.web.api.deps import ApiDeps, authenticate
 from mailflow.web.api.docs import OPENAPI_PATH
 from mailflow.web.api.setup import install_api, problem_openapi
 from mailflow.web.problems import install_problem_handlers, problem
+from mailflow.web.ui.deps import UiOptions
+from mailflow.web.ui.setup import install_ui
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,11 @@ def _is_loopback(host: str) -> bool:
 
 def create_app(runner: StoreRunner, routers: Sequence[APIRouter] = (), *,
                readiness: Readiness | None = None, gauges: QueueGauges | None = None,
-               api: ApiDeps | None = None,
+               api: ApiDeps | None = None, ui: UiOptions | None = None,
                monitoring_access: MonitoringAccess = "loopback") -> FastAPI:
-    """The relay's HTTP app; ``api``: the services behind ``/api/v1`` (without them,
-    no API, and monitoring without a token is for loopback clients only or nobody)."""
+    """The relay's HTTP app; ``api``: the services behind ``/api/v1`` and the web UI
+    under ``/ui`` (without them, neither, and monitoring without a token is for
+    loopback clients only or nobody)."""
     app = FastAPI(title="MailFlow Relay", version=__version__, docs_url=None,
                   redoc_url=None, openapi_url=OPENAPI_PATH)
     app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
@@ -54,6 +57,7 @@ def create_app(runner: StoreRunner, routers: Sequence[APIRouter] = (), *,
         app.include_router(router)
     if api is not None:
         install_api(app, api)
+        install_ui(app, ui or UiOptions())
 
     async def monitoring(request: Request) -> None:
         """Without a token only from loopback (``monitoring_access=loopback``), or from
