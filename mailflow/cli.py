@@ -26,7 +26,15 @@ from mailflow import __version__, addresses
 from mailflow.blob_stores import open_blob_store
 from mailflow.clock import SystemClock
 from mailflow.config import Settings, load_settings
-from mailflow.errors import EX_TEMPFAIL, Conflict, InvalidInput, MailflowError, NotFound, spec
+from mailflow.errors import (
+    EX_TEMPFAIL,
+    ConfirmationNeeded,
+    Conflict,
+    InvalidInput,
+    MailflowError,
+    NotFound,
+    spec,
+)
 from mailflow.logs import configure_logging
 from mailflow.memory import release_large_blocks
 from mailflow.model import (
@@ -55,7 +63,6 @@ from mailflow.services.installation import list_commands, unsubscribe_tokens
 from mailflow.services.member_csv import read_member_rows
 from mailflow.services.moderation import REASON_MAX_LENGTH, Moderation, content_reader
 from mailflow.services.queue_operations import (
-    ConfirmationNeeded,
     QueueOperations,
     selection_of,
 )
