@@ -30,11 +30,11 @@ class Check:
 
 
 class Readiness:
-    def __init__(self, runner: StoreRunner, blobs: Blobs, egress: SmtpRelay | None,
+    def __init__(self, runner: StoreRunner, blobs: Blobs | None, egress: SmtpRelay | None,
                  egress_ttl: float = EGRESS_TTL) -> None:
         self.runner = runner
         self.store = OperationsStore(runner.engines)
-        self.blobs = blobs
+        self.blobs = blobs  # None: a role that reads no bodies (web)
         self.egress = egress  # None: a provider without a next hop to reach (stdout:)
         self.egress_ttl = egress_ttl
         self._egress_checked: tuple[float, Check] | None = None
@@ -50,6 +50,8 @@ class Readiness:
         return Check("store", True)
 
     async def _blobs(self) -> Check:
+        if self.blobs is None:
+            return Check("blob_store", True, "not used by this role")
         try:
             problem = await asyncio.wait_for(asyncio.to_thread(self.blobs.problem),
                                              CHECK_TIMEOUT)

@@ -341,3 +341,11 @@ audit_log = Table(
     Column("target", String(320), nullable=False, server_default=""),
     Column("detail", Text, nullable=False, server_default=""),
 )
+
+# Per rate-limited route: when its reserved sends are paid for (store/send_pace.py).
+send_pace = Table(
+    "send_pace",
+    metadata,
+    Column("route", String(200), primary_key=True),
+    Column("paid_until", Float, nullable=False),
+)
