@@ -72,6 +72,13 @@ def postgres_url(postgres_available: None) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def other_postgres_url(postgres_available: None) -> Iterator[str]:
+    """A second fresh schema, for tests that show two schemas never meet."""
+    with _fresh_schema() as url:
+        yield url
+
+
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 

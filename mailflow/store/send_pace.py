@@ -16,16 +16,15 @@ from sqlalchemy import text
 
 from mailflow.store.engine import Engines
 
-_PG_CLOCK = "(SELECT extract(epoch FROM clock_timestamp())::float8 AS now) AS clock"
-_SQLITE_CLOCK = "(SELECT :now AS now) AS clock"
+_PG_CLOCK = "FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS now) AS clock"
 
 # window: the burst's worth of seconds; cost: this reservation's.
 _RESERVE = """
 UPDATE send_pace
-   SET paid_until = {greatest}(send_pace.paid_until, clock.now - :window) + :cost
-  FROM {clock}
- WHERE send_pace.route = :route AND send_pace.paid_until - clock.now - :window <= :max_wait
-RETURNING {greatest}(0.0, send_pace.paid_until - clock.now - :window)
+   SET paid_until = {greatest}(send_pace.paid_until, {now} - :window) + :cost
+  {clock}
+ WHERE send_pace.route = :route AND send_pace.paid_until - {now} - :window <= :max_wait
+RETURNING {greatest}(0.0, send_pace.paid_until - {now} - :window)
 """
 
 _CREATE = "INSERT INTO send_pace (route, paid_until) VALUES (:route, 0) ON CONFLICT DO NOTHING"
@@ -39,8 +38,10 @@ def reserve_send(engines: Engines, route: str, count: float, rate: float, burst:
     of earlier reservations alone is longer than ``max_wait``.  ``now``: this process's
     clock, used on SQLite only (one process)."""
     sqlite = engines.is_sqlite
+    # SQLite's RETURNING cannot name a FROM table: its time is the parameter itself.
     reserve = text(_RESERVE.format(greatest="max" if sqlite else "greatest",
-                                   clock=_SQLITE_CLOCK if sqlite else _PG_CLOCK))
+                                   now=":now" if sqlite else "clock.now",
+                                   clock="" if sqlite else _PG_CLOCK))
     values = {"route": route, "window": burst / rate, "cost": count / rate,
               "max_wait": max_wait, "now": now}
     if not sqlite:
