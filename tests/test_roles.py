@@ -175,3 +175,33 @@ def test_load_settings_says_why_a_role_cannot_run(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigurationError, match="role web runs beside other relay"):
         load_settings(None, data_dir=tmp_path, role="web")
+
+
+def test_relays_starting_at_once_on_a_new_database_migrate_it_once(
+        postgres_url: str) -> None:
+    """Split roles start on several hosts at the same time: one migrates, the others
+    wait for it (an advisory lock) instead of failing on tables that now exist."""
+    from mailflow.store.migrate import HEAD, current_revision
+
+    problems: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def start() -> None:
+        engines = create_engines(postgres_url)
+        try:
+            barrier.wait(10)
+            upgrade_to_head(engines.writer)
+        except BaseException as exc:  # reported by the test's thread
+            problems.append(exc)
+        finally:
+            engines.dispose()
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not problems, problems
+    engines = create_engines(postgres_url)
+    assert current_revision(engines.writer) == HEAD
+    engines.dispose()

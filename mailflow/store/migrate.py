@@ -33,6 +33,12 @@ def upgrade_to_head(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            # Relays started at once on a new database (split roles on several hosts):
+            # one migrates, the others wait for it and then find nothing to do.
+            connection.execute(text(
+                "SELECT pg_advisory_xact_lock(hashtext('mailflow_migrate_' "
+                "|| current_schema()))"))
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
         connection.commit()
