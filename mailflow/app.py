@@ -202,6 +202,7 @@ class Relay:
         if settings.role == "web":
             await self._start_web(settings, unsubscribe)
             return
+        self._tasks.append(asyncio.create_task(self._warm_blobs(blobs), name="warm blobs"))
         self.child = child = ChildProcess(log_level=settings.log_level,
                                           log_format=settings.log_format,
                                           contents_cache=budget.child_contents)
@@ -307,6 +308,16 @@ class Relay:
             public_url=settings.public_url, unsubscribe=unsubscribe,
             filter_regex_timeout=settings.filter_regex_timeout,
         ), recent=recent, ingest_busy=activity.busy)
+
+    @staticmethod
+    async def _warm_blobs(blobs: Blobs) -> None:
+        """Ask the blob store once at start, in the background: an S3 client's first
+        request loads its models and opens its connection (about a second of CPU), which
+        the first body read would otherwise wait for; and a store that does not answer
+        is in the log from the start."""
+        problem = await asyncio.to_thread(blobs.problem)
+        if problem is not None:
+            log.warning("blob store: %s", problem, extra={"action": "blob_store_error"})
 
     async def _start_web(self, settings: Settings, unsubscribe: UnsubscribeTokens) -> None:
         """Role web: the API, the web UI, unsubscribe links, health and metrics."""
@@ -502,7 +513,7 @@ class Relay:
         # mail is taken or sent, the next hop where it is sent.
         provider = parse_provider_url(settings.egress_url)
         readiness = Readiness(self.runner, self.blobs if settings.role != "web" else None,
-                              provider.relay if settings.sends_mail else None)
+                              provider.relay, sends=settings.sends_mail)
         gauges = QueueGauges(self.runner, self.clock, busy=self.scheduler.busy_connections
                              if self.scheduler is not None else None)
         app = create_app(self.runner, routers, readiness=readiness, gauges=gauges,

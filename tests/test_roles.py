@@ -205,3 +205,40 @@ def test_relays_starting_at_once_on_a_new_database_migrate_it_once(
     engines = create_engines(postgres_url)
     assert current_revision(engines.writer) == HEAD
     engines.dispose()
+
+
+def test_each_role_serves_its_own_part_and_checks_only_what_it_needs(
+        postgres_url: str, tmp_path: Path) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    common = {"MAILFLOW_SHARED_BLOBS": "true", "MAILFLOW_EGRESS": "smtp",
+              "MAILFLOW_SMTP_RELAY": "smtp://127.0.0.1:9"}  # nobody there
+    ingress = RelayProcess(tmp_path / "ingress", database_url=postgres_url,
+                           settings={**common, "MAILFLOW_ROLE": "ingress"})
+    web = RelayProcess(tmp_path / "web", database_url=postgres_url,
+                       settings={**common, "MAILFLOW_ROLE": "web"}, smtp=False)
+    ingress.init()
+
+    def get(relay: RelayProcess, path: str, data: bytes | None = None) -> tuple[int, str]:
+        request = urllib.request.Request(f"http://127.0.0.1:{relay.http_port}{path}",
+                                         data=data)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    with ingress, web:
+        # Neither sends: an unreachable next hop does not make them unready.
+        status, body = get(ingress, "/readyz")
+        assert status == 200 and json.loads(body)["checks"] == {"store": "ok",
+                                                                "blob_store": "ok"}
+        status, body = get(web, "/readyz")
+        assert status == 200 and json.loads(body)["checks"] == {"store": "ok"}
+        assert get(ingress, "/v1/email", b"x")[0] == 401  # there, wants its key
+        assert get(web, "/v1/email", b"x")[0] == 404
+        assert get(web, "/api/v1/lists")[0] == 401  # there, wants a token
+        assert get(ingress, "/api/v1/lists")[0] == 404
+        assert "MailFlow Relay is running (role web): HTTP on" in web.log()
