@@ -12,9 +12,10 @@ is the database's (``clock_timestamp()``), so the workers' clocks need not agree
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from mailflow.store.engine import Engines
+from mailflow.store.tables import send_pace
 
 _PG_CLOCK = "FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS now) AS clock"
 
@@ -28,7 +29,6 @@ RETURNING {greatest}(0.0, send_pace.paid_until - {now} - :window)
 """
 
 _CREATE = "INSERT INTO send_pace (route, paid_until) VALUES (:route, 0) ON CONFLICT DO NOTHING"
-_EXISTS = "SELECT 1 FROM send_pace WHERE route = :route"
 
 
 def reserve_send(engines: Engines, route: str, count: float, rate: float, burst: float,
@@ -49,7 +49,8 @@ def reserve_send(engines: Engines, route: str, count: float, rate: float, burst:
     with engines.writer.begin() as conn:
         row = conn.execute(reserve, values).first()
         if row is None:
-            if conn.execute(text(_EXISTS), {"route": route}).first() is not None:
+            if conn.execute(select(send_pace.c.route).where(
+                    send_pace.c.route == route)).first() is not None:
                 return None  # too much debt already
             conn.execute(text(_CREATE), {"route": route})
             row = conn.execute(reserve, values).first()
