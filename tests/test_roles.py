@@ -158,14 +158,15 @@ def test_a_reservation_behind_too_much_debt_takes_nothing(database_url: str) -> 
     try:
         now = time.time()
         assert reserve_send(engines, "ses", 1, 10.0, 1.0, 1.0, now) == 0.0
-        # 30 sends at 10/s: 2.9 s of debt beyond the burst, told to wait for it.
+        # 30 sends at 10/s after the burst was taken: told to wait 3 s.
         wait = reserve_send(engines, "ses", 30, 10.0, 1.0, 1.0, now)
-        assert wait is not None and 2.5 < wait <= 3.0
+        # (On PostgreSQL the database's clock moves on between the statements.)
+        assert wait is not None and 2.7 < wait <= 3.0 + 1e-6
         # Now the others' debt is beyond max_wait: refused, and nothing is taken.
         assert reserve_send(engines, "ses", 1, 10.0, 1.0, 1.0, now) is None
         assert reserve_send(engines, "other", 1, 10.0, 1.0, 1.0, now) == 0.0
-        assert reserve_send(engines, "ses", 1, 10.0, 1.0, 5.0, now) == pytest.approx(
-            3.0, abs=0.3)
+        wait = reserve_send(engines, "ses", 1, 10.0, 1.0, 5.0, now)
+        assert wait is not None and 2.8 < wait <= 3.1 + 1e-6
     finally:
         engines.dispose()
 

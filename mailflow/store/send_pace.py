@@ -3,7 +3,8 @@
 A per-process token bucket (``egress/token_bucket.py``) keeps one process within a
 provider's rate; several workers each doing so would send at several times it.  Here the
 bucket is a row of ``send_pace``: ``paid_until`` is the moment every send reserved so
-far is paid for at the rate (the "theoretical arrival time" of GCRA).  A reservation is
+far is paid for at the rate, when the bucket is full again (the "theoretical arrival
+time" of GCRA); the bucket holds ``burst - (paid_until - now) * rate`` tokens.  A reservation is
 one ``UPDATE … RETURNING`` (the row lock orders concurrent ones), with the same rules as
 the process bucket: the caller waits out its share of the debt, and is refused (nothing
 taken) when the others' debt alone is longer than ``max_wait``.  On PostgreSQL the time
@@ -22,7 +23,7 @@ _PG_CLOCK = "FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS now) 
 # window: the burst's worth of seconds; cost: this reservation's.
 _RESERVE = """
 UPDATE send_pace
-   SET paid_until = {greatest}(send_pace.paid_until, {now} - :window) + :cost
+   SET paid_until = {greatest}(send_pace.paid_until, {now}) + :cost
   {clock}
  WHERE send_pace.route = :route AND send_pace.paid_until - {now} - :window <= :max_wait
 RETURNING {greatest}(0.0, send_pace.paid_until - {now} - :window)
