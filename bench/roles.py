@@ -27,6 +27,7 @@ import contextlib
 import os
 import re
 import secrets
+import shlex
 import statistics
 import sys
 import tempfile
@@ -258,13 +259,23 @@ def claim_capacity(threads: int, batch: int, total: int) -> tuple[float, float]:
     return sum(rounds) / elapsed, total / elapsed
 
 
+READING = """Reading it: deliveries/s is wall time on a shared machine, and with S3 it
+includes moto, a Python server in the benchmark's own process on the same two cores,
+answering each worker's GET of each body and the ingress's PUTs: the S3 rows' rate says
+more about moto than about S3, their CPU columns are the relay's own cost. At a small
+scale the fixed costs (the first S3 requests, a worker's start of its SMTP pool) weigh
+on the per-delivery figures. The store-alone rows are client and server on the same
+cores too; a database on its own host carries more. docs/scaling.md draws the sizing
+from these figures."""
+
+
 # -- report ---------------------------------------------------------------------------------
 
 def section(runs: list[RunFigures], capacity: list[tuple[int, int, float, float]],
             command: str, scale: float, load: str) -> str:
     rows = "\n".join(
         f"| {r.scenario} | {r.blobs} | {r.workers} | {r.deliveries:,} | {r.per_second:,.0f} "
-        f"| {r.ingress_cpu_ms / 1000:.2f} | {r.worker_cpu_ms / 1000:.2f} "
+        f"| {r.ingress_cpu_ms:.0f} | {r.worker_cpu_ms:.0f} "
         f"| {r.commits_per_s:,.0f} |" for r in runs)
     cap_rows = "\n".join(f"| {t} | {b} | {rounds:,.0f} | {per_s:,.0f} |"
                          for t, b, rounds, per_s in capacity)
@@ -278,17 +289,18 @@ def section(runs: list[RunFigures], capacity: list[tuple[int, int, float, float]
         "One `--role ingress` relay and 1 or 2 `--role worker` relays, one PostgreSQL "
         "database of the run's own, every body in the blob store "
         "(`max_body_in_database=0`): a folder every node shares, or S3 (moto in server "
-        "mode). CPU is seconds per 1,000 deliveries (the relay process and its child); "
+        "mode). CPU is microseconds per delivery (the relay process and its child, over the "
+        "run; the workers' together); "
         "commits/s from `pg_stat_database` over the run. All on one 2-core machine: a "
         "second worker shows the cost per delivery and of coordination, not scaling.\n\n"
-        "| scenario | blobs | workers | deliveries | deliveries/s | ingress CPU s/1k "
-        "| workers' CPU s/1k | PG commits/s |\n|---|---|---|---|---|---|---|---|\n"
+        "| scenario | blobs | workers | deliveries | deliveries/s | ingress CPU µs/delivery "
+        "| workers' CPU µs/delivery | PG commits/s |\n|---|---|---|---|---|---|---|---|\n"
         + rows + "\n\n"
         "The store alone (`bench/roles.py`, `claim_capacity`): threads claiming due "
         "deliveries and recording the previous claim's outcomes in the same transaction, "
         "as each worker's queue keeper does; no network, no egress.\n\n"
         "| claimers | batch | claim rounds (commits)/s | deliveries/s |\n|---|---|---|---|\n"
-        + cap_rows + "\n<!-- /roles -->")
+        + cap_rows + "\n\n" + READING + "\n<!-- /roles -->")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             capacity.append((threads, batch, rounds, per_s))
     load = f"{load} at the start, " + ", ".join(f"{x:.1f}" for x in os.getloadavg()) + \
         " at the end"
-    command = "make bench-roles" + (f" BENCH_ARGS='--scale {args.scale:g}'"
-                                    if args.scale != 1 else "")
+    given = shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "make bench-roles" + (f" BENCH_ARGS={shlex.quote(given)}" if given else "")
     text_ = section(runs, capacity, command, args.scale, load)
     print(text_)
     if not args.no_write:
