@@ -82,6 +82,8 @@ class QueueNotifications:
                             "is back): %s", str(exc).split("\n")[0] or type(exc).__name__,
                             extra={"action": "listen_error"})
             finally:
+                if self.listening:  # it worked for a while: try again soon
+                    pause = RETRY_MIN
                 self.listening = False
                 await conn.close()
             await asyncio.sleep(pause)
