@@ -100,6 +100,45 @@ def test_a_notify_wakes_listeners_of_its_own_schema_only(
     assert asyncio.run(_heard(postgres_url, lambda: _commit_notify(other_postgres_url))) == 0
 
 
+def test_a_listener_whose_connection_is_killed_reconnects_and_hears_again(
+        postgres_url: str) -> None:
+    from sqlalchemy import text
+
+    async def check() -> None:
+        calls: list[int] = []
+        woken = asyncio.Event()
+
+        def wake() -> None:
+            calls.append(listener.backend_pid)
+            woken.set()
+
+        listener = QueueNotifications(postgres_url, wake)
+        task = asyncio.create_task(listener.run())
+        try:
+            async with asyncio.timeout(5):
+                await woken.wait()
+            first = listener.backend_pid
+            engines = create_engines(postgres_url)
+            with engines.writer.begin() as conn:
+                conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+            engines.dispose()
+            async with asyncio.timeout(10):  # back after RETRY_MIN, on a new backend
+                while listener.backend_pid in (0, first) or not listener.listening:
+                    woken.clear()
+                    await woken.wait()
+            woken.clear()
+            before = len(calls)
+            _commit_notify(postgres_url)
+            async with asyncio.timeout(5):
+                await woken.wait()
+            assert len(calls) == before + 1
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(check())
+
+
 def test_a_notify_in_a_rolled_back_transaction_wakes_nobody(postgres_url: str) -> None:
     assert asyncio.run(_heard(postgres_url, lambda: _commit_notify(
         postgres_url, rollback=True))) == 0

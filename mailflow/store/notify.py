@@ -59,6 +59,7 @@ class QueueNotifications:
         self._on_notify = on_notify
         self.listening = False
         self.channel = ""
+        self.backend_pid = 0  # the LISTEN connection's server process (for diagnostics)
 
     async def run(self) -> None:
         import psycopg
@@ -99,6 +100,7 @@ class QueueNotifications:
             self.channel = str(row[0])
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
         self.listening = True
+        self.backend_pid = conn.info.backend_pid
         log.info("listening for queued work on %s", self.channel,
                  extra={"action": "listening"})
         self._on_notify()
