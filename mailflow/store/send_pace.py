@@ -13,7 +13,9 @@ is the database's (``clock_timestamp()``), so the workers' clocks need not agree
 
 from __future__ import annotations
 
-from sqlalchemy import select, text
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from mailflow.store.engine import Engines
 from mailflow.store.tables import send_pace
@@ -28,8 +30,6 @@ UPDATE send_pace
  WHERE send_pace.route = :route AND send_pace.paid_until - {now} - :window <= :max_wait
 RETURNING {greatest}(0.0, send_pace.paid_until - {now} - :window)
 """
-
-_CREATE = "INSERT INTO send_pace (route, paid_until) VALUES (:route, 0) ON CONFLICT DO NOTHING"
 
 
 def reserve_send(engines: Engines, route: str, count: float, rate: float, burst: float,
@@ -49,10 +49,10 @@ def reserve_send(engines: Engines, route: str, count: float, rate: float, burst:
         del values["now"]
     with engines.writer.begin() as conn:
         row = conn.execute(reserve, values).first()
-        if row is None:
-            if conn.execute(select(send_pace.c.route).where(
-                    send_pace.c.route == route)).first() is not None:
-                return None  # too much debt already
-            conn.execute(text(_CREATE), {"route": route})
+        if row is None:  # too much debt already, or the route's first send ever
+            # Concurrent first sends: one inserts, the others' inserts do nothing.
+            upsert = sqlite_insert if sqlite else postgresql_insert
+            conn.execute(upsert(send_pace).values(route=route, paid_until=0.0)
+                         .on_conflict_do_nothing())
             row = conn.execute(reserve, values).first()
     return None if row is None else float(row[0])
