@@ -75,6 +75,12 @@ $(MAILMAN_STAMP): bench/mailman-requirements.txt
 clean:
 	rm -rf $(VENV) $(MAILMAN_VENV) var .pytest_cache .ruff_cache *.egg-info
 
+## bench-roles: B and E with one ingress and 1 or 2 workers on PostgreSQL, blobs on a shared folder
+## and on S3 (moto); the store's claim rounds per second (issue 15)
+.PHONY: bench-roles
+bench-roles: $(STAMP)
+	$(BIN)/python -m bench.roles $(BENCH_ARGS)
+
 ## bench-retention: two minutes of A's load with a 10 s message_retention: does the SQLite file stay bounded? (issue 15)
 bench-retention: $(STAMP)
 	$(BIN)/python -m bench.retention --seconds 120 --retention 10 $(BENCH_ARGS)

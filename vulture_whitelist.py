@@ -62,7 +62,7 @@ config.Settings._check_listen, config.Settings._check_relay, config.Settings._ch
 config.Settings._parse_routes, config.Settings._parse_proxies, config.Settings._parse_old_secrets,
 config.Settings._check_database_url
 config.Settings._upper_log_level, config.Settings._check_retry
-config.Settings._empty_path_is_none, config.Settings._check_tls
+config.Settings._empty_path_is_none, config.Settings._check_tls, config.Settings._check_role
 config.Settings._check_role_address, config.Settings._check_dns_resolver
 config.Settings._check_blob_url, config.Settings._check_public_url
 config.Settings._parse_topics, config.Settings._parse_queues

@@ -34,6 +34,7 @@ from mailflow.config import ListenAddress, Settings, parse_provider_url
 from mailflow.egress.base import Egress
 from mailflow.egress.routes import ProviderOptions, RoutedEgress, build_provider, build_routed
 from mailflow.egress.ses_options import SesOptions
+from mailflow.egress.token_bucket import PaceFactory
 from mailflow.errors import ConfigurationError, InvalidInput
 from mailflow.ingress.http import create_router
 from mailflow.ingress.limiter import FailedAuthLimiter
@@ -61,11 +62,14 @@ from mailflow.services.readiness import Readiness
 from mailflow.services.recent import RecentMessages
 from mailflow.services.rosters import StoreRoster
 from mailflow.services.scheduler import Scheduler, SchedulerOptions
+from mailflow.services.send_pace import shared_pace
 from mailflow.services.sender_rules import SenderRuleBook, store_rule_book
 from mailflow.services.subscriptions import Subscriptions
+from mailflow.srs import Srs
 from mailflow.store import StoreRunner, create_engines
 from mailflow.store.access import AccessRepository
 from mailflow.store.engine import sqlite_path
+from mailflow.store.notify import QueueNotifications
 from mailflow.unsubscribe_tokens import UnsubscribeTokens
 from mailflow.verp import Verp
 from mailflow.web.api.deps import ApiDeps
@@ -99,18 +103,20 @@ def _log_roles(settings: Settings) -> None:
                     extra={"action": "no_postmaster"})
 
 
-def build_egress(settings: Settings, child: ChildProcess | None = None) -> Egress:
+def build_egress(settings: Settings, child: ChildProcess | None = None,
+                 pace: PaceFactory | None = None) -> Egress:
     """The default egress (``egress``, a name or a URL) and the ``routes`` around it.
 
     With ``egress_process``, an SMTP default egress is sent by the relay's child process
-    (``child``, or one of its own).
+    (``child``, or one of its own).  ``pace``: what keeps a provider's send rate (None:
+    each process its own token bucket).
     """
     options = ProviderOptions(pool_size=settings.smtp_pool_size, timeout=settings.smtp_timeout,
                               idle_check=settings.smtp_idle_check,
                               local_hostname=settings.hostname,
                               transaction_timeout=settings.smtp_transaction_timeout,
                               payload_cache=settings.cache_budget.payloads,
-                              ses=ses_options(settings))
+                              ses=ses_options(settings, pace))
     url = settings.egress_url
     provider = parse_provider_url(url)
     default: Egress
@@ -125,13 +131,13 @@ def build_egress(settings: Settings, child: ChildProcess | None = None) -> Egres
     return build_routed(default, url, settings.route_specs, options)
 
 
-def ses_options(settings: Settings) -> SesOptions:
+def ses_options(settings: Settings, pace: PaceFactory | None = None) -> SesOptions:
     """The Amazon SES egress's ``ses_*`` settings."""
     return SesOptions(configuration_set=settings.ses_configuration_set,
                       max_send_rate=settings.ses_max_send_rate,
                       timeout=settings.ses_timeout, concurrency=settings.ses_concurrency,
                       feedback_forwarding=settings.ses_feedback_forwarding,
-                      payload_cache=settings.cache_budget.payloads)
+                      payload_cache=settings.cache_budget.payloads, pace=pace)
 
 
 def session_limits(settings: Settings) -> SessionLimits:
@@ -180,7 +186,7 @@ class Relay:
         # Before the child starts, which inherits it (and raises its own as well).
         raise_open_files_limit()
         tls_files = settings.tls_files
-        if tls_files is not None:  # a certificate that cannot work stops the start here
+        if tls_files is not None and settings.takes_mail:  # a bad one stops the start here
             cert_file, key_file = (path.absolute() for path in tls_files)
             self.tls = await ServerTls.load(cert_file, key_file,
                                             require=settings.smtp_require_tls)
@@ -199,33 +205,26 @@ class Relay:
         budget = settings.cache_budget
         self.blobs = blobs = open_blob_store(settings.blob_url, settings.blob_dir,
                                              budget.recent_contents)
+        if settings.role == "web":
+            await self._start_web(settings, unsubscribe)
+            return
+        self._tasks.append(asyncio.create_task(self._warm_blobs(blobs), name="warm blobs"))
         self.child = child = ChildProcess(log_level=settings.log_level,
                                           log_format=settings.log_format,
                                           contents_cache=budget.child_contents)
-        self.egress = egress = self.egress or build_egress(settings, child)
-        # Fits deliveries.lease_owner (64 characters) whatever the hostname's length, with
-        # room for the number the scheduler gives each claim's lease token (``owner/n``).
-        owner = f"{settings.hostname[:32]}:{os.getpid()}:{secrets.token_hex(3)}"
         recent = RecentMessages(max_bytes=budget.recent_messages)
         activity = IngestActivity()
-        self.scheduler = scheduler = Scheduler(runner, blobs, egress, self.clock, SchedulerOptions(
-            batch_size=settings.scheduler_batch_size,
-            max_recipients=settings.max_recipients_per_transaction,
-            concurrency=settings.smtp_pool_size, lease=settings.delivery_lease, owner=owner,
-            instance_id=self.instance_id, hostname=settings.hostname,
-            retry=RetryPolicy(settings.retry_initial_delay, settings.retry_multiplier,
-                              settings.retry_max_delay, settings.max_delivery_age),
-            poll_interval=settings.poll_interval,
-            transaction_timeout=settings.smtp_transaction_timeout, srs=srs, verp=verp,
-            dmarc=DmarcPolicies(settings.dns_resolver, settings.dns_timeout),
-            dmarc_author_field=settings.dmarc_author_field,
-            cache_bytes=budget.rendered_copies, large_in_flight=budget.large_in_flight,
-            public_url=settings.public_url, unsubscribe=unsubscribe,
-            filter_regex_timeout=settings.filter_regex_timeout,
-        ), recent=recent, ingest_busy=activity.busy)
+        scheduler = None
+        if settings.sends_mail:
+            # On PostgreSQL a provider's send rate is kept by every relay together.
+            pace = None if runner.engines.is_sqlite else shared_pace(runner)
+            self.egress = self.egress or build_egress(settings, child, pace)
+            self.scheduler = scheduler = self._scheduler(settings, runner, blobs, srs, verp,
+                                                         unsubscribe, recent, activity)
         self.commands = commands = list_commands(settings, unsubscribe)
         chain = process_chain(commands)
-        processor = Processor(runner, self.clock, on_queued=scheduler.wake,
+        processor = Processor(runner, self.clock,
+                              on_queued=scheduler.wake if scheduler else _nobody,
                               poll_interval=settings.poll_interval, read_file=blobs.read,
                               steps=chain)
         committer = GroupCommitter(runner, blobs, self.clock,
@@ -236,13 +235,15 @@ class Relay:
                                    recent=recent, activity=activity)
         notices = FailureNotices(committer, self.clock, srs, settings.hostname,
                                  settings.dsn_per_sender_per_hour)
-        scheduler.on_failed = notices.report
         # The sender entries' cache: a directory service in this process (the REST API
         # to come) passes ``invalidate`` as its ``on_rules_changed``.
         self.sender_rules = store_rule_book(runner, self.clock, settings.recipient_cache_ttl)
         self.filter_rules = store_filter_book(runner, self.clock, settings.recipient_cache_ttl)
-        scheduler.filters = self.filter_rules  # tag and strip rules change the copies
-        scheduler.sign = store_key_book(runner, self.clock, settings.recipient_cache_ttl).sign
+        if scheduler is not None:
+            scheduler.on_failed = notices.report
+            scheduler.filters = self.filter_rules  # tag and strip rules change the copies
+            scheduler.sign = store_key_book(runner, self.clock,
+                                            settings.recipient_cache_ttl).sign
         service = AcceptService(
             store_lookup(runner), committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,
@@ -253,20 +254,29 @@ class Relay:
         )
         # Bound before anything starts, so that a child the scheduler's first send may
         # start (lazily) serves them too; accepted only once the child starts, last.
-        hosted = await self._host_listeners(settings, service, child)
-        await scheduler.start()
+        hosted = settings.takes_mail and await self._host_listeners(settings, service, child)
         self._tasks += [
             asyncio.create_task(processor.run(), name="processor"),
             asyncio.create_task(committer.run(), name="committer"),
             asyncio.create_task(notices.run(), name="failure notices"),
-            asyncio.create_task(ModerationSweep(
-                runner, self.clock, content_reader(runner.repo, blobs.read),
-                settings.moderation_interval, on_queued=scheduler.wake).run(),
-                name="moderation"),
-            asyncio.create_task(self._maintenance(blobs), name="maintenance"),
         ]
+        if scheduler is not None:
+            await scheduler.start()
+            if not runner.engines.is_sqlite:  # wake-ups by the other relays' commits
+                notifications = QueueNotifications(settings.resolved_database_url,
+                                                   scheduler.wake)
+                scheduler.listening = lambda: notifications.listening
+                self._tasks.append(asyncio.create_task(notifications.run(), name="listen"))
+            self._tasks += [
+                asyncio.create_task(ModerationSweep(
+                    runner, self.clock, content_reader(runner.repo, blobs.read),
+                    settings.moderation_interval, on_queued=scheduler.wake).run(),
+                    name="moderation"),
+                asyncio.create_task(self._maintenance(blobs), name="maintenance"),
+            ]
         try:
-            await egress.start()
+            if self.egress is not None:
+                await self.egress.start()
             if child.needed:
                 await child.start()
         except ConfigurationError:  # an egress that cannot work as configured says why
@@ -276,6 +286,61 @@ class Relay:
             await self.stop()
             raise ConfigurationError(f"cannot start the relay's child process: {exc}") \
                 from None
+        if settings.takes_mail:
+            await self._start_ingress(settings, service, unsubscribe, hosted)
+        log.info("relay %s started (role %s): %s; egress %s", self.instance_id, settings.role,
+                 ", ".join(f"{k} on {v}" for k, v in self.listening.items()) or "no listener",
+                 self.egress.name if self.egress is not None else "none",
+                 extra={"action": "started"})
+        _log_roles(settings)
+
+    def _scheduler(self, settings: Settings, runner: StoreRunner, blobs: Blobs, srs: Srs,
+                   verp: Verp, unsubscribe: UnsubscribeTokens, recent: RecentMessages,
+                   activity: IngestActivity) -> Scheduler:
+        assert self.egress is not None
+        # Fits deliveries.lease_owner (64 characters) whatever the hostname's length, with
+        # room for the number the scheduler gives each claim's lease token (``owner/n``).
+        owner = f"{settings.hostname[:32]}:{os.getpid()}:{secrets.token_hex(3)}"
+        budget = settings.cache_budget
+        return Scheduler(runner, blobs, self.egress, self.clock, SchedulerOptions(
+            batch_size=settings.scheduler_batch_size,
+            max_recipients=settings.max_recipients_per_transaction,
+            concurrency=settings.smtp_pool_size, lease=settings.delivery_lease, owner=owner,
+            instance_id=self.instance_id, hostname=settings.hostname,
+            retry=RetryPolicy(settings.retry_initial_delay, settings.retry_multiplier,
+                              settings.retry_max_delay, settings.max_delivery_age),
+            poll_interval=settings.poll_interval,
+            notify_poll_interval=settings.notify_poll_interval,
+            transaction_timeout=settings.smtp_transaction_timeout, srs=srs, verp=verp,
+            dmarc=DmarcPolicies(settings.dns_resolver, settings.dns_timeout),
+            dmarc_author_field=settings.dmarc_author_field,
+            cache_bytes=budget.rendered_copies, large_in_flight=budget.large_in_flight,
+            public_url=settings.public_url, unsubscribe=unsubscribe,
+            filter_regex_timeout=settings.filter_regex_timeout,
+        ), recent=recent, ingest_busy=activity.busy)
+
+    @staticmethod
+    async def _warm_blobs(blobs: Blobs) -> None:
+        """Ask the blob store once at start, in the background: an S3 client's first
+        request loads its models and opens its connection (about a second of CPU), which
+        the first body read would otherwise wait for; and a store that does not answer
+        is in the log from the start."""
+        problem = await asyncio.to_thread(blobs.problem)
+        if problem is not None:
+            log.warning("blob store: %s", problem, extra={"action": "blob_store_error"})
+
+    async def _start_web(self, settings: Settings, unsubscribe: UnsubscribeTokens) -> None:
+        """Role web: the API, the web UI, unsubscribe links, health and metrics."""
+        if settings.http_address is None:
+            await self.stop()
+            raise ConfigurationError("role web serves HTTP only, and http_listen is off")
+        await self._start_http(settings, None, unsubscribe, None)
+        log.info("relay %s started (role web): http on %s", self.instance_id,
+                 self.listening.get("http"), extra={"action": "started"})
+
+    async def _start_ingress(self, settings: Settings, service: AcceptService,
+                             unsubscribe: UnsubscribeTokens, hosted: bool) -> None:
+        """Roles all and ingress: SMTP/LMTP, the policy service, SES/SNS/SQS, HTTP."""
         if not hosted:
             await self._start_listeners(settings, service)
         if settings.policy_address is not None:
@@ -295,10 +360,6 @@ class Relay:
             await self._start_http(settings, service, unsubscribe, ses)
         if ses is not None:
             self._start_pollers(settings, ses)
-        log.info("relay %s started: %s; egress %s", self.instance_id,
-                 ", ".join(f"{k} on {v}" for k, v in self.listening.items()), egress.name,
-                 extra={"action": "started"})
-        _log_roles(settings)
 
     @staticmethod
     def _listen_addresses(settings: Settings) -> list[tuple[str, ListenAddress, bool]]:
@@ -421,9 +482,12 @@ class Relay:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._pollers.clear()
 
-    async def _start_http(self, settings: Settings, service: AcceptService,
+    async def _start_http(self, settings: Settings, service: AcceptService | None,
                           unsubscribe: UnsubscribeTokens, ses: SesNotifications | None
                           ) -> None:
+        """The HTTP app of the role: mail ingress (``POST /v1/email``, SNS) for all and
+        ingress, the API, web UI and unsubscribe links for all and web; health and
+        metrics for each."""
         address = settings.http_address
         assert address is not None and self.runner is not None
         try:
@@ -432,11 +496,12 @@ class Relay:
             await self.stop()
             raise ConfigurationError(f"cannot listen for HTTP on {address}: {exc.strerror}") \
                 from None
-        ingress = create_router(
-            service, settings.ingress_keys,
-            FailedAuthLimiter(settings.http_auth_max_failures, settings.http_auth_window),
-            settings.max_message_size, settings.http_request_timeout)
-        routers = [ingress]
+        routers = []
+        if service is not None:
+            routers.append(create_router(
+                service, settings.ingress_keys,
+                FailedAuthLimiter(settings.http_auth_max_failures, settings.http_auth_window),
+                settings.max_message_size, settings.http_request_timeout))
         if ses is not None and settings.sns_topics:
             from mailflow.ingress.sns import SnsHttp, create_sns_router
             from mailflow.ingress.sns_signature import SnsVerifier
@@ -449,21 +514,26 @@ class Relay:
         # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise (and reads
         # FORWARDED_ALLOW_IPS from the environment): only the configured proxies, if any.
         proxies = list(settings.forwarded_allow_ips)
-        routers.append(unsubscribe_router(self.runner, unsubscribe,
-                                          settings.http_request_timeout))
-        assert self.commands is not None and self.scheduler is not None
-        routers.append(subscribe_router(
-            self.runner, Subscriptions(self.runner.repo, self.clock, self.commands),
-            FailedAuthLimiter(settings.subscribe_posts_per_hour, 3600.0),
-            settings.http_request_timeout, self.scheduler.wake))
-        routers.append(style_router())
+        if settings.serves_web:
+            routers.append(unsubscribe_router(self.runner, unsubscribe,
+                                              settings.http_request_timeout))
+            if self.commands is None:  # role web: the commands step only for the pages
+                self.commands = list_commands(settings, unsubscribe)
+            routers.append(subscribe_router(
+                self.runner, Subscriptions(self.runner.repo, self.clock, self.commands),
+                FailedAuthLimiter(settings.subscribe_posts_per_hour, 3600.0),
+                settings.http_request_timeout,
+                self.scheduler.wake if self.scheduler is not None else _nobody))
+            routers.append(style_router())
+        # Readiness checks what the role needs: the store always, the blob store where
+        # mail is taken or sent, the next hop where it is sent.
         provider = parse_provider_url(settings.egress_url)
-        assert self.blobs is not None
-        readiness = Readiness(self.runner, self.blobs, provider.relay)
+        readiness = Readiness(self.runner, self.blobs if settings.role != "web" else None,
+                              provider.relay, sends=settings.sends_mail)
         gauges = QueueGauges(self.runner, self.clock, busy=self.scheduler.busy_connections
                              if self.scheduler is not None else None)
         app = create_app(self.runner, routers, readiness=readiness, gauges=gauges,
-                         api=self._api_deps(settings),
+                         api=self._api_deps(settings) if settings.serves_web else None,
                          ui=UiOptions(session_lifetime=settings.ui_session_lifetime),
                          monitoring_access=settings.monitoring_access)
         config = uvicorn.Config(app, log_level="warning",
@@ -646,6 +716,11 @@ class Relay:
             self._lock = None
 
 
+def _nobody() -> None:
+    """Where new work is announced when this process sends none (role ingress): the
+    commit's NOTIFY tells the workers."""
+
+
 def _listen_error(name: str, address: ListenAddress, exc: OSError) -> ConfigurationError:
     return ConfigurationError(f"cannot listen for {name.upper()} on {address}: {exc.strerror}")
 
@@ -681,9 +756,13 @@ async def serve(settings: Settings,
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     await relay.start()
-    print("MailFlow Relay is running: "
-          + ", ".join(f"{name.upper()} on {where}" for name, where in relay.listening.items())
-          + f"; egress {relay.settings.egress_display}. Ctrl-C stops it.", flush=True)
+    role = relay.settings.role
+    print("MailFlow Relay is running"
+          + ("" if role == "all" else f" (role {role})") + ": "
+          + (", ".join(f"{name.upper()} on {where}" for name, where in relay.listening.items())
+             or "no listener")
+          + ("; egress " + relay.settings.egress_display if relay.settings.sends_mail else "")
+          + ". Ctrl-C stops it.", flush=True)
     try:
         await stop.wait()
     finally:

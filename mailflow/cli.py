@@ -228,12 +228,19 @@ def init(ctx: Context, example: bool) -> None:
 @click.option("--init", "initialise_store", is_flag=True,
               help="create the store if there is none (as `mailflow init` does) instead of "
                    "refusing to start")
+@click.option("--role", type=click.Choice(["all", "ingress", "worker", "web"]),
+              help="what this process runs (default: the role setting, else all): "
+                   "ingress takes mail, worker sends it, web serves the API and UI; "
+                   "split roles share one PostgreSQL and one blob store (docs/scaling.md)")
 @pass_context
-def serve(ctx: Context, initialise_store: bool) -> None:
+def serve(ctx: Context, initialise_store: bool, role: str | None) -> None:
     """Run the relay (SMTP/LMTP listeners, pipeline, scheduler, HTTP) until stopped."""
     from mailflow.app import serve as run_relay
     from mailflow.services.installation import require_store
 
+    overrides = {} if role is None else {"role": role}
+    if role is not None:
+        ctx._settings = load_settings(ctx.config, **overrides)
     settings = ctx.settings
     if not initialise_store:
         # A wrong data directory must not become an empty store that refuses every
@@ -245,10 +252,10 @@ def serve(ctx: Context, initialise_store: bool) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every POSIX system
-        asyncio.run(run_relay(settings, lambda: load_settings(ctx.config)))
+        asyncio.run(run_relay(settings, lambda: load_settings(ctx.config, **overrides)))
     else:
         with store_errors(settings.resolved_database_url):
-            uvloop.run(run_relay(settings, lambda: load_settings(ctx.config)))
+            uvloop.run(run_relay(settings, lambda: load_settings(ctx.config, **overrides)))
 
 
 @cli.command()

@@ -309,6 +309,12 @@ class Settings(BaseSettings):
     maintenance_interval: float = Field(default=30.0, gt=0)
     moderation_interval: float = Field(default=10.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
+    # Scale-out (docs/scaling.md): what this process runs; whether a blob folder (no
+    # blob_url) is shared by every node (NFS); the look for work while PostgreSQL's
+    # LISTEN/NOTIFY works (poll_interval is the look without it).
+    role: Literal["all", "ingress", "worker", "web"] = "all"
+    shared_blobs: bool = False
+    notify_poll_interval: float = Field(default=10.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Amazon SES ingress (docs/aws.md): SNS webhook, SQS polling, S3 fetch and audit.
     sns_topics: Annotated[tuple[str, ...], NoDecode] = ()
@@ -477,6 +483,21 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_role(self) -> Settings:
+        """Split roles are processes that share a queue: one PostgreSQL, one blob store."""
+        if self.role == "all":
+            return self
+        if self.resolved_database_url.startswith("sqlite"):
+            raise ValueError(f"role {self.role} runs beside other relay processes, which "
+                             "share one queue: that needs PostgreSQL (database_url = "
+                             "postgresql://…); on SQLite run one process with role all")
+        if not self.blob_url and not self.shared_blobs:
+            raise ValueError(f"role {self.role} needs a blob store every node reaches: set "
+                             "blob_url = s3://BUCKET[/PREFIX], or shared_blobs = true if "
+                             f"{self.blob_dir} is one folder shared by every node (NFS)")
+        return self
+
+    @model_validator(mode="after")
     def _check_tls(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             given, missing = (("tls_cert_file", "tls_key_file") if self.tls_key_file is None
@@ -564,6 +585,21 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'mailflow.db').resolve()}"
+
+    @property
+    def takes_mail(self) -> bool:
+        """Role ``all`` or ``ingress``: listeners, the accept chain and the processing."""
+        return self.role in ("all", "ingress")
+
+    @property
+    def sends_mail(self) -> bool:
+        """Role ``all`` or ``worker``: the scheduler and the egress."""
+        return self.role in ("all", "worker")
+
+    @property
+    def serves_web(self) -> bool:
+        """Role ``all`` or ``web``: the API, the web UI and unsubscribe links."""
+        return self.role in ("all", "web")
 
     @property
     def blob_dir(self) -> Path:

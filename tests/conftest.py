@@ -74,6 +74,20 @@ def postgres_url(postgres_available: None) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def other_postgres_url(postgres_available: None) -> Iterator[str]:
+    """A second fresh schema, for tests that show two schemas never meet."""
+    with _fresh_schema() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url(postgres_available: None) -> Iterator[str]:
+    """A fresh schema for the processes a module's tests share (one store)."""
+    with _fresh_schema() as url:
+        yield url
+
+
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 

@@ -257,3 +257,33 @@ def test_the_token_bucket_paces_to_its_rate_and_refuses_a_wait_behind_too_much_d
     bucket.set_rate(100.0)
     now[0] = 2.0
     assert bucket.reserve(1) == 0.0  # the 40 owed went in 0.4 s at the new rate
+
+
+async def test_two_egresses_sharing_the_store_keep_one_send_rate_together(
+        ses: MotoServer, store: tuple[StoreRunner, BlobStore], engines: Engines) -> None:
+    """Two workers' SES egresses pace from one row of the store (``SesOptions.pace``):
+    20 single-recipient sends at 10 a second (a burst of 10) take a second, where two
+    buckets of their own would send them all at once."""
+    from mailflow.services.send_pace import shared_pace
+    from mailflow.store.tables import send_pace
+
+    runner, _ = store
+    pace = shared_pace(runner)
+    first, second = (egress(max_send_rate=10.0, pace=pace) for _ in range(2))
+    for each in (first, second):
+        await each.start()
+    content = b"From: poster@outside.test\r\nSubject: paced\r\n\r\nHello.\r\n"
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    try:
+        replies = await asyncio.gather(*(
+            each.send("poster@outside.test", [f"r{n}@x.test"], content)
+            for n in range(10) for each in (first, second)))
+    finally:
+        for each in (first, second):
+            await each.close()
+    elapsed = loop.time() - began
+    assert [r.code for [r] in replies] == [250] * 20
+    assert elapsed >= 0.9, elapsed
+    with engines.reader.connect() as conn:
+        assert conn.execute(select(send_pace.c.route)).scalars().all() == ["ses"]

@@ -11,7 +11,9 @@ credentials chain); how, from the ``ses_*`` settings.
   SMTP next hop would have sent them to MAIL FROM; SES's own MAIL FROM is the account's.
 * Header fields SES refuses are taken out first (:mod:`mailflow.egress.ses_headers`).
 * A **token bucket** keeps the calls within the account's maximum send rate (SES counts
-  each recipient), from ``GetAccount`` or ``ses_max_send_rate``.
+  each recipient), from ``GetAccount`` or ``ses_max_send_rate``: this process's own, or
+  on PostgreSQL one row every relay of the store reserves from (``store/send_pace.py``),
+  so that several workers together keep the account's rate.
 * Answers become SMTP-style replies, so the scheduler's rules apply unchanged: throttling,
   5xx and no answer at all are ``451 4.4.1`` (deferred with the retry backoff); what the
   owner must fix (``MailFromDomainNotVerifiedException``, sending paused, a missing
@@ -43,7 +45,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from mailflow.egress.base import PerContent, RecipientReply
 from mailflow.egress.ses_headers import ses_ready
 from mailflow.egress.ses_options import SesOptions
-from mailflow.egress.token_bucket import TokenBucket
+from mailflow.egress.token_bucket import SendPace, TokenBucket
 from mailflow.errors import ConfigurationError
 from mailflow.memory import item_limit
 
@@ -79,8 +81,10 @@ class SesEgress:
         self._client: Any = None
         self._threads: ThreadPoolExecutor | None = None
         self._slots = asyncio.Semaphore(options.concurrency)
-        self._bucket = TokenBucket(options.max_send_rate or DEFAULT_SEND_RATE,
-                                   max_wait=options.timeout)
+        rate = options.max_send_rate or DEFAULT_SEND_RATE
+        self._bucket: SendPace = (
+            TokenBucket(rate, max_wait=options.timeout) if options.pace is None
+            else options.pace(self.name, rate, options.timeout))
         self._rate_known = options.max_send_rate > 0
         self._rate_retry_at = 0.0  # monotonic time GetAccount may be asked (again)
         self._rate_lock = asyncio.Lock()
@@ -151,7 +155,7 @@ class SesEgress:
             try:
                 answer = await self._in_thread(lambda: self._client.send_email(**request))
             except ClientError as exc:
-                return self._refused(recipients, exc)
+                return await self._refused(recipients, exc)
             except (BotoCoreError, TimeoutError, OSError) as exc:
                 return _all(recipients, 451, f"4.4.1 Amazon SES unreachable: "
                                              f"{type(exc).__name__}: {exc}")
@@ -159,14 +163,15 @@ class SesEgress:
         return [RecipientReply(r, 250, f"2.0.0 accepted by Amazon SES as {ses_id}", ses_id)
                 for r in recipients]
 
-    def _refused(self, recipients: Sequence[str], exc: ClientError) -> list[RecipientReply]:
+    async def _refused(self, recipients: Sequence[str], exc: ClientError
+                       ) -> list[RecipientReply]:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         text = " ".join(str(error.get("Message", "")).split())[:300]
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         if code in THROTTLED or status == 429 or status >= 500:
             # Everyone waits about a second: the account is over its rate.
-            self._bucket.reserve(self._bucket.rate)
+            await self._bucket.throttled()
             log.warning("Amazon SES throttled or failed a send: %s %s", code, text,
                         extra={"action": "ses_throttled"})
             return _all(recipients, 451, f"4.4.1 Amazon SES: {code} {text}".rstrip())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mailflow.egress.token_bucket import PaceFactory
 from mailflow.memory import DEFAULT_BUDGET
 
 
@@ -18,3 +19,6 @@ class SesOptions:
     concurrency: int = 8
     feedback_forwarding: bool = True
     payload_cache: int = DEFAULT_BUDGET.payloads
+    # The send rate's keeper: this process's token bucket (None), or one shared by every
+    # relay of a PostgreSQL store, so that workers on several hosts keep SES's rate.
+    pace: PaceFactory | None = None

@@ -14,6 +14,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Protocol
+
+
+class SendPace(Protocol):
+    """What paces a provider's sends: this process's :class:`TokenBucket`, or a pace
+    every relay of a PostgreSQL store shares (``services/send_pace.py``)."""
+
+    rate: float
+
+    def set_rate(self, rate: float) -> None: ...
+
+    async def take(self, count: float) -> bool: ...
+
+    async def throttled(self) -> None: ...
+
+
+# (route, rate, max_wait) -> the pace of that route's sends.
+PaceFactory = Callable[[str, float, float], SendPace]
 
 
 class TokenBucket:
@@ -56,3 +74,7 @@ class TokenBucket:
         if wait > 0:
             await asyncio.sleep(wait)
         return True
+
+    async def throttled(self) -> None:
+        """The provider said "too fast": every sender waits about a second more."""
+        self.reserve(self.rate)

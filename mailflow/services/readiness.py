@@ -1,6 +1,7 @@
 """Readiness: whether this relay can take mail now (``/readyz``): its store answers, its
 blob store can be written (the folder, or the S3 bucket), and its default egress's next
-hop takes connections.
+hop takes connections.  A split role checks only what it uses (docs/scaling.md): an
+ingress its store and blob store, a web node its store.
 
 The egress check opens (and closes) a TCP connection, so its answer is kept
 ``egress_ttl`` seconds (an S3 blob store keeps its own answer as long): a load balancer
@@ -30,17 +31,25 @@ class Check:
 
 
 class Readiness:
-    def __init__(self, runner: StoreRunner, blobs: Blobs, egress: SmtpRelay | None,
-                 egress_ttl: float = EGRESS_TTL) -> None:
+    def __init__(self, runner: StoreRunner, blobs: Blobs | None, egress: SmtpRelay | None,
+                 egress_ttl: float = EGRESS_TTL, *, sends: bool = True) -> None:
+        """``blobs`` None: a role that reads no bodies (web); ``sends`` False: a role
+        without an egress (ingress, web), whose readiness does not depend on one."""
         self.runner = runner
         self.store = OperationsStore(runner.engines)
-        self.blobs = blobs
+        self.blobs = blobs  # None: a role that reads no bodies (web)
         self.egress = egress  # None: a provider without a next hop to reach (stdout:)
         self.egress_ttl = egress_ttl
+        self.sends = sends
         self._egress_checked: tuple[float, Check] | None = None
 
     async def checks(self) -> list[Check]:
-        return list(await asyncio.gather(self._store(), self._blobs(), self._egress()))
+        checks = [self._store()]
+        if self.blobs is not None:
+            checks.append(self._blobs())
+        if self.sends:
+            checks.append(self._egress())
+        return list(await asyncio.gather(*checks))
 
     async def _store(self) -> Check:
         try:
@@ -50,6 +59,7 @@ class Readiness:
         return Check("store", True)
 
     async def _blobs(self) -> Check:
+        assert self.blobs is not None
         try:
             problem = await asyncio.wait_for(asyncio.to_thread(self.blobs.problem),
                                              CHECK_TIMEOUT)

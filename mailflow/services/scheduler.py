@@ -141,6 +141,7 @@ class SchedulerOptions:
     hostname: str
     retry: RetryPolicy
     poll_interval: float = 1.0  # idle look for work other processes queued
+    notify_poll_interval: float = 10.0  # the same while LISTEN/NOTIFY wakes us (PostgreSQL)
     route_backlog: float = 30.0  # seconds of work a busy route may hold (see above)
     transaction_timeout: float = 600.0  # on the wire longer: hung, leases not renewed
     srs: Srs | None = None  # envelope senders of alias forwards (None: the bounce address)
@@ -229,6 +230,9 @@ class Scheduler:
         # committer's activity); a retry time it learnt from them.
         self.ingest_busy = ingest_busy
         self._retry_at: float | None = None
+        # Whether the other relays' commits wake us (``store.notify``; set by the app):
+        # then the idle look for work is only a fallback, every ``notify_poll_interval``.
+        self.listening: Callable[[], bool] = lambda: False
 
     def wake(self) -> None:
         """New work was queued: claim now instead of at the next timer."""
@@ -388,10 +392,12 @@ class Scheduler:
         """Sleep until signalled or the next retry, looking now and then for other work.
 
         ``mailflow pipe`` and other relays on a shared PostgreSQL store queue deliveries
-        this process hears nothing about; a read every ``poll_interval`` finds them.
+        this process hears nothing about; a read every ``poll_interval`` finds them
+        (every ``notify_poll_interval`` while PostgreSQL's NOTIFY wakes us at once).
         Returns the next due time as then known.
         """
-        poll = self.options.poll_interval
+        poll = (self.options.notify_poll_interval if self.listening()
+                else self.options.poll_interval)
         self._signal.clear()
         # Without room in the ready queue a due time does not matter: a sender taking a
         # transaction signals.

@@ -38,6 +38,7 @@ from mailflow.model import (
     role_alias_by_id,
 )
 from mailflow.store.engine import Engines
+from mailflow.store.notify import notify_queued
 from mailflow.store.repository import PENDING, _message
 from mailflow.store.tables import PENDING_SQL, deliveries, events, lists, messages
 
@@ -210,6 +211,8 @@ class OperationsStore:
                     per_message[message_id] = per_message.get(message_id, 0) + 1
                 _add_events(conn, [Event(kind, f"{n} deliveries, by an operator", m)
                                    for m, n in per_message.items()], now)
+                if done and "due_at" in values and not self.engines.is_sqlite:
+                    notify_queued(conn)  # due now: the workers look at once
             total += len(done)
         return QueueChange(total, len(matched) - total)
 

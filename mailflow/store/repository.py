@@ -89,6 +89,7 @@ from mailflow.store import bounces as bounce_store
 from mailflow.store import subscriptions as subscription_store
 from mailflow.store.engine import Engines
 from mailflow.store.hot import HotStatements
+from mailflow.store.notify import notify_queued
 from mailflow.store.provider_ids import (
     fail_delivered,
     list_address_sent_as,
@@ -1352,8 +1353,12 @@ class Repository:
             stmt = stmt.where(or_(column == owner,
                                   column.startswith(f"{owner}/", autoescape=True)))
         with self.engines.writer.begin() as conn:
-            return conn.execute(stmt.values(status=DeliveryStatus.QUEUED.value, due_at=now,
-                                            lease_owner=None, updated_at=now)).rowcount
+            released = int(conn.execute(stmt.values(
+                status=DeliveryStatus.QUEUED.value, due_at=now, lease_owner=None,
+                updated_at=now)).rowcount)
+            if released and not self.engines.is_sqlite:  # another worker may take them
+                notify_queued(conn)
+            return released
 
     def next_due_at(self) -> float | None:
         with self.engines.reader.connect() as conn:
@@ -1633,11 +1638,14 @@ class WriteTransaction:
         return [_message(row) for row in self._conn.execute(query)]
 
     def insert_deliveries(self, planned: Sequence[NewDelivery], now: float) -> None:
+        """Deliveries due now; on PostgreSQL the commit wakes every listening worker."""
         if planned:
             status = DeliveryStatus.QUEUED.value
             self._hot.insert_delivery.execute_many(self._conn, [
                 (d.message_id, d.list_id, d.recipient, status, d.priority, now, now, now)
                 for d in planned])
+            if not self._repo.engines.is_sqlite:
+                notify_queued(self._conn)
 
     def lease_deliveries(self, planned: Sequence[NewDelivery], lease: Lease,
                          now: float) -> list[Delivery]:

@@ -378,3 +378,11 @@ ui_sessions = Table(
     Column("expires_at", Float, nullable=False),
     Index("ix_ui_sessions_user", "user_id"),
 )
+
+# Per rate-limited route: when its reserved sends are paid for (store/send_pace.py).
+send_pace = Table(
+    "send_pace",
+    metadata,
+    Column("route", String(200), primary_key=True),
+    Column("paid_until", Float, nullable=False),
+)

@@ -63,10 +63,12 @@ class RelayProcess:
 
     def __init__(self, data_dir: Path, *, database_url: str = "",
                  settings: Mapping[str, str] | None = None, lmtp: bool = False,
-                 policy: bool = False, forked: bool = True) -> None:
+                 policy: bool = False, forked: bool = True, smtp: bool = True,
+                 http: bool = True) -> None:
         self.data_dir = data_dir
         self.forked = forked
-        self._wanted = {"SMTP": True, "HTTP": True, "LMTP": lmtp, "POLICY": policy}
+        # smtp/http False: no such listener (``--role worker`` has none at all).
+        self._wanted = {"SMTP": smtp, "HTTP": http, "LMTP": lmtp, "POLICY": policy}
         self._port: dict[str, int | None] = {}
         self._ports_seen = False
         self._given = set(settings or {})  # a test's own MAILFLOW_*_LISTEN stays as given

@@ -52,6 +52,7 @@ class Received:
     content: bytes  # empty if the sink was told not to keep contents
     at: float
     body_sha256: str = ""  # of the body (after the header section, which relays add to)
+    helo: str = ""  # the name the sending client gave in EHLO/HELO (which relay sent it)
 
 
 @dataclass
@@ -139,7 +140,7 @@ class SinkHandler:
                 kept = bytes(content) if self.keep_content else b""
                 body = hashlib.sha256(content.partition(b"\r\n\r\n")[2]).hexdigest()
                 self.messages.append(Received(envelope.mail_from or "", tuple(delivered), kept,
-                                              time.time(), body))
+                                              time.time(), body, session.host_name or ""))
             self.lock.notify_all()
         return "\r\n".join(replies)  # LMTP: one line per recipient (aiosmtpd's way)
 
