@@ -16,7 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
+from sqlalchemy import update
 
+from mailflow.store.tables import members as roster
 from mailflow.testing.browser import (
     DESKTOP,
     PHONE,
@@ -220,6 +222,14 @@ def test_members_are_added_removed_and_given_a_role(admin: Page, base: str,
     with relay.repository() as repo:
         assert [(m.address, m.role.value) for m in repo.members(address)] == [
             ("dan@example.org", "owner")]
+    with relay.repository() as repo, repo.engines.writer.begin() as conn:
+        conn.execute(update(roster).where(roster.c.address == "dan@example.org")
+                     .values(status="disabled", bounce_score=5.0))  # as bounces leave it
+    page.reload()
+    expect(page.locator("tbody tr").first).to_contain_text("disabled")
+    page.get_by_role("button", name="Enable dan@example.org again").click()
+    expect(page.get_by_role("status")).to_have_text("dan@example.org is active again.")
+    expect(page.locator("tbody tr").first).to_contain_text("active")
     page.once("dialog", lambda dialog: dialog.accept())  # data-confirm asks first
     page.get_by_role("button", name="Remove dan@example.org").click()
     expect(page.get_by_role("status")).to_have_text("Removed dan@example.org.")

@@ -129,6 +129,24 @@ async def set_role(address: str, request: Request, caller: UiCaller, deps: UiDep
     return redirect(request, target, Flash("ok", f"{member} is now {role}."))
 
 
+@router.post("/lists/{address}/members/enable")
+async def enable_member(address: str, request: Request, caller: UiCaller, deps: UiDeps,
+                        form: UiForm) -> Response:
+    """A disabled (bouncing) or unsubscribed member active again, with a clean bounce
+    record, as ``mailflow member enable``."""
+    found = await _changeable(deps, caller, address)
+    member = text_field(form, "member", 320)
+    target = ui_path("lists", found.address, "members")
+    try:
+        enabled = await deps.write(deps.directory.enable_members, found.address, [member])
+    except InvalidInput as exc:
+        return redirect(request, target, Flash("error", str(exc)))
+    if not enabled:
+        return redirect(request, target, Flash("warn", f"{member} was active already."))
+    await deps.changed(caller.principal, "member.enable", found.address, member)
+    return redirect(request, target, Flash("ok", f"{member} is active again."))
+
+
 @router.get("/lists/{address}/members/export")
 async def export(address: str, caller: UiCaller, deps: UiDeps) -> Response:
     """The roster as CSV, as the API's export (which the import reads back)."""
