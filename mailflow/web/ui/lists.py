@@ -194,7 +194,7 @@ async def create_list(request: Request, caller: UiCaller, deps: UiDeps, form: Ui
     the settings page comes next."""
     caller.principal.require_admin()
     values = {"address": text_field(form, "address", 1000).strip(),
-              "kind": text_field(form, "kind", 16) or "list",
+              "kind": text_field(form, "kind", 100) or "list",
               "name": text_field(form, "name", 1000).strip()}
     try:
         created = await deps.write(deps.directory.create_list, values["address"],

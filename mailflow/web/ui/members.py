@@ -78,7 +78,7 @@ async def add_member(address: str, request: Request, caller: UiCaller, deps: UiD
     found = await _changeable(deps, caller, address)
     values = {"address": text_field(form, "address", 1000).strip(),
               "name": text_field(form, "name", 1000).strip(),
-              "role": text_field(form, "role", 16) or "member"}
+              "role": text_field(form, "role", 100) or "member"}
     try:
         added = await deps.write(deps.directory.add_members, found.address,
                                  [values["address"]], name=values["name"],
@@ -117,7 +117,7 @@ async def remove_member(address: str, request: Request, caller: UiCaller, deps: 
 async def set_role(address: str, request: Request, caller: UiCaller, deps: UiDeps,
                    form: UiForm) -> Response:
     found = await _changeable(deps, caller, address)
-    member, role = text_field(form, "member", 1000), text_field(form, "role", 16)
+    member, role = text_field(form, "member", 1000), text_field(form, "role", 100)
     target = ui_path("lists", found.address, "members")
     try:
         changed = await deps.write(deps.directory.set_role, found.address, [member], role)
