@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import smtplib
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from mailflow.testing.sink import SmtpSink
 IMAGES = Path(__file__).parent.parent / "docs" / "images"
 ADMIN, PASSWORD = "admin@example.test", "correct horse battery"
 OWNER, OWNER_PASSWORD = "owner@example.test", "owner's long password"
-AUTH_FAILURES, AUTH_WINDOW = 3, 3.0  # the relay's login limit, small enough to trip
+AUTH_FAILURES, AUTH_WINDOW = 3, 600.0  # the relay's login limit, small enough to trip
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +75,6 @@ def admin(context: BrowserContext, base: str) -> Page:
     return page
 
 
-def _wait_unblocked(base: str) -> None:
-    """Until the login limiter lets 127.0.0.1 in again (bounded by its window)."""
-    deadline = time.monotonic() + AUTH_WINDOW + 5
-    with httpx.Client(base_url=base, timeout=10) as http:
-        while http_login(http, ADMIN, PASSWORD).status_code == 429:
-            assert time.monotonic() < deadline, "the login limiter never let go"
-            time.sleep(0.2)
-
-
 def test_login_refuses_a_wrong_password_then_lets_the_right_one_in(
         context: BrowserContext, base: str) -> None:
     page = context.new_page()
@@ -94,7 +84,7 @@ def test_login_refuses_a_wrong_password_then_lets_the_right_one_in(
     expect(page.get_by_role("alert")).to_have_text("wrong address or password")
     expect(page.get_by_label("Email address")).to_have_value(ADMIN)
     screenshot(page, IMAGES, "login")
-    _wait_unblocked(base)  # the one failure must not trip the next tests
+    # one failure: under the limit (the limit's own test comes last)
     login(page, base, ADMIN, PASSWORD)
     expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
     cookie = next(c for c in context.cookies() if c["name"] == "mf_session")
@@ -125,18 +115,6 @@ def test_the_dashboard_shows_the_last_days_deliveries_and_failures(
     expect(failures.first).to_contain_text(members[2])
     expect(failures.first).to_contain_text("550 5.1.1 no such mailbox here")
     screenshot(page, IMAGES, "dashboard")
-
-
-def test_failed_logins_are_limited_per_client(base: str) -> None:
-    with httpx.Client(base_url=base, timeout=10) as http:
-        for _ in range(AUTH_FAILURES):
-            assert http_login(http, "guess@example.test", "wrong guess 123").status_code == 401
-        refused = http_login(http, ADMIN, PASSWORD)  # the right password, too late
-        assert refused.status_code == 429, refused.text
-        assert "too many failed logins" in refused.text
-        assert int(refused.headers["retry-after"]) >= 1
-        assert "mf_session" not in http.cookies
-    _wait_unblocked(base)
 
 
 def test_an_admin_creates_a_list_and_changes_its_settings(admin: Page, base: str) -> None:
@@ -322,3 +300,20 @@ def test_the_main_pages_fit_a_375_pixel_wide_screen(browser: Browser, base: str,
         screenshot(page, IMAGES, "members-phone")
     finally:
         phone.close()
+
+
+def test_failed_logins_are_limited_per_client(base: str) -> None:
+    """Last in the module: it leaves 127.0.0.1 blocked for the rest of the window
+    (long, so a loaded machine's slow password checks cannot let failures age out)."""
+    with httpx.Client(base_url=base, timeout=30) as http:
+        answers = []
+        for _ in range(AUTH_FAILURES):  # the login test's failure may count already
+            answers.append(http_login(http, "guess@example.test", "wrong guess 123"))
+            if answers[-1].status_code == 429:
+                break
+        assert {a.status_code for a in answers[:-1]} <= {401}
+        refused = http_login(http, ADMIN, PASSWORD)  # the right password, too late
+        assert refused.status_code == 429, refused.text
+        assert "too many failed logins" in refused.text
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "mf_session" not in http.cookies
