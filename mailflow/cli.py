@@ -26,7 +26,15 @@ from mailflow import __version__, addresses
 from mailflow.blob_stores import open_blob_store
 from mailflow.clock import SystemClock
 from mailflow.config import Settings, load_settings
-from mailflow.errors import EX_TEMPFAIL, Conflict, InvalidInput, MailflowError, NotFound, spec
+from mailflow.errors import (
+    EX_TEMPFAIL,
+    ConfirmationNeeded,
+    Conflict,
+    InvalidInput,
+    MailflowError,
+    NotFound,
+    spec,
+)
 from mailflow.logs import configure_logging
 from mailflow.memory import release_large_blocks
 from mailflow.model import (
@@ -53,7 +61,6 @@ from mailflow.services.directory import DirectoryService
 from mailflow.services.member_csv import read_member_rows
 from mailflow.services.moderation import REASON_MAX_LENGTH, Moderation, content_reader
 from mailflow.services.queue_operations import (
-    ConfirmationNeeded,
     QueueOperations,
     selection_of,
 )
@@ -1311,7 +1318,8 @@ def user_remove(ctx: Context, email: str) -> None:
               required=True, help="owner, moderator, or none to take the role away")
 @pass_context
 def user_role(ctx: Context, email: str, list_address: str, role: str) -> None:
-    """Make EMAIL owner or moderator of LIST_ADDRESS (or neither)."""
+    """Make EMAIL owner or moderator of LIST_ADDRESS (or neither): the role of EMAIL on
+    the list's roster (added disabled, receiving nothing, if it is not a member)."""
     with ctx.access() as access:
         access.set_list_role(email, list_address, None if role == "none" else role)
         access.record(CLI_ACTOR, f"role.{'remove' if role == 'none' else role}",

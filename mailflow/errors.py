@@ -7,6 +7,7 @@
     ├── NotFound                  a domain, list or member named by a user does not exist
     ├── Conflict                  it exists already, or something still depends on it
     ├── InvalidInput              an address, file or value a user gave is malformed
+    │   └── ConfirmationNeeded    an action on many objects that must be confirmed
     ├── Unauthenticated           no credentials, or wrong ones (API token, password)
     ├── Forbidden                 known, but not allowed to do this (role, token scope)
     ├── TooManyAttempts           too many failed logins: wait before the next
@@ -102,6 +103,15 @@ class Conflict(MailflowError):
 
 class InvalidInput(MailflowError):
     """User input (an address, a CSV row, a value) is malformed."""
+
+
+class ConfirmationNeeded(InvalidInput):
+    """An action on ``count`` objects (a queue delete of more than one delivery) not
+    confirmed; each adapter says how to confirm (``--yes``, ``confirm: true``)."""
+
+    def __init__(self, count: int, message: str) -> None:
+        super().__init__(message)
+        self.count = count
 
 
 class Unauthenticated(MailflowError):
@@ -253,6 +263,8 @@ TABLE: Final[dict[type[MailflowError], ErrorSpec]] = {
                     EX_DATAERR, 4, "REJECT"),
     InvalidInput: _spec("invalid_input", "501 5.5.4", 422, "Invalid input",
                         EX_DATAERR, 2, "REJECT"),
+    ConfirmationNeeded: _spec("confirmation_needed", "501 5.5.4", 422,
+                              "Confirmation needed", EX_DATAERR, 2, "REJECT"),
     Unauthenticated: _spec("unauthenticated", "535 5.7.8", 401, "Unauthorized",
                            EX_DATAERR, 1, "REJECT"),
     Forbidden: _spec("forbidden", "550 5.7.1", 403, "Forbidden",

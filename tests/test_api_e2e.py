@@ -57,3 +57,16 @@ def test_commands_make_users_and_tokens_the_relays_api_accepts(
         assert http.get("/api/v1/me", headers=auth).status_code == 401
     history = relay.cli("user", "ls").stdout
     assert history.strip() == "root@example.test\tadmin"
+    # `user role` is a shortcut for the roster's role: the address joins it disabled
+    assert relay.cli("user", "add", "ann@example.test", "--password-stdin",
+                     input=b"another long password\n").returncode == 0
+    role = relay.cli("user", "role", "ann@example.test", "team@example.test", "--role",
+                     "owner")
+    assert role.stdout.strip() == "ann@example.test is owner of team@example.test"
+    roster = json.loads(relay.cli("member", "list", "team@example.test", "--json").stdout)
+    assert [(m["address"], m["role"], m["status"]) for m in roster] == [
+        ("ann@example.test", "owner", "disabled")]
+    ann = relay.cli("token", "create", "--user", "ann@example.test").stdout.strip()
+    with httpx.Client(base_url=base, timeout=10) as http:
+        mine = http.get("/api/v1/lists", headers={"Authorization": f"Bearer {ann}"})
+        assert [item["address"] for item in mine.json()["items"]] == ["team@example.test"]

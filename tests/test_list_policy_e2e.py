@@ -193,3 +193,35 @@ def test_approving_with_add_member_lets_the_author_post_from_then_on(
     assert delivered(module_sink, members, "first", 2 * len(members)) == sorted(members)
     assert delivered(module_sink, members, "second", 2 * len(members)) == sorted(members)
     assert held_for(relay, address) == []
+
+
+def test_a_moderator_rejects_a_large_held_post_over_the_api(
+        relay: RelayProcess, module_sink: SmtpSink) -> None:
+    """What only a running relay shows: the roster's moderator role is the API user's,
+    and the relay's API reads a held post from its blob file (over
+    ``max_body_in_database``) to tell its author."""
+    import httpx
+
+    from mailflow.services.access import AccessService
+    from mailflow.store.access import AccessRepository
+
+    address, _members, owner, moderator = policy_list(relay, "members", "hold")
+    stranger = f"big.{address.split('@')[0]}@outside.test"
+    post(relay, stranger, address, make_message(
+        address, sender=stranger, subject="Large", body=b"x" * 100 + b"\r\n" * 40_000))
+    module_sink.wait_for_copies([owner])
+    with relay.repository() as repo:
+        access = AccessService(AccessRepository(repo.engines))
+        access.store.add_user(moderator, "not-a-hash-nobody-logs-in", False, 0.0)
+        token = access.create_token(moderator)[1]
+    with httpx.Client(base_url=f"http://127.0.0.1:{relay.http_port}/api/v1", timeout=30,
+                      headers={"Authorization": f"Bearer {token}"}) as http:
+        [held] = http.get("/held", params={"list": address}).json()["items"]
+        answer = http.post(f"/held/{held['id']}/reject", json={"reason": "Too big."})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["notified"] == stranger
+        assert http.get("/lists", params={"q": address}).json()["items"][0][
+            "address"] == address
+    [notice] = module_sink.wait_for_copies([stranger])
+    assert "Too big." in str(parsed(notice).get_content())
+    assert held_for(relay, address) == []

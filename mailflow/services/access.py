@@ -5,6 +5,10 @@ bytes shown once and stored as their SHA-256 digest, which is enough for a secre
 cannot be guessed and keeps each request's check to one indexed read.  A token without
 a user is a site token: it acts as a site admin (for scripts and monitoring).
 
+A user's roles on lists are the rosters': the user is owner or moderator of a list when
+its roster has the user's address with that role (``members.role``), whatever the
+member's status (an owner who takes no mail still owns the list).
+
 A :class:`Principal` is the caller of one request.  The API asks it, never the tables,
 whether the caller may read or change a list, so the rule is written once: a site admin
 may do everything; an owner may read and change their lists; a moderator may read
@@ -138,8 +142,11 @@ class AccessService:
 
     def set_list_role(self, email: str, list_address: str, role: str | ListRole | None
                       ) -> None:
+        """The shortcut of ``mailflow user role``: the role of the user's address on the
+        list's roster (see :meth:`AccessRepository.set_list_role`)."""
         self.store.set_list_role(validated_address(email), validated_address(list_address),
-                                 None if role is None else validated_role(role))
+                                 None if role is None else validated_role(role),
+                                 self.clock.now())
 
     def check_password(self, email: str, password: str) -> User:
         """The user whose password this is; :class:`Unauthenticated` otherwise (the same
@@ -183,7 +190,7 @@ class AccessService:
         token, user = found
         if user is None:
             return Principal(f"token:{token.id}", True, token.scope)
-        roles = {} if user.is_admin else self.store.roles_of(user.id)
+        roles = {} if user.is_admin else self.store.roles_of(user.email)
         return Principal(user.email, user.is_admin, token.scope, user, roles)
 
     # -- web UI sessions ----------------------------------------------------------------
@@ -205,7 +212,7 @@ class AccessService:
         user = self.store.session_user(token_digest(secret), self.clock.now())
         if user is None:
             raise Unauthenticated("the session has ended: log in again")
-        roles = {} if user.is_admin else self.store.roles_of(user.id)
+        roles = {} if user.is_admin else self.store.roles_of(user.email)
         return Principal(user.email, user.is_admin, TokenScope.WRITE, user, roles)
 
     def close_session(self, secret: str) -> None:

@@ -1,6 +1,6 @@
 """The directory: domains, lists and aliases, members, and every rule their values obey.
 
-The CLI calls it today and the REST API next.  Both hand it what a user typed and get
+The CLI and the REST API call it.  Both hand it what a user typed and get
 domain objects back, or a domain error (:class:`~mailflow.errors.InvalidInput`,
 :class:`~mailflow.errors.NotFound`, :class:`~mailflow.errors.Conflict`) whose wording is
 theirs to extend.  Validation lives here, not in an adapter, so a value refused on one
@@ -502,6 +502,14 @@ class DirectoryService:
     def unsuppress(self, address: str, list_address: str | None = None) -> None:
         self.repo.remove_suppression(validated_address(address),
                                      validated_suppression_target(list_address))
+
+    def suppressions_page(self, list_address: str | None, limit: int,
+                          after: tuple[str, str] | None = None) -> list[Suppression]:
+        """One page by (address, list) (``after``: the last of the page before); every
+        entry, or (``list_address`` '') the global ones, or one list's."""
+        return self.repo.suppressions_page(
+            None if list_address is None else validated_suppression_target(list_address),
+            limit, after)
 
     def suppressions(self, list_address: str | None = None) -> list[Suppression]:
         return self.repo.suppressions(None if list_address is None

@@ -8,7 +8,7 @@ a posting policy or a filter rule), with a ``held`` event per list saying why.
   post in ``held_posts`` in the same transaction (so each notice is sent once, and the
   post's expiry is known); then it discards the posts whose ``hold_days`` are over,
   with an ``expired`` event.  Both in bounded batches.
-* **The commands** (:class:`Moderation`, for the CLI and the REST API to come):
+* **The commands** (:class:`Moderation`, for the CLI and the REST API):
   approve (the post is expanded as if it had just arrived; ``add_member`` adds its
   author to the lists first), reject (dropped, and its author told why by a notice
   queued in the same transaction), discard (dropped silently).

@@ -1,5 +1,5 @@
 """Operator actions on the send queue: retry now, hold, release, delete (``mailflow
-queue …``, and the REST API to come).
+queue …``, and ``POST /api/v1/queue/{action}``).
 
 Every action leaves deliveries in flight alone: a sender holds them under a lease, and
 its outcome is recorded only under that lease, so acting on them here could not stop the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from mailflow.errors import InvalidInput
+from mailflow.errors import ConfirmationNeeded, InvalidInput
 from mailflow.model import DeliveryRow, DeliveryStatus, QueueChange, QueueSelection
 from mailflow.services.directory import validated_address
 from mailflow.services.timespec import parse_duration
@@ -21,15 +21,6 @@ DELETED_REPLY = "deleted by an operator"
 WAITING = (DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED)
 QUEUE_ID_LENGTH = 21  # mailflow.ids.new_message_id
 ACTIONS = ("retry", "hold", "release", "delete")
-
-
-class ConfirmationNeeded(InvalidInput):
-    """A delete that selects more than one delivery, not confirmed (each adapter says
-    how to confirm: ``--yes``, ``confirm=true``)."""
-
-    def __init__(self, count: int) -> None:
-        super().__init__(f"this selects {count} deliveries; confirm to delete them all")
-        self.count = count
 
 
 def selection_of(statuses: Sequence[str | DeliveryStatus], list_address: str | None,
@@ -75,7 +66,8 @@ class QueueOperations:
         if action == "delete" and not confirmed and not selection.empty:
             count = self.count(selection)
             if count > 1:
-                raise ConfirmationNeeded(count)
+                raise ConfirmationNeeded(count, f"this selects {count} deliveries; confirm "
+                                         "to delete them all")
         change: QueueChange = getattr(self, action)(selection)
         return change
 

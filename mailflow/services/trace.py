@@ -1,5 +1,5 @@
 """Message trace: what happened to the messages a query names (``mailflow trace``, and
-the REST API's trace page to come)."""
+``GET /api/v1/trace``)."""
 
 from __future__ import annotations
 

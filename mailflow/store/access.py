@@ -1,4 +1,5 @@
-"""The storage port for who may use the API: users, list roles, tokens, the audit log.
+"""The storage port for who may use the API: users, their roles on lists (the rosters'),
+tokens, the audit log.
 
 Like :class:`~mailflow.store.repository.Repository`, every method is synchronous, runs
 one short transaction and stores what it is given: the access service validates and
@@ -9,13 +10,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select
+from sqlalchemy import Row, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from mailflow.errors import Conflict, NotFound
-from mailflow.model import ApiToken, AuditEntry, ListRole, TokenScope, User
+from mailflow.model import (
+    ApiToken,
+    AuditEntry,
+    ListRole,
+    MemberRole,
+    MemberStatus,
+    TokenScope,
+    User,
+)
 from mailflow.store.engine import Engines
-from mailflow.store.tables import api_tokens, audit_log, list_roles, lists, ui_sessions, users
+from mailflow.store.tables import (
+    STAFF_ROLES,
+    api_tokens,
+    audit_log,
+    lists,
+    members,
+    ui_sessions,
+    users,
+)
 
 
 def _user(row: Row[Any]) -> User:
@@ -62,7 +79,6 @@ class AccessRepository:
             user_id = self._user_id(conn, email)
             conn.execute(delete(api_tokens).where(api_tokens.c.user_id == user_id))
             conn.execute(delete(ui_sessions).where(ui_sessions.c.user_id == user_id))
-            conn.execute(delete(list_roles).where(list_roles.c.user_id == user_id))
             conn.execute(delete(users).where(users.c.id == user_id))
 
     @staticmethod
@@ -74,24 +90,31 @@ class AccessRepository:
 
     # -- roles on lists -----------------------------------------------------------------
 
-    def set_list_role(self, email: str, list_address: str, role: ListRole | None) -> None:
-        """Make ``email`` owner or moderator of a list, or (``None``) neither."""
+    def set_list_role(self, email: str, list_address: str, role: ListRole | None,
+                      now: float) -> None:
+        """Make the user ``email`` owner or moderator of a list, or (``None``) neither:
+        the role of their address on the list's roster.  An address not on it is added
+        disabled (it receives nothing: managing a list is not reading it); ``None``
+        leaves a member with the role ``member``."""
         with self.engines.writer.begin() as conn:
-            user_id = self._user_id(conn, email)
+            self._user_id(conn, email)
             list_id = conn.scalar(select(lists.c.id).where(lists.c.address == list_address))
             if list_id is None:
                 raise NotFound("list", list_address)
-            conn.execute(delete(list_roles).where(list_roles.c.user_id == user_id,
-                                                  list_roles.c.list_id == list_id))
-            if role is not None:
-                conn.execute(insert(list_roles).values(user_id=user_id, list_id=list_id,
-                                                       role=role.value))
+            mine = (members.c.list_id == list_id) & (members.c.address == email)
+            value = MemberRole.MEMBER.value if role is None else role.value
+            changed = conn.execute(update(members).where(mine).values(role=value)).rowcount
+            if not changed and role is not None:
+                conn.execute(insert(members).values(
+                    list_id=list_id, address=email, status=MemberStatus.DISABLED.value,
+                    created_at=now, name="", role=role.value))
 
-    def roles_of(self, user_id: int) -> dict[str, ListRole]:
-        """The lists a user has a role on, by address."""
-        query = (select(lists.c.address, list_roles.c.role)
-                 .join(lists, lists.c.id == list_roles.c.list_id)
-                 .where(list_roles.c.user_id == user_id))
+    def roles_of(self, email: str) -> dict[str, ListRole]:
+        """The lists a user's address owns or moderates, by address: one read of the
+        small partial index ``ix_members_staff`` (its condition repeated here)."""
+        query = (select(lists.c.address, members.c.role)
+                 .join(lists, lists.c.id == members.c.list_id)
+                 .where(members.c.address == email, text(f"members.{STAFF_ROLES}")))
         with self.engines.reader.connect() as conn:
             return {address: ListRole(role) for address, role in conn.execute(query)}
 

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, inspect, text
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest revision under migrations/versions (a test checks it against Alembic's).
-HEAD = "0018_ui_core"
+HEAD = "0019_ui_ops"
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -22,9 +22,11 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -1058,6 +1060,21 @@ class Repository:
         if not gone:
             where = f" for {target}" if target else ""
             raise NotFound("suppression", address, f"<{address}> is not suppressed{where}")
+
+    def suppressions_page(self, target: str | None, limit: int,
+                          after: tuple[str, str] | None = None) -> list[Suppression]:
+        """Up to ``limit`` entries by (address, target), those after ``after`` (a
+        cursor): a range read of ``uq_suppressions_entry``."""
+        query = (select(suppressions).order_by(suppressions.c.address, suppressions.c.target)
+                 .limit(limit))
+        if target is not None:
+            query = query.where(suppressions.c.target == target)
+        if after is not None:
+            query = query.where(tuple_(suppressions.c.address, suppressions.c.target)
+                                > tuple_(literal(after[0]), literal(after[1])))
+        with self.engines.reader.connect() as conn:
+            return [Suppression(r.address, r.target, r.reason, r.created_at)
+                    for r in conn.execute(query)]
 
     def suppressions(self, target: str | None = None) -> list[Suppression]:
         query = select(suppressions).order_by(suppressions.c.target, suppressions.c.address)

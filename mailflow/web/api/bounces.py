@@ -13,10 +13,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
+from mailflow.errors import InvalidInput
 from mailflow.model import BounceEventRow, Suppression
 from mailflow.services.access import Principal
 from mailflow.web.api.deps import Caller, Deps, Writer
-from mailflow.web.api.pages import Cursor, Limit, Page, page_in_memory
+from mailflow.web.api.pages import Cursor, Limit, Page, decode_cursor, page_in_memory, trimmed
 
 router = APIRouter(tags=["bounces"])
 ListFilter = Annotated[str | None, Query(alias="list", max_length=320,
@@ -98,8 +99,13 @@ async def list_suppressions(deps: Deps, caller: Caller, cursor: Cursor = None,
                             ) -> Page[SuppressionOut]:
     """Suppressed addresses by address: every entry (a site admin), or one list's."""
     target = await _scope(deps, caller, list_address)
-    found = await deps.read(deps.directory.suppressions, target)
-    items, more = page_in_memory(found, lambda s: f"{s.address}|{s.target}", cursor, limit)
+    key = decode_cursor(cursor)
+    address, tab, entry_target = key.partition("\t")
+    if key and not tab:
+        raise InvalidInput(f"invalid cursor {cursor!r}: pass next_cursor as it came")
+    rows = await deps.read(deps.directory.suppressions_page, target, limit + 1,
+                           (address, entry_target) if key else None)
+    items, more = trimmed(rows, limit, lambda s: f"{s.address}\t{s.target}")
     return Page[SuppressionOut](items=[SuppressionOut.of(s) for s in items],
                                 next_cursor=more)
 

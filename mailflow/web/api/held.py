@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
+from mailflow import addresses
 from mailflow.errors import NotFound
 from mailflow.model import HeldMessage
 from mailflow.services.access import Principal
@@ -55,7 +56,11 @@ class Rejection(BaseModel):
 
 
 def _visible(caller: Principal, held: HeldMessage) -> bool:
-    return caller.is_admin or any(caller.may_read_list(r) for r in held.rcpt_tos)
+    """Whether the caller moderates a list the post is held for (``team+tag@`` is
+    ``team@``'s)."""
+    return caller.is_admin or any(
+        caller.may_read_list(addresses.untagged(addresses.canonical(r))[0])
+        for r in held.rcpt_tos)
 
 
 async def _held_for(deps: Deps, caller: Principal, message_id: str) -> HeldMessage:

@@ -14,8 +14,9 @@ from typing import Annotated, Final, Literal
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
+from mailflow.errors import ConfirmationNeeded
 from mailflow.model import DeliveryStatus, MessageTrace
-from mailflow.services.queue_operations import ConfirmationNeeded, selection_of
+from mailflow.services.queue_operations import selection_of
 from mailflow.services.stats import MAX_HOURS
 from mailflow.services.timespec import parse_moment
 from mailflow.services.trace import MAX_LIMIT as TRACE_MAX_LIMIT
@@ -72,9 +73,8 @@ async def queue_action(action: QueueAction, body: QueueActionIn, deps: Deps,
     try:
         change = await deps.write(queue.act, action, selection, confirmed=body.confirm)
     except ConfirmationNeeded as exc:
-        exc.args = (f"this selects {exc.count} deliveries; send confirm: true to delete "
-                    "them all",)
-        raise
+        raise ConfirmationNeeded(exc.count, f"this selects {exc.count} deliveries; send "
+                                 "confirm: true to delete them all") from None
     given = body.model_dump(exclude_defaults=True, mode="json", by_alias=True)
     await deps.changed(caller, f"queue.{action}", target or "*", " ".join(
         f"{k}={v!r}" for k, v in sorted(given.items()) if k != "ids")

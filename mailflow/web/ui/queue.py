@@ -16,9 +16,9 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request, Response
 
-from mailflow.errors import InvalidInput
+from mailflow.errors import ConfirmationNeeded, InvalidInput
 from mailflow.model import DeliveryStatus, ListRole, QueueSelection, TokenScope
-from mailflow.services.queue_operations import ACTIONS, ConfirmationNeeded, selection_of
+from mailflow.services.queue_operations import ACTIONS, selection_of
 from mailflow.web.ui import ops_format  # noqa: F401  (the templates' time filters)
 from mailflow.web.ui.deps import (
     FieldErrors,
