@@ -167,8 +167,9 @@ async def test_approve_and_add_member_delivers_and_is_audited(world: World) -> N
                                 {"add_member": "on"})
     assert approved.status_code == 303 and approved.headers["location"] == "/ui/moderation"
     assert still_held(world) == []
-    members = [m.address for m in world.harness.directory.members("team@example.test")]
-    assert members == ["eve@outside.test"]
+    roster = {m.address: m.role.value for m in world.harness.directory.members(
+        "team@example.test")}
+    assert roster["eve@outside.test"] == "member"  # the owner and moderator are staff
     repo = world.harness.deps.runner.repo
     expand_received(repo, 2000.0, 100)
     assert [d.recipient for d in repo.list_deliveries(10)] == ["eve@outside.test"]
