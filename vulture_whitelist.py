@@ -131,7 +131,7 @@ ui_domains.domains_page, ui_domains.add_domain, ui_domains.remove_domain
 ui_lists.lists_page, ui_lists.create_list, ui_lists.list_settings, ui_lists.update_settings
 ui_lists.delete_list, ui_members.members_page, ui_members.add_member, ui_members.remove_member
 ui_members.set_role, ui_members.export, ui_members.import_form, ui_members.preview
-ui_members.import_members, ui_audit.audit_page
+ui_members.import_members, ui_members.enable_member, ui_audit.audit_page
 # Jinja2 reads the chart's fields and the settings' attributes in the templates.
 ui_dashboard.Bar.x, ui_dashboard.Bar.delivered_y, ui_dashboard.Bar.delivered_h
 ui_dashboard.Bar.failed_y

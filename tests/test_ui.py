@@ -8,6 +8,7 @@ another's.  The tests write the screenshots of docs/ui.md into docs/images/.
 from __future__ import annotations
 
 import re
+import smtplib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
+from sqlalchemy import update
 
+from mailflow.store.tables import members as roster
 from mailflow.testing.browser import (
     DESKTOP,
     PHONE,
@@ -25,6 +28,7 @@ from mailflow.testing.browser import (
     screenshot,
 )
 from mailflow.testing.relay import RelayProcess
+from mailflow.testing.sink import SmtpSink
 
 IMAGES = Path(__file__).parent.parent / "docs" / "images"
 ADMIN, PASSWORD = "admin@example.test", "correct horse battery"
@@ -93,14 +97,34 @@ def test_login_refuses_a_wrong_password_then_lets_the_right_one_in(
     _wait_unblocked(base)  # the one failure must not trip the next tests
     login(page, base, ADMIN, PASSWORD)
     expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
-    expect(page.get_by_text("Deliveries per hour, last 24 hours")).to_be_visible()
-    screenshot(page, IMAGES, "dashboard")
     cookie = next(c for c in context.cookies() if c["name"] == "mf_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["path"] == "/ui"
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_text("You are logged out.")).to_be_visible()
     page.goto(f"{base}/ui/")
     expect(page).to_have_url(re.compile(r"/ui/login"))
+
+
+def test_the_dashboard_shows_the_last_days_deliveries_and_failures(
+        admin: Page, relay: RelayProcess, module_sink: SmtpSink) -> None:
+    address, members = relay.fresh_list(members=3, name="Busy")
+    module_sink.fail_rcpt(members[2], *["550 5.1.1 no such mailbox here"] * 2)  # both posts
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
+        for n in range(2):
+            client.sendmail("poster@outside.test", [address],
+                            f"Subject: post {n}\r\n\r\nhello\r\n".encode())
+    relay.wait_settled()
+    page = admin
+    page.reload()
+    expect(page.locator("#h-chart + p")).to_have_text(
+        "4 delivered, 2 failed (UTC hours; failed on top, in red).")
+    expect(page.locator(".chart rect.bar")).to_have_count(1)  # all in this hour
+    expect(page.locator(".chart rect.bar-failed")).to_have_count(1)
+    failures = page.locator("section", has=page.locator("#h-failures")).locator("tbody tr")
+    expect(failures).to_have_count(2)
+    expect(failures.first).to_contain_text(members[2])
+    expect(failures.first).to_contain_text("550 5.1.1 no such mailbox here")
+    screenshot(page, IMAGES, "dashboard")
 
 
 def test_failed_logins_are_limited_per_client(base: str) -> None:
@@ -169,10 +193,13 @@ def test_bulk_import_shows_the_bad_row_before_anything_is_added(
         "Imported: 3 added, 0 already members; 1 invalid rows skipped.")
     rows = page.locator("tbody tr")
     expect(rows).to_have_count(3)
-    page.get_by_label("Search members").fill("BEN")
-    page.get_by_role("button", name="Search").click()
+    page.get_by_label("Search members").fill("BEN")  # htmx asks as one types
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text("Ben")
+    expect(page).to_have_url(re.compile(r"/members\?q=BEN$"))
+    page.get_by_label("Search members").fill("example.org")
+    page.get_by_role("button", name="Search").click()  # and without script, the form
+    expect(rows).to_have_count(3)
     page.goto(f"{base}/ui/lists/{address}/members")
     screenshot(page, IMAGES, "members")
     with relay.repository() as repo:
@@ -195,6 +222,14 @@ def test_members_are_added_removed_and_given_a_role(admin: Page, base: str,
     with relay.repository() as repo:
         assert [(m.address, m.role.value) for m in repo.members(address)] == [
             ("dan@example.org", "owner")]
+    with relay.repository() as repo, repo.engines.writer.begin() as conn:
+        conn.execute(update(roster).where(roster.c.address == "dan@example.org")
+                     .values(status="disabled", bounce_score=5.0))  # as bounces leave it
+    page.reload()
+    expect(page.locator("tbody tr").first).to_contain_text("disabled")
+    page.get_by_role("button", name="Enable dan@example.org again").click()
+    expect(page.get_by_role("status")).to_have_text("dan@example.org is active again.")
+    expect(page.locator("tbody tr").first).to_contain_text("active")
     page.once("dialog", lambda dialog: dialog.accept())  # data-confirm asks first
     page.get_by_role("button", name="Remove dan@example.org").click()
     expect(page.get_by_role("status")).to_have_text("Removed dan@example.org.")
@@ -211,6 +246,9 @@ def test_an_owner_sees_only_their_own_lists(context: BrowserContext, base: str,
     page = context.new_page()
     login(page, base, OWNER, OWNER_PASSWORD)
     expect(page.get_by_role("link", name="Domains")).to_have_count(0)  # admins' section
+    mine = page.locator("section", has=page.get_by_role("heading", name="Your lists"))
+    expect(mine.get_by_role("listitem")).to_have_text([f"{owned} (0 members)"])
+    expect(page.get_by_text("Deliveries per hour")).to_have_count(0)  # the whole relay's
     page.get_by_role("link", name="Lists").click()
     expect(page.locator("tbody tr")).to_have_count(1)
     expect(page.locator("tbody")).to_contain_text(owned)

@@ -119,3 +119,40 @@ async def test_the_login_form_needs_its_own_token(site: Site) -> None:
         refused = await client.post("/ui/login", data={"email": ADMIN, "password": PASSWORD})
         assert refused.status_code == 403 and "mf_session" not in client.cookies
         assert refused.headers["content-type"].startswith("text/html")
+
+
+async def test_a_new_login_ends_the_session_the_browser_had(site: Site) -> None:
+    async with site.client() as client:
+        await log_in(client)
+        [first] = site.stored_sessions()
+        await log_in(client)
+        assert site.stored_sessions() != [first] and len(site.stored_sessions()) == 1
+
+
+async def test_a_bad_query_is_an_html_page_in_the_ui_and_a_problem_in_the_api(site: Site
+                                                                               ) -> None:
+    async with site.client() as client:
+        await log_in(client)
+        page = await client.get("/ui/audit", params={"before": "x"})
+        assert page.status_code == 422 and page.headers["content-type"].startswith("text/html")
+        assert "before" in page.text
+        api = await client.get("/api/v1/audit", params={"cursor": "x" * 2000})
+        assert api.headers["content-type"] == "application/problem+json"
+
+
+async def test_every_change_in_the_ui_needs_the_csrf_token(site: Site) -> None:
+    """Every non-GET route under /ui, present and to come (a router dependency)."""
+    from fastapi.routing import APIRoute
+
+    from mailflow.web.ui.setup import ROUTERS
+
+    routes = [(method, "/ui" + route.path) for router in ROUTERS for route in router.routes
+              if isinstance(route, APIRoute) for method in route.methods - {"GET", "HEAD"}]
+    assert len(routes) >= 10
+    async with site.client() as client:
+        await log_in(client)
+        for method, path in routes:
+            url = path.replace("{", "").replace("}", "")  # {address} -> address
+            answer = await client.request(method, url, data={"name": "x"})
+            assert answer.status_code == 403, (method, path, answer.status_code)
+            assert "CSRF token" in answer.text

@@ -83,6 +83,8 @@ async def login(request: Request, form: UiForm, deps: UiDeps, options: Options) 
     except Unauthenticated as exc:
         return _login_page(request, next_page, secret, status=401, email=email,
                            error=str(exc))
+    # A session the browser had before is ended, not carried over (no fixation).
+    await deps.write(deps.access.close_session, request.cookies.get(SESSION_COOKIE, ""))
     session = await deps.write(deps.access.open_session, user, options.session_lifetime)
     await deps.write(deps.access.record, user.email, "session.login", user.email,
                      f"from {client}")

@@ -20,10 +20,10 @@ router = APIRouter()
 HOURS: Final = 24
 RECENT_FAILURES: Final = 10
 # The chart's drawing box (SVG user units; the CSS scales it to the page's width).
-WIDTH: Final = 480
-HEIGHT: Final = 160
-LEFT: Final = 34   # room for the count labels
-BOTTOM: Final = 18  # room for the hour labels
+WIDTH: Final = 720
+HEIGHT: Final = 200
+LEFT: Final = 40   # room for the count labels
+BOTTOM: Final = 22  # room for the hour labels
 
 
 @dataclass(frozen=True, slots=True)

@@ -185,7 +185,9 @@ Options = Annotated[UiOptions, Depends(get_options)]
 
 
 def text_field(form: FormData, name: str, limit: int = 2000) -> str:
-    """A text field of a form ('' when absent or a file), cut at ``limit`` characters."""
+    """A text field of a form ('' when absent or a file), cut at ``limit`` characters
+    (choose it above what the field's validator accepts, so that the validator, not the
+    cut, answers a value too long)."""
     value = form.get(name)
     return value[:limit] if isinstance(value, str) else ""
 

@@ -41,7 +41,7 @@ async def domains_page(request: Request, caller: UiAdmin, deps: UiDeps) -> Respo
 @router.post("/domains")
 async def add_domain(request: Request, caller: UiAdmin, deps: UiDeps, form: UiForm
                      ) -> Response:
-    name = text_field(form, "name", 253).strip()
+    name = text_field(form, "name", 1000).strip()
     try:
         domain = await deps.write(deps.directory.add_domain, name)
     except (InvalidInput, Conflict) as exc:

@@ -193,9 +193,9 @@ async def create_list(request: Request, caller: UiCaller, deps: UiDeps, form: Ui
     """A new list or alias with the default settings (open posting, no decoration);
     the settings page comes next."""
     caller.principal.require_admin()
-    values = {"address": text_field(form, "address", 320).strip(),
-              "kind": text_field(form, "kind", 16) or "list",
-              "name": text_field(form, "name", 200).strip()}
+    values = {"address": text_field(form, "address", 1000).strip(),
+              "kind": text_field(form, "kind", 100) or "list",
+              "name": text_field(form, "name", 1000).strip()}
     try:
         created = await deps.write(deps.directory.create_list, values["address"],
                                    kind=values["kind"], name=values["name"])
@@ -276,7 +276,7 @@ async def delete_list(address: str, request: Request, caller: UiCaller, deps: Ui
                       form: UiForm) -> Response:
     caller.principal.require_admin()
     found = await deps.read(deps.directory.get_list, address)
-    if text_field(form, "confirm", 320).strip() != found.address:
+    if text_field(form, "confirm", 1000).strip() != found.address:
         return redirect(request, ui_path("lists", found.address), Flash(
             "error", f"Not deleted: type {found.address} into the box to confirm."))
     failed = await deps.write(deps.directory.delete_list, found.address)

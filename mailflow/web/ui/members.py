@@ -76,9 +76,9 @@ async def members_page(address: str, request: Request, caller: UiCaller, deps: U
 async def add_member(address: str, request: Request, caller: UiCaller, deps: UiDeps,
                      form: UiForm) -> Response:
     found = await _changeable(deps, caller, address)
-    values = {"address": text_field(form, "address", 320).strip(),
-              "name": text_field(form, "name", 200).strip(),
-              "role": text_field(form, "role", 16) or "member"}
+    values = {"address": text_field(form, "address", 1000).strip(),
+              "name": text_field(form, "name", 1000).strip(),
+              "role": text_field(form, "role", 100) or "member"}
     try:
         added = await deps.write(deps.directory.add_members, found.address,
                                  [values["address"]], name=values["name"],
@@ -101,7 +101,7 @@ async def add_member(address: str, request: Request, caller: UiCaller, deps: UiD
 async def remove_member(address: str, request: Request, caller: UiCaller, deps: UiDeps,
                         form: UiForm) -> Response:
     found = await _changeable(deps, caller, address)
-    member = text_field(form, "member", 320)
+    member = text_field(form, "member", 1000)
     target = ui_path("lists", found.address, "members")
     try:
         removed = await deps.write(deps.directory.remove_members, found.address, [member])
@@ -117,7 +117,7 @@ async def remove_member(address: str, request: Request, caller: UiCaller, deps: 
 async def set_role(address: str, request: Request, caller: UiCaller, deps: UiDeps,
                    form: UiForm) -> Response:
     found = await _changeable(deps, caller, address)
-    member, role = text_field(form, "member", 320), text_field(form, "role", 16)
+    member, role = text_field(form, "member", 1000), text_field(form, "role", 100)
     target = ui_path("lists", found.address, "members")
     try:
         changed = await deps.write(deps.directory.set_role, found.address, [member], role)
@@ -127,6 +127,24 @@ async def set_role(address: str, request: Request, caller: UiCaller, deps: UiDep
         return redirect(request, target, Flash("error", f"{member} is not a member."))
     await deps.changed(caller.principal, "member.role", found.address, f"{member} {role}")
     return redirect(request, target, Flash("ok", f"{member} is now {role}."))
+
+
+@router.post("/lists/{address}/members/enable")
+async def enable_member(address: str, request: Request, caller: UiCaller, deps: UiDeps,
+                        form: UiForm) -> Response:
+    """A disabled (bouncing) or unsubscribed member active again, with a clean bounce
+    record, as ``mailflow member enable``."""
+    found = await _changeable(deps, caller, address)
+    member = text_field(form, "member", 1000)
+    target = ui_path("lists", found.address, "members")
+    try:
+        enabled = await deps.write(deps.directory.enable_members, found.address, [member])
+    except InvalidInput as exc:
+        return redirect(request, target, Flash("error", str(exc)))
+    if not enabled:
+        return redirect(request, target, Flash("warn", f"{member} was active already."))
+    await deps.changed(caller.principal, "member.enable", found.address, member)
+    return redirect(request, target, Flash("ok", f"{member} is active again."))
 
 
 @router.get("/lists/{address}/members/export")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
@@ -113,6 +114,7 @@ def install_ui(app: FastAPI, options: UiOptions) -> None:
 
     problem_error = app.exception_handlers[MailflowError]
     problem_http = app.exception_handlers[HTTPException]
+    problem_invalid = app.exception_handlers[RequestValidationError]
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> Response:
@@ -134,6 +136,15 @@ def install_ui(app: FastAPI, options: UiOptions) -> None:
                           status=row.http_status)
         response.headers.update(headers or {})
         return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        if not _is_ui(request):
+            return await _delegate(problem_invalid, request, exc)
+        detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+                           for e in exc.errors()[:5])
+        return render(request, "error.html", None, {"title": "Invalid request",
+                                                    "detail": detail}, status=422)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
