@@ -15,7 +15,7 @@ import pytest
 from argon2 import PasswordHasher
 
 from mailflow.blobs import content_hash
-from mailflow.model import Event, InboundMessage, MemberStatus, MessageStatus
+from mailflow.model import Event, InboundMessage, MessageStatus
 from mailflow.services.commit import IngestBatch, store_batch
 from mailflow.services.processor import expand_received
 from mailflow.store import Engines
@@ -167,11 +167,9 @@ async def test_approve_and_add_member_delivers_and_is_audited(world: World) -> N
                                 {"add_member": "on"})
     assert approved.status_code == 303 and approved.headers["location"] == "/ui/moderation"
     assert still_held(world) == []
-    # the roster held its owner and moderator (disabled: their roles give them access,
-    # not mail); the author is the one active member now
-    active = [m.address for m in world.harness.directory.members("team@example.test")
-              if m.status == MemberStatus.ACTIVE]
-    assert active == ["eve@outside.test"]
+    roster = {m.address: m.role.value for m in world.harness.directory.members(
+        "team@example.test")}
+    assert roster["eve@outside.test"] == "member"  # the owner and moderator are staff
     repo = world.harness.deps.runner.repo
     expand_received(repo, 2000.0, 100)
     assert [d.recipient for d in repo.list_deliveries(10)] == ["eve@outside.test"]

@@ -116,10 +116,10 @@ async def queue_act(request: Request, caller: UiCaller, deps: UiDeps, form: UiFo
     action = text_field(form, "action", 10)
     if action not in ACTIONS:
         raise InvalidInput(f"invalid queue action {action!r}: one of {', '.join(ACTIONS)}")
-    status = text_field(form, "status", 20)
-    domain = text_field(form, "domain", 253)
-    older_than = text_field(form, "older_than", 20)
-    target = await _scope(deps, caller, text_field(form, "list", 320).strip(), change=True)
+    status = text_field(form, "status", 1000)
+    domain = text_field(form, "domain", 1000)
+    older_than = text_field(form, "older_than", 1000)
+    target = await _scope(deps, caller, text_field(form, "list", 1000).strip(), change=True)
     filters = _filters(status, target, domain, older_than)
     back = ui_path("queue") + ("?" + urlencode(filters) if filters else "")
     ticked = [i.strip() for i in form.getlist("ids") if isinstance(i, str)][:MAX_IDS + 1]

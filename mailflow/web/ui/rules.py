@@ -24,7 +24,7 @@ from mailflow.model import (
     TokenScope,
 )
 from mailflow.pipeline.accept.filters import describe
-from mailflow.services.directory import AUTOREPLY_DEFAULT_SUBJECT
+from mailflow.services.directory import AUTOREPLY_BODY_MAX, AUTOREPLY_DEFAULT_SUBJECT
 from mailflow.web.ui import ops_format  # noqa: F401  (the templates' time filters)
 from mailflow.web.ui.deps import (
     FieldErrors,
@@ -42,6 +42,9 @@ from mailflow.web.ui.deps import (
 router = APIRouter()
 Address = Annotated[str, Path(max_length=320)]
 Number = Annotated[int, Path(ge=1, le=10**6)]
+# Fields are cut well above what the directory accepts, so that a value too long is
+# refused with its message rather than cut short and taken.
+FIELD_CUT: Final = 4000
 
 CONDITIONS: Final = (
     (FilterCondition.HEADER.value, "a header field matches (regular expression)"),
@@ -127,7 +130,7 @@ async def add_sender(address: Address, request: Request, caller: UiCaller, deps:
                      form: UiForm) -> Response:
     target = await _target(deps, caller, address, change=True)
     action = text_field(form, "sender_action", 10)
-    pattern = text_field(form, "sender_pattern", 320)
+    pattern = text_field(form, "sender_pattern", FIELD_CUT)
     try:
         rule = await deps.write(deps.directory.add_sender_rule, action, pattern,
                                 target.address)
@@ -145,7 +148,7 @@ async def remove_sender(address: Address, request: Request, caller: UiCaller, de
                         form: UiForm) -> Response:
     target = await _target(deps, caller, address, change=True)
     action = text_field(form, "action", 10)
-    pattern = text_field(form, "pattern", 320)
+    pattern = text_field(form, "pattern", FIELD_CUT)
     try:
         await deps.write(deps.directory.remove_sender_rule, action, pattern, target.address)
     except (InvalidInput, NotFound) as exc:
@@ -165,8 +168,8 @@ def _filter_arguments(condition: str, header: str, value: str) -> dict[str, Any]
     if condition == FilterCondition.BODY.value:
         return {"body": value}
     if condition == FilterCondition.LARGER_THAN.value:
-        if not value.strip().isdigit():
-            raise InvalidInput(f"invalid size {value!r}: a number of bytes")
+        if not value.strip().isdigit() or len(value.strip()) > 16:
+            raise InvalidInput(f"invalid size {value[:40]!r}: a number of bytes")
         return {"larger_than": int(value.strip())}
     if condition == FilterCondition.ATTACHMENT.value:
         return {"attachment": value}
@@ -180,7 +183,7 @@ def _filter_arguments(condition: str, header: str, value: str) -> dict[str, Any]
 async def add_filter(address: Address, request: Request, caller: UiCaller, deps: UiDeps,
                      form: UiForm) -> Response:
     target = await _target(deps, caller, address, change=True)
-    given = {name: text_field(form, name, 1000) for name in (
+    given = {name: text_field(form, name, FIELD_CUT) for name in (
         "filter_condition", "filter_header", "filter_value", "filter_action", "filter_text",
         "filter_add_header")}
     try:
@@ -219,10 +222,10 @@ async def remove_filter(address: Address, number: Number, request: Request,
 async def set_autoreply(address: Address, request: Request, caller: UiCaller, deps: UiDeps,
                         form: UiForm) -> Response:
     target = await _target(deps, caller, address, change=True)
-    given = {"reply_subject": text_field(form, "reply_subject", 200),
-             "reply_body": text_field(form, "reply_body", 10_000),
-             "reply_starts": text_field(form, "reply_starts", 40),
-             "reply_ends": text_field(form, "reply_ends", 40),
+    given = {"reply_subject": text_field(form, "reply_subject", FIELD_CUT),
+             "reply_body": text_field(form, "reply_body", 2 * AUTOREPLY_BODY_MAX),
+             "reply_starts": text_field(form, "reply_starts", 100),
+             "reply_ends": text_field(form, "reply_ends", 100),
              "reply_days": text_field(form, "reply_days", 10)}
     try:
         days = given["reply_days"].strip() or "7"
