@@ -68,6 +68,7 @@ class Options:
     data_root: Path | None = None
     timeout_factor: float = 1.0
     rules: bool = False  # A: 1,000 sender entries and 10 filter rules on the alias (issue 11)
+    decorated: bool = False  # B and F: prefix, footer, DKIM (F: + personalization) (issue 12)
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
 
     def size(self, full: int, minimum: int) -> int:
@@ -320,6 +321,45 @@ def nearest_rank(values: list[float], percentile: float) -> float:
     return ordered[rank - 1]
 
 
+# Issue 12's decorated variants of B and F: what a list with the usual decoration costs.
+DECO_PREFIX = "[bench]"
+# List and member variables; a shared copy (B) has no member, so its line is left out.
+DECO_FOOTER = ("-- \n{{ list.name }} <{{ list.address }}>\n"
+               "{% if member.address %}Sent to {{ member.address }}. {% endif %}"
+               "Leave: {{ unsubscribe_url }}\n")
+DECO_PUBLIC_URL = "https://lists.bench.test"  # one-click unsubscribe URLs (RFC 8058)
+DECO_SELECTOR = "bench"
+
+
+def _decorated(setup: Callable[[Repository, float], None], address: str, personalize: bool
+               ) -> Callable[[Repository, float], None]:
+    """``setup``, then the list's subject prefix and footer, a DKIM key for the domain
+    (as ``mailflow dkim keygen`` makes it) and, for F, personalization: each member's
+    own footer, one-click unsubscribe token and VERP envelope sender."""
+
+    def decorated(repo: Repository, now: float) -> None:
+        setup(repo, now)
+        directory = DirectoryService(repo)
+        directory.update_list(address, name="Bench",
+                              decoration={"subject_prefix": DECO_PREFIX,
+                                          "footer_template": DECO_FOOTER},
+                              personalize=True if personalize else None)
+        directory.create_dkim_key(DOMAIN, DECO_SELECTOR)
+
+    return decorated
+
+
+def _list_harness(options: Options, address: str, roster: list[str], personalize: bool,
+                  settings: dict[str, str] | None = None, dump: bool = False
+                  ) -> contextlib.AbstractContextManager[Harness]:
+    """The harness of B, E or F: plain, or with ``--decorated`` the list decorated."""
+    setup = _list_setup(address, ListKind.LIST, roster)
+    if not options.decorated:
+        return harness(options, setup, settings, dump)
+    return harness(options, _decorated(setup, address, personalize),
+                   {"MAILFLOW_PUBLIC_URL": DECO_PUBLIC_URL, **(settings or {})}, dump)
+
+
 # -- A: ingest ----------------------------------------------------------------------------
 
 def ingest_load(options: Options) -> tuple[int, int, str, str, dict[str, Any]]:
@@ -412,10 +452,10 @@ def fanout(options: Options) -> tuple[dict[str, Any], Callable[[], RunResult]]:
     address = f"fanout@{DOMAIN}"
     roster = [f"m{i:06d}@sink.test" for i in range(members)]
     params = {"posts": posts, "members": members, "deliveries": posts * members,
-              "size_bytes": MESSAGE_SIZE}
+              "size_bytes": MESSAGE_SIZE, "decorated": options.decorated}
 
     def run() -> RunResult:
-        with harness(options, _list_setup(address, ListKind.LIST, roster)) as h:
+        with _list_harness(options, address, roster, personalize=False) as h:
             expected = posts * members
             per_tx = int(options.relay_settings.get("MAILFLOW_MAX_RECIPIENTS_PER_TRANSACTION",
                                                     "50"))
@@ -596,6 +636,7 @@ def fan_out_posts(h: Harness, address: str, messages: list[bytes], members: int,
         "seen_by_poll_after_s": round(seen_at - start, 4),
         "relay_cpu_s": round(cpu, 3),
         "relay_cpu_share": round(cpu / elapsed, 2),
+        "relay_cpu_ms_per_delivery": round(cpu / expected * 1000, 4),
     })
     return expected / elapsed, details
 
@@ -634,11 +675,12 @@ def personalized(options: Options) -> tuple[dict[str, Any], Callable[[], RunResu
     address = f"personal@{DOMAIN}"
     roster = [f"p{i:06d}@sink.test" for i in range(members)]
     params = {"posts": 1, "members": members, "deliveries": members,
-              "size_bytes": MESSAGE_SIZE, "recipients_per_transaction": 1}
+              "size_bytes": MESSAGE_SIZE, "recipients_per_transaction": 1,
+              "decorated": options.decorated}
 
     def run() -> RunResult:
-        with harness(options, _list_setup(address, ListKind.LIST, roster),
-                     {"MAILFLOW_MAX_RECIPIENTS_PER_TRANSACTION": "1"}) as h:
+        with _list_harness(options, address, roster, personalize=True,
+                           settings={"MAILFLOW_MAX_RECIPIENTS_PER_TRANSACTION": "1"}) as h:
             post = make_message(0, MESSAGE_SIZE, SENDER, address, "personal")
             rate, details = fan_out_posts(h, address, [post], members, 1,
                                           60 + members / 100, "post_accepted_after_s")
