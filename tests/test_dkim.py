@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from mailflow.cli import cli
 from mailflow.config import Settings
 from mailflow.errors import Conflict, InvalidInput, NotFound
 from mailflow.model import DkimKey, ListKind, MailingList
-from mailflow.pipeline.send.dkim import dkim_signed
+from mailflow.pipeline.send.dkim import CANONICALIZATION, dkim_signed, signature_field
 from mailflow.services.directory import DirectoryService
 from mailflow.services.dkim_keys import DkimKeyBook, new_key
 from mailflow.services.installation import initialise
@@ -63,6 +64,28 @@ def test_a_signed_copy_verifies_against_the_published_key(key: DkimKey,
                            dnsfunc=dns_server.txt)
 
 
+@pytest.mark.parametrize("newline", [b"\r\n", b"\n"])
+def test_the_signature_is_dkimpys_own(key: DkimKey, newline: bytes) -> None:
+    """OpenSSL's RSA on a key loaded once signs exactly what dkimpy's ``dkim.sign`` does
+    (its pure-Python RSA, its PEM parse per call): same tags, layout and ``b=``."""
+    copy = COPY.replace(b"\r\n", newline)
+    theirs = dkim.sign(copy, key.selector.encode(), key.domain.encode(),
+                       key.private_key.encode(), canonicalize=CANONICALIZATION,
+                       linesep=newline)
+    stamp = re.search(rb"\bt=(\d+);", theirs)
+    assert stamp is not None
+    ours = signature_field(copy, key, newline, float(stamp.group(1)))
+    assert ours == theirs.replace(b"\r\n", newline)
+    assert ours.endswith(newline) and b"b=" in ours
+
+
+def test_a_copy_without_from_or_with_a_broken_key_goes_out_unsigned(key: DkimKey) -> None:
+    no_from = COPY.replace(b"From: Ann <ann@outside.test>\r\n", b"")
+    assert dkim_signed(no_from, key) == no_from
+    broken = DkimKey(DOMAIN, "s1", "-----BEGIN RSA PRIVATE KEY-----\nxx\n", "", 0.0)
+    assert dkim_signed(COPY, broken) == COPY
+
+
 def test_line_feed_copies_are_signed_in_their_own_line_ending(key: DkimKey,
                                                               dns_server: DnsServer) -> None:
     signed = dkim_signed(COPY.replace(b"\r\n", b"\n"), key)
@@ -93,11 +116,14 @@ def test_the_book_signs_off_the_loop_and_asks_the_store_once_per_ttl(key: DkimKe
 
     clock = FakeClock(0.0)
     book = DkimKeyBook(fetch, clock, ttl=2.0)
-    original = dkim.sign
+    original = dkim.DKIM
 
-    def spy(*args: object, **kwargs: object) -> bytes:
-        threads.append(threading.current_thread().name)
-        return original(*args, **kwargs)  # type: ignore[no-any-return]
+    class Spy(dkim.DKIM):  # type: ignore[misc]  # dkimpy has no type hints
+        """dkimpy's message parser, noting the thread it parses on."""
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            threads.append(threading.current_thread().name)
+            super().__init__(*args, **kwargs)
 
     other = MailingList(4, "info@other.test", ListKind.ALIAS, "", 0, 0.0)
 
@@ -108,11 +134,11 @@ def test_the_book_signs_off_the_loop_and_asks_the_store_once_per_ttl(key: DkimKe
         signed.append(await book.sign(COPY, TEAM))
         return signed
 
-    dkim.sign = spy
+    dkim.DKIM = Spy
     try:
         first, second, unsigned, later = asyncio.run(scenario())
     finally:
-        dkim.sign = original
+        dkim.DKIM = original
     assert asked == [DOMAIN, "other.test", DOMAIN]
     assert first.startswith(b"DKIM-Signature:") and second.startswith(b"DKIM-Signature:")
     assert unsigned == COPY and later.endswith(COPY)

@@ -9,7 +9,7 @@ is dkimpy's (``pipeline/send/dkim.py``).
 domain?" from the store, remembering each domain's answer (a key or none) for ``ttl``
 seconds, bounded in count: a key made or replaced in another process signs from at
 most ``ttl`` later.  Its :meth:`DkimKeyBook.sign` signs off the event loop: a 2048-bit
-RSA signature and the body hash are CPU work of milliseconds per copy.
+RSA signature and the body hash are CPU work of about a millisecond per copy.
 """
 
 from __future__ import annotations
