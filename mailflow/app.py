@@ -232,7 +232,8 @@ class Relay:
         self.sender_rules = store_rule_book(runner, self.clock, settings.recipient_cache_ttl)
         self.filter_rules = store_filter_book(runner, self.clock, settings.recipient_cache_ttl)
         scheduler.filters = self.filter_rules  # tag and strip rules change the copies
-        scheduler.sign = store_key_book(runner, self.clock, settings.recipient_cache_ttl).sign
+        scheduler.signer = store_key_book(runner, self.clock,
+                                          settings.recipient_cache_ttl).signer
         service = AcceptService(
             store_lookup(runner), committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,
