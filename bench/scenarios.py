@@ -360,6 +360,57 @@ def _list_harness(options: Options, address: str, roster: list[str], personalize
                    {"MAILFLOW_PUBLIC_URL": DECO_PUBLIC_URL, **(settings or {})}, dump)
 
 
+def decoration_check(h: Harness, address: str, personalized: bool) -> dict[str, bool]:
+    """What the first copy at the sink shows of the decoration; raises if anything is
+    missing: a decorated run that sent plain copies is a broken benchmark, not a fast
+    one.  Only the Python sink keeps copies (smtp-sink counts them), so the check runs
+    where the sink is Python's (``tests/test_bench_peers.py``); {} otherwise.
+
+    The DKIM signature is verified by dkimpy against the key's record served by a DNS
+    server on loopback, as a receiver would."""
+    if not isinstance(h.sink, PythonSink):
+        return {}
+    import dkim
+
+    from mailflow.testing.dns import DnsServer
+
+    copies = h.sink.copies()
+    if not copies:
+        raise BenchError("decorated run: the sink kept no copy to check")
+    copy = copies[0]
+    head, _, body = copy.content.partition(b"\r\n\r\n")
+    key = h.repo.dkim_key(DOMAIN)
+    with DnsServer() as server:
+        if key is not None:
+            server.add_txt(key.dns_name, key.dns_text)
+        verified = bool(dkim.verify(copy.content, dnsfunc=server.txt))
+    local = address.split("@")[0]
+    member = copy.rcpt_tos[0]
+    checks = {
+        "subject_prefix": f"\r\nSubject: {DECO_PREFIX} ".encode() in b"\r\n" + head,
+        "footer": f"-- \r\nBench <{address}>\r\n".encode() in body,
+        "dkim_signed_first": copy.content.startswith(b"DKIM-Signature: "),
+        "dkim_verifies": verified,
+    }
+    if personalized:
+        checks.update({
+            "member_footer": f"Sent to {member}. Leave: {DECO_PUBLIC_URL}/lists/{address}"
+                             "/unsubscribe/".encode() in body,
+            "one_click_unsubscribe": b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click"
+                                     in head,
+            "verp_sender": copy.mail_from.startswith(f"{local}-bounces+")
+                           and copy.mail_from.endswith(f"@{DOMAIN}"),
+        })
+    else:
+        checks["list_bounce_sender"] = copy.mail_from == f"{local}-bounces@{DOMAIN}"
+    missing = [name for name, ok in checks.items() if not ok]
+    if missing:
+        raise BenchError(f"decorated run: a copy at the sink lacks {', '.join(missing)} "
+                         f"(sender {copy.mail_from!r}):\n"
+                         f"{copy.content[:1500].decode('utf-8', 'replace')}")
+    return checks
+
+
 # -- A: ingest ----------------------------------------------------------------------------
 
 def ingest_load(options: Options) -> tuple[int, int, str, str, dict[str, Any]]:
@@ -463,6 +514,8 @@ def fanout(options: Options) -> tuple[dict[str, Any], Callable[[], RunResult]]:
                         for i in range(posts)]
             rate, details = fan_out_posts(h, address, messages, members, per_tx,
                                           60 + expected / 250, "posts_accepted_after_s")
+            if options.decorated:
+                details["decoration_checked"] = decoration_check(h, address, False)
             return RunResult(rate, h.rss_mb(), details)
 
     return params, run
@@ -684,6 +737,8 @@ def personalized(options: Options) -> tuple[dict[str, Any], Callable[[], RunResu
             post = make_message(0, MESSAGE_SIZE, SENDER, address, "personal")
             rate, details = fan_out_posts(h, address, [post], members, 1,
                                           60 + members / 100, "post_accepted_after_s")
+            if options.decorated:
+                details["decoration_checked"] = decoration_check(h, address, True)
             return RunResult(rate, h.rss_mb(), details)
 
     return params, run
