@@ -679,7 +679,8 @@ class Scheduler:
                 content = await asyncio.to_thread(render)
             else:
                 content = render()
-            self._content.put(key, content)
+            if not recipient:  # a personalized copy is its one member's: never reused,
+                self._content.put(key, content)  # it would only push shared ones out
         return content
 
     async def _message_decisions(self, raw: bytes, tx: Transaction,
