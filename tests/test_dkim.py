@@ -67,7 +67,9 @@ def test_a_signed_copy_verifies_against_the_published_key(key: DkimKey,
 def test_the_signature_is_dkimpys_own(key: DkimKey, newline: bytes) -> None:
     """OpenSSL's RSA on a key loaded once signs exactly what dkimpy's ``dkim.sign`` does
     (its pure-Python RSA, its PEM parse per call): same tags, layout and ``b=``."""
-    copy = COPY.replace(b"\r\n", newline)
+    copy = (b"Received: from a.test\r\n\tby b.test; Mon, 01 Jan 2024 10:00:00 +0000\r\n"
+            b"X-Mailer:  Some   Agent \r\nSubject: an\r\n  earlier one\r\n" + COPY
+            ).replace(b"\r\n", newline)  # fields it does not sign, and two Subjects
     theirs = dkim.sign(copy, key.selector.encode(), key.domain.encode(),
                        key.private_key.encode(), canonicalize=CANONICALIZATION,
                        linesep=newline)

@@ -113,8 +113,12 @@ def signature_field(content: bytes, key: DkimKey, newline: bytes, now: float) ->
     value = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(FIELD_NAME),
                       linesep=b"\r\n")
     value = dkim.RE_BTAG.sub(b"\\1", value)
+    # Only the fields it signs are canonicalized (what dkimpy selects from all of them:
+    # it selects by the canonical name); a copy's Received and trace fields are not.
+    wanted = frozenset(include)
+    signed = [f for f in message.headers if f[0].lower().rstrip() in wanted]
     hasher = hashlib.sha256()
-    dkim.hash_headers(hasher, policy, policy.canonicalize_headers(message.headers), include,
+    dkim.hash_headers(hasher, policy, policy.canonicalize_headers(signed), include,
                       (FIELD_NAME, b" " + value), dict(fields))
     signature = private_key.sign(hasher.digest(), padding.PKCS1v15(),
                                  utils.Prehashed(hashes.SHA256()))
