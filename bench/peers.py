@@ -21,6 +21,13 @@ Peak RSS is the relay's ``VmHWM`` plus its child process's (egress and listeners
 MailFlow, and the peak of the sum of ``VmRSS`` over all processes (sampled every 100 ms)
 for Postfix and Mailman.
 
+``B+deco`` and ``F+deco`` (issue 12; ``--scenario deco`` runs both, ``all`` includes
+them) are B and F with MailFlow's list decorated and DKIM-signing
+(``bench.run --decorated``), in a rotation with MailFlow plain and Postfix plain (which
+relays plain: no signing); a second table puts the three side by side with the relay's
+CPU per delivery.  A decorated run checks a copy at the sink where the sink keeps copies
+(the Python sink, in ``tests/test_bench_peers.py``).
+
 ``--mailman-e-scale`` runs Mailman's E at a fraction of E's 100,000 members (making the
 members and expanding them takes Mailman minutes); the table then says at what size.
 If Mailman cannot run (no virtualenv) or a Mailman run fails, its cells say why and
@@ -54,8 +61,17 @@ from mailflow.testing.postfix import PostfixError, postfix_problem
 
 PEERS_JSON = report.HERE / "peers.json"
 PEER_KEYS = ("A", "B", "C", "E", "F")
+# Issue 12: B and F with the list decorated (``--decorated`` of bench.run) against the
+# same Postfix, which relays B and F plain: what decoration, DKIM and VERP cost.
+DECORATED = {"B+deco": "B", "F+deco": "F"}
+DECORATED_WORKLOAD = {
+    "B+deco": "{base}; subject prefix, footer, DKIM (shared copies)",
+    "F+deco": "{base}; personalized: member's footer, one-click token, VERP; DKIM per member",
+}
+SCENARIO_CHOICES = {key.upper(): key for key in (*PEER_KEYS, *DECORATED)}
 SYSTEMS = ("mailflow", "postfix", "mailman")
 NAMES = {"mailflow": "MailFlow", "postfix": "Postfix", "mailman": "Mailman"}
+LABELS = {**NAMES, "plain": "MailFlow plain"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,8 +79,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench.peers",
         description="Scenarios A, B, C, E and F against MailFlow, a private Postfix and "
                     "GNU Mailman 3, side by side.")
-    parser.add_argument("--scenario", type=str.upper, choices=[*PEER_KEYS, "ALL"],
-                        default="ALL", help="A, B, C, E, F or all (default)")
+    parser.add_argument("--scenario", type=str.upper,
+                        choices=[*SCENARIO_CHOICES, "DECO", "ALL"], default="ALL",
+                        help="A, B, C, E, F, B+deco, F+deco (issue 12: MailFlow's list "
+                             "decorated and DKIM-signing, next to MailFlow plain and "
+                             "Postfix plain), deco (both) or all (default)")
     parser.add_argument("--runs", type=int, default=3, help="runs per system (default 3)")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiplier for message and member counts (default 1.0)")
@@ -88,6 +107,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # -- one scenario, three systems ----------------------------------------------------------
 
 def mailflow_once(key: str, options: Options) -> dict[str, Any]:
+    """One run of MailFlow in scenario ``key`` (``B+deco``: B with ``decorated``)."""
+    if key in DECORATED:
+        key, options = DECORATED[key], Options(**{**vars(options), "decorated": True})
     result = run_scenario(key, options)
     (run,) = result.runs
     return {"value": run.value, "rss_mb": round(run.rss_mb, 1), "params": result.params,
@@ -108,7 +130,9 @@ def run_peers(key: str, options: Options, runs: int,
               systems: dict[str, Callable[[Options], dict[str, Any]]],
               mailman_note: str | None) -> dict[str, Any]:
     """``runs`` runs of each system, alternating; Mailman's failure becomes its cell."""
-    title, unit, _ = SCENARIOS[key]
+    title, unit, _ = SCENARIOS[DECORATED.get(key, key)]
+    if key in DECORATED:
+        title += ", decorated"
     done: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
     mailman_error = mailman_note
     for number in range(1, runs + 1):
@@ -122,14 +146,14 @@ def run_peers(key: str, options: Options, runs: int,
                     raise
                 mailman_error = f"failed: {str(exc).splitlines()[0][:300]}"
                 print(f"  {key}: Mailman {mailman_error}\n{exc}", file=sys.stderr)
-        shown = ", ".join(f"{NAMES[n]} {done[n][-1]['value']:,.1f}" for n in systems
+        shown = ", ".join(f"{LABELS[n]} {done[n][-1]['value']:,.1f}" for n in systems
                           if len(done[n]) == number)
         print(f"  {key} run {number}/{runs}: {shown} {unit}", file=sys.stderr, flush=True)
     result: dict[str, Any] = {"title": title, "unit": unit,
                               "params": done["mailflow"][0].pop("params")}
     for run_ in done["mailflow"][1:]:
         run_.pop("params", None)
-    for name in SYSTEMS:
+    for name in (*SYSTEMS, "plain"):
         if name in done and done[name] and not (name == "mailman" and mailman_error):
             result[name] = summary_of(done[name])
         elif name == "mailman":
@@ -176,10 +200,48 @@ def side_by_side(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[li
         rss = " / ".join("-" if not s or "error" in s else f"{s['rss_peak_mb']:,.0f} MB"
                          for s in systems)
         table.append([
-            f"{key} {r['title']}", report.WORKLOAD[key].format(**r["params"]),
+            f"{key} {r['title']}", workload(key, r["params"]),
             *(cell(key, s, unit) for s in systems),
             ratio(r["mailflow"], r.get("postfix")), ratio(r["mailflow"], r.get("mailman")),
             rss, "; ".join(runs_text(key, s) for s in systems)])
+    return header, table
+
+
+def workload(key: str, params: dict[str, Any]) -> str:
+    if key in DECORATED:
+        base = report.WORKLOAD[DECORATED[key]].format(**params)
+        return DECORATED_WORKLOAD[key].format(base=base)
+    return report.WORKLOAD[key].format(**params)
+
+
+def cpu_per_delivery(record: dict[str, Any] | None) -> str:
+    """The median over runs of the relay's (and its child's) CPU per delivery."""
+    if not record or "error" in record:
+        return "-"
+    values = [r["relay_cpu_ms_per_delivery"] for r in record["details"]
+              if "relay_cpu_ms_per_delivery" in r]
+    return f"{statistics.median(values):.3f} ms" if values else "-"
+
+
+def decoration_table(results: dict[str, dict[str, Any]]
+                     ) -> tuple[list[str], list[list[str]]]:
+    """The decorated variants next to MailFlow plain and Postfix plain (issue 12)."""
+    header = ["Scenario", "MailFlow plain", "MailFlow decorated", "Postfix plain",
+              "decorated / Postfix", "decorated / plain",
+              "Relay CPU per delivery plain / decorated",
+              "Peak RSS plain / decorated / Postfix", "Runs plain; decorated; Postfix"]
+    table = []
+    for key, r in results.items():
+        if key not in DECORATED:
+            continue
+        unit, plain, deco, postfix = r["unit"], r.get("plain"), r["mailflow"], r.get("postfix")
+        rss = " / ".join("-" if not x or "error" in x else f"{x['rss_peak_mb']:,.0f} MB"
+                         for x in (plain, deco, postfix))
+        table.append([
+            f"{key} {r['title']}", cell(key, plain, unit), cell(key, deco, unit),
+            cell(key, postfix, unit), ratio(deco, postfix),
+            ratio(deco, plain), f"{cpu_per_delivery(plain)} / {cpu_per_delivery(deco)}",
+            rss, "; ".join(runs_text(key, x) for x in (plain, deco, postfix))])
     return header, table
 
 
@@ -231,7 +293,17 @@ master is stopped (SIGTERM, then SIGKILL to its process group) after every run.
 
 Ratios are MailFlow's median divided by the peer's: above 1 means MailFlow is faster \
 for A, B, E and F (deliveries or messages per second); for C (milliseconds) below 1 means \
-MailFlow is faster."""
+MailFlow is faster.
+
+B+deco and F+deco (issue 12) are B and F with MailFlow's list decorated as `python -m \
+bench.run --decorated` sets it up: subject prefix `[bench]`, a footer template naming the \
+list, the member's address (in a copy for one member) and the unsubscribe URL, a public \
+URL, and a 2048-bit DKIM key for the domain made as `mailflow dkim keygen` makes it; F+deco \
+also personalized (each member's own footer, RFC 8058 one-click token and VERP envelope \
+sender, so each copy is signed on its own). Postfix relays B and F plain (no signing): the \
+comparison issue 12 asks for. MailFlow plain runs in the same rotation, so the table of \
+the decorated variants also says what the decoration costs MailFlow itself; relay CPU \
+per delivery is the relay's and its child process's CPU time over the run, per delivery."""
 
 
 def markdown_section(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -252,10 +324,19 @@ def markdown_section(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -
         "",
         report.markdown_table(header, table),
         "",
+        *deco_lines(results),
         METHOD,
         "<!-- /peers -->",
     ]
     return "\n".join(lines)
+
+
+def deco_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    header, table = decoration_table(results)
+    if not table:
+        return []
+    return ["Decorated variants (issue 12), each next to MailFlow plain and Postfix plain "
+            "in the same rotation:", "", report.markdown_table(header, table), ""]
 
 
 def write_section(section: str, md_path: Path = report.RESULTS_MD) -> None:
@@ -276,6 +357,11 @@ def postfix_version() -> str:
 
 def systems_for(key: str, args: argparse.Namespace, options: Options
                 ) -> dict[str, Callable[[Options], dict[str, Any]]]:
+    if key in DECORATED:  # Postfix relays plain; MailFlow plain in the same rotation
+        base = DECORATED[key]
+        return {"plain": lambda o: mailflow_once(base, o),
+                "mailflow": lambda o: mailflow_once(key, o),
+                "postfix": POSTFIX_SCENARIOS[base]}
     systems: dict[str, Callable[[Options], dict[str, Any]]] = {
         "mailflow": lambda o: mailflow_once(key, o), "postfix": POSTFIX_SCENARIOS[key]}
     if args.no_mailman:
@@ -303,9 +389,11 @@ def measure(keys: list[str], args: argparse.Namespace, options: Options
         print(f"bench.peers: Mailman not measured: {problem}", file=sys.stderr)
     results: dict[str, dict[str, Any]] = {}
     for key in keys:
-        print(f"{key} ({SCENARIOS[key][0]}) ...", file=sys.stderr, flush=True)
+        print(f"{key} ({SCENARIOS[DECORATED.get(key, key)][0]}) ...", file=sys.stderr,
+              flush=True)
         systems = systems_for(key, args, options)
-        result = run_peers(key, options, args.runs, systems, problem)
+        result = run_peers(key, options, args.runs, systems,
+                           "compared with Postfix only" if key in DECORATED else problem)
         note = e_note(args, options) if key == "E" else None
         if note and "error" not in result.get("mailman", {"error": ""}):
             result["mailman"]["note"] = note
@@ -326,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     except SinkError as exc:
         print(f"bench.peers: error: {exc}", file=sys.stderr)
         return 2
-    keys = list(PEER_KEYS) if args.scenario == "ALL" else [args.scenario]
+    keys = ([*PEER_KEYS, *DECORATED] if args.scenario == "ALL" else list(DECORATED)
+            if args.scenario == "DECO" else [SCENARIO_CHOICES[args.scenario]])
     options = Options(runs=1, scale=args.scale, sink_kind=sink_kind, sink_binary=sink_binary,
                       data_root=args.data_root, timeout_factor=args.timeout_factor,
                       log=lambda line: None)
@@ -352,6 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MailFlow vs Postfix {meta['postfix']} vs GNU Mailman {meta['mailman']}, median "
           f"of {args.runs} run(s) each; machine: {machine_info.summary(machine)}")
     print(report.plain_table(header, table))
+    deco_header, deco_table = decoration_table(results)
+    if deco_table:
+        print("\nDecorated variants (issue 12) next to MailFlow plain and Postfix plain:")
+        print(report.plain_table(deco_header, deco_table))
     if args.write:
         PEERS_JSON.write_text(json.dumps({"meta": meta, "results": results}, indent=2,
                                          sort_keys=True) + "\n")

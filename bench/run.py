@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rules", action="store_true",
                         help="A: 1,000 sender block entries and 10 filter rules on the "
                              "alias, none matching (issue 11's accept-path cost)")
+    parser.add_argument("--decorated", action="store_true",
+                        help="B and F: the list with a subject prefix, a footer and a DKIM "
+                             "key; F also personalized (issue 12's decoration cost)")
     return checked_args(parser, argv)
 
 
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(runs=args.runs, scale=args.scale, sink_kind=sink_kind,
                       sink_binary=sink_binary, relay_settings=relay_settings(args.settings),
                       data_root=args.data_root, timeout_factor=args.timeout_factor,
-                      rules=args.rules)
+                      rules=args.rules, decorated=args.decorated)
     machine = machine_info.describe(args.data_root or Path(tempfile.gettempdir()))
     sink_name = f"Postfix smtp-sink ({sink_binary})" if sink_kind == "smtp-sink" else \
         "Python sink (mailflow.testing.sink, aiosmtpd)"

@@ -68,6 +68,7 @@ class Options:
     data_root: Path | None = None
     timeout_factor: float = 1.0
     rules: bool = False  # A: 1,000 sender entries and 10 filter rules on the alias (issue 11)
+    decorated: bool = False  # B and F: prefix, footer, DKIM (F: + personalization) (issue 12)
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
 
     def size(self, full: int, minimum: int) -> int:
@@ -320,6 +321,96 @@ def nearest_rank(values: list[float], percentile: float) -> float:
     return ordered[rank - 1]
 
 
+# Issue 12's decorated variants of B and F: what a list with the usual decoration costs.
+DECO_PREFIX = "[bench]"
+# List and member variables; a shared copy (B) has no member, so its line is left out.
+DECO_FOOTER = ("-- \n{{ list.name }} <{{ list.address }}>\n"
+               "{% if member.address %}Sent to {{ member.address }}. {% endif %}"
+               "Leave: {{ unsubscribe_url }}\n")
+DECO_PUBLIC_URL = "https://lists.bench.test"  # one-click unsubscribe URLs (RFC 8058)
+DECO_SELECTOR = "bench"
+
+
+def _decorated(setup: Callable[[Repository, float], None], address: str, personalize: bool
+               ) -> Callable[[Repository, float], None]:
+    """``setup``, then the list's subject prefix and footer, a DKIM key for the domain
+    (as ``mailflow dkim keygen`` makes it) and, for F, personalization: each member's
+    own footer, one-click unsubscribe token and VERP envelope sender."""
+
+    def decorated(repo: Repository, now: float) -> None:
+        setup(repo, now)
+        directory = DirectoryService(repo)
+        directory.update_list(address, name="Bench",
+                              decoration={"subject_prefix": DECO_PREFIX,
+                                          "footer_template": DECO_FOOTER},
+                              personalize=True if personalize else None)
+        directory.create_dkim_key(DOMAIN, DECO_SELECTOR)
+
+    return decorated
+
+
+def _list_harness(options: Options, address: str, roster: list[str], personalize: bool,
+                  settings: dict[str, str] | None = None, dump: bool = False
+                  ) -> contextlib.AbstractContextManager[Harness]:
+    """The harness of B, E or F: plain, or with ``--decorated`` the list decorated."""
+    setup = _list_setup(address, ListKind.LIST, roster)
+    if not options.decorated:
+        return harness(options, setup, settings, dump)
+    return harness(options, _decorated(setup, address, personalize),
+                   {"MAILFLOW_PUBLIC_URL": DECO_PUBLIC_URL, **(settings or {})}, dump)
+
+
+def decoration_check(h: Harness, address: str, personalized: bool) -> dict[str, bool]:
+    """What the first copy at the sink shows of the decoration; raises if anything is
+    missing: a decorated run that sent plain copies is a broken benchmark, not a fast
+    one.  Only the Python sink keeps copies (smtp-sink counts them), so the check runs
+    where the sink is Python's (``tests/test_bench_peers.py``); {} otherwise.
+
+    The DKIM signature is verified by dkimpy against the key's record served by a DNS
+    server on loopback, as a receiver would."""
+    if not isinstance(h.sink, PythonSink):
+        return {}
+    import dkim
+
+    from mailflow.testing.dns import DnsServer
+
+    copies = h.sink.copies()
+    if not copies:
+        raise BenchError("decorated run: the sink kept no copy to check")
+    copy = copies[0]
+    head, _, body = copy.content.partition(b"\r\n\r\n")
+    key = h.repo.dkim_key(DOMAIN)
+    with DnsServer() as server:
+        if key is not None:
+            server.add_txt(key.dns_name, key.dns_text)
+        verified = bool(dkim.verify(copy.content, dnsfunc=server.txt))
+    local = address.split("@")[0]
+    member = copy.rcpt_tos[0]
+    checks = {
+        "subject_prefix": f"\r\nSubject: {DECO_PREFIX} ".encode() in b"\r\n" + head,
+        "footer": f"-- \r\nBench <{address}>\r\n".encode() in body,
+        "dkim_signed_first": copy.content.startswith(b"DKIM-Signature: "),
+        "dkim_verifies": verified,
+    }
+    if personalized:
+        checks.update({
+            "member_footer": f"Sent to {member}. Leave: {DECO_PUBLIC_URL}/lists/{address}"
+                             "/unsubscribe/".encode() in body,
+            "one_click_unsubscribe": b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click"
+                                     in head,
+            "verp_sender": copy.mail_from.startswith(f"{local}-bounces+")
+                           and copy.mail_from.endswith(f"@{DOMAIN}"),
+        })
+    else:
+        checks["list_bounce_sender"] = copy.mail_from == f"{local}-bounces@{DOMAIN}"
+    missing = [name for name, ok in checks.items() if not ok]
+    if missing:
+        raise BenchError(f"decorated run: a copy at the sink lacks {', '.join(missing)} "
+                         f"(sender {copy.mail_from!r}):\n"
+                         f"{copy.content[:1500].decode('utf-8', 'replace')}")
+    return checks
+
+
 # -- A: ingest ----------------------------------------------------------------------------
 
 def ingest_load(options: Options) -> tuple[int, int, str, str, dict[str, Any]]:
@@ -412,10 +503,10 @@ def fanout(options: Options) -> tuple[dict[str, Any], Callable[[], RunResult]]:
     address = f"fanout@{DOMAIN}"
     roster = [f"m{i:06d}@sink.test" for i in range(members)]
     params = {"posts": posts, "members": members, "deliveries": posts * members,
-              "size_bytes": MESSAGE_SIZE}
+              "size_bytes": MESSAGE_SIZE, "decorated": options.decorated}
 
     def run() -> RunResult:
-        with harness(options, _list_setup(address, ListKind.LIST, roster)) as h:
+        with _list_harness(options, address, roster, personalize=False) as h:
             expected = posts * members
             per_tx = int(options.relay_settings.get("MAILFLOW_MAX_RECIPIENTS_PER_TRANSACTION",
                                                     "50"))
@@ -423,6 +514,8 @@ def fanout(options: Options) -> tuple[dict[str, Any], Callable[[], RunResult]]:
                         for i in range(posts)]
             rate, details = fan_out_posts(h, address, messages, members, per_tx,
                                           60 + expected / 250, "posts_accepted_after_s")
+            if options.decorated:
+                details["decoration_checked"] = decoration_check(h, address, False)
             return RunResult(rate, h.rss_mb(), details)
 
     return params, run
@@ -596,6 +689,7 @@ def fan_out_posts(h: Harness, address: str, messages: list[bytes], members: int,
         "seen_by_poll_after_s": round(seen_at - start, 4),
         "relay_cpu_s": round(cpu, 3),
         "relay_cpu_share": round(cpu / elapsed, 2),
+        "relay_cpu_ms_per_delivery": round(cpu / expected * 1000, 4),
     })
     return expected / elapsed, details
 
@@ -634,14 +728,17 @@ def personalized(options: Options) -> tuple[dict[str, Any], Callable[[], RunResu
     address = f"personal@{DOMAIN}"
     roster = [f"p{i:06d}@sink.test" for i in range(members)]
     params = {"posts": 1, "members": members, "deliveries": members,
-              "size_bytes": MESSAGE_SIZE, "recipients_per_transaction": 1}
+              "size_bytes": MESSAGE_SIZE, "recipients_per_transaction": 1,
+              "decorated": options.decorated}
 
     def run() -> RunResult:
-        with harness(options, _list_setup(address, ListKind.LIST, roster),
-                     {"MAILFLOW_MAX_RECIPIENTS_PER_TRANSACTION": "1"}) as h:
+        with _list_harness(options, address, roster, personalize=True,
+                           settings={"MAILFLOW_MAX_RECIPIENTS_PER_TRANSACTION": "1"}) as h:
             post = make_message(0, MESSAGE_SIZE, SENDER, address, "personal")
             rate, details = fan_out_posts(h, address, [post], members, 1,
                                           60 + members / 100, "post_accepted_after_s")
+            if options.decorated:
+                details["decoration_checked"] = decoration_check(h, address, True)
             return RunResult(rate, h.rss_mb(), details)
 
     return params, run

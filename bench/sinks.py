@@ -25,10 +25,13 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bench.arrivals import ArrivalWatch
 from mailflow.testing.ports import free_port, wait_for_port
+
+if TYPE_CHECKING:
+    from mailflow.testing.sink import Received
 
 SMTP_SINK_CANDIDATES = ("/usr/sbin/smtp-sink", "/usr/bin/smtp-sink")
 _MESG = re.compile(rb"mesg=(\d+)")
@@ -264,6 +267,10 @@ class PythonSink:
 
     def wait_transactions(self, count: int, timeout: float = 5.0) -> int:
         return wait_transactions(self.transactions, count, timeout)
+
+    def copies(self) -> list[Received]:
+        """What the sink received (envelope and content), in order."""
+        return self._sink.messages
 
     def stop(self) -> None:
         self._sink.stop()

@@ -242,8 +242,8 @@ class Relay:
         if scheduler is not None:
             scheduler.on_failed = notices.report
             scheduler.filters = self.filter_rules  # tag and strip rules change the copies
-            scheduler.sign = store_key_book(runner, self.clock,
-                                            settings.recipient_cache_ttl).sign
+            scheduler.signer = store_key_book(runner, self.clock,
+                                              settings.recipient_cache_ttl).signer
         service = AcceptService(
             store_lookup(runner), committer, self.clock,
             AcceptPolicy(self.instance_id, settings.max_message_size,

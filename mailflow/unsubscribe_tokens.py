@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Final
 
 MAC_LENGTH: Final = 26
+_MAC_BYTES: Final = -(-MAC_LENGTH // 8) * 5  # whole base32 blocks covering MAC_LENGTH
 ADDRESS_MAX_LENGTH: Final = 320
 
 
@@ -65,4 +66,6 @@ class UnsubscribeTokens:
 def _mac(secret: str, list_address: str, member: str) -> str:
     data = f"{list_address.lower()}\0{member.lower()}".encode()
     digest = hmac.new(secret.encode("utf-8"), data, hashlib.sha256).digest()
-    return base64.b32encode(digest).decode().lower()[:MAC_LENGTH]
+    # Base32 writes 8 characters per 5 bytes: only the bytes the MAC keeps are encoded
+    # (the same characters; one is made for every personalized copy).
+    return base64.b32encode(digest[:_MAC_BYTES]).decode().lower()[:MAC_LENGTH]

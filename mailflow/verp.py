@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from mailflow import addresses
 
 TOKEN_LENGTH = 13
+_TOKEN_BYTES = -(-TOKEN_LENGTH // 8) * 5
 _KEY_LABEL = b"mailflow verp v1"
 
 
@@ -42,7 +43,8 @@ class Verp:
     def token(self, list_address: str, member: str) -> str:
         data = f"{list_address}\0{member}".lower().encode("utf-8")
         digest = hmac.new(self._key, data, hashlib.sha256).digest()
-        return base64.b32encode(digest).decode("ascii")[:TOKEN_LENGTH].lower()
+        # Only the whole base32 blocks (5 bytes, 8 characters) that cover the token.
+        return base64.b32encode(digest[:_TOKEN_BYTES]).decode("ascii")[:TOKEN_LENGTH].lower()
 
     def sender(self, list_address: str, member: str) -> str:
         """The envelope sender of ``member``'s copy: ``LIST-bounces+<token>@d``."""

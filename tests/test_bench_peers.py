@@ -115,6 +115,36 @@ def test_peers_command_prints_the_table(capsys: pytest.CaptureFixture[str],
     assert "not measured" in out
 
 
+@pytest.mark.parametrize("key", list(peers.DECORATED))
+def test_a_decorated_run_decorates_and_signs(key: str, data_root: Path) -> None:
+    """B+deco and F+deco must not measure a plain path: through the Python sink, which
+    keeps the copies, the run checks one (it raises on anything missing) and says what
+    it saw: the prefix, the footer, a DKIM signature dkimpy verifies over DNS, and the
+    envelope sender (F: the member's VERP address, with the member's own footer and
+    one-click token)."""
+    run = peers.mailflow_once(key, Options(runs=1, scale=SCALE, sink_kind="python",
+                                           data_root=data_root, log=lambda line: None))
+    deliveries, fewest, most = EXPECTED[peers.DECORATED[key]]
+    assert run["delivered"] == deliveries and fewest <= run["sink_transactions"] <= most
+    assert run["params"]["decorated"] is True
+    checked = run["decoration_checked"]
+    expected = {"subject_prefix", "footer", "dkim_signed_first", "dkim_verifies"} | (
+        {"member_footer", "one_click_unsubscribe", "verp_sender"} if key == "F+deco"
+        else {"list_bounce_sender"})
+    assert set(checked) == expected and all(checked.values())
+    assert run["relay_cpu_ms_per_delivery"] > 0
+
+
+def test_the_peers_command_runs_a_decorated_variant_beside_both_plain_systems(
+        capsys: pytest.CaptureFixture[str], data_root: Path) -> None:
+    needs(postfix_problem() or (None if SMTP_SINK else "smtp-sink is not installed"))
+    assert peers.main(["--scenario", "f+deco", "--scale", str(SCALE), "--runs", "1",
+                       "--no-write", "--no-mailman", "--data-root", str(data_root)]) == 0
+    out = capsys.readouterr().out
+    assert "F+deco personalized fan-out, decorated" in out
+    assert "MailFlow plain" in out and "decorated / Postfix" in out
+
+
 def test_no_mailman_process_is_left(data_root: Path) -> None:
     leftovers = [p for p in os.listdir("/proc")
                  if p.isdigit() and _is_our_mailman(int(p), data_root)]
@@ -157,10 +187,29 @@ def test_table_shows_three_systems_ratios_and_why_mailman_is_missing() -> None:
     assert "not measured: GNU Mailman" in section
 
 
+def test_the_decorated_table_shows_both_ratios_and_the_cpu_per_delivery() -> None:
+    def record(value: float, cpu_ms: float) -> dict[str, Any]:
+        return _record(value) | {"details": [{"relay_cpu_ms_per_delivery": cpu_ms}]}
+
+    results = {"F+deco": {"title": "personalized fan-out, decorated", "unit": "deliveries/s",
+                          "params": {"members": 10_000},
+                          "plain": record(8000.0, 0.2), "mailflow": record(4000.0, 0.6),
+                          "postfix": record(2500.0, 1.0)}}
+    header, table = peers.decoration_table(results)
+    row = dict(zip(header, table[0], strict=True))
+    assert row["decorated / Postfix"] == "1.60x" and row["decorated / plain"] == "0.50x"
+    assert row["Relay CPU per delivery plain / decorated"] == "0.200 ms / 0.600 ms"
+    assert "1 recipient per SMTP transaction; personalized" in peers.workload(
+        "F+deco", results["F+deco"]["params"])
+
+
 def test_peers_cli_arguments() -> None:
     args = peers.parse_args(["--scenario", "e", "--scale", "0.01", "--mailman-e-scale", "0.1"])
     assert (args.scenario, args.write, args.mailman_e_scale) == ("E", False, 0.1)
     assert peers.parse_args([]).write is True
-    for bad in (["--scenario", "D"], ["--runs", "0"], ["--mailman-e-scale", "2"]):
+    assert peers.parse_args(["--scenario", "b+deco"]).scenario == "B+DECO"
+    assert peers.parse_args(["--scenario", "deco"]).scenario == "DECO"
+    for bad in (["--scenario", "D"], ["--scenario", "A+deco"], ["--runs", "0"],
+                ["--mailman-e-scale", "2"]):
         with pytest.raises(SystemExit):
             peers.parse_args(bad)

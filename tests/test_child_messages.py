@@ -250,6 +250,17 @@ def test_contents_are_kept_from_their_second_send_and_bounded_in_bytes() -> None
     assert contents.place(a)[1]
 
 
+def test_a_new_content_at_a_freed_ones_address_is_not_taken_for_it() -> None:
+    """Personalized copies: one per member, each sent once, all of one length; the next
+    is often made where the last one was freed.  None of them is kept."""
+    contents = ChildContents(budget=10_000, max_item=1000)
+    for member in range(50):
+        copy = f"footer for member {member:04d}".encode() * 10
+        assert contents.place(copy) == (0, True, [])
+        del copy  # its address is free for the next one
+    assert contents.kept_bytes == 0
+
+
 def test_the_child_keeps_no_content_above_a_quarter_of_its_budget() -> None:
     contents = ChildContents(budget=1000)
     assert contents.max_item == 250

@@ -275,6 +275,21 @@ def test_the_sandbox_refuses_unsafe_templates(source: str, why: str) -> None:
     templates.check(FOOTER)
 
 
+@pytest.mark.parametrize(("source", "reads"), [
+    ("-- {{ list.name }}", False),
+    ("Sent to {{ member.address }}{% if member.address %}!{% endif %}", False),
+    ("Hello {{ member.name }}", True),
+    ("Hello {{ member['name'] }}", True),
+    ("{{ member }}", True),
+    ("{% set m = member %}{{ m.address }}", True),
+    ("{{ member.address }} {{ member.name|upper }}", True),
+])
+def test_a_template_reads_the_member_name_only_where_it_may_show_it(source: str,
+                                                                    reads: bool) -> None:
+    """The scheduler looks the name up in the store per personalized copy only then."""
+    assert templates.reads_member_name(source) is reads
+
+
 def test_html_without_a_body_element_gets_the_footer_before_its_end() -> None:
     raw = (b"From: a@x.test\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
            b"Content-Type: text/html; charset=us-ascii\r\n\r\n<html><p>hi</p></html>\r\n")

@@ -165,11 +165,15 @@ async def test_a_large_content_is_streamed_and_not_kept_a_small_one_kept() -> No
             assert isinstance(egress._payload(large)[0], Streamed)
             assert egress._payloads.size == len(small) + len(_stuffed_whole(small))
             assert egress._payloads.get(large) is None and egress._payloads.get(small)
+            once = _large_content(3000)  # a personalized copy in the child: not kept
+            await egress.send("s@x.test", ["c@y.test"], once, once=True)
+            assert egress._payloads.get(once) is None
+            assert egress._payloads.size == len(small) + len(_stuffed_whole(small))
         finally:
             await egress.close()
         arrived = [m.content for m in sink.messages]
     unstuffed = [re.sub(rb"\r\n|\r|\n", b"\r\n", c) for c in (large, large, small, small)]
-    assert arrived == unstuffed
+    assert arrived[:4] == unstuffed and len(arrived) == 5
 
 
 async def _server_that_stops_reading_after_354(

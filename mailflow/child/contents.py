@@ -28,16 +28,19 @@ class ChildContents:
         self.budget = budget
         self.max_item = item_limit(budget) if max_item is None else max_item
         self._kept: OrderedDict[int, tuple[bytes, int]] = OrderedDict()  # id -> content, key
-        self._seen: OrderedDict[tuple[int, int], None] = OrderedDict()  # (id, len), no ref
+        self._seen: OrderedDict[tuple[int, int, int], None] = OrderedDict()  # no ref
         self._bytes = 0
         self._next = 0
 
     def place(self, content: bytes) -> tuple[int, bool, list[int]]:
         """(key, whether the content goes with this send, keys the child must forget).
 
-        Key 0: the child does not keep this content.  A stale identity in the seen-once
-        record (an object freed, another at its address) only makes a content kept one
-        send early: the content travels whenever the child does not hold it yet.
+        Key 0: the child does not keep this content.  The seen-once record knows a
+        content by its identity, length and hash: by identity and length alone, a freed
+        copy's address taken by the next one of the same length (a personalized list's
+        copies, one per member, all alike in length) made every other such copy "seen
+        twice", and kept in the child for nothing.  A content's hash is computed once
+        (``bytes`` keeps it) and only for contents small enough to keep.
         """
         entry = self._kept.get(id(content))
         if entry is not None and entry[0] is content:
@@ -45,7 +48,7 @@ class ChildContents:
             return entry[1], False, []
         if len(content) > self.max_item:
             return 0, True, []
-        seen = (id(content), len(content))
+        seen = (id(content), len(content), hash(content))
         if seen not in self._seen:
             self._seen[seen] = None
             if len(self._seen) > SEEN_ONCE:

@@ -51,7 +51,6 @@ from mailflow.ingress.smtp import Listener
 from mailflow.ingress.tls import ServerTls
 from mailflow.logs import configure_logging
 from mailflow.memory import release_large_blocks
-from mailflow.model import Egress
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ STOP_TIMEOUT = 10.0  # seconds for transactions under way to finish once told to
 ChildChannel = Channel[ToRelay, ToChild]
 
 
-def build_egress(spec: EgressSpec) -> Egress:
+def build_egress(spec: EgressSpec) -> SmtpEgress:
     """The egress a spec describes (one case per provider the child can run)."""
     match spec:
         case SmtpEgressSpec():
@@ -73,7 +72,7 @@ def build_egress(spec: EgressSpec) -> Egress:
 
 class _Child:
     def __init__(self) -> None:
-        self.egresses: dict[str, Egress] = {}
+        self.egresses: dict[str, SmtpEgress] = {}
         self.contents: dict[int, bytes] = {}
         self.channel: ChildChannel | None = None
         self.done = asyncio.Event()
@@ -164,7 +163,9 @@ class _Child:
             if content is None:
                 raise EgressUnavailable(f"content {send.content_key} is not kept here")
             egress = self.egresses[send.egress]
-            replies = await egress.send(send.mail_from, send.recipients, content)
+            # Content key 0: the relay sent this content for this transaction alone.
+            replies = await egress.send(send.mail_from, send.recipients, content,
+                                        once=not send.content_key)
         except EgressUnavailable as exc:
             self.channel.send(Unavailable(send.number, str(exc)))
         except Exception as exc:  # never leave the relay waiting

@@ -74,8 +74,11 @@ class SmtpEgress:
         pass  # connections open lazily, so a relay that is down does not stop start-up
 
     async def send(self, mail_from: str, recipients: Sequence[str],
-                   content: bytes) -> list[RecipientReply]:
-        data, eight_bit = self._payload(content)
+                   content: bytes, *, once: bool = False) -> list[RecipientReply]:
+        """``once``: nothing will send this content object again (the child process
+        got it for this one transaction), so its payload is not kept: a personalized
+        list's copies would only push out the payloads of shared ones."""
+        data, eight_bit = self._payload(content, keep=not once)
         async with self._slots:
             conn = await self._acquire()
             bound = asyncio.timeout(self.transaction_timeout)
@@ -93,7 +96,7 @@ class SmtpEgress:
             self._idle.append(conn)
         return per_recipient(recipients, replies)
 
-    def _payload(self, content: bytes) -> tuple[bytes | Streamed, bool]:
+    def _payload(self, content: bytes, keep: bool = True) -> tuple[bytes | Streamed, bool]:
         """The DATA payload of ``content`` and whether it has 8-bit bytes (made once, or
         for a content too large to keep with its copy, as it is written)."""
         payload = self._payloads.get(content)
@@ -102,7 +105,8 @@ class SmtpEgress:
         if 2 * len(content) > self._payloads.max_item:
             return Streamed(content), not content.isascii()
         payload = (dot_stuffed(content), not content.isascii())
-        self._payloads.put(content, payload)
+        if keep:
+            self._payloads.put(content, payload)
         return payload
 
     async def _acquire(self) -> _Connection:

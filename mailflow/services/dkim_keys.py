@@ -8,14 +8,15 @@ is dkimpy's (``pipeline/send/dkim.py``).
 :class:`DkimKeyBook` answers the send path's question "which key signs copies of this
 domain?" from the store, remembering each domain's answer (a key or none) for ``ttl``
 seconds, bounded in count: a key made or replaced in another process signs from at
-most ``ttl`` later.  Its :meth:`DkimKeyBook.sign` signs off the event loop: a 2048-bit
-RSA signature and the body hash are CPU work of milliseconds per copy.
+most ``ttl`` later.  What :meth:`DkimKeyBook.signer` gives signs on the caller's thread
+(the scheduler's rendering thread): a 2048-bit RSA signature and the body hash are CPU
+work of about a millisecond per copy.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import functools
 import re
 import time
 from collections import OrderedDict
@@ -91,12 +92,12 @@ class DkimKeyBook:
             self._by_domain.popitem(last=False)
         return key
 
-    async def sign(self, content: bytes, mailing_list: MailingList) -> bytes:
-        """``content`` with a DKIM-Signature of its list's domain, if that has a key."""
+    async def signer(self, mailing_list: MailingList) -> Callable[[bytes], bytes] | None:
+        """What signs a copy for ``mailing_list``'s domain (None: the domain has no key).
+        CPU work: the caller runs it on a thread, with the rendering it follows, so a
+        copy costs one hop off the loop, not two."""
         key = await self.key_for(mailing_list)
-        if key is None:
-            return content
-        return await asyncio.to_thread(dkim_signed, content, key)
+        return None if key is None else functools.partial(dkim_signed, key=key)
 
 
 def store_key_book(runner: StoreRunner, clock: Clock, ttl: float) -> DkimKeyBook:

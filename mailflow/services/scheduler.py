@@ -212,8 +212,10 @@ class Scheduler:
         # _message_decisions; small tuples of shared objects, bounded by their number.
         self._decided: OrderedDict[tuple[str, Hashable],
                                    tuple[FilterRule | None, AuthorField | None]] = OrderedDict()
-        # Signs a rendered copy (DKIM, ``services/dkim_keys``), last; set by the app.
-        self.sign: Callable[[bytes, MailingList], Awaitable[bytes]] | None = None
+        # What signs a list's rendered copies (DKIM, ``services/dkim_keys``), last, or
+        # None (no key); set by the app.
+        self.signer: Callable[[MailingList], Awaitable[Callable[[bytes], bytes] | None]] \
+            | None = None
         # Told of alias forwards that failed for good (``services.notices``); set by the app.
         self.on_failed: Callable[[Failure], None] | None = None
         # What relayed bounces and failure notices are sent "through" (no list has id 0).
@@ -671,17 +673,20 @@ class Scheduler:
                 raw = await asyncio.to_thread(self._rewritten, raw, tx, sent_for)
             rule, rewrite_from = await self._message_decisions(raw, tx, rules)
             member = await self._copy_member(tx, recipient)
-            render = functools.partial(render_copy, raw, tx.message, tx.mailing_list,
-                                       self._identity, member=member,
-                                       rewrite_from=rewrite_from, filter_rule=rule)
-            if tx.mailing_list.decoration.changes_copies or (
+            render: Callable[[], bytes] = functools.partial(
+                render_copy, raw, tx.message, tx.mailing_list, self._identity, member=member,
+                rewrite_from=rewrite_from, filter_rule=rule)
+            sign = None if self.signer is None else await self.signer(tx.mailing_list)
+            if sign is not None:  # over the final bytes, once per rendering variant
+                render = functools.partial(_then, render, sign)
+            if sign is not None or tx.mailing_list.decoration.changes_copies or (
                     rule is not None and rule.action is FilterAction.STRIP):
-                content = await asyncio.to_thread(render)  # MIME work: off the loop
+                # MIME work and signatures: off the loop, in one hop.
+                content = await asyncio.to_thread(render)
             else:
                 content = render()
-            if self.sign is not None:  # over the final bytes, once per rendering variant
-                content = await self.sign(content, tx.mailing_list)
-            self._content.put(key, content)
+            if not recipient:  # a personalized copy is its one member's: never reused,
+                self._content.put(key, content)  # it would only push shared ones out
         return content
 
     async def _message_decisions(self, raw: bytes, tx: Transaction,
@@ -713,14 +718,17 @@ class Scheduler:
 
     async def _copy_member(self, tx: Transaction, recipient: str) -> Member | None:
         """The member a personalized copy is for (None: a shared copy).  Its name is read
-        only when the list's templates use the member: the copy of a list that does not
-        costs no query."""
+        only when the list's templates may show it (``templates.reads_member_name``): the
+        copy of a list whose footer names only the member's address costs no query."""
         if not recipient:
             return None
         decoration, name = tx.mailing_list.decoration, ""
         if "member" in decoration.header_template + decoration.footer_template:
-            name = await self.runner.read(self.runner.repo.member_name, tx.mailing_list.id,
-                                          recipient)
+            from mailflow.pipeline.send.templates import reads_member_name  # Jinja2: lazily
+            if any(map(reads_member_name, (decoration.header_template,
+                                           decoration.footer_template))):
+                name = await self.runner.read(self.runner.repo.member_name, tx.mailing_list.id,
+                                              recipient)
         return Member(tx.mailing_list.id, recipient, MemberStatus.ACTIVE, 0.0, name=name)
 
     async def _rewrite_from(self, raw: bytes, tx: Transaction) -> AuthorField | None:
@@ -847,6 +855,11 @@ class Scheduler:
     def _add_outcomes(self, outcomes: list[Outcome]) -> None:
         self._outcomes.extend(outcomes)
         self._signal.set()
+
+
+def _then(render: Callable[[], bytes], sign: Callable[[bytes], bytes]) -> bytes:
+    """A copy rendered, then signed over its final bytes."""
+    return sign(render())
 
 
 def _unmarked_ses_ids(raw: bytes, instance_id: str) -> list[str]:

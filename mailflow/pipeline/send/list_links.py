@@ -9,6 +9,7 @@ the web routes that answer the URLs must agree: ``LIST-request@`` for help,
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote
@@ -20,6 +21,7 @@ from mailflow.pipeline.context import Identity
 REQUEST_SUFFIX: Final = "-request"
 JOIN_SUFFIX: Final = "-join"
 LEAVE_SUFFIX: Final = "-leave"
+LINKS_KEPT: Final = 256  # a few hundred short strings each
 
 
 def role_address(list_address: str, suffix: str) -> str:
@@ -50,8 +52,11 @@ class ListLinks:
         return self.one_click_url or self.page_url
 
 
+@functools.lru_cache(maxsize=LINKS_KEPT)
 def links(mailing_list: MailingList, identity: Identity, member: str | None = None
           ) -> ListLinks:
+    """Remembered: a copy asks twice (its List-* fields, then its footer), and a
+    member's token is an HMAC."""
     address = mailing_list.address
     page = f"{identity.public_url}{list_path(address)}" if identity.public_url else ""
     one_click = ""

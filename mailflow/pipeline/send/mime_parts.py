@@ -9,11 +9,13 @@ package.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from typing import Final
 
 from mailflow import headers
 
@@ -39,11 +41,27 @@ class Entity:
         return self.header + self.separator + body
 
 
+# What a header section's Content-* fields say, remembered for small sections: each
+# member's copy of a personalized post reads the same ones (at most 64 x 8 KB).
+FIELDS_KEPT: Final = 64
+FIELDS_KEPT_MAX_HEADER: Final = 8 * 1024
+
+_Fields = tuple[str, str, str, str, bool]  # content type, charset, encoding, boundary, att.
+
+
 def entity(header: bytes, rest: bytes) -> Entity | None:
     """The entity of ``header`` and ``rest`` (blank line and body); None if its fields
     cannot be read."""
     separator = rest[:2] if rest.startswith(b"\r\n") else rest[:1] if rest.startswith(
         b"\n") else b""
+    found = (_kept_fields(header) if len(header) <= FIELDS_KEPT_MAX_HEADER
+             else _fields(header))
+    if found is None:
+        return None
+    return Entity(header, separator, rest[len(separator):], *found)
+
+
+def _fields(header: bytes) -> _Fields | None:
     try:
         # compat32: the Content-* parameters without the header registry's full parse,
         # which costs ten times more and is done for every part of every copy.
@@ -56,8 +74,10 @@ def entity(header: bytes, rest: bytes) -> Entity | None:
         attachment = fields.get_content_disposition() == "attachment"
     except Exception:  # a field the email package cannot parse: leave the entity alone
         return None
-    return Entity(header, separator, rest[len(separator):], content_type, charset, encoding,
-                  boundary, attachment)
+    return content_type, charset, encoding, boundary, attachment
+
+
+_kept_fields = functools.lru_cache(maxsize=FIELDS_KEPT)(_fields)
 
 
 def part_entity(part: bytes) -> Entity | None:

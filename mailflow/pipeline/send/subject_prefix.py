@@ -12,7 +12,9 @@ ASCII makes a new field from the decoded subject, encoded again by the email pac
 
 from __future__ import annotations
 
+import functools
 from email.header import Header, decode_header, make_header
+from typing import Final
 
 from mailflow import headers
 
@@ -31,8 +33,20 @@ def _normalized(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+# Each member's copy of a personalized post prefixes the same header: the result is
+# remembered for small header sections (at most 32 x 2 x 8 KB).
+KEPT: Final = 32
+KEPT_MAX_HEADER: Final = 8 * 1024
+
+
 def prefixed(header: bytes, prefix: str) -> bytes:
     """``header`` with its first Subject field prefixed (one added if there is none)."""
+    if len(header) <= KEPT_MAX_HEADER:
+        return _kept(header, prefix)
+    return _prefixed(header, prefix)
+
+
+def _prefixed(header: bytes, prefix: str) -> bytes:
     fields = list(headers.iter_fields(header))
     found = next((i for i, (_, name) in enumerate(fields) if name == SUBJECT), None)
     newline = b"\n" if header and not header.endswith(b"\r\n") else b"\r\n"
@@ -52,3 +66,6 @@ def prefixed(header: bytes, prefix: str) -> bytes:
             linesep=newline.decode())
         new = b"Subject: " + encoded.encode("ascii") + newline
     return b"".join(raw if i != found else new for i, (raw, _) in enumerate(fields))
+
+
+_kept = functools.lru_cache(maxsize=KEPT)(_prefixed)

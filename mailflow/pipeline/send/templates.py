@@ -115,3 +115,21 @@ def as_html(text: str) -> str:
 @functools.lru_cache(maxsize=TEMPLATES_KEPT)
 def _compiled(source: str) -> Template:
     return _ENVIRONMENT.from_string(source)
+
+
+@functools.lru_cache(maxsize=TEMPLATES_KEPT)
+def reads_member_name(source: str) -> bool:
+    """Whether ``source`` may show the member's name: anything it does with ``member``
+    but read ``member.address``.  A personalized copy's name is a look-up in the store
+    per copy; a template that names only the address (the usual footer) needs none."""
+    if "member" not in source:
+        return False
+    try:
+        tree = _ENVIRONMENT.parse(source)
+    except TemplateSyntaxError:
+        return True
+    addressed = {id(node.node) for node in tree.find_all(nodes.Getattr)
+                 if isinstance(node.node, nodes.Name) and node.node.name == "member"
+                 and node.attr == "address"}
+    return any(node.name == "member" and id(node) not in addressed
+               for node in tree.find_all(nodes.Name))
