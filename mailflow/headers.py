@@ -95,13 +95,21 @@ def iter_fields(header: bytes) -> Iterator[tuple[bytes, bytes]]:
 def field_values(header: bytes, name: str) -> list[str]:
     """Unfolded values of every field called ``name`` (case-insensitive)."""
     wanted = name.lower().encode()
-    values = []
+    return [_unfolded(raw) for raw, field_name in iter_fields(header) if field_name == wanted]
+
+
+def values_by_name(header: bytes) -> dict[bytes, list[str]]:
+    """:func:`field_values` of every field at once, by lower-cased name: one pass over
+    the header section for a caller that asks about many names."""
+    found: dict[bytes, list[str]] = {}
     for raw, field_name in iter_fields(header):
-        if field_name == wanted:
-            value = raw.split(b":", 1)[1] if b":" in raw else b""
-            unfolded = b" ".join(value.split())
-            values.append(unfolded.decode("utf-8", "replace"))
-    return values
+        found.setdefault(field_name, []).append(_unfolded(raw))
+    return found
+
+
+def _unfolded(field: bytes) -> str:
+    value = field.split(b":", 1)[1] if b":" in field else b""
+    return b" ".join(value.split()).decode("utf-8", "replace")
 
 
 def count_fields(header: bytes, name: str) -> int:

@@ -19,6 +19,15 @@ Two things keep a hostile rule or message from stalling the relay:
 * **The MIME walk runs off the event loop**, on a small pool of its own, and only when a
   recipient has rules at all; a message is parsed at most once, and only as far as its
   rules need (the header section alone for header and encryption conditions).
+* **Except for a small message of one part**, tried on the event loop first: there is
+  no MIME walk to do (its one part's text is its body), and its regular expressions get
+  a short budget of their own (``INLINE_SECONDS``), without letting go of the GIL.  Most
+  mail to a list is such a message, and for it the hop to a filter thread and back cost
+  the relay more CPU than the rules themselves (two more threads handing the GIL to the
+  event loop and the writer thread, a wake-up each way).  Should the short budget run
+  out, the try is dropped, unlogged, and the message goes to the filter threads with
+  the whole of ``filter_regex_timeout``, as a larger one does: the event loop is never
+  held for longer than that short budget by a rule's pattern.
 """
 
 from __future__ import annotations
@@ -51,6 +60,15 @@ ENCRYPTED_TYPES: Final = frozenset({"multipart/encrypted", "application/pkcs7-mi
                                     "application/x-pkcs7-mime"})
 _COMPILED_PATTERNS: Final = 256  # distinct regular expressions kept compiled
 _PARSE_THREADS: Final = 2
+# A message tried on the event loop first: at most this large, of one part (no MIME
+# walk), its regular expressions within this time together.
+INLINE_MAX_BYTES: Final = 64 * 1024
+INLINE_SECONDS: Final = 0.002
+
+
+class _GaveUp(Exception):
+    """A try on the event loop would take more than its short budget: the filter threads
+    decide instead."""
 
 
 class FilterRules(Protocol):
@@ -68,11 +86,16 @@ def compiled(pattern: str) -> regex.Pattern[str]:
 
 
 class Budget:
-    """The time every regular expression of one message may take, together."""
+    """The time every regular expression of one message may take, together.
 
-    def __init__(self, seconds: float) -> None:
+    ``inline``: the budget of a try on the event loop, whose searches keep the GIL (no
+    other thread is to run meanwhile) and which gives up (:class:`_GaveUp`) when spent.
+    """
+
+    def __init__(self, seconds: float, *, inline: bool = False) -> None:
         self.deadline = time.monotonic() + seconds
         self.exhausted = False
+        self.inline = inline
 
     def search(self, pattern: str, text: str, rule: FilterRule) -> bool:
         """Whether ``pattern`` occurs in ``text``; False once the budget is spent."""
@@ -81,13 +104,17 @@ class Budget:
             self._ran_out(rule)
             return False
         try:
-            # concurrent: the search lets go of the GIL, so the event loop keeps running.
-            return compiled(pattern).search(text, timeout=left, concurrent=True) is not None
+            # concurrent (on a filter thread): the search lets go of the GIL, so the
+            # event loop keeps running.
+            return compiled(pattern).search(text, timeout=left,
+                                            concurrent=not self.inline) is not None
         except TimeoutError:
             self._ran_out(rule)
             return False
 
     def _ran_out(self, rule: FilterRule) -> None:
+        if self.inline:
+            raise _GaveUp
         if not self.exhausted:
             log.warning("filter rule of %s: regular expressions ran out of time; counted as "
                         "no match", rule.target, extra={"action": "filter_timeout"})
@@ -95,13 +122,19 @@ class Budget:
 
 
 class ParsedMessage:
-    """A message as the conditions see it, each part parsed only when first asked for."""
+    """A message as the conditions see it, each part parsed only when first asked for.
 
-    def __init__(self, raw: bytes, header: bytes) -> None:
+    ``one_part_only``: a message that needs a MIME walk raises :class:`_GaveUp` instead
+    (a try on the event loop).
+    """
+
+    def __init__(self, raw: bytes, header: bytes, *, one_part_only: bool = False) -> None:
         self.raw = raw
         self.header = header
+        self.one_part_only = one_part_only
         self._fields: Message | None = None
         self._whole: Message | None = None
+        self._values: dict[bytes, list[str]] | None = None
         # Each walk once per message, however many rules ask.
         self._texts: list[str] | None = None
         self._attachments: list[tuple[str, str]] | None = None
@@ -119,14 +152,22 @@ class ParsedMessage:
         part's Content-Type again on every access, most of a rule's cost on a small
         message; decoded header values come from :attr:`fields` instead."""
         if self._whole is None:
-            self._whole = email.message_from_bytes(self.raw, policy=email.policy.compat32)
+            whole = one_part(self.raw)
+            if whole is None:
+                if self.one_part_only:
+                    raise _GaveUp
+                whole = email.message_from_bytes(self.raw, policy=email.policy.compat32)
+            self._whole = whole
         return self._whole
 
     def field_values(self, name: str) -> list[str]:
         """Each ``name`` field unfolded, its encoded words decoded; as written where they
         cannot be.  From the bytes, not the default policy's header objects, whose
-        parsing (an address list's above all) cost more than the rules' searches."""
-        return [_decoded(value) for value in headers.field_values(self.header, name)]
+        parsing (an address list's above all) cost more than the rules' searches; the
+        header section split into fields once for all the rules."""
+        if self._values is None:
+            self._values = headers.values_by_name(self.header)
+        return [_decoded(value) for value in self._values.get(name.lower().encode(), ())]
 
     def text_parts(self) -> list[str]:
         """The decoded text of every text part that is not an attachment."""
@@ -180,6 +221,30 @@ class ParsedMessage:
         return str(self.fields.get_param("smime-type", "") or "").lower() != "signed-data"
 
 
+def one_part(raw: bytes) -> Message | None:
+    """``raw`` as ``compat32`` parses it, for a message of one part (neither multipart
+    nor message/*): its header section parsed alone and its body set as the payload,
+    which is all the parser does with such a body, without splitting it into lines
+    (most of a small message's parse).  None for any other message, or where the
+    header section alone does not parse cleanly (no blank line after it, a line that is
+    no field): the whole parse decides those."""
+    length = headers.header_length(raw)
+    root = email.message_from_bytes(raw[:length], policy=email.policy.compat32)
+    if (root.defects or root.get_payload()
+            or root.get_content_maintype() in ("multipart", "message")):
+        return None
+    body = raw[length:]
+    if body.startswith(b"\r\n"):
+        body = body[2:]
+    elif body.startswith(b"\n"):
+        body = body[1:]
+    elif body:  # no blank line ends the header section: not what a clean parse saw
+        return None
+    # As the bytes parser reads it: ASCII, other bytes kept as surrogates.
+    root.set_payload(body.decode("ascii", "surrogateescape"))
+    return root
+
+
 def _decoded(text: str) -> str:
     """A field value or file name (as many mail programs write them) with its RFC 2047
     encoded words read."""
@@ -220,13 +285,31 @@ def first_matches(raw: bytes, header: bytes, rules: Mapping[str, Sequence[Filter
 
     Blocking (parses, runs regular expressions): called on the filter threads.
     """
-    message = ParsedMessage(raw, header)
-    budget = Budget(timeout)
+    return _first_matches(ParsedMessage(raw, header), rules, Budget(timeout))
+
+
+def first_matches_inline(raw: bytes, header: bytes, rules: Mapping[str, Sequence[FilterRule]]
+                         ) -> dict[str, FilterRule] | None:
+    """:func:`first_matches` on the event loop, for a small message of one part; None
+    where that would take a MIME walk or more than ``INLINE_SECONDS`` of searching."""
+    if len(raw) > INLINE_MAX_BYTES:
+        return None
+    try:
+        return _first_matches(ParsedMessage(raw, header, one_part_only=True), rules,
+                              Budget(INLINE_SECONDS, inline=True))
+    except _GaveUp:
+        return None
+
+
+def _first_matches(message: ParsedMessage, rules: Mapping[str, Sequence[FilterRule]],
+                   budget: Budget) -> dict[str, FilterRule]:
     decided: dict[str, FilterRule] = {}
     for target, target_rules in rules.items():
         for rule in target_rules:
             try:
                 matched = holds(rule, message, budget)
+            except _GaveUp:
+                raise
             except Exception:
                 # Whatever the sender's MIME makes the parser do, the rule cannot judge
                 # it: no match (as a timeout), never a 451 the sender would retry for ever.
@@ -278,11 +361,13 @@ class MessageFilters:
         found = await self.rules.rules_for([r.canonical for r in pending])
         if not found:  # the usual case: no recipient has a rule
             return {}
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(_PARSE_THREADS,
-                                            thread_name_prefix="mailflow-filters")
-        matched = await asyncio.get_running_loop().run_in_executor(
-            self._pool, first_matches, ctx.raw, ctx.header, found, self.timeout)
+        matched = first_matches_inline(ctx.raw, ctx.header, found)
+        if matched is None:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(_PARSE_THREADS,
+                                                thread_name_prefix="mailflow-filters")
+            matched = await asyncio.get_running_loop().run_in_executor(
+                self._pool, first_matches, ctx.raw, ctx.header, found, self.timeout)
         # A tag or strip rule that matches first accepts: it changes the copies later.
         return {target: decision(rule) for target, rule in matched.items()
                 if rule.action not in COPY_ACTIONS}
