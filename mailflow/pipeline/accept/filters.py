@@ -38,6 +38,7 @@ import email.policy
 import fnmatch
 import functools
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,7 +64,7 @@ _PARSE_THREADS: Final = 2
 # A message tried on the event loop first: at most this large, of one part (no MIME
 # walk), its regular expressions within this time together.
 INLINE_MAX_BYTES: Final = 64 * 1024
-INLINE_SECONDS: Final = 0.002
+INLINE_SECONDS: Final = 0.005
 
 
 class _GaveUp(Exception):
@@ -90,20 +91,16 @@ class Budget:
 
     ``inline``: the budget of a try on the event loop, whose searches keep the GIL (no
     other thread is to run meanwhile) and which gives up (:class:`_GaveUp`) when spent.
-    It counts the thread's CPU time, as the ``regex`` module's own timeout does: on a
-    busy machine the wall clock would run out while the loop waits for a core, and send
-    to the threads a message that costs the loop less than its budget.
     """
 
     def __init__(self, seconds: float, *, inline: bool = False) -> None:
-        self.clock = time.thread_time if inline else time.monotonic
-        self.deadline = self.clock() + seconds
+        self.deadline = time.monotonic() + seconds
         self.exhausted = False
         self.inline = inline
 
     def search(self, pattern: str, text: str, rule: FilterRule) -> bool:
         """Whether ``pattern`` occurs in ``text``; False once the budget is spent."""
-        left = self.deadline - self.clock()
+        left = self.deadline - time.monotonic()
         if left <= 0 or self.exhausted:
             self._ran_out(rule)
             return False
@@ -128,6 +125,7 @@ class Budget:
 class ParsedMessage:
     """A message as the conditions see it, each part parsed only when first asked for.
 
+    ``header``: the header section of ``raw`` (up to :func:`headers.header_length`).
     ``one_part_only``: a message that needs a MIME walk raises :class:`_GaveUp` instead
     (a try on the event loop).
     """
@@ -138,7 +136,7 @@ class ParsedMessage:
         self.one_part_only = one_part_only
         self._fields: Message | None = None
         self._whole: Message | None = None
-        self._values: dict[bytes, list[str]] | None = None
+        self._by_name: dict[bytes, list[bytes]] | None = None
         # Each walk once per message, however many rules ask.
         self._texts: list[str] | None = None
         self._attachments: list[tuple[str, str]] | None = None
@@ -156,7 +154,7 @@ class ParsedMessage:
         part's Content-Type again on every access, most of a rule's cost on a small
         message; decoded header values come from :attr:`fields` instead."""
         if self._whole is None:
-            whole = one_part(self.raw)
+            whole = one_part(self.raw, self.header, self._fields_by_name())
             if whole is None:
                 if self.one_part_only:
                     raise _GaveUp
@@ -169,9 +167,13 @@ class ParsedMessage:
         cannot be.  From the bytes, not the default policy's header objects, whose
         parsing (an address list's above all) cost more than the rules' searches; the
         header section split into fields once for all the rules."""
-        if self._values is None:
-            self._values = headers.values_by_name(self.header)
-        return [_decoded(value) for value in self._values.get(name.lower().encode(), ())]
+        return [_decoded(headers.unfolded_value(field))
+                for field in self._fields_by_name().get(name.lower().encode(), ())]
+
+    def _fields_by_name(self) -> dict[bytes, list[bytes]]:
+        if self._by_name is None:
+            self._by_name = headers.fields_by_name(self.header)
+        return self._by_name
 
     def text_parts(self) -> list[str]:
         """The decoded text of every text part that is not an attachment."""
@@ -225,26 +227,41 @@ class ParsedMessage:
         return str(self.fields.get_param("smime-type", "") or "").lower() != "signed-data"
 
 
-def one_part(raw: bytes) -> Message | None:
-    """``raw`` as ``compat32`` parses it, for a message of one part (neither multipart
-    nor message/*): its header section parsed alone and its body set as the payload,
-    which is all the parser does with such a body, without splitting it into lines
-    (most of a small message's parse).  None for any other message, or where the
-    header section alone does not parse cleanly (no blank line after it, a line that is
-    no field): the whole parse decides those."""
-    length = headers.header_length(raw)
-    root = email.message_from_bytes(raw[:length], policy=email.policy.compat32)
-    if (root.defects or root.get_payload()
-            or root.get_content_maintype() in ("multipart", "message")):
+# A header section ``compat32`` parses with no defect and no line taken for the body:
+# fields ("name:", the name printable US-ASCII but the colon, as the parser's own test)
+# with their continuation lines, each line ended by a line break.
+_CLEAN_HEADER: Final = re.compile(rb"(?:[!-9;-~]+:[^\r\n]*\r?\n(?:[ \t][^\r\n]*\r?\n)*)*")
+# All that the conditions read of a part besides its payload: type and its parameters
+# (charset, name), transfer encoding, disposition and its file name.
+_STRUCTURE_FIELDS: Final = (b"content-type", b"content-transfer-encoding",
+                            b"content-disposition")
+
+
+def one_part(raw: bytes, header: bytes, fields: Mapping[bytes, Sequence[bytes]]
+             ) -> Message | None:
+    """``raw`` as ``compat32`` parses it, as far as the conditions read it, for a
+    message of one part (neither multipart nor message/*): the fields that describe its
+    structure, each as the parser stores it, and its body as the payload, which is all
+    the parser does with such a body.  None for any other message, or a header section
+    the parser would not read as fields alone: the whole parse decides those.
+
+    ``header``: ``raw``'s header section (up to :func:`headers.header_length`);
+    ``fields``: its fields by name (:func:`headers.fields_by_name`).  The parser splits
+    the body into lines and builds every field; on a small message that was most of
+    the conditions' cost.
+    """
+    if not _CLEAN_HEADER.fullmatch(header):
         return None
-    body = raw[length:]
-    if body.startswith(b"\r\n"):
-        body = body[2:]
-    elif body.startswith(b"\n"):
-        body = body[1:]
-    elif body:  # no blank line ends the header section: not what a clean parse saw
+    policy = email.policy.compat32
+    root = Message(policy)
+    for name in _STRUCTURE_FIELDS:  # (each looked up by its own name: order apart)
+        for field in fields.get(name, ()):  # as the bytes parser reads it: surrogates
+            lines = field.decode("ascii", "surrogateescape").splitlines(keepends=True)
+            root.__setitem__(*policy.header_source_parse(lines))
+    if root.get_content_maintype() in ("multipart", "message"):
         return None
-    # As the bytes parser reads it: ASCII, other bytes kept as surrogates.
+    body = raw[len(header):]  # the blank line that ends the header section, the body
+    body = body[2:] if body.startswith(b"\r\n") else body[1:]
     root.set_payload(body.decode("ascii", "surrogateescape"))
     return root
 
