@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesHeaderParser
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import regex
 
@@ -94,13 +94,25 @@ class Budget:
     """
 
     def __init__(self, seconds: float, *, inline: bool = False) -> None:
+        self.seconds = seconds
         self.deadline = time.monotonic() + seconds
         self.exhausted = False
         self.inline = inline
+        self._cpu_start = time.thread_time() if inline else 0.0
+
+    def _left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0 and self.inline:
+            # On a busy machine the wall clock also runs while the loop waits for a core;
+            # the loop's own time is what its budget bounds (read only then: a system
+            # call, where the wall clock is not).
+            left = self.seconds - (time.thread_time() - self._cpu_start)
+            self.deadline = time.monotonic() + left
+        return left
 
     def search(self, pattern: str, text: str, rule: FilterRule) -> bool:
         """Whether ``pattern`` occurs in ``text``; False once the budget is spent."""
-        left = self.deadline - time.monotonic()
+        left = self._left()
         if left <= 0 or self.exhausted:
             self._ran_out(rule)
             return False
@@ -137,6 +149,8 @@ class ParsedMessage:
         self._fields: Message | None = None
         self._whole: Message | None = None
         self._by_name: dict[bytes, list[bytes]] | None = None
+        self._reading: Reading | None = None
+        self._read = False  # whether _reading was decided
         # Each walk once per message, however many rules ask.
         self._texts: list[str] | None = None
         self._attachments: list[tuple[str, str]] | None = None
@@ -154,10 +168,10 @@ class ParsedMessage:
         part's Content-Type again on every access, most of a rule's cost on a small
         message; decoded header values come from :attr:`fields` instead."""
         if self._whole is None:
-            whole = one_part(self.raw, self.header, self._fields_by_name())
+            whole = None
+            if self._one_part() is not None:
+                whole = one_part(self.raw, self.header, self._fields_by_name())
             if whole is None:
-                if self.one_part_only:
-                    raise _GaveUp
                 whole = email.message_from_bytes(self.raw, policy=email.policy.compat32)
             self._whole = whole
         return self._whole
@@ -175,10 +189,26 @@ class ParsedMessage:
             self._by_name = headers.fields_by_name(self.header)
         return self._by_name
 
+    def _one_part(self) -> Reading | None:
+        """How to read this message as one part; None if it is not (or the header
+        section is not clean): then a MIME walk, which a try on the event loop gives up."""
+        if not self._read:
+            self._reading = one_part_reading(self.header, self._fields_by_name())
+            self._read = True
+        if self._reading is None and self.one_part_only:
+            raise _GaveUp
+        return self._reading
+
     def text_parts(self) -> list[str]:
         """The decoded text of every text part that is not an attachment."""
         if self._texts is None:
-            self._texts = self._text_parts()
+            reading = self._one_part()
+            if reading is None or not reading.identity:
+                self._texts = self._text_parts()
+            elif reading.text:  # the body as it is, as get_payload(decode=True) gives it
+                self._texts = [_text(self.raw[len(self.header):], reading.charset, skip=True)]
+            else:
+                self._texts = []
         return self._texts
 
     def _text_parts(self) -> list[str]:
@@ -194,16 +224,15 @@ class ParsedMessage:
                 continue
             charset = "utf-8" if maintype == "multipart" else (
                 part.get_content_charset() or "us-ascii")
-            try:
-                texts.append(payload.decode(charset, "replace"))
-            except LookupError:  # an unknown charset: decode what is there
-                texts.append(payload.decode("utf-8", "replace"))
+            texts.append(_text(payload, charset))
         return texts
 
     def attachments(self) -> list[tuple[str, str]]:
         """(MIME type, file name) of every attachment, both in lower case."""
         if self._attachments is None:
-            self._attachments = self._attachment_list()
+            # One part: the root is no attachment (a walk would skip it).
+            self._attachments = [] if self._one_part() is not None else (
+                self._attachment_list())
         return self._attachments
 
     def _attachment_list(self) -> list[tuple[str, str]]:
@@ -237,6 +266,70 @@ _STRUCTURE_FIELDS: Final = (b"content-type", b"content-transfer-encoding",
                             b"content-disposition")
 
 
+class Reading(NamedTuple):
+    """How a message of one part is read: as text or not (an attachment, not text), in
+    which charset, and whether its body is its content as it is (no quoted-printable,
+    base64 or uuencode to undo)."""
+
+    text: bool
+    charset: str
+    identity: bool
+
+
+_ENCODED: Final = frozenset({"quoted-printable", "base64", "x-uuencode", "uuencode", "uue",
+                             "x-uue"})  # what compat32's get_payload(decode=True) undoes
+_READINGS: Final = 256  # distinct structure fields remembered, each at most ...
+_READING_KEY_BYTES: Final = 1024  # ... this long together: 256 KiB at most
+
+
+def one_part_reading(header: bytes, fields: Mapping[bytes, Sequence[bytes]]
+                     ) -> Reading | None:
+    """How the message of ``header`` is read, if it has one part (see :func:`one_part`);
+    decided once per distinct set of structure fields (most mail to a list repeats a
+    few), as ``compat32`` decides it: the ``email`` package's field methods were most of
+    the cost of a small message's body conditions."""
+    if not _CLEAN_HEADER.fullmatch(header):
+        return None
+    key = tuple(field for name in _STRUCTURE_FIELDS for field in fields.get(name, ()))
+    if sum(map(len, key)) > _READING_KEY_BYTES:
+        return _reading(key)
+    return _remembered_reading(key)
+
+
+def _reading(structure: tuple[bytes, ...]) -> Reading | None:
+    root = _structure(structure)
+    maintype = root.get_content_maintype()
+    if maintype in ("multipart", "message"):
+        return None
+    return Reading(text=maintype == "text" and root.get_content_disposition() != "attachment",
+                   charset=root.get_content_charset() or "us-ascii",
+                   identity=str(root.get("content-transfer-encoding", "")).lower()
+                   not in _ENCODED)
+
+
+_remembered_reading: Final = functools.lru_cache(maxsize=_READINGS)(_reading)
+
+
+def _structure(fields: Sequence[bytes]) -> Message:
+    """A ``compat32`` message of ``fields`` alone, each stored as its parser stores it."""
+    policy = email.policy.compat32
+    root = Message(policy)
+    for field in fields:  # as the bytes parser reads it: other bytes as surrogates
+        lines = field.decode("ascii", "surrogateescape").splitlines(keepends=True)
+        root.__setitem__(*policy.header_source_parse(lines))
+    return root
+
+
+def _text(payload: bytes, charset: str, *, skip: bool = False) -> str:
+    """``payload`` decoded (``skip``: after the blank line that ends a header section)."""
+    if skip:
+        payload = payload[2:] if payload.startswith(b"\r\n") else payload[1:]
+    try:
+        return payload.decode(charset, "replace")
+    except LookupError:  # an unknown charset: decode what is there
+        return payload.decode("utf-8", "replace")
+
+
 def one_part(raw: bytes, header: bytes, fields: Mapping[bytes, Sequence[bytes]]
              ) -> Message | None:
     """``raw`` as ``compat32`` parses it, as far as the conditions read it, for a
@@ -252,12 +345,8 @@ def one_part(raw: bytes, header: bytes, fields: Mapping[bytes, Sequence[bytes]]
     """
     if not _CLEAN_HEADER.fullmatch(header):
         return None
-    policy = email.policy.compat32
-    root = Message(policy)
-    for name in _STRUCTURE_FIELDS:  # (each looked up by its own name: order apart)
-        for field in fields.get(name, ()):  # as the bytes parser reads it: surrogates
-            lines = field.decode("ascii", "surrogateescape").splitlines(keepends=True)
-            root.__setitem__(*policy.header_source_parse(lines))
+    # (Each field looked up by its own name: their order apart does not matter.)
+    root = _structure([f for name in _STRUCTURE_FIELDS for f in fields.get(name, ())])
     if root.get_content_maintype() in ("multipart", "message"):
         return None
     body = raw[len(header):]  # the blank line that ends the header section, the body
