@@ -366,18 +366,26 @@ def _decoded(text: str) -> str:
         return text
 
 
+# The conditions as module constants: an enum member's lookup on its class costs more
+# than some conditions' test (every rule of every message asks).
+_HEADER: Final = FilterCondition.HEADER
+_BODY: Final = FilterCondition.BODY
+_LARGER_THAN: Final = FilterCondition.LARGER_THAN
+_NOT_ENCRYPTED: Final = FilterCondition.NOT_ENCRYPTED
+
+
 def holds(rule: FilterRule, message: ParsedMessage, budget: Budget) -> bool:
     """Whether ``rule``'s condition holds for ``message``."""
     condition = rule.condition
-    if condition is FilterCondition.LARGER_THAN:
-        return len(message.raw) > int(rule.argument)
-    if condition is FilterCondition.NOT_ENCRYPTED:
-        return not message.encrypted()
-    if condition is FilterCondition.HEADER:
+    if condition is _HEADER:
         return any(budget.search(rule.argument, value, rule)
                    for value in message.field_values(rule.header))
-    if condition is FilterCondition.BODY:
+    if condition is _BODY:
         return any(budget.search(rule.argument, text, rule) for text in message.text_parts())
+    if condition is _LARGER_THAN:
+        return len(message.raw) > int(rule.argument)
+    if condition is _NOT_ENCRYPTED:
+        return not message.encrypted()
     return any(attachment_matches(content_type, filename, rule.argument)
                for content_type, filename in message.attachments())
 
