@@ -95,13 +95,24 @@ def iter_fields(header: bytes) -> Iterator[tuple[bytes, bytes]]:
 def field_values(header: bytes, name: str) -> list[str]:
     """Unfolded values of every field called ``name`` (case-insensitive)."""
     wanted = name.lower().encode()
-    values = []
+    return [unfolded_value(raw) for raw, field_name in iter_fields(header)
+            if field_name == wanted]
+
+
+def fields_by_name(header: bytes) -> dict[bytes, list[bytes]]:
+    """Every field as :func:`iter_fields` yields it, by lower-cased name, in order: one
+    pass over the header section for a caller that asks about many names."""
+    found: dict[bytes, list[bytes]] = {}
     for raw, field_name in iter_fields(header):
-        if field_name == wanted:
-            value = raw.split(b":", 1)[1] if b":" in raw else b""
-            unfolded = b" ".join(value.split())
-            values.append(unfolded.decode("utf-8", "replace"))
-    return values
+        found.setdefault(field_name, []).append(raw)
+    return found
+
+
+def unfolded_value(field: bytes) -> str:
+    """A field's value (after its colon) with its folding and runs of white space
+    undone."""
+    value = field.split(b":", 1)[1] if b":" in field else b""
+    return b" ".join(value.split()).decode("utf-8", "replace")
 
 
 def count_fields(header: bytes, name: str) -> int:

@@ -6,6 +6,8 @@ itself (rules, held messages) on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import json
 import time
 from collections.abc import Sequence
@@ -16,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import event
 
+from mailflow import headers
 from mailflow.blobs import content_hash
 from mailflow.cli import cli
 from mailflow.config import Settings
@@ -29,7 +32,13 @@ from mailflow.model import (
     InboundMessage,
     MessageStatus,
 )
-from mailflow.pipeline.accept.filters import Budget, MessageFilters, first_matches
+from mailflow.pipeline.accept.filters import (
+    INLINE_MAX_BYTES,
+    Budget,
+    MessageFilters,
+    first_matches,
+    one_part,
+)
 from mailflow.pipeline.context import Action, MessageContext
 from mailflow.services.commit import IngestBatch, InlineExpansion, store_batch
 from mailflow.services.directory import DirectoryService
@@ -65,8 +74,13 @@ def mime(body: str = "Hello list.", *, subject: str = "hello",
 
 
 def matched(raw: bytes, *rules: FilterRule, timeout: float = 1.0) -> FilterRule | None:
-    header = raw.split(b"\n\n", 1)[0] + b"\n\n"
+    header = raw[:headers.header_length(raw)]
     return first_matches(raw, header, {TEAM: rules}, timeout).get(TEAM)
+
+
+def read_as_one_part(raw: bytes) -> email.message.Message | None:
+    header = raw[:headers.header_length(raw)]
+    return one_part(raw, header, headers.fields_by_name(header))
 
 
 # -- conditions -------------------------------------------------------------------------
@@ -227,6 +241,79 @@ def test_every_regular_expression_of_a_message_shares_one_budget() -> None:
     started = time.thread_time()  # CPU time, as above
     assert matched(raw, *slow, timeout=0.2) is None
     assert time.thread_time() - started < 0.2 + 0.5  # not ten times the bound
+
+
+# -- a small message of one part: on the event loop, without the MIME walk -------------
+
+@pytest.mark.parametrize("raw", [
+    b"From: a@x.test\r\nSubject: x\r\n\r\nbody\r\nline 2\r\n",
+    b"From: a@x.test\nSubject: folded\n  on two lines\n\nbody\n\n\n",
+    b"From: a@x.test\r\nSubject: no body\r\n",
+    b"From: a@x.test\r\nContent-Type: text/plain;\r\n charset=latin-1\r\n\r\n8 bit \xff\r\n",
+    b"Content-Type: TEXT/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable"
+    b"\r\n\r\nh=C3=A9llo\r\n",
+    b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; "
+    b"filename=a.exe\r\n\r\nMZ",
+])
+def test_a_one_part_message_is_read_as_the_whole_parse_reads_it(raw: bytes) -> None:
+    full = email.message_from_bytes(raw, policy=email.policy.compat32)
+    fast = read_as_one_part(raw)
+    assert fast is not None
+    read = ("content-type", "content-transfer-encoding", "content-disposition")
+    assert sorted(fast.items()) == sorted((k, v) for k, v in full.items()
+                                          if k.lower() in read)
+    assert (fast.get_content_type(), fast.get_content_charset(), fast.get_filename()) == (
+        full.get_content_type(), full.get_content_charset(), full.get_filename())
+    assert fast.get_payload() == full.get_payload()
+    assert fast.get_payload(decode=True) == full.get_payload(decode=True)
+
+
+@pytest.mark.parametrize("raw", [
+    mime(attachments=[("text/plain", "a.txt", b"x")]),                       # multipart
+    b"Content-Type: message/rfc822\r\n\r\nFrom: a@x.test\r\n\r\ninner\r\n",  # nested
+    b"From: a@x.test\r\nno field, so the body begins here\r\n\r\nmore\r\n",
+    b"From: a@x.test\n\r\n\r\nbody after a blank line of another ending\r\n",
+    b"From a@x.test Mon Jan  1 00:00:00 2026\r\nFrom: a@x.test\r\n\r\nmbox\r\n",
+    b"From: a@x.test\r\nSubject: no line break at the end",
+])
+def test_any_other_message_gets_the_whole_parse(raw: bytes) -> None:
+    assert read_as_one_part(raw) is None
+
+
+async def test_a_small_one_part_message_is_decided_on_the_event_loop() -> None:
+    rules = Rules({TEAM: [rule(H, "offer", header="subject"), rule(B, r"cheap\s+pills", HOLD)]})
+    step = MessageFilters(rules, 1.0)
+    ctx = MessageContext.of(Envelope("a@x.test", (TEAM,)), mime("cheap  pills"))
+    decided = await step(ctx, list(ctx.recipients.values()))
+    assert decided[TEAM].action is Action.HOLD
+    assert step._pool is None  # no filter thread: no hop there and back
+
+
+@pytest.mark.parametrize("raw", [
+    mime("cheap pills", attachments=[("text/plain", "a.txt", b"x")]),  # a MIME walk to do
+    mime("cheap pills " + "x" * INLINE_MAX_BYTES),                    # too large
+])
+async def test_other_messages_are_decided_on_the_filter_threads(raw: bytes) -> None:
+    step = MessageFilters(Rules({TEAM: [rule(B, r"cheap\s+pills", HOLD)]}), 1.0)
+    ctx = MessageContext.of(Envelope("a@x.test", (TEAM,)), raw)
+    decided = await step(ctx, list(ctx.recipients.values()))
+    assert decided[TEAM].action is Action.HOLD
+    assert step._pool is not None
+
+
+async def test_a_pattern_too_slow_for_the_event_loop_gets_the_whole_budget_on_a_thread(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``a*b|!`` tries every start of 10,000 ``a``: quadratic, far more than the event
+    loop's short budget, well within the message's; it matches at the end."""
+    raw = b"From: a@x.test\r\nSubject: x\r\n\r\n" + b"a" * 10_000 + b"!\r\n"
+    assert len(raw) < INLINE_MAX_BYTES
+    slow = rule(B, "a*b|!", HOLD)
+    step = MessageFilters(Rules({TEAM: [slow]}), 60.0)
+    ctx = MessageContext.of(Envelope("a@x.test", (TEAM,)), raw)
+    decided = await step(ctx, list(ctx.recipients.values()))
+    assert decided[TEAM].action is Action.HOLD
+    assert step._pool is not None
+    assert "ran out of time" not in caplog.text  # giving up on the loop is not a timeout
 
 
 # -- the cache in front of the store ----------------------------------------------------

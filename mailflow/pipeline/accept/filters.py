@@ -19,6 +19,15 @@ Two things keep a hostile rule or message from stalling the relay:
 * **The MIME walk runs off the event loop**, on a small pool of its own, and only when a
   recipient has rules at all; a message is parsed at most once, and only as far as its
   rules need (the header section alone for header and encryption conditions).
+* **Except for a small message of one part**, tried on the event loop first: there is
+  no MIME walk to do (its one part's text is its body), and its regular expressions get
+  a short budget of their own (``INLINE_SECONDS``), without letting go of the GIL.  Most
+  mail to a list is such a message, and for it the hop to a filter thread and back cost
+  the relay more CPU than the rules themselves (two more threads handing the GIL to the
+  event loop and the writer thread, a wake-up each way).  Should the short budget run
+  out, the try is dropped, unlogged, and the message goes to the filter threads with
+  the whole of ``filter_regex_timeout``, as a larger one does: the event loop is never
+  held for longer than that short budget by a rule's pattern.
 """
 
 from __future__ import annotations
@@ -29,13 +38,14 @@ import email.policy
 import fnmatch
 import functools
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesHeaderParser
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import regex
 
@@ -51,6 +61,15 @@ ENCRYPTED_TYPES: Final = frozenset({"multipart/encrypted", "application/pkcs7-mi
                                     "application/x-pkcs7-mime"})
 _COMPILED_PATTERNS: Final = 256  # distinct regular expressions kept compiled
 _PARSE_THREADS: Final = 2
+# A message tried on the event loop first: at most this large, of one part (no MIME
+# walk), its regular expressions within this time together.
+INLINE_MAX_BYTES: Final = 64 * 1024
+INLINE_SECONDS: Final = 0.005
+
+
+class _GaveUp(Exception):
+    """A try on the event loop would take more than its short budget: the filter threads
+    decide instead."""
 
 
 class FilterRules(Protocol):
@@ -68,26 +87,47 @@ def compiled(pattern: str) -> regex.Pattern[str]:
 
 
 class Budget:
-    """The time every regular expression of one message may take, together."""
+    """The time every regular expression of one message may take, together.
 
-    def __init__(self, seconds: float) -> None:
+    ``inline``: the budget of a try on the event loop, whose searches keep the GIL (no
+    other thread is to run meanwhile) and which gives up (:class:`_GaveUp`) when spent.
+    """
+
+    def __init__(self, seconds: float, *, inline: bool = False) -> None:
+        self.seconds = seconds
         self.deadline = time.monotonic() + seconds
         self.exhausted = False
+        self.inline = inline
+        self._cpu_start = time.thread_time() if inline else 0.0
+
+    def _left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0 and self.inline:
+            # On a busy machine the wall clock also runs while the loop waits for a core;
+            # the loop's own time is what its budget bounds (read only then: a system
+            # call, where the wall clock is not).
+            left = self.seconds - (time.thread_time() - self._cpu_start)
+            self.deadline = time.monotonic() + left
+        return left
 
     def search(self, pattern: str, text: str, rule: FilterRule) -> bool:
         """Whether ``pattern`` occurs in ``text``; False once the budget is spent."""
-        left = self.deadline - time.monotonic()
+        left = self._left()
         if left <= 0 or self.exhausted:
             self._ran_out(rule)
             return False
         try:
-            # concurrent: the search lets go of the GIL, so the event loop keeps running.
-            return compiled(pattern).search(text, timeout=left, concurrent=True) is not None
+            # concurrent (on a filter thread): the search lets go of the GIL, so the
+            # event loop keeps running.
+            return compiled(pattern).search(text, timeout=left,
+                                            concurrent=not self.inline) is not None
         except TimeoutError:
             self._ran_out(rule)
             return False
 
     def _ran_out(self, rule: FilterRule) -> None:
+        if self.inline:
+            raise _GaveUp
         if not self.exhausted:
             log.warning("filter rule of %s: regular expressions ran out of time; counted as "
                         "no match", rule.target, extra={"action": "filter_timeout"})
@@ -95,13 +135,22 @@ class Budget:
 
 
 class ParsedMessage:
-    """A message as the conditions see it, each part parsed only when first asked for."""
+    """A message as the conditions see it, each part parsed only when first asked for.
 
-    def __init__(self, raw: bytes, header: bytes) -> None:
+    ``header``: the header section of ``raw`` (up to :func:`headers.header_length`).
+    ``one_part_only``: a message that needs a MIME walk raises :class:`_GaveUp` instead
+    (a try on the event loop).
+    """
+
+    def __init__(self, raw: bytes, header: bytes, *, one_part_only: bool = False) -> None:
         self.raw = raw
         self.header = header
+        self.one_part_only = one_part_only
         self._fields: Message | None = None
         self._whole: Message | None = None
+        self._by_name: dict[bytes, list[bytes]] | None = None
+        self._reading: Reading | None = None
+        self._read = False  # whether _reading was decided
         # Each walk once per message, however many rules ask.
         self._texts: list[str] | None = None
         self._attachments: list[tuple[str, str]] | None = None
@@ -119,19 +168,47 @@ class ParsedMessage:
         part's Content-Type again on every access, most of a rule's cost on a small
         message; decoded header values come from :attr:`fields` instead."""
         if self._whole is None:
-            self._whole = email.message_from_bytes(self.raw, policy=email.policy.compat32)
+            whole = None
+            if self._one_part() is not None:
+                whole = one_part(self.raw, self.header, self._fields_by_name())
+            if whole is None:
+                whole = email.message_from_bytes(self.raw, policy=email.policy.compat32)
+            self._whole = whole
         return self._whole
 
     def field_values(self, name: str) -> list[str]:
         """Each ``name`` field unfolded, its encoded words decoded; as written where they
         cannot be.  From the bytes, not the default policy's header objects, whose
-        parsing (an address list's above all) cost more than the rules' searches."""
-        return [_decoded(value) for value in headers.field_values(self.header, name)]
+        parsing (an address list's above all) cost more than the rules' searches; the
+        header section split into fields once for all the rules."""
+        return [_decoded(headers.unfolded_value(field))
+                for field in self._fields_by_name().get(name.lower().encode(), ())]
+
+    def _fields_by_name(self) -> dict[bytes, list[bytes]]:
+        if self._by_name is None:
+            self._by_name = headers.fields_by_name(self.header)
+        return self._by_name
+
+    def _one_part(self) -> Reading | None:
+        """How to read this message as one part; None if it is not (or the header
+        section is not clean): then a MIME walk, which a try on the event loop gives up."""
+        if not self._read:
+            self._reading = one_part_reading(self.header, self._fields_by_name())
+            self._read = True
+        if self._reading is None and self.one_part_only:
+            raise _GaveUp
+        return self._reading
 
     def text_parts(self) -> list[str]:
         """The decoded text of every text part that is not an attachment."""
         if self._texts is None:
-            self._texts = self._text_parts()
+            reading = self._one_part()
+            if reading is None or not reading.identity:
+                self._texts = self._text_parts()
+            elif reading.text:  # the body as it is, as get_payload(decode=True) gives it
+                self._texts = [_text(self.raw[len(self.header):], reading.charset, skip=True)]
+            else:
+                self._texts = []
         return self._texts
 
     def _text_parts(self) -> list[str]:
@@ -147,16 +224,15 @@ class ParsedMessage:
                 continue
             charset = "utf-8" if maintype == "multipart" else (
                 part.get_content_charset() or "us-ascii")
-            try:
-                texts.append(payload.decode(charset, "replace"))
-            except LookupError:  # an unknown charset: decode what is there
-                texts.append(payload.decode("utf-8", "replace"))
+            texts.append(_text(payload, charset))
         return texts
 
     def attachments(self) -> list[tuple[str, str]]:
         """(MIME type, file name) of every attachment, both in lower case."""
         if self._attachments is None:
-            self._attachments = self._attachment_list()
+            # One part: the root is no attachment (a walk would skip it).
+            self._attachments = [] if self._one_part() is not None else (
+                self._attachment_list())
         return self._attachments
 
     def _attachment_list(self) -> list[tuple[str, str]]:
@@ -180,6 +256,105 @@ class ParsedMessage:
         return str(self.fields.get_param("smime-type", "") or "").lower() != "signed-data"
 
 
+# A header section ``compat32`` parses with no defect and no line taken for the body:
+# fields ("name:", the name printable US-ASCII but the colon, as the parser's own test)
+# with their continuation lines, each line ended by a line break.
+_CLEAN_HEADER: Final = re.compile(rb"(?:[!-9;-~]+:[^\r\n]*\r?\n(?:[ \t][^\r\n]*\r?\n)*)*")
+# All that the conditions read of a part besides its payload: type and its parameters
+# (charset, name), transfer encoding, disposition and its file name.
+_STRUCTURE_FIELDS: Final = (b"content-type", b"content-transfer-encoding",
+                            b"content-disposition")
+
+
+class Reading(NamedTuple):
+    """How a message of one part is read: as text or not (an attachment, not text), in
+    which charset, and whether its body is its content as it is (no quoted-printable,
+    base64 or uuencode to undo)."""
+
+    text: bool
+    charset: str
+    identity: bool
+
+
+_ENCODED: Final = frozenset({"quoted-printable", "base64", "x-uuencode", "uuencode", "uue",
+                             "x-uue"})  # what compat32's get_payload(decode=True) undoes
+_READINGS: Final = 256  # distinct structure fields remembered, each at most ...
+_READING_KEY_BYTES: Final = 1024  # ... this long together: 256 KiB at most
+
+
+def one_part_reading(header: bytes, fields: Mapping[bytes, Sequence[bytes]]
+                     ) -> Reading | None:
+    """How the message of ``header`` is read, if it has one part (see :func:`one_part`);
+    decided once per distinct set of structure fields (most mail to a list repeats a
+    few), as ``compat32`` decides it: the ``email`` package's field methods were most of
+    the cost of a small message's body conditions."""
+    if not _CLEAN_HEADER.fullmatch(header):
+        return None
+    key = tuple(field for name in _STRUCTURE_FIELDS for field in fields.get(name, ()))
+    if sum(map(len, key)) > _READING_KEY_BYTES:
+        return _reading(key)
+    return _remembered_reading(key)
+
+
+def _reading(structure: tuple[bytes, ...]) -> Reading | None:
+    root = _structure(structure)
+    maintype = root.get_content_maintype()
+    if maintype in ("multipart", "message"):
+        return None
+    return Reading(text=maintype == "text" and root.get_content_disposition() != "attachment",
+                   charset=root.get_content_charset() or "us-ascii",
+                   identity=str(root.get("content-transfer-encoding", "")).lower()
+                   not in _ENCODED)
+
+
+_remembered_reading: Final = functools.lru_cache(maxsize=_READINGS)(_reading)
+
+
+def _structure(fields: Sequence[bytes]) -> Message:
+    """A ``compat32`` message of ``fields`` alone, each stored as its parser stores it."""
+    policy = email.policy.compat32
+    root = Message(policy)
+    for field in fields:  # as the bytes parser reads it: other bytes as surrogates
+        lines = field.decode("ascii", "surrogateescape").splitlines(keepends=True)
+        root.__setitem__(*policy.header_source_parse(lines))
+    return root
+
+
+def _text(payload: bytes, charset: str, *, skip: bool = False) -> str:
+    """``payload`` decoded (``skip``: after the blank line that ends a header section)."""
+    if skip:
+        payload = payload[2:] if payload.startswith(b"\r\n") else payload[1:]
+    try:
+        return payload.decode(charset, "replace")
+    except LookupError:  # an unknown charset: decode what is there
+        return payload.decode("utf-8", "replace")
+
+
+def one_part(raw: bytes, header: bytes, fields: Mapping[bytes, Sequence[bytes]]
+             ) -> Message | None:
+    """``raw`` as ``compat32`` parses it, as far as the conditions read it, for a
+    message of one part (neither multipart nor message/*): the fields that describe its
+    structure, each as the parser stores it, and its body as the payload, which is all
+    the parser does with such a body.  None for any other message, or a header section
+    the parser would not read as fields alone: the whole parse decides those.
+
+    ``header``: ``raw``'s header section (up to :func:`headers.header_length`);
+    ``fields``: its fields by name (:func:`headers.fields_by_name`).  The parser splits
+    the body into lines and builds every field; on a small message that was most of
+    the conditions' cost.
+    """
+    if not _CLEAN_HEADER.fullmatch(header):
+        return None
+    # (Each field looked up by its own name: their order apart does not matter.)
+    root = _structure([f for name in _STRUCTURE_FIELDS for f in fields.get(name, ())])
+    if root.get_content_maintype() in ("multipart", "message"):
+        return None
+    body = raw[len(header):]  # the blank line that ends the header section, the body
+    body = body[2:] if body.startswith(b"\r\n") else body[1:]
+    root.set_payload(body.decode("ascii", "surrogateescape"))
+    return root
+
+
 def _decoded(text: str) -> str:
     """A field value or file name (as many mail programs write them) with its RFC 2047
     encoded words read."""
@@ -191,18 +366,26 @@ def _decoded(text: str) -> str:
         return text
 
 
+# The conditions as module constants: an enum member's lookup on its class costs more
+# than some conditions' test (every rule of every message asks).
+_HEADER: Final = FilterCondition.HEADER
+_BODY: Final = FilterCondition.BODY
+_LARGER_THAN: Final = FilterCondition.LARGER_THAN
+_NOT_ENCRYPTED: Final = FilterCondition.NOT_ENCRYPTED
+
+
 def holds(rule: FilterRule, message: ParsedMessage, budget: Budget) -> bool:
     """Whether ``rule``'s condition holds for ``message``."""
     condition = rule.condition
-    if condition is FilterCondition.LARGER_THAN:
-        return len(message.raw) > int(rule.argument)
-    if condition is FilterCondition.NOT_ENCRYPTED:
-        return not message.encrypted()
-    if condition is FilterCondition.HEADER:
+    if condition is _HEADER:
         return any(budget.search(rule.argument, value, rule)
                    for value in message.field_values(rule.header))
-    if condition is FilterCondition.BODY:
+    if condition is _BODY:
         return any(budget.search(rule.argument, text, rule) for text in message.text_parts())
+    if condition is _LARGER_THAN:
+        return len(message.raw) > int(rule.argument)
+    if condition is _NOT_ENCRYPTED:
+        return not message.encrypted()
     return any(attachment_matches(content_type, filename, rule.argument)
                for content_type, filename in message.attachments())
 
@@ -220,13 +403,31 @@ def first_matches(raw: bytes, header: bytes, rules: Mapping[str, Sequence[Filter
 
     Blocking (parses, runs regular expressions): called on the filter threads.
     """
-    message = ParsedMessage(raw, header)
-    budget = Budget(timeout)
+    return _first_matches(ParsedMessage(raw, header), rules, Budget(timeout))
+
+
+def first_matches_inline(raw: bytes, header: bytes, rules: Mapping[str, Sequence[FilterRule]]
+                         ) -> dict[str, FilterRule] | None:
+    """:func:`first_matches` on the event loop, for a small message of one part; None
+    where that would take a MIME walk or more than ``INLINE_SECONDS`` of searching."""
+    if len(raw) > INLINE_MAX_BYTES:
+        return None
+    try:
+        return _first_matches(ParsedMessage(raw, header, one_part_only=True), rules,
+                              Budget(INLINE_SECONDS, inline=True))
+    except _GaveUp:
+        return None
+
+
+def _first_matches(message: ParsedMessage, rules: Mapping[str, Sequence[FilterRule]],
+                   budget: Budget) -> dict[str, FilterRule]:
     decided: dict[str, FilterRule] = {}
     for target, target_rules in rules.items():
         for rule in target_rules:
             try:
                 matched = holds(rule, message, budget)
+            except _GaveUp:
+                raise
             except Exception:
                 # Whatever the sender's MIME makes the parser do, the rule cannot judge
                 # it: no match (as a timeout), never a 451 the sender would retry for ever.
@@ -278,11 +479,13 @@ class MessageFilters:
         found = await self.rules.rules_for([r.canonical for r in pending])
         if not found:  # the usual case: no recipient has a rule
             return {}
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(_PARSE_THREADS,
-                                            thread_name_prefix="mailflow-filters")
-        matched = await asyncio.get_running_loop().run_in_executor(
-            self._pool, first_matches, ctx.raw, ctx.header, found, self.timeout)
+        matched = first_matches_inline(ctx.raw, ctx.header, found)
+        if matched is None:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(_PARSE_THREADS,
+                                                thread_name_prefix="mailflow-filters")
+            matched = await asyncio.get_running_loop().run_in_executor(
+                self._pool, first_matches, ctx.raw, ctx.header, found, self.timeout)
         # A tag or strip rule that matches first accepts: it changes the copies later.
         return {target: decision(rule) for target, rule in matched.items()
                 if rule.action not in COPY_ACTIONS}
