@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import io
+from collections.abc import Callable
 from typing import Final
 
 from fastapi import APIRouter, Query, Request, Response
@@ -97,20 +98,32 @@ async def add_member(address: str, request: Request, caller: UiCaller, deps: UiD
     return redirect(request, ui_path("lists", found.address, "members"), Flash("ok", text))
 
 
+async def _change_member(request: Request, caller: UiCaller, deps: UiDeps, address: str,
+                         member: str, change: Callable[[str], int],
+                         audit: tuple[str, str], done: Flash, none: Flash) -> Response:
+    """One roster change from a member's row, as the CLI makes it: the directory's words
+    for a refusal, ``none`` when it changed nobody, else the audit entry and ``done``."""
+    target = ui_path("lists", address, "members")
+    try:
+        changed = await deps.write(change, member)
+    except InvalidInput as exc:
+        return redirect(request, target, Flash("error", str(exc)))
+    if not changed:
+        return redirect(request, target, none)
+    await deps.changed(caller.principal, audit[0], address, audit[1])
+    return redirect(request, target, done)
+
+
 @router.post("/lists/{address}/members/remove")
 async def remove_member(address: str, request: Request, caller: UiCaller, deps: UiDeps,
                         form: UiForm) -> Response:
     found = await _changeable(deps, caller, address)
     member = text_field(form, "member", 1000)
-    target = ui_path("lists", found.address, "members")
-    try:
-        removed = await deps.write(deps.directory.remove_members, found.address, [member])
-    except InvalidInput as exc:
-        return redirect(request, target, Flash("error", str(exc)))
-    if not removed:
-        return redirect(request, target, Flash("error", f"{member} is not a member."))
-    await deps.changed(caller.principal, "member.remove", found.address, member)
-    return redirect(request, target, Flash("ok", f"Removed {member}."))
+    return await _change_member(
+        request, caller, deps, found.address, member,
+        lambda m: deps.directory.remove_members(found.address, [m]),
+        ("member.remove", member), Flash("ok", f"Removed {member}."),
+        Flash("error", f"{member} is not a member."))
 
 
 @router.post("/lists/{address}/members/role")
@@ -118,15 +131,11 @@ async def set_role(address: str, request: Request, caller: UiCaller, deps: UiDep
                    form: UiForm) -> Response:
     found = await _changeable(deps, caller, address)
     member, role = text_field(form, "member", 1000), text_field(form, "role", 100)
-    target = ui_path("lists", found.address, "members")
-    try:
-        changed = await deps.write(deps.directory.set_role, found.address, [member], role)
-    except InvalidInput as exc:
-        return redirect(request, target, Flash("error", str(exc)))
-    if not changed:
-        return redirect(request, target, Flash("error", f"{member} is not a member."))
-    await deps.changed(caller.principal, "member.role", found.address, f"{member} {role}")
-    return redirect(request, target, Flash("ok", f"{member} is now {role}."))
+    return await _change_member(
+        request, caller, deps, found.address, member,
+        lambda m: deps.directory.set_role(found.address, [m], role),
+        ("member.role", f"{member} {role}"), Flash("ok", f"{member} is now {role}."),
+        Flash("error", f"{member} is not a member."))
 
 
 @router.post("/lists/{address}/members/enable")
@@ -136,15 +145,11 @@ async def enable_member(address: str, request: Request, caller: UiCaller, deps: 
     record, as ``mailflow member enable``."""
     found = await _changeable(deps, caller, address)
     member = text_field(form, "member", 1000)
-    target = ui_path("lists", found.address, "members")
-    try:
-        enabled = await deps.write(deps.directory.enable_members, found.address, [member])
-    except InvalidInput as exc:
-        return redirect(request, target, Flash("error", str(exc)))
-    if not enabled:
-        return redirect(request, target, Flash("warn", f"{member} was active already."))
-    await deps.changed(caller.principal, "member.enable", found.address, member)
-    return redirect(request, target, Flash("ok", f"{member} is active again."))
+    return await _change_member(
+        request, caller, deps, found.address, member,
+        lambda m: deps.directory.enable_members(found.address, [m]),
+        ("member.enable", member), Flash("ok", f"{member} is active again."),
+        Flash("warn", f"{member} was active already."))
 
 
 @router.get("/lists/{address}/members/export")
