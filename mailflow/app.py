@@ -288,6 +288,8 @@ class Relay:
                 from None
         if settings.takes_mail:
             await self._start_ingress(settings, service, unsubscribe, hosted)
+        elif settings.http_address is not None:  # a worker: its health and its metrics
+            await self._start_http(settings, None, unsubscribe, None)
         log.info("relay %s started (role %s): %s; egress %s", self.instance_id, settings.role,
                  ", ".join(f"{k} on {v}" for k, v in self.listening.items()) or "no listener",
                  self.egress.name if self.egress is not None else "none",
@@ -487,7 +489,7 @@ class Relay:
                           ) -> None:
         """The HTTP app of the role: mail ingress (``POST /v1/email``, SNS) for all and
         ingress, the API, web UI and unsubscribe links for all and web; health and
-        metrics for each."""
+        metrics for each (a worker's counters are its own: Prometheus scrapes each)."""
         address = settings.http_address
         assert address is not None and self.runner is not None
         try:

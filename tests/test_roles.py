@@ -259,6 +259,8 @@ def test_each_role_serves_its_own_part_and_checks_only_what_it_needs(
                            settings={**common, "MAILFLOW_ROLE": "ingress"})
     web = RelayProcess(tmp_path / "web", database_url=postgres_url,
                        settings={**common, "MAILFLOW_ROLE": "web"}, smtp=False)
+    worker = RelayProcess(tmp_path / "worker", database_url=postgres_url,
+                          settings={**common, "MAILFLOW_ROLE": "worker"}, smtp=False)
     ingress.init()
 
     def get(relay: RelayProcess, path: str, data: bytes | None = None) -> tuple[int, str]:
@@ -270,7 +272,15 @@ def test_each_role_serves_its_own_part_and_checks_only_what_it_needs(
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
-    with ingress, web:
+    with ingress, web, worker:
+        # A worker serves its health and its own counters, nothing else; it sends, so
+        # its readiness names the next hop nobody answers on.
+        status, body = get(worker, "/readyz")
+        assert status == 503 and "egress" in json.loads(body)["failed"], body
+        status, body = get(worker, "/metrics")
+        assert status == 200 and "mailflow_delivery_attempts_total" in body, body[:500]
+        assert get(worker, "/v1/email", b"x")[0] == 404
+        assert get(worker, "/api/v1/lists")[0] == 404
         # Neither sends: an unreachable next hop does not make them unready.
         status, body = get(ingress, "/readyz")
         assert status == 200 and json.loads(body)["checks"] == {"store": "ok",
