@@ -41,7 +41,9 @@ from mailflow.web.ui import members as ui_members
 from mailflow.web.ui import moderation as ui_moderation
 from mailflow.web.ui import queue as ui_queue
 from mailflow.web.ui import rules as ui_rules
+from mailflow.web.ui import tokens as ui_tokens
 from mailflow.web.ui import trace as ui_trace
+from mailflow.web.ui import users as ui_users
 
 # click registers the commands through their decorators.
 cli.F
@@ -148,3 +150,5 @@ Whitelist().ui_root, Whitelist().login_required  # in ui.setup.install_ui
 ui_moderation.moderation_page, ui_moderation.held_page, ui_moderation.held_frame
 ui_queue.queue_page, ui_queue.queue_act, ui_rules.rules_index, ui_rules.rules_page
 ui_rules.add_sender, ui_rules.remove_sender, ui_trace.trace_page
+# The users and API tokens pages (usersui): routes FastAPI calls.
+ui_users.users_page, ui_tokens.tokens_page

@@ -30,11 +30,13 @@ NAV: Final = (
     NavItem("Dashboard", "/ui/"),
     NavItem("Domains", "/ui/domains", admin=True),
     NavItem("Lists", "/ui/lists"),
+    NavItem("Users", "/ui/users", admin=True),
     NavItem("Audit log", "/ui/audit", admin=True),
     NavItem("Moderation", "/ui/moderation"),
     NavItem("Trace", "/ui/trace"),
     NavItem("Rules", "/ui/rules"),
     NavItem("Queue", "/ui/queue"),
+    NavItem("Tokens", "/ui/tokens"),
 )
 
 
