@@ -147,4 +147,5 @@ Whitelist().ui_root, Whitelist().login_required  # in ui.setup.install_ui
 # The operations pages (ui-ops): routes FastAPI calls.
 ui_moderation.moderation_page, ui_moderation.held_page, ui_moderation.held_frame
 ui_queue.queue_page, ui_queue.queue_act, ui_rules.rules_index, ui_rules.rules_page
-ui_rules.add_sender, ui_rules.remove_sender, ui_trace.trace_page
+ui_rules.add_sender, ui_rules.remove_sender, ui_rules.add_wide_sender,
+ui_rules.remove_wide_sender, ui_trace.trace_page
