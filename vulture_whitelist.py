@@ -41,6 +41,7 @@ from mailflow.web.ui import members as ui_members
 from mailflow.web.ui import moderation as ui_moderation
 from mailflow.web.ui import queue as ui_queue
 from mailflow.web.ui import rules as ui_rules
+from mailflow.web.ui import suppressions as ui_suppressions
 from mailflow.web.ui import trace as ui_trace
 
 # click registers the commands through their decorators.
@@ -149,3 +150,5 @@ ui_moderation.moderation_page, ui_moderation.held_page, ui_moderation.held_frame
 ui_queue.queue_page, ui_queue.queue_act, ui_rules.rules_index, ui_rules.rules_page
 ui_rules.add_sender, ui_rules.remove_sender, ui_rules.add_wide_sender,
 ui_rules.remove_wide_sender, ui_trace.trace_page
+ui_suppressions.suppressions_page, ui_suppressions.add_suppression
+ui_suppressions.remove_suppression

@@ -72,3 +72,60 @@ async def test_bad_input_is_shown_at_its_field(world: World) -> None:
     assert bad_action.status_code == 422
     assert 'id="error-sender_action"' in bad_action.text and "block or allow" in bad_action.text
     assert world.harness.directory.sender_rules() == []
+
+
+# -- suppressions -------------------------------------------------------------------------
+
+async def test_an_admin_suppresses_for_every_list_and_removes_it(world: World) -> None:
+    directory = world.harness.directory
+    added = await world.post("admin", "/ui/suppressions", {
+        "address": "Gone@Example.NET", "list": "", "reason": "mailbox closed"})
+    assert added.status_code == 303 and added.headers["location"] == "/ui/suppressions"
+    assert [(s.address, s.target, s.reason) for s in directory.suppressions()] == [
+        ("gone@example.net", "", "mailbox closed")]
+    directory.suppress("left@example.net", "other@example.test")
+    page = await world.clients["admin"].get("/ui/suppressions")
+    assert page.status_code == 200
+    assert "gone@example.net" in page.text and "left@example.net" in page.text
+    removed = await world.post("admin", "/ui/suppressions/remove", {
+        "address": "gone@example.net", "list": ""})
+    assert removed.status_code == 303
+    assert [s.address for s in directory.suppressions()] == ["left@example.net"]
+    audited = world.audit()
+    assert ("root@example.test", "suppression.add", "*") in audited
+    assert ("root@example.test", "suppression.remove", "*") in audited
+
+
+async def test_an_owner_changes_only_their_list_suppressions(world: World) -> None:
+    directory = world.harness.directory
+    directory.suppress("global@example.net")
+    directory.suppress("theirs@example.net", "other@example.test")
+    page = await world.clients["owner"].get("/ui/suppressions")
+    assert page.status_code == 200
+    assert "global@example.net" not in page.text and "theirs@example.net" not in page.text
+    assert (await world.clients["owner"].get(
+        "/ui/suppressions", params={"list": "other@example.test"})).status_code == 404
+    for path, data in (("/ui/suppressions", {"address": "x@example.net", "list": ""}),
+                       ("/ui/suppressions/remove", {"address": "global@example.net",
+                                                    "list": ""})):
+        assert (await world.post("owner", path, data)).status_code == 403, path
+    assert (await world.post("owner", "/ui/suppressions", {
+        "address": "x@example.net", "list": "other@example.test"})).status_code == 404
+    assert (await world.post("moderator", "/ui/suppressions", {
+        "address": "x@example.net", "list": "team@example.test"})).status_code == 403
+    mine = await world.post("owner", "/ui/suppressions", {
+        "address": "x@example.net", "list": "team@example.test"})
+    assert mine.status_code == 303
+    assert mine.headers["location"] == "/ui/suppressions?list=team@example.test"
+    assert [s.address for s in directory.suppressions("team@example.test")] == [
+        "x@example.net"]
+    assert "x@example.net" in (await world.clients["owner"].get("/ui/suppressions")).text
+    assert ("ann@example.test", "suppression.add", "team@example.test") in world.audit()
+    assert len(directory.suppressions()) == 3
+
+
+async def test_a_bad_address_is_shown_at_its_field(world: World) -> None:
+    bad = await world.post("admin", "/ui/suppressions", {"address": "not an address",
+                                                         "list": ""})
+    assert bad.status_code == 422 and 'id="error-address"' in bad.text
+    assert world.harness.directory.suppressions() == []

@@ -35,6 +35,7 @@ NAV: Final = (
     NavItem("Trace", "/ui/trace"),
     NavItem("Rules", "/ui/rules"),
     NavItem("Queue", "/ui/queue"),
+    NavItem("Suppressions", "/ui/suppressions"),
 )
 
 

@@ -28,6 +28,7 @@ from mailflow.web.ui import (
     moderation,
     queue,
     rules,
+    suppressions,
     trace,
 )
 from mailflow.web.ui.deps import PREFIX, LoginRequired, UiOptions, checked_form, render, ui_path
@@ -37,7 +38,8 @@ STATIC: Final = Path(__file__).parent.parent / "static"
 #: The UI's routers; each is mounted under ``/ui`` with the CSRF check on every request.
 ROUTERS: Final[tuple[APIRouter, ...]] = (
     auth.router, dashboard.router, domains.router, lists.router, members.router,
-    audit.router, moderation.router, trace.router, rules.router, queue.router)
+    audit.router, moderation.router, trace.router, rules.router, queue.router,
+    suppressions.router)
 
 CSP: Final = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
               "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
