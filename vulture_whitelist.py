@@ -35,6 +35,7 @@ from mailflow.web.api import (
 from mailflow.web.ui import audit as ui_audit
 from mailflow.web.ui import auth as ui_auth
 from mailflow.web.ui import dashboard as ui_dashboard
+from mailflow.web.ui import dkim as ui_dkim
 from mailflow.web.ui import domains as ui_domains
 from mailflow.web.ui import lists as ui_lists
 from mailflow.web.ui import members as ui_members
@@ -152,3 +153,4 @@ ui_rules.add_sender, ui_rules.remove_sender, ui_rules.add_wide_sender,
 ui_rules.remove_wide_sender, ui_trace.trace_page
 ui_suppressions.suppressions_page, ui_suppressions.add_suppression
 ui_suppressions.remove_suppression
+ui_dkim.dkim_page, ui_dkim.create_key, ui_dkim.remove_key

@@ -129,3 +129,47 @@ async def test_a_bad_address_is_shown_at_its_field(world: World) -> None:
                                                          "list": ""})
     assert bad.status_code == 422 and 'id="error-address"' in bad.text
     assert world.harness.directory.suppressions() == []
+
+
+# -- DKIM keys ----------------------------------------------------------------------------
+
+async def test_an_admin_generates_a_key_sees_its_record_and_removes_it_after_asking(
+        world: World) -> None:
+    directory = world.harness.directory
+    made = await world.post("admin", "/ui/dkim", {"domain": "example.test",
+                                                  "selector": "s2026", "replace": "off"})
+    assert made.status_code == 303 and made.headers["location"] == "/ui/dkim"
+    [key] = directory.dkim_keys()
+    assert key.selector == "s2026"
+    page = await world.clients["admin"].get("/ui/dkim")
+    assert page.status_code == 200
+    assert "s2026._domainkey.example.test" in page.text and key.public_key in page.text
+    body = "".join(key.private_key.splitlines()[1:-1])
+    assert "PRIVATE KEY" not in page.text and body[:40] not in page.text
+    again = await world.post("admin", "/ui/dkim", {"domain": "example.test",
+                                                   "selector": "s2027"})
+    assert again.status_code == 409 and 'id="error-domain"' in again.text
+    asked = await world.post("admin", "/ui/dkim/remove", {"domain": "example.test"})
+    assert asked.status_code == 200 and 'name="confirm" value="yes"' in asked.text
+    assert len(directory.dkim_keys()) == 1
+    removed = await world.post("admin", "/ui/dkim/remove", {"domain": "example.test",
+                                                            "confirm": "yes"})
+    assert removed.status_code == 303 and directory.dkim_keys() == []
+    audited = world.audit()
+    assert ("root@example.test", "dkim.create", "example.test") in audited
+    assert ("root@example.test", "dkim.remove", "example.test") in audited
+
+
+async def test_dkim_is_refused_to_an_owner_and_bad_input_is_a_field_error(
+        world: World) -> None:
+    assert (await world.clients["owner"].get("/ui/dkim")).status_code == 403
+    refused = await world.post("owner", "/ui/dkim", {"domain": "example.test"})
+    assert refused.status_code == 403
+    world.harness.directory.create_dkim_key("example.test", "keep")
+    assert (await world.post("owner", "/ui/dkim/remove", {
+        "domain": "example.test", "confirm": "yes"})).status_code == 403
+    bad = await world.post("admin", "/ui/dkim", {"domain": "example.test",
+                                                 "selector": "no spaces!", "replace": "on"})
+    assert bad.status_code == 422 and 'id="error-selector"' in bad.text
+    assert [k.selector for k in world.harness.directory.dkim_keys()] == ["keep"]
+    assert not [a for a in world.audit() if a[1].startswith("dkim.")]

@@ -36,6 +36,7 @@ NAV: Final = (
     NavItem("Rules", "/ui/rules"),
     NavItem("Queue", "/ui/queue"),
     NavItem("Suppressions", "/ui/suppressions"),
+    NavItem("DKIM", "/ui/dkim", admin=True),
 )
 
 

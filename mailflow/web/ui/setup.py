@@ -22,6 +22,7 @@ from mailflow.web.ui import (
     audit,
     auth,
     dashboard,
+    dkim,
     domains,
     lists,
     members,
@@ -39,7 +40,7 @@ STATIC: Final = Path(__file__).parent.parent / "static"
 ROUTERS: Final[tuple[APIRouter, ...]] = (
     auth.router, dashboard.router, domains.router, lists.router, members.router,
     audit.router, moderation.router, trace.router, rules.router, queue.router,
-    suppressions.router)
+    suppressions.router, dkim.router)
 
 CSP: Final = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
               "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
