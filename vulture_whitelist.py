@@ -35,12 +35,14 @@ from mailflow.web.api import (
 from mailflow.web.ui import audit as ui_audit
 from mailflow.web.ui import auth as ui_auth
 from mailflow.web.ui import dashboard as ui_dashboard
+from mailflow.web.ui import dkim as ui_dkim
 from mailflow.web.ui import domains as ui_domains
 from mailflow.web.ui import lists as ui_lists
 from mailflow.web.ui import members as ui_members
 from mailflow.web.ui import moderation as ui_moderation
 from mailflow.web.ui import queue as ui_queue
 from mailflow.web.ui import rules as ui_rules
+from mailflow.web.ui import suppressions as ui_suppressions
 from mailflow.web.ui import tokens as ui_tokens
 from mailflow.web.ui import trace as ui_trace
 from mailflow.web.ui import users as ui_users
@@ -149,6 +151,10 @@ Whitelist().ui_root, Whitelist().login_required  # in ui.setup.install_ui
 # The operations pages (ui-ops): routes FastAPI calls.
 ui_moderation.moderation_page, ui_moderation.held_page, ui_moderation.held_frame
 ui_queue.queue_page, ui_queue.queue_act, ui_rules.rules_index, ui_rules.rules_page
-ui_rules.add_sender, ui_rules.remove_sender, ui_trace.trace_page
+ui_rules.add_sender, ui_rules.remove_sender, ui_rules.add_wide_sender,
+ui_rules.remove_wide_sender, ui_trace.trace_page
+ui_suppressions.suppressions_page, ui_suppressions.add_suppression
+ui_suppressions.remove_suppression
+ui_dkim.dkim_page, ui_dkim.create_key, ui_dkim.remove_key
 # The users and API tokens pages (usersui): routes FastAPI calls.
 ui_users.users_page, ui_tokens.tokens_page

@@ -36,6 +36,8 @@ NAV: Final = (
     NavItem("Trace", "/ui/trace"),
     NavItem("Rules", "/ui/rules"),
     NavItem("Queue", "/ui/queue"),
+    NavItem("Suppressions", "/ui/suppressions"),
+    NavItem("DKIM", "/ui/dkim", admin=True),
     NavItem("Tokens", "/ui/tokens"),
 )
 

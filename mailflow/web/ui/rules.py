@@ -24,7 +24,12 @@ from mailflow.model import (
     TokenScope,
 )
 from mailflow.pipeline.accept.filters import describe
-from mailflow.services.directory import AUTOREPLY_BODY_MAX, AUTOREPLY_DEFAULT_SUBJECT
+from mailflow.services.directory import (
+    AUTOREPLY_BODY_MAX,
+    AUTOREPLY_DEFAULT_SUBJECT,
+    validated_action,
+    validated_rule_target,
+)
 from mailflow.web.ui import ops_format  # noqa: F401  (the templates' time filters)
 from mailflow.web.ui.deps import (
     FieldErrors,
@@ -105,12 +110,82 @@ async def _failed(request: Request, caller: UiSession, deps: UiDeps, target: Mai
                        errors=errors, status=422)
 
 
-@router.get("/rules")
-async def rules_index(request: Request, caller: UiCaller, deps: UiDeps) -> Response:
-    """The lists and aliases whose rules the caller may see."""
+async def _index(request: Request, caller: UiSession, deps: UiDeps, *,
+                 values: Values | None = None, errors: FieldErrors | None = None,
+                 status: int = 200) -> Response:
     found = [m for m, _ in await deps.read(deps.directory.lists)
              if caller.principal.may_read_list(m.address)]
-    return render(request, "rules_index.html", caller, {"title": "Rules", "lists": found})
+    principal = caller.principal
+    # Entries for every recipient or a domain are a site admin's (as in the API).
+    wide = ([r for r in await deps.read(deps.directory.sender_rules) if "@" not in r.target]
+            if principal.is_admin else [])
+    return render(request, "rules_index.html", caller, {
+        "title": "Rules", "lists": found, "wide": wide,
+        "may_change_wide": principal.is_admin and principal.scope is TokenScope.WRITE,
+        "values": values or Values(), "errors": errors or FieldErrors()}, status=status)
+
+
+@router.get("/rules")
+async def rules_index(request: Request, caller: UiCaller, deps: UiDeps) -> Response:
+    """The lists and aliases whose rules the caller may see; for a site admin, also the
+    block and allow entries for every recipient and for each domain."""
+    return await _index(request, caller, deps)
+
+
+def _require_wide(caller: UiSession) -> None:
+    caller.principal.require_write()
+    caller.principal.require_admin()
+
+
+@router.post("/rules/senders")
+async def add_wide_sender(request: Request, caller: UiCaller, deps: UiDeps,
+                          form: UiForm) -> Response:
+    """A block or allow entry for every recipient (no domain) or for one domain, as
+    ``mailflow block|allow add PATTERN [--for DOMAIN]``."""
+    _require_wide(caller)
+    given = {"sender_action": text_field(form, "sender_action", 10),
+             "sender_pattern": text_field(form, "sender_pattern", FIELD_CUT),
+             "sender_domain": text_field(form, "sender_domain", FIELD_CUT)}
+    name = "sender_action"  # the field an error is shown at
+    try:
+        validated_action(given["sender_action"])
+        name = "sender_domain"
+        if "@" in given["sender_domain"]:
+            raise InvalidInput("a domain, not an address: a list's entries are on its own "
+                               "rules page")
+        target = validated_rule_target(given["sender_domain"])
+        name = "sender_pattern"
+        rule = await deps.write(deps.directory.add_sender_rule, given["sender_action"],
+                                given["sender_pattern"], target)
+    except (InvalidInput, NotFound) as exc:
+        errors = FieldErrors()
+        errors.add(name, str(exc))
+        return await _index(request, caller, deps, values=Values(given), errors=errors,
+                            status=422)
+    await deps.changed(caller.principal, f"sender_rule.{rule.action.value}", rule.target,
+                       rule.pattern)
+    verb = "Blocked" if rule.action is RuleAction.BLOCK else "Allowed"
+    where = f"for {rule.target}" if rule.target else "for every recipient"
+    return redirect(request, ui_path("rules"), Flash("ok", f"{verb} {rule.pattern} {where}."))
+
+
+@router.post("/rules/senders/remove")
+async def remove_wide_sender(request: Request, caller: UiCaller, deps: UiDeps,
+                             form: UiForm) -> Response:
+    _require_wide(caller)
+    action = text_field(form, "action", 10)
+    pattern = text_field(form, "pattern", FIELD_CUT)
+    domain = text_field(form, "target", FIELD_CUT)
+    try:
+        if "@" in domain:
+            raise InvalidInput("a domain, not an address")
+        target = validated_rule_target(domain)
+        await deps.write(deps.directory.remove_sender_rule, action, pattern, target)
+    except (InvalidInput, NotFound) as exc:
+        return redirect(request, ui_path("rules"), Flash("error", str(exc)))
+    await deps.changed(caller.principal, f"sender_rule.remove_{action}", target, pattern)
+    return redirect(request, ui_path("rules"), Flash("ok", f"Removed the {action} entry "
+                                                           f"{pattern}."))
 
 
 @router.get("/rules/{address}")

@@ -22,12 +22,14 @@ from mailflow.web.ui import (
     audit,
     auth,
     dashboard,
+    dkim,
     domains,
     lists,
     members,
     moderation,
     queue,
     rules,
+    suppressions,
     tokens,
     trace,
     users,
@@ -40,7 +42,7 @@ STATIC: Final = Path(__file__).parent.parent / "static"
 ROUTERS: Final[tuple[APIRouter, ...]] = (
     auth.router, dashboard.router, domains.router, lists.router, members.router,
     audit.router, moderation.router, trace.router, rules.router, queue.router,
-    users.router, tokens.router)
+    suppressions.router, dkim.router, users.router, tokens.router)
 
 CSP: Final = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
               "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
