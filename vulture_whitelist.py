@@ -28,6 +28,7 @@ from mailflow.web.api import (
     operations,
     pages,
     queue,
+    requests,
     rules,
     tokens,
     users,
@@ -123,6 +124,7 @@ lists.ListOut.member_count, lists.ListDeleted.failed_deliveries, pages.Page.next
 bounces.list_bounces, bounces.list_suppressions, bounces.Suppressed.suppression
 dkim.list_dkim_keys, dkim.DkimKeyOut.dns_txt, operations.queue_action
 held.Decision.added_to, held.Decision.notified
+requests.list_requests
 Whitelist().docs_page, Whitelist().docs_init  # in docs.install_docs
 web_app.create_app  # its app.openapi
 Whitelist().openapi
