@@ -150,6 +150,7 @@ ui_lists.Setting.choices
 Whitelist().ui_root, Whitelist().login_required  # in ui.setup.install_ui
 # The operations pages (ui-ops): routes FastAPI calls.
 ui_moderation.moderation_page, ui_moderation.held_page, ui_moderation.held_frame
+ui_moderation.approve_request, ui_moderation.reject_request
 ui_queue.queue_page, ui_queue.queue_act, ui_rules.rules_index, ui_rules.rules_page
 ui_rules.add_sender, ui_rules.remove_sender, ui_trace.trace_page
 # The users and API tokens pages (usersui): routes FastAPI calls.
