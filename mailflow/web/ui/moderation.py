@@ -123,8 +123,9 @@ async def moderation_page(request: Request, caller: UiCaller, deps: UiDeps,
     groups = grouped(principal, found)
     if list_address:
         groups = [g for g in groups if g.list_address == list_address]
-    joins = [r for r in await deps.read(deps.subscriptions.requests, list_address or None)
-             if principal.may_read_list(r.list_address)]
+    joins = [] if deps.commands is None else [
+        r for r in await deps.read(deps.subscriptions.requests, list_address or None)
+        if principal.may_read_list(r.list_address)]
     mine = sorted(principal.roles) if not principal.is_admin else sorted(
         {a for h in found for a in lists_of(h)} | ({list_address} if list_address else set()))
     return render_page(request, "moderation.html", caller, {
