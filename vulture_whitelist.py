@@ -28,6 +28,7 @@ from mailflow.web.api import (
     operations,
     pages,
     queue,
+    requests,
     rules,
     tokens,
     users,
@@ -125,6 +126,7 @@ lists.ListOut.member_count, lists.ListDeleted.failed_deliveries, pages.Page.next
 bounces.list_bounces, bounces.list_suppressions, bounces.Suppressed.suppression
 dkim.list_dkim_keys, dkim.DkimKeyOut.dns_txt, operations.queue_action
 held.Decision.added_to, held.Decision.notified
+requests.list_requests
 Whitelist().docs_page, Whitelist().docs_init  # in docs.install_docs
 web_app.create_app  # its app.openapi
 Whitelist().openapi
@@ -150,6 +152,7 @@ ui_lists.Setting.choices
 Whitelist().ui_root, Whitelist().login_required  # in ui.setup.install_ui
 # The operations pages (ui-ops): routes FastAPI calls.
 ui_moderation.moderation_page, ui_moderation.held_page, ui_moderation.held_frame
+ui_moderation.approve_request, ui_moderation.reject_request
 ui_queue.queue_page, ui_queue.queue_act, ui_rules.rules_index, ui_rules.rules_page
 ui_rules.add_sender, ui_rules.remove_sender, ui_rules.add_wide_sender,
 ui_rules.remove_wide_sender, ui_trace.trace_page

@@ -612,7 +612,8 @@ class Relay:
             accounts=FailedAuthLimiter(settings.http_auth_max_failures,
                                        settings.http_auth_window),
             body_timeout=settings.http_request_timeout,
-            read_blob=None if self.blobs is None else self.blobs.read)
+            read_blob=None if self.blobs is None else self.blobs.read,
+            commands=self.commands)
 
     async def reload_tls(self) -> None:
         """SIGHUP: the SMTP listener reads its certificate files again, for the sessions

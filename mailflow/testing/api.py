@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from mailflow.clock import Clock
+from mailflow.confirm_tokens import ConfirmTokens
 from mailflow.ingress.limiter import FailedAuthLimiter
+from mailflow.pipeline.process.commands import ListCommands
 from mailflow.services.access import AccessService
 from mailflow.services.directory import DirectoryService
 from mailflow.store import Engines, StoreRunner
@@ -44,7 +46,9 @@ def api_app(engines: Engines, *, clock: Clock | None = None, max_failures: int =
     deps = ApiDeps(runner, DirectoryService(runner.repo, clock),
                    AccessService(AccessRepository(engines), clock),
                    clients=FailedAuthLimiter(max_failures, 60.0),
-                   accounts=FailedAuthLimiter(max_failures, 60.0))
+                   accounts=FailedAuthLimiter(max_failures, 60.0),
+                   commands=ListCommands(ConfirmTokens("api-test-secret", max_age=86_400.0),
+                                         "http://relay.test", max_replies=5))
     try:
         yield ApiHarness(create_app(runner, api=deps, ui=ui,
                                     monitoring_access=monitoring_access), deps)

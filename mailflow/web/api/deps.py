@@ -14,12 +14,14 @@ from typing import Annotated, ParamSpec, Protocol, TypeVar
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from mailflow.errors import TooManyAttempts, Unauthenticated
+from mailflow.errors import NotFound, TooManyAttempts, Unauthenticated
+from mailflow.pipeline.process.commands import ListCommands
 from mailflow.services.access import AccessService, Principal
 from mailflow.services.directory import DirectoryService
 from mailflow.services.moderation import Moderation, ReadContent, content_reader
 from mailflow.services.queue_operations import QueueOperations
 from mailflow.services.stats import StatsService
+from mailflow.services.subscriptions import Subscriptions
 from mailflow.services.trace import TraceService
 from mailflow.store.operations import OperationsStore
 from mailflow.store.runner import StoreRunner
@@ -46,11 +48,21 @@ class ApiDeps:
     body_timeout: float = 60.0  # a request body must arrive within this (http_request_timeout)
     # A blob file's bytes by hash (the relay's blob store): moderation reads held posts.
     read_blob: Callable[[str], bytes] | None = None
+    # The list commands step (its tokens and public URL): approving a request to join
+    # mails the welcome a reply to a confirmation would.  None: no requests here.
+    commands: ListCommands | None = None
 
     @property
     def moderation(self) -> Moderation:
         """The CLI's moderation service, on the API's store and clock."""
         return Moderation(self.runner.repo, self.directory.clock, self._read_content())
+
+    @property
+    def subscriptions(self) -> Subscriptions:
+        """The CLI's ``mailflow requests`` service, on the API's store and clock."""
+        if self.commands is None:
+            raise NotFound("request", "", "no subscription requests on this instance")
+        return Subscriptions(self.runner.repo, self.directory.clock, self.commands)
 
     def _read_content(self) -> ReadContent:
         read_blob = self.read_blob

@@ -18,6 +18,7 @@ from mailflow.web.api import (
     members,
     operations,
     queue,
+    requests,
     rules,
     tokens,
     users,
@@ -28,7 +29,7 @@ from mailflow.web.api.docs import install_docs
 PREFIX: Final = "/api/v1"
 ROUTERS: Final = (domains.router, lists.router, members.router, rules.router, held.router,
                   bounces.router, dkim.router, queue.router, operations.router,
-                  tokens.router, users.router, audit.router)
+                  tokens.router, users.router, audit.router, requests.router)
 
 PROBLEM_SCHEMA: Final[dict[str, Any]] = {
     "title": "Problem",

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from mailflow import addresses
 from mailflow.errors import InvalidInput, NotFound
-from mailflow.model import HeldMessage, InboundMessage
+from mailflow.model import HeldMessage, InboundMessage, SubscriptionRequest
 from mailflow.services.access import Principal
 from mailflow.services.moderation import REASON_MAX_LENGTH
 from mailflow.web.ui import ops_format  # noqa: F401  (the templates' time filters)
@@ -123,11 +123,15 @@ async def moderation_page(request: Request, caller: UiCaller, deps: UiDeps,
     groups = grouped(principal, found)
     if list_address:
         groups = [g for g in groups if g.list_address == list_address]
+    joins = [] if deps.commands is None else [
+        r for r in await deps.read(deps.subscriptions.requests, list_address or None)
+        if principal.may_read_list(r.list_address)]
     mine = sorted(principal.roles) if not principal.is_admin else sorted(
         {a for h in found for a in lists_of(h)} | ({list_address} if list_address else set()))
     return render_page(request, "moderation.html", caller, {
         "title": "Moderation", "groups": groups, "list_address": list_address or "",
-        "list_choices": [(a, a) for a in mine], "total": sum(len(g.posts) for g in groups)})
+        "list_choices": [(a, a) for a in mine], "total": sum(len(g.posts) for g in groups),
+        "requests": joins, "reason_max": REASON_MAX_LENGTH})
 
 
 async def _detail(request: Request, caller: UiSession, deps: UiDeps, held: HeldMessage,
@@ -203,3 +207,47 @@ async def discard(message_id: MessageId, request: Request, caller: UiCaller, dep
                        held.id)
     return redirect(request, ui_path("moderation"),
                     Flash("ok", "Discarded the post: nobody gets it, nobody is told."))
+
+
+# -- requests to join ``approve`` lists (``mailflow requests``, ``/api/v1/subscription-
+# requests``): the same rule, a request on a list not the caller's is not found.
+
+RequestId = Annotated[int, Path(ge=1, le=2**62)]
+
+
+async def request_for(deps: UiDeps, caller: Principal,
+                      request_id: int) -> SubscriptionRequest:
+    caller.require_write()
+    found = next((r for r in await deps.read(deps.subscriptions.requests)
+                  if r.id == request_id and caller.may_read_list(r.list_address)), None)
+    if found is None:
+        raise NotFound("request", str(request_id), f"no request {request_id} waiting")
+    return found
+
+
+@router.post("/subscription-requests/{request_id}/approve")
+async def approve_request(request_id: RequestId, request: Request, caller: UiCaller,
+                          deps: UiDeps, form: UiForm) -> Response:
+    """Add the address that asked, and welcome it (``mailflow requests approve``)."""
+    await request_for(deps, caller.principal, request_id)
+    done = await deps.write(deps.subscriptions.approve, request_id)
+    await deps.changed(caller.principal, "request.approve", done.list_address,
+                       f"{done.id} {done.address}")
+    return redirect(request, ui_path("moderation"), Flash(
+        "ok", f"{done.address} is now a member of {done.list_address}; welcome queued."))
+
+
+@router.post("/subscription-requests/{request_id}/reject")
+async def reject_request(request_id: RequestId, request: Request, caller: UiCaller,
+                         deps: UiDeps, form: UiForm) -> Response:
+    """Refuse the request; the address is told why (``mailflow requests reject``)."""
+    await request_for(deps, caller.principal, request_id)
+    reason = text_field(form, "reason", REASON_MAX_LENGTH * 2)
+    try:
+        done = await deps.write(deps.subscriptions.reject, request_id, reason)
+    except InvalidInput as exc:
+        return redirect(request, ui_path("moderation"), Flash("error", str(exc)))
+    await deps.changed(caller.principal, "request.reject", done.list_address,
+                       f"{done.id} {done.address} {reason.strip()[:200]!r}")
+    return redirect(request, ui_path("moderation"), Flash(
+        "ok", f"Rejected the request of {done.address}; they are told why."))
