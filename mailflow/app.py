@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import logging
 import os
 import secrets
@@ -73,7 +74,13 @@ from mailflow.store.notify import QueueNotifications
 from mailflow.unsubscribe_tokens import UnsubscribeTokens
 from mailflow.verp import Verp
 from mailflow.web.api.deps import ApiDeps
-from mailflow.web.app import EmbeddedServer, bind, create_app, head_deadline_protocol
+from mailflow.web.app import (
+    EmbeddedServer,
+    ManagementOnFirstUse,
+    bind,
+    create_app,
+    head_deadline_protocol,
+)
 from mailflow.web.public_pages import style_router
 from mailflow.web.subscribe import create_router as subscribe_router
 from mailflow.web.ui.deps import UiOptions
@@ -534,10 +541,13 @@ class Relay:
                               provider.relay, sends=settings.sends_mail)
         gauges = QueueGauges(self.runner, self.clock, busy=self.scheduler.busy_connections
                              if self.scheduler is not None else None)
-        app = create_app(self.runner, routers, readiness=readiness, gauges=gauges,
-                         api=self._api_deps(settings) if settings.serves_web else None,
-                         ui=UiOptions(session_lifetime=settings.ui_session_lifetime),
-                         monitoring_access=settings.monitoring_access)
+        make_app = functools.partial(
+            create_app, self.runner, routers, readiness=readiness, gauges=gauges,
+            api=self._api_deps(settings) if settings.serves_web else None,
+            ui=UiOptions(session_lifetime=settings.ui_session_lifetime),
+            monitoring_access=settings.monitoring_access)
+        app = ManagementOnFirstUse(make_app(management=False), make_app) \
+            if settings.serves_web else make_app()
         config = uvicorn.Config(app, log_level="warning",
                                 lifespan="off", access_log=False, proxy_headers=bool(proxies),
                                 forwarded_allow_ips=proxies,

@@ -7,13 +7,14 @@ import contextlib
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterator, Sequence
-from typing import ClassVar, Literal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar, Literal
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mailflow import __version__
@@ -24,10 +25,8 @@ from mailflow.services.readiness import Readiness
 from mailflow.store.runner import StoreRunner
 from mailflow.web.api.deps import ApiDeps, authenticate
 from mailflow.web.api.docs import OPENAPI_PATH
-from mailflow.web.api.setup import install_api, problem_openapi
 from mailflow.web.problems import install_problem_handlers, problem
 from mailflow.web.ui.deps import UiOptions
-from mailflow.web.ui.setup import install_ui
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +44,24 @@ def _is_loopback(host: str) -> bool:
 def create_app(runner: StoreRunner, routers: Sequence[APIRouter] = (), *,
                readiness: Readiness | None = None, gauges: QueueGauges | None = None,
                api: ApiDeps | None = None, ui: UiOptions | None = None,
-               monitoring_access: MonitoringAccess = "loopback") -> FastAPI:
+               monitoring_access: MonitoringAccess = "loopback",
+               management: bool = True) -> FastAPI:
     """The relay's HTTP app; ``api``: the services behind ``/api/v1`` and the web UI
     under ``/ui`` (without them, neither, and monitoring without a token is for
-    loopback clients only or nobody)."""
+    loopback clients only or nobody).  ``management=False``: with ``api`` for the
+    monitoring's tokens, but without the API's and the UI's routes
+    (:class:`ManagementOnFirstUse` adds them when first asked for)."""
     app = FastAPI(title="MailFlow Relay", version=__version__, docs_url=None,
-                  redoc_url=None, openapi_url=OPENAPI_PATH)
-    app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
+                  redoc_url=None, openapi_url=OPENAPI_PATH if management else None)
+    if management:
+        app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
     install_problem_handlers(app)
     for router in routers:
         app.include_router(router)
-    if api is not None:
+    if api is not None and management:
+        from mailflow.web.api.setup import install_api
+        from mailflow.web.ui.setup import install_ui
+
         install_api(app, api)
         install_ui(app, ui or UiOptions())
 
@@ -116,6 +122,47 @@ def create_app(runner: StoreRunner, routers: Sequence[APIRouter] = (), *,
         return {"deliveries": deliveries, "messages": messages}
 
     return app
+
+
+def _problem_openapi(app: FastAPI) -> dict[str, Any]:
+    from mailflow.web.api.setup import problem_openapi
+
+    return problem_openapi(app)
+
+
+def _is_management(path: str) -> bool:
+    """The paths of the API (with its documents) and of the web UI."""
+    return path == "/" or path.startswith(("/api/", "/ui")) or path == "/api"
+
+
+class ManagementOnFirstUse:
+    """The relay's HTTP app, whose API and web UI are made when first asked for.
+
+    Their modules and routes (the REST API's models and routers, the UI's pages and
+    templates) are some megabytes of a relay's memory that most relays never use: mail
+    comes in by SMTP, and the list owners manage with the CLI, if at all.  Until a
+    request asks for ``/``, ``/ui`` or ``/api``, requests go to ``core`` (mail ingress,
+    health, metrics, the public list pages); from then on all go to the whole app,
+    made by ``build`` with the same routers and services (so a route answers the same
+    either way).  It is made on a thread: importing it takes the event loop's time.
+    """
+
+    def __init__(self, core: ASGIApp, build: Callable[[], ASGIApp]) -> None:
+        self.core = core
+        self.build = build
+        self.whole: ASGIApp | None = None
+        self._building = asyncio.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.whole is None and not (scope["type"] == "http"
+                                       and _is_management(scope["path"])):
+            await self.core(scope, receive, send)
+            return
+        if self.whole is None:
+            async with self._building:
+                if self.whole is None:
+                    self.whole = await asyncio.to_thread(self.build)
+        await self.whole(scope, receive, send)
 
 
 class EmbeddedServer(uvicorn.Server):
