@@ -61,8 +61,9 @@ def suppress(conn: Connection, address: str, target: str, reason: str, now: floa
 
 def count_bounces(conn: Connection, reports: Sequence[BounceReport], now: float) -> list[Event]:
     """Count each report against its member; returns the events to log (disabled,
-    unsubscribed)."""
+    unsubscribed).  The bounces themselves are written in one statement at the end."""
     events: list[Event] = []
+    logged: list[dict[str, Any]] = []
     for report in reports:
         row = conn.execute(_MEMBER_STATE, {"b_list_id": report.list_id,
                                            "b_address": report.address}).first()
@@ -84,10 +85,12 @@ def count_bounces(conn: Connection, reports: Sequence[BounceReport], now: float)
                 if new.status is MemberStatus.DISABLED and state.status is MemberStatus.ACTIVE:
                     events.append(Event("disabled", f"<{report.address}> on "
                                         f"{row.list_address}: bounce score {new.score:g}"))
-        conn.execute(insert(bounce_events).values(
-            list_id=report.list_id, address=report.address, kind=report.kind.value,
-            source=report.source.value, counted=counted, detail=report.detail[:1000],
-            created_at=now))
+        logged.append({"list_id": report.list_id, "address": report.address,
+                       "kind": report.kind.value, "source": report.source.value,
+                       "counted": counted, "detail": report.detail[:1000],
+                       "created_at": now})
+    if logged:
+        conn.execute(insert(bounce_events), logged)
     return events
 
 
