@@ -12,7 +12,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +46,7 @@ from mailflow.model import (
     ForwardStyle,
     ListKind,
     ListRole,
+    Member,
     MemberRole,
     MessageTrace,
     NonMemberAction,
@@ -75,6 +76,7 @@ from mailflow.store.engine import describe_database_error, normalize_url, sqlite
 from mailflow.store.operations import OperationsStore
 
 F = TypeVar("F", bound=Callable[..., Any])
+Row = TypeVar("Row")
 
 EXAMPLE_DOMAIN = "example.test"
 EXAMPLE_LIST = "team@example.test"
@@ -160,6 +162,17 @@ def fail(message: str, code: int = EXIT_FAILURE) -> None:
 
 def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def emit_rows(rows: Iterable[Row], as_json: bool, as_object: Callable[[Row], Any],
+              as_line: Callable[[Row], str]) -> None:
+    """The one shape of every ``ls`` command: ``--json`` prints a JSON array of
+    ``as_object`` (``[]`` when there are none), else a line of ``as_line`` per row."""
+    if as_json:
+        emit_json([as_object(row) for row in rows])
+        return
+    for row in rows:
+        click.echo(as_line(row))
 
 
 def hint(error: MailflowError, command: str | None) -> str:
@@ -363,11 +376,8 @@ def domain_list(ctx: Context, as_json: bool) -> None:
     """Show the domains served."""
     with ctx.directory() as directory:
         domains = directory.domains()
-    if as_json:
-        emit_json([{"name": d.name, "created_at": d.created_at} for d in domains])
-    else:
-        for d in domains:
-            click.echo(d.name)
+    emit_rows(domains, as_json, lambda d: {"name": d.name, "created_at": d.created_at},
+              lambda d: d.name)
 
 
 @domain.command("remove")
@@ -556,12 +566,11 @@ def list_ls(ctx: Context, as_json: bool) -> None:
     """Show every list and alias with its member count."""
     with ctx.directory() as directory:
         rows = directory.lists()
-    if as_json:
-        emit_json([{"address": lst.address, "kind": lst.kind.value, "name": lst.name,
-                    "members": n} for lst, n in rows])
-        return
-    for lst, n in rows:
-        click.echo(f"{lst.address}\t{lst.kind.value}\t{n} member(s)\t{lst.name}")
+    emit_rows(rows, as_json,
+              lambda row: {"address": row[0].address, "kind": row[0].kind.value,
+                           "name": row[0].name, "members": row[1]},
+              lambda row: f"{row[0].address}\t{row[0].kind.value}\t{row[1]} member(s)\t"
+                          f"{row[0].name}")
 
 
 @list_group.command("delete")
@@ -646,6 +655,12 @@ def member_remove(ctx: Context, list_address: str, members: tuple[str, ...]) -> 
     click.echo(f"removed {removed} member(s) from {target}")
 
 
+def _member_line(m: Member) -> str:
+    score = f"\tbounce score {m.bounce_score:g}" if m.bounce_score else ""
+    return f"{m.address}\t{m.status.value}\t{m.role.value}{score}" + (
+        f"\t{m.name}" if m.name else "")
+
+
 @member.command("list")
 @click.argument("list_address")
 @click.option("--json", "as_json", is_flag=True,
@@ -656,16 +671,10 @@ def member_list(ctx: Context, list_address: str, as_json: bool) -> None:
     """Show the members of LIST_ADDRESS (status: active, disabled or unsubscribed)."""
     with ctx.directory() as directory:
         roster = directory.members(list_address)
-    if as_json:
-        emit_json([{"address": m.address, "name": m.name, "status": m.status.value,
-                    "role": m.role.value, "created_at": m.created_at,
-                    "bounce_score": m.bounce_score, "last_bounce_at": m.last_bounce_at}
-                   for m in roster])
-        return
-    for m in roster:
-        score = f"\tbounce score {m.bounce_score:g}" if m.bounce_score else ""
-        click.echo(f"{m.address}\t{m.status.value}\t{m.role.value}{score}"
-                   + (f"\t{m.name}" if m.name else ""))
+    emit_rows(roster, as_json, lambda m: {
+        "address": m.address, "name": m.name, "status": m.status.value, "role": m.role.value,
+        "created_at": m.created_at, "bounce_score": m.bounce_score,
+        "last_bounce_at": m.last_bounce_at}, _member_line)
 
 
 member.add_command(member_list, "ls")  # as `list ls`
@@ -755,12 +764,10 @@ def remove_rule(ctx: Context, action: RuleAction, pattern: str, target: str | No
 def show_rules(ctx: Context, action: RuleAction, target: str | None, as_json: bool) -> None:
     with ctx.directory() as directory:
         found = directory.sender_rules(action, target)
-    if as_json:
-        emit_json([{"pattern": r.pattern, "scope": r.scope.name.lower(),
-                    "for": r.target or None, "created_at": r.created_at} for r in found])
-        return
-    for r in found:
-        click.echo(f"{r.pattern}\t{r.scope.name.lower()}\t{r.target}".rstrip())
+    emit_rows(found, as_json,
+              lambda r: {"pattern": r.pattern, "scope": r.scope.name.lower(),
+                         "for": r.target or None, "created_at": r.created_at},
+              lambda r: f"{r.pattern}\t{r.scope.name.lower()}\t{r.target}".rstrip())
 
 
 def _rule_group(action: RuleAction, name: str, entry: str, summary: str, verb: str
@@ -917,14 +924,13 @@ def filter_ls(ctx: Context, address: str, as_json: bool) -> None:
     """Show the rules of ADDRESS, numbered in the order they are tried."""
     with ctx.directory() as directory:
         found = directory.filter_rules(address)
-    if as_json:
-        emit_json([{"number": n, "condition": r.condition.value, "header": r.header or None,
-                    "argument": r.argument or None, "action": r.action.value,
-                    "text": r.text, "created_at": r.created_at}
-                   for n, r in enumerate(found, 1)])
-        return
-    for n, r in enumerate(found, 1):
-        click.echo(f"{n}\t{filters.describe(r)}\t{r.action.value}\t{r.text}".rstrip())
+    emit_rows(enumerate(found, 1), as_json,
+              lambda nr: {"number": nr[0], "condition": nr[1].condition.value,
+                          "header": nr[1].header or None, "argument": nr[1].argument or None,
+                          "action": nr[1].action.value, "text": nr[1].text,
+                          "created_at": nr[1].created_at},
+              lambda nr: f"{nr[0]}\t{filters.describe(nr[1])}\t{nr[1].action.value}\t"
+                         f"{nr[1].text}".rstrip())
 
 
 @filter_group.command("remove")
@@ -953,12 +959,11 @@ def held_ls(ctx: Context, list_address: str | None, as_json: bool) -> None:
     """Show the held messages, oldest first."""
     with ctx.directory() as directory:
         found = directory.held_messages(list_address)
-    if as_json:
-        emit_json([{"id": m.id, "from": m.mail_from, "to": list(m.rcpt_tos), "size": m.size,
-                    "received_at": m.received_at, "reason": m.reason} for m in found])
-        return
-    for m in found:
-        click.echo(f"{m.id}\t<{m.mail_from}>\t{','.join(m.rcpt_tos)}\t{m.size}\t{m.reason}")
+    emit_rows(found, as_json,
+              lambda m: {"id": m.id, "from": m.mail_from, "to": list(m.rcpt_tos),
+                         "size": m.size, "received_at": m.received_at, "reason": m.reason},
+              lambda m: f"{m.id}\t<{m.mail_from}>\t{','.join(m.rcpt_tos)}\t{m.size}\t"
+                        f"{m.reason}")
 
 
 @held.command("approve")
@@ -1023,12 +1028,10 @@ def requests_ls(ctx: Context, list_address: str | None, as_json: bool) -> None:
     """Show the requests waiting, oldest first."""
     with ctx.subscriptions() as subscriptions:
         found = subscriptions.requests(list_address)
-    if as_json:
-        emit_json([{"id": r.id, "list": r.list_address, "address": r.address,
-                    "created_at": r.created_at} for r in found])
-        return
-    for r in found:
-        click.echo(f"{r.id}\t{r.list_address}\t{r.address}\t{_moment(r.created_at)}")
+    emit_rows(found, as_json,
+              lambda r: {"id": r.id, "list": r.list_address, "address": r.address,
+                         "created_at": r.created_at},
+              lambda r: f"{r.id}\t{r.list_address}\t{r.address}\t{_moment(r.created_at)}")
 
 
 @requests_group.command("approve")
@@ -1070,15 +1073,12 @@ def bounces_ls(ctx: Context, list_address: str | None, as_json: bool) -> None:
     """Show the newest bounces (at most 1,000), newest first."""
     with ctx.directory() as directory:
         found = directory.bounce_events(list_address)
-    if as_json:
-        emit_json([{"list": b.list_address, "address": b.address, "kind": b.kind,
-                    "source": b.source, "counted": b.counted, "detail": b.detail,
-                    "at": b.created_at} for b in found])
-        return
-    for b in found:
-        counted = "counted" if b.counted else "not counted"
-        click.echo(f"{_moment(b.created_at)}\t{b.list_address}\t<{b.address}>\t{b.kind}\t"
-                   f"{b.source}\t{counted}")
+    emit_rows(found, as_json,
+              lambda b: {"list": b.list_address, "address": b.address, "kind": b.kind,
+                         "source": b.source, "counted": b.counted, "detail": b.detail,
+                         "at": b.created_at},
+              lambda b: f"{_moment(b.created_at)}\t{b.list_address}\t<{b.address}>\t"
+                        f"{b.kind}\t{b.source}\t{'counted' if b.counted else 'not counted'}")
 
 
 @cli.group()
@@ -1124,12 +1124,10 @@ def suppress_ls(ctx: Context, list_address: str | None, as_json: bool) -> None:
     """Show the suppressed addresses."""
     with ctx.directory() as directory:
         found = directory.suppressions(list_address)
-    if as_json:
-        emit_json([{"address": e.address, "list": e.target, "reason": e.reason,
-                    "created_at": e.created_at} for e in found])
-        return
-    for e in found:
-        click.echo(f"{e.address}\t{e.target or '(every list)'}\t{e.reason}")
+    emit_rows(found, as_json,
+              lambda e: {"address": e.address, "list": e.target, "reason": e.reason,
+                         "created_at": e.created_at},
+              lambda e: f"{e.address}\t{e.target or '(every list)'}\t{e.reason}")
 # -- DKIM keys --------------------------------------------------------------------------
 
 @cli.group()
@@ -1168,12 +1166,12 @@ def dkim_ls(ctx: Context, as_json: bool) -> None:
     """Show the domains that have a key, with the DNS record each needs."""
     with ctx.directory() as directory:
         found = directory.dkim_keys()
-    if as_json:
-        emit_json([{"domain": k.domain, "selector": k.selector, "created_at": k.created_at,
-                    "dns_name": k.dns_name, "dns_txt": k.dns_text} for k in found])
-        return
-    for k in found:
-        click.echo(f"{k.domain}\t{k.selector}\t{_moment(k.created_at)}\t{_dns_record(k)}")
+    emit_rows(found, as_json,
+              lambda k: {"domain": k.domain, "selector": k.selector,
+                         "created_at": k.created_at, "dns_name": k.dns_name,
+                         "dns_txt": k.dns_text},
+              lambda k: f"{k.domain}\t{k.selector}\t{_moment(k.created_at)}\t"
+                        f"{_dns_record(k)}")
 
 
 @dkim.command("remove")
@@ -1376,12 +1374,9 @@ def user_ls(ctx: Context, as_json: bool) -> None:
     """Show the users."""
     with ctx.access() as access:
         found = access.users()
-    if as_json:
-        emit_json([{"email": u.email, "is_admin": u.is_admin, "created_at": u.created_at}
-                   for u in found])
-        return
-    for u in found:
-        click.echo(u.email + ("\tadmin" if u.is_admin else ""))
+    emit_rows(found, as_json,
+              lambda u: {"email": u.email, "is_admin": u.is_admin, "created_at": u.created_at},
+              lambda u: u.email + ("\tadmin" if u.is_admin else ""))
 
 
 @user.command("remove")
@@ -1443,12 +1438,10 @@ def token_ls(ctx: Context, as_json: bool) -> None:
     """Show the tokens (never their secrets)."""
     with ctx.access() as access:
         found = access.tokens()
-    if as_json:
-        emit_json([{"id": t.id, "user": t.user_email, "scope": t.scope.value,
-                    "label": t.label, "created_at": t.created_at} for t in found])
-        return
-    for t in found:
-        click.echo(f"{t.id}\t{t.scope.value}\t{t.user_email or '(site)'}\t{t.label}")
+    emit_rows(found, as_json,
+              lambda t: {"id": t.id, "user": t.user_email, "scope": t.scope.value,
+                         "label": t.label, "created_at": t.created_at},
+              lambda t: f"{t.id}\t{t.scope.value}\t{t.user_email or '(site)'}\t{t.label}")
 
 
 @token.command("revoke")

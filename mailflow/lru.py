@@ -1,4 +1,5 @@
-"""A least-recently-used map of byte strings, bounded by their total size in bytes.
+"""Least-recently-used maps: of byte strings, bounded by their total size in bytes; and of
+small answers, each kept until its deadline, bounded in count.
 
 Counting entries says nothing about memory when one entry may be 200 bytes and the next
 20 MB; every cache of contents (bodies, rendered copies) bounds its bytes with this.
@@ -7,9 +8,10 @@ Not thread-safe: a cache shared between threads holds its own lock around it.
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
@@ -57,3 +59,44 @@ class BytesLRU(Generic[K]):
         if value is not None:
             self.size -= len(value)
         return value
+
+
+V = TypeVar("V")
+
+
+class Missing(enum.Enum):
+    """What :meth:`TtlLRU.get` answers for a key it has no fresh answer for (``None``
+    is an answer worth keeping: "this domain has no key")."""
+
+    MISSING = enum.auto()
+
+
+MISSING: Final = Missing.MISSING
+
+
+class TtlLRU(Generic[K, V]):
+    """Answers kept each until its own deadline, the least recently used dropped beyond
+    ``max_entries``: for caches of small answers (a DNS policy, a key lookup) whose
+    count, not size, is the bound."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: K, now: float) -> V | Missing:
+        """The answer kept for ``key`` if its deadline is after ``now``."""
+        entry = self._items.get(key)
+        if entry is None or entry[0] <= now:
+            return MISSING
+        self._items.move_to_end(key)
+        return entry[1]
+
+    def put(self, key: K, value: V, until: float) -> None:
+        """Keep ``value`` until ``until``, as the most recent."""
+        self._items[key] = (until, value)
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_entries:
+            self._items.popitem(last=False)

@@ -848,22 +848,15 @@ async def test_a_users_roles_are_their_addresss_roles_on_the_roster(world: World
 
 def test_list_roles_move_to_the_roster_without_sending_anyone_mail(database_url: str
                                                                    ) -> None:
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import text
 
     from mailflow.store import Repository, create_engines, upgrade_to_head
     from mailflow.store.access import AccessRepository
-    from mailflow.store.migrate import MIGRATIONS
+    from mailflow.store.migrate import upgrade
 
     engines = create_engines(database_url, pool_size=1)
     try:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        with engines.writer.connect() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "0017_users")
-            connection.commit()
+        upgrade(engines.writer, "0017_users")
         with engines.writer.begin() as conn:
             for sql in (
                     "INSERT INTO domains (id, name, created_at) VALUES (1, 'example.test', 0)",

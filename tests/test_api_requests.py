@@ -3,27 +3,15 @@ by the lists' owners and moderators (the ``world`` of test_api.py)."""
 
 from __future__ import annotations
 
-from mailflow.model import MembershipAction, MembershipChange
 from tests import test_api
 from tests.test_api import World, problem_of
 
 world = test_api.world  # the fixture: admins, owners and moderators of two lists
 
 
-def _ask(world: World, list_address: str, address: str) -> int:
-    """A request to join, as a ``subscribe`` command to an ``approve`` list records it."""
-    repo = world.harness.deps.runner.repo
-    target = world.harness.directory.get_list(list_address)
-    with repo.ingest_transaction() as tx:
-        tx.apply_memberships([MembershipChange(target.id, address, MembershipAction.REQUEST)],
-                             [], 1000.0)
-    return next(r.id for r in repo.subscription_requests(list_address)
-                if r.address == address)
-
-
 async def test_owners_see_and_approve_their_lists_requests(world: World) -> None:
-    team = _ask(world, "team@example.test", "new@x.test")
-    other = _ask(world, "other@example.test", "else@x.test")
+    team = world.harness.ask_to_join("team@example.test", "new@x.test")
+    other = world.harness.ask_to_join("other@example.test", "else@x.test")
     listed = await world.call("GET", "/subscription-requests", world.other_owner)
     assert [(r["id"], r["list"], r["address"]) for r in listed.json()["items"]] == [
         (other, "other@example.test", "else@x.test")]
@@ -51,7 +39,7 @@ async def test_owners_see_and_approve_their_lists_requests(world: World) -> None
 
 
 async def test_a_rejection_tells_the_reason_and_is_audited(world: World) -> None:
-    other = _ask(world, "other@example.test", "else@x.test")
+    other = world.harness.ask_to_join("other@example.test", "else@x.test")
     problem_of(await world.call("POST", f"/subscription-requests/{other}/reject",
                                 world.other_owner, json={"reason": "x" * 10_000}), 422)
     done = await world.call("POST", f"/subscription-requests/{other}/reject",

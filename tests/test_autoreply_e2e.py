@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import email.policy
 import secrets
-import smtplib
 from collections.abc import Callable
 from email.parser import BytesParser
 
@@ -26,17 +25,6 @@ def relay(make_module_relay: Callable[..., RelayProcess]) -> RelayProcess:
     return make_module_relay().start()
 
 
-def post(relay: RelayProcess, sender: str, recipient: str, content: bytes) -> str:
-    """Send one message; returns the relay's queue id from the DATA reply."""
-    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
-        client.ehlo("client.test")
-        assert client.mail(sender)[0] == 250
-        assert client.rcpt(recipient)[0] == 250
-        code, reply = client.data(content)
-    assert code == 250, reply
-    return reply.decode().rsplit(" ", 1)[-1]
-
-
 def test_an_auto_reply_reaches_the_sender_with_rfc_3834_fields(
         relay: RelayProcess, module_sink: SmtpSink) -> None:
     alias, members = relay.fresh_list(members=1, kind=ListKind.ALIAS)
@@ -44,7 +32,7 @@ def test_an_auto_reply_reaches_the_sender_with_rfc_3834_fields(
         DirectoryService(repo).set_autoreply(alias, body="Away until Monday, $sender.")
     sender = f"traveller-{alias.split('@')[0]}@outside.test"  # the sink is shared
     original = make_message(alias, sender=sender, subject="Planning")
-    post(relay, sender, alias, original)
+    relay.post(sender, alias, original)
     arrived = module_sink.wait_for_copies([*members, sender])
     [reply] = [m for m in arrived if m.rcpt_tos == (sender,)]
     assert reply.mail_from == "<>"  # the null envelope sender: nobody answers a reply
@@ -59,7 +47,7 @@ def test_an_auto_reply_reaches_the_sender_with_rfc_3834_fields(
     assert "> Hello list." in parsed.get_content()
     assert parsed["List-Id"] is None  # an alias's reply, not a post
     # Within the week: the same sender is not answered again (the member still is).
-    post(relay, sender, alias, make_message(alias, sender=sender, subject="Again"))
+    relay.post(sender, alias, make_message(alias, sender=sender, subject="Again"))
     relay.wait_settled()
     assert len(module_sink.wait_for_copies([sender], timeout=0)) == 1
     assert len(module_sink.wait_for_copies(members, count=2)) == 2
@@ -73,7 +61,7 @@ def test_echo_answers_with_a_copy_and_two_echoes_do_not_answer_each_other(
         for address in (echo_a, echo_b):
             DirectoryService(repo).create_list(address, kind="echo")
     # A message from B to A (as if B had written to A): A echoes it back to B.
-    post(relay, echo_b, echo_a, make_message(echo_a, sender=echo_b, subject="ping",
+    relay.post(echo_b, echo_a, make_message(echo_a, sender=echo_b, subject="ping",
                                              body=b"echo me\r\n"))
     [echo] = module_sink.wait_for_copies([echo_b])
     assert echo.mail_from == "<>"
@@ -81,7 +69,7 @@ def test_echo_answers_with_a_copy_and_two_echoes_do_not_answer_each_other(
     assert parsed["Auto-Submitted"] == "auto-replied" and parsed["Subject"] == "Auto: ping"
     assert echo.content.endswith(b"\r\n\r\necho me\r\n")  # the body as it came
     # B gets A's echo as the sink did: B must not answer it.
-    queue_id = post(relay, "", echo_b, echo.content)
+    queue_id = relay.post("", echo_b, echo.content)
     relay.wait_settled()
     with relay.repository() as repo:
         events = repo.message_events(queue_id)

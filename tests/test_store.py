@@ -343,33 +343,23 @@ def test_a_torn_blob_left_by_a_crash_is_written_again(tmp_path: Path) -> None:
 
 def test_the_known_head_revision_is_alembics() -> None:
     """``migrate.HEAD`` lets a current database skip importing Alembic: keep it true."""
-    from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from mailflow.store.migrate import HEAD, MIGRATIONS
+    from mailflow.store.migrate import HEAD, alembic_config
 
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    assert ScriptDirectory.from_config(config).get_current_head() == HEAD
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD
 
 
 def test_a_database_from_before_bodies_in_rows_is_upgraded_in_place(database_url: str
                                                                      ) -> None:
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import text
 
     from mailflow.store import create_engines, upgrade_to_head
-    from mailflow.store.migrate import HEAD, MIGRATIONS, current_revision
+    from mailflow.store.migrate import HEAD, current_revision, upgrade
 
     engines = create_engines(database_url, pool_size=1)
     try:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        with engines.writer.connect() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "0001")
-            connection.commit()
+        upgrade(engines.writer, "0001")
         with engines.writer.begin() as conn:
             conn.execute(text("INSERT INTO blobs (hash, size, refcount, created_at) "
                               "VALUES ('old', 3, 1, 0)"))
@@ -435,21 +425,14 @@ def test_addresses_stored_with_a_unicode_domain_are_rewritten_in_a_labels(databa
                                                                           ) -> None:
     """Before 0003 a non-ASCII local part kept its domain in Unicode; the lookup now
     uses A-labels, so such a list would be unreachable without the rewrite."""
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import text
 
     from mailflow.store import create_engines, upgrade_to_head
-    from mailflow.store.migrate import MIGRATIONS
+    from mailflow.store.migrate import upgrade
 
     engines = create_engines(database_url, pool_size=1)
     try:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        with engines.writer.connect() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "0002")
-            connection.commit()
+        upgrade(engines.writer, "0002")
         with engines.writer.begin() as conn:
             conn.execute(text("INSERT INTO domains (id, name, created_at) "
                               "VALUES (1, 'xn--ncode-cta3g.example', 0)"))

@@ -11,7 +11,6 @@ import email.policy
 import json
 import re
 import secrets
-import smtplib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -36,17 +35,6 @@ PUBLIC = "https://lists.example.test"
 def relay(make_module_relay: Callable[..., RelayProcess]) -> RelayProcess:
     return make_module_relay(recipient_cache_ttl="0", poll_interval="0.1",
                              public_url=PUBLIC).start()
-
-
-def post(relay: RelayProcess, sender: str, recipient: str, content: bytes) -> str:
-    """Send one message; returns the relay's queue id from the DATA reply."""
-    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as client:
-        client.ehlo("client.test")
-        assert client.mail(sender)[0] == 250
-        assert client.rcpt(recipient)[0] == 250
-        code, reply = client.data(content)
-    assert code == 250, reply
-    return reply.decode().rsplit(" ", 1)[-1]
 
 
 def parsed(received: Received) -> EmailMessage:
@@ -104,7 +92,7 @@ def test_join_by_mail_is_confirmed_by_a_reply_then_welcomed(
         relay: RelayProcess, module_sink: SmtpSink) -> None:
     address, _ = new_list(relay, "confirm", name="Team Talk")
     person = stranger(address)
-    queue_id = post(relay, person, robot(address, "join"),
+    queue_id = relay.post(person, robot(address, "join"),
                     make_message(robot(address, "join"), sender=person, subject="hi"))
     ask = mail_for(module_sink, person)
     assert ask["From"] == robot(address, "request")
@@ -122,13 +110,13 @@ def test_join_by_mail_is_confirmed_by_a_reply_then_welcomed(
     reply = make_message(robot(address, "request"), sender=person,
                          subject=f"Re: confirm {token}",
                          body=b"> Someone, perhaps you, asked to join\r\n")
-    post(relay, person, robot(address, "request"), reply)
+    relay.post(person, robot(address, "request"), reply)
     welcome = mail_for(module_sink, person, 2)
     assert welcome["Subject"] == "Welcome to Team Talk"
     assert f"{person} is now a member of {address}" in text_of(welcome)
     assert person in roster(relay, address)
     # The same token again finds the work done: told so, not added twice.
-    post(relay, person, robot(address, "request"), reply)
+    relay.post(person, robot(address, "request"), reply)
     again = mail_for(module_sink, person, 3)
     assert again["Subject"] == f"Already a member of {address}"
     assert roster(relay, address).count(person) == 1
@@ -137,7 +125,7 @@ def test_join_by_mail_is_confirmed_by_a_reply_then_welcomed(
 def test_an_open_list_welcomes_at_once(relay: RelayProcess, module_sink: SmtpSink) -> None:
     address, _ = new_list(relay, "open")
     person = stranger(address)
-    post(relay, person, robot(address, "request"),
+    relay.post(person, robot(address, "request"),
          make_message(robot(address, "request"), sender=person, subject="subscribe"))
     welcome = mail_for(module_sink, person)
     assert welcome["Subject"] == f"Welcome to {address}"
@@ -152,7 +140,7 @@ def test_a_welcome_template_is_rendered_in_the_sandbox(
             address, welcome_template="Hello {{ member.address }}, this is {{ list.name }}; "
                                       "leave at {{ list.leave }}.\n")
     person = stranger(address)
-    post(relay, person, robot(address, "join"),
+    relay.post(person, robot(address, "join"),
          make_message(robot(address, "join"), sender=person))
     welcome = mail_for(module_sink, person)
     assert text_of(welcome).strip() == (f"Hello {person}, this is Choir; leave at "
@@ -163,7 +151,7 @@ def test_a_closed_list_answers_that_it_is_closed(
         relay: RelayProcess, module_sink: SmtpSink) -> None:
     address, _ = new_list(relay, "closed")
     person = stranger(address)
-    queue_id = post(relay, person, robot(address, "join"),
+    queue_id = relay.post(person, robot(address, "join"),
                     make_message(robot(address, "join"), sender=person))
     answer = mail_for(module_sink, person)
     assert answer["Subject"] == f"{address} is closed"
@@ -180,7 +168,7 @@ def test_an_approve_list_holds_the_request_for_the_owners(
     with relay.repository() as repo:
         DirectoryService(repo).add_members(address, [owner], role="owner")
     person = stranger(address)
-    post(relay, person, robot(address, "join"),
+    relay.post(person, robot(address, "join"),
          make_message(robot(address, "join"), sender=person))
     waiting = mail_for(module_sink, person)
     assert waiting["Subject"] == f"Your request to join {address}"
@@ -206,12 +194,12 @@ def test_an_approve_list_holds_the_request_for_the_owners(
 def test_leave_is_confirmed_then_says_goodbye(
         relay: RelayProcess, module_sink: SmtpSink) -> None:
     address, [member] = new_list(relay, "confirm")
-    post(relay, member, robot(address, "leave"),
+    relay.post(member, robot(address, "leave"),
          make_message(robot(address, "leave"), sender=member))
     ask = mail_for(module_sink, member)
     token = confirm_token(ask)
     assert member in roster(relay, address)  # a forged leave changes nothing yet
-    post(relay, member, robot(address, "request"),
+    relay.post(member, robot(address, "request"),
          make_message(robot(address, "request"), sender=member, subject="Re: whatever",
                       body=f"confirm {token}\r\n".encode()))
     goodbye = mail_for(module_sink, member, 2)
@@ -224,7 +212,7 @@ def test_help_answers_with_the_commands_and_the_lists_name(
         relay: RelayProcess, module_sink: SmtpSink) -> None:
     address, _ = new_list(relay, "confirm", name="Garden club")
     person = stranger(address)
-    post(relay, person, robot(address, "request"),
+    relay.post(person, robot(address, "request"),
          make_message(robot(address, "request"), sender=person, subject="help"))
     answer = mail_for(module_sink, person)
     assert answer["Subject"] == f"Help for {address}"
@@ -242,7 +230,7 @@ def test_owner_mail_reaches_the_owners_from_the_bounce_address(
         DirectoryService(repo).add_members(address, [owner], role="owner")
     person = stranger(address)
     content = make_message(robot(address, "owner"), sender=person, subject="a question")
-    post(relay, person, robot(address, "owner"), content)
+    relay.post(person, robot(address, "owner"), content)
     [copy] = module_sink.wait_for_copies([owner])
     assert copy.mail_from == robot(address, 'bounces')
     # As it came, no list decoration: only our loop marker before it.
@@ -261,7 +249,7 @@ def test_mail_to_the_bounce_address_that_is_no_bounce_goes_to_the_owners(
     person = stranger(address)
     content = make_message(robot(address, "bounces"), sender=person,
                            subject="Re: your post", body=b"I am a person, not a bounce.\r\n")
-    post(relay, person, robot(address, "bounces"), content)
+    relay.post(person, robot(address, "bounces"), content)
     [copy] = module_sink.wait_for_copies([owner])
     assert copy.mail_from == "<>"  # a bounce of the forward goes nowhere
     assert copy.content.split(b"\r\n", 1)[1] == content
@@ -270,10 +258,10 @@ def test_mail_to_the_bounce_address_that_is_no_bounce_goes_to_the_owners(
 def test_no_answer_to_automatic_mail(relay: RelayProcess, module_sink: SmtpSink) -> None:
     address, _ = new_list(relay, "open")
     person = stranger(address)
-    queue_id = post(relay, person, robot(address, "join"),
+    queue_id = relay.post(person, robot(address, "join"),
                     make_message(robot(address, "join"), sender=person,
                                  extra_headers=["Auto-Submitted: auto-replied"]))
-    listed = post(relay, person, robot(address, "request"),
+    listed = relay.post(person, robot(address, "request"),
                   make_message(robot(address, "request"), sender=person, subject="help",
                                extra_headers=["List-Id: <other.example.org>"]))
     relay.wait_settled()
@@ -291,7 +279,7 @@ def test_forged_and_expired_tokens_are_refused(
     person = stranger(address)
     forged = ConfirmTokens("not the relay's secret").token(address, person, "join", 0)
     forged = forged.replace(forged.split(".")[0], "j" + format(2_000_000_000, "x"))
-    post(relay, person, robot(address, "request"),
+    relay.post(person, robot(address, "request"),
          make_message(robot(address, "request"), sender=person, subject=f"confirm {forged}"))
     refused = mail_for(module_sink, person)
     assert refused["Subject"] == f"Not confirmed: {address}"
@@ -299,12 +287,12 @@ def test_forged_and_expired_tokens_are_refused(
     # A real token of this relay, expired: ask for one, then change nothing but its
     # expiry (which the MAC covers) -- refused as forged; the relay's own old token
     # is checked by the unit tests with a moved clock.
-    post(relay, person, robot(address, "join"),
+    relay.post(person, robot(address, "join"),
          make_message(robot(address, "join"), sender=person))
     token = confirm_token(mail_for(module_sink, person, 2))
     head = token.split(".")[0]
     stale = token.replace(head, "j" + format(1_000_000, "x"), 1)
-    post(relay, person, robot(address, "request"),
+    relay.post(person, robot(address, "request"),
          make_message(robot(address, "request"), sender=person, subject=f"confirm {stale}"))
     assert mail_for(module_sink, person, 3)["Subject"] == f"Not confirmed: {address}"
     assert person not in roster(relay, address)

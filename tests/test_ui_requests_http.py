@@ -3,26 +3,15 @@ their list's request, another owner's is not found (the ops pages' ``world``).""
 
 from __future__ import annotations
 
-from mailflow.model import MembershipAction, MembershipChange
 from tests import test_ui_ops_http
 from tests.test_ui_ops_http import World
 
 world = test_ui_ops_http.world  # the fixture: the ops pages' users, lists and sessions
 
 
-def _ask(world: World, list_address: str, address: str) -> int:
-    repo = world.harness.deps.runner.repo
-    target = world.harness.directory.get_list(list_address)
-    with repo.ingest_transaction() as tx:
-        tx.apply_memberships([MembershipChange(target.id, address, MembershipAction.REQUEST)],
-                             [], 1000.0)
-    return next(r.id for r in repo.subscription_requests(list_address)
-                if r.address == address)
-
-
 async def test_an_owner_approves_a_request_and_not_another_owners(world: World) -> None:
-    mine = _ask(world, "team@example.test", "new@x.test")
-    theirs = _ask(world, "other@example.test", "else@x.test")
+    mine = world.harness.ask_to_join("team@example.test", "new@x.test")
+    theirs = world.harness.ask_to_join("other@example.test", "else@x.test")
     page = await world.clients["owner"].get("/ui/moderation")
     assert page.status_code == 200 and "new@x.test" in page.text
     assert "else@x.test" not in page.text

@@ -19,13 +19,13 @@ import base64
 import functools
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 from mailflow import addresses
 from mailflow.clock import Clock
 from mailflow.errors import InvalidInput
+from mailflow.lru import MISSING, TtlLRU
 from mailflow.model import DkimKey, MailingList
 from mailflow.pipeline.send.dkim import dkim_signed
 from mailflow.store.runner import StoreRunner
@@ -75,21 +75,17 @@ class DkimKeyBook:
         self._fetch = fetch
         self.clock = clock
         self.ttl = ttl
-        self._by_domain: OrderedDict[str, tuple[float, DkimKey | None]] = OrderedDict()
+        self._by_domain: TtlLRU[str, DkimKey | None] = TtlLRU(DOMAINS_KEPT)
 
     async def key_for(self, mailing_list: MailingList) -> DkimKey | None:
         """The key of the domain of the list or alias a copy is sent for."""
         domain = addresses.split(mailing_list.address)[1]
         now = self.clock.now()
-        entry = self._by_domain.get(domain)
-        if entry is not None and entry[0] > now:
-            self._by_domain.move_to_end(domain)
-            return entry[1]
+        kept = self._by_domain.get(domain, now)
+        if kept is not MISSING:
+            return kept
         key = await self._fetch(domain)
-        self._by_domain[domain] = (now + self.ttl, key)
-        self._by_domain.move_to_end(domain)
-        while len(self._by_domain) > DOMAINS_KEPT:
-            self._by_domain.popitem(last=False)
+        self._by_domain.put(domain, key, now + self.ttl)
         return key
 
     async def signer(self, mailing_list: MailingList) -> Callable[[bytes], bytes] | None:

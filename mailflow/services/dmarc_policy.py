@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from mailflow import addresses
 from mailflow.config import nameserver_addresses
+from mailflow.lru import MISSING, TtlLRU
 
 if TYPE_CHECKING:
     import dns.asyncresolver
@@ -69,8 +69,7 @@ class DmarcPolicies:
         self._timeout = timeout
         self._resolver: dns.asyncresolver.Resolver | None = None
         self._clock = clock
-        self._max_entries = max_entries
-        self._cache: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
+        self._cache: TtlLRU[str, str | None] = TtlLRU(max_entries)
         self._suffixes: Any = None  # publicsuffixlist.PublicSuffixList, on first use
 
     async def requires_rewrite(self, author: str) -> bool:
@@ -84,20 +83,13 @@ class DmarcPolicies:
     async def policy(self, domain: str) -> str | None:
         """The governing ``p=`` value, ``"none"`` when no record governs the domain,
         ``None`` when DNS could not answer."""
-        cached = self._cache.get(domain)
         now = self._clock()
-        if cached is not None and cached[1] > now:
-            self._cache.move_to_end(domain)
-            return cached[0]
+        cached = self._cache.get(domain, now)
+        if cached is not MISSING:
+            return cached
         policy, ttl = await self._lookup(domain)
-        self._remember(domain, policy, now + ttl)
+        self._cache.put(domain, policy, now + ttl)
         return policy
-
-    def _remember(self, domain: str, policy: str | None, until: float) -> None:
-        self._cache[domain] = (policy, until)
-        self._cache.move_to_end(domain)
-        while len(self._cache) > self._max_entries:
-            self._cache.popitem(last=False)
 
     async def _lookup(self, domain: str) -> tuple[str | None, float]:
         import dns.exception

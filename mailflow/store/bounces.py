@@ -27,6 +27,7 @@ from mailflow.model import (
     MemberStatus,
     Outcome,
 )
+from mailflow.store.engine import upsert_insert
 from mailflow.store.tables import bounce_events, deliveries, lists, members, suppressions
 
 _MEMBER_STATE = (select(members, lists.c.bounce_threshold, lists.c.address.label("list_address"))
@@ -48,20 +49,21 @@ def _write_state(conn: Connection, member_id: int, state: BounceState) -> None:
 
 
 def suppress(conn: Connection, address: str, target: str, reason: str, now: float) -> bool:
-    """Add a suppression unless it exists; whether it was added."""
-    found = conn.scalar(select(suppressions.c.id).where(suppressions.c.address == address,
-                                                        suppressions.c.target == target))
-    if found is not None:
-        return False
-    conn.execute(insert(suppressions).values(address=address, target=target,
-                                             reason=reason[:200], created_at=now))
-    return True
+    """Add a suppression unless it exists; whether it was added.  One statement, so
+    two writers adding the same entry at once cannot both pass a check and then have
+    one fail on the unique constraint."""
+    added = conn.execute(upsert_insert(conn.dialect.name)(suppressions).values(
+        address=address, target=target, reason=reason[:200], created_at=now
+    ).on_conflict_do_nothing(index_elements=["address", "target"])
+        .returning(suppressions.c.id)).first()
+    return added is not None
 
 
 def count_bounces(conn: Connection, reports: Sequence[BounceReport], now: float) -> list[Event]:
     """Count each report against its member; returns the events to log (disabled,
-    unsubscribed)."""
+    unsubscribed).  The bounces themselves are written in one statement at the end."""
     events: list[Event] = []
+    logged: list[dict[str, Any]] = []
     for report in reports:
         row = conn.execute(_MEMBER_STATE, {"b_list_id": report.list_id,
                                            "b_address": report.address}).first()
@@ -83,10 +85,12 @@ def count_bounces(conn: Connection, reports: Sequence[BounceReport], now: float)
                 if new.status is MemberStatus.DISABLED and state.status is MemberStatus.ACTIVE:
                     events.append(Event("disabled", f"<{report.address}> on "
                                         f"{row.list_address}: bounce score {new.score:g}"))
-        conn.execute(insert(bounce_events).values(
-            list_id=report.list_id, address=report.address, kind=report.kind.value,
-            source=report.source.value, counted=counted, detail=report.detail[:1000],
-            created_at=now))
+        logged.append({"list_id": report.list_id, "address": report.address,
+                       "kind": report.kind.value, "source": report.source.value,
+                       "counted": counted, "detail": report.detail[:1000],
+                       "created_at": now})
+    if logged:
+        conn.execute(insert(bounce_events), logged)
     return events
 
 

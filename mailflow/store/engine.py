@@ -7,10 +7,13 @@ upgrade.  PostgreSQL uses psycopg 3 whatever driver the URL names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -31,6 +34,12 @@ class Engines:
         self.writer.dispose()
         if self.reader is not self.writer:
             self.reader.dispose()
+
+
+def upsert_insert(dialect: str) -> Callable[[Any], postgresql.Insert | sqlite.Insert]:
+    """The INSERT of ``dialect`` (an engine's or a connection's ``dialect.name``), the one
+    with ``ON CONFLICT``: both backends have it, SQLAlchemy's generic INSERT does not."""
+    return sqlite.insert if dialect == "sqlite" else postgresql.insert
 
 
 def normalize_url(url: str) -> str:

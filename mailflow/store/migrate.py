@@ -8,8 +8,12 @@ memory for its whole life.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, inspect, text
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest revision under migrations/versions (a test checks it against Alembic's).
@@ -27,11 +31,24 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade_to_head(engine: Engine) -> None:
     if current_revision(engine) == HEAD:
         return
-    from alembic import command
+    upgrade(engine, "head")
+
+
+def alembic_config() -> Config:
+    """Alembic's configuration for this package's migrations (no ini file)."""
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def upgrade(engine: Engine, revision: str) -> None:
+    """Bring the database to ``revision``: ``head``, or an older one where a test
+    starts a database from before a migration, to upgrade it in place."""
+    from alembic import command
+
+    config = alembic_config()
     with engine.connect() as connection:
         if engine.dialect.name == "postgresql":
             # Relays started at once on a new database (split roles on several hosts):
@@ -40,5 +57,5 @@ def upgrade_to_head(engine: Engine) -> None:
                 "SELECT pg_advisory_xact_lock(hashtext('mailflow_migrate_' "
                 "|| current_schema()))"))
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, revision)
         connection.commit()

@@ -29,7 +29,6 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from mailflow import addresses
@@ -87,7 +86,7 @@ from mailflow.model import (
 )
 from mailflow.store import bounces as bounce_store
 from mailflow.store import subscriptions as subscription_store
-from mailflow.store.engine import Engines
+from mailflow.store.engine import Engines, upsert_insert
 from mailflow.store.hot import HotStatements
 from mailflow.store.notify import notify_queued
 from mailflow.store.provider_ids import (
@@ -410,8 +409,7 @@ class Repository:
         self.engines = engines
         self.roles: Mapping[str, str] = dict(roles or {})
         self.verp = verp
-        dialect = sqlite if engines.is_sqlite else postgresql
-        self._upsert_insert = dialect.insert
+        self._upsert_insert = upsert_insert(engines.dialect)
         self._hot = HotStatements.for_dialect(engines.dialect,
                                               engines.writer.dialect.paramstyle)
 

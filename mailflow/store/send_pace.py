@@ -14,10 +14,8 @@ is the database's (``clock_timestamp()``), so the workers' clocks need not agree
 from __future__ import annotations
 
 from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from mailflow.store.engine import Engines
+from mailflow.store.engine import Engines, upsert_insert
 from mailflow.store.tables import send_pace
 
 _PG_CLOCK = "FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS now) AS clock"
@@ -51,8 +49,7 @@ def reserve_send(engines: Engines, route: str, count: float, rate: float, burst:
         row = conn.execute(reserve, values).first()
         if row is None:  # too much debt already, or the route's first send ever
             # Concurrent first sends: one inserts, the others' inserts do nothing.
-            upsert = sqlite_insert if sqlite else postgresql_insert
-            conn.execute(upsert(send_pace).values(route=route, paid_until=0.0)
-                         .on_conflict_do_nothing())
+            conn.execute(upsert_insert(engines.dialect)(send_pace)
+                         .values(route=route, paid_until=0.0).on_conflict_do_nothing())
             row = conn.execute(reserve, values).first()
     return None if row is None else float(row[0])

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from mailflow.clock import Clock
 from mailflow.confirm_tokens import ConfirmTokens
 from mailflow.ingress.limiter import FailedAuthLimiter
+from mailflow.model import MembershipAction, MembershipChange
 from mailflow.pipeline.process.commands import ListCommands
 from mailflow.services.access import AccessService
 from mailflow.services.directory import DirectoryService
@@ -34,6 +35,17 @@ class ApiHarness:
     @property
     def access(self) -> AccessService:
         return self.deps.access
+
+    def ask_to_join(self, list_address: str, address: str) -> int:
+        """A request to join (its id), recorded as a ``subscribe`` command to an
+        ``approve`` list records it: for the API's and the UI's tests of deciding one."""
+        repo = self.deps.runner.repo
+        target = self.directory.get_list(list_address)
+        with repo.ingest_transaction() as tx:
+            tx.apply_memberships(
+                [MembershipChange(target.id, address, MembershipAction.REQUEST)], [], 1000.0)
+        return next(r.id for r in repo.subscription_requests(list_address)
+                    if r.address == address)
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import smtplib
 import subprocess
 import sys
 import time
@@ -139,6 +140,17 @@ class RelayProcess:
         return subprocess.run(
             [sys.executable, "-m", "mailflow", *args], env=self.env, capture_output=True,
             text=True, timeout=timeout, input=input.decode() if input else None)
+
+    def post(self, sender: str, recipient: str, content: bytes) -> str:
+        """Send one message over SMTP, each step accepted; the relay's queue id from the
+        DATA reply."""
+        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as client:
+            client.ehlo("client.test")
+            assert client.mail(sender)[0] == 250
+            assert client.rcpt(recipient)[0] == 250
+            code, reply = client.data(content)
+        assert code == 250, reply
+        return reply.decode().rsplit(" ", 1)[-1]
 
     def init(self) -> None:
         """What ``mailflow init`` does (data directory, schema), in this process.

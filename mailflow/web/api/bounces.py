@@ -15,7 +15,6 @@ from pydantic import BaseModel, Field
 
 from mailflow.errors import InvalidInput
 from mailflow.model import BounceEventRow, Suppression
-from mailflow.services.access import Principal
 from mailflow.web.api.deps import Caller, Deps, Writer
 from mailflow.web.api.pages import Cursor, Limit, Page, decode_cursor, page_in_memory, trimmed
 
@@ -66,26 +65,12 @@ class Suppressed(BaseModel):
     added: bool = Field(description="false: it was suppressed already")
 
 
-async def _scope(deps: Deps, caller: Principal, list_address: str | None, *,
-                 change: bool = False) -> str | None:
-    """The list a request is about (canonical), checked against the caller's roles;
-    None (every list, or the global entries) is a site admin's."""
-    if list_address is None or not list_address.strip():
-        if change:
-            caller.require_write()
-        caller.require_admin()
-        return None
-    found = await deps.read(deps.directory.get_list, list_address)
-    caller.require_list(found.address, change=change)
-    return found.address
-
-
 @router.get("/bounces")
 async def list_bounces(deps: Deps, caller: Caller, cursor: Cursor = None, limit: Limit = 50,
                        list_address: ListFilter = None) -> Page[BounceOut]:
     """The newest bounces and complaints (at most 1,000), newest first; an owner or
     moderator names their list."""
-    target = await _scope(deps, caller, list_address)
+    target = await deps.list_scope(caller, list_address)
     found = await deps.read(deps.directory.bounce_events, target)
     items, more = page_in_memory(
         found, lambda b: f"{_FAR_FUTURE - b.created_at:020.6f}|{b.list_address}|{b.address}",
@@ -98,7 +83,7 @@ async def list_suppressions(deps: Deps, caller: Caller, cursor: Cursor = None,
                             limit: Limit = 50, list_address: ListFilter = None
                             ) -> Page[SuppressionOut]:
     """Suppressed addresses by address: every entry (a site admin), or one list's."""
-    target = await _scope(deps, caller, list_address)
+    target = await deps.list_scope(caller, list_address)
     key = decode_cursor(cursor)
     address, tab, entry_target = key.partition("\t")
     if key and not tab:
@@ -113,7 +98,7 @@ async def list_suppressions(deps: Deps, caller: Caller, cursor: Cursor = None,
 @router.post("/suppressions", status_code=201)
 async def add_suppression(body: SuppressionIn, deps: Deps, caller: Writer) -> Suppressed:
     """Send the address nothing from now on (every list, or one)."""
-    target = await _scope(deps, caller, body.list, change=True)
+    target = await deps.list_scope(caller, body.list, change=True)
     added = await deps.write(deps.directory.suppress, body.address, target, body.reason)
     entries = await deps.read(deps.directory.suppressions, target or "")
     address = body.address.strip().lower()
@@ -127,7 +112,7 @@ async def add_suppression(body: SuppressionIn, deps: Deps, caller: Writer) -> Su
 async def remove_suppression(address: Address, deps: Deps, caller: Writer,
                              list_address: ListFilter = None) -> Response:
     """Send the address mail again (the global entry, or ``list``'s)."""
-    target = await _scope(deps, caller, list_address, change=True)
+    target = await deps.list_scope(caller, list_address, change=True)
     await deps.write(deps.directory.unsuppress, address, target)
     await deps.changed(caller, "suppression.remove", target or "*", address)
     return Response(status_code=204)

@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from mailflow.errors import NotFound, TooManyAttempts, Unauthenticated
+from mailflow.model import MailingList
 from mailflow.pipeline.process.commands import ListCommands
 from mailflow.services.access import AccessService, Principal
 from mailflow.services.directory import DirectoryService
@@ -98,6 +99,25 @@ class ApiDeps:
                       detail: str = "") -> None:
         """Record a change the caller made in the audit log."""
         await self.runner.write(self.access.record, caller.actor, action, target, detail)
+
+    async def visible_list(self, caller: Principal, address: str, *,
+                           change: bool = False) -> MailingList:
+        """The list at ``address`` if the caller may read it (``change``: change it);
+        else NotFound, as if it did not exist, or Forbidden."""
+        found = await self.read(self.directory.get_list, address)
+        caller.require_list(found.address, change=change)
+        return found
+
+    async def list_scope(self, caller: Principal, list_address: str | None, *,
+                         change: bool = False) -> str | None:
+        """The list a request is about (canonical), checked against the caller's roles;
+        none (every list, or the global entries: blank or None) is a site admin's."""
+        if list_address is None or not list_address.strip():
+            if change:
+                caller.require_write()
+            caller.require_admin()
+            return None
+        return (await self.visible_list(caller, list_address, change=change)).address
 
 
 def get_deps(request: Request) -> ApiDeps:

@@ -81,9 +81,7 @@ async def list_held(deps: Deps, caller: Caller, cursor: Cursor = None, limit: Li
                     ) -> Page[HeldOut]:
     """Held messages, oldest first, each with why it is held."""
     if list_address is not None:
-        target = await deps.read(deps.directory.get_list, list_address)
-        caller.require_list(target.address)
-        list_address = target.address
+        list_address = (await deps.visible_list(caller, list_address)).address
     found = [h for h in await deps.read(deps.directory.held_messages, list_address)
              if _visible(caller, h)]
     items, more = page_in_memory(found, lambda h: f"{h.received_at:020.6f}|{h.id}",

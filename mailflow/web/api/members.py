@@ -109,8 +109,7 @@ async def list_members(address: ListAddress, deps: Deps, caller: Caller,
                                                description="address or name contains")] = ""
                        ) -> Page[MemberOut]:
     """Members by address, a page at a time."""
-    found = await deps.read(deps.directory.get_list, address)
-    caller.require_list(found.address)
+    found = await deps.visible_list(caller, address)
     rows = await deps.read(deps.directory.members_page, found.address, limit + 1,
                            decode_cursor(cursor), q)
     items, more = trimmed(rows, limit, lambda m: m.address)
@@ -122,8 +121,7 @@ async def add_members(address: ListAddress, body: MembersIn, deps: Deps,
                       caller: Writer) -> Added:
     """Add members (all valid, or none added); one already there keeps its status and
     takes a non-empty name given for it."""
-    found = await deps.read(deps.directory.get_list, address)
-    caller.require_list(found.address, change=True)
+    found = await deps.visible_list(caller, address, change=True)
     result = await deps.write(deps.directory.import_members, found.address,
                               [(m.address, m.name) for m in body.members], role=body.role)
     await deps.changed(caller, "member.add", found.address,
@@ -135,8 +133,7 @@ async def add_members(address: ListAddress, body: MembersIn, deps: Deps,
 @router.delete("/lists/{address}/members/{member}", status_code=204)
 async def remove_member(address: ListAddress, member: MemberAddress, deps: Deps,
                         caller: Writer) -> Response:
-    found = await deps.read(deps.directory.get_list, address)
-    caller.require_list(found.address, change=True)
+    found = await deps.visible_list(caller, address, change=True)
     removed = await deps.write(deps.directory.remove_members, found.address, [member])
     if not removed:
         raise NotFound("member", member, f"{member} is not a member of {found.address}")
@@ -151,8 +148,7 @@ async def import_members(address: ListAddress, request: Request, deps: Deps, cal
                          dry_run: bool = False) -> ImportReport:
     """Import a CSV file (the body, ``text/csv``): a header ``email[,name]`` or one
     address per row; valid rows are added, each invalid row is reported."""
-    found = await deps.read(deps.directory.get_list, address)
-    caller.require_list(found.address, change=True)
+    found = await deps.visible_list(caller, address, change=True)
     text = await _read_text(request, deps.body_timeout)
     rows = read_member_rows(io.StringIO(text, newline=""), "the file")
     result = await deps.write(deps.directory.import_member_rows, found.address, rows,
@@ -187,8 +183,7 @@ async def _read_text(request: Request, seconds: float) -> str:
 async def export_members(address: ListAddress, deps: Deps, caller: Caller
                          ) -> StreamingResponse:
     """The roster as CSV (``email,name,status``), which the import reads back."""
-    found = await deps.read(deps.directory.get_list, address)
-    caller.require_list(found.address)
+    found = await deps.visible_list(caller, address)
 
     async def rows() -> AsyncIterator[str]:
         yield "email,name,status\r\n"
@@ -219,8 +214,7 @@ def _cell(text: str) -> str:
 async def get_member(address: ListAddress, member: MemberAddress, deps: Deps,
                      caller: Caller) -> MemberOut:
     """One member: its role, status, bounce score and last bounce."""
-    found = await deps.read(deps.directory.get_list, address)
-    caller.require_list(found.address)
+    found = await deps.visible_list(caller, address)
     return MemberOut.of(await deps.read(deps.directory.get_member, found.address, member))
 
 
@@ -228,8 +222,7 @@ async def get_member(address: ListAddress, member: MemberAddress, deps: Deps,
 async def update_member(address: ListAddress, member: MemberAddress, body: MemberChange,
                         deps: Deps, caller: Writer) -> MemberOut:
     """Change a member's role or name, or enable it again (``status: active``)."""
-    found = await deps.read(deps.directory.get_list, address)
-    caller.require_list(found.address, change=True)
+    found = await deps.visible_list(caller, address, change=True)
     changed = await deps.write(deps.directory.update_member, found.address, member,
                                role=body.role, name=body.name,
                                enable=body.status == "active")

@@ -65,9 +65,7 @@ async def list_requests(deps: Deps, caller: Caller, cursor: Cursor = None, limit
                         ) -> Page[RequestOut]:
     """Requests waiting for an owner or moderator, oldest first."""
     if list_address is not None:
-        target = await deps.read(deps.directory.get_list, list_address)
-        caller.require_list(target.address)
-        list_address = target.address
+        list_address = (await deps.visible_list(caller, list_address)).address
     found = [r for r in await deps.read(deps.subscriptions.requests, list_address)
              if caller.may_read_list(r.list_address)]
     items, more = page_in_memory(found, lambda r: f"{r.created_at:020.6f}|{r.id:020d}",

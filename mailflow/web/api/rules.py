@@ -127,8 +127,7 @@ class FilterIn(BaseModel):
 async def list_filters(address: ListAddress, deps: Deps, caller: Caller,
                        cursor: Cursor = None, limit: Limit = 50) -> Page[FilterOut]:
     """A list's filter rules in the order they are tried (the first match decides)."""
-    found = await deps.read(deps.directory.get_list, address)
-    caller.require_list(found.address)
+    found = await deps.visible_list(caller, address)
     rules = await deps.read(deps.directory.filter_rules, found.address)
     numbered = list(enumerate(rules, start=1))
     items, more = page_in_memory(numbered, lambda pair: f"{pair[0]:06d}", cursor, limit)
@@ -139,8 +138,7 @@ async def list_filters(address: ListAddress, deps: Deps, caller: Caller,
 async def add_filter(address: ListAddress, body: FilterIn, deps: Deps,
                      caller: Writer) -> FilterOut:
     """Add a rule after the list's others."""
-    found = await deps.read(deps.directory.get_list, address)
-    caller.require_list(found.address, change=True)
+    found = await deps.visible_list(caller, address, change=True)
     rule = await deps.write(
         deps.directory.add_filter_rule, found.address, body.action, text=body.text,
         header=body.header, matches=body.matches, body=body.body,
@@ -157,8 +155,7 @@ async def add_filter(address: ListAddress, body: FilterIn, deps: Deps,
 async def remove_filter(address: ListAddress, number: Annotated[int, Path(ge=1, le=10**6)],
                         deps: Deps, caller: Writer) -> FilterOut:
     """Remove the ``number``-th rule (the ones after it move up)."""
-    found = await deps.read(deps.directory.get_list, address)
-    caller.require_list(found.address, change=True)
+    found = await deps.visible_list(caller, address, change=True)
     rule = await deps.write(deps.directory.remove_filter_rule, found.address, number)
     await deps.changed(caller, "filter.remove", found.address,
                        f"{number}: {rule.condition.value} {rule.argument}")
@@ -190,8 +187,7 @@ class AutoReplyIn(BaseModel):
 
 @router.get("/lists/{address}/autoreply")
 async def get_autoreply(address: ListAddress, deps: Deps, caller: Caller) -> AutoReplyOut:
-    found = await deps.read(deps.directory.get_list, address)
-    caller.require_list(found.address)
+    found = await deps.visible_list(caller, address)
     reply = await deps.read(deps.directory.get_autoreply, found.address)
     if reply is None:
         raise NotFound("autoreply", found.address, f"{found.address} has no auto-reply")
@@ -202,8 +198,7 @@ async def get_autoreply(address: ListAddress, deps: Deps, caller: Caller) -> Aut
 async def set_autoreply(address: ListAddress, body: AutoReplyIn, deps: Deps,
                         caller: Writer) -> AutoReplyOut:
     """Turn on (or replace) the out-of-office reply."""
-    found = await deps.read(deps.directory.get_list, address)
-    caller.require_list(found.address, change=True)
+    found = await deps.visible_list(caller, address, change=True)
     reply = await deps.write(deps.directory.set_autoreply, found.address, body=body.body,
                              subject=body.subject, starts=body.starts, ends=body.ends,
                              once_per_days=body.once_per_days)
@@ -213,8 +208,7 @@ async def set_autoreply(address: ListAddress, body: AutoReplyIn, deps: Deps,
 
 @router.delete("/lists/{address}/autoreply", status_code=204)
 async def clear_autoreply(address: ListAddress, deps: Deps, caller: Writer) -> Response:
-    found = await deps.read(deps.directory.get_list, address)
-    caller.require_list(found.address, change=True)
+    found = await deps.visible_list(caller, address, change=True)
     if not await deps.write(deps.directory.clear_autoreply, found.address):
         raise NotFound("autoreply", found.address, f"{found.address} has no auto-reply")
     await deps.changed(caller, "autoreply.clear", found.address)

@@ -158,13 +158,6 @@ def may_change(caller: UiSession, address: str) -> bool:
     return principal.is_admin or principal.roles.get(address) is ListRole.OWNER
 
 
-async def visible_list(deps: UiDeps, caller: UiSession, address: str) -> MailingList:
-    """The list at ``address`` if the caller may see it (else NotFound, as the API)."""
-    found = await deps.read(deps.directory.get_list, address)
-    caller.principal.require_list(found.address)
-    return found
-
-
 # -- the lists ----------------------------------------------------------------------------
 
 async def _lists_page(request: Request, caller: UiSession, deps: UiDeps, q: str = "", *,
@@ -234,14 +227,14 @@ async def _settings_page(request: Request, caller: UiSession, deps: UiDeps,
 @router.get("/lists/{address}")
 async def list_settings(address: str, request: Request, caller: UiCaller, deps: UiDeps
                         ) -> Response:
-    found = await visible_list(deps, caller, address)
+    found = await deps.visible_list(caller.principal, address)
     return await _settings_page(request, caller, deps, found)
 
 
 @router.post("/lists/{address}")
 async def update_settings(address: str, request: Request, caller: UiCaller, deps: UiDeps,
                           form: UiForm) -> Response:
-    found = await visible_list(deps, caller, address)
+    found = await deps.visible_list(caller.principal, address)
     caller.principal.require_list(found.address, change=True)
     values: dict[str, Any] = {}
     checked: dict[str, Any] = {}

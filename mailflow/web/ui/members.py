@@ -33,7 +33,7 @@ from mailflow.web.ui.deps import (
     text_field,
     ui_path,
 )
-from mailflow.web.ui.lists import may_change, visible_list
+from mailflow.web.ui.lists import may_change
 
 router = APIRouter()
 PAGE_SIZE: Final = 50
@@ -43,7 +43,7 @@ ROLES: Final = tuple((r.value, r.value) for r in MemberRole)
 
 
 async def _changeable(deps: UiDeps, caller: UiSession, address: str) -> MailingList:
-    found = await visible_list(deps, caller, address)
+    found = await deps.visible_list(caller.principal, address)
     caller.principal.require_list(found.address, change=True)
     return found
 
@@ -69,7 +69,7 @@ async def _members_page(request: Request, caller: UiSession, deps: UiDeps,
 async def members_page(address: str, request: Request, caller: UiCaller, deps: UiDeps,
                        q: str = Query("", max_length=320),
                        after: str = Query("", max_length=320)) -> Response:
-    found = await visible_list(deps, caller, address)
+    found = await deps.visible_list(caller.principal, address)
     return await _members_page(request, caller, deps, found, q, after)
 
 

@@ -116,9 +116,7 @@ async def moderation_page(request: Request, caller: UiCaller, deps: UiDeps,
                           list_address: ListFilter = None) -> Response:
     principal = caller.principal
     if list_address:
-        target = await deps.read(deps.directory.get_list, list_address)
-        principal.require_list(target.address)
-        list_address = target.address
+        list_address = (await deps.visible_list(principal, list_address)).address
     found = await deps.read(deps.directory.held_messages, list_address or None)
     groups = grouped(principal, found)
     if list_address:

@@ -63,9 +63,7 @@ async def _scope(deps: UiDeps, caller: UiSession, list_address: str, *,
         if not owned:
             principal.require_admin()  # nobody else has deliveries to see
         list_address = owned[0]
-    found = await deps.read(deps.directory.get_list, list_address)
-    principal.require_list(found.address, change=change)
-    return found.address
+    return (await deps.visible_list(principal, list_address, change=change)).address
 
 
 @router.get("/queue")

@@ -77,13 +77,6 @@ class Values:
         return self.fields.get(name, default)
 
 
-async def _target(deps: UiDeps, caller: UiSession, address: str, *,
-                  change: bool = False) -> MailingList:
-    found = await deps.read(deps.directory.get_list, address)
-    caller.principal.require_list(found.address, change=change)
-    return found
-
-
 async def _page(request: Request, caller: UiSession, deps: UiDeps, target: MailingList, *,
                 values: Values | None = None, errors: FieldErrors | None = None,
                 status: int = 200) -> Response:
@@ -191,7 +184,7 @@ async def remove_wide_sender(request: Request, caller: UiCaller, deps: UiDeps,
 @router.get("/rules/{address}")
 async def rules_page(address: Address, request: Request, caller: UiCaller, deps: UiDeps
                      ) -> Response:
-    return await _page(request, caller, deps, await _target(deps, caller, address))
+    return await _page(request, caller, deps, await deps.visible_list(caller.principal, address))
 
 
 def _back(target: MailingList) -> str:
@@ -203,7 +196,7 @@ def _back(target: MailingList) -> str:
 @router.post("/rules/{address}/senders")
 async def add_sender(address: Address, request: Request, caller: UiCaller, deps: UiDeps,
                      form: UiForm) -> Response:
-    target = await _target(deps, caller, address, change=True)
+    target = await deps.visible_list(caller.principal, address, change=True)
     action = text_field(form, "sender_action", 10)
     pattern = text_field(form, "sender_pattern", FIELD_CUT)
     try:
@@ -221,7 +214,7 @@ async def add_sender(address: Address, request: Request, caller: UiCaller, deps:
 @router.post("/rules/{address}/senders/remove")
 async def remove_sender(address: Address, request: Request, caller: UiCaller, deps: UiDeps,
                         form: UiForm) -> Response:
-    target = await _target(deps, caller, address, change=True)
+    target = await deps.visible_list(caller.principal, address, change=True)
     action = text_field(form, "action", 10)
     pattern = text_field(form, "pattern", FIELD_CUT)
     try:
@@ -257,7 +250,7 @@ def _filter_arguments(condition: str, header: str, value: str) -> dict[str, Any]
 @router.post("/rules/{address}/filters")
 async def add_filter(address: Address, request: Request, caller: UiCaller, deps: UiDeps,
                      form: UiForm) -> Response:
-    target = await _target(deps, caller, address, change=True)
+    target = await deps.visible_list(caller.principal, address, change=True)
     given = {name: text_field(form, name, FIELD_CUT) for name in (
         "filter_condition", "filter_header", "filter_value", "filter_action", "filter_text",
         "filter_add_header")}
@@ -280,7 +273,7 @@ async def add_filter(address: Address, request: Request, caller: UiCaller, deps:
 @router.post("/rules/{address}/filters/{number}/remove")
 async def remove_filter(address: Address, number: Number, request: Request,
                         caller: UiCaller, deps: UiDeps) -> Response:
-    target = await _target(deps, caller, address, change=True)
+    target = await deps.visible_list(caller.principal, address, change=True)
     try:
         rule = await deps.write(deps.directory.remove_filter_rule, target.address, number)
     except NotFound as exc:
@@ -296,7 +289,7 @@ async def remove_filter(address: Address, number: Number, request: Request,
 @router.post("/rules/{address}/autoreply")
 async def set_autoreply(address: Address, request: Request, caller: UiCaller, deps: UiDeps,
                         form: UiForm) -> Response:
-    target = await _target(deps, caller, address, change=True)
+    target = await deps.visible_list(caller.principal, address, change=True)
     given = {"reply_subject": text_field(form, "reply_subject", FIELD_CUT),
              "reply_body": text_field(form, "reply_body", 2 * AUTOREPLY_BODY_MAX),
              "reply_starts": text_field(form, "reply_starts", 100),
@@ -320,7 +313,7 @@ async def set_autoreply(address: Address, request: Request, caller: UiCaller, de
 @router.post("/rules/{address}/autoreply/clear")
 async def clear_autoreply(address: Address, request: Request, caller: UiCaller,
                           deps: UiDeps) -> Response:
-    target = await _target(deps, caller, address, change=True)
+    target = await deps.visible_list(caller.principal, address, change=True)
     if not await deps.write(deps.directory.clear_autoreply, target.address):
         return redirect(request, _back(target), Flash("warn", "There was no auto-reply."))
     await deps.changed(caller.principal, "autoreply.clear", target.address)

@@ -35,21 +35,6 @@ router = APIRouter()
 PAGE_SIZE: Final = 100
 
 
-async def _scope(deps: UiDeps, caller: UiSession, list_address: str, *,
-                 change: bool = False) -> str | None:
-    """The list a request is about (canonical), checked against the caller's roles;
-    None (every entry, or the global ones) is a site admin's, as in the API."""
-    principal = caller.principal
-    if not list_address.strip():
-        if change:
-            principal.require_write()
-        principal.require_admin()
-        return None
-    found = await deps.read(deps.directory.get_list, list_address)
-    principal.require_list(found.address, change=change)
-    return found.address
-
-
 def _back(list_address: str | None) -> str:
     path = ui_path("suppressions")
     return path + "?list=" + quote(list_address, safe="@") if list_address else path
@@ -67,7 +52,7 @@ async def _page(request: Request, caller: UiSession, deps: UiDeps, chosen: str, 
                 "title": "Suppressions", "lists": [], "entries": [], "chosen": "",
                 "owned": [], "values": Values(), "errors": FieldErrors()})
         chosen = lists[0]
-    target = await _scope(deps, caller, chosen)
+    target = await deps.list_scope(caller.principal, chosen)
     address, _, entry_target = after.partition("\t")
     rows = await deps.read(deps.directory.suppressions_page, target, PAGE_SIZE + 1,
                            (address, entry_target) if after else None)
@@ -98,7 +83,7 @@ async def add_suppression(request: Request, caller: UiCaller, deps: UiDeps,
     given = {"address": text_field(form, "address", FIELD_CUT),
              "list": text_field(form, "list", FIELD_CUT),
              "reason": text_field(form, "reason", FIELD_CUT)}
-    target = await _scope(deps, caller, given["list"], change=True)
+    target = await deps.list_scope(caller.principal, given["list"], change=True)
     try:
         added = await deps.write(deps.directory.suppress, given["address"], target,
                                  given["reason"])
@@ -118,7 +103,8 @@ async def add_suppression(request: Request, caller: UiCaller, deps: UiDeps,
 async def remove_suppression(request: Request, caller: UiCaller, deps: UiDeps,
                              form: UiForm) -> Response:
     address = text_field(form, "address", FIELD_CUT)
-    target = await _scope(deps, caller, text_field(form, "list", FIELD_CUT), change=True)
+    target = await deps.list_scope(caller.principal, text_field(form, "list", FIELD_CUT),
+                                   change=True)
     try:
         await deps.write(deps.directory.unsuppress, address, target)
     except (InvalidInput, NotFound) as exc:
