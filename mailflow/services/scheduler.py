@@ -58,9 +58,12 @@ import contextlib
 import functools
 import itertools
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 from mailflow import srs
 from mailflow.backoff import RetryPolicy
@@ -122,12 +125,16 @@ from mailflow.verp import Verp
 
 log = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 ERROR_BACKOFF = 1.0     # seconds to wait after a database error before claiming again
 LIST_CACHE_TTL = 2.0    # seconds a list's name, kind and priority are reused
 LISTS_KEPT = 1000       # beyond this many lists remembered, the expired ones are dropped
 BUSY_RETRY_MIN = 1.0    # seconds work handed back by a busy route waits at least
 
 DECISIONS_KEPT = 4096  # messages whose per-message copy decisions are remembered
+RENDER_THREADS = max(1, min(4, os.cpu_count() or 1))  # threads rendering and signing copies
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +213,12 @@ class Scheduler:
         self._large = LargeInFlight(options.large_in_flight, self._content.max_item)
         self._identity = Identity(options.instance_id, options.hostname, options.public_url,
                                   options.unsubscribe)
+        # The copies' MIME work and signatures: threads of their own, as many as cores.
+        # A signature lets go of the GIL, the rest of a rendering holds it; on the loop's
+        # default executor (cores + 4 threads) the extra threads only queued for the GIL,
+        # handing it over more often, and each kept a heap of its own.
+        self._renderers = ThreadPoolExecutor(RENDER_THREADS,
+                                             thread_name_prefix="mailflow-render")
         # The lists' filter rules, for their tag and strip rules; set by the app.
         self.filters: FilterRules | None = None
         # Per message and shared variant: (tag/strip rule, DMARC From), see
@@ -331,6 +344,7 @@ class Scheduler:
         for task in pending:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._renderers.shutdown(wait=False)
         if self._heartbeat is not None:  # nothing is on the wire any more
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
@@ -670,7 +684,7 @@ class Scheduler:
             raw = await self._body(tx.message.blob)
             if returned:
                 sent_for = await self._ses_bounce_alias(raw)
-                raw = await asyncio.to_thread(self._rewritten, raw, tx, sent_for)
+                raw = await self._off_loop(self._rewritten, raw, tx, sent_for)
             rule, rewrite_from = await self._message_decisions(raw, tx, rules)
             member = await self._copy_member(tx, recipient)
             render: Callable[[], bytes] = functools.partial(
@@ -682,12 +696,17 @@ class Scheduler:
             if sign is not None or tx.mailing_list.decoration.changes_copies or (
                     rule is not None and rule.action is FilterAction.STRIP):
                 # MIME work and signatures: off the loop, in one hop.
-                content = await asyncio.to_thread(render)
+                content = await self._off_loop(render)
             else:
                 content = render()
             if not recipient:  # a personalized copy is its one member's: never reused,
                 self._content.put(key, content)  # it would only push shared ones out
         return content
+
+    async def _off_loop(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn`` on a rendering thread (CPU work on a copy: parsing, MIME, signing)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._renderers, functools.partial(fn, *args, **kwargs))
 
     async def _message_decisions(self, raw: bytes, tx: Transaction,
                                  rules: tuple[FilterRule, ...]
@@ -701,8 +720,8 @@ class Scheduler:
         if found is None:
             rule = None
             if rules:  # parses and matches: a thread
-                rule = await asyncio.to_thread(applied_rule, raw, rules,
-                                               self.options.filter_regex_timeout)
+                rule = await self._off_loop(applied_rule, raw, rules,
+                                            self.options.filter_regex_timeout)
             found = (rule, await self._rewrite_from(raw, tx))
             self._decided[key] = found
             while len(self._decided) > DECISIONS_KEPT:
