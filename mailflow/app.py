@@ -277,7 +277,8 @@ class Relay:
             self._tasks += [
                 asyncio.create_task(ModerationSweep(
                     runner, self.clock, content_reader(runner.repo, blobs.read),
-                    settings.moderation_interval, on_queued=scheduler.wake).run(),
+                    settings.moderation_interval, on_queued=scheduler.wake,
+                    public_url=settings.public_url).run(),
                     name="moderation"),
                 asyncio.create_task(self._maintenance(blobs), name="maintenance"),
             ]

@@ -435,8 +435,8 @@ def list_create(ctx: Context, address: str, kind: str, name: str, priority: int)
               help="what a post the posting policy does not admit gets: reject (550 "
                    "5.7.1), hold (for a moderator) or discard")
 @click.option("--hold-days", type=int,
-              help=f"held posts are discarded after this many days (1 to "
-                   f"{rules.HOLD_DAYS_MAX}; default 14)")
+              help=f"held posts are discarded, and requests to join expire, after this "
+                   f"many days without a decision (1 to {rules.HOLD_DAYS_MAX}; default 14)")
 @click.option("--subject-prefix", help="lists: put before each copy's Subject, once (such "
               "as \"[team]\"); \"\" removes it")
 @click.option("--reply-to", help="lists: none (keep the post's), list, or an address")

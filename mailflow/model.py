@@ -170,7 +170,7 @@ class MailingList:
     dmarc: DmarcMode = DmarcMode.NEVER
     posting: PostingPolicy = PostingPolicy.OPEN
     non_member_action: NonMemberAction = NonMemberAction.REJECT
-    hold_days: int = 14  # held posts are discarded after this many days
+    hold_days: int = 14  # held posts are discarded, requests to join expire, after this many days
     decoration: Decoration = NO_DECORATION
     personalize: bool = False       # one copy per member, VERP envelope sender
     bounce_threshold: float = 5.0   # the bounce score that disables a member

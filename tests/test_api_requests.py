@@ -3,6 +3,9 @@ by the lists' owners and moderators (the ``world`` of test_api.py)."""
 
 from __future__ import annotations
 
+from mailflow.model import InboundMessage
+from mailflow.services.moderation import ModerationSweep
+from mailflow.testing.clock import FakeClock
 from tests import test_api
 from tests.test_api import World, problem_of
 
@@ -49,3 +52,23 @@ async def test_a_rejection_tells_the_reason_and_is_audited(world: World) -> None
     entries = (await world.call("GET", "/audit", world.admin)).json()["items"]
     assert any(e["action"] == "request.reject" and "staff only" in e["detail"]
                for e in entries)
+
+
+async def test_an_expired_request_is_as_unknown_as_one_never_made(world: World) -> None:
+    def no_content(message: InboundMessage) -> bytes:
+        raise AssertionError(message.id)
+
+    team = world.harness.ask_to_join("team@example.test", "late@x.test")  # at 1000.0
+    sweep = ModerationSweep(world.harness.deps.runner, FakeClock(1000.0 + 14 * 86_400),
+                            no_content, interval=1.0)
+    assert await sweep.sweep() == (0, 0, 1)  # the default 14 days
+    unknown = problem_of(await world.call("POST", "/subscription-requests/999999/approve",
+                                          world.owner), 404)
+    assert unknown["detail"] == "no request 999999 waiting"
+    for action in ("approve", "reject"):
+        gone = problem_of(await world.call("POST", f"/subscription-requests/{team}/{action}",
+                                           world.owner), 404)
+        assert {**gone, "detail": None} == {**unknown, "detail": None}
+        assert gone["detail"] == f"no request {team} waiting"
+    listed = await world.call("GET", "/subscription-requests", world.owner)
+    assert listed.json()["items"] == []

@@ -296,8 +296,8 @@ def test_the_sweep_tells_moderators_once_then_expires_posts(engines: Engines) ->
     clock = FakeClock(NOW + 60)
     sweep = ModerationSweep(runner, clock, read_stored(repo), interval=1.0)
 
-    assert asyncio.run(sweep.sweep()) == (1, 0)
-    assert asyncio.run(sweep.sweep()) == (0, 0)  # told once
+    assert asyncio.run(sweep.sweep()) == (1, 0, 0)
+    assert asyncio.run(sweep.sweep()) == (0, 0, 0)  # told once
     told = sorted(d.recipient for d in repo.list_deliveries(10))
     assert told == ["mod@x.test", "own@x.test"]  # not the plain member
     [notice_id] = {d.message_id for d in repo.list_deliveries(10)}
@@ -314,9 +314,9 @@ def test_the_sweep_tells_moderators_once_then_expires_posts(engines: Engines) ->
     assert attached.get_content()["Subject"] == "please approve"
 
     clock.advance(2 * DAY - 120)  # not yet two days since it was received
-    assert asyncio.run(sweep.sweep()) == (0, 0)
+    assert asyncio.run(sweep.sweep()) == (0, 0, 0)
     clock.advance(61)
-    assert asyncio.run(sweep.sweep()) == (0, 1)
+    assert asyncio.run(sweep.sweep()) == (0, 1, 0)
     assert repo.message_counts()["held"] == 0
     assert [kind for _, kind, _ in repo.message_events("m1")][-1] == "expired"
     with pytest.raises(NotFound):

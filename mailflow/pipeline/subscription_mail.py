@@ -168,3 +168,14 @@ def refusal_notice(mailing_list: MailingList, address: str, reason: str, *,
                                                      reason.splitlines())]
     return answer(mailing_list, address, f"Your request to join {_name(mailing_list)}",
                   lines, original=b"", page_url=page_url, now=now)
+
+
+def expiry_notice(mailing_list: MailingList, address: str, days: int, *,
+                  page_url: str, now: float) -> bytes:
+    """Tell ``address`` its request to join waited ``days`` (the list's ``hold_days``)
+    without an answer and was dropped, so it knows to ask again rather than wait."""
+    lines = [f"Your request to join {_name(mailing_list)} <{mailing_list.address}> was "
+             f"not answered by the list's owners within {days} day(s), so it has expired.",
+             "", "You may ask again (see below)."]
+    return answer(mailing_list, address, f"Your request to join {_name(mailing_list)} expired",
+                  lines, original=b"", page_url=page_url, now=now)

@@ -7,7 +7,10 @@ a posting policy or a filter rule), with a ``held`` event per list saying why.
   moderators of every new held post, by mail with the post attached, and records the
   post in ``held_posts`` in the same transaction (so each notice is sent once, and the
   post's expiry is known); then it discards the posts whose ``hold_days`` are over,
-  with an ``expired`` event.  Both in bounded batches.
+  with an ``expired`` event, and removes the requests to join an ``approve`` list that
+  waited as long (an ``expired`` event, and a notice to the address: as a rejection,
+  it must not be left waiting for an answer that never comes).  All in bounded
+  batches.
 * **The commands** (:class:`Moderation`, for the CLI and the REST API):
   approve (the post is expanded as if it had just arrived; ``add_member`` adds its
   author to the lists first), reject (dropped, and its author told why by a notice
@@ -27,6 +30,7 @@ from mailflow.clock import Clock
 from mailflow.errors import InvalidInput
 from mailflow.model import (
     GENERATED,
+    Event,
     GeneratedMessage,
     HeldPost,
     InboundMessage,
@@ -35,13 +39,17 @@ from mailflow.model import (
     NewDelivery,
 )
 from mailflow.pipeline.moderation import moderator_notice, post_author, rejection_notice
+from mailflow.pipeline.process.autoreply import automatic_reason
+from mailflow.pipeline.send.list_links import list_path
+from mailflow.pipeline.subscription_mail import expiry_notice
 from mailflow.store import Repository
 from mailflow.store.runner import StoreRunner
+from mailflow.store.subscriptions import ExpiredRequest
 
 log = logging.getLogger(__name__)
 
 DAY: Final = 86_400.0
-SWEEP_BATCH: Final = 100   # held posts announced or expired per transaction
+SWEEP_BATCH: Final = 100   # held posts announced or expired, requests expired, per transaction
 SWEEP_ROUNDS: Final = 10   # transactions of each kind per sweep, at most
 REASON_MAX_LENGTH: Final = 2000
 
@@ -176,15 +184,19 @@ class Moderation:
 
 
 class ModerationSweep:
-    """The relay's side: announce new held posts, expire old ones, every ``interval``."""
+    """The relay's side: announce new held posts, expire old ones and old requests to
+    join, every ``interval``.  ``public_url``: the relay's, for the list's page in the
+    notice of an expired request ('' for none), as the list commands' answers have it."""
 
     def __init__(self, runner: StoreRunner, clock: Clock, read: ReadContent,
-                 interval: float, on_queued: Callable[[], None] | None = None) -> None:
+                 interval: float, on_queued: Callable[[], None] | None = None,
+                 public_url: str = "") -> None:
         self.runner = runner
         self.clock = clock
         self.read = read
         self.interval = interval
         self.on_queued = on_queued
+        self.public_url = public_url
 
     async def run(self) -> None:
         while True:
@@ -194,9 +206,9 @@ class ModerationSweep:
                 log.exception("moderation sweep failed", extra={"action": "moderation_error"})
             await asyncio.sleep(self.interval)
 
-    async def sweep(self) -> tuple[int, int]:
-        """One round; returns (posts announced, posts expired)."""
-        announced = expired = 0
+    async def sweep(self) -> tuple[int, int, int]:
+        """One round; returns (posts announced, posts expired, requests expired)."""
+        announced = expired = requests = 0
         for _ in range(SWEEP_ROUNDS):
             count = await self.runner.write(self._announce_batch, self.clock.now())
             announced += count
@@ -211,9 +223,62 @@ class ModerationSweep:
             expired += len(gone)
             if len(gone) < SWEEP_BATCH:
                 break
-        if announced and self.on_queued is not None:
+        told = 0
+        for _ in range(SWEEP_ROUNDS):
+            dropped, notices = await self.runner.write(self._expire_requests_batch,
+                                                       self.clock.now())
+            for item in dropped:
+                request = item.request
+                log.info("request %d of <%s> to join %s expired unanswered after %d "
+                         "day(s); removed", request.id, request.address,
+                         request.list_address, item.mailing_list.hold_days,
+                         extra={"action": "request_expired", "request_id": request.id,
+                                "list": request.list_address, "address": request.address})
+            requests += len(dropped)
+            told += notices
+            if len(dropped) < SWEEP_BATCH:
+                break
+        if (announced or told) and self.on_queued is not None:
             self.on_queued()
-        return announced, expired
+        return announced, expired, requests
+
+    def _expire_requests_batch(self, now: float) -> tuple[list[ExpiredRequest], int]:
+        """Remove up to :data:`SWEEP_BATCH` requests older than their list's
+        ``hold_days``, with their events and notices in the same transaction (so a
+        notice is neither lost nor sent twice); returns them and how many notices.
+
+        The notice is the rejection's (from the list's ``-request`` address, the null
+        sender, ``Auto-Submitted``), not counted against the address's daily bound on
+        answers: there is at most one per request, and each request came from a
+        command that was.  A robot address, or one an owner has added meanwhile, is
+        not told.  Blocking, on a store thread.
+        """
+        generated: list[GeneratedMessage] = []
+        planned: list[NewDelivery] = []
+        events: list[Event] = []
+        with self.runner.repo.ingest_transaction() as tx:
+            dropped = tx.expire_requests(now, SWEEP_BATCH)
+            for item in dropped:
+                target, address = item.mailing_list, item.request.address
+                days = target.hold_days
+                told = not item.member and automatic_reason(address, b"") is None
+                if told:
+                    page = (f"{self.public_url}{list_path(target.address)}"
+                            if self.public_url else "")
+                    content = expiry_notice(target, address, days, page_url=page, now=now)
+                    notice = _generated(content, [address], now)
+                    generated.append(GeneratedMessage(notice, content))
+                    planned.append(NewDelivery(notice.id, target.id, address,
+                                               target.priority))
+                events.append(Event("expired", f"{target.address}: request of <{address}> "
+                                    f"to join expired unanswered after {days} day(s); "
+                                    + ("the address was told" if told else
+                                       "a member already" if item.member else
+                                       "not told, a robot address")))
+            tx.insert_generated(generated, now)
+            tx.insert_deliveries(planned, now)
+            tx.add_events(events, now)
+        return dropped, len(generated)
 
     def _announce_batch(self, now: float) -> int:
         """Announce up to :data:`SWEEP_BATCH` held posts (blocking, on a store thread)."""

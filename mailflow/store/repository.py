@@ -1692,6 +1692,11 @@ class WriteTransaction:
         """Remove a request to join, for an owner's decision (None: no such request)."""
         return subscription_store.take_request(self._conn, request_id)
 
+    def expire_requests(self, now: float, limit: int) -> list[subscription_store.ExpiredRequest]:
+        """Remove requests to join older than their list's ``hold_days`` (a bounded
+        batch, oldest first), for the moderation sweep to tell the addresses."""
+        return subscription_store.expire_requests(self._conn, now, limit, _list)
+
     def count_bounces(self, reports: Sequence[BounceReport], now: float) -> None:
         """Bounces the processing chain found, counted against their members."""
         if reports:

@@ -9,13 +9,15 @@ requests`` commands write the same way in theirs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, exists, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mailflow.model import (
+    MailingList,
     MemberRole,
     MembershipAction,
     MembershipChange,
@@ -25,6 +27,7 @@ from mailflow.model import (
 from mailflow.store.tables import command_replies, lists, members, subscription_requests
 
 WINDOW: Final = 86_400.0  # command replies are counted per address and day
+DAY: Final = 86_400.0     # a list's ``hold_days`` are days
 
 _MEMBER = select(members.c.id, members.c.status).where(
     members.c.list_id == bindparam("b_list_id"), members.c.address == bindparam("b_address"))
@@ -133,3 +136,46 @@ def take_request(conn: Connection, request_id: int) -> SubscriptionRequest | Non
     return SubscriptionRequest(row.id, row.list_id, row.list_address, row.address,
                                row.created_at)
 
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredRequest:
+    """A request removed unanswered; ``member``: the address is on the roster anyway (an
+    owner added it directly), so there is nobody to tell that the request was lost."""
+
+    request: SubscriptionRequest
+    mailing_list: MailingList
+    member: bool
+
+
+def expire_requests(conn: Connection, now: float, limit: int,
+                    to_list: Callable[[Row[Any]], MailingList]) -> list[ExpiredRequest]:
+    """Remove up to ``limit`` requests older than their list's ``hold_days``, oldest
+    first, and return them.
+
+    One read and one delete for the batch.  The delete returns what it removed, so a
+    request an owner decided between the two is neither expired nor announced as such.
+    """
+    on_roster = exists().where(
+        members.c.list_id == subscription_requests.c.list_id,
+        members.c.address == subscription_requests.c.address,
+        members.c.status != MemberStatus.UNSUBSCRIBED.value)
+    due = conn.execute(
+        select(subscription_requests.c.id.label("request_id"),
+               subscription_requests.c.address.label("request_address"),
+               subscription_requests.c.created_at.label("requested_at"),
+               on_roster.label("on_roster"), *lists.c)
+        .join(lists, lists.c.id == subscription_requests.c.list_id)
+        .where(subscription_requests.c.created_at <= now - lists.c.hold_days * DAY)
+        .order_by(subscription_requests.c.created_at, subscription_requests.c.id)
+        .limit(limit)).all()
+    if not due:
+        return []
+    removed = set(conn.scalars(
+        delete(subscription_requests)
+        .where(subscription_requests.c.id.in_([row.request_id for row in due]))
+        .returning(subscription_requests.c.id)))
+    return [ExpiredRequest(SubscriptionRequest(row.request_id, row.id, row.address,
+                                               row.request_address, row.requested_at),
+                           to_list(row), bool(row.on_roster))
+            for row in due if row.request_id in removed]

@@ -94,7 +94,8 @@ POSTING: Final = (
                                        "hold": "Hold it for a moderator",
                                        "discard": "Drop it silently"})),
     Setting("hold_days", "Days a held post waits", "After this many days without a "
-            "decision a held post is discarded (1 to 365).", "number",
+            "decision a held post is discarded, and a request to join expires (1 to 365).",
+            "number",
             lambda m: m.hold_days, _number(int, "hold time", checks.validated_hold_days)),
 )
 DECORATION: Final = (
