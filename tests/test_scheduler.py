@@ -4,6 +4,7 @@ with the real clock: leases renewed while a transaction is on the wire."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -389,3 +390,39 @@ async def test_alias_forwards_failed_for_good_are_reported_lists_are_not(
     senders = {rcpts: sender for sender, rcpts in egress.transactions}
     assert senders[("member@x.test",)] == "team-bounces@example.test"
     assert senders[("t1@x.test", "t2@x.test")].endswith("=origin.example=alice@example.test")
+
+
+async def test_transactions_starting_together_share_one_rendering_and_signature(
+        setup) -> None:  # type: ignore[no-untyped-def]
+    """A post's shared copy is made (and signed: its ``t=`` is when) once, however many
+    of its transactions start at the same time: the others wait for those bytes."""
+    runner, _, post, make_scheduler = setup
+    post([f"m{i}@x.test" for i in range(40)])
+    contents: list[bytes] = []
+
+    class Recording(ScriptedEgress):
+        async def send(self, mail_from: str, recipients: Sequence[str],
+                       content: bytes) -> list[RecipientReply]:
+            contents.append(content)
+            return await super().send(mail_from, recipients, content)
+
+    signed: list[int] = []
+
+    def sign(content: bytes) -> bytes:  # on a rendering thread, slow enough to overlap
+        signed.append(len(signed) + 1)
+        time.sleep(0.05)
+        return f"X-Signed: {len(signed)}\r\n".encode() + content
+
+    async def signer(_: object) -> Callable[[bytes], bytes]:
+        return sign
+
+    scheduler = make_scheduler(Recording(), max_recipients=10)  # 4 transactions, 4 senders
+    scheduler.signer = signer
+    await scheduler.start()
+    try:
+        await run_until(lambda c: c["delivered"] == 40, runner)
+    finally:
+        await scheduler.stop()
+    assert len(contents) == 4
+    assert signed == [1]
+    assert {c.split(b"\r\n", 1)[0] for c in contents} == {b"X-Signed: 1"}

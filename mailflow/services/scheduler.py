@@ -210,6 +210,8 @@ class Scheduler:
         # too large to keep is rendered again for a later transaction.
         self._content: BytesLRU[tuple[str, Hashable]] = BytesLRU(
             options.cache_bytes, max_item=item_limit(options.cache_bytes))
+        # Shared copies being made, by the same key: a transaction that needs one waits.
+        self._making: dict[tuple[str, Hashable], asyncio.Future[bytes]] = {}
         self._large = LargeInFlight(options.large_in_flight, self._content.max_item)
         self._identity = Identity(options.instance_id, options.hostname, options.public_url,
                                   options.unsubscribe)
@@ -680,28 +682,48 @@ class Scheduler:
             variant = (variant, tuple(d.recipient for d in tx.deliveries))
         key = (tx.message.id, variant)
         content = self._content.get(key)
-        if content is None:
-            raw = await self._body(tx.message.blob)
-            if returned:
-                sent_for = await self._ses_bounce_alias(raw)
-                raw = await self._off_loop(self._rewritten, raw, tx, sent_for)
-            rule, rewrite_from = await self._message_decisions(raw, tx, rules)
-            member = await self._copy_member(tx, recipient)
-            render: Callable[[], bytes] = functools.partial(
-                render_copy, raw, tx.message, tx.mailing_list, self._identity, member=member,
-                rewrite_from=rewrite_from, filter_rule=rule)
-            sign = None if self.signer is None else await self.signer(tx.mailing_list)
-            if sign is not None:  # over the final bytes, once per rendering variant
-                render = functools.partial(_then, render, sign)
-            if sign is not None or tx.mailing_list.decoration.changes_copies or (
-                    rule is not None and rule.action is FilterAction.STRIP):
-                # MIME work and signatures: off the loop, in one hop.
-                content = await self._off_loop(render)
-            else:
-                content = render()
-            if not recipient:  # a personalized copy is its one member's: never reused,
-                self._content.put(key, content)  # it would only push shared ones out
+        if content is not None:
+            return content
+        if recipient:  # a personalized copy is its one member's: never reused, not kept
+            return await self._make_copy(tx, returned, recipient, rules)
+        making = self._making.get(key)
+        if making is not None:  # another transaction is making this very copy: its bytes
+            return await asyncio.shield(making)
+        # One rendering (and one signature: its t= is the time it is made) however many
+        # transactions of the post start at once.
+        making = self._making[key] = asyncio.get_running_loop().create_future()
+        try:
+            content = await self._make_copy(tx, returned, recipient, rules)
+        except BaseException as exc:
+            making.set_exception(exc if isinstance(exc, Exception) else TemporaryFailure(
+                "the copy was not finished, try again later"))
+            making.exception()  # (retrieved: the waiters, if any, raise it themselves)
+            raise
+        finally:
+            del self._making[key]
+        making.set_result(content)
+        self._content.put(key, content)
         return content
+
+    async def _make_copy(self, tx: Transaction, returned: bool, recipient: str,
+                         rules: tuple[FilterRule, ...]) -> bytes:
+        raw = await self._body(tx.message.blob)
+        if returned:
+            sent_for = await self._ses_bounce_alias(raw)
+            raw = await self._off_loop(self._rewritten, raw, tx, sent_for)
+        rule, rewrite_from = await self._message_decisions(raw, tx, rules)
+        member = await self._copy_member(tx, recipient)
+        render: Callable[[], bytes] = functools.partial(
+            render_copy, raw, tx.message, tx.mailing_list, self._identity, member=member,
+            rewrite_from=rewrite_from, filter_rule=rule)
+        sign = None if self.signer is None else await self.signer(tx.mailing_list)
+        if sign is not None:  # over the final bytes, once per rendering variant
+            render = functools.partial(_then, render, sign)
+        if sign is not None or tx.mailing_list.decoration.changes_copies or (
+                rule is not None and rule.action is FilterAction.STRIP):
+            # MIME work and signatures: off the loop, in one hop.
+            return await self._off_loop(render)
+        return render()
 
     async def _off_loop(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` on a rendering thread (CPU work on a copy: parsing, MIME, signing)."""
