@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, TypeVar
 
 from mailflow import addresses, headers, ids
 from mailflow.blobs import content_hash
@@ -40,13 +40,15 @@ from mailflow.model import (
 )
 from mailflow.pipeline.moderation import moderator_notice, post_author, rejection_notice
 from mailflow.pipeline.process.autoreply import automatic_reason
-from mailflow.pipeline.send.list_links import list_path
+from mailflow.pipeline.send.list_links import list_page_url
 from mailflow.pipeline.subscription_mail import expiry_notice
 from mailflow.store import Repository
 from mailflow.store.runner import StoreRunner
 from mailflow.store.subscriptions import ExpiredRequest
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DAY: Final = 86_400.0
 SWEEP_BATCH: Final = 100   # held posts announced or expired, requests expired, per transaction
@@ -208,44 +210,42 @@ class ModerationSweep:
 
     async def sweep(self) -> tuple[int, int, int]:
         """One round; returns (posts announced, posts expired, requests expired)."""
-        announced = expired = requests = 0
-        for _ in range(SWEEP_ROUNDS):
-            count = await self.runner.write(self._announce_batch, self.clock.now())
-            announced += count
-            if count < SWEEP_BATCH:
-                break
-        for _ in range(SWEEP_ROUNDS):
-            gone = await self.runner.write(self.runner.repo.expire_held, self.clock.now(),
-                                           SWEEP_BATCH)
-            for message_id in gone:
-                log.info("held post %s expired unmoderated; discarded", message_id,
-                         extra={"action": "held_expired", "queue_id": message_id})
-            expired += len(gone)
-            if len(gone) < SWEEP_BATCH:
-                break
-        told = 0
-        for _ in range(SWEEP_ROUNDS):
-            dropped, notices = await self.runner.write(self._expire_requests_batch,
-                                                       self.clock.now())
-            for item in dropped:
-                request = item.request
-                log.info("request %d of <%s> to join %s expired unanswered after %d "
-                         "day(s); removed", request.id, request.address,
-                         request.list_address, item.mailing_list.hold_days,
-                         extra={"action": "request_expired", "request_id": request.id,
-                                "list": request.list_address, "address": request.address})
-            requests += len(dropped)
-            told += notices
-            if len(dropped) < SWEEP_BATCH:
-                break
-        if (announced or told) and self.on_queued is not None:
+        announced = await self._in_batches(self._announce_batch)
+        expired = await self._in_batches(self._expire_held_batch)
+        for message_id in expired:
+            log.info("held post %s expired unmoderated; discarded", message_id,
+                     extra={"action": "held_expired", "queue_id": message_id})
+        requests = await self._in_batches(self._expire_requests_batch)
+        for item, _ in requests:
+            request = item.request
+            log.info("request %d of <%s> to join %s expired unanswered after %d "
+                     "day(s); removed", request.id, request.address,
+                     request.list_address, item.mailing_list.hold_days,
+                     extra={"action": "request_expired", "request_id": request.id,
+                            "list": request.list_address, "address": request.address})
+        if (announced or any(told for _, told in requests)) and self.on_queued is not None:
             self.on_queued()
-        return announced, expired, requests
+        return len(announced), len(expired), len(requests)
 
-    def _expire_requests_batch(self, now: float) -> tuple[list[ExpiredRequest], int]:
+    async def _in_batches(self, batch: Callable[[float], list[T]]) -> list[T]:
+        """``batch`` in transactions of its own until one does less than
+        :data:`SWEEP_BATCH`, at most :data:`SWEEP_ROUNDS` of them; what they did."""
+        done: list[T] = []
+        for _ in range(SWEEP_ROUNDS):
+            items = await self.runner.write(batch, self.clock.now())
+            done += items
+            if len(items) < SWEEP_BATCH:
+                break
+        return done
+
+    def _expire_held_batch(self, now: float) -> list[str]:
+        return self.runner.repo.expire_held(now, SWEEP_BATCH)
+
+    def _expire_requests_batch(self, now: float) -> list[tuple[ExpiredRequest, bool]]:
         """Remove up to :data:`SWEEP_BATCH` requests older than their list's
         ``hold_days``, with their events and notices in the same transaction (so a
-        notice is neither lost nor sent twice); returns them and how many notices.
+        notice is neither lost nor sent twice); returns them, each with whether its
+        address was told.
 
         The notice is the rejection's (from the list's ``-request`` address, the null
         sender, ``Auto-Submitted``), not counted against the address's daily bound on
@@ -256,16 +256,16 @@ class ModerationSweep:
         generated: list[GeneratedMessage] = []
         planned: list[NewDelivery] = []
         events: list[Event] = []
+        dropped: list[tuple[ExpiredRequest, bool]] = []
         with self.runner.repo.ingest_transaction() as tx:
-            dropped = tx.expire_requests(now, SWEEP_BATCH)
-            for item in dropped:
+            for item in tx.expire_requests(now, SWEEP_BATCH):
                 target, address = item.mailing_list, item.request.address
                 days = target.hold_days
                 told = not item.member and automatic_reason(address, b"") is None
                 if told:
-                    page = (f"{self.public_url}{list_path(target.address)}"
-                            if self.public_url else "")
-                    content = expiry_notice(target, address, days, page_url=page, now=now)
+                    content = expiry_notice(target, address, days, now=now,
+                                            page_url=list_page_url(self.public_url,
+                                                                   target.address))
                     notice = _generated(content, [address], now)
                     generated.append(GeneratedMessage(notice, content))
                     planned.append(NewDelivery(notice.id, target.id, address,
@@ -275,13 +275,15 @@ class ModerationSweep:
                                     + ("the address was told" if told else
                                        "a member already" if item.member else
                                        "not told, a robot address")))
+                dropped.append((item, told))
             tx.insert_generated(generated, now)
             tx.insert_deliveries(planned, now)
             tx.add_events(events, now)
-        return dropped, len(generated)
+        return dropped
 
-    def _announce_batch(self, now: float) -> int:
-        """Announce up to :data:`SWEEP_BATCH` held posts (blocking, on a store thread)."""
+    def _announce_batch(self, now: float) -> list[str]:
+        """Announce up to :data:`SWEEP_BATCH` held posts (blocking, on a store thread);
+        their ids."""
         repo = self.runner.repo
         batch = repo.unannounced_held(SWEEP_BATCH)
         for message, reasons in batch:
@@ -295,4 +297,4 @@ class ModerationSweep:
             if repo.announce_held(posts, notices, planned, now):
                 log.info("held post %s: %d moderator notice(s)", message.id, len(notices),
                          extra={"action": "held_announced", "queue_id": message.id})
-        return len(batch)
+        return [message.id for message, _ in batch]

@@ -26,8 +26,8 @@ from mailflow.model import (
 )
 from mailflow.store.tables import command_replies, lists, members, subscription_requests
 
-WINDOW: Final = 86_400.0  # command replies are counted per address and day
-DAY: Final = 86_400.0     # a list's ``hold_days`` are days
+DAY: Final = 86_400.0
+WINDOW: Final = DAY  # command replies are counted per address and day
 
 _MEMBER = select(members.c.id, members.c.status).where(
     members.c.list_id == bindparam("b_list_id"), members.c.address == bindparam("b_address"))
@@ -135,7 +135,6 @@ def take_request(conn: Connection, request_id: int) -> SubscriptionRequest | Non
     conn.execute(delete(subscription_requests).where(subscription_requests.c.id == request_id))
     return SubscriptionRequest(row.id, row.list_id, row.list_address, row.address,
                                row.created_at)
-
 
 
 @dataclass(frozen=True, slots=True)

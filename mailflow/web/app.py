@@ -132,7 +132,7 @@ def _problem_openapi(app: FastAPI) -> dict[str, Any]:
 
 def _is_management(path: str) -> bool:
     """The paths of the API (with its documents) and of the web UI."""
-    return path == "/" or path.startswith(("/api/", "/ui")) or path == "/api"
+    return path == "/" or path.startswith(("/api", "/ui"))
 
 
 class ManagementOnFirstUse:

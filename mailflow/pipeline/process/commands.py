@@ -48,7 +48,7 @@ from mailflow.pipeline.context import ProcessContext
 from mailflow.pipeline.moderation import subject_of
 from mailflow.pipeline.process.autoreply import automatic_reason
 from mailflow.pipeline.process.owners import forward_to_owners
-from mailflow.pipeline.send.list_links import list_path
+from mailflow.pipeline.send.list_links import list_page_url
 
 CommandName = Literal["join", "leave", "help", "confirm", "unknown"]
 COMMANDS: Final[dict[str, CommandName]] = {
@@ -143,7 +143,7 @@ class CommandRun:
         self.step = step
         self.ctx = ctx
         self.target = target
-        self.page = f"{step.public_url}{list_path(target.address)}" if step.public_url else ""
+        self.page = list_page_url(step.public_url, target.address)
         self.header = b""
 
     def note(self, text: str) -> None:

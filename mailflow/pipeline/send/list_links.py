@@ -35,6 +35,11 @@ def list_path(list_address: str) -> str:
     return f"/lists/{quote(list_address, safe='@')}"
 
 
+def list_page_url(public_url: str, list_address: str) -> str:
+    """The list's page in full; '' without a public URL (``public_url`` unset)."""
+    return f"{public_url}{list_path(list_address)}" if public_url else ""
+
+
 @dataclass(frozen=True, slots=True)
 class ListLinks:
     """What one copy of ``mailing_list`` links to (for ``member``, if rendered for one)."""
@@ -58,7 +63,7 @@ def links(mailing_list: MailingList, identity: Identity, member: str | None = No
     """Remembered: a copy asks twice (its List-* fields, then its footer), and a
     member's token is an HMAC."""
     address = mailing_list.address
-    page = f"{identity.public_url}{list_path(address)}" if identity.public_url else ""
+    page = list_page_url(identity.public_url, address)
     one_click = ""
     if member is not None and page and identity.unsubscribe is not None:
         token = identity.unsubscribe.token(address, addresses.canonical(member))
