@@ -52,6 +52,7 @@ import regex
 from mailflow import headers
 from mailflow.errors import FilterRejected
 from mailflow.model import COPY_ACTIONS, FilterAction, FilterCondition, FilterRule
+from mailflow.pipeline.accept.literals import required_text
 from mailflow.pipeline.context import Decision, MessageContext, Recipient
 
 log = logging.getLogger(__name__)
@@ -98,26 +99,34 @@ class Budget:
         self.deadline = time.monotonic() + seconds
         self.exhausted = False
         self.inline = inline
-        self._cpu_start = time.thread_time() if inline else 0.0
+        self._cpu_start: float | None = None  # read at the first search (a system call)
 
     def _left(self) -> float:
         left = self.deadline - time.monotonic()
         if left <= 0 and self.inline:
             # On a busy machine the wall clock also runs while the loop waits for a core;
             # the loop's own time is what its budget bounds (read only then: a system
-            # call, where the wall clock is not).
-            left = self.seconds - (time.thread_time() - self._cpu_start)
+            # call, where the wall clock is not), from its first search on.
+            cpu = time.thread_time()
+            if self._cpu_start is None:
+                self._cpu_start = cpu
+            left = self.seconds - (cpu - self._cpu_start)
             self.deadline = time.monotonic() + left
         return left
 
     def search(self, pattern: str, text: str, rule: FilterRule) -> bool:
         """Whether ``pattern`` occurs in ``text``; False once the budget is spent."""
+        required = required_text(pattern)
+        if required is not None and required.missing_from(text):
+            return False  # it cannot occur: no search, no clock read
         left = self.deadline - time.monotonic()
         if left <= 0:
             left = self._left()
         if left <= 0 or self.exhausted:
             self._ran_out(rule)
             return False
+        if self.inline and self._cpu_start is None:
+            self._cpu_start = time.thread_time()
         try:
             # concurrent (on a filter thread): the search lets go of the GIL, so the
             # event loop keeps running.
