@@ -8,21 +8,25 @@ import random
 import pytest
 import regex
 
+from mailflow import headers
 from mailflow.model import FilterAction, FilterCondition, FilterRule
-from mailflow.pipeline.accept.filters import Budget
+from mailflow.pipeline.accept.filters import Budget, ParsedMessage, holds
 from mailflow.pipeline.accept.literals import RequiredText, required_text
+
+TEAM = "team@example.test"
 
 
 @pytest.mark.parametrize(("pattern", "expected"), [
     (r"(?i)cheap\s+pills", RequiredText("cheap", folded=True)),
+    (r"wire transfer", RequiredText("wire transfer", folded=False, spaced=True)),
     (r"(?i)\bViagra\b", RequiredText("viagra", folded=True)),
     (r"@spam\.example$", RequiredText("@spam.example", folded=False)),
     (r"(?i)from\s+bad\.host", RequiredText("bad.host", folded=True)),
     (r"colou?r", RequiredText("colo", folded=False)),       # an optional letter ends it
-    (r"zz ab*c", RequiredText("zz a", folded=False)),
+    (r"zz ab*c", RequiredText("zz a", folded=False, spaced=True)),
     (r"ab+", RequiredText("ab", folded=False)),              # one b at least
     (r"x.y\d+long", RequiredText("long", folded=False)),
-    (r"(?ms)^Subject: hi", RequiredText("Subject: hi", folded=False)),
+    (r"(?ms)^Subject: hi", RequiredText("Subject: hi", folded=False, spaced=True)),
     (r"straße", RequiredText("straße", folded=False)),
     (r"(?i)straße", RequiredText("stra", folded=True)),      # ß folds to "ss"
     (r"a+?b", RequiredText("a", folded=False)),              # lazy: still one a
@@ -83,14 +87,42 @@ def test_a_skipped_search_is_one_that_could_not_match() -> None:
 
 
 def test_a_rule_whose_text_is_missing_is_not_searched_and_spends_no_budget() -> None:
-    """``(a|aa)*`` style patterns are what the budget is for; a required text in front
-    of one spares the search outright on a text without it."""
-    rule = FilterRule("team@example.test", FilterCondition.BODY, r"needle\s*a*a*a*a*a*a*$",
+    """A required text in front of a slow pattern spares the search outright on a text
+    without it; with it, the search runs (here on a spent budget: no match, logged)."""
+    rule = FilterRule(TEAM, FilterCondition.BODY, r"needle\s*a*a*a*a*a*a*$",
                       FilterAction.REJECT)
-    text = "a" * 50_000 + "!"
+    without = message("a" * 50_000 + "!")
     budget = Budget(0.0)  # a search would run out at once
-    assert budget.search(rule.argument, text, rule) is False
+    assert holds(rule, without, budget) is False
     assert not budget.exhausted
-    assert budget.search(rule.argument, "needle aaaa", rule) is False  # searched: no time
+    assert holds(rule, message("needle aaaa"), budget) is False
     assert budget.exhausted
-    assert Budget(5.0).search(rule.argument, "the needle aaaa", rule) is True
+    assert holds(rule, message("the needle aaaa"), Budget(5.0)) is True
+
+
+@pytest.mark.parametrize(("field", "pattern"), [
+    ("Subject: =?utf-8?b?Q2hlYXAgVmlhZ3Jh?=", r"(?i)\bviagra\b"),  # an encoded word
+    ("Subject: cheap\r\n   pills today", r"cheap pills"),           # folded, unfolded
+    ("Subject: cheap \t pills today", r"cheap pills"),               # runs of space
+    ("Subject: Stra\xc3\x9fe", r"Straße"),                           # 8-bit UTF-8
+    ("SUBJECT: VIAGRA", r"(?i)viagra"),
+    ("X-Spam-Score: 7.5", r"^[5-9]"),                                # no required text
+])
+def test_a_header_rule_still_matches_what_the_section_does_not_hold_as_such(
+        field: str, pattern: str) -> None:
+    """The header section as a whole answers for every field only where a field's value
+    is its own text: encoded words, unfolding and 8-bit text are searched as before."""
+    raw = f"From: a@x.test\r\n{field}\r\n\r\nbody\r\n".encode("latin-1")
+    name = field.split(":")[0]
+    rule = FilterRule(TEAM, FilterCondition.HEADER, pattern, FilterAction.REJECT,
+                      header=name.lower())
+    assert holds(rule, ParsedMessage(raw, raw[:headers.header_length(raw)]), Budget(5.0))
+    missing = FilterRule(TEAM, FilterCondition.HEADER, "nowhere", FilterAction.REJECT,
+                         header=name.lower())
+    assert not holds(missing, ParsedMessage(raw, raw[:headers.header_length(raw)]),
+                     Budget(5.0))
+
+
+def message(body: str) -> ParsedMessage:
+    raw = f"From: a@x.test\r\nSubject: x\r\n\r\n{body}".encode()
+    return ParsedMessage(raw, raw[:headers.header_length(raw)])

@@ -9,6 +9,7 @@ import asyncio
 import email
 import email.policy
 import json
+import random
 import time
 from collections.abc import Sequence
 from email.message import EmailMessage
@@ -33,11 +34,13 @@ from mailflow.model import (
     MessageStatus,
 )
 from mailflow.pipeline.accept.filters import (
+    _CLEAN_HEADER,
     INLINE_MAX_BYTES,
     Budget,
     MessageFilters,
     first_matches,
     one_part,
+    structure_fields,
 )
 from mailflow.pipeline.context import Action, MessageContext
 from mailflow.services.commit import IngestBatch, InlineExpansion, store_batch
@@ -278,6 +281,35 @@ def test_a_one_part_message_is_read_as_the_whole_parse_reads_it(raw: bytes) -> N
 ])
 def test_any_other_message_gets_the_whole_parse(raw: bytes) -> None:
     assert read_as_one_part(raw) is None
+
+
+def test_the_structure_fields_are_those_of_the_whole_split() -> None:
+    """Read by name from a clean header section, without splitting it into fields: the
+    same fields, in the same order, as the split gives for those names."""
+    rnd = random.Random(2045)
+    names = ["Content-Type", "content-type", "CONTENT-TRANSFER-ENCODING",
+             "Content-Disposition", "Content-Typo", "X-Content-Type", "Subject", "From"]
+    values = ["text/plain", " multipart/mixed;", "", "x content-type: y"]
+    clean = 0
+    for _ in range(3_000):
+        lines = []
+        for _ in range(rnd.randint(0, 7)):
+            lines.append(f"{rnd.choice(names)}:{rnd.choice(values)}{rnd.choice(EOLS)}")
+            if rnd.random() < 0.3:
+                lines.append(f"{rnd.choice(' ' + chr(9))}content-type: folded"
+                             f"{rnd.choice(EOLS)}")
+        header = "".join(lines).encode()
+        fields = headers.fields_by_name(header)
+        if _CLEAN_HEADER.fullmatch(header):
+            clean += 1
+            assert structure_fields(header) == tuple(
+                field for name in (b"content-type", b"content-transfer-encoding",
+                                   b"content-disposition")
+                for field in fields.get(name, ())), header
+    assert clean > 2_000
+
+
+EOLS = ("\r\n", "\n")
 
 
 async def test_a_small_one_part_message_is_decided_on_the_event_loop() -> None:

@@ -52,7 +52,7 @@ import regex
 from mailflow import headers
 from mailflow.errors import FilterRejected
 from mailflow.model import COPY_ACTIONS, FilterAction, FilterCondition, FilterRule
-from mailflow.pipeline.accept.literals import required_text
+from mailflow.pipeline.accept.literals import RequiredText, required_text
 from mailflow.pipeline.context import Decision, MessageContext, Recipient
 
 log = logging.getLogger(__name__)
@@ -116,9 +116,6 @@ class Budget:
 
     def search(self, pattern: str, text: str, rule: FilterRule) -> bool:
         """Whether ``pattern`` occurs in ``text``; False once the budget is spent."""
-        required = required_text(pattern)
-        if required is not None and required.missing_from(text):
-            return False  # it cannot occur: no search, no clock read
         left = self.deadline - time.monotonic()
         if left <= 0:
             left = self._left()
@@ -165,6 +162,9 @@ class ParsedMessage:
         # Each walk once per message, however many rules ask.
         self._texts: list[str] | None = None
         self._attachments: list[tuple[str, str]] | None = None
+        self._lowered_header: bytes | None = None
+        self._lowered: dict[str, str] = {}  # each text in lower case, once (at most
+                                            # as many as the message's own texts)
 
     @property
     def fields(self) -> Message:
@@ -191,9 +191,39 @@ class ParsedMessage:
         """Each ``name`` field unfolded, its encoded words decoded; as written where they
         cannot be.  From the bytes, not the default policy's header objects, whose
         parsing (an address list's above all) cost more than the rules' searches; the
-        header section split into fields once for all the rules."""
+        header section split into fields once for all the rules, and not at all for a
+        name it does not contain."""
+        key = name.lower().encode()
+        if key not in self.lowered_header:
+            return []
         return [_decoded(headers.unfolded_value(field))
-                for field in self._fields_by_name().get(name.lower().encode(), ())]
+                for field in self._fields_by_name().get(key, ())]
+
+    @property
+    def lowered_header(self) -> bytes:
+        if self._lowered_header is None:
+            self._lowered_header = self.header.lower()
+        return self._lowered_header
+
+    def fields_lack(self, required: RequiredText) -> bool:
+        """Whether no field's value can hold ``required``, told from the header section
+        as a whole: only where a value is the section's own text (ASCII, no encoded
+        word to decode) and ``required`` has no white space (unfolding changes only
+        that), so that it is missing from every value if it is missing from the whole."""
+        header = self.header
+        if required.spaced or not header.isascii() or b"=?" in header:
+            return False
+        if not required.text.isascii():
+            return True  # no value holds anything but ASCII
+        return required.text.encode() not in (
+            self.lowered_header if required.folded else header)
+
+    def lower(self, text: str) -> str:
+        """``text`` in lower case, once per message however many rules ask."""
+        lowered = self._lowered.get(text)
+        if lowered is None:
+            lowered = self._lowered[text] = text.lower()
+        return lowered
 
     def _fields_by_name(self) -> dict[bytes, list[bytes]]:
         if self._by_name is None:
@@ -204,7 +234,7 @@ class ParsedMessage:
         """How to read this message as one part; None if it is not (or the header
         section is not clean): then a MIME walk, which a try on the event loop gives up."""
         if not self._read:
-            self._reading = one_part_reading(self.header, self._fields_by_name())
+            self._reading = one_part_reading(self.header)
             self._read = True
         if self._reading is None and self.one_part_only:
             raise _GaveUp
@@ -287,21 +317,38 @@ class Reading(NamedTuple):
     identity: bool
 
 
+# A structure field of a clean header section: its name at the start of a line (a
+# continuation line starts with white space), its continuation lines.
+_STRUCTURE_FIELD: Final = re.compile(
+    rb"^(content-(?:type|transfer-encoding|disposition)):[^\r\n]*\r?\n(?:[ \t][^\r\n]*\r?\n)*",
+    re.MULTILINE | re.IGNORECASE)
+
+
+def structure_fields(header: bytes) -> tuple[bytes, ...]:
+    """The structure fields of a clean header section (``_CLEAN_HEADER``), by name in
+    ``_STRUCTURE_FIELDS``' order, each name's as they come: what
+    :func:`headers.fields_by_name` gives for those names, without splitting the whole
+    section into fields."""
+    found = sorted(((_STRUCTURE_FIELDS.index(match[1].lower()), match[0])
+                    for match in _STRUCTURE_FIELD.finditer(header)),
+                   key=lambda found: found[0])  # stable: each name's in order
+    return tuple(field for _, field in found)
+
+
 _ENCODED: Final = frozenset({"quoted-printable", "base64", "x-uuencode", "uuencode", "uue",
                              "x-uue"})  # what compat32's get_payload(decode=True) undoes
 _READINGS: Final = 256  # distinct structure fields remembered, each at most ...
 _READING_KEY_BYTES: Final = 1024  # ... this long together: 256 KiB at most
 
 
-def one_part_reading(header: bytes, fields: Mapping[bytes, Sequence[bytes]]
-                     ) -> Reading | None:
+def one_part_reading(header: bytes) -> Reading | None:
     """How the message of ``header`` is read, if it has one part (see :func:`one_part`);
     decided once per distinct set of structure fields (most mail to a list repeats a
     few), as ``compat32`` decides it: the ``email`` package's field methods were most of
     the cost of a small message's body conditions."""
     if not _CLEAN_HEADER.fullmatch(header):
         return None
-    key = tuple(field for name in _STRUCTURE_FIELDS for field in fields.get(name, ()))
+    key = structure_fields(header)
     if sum(map(len, key)) > _READING_KEY_BYTES:
         return _reading(key)
     return _remembered_reading(key)
@@ -389,9 +436,17 @@ def holds(rule: FilterRule, message: ParsedMessage, budget: Budget) -> bool:
     """Whether ``rule``'s condition holds for ``message``."""
     condition = rule.condition
     if condition is _HEADER or condition is _BODY:  # (loops: cheaper than any() here)
-        texts = (message.field_values(rule.header) if condition is _HEADER
-                 else message.text_parts())
-        for text in texts:  # noqa: SIM110 (a generator per rule and message costs more)
+        # A text without the pattern's required text is not searched (literals.py).
+        required = required_text(rule.argument)
+        if condition is _HEADER:
+            if required is not None and message.fields_lack(required):
+                return False
+            texts = message.field_values(rule.header)
+        else:
+            texts = message.text_parts()
+        for text in texts:
+            if required is not None and required.missing_from(text, message.lower):
+                continue
             if budget.search(rule.argument, text, rule):
                 return True
         return False

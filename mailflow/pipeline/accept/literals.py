@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -38,14 +39,16 @@ class RequiredText:
 
     text: str
     folded: bool
+    spaced: bool = False  # whether it holds white space (unfolding a field changes that)
 
-    def missing_from(self, text: str) -> bool:
+    def missing_from(self, text: str, lower: Callable[[str], str] = str.lower) -> bool:
         """Whether ``text`` cannot hold a match.  Case-insensitively only for ASCII
         text: elsewhere case folding pairs ASCII letters with others (K and the Kelvin
-        sign), which a lowered copy would miss."""
+        sign), which a lowered copy would miss.  ``lower``: ``str.lower``, or one that
+        remembers the texts it lowered."""
         if not self.folded:
             return self.text not in text
-        return text.isascii() and self.text not in text.lower()
+        return text.isascii() and self.text not in lower(text)
 
 
 @functools.lru_cache(maxsize=_PATTERNS)
@@ -97,4 +100,6 @@ def required_text(pattern: str) -> RequiredText | None:
         literal = read_one = True
     runs.append("".join(run))
     longest = max(runs, key=len)
-    return RequiredText(longest, folded) if longest else None
+    if not longest:
+        return None
+    return RequiredText(longest, folded, any(char.isspace() for char in longest))
