@@ -58,9 +58,9 @@ def test_folded_text_is_compared_in_any_case_but_only_when_ascii() -> None:
 
 
 def test_a_skipped_search_is_one_that_could_not_match() -> None:
-    """Random patterns of literals (with letters that fold to others), escapes, anchors,
-    repeats and some syntax not followed, against random texts: wherever the required
-    text says a text cannot match, the ``regex`` module agrees."""
+    """6,000 random patterns of literals (with letters that fold to others), escapes,
+    anchors, repeats and some syntax not followed, against random texts: wherever the
+    required text says a text cannot match, the ``regex`` module agrees."""
     rnd = random.Random(3834)
     letters = ["a", "b", "k", "K", "s", "S", "é", "ß", " ", "@", "-"]
     tokens = [*letters, r"\.", r"\-", r"\s", r"\S", r"\d", r"\w", r"\W", r"\b", ".", "^",
@@ -68,7 +68,7 @@ def test_a_skipped_search_is_one_that_could_not_match() -> None:
     repeats = ["", "", "", "*", "+", "?", "+?", "*?"]
     text_chars = [*letters, ".", "1", "\n", "\u212a", "\u017f", "SS", "ss", "A", "B"]
     skipped = searched = 0
-    for _ in range(20_000):
+    for _ in range(6_000):
         pattern = ("(?i)" if rnd.random() < 0.5 else "") + "".join(
             rnd.choice(tokens) + rnd.choice(repeats) for _ in range(rnd.randint(1, 6)))
         try:
@@ -83,7 +83,7 @@ def test_a_skipped_search_is_one_that_could_not_match() -> None:
                 skipped += 1
             else:
                 searched += 1
-    assert skipped > 5_000 and searched > 5_000  # both ways taken, often
+    assert skipped > 1_500 and searched > 1_500  # both ways taken, often
 
 
 def test_a_rule_whose_text_is_missing_is_not_searched_and_spends_no_budget() -> None:
