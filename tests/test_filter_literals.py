@@ -18,15 +18,15 @@ TEAM = "team@example.test"
 
 @pytest.mark.parametrize(("pattern", "expected"), [
     (r"(?i)cheap\s+pills", RequiredText("cheap", folded=True)),
-    (r"wire transfer", RequiredText("wire transfer", folded=False, spaced=True)),
+    (r"wire transfer", RequiredText("wire transfer", folded=False)),
     (r"(?i)\bViagra\b", RequiredText("viagra", folded=True)),
     (r"@spam\.example$", RequiredText("@spam.example", folded=False)),
     (r"(?i)from\s+bad\.host", RequiredText("bad.host", folded=True)),
     (r"colou?r", RequiredText("colo", folded=False)),       # an optional letter ends it
-    (r"zz ab*c", RequiredText("zz a", folded=False, spaced=True)),
+    (r"zz ab*c", RequiredText("zz a", folded=False)),
     (r"ab+", RequiredText("ab", folded=False)),              # one b at least
     (r"x.y\d+long", RequiredText("long", folded=False)),
-    (r"(?ms)^Subject: hi", RequiredText("Subject: hi", folded=False, spaced=True)),
+    (r"(?ms)^Subject: hi", RequiredText("Subject: hi", folded=False)),
     (r"straße", RequiredText("straße", folded=False)),
     (r"(?i)straße", RequiredText("stra", folded=True)),      # ß folds to "ss"
     (r"a+?b", RequiredText("a", folded=False)),              # lazy: still one a

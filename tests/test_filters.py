@@ -83,7 +83,7 @@ def matched(raw: bytes, *rules: FilterRule, timeout: float = 1.0) -> FilterRule 
 
 def read_as_one_part(raw: bytes) -> email.message.Message | None:
     header = raw[:headers.header_length(raw)]
-    return one_part(raw, header, headers.fields_by_name(header))
+    return one_part(raw, header)
 
 
 # -- conditions -------------------------------------------------------------------------

@@ -168,6 +168,7 @@ class ParsedMessage:
         self._texts: list[str] | None = None
         self._attachments: list[tuple[str, str]] | None = None
         self._lowered_header: bytes | None = None
+        self._plain_header: bool | None = None  # see fields_lack
         self._lowered: dict[str, str] = {}  # each text in lower case, once (at most
                                             # as many as the message's own texts)
 
@@ -186,7 +187,7 @@ class ParsedMessage:
         if self._whole is None:
             whole = None
             if self._one_part() is not None:
-                whole = one_part(self.raw, self.header, self._fields_by_name())
+                whole = one_part(self.raw, self.header)
             if whole is None:
                 whole = email.message_from_bytes(self.raw, policy=email.policy.compat32)
             self._whole = whole
@@ -215,13 +216,14 @@ class ParsedMessage:
         as a whole: only where a value is the section's own text (ASCII, no encoded
         word to decode) and ``required`` has no white space (unfolding changes only
         that), so that it is missing from every value if it is missing from the whole."""
-        header = self.header
-        if required.spaced or not header.isascii() or b"=?" in header:
+        if self._plain_header is None:
+            self._plain_header = self.header.isascii() and b"=?" not in self.header
+        if required.spaced or not self._plain_header:
             return False
         if not required.text.isascii():
             return True  # no value holds anything but ASCII
         return required.text.encode() not in (
-            self.lowered_header if required.folded else header)
+            self.lowered_header if required.folded else self.header)
 
     def lower(self, text: str) -> str:
         """``text`` in lower case, once per message however many rules ask."""
@@ -393,23 +395,20 @@ def _text(payload: bytes, charset: str, *, skip: bool = False) -> str:
         return payload.decode("utf-8", "replace")
 
 
-def one_part(raw: bytes, header: bytes, fields: Mapping[bytes, Sequence[bytes]]
-             ) -> Message | None:
+def one_part(raw: bytes, header: bytes) -> Message | None:
     """``raw`` as ``compat32`` parses it, as far as the conditions read it, for a
     message of one part (neither multipart nor message/*): the fields that describe its
     structure, each as the parser stores it, and its body as the payload, which is all
     the parser does with such a body.  None for any other message, or a header section
     the parser would not read as fields alone: the whole parse decides those.
 
-    ``header``: ``raw``'s header section (up to :func:`headers.header_length`);
-    ``fields``: its fields by name (:func:`headers.fields_by_name`).  The parser splits
-    the body into lines and builds every field; on a small message that was most of
-    the conditions' cost.
+    ``header``: ``raw``'s header section (up to :func:`headers.header_length`).  The
+    parser splits the body into lines and builds every field; on a small message that
+    was most of the conditions' cost.
     """
     if not _CLEAN_HEADER.fullmatch(header):
         return None
-    # (Each field looked up by its own name: their order apart does not matter.)
-    root = _structure([f for name in _STRUCTURE_FIELDS for f in fields.get(name, ())])
+    root = _structure(structure_fields(header))
     if root.get_content_maintype() in ("multipart", "message"):
         return None
     body = raw[len(header):]  # the blank line that ends the header section, the body

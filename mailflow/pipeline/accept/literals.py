@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 _FLAGS: Final = re.compile(r"\(\?([ims]+)\)")
@@ -39,7 +39,11 @@ class RequiredText:
 
     text: str
     folded: bool
-    spaced: bool = False  # whether it holds white space (unfolding a field changes that)
+    # Whether it holds white space (which unfolding a field changes): asked per message.
+    spaced: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spaced", any(char.isspace() for char in self.text))
 
     def missing_from(self, text: str, lower: Callable[[str], str] = str.lower) -> bool:
         """Whether ``text`` cannot hold a match.  Case-insensitively only for ASCII
@@ -100,6 +104,4 @@ def required_text(pattern: str) -> RequiredText | None:
         literal = read_one = True
     runs.append("".join(run))
     longest = max(runs, key=len)
-    if not longest:
-        return None
-    return RequiredText(longest, folded, any(char.isspace() for char in longest))
+    return RequiredText(longest, folded) if longest else None
